@@ -1,0 +1,104 @@
+//! The orchestrator's rules as configuration: tiers, prices, retries and
+//! timeouts. The server fills this from `ADMEDIA_*` variables and an
+//! optional TOML file; every field has a default that works on a laptop.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobKind;
+use crate::money::Credits;
+use crate::pricing::PriceTable;
+use crate::tier::TierTable;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrchestratorConfig {
+    pub tiers: TierTable,
+    pub prices: PriceTable,
+    pub registration_credits: Credits,
+    /// Attempts per job before the hold is voided (refund).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long one attempt of an image or video job may take.
+    pub image_deadline: Duration,
+    pub video_deadline: Duration,
+    /// A wallet actor with nothing to do for this long is stopped.
+    pub wallet_idle: Duration,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            tiers: TierTable::default(),
+            prices: PriceTable::default(),
+            registration_credits: Credits::new(100).unwrap_or(Credits::ZERO),
+            max_attempts: 3,
+            retry_base: Duration::from_millis(1000),
+            retry_max: Duration::from_secs(60),
+            image_deadline: Duration::from_secs(120),
+            video_deadline: Duration::from_secs(900),
+            wallet_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.tiers.validate()?;
+        self.prices.validate()?;
+        if !(1..=20).contains(&self.max_attempts) {
+            return Err("max_attempts must be 1..=20".into());
+        }
+        if self.retry_base > self.retry_max {
+            return Err("retry_base must not exceed retry_max".into());
+        }
+        Ok(())
+    }
+
+    pub fn deadline(&self, kind: JobKind) -> Duration {
+        match kind {
+            JobKind::Image => self.image_deadline,
+            JobKind::Video => self.video_deadline,
+        }
+    }
+
+    /// Exponential backoff with "equal jitter": half the delay is fixed, so
+    /// retries never bunch at zero, half is random, so they spread out.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        let full = self
+            .retry_base
+            .saturating_mul(1u32 << exp)
+            .min(self.retry_max);
+        let half = full / 2;
+        let jitter = half.mul_f64(rand::random::<f64>());
+        half + jitter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_with_jitter_and_caps() {
+        let cfg = OrchestratorConfig::default();
+        for _ in 0..100 {
+            let d1 = cfg.retry_delay(1);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_millis(1000));
+            let d3 = cfg.retry_delay(3);
+            assert!(d3 >= Duration::from_millis(2000) && d3 <= Duration::from_millis(4000));
+            assert!(cfg.retry_delay(30) <= cfg.retry_max);
+        }
+    }
+
+    #[test]
+    fn config_validation_rejects_nonsense() {
+        let mut cfg = OrchestratorConfig::default();
+        assert!(cfg.validate().is_ok());
+        cfg.max_attempts = 0;
+        assert!(cfg.validate().is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! What can go wrong when the outside world asks the orchestrator for
+//! something. The server maps each variant to one problem type.
+
+use thiserror::Error;
+
+use crate::money::Credits;
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum OrchestratorError {
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("the account is {0}")]
+    AccountSuspended(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("an account with this e-mail address already exists")]
+    EmailTaken,
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("not enough available credits: {required} required, {available} available")]
+    InsufficientCredits { required: Credits, available: Credits },
+    #[error("too many waiting jobs: the limit for this tier is {limit}")]
+    QueueLimit { limit: u32 },
+    #[error("this Idempotency-Key was used with another request")]
+    IdempotencyKeyReused,
+    #[error("the job has already finished")]
+    JobFinished,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for OrchestratorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => OrchestratorError::NotFound(what),
+            StoreError::EmailTaken => OrchestratorError::EmailTaken,
+            StoreError::InsufficientCredits {
+                required,
+                available,
+            } => OrchestratorError::InsufficientCredits {
+                required,
+                available,
+            },
+            StoreError::QueueLimit { limit } => OrchestratorError::QueueLimit { limit },
+            StoreError::IdempotencyKeyReused => OrchestratorError::IdempotencyKeyReused,
+            StoreError::JobFinished => OrchestratorError::JobFinished,
+            StoreError::AccountInactive(status) => {
+                OrchestratorError::AccountSuspended(status.as_str())
+            }
+            StoreError::Unavailable(msg) => OrchestratorError::Unavailable(msg),
+            e @ (StoreError::StaleTransition { .. }
+            | StoreError::HoldResolved
+            | StoreError::Invariant(_)
+            | StoreError::Internal(_)) => OrchestratorError::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! Jobs: what a user asks for (`JobRequest`, as sent), what we accept
+//! (`JobSpec`, parsed once, within limits), and the job record with its
+//! state machine: `queued → assigned → running → succeeded | failed |
+//! cancelled`, and `assigned|running → queued` on a retryable failure.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::money::Credits;
+use crate::pricing::SizeClass;
+use crate::tier::{License, Tier};
+
+/// Limits of one job, so one request cannot occupy a GPU without bound.
+pub const MAX_PROMPT_CHARS: usize = 4000;
+pub const MAX_MODEL_CHARS: usize = 64;
+pub const MAX_IMAGE_COUNT: u32 = 8;
+pub const MAX_VIDEO_SECONDS: u32 = 60;
+pub const MIN_SIDE: u32 = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum JobKind {
+    Image,
+    Video,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Image, JobKind::Video];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Image => "image",
+            JobKind::Video => "video",
+        }
+    }
+}
+
+/// A job submission as the client sent it. Unknown fields are refused, so a
+/// misspelt parameter is an error rather than silently ignored.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobRequest {
+    pub kind: JobKind,
+    pub model: String,
+    pub prompt: String,
+    #[serde(default)]
+    pub params: ParamsRequest,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParamsRequest {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Images only; default 1.
+    pub count: Option<u32>,
+    /// Video only; required.
+    pub duration_s: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+/// Parameters of an accepted job; exactly one of `count` (image) and
+/// `duration_s` (video) is set.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobParams {
+    pub width: u32,
+    pub height: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_s: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seed: Option<u64>,
+}
+
+/// A job that passed validation: within limits and priceable.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    pub model: String,
+    pub prompt: String,
+    pub params: JobParams,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+fn invalid(msg: impl Into<String>) -> SpecError {
+    SpecError(msg.into())
+}
+
+impl JobSpec {
+    pub fn parse(req: JobRequest) -> Result<JobSpec, SpecError> {
+        let model = req.model.trim().to_owned();
+        if model.is_empty() || model.chars().count() > MAX_MODEL_CHARS {
+            return Err(invalid(format!("model must be 1..={MAX_MODEL_CHARS} characters")));
+        }
+        if !model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
+        {
+            return Err(invalid("model may contain only letters, digits and . _ - : /"));
+        }
+        let prompt = req.prompt.trim().to_owned();
+        if prompt.is_empty() {
+            return Err(invalid("prompt must not be empty"));
+        }
+        if prompt.chars().count() > MAX_PROMPT_CHARS {
+            return Err(invalid(format!("prompt is longer than {MAX_PROMPT_CHARS} characters")));
+        }
+        let p = req.params;
+        let (default_w, default_h) = match req.kind {
+            JobKind::Image => (1024, 1024),
+            JobKind::Video => (1280, 720),
+        };
+        let width = p.width.unwrap_or(default_w);
+        let height = p.height.unwrap_or(default_h);
+        if width < MIN_SIDE || height < MIN_SIDE {
+            return Err(invalid(format!("width and height must be at least {MIN_SIDE}")));
+        }
+        if SizeClass::of(req.kind, width, height).is_none() {
+            return Err(invalid(match req.kind {
+                JobKind::Image => format!("image size {width}x{height} is above 2048x2048"),
+                JobKind::Video => format!("video size {width}x{height} is above 1920x1080"),
+            }));
+        }
+        let (count, duration_s) = match req.kind {
+            JobKind::Image => {
+                if p.duration_s.is_some() {
+                    return Err(invalid("duration_s applies to video jobs only"));
+                }
+                let count = p.count.unwrap_or(1);
+                if !(1..=MAX_IMAGE_COUNT).contains(&count) {
+                    return Err(invalid(format!("count must be 1..={MAX_IMAGE_COUNT}")));
+                }
+                (Some(count), None)
+            }
+            JobKind::Video => {
+                if p.count.is_some() {
+                    return Err(invalid("count applies to image jobs only"));
+                }
+                let d = p
+                    .duration_s
+                    .ok_or_else(|| invalid("duration_s is required for video jobs"))?;
+                if !(1..=MAX_VIDEO_SECONDS).contains(&d) {
+                    return Err(invalid(format!("duration_s must be 1..={MAX_VIDEO_SECONDS}")));
+                }
+                (None, Some(d))
+            }
+        };
+        Ok(JobSpec {
+            kind: req.kind,
+            model,
+            prompt,
+            params: JobParams {
+                width,
+                height,
+                count,
+                duration_s,
+                seed: p.seed,
+            },
+        })
+    }
+
+    pub fn size_class(&self) -> SizeClass {
+        // A parsed spec was classified in `parse`; the fallback only keeps
+        // this total for specs loaded from an older store.
+        SizeClass::of(self.kind, self.params.width, self.params.height).unwrap_or(match self.kind {
+            JobKind::Image => SizeClass::ImageLarge,
+            JobKind::Video => SizeClass::VideoHd,
+        })
+    }
+
+    /// A stable digest of the accepted request: the idempotency check
+    /// compares it, so the same key with another body is detected even when
+    /// the JSON differs only in whitespace or field order.
+    pub fn fingerprint(&self) -> RequestHash {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        RequestHash::of(&canonical)
+    }
+}
+
+/// SHA-256 of a request, stored beside its idempotency key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct RequestHash(pub [u8; 32]);
+
+impl RequestHash {
+    pub fn of(bytes: &[u8]) -> RequestHash {
+        RequestHash(Sha256::digest(bytes).into())
+    }
+}
+
+/// A client's `Idempotency-Key`: 1..=255 visible ASCII characters.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<IdempotencyKey, SpecError> {
+        if raw.is_empty() || raw.len() > 255 {
+            return Err(invalid("Idempotency-Key must be 1..=255 characters"));
+        }
+        if !raw.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(invalid("Idempotency-Key must be visible ASCII"));
+        }
+        Ok(IdempotencyKey(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, JobState::Assigned | JobState::Running)
+    }
+
+    /// The edges of the state machine; stores assert every write against it.
+    pub fn may_become(self, next: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, next),
+            (Queued, Assigned)
+                | (Queued, Cancelled)
+                | (Assigned, Running)
+                | (Assigned | Running, Queued)
+                | (Assigned | Running, Succeeded)
+                | (Assigned | Running, Failed)
+                | (Assigned | Running, Cancelled)
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| invalid(format!("unknown job state {s:?}")))
+    }
+}
+
+/// Who caused a failure: the system (refunded, retried) or the user's input
+/// (charged, not retried; ToS 4.3).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum FailureClass {
+    System,
+    User,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobError {
+    pub class: FailureClass,
+    pub message: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Output {
+    pub url: String,
+    pub content_type: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobResult {
+    pub outputs: Vec<Output>,
+    pub license: License,
+}
+
+/// Where the job's hold stands.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Charge {
+    Held,
+    Posted,
+    Voided,
+}
+
+/// The stored job.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub user_id: UserId,
+    /// Submission order across the store: a retried job keeps its place in
+    /// line by keeping its `seq`.
+    pub seq: u64,
+    pub spec: JobSpec,
+    /// The tier at submission: it sets the job's priority and licence.
+    pub tier: Tier,
+    pub cost: Credits,
+    pub state: JobState,
+    /// Attempts started so far; the current attempt's number when in flight.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a retried job may be dispatched again.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub error: Option<JobError>,
+    pub result: Option<JobResult>,
+    pub charge: Charge,
+    pub worker_id: Option<WorkerId>,
+    pub lease: Option<LeaseToken>,
+}
+
+/// What the worker reported for one attempt.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum AttemptOutcome {
+    Succeeded { outputs: Vec<Output> },
+    /// The input was at fault: charged, no retry.
+    UserFailure { message: String },
+    /// Our fault (error, lost worker, timeout): retried at `retry_at` while
+    /// attempts remain, then refunded.
+    SystemFailure {
+        message: String,
+        retry_at: DateTime<Utc>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::PriceTable;
+
+    fn req(kind: JobKind, params: ParamsRequest) -> JobRequest {
+        JobRequest {
+            kind,
+            model: "sdxl".into(),
+            prompt: "a cat".into(),
+            params,
+        }
+    }
+
+    fn cost(kind: JobKind, params: ParamsRequest) -> i64 {
+        let spec = JobSpec::parse(req(kind, params)).unwrap();
+        PriceTable::default().cost(&spec).unwrap().get()
+    }
+
+    #[test]
+    fn prices_follow_the_default_table() {
+        let img = |w, h, n| ParamsRequest {
+            width: Some(w),
+            height: Some(h),
+            count: Some(n),
+            ..Default::default()
+        };
+        let vid = |w, h, d| ParamsRequest {
+            width: Some(w),
+            height: Some(h),
+            duration_s: Some(d),
+            ..Default::default()
+        };
+        assert_eq!(cost(JobKind::Image, ParamsRequest::default()), 1);
+        assert_eq!(cost(JobKind::Image, img(1024, 1024, 3)), 3);
+        assert_eq!(cost(JobKind::Image, img(1025, 512, 1)), 2);
+        assert_eq!(cost(JobKind::Image, img(2048, 2048, 4)), 8);
+        assert_eq!(cost(JobKind::Video, vid(1280, 720, 5)), 25);
+        assert_eq!(cost(JobKind::Video, vid(720, 1280, 5)), 25);
+        assert_eq!(cost(JobKind::Video, vid(1920, 1080, 3)), 30);
+        assert_eq!(cost(JobKind::Video, vid(1281, 720, 1)), 10);
+    }
+
+    #[test]
+    fn out_of_limit_params_are_rejected() {
+        let bad = [
+            req(JobKind::Image, ParamsRequest { width: Some(2049), ..Default::default() }),
+            req(JobKind::Image, ParamsRequest { count: Some(0), ..Default::default() }),
+            req(JobKind::Image, ParamsRequest { count: Some(9), ..Default::default() }),
+            req(JobKind::Image, ParamsRequest { width: Some(10), ..Default::default() }),
+            req(JobKind::Image, ParamsRequest { duration_s: Some(5), ..Default::default() }),
+            req(JobKind::Video, ParamsRequest::default()),
+            req(JobKind::Video, ParamsRequest { duration_s: Some(0), ..Default::default() }),
+            req(JobKind::Video, ParamsRequest { duration_s: Some(61), ..Default::default() }),
+            req(JobKind::Video, ParamsRequest { duration_s: Some(5), count: Some(1), ..Default::default() }),
+            req(
+                JobKind::Video,
+                ParamsRequest { duration_s: Some(5), width: Some(1920), height: Some(1200), ..Default::default() },
+            ),
+        ];
+        for r in bad {
+            assert!(JobSpec::parse(r.clone()).is_err(), "{r:?} accepted");
+        }
+    }
+
+    #[test]
+    fn empty_prompt_and_bad_model_are_rejected() {
+        let mut r = req(JobKind::Image, ParamsRequest::default());
+        r.prompt = "   ".into();
+        assert!(JobSpec::parse(r).is_err());
+        let mut r = req(JobKind::Image, ParamsRequest::default());
+        r.prompt = "x".repeat(MAX_PROMPT_CHARS + 1);
+        assert!(JobSpec::parse(r).is_err());
+        let mut r = req(JobKind::Image, ParamsRequest::default());
+        r.model = "rm -rf".into();
+        assert!(JobSpec::parse(r).is_err());
+    }
+
+    #[test]
+    fn fingerprint_ignores_formatting_but_not_content() {
+        let a: JobRequest =
+            serde_json::from_str(r#"{"kind":"image","model":"m","prompt":"p"}"#).unwrap();
+        let b: JobRequest = serde_json::from_str(
+            r#"{ "prompt" : "p", "model":"m", "kind":"image", "params": {"count": 1} }"#,
+        )
+        .unwrap();
+        let c: JobRequest =
+            serde_json::from_str(r#"{"kind":"image","model":"m","prompt":"q"}"#).unwrap();
+        let fp = |r| JobSpec::parse(r).unwrap().fingerprint();
+        assert_eq!(fp(a.clone()), fp(b));
+        assert_ne!(fp(a), fp(c));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<JobRequest>(
+            r#"{"kind":"image","model":"m","prompt":"p","colour":"red"}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<JobRequest>(
+            r#"{"kind":"image","model":"m","prompt":"p","params":{"widht":5}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn state_machine_edges() {
+        use JobState::*;
+        assert!(Queued.may_become(Assigned));
+        assert!(Running.may_become(Queued));
+        assert!(!Succeeded.may_become(Queued));
+        assert!(!Queued.may_become(Succeeded));
+        assert!(!Cancelled.may_become(Cancelled));
+    }
+
+    #[test]
+    fn idempotency_key_limits() {
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse("order-42").is_ok());
+    }
+}

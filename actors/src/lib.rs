@@ -1,0 +1,31 @@
+//! `admedia-actors`: the orchestrator's domain and its actors.
+//!
+//! Everything that decides what happens to a user's credits and jobs lives
+//! here: the money model (a ledger with two-phase holds), the job state
+//! machine, membership tiers and prices, the fair scheduler, the actors that
+//! serialize each of those concerns, and the store port through which all
+//! state is read and written. This crate knows nothing of HTTP, SQL or Redis;
+//! the server (`src/`) and the load tester plug those in from outside.
+
+pub mod config;
+pub mod email;
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod job_actor;
+pub mod ledger;
+pub mod money;
+pub mod observer;
+pub mod orchestrator;
+pub mod pricing;
+pub mod scheduler;
+pub mod store;
+pub mod tier;
+pub mod user;
+pub mod wallet;
+pub mod wire;
+pub mod worker;
+
+pub use config::OrchestratorConfig;
+pub use error::OrchestratorError;
+pub use orchestrator::Orchestrator;

@@ -1,0 +1,51 @@
+//! What the actors report about themselves. The server turns these calls
+//! into Prometheus metrics; the benchmark into histograms; tests ignore them.
+//! Kept as a trait so this crate does not pick a metrics library.
+
+use std::time::Duration;
+
+use crate::job::JobKind;
+use crate::ledger::EntryKind;
+use crate::tier::Tier;
+
+/// How one attempt ended.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum AttemptResult {
+    Succeeded,
+    SystemFailure,
+    UserFailure,
+    LeaseLost,
+    TimedOut,
+    Cancelled,
+}
+
+impl AttemptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Succeeded => "succeeded",
+            AttemptResult::SystemFailure => "system_failure",
+            AttemptResult::UserFailure => "user_failure",
+            AttemptResult::LeaseLost => "lease_lost",
+            AttemptResult::TimedOut => "timed_out",
+            AttemptResult::Cancelled => "cancelled",
+        }
+    }
+}
+
+pub trait Observer: Send + Sync + 'static {
+    fn job_submitted(&self, _kind: JobKind, _tier: Tier) {}
+    /// `outcome` is the job's terminal state.
+    fn job_finished(&self, _kind: JobKind, _tier: Tier, _outcome: &'static str) {}
+    fn attempt_finished(&self, _kind: JobKind, _result: AttemptResult, _run: Option<Duration>) {}
+    /// From a slot becoming free (or a job arriving) to the assignment.
+    fn dispatched(&self, _tier: Tier, _queue_wait: Duration, _dispatch_latency: Option<Duration>) {}
+    fn credits_moved(&self, _kind: EntryKind, _amount: i64) {}
+    fn actor_restarted(&self, _actor: &'static str) {}
+    fn stale_worker_message(&self) {}
+    fn queue_limited(&self) {}
+}
+
+/// Observes nothing.
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {}

@@ -1,0 +1,296 @@
+//! The orchestrator: the actor system wired together, and the operations the
+//! outside world (HTTP, the benchmark, tests) performs on it. Reads go to
+//! the store; every mutation of a user's money goes through their wallet
+//! actor.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_rt::Arbiter;
+use chrono::Utc;
+
+use crate::config::OrchestratorConfig;
+use crate::email::Email;
+use crate::error::OrchestratorError;
+use crate::ids::{EntryId, JobId, UserId};
+use crate::job::{AttemptOutcome, IdempotencyKey, Job, JobRequest, JobSpec, JobState};
+use crate::ledger::{Grant, LedgerEntry};
+use crate::money::Wallet;
+use crate::observer::Observer;
+use crate::scheduler::actor::{GetStats, Recover, SchedulerActor, SchedulerStats};
+use crate::store::{AttemptRef, JobCounts, Store, StoreError, Submission};
+use crate::tier::Membership;
+use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
+use crate::wallet::{Cancel, GrantCredits, SetMembership, SetStatus, Settle, Submit, WalletRegistry};
+use crate::worker::{start_simulated_worker, SimProfile, WorkerActor};
+
+/// A new account: the key is shown this once.
+pub struct Registration {
+    pub user: User,
+    pub wallet: Wallet,
+    pub api_key: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub scheduler: SchedulerStats,
+    pub jobs: JobCounts,
+}
+
+/// A cheap handle: clone it freely.
+#[derive(Clone)]
+pub struct Orchestrator {
+    store: Arc<dyn Store>,
+    config: Arc<OrchestratorConfig>,
+    observer: Arc<dyn Observer>,
+    wallets: WalletRegistry,
+    scheduler: Addr<SchedulerActor>,
+    actor_arbiter: actix_rt::ArbiterHandle,
+    _arbiters: Arc<ArbiterGuard>,
+}
+
+/// Stops the orchestrator's arbiters when the last handle goes.
+struct ArbiterGuard(Vec<Arbiter>);
+
+impl Drop for ArbiterGuard {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            a.stop();
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Starts the actors on their own threads (the scheduler, job and
+    /// worker actors on one; wallets on another) and recovers what the
+    /// store holds: waiting jobs return to the line in their order, and
+    /// attempts that were in flight when the last process died count as
+    /// system failures (retried, or refunded when attempts are spent).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        config.validate().map_err(OrchestratorError::InvalidParams)?;
+        let config = Arc::new(config);
+        let scheduling = Arbiter::new();
+        let wallet_arbiter = Arbiter::new();
+        let wallets = WalletRegistry::new(
+            store.clone(),
+            config.clone(),
+            observer.clone(),
+            vec![wallet_arbiter.handle()],
+        );
+        let scheduler = {
+            let (store, wallets, config, observer) =
+                (store.clone(), wallets.clone(), config.clone(), observer.clone());
+            SchedulerActor::start_in_arbiter(&scheduling.handle(), move |_| {
+                SchedulerActor::new(store, wallets, config, observer)
+            })
+        };
+        wallets.set_scheduler(scheduler.clone());
+        let orchestrator = Orchestrator {
+            store,
+            config,
+            observer,
+            wallets,
+            scheduler,
+            actor_arbiter: scheduling.handle(),
+            _arbiters: Arc::new(ArbiterGuard(vec![scheduling, wallet_arbiter])),
+        };
+        orchestrator.recover().await?;
+        Ok(orchestrator)
+    }
+
+    async fn recover(&self) -> Result<(), OrchestratorError> {
+        let in_flight = self
+            .store
+            .jobs_in_states(&[JobState::Assigned, JobState::Running])
+            .await?;
+        for job in in_flight {
+            let (Some(lease), attempt) = (job.lease, job.attempts) else {
+                continue;
+            };
+            let delay = self.config.retry_delay(attempt);
+            let outcome = AttemptOutcome::SystemFailure {
+                message: "the orchestrator restarted during the attempt".into(),
+                retry_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            };
+            let msg = Settle {
+                attempt: AttemptRef {
+                    job_id: job.id,
+                    attempt,
+                    lease,
+                },
+                outcome,
+            };
+            match self.wallets.settle(job.user_id, msg).await {
+                Ok(_) | Err(StoreError::StaleTransition { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let waiting = self.store.jobs_in_states(&[JobState::Queued]).await?;
+        if !waiting.is_empty() {
+            tracing::info!(jobs = waiting.len(), "recovered waiting jobs");
+        }
+        self.scheduler.do_send(Recover(waiting));
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.config
+    }
+
+    pub fn scheduler(&self) -> &Addr<SchedulerActor> {
+        &self.scheduler
+    }
+
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.observer
+    }
+
+    /// Starts `count` simulated GPU workers with `slots` each.
+    pub fn add_simulated_workers(&self, count: usize, slots: u32, profile: SimProfile) {
+        for i in 0..count {
+            let scheduler = self.scheduler.clone();
+            let observer = self.observer.clone();
+            self.actor_arbiter.spawn_fn(move || {
+                let _: Addr<WorkerActor> =
+                    start_simulated_worker(format!("sim-{i}"), slots, profile, scheduler, observer);
+            });
+        }
+    }
+
+    pub async fn register(&self, email: &str, display_name: &str) -> Result<Registration, OrchestratorError> {
+        let email = Email::parse(email).map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
+        let display_name =
+            DisplayName::parse(display_name).map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
+        let api_key = ApiKey::generate();
+        let (user, wallet) = self
+            .store
+            .create_user(
+                NewUser {
+                    email,
+                    display_name,
+                    key_hash: api_key.hash(),
+                },
+                self.config.registration_credits,
+                Utc::now(),
+            )
+            .await?;
+        if !self.config.registration_credits.is_zero() {
+            self.observer
+                .credits_moved(crate::ledger::EntryKind::Grant, self.config.registration_credits.get());
+        }
+        tracing::info!(user = %user.id, amount = wallet.balance.get(), "registered; registration credits granted");
+        Ok(Registration {
+            user,
+            wallet,
+            api_key: api_key.expose().to_owned(),
+        })
+    }
+
+    /// The active user behind an API key.
+    pub async fn authenticate(&self, presented_key: &str) -> Result<User, OrchestratorError> {
+        let user = self
+            .store
+            .user_by_key(KeyHash::of(presented_key))
+            .await?
+            .ok_or(OrchestratorError::Unauthorized)?;
+        if !user.is_active() {
+            return Err(OrchestratorError::AccountSuspended(user.status.as_str()));
+        }
+        Ok(user)
+    }
+
+    pub async fn submit(
+        &self,
+        user: UserId,
+        request: JobRequest,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Submission, OrchestratorError> {
+        let spec = JobSpec::parse(request).map_err(|e| OrchestratorError::InvalidParams(e.0))?;
+        self.wallets.call(user, Submit { spec, idempotency }).await?
+    }
+
+    pub async fn cancel(&self, user: UserId, job: JobId) -> Result<Job, OrchestratorError> {
+        self.wallets.call(user, Cancel { job_id: job }).await?
+    }
+
+    /// One of the user's jobs with its position among their waiting jobs.
+    pub async fn job(&self, user: UserId, id: JobId) -> Result<(Job, Option<u32>), OrchestratorError> {
+        match self.store.job(id).await? {
+            Some(job) if job.user_id == user => {
+                let position = self.store.queue_position(id).await?;
+                Ok((job, position))
+            }
+            _ => Err(OrchestratorError::NotFound("job")),
+        }
+    }
+
+    pub async fn jobs(
+        &self,
+        user: UserId,
+        state: Option<JobState>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<Job>, OrchestratorError> {
+        Ok(self.store.list_jobs(user, state, before, limit).await?)
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<User, OrchestratorError> {
+        self.store.user(id).await?.ok_or(OrchestratorError::NotFound("user"))
+    }
+
+    pub async fn wallet(&self, user: UserId) -> Result<Wallet, OrchestratorError> {
+        Ok(self.store.wallet(user).await?)
+    }
+
+    pub async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, OrchestratorError> {
+        Ok(self.store.ledger(user, before, limit).await?)
+    }
+
+    pub async fn grant(&self, user: UserId, grant: Grant) -> Result<Wallet, OrchestratorError> {
+        self.user(user).await?;
+        Ok(self.wallets.call(user, GrantCredits(grant)).await??.wallet)
+    }
+
+    pub async fn set_membership(&self, user: UserId, membership: Membership) -> Result<User, OrchestratorError> {
+        self.user(user).await?;
+        Ok(self.wallets.call(user, SetMembership(membership)).await??)
+    }
+
+    pub async fn set_status(&self, user: UserId, status: AccountStatus) -> Result<User, OrchestratorError> {
+        self.user(user).await?;
+        Ok(self.wallets.call(user, SetStatus(status)).await??)
+    }
+
+    pub async fn stats(&self) -> Result<Stats, OrchestratorError> {
+        let scheduler = self
+            .scheduler
+            .send(GetStats)
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
+        Ok(Stats {
+            scheduler,
+            jobs: self.store.job_counts().await?,
+        })
+    }
+
+    pub async fn ready(&self) -> Result<(), OrchestratorError> {
+        self.store.ping().await?;
+        if !self.scheduler.connected() {
+            return Err(OrchestratorError::Unavailable("scheduler stopped".into()));
+        }
+        Ok(())
+    }
+}

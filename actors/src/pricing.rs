@@ -1,0 +1,90 @@
+//! The price table: what a job costs, from its kind, size and length.
+//! Sizes are classified orientation-free (a 720x1280 portrait video is the
+//! same class as 1280x720).
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobKind, JobSpec};
+use crate::money::{Credits, MoneyError};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTable {
+    /// Per image up to 1024x1024.
+    pub image_standard: i64,
+    /// Per image above that, up to 2048x2048.
+    pub image_large: i64,
+    /// Per second of video up to 1280x720.
+    pub video_standard: i64,
+    /// Per second of video above that, up to 1920x1080.
+    pub video_hd: i64,
+}
+
+impl Default for PriceTable {
+    fn default() -> Self {
+        PriceTable {
+            image_standard: 1,
+            image_large: 2,
+            video_standard: 5,
+            video_hd: 10,
+        }
+    }
+}
+
+/// The size classes the price table distinguishes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum SizeClass {
+    ImageStandard,
+    ImageLarge,
+    VideoStandard,
+    VideoHd,
+}
+
+impl SizeClass {
+    /// `None` when the size is beyond what the platform renders.
+    pub fn of(kind: JobKind, width: u32, height: u32) -> Option<SizeClass> {
+        let (long, short) = (width.max(height), width.min(height));
+        match kind {
+            JobKind::Image if long <= 1024 => Some(SizeClass::ImageStandard),
+            JobKind::Image if long <= 2048 => Some(SizeClass::ImageLarge),
+            JobKind::Video if long <= 1280 && short <= 720 => Some(SizeClass::VideoStandard),
+            JobKind::Video if long <= 1920 && short <= 1080 => Some(SizeClass::VideoHd),
+            _ => None,
+        }
+    }
+}
+
+impl PriceTable {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("image_standard", self.image_standard),
+            ("image_large", self.image_large),
+            ("video_standard", self.video_standard),
+            ("video_hd", self.video_hd),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                return Err(format!("price {name} must be 1..=1000000"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unit_price(&self, class: SizeClass) -> i64 {
+        match class {
+            SizeClass::ImageStandard => self.image_standard,
+            SizeClass::ImageLarge => self.image_large,
+            SizeClass::VideoStandard => self.video_standard,
+            SizeClass::VideoHd => self.video_hd,
+        }
+    }
+
+    /// The cost of a parsed job. A parsed spec always has a size class.
+    pub fn cost(&self, spec: &JobSpec) -> Result<Credits, MoneyError> {
+        let unit = Credits::positive(self.unit_price(spec.size_class()))?;
+        let units = match spec.kind {
+            JobKind::Image => spec.params.count.unwrap_or(1),
+            JobKind::Video => spec.params.duration_s.unwrap_or(1),
+        };
+        unit.checked_mul(units)
+    }
+}

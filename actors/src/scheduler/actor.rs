@@ -1,0 +1,378 @@
+//! `SchedulerActor`: one per node. Owns the waiting line, the idle worker
+//! slots, the retry timers and the map of jobs in flight; decides dispatch
+//! order and starts a `JobActor` per dispatched attempt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::config::OrchestratorConfig;
+use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::job::{Job, JobState};
+use crate::job_actor::{CancelAttempt, JobActor};
+use crate::observer::Observer;
+use crate::scheduler::queue::{FairQueue, QueuedJob};
+use crate::store::Store;
+use crate::wallet::WalletRegistry;
+use crate::worker::{Capabilities, WorkerActor};
+
+/// How often the scheduler compares its line with the store, so a job the
+/// store holds as waiting can never be forgotten by the actors.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// After a store outage during assignment, when to try the job again.
+const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
+
+struct WorkerSlots {
+    addr: Addr<WorkerActor>,
+    caps: Capabilities,
+    free: u32,
+    warm: HashSet<String>,
+    /// When a slot last became free, for dispatch latency.
+    freed_at: Option<Instant>,
+}
+
+struct InFlight {
+    actor: Addr<JobActor>,
+    worker: WorkerId,
+}
+
+pub struct SchedulerActor {
+    queue: FairQueue,
+    workers: HashMap<WorkerId, WorkerSlots>,
+    in_flight: HashMap<JobId, InFlight>,
+    /// Retries waiting for their backoff to pass.
+    delayed: HashMap<JobId, SpawnHandle>,
+    store: Arc<dyn Store>,
+    wallets: WalletRegistry,
+    config: Arc<OrchestratorConfig>,
+    observer: Arc<dyn Observer>,
+}
+
+impl SchedulerActor {
+    pub fn new(
+        store: Arc<dyn Store>,
+        wallets: WalletRegistry,
+        config: Arc<OrchestratorConfig>,
+        observer: Arc<dyn Observer>,
+    ) -> SchedulerActor {
+        SchedulerActor {
+            queue: FairQueue::new(config.tiers),
+            workers: HashMap::new(),
+            in_flight: HashMap::new(),
+            delayed: HashMap::new(),
+            store,
+            wallets,
+            config,
+            observer,
+        }
+    }
+
+    fn free_slots(&self) -> bool {
+        self.workers.values().any(|w| w.free > 0)
+    }
+
+    /// Hands out jobs while a free slot can take one.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        while self.free_slots() {
+            let workers = &self.workers;
+            let Some(job) = self.queue.pop_next(|j| {
+                workers
+                    .values()
+                    .any(|w| w.free > 0 && w.caps.serves(j.kind, &j.model))
+            }) else {
+                break;
+            };
+            // A worker with the model already loaded wins; then the one with
+            // the most free slots, to spread load.
+            let chosen = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.free > 0 && w.caps.serves(job.kind, &job.model))
+                .max_by_key(|(_, w)| (w.warm.contains(&job.model), w.free))
+                .map(|(id, _)| *id);
+            let Some(worker_id) = chosen else {
+                // `fits` said yes a moment ago; put it back rather than lose it.
+                self.queue.finished(job.user_id);
+                self.queue.push(job);
+                break;
+            };
+            let Some(slots) = self.workers.get_mut(&worker_id) else {
+                break;
+            };
+            slots.free -= 1;
+            slots.warm.insert(job.model.clone());
+            let ready_since = slots
+                .freed_at
+                .map_or(job.enqueued_at, |f| f.max(job.enqueued_at));
+            let worker_addr = slots.addr.clone();
+            let job_id = job.job_id;
+            let actor = JobActor::new(
+                job,
+                LeaseToken::generate(),
+                worker_id,
+                worker_addr,
+                ctx.address(),
+                self.wallets.clone(),
+                self.store.clone(),
+                self.config.clone(),
+                self.observer.clone(),
+                ready_since,
+            )
+            .start();
+            self.in_flight.insert(
+                job_id,
+                InFlight {
+                    actor,
+                    worker: worker_id,
+                },
+            );
+        }
+    }
+
+    fn enqueue_after(&mut self, job: QueuedJob, delay: Duration, ctx: &mut Context<Self>) {
+        let job_id = job.job_id;
+        if delay.is_zero() {
+            self.queue.push(job);
+            return;
+        }
+        let handle = ctx.run_later(delay, move |act, ctx| {
+            act.delayed.remove(&job_id);
+            let mut job = job;
+            job.enqueued_at = Instant::now();
+            act.queue.push(job);
+            act.dispatch(ctx);
+        });
+        self.delayed.insert(job_id, handle);
+    }
+
+    fn knows(&self, job: JobId) -> bool {
+        self.queue.contains(job) || self.delayed.contains_key(&job) || self.in_flight.contains_key(&job)
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(RECONCILE_EVERY, |act, ctx| {
+            ctx.notify(Reconcile);
+            let _ = act;
+        });
+    }
+}
+
+/// A job was accepted and waits for a slot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Enqueue(pub QueuedJob);
+
+impl Handler<Enqueue> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
+        if !self.knows(msg.0.job_id) {
+            self.queue.push(msg.0);
+            self.dispatch(ctx);
+        }
+    }
+}
+
+/// A waiting job was cancelled: take it out of the line.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Withdraw(pub JobId);
+
+impl Handler<Withdraw> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Withdraw, ctx: &mut Self::Context) {
+        self.queue.remove(msg.0);
+        if let Some(handle) = self.delayed.remove(&msg.0) {
+            ctx.cancel_future(handle);
+        }
+    }
+}
+
+/// A job in flight was cancelled by its user: stop its attempt.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelInFlight(pub JobId);
+
+impl Handler<CancelInFlight> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelInFlight, ctx: &mut Self::Context) {
+        if let Some(f) = self.in_flight.get(&msg.0) {
+            f.actor.do_send(CancelAttempt);
+        }
+        // A cancelled job may also be between attempts.
+        self.queue.remove(msg.0);
+        if let Some(handle) = self.delayed.remove(&msg.0) {
+            ctx.cancel_future(handle);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerJoined {
+    pub id: WorkerId,
+    pub caps: Capabilities,
+    pub addr: Addr<WorkerActor>,
+}
+
+impl Handler<WorkerJoined> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerJoined, ctx: &mut Self::Context) {
+        tracing::info!(worker = %msg.id, name = %msg.caps.name, slots = msg.caps.slots, "worker joined");
+        self.workers.insert(
+            msg.id,
+            WorkerSlots {
+                free: msg.caps.slots,
+                warm: msg.caps.loaded_models.iter().cloned().collect(),
+                caps: msg.caps,
+                addr: msg.addr,
+                freed_at: None,
+            },
+        );
+        self.dispatch(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerLeft {
+    pub id: WorkerId,
+}
+
+impl Handler<WorkerLeft> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerLeft, _ctx: &mut Self::Context) {
+        // Its attempts are reported lost by the worker actor itself; they
+        // end through `AttemptEnded` like any other.
+        if self.workers.remove(&msg.id).is_some() {
+            tracing::info!(worker = %msg.id, "worker left");
+        }
+    }
+}
+
+/// A dispatched attempt is over; exactly one per `JobActor`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttemptEnded {
+    pub job_id: JobId,
+    pub user_id: UserId,
+    pub worker: WorkerId,
+    pub next: NextStep,
+}
+
+pub enum NextStep {
+    /// Finished, cancelled, or fenced off: nothing more to schedule.
+    Done,
+    /// A system failure with attempts left: back in line after `delay`.
+    Retry { job: QueuedJob, delay: Duration },
+    /// Never started (the store was unreachable): back in line as it was.
+    Requeue(QueuedJob),
+}
+
+impl Handler<AttemptEnded> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttemptEnded, ctx: &mut Self::Context) {
+        if let Some(f) = self.in_flight.get(&msg.job_id) {
+            if f.worker == msg.worker {
+                self.in_flight.remove(&msg.job_id);
+            }
+        }
+        if let Some(w) = self.workers.get_mut(&msg.worker) {
+            w.free = (w.free + 1).min(w.caps.slots);
+            w.freed_at = Some(Instant::now());
+        }
+        self.queue.finished(msg.user_id);
+        match msg.next {
+            NextStep::Done => {}
+            NextStep::Retry { job, delay } => self.enqueue_after(job, delay, ctx),
+            NextStep::Requeue(job) => self.enqueue_after(job, REQUEUE_AFTER_STORE_ERROR, ctx),
+        }
+        self.dispatch(ctx);
+    }
+}
+
+/// Jobs found in the store at start-up or by reconciliation.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Recover(pub Vec<Job>);
+
+impl Handler<Recover> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Recover, ctx: &mut Self::Context) {
+        let now = chrono::Utc::now();
+        for job in msg.0 {
+            if job.state != JobState::Queued || self.knows(job.id) {
+                continue;
+            }
+            let delay = job
+                .retry_at
+                .and_then(|at| (at - now).to_std().ok())
+                .unwrap_or_default();
+            self.enqueue_after(QueuedJob::from_job(&job), delay, ctx);
+        }
+        self.dispatch(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reconcile;
+
+impl Handler<Reconcile> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reconcile, ctx: &mut Self::Context) {
+        let store = self.store.clone();
+        let addr = ctx.address();
+        actix::spawn(async move {
+            match store.jobs_in_states(&[JobState::Queued]).await {
+                Ok(jobs) => addr.do_send(Recover(jobs)),
+                Err(e) => tracing::warn!(error = %e, "reconciliation could not read the store"),
+            }
+        });
+    }
+}
+
+/// A snapshot for `/v1/admin/stats` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub waiting_by_tier: [usize; 4],
+    pub retrying: usize,
+    pub in_flight: usize,
+    pub workers: usize,
+    pub busy_slots: u32,
+    pub idle_slots: u32,
+}
+
+#[derive(Message)]
+#[rtype(result = "SchedulerStats")]
+pub struct GetStats;
+
+impl Handler<GetStats> for SchedulerActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        let idle: u32 = self.workers.values().map(|w| w.free).sum();
+        let total: u32 = self.workers.values().map(|w| w.caps.slots).sum();
+        MessageResult(SchedulerStats {
+            waiting_by_tier: self.queue.waiting_by_tier(),
+            retrying: self.delayed.len(),
+            in_flight: self.in_flight.len(),
+            workers: self.workers.len(),
+            busy_slots: total.saturating_sub(idle),
+            idle_slots: idle,
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! Scheduling: membership priority without starvation (DESIGN.md §5).
+//!
+//! [`queue::FairQueue`] is the pure decision (which job next), tested with
+//! properties; [`actor::SchedulerActor`] owns it together with the worker
+//! slots, retry timers and the jobs in flight.
+
+pub mod actor;
+pub mod queue;
+
+pub use actor::SchedulerActor;
+pub use queue::{FairQueue, QueuedJob};

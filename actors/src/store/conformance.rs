@@ -1,0 +1,517 @@
+//! One behaviour for every store adapter. Each check takes a fresh, empty
+//! store; [`store_conformance_tests!`] turns the list into `#[test]`s for
+//! an adapter, so the in-memory and PostgreSQL stores cannot drift apart.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+
+use super::*;
+use crate::email::Email;
+use crate::job::{Charge, JobKind, JobRequest, ParamsRequest};
+use crate::ledger::{replay, EntryKind, GrantSource};
+use crate::user::{ApiKey, DisplayName};
+
+pub type Shared = Arc<dyn Store>;
+
+fn credits(v: i64) -> Credits {
+    Credits::new(v).expect("test amount")
+}
+
+async fn user_with(store: &Shared, email: &str, reward: i64) -> User {
+    store
+        .create_user(
+            NewUser {
+                email: Email::parse(email).expect("test email"),
+                display_name: DisplayName::parse("Test").expect("test name"),
+                key_hash: ApiKey::generate().hash(),
+            },
+            credits(reward),
+            Utc::now(),
+        )
+        .await
+        .expect("create user")
+        .0
+}
+
+fn spec(prompt: &str) -> JobSpec {
+    JobSpec::parse(JobRequest {
+        kind: JobKind::Image,
+        model: "sdxl".into(),
+        prompt: prompt.into(),
+        params: ParamsRequest::default(),
+    })
+    .expect("test spec")
+}
+
+fn new_job(user: UserId, cost: i64) -> NewJob {
+    NewJob {
+        id: JobId::generate(),
+        user_id: user,
+        spec: spec("a lighthouse at dusk"),
+        tier: Tier::Free,
+        cost: credits(cost),
+        max_attempts: 3,
+        max_waiting: 1000,
+        idempotency: None,
+        now: Utc::now(),
+    }
+}
+
+async fn assign(store: &Shared, job: &Job) -> AttemptRef {
+    let attempt = AttemptRef {
+        job_id: job.id,
+        attempt: job.attempts + 1,
+        lease: LeaseToken::generate(),
+    };
+    store
+        .assign_job(attempt, WorkerId::generate(), Utc::now())
+        .await
+        .expect("assign");
+    attempt
+}
+
+fn sys_fail() -> AttemptOutcome {
+    AttemptOutcome::SystemFailure {
+        message: "gpu fell off the bus".into(),
+        retry_at: Utc::now() + Duration::milliseconds(10),
+    }
+}
+
+/// The ledger of every user replays to their wallet, and every hold of a
+/// finished job is resolved exactly once.
+pub async fn assert_books_balance(store: &Shared) {
+    for (user, wallet, entries) in store.audit_ledgers().await.expect("audit") {
+        let replayed = replay(&entries).unwrap_or_else(|e| panic!("user {user}: {e}"));
+        assert_eq!(replayed, wallet, "user {user}: ledger and wallet disagree");
+        let mut resolved = HashSet::new();
+        for e in &entries {
+            if matches!(e.kind, EntryKind::Post | EntryKind::Void) {
+                let job = e.job_id.expect("resolution names its job");
+                assert!(resolved.insert(job), "hold of job {job} resolved twice");
+            }
+        }
+    }
+}
+
+pub async fn registration_grants_reward_and_email_is_unique(store: Shared) {
+    let user = user_with(&store, "Ann@Example.com", 100).await;
+    let wallet = store.wallet(user.id).await.unwrap();
+    assert_eq!((wallet.balance.get(), wallet.held.get()), (100, 0));
+    let ledger = store.ledger(user.id, None, 10).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].kind, EntryKind::Grant);
+    assert_eq!(ledger[0].source, Some(GrantSource::Registration));
+    let dup = store
+        .create_user(
+            NewUser {
+                email: Email::parse(" ann@example.COM ").unwrap(),
+                display_name: DisplayName::parse("Other").unwrap(),
+                key_hash: ApiKey::generate().hash(),
+            },
+            credits(100),
+            Utc::now(),
+        )
+        .await;
+    assert_eq!(dup.unwrap_err(), StoreError::EmailTaken);
+}
+
+pub async fn api_key_finds_its_user_only(store: Shared) {
+    let key = ApiKey::generate();
+    let (user, _) = store
+        .create_user(
+            NewUser {
+                email: Email::parse("key@example.com").unwrap(),
+                display_name: DisplayName::parse("Key").unwrap(),
+                key_hash: key.hash(),
+            },
+            credits(1),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.user_by_key(key.hash()).await.unwrap().map(|u| u.id), Some(user.id));
+    assert!(store.user_by_key(ApiKey::generate().hash()).await.unwrap().is_none());
+}
+
+pub async fn grant_is_idempotent_by_key(store: Shared) {
+    let user = user_with(&store, "grant@example.com", 0).await;
+    let grant = Grant {
+        amount: credits(50),
+        source: GrantSource::Purchase,
+        idempotency_key: Some("pay-1".into()),
+        note: Some("pack".into()),
+    };
+    let first = store.grant(user.id, grant.clone(), Utc::now()).await.unwrap();
+    let again = store.grant(user.id, grant, Utc::now()).await.unwrap();
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(again.wallet.balance.get(), 50);
+    assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 1);
+    assert_books_balance(&store).await;
+}
+
+pub async fn submit_holds_and_queues_atomically(store: Shared) {
+    let user = user_with(&store, "sub@example.com", 10).await;
+    let sub = store.submit_job(new_job(user.id, 4)).await.unwrap();
+    assert_eq!(sub.job.state, JobState::Queued);
+    assert_eq!(sub.job.charge, Charge::Held);
+    assert_eq!((sub.wallet.balance.get(), sub.wallet.held.get()), (10, 4));
+    assert_eq!(store.queue_position(sub.job.id).await.unwrap(), Some(1));
+    // Too expensive: refused, and nothing is written.
+    let err = store.submit_job(new_job(user.id, 7)).await.unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::InsufficientCredits {
+            required: credits(7),
+            available: credits(6)
+        }
+    );
+    assert_eq!(store.list_jobs(user.id, None, None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 2);
+    assert_books_balance(&store).await;
+}
+
+pub async fn waiting_limit_is_enforced(store: Shared) {
+    let user = user_with(&store, "limit@example.com", 100).await;
+    for _ in 0..2 {
+        let mut j = new_job(user.id, 1);
+        j.max_waiting = 2;
+        store.submit_job(j).await.unwrap();
+    }
+    let mut j = new_job(user.id, 1);
+    j.max_waiting = 2;
+    assert_eq!(store.submit_job(j).await.unwrap_err(), StoreError::QueueLimit { limit: 2 });
+    assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 2);
+}
+
+pub async fn idempotency_key_replays_and_detects_reuse(store: Shared) {
+    let user = user_with(&store, "idem@example.com", 10).await;
+    let key = IdempotencyKey::parse("k-1").unwrap();
+    let mut first = new_job(user.id, 3);
+    first.idempotency = Some((key.clone(), first.spec.fingerprint()));
+    let a = store.submit_job(first.clone()).await.unwrap();
+    let mut again = first.clone();
+    again.id = JobId::generate();
+    let b = store.submit_job(again).await.unwrap();
+    assert!(!a.replayed && b.replayed);
+    assert_eq!(a.job.id, b.job.id);
+    assert_eq!(b.wallet.held.get(), 3, "a replay charges nothing");
+    let mut other = new_job(user.id, 3);
+    other.spec = spec("something else");
+    other.idempotency = Some((key, other.spec.fingerprint()));
+    assert_eq!(store.submit_job(other).await.unwrap_err(), StoreError::IdempotencyKeyReused);
+    // Keys are per user.
+    let bob = user_with(&store, "bob@example.com", 10).await;
+    let mut bobs = new_job(bob.id, 3);
+    bobs.idempotency = first.idempotency.clone();
+    assert!(!store.submit_job(bobs).await.unwrap().replayed);
+}
+
+pub async fn success_posts_the_hold(store: Shared) {
+    let user = user_with(&store, "ok@example.com", 10).await;
+    let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let attempt = assign(&store, &job).await;
+    store.start_job(attempt, Utc::now()).await.unwrap();
+    let done = store
+        .finish_attempt(
+            attempt,
+            AttemptOutcome::Succeeded {
+                outputs: vec![crate::job::Output {
+                    url: "sim://x".into(),
+                    content_type: "image/png".into(),
+                }],
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.job.state, JobState::Succeeded);
+    assert_eq!(done.job.charge, Charge::Posted);
+    assert_eq!((done.wallet.balance.get(), done.wallet.held.get()), (6, 0));
+    let result = done.job.result.expect("result");
+    assert_eq!(result.license, crate::tier::License::Personal);
+    assert!(done.job.finished_at.is_some() && done.job.started_at.is_some());
+    assert_books_balance(&store).await;
+}
+
+pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
+    let user = user_with(&store, "stale@example.com", 10).await;
+    let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let attempt = assign(&store, &job).await;
+    // Assigning the same attempt again is refused.
+    assert!(matches!(
+        store.assign_job(attempt, WorkerId::generate(), Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    // A message carrying another lease is fenced off.
+    let forged = AttemptRef {
+        lease: LeaseToken::generate(),
+        ..attempt
+    };
+    assert!(matches!(
+        store.start_job(forged, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    let ok = AttemptOutcome::Succeeded { outputs: vec![] };
+    store.finish_attempt(attempt, ok.clone(), Utc::now()).await.unwrap();
+    // A duplicate completion, and a late failure, are both refused.
+    assert!(matches!(
+        store.finish_attempt(attempt, ok, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    assert!(matches!(
+        store.finish_attempt(attempt, sys_fail(), Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    let w = store.wallet(user.id).await.unwrap();
+    assert_eq!((w.balance.get(), w.held.get()), (6, 0));
+    assert_books_balance(&store).await;
+}
+
+pub async fn system_failures_retry_then_void_once(store: Shared) {
+    let user = user_with(&store, "retry@example.com", 10).await;
+    let mut job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    for n in 1..=3 {
+        let attempt = assign(&store, &job).await;
+        assert_eq!(attempt.attempt, n);
+        let s = store.finish_attempt(attempt, sys_fail(), Utc::now()).await.unwrap();
+        job = s.job;
+        if n < 3 {
+            assert_eq!(job.state, JobState::Queued);
+            assert_eq!(job.charge, Charge::Held);
+            assert!(job.retry_at.is_some());
+            // Still held while it waits for the retry.
+            assert_eq!(s.wallet.held.get(), 4);
+        }
+        // An old attempt's late failure cannot move money.
+        assert!(store.finish_attempt(attempt, sys_fail(), Utc::now()).await.is_err());
+    }
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.charge, Charge::Voided);
+    assert_eq!(job.attempts, 3);
+    let w = store.wallet(user.id).await.unwrap();
+    assert_eq!((w.balance.get(), w.held.get()), (10, 0), "refunded in full");
+    let voids = store
+        .ledger(user.id, None, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Void)
+        .count();
+    assert_eq!(voids, 1);
+    assert_books_balance(&store).await;
+}
+
+pub async fn user_failure_posts_without_retry(store: Shared) {
+    let user = user_with(&store, "userfail@example.com", 10).await;
+    let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let attempt = assign(&store, &job).await;
+    let s = store
+        .finish_attempt(
+            attempt,
+            AttemptOutcome::UserFailure {
+                message: "prompt rejected by the model".into(),
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.job.state, JobState::Failed);
+    assert_eq!(s.job.charge, Charge::Posted);
+    assert_eq!(s.job.attempts, 1);
+    assert_eq!(s.wallet.balance.get(), 6);
+}
+
+pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
+    let user = user_with(&store, "cancel@example.com", 20).await;
+    let queued = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let c = store.cancel_job(user.id, queued.id, Utc::now()).await.unwrap();
+    assert_eq!((c.previous, c.job.state, c.job.charge), (JobState::Queued, JobState::Cancelled, Charge::Voided));
+    assert_eq!((c.wallet.balance.get(), c.wallet.held.get()), (20, 0));
+    assert_eq!(
+        store.cancel_job(user.id, queued.id, Utc::now()).await.unwrap_err(),
+        StoreError::JobFinished
+    );
+
+    let running = store.submit_job(new_job(user.id, 5)).await.unwrap().job;
+    let attempt = assign(&store, &running).await;
+    store.start_job(attempt, Utc::now()).await.unwrap();
+    let c = store.cancel_job(user.id, running.id, Utc::now()).await.unwrap();
+    assert_eq!((c.previous, c.job.charge), (JobState::Running, Charge::Posted));
+    assert_eq!(c.previous_lease, Some(attempt.lease));
+    assert_eq!(c.wallet.balance.get(), 15);
+    // The worker's late completion is refused.
+    assert!(store
+        .finish_attempt(attempt, AttemptOutcome::Succeeded { outputs: vec![] }, Utc::now())
+        .await
+        .is_err());
+
+    let other = user_with(&store, "other@example.com", 5).await;
+    let theirs = store.submit_job(new_job(other.id, 1)).await.unwrap().job;
+    assert_eq!(
+        store.cancel_job(user.id, theirs.id, Utc::now()).await.unwrap_err(),
+        StoreError::NotFound("job")
+    );
+    assert_books_balance(&store).await;
+}
+
+pub async fn suspension_cancels_queued_jobs(store: Shared) {
+    let user = user_with(&store, "susp@example.com", 20).await;
+    for _ in 0..3 {
+        store.submit_job(new_job(user.id, 2)).await.unwrap();
+    }
+    store.set_status(user.id, AccountStatus::Suspended).await.unwrap();
+    assert_eq!(
+        store.submit_job(new_job(user.id, 1)).await.unwrap_err(),
+        StoreError::AccountInactive(AccountStatus::Suspended)
+    );
+    let cancelled = store.cancel_queued_jobs(user.id, Utc::now()).await.unwrap();
+    assert_eq!(cancelled.len(), 3);
+    assert!(cancelled.iter().all(|j| j.charge == Charge::Voided));
+    assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 0);
+    let u = store.set_status(user.id, AccountStatus::Active).await.unwrap();
+    assert!(u.is_active());
+    assert_books_balance(&store).await;
+}
+
+pub async fn listings_paginate_newest_first(store: Shared) {
+    let user = user_with(&store, "page@example.com", 100).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(store.submit_job(new_job(user.id, 1)).await.unwrap().job.id);
+    }
+    let page1 = store.list_jobs(user.id, None, None, 2).await.unwrap();
+    assert_eq!(page1.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+    let page2 = store.list_jobs(user.id, None, Some(ids[3]), 2).await.unwrap();
+    assert_eq!(page2.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    store.cancel_job(user.id, ids[0], Utc::now()).await.unwrap();
+    let cancelled = store.list_jobs(user.id, Some(JobState::Cancelled), None, 10).await.unwrap();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(store.queue_position(ids[4]).await.unwrap(), Some(4));
+
+    let entries = store.ledger(user.id, None, 3).await.unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries[0].id > entries[1].id);
+    let older = store.ledger(user.id, Some(entries[2].id), 100).await.unwrap();
+    assert_eq!(older.len(), 7 - 3);
+}
+
+pub async fn concurrent_submits_never_overdraw(store: Shared) {
+    let user = user_with(&store, "race@example.com", 50).await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.submit_job(new_job(user.id, 1)).await }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(StoreError::InsufficientCredits { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(accepted, 50);
+    let w = store.wallet(user.id).await.unwrap();
+    assert_eq!((w.balance.get(), w.held.get(), w.available().get()), (50, 50, 0));
+    assert_books_balance(&store).await;
+}
+
+pub async fn concurrent_resolutions_of_one_hold_apply_once(store: Shared) {
+    let user = user_with(&store, "dup@example.com", 10).await;
+    let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let attempt = assign(&store, &job).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let outcome = if i % 2 == 0 {
+                AttemptOutcome::Succeeded { outputs: vec![] }
+            } else {
+                AttemptOutcome::UserFailure { message: "x".into() }
+            };
+            store.finish_attempt(attempt, outcome, Utc::now()).await.is_ok()
+        }));
+    }
+    let mut cancels = Vec::new();
+    for _ in 0..5 {
+        let store = store.clone();
+        cancels.push(tokio::spawn(async move { store.cancel_job(user.id, job.id, Utc::now()).await.is_ok() }));
+    }
+    let mut wins = 0;
+    for t in tasks.into_iter().chain(cancels) {
+        if t.await.expect("task") {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "exactly one resolution wins");
+    let w = store.wallet(user.id).await.unwrap();
+    assert_eq!((w.balance.get(), w.held.get()), (6, 0));
+    assert_books_balance(&store).await;
+}
+
+pub async fn recovery_lists_jobs_by_state_in_submission_order(store: Shared) {
+    let user = user_with(&store, "rec@example.com", 100).await;
+    let a = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    let b = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    let c = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    assign(&store, &b).await;
+    let waiting = store.jobs_in_states(&[JobState::Queued]).await.unwrap();
+    assert_eq!(waiting.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, c.id]);
+    let flying = store.jobs_in_states(&[JobState::Assigned, JobState::Running]).await.unwrap();
+    assert_eq!(flying.len(), 1);
+    assert!(flying[0].lease.is_some());
+    let counts = store.job_counts().await.unwrap();
+    assert!(counts.0.contains(&(JobState::Queued, 2)));
+    assert!(counts.0.contains(&(JobState::Assigned, 1)));
+}
+
+/// Expands to one test per conformance check, each on a fresh store made
+/// by `$make` (an async expression yielding `Arc<dyn Store>`).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            registration_grants_reward_and_email_is_unique,
+            api_key_finds_its_user_only,
+            grant_is_idempotent_by_key,
+            submit_holds_and_queues_atomically,
+            waiting_limit_is_enforced,
+            idempotency_key_replays_and_detects_reuse,
+            success_posts_the_hold,
+            stale_and_duplicate_messages_change_nothing,
+            system_failures_retry_then_void_once,
+            user_failure_posts_without_retry,
+            cancel_voids_queued_posts_running_refuses_finished,
+            suspension_cancels_queued_jobs,
+            listings_paginate_newest_first,
+            concurrent_submits_never_overdraw,
+            concurrent_resolutions_of_one_hold_apply_once,
+            recovery_lists_jobs_by_state_in_submission_order,
+        );
+    };
+    (@each $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = $make.await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod memory_adapter {
+    use std::sync::Arc;
+
+    use crate::store::memory::MemoryStore;
+    use crate::store::Store;
+
+    async fn fresh() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new())
+    }
+
+    crate::store_conformance_tests!(fresh());
+}

@@ -1,0 +1,604 @@
+//! The embedded store: all state in one mutex-guarded structure. Each port
+//! operation takes the lock once, checks everything, then writes, so it is
+//! atomic exactly as a database transaction would be. Nothing survives the
+//! process; start-up says so.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+
+use super::*;
+use crate::email::Email;
+use crate::job::{Charge, FailureClass, JobError, JobResult};
+use crate::ledger::{EntryKind, GrantSource};
+use crate::money::MoneyError;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    next_seq: u64,
+    next_entry: i64,
+    users: HashMap<UserId, User>,
+    emails: HashMap<Email, UserId>,
+    keys: HashMap<KeyHash, UserId>,
+    accounts: HashMap<UserId, Account>,
+    jobs: HashMap<JobId, Job>,
+    /// Resolution of each job's hold; `Held` means still open.
+    holds: HashMap<JobId, Charge>,
+}
+
+/// Everything per user that one operation may need to read together.
+#[derive(Default)]
+struct Account {
+    wallet: Wallet,
+    ledger: Vec<LedgerEntry>,
+    grant_keys: BTreeSet<String>,
+    idempotency: HashMap<IdempotencyKey, (RequestHash, Job)>,
+    /// seq → job, every job of the user (listing).
+    jobs: BTreeMap<u64, JobId>,
+    /// seqs of the user's queued jobs (waiting limit, queue position).
+    queued: BTreeSet<u64>,
+}
+
+fn money(e: MoneyError) -> StoreError {
+    match e {
+        MoneyError::Insufficient {
+            required,
+            available,
+        } => StoreError::InsufficientCredits {
+            required,
+            available,
+        },
+        other => StoreError::Invariant(other.to_string()),
+    }
+}
+
+impl State {
+    fn account(&mut self, user: UserId) -> StoreResult<&mut Account> {
+        self.accounts.get_mut(&user).ok_or(StoreError::NotFound("user"))
+    }
+
+    /// Appends one ledger entry and applies it to the wallet. The only place
+    /// money moves in this adapter.
+    fn book(
+        &mut self,
+        user: UserId,
+        kind: EntryKind,
+        amount: Credits,
+        source: Option<GrantSource>,
+        job_id: Option<JobId>,
+        note: Option<String>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Wallet> {
+        self.next_entry += 1;
+        let id = EntryId(self.next_entry);
+        let account = self.account(user)?;
+        let wallet = match kind {
+            EntryKind::Grant => account.wallet.grant(amount),
+            EntryKind::Hold => account.wallet.hold(amount),
+            EntryKind::Post => account.wallet.post(amount),
+            EntryKind::Void => account.wallet.void(amount),
+        }
+        .map_err(money)?;
+        account.wallet = wallet;
+        account.ledger.push(LedgerEntry {
+            id,
+            user_id: user,
+            kind,
+            amount,
+            balance: wallet.balance,
+            held: wallet.held,
+            source,
+            job_id,
+            note,
+            created_at: now,
+        });
+        Ok(wallet)
+    }
+
+    /// Resolves a job's hold exactly once.
+    fn resolve_hold(
+        &mut self,
+        job: &Job,
+        resolution: Charge,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Wallet> {
+        let kind = match resolution {
+            Charge::Posted => EntryKind::Post,
+            Charge::Voided => EntryKind::Void,
+            Charge::Held => return Err(StoreError::Invariant("resolve to held".into())),
+        };
+        match self.holds.get(&job.id) {
+            Some(Charge::Held) => {}
+            Some(_) => return Err(StoreError::HoldResolved),
+            None => return Err(StoreError::Invariant(format!("job {} has no hold", job.id))),
+        }
+        let wallet = self.book(job.user_id, kind, job.cost, None, Some(job.id), None, now)?;
+        self.holds.insert(job.id, resolution);
+        Ok(wallet)
+    }
+
+    fn job_in(&self, attempt: &AttemptRef, allowed: &[JobState]) -> StoreResult<Job> {
+        let job = self
+            .jobs
+            .get(&attempt.job_id)
+            .ok_or(StoreError::NotFound("job"))?;
+        let fenced = allowed.contains(&job.state)
+            && job.attempts == attempt.attempt
+            && job.lease == Some(attempt.lease);
+        if !fenced {
+            return Err(StoreError::StaleTransition {
+                job: job.id,
+                found: job.state,
+                attempt: job.attempts,
+            });
+        }
+        Ok(job.clone())
+    }
+
+    /// Writes a job back, asserting the state machine and keeping the
+    /// per-user queued index in step.
+    fn put_job(&mut self, before: JobState, job: Job) -> StoreResult<()> {
+        if before != job.state && !before.may_become(job.state) {
+            return Err(StoreError::Invariant(format!(
+                "job {}: {before} may not become {}",
+                job.id, job.state
+            )));
+        }
+        let account = self.account(job.user_id)?;
+        if job.state == JobState::Queued {
+            account.queued.insert(job.seq);
+        } else {
+            account.queued.remove(&job.seq);
+        }
+        self.jobs.insert(job.id, job);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn adapter(&self) -> &'static str {
+        "memory"
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn create_user(
+        &self,
+        new: NewUser,
+        reward: Credits,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(User, Wallet)> {
+        let mut s = self.state.lock();
+        if s.emails.contains_key(&new.email) {
+            return Err(StoreError::EmailTaken);
+        }
+        let user = User {
+            id: UserId::generate(),
+            email: new.email.clone(),
+            display_name: new.display_name,
+            membership: Membership::FREE,
+            status: AccountStatus::Active,
+            created_at: now,
+        };
+        s.emails.insert(new.email, user.id);
+        s.keys.insert(new.key_hash, user.id);
+        s.users.insert(user.id, user.clone());
+        s.accounts.insert(user.id, Account::default());
+        let wallet = if reward.is_zero() {
+            Wallet::default()
+        } else {
+            s.book(
+                user.id,
+                EntryKind::Grant,
+                reward,
+                Some(GrantSource::Registration),
+                None,
+                None,
+                now,
+            )?
+        };
+        Ok((user, wallet))
+    }
+
+    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
+        let s = self.state.lock();
+        Ok(s.keys.get(&hash).and_then(|id| s.users.get(id)).cloned())
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        Ok(self.state.lock().users.get(&id).cloned())
+    }
+
+    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
+        let mut s = self.state.lock();
+        let user = s.users.get_mut(&id).ok_or(StoreError::NotFound("user"))?;
+        user.membership = membership;
+        Ok(user.clone())
+    }
+
+    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
+        let mut s = self.state.lock();
+        let user = s.users.get_mut(&id).ok_or(StoreError::NotFound("user"))?;
+        if user.status == AccountStatus::Terminated && status != AccountStatus::Terminated {
+            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
+        }
+        user.status = status;
+        Ok(user.clone())
+    }
+
+    async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
+        let mut s = self.state.lock();
+        Ok(s.account(user)?.wallet)
+    }
+
+    async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<LedgerEntry>> {
+        let mut s = self.state.lock();
+        let account = s.account(user)?;
+        Ok(account
+            .ledger
+            .iter()
+            .rev()
+            .filter(|e| before.is_none_or(|b| e.id < b))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn grant(&self, user: UserId, grant: Grant, now: DateTime<Utc>) -> StoreResult<GrantOutcome> {
+        let mut s = self.state.lock();
+        let account = s.account(user)?;
+        if let Some(key) = &grant.idempotency_key {
+            if account.grant_keys.contains(key) {
+                return Ok(GrantOutcome {
+                    wallet: account.wallet,
+                    replayed: true,
+                });
+            }
+        }
+        let wallet = s.book(
+            user,
+            EntryKind::Grant,
+            grant.amount,
+            Some(grant.source),
+            None,
+            grant.note,
+            now,
+        )?;
+        if let Some(key) = grant.idempotency_key {
+            s.account(user)?.grant_keys.insert(key);
+        }
+        Ok(GrantOutcome {
+            wallet,
+            replayed: false,
+        })
+    }
+
+    async fn submit_job(&self, new: NewJob) -> StoreResult<Submission> {
+        let mut s = self.state.lock();
+        let status = s
+            .users
+            .get(&new.user_id)
+            .map(|u| u.status)
+            .ok_or(StoreError::NotFound("user"))?;
+        let account = s.account(new.user_id)?;
+        if let Some((key, hash)) = &new.idempotency {
+            if let Some((stored_hash, first)) = account.idempotency.get(key) {
+                if stored_hash != hash {
+                    return Err(StoreError::IdempotencyKeyReused);
+                }
+                return Ok(Submission {
+                    job: first.clone(),
+                    wallet: account.wallet,
+                    replayed: true,
+                });
+            }
+        }
+        if status != AccountStatus::Active {
+            return Err(StoreError::AccountInactive(status));
+        }
+        if account.queued.len() >= new.max_waiting as usize {
+            return Err(StoreError::QueueLimit {
+                limit: new.max_waiting,
+            });
+        }
+        // Checked before any write so a refusal leaves nothing behind.
+        account.wallet.hold(new.cost).map_err(money)?;
+        s.next_seq += 1;
+        let job = Job {
+            id: new.id,
+            user_id: new.user_id,
+            seq: s.next_seq,
+            spec: new.spec,
+            tier: new.tier,
+            cost: new.cost,
+            state: JobState::Queued,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            created_at: new.now,
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            error: None,
+            result: None,
+            charge: Charge::Held,
+            worker_id: None,
+            lease: None,
+        };
+        if s.jobs.contains_key(&job.id) {
+            return Err(StoreError::Invariant(format!("job id {} reused", job.id)));
+        }
+        let wallet = s.book(
+            job.user_id,
+            EntryKind::Hold,
+            job.cost,
+            None,
+            Some(job.id),
+            None,
+            new.now,
+        )?;
+        s.holds.insert(job.id, Charge::Held);
+        let account = s.account(job.user_id)?;
+        account.jobs.insert(job.seq, job.id);
+        account.queued.insert(job.seq);
+        if let Some((key, hash)) = new.idempotency {
+            account.idempotency.insert(key, (hash, job.clone()));
+        }
+        s.jobs.insert(job.id, job.clone());
+        Ok(Submission {
+            job,
+            wallet,
+            replayed: false,
+        })
+    }
+
+    async fn assign_job(
+        &self,
+        attempt: AttemptRef,
+        worker: WorkerId,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Job> {
+        let mut s = self.state.lock();
+        let mut job = s
+            .jobs
+            .get(&attempt.job_id)
+            .cloned()
+            .ok_or(StoreError::NotFound("job"))?;
+        if job.state != JobState::Queued || job.attempts + 1 != attempt.attempt {
+            return Err(StoreError::StaleTransition {
+                job: job.id,
+                found: job.state,
+                attempt: job.attempts,
+            });
+        }
+        job.state = JobState::Assigned;
+        job.attempts = attempt.attempt;
+        job.lease = Some(attempt.lease);
+        job.worker_id = Some(worker);
+        job.retry_at = None;
+        s.put_job(JobState::Queued, job.clone())?;
+        Ok(job)
+    }
+
+    async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
+        let mut s = self.state.lock();
+        let mut job = s.job_in(&attempt, &[JobState::Assigned])?;
+        job.state = JobState::Running;
+        job.started_at.get_or_insert(now);
+        s.put_job(JobState::Assigned, job.clone())?;
+        Ok(job)
+    }
+
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let mut s = self.state.lock();
+        let mut job = s.job_in(&attempt, &[JobState::Assigned, JobState::Running])?;
+        let before = job.state;
+        let wallet = match outcome {
+            AttemptOutcome::Succeeded { outputs } => {
+                job.state = JobState::Succeeded;
+                job.result = Some(JobResult {
+                    outputs,
+                    license: job.tier.license(),
+                });
+                job.error = None;
+                job.charge = Charge::Posted;
+                s.resolve_hold(&job, Charge::Posted, now)?
+            }
+            AttemptOutcome::UserFailure { message } => {
+                job.state = JobState::Failed;
+                job.error = Some(JobError {
+                    class: FailureClass::User,
+                    message,
+                });
+                job.charge = Charge::Posted;
+                s.resolve_hold(&job, Charge::Posted, now)?
+            }
+            AttemptOutcome::SystemFailure { message, retry_at } => {
+                job.error = Some(JobError {
+                    class: FailureClass::System,
+                    message,
+                });
+                if job.attempts < job.max_attempts {
+                    job.state = JobState::Queued;
+                    job.retry_at = Some(retry_at);
+                    s.account(job.user_id)?.wallet
+                } else {
+                    job.state = JobState::Failed;
+                    job.charge = Charge::Voided;
+                    s.resolve_hold(&job, Charge::Voided, now)?
+                }
+            }
+        };
+        job.lease = None;
+        job.worker_id = None;
+        if job.state.is_terminal() {
+            job.finished_at = Some(now);
+        }
+        s.put_job(before, job.clone())?;
+        Ok(Settlement { job, wallet })
+    }
+
+    async fn cancel_job(&self, user: UserId, id: JobId, now: DateTime<Utc>) -> StoreResult<Cancellation> {
+        let mut s = self.state.lock();
+        let mut job = match s.jobs.get(&id) {
+            Some(job) if job.user_id == user => job.clone(),
+            _ => return Err(StoreError::NotFound("job")),
+        };
+        let previous = job.state;
+        let previous_lease = job.lease;
+        let resolution = match previous {
+            JobState::Queued => Charge::Voided,
+            JobState::Assigned | JobState::Running => Charge::Posted,
+            _ => return Err(StoreError::JobFinished),
+        };
+        job.state = JobState::Cancelled;
+        job.charge = resolution;
+        job.finished_at = Some(now);
+        job.lease = None;
+        job.worker_id = None;
+        let wallet = s.resolve_hold(&job, resolution, now)?;
+        s.put_job(previous, job.clone())?;
+        Ok(Cancellation {
+            job,
+            wallet,
+            previous,
+            previous_lease,
+        })
+    }
+
+    async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
+        let mut s = self.state.lock();
+        let queued: Vec<JobId> = {
+            let account = s.account(user)?;
+            account
+                .queued
+                .iter()
+                .filter_map(|seq| account.jobs.get(seq).copied())
+                .collect()
+        };
+        let mut cancelled = Vec::with_capacity(queued.len());
+        for id in queued {
+            let Some(mut job) = s.jobs.get(&id).cloned() else {
+                continue;
+            };
+            job.state = JobState::Cancelled;
+            job.charge = Charge::Voided;
+            job.finished_at = Some(now);
+            s.resolve_hold(&job, Charge::Voided, now)?;
+            s.put_job(JobState::Queued, job.clone())?;
+            cancelled.push(job);
+        }
+        Ok(cancelled)
+    }
+
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        Ok(self.state.lock().jobs.get(&id).cloned())
+    }
+
+    async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
+        let s = self.state.lock();
+        let Some(job) = s.jobs.get(&id) else {
+            return Ok(None);
+        };
+        if job.state != JobState::Queued {
+            return Ok(None);
+        }
+        let Some(account) = s.accounts.get(&job.user_id) else {
+            return Ok(None);
+        };
+        let ahead = account.queued.range(..job.seq).count();
+        Ok(Some(u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1)))
+    }
+
+    async fn list_jobs(
+        &self,
+        user: UserId,
+        state: Option<JobState>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        let mut s = self.state.lock();
+        let before_seq = match before {
+            Some(id) => match s.jobs.get(&id) {
+                Some(job) if job.user_id == user => Some(job.seq),
+                _ => return Err(StoreError::NotFound("job")),
+            },
+            None => None,
+        };
+        let ids: Vec<JobId> = {
+            let account = s.account(user)?;
+            let range = account.jobs.range(..before_seq.unwrap_or(u64::MAX));
+            range.rev().map(|(_, id)| *id).collect()
+        };
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| s.jobs.get(&id))
+            .filter(|j| state.is_none_or(|st| j.state == st))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+        let s = self.state.lock();
+        let mut jobs: Vec<Job> = s
+            .jobs
+            .values()
+            .filter(|j| states.contains(&j.state))
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|j| j.seq);
+        Ok(jobs)
+    }
+
+    async fn job_counts(&self) -> StoreResult<JobCounts> {
+        let s = self.state.lock();
+        let mut counts: HashMap<JobState, u64> = HashMap::new();
+        for job in s.jobs.values() {
+            *counts.entry(job.state).or_default() += 1;
+        }
+        Ok(JobCounts(
+            JobState::ALL
+                .into_iter()
+                .map(|st| (st, counts.get(&st).copied().unwrap_or(0)))
+                .collect(),
+        ))
+    }
+
+    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
+        let s = self.state.lock();
+        Ok(s.accounts
+            .iter()
+            .map(|(id, a)| (*id, a.wallet, a.ledger.clone()))
+            .collect())
+    }
+}

@@ -1,0 +1,197 @@
+//! The store port: the only way state is read or written.
+//!
+//! Each method is one unit of atomicity: it happens entirely or not at all,
+//! and returns the state after it, so an actor's copy is a cache of what the
+//! store decided, never the authority. Job transitions are conditional on
+//! the expected state, attempt and lease, so a late or duplicate message
+//! changes nothing. Holds are resolved at most once, enforced here.
+//!
+//! Two adapters implement it: [`memory::MemoryStore`] (embedded default)
+//! and the PostgreSQL adapter in the server. Both pass [`conformance`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use crate::ids::{EntryId, JobId, LeaseToken, UserId, WorkerId};
+use crate::job::{AttemptOutcome, IdempotencyKey, Job, JobSpec, JobState, RequestHash};
+use crate::ledger::{Grant, LedgerEntry};
+use crate::money::{Credits, Wallet};
+use crate::tier::{Membership, Tier};
+use crate::user::{AccountStatus, KeyHash, NewUser, User};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod memory;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("e-mail address already registered")]
+    EmailTaken,
+    #[error("insufficient credits: {required} required, {available} available")]
+    InsufficientCredits { required: Credits, available: Credits },
+    #[error("waiting-job limit {limit} reached")]
+    QueueLimit { limit: u32 },
+    #[error("idempotency key reused with another request")]
+    IdempotencyKeyReused,
+    #[error("job already finished")]
+    JobFinished,
+    #[error("account is {}", .0.as_str())]
+    AccountInactive(AccountStatus),
+    /// A conditional transition found the job elsewhere: a late, duplicate
+    /// or fenced-off message. Callers drop it.
+    #[error("stale transition for job {job}: found {found} at attempt {attempt}")]
+    StaleTransition {
+        job: JobId,
+        found: JobState,
+        attempt: u32,
+    },
+    #[error("hold already resolved")]
+    HoldResolved,
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// A job to insert together with its hold.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub id: JobId,
+    pub user_id: UserId,
+    pub spec: JobSpec,
+    pub tier: Tier,
+    pub cost: Credits,
+    pub max_attempts: u32,
+    /// The user's waiting-job limit at their tier.
+    pub max_waiting: u32,
+    pub idempotency: Option<(IdempotencyKey, RequestHash)>,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// The job as created; on a replay, as it was first returned.
+    pub job: Job,
+    pub wallet: Wallet,
+    pub replayed: bool,
+}
+
+/// Names one attempt of one job: the fencing for every later transition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AttemptRef {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub lease: LeaseToken,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    pub job: Job,
+    pub wallet: Wallet,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cancellation {
+    pub job: Job,
+    pub wallet: Wallet,
+    /// The state the job was cancelled from: the caller stops a worker when
+    /// it was in flight.
+    pub previous: JobState,
+    pub previous_lease: Option<LeaseToken>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GrantOutcome {
+    pub wallet: Wallet,
+    pub replayed: bool,
+}
+
+/// Jobs per state, for stats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts(pub Vec<(JobState, u64)>);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"memory"` or `"postgres"`, for logs and metrics.
+    fn adapter(&self) -> &'static str;
+    /// Whether acknowledged state survives the process.
+    fn durable(&self) -> bool;
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- accounts
+    /// Creates the user, their wallet and the registration grant at once.
+    async fn create_user(
+        &self,
+        new: NewUser,
+        reward: Credits,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(User, Wallet)>;
+    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>>;
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
+    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User>;
+    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User>;
+
+    // ---- wallets
+    async fn wallet(&self, user: UserId) -> StoreResult<Wallet>;
+    /// Newest first; entries older than `before` when given.
+    async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<LedgerEntry>>;
+    /// Idempotent by `grant.idempotency_key` per user.
+    async fn grant(&self, user: UserId, grant: Grant, now: DateTime<Utc>) -> StoreResult<GrantOutcome>;
+
+    // ---- jobs
+    /// Claims the idempotency key, checks the account, the waiting limit and
+    /// the credits, holds the cost and inserts the job `queued`: all or
+    /// nothing.
+    async fn submit_job(&self, job: NewJob) -> StoreResult<Submission>;
+    /// `queued` with `attempts == attempt - 1` → `assigned` at `attempt`.
+    async fn assign_job(
+        &self,
+        attempt: AttemptRef,
+        worker: WorkerId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Job>;
+    /// `assigned` → `running`, for the named attempt only.
+    async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job>;
+    /// Ends the named attempt and moves the money with it: post on success
+    /// or user failure; on system failure re-queue while attempts remain,
+    /// else void (refund).
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement>;
+    /// The user cancels: void when queued, post when in flight (GPU time
+    /// was used); `JobFinished` when terminal.
+    async fn cancel_job(&self, user: UserId, id: JobId, now: DateTime<Utc>) -> StoreResult<Cancellation>;
+    /// Cancels and voids every queued job of a user (suspension).
+    async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>>;
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// 1-based position among the user's own waiting jobs.
+    async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>>;
+    /// Newest first; jobs older than `before` when given.
+    async fn list_jobs(
+        &self,
+        user: UserId,
+        state: Option<JobState>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>>;
+    /// Jobs in any of `states`, oldest submission first (recovery).
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
+    async fn job_counts(&self) -> StoreResult<JobCounts>;
+    /// Every user's ledger in order, for audits (tests, load tester).
+    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>>;
+}

@@ -1,0 +1,385 @@
+//! `WorkerActor`: one per connected GPU worker. It owns what is sent to the
+//! worker and checks every message coming back against the attempt's lease
+//! before it reaches the job. A worker is reached through a [`WorkerLink`]:
+//! a WebSocket session for a remote worker, or the in-process
+//! [`SimulatedGpu`], so both take exactly the same path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rand::Rng;
+
+use crate::ids::{JobId, LeaseToken, WorkerId};
+use crate::job::{FailureClass, JobKind, JobSpec, Output};
+use crate::observer::Observer;
+use crate::scheduler::actor::{SchedulerActor, WorkerJoined, WorkerLeft};
+use crate::wire::{FromWorker, ToWorker};
+
+/// What a worker can run.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub name: String,
+    pub slots: u32,
+    pub kinds: Vec<JobKind>,
+    /// Empty means any model.
+    pub models: Vec<String>,
+    pub loaded_models: Vec<String>,
+}
+
+impl Capabilities {
+    pub fn serves(&self, kind: JobKind, model: &str) -> bool {
+        self.kinds.contains(&kind) && (self.models.is_empty() || self.models.iter().any(|m| m == model))
+    }
+}
+
+/// The way to the worker itself.
+pub trait WorkerLink: Send + 'static {
+    /// False when the worker can no longer be reached.
+    fn send(&mut self, msg: ToWorker) -> bool;
+}
+
+/// What happened to an attempt, as the job actor hears it.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub enum AttemptEvent {
+    Accepted,
+    Progress { percent: u8 },
+    Completed { outputs: Vec<Output> },
+    Failed { class: FailureClass, message: String },
+    /// The worker went away with the attempt.
+    Lost { reason: String },
+}
+
+/// Run one attempt on this worker.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Assign {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub lease: LeaseToken,
+    pub spec: JobSpec,
+    pub deadline: Duration,
+    pub reply_to: Recipient<AttemptEvent>,
+}
+
+/// Take an attempt back (cancelled, timed out); the worker is told to stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoke {
+    pub job_id: JobId,
+    pub lease: LeaseToken,
+}
+
+/// The link is gone (socket closed): the worker leaves.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkClosed;
+
+struct Assignment {
+    lease: LeaseToken,
+    reply_to: Recipient<AttemptEvent>,
+}
+
+pub struct WorkerActor {
+    id: WorkerId,
+    caps: Capabilities,
+    link: Box<dyn WorkerLink>,
+    scheduler: Addr<SchedulerActor>,
+    observer: Arc<dyn Observer>,
+    assignments: HashMap<JobId, Assignment>,
+}
+
+impl WorkerActor {
+    pub fn new(
+        caps: Capabilities,
+        link: Box<dyn WorkerLink>,
+        scheduler: Addr<SchedulerActor>,
+        observer: Arc<dyn Observer>,
+    ) -> WorkerActor {
+        WorkerActor {
+            id: WorkerId::generate(),
+            caps,
+            link,
+            scheduler,
+            observer,
+            assignments: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// The attempt a message is about, if its lease is the current one.
+    fn current(&mut self, job_id: JobId, lease: LeaseToken) -> Option<&Assignment> {
+        match self.assignments.get(&job_id) {
+            Some(a) if a.lease == lease => self.assignments.get(&job_id),
+            _ => {
+                self.observer.stale_worker_message();
+                tracing::debug!(worker = %self.id, job = %job_id, "ignored message for a stale attempt");
+                None
+            }
+        }
+    }
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.scheduler.do_send(WorkerJoined {
+            id: self.id,
+            caps: self.caps.clone(),
+            addr: ctx.address(),
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for (_, a) in self.assignments.drain() {
+            a.reply_to.do_send(AttemptEvent::Lost {
+                reason: "worker disconnected".into(),
+            });
+        }
+        self.scheduler.do_send(WorkerLeft { id: self.id });
+    }
+}
+
+impl Handler<Assign> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Assign, ctx: &mut Self::Context) {
+        let sent = self.link.send(ToWorker::Assign {
+            job_id: msg.job_id,
+            attempt: msg.attempt,
+            lease: msg.lease,
+            kind: msg.spec.kind,
+            model: msg.spec.model,
+            prompt: msg.spec.prompt,
+            params: msg.spec.params,
+            deadline_ms: u64::try_from(msg.deadline.as_millis()).unwrap_or(u64::MAX),
+        });
+        self.assignments.insert(
+            msg.job_id,
+            Assignment {
+                lease: msg.lease,
+                reply_to: msg.reply_to,
+            },
+        );
+        if !sent {
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Revoke> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Revoke, _ctx: &mut Self::Context) {
+        if matches!(self.assignments.get(&msg.job_id), Some(a) if a.lease == msg.lease) {
+            self.assignments.remove(&msg.job_id);
+            self.link.send(ToWorker::Cancel {
+                job_id: msg.job_id,
+                lease: msg.lease,
+            });
+        }
+    }
+}
+
+impl Handler<LinkClosed> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: LinkClosed, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<FromWorker> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromWorker, _ctx: &mut Self::Context) {
+        match msg {
+            FromWorker::Hello { .. } | FromWorker::Heartbeat => {}
+            FromWorker::Accept { job_id, lease } => {
+                if let Some(a) = self.current(job_id, lease) {
+                    a.reply_to.do_send(AttemptEvent::Accepted);
+                }
+            }
+            FromWorker::Progress {
+                job_id,
+                lease,
+                percent,
+                ..
+            } => {
+                if let Some(a) = self.current(job_id, lease) {
+                    a.reply_to.do_send(AttemptEvent::Progress {
+                        percent: percent.min(100),
+                    });
+                }
+            }
+            FromWorker::Complete {
+                job_id,
+                lease,
+                outputs,
+            } => {
+                if self.current(job_id, lease).is_some() {
+                    if let Some(a) = self.assignments.remove(&job_id) {
+                        a.reply_to.do_send(AttemptEvent::Completed { outputs });
+                    }
+                }
+            }
+            FromWorker::Fail {
+                job_id,
+                lease,
+                class,
+                message,
+            } => {
+                if self.current(job_id, lease).is_some() {
+                    if let Some(a) = self.assignments.remove(&job_id) {
+                        a.reply_to.do_send(AttemptEvent::Failed { class, message });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a simulated GPU behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct SimProfile {
+    pub job_time: Duration,
+    /// Probability that an attempt fails with a system error.
+    pub failure_rate: f64,
+    /// Probability that an attempt fails because of the input.
+    pub user_error_rate: f64,
+}
+
+/// An in-process stand-in for a GPU worker: accepts every assignment, takes
+/// `job_time`, then completes or fails by the profile's rates. It talks to
+/// its `WorkerActor` only through the wire messages a remote worker sends.
+pub struct SimulatedGpu {
+    profile: SimProfile,
+    worker: Recipient<FromWorker>,
+    running: HashMap<JobId, SpawnHandle>,
+}
+
+impl SimulatedGpu {
+    pub fn new(profile: SimProfile, worker: Recipient<FromWorker>) -> SimulatedGpu {
+        SimulatedGpu {
+            profile,
+            worker,
+            running: HashMap::new(),
+        }
+    }
+
+    fn outcome(profile: SimProfile, job_id: JobId, lease: LeaseToken, kind: JobKind, count: u32) -> FromWorker {
+        let draw: f64 = rand::rng().random();
+        if draw < profile.failure_rate {
+            FromWorker::Fail {
+                job_id,
+                lease,
+                class: FailureClass::System,
+                message: "simulated GPU fault".into(),
+            }
+        } else if draw < profile.failure_rate + profile.user_error_rate {
+            FromWorker::Fail {
+                job_id,
+                lease,
+                class: FailureClass::User,
+                message: "simulated rejection of the input".into(),
+            }
+        } else {
+            let (ext, content_type, n) = match kind {
+                JobKind::Image => ("png", "image/png", count.max(1)),
+                JobKind::Video => ("mp4", "video/mp4", 1),
+            };
+            FromWorker::Complete {
+                job_id,
+                lease,
+                outputs: (0..n)
+                    .map(|i| Output {
+                        url: format!("sim://outputs/{job_id}/{i}.{ext}"),
+                        content_type: content_type.into(),
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
+impl Actor for SimulatedGpu {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToWorker> for SimulatedGpu {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToWorker, ctx: &mut Self::Context) {
+        match msg {
+            ToWorker::Assign {
+                job_id,
+                lease,
+                kind,
+                params,
+                ..
+            } => {
+                self.worker.do_send(FromWorker::Accept { job_id, lease });
+                let profile = self.profile;
+                let count = params.count.unwrap_or(1);
+                if profile.job_time.is_zero() {
+                    self.worker
+                        .do_send(Self::outcome(profile, job_id, lease, kind, count));
+                    return;
+                }
+                let handle = ctx.run_later(profile.job_time, move |act, _| {
+                    act.running.remove(&job_id);
+                    act.worker
+                        .do_send(Self::outcome(profile, job_id, lease, kind, count));
+                });
+                self.running.insert(job_id, handle);
+            }
+            ToWorker::Cancel { job_id, .. } => {
+                if let Some(handle) = self.running.remove(&job_id) {
+                    ctx.cancel_future(handle);
+                }
+            }
+            ToWorker::Drain => {}
+        }
+    }
+}
+
+/// Reaches a [`SimulatedGpu`] in process.
+pub struct SimLink(pub Addr<SimulatedGpu>);
+
+impl WorkerLink for SimLink {
+    fn send(&mut self, msg: ToWorker) -> bool {
+        if !self.0.connected() {
+            return false;
+        }
+        self.0.do_send(msg);
+        true
+    }
+}
+
+/// Starts a simulated worker (its `WorkerActor` and GPU) in the current
+/// arbiter.
+pub fn start_simulated_worker(
+    name: String,
+    slots: u32,
+    profile: SimProfile,
+    scheduler: Addr<SchedulerActor>,
+    observer: Arc<dyn Observer>,
+) -> Addr<WorkerActor> {
+    WorkerActor::create(move |ctx| {
+        let gpu = SimulatedGpu::new(profile, ctx.address().recipient()).start();
+        let caps = Capabilities {
+            name,
+            slots,
+            kinds: JobKind::ALL.to_vec(),
+            models: Vec::new(),
+            loaded_models: Vec::new(),
+        };
+        WorkerActor::new(caps, Box::new(SimLink(gpu)), scheduler, observer)
+    })
+}
