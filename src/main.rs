@@ -1,1 +1,31 @@
-fn main() {}
+//! `admedia`: the orchestrator server. Everything is wired in `startup`.
+
+use admedia::config::{Cli, Command};
+use admedia::startup::Application;
+use admedia::telemetry;
+use clap::Parser;
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.command {
+        Some(Command::Serve(settings)) => settings,
+        None => cli.serve,
+    };
+    telemetry::init(settings.log_format);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("admedia: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("admedia: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

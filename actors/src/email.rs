@@ -78,14 +78,26 @@ mod tests {
 
     #[test]
     fn email_is_trimmed_and_lower_cased() {
-        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        assert_eq!(
+            Email::parse("  Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
     }
 
     #[test]
     fn malformed_emails_are_rejected() {
         for bad in [
-            "", " ", "ann", "ann@", "@example.com", "ann@example", "ann@@example.com",
-            "a nn@example.com", "ann@-example.com", "ann@example..com", ".ann@example.com",
+            "",
+            " ",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "ann@@example.com",
+            "a nn@example.com",
+            "ann@-example.com",
+            "ann@example..com",
+            ".ann@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -19,7 +19,10 @@ pub enum OrchestratorError {
     #[error("{0}")]
     InvalidParams(String),
     #[error("not enough available credits: {required} required, {available} available")]
-    InsufficientCredits { required: Credits, available: Credits },
+    InsufficientCredits {
+        required: Credits,
+        available: Credits,
+    },
     #[error("too many waiting jobs: the limit for this tier is {limit}")]
     QueueLimit { limit: u32 },
     #[error("this Idempotency-Key was used with another request")]

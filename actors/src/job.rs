@@ -103,20 +103,26 @@ impl JobSpec {
     pub fn parse(req: JobRequest) -> Result<JobSpec, SpecError> {
         let model = req.model.trim().to_owned();
         if model.is_empty() || model.chars().count() > MAX_MODEL_CHARS {
-            return Err(invalid(format!("model must be 1..={MAX_MODEL_CHARS} characters")));
+            return Err(invalid(format!(
+                "model must be 1..={MAX_MODEL_CHARS} characters"
+            )));
         }
         if !model
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
         {
-            return Err(invalid("model may contain only letters, digits and . _ - : /"));
+            return Err(invalid(
+                "model may contain only letters, digits and . _ - : /",
+            ));
         }
         let prompt = req.prompt.trim().to_owned();
         if prompt.is_empty() {
             return Err(invalid("prompt must not be empty"));
         }
         if prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(invalid(format!("prompt is longer than {MAX_PROMPT_CHARS} characters")));
+            return Err(invalid(format!(
+                "prompt is longer than {MAX_PROMPT_CHARS} characters"
+            )));
         }
         let p = req.params;
         let (default_w, default_h) = match req.kind {
@@ -126,7 +132,9 @@ impl JobSpec {
         let width = p.width.unwrap_or(default_w);
         let height = p.height.unwrap_or(default_h);
         if width < MIN_SIDE || height < MIN_SIDE {
-            return Err(invalid(format!("width and height must be at least {MIN_SIDE}")));
+            return Err(invalid(format!(
+                "width and height must be at least {MIN_SIDE}"
+            )));
         }
         if SizeClass::of(req.kind, width, height).is_none() {
             return Err(invalid(match req.kind {
@@ -153,7 +161,9 @@ impl JobSpec {
                     .duration_s
                     .ok_or_else(|| invalid("duration_s is required for video jobs"))?;
                 if !(1..=MAX_VIDEO_SECONDS).contains(&d) {
-                    return Err(invalid(format!("duration_s must be 1..={MAX_VIDEO_SECONDS}")));
+                    return Err(invalid(format!(
+                        "duration_s must be 1..={MAX_VIDEO_SECONDS}"
+                    )));
                 }
                 (None, Some(d))
             }
@@ -254,7 +264,10 @@ impl JobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 
     pub fn is_in_flight(self) -> bool {
@@ -365,9 +378,13 @@ pub struct Job {
 /// What the worker reported for one attempt.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum AttemptOutcome {
-    Succeeded { outputs: Vec<Output> },
+    Succeeded {
+        outputs: Vec<Output>,
+    },
     /// The input was at fault: charged, no retry.
-    UserFailure { message: String },
+    UserFailure {
+        message: String,
+    },
     /// Our fault (error, lost worker, timeout): retried at `retry_at` while
     /// attempts remain, then refunded.
     SystemFailure {
@@ -422,18 +439,72 @@ mod tests {
     #[test]
     fn out_of_limit_params_are_rejected() {
         let bad = [
-            req(JobKind::Image, ParamsRequest { width: Some(2049), ..Default::default() }),
-            req(JobKind::Image, ParamsRequest { count: Some(0), ..Default::default() }),
-            req(JobKind::Image, ParamsRequest { count: Some(9), ..Default::default() }),
-            req(JobKind::Image, ParamsRequest { width: Some(10), ..Default::default() }),
-            req(JobKind::Image, ParamsRequest { duration_s: Some(5), ..Default::default() }),
+            req(
+                JobKind::Image,
+                ParamsRequest {
+                    width: Some(2049),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Image,
+                ParamsRequest {
+                    count: Some(0),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Image,
+                ParamsRequest {
+                    count: Some(9),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Image,
+                ParamsRequest {
+                    width: Some(10),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Image,
+                ParamsRequest {
+                    duration_s: Some(5),
+                    ..Default::default()
+                },
+            ),
             req(JobKind::Video, ParamsRequest::default()),
-            req(JobKind::Video, ParamsRequest { duration_s: Some(0), ..Default::default() }),
-            req(JobKind::Video, ParamsRequest { duration_s: Some(61), ..Default::default() }),
-            req(JobKind::Video, ParamsRequest { duration_s: Some(5), count: Some(1), ..Default::default() }),
             req(
                 JobKind::Video,
-                ParamsRequest { duration_s: Some(5), width: Some(1920), height: Some(1200), ..Default::default() },
+                ParamsRequest {
+                    duration_s: Some(0),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Video,
+                ParamsRequest {
+                    duration_s: Some(61),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Video,
+                ParamsRequest {
+                    duration_s: Some(5),
+                    count: Some(1),
+                    ..Default::default()
+                },
+            ),
+            req(
+                JobKind::Video,
+                ParamsRequest {
+                    duration_s: Some(5),
+                    width: Some(1920),
+                    height: Some(1200),
+                    ..Default::default()
+                },
             ),
         ];
         for r in bad {

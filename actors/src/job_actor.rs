@@ -262,13 +262,21 @@ impl Handler<AttemptEvent> for JobActor {
             }
             AttemptEvent::Progress { .. } => {}
             AttemptEvent::Completed { outputs } => {
-                self.settle(AttemptOutcome::Succeeded { outputs }, AttemptResult::Succeeded, ctx);
+                self.settle(
+                    AttemptOutcome::Succeeded { outputs },
+                    AttemptResult::Succeeded,
+                    ctx,
+                );
             }
             AttemptEvent::Failed {
                 class: FailureClass::User,
                 message,
             } => {
-                self.settle(AttemptOutcome::UserFailure { message }, AttemptResult::UserFailure, ctx);
+                self.settle(
+                    AttemptOutcome::UserFailure { message },
+                    AttemptResult::UserFailure,
+                    ctx,
+                );
             }
             AttemptEvent::Failed {
                 class: FailureClass::System,
@@ -297,8 +305,11 @@ impl Handler<CancelAttempt> for JobActor {
             job_id: self.attempt.job_id,
             lease: self.attempt.lease,
         });
-        self.observer
-            .attempt_finished(self.job.kind, AttemptResult::Cancelled, self.started_at.map(|s| s.elapsed()));
+        self.observer.attempt_finished(
+            self.job.kind,
+            AttemptResult::Cancelled,
+            self.started_at.map(|s| s.elapsed()),
+        );
         self.end(NextStep::Done, ctx);
     }
 }

@@ -23,7 +23,12 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 4] = [EntryKind::Grant, EntryKind::Hold, EntryKind::Post, EntryKind::Void];
+    pub const ALL: [EntryKind; 4] = [
+        EntryKind::Grant,
+        EntryKind::Hold,
+        EntryKind::Post,
+        EntryKind::Void,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -25,7 +25,10 @@ pub enum MoneyError {
     #[error("an amount of credits must be positive")]
     NotPositive,
     #[error("not enough available credits: {required} required, {available} available")]
-    Insufficient { required: Credits, available: Credits },
+    Insufficient {
+        required: Credits,
+        available: Credits,
+    },
     #[error("wallet invariant broken: {0}")]
     Invariant(&'static str),
 }

@@ -21,7 +21,9 @@ use crate::scheduler::actor::{GetStats, Recover, SchedulerActor, SchedulerStats}
 use crate::store::{AttemptRef, JobCounts, Store, StoreError, Submission};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
-use crate::wallet::{Cancel, GrantCredits, SetMembership, SetStatus, Settle, Submit, WalletRegistry};
+use crate::wallet::{
+    Cancel, GrantCredits, SetMembership, SetStatus, Settle, Submit, WalletRegistry,
+};
 use crate::worker::{start_simulated_worker, SimProfile, WorkerActor};
 
 /// A new account: the key is shown this once.
@@ -71,7 +73,9 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        config.validate().map_err(OrchestratorError::InvalidParams)?;
+        config
+            .validate()
+            .map_err(OrchestratorError::InvalidParams)?;
         let config = Arc::new(config);
         let scheduling = Arbiter::new();
         let wallet_arbiter = Arbiter::new();
@@ -82,8 +86,12 @@ impl Orchestrator {
             vec![wallet_arbiter.handle()],
         );
         let scheduler = {
-            let (store, wallets, config, observer) =
-                (store.clone(), wallets.clone(), config.clone(), observer.clone());
+            let (store, wallets, config, observer) = (
+                store.clone(),
+                wallets.clone(),
+                config.clone(),
+                observer.clone(),
+            );
             SchedulerActor::start_in_arbiter(&scheduling.handle(), move |_| {
                 SchedulerActor::new(store, wallets, config, observer)
             })
@@ -165,10 +173,15 @@ impl Orchestrator {
         }
     }
 
-    pub async fn register(&self, email: &str, display_name: &str) -> Result<Registration, OrchestratorError> {
-        let email = Email::parse(email).map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
-        let display_name =
-            DisplayName::parse(display_name).map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
+    pub async fn register(
+        &self,
+        email: &str,
+        display_name: &str,
+    ) -> Result<Registration, OrchestratorError> {
+        let email =
+            Email::parse(email).map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
+        let display_name = DisplayName::parse(display_name)
+            .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
         let api_key = ApiKey::generate();
         let (user, wallet) = self
             .store
@@ -183,8 +196,10 @@ impl Orchestrator {
             )
             .await?;
         if !self.config.registration_credits.is_zero() {
-            self.observer
-                .credits_moved(crate::ledger::EntryKind::Grant, self.config.registration_credits.get());
+            self.observer.credits_moved(
+                crate::ledger::EntryKind::Grant,
+                self.config.registration_credits.get(),
+            );
         }
         tracing::info!(user = %user.id, amount = wallet.balance.get(), "registered; registration credits granted");
         Ok(Registration {
@@ -214,7 +229,9 @@ impl Orchestrator {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Submission, OrchestratorError> {
         let spec = JobSpec::parse(request).map_err(|e| OrchestratorError::InvalidParams(e.0))?;
-        self.wallets.call(user, Submit { spec, idempotency }).await?
+        self.wallets
+            .call(user, Submit { spec, idempotency })
+            .await?
     }
 
     pub async fn cancel(&self, user: UserId, job: JobId) -> Result<Job, OrchestratorError> {
@@ -222,7 +239,11 @@ impl Orchestrator {
     }
 
     /// One of the user's jobs with its position among their waiting jobs.
-    pub async fn job(&self, user: UserId, id: JobId) -> Result<(Job, Option<u32>), OrchestratorError> {
+    pub async fn job(
+        &self,
+        user: UserId,
+        id: JobId,
+    ) -> Result<(Job, Option<u32>), OrchestratorError> {
         match self.store.job(id).await? {
             Some(job) if job.user_id == user => {
                 let position = self.store.queue_position(id).await?;
@@ -243,7 +264,10 @@ impl Orchestrator {
     }
 
     pub async fn user(&self, id: UserId) -> Result<User, OrchestratorError> {
-        self.store.user(id).await?.ok_or(OrchestratorError::NotFound("user"))
+        self.store
+            .user(id)
+            .await?
+            .ok_or(OrchestratorError::NotFound("user"))
     }
 
     pub async fn wallet(&self, user: UserId) -> Result<Wallet, OrchestratorError> {
@@ -264,12 +288,20 @@ impl Orchestrator {
         Ok(self.wallets.call(user, GrantCredits(grant)).await??.wallet)
     }
 
-    pub async fn set_membership(&self, user: UserId, membership: Membership) -> Result<User, OrchestratorError> {
+    pub async fn set_membership(
+        &self,
+        user: UserId,
+        membership: Membership,
+    ) -> Result<User, OrchestratorError> {
         self.user(user).await?;
         Ok(self.wallets.call(user, SetMembership(membership)).await??)
     }
 
-    pub async fn set_status(&self, user: UserId, status: AccountStatus) -> Result<User, OrchestratorError> {
+    pub async fn set_status(
+        &self,
+        user: UserId,
+        status: AccountStatus,
+    ) -> Result<User, OrchestratorError> {
         self.user(user).await?;
         Ok(self.wallets.call(user, SetStatus(status)).await??)
     }

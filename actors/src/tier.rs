@@ -23,7 +23,12 @@ pub enum Tier {
 pub struct TierError(String);
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Basic, Tier::Professional, Tier::Enterprise];
+    pub const ALL: [Tier; 4] = [
+        Tier::Free,
+        Tier::Basic,
+        Tier::Professional,
+        Tier::Enterprise,
+    ];
 
     pub const fn index(self) -> usize {
         self as usize

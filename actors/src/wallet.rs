@@ -22,16 +22,18 @@ use parking_lot::Mutex;
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
 use crate::ids::{JobId, UserId};
+use crate::job::AttemptOutcome;
 use crate::job::{IdempotencyKey, Job, JobSpec, JobState};
 use crate::ledger::{EntryKind, Grant};
 use crate::money::Wallet;
 use crate::observer::Observer;
 use crate::scheduler::actor::{CancelInFlight, Enqueue, SchedulerActor, Withdraw};
 use crate::scheduler::queue::QueuedJob;
-use crate::store::{AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, Store, StoreError, Submission};
+use crate::store::{
+    AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, Store, StoreError, Submission,
+};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, User};
-use crate::job::AttemptOutcome;
 
 pub struct WalletActor {
     user_id: UserId,
@@ -77,7 +79,10 @@ impl WalletActor {
     /// A cached wallet that disagrees with the store's answer is a sign of
     /// another writer (another node); the store's answer wins.
     fn observe_wallet(&mut self, wallet: Wallet) {
-        debug_assert!(wallet.check().is_ok(), "store returned an impossible wallet");
+        debug_assert!(
+            wallet.check().is_ok(),
+            "store returned an impossible wallet"
+        );
         self.wallet = Some(wallet);
     }
 
@@ -212,7 +217,11 @@ impl Handler<Settle> for WalletActor {
     fn handle(&mut self, msg: Settle, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let store = self.deps.store.clone();
-        let fut = async move { store.finish_attempt(msg.attempt, msg.outcome, Utc::now()).await };
+        let fut = async move {
+            store
+                .finish_attempt(msg.attempt, msg.outcome, Utc::now())
+                .await
+        };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
             let settlement = res?;
             act.observe_wallet(settlement.wallet);
@@ -249,15 +258,26 @@ impl Handler<Cancel> for WalletActor {
         let user_id = self.user_id;
         let fut = async move { store.cancel_job(user_id, msg.job_id, Utc::now()).await };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
-            let Cancellation { job, wallet, previous, .. } = res?;
+            let Cancellation {
+                job,
+                wallet,
+                previous,
+                ..
+            } = res?;
             act.observe_wallet(wallet);
-            let kind = if previous == JobState::Queued { EntryKind::Void } else { EntryKind::Post };
+            let kind = if previous == JobState::Queued {
+                EntryKind::Void
+            } else {
+                EntryKind::Post
+            };
             act.deps.observer.credits_moved(kind, job.cost.get());
-            act.deps.observer.job_finished(job.spec.kind, job.tier, job.state.as_str());
+            act.deps
+                .observer
+                .job_finished(job.spec.kind, job.tier, job.state.as_str());
             tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(),
                 movement = kind.as_str(), "job cancelled");
             if let Some(s) = act.deps.scheduler() {
-                if previous == JobState::Queued {
+                if true {
                     s.do_send(Withdraw(job.id));
                 } else {
                     s.do_send(CancelInFlight(job.id));
@@ -340,19 +360,25 @@ impl Handler<SetStatus> for WalletActor {
             let wallet = store.wallet(user_id).await?;
             Ok((user, cancelled, wallet))
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res: Result<_, StoreError>, act, _| {
-            let (user, cancelled, wallet) = res?;
-            act.user = Some(user.clone());
-            act.observe_wallet(wallet);
-            for job in cancelled {
-                act.deps.observer.credits_moved(EntryKind::Void, job.cost.get());
-                act.deps.observer.job_finished(job.spec.kind, job.tier, job.state.as_str());
-                if let Some(s) = act.deps.scheduler() {
-                    s.do_send(Withdraw(job.id));
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |res: Result<_, StoreError>, act, _| {
+                let (user, cancelled, wallet) = res?;
+                act.user = Some(user.clone());
+                act.observe_wallet(wallet);
+                for job in cancelled {
+                    act.deps
+                        .observer
+                        .credits_moved(EntryKind::Void, job.cost.get());
+                    act.deps
+                        .observer
+                        .job_finished(job.spec.kind, job.tier, job.state.as_str());
+                    if let Some(s) = act.deps.scheduler() {
+                        s.do_send(Withdraw(job.id));
+                    }
                 }
-            }
-            Ok(user)
-        })))
+                Ok(user)
+            },
+        )))
     }
 }
 
@@ -462,7 +488,9 @@ impl WalletRegistry {
             addr.send(msg)
         };
         request.await.map_err(|e| {
-            OrchestratorError::Internal(format!("wallet actor stopped during the request ({e}); it restarts on the next one"))
+            OrchestratorError::Internal(format!(
+                "wallet actor stopped during the request ({e}); it restarts on the next one"
+            ))
         })
     }
 
@@ -544,7 +572,10 @@ mod tests {
         registry.call(user.id, grant("g1")).await.unwrap().unwrap();
         let before = registry.addr_of(user.id).unwrap();
 
-        assert!(registry.call(user.id, Crash).await.is_err(), "the crash must surface");
+        assert!(
+            registry.call(user.id, Crash).await.is_err(),
+            "the crash must surface"
+        );
         assert!(!before.connected(), "the panicked actor is gone");
 
         // The next call starts a new actor that loaded the wallet from the store.

@@ -49,7 +49,10 @@ pub enum FromWorker {
         #[serde(default)]
         loaded_models: Vec<String>,
     },
-    Accept { job_id: JobId, lease: LeaseToken },
+    Accept {
+        job_id: JobId,
+        lease: LeaseToken,
+    },
     Progress {
         job_id: JobId,
         lease: LeaseToken,

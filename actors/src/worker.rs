@@ -30,7 +30,8 @@ pub struct Capabilities {
 
 impl Capabilities {
     pub fn serves(&self, kind: JobKind, model: &str) -> bool {
-        self.kinds.contains(&kind) && (self.models.is_empty() || self.models.iter().any(|m| m == model))
+        self.kinds.contains(&kind)
+            && (self.models.is_empty() || self.models.iter().any(|m| m == model))
     }
 }
 
@@ -45,11 +46,20 @@ pub trait WorkerLink: Send + 'static {
 #[rtype(result = "()")]
 pub enum AttemptEvent {
     Accepted,
-    Progress { percent: u8 },
-    Completed { outputs: Vec<Output> },
-    Failed { class: FailureClass, message: String },
+    Progress {
+        percent: u8,
+    },
+    Completed {
+        outputs: Vec<Output>,
+    },
+    Failed {
+        class: FailureClass,
+        message: String,
+    },
     /// The worker went away with the attempt.
-    Lost { reason: String },
+    Lost {
+        reason: String,
+    },
 }
 
 /// Run one attempt on this worker.
@@ -273,7 +283,13 @@ impl SimulatedGpu {
         }
     }
 
-    fn outcome(profile: SimProfile, job_id: JobId, lease: LeaseToken, kind: JobKind, count: u32) -> FromWorker {
+    fn outcome(
+        profile: SimProfile,
+        job_id: JobId,
+        lease: LeaseToken,
+        kind: JobKind,
+        count: u32,
+    ) -> FromWorker {
         let draw: f64 = rand::rng().random();
         if draw < profile.failure_rate {
             FromWorker::Fail {

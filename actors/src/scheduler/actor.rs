@@ -148,7 +148,9 @@ impl SchedulerActor {
     }
 
     fn knows(&self, job: JobId) -> bool {
-        self.queue.contains(job) || self.delayed.contains_key(&job) || self.in_flight.contains_key(&job)
+        self.queue.contains(job)
+            || self.delayed.contains_key(&job)
+            || self.in_flight.contains_key(&job)
     }
 }
 

@@ -173,8 +173,9 @@ impl FairQueue {
         candidates.sort_by_key(|&t| std::cmp::Reverse((self.current[t] + self.weights[t], t)));
         for &tier in &candidates {
             if let Some(job) = self.pop_from_tier(tier, &mut fits) {
-                let eligible: Vec<usize> =
-                    (0..4).filter(|&t| !self.rings[t].is_empty() || t == tier).collect();
+                let eligible: Vec<usize> = (0..4)
+                    .filter(|&t| !self.rings[t].is_empty() || t == tier)
+                    .collect();
                 let total: i64 = eligible.iter().map(|&t| self.weights[t]).sum();
                 for &t in &eligible {
                     self.current[t] += self.weights[t];

@@ -131,8 +131,15 @@ pub async fn api_key_finds_its_user_only(store: Shared) {
         )
         .await
         .unwrap();
-    assert_eq!(store.user_by_key(key.hash()).await.unwrap().map(|u| u.id), Some(user.id));
-    assert!(store.user_by_key(ApiKey::generate().hash()).await.unwrap().is_none());
+    assert_eq!(
+        store.user_by_key(key.hash()).await.unwrap().map(|u| u.id),
+        Some(user.id)
+    );
+    assert!(store
+        .user_by_key(ApiKey::generate().hash())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 pub async fn grant_is_idempotent_by_key(store: Shared) {
@@ -143,7 +150,10 @@ pub async fn grant_is_idempotent_by_key(store: Shared) {
         idempotency_key: Some("pay-1".into()),
         note: Some("pack".into()),
     };
-    let first = store.grant(user.id, grant.clone(), Utc::now()).await.unwrap();
+    let first = store
+        .grant(user.id, grant.clone(), Utc::now())
+        .await
+        .unwrap();
     let again = store.grant(user.id, grant, Utc::now()).await.unwrap();
     assert!(!first.replayed && again.replayed);
     assert_eq!(again.wallet.balance.get(), 50);
@@ -167,7 +177,14 @@ pub async fn submit_holds_and_queues_atomically(store: Shared) {
             available: credits(6)
         }
     );
-    assert_eq!(store.list_jobs(user.id, None, None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_jobs(user.id, None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 2);
     assert_books_balance(&store).await;
 }
@@ -181,7 +198,10 @@ pub async fn waiting_limit_is_enforced(store: Shared) {
     }
     let mut j = new_job(user.id, 1);
     j.max_waiting = 2;
-    assert_eq!(store.submit_job(j).await.unwrap_err(), StoreError::QueueLimit { limit: 2 });
+    assert_eq!(
+        store.submit_job(j).await.unwrap_err(),
+        StoreError::QueueLimit { limit: 2 }
+    );
     assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 2);
 }
 
@@ -200,7 +220,10 @@ pub async fn idempotency_key_replays_and_detects_reuse(store: Shared) {
     let mut other = new_job(user.id, 3);
     other.spec = spec("something else");
     other.idempotency = Some((key, other.spec.fingerprint()));
-    assert_eq!(store.submit_job(other).await.unwrap_err(), StoreError::IdempotencyKeyReused);
+    assert_eq!(
+        store.submit_job(other).await.unwrap_err(),
+        StoreError::IdempotencyKeyReused
+    );
     // Keys are per user.
     let bob = user_with(&store, "bob@example.com", 10).await;
     let mut bobs = new_job(bob.id, 3);
@@ -241,7 +264,9 @@ pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
     let attempt = assign(&store, &job).await;
     // Assigning the same attempt again is refused.
     assert!(matches!(
-        store.assign_job(attempt, WorkerId::generate(), Utc::now()).await,
+        store
+            .assign_job(attempt, WorkerId::generate(), Utc::now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     // A message carrying another lease is fenced off.
@@ -254,7 +279,10 @@ pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
         Err(StoreError::StaleTransition { .. })
     ));
     let ok = AttemptOutcome::Succeeded { outputs: vec![] };
-    store.finish_attempt(attempt, ok.clone(), Utc::now()).await.unwrap();
+    store
+        .finish_attempt(attempt, ok.clone(), Utc::now())
+        .await
+        .unwrap();
     // A duplicate completion, and a late failure, are both refused.
     assert!(matches!(
         store.finish_attempt(attempt, ok, Utc::now()).await,
@@ -275,7 +303,10 @@ pub async fn system_failures_retry_then_void_once(store: Shared) {
     for n in 1..=3 {
         let attempt = assign(&store, &job).await;
         assert_eq!(attempt.attempt, n);
-        let s = store.finish_attempt(attempt, sys_fail(), Utc::now()).await.unwrap();
+        let s = store
+            .finish_attempt(attempt, sys_fail(), Utc::now())
+            .await
+            .unwrap();
         job = s.job;
         if n < 3 {
             assert_eq!(job.state, JobState::Queued);
@@ -285,7 +316,10 @@ pub async fn system_failures_retry_then_void_once(store: Shared) {
             assert_eq!(s.wallet.held.get(), 4);
         }
         // An old attempt's late failure cannot move money.
-        assert!(store.finish_attempt(attempt, sys_fail(), Utc::now()).await.is_err());
+        assert!(store
+            .finish_attempt(attempt, sys_fail(), Utc::now())
+            .await
+            .is_err());
     }
     assert_eq!(job.state, JobState::Failed);
     assert_eq!(job.charge, Charge::Voided);
@@ -326,31 +360,53 @@ pub async fn user_failure_posts_without_retry(store: Shared) {
 pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
     let user = user_with(&store, "cancel@example.com", 20).await;
     let queued = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
-    let c = store.cancel_job(user.id, queued.id, Utc::now()).await.unwrap();
-    assert_eq!((c.previous, c.job.state, c.job.charge), (JobState::Queued, JobState::Cancelled, Charge::Voided));
+    let c = store
+        .cancel_job(user.id, queued.id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.previous, c.job.state, c.job.charge),
+        (JobState::Queued, JobState::Cancelled, Charge::Voided)
+    );
     assert_eq!((c.wallet.balance.get(), c.wallet.held.get()), (20, 0));
     assert_eq!(
-        store.cancel_job(user.id, queued.id, Utc::now()).await.unwrap_err(),
+        store
+            .cancel_job(user.id, queued.id, Utc::now())
+            .await
+            .unwrap_err(),
         StoreError::JobFinished
     );
 
     let running = store.submit_job(new_job(user.id, 5)).await.unwrap().job;
     let attempt = assign(&store, &running).await;
     store.start_job(attempt, Utc::now()).await.unwrap();
-    let c = store.cancel_job(user.id, running.id, Utc::now()).await.unwrap();
-    assert_eq!((c.previous, c.job.charge), (JobState::Running, Charge::Posted));
+    let c = store
+        .cancel_job(user.id, running.id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.previous, c.job.charge),
+        (JobState::Running, Charge::Posted)
+    );
     assert_eq!(c.previous_lease, Some(attempt.lease));
     assert_eq!(c.wallet.balance.get(), 15);
     // The worker's late completion is refused.
     assert!(store
-        .finish_attempt(attempt, AttemptOutcome::Succeeded { outputs: vec![] }, Utc::now())
+        .finish_attempt(
+            attempt,
+            AttemptOutcome::Succeeded { outputs: vec![] },
+            Utc::now()
+        )
         .await
         .is_err());
 
     let other = user_with(&store, "other@example.com", 5).await;
     let theirs = store.submit_job(new_job(other.id, 1)).await.unwrap().job;
     assert_eq!(
-        store.cancel_job(user.id, theirs.id, Utc::now()).await.unwrap_err(),
+        store
+            .cancel_job(user.id, theirs.id, Utc::now())
+            .await
+            .unwrap_err(),
         StoreError::NotFound("job")
     );
     assert_books_balance(&store).await;
@@ -361,7 +417,10 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
     for _ in 0..3 {
         store.submit_job(new_job(user.id, 2)).await.unwrap();
     }
-    store.set_status(user.id, AccountStatus::Suspended).await.unwrap();
+    store
+        .set_status(user.id, AccountStatus::Suspended)
+        .await
+        .unwrap();
     assert_eq!(
         store.submit_job(new_job(user.id, 1)).await.unwrap_err(),
         StoreError::AccountInactive(AccountStatus::Suspended)
@@ -370,7 +429,10 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
     assert_eq!(cancelled.len(), 3);
     assert!(cancelled.iter().all(|j| j.charge == Charge::Voided));
     assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 0);
-    let u = store.set_status(user.id, AccountStatus::Active).await.unwrap();
+    let u = store
+        .set_status(user.id, AccountStatus::Active)
+        .await
+        .unwrap();
     assert!(u.is_active());
     assert_books_balance(&store).await;
 }
@@ -382,18 +444,33 @@ pub async fn listings_paginate_newest_first(store: Shared) {
         ids.push(store.submit_job(new_job(user.id, 1)).await.unwrap().job.id);
     }
     let page1 = store.list_jobs(user.id, None, None, 2).await.unwrap();
-    assert_eq!(page1.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
-    let page2 = store.list_jobs(user.id, None, Some(ids[3]), 2).await.unwrap();
-    assert_eq!(page2.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    assert_eq!(
+        page1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
+    let page2 = store
+        .list_jobs(user.id, None, Some(ids[3]), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
     store.cancel_job(user.id, ids[0], Utc::now()).await.unwrap();
-    let cancelled = store.list_jobs(user.id, Some(JobState::Cancelled), None, 10).await.unwrap();
+    let cancelled = store
+        .list_jobs(user.id, Some(JobState::Cancelled), None, 10)
+        .await
+        .unwrap();
     assert_eq!(cancelled.len(), 1);
     assert_eq!(store.queue_position(ids[4]).await.unwrap(), Some(4));
 
     let entries = store.ledger(user.id, None, 3).await.unwrap();
     assert_eq!(entries.len(), 3);
     assert!(entries[0].id > entries[1].id);
-    let older = store.ledger(user.id, Some(entries[2].id), 100).await.unwrap();
+    let older = store
+        .ledger(user.id, Some(entries[2].id), 100)
+        .await
+        .unwrap();
     assert_eq!(older.len(), 7 - 3);
 }
 
@@ -402,7 +479,9 @@ pub async fn concurrent_submits_never_overdraw(store: Shared) {
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.submit_job(new_job(user.id, 1)).await }));
+        tasks.push(tokio::spawn(async move {
+            store.submit_job(new_job(user.id, 1)).await
+        }));
     }
     let mut accepted = 0;
     for t in tasks {
@@ -414,7 +493,10 @@ pub async fn concurrent_submits_never_overdraw(store: Shared) {
     }
     assert_eq!(accepted, 50);
     let w = store.wallet(user.id).await.unwrap();
-    assert_eq!((w.balance.get(), w.held.get(), w.available().get()), (50, 50, 0));
+    assert_eq!(
+        (w.balance.get(), w.held.get(), w.available().get()),
+        (50, 50, 0)
+    );
     assert_books_balance(&store).await;
 }
 
@@ -429,15 +511,22 @@ pub async fn concurrent_resolutions_of_one_hold_apply_once(store: Shared) {
             let outcome = if i % 2 == 0 {
                 AttemptOutcome::Succeeded { outputs: vec![] }
             } else {
-                AttemptOutcome::UserFailure { message: "x".into() }
+                AttemptOutcome::UserFailure {
+                    message: "x".into(),
+                }
             };
-            store.finish_attempt(attempt, outcome, Utc::now()).await.is_ok()
+            store
+                .finish_attempt(attempt, outcome, Utc::now())
+                .await
+                .is_ok()
         }));
     }
     let mut cancels = Vec::new();
     for _ in 0..5 {
         let store = store.clone();
-        cancels.push(tokio::spawn(async move { store.cancel_job(user.id, job.id, Utc::now()).await.is_ok() }));
+        cancels.push(tokio::spawn(async move {
+            store.cancel_job(user.id, job.id, Utc::now()).await.is_ok()
+        }));
     }
     let mut wins = 0;
     for t in tasks.into_iter().chain(cancels) {
@@ -458,8 +547,14 @@ pub async fn recovery_lists_jobs_by_state_in_submission_order(store: Shared) {
     let c = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
     assign(&store, &b).await;
     let waiting = store.jobs_in_states(&[JobState::Queued]).await.unwrap();
-    assert_eq!(waiting.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id, c.id]);
-    let flying = store.jobs_in_states(&[JobState::Assigned, JobState::Running]).await.unwrap();
+    assert_eq!(
+        waiting.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a.id, c.id]
+    );
+    let flying = store
+        .jobs_in_states(&[JobState::Assigned, JobState::Running])
+        .await
+        .unwrap();
     assert_eq!(flying.len(), 1);
     assert!(flying[0].lease.is_some());
     let counts = store.job_counts().await.unwrap();

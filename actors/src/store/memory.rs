@@ -67,7 +67,9 @@ fn money(e: MoneyError) -> StoreError {
 
 impl State {
     fn account(&mut self, user: UserId) -> StoreResult<&mut Account> {
-        self.accounts.get_mut(&user).ok_or(StoreError::NotFound("user"))
+        self.accounts
+            .get_mut(&user)
+            .ok_or(StoreError::NotFound("user"))
     }
 
     /// Appends one ledger entry and applies it to the wallet. The only place
@@ -269,7 +271,12 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn grant(&self, user: UserId, grant: Grant, now: DateTime<Utc>) -> StoreResult<GrantOutcome> {
+    async fn grant(
+        &self,
+        user: UserId,
+        grant: Grant,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GrantOutcome> {
         let mut s = self.state.lock();
         let account = s.account(user)?;
         if let Some(key) = &grant.idempotency_key {
@@ -467,7 +474,12 @@ impl Store for MemoryStore {
         Ok(Settlement { job, wallet })
     }
 
-    async fn cancel_job(&self, user: UserId, id: JobId, now: DateTime<Utc>) -> StoreResult<Cancellation> {
+    async fn cancel_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Cancellation> {
         let mut s = self.state.lock();
         let mut job = match s.jobs.get(&id) {
             Some(job) if job.user_id == user => job.clone(),
@@ -536,7 +548,9 @@ impl Store for MemoryStore {
             return Ok(None);
         };
         let ahead = account.queued.range(..job.seq).count();
-        Ok(Some(u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1)))
+        Ok(Some(
+            u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1),
+        ))
     }
 
     async fn list_jobs(

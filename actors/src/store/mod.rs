@@ -33,7 +33,10 @@ pub enum StoreError {
     #[error("e-mail address already registered")]
     EmailTaken,
     #[error("insufficient credits: {required} required, {available} available")]
-    InsufficientCredits { required: Credits, available: Credits },
+    InsufficientCredits {
+        required: Credits,
+        available: Credits,
+    },
     #[error("waiting-job limit {limit} reached")]
     QueueLimit { limit: u32 },
     #[error("idempotency key reused with another request")]
@@ -148,7 +151,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<LedgerEntry>>;
     /// Idempotent by `grant.idempotency_key` per user.
-    async fn grant(&self, user: UserId, grant: Grant, now: DateTime<Utc>) -> StoreResult<GrantOutcome>;
+    async fn grant(
+        &self,
+        user: UserId,
+        grant: Grant,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GrantOutcome>;
 
     // ---- jobs
     /// Claims the idempotency key, checks the account, the waiting limit and
@@ -175,7 +183,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Settlement>;
     /// The user cancels: void when queued, post when in flight (GPU time
     /// was used); `JobFinished` when terminal.
-    async fn cancel_job(&self, user: UserId, id: JobId, now: DateTime<Utc>) -> StoreResult<Cancellation>;
+    async fn cancel_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Cancellation>;
     /// Cancels and voids every queued job of a user (suspension).
     async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>>;
     async fn job(&self, id: JobId) -> StoreResult<Option<Job>>;

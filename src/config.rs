@@ -1,0 +1,228 @@
+//! Typed configuration from `ADMEDIA_*` variables (and flags), with an
+//! optional TOML file for the tier and price tables. Every value has a
+//! default that works on a laptop; start-up prints what it chose.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use admedia_actors::money::Credits;
+use admedia_actors::pricing::PriceTable;
+use admedia_actors::tier::TierTable;
+use admedia_actors::worker::SimProfile;
+use admedia_actors::OrchestratorConfig;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "admedia",
+    version,
+    about = "AdMedia orchestrator: credits, fair scheduling and GPU workers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `admedia` with no subcommand serves.
+    #[command(flatten)]
+    pub serve: Settings,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the orchestrator (the default).
+    Serve(Settings),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "ADMEDIA_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// PostgreSQL URL; without it the embedded in-memory store is used.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis URL; without it rate limits are per process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Bearer token of the admin API; random (and printed) when unset.
+    #[arg(long, env = "ADMEDIA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token GPU workers present; random (and printed) when unset.
+    #[arg(long, env = "ADMEDIA_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// In-process simulated GPU workers (default 4 on the embedded store, 0 otherwise).
+    #[arg(long, env = "ADMEDIA_SIM_WORKERS")]
+    pub sim_workers: Option<usize>,
+    /// Slots of each simulated worker.
+    #[arg(long, env = "ADMEDIA_SIM_SLOTS", default_value_t = 2)]
+    pub sim_slots: u32,
+    /// How long a simulated attempt takes.
+    #[arg(long, env = "ADMEDIA_SIM_JOB_MS", default_value_t = 500)]
+    pub sim_job_ms: u64,
+    /// Probability that a simulated attempt fails with a system error.
+    #[arg(long, env = "ADMEDIA_SIM_FAILURE_RATE", default_value_t = 0.0)]
+    pub sim_failure_rate: f64,
+    /// Probability that a simulated attempt fails because of its input.
+    #[arg(long, env = "ADMEDIA_SIM_USER_ERROR_RATE", default_value_t = 0.0)]
+    pub sim_user_error_rate: f64,
+    /// Credits granted at registration.
+    #[arg(long, env = "ADMEDIA_REGISTRATION_CREDITS", default_value_t = 100)]
+    pub registration_credits: i64,
+    /// Attempts per job before it fails and is refunded.
+    #[arg(long, env = "ADMEDIA_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// First retry delay (doubles per attempt, with jitter).
+    #[arg(long, env = "ADMEDIA_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    #[arg(long, env = "ADMEDIA_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub retry_max_ms: u64,
+    /// Deadline of one image attempt.
+    #[arg(long, env = "ADMEDIA_IMAGE_DEADLINE_MS", default_value_t = 120_000)]
+    pub image_deadline_ms: u64,
+    /// Deadline of one video attempt.
+    #[arg(long, env = "ADMEDIA_VIDEO_DEADLINE_MS", default_value_t = 900_000)]
+    pub video_deadline_ms: u64,
+    /// Tier weights Free,Basic,Professional,Enterprise, e.g. `1,2,4,8`.
+    #[arg(long, env = "ADMEDIA_TIER_WEIGHTS")]
+    pub tier_weights: Option<String>,
+    /// A TOML file with `[tiers.<tier>]` and `[prices]` tables.
+    #[arg(long, env = "ADMEDIA_CONFIG")]
+    pub config_file: Option<PathBuf>,
+    /// `pretty` for people, `json` for log pipelines.
+    #[arg(long, env = "ADMEDIA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "ADMEDIA_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        // The defaults of the flags above, for tests and embedding.
+        match Cli::try_parse_from(["admedia"]) {
+            Ok(cli) => cli.serve,
+            Err(e) => panic!("flag defaults must parse: {e}"),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    tiers: Option<TierTable>,
+    prices: Option<PriceTable>,
+}
+
+impl Settings {
+    /// The orchestrator's rules, checked; an error names the bad setting.
+    pub fn orchestrator(&self) -> Result<OrchestratorConfig, String> {
+        let file: FileConfig = match &self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("ADMEDIA_CONFIG {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| format!("ADMEDIA_CONFIG {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut tiers = file.tiers.unwrap_or_default();
+        if let Some(weights) = &self.tier_weights {
+            let parsed: Vec<u32> = weights
+                .split(',')
+                .map(|w| w.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    format!("ADMEDIA_TIER_WEIGHTS {weights:?}: expected four whole numbers")
+                })?;
+            let [f, b, p, e] = parsed[..] else {
+                return Err(format!(
+                    "ADMEDIA_TIER_WEIGHTS {weights:?}: expected four weights"
+                ));
+            };
+            tiers.free.weight = f;
+            tiers.basic.weight = b;
+            tiers.professional.weight = p;
+            tiers.enterprise.weight = e;
+        }
+        let config = OrchestratorConfig {
+            tiers,
+            prices: file.prices.unwrap_or_default(),
+            registration_credits: Credits::new(self.registration_credits)
+                .map_err(|e| format!("ADMEDIA_REGISTRATION_CREDITS: {e}"))?,
+            max_attempts: self.max_attempts,
+            retry_base: Duration::from_millis(self.retry_base_ms),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            image_deadline: Duration::from_millis(self.image_deadline_ms.max(1)),
+            video_deadline: Duration::from_millis(self.video_deadline_ms.max(1)),
+            ..OrchestratorConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn sim_profile(&self) -> Result<SimProfile, String> {
+        let rates = [self.sim_failure_rate, self.sim_user_error_rate];
+        if rates.iter().any(|r| !(0.0..=1.0).contains(r)) || rates.iter().sum::<f64>() > 1.0 {
+            return Err("ADMEDIA_SIM_FAILURE_RATE and ADMEDIA_SIM_USER_ERROR_RATE must be in 0..=1 and sum to at most 1".into());
+        }
+        Ok(SimProfile {
+            job_time: Duration::from_millis(self.sim_job_ms),
+            failure_rate: self.sim_failure_rate,
+            user_error_rate: self.sim_user_error_rate,
+        })
+    }
+
+    /// Simulated workers: 4 by default on the embedded store, so a job
+    /// submitted to a fresh `cargo run` completes; none by default once a
+    /// database is configured (real workers are expected there).
+    pub fn sim_worker_count(&self) -> usize {
+        self.sim_workers
+            .unwrap_or(if self.database_url.is_some() { 0 } else { 4 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::default();
+        assert_eq!(s.bind, "127.0.0.1:8080");
+        assert!(s.orchestrator().is_ok());
+        assert_eq!(s.sim_worker_count(), 4);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let mut s = Settings::default();
+        s.tier_weights = Some("1,2,x,8".into());
+        assert!(s
+            .orchestrator()
+            .unwrap_err()
+            .contains("ADMEDIA_TIER_WEIGHTS"));
+        s.tier_weights = Some("1,2,4".into());
+        assert!(s.orchestrator().is_err());
+        s.tier_weights = Some("0,2,4,8".into());
+        assert!(s.orchestrator().is_err(), "a zero weight would starve Free");
+        let mut s = Settings::default();
+        s.sim_failure_rate = 1.5;
+        assert!(s.sim_profile().is_err());
+        let mut s = Settings::default();
+        s.registration_credits = -1;
+        assert!(s.orchestrator().is_err());
+    }
+
+    #[test]
+    fn tier_weights_override_the_table() {
+        let mut s = Settings::default();
+        s.tier_weights = Some("1, 3, 9, 27".into());
+        assert_eq!(s.orchestrator().unwrap().tiers.weights(), [1, 3, 9, 27]);
+    }
+}

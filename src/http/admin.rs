@@ -1,0 +1,183 @@
+//! The operator's API: credits, memberships, suspension, stats.
+
+use actix_web::{web, HttpResponse};
+use admedia_actors::ids::UserId;
+use admedia_actors::ledger::{Grant, GrantSource};
+use admedia_actors::money::Credits;
+use admedia_actors::tier::{Membership, Tier};
+use admedia_actors::user::AccountStatus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+use crate::http::auth::Admin;
+use crate::http::problem::{ApiError, Problem};
+use crate::http::views::{UserView, WalletView};
+use crate::http::AppState;
+
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("user"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// Positive whole credits.
+    pub amount: i64,
+    pub source: GrantSource,
+    /// Required: a replay with the same key changes nothing.
+    pub idempotency_key: String,
+    pub note: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/admin/users/{id}/credits", request_body = GrantRequest,
+    params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = WalletView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn grant(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+    body: web::Json<GrantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    let body = body.into_inner();
+    let amount = Credits::positive(body.amount)
+        .map_err(|e| ApiError::InvalidParams(format!("amount: {e}")))?;
+    if body.source == GrantSource::Registration {
+        return Err(ApiError::InvalidParams(
+            "source: registration credits are granted only at registration".into(),
+        ));
+    }
+    let key = body.idempotency_key.trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::InvalidParams(
+            "idempotency_key must be 1..=255 characters".into(),
+        ));
+    }
+    if body.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
+        return Err(ApiError::InvalidParams(
+            "note must be at most 500 characters".into(),
+        ));
+    }
+    let wallet = state
+        .orchestrator
+        .grant(
+            id,
+            Grant {
+                amount,
+                source: body.source,
+                idempotency_key: Some(key.to_owned()),
+                note: body.note,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(WalletView::of(&wallet)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipRequest {
+    pub tier: Tier,
+    /// When the paid tier lapses to `free`; null for no expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[utoipa::path(put, path = "/v1/admin/users/{id}/membership", request_body = MembershipRequest,
+    params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+pub async fn membership(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+    body: web::Json<MembershipRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    let membership = match body.tier {
+        Tier::Free => Membership::FREE,
+        tier => Membership {
+            tier,
+            expires_at: body.expires_at,
+        },
+    };
+    let user = state.orchestrator.set_membership(id, membership).await?;
+    Ok(HttpResponse::Ok().json(UserView::of(&user)))
+}
+
+/// Suspend (ToS 9.2): the account can no longer act; its waiting jobs are
+/// cancelled and refunded.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/suspend", params(("id" = String, Path)),
+    security(("admin_token" = [])), responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+pub async fn suspend(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = state
+        .orchestrator
+        .set_status(user_id(&path)?, AccountStatus::Suspended)
+        .await?;
+    Ok(HttpResponse::Ok().json(UserView::of(&user)))
+}
+
+#[utoipa::path(post, path = "/v1/admin/users/{id}/reinstate", params(("id" = String, Path)),
+    security(("admin_token" = [])), responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+pub async fn reinstate(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = state
+        .orchestrator
+        .set_status(user_id(&path)?, AccountStatus::Active)
+        .await?;
+    Ok(HttpResponse::Ok().json(UserView::of(&user)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerStats {
+    pub connected: usize,
+    pub busy_slots: u32,
+    pub idle_slots: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatsView {
+    /// Jobs waiting per tier (including those waiting out a retry backoff
+    /// under `retrying`).
+    pub queue: BTreeMap<String, usize>,
+    pub retrying: usize,
+    pub jobs: BTreeMap<String, u64>,
+    pub workers: WorkerStats,
+}
+
+#[utoipa::path(get, path = "/v1/admin/stats", security(("admin_token" = [])),
+    responses((status = 200, body = StatsView), (status = 401, body = Problem)))]
+pub async fn stats(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
+    let stats = state.orchestrator.stats().await?;
+    let queue = Tier::ALL
+        .into_iter()
+        .map(|t| {
+            (
+                t.as_str().to_owned(),
+                stats.scheduler.waiting_by_tier[t.index()],
+            )
+        })
+        .collect();
+    let jobs = stats
+        .jobs
+        .0
+        .iter()
+        .map(|(s, n)| (s.as_str().to_owned(), *n))
+        .collect();
+    Ok(HttpResponse::Ok().json(StatsView {
+        queue,
+        retrying: stats.scheduler.retrying,
+        jobs,
+        workers: WorkerStats {
+            connected: stats.scheduler.workers,
+            busy_slots: stats.scheduler.busy_slots,
+            idle_slots: stats.scheduler.idle_slots,
+        },
+    }))
+}

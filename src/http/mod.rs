@@ -1,0 +1,149 @@
+//! The HTTP API: one module per resource; handlers parse, call the
+//! orchestrator and map the result. Errors are problem+json throughout,
+//! including malformed JSON and unknown routes.
+
+pub mod admin;
+pub mod auth;
+pub mod jobs;
+pub mod openapi;
+pub mod ops;
+pub mod problem;
+pub mod users;
+pub mod views;
+pub mod wallet;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{error, web, HttpRequest, HttpResponse};
+use admedia_actors::Orchestrator;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+use problem::ApiError;
+
+/// Largest request body accepted (a prompt is at most 4000 characters).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+pub struct AppState {
+    pub orchestrator: Orchestrator,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: String,
+    pub worker_token: String,
+}
+
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => Ok(n),
+        n => Err(ApiError::InvalidParams(format!(
+            "limit must be 1..={MAX_PAGE}, got {n}"
+        ))),
+    }
+}
+
+fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> error::Error {
+    let detail = match &err {
+        error::JsonPayloadError::ContentType => {
+            "expected Content-Type: application/json".to_owned()
+        }
+        error::JsonPayloadError::OverflowKnownLength { .. }
+        | error::JsonPayloadError::Overflow { .. } => {
+            format!("body larger than {MAX_BODY_BYTES} bytes")
+        }
+        other => format!("malformed JSON body: {other}"),
+    };
+    ApiError::InvalidRequest(detail).into()
+}
+
+fn query_error(err: error::QueryPayloadError, _: &HttpRequest) -> error::Error {
+    ApiError::InvalidRequest(format!("malformed query string: {err}")).into()
+}
+
+fn path_error(err: error::PathError, _: &HttpRequest) -> error::Error {
+    ApiError::InvalidRequest(format!("malformed path: {err}")).into()
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+/// Every route of the API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .error_handler(json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(query_error))
+    .app_data(web::PathConfig::default().error_handler(path_error))
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/metrics", web::get().to(ops::metrics))
+    .route("/openapi.json", web::get().to(ops::openapi))
+    .service(
+        web::scope("/v1")
+            .route("/users", web::post().to(users::register))
+            .route("/me", web::get().to(users::me))
+            .route("/wallet", web::get().to(wallet::wallet))
+            .route("/wallet/ledger", web::get().to(wallet::ledger))
+            .route("/jobs", web::post().to(jobs::submit))
+            .route("/jobs", web::get().to(jobs::list))
+            .route("/jobs/{id}", web::get().to(jobs::get))
+            .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
+            .route("/admin/users/{id}/credits", web::post().to(admin::grant))
+            .route(
+                "/admin/users/{id}/membership",
+                web::put().to(admin::membership),
+            )
+            .route("/admin/users/{id}/suspend", web::post().to(admin::suspend))
+            .route(
+                "/admin/users/{id}/reinstate",
+                web::post().to(admin::reinstate),
+            )
+            .route("/admin/stats", web::get().to(admin::stats)),
+    )
+    .default_service(web::to(not_found));
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// One span per request, carrying `X-Request-Id` (taken from the client
+/// when sane, generated otherwise, and returned); request count and latency
+/// by route pattern, never by concrete path.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, error::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let span = tracing::info_span!("http", %method, %route, request_id = %request_id, status = tracing::field::Empty);
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status().as_u16();
+    span.record("status", status);
+    if let Some(m) = metrics {
+        m.http_request(&route, &method, status, started.elapsed());
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
+    Ok(res)
+}

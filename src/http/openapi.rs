@@ -1,0 +1,41 @@
+//! The OpenAPI 3 document, generated from the handlers and types, so it
+//! cannot disagree with the code.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::http::{admin, jobs, ops, problem, users, views, wallet};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "AdMedia orchestrator", description = "Credits, fair scheduling and GPU workers for AI generation jobs."),
+    paths(
+        users::register, users::me,
+        wallet::wallet, wallet::ledger,
+        jobs::submit, jobs::get, jobs::list, jobs::cancel,
+        admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+    ),
+    components(schemas(
+        problem::Problem,
+        views::UserView, views::WalletView, views::LedgerEntryView, views::JobView,
+        users::RegisterRequest, users::Registered, users::Me,
+        wallet::LedgerPage, jobs::JobsPage,
+        admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats,
+        ops::Health,
+    )),
+    modifiers(&Security),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer =
+            || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        components.add_security_scheme("api_key", bearer());
+        components.add_security_scheme("admin_token", bearer());
+    }
+}

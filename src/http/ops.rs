@@ -1,0 +1,48 @@
+//! Operations: liveness, readiness, metrics and the OpenAPI document.
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::http::problem::{ApiError, Problem};
+use crate::http::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    /// `memory` or `postgres`.
+    pub store: &'static str,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok",
+        store: state.orchestrator.store().adapter(),
+    })
+}
+
+/// The store answers and the scheduler runs.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = Problem)))]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.orchestrator.ready().await?;
+    Ok(HttpResponse::Ok().json(Health {
+        status: "ready",
+        store: state.orchestrator.store().adapter(),
+    }))
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let stats = state.orchestrator.stats().await.ok();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(stats.as_ref()))
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json")))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::http::openapi::ApiDoc::openapi())
+}

@@ -1,0 +1,210 @@
+//! Errors as `application/problem+json` (RFC 9457) with a stable `type`
+//! per failure, so clients branch on `type`, never on prose.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use admedia_actors::OrchestratorError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client should wait before retrying after `unavailable`.
+const RETRY_AFTER_UNAVAILABLE: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    AccountSuspended(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    EmailTaken(String),
+    /// Malformed JSON, unknown field, wrong type.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Well-formed but outside the rules.
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("{detail}")]
+    InsufficientCredits {
+        detail: String,
+        required: i64,
+        available: i64,
+    },
+    #[error("{detail}")]
+    QueueLimit { detail: String, limit: u32 },
+    #[error("{detail}")]
+    RateLimited { detail: String, retry_after: u64 },
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
+    JobFinished(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The problem document.
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable code, e.g. `insufficient-credits`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// `insufficient-credits`: the job's cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<i64>,
+    /// `insufficient-credits`: what the wallet had available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    /// `queue-limit`: the tier's waiting-job limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (&'static str, &'static str, StatusCode) {
+        use ApiError::*;
+        match self {
+            Unauthorized(_) => (
+                "unauthorized",
+                "Missing or invalid credentials",
+                StatusCode::UNAUTHORIZED,
+            ),
+            Forbidden(_) => ("forbidden", "Not allowed", StatusCode::FORBIDDEN),
+            AccountSuspended(_) => (
+                "account-suspended",
+                "Account suspended",
+                StatusCode::FORBIDDEN,
+            ),
+            NotFound(_) => ("not-found", "Not found", StatusCode::NOT_FOUND),
+            EmailTaken(_) => (
+                "email-taken",
+                "E-mail address already registered",
+                StatusCode::CONFLICT,
+            ),
+            InvalidRequest(_) => (
+                "invalid-request",
+                "Malformed request",
+                StatusCode::BAD_REQUEST,
+            ),
+            InvalidParams(_) => (
+                "invalid-params",
+                "Invalid parameters",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            InsufficientCredits { .. } => (
+                "insufficient-credits",
+                "Not enough available credits",
+                StatusCode::PAYMENT_REQUIRED,
+            ),
+            QueueLimit { .. } => (
+                "queue-limit",
+                "Too many waiting jobs",
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            RateLimited { .. } => (
+                "rate-limited",
+                "Too many requests",
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            IdempotencyKeyReused(_) => (
+                "idempotency-key-reused",
+                "Idempotency-Key reused with another request",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            JobFinished(_) => ("job-finished", "Job already finished", StatusCode::CONFLICT),
+            Unavailable(_) => (
+                "unavailable",
+                "Temporarily unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            Internal(_) => (
+                "internal",
+                "Internal error",
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        }
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::NotFound(format!("{what} not found"))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().2
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (kind, title, status) = self.parts();
+        let mut problem = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+            required: None,
+            available: None,
+            limit: None,
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        match self {
+            ApiError::InsufficientCredits {
+                required,
+                available,
+                ..
+            } => {
+                problem.required = Some(*required);
+                problem.available = Some(*available);
+            }
+            ApiError::QueueLimit { limit, .. } => problem.limit = Some(*limit),
+            ApiError::RateLimited { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE.to_string()));
+            }
+            ApiError::Internal(detail) => {
+                // The detail is for the log; the client gets a generic text.
+                tracing::error!(%detail, "internal error");
+                problem.detail = "an internal error occurred".into();
+            }
+            _ => {}
+        }
+        response.body(serde_json::to_string(&problem).unwrap_or_default())
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        let detail = e.to_string();
+        match e {
+            OrchestratorError::Unauthorized => ApiError::Unauthorized(detail),
+            OrchestratorError::AccountSuspended(_) => ApiError::AccountSuspended(detail),
+            OrchestratorError::NotFound(_) => ApiError::NotFound(detail),
+            OrchestratorError::EmailTaken => ApiError::EmailTaken(detail),
+            OrchestratorError::InvalidParams(_) => ApiError::InvalidParams(detail),
+            OrchestratorError::InsufficientCredits {
+                required,
+                available,
+            } => ApiError::InsufficientCredits {
+                detail,
+                required: required.get(),
+                available: available.get(),
+            },
+            OrchestratorError::QueueLimit { limit } => ApiError::QueueLimit { detail, limit },
+            OrchestratorError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(detail),
+            OrchestratorError::JobFinished => ApiError::JobFinished(detail),
+            OrchestratorError::Unavailable(_) => ApiError::Unavailable(detail),
+            OrchestratorError::Internal(_) => ApiError::Internal(detail),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Registration and the caller's own account: `POST /v1/users`, `GET /v1/me`.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::http::auth::AuthUser;
+use crate::http::problem::{ApiError, Problem};
+use crate::http::views::{UserView, WalletView};
+use crate::http::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub display_name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub user: UserView,
+    /// Shown once; only its hash is stored.
+    pub api_key: String,
+    pub wallet: WalletView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub user: UserView,
+    pub wallet: WalletView,
+}
+
+/// Register: one account per e-mail address (ToS 2.4), with the
+/// registration reward granted as a ledger entry.
+#[utoipa::path(post, path = "/v1/users", request_body = RegisterRequest,
+    responses((status = 201, body = Registered), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn register(
+    state: web::Data<AppState>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let reg = state
+        .orchestrator
+        .register(&body.email, &body.display_name)
+        .await?;
+    Ok(HttpResponse::Created().json(Registered {
+        user: UserView::of(&reg.user),
+        api_key: reg.api_key,
+        wallet: WalletView::of(&reg.wallet),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/me", security(("api_key" = [])),
+    responses((status = 200, body = Me), (status = 401, body = Problem)))]
+pub async fn me(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let wallet = state.orchestrator.wallet(user.id).await?;
+    Ok(HttpResponse::Ok().json(Me {
+        user: UserView::of(&user),
+        wallet: WalletView::of(&wallet),
+    }))
+}

@@ -1,0 +1,68 @@
+//! The caller's wallet and ledger: `GET /v1/wallet`, `GET /v1/wallet/ledger`.
+
+use actix_web::{web, HttpResponse};
+use admedia_actors::ids::EntryId;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::http::auth::AuthUser;
+use crate::http::problem::{ApiError, Problem};
+use crate::http::views::{LedgerEntryView, WalletView};
+use crate::http::{page_limit, AppState};
+
+#[utoipa::path(get, path = "/v1/wallet", security(("api_key" = [])),
+    responses((status = 200, body = WalletView), (status = 401, body = Problem)))]
+pub async fn wallet(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let wallet = state.orchestrator.wallet(user.id).await?;
+    Ok(HttpResponse::Ok().json(WalletView::of(&wallet)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    /// 1..=200, default 50.
+    pub limit: Option<usize>,
+    /// An entry id: entries older than it.
+    pub before: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntryView>,
+    /// Pass as `before` for the next page; null on the last.
+    pub next: Option<String>,
+}
+
+/// Newest first.
+#[utoipa::path(get, path = "/v1/wallet/ledger", params(LedgerQuery), security(("api_key" = [])),
+    responses((status = 200, body = LedgerPage), (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn ledger(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    query: web::Query<LedgerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let before = match &query.before {
+        Some(raw) => Some(raw.parse::<EntryId>().map_err(|_| {
+            ApiError::InvalidParams(format!("before: {raw:?} is not a ledger entry id"))
+        })?),
+        None => None,
+    };
+    let mut entries = state
+        .orchestrator
+        .ledger(user.id, before, limit + 1)
+        .await?;
+    let next = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(LedgerPage {
+        entries: entries.iter().map(LedgerEntryView::of).collect(),
+        next,
+    }))
+}

@@ -1,0 +1,9 @@
+//! The AdMedia orchestrator server: configuration, start-up, the HTTP API,
+//! telemetry and the adapters that plug PostgreSQL and Redis into the
+//! actors of `admedia-actors`.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,335 @@
+//! Prometheus metrics, all named `admedia_*`. Label values are bounded
+//! (tiers, kinds, outcomes, route patterns): never a user or job id.
+//!
+//! Counters and histograms are fed by the actors through the [`Observer`]
+//! trait; gauges of current state (queue depth, jobs by state, worker
+//! slots) are read from the orchestrator at scrape time, so they cannot
+//! drift from the truth.
+
+use std::time::Duration;
+
+use admedia_actors::job::{JobKind, JobState};
+use admedia_actors::ledger::EntryKind;
+use admedia_actors::observer::{AttemptResult, Observer};
+use admedia_actors::orchestrator::Stats;
+use admedia_actors::tier::Tier;
+use prometheus::{
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+const NO_LABELS: &[&str] = &[];
+
+pub struct Metrics {
+    registry: Registry,
+    jobs_submitted: IntCounterVec,
+    jobs_finished: IntCounterVec,
+    attempts: IntCounterVec,
+    queue_wait: HistogramVec,
+    dispatch_latency: HistogramVec,
+    run_seconds: HistogramVec,
+    credits_moved: IntCounterVec,
+    actor_restarts: IntCounterVec,
+    stale_messages: IntCounterVec,
+    limited: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_latency: HistogramVec,
+    jobs_waiting: IntGaugeVec,
+    jobs_by_state: IntGaugeVec,
+    worker_slots: IntGaugeVec,
+    workers_connected: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    exponential_buckets(start, factor, count).unwrap_or_else(|e| panic!("buckets: {e}"))
+}
+
+impl Metrics {
+    /// Registers every metric. Names are fixed at compile time, so a failure
+    /// here is a programming error caught by any test that starts a server.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            jobs_submitted: counter(
+                &r,
+                "admedia_jobs_submitted_total",
+                "Jobs accepted",
+                &["kind", "tier"],
+            ),
+            jobs_finished: counter(
+                &r,
+                "admedia_jobs_finished_total",
+                "Jobs that reached a terminal state",
+                &["kind", "tier", "outcome"],
+            ),
+            attempts: counter(
+                &r,
+                "admedia_attempts_total",
+                "Attempts by how they ended",
+                &["kind", "outcome"],
+            ),
+            // Waits run from milliseconds (idle system) to many minutes (Free
+            // behind a backlog).
+            queue_wait: histogram(
+                &r,
+                "admedia_queue_wait_seconds",
+                "Time from entering the line to dispatch",
+                &["tier"],
+                buckets(0.001, 2.5, 14),
+            ),
+            // Dispatch itself is sub-millisecond to a few ms.
+            dispatch_latency: histogram(
+                &r,
+                "admedia_dispatch_latency_seconds",
+                "From a slot or job becoming ready to the assignment",
+                &["tier"],
+                buckets(0.000_05, 2.0, 14),
+            ),
+            // Images take seconds, videos minutes.
+            run_seconds: histogram(
+                &r,
+                "admedia_run_seconds",
+                "Time an attempt ran on its worker",
+                &["kind"],
+                buckets(0.05, 2.0, 15),
+            ),
+            credits_moved: counter(
+                &r,
+                "admedia_credits_moved_total",
+                "Credits moved by ledger movement",
+                &["movement"],
+            ),
+            actor_restarts: counter(
+                &r,
+                "admedia_actor_restarts_total",
+                "Actors restarted after dying",
+                &["actor"],
+            ),
+            stale_messages: counter(
+                &r,
+                "admedia_stale_worker_messages_total",
+                "Worker messages ignored because their lease was not current",
+                &[],
+            ),
+            limited: counter(
+                &r,
+                "admedia_submissions_limited_total",
+                "Submissions refused by a limit",
+                &["limit"],
+            ),
+            http_requests: counter(
+                &r,
+                "admedia_http_requests_total",
+                "HTTP requests",
+                &["route", "method", "status"],
+            ),
+            http_latency: histogram(
+                &r,
+                "admedia_http_request_duration_seconds",
+                "HTTP request latency",
+                &["route", "method"],
+                buckets(0.000_1, 2.5, 14),
+            ),
+            jobs_waiting: gauge(
+                &r,
+                "admedia_jobs_waiting",
+                "Jobs waiting for a slot",
+                &["tier"],
+            ),
+            jobs_by_state: gauge(&r, "admedia_jobs", "Jobs by state", &["state"]),
+            worker_slots: gauge(
+                &r,
+                "admedia_worker_slots",
+                "Worker slots by state",
+                &["state"],
+            ),
+            workers_connected: gauge(
+                &r,
+                "admedia_workers_connected",
+                "Connected GPU workers",
+                &[],
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests
+            .with_label_values(&[route, method, class])
+            .inc();
+        self.http_latency
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rate_limited(&self) {
+        self.limited.with_label_values(&["rate"]).inc();
+    }
+
+    /// Renders the text exposition, refreshing the state gauges first.
+    pub fn render(&self, stats: Option<&Stats>) -> String {
+        if let Some(stats) = stats {
+            for tier in Tier::ALL {
+                self.jobs_waiting
+                    .with_label_values(&[tier.as_str()])
+                    .set(stats.scheduler.waiting_by_tier[tier.index()] as i64);
+            }
+            for (state, n) in &stats.jobs.0 {
+                self.jobs_by_state
+                    .with_label_values(&[state.as_str()])
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            self.worker_slots
+                .with_label_values(&["busy"])
+                .set(i64::from(stats.scheduler.busy_slots));
+            self.worker_slots
+                .with_label_values(&["idle"])
+                .set(i64::from(stats.scheduler.idle_slots));
+            self.workers_connected
+                .with_label_values(NO_LABELS)
+                .set(stats.scheduler.workers as i64);
+        }
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+
+    /// Touches every labelled series once so dashboards and alerts see
+    /// zeros instead of "no data" before the first event.
+    pub fn prime(&self) {
+        for kind in JobKind::ALL {
+            for tier in Tier::ALL {
+                self.jobs_submitted
+                    .with_label_values(&[kind.as_str(), tier.as_str()]);
+                for outcome in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+                    self.jobs_finished.with_label_values(&[
+                        kind.as_str(),
+                        tier.as_str(),
+                        outcome.as_str(),
+                    ]);
+                }
+            }
+            for r in [
+                AttemptResult::Succeeded,
+                AttemptResult::SystemFailure,
+                AttemptResult::UserFailure,
+                AttemptResult::LeaseLost,
+                AttemptResult::TimedOut,
+                AttemptResult::Cancelled,
+            ] {
+                self.attempts
+                    .with_label_values(&[kind.as_str(), r.as_str()]);
+            }
+        }
+        for m in EntryKind::ALL {
+            self.credits_moved.with_label_values(&[m.as_str()]);
+        }
+        for a in ["wallet", "scheduler"] {
+            self.actor_restarts.with_label_values(&[a]);
+        }
+        self.stale_messages.with_label_values(NO_LABELS);
+        for l in ["rate", "queue"] {
+            self.limited.with_label_values(&[l]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Observer for Metrics {
+    fn job_submitted(&self, kind: JobKind, tier: Tier) {
+        self.jobs_submitted
+            .with_label_values(&[kind.as_str(), tier.as_str()])
+            .inc();
+    }
+
+    fn job_finished(&self, kind: JobKind, tier: Tier, outcome: &'static str) {
+        self.jobs_finished
+            .with_label_values(&[kind.as_str(), tier.as_str(), outcome])
+            .inc();
+    }
+
+    fn attempt_finished(&self, kind: JobKind, result: AttemptResult, run: Option<Duration>) {
+        self.attempts
+            .with_label_values(&[kind.as_str(), result.as_str()])
+            .inc();
+        if let Some(run) = run {
+            self.run_seconds
+                .with_label_values(&[kind.as_str()])
+                .observe(run.as_secs_f64());
+        }
+    }
+
+    fn dispatched(&self, tier: Tier, queue_wait: Duration, dispatch_latency: Option<Duration>) {
+        self.queue_wait
+            .with_label_values(&[tier.as_str()])
+            .observe(queue_wait.as_secs_f64());
+        if let Some(d) = dispatch_latency {
+            self.dispatch_latency
+                .with_label_values(&[tier.as_str()])
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    fn credits_moved(&self, kind: EntryKind, amount: i64) {
+        self.credits_moved
+            .with_label_values(&[kind.as_str()])
+            .inc_by(u64::try_from(amount).unwrap_or(0));
+    }
+
+    fn actor_restarted(&self, actor: &'static str) {
+        self.actor_restarts.with_label_values(&[actor]).inc();
+    }
+
+    fn stale_worker_message(&self) {
+        self.stale_messages.with_label_values(NO_LABELS).inc();
+    }
+
+    fn queue_limited(&self) {
+        self.limited.with_label_values(&["queue"]).inc();
+    }
+}

@@ -1,0 +1,130 @@
+//! Builds the application from its settings: the store, the orchestrator
+//! and its workers, and the HTTP server. `main` calls this; so do the tests,
+//! on a random port.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, Compress};
+use actix_web::{web, App, HttpServer};
+use admedia_actors::store::memory::MemoryStore;
+use admedia_actors::store::Store;
+use admedia_actors::Orchestrator;
+use rand::RngCore;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+
+pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    orchestrator: Orchestrator,
+    admin_token: String,
+    worker_token: String,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let config = settings.orchestrator()?;
+        let sim_profile = settings.sim_profile()?;
+        let store: Arc<dyn Store> = match &settings.database_url {
+            Some(_) => {
+                return Err("DATABASE_URL is set, but this build has no PostgreSQL adapter yet; unset it to use the embedded store".into());
+            }
+            None => {
+                tracing::warn!("embedded in-memory store: nothing is kept after the process exits (set DATABASE_URL for PostgreSQL)");
+                Arc::new(MemoryStore::new())
+            }
+        };
+        let metrics = Arc::new(Metrics::new());
+        metrics.prime();
+        let orchestrator = Orchestrator::start(store, config.clone(), metrics.clone()).await?;
+        let sim_workers = settings.sim_worker_count();
+        if sim_workers > 0 {
+            orchestrator.add_simulated_workers(sim_workers, settings.sim_slots.max(1), sim_profile);
+        }
+
+        let admin_token = settings.admin_token.clone().unwrap_or_else(|| {
+            let t = random_token();
+            tracing::warn!(token = %t, "ADMEDIA_ADMIN_TOKEN unset; generated one for this run");
+            t
+        });
+        let worker_token = settings.worker_token.clone().unwrap_or_else(|| {
+            let t = random_token();
+            tracing::warn!(token = %t, "ADMEDIA_WORKER_TOKEN unset; generated one for this run");
+            t
+        });
+
+        let listener = TcpListener::bind(&settings.bind)
+            .map_err(|e| format!("bind {}: {e}", settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            orchestrator: orchestrator.clone(),
+            metrics,
+            admin_token: admin_token.clone(),
+            worker_token: worker_token.clone(),
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(Compress::default())
+                .wrap(from_fn(http::observe))
+                .configure(http::routes)
+        })
+        .listen(listener)?;
+        if let Some(n) = settings.http_workers {
+            server = server.workers(n.max(1));
+        }
+        let server = server.run();
+        tracing::info!(
+            bind = %settings.bind,
+            port,
+            store = "memory",
+            sim_workers,
+            sim_slots = settings.sim_slots,
+            sim_job_ms = settings.sim_job_ms,
+            tier_weights = ?config.tiers.weights(),
+            max_attempts = config.max_attempts,
+            "admedia serving"
+        );
+        Ok(Application {
+            port,
+            server,
+            orchestrator,
+            admin_token,
+            worker_token,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orchestrator
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn worker_token(&self) -> &str {
+        &self.worker_token
+    }
+
+    /// Serves until SIGINT/SIGTERM; actix-web then stops accepting, lets
+    /// requests in progress finish, and returns.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
