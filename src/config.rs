@@ -31,6 +31,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the orchestrator (the default).
     Serve(Settings),
+    /// Apply the database migrations in `schema/` and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -97,6 +102,9 @@ pub struct Settings {
     /// `pretty` for people, `json` for log pipelines.
     #[arg(long, env = "ADMEDIA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "ADMEDIA_DB_POOL", default_value_t = 16)]
+    pub db_pool: usize,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "ADMEDIA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,

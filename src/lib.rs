@@ -6,4 +6,5 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

@@ -10,6 +10,16 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match cli.command {
         Some(Command::Serve(settings)) => settings,
+        Some(Command::Migrate { database_url }) => {
+            telemetry::init(cli.serve.log_format);
+            return match admedia::startup::migrate(&database_url).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("admedia migrate: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => cli.serve,
     };
     telemetry::init(settings.log_format);

@@ -38,7 +38,12 @@ pub struct Metrics {
     jobs_by_state: IntGaugeVec,
     worker_slots: IntGaugeVec,
     workers_connected: IntGaugeVec,
+    db_pool: IntGaugeVec,
+    pool_status: std::sync::OnceLock<PoolStatus>,
 }
+
+/// Reads (in use, idle) connections of the database pool.
+pub type PoolStatus = Box<dyn Fn() -> (usize, usize) + Send + Sync>;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
@@ -182,6 +187,13 @@ impl Metrics {
                 "Connected GPU workers",
                 &[],
             ),
+            db_pool: gauge(
+                &r,
+                "admedia_db_pool_connections",
+                "PostgreSQL pool connections by state",
+                &["state"],
+            ),
+            pool_status: std::sync::OnceLock::new(),
             registry: r,
         }
     }
@@ -200,6 +212,10 @@ impl Metrics {
         self.http_latency
             .with_label_values(&[route, method])
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_pool_status(&self, status: PoolStatus) {
+        let _ = self.pool_status.set(status);
     }
 
     pub fn rate_limited(&self) {
@@ -228,6 +244,11 @@ impl Metrics {
             self.workers_connected
                 .with_label_values(NO_LABELS)
                 .set(stats.scheduler.workers as i64);
+        }
+        if let Some(status) = self.pool_status.get() {
+            let (busy, idle) = status();
+            self.db_pool.with_label_values(&["busy"]).set(busy as i64);
+            self.db_pool.with_label_values(&["idle"]).set(idle as i64);
         }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

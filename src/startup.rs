@@ -16,8 +16,36 @@ use rand::RngCore;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::store::postgres::PgStore;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long start-up waits for PostgreSQL before giving up.
+const DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Applies the migrations, waiting a while for a database that is still
+/// starting (as in a fresh `docker compose up` or a CI job).
+async fn migrate_when_reachable(pg: &PgStore) -> Result<(), StartupError> {
+    let deadline = std::time::Instant::now() + DATABASE_WAIT;
+    loop {
+        match pg.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(admedia_actors::store::StoreError::Unavailable(e)) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(format!("PostgreSQL: {e}").into()),
+        }
+    }
+}
+
+/// `admedia migrate`: apply the schema and exit.
+pub async fn migrate(database_url: &str) -> Result<(), StartupError> {
+    let pg = PgStore::connect(database_url, 1)?;
+    migrate_when_reachable(&pg).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
 
 pub struct Application {
     port: u16,
@@ -37,16 +65,20 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let config = settings.orchestrator()?;
         let sim_profile = settings.sim_profile()?;
+        let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match &settings.database_url {
-            Some(_) => {
-                return Err("DATABASE_URL is set, but this build has no PostgreSQL adapter yet; unset it to use the embedded store".into());
+            Some(url) => {
+                let pg = Arc::new(PgStore::connect(url, settings.db_pool)?);
+                migrate_when_reachable(&pg).await?;
+                let gauge = pg.clone();
+                metrics.set_pool_status(Box::new(move || gauge.pool_status()));
+                pg
             }
             None => {
                 tracing::warn!("embedded in-memory store: nothing is kept after the process exits (set DATABASE_URL for PostgreSQL)");
                 Arc::new(MemoryStore::new())
             }
         };
-        let metrics = Arc::new(Metrics::new());
         metrics.prime();
         let orchestrator = Orchestrator::start(store, config.clone(), metrics.clone()).await?;
         let sim_workers = settings.sim_worker_count();
@@ -89,7 +121,7 @@ impl Application {
         tracing::info!(
             bind = %settings.bind,
             port,
-            store = "memory",
+            store = orchestrator.store().adapter(),
             sim_workers,
             sim_slots = settings.sim_slots,
             sim_job_ms = settings.sim_job_ms,

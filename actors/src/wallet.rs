@@ -277,7 +277,7 @@ impl Handler<Cancel> for WalletActor {
             tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(),
                 movement = kind.as_str(), "job cancelled");
             if let Some(s) = act.deps.scheduler() {
-                if true {
+                if previous == JobState::Queued {
                     s.do_send(Withdraw(job.id));
                 } else {
                     s.do_send(CancelInFlight(job.id));

@@ -523,9 +523,13 @@ async fn cancel_while_queued_voids() {
         Err(OrchestratorError::JobFinished)
     ));
 
-    // A worker arriving later never sees the job.
+    // A worker arriving later never sees the job, and the job left the line.
     let mut w = h.scripted_worker("late-gpu", 2);
     w.expect_quiet().await;
+    let stats = h.orch.stats().await.expect("stats").scheduler;
+    assert_eq!(stats.workers, 1);
+    assert_eq!(stats.waiting_by_tier, [0; 4]);
+    assert_eq!((stats.retrying, stats.in_flight, stats.busy_slots), (0, 0, 0));
     let job = h.job(user, job.id).await;
     assert_eq!(
         (job.state, job.charge, job.attempts),

@@ -563,7 +563,9 @@ pub async fn recovery_lists_jobs_by_state_in_submission_order(store: Shared) {
 }
 
 /// Expands to one test per conformance check, each on a fresh store made
-/// by `$make` (an async expression yielding `Arc<dyn Store>`).
+/// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
+/// `None` means the backing service is absent and the test is skipped (the
+/// factory itself fails instead when absence is not allowed, as in CI).
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {
@@ -590,7 +592,9 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let store = $make.await;
+                let Some(store) = $make.await else {
+                    return;
+                };
                 $crate::store::conformance::$name(store).await;
             }
         )*
@@ -604,8 +608,8 @@ mod memory_adapter {
     use crate::store::memory::MemoryStore;
     use crate::store::Store;
 
-    async fn fresh() -> Arc<dyn Store> {
-        Arc::new(MemoryStore::new())
+    async fn fresh() -> Option<Arc<dyn Store>> {
+        Some(Arc::new(MemoryStore::new()))
     }
 
     crate::store_conformance_tests!(fresh());

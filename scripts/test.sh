@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Starts PostgreSQL and Redis when they are not
+# running (installing them with apt where absent), creates a fresh test
+# database, and runs `cargo test --workspace` against both services.
+#
+#   ./scripts/test.sh               # everything
+#   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PGHOST="${PGHOST:-127.0.0.1}"
+PGPORT="${PGPORT:-5432}"
+PGUSER="${PGUSER:-postgres}"
+TEST_DB="${ADMEDIA_TEST_DB:-admedia_test}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pg_up() { pg_isready -h "$PGHOST" -p "$PGPORT" -q 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+
+ensure_postgres() {
+    if command -v pg_isready >/dev/null && pg_up; then return; fi
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        log "installing PostgreSQL"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+    fi
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -n1)"
+    # Trust on loopback, as a throwaway test cluster should be.
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$hba"
+    fi
+    log "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do pg_up && return; sleep 1; done
+    log "PostgreSQL did not come up"; exit 1
+}
+
+ensure_redis() {
+    if command -v redis-cli >/dev/null && redis_up; then return; fi
+    if ! command -v redis-server >/dev/null; then
+        log "installing Redis"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
+    log "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
+        --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 1 30); do redis_up && return; sleep 1; done
+    log "Redis did not come up"; exit 1
+}
+
+ensure_postgres
+ensure_redis
+
+log "fresh test database $TEST_DB"
+psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >/dev/null
+psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "CREATE DATABASE $TEST_DB" >/dev/null
+
+export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$TEST_DB"
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+# With the services provided, a test that cannot reach them must fail.
+export CI="${CI:-true}"
+
+log "cargo test --workspace"
+cargo test --workspace "$@"

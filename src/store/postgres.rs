@@ -1,0 +1,1094 @@
+//! The PostgreSQL adapter of the store port (tokio-postgres + deadpool).
+//!
+//! Every port operation is one transaction. Money operations lock the
+//! user's wallet row first (`FOR UPDATE`), then the job: one lock order
+//! everywhere, so concurrent operations queue instead of deadlocking, and
+//! a read-check-write of a balance can never interleave with another.
+//! Job transitions are conditional on state, attempt and lease. The schema
+//! (see `schema/`) independently refuses an overdrawn wallet, a changed
+//! ledger row and a second resolution of a hold.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use admedia_actors::email::Email;
+use admedia_actors::ids::{ApiKeyId, EntryId, JobId, LeaseToken, UserId, WorkerId};
+use admedia_actors::job::{
+    AttemptOutcome, Charge, FailureClass, Job, JobError, JobKind, JobParams, JobResult, JobSpec,
+    JobState,
+};
+use admedia_actors::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
+use admedia_actors::money::{Credits, MoneyError, Wallet};
+use admedia_actors::store::{
+    AttemptRef, Cancellation, GrantOutcome, JobCounts, NewJob, Settlement, Store, StoreError, StoreResult,
+    Submission,
+};
+use admedia_actors::tier::{Membership, Tier};
+use admedia_actors::user::{AccountStatus, DisplayName, KeyHash, NewUser, User};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+mod embedded {
+    refinery::embed_migrations!("schema");
+}
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// How long a request waits for a pooled connection before the store
+/// counts as unavailable (the API then answers 503).
+const POOL_WAIT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl PgStore {
+    /// A pool for `url`; connections open lazily.
+    pub fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        Self::from_config(config, max_connections)
+    }
+
+    pub fn from_config(config: tokio_postgres::Config, max_connections: usize) -> Result<PgStore, StoreError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Internal(format!("pool: {e}")))?;
+        Ok(PgStore { pool })
+    }
+
+    /// Applies the migrations in `schema/` that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let report = embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Pool connections by state, for metrics.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size.saturating_sub(s.available), s.available)
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+    }
+}
+
+/// Connection trouble is `Unavailable` (retry later); anything the
+/// database refused on purpose is reported as what it is.
+fn db(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        None => StoreError::Unavailable(e.to_string()),
+        Some(code) if code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN => {
+            StoreError::Unavailable(e.to_string())
+        }
+        Some(code) if *code == SqlState::CHECK_VIOLATION || *code == SqlState::UNIQUE_VIOLATION => {
+            StoreError::Invariant(e.to_string())
+        }
+        Some(_) => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.code() == &SqlState::UNIQUE_VIOLATION && d.constraint() == Some(constraint)
+    })
+}
+
+fn money(e: MoneyError) -> StoreError {
+    match e {
+        MoneyError::Insufficient {
+            required,
+            available,
+        } => StoreError::InsufficientCredits {
+            required,
+            available,
+        },
+        other => StoreError::Invariant(other.to_string()),
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+fn credits(v: i64) -> StoreResult<Credits> {
+    Credits::new(v).map_err(|_| corrupt("credits", &v.to_string()))
+}
+
+fn tier(s: &str) -> StoreResult<Tier> {
+    s.parse().map_err(|_| corrupt("tier", s))
+}
+
+fn state(s: &str) -> StoreResult<JobState> {
+    s.parse().map_err(|_| corrupt("job state", s))
+}
+
+fn status(s: &str) -> StoreResult<AccountStatus> {
+    match s {
+        "active" => Ok(AccountStatus::Active),
+        "suspended" => Ok(AccountStatus::Suspended),
+        "terminated" => Ok(AccountStatus::Terminated),
+        _ => Err(corrupt("status", s)),
+    }
+}
+
+fn charge(s: &str) -> StoreResult<Charge> {
+    match s {
+        "held" => Ok(Charge::Held),
+        "posted" => Ok(Charge::Posted),
+        "voided" => Ok(Charge::Voided),
+        _ => Err(corrupt("charge", s)),
+    }
+}
+
+fn charge_str(c: Charge) -> &'static str {
+    match c {
+        Charge::Held => "held",
+        Charge::Posted => "posted",
+        Charge::Voided => "voided",
+    }
+}
+
+fn kind(s: &str) -> StoreResult<JobKind> {
+    match s {
+        "image" => Ok(JobKind::Image),
+        "video" => Ok(JobKind::Video),
+        _ => Err(corrupt("job kind", s)),
+    }
+}
+
+fn entry_kind(s: &str) -> StoreResult<EntryKind> {
+    EntryKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| corrupt("entry kind", s))
+}
+
+fn source(s: &str) -> StoreResult<GrantSource> {
+    match s {
+        "registration" => Ok(GrantSource::Registration),
+        "purchase" => Ok(GrantSource::Purchase),
+        "membership_gift" => Ok(GrantSource::MembershipGift),
+        "admin" => Ok(GrantSource::Admin),
+        _ => Err(corrupt("grant source", s)),
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> StoreResult<T> {
+    serde_json::from_value(v).map_err(|e| StoreError::Internal(format!("stored JSON: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| StoreError::Internal(format!("JSON: {e}")))
+}
+
+const USER_COLUMNS: &str = "id, email, display_name, tier, membership_expires_at, status, created_at";
+
+fn user_row(r: &Row) -> StoreResult<User> {
+    let tier_s: String = r.get(3);
+    let status_s: String = r.get(5);
+    Ok(User {
+        id: UserId::from_uuid(r.get(0)),
+        email: Email::from_stored(r.get(1)),
+        display_name: DisplayName::from_stored(r.get(2)),
+        membership: Membership {
+            tier: tier(&tier_s)?,
+            expires_at: r.get(4),
+        },
+        status: status(&status_s)?,
+        created_at: r.get(6),
+    })
+}
+
+const JOB_COLUMNS: &str = "id, user_id, seq, kind, model, prompt, params, tier, cost, state, attempts, \
+     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease";
+
+fn job_row(r: &Row) -> StoreResult<Job> {
+    let kind_s: String = r.get(3);
+    let tier_s: String = r.get(7);
+    let state_s: String = r.get(9);
+    let charge_s: String = r.get(12);
+    let params: JobParams = json(r.get(6))?;
+    let error: Option<serde_json::Value> = r.get(17);
+    let result: Option<serde_json::Value> = r.get(18);
+    let seq: i64 = r.get(2);
+    let attempts: i32 = r.get(10);
+    let max_attempts: i32 = r.get(11);
+    Ok(Job {
+        id: JobId::from_uuid(r.get(0)),
+        user_id: UserId::from_uuid(r.get(1)),
+        seq: u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?,
+        spec: JobSpec {
+            kind: kind(&kind_s)?,
+            model: r.get(4),
+            prompt: r.get(5),
+            params,
+        },
+        tier: tier(&tier_s)?,
+        cost: credits(r.get(8))?,
+        state: state(&state_s)?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts", &attempts.to_string()))?,
+        max_attempts: u32::try_from(max_attempts).map_err(|_| corrupt("max_attempts", &max_attempts.to_string()))?,
+        charge: charge(&charge_s)?,
+        created_at: r.get(13),
+        started_at: r.get(14),
+        finished_at: r.get(15),
+        retry_at: r.get(16),
+        error: error.map(json::<JobError>).transpose()?,
+        result: result.map(json::<JobResult>).transpose()?,
+        worker_id: r.get::<_, Option<uuid::Uuid>>(19).map(WorkerId::from_uuid),
+        lease: r.get::<_, Option<uuid::Uuid>>(20).map(LeaseToken::from_uuid),
+    })
+}
+
+const ENTRY_COLUMNS: &str = "id, user_id, kind, amount, balance, held, source, job_id, note, created_at";
+
+fn entry_row(r: &Row) -> StoreResult<LedgerEntry> {
+    let kind_s: String = r.get(2);
+    let source_s: Option<String> = r.get(6);
+    Ok(LedgerEntry {
+        id: EntryId(r.get(0)),
+        user_id: UserId::from_uuid(r.get(1)),
+        kind: entry_kind(&kind_s)?,
+        amount: credits(r.get(3))?,
+        balance: credits(r.get(4))?,
+        held: credits(r.get(5))?,
+        source: source_s.as_deref().map(source).transpose()?,
+        job_id: r.get::<_, Option<uuid::Uuid>>(7).map(JobId::from_uuid),
+        note: r.get(8),
+        created_at: r.get(9),
+    })
+}
+
+/// Locks the user's wallet row for the rest of the transaction.
+async fn lock_wallet(tx: &Transaction<'_>, user: UserId) -> StoreResult<Wallet> {
+    let row = tx
+        .query_opt(
+            "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE",
+            &[&user.as_uuid()],
+        )
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound("user"))?;
+    Wallet::new(credits(row.get(0))?, credits(row.get(1))?).map_err(money)
+}
+
+async fn lock_job(tx: &Transaction<'_>, id: JobId) -> StoreResult<Job> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
+    let row = tx
+        .query_opt(&sql, &[&id.as_uuid()])
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound("job"))?;
+    job_row(&row)
+}
+
+/// One ledger entry and the wallet it leaves: the only place money moves
+/// in this adapter. The caller holds the wallet lock.
+#[allow(clippy::too_many_arguments)]
+async fn book(
+    tx: &Transaction<'_>,
+    user: UserId,
+    before: Wallet,
+    kind: EntryKind,
+    amount: Credits,
+    source: Option<GrantSource>,
+    job: Option<JobId>,
+    note: Option<&str>,
+    idempotency_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<Wallet> {
+    let after = match kind {
+        EntryKind::Grant => before.grant(amount),
+        EntryKind::Hold => before.hold(amount),
+        EntryKind::Post => before.post(amount),
+        EntryKind::Void => before.void(amount),
+    }
+    .map_err(money)?;
+    tx.execute(
+        "UPDATE wallets SET balance = $2, held = $3 WHERE user_id = $1",
+        &[&user.as_uuid(), &after.balance.get(), &after.held.get()],
+    )
+    .await
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO ledger_entries (user_id, kind, amount, balance, held, source, job_id, note, idempotency_key, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &user.as_uuid(),
+            &kind.as_str(),
+            &amount.get(),
+            &after.balance.get(),
+            &after.held.get(),
+            &source.map(GrantSource::as_str),
+            &job.map(|j| j.as_uuid()),
+            &note,
+            &idempotency_key,
+            &now,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(after)
+}
+
+/// Resolves the job's hold exactly once: the conditional update finds the
+/// hold open or the whole transaction fails.
+async fn resolve_hold(
+    tx: &Transaction<'_>,
+    job: &Job,
+    wallet: Wallet,
+    resolution: Charge,
+    now: DateTime<Utc>,
+) -> StoreResult<Wallet> {
+    let kind = match resolution {
+        Charge::Posted => EntryKind::Post,
+        Charge::Voided => EntryKind::Void,
+        Charge::Held => return Err(StoreError::Invariant("resolve to held".into())),
+    };
+    let n = tx
+        .execute(
+            "UPDATE holds SET state = $2, resolved_at = $3 WHERE job_id = $1 AND state = 'held'",
+            &[&job.id.as_uuid(), &charge_str(resolution), &now],
+        )
+        .await
+        .map_err(db)?;
+    if n != 1 {
+        return Err(StoreError::HoldResolved);
+    }
+    book(tx, job.user_id, wallet, kind, job.cost, None, Some(job.id), None, None, now).await
+}
+
+/// Writes the mutable columns of a job after a transition, conditional on
+/// the state it was read in (belt and braces under the row lock).
+async fn write_job(tx: &Transaction<'_>, before: JobState, job: &Job) -> StoreResult<()> {
+    if before != job.state && !before.may_become(job.state) {
+        return Err(StoreError::Invariant(format!(
+            "job {}: {before} may not become {}",
+            job.id, job.state
+        )));
+    }
+    let error = job.error.as_ref().map(to_json).transpose()?;
+    let result = job.result.as_ref().map(to_json).transpose()?;
+    let n = tx
+        .execute(
+            "UPDATE jobs SET state = $3, attempts = $4, charge = $5, started_at = $6, finished_at = $7, \
+             retry_at = $8, error = $9, result = $10, worker_id = $11, lease = $12 \
+             WHERE id = $1 AND state = $2",
+            &[
+                &job.id.as_uuid(),
+                &before.as_str(),
+                &job.state.as_str(),
+                &i32::try_from(job.attempts).unwrap_or(i32::MAX),
+                &charge_str(job.charge),
+                &job.started_at,
+                &job.finished_at,
+                &job.retry_at,
+                &error,
+                &result,
+                &job.worker_id.map(|w| w.as_uuid()),
+                &job.lease.map(|l| l.as_uuid()),
+            ],
+        )
+        .await
+        .map_err(db)?;
+    if n != 1 {
+        return Err(StoreError::StaleTransition {
+            job: job.id,
+            found: before,
+            attempt: job.attempts,
+        });
+    }
+    Ok(())
+}
+
+fn fenced(job: &Job, attempt: &AttemptRef, allowed: &[JobState]) -> StoreResult<()> {
+    if allowed.contains(&job.state) && job.attempts == attempt.attempt && job.lease == Some(attempt.lease) {
+        Ok(())
+    } else {
+        Err(StoreError::StaleTransition {
+            job: job.id,
+            found: job.state,
+            attempt: job.attempts,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn adapter(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, new: NewUser, reward: Credits, now: DateTime<Utc>) -> StoreResult<(User, Wallet)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let id = UserId::generate();
+        let inserted = tx
+            .execute(
+                "INSERT INTO users (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)",
+                &[&id.as_uuid(), &new.email.as_str(), &new.display_name.as_str(), &now],
+            )
+            .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e, "users_email") => return Err(StoreError::EmailTaken),
+            other => {
+                other.map_err(db)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+            &[&ApiKeyId::generate().as_uuid(), &id.as_uuid(), &&new.key_hash.0[..], &now],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute("INSERT INTO wallets (user_id) VALUES ($1)", &[&id.as_uuid()])
+            .await
+            .map_err(db)?;
+        let wallet = if reward.is_zero() {
+            Wallet::default()
+        } else {
+            book(
+                &tx,
+                id,
+                Wallet::default(),
+                EntryKind::Grant,
+                reward,
+                Some(GrantSource::Registration),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?
+        };
+        tx.commit().await.map_err(db)?;
+        let user = User {
+            id,
+            email: new.email,
+            display_name: new.display_name,
+            membership: Membership::FREE,
+            status: AccountStatus::Active,
+            created_at: now,
+        };
+        Ok((user, wallet))
+    }
+
+    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM users u JOIN api_keys k ON k.user_id = u.id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            USER_COLUMNS
+                .split(", ")
+                .map(|c| format!("u.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(db)?;
+        client
+            .query_opt(&stmt, &[&&hash.0[..]])
+            .await
+            .map_err(db)?
+            .map(|r| user_row(&r))
+            .transpose()
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        client
+            .query_opt(&sql, &[&id.as_uuid()])
+            .await
+            .map_err(db)?
+            .map(|r| user_row(&r))
+            .transpose()
+    }
+
+    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
+        let client = self.client().await?;
+        let sql = format!(
+            "UPDATE users SET tier = $2, membership_expires_at = $3 WHERE id = $1 RETURNING {USER_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&sql, &[&id.as_uuid(), &membership.tier.as_str(), &membership.expires_at])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("user"))?;
+        user_row(&row)
+    }
+
+    async fn set_status(&self, id: UserId, new_status: AccountStatus) -> StoreResult<User> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let current = tx
+            .query_opt("SELECT status FROM users WHERE id = $1 FOR UPDATE", &[&id.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("user"))?;
+        let current = status(current.get(0))?;
+        if current == AccountStatus::Terminated && new_status != AccountStatus::Terminated {
+            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
+        }
+        let sql = format!("UPDATE users SET status = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
+        let row = tx
+            .query_one(&sql, &[&id.as_uuid(), &new_status.as_str()])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        user_row(&row)
+    }
+
+    async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT balance, held FROM wallets WHERE user_id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("user"))?;
+        Wallet::new(credits(row.get(0))?, credits(row.get(1))?).map_err(money)
+    }
+
+    async fn ledger(&self, user: UserId, before: Option<EntryId>, limit: usize) -> StoreResult<Vec<LedgerEntry>> {
+        let client = self.client().await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM wallets WHERE user_id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[&user.as_uuid(), &before.map(|b| b.0), &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(entry_row).collect()
+    }
+
+    async fn grant(&self, user: UserId, grant: Grant, now: DateTime<Utc>) -> StoreResult<GrantOutcome> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet = lock_wallet(&tx, user).await?;
+        if let Some(key) = &grant.idempotency_key {
+            let seen = tx
+                .query_opt(
+                    "SELECT 1 FROM ledger_entries WHERE user_id = $1 AND idempotency_key = $2",
+                    &[&user.as_uuid(), key],
+                )
+                .await
+                .map_err(db)?;
+            if seen.is_some() {
+                return Ok(GrantOutcome {
+                    wallet,
+                    replayed: true,
+                });
+            }
+        }
+        let wallet = book(
+            &tx,
+            user,
+            wallet,
+            EntryKind::Grant,
+            grant.amount,
+            Some(grant.source),
+            None,
+            grant.note.as_deref(),
+            grant.idempotency_key.as_deref(),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(GrantOutcome {
+            wallet,
+            replayed: false,
+        })
+    }
+
+    async fn submit_job(&self, new: NewJob) -> StoreResult<Submission> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet = lock_wallet(&tx, new.user_id).await?;
+        if let Some((key, hash)) = &new.idempotency {
+            let seen = tx
+                .query_opt(
+                    "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                    &[&new.user_id.as_uuid(), &key.as_str()],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(row) = seen {
+                let stored: Vec<u8> = row.get(0);
+                if stored[..] != hash.0[..] {
+                    return Err(StoreError::IdempotencyKeyReused);
+                }
+                return Ok(Submission {
+                    job: json(row.get(1))?,
+                    wallet,
+                    replayed: true,
+                });
+            }
+        }
+        let user_status = tx
+            .query_one("SELECT status FROM users WHERE id = $1", &[&new.user_id.as_uuid()])
+            .await
+            .map_err(db)?;
+        let user_status = status(user_status.get(0))?;
+        if user_status != AccountStatus::Active {
+            return Err(StoreError::AccountInactive(user_status));
+        }
+        let waiting: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE user_id = $1 AND state = 'queued'",
+                &[&new.user_id.as_uuid()],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if waiting >= i64::from(new.max_waiting) {
+            return Err(StoreError::QueueLimit {
+                limit: new.max_waiting,
+            });
+        }
+        // Checked before any write so a refusal leaves nothing behind.
+        wallet.hold(new.cost).map_err(money)?;
+        let params = to_json(&new.spec.params)?;
+        let max_attempts = i32::try_from(new.max_attempts).unwrap_or(i32::MAX);
+        let row = tx
+            .query_one(
+                "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10) RETURNING seq",
+                &[
+                    &new.id.as_uuid(),
+                    &new.user_id.as_uuid(),
+                    &new.spec.kind.as_str(),
+                    &new.spec.model,
+                    &new.spec.prompt,
+                    &params,
+                    &new.tier.as_str(),
+                    &new.cost.get(),
+                    &max_attempts,
+                    &new.now,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let seq: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO holds (job_id, user_id, amount, created_at) VALUES ($1, $2, $3, $4)",
+            &[&new.id.as_uuid(), &new.user_id.as_uuid(), &new.cost.get(), &new.now],
+        )
+        .await
+        .map_err(db)?;
+        let wallet = book(
+            &tx,
+            new.user_id,
+            wallet,
+            EntryKind::Hold,
+            new.cost,
+            None,
+            Some(new.id),
+            None,
+            None,
+            new.now,
+        )
+        .await?;
+        let job = Job {
+            id: new.id,
+            user_id: new.user_id,
+            seq: u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?,
+            spec: new.spec,
+            tier: new.tier,
+            cost: new.cost,
+            state: JobState::Queued,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            created_at: new.now,
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            error: None,
+            result: None,
+            charge: Charge::Held,
+            worker_id: None,
+            lease: None,
+        };
+        if let Some((key, hash)) = &new.idempotency {
+            tx.execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, response, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &new.user_id.as_uuid(),
+                    &key.as_str(),
+                    &&hash.0[..],
+                    &job.id.as_uuid(),
+                    &to_json(&job)?,
+                    &new.now,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Submission {
+            job,
+            wallet,
+            replayed: false,
+        })
+    }
+
+    async fn assign_job(&self, attempt: AttemptRef, worker: WorkerId, now: DateTime<Utc>) -> StoreResult<Job> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut job = lock_job(&tx, attempt.job_id).await?;
+        if job.state != JobState::Queued || job.attempts + 1 != attempt.attempt {
+            return Err(StoreError::StaleTransition {
+                job: job.id,
+                found: job.state,
+                attempt: job.attempts,
+            });
+        }
+        job.state = JobState::Assigned;
+        job.attempts = attempt.attempt;
+        job.lease = Some(attempt.lease);
+        job.worker_id = Some(worker);
+        job.retry_at = None;
+        write_job(&tx, JobState::Queued, &job).await?;
+        tx.execute(
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, lease, assigned_at) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &job.id.as_uuid(),
+                &i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
+                &worker.as_uuid(),
+                &attempt.lease.as_uuid(),
+                &now,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(job)
+    }
+
+    async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut job = lock_job(&tx, attempt.job_id).await?;
+        fenced(&job, &attempt, &[JobState::Assigned])?;
+        job.state = JobState::Running;
+        job.started_at.get_or_insert(now);
+        write_job(&tx, JobState::Assigned, &job).await?;
+        tx.execute(
+            "UPDATE job_attempts SET started_at = $2 WHERE lease = $1",
+            &[&attempt.lease.as_uuid(), &now],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(job)
+    }
+
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let mut client = self.client().await?;
+        let user = client
+            .query_opt("SELECT user_id FROM jobs WHERE id = $1", &[&attempt.job_id.as_uuid()])
+            .await
+            .map_err(db)?
+            .map(|r| UserId::from_uuid(r.get(0)))
+            .ok_or(StoreError::NotFound("job"))?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet = lock_wallet(&tx, user).await?;
+        let mut job = lock_job(&tx, attempt.job_id).await?;
+        fenced(&job, &attempt, &[JobState::Assigned, JobState::Running])?;
+        let before = job.state;
+        let (attempt_outcome, message) = match &outcome {
+            AttemptOutcome::Succeeded { .. } => ("succeeded", None),
+            AttemptOutcome::UserFailure { message } => ("user_failure", Some(message.clone())),
+            AttemptOutcome::SystemFailure { message, .. } => ("system_failure", Some(message.clone())),
+        };
+        let wallet = match outcome {
+            AttemptOutcome::Succeeded { outputs } => {
+                job.state = JobState::Succeeded;
+                job.result = Some(JobResult {
+                    outputs,
+                    license: job.tier.license(),
+                });
+                job.error = None;
+                job.charge = Charge::Posted;
+                resolve_hold(&tx, &job, wallet, Charge::Posted, now).await?
+            }
+            AttemptOutcome::UserFailure { message } => {
+                job.state = JobState::Failed;
+                job.error = Some(JobError {
+                    class: FailureClass::User,
+                    message,
+                });
+                job.charge = Charge::Posted;
+                resolve_hold(&tx, &job, wallet, Charge::Posted, now).await?
+            }
+            AttemptOutcome::SystemFailure { message, retry_at } => {
+                job.error = Some(JobError {
+                    class: FailureClass::System,
+                    message,
+                });
+                if job.attempts < job.max_attempts {
+                    job.state = JobState::Queued;
+                    job.retry_at = Some(retry_at);
+                    wallet
+                } else {
+                    job.state = JobState::Failed;
+                    job.charge = Charge::Voided;
+                    resolve_hold(&tx, &job, wallet, Charge::Voided, now).await?
+                }
+            }
+        };
+        job.lease = None;
+        job.worker_id = None;
+        if job.state.is_terminal() {
+            job.finished_at = Some(now);
+        }
+        write_job(&tx, before, &job).await?;
+        tx.execute(
+            "UPDATE job_attempts SET finished_at = $2, outcome = $3, message = $4 WHERE lease = $1",
+            &[&attempt.lease.as_uuid(), &now, &attempt_outcome, &message],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Settlement { job, wallet })
+    }
+
+    async fn cancel_job(&self, user: UserId, id: JobId, now: DateTime<Utc>) -> StoreResult<Cancellation> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet = lock_wallet(&tx, user).await?;
+        let mut job = lock_job(&tx, id).await?;
+        if job.user_id != user {
+            return Err(StoreError::NotFound("job"));
+        }
+        let previous = job.state;
+        let previous_lease = job.lease;
+        let resolution = match previous {
+            JobState::Queued => Charge::Voided,
+            JobState::Assigned | JobState::Running => Charge::Posted,
+            _ => return Err(StoreError::JobFinished),
+        };
+        job.state = JobState::Cancelled;
+        job.charge = resolution;
+        job.finished_at = Some(now);
+        job.lease = None;
+        job.worker_id = None;
+        let wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
+        write_job(&tx, previous, &job).await?;
+        if let Some(lease) = previous_lease {
+            tx.execute(
+                "UPDATE job_attempts SET finished_at = $2, outcome = 'cancelled' WHERE lease = $1",
+                &[&lease.as_uuid(), &now],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Cancellation {
+            job,
+            wallet,
+            previous,
+            previous_lease,
+        })
+    }
+
+    async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut wallet = lock_wallet(&tx, user).await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND state = 'queued' ORDER BY seq FOR UPDATE");
+        let rows = tx.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
+        let mut cancelled = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut job = job_row(row)?;
+            job.state = JobState::Cancelled;
+            job.charge = Charge::Voided;
+            job.finished_at = Some(now);
+            wallet = resolve_hold(&tx, &job, wallet, Charge::Voided, now).await?;
+            write_job(&tx, JobState::Queued, &job).await?;
+            cancelled.push(job);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(cancelled)
+    }
+
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let stmt = client.prepare_cached(&sql).await.map_err(db)?;
+        client
+            .query_opt(&stmt, &[&id.as_uuid()])
+            .await
+            .map_err(db)?
+            .map(|r| job_row(&r))
+            .transpose()
+    }
+
+    async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT (SELECT count(*) FROM jobs w WHERE w.user_id = j.user_id AND w.state = 'queued' AND w.seq < j.seq) \
+                 FROM jobs j WHERE j.id = $1 AND j.state = 'queued'",
+                &[&id.as_uuid()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| {
+            let ahead: i64 = r.get(0);
+            u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1)
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        user: UserId,
+        state_filter: Option<JobState>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        let client = self.client().await?;
+        let before_seq: Option<i64> = match before {
+            Some(id) => Some(
+                client
+                    .query_opt(
+                        "SELECT seq FROM jobs WHERE id = $1 AND user_id = $2",
+                        &[&id.as_uuid(), &user.as_uuid()],
+                    )
+                    .await
+                    .map_err(db)?
+                    .ok_or(StoreError::NotFound("job"))?
+                    .get(0),
+            ),
+            None => None,
+        };
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND ($2::text IS NULL OR state = $2) \
+             AND ($3::bigint IS NULL OR seq < $3) ORDER BY seq DESC LIMIT $4"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &user.as_uuid(),
+                    &state_filter.map(JobState::as_str),
+                    &before_seq,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(job_row).collect()
+    }
+
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+        let client = self.client().await?;
+        let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ANY($1) ORDER BY seq");
+        let rows = client.query(&sql, &[&names]).await.map_err(db)?;
+        rows.iter().map(job_row).collect()
+    }
+
+    async fn job_counts(&self) -> StoreResult<JobCounts> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+            .await
+            .map_err(db)?;
+        let mut counts: Vec<(JobState, u64)> = JobState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in rows {
+            let s = state(r.get(0))?;
+            let n: i64 = r.get(1);
+            if let Some(c) = counts.iter_mut().find(|(st, _)| *st == s) {
+                c.1 = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(JobCounts(counts))
+    }
+
+    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
+        let mut client = self.client().await?;
+        // One snapshot, so wallets and entries agree.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db)?;
+        let wallets = tx
+            .query("SELECT user_id, balance, held FROM wallets ORDER BY user_id", &[])
+            .await
+            .map_err(db)?;
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY id");
+        let entries = tx.query(&sql, &[]).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut by_user: std::collections::HashMap<UserId, Vec<LedgerEntry>> = Default::default();
+        for r in &entries {
+            let e = entry_row(r)?;
+            by_user.entry(e.user_id).or_default().push(e);
+        }
+        wallets
+            .iter()
+            .map(|r| {
+                let user = UserId::from_uuid(r.get(0));
+                let wallet = Wallet::new(credits(r.get(1))?, credits(r.get(2))?).map_err(money)?;
+                Ok((user, wallet, by_user.remove(&user).unwrap_or_default()))
+            })
+            .collect()
+    }
+}
