@@ -102,6 +102,10 @@ pub struct Settings {
     /// `pretty` for people, `json` for log pipelines.
     #[arg(long, env = "ADMEDIA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// Submissions per minute per user by tier, e.g.
+    /// `free=60,basic=300,professional=1200,enterprise=6000` (0: unlimited).
+    #[arg(long, env = "ADMEDIA_RATE_LIMITS", default_value = "")]
+    pub rate_limits: String,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "ADMEDIA_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,

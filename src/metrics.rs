@@ -39,6 +39,7 @@ pub struct Metrics {
     worker_slots: IntGaugeVec,
     workers_connected: IntGaugeVec,
     db_pool: IntGaugeVec,
+    redis_errors: IntCounterVec,
     pool_status: std::sync::OnceLock<PoolStatus>,
 }
 
@@ -193,6 +194,12 @@ impl Metrics {
                 "PostgreSQL pool connections by state",
                 &["state"],
             ),
+            redis_errors: counter(
+                &r,
+                "admedia_redis_errors_total",
+                "Redis operations that failed (the system carried on without them)",
+                &["operation"],
+            ),
             pool_status: std::sync::OnceLock::new(),
             registry: r,
         }
@@ -216,6 +223,10 @@ impl Metrics {
 
     pub fn set_pool_status(&self, status: PoolStatus) {
         let _ = self.pool_status.set(status);
+    }
+
+    pub fn redis_error(&self, operation: &str) {
+        self.redis_errors.with_label_values(&[operation]).inc();
     }
 
     pub fn rate_limited(&self) {
@@ -289,6 +300,7 @@ impl Metrics {
             self.actor_restarts.with_label_values(&[a]);
         }
         self.stale_messages.with_label_values(NO_LABELS);
+        self.redis_errors.with_label_values(&["rate_limit"]);
         for l in ["rate", "queue"] {
             self.limited.with_label_values(&[l]);
         }

@@ -16,6 +16,7 @@ use rand::RngCore;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::store::postgres::PgStore;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,11 +98,22 @@ impl Application {
             t
         });
 
+        let limits: RateLimits = settings
+            .rate_limits
+            .parse()
+            .map_err(|e| format!("ADMEDIA_RATE_LIMITS: {e}"))?;
+        let rate_limiter = match &settings.redis_url {
+            Some(url) => RateLimiter::redis(url, limits, metrics.clone()).await?,
+            None => RateLimiter::local(limits, metrics.clone()),
+        };
+        let rate_limiter_backend = rate_limiter.backend();
+
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| format!("bind {}: {e}", settings.bind))?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             orchestrator: orchestrator.clone(),
+            rate_limiter,
             metrics,
             admin_token: admin_token.clone(),
             worker_token: worker_token.clone(),
@@ -122,6 +134,7 @@ impl Application {
             bind = %settings.bind,
             port,
             store = orchestrator.store().adapter(),
+            rate_limits = rate_limiter_backend,
             sim_workers,
             sim_slots = settings.sim_slots,
             sim_job_ms = settings.sim_job_ms,

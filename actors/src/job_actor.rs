@@ -179,7 +179,10 @@ impl Actor for JobActor {
                     Some(act.ready_since.elapsed()),
                 );
                 let deadline = act.config.deadline(act.job.kind);
-                act.worker.do_send(Assign {
+                // `send`, not `do_send`: if the worker went away before
+                // handling it, the attempt is lost now rather than at its
+                // deadline.
+                let delivery = act.worker.send(Assign {
                     job_id: act.attempt.job_id,
                     attempt: act.attempt.attempt,
                     lease: act.attempt.lease,
@@ -187,6 +190,12 @@ impl Actor for JobActor {
                     deadline,
                     reply_to: ctx.address().recipient(),
                 });
+                ctx.wait(delivery.into_actor(act).map(|res, act, ctx| {
+                    if res.is_err() {
+                        let outcome = act.system_failure("the worker left before taking the job".into());
+                        act.settle(outcome, AttemptResult::LeaseLost, ctx);
+                    }
+                }));
                 ctx.run_later(deadline, |act, ctx| {
                     act.worker.do_send(Revoke {
                         job_id: act.attempt.job_id,

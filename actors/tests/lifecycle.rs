@@ -22,6 +22,7 @@ use admedia_actors::job::{
 use admedia_actors::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
 use admedia_actors::money::Credits;
 use admedia_actors::observer::{AttemptResult, Observer};
+use admedia_actors::scheduler::actor::SchedulerStats;
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::tier::{License, Membership, Tier};
 use admedia_actors::wire::{FromWorker, ToWorker};
@@ -160,6 +161,21 @@ impl Harness {
         while !cond(&self.obs) {
             if tokio::time::Instant::now() > deadline {
                 panic!("timed out waiting for the observer to see {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until the scheduler's stats satisfy `cond`; fails the test after `TIMEOUT`.
+    async fn wait_line(&self, what: &str, cond: impl Fn(&SchedulerStats) -> bool) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let stats = self.orch.stats().await.expect("stats").scheduler;
+            if cond(&stats) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for the scheduler to show {what}; it shows {stats:?}");
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -509,6 +525,9 @@ async fn cancel_while_queued_voids() {
     let (queued, position) = h.orch.job(user, job.id).await.expect("job");
     assert_eq!((queued.state, position), (JobState::Queued, Some(1)));
 
+    h.wait_line("the job in the line", |s| s.waiting_by_tier == [1, 0, 0, 0])
+        .await;
+
     let cancelled = h.orch.cancel(user, job.id).await.expect("cancel");
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert_eq!(cancelled.charge, Charge::Voided);
@@ -517,6 +536,11 @@ async fn cancel_while_queued_voids() {
         h.job_entries(user, job.id).await,
         vec![EntryKind::Hold, EntryKind::Void]
     );
+    // It leaves the scheduler's line, not only the store's.
+    h.wait_line("an empty line", |s| {
+        s.waiting_by_tier == [0; 4] && s.retrying == 0
+    })
+    .await;
     // A second cancel is refused and moves nothing.
     assert!(matches!(
         h.orch.cancel(user, job.id).await,
@@ -529,7 +553,10 @@ async fn cancel_while_queued_voids() {
     let stats = h.orch.stats().await.expect("stats").scheduler;
     assert_eq!(stats.workers, 1);
     assert_eq!(stats.waiting_by_tier, [0; 4]);
-    assert_eq!((stats.retrying, stats.in_flight, stats.busy_slots), (0, 0, 0));
+    assert_eq!(
+        (stats.retrying, stats.in_flight, stats.busy_slots),
+        (0, 0, 0)
+    );
     let job = h.job(user, job.id).await;
     assert_eq!(
         (job.state, job.charge, job.attempts),
@@ -748,14 +775,7 @@ async fn worker_disconnect_retries_on_another_worker() {
     let mut a = h.scripted_worker("gpu-a", 1);
     let mut b = h.scripted_worker("gpu-b", 1);
     // Both workers have joined before the job arrives.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while h.orch.stats().await.expect("stats").scheduler.workers < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "workers never joined"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    h.wait_line("two workers", |s| s.workers == 2).await;
     let job = h.submit(user).await;
 
     let (on_a, first) = within("the first assignment", async {

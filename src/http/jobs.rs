@@ -43,6 +43,7 @@ pub async fn submit(
         }
         None => None,
     };
+    state.rate_limit(user.id, user.tier(chrono::Utc::now())).await?;
     let submission = state
         .orchestrator
         .submit(user.id, body.into_inner(), idempotency)

@@ -33,9 +33,27 @@ const MAX_PAGE: usize = 200;
 
 pub struct AppState {
     pub orchestrator: Orchestrator,
+    pub rate_limiter: crate::ratelimit::RateLimiter,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
     pub worker_token: String,
+}
+
+impl AppState {
+    /// Refuses a submission over the user's per-minute limit.
+    pub async fn rate_limit(
+        &self,
+        user: admedia_actors::ids::UserId,
+        tier: admedia_actors::tier::Tier,
+    ) -> Result<(), ApiError> {
+        match self.rate_limiter.check(user, tier).await {
+            crate::ratelimit::Decision::Allowed => Ok(()),
+            crate::ratelimit::Decision::Limited { retry_after } => Err(ApiError::RateLimited {
+                detail: format!("too many submissions for the {tier} tier; retry in {retry_after} s"),
+                retry_after,
+            }),
+        }
+    }
 }
 
 pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {

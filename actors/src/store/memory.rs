@@ -74,6 +74,7 @@ impl State {
 
     /// Appends one ledger entry and applies it to the wallet. The only place
     /// money moves in this adapter.
+    #[allow(clippy::too_many_arguments)]
     fn book(
         &mut self,
         user: UserId,

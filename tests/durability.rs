@@ -1,0 +1,367 @@
+//! Durability on PostgreSQL: every acknowledged credit and job survives
+//! SIGKILL, and a database outage is answered with 503s that leave nothing
+//! half-done.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{ServerProcess, ADMIN_TOKEN};
+
+struct Api {
+    client: awc::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(base: &str) -> Api {
+        Api {
+            client: awc::Client::builder().timeout(Duration::from_secs(30)).finish(),
+            base: base.to_owned(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Result<(u16, Value), String> {
+        let mut req = match method {
+            "GET" => self.client.get(format!("{}{path}", self.base)),
+            "PUT" => self.client.put(format!("{}{path}", self.base)),
+            _ => self.client.post(format!("{}{path}", self.base)),
+        };
+        req = req.insert_header(("Authorization", format!("Bearer {token}")));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut res = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        }
+        .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let bytes = res.body().limit(10 << 20).await.map_err(|e| e.to_string())?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    async fn register(&self, email: &str) -> (String, String) {
+        let (status, body) = self
+            .call("POST", "/v1/users", "", Some(json!({"email": email, "display_name": "Crash"})), &[])
+            .await
+            .expect("register");
+        assert_eq!(status, 201, "{body}");
+        (
+            body["user"]["id"].as_str().expect("id").to_owned(),
+            body["api_key"].as_str().expect("key").to_owned(),
+        )
+    }
+
+    async fn all_pages(&self, path: &str, field: &str, key: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &before {
+                Some(b) => format!("{path}{sep}limit=200&before={b}"),
+                None => format!("{path}{sep}limit=200"),
+            };
+            let (status, body) = self.call("GET", &url, key, None, &[]).await.expect("page");
+            assert_eq!(status, 200, "{body}");
+            out.extend(body[field].as_array().cloned().unwrap_or_default());
+            match body["next"].as_str() {
+                Some(n) => before = Some(n.to_owned()),
+                None => return out,
+            }
+        }
+    }
+}
+
+fn job_body(i: usize) -> Value {
+    json!({"kind": "image", "model": "sdxl", "prompt": format!("crash test {i}"), "params": {"count": 1 + i % 3}})
+}
+
+/// Submits job `i` for `key` until the server gives a definite answer; an
+/// answer lost to the crash is retried with the same Idempotency-Key.
+async fn submit_until_answered(api: &Api, key: &str, i: usize) -> Option<String> {
+    let idem = format!("crash-{i}");
+    let (status, body) = api
+        .call("POST", "/v1/jobs", key, Some(job_body(i)), &[("Idempotency-Key", &idem)])
+        .await
+        .ok()?;
+    match status {
+        202 => Some(body["id"].as_str()?.to_owned()),
+        _ => None,
+    }
+}
+
+#[actix_web::test]
+async fn acknowledged_jobs_and_credits_survive_sigkill() {
+    let Some(db) = support::fresh_database().await else {
+        return;
+    };
+    let env = vec![
+        ("DATABASE_URL", db.clone()),
+        ("ADMEDIA_SIM_WORKERS", "3".to_owned()),
+        ("ADMEDIA_SIM_SLOTS", "2".to_owned()),
+        ("ADMEDIA_SIM_JOB_MS", "30".to_owned()),
+        ("ADMEDIA_SIM_FAILURE_RATE", "0.3".to_owned()),
+        ("ADMEDIA_SIM_USER_ERROR_RATE", "0.05".to_owned()),
+        ("ADMEDIA_RETRY_BASE_MS", "20".to_owned()),
+        ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),
+        ("ADMEDIA_REGISTRATION_CREDITS", "2000".to_owned()),
+        ("ADMEDIA_RATE_LIMITS", "free=0,basic=0,professional=0,enterprise=0".to_owned()),
+    ];
+    let mut server = ServerProcess::start(&env).await;
+    let api = Api::new(&server.base);
+    let mut users = Vec::new();
+    for u in 0..4 {
+        let (id, key) = api.register(&format!("crash{u}@example.com")).await;
+        let (status, _) = api
+            .call(
+                "PUT",
+                &format!("/v1/admin/users/{id}/membership"),
+                ADMIN_TOKEN,
+                Some(json!({"tier": "enterprise", "expires_at": "2100-01-01T00:00:00Z"})),
+                &[],
+            )
+            .await
+            .expect("membership");
+        assert_eq!(status, 200);
+        users.push((id, key));
+    }
+
+    // Submit 75 jobs per user, 300 in all, several at a time; SIGKILL the
+    // server a little after half of them were acknowledged.
+    const PER_USER: usize = 75;
+    let mut acknowledged: HashMap<usize, HashSet<String>> = HashMap::new();
+    let mut unanswered: Vec<(usize, usize)> = Vec::new();
+    let mut killed = false;
+    for batch in (0..PER_USER).step_by(5) {
+        let mut futures = Vec::new();
+        for (u, (_, key)) in users.iter().enumerate() {
+            for i in batch..(batch + 5).min(PER_USER) {
+                let api = &api;
+                futures.push(async move { (u, i, submit_until_answered(api, key, i).await) });
+            }
+        }
+        for (u, i, answer) in futures_util::future::join_all(futures).await {
+            match answer {
+                Some(id) => {
+                    acknowledged.entry(u).or_default().insert(id);
+                }
+                None => unanswered.push((u, i)),
+            }
+        }
+        if !killed && batch >= PER_USER / 2 {
+            server.kill();
+            killed = true;
+            server = ServerProcess::start(&env).await;
+        }
+    }
+    assert!(killed);
+    let api = Api::new(&server.base);
+    // Retries of whatever the crash left unanswered: the same key either
+    // replays the committed job or creates it now, never both.
+    for (u, i) in unanswered {
+        let id = submit_until_answered(&api, &users[u].1, i)
+            .await
+            .expect("resubmission after restart is answered");
+        acknowledged.entry(u).or_default().insert(id);
+    }
+
+    // Every job reaches a terminal state.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, stats) = api.call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[]).await.expect("stats");
+        let open: u64 = ["queued", "assigned", "running"]
+            .iter()
+            .map(|s| stats["jobs"][s].as_u64().unwrap_or(0))
+            .sum();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs still open: {stats}");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Audit every user from the API.
+    for (u, (_, key)) in users.iter().enumerate() {
+        let jobs = api.all_pages("/v1/jobs", "jobs", key).await;
+        let ids: HashSet<String> = jobs.iter().filter_map(|j| j["id"].as_str().map(str::to_owned)).collect();
+        assert_eq!(jobs.len(), PER_USER, "one job per idempotency key, no more, no less");
+        assert!(acknowledged[&u].is_subset(&ids), "an acknowledged job was lost");
+        let entries = api.all_pages("/v1/wallet/ledger", "entries", key).await;
+        let (mut grants, mut posts) = (0i64, 0i64);
+        let mut holds: HashMap<String, usize> = HashMap::new();
+        let mut resolutions: HashMap<String, Vec<String>> = HashMap::new();
+        for e in &entries {
+            let amount = e["amount"].as_i64().expect("amount");
+            let kind = e["kind"].as_str().expect("kind");
+            match kind {
+                "grant" => grants += amount,
+                "post" => posts += amount,
+                _ => {}
+            }
+            if let Some(job) = e["job_id"].as_str() {
+                match kind {
+                    "hold" => *holds.entry(job.to_owned()).or_default() += 1,
+                    _ => resolutions.entry(job.to_owned()).or_default().push(kind.to_owned()),
+                }
+            }
+        }
+        let (_, wallet) = api.call("GET", "/v1/wallet", key, None, &[]).await.expect("wallet");
+        assert_eq!(wallet["balance"].as_i64(), Some(grants - posts), "balance = grants - posts");
+        assert_eq!(wallet["held"].as_i64(), Some(0), "nothing held once all jobs ended");
+        for job in &jobs {
+            let id = job["id"].as_str().expect("id");
+            assert_eq!(holds.get(id), Some(&1), "job {id} held once");
+            let res = resolutions.get(id).cloned().unwrap_or_default();
+            assert_eq!(res.len(), 1, "job {id} resolved exactly once: {res:?}");
+            let expected = match (job["state"].as_str(), job["error"]["class"].as_str()) {
+                (Some("succeeded"), _) => "post",
+                (Some("failed"), Some("user")) => "post",
+                (Some("failed"), Some("system")) => "void",
+                other => panic!("job {id} not terminal as expected: {other:?}"),
+            };
+            assert_eq!(res[0], expected, "job {id}");
+            let charge = if expected == "post" { "posted" } else { "voided" };
+            assert_eq!(job["charge"].as_str(), Some(charge));
+        }
+    }
+}
+
+/// A TCP proxy in front of the shared PostgreSQL that the test can cut:
+/// cutting drops every connection through it and refuses new ones.
+struct CuttableProxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: String) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(tx);
+        let accept_open = open.clone();
+        actix_rt::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_open.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut cut = rx.clone();
+                // Only a cut after this connection opened closes it.
+                cut.borrow_and_update();
+                actix_rt::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { port, open, generation }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[actix_web::test]
+async fn database_outage_answers_503_and_recovers() {
+    let Some(db) = support::fresh_database().await else {
+        return;
+    };
+    let url: tokio_postgres::Config = db.parse().expect("url");
+    let host = match url.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let proxy = CuttableProxy::start(format!("{host}:{port}")).await;
+    let db_name = url.get_dbname().unwrap_or("test").to_owned();
+    let user = url.get_user().unwrap_or("postgres").to_owned();
+    let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{db_name}", proxy.port);
+
+    let mut settings = admedia::config::Settings::default();
+    settings.bind = "127.0.0.1:0".into();
+    settings.database_url = Some(via_proxy);
+    settings.admin_token = Some(ADMIN_TOKEN.into());
+    settings.sim_workers = Some(2);
+    settings.sim_job_ms = 20;
+    settings.rate_limits = "free=0".into();
+    let app = admedia::startup::Application::build(settings).await.expect("build");
+    let api = Api::new(&format!("http://127.0.0.1:{}", app.port()));
+    actix_rt::spawn(app.run_until_stopped());
+
+    let (_, key) = api.register("outage@example.com").await;
+    let (status, _) = api.call("POST", "/v1/jobs", &key, Some(job_body(0)), &[]).await.expect("submit");
+    assert_eq!(status, 202);
+
+    proxy.cut();
+    // While the database is unreachable: 503 `unavailable` with
+    // Retry-After, and nothing acknowledged.
+    let mut res = api
+        .client
+        .post(format!("{}/v1/jobs", api.base))
+        .insert_header(("Authorization", format!("Bearer {key}")))
+        .insert_header(("Idempotency-Key", "during-outage"))
+        .send_json(&job_body(1))
+        .await
+        .expect("response during outage");
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(res.headers().get("retry-after").is_some(), "Retry-After on 503");
+    let problem: Value = res.json().await.expect("problem json");
+    assert_eq!(problem["type"], "unavailable");
+    let (status, body) = api.call("GET", "/readyz", "", None, &[]).await.expect("readyz");
+    assert_eq!(status, 503, "{body}");
+
+    proxy.restore();
+    // Recovers by itself: the same submission is accepted now, exactly once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job_id = loop {
+        let (status, body) = api
+            .call("POST", "/v1/jobs", &key, Some(job_body(1)), &[("Idempotency-Key", "during-outage")])
+            .await
+            .expect("submit after outage");
+        if status == 202 {
+            break body["id"].as_str().expect("id").to_owned();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "did not recover");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, jobs) = api.call("GET", "/v1/jobs", &key, None, &[]).await.expect("jobs");
+        let jobs = jobs["jobs"].as_array().cloned().unwrap_or_default();
+        assert_eq!(jobs.len(), 2, "the refused submission left no job behind");
+        if jobs.iter().all(|j| j["state"] == "succeeded") {
+            assert!(jobs.iter().any(|j| j["id"] == job_id.as_str()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish after recovery: {jobs:?}");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, wallet) = api.call("GET", "/v1/wallet", &key, None, &[]).await.expect("wallet");
+    let entries = api.all_pages("/v1/wallet/ledger", "entries", &key).await;
+    let holds = entries.iter().filter(|e| e["kind"] == "hold").count();
+    let posts = entries.iter().filter(|e| e["kind"] == "post").count();
+    assert_eq!((holds, posts), (2, 2), "two jobs, each held and posted once");
+    assert_eq!(wallet["held"], 0);
+    assert_eq!(wallet["balance"].as_i64(), Some(100 - 1 - 2));
+}
