@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the orchestrator (the default).
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Apply the database migrations in `schema/` and exit.
     Migrate {
         #[arg(long, env = "DATABASE_URL")]

@@ -9,7 +9,7 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match cli.command {
-        Some(Command::Serve(settings)) => settings,
+        Some(Command::Serve(settings)) => *settings,
         Some(Command::Migrate { database_url }) => {
             telemetry::init(cli.serve.log_format);
             return match admedia::startup::migrate(&database_url).await {

@@ -59,7 +59,9 @@ pub enum Decision {
 
 /// Where the window is now: its index, and how far into it we are.
 fn window_now() -> (u64, f64) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let w = WINDOW.as_millis() as u64;
     let ms = now.as_millis() as u64;
     (ms / w, (ms % w) as f64 / w as f64)
@@ -105,7 +107,11 @@ impl RateLimiter {
         }
     }
 
-    pub async fn redis(url: &str, limits: RateLimits, metrics: Arc<Metrics>) -> Result<RateLimiter, String> {
+    pub async fn redis(
+        url: &str,
+        limits: RateLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<RateLimiter, String> {
         let manager = RedisConnectionManager::new(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         let pool = bb8::Pool::builder()
             .max_size(8)
@@ -151,8 +157,15 @@ impl RateLimiter {
                     true
                 }
             }
-            Backend::Redis { pool, script, prefix } => {
-                match self.check_redis(pool, script, prefix, user, window, progress, limit).await {
+            Backend::Redis {
+                pool,
+                script,
+                prefix,
+            } => {
+                match self
+                    .check_redis(pool, script, prefix, user, window, progress, limit)
+                    .await
+                {
                     Ok(allowed) => allowed,
                     Err(e) => {
                         self.metrics.redis_error("rate_limit");
@@ -226,7 +239,10 @@ mod tests {
         // At most the limit, at least the limit minus what the previous
         // (empty) window could weigh.
         assert_eq!(allowed, 3);
-        assert!(matches!(limiter.check(b, Tier::Free).await, Decision::Allowed));
+        assert!(matches!(
+            limiter.check(b, Tier::Free).await,
+            Decision::Allowed
+        ));
         match limiter.check(a, Tier::Free).await {
             Decision::Limited { retry_after } => assert!((1..=60).contains(&retry_after)),
             Decision::Allowed => panic!("over the limit"),

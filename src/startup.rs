@@ -31,7 +31,9 @@ async fn migrate_when_reachable(pg: &PgStore) -> Result<(), StartupError> {
     loop {
         match pg.migrate().await {
             Ok(()) => return Ok(()),
-            Err(admedia_actors::store::StoreError::Unavailable(e)) if std::time::Instant::now() < deadline => {
+            Err(admedia_actors::store::StoreError::Unavailable(e))
+                if std::time::Instant::now() < deadline =>
+            {
                 tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }

@@ -18,12 +18,21 @@ struct Api {
 impl Api {
     fn new(base: &str) -> Api {
         Api {
-            client: awc::Client::builder().timeout(Duration::from_secs(30)).finish(),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
             base: base.to_owned(),
         }
     }
 
-    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Result<(u16, Value), String> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), String> {
         let mut req = match method {
             "GET" => self.client.get(format!("{}{path}", self.base)),
             "PUT" => self.client.put(format!("{}{path}", self.base)),
@@ -39,14 +48,24 @@ impl Api {
         }
         .map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
-        let bytes = res.body().limit(10 << 20).await.map_err(|e| e.to_string())?;
+        let bytes = res
+            .body()
+            .limit(10 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, value))
     }
 
     async fn register(&self, email: &str) -> (String, String) {
         let (status, body) = self
-            .call("POST", "/v1/users", "", Some(json!({"email": email, "display_name": "Crash"})), &[])
+            .call(
+                "POST",
+                "/v1/users",
+                "",
+                Some(json!({"email": email, "display_name": "Crash"})),
+                &[],
+            )
             .await
             .expect("register");
         assert_eq!(status, 201, "{body}");
@@ -85,7 +104,13 @@ fn job_body(i: usize) -> Value {
 async fn submit_until_answered(api: &Api, key: &str, i: usize) -> Option<String> {
     let idem = format!("crash-{i}");
     let (status, body) = api
-        .call("POST", "/v1/jobs", key, Some(job_body(i)), &[("Idempotency-Key", &idem)])
+        .call(
+            "POST",
+            "/v1/jobs",
+            key,
+            Some(job_body(i)),
+            &[("Idempotency-Key", &idem)],
+        )
         .await
         .ok()?;
     match status {
@@ -109,7 +134,10 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
         ("ADMEDIA_RETRY_BASE_MS", "20".to_owned()),
         ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),
         ("ADMEDIA_REGISTRATION_CREDITS", "2000".to_owned()),
-        ("ADMEDIA_RATE_LIMITS", "free=0,basic=0,professional=0,enterprise=0".to_owned()),
+        (
+            "ADMEDIA_RATE_LIMITS",
+            "free=0,basic=0,professional=0,enterprise=0".to_owned(),
+        ),
     ];
     let mut server = ServerProcess::start(&env).await;
     let api = Api::new(&server.base);
@@ -172,7 +200,10 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
     // Every job reaches a terminal state.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, stats) = api.call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[]).await.expect("stats");
+        let (_, stats) = api
+            .call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[])
+            .await
+            .expect("stats");
         let open: u64 = ["queued", "assigned", "running"]
             .iter()
             .map(|s| stats["jobs"][s].as_u64().unwrap_or(0))
@@ -187,9 +218,19 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
     // Audit every user from the API.
     for (u, (_, key)) in users.iter().enumerate() {
         let jobs = api.all_pages("/v1/jobs", "jobs", key).await;
-        let ids: HashSet<String> = jobs.iter().filter_map(|j| j["id"].as_str().map(str::to_owned)).collect();
-        assert_eq!(jobs.len(), PER_USER, "one job per idempotency key, no more, no less");
-        assert!(acknowledged[&u].is_subset(&ids), "an acknowledged job was lost");
+        let ids: HashSet<String> = jobs
+            .iter()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            jobs.len(),
+            PER_USER,
+            "one job per idempotency key, no more, no less"
+        );
+        assert!(
+            acknowledged[&u].is_subset(&ids),
+            "an acknowledged job was lost"
+        );
         let entries = api.all_pages("/v1/wallet/ledger", "entries", key).await;
         let (mut grants, mut posts) = (0i64, 0i64);
         let mut holds: HashMap<String, usize> = HashMap::new();
@@ -205,13 +246,27 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
             if let Some(job) = e["job_id"].as_str() {
                 match kind {
                     "hold" => *holds.entry(job.to_owned()).or_default() += 1,
-                    _ => resolutions.entry(job.to_owned()).or_default().push(kind.to_owned()),
+                    _ => resolutions
+                        .entry(job.to_owned())
+                        .or_default()
+                        .push(kind.to_owned()),
                 }
             }
         }
-        let (_, wallet) = api.call("GET", "/v1/wallet", key, None, &[]).await.expect("wallet");
-        assert_eq!(wallet["balance"].as_i64(), Some(grants - posts), "balance = grants - posts");
-        assert_eq!(wallet["held"].as_i64(), Some(0), "nothing held once all jobs ended");
+        let (_, wallet) = api
+            .call("GET", "/v1/wallet", key, None, &[])
+            .await
+            .expect("wallet");
+        assert_eq!(
+            wallet["balance"].as_i64(),
+            Some(grants - posts),
+            "balance = grants - posts"
+        );
+        assert_eq!(
+            wallet["held"].as_i64(),
+            Some(0),
+            "nothing held once all jobs ended"
+        );
         for job in &jobs {
             let id = job["id"].as_str().expect("id");
             assert_eq!(holds.get(id), Some(&1), "job {id} held once");
@@ -224,7 +279,11 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
                 other => panic!("job {id} not terminal as expected: {other:?}"),
             };
             assert_eq!(res[0], expected, "job {id}");
-            let charge = if expected == "post" { "posted" } else { "voided" };
+            let charge = if expected == "post" {
+                "posted"
+            } else {
+                "voided"
+            };
             assert_eq!(job["charge"].as_str(), Some(charge));
         }
     }
@@ -241,7 +300,9 @@ struct CuttableProxy {
 impl CuttableProxy {
     async fn start(upstream: String) -> CuttableProxy {
         use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (tx, rx) = tokio::sync::watch::channel(0u64);
@@ -268,7 +329,11 @@ impl CuttableProxy {
                 });
             }
         });
-        CuttableProxy { port, open, generation }
+        CuttableProxy {
+            port,
+            open,
+            generation,
+        }
     }
 
     fn cut(&self) {
@@ -304,12 +369,17 @@ async fn database_outage_answers_503_and_recovers() {
     settings.sim_workers = Some(2);
     settings.sim_job_ms = 20;
     settings.rate_limits = "free=0".into();
-    let app = admedia::startup::Application::build(settings).await.expect("build");
+    let app = admedia::startup::Application::build(settings)
+        .await
+        .expect("build");
     let api = Api::new(&format!("http://127.0.0.1:{}", app.port()));
     actix_rt::spawn(app.run_until_stopped());
 
     let (_, key) = api.register("outage@example.com").await;
-    let (status, _) = api.call("POST", "/v1/jobs", &key, Some(job_body(0)), &[]).await.expect("submit");
+    let (status, _) = api
+        .call("POST", "/v1/jobs", &key, Some(job_body(0)), &[])
+        .await
+        .expect("submit");
     assert_eq!(status, 202);
 
     proxy.cut();
@@ -324,10 +394,16 @@ async fn database_outage_answers_503_and_recovers() {
         .await
         .expect("response during outage");
     assert_eq!(res.status().as_u16(), 503);
-    assert!(res.headers().get("retry-after").is_some(), "Retry-After on 503");
+    assert!(
+        res.headers().get("retry-after").is_some(),
+        "Retry-After on 503"
+    );
     let problem: Value = res.json().await.expect("problem json");
     assert_eq!(problem["type"], "unavailable");
-    let (status, body) = api.call("GET", "/readyz", "", None, &[]).await.expect("readyz");
+    let (status, body) = api
+        .call("GET", "/readyz", "", None, &[])
+        .await
+        .expect("readyz");
     assert_eq!(status, 503, "{body}");
 
     proxy.restore();
@@ -335,7 +411,13 @@ async fn database_outage_answers_503_and_recovers() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let job_id = loop {
         let (status, body) = api
-            .call("POST", "/v1/jobs", &key, Some(job_body(1)), &[("Idempotency-Key", "during-outage")])
+            .call(
+                "POST",
+                "/v1/jobs",
+                &key,
+                Some(job_body(1)),
+                &[("Idempotency-Key", "during-outage")],
+            )
             .await
             .expect("submit after outage");
         if status == 202 {
@@ -347,21 +429,34 @@ async fn database_outage_answers_503_and_recovers() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, jobs) = api.call("GET", "/v1/jobs", &key, None, &[]).await.expect("jobs");
+        let (_, jobs) = api
+            .call("GET", "/v1/jobs", &key, None, &[])
+            .await
+            .expect("jobs");
         let jobs = jobs["jobs"].as_array().cloned().unwrap_or_default();
         assert_eq!(jobs.len(), 2, "the refused submission left no job behind");
         if jobs.iter().all(|j| j["state"] == "succeeded") {
             assert!(jobs.iter().any(|j| j["id"] == job_id.as_str()));
             break;
         }
-        assert!(Instant::now() < deadline, "jobs did not finish after recovery: {jobs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not finish after recovery: {jobs:?}"
+        );
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, wallet) = api.call("GET", "/v1/wallet", &key, None, &[]).await.expect("wallet");
+    let (_, wallet) = api
+        .call("GET", "/v1/wallet", &key, None, &[])
+        .await
+        .expect("wallet");
     let entries = api.all_pages("/v1/wallet/ledger", "entries", &key).await;
     let holds = entries.iter().filter(|e| e["kind"] == "hold").count();
     let posts = entries.iter().filter(|e| e["kind"] == "post").count();
-    assert_eq!((holds, posts), (2, 2), "two jobs, each held and posted once");
+    assert_eq!(
+        (holds, posts),
+        (2, 2),
+        "two jobs, each held and posted once"
+    );
     assert_eq!(wallet["held"], 0);
     assert_eq!(wallet["balance"].as_i64(), Some(100 - 1 - 2));
 }

@@ -27,16 +27,25 @@ async fn database_refuses_to_change_or_delete_ledger_rows() {
         .unwrap();
     let client = support::raw_client(&schema).await;
     let update = client
-        .execute("UPDATE ledger_entries SET amount = 1000 WHERE user_id = $1", &[&user.id.as_uuid()])
+        .execute(
+            "UPDATE ledger_entries SET amount = 1000 WHERE user_id = $1",
+            &[&user.id.as_uuid()],
+        )
         .await;
     assert!(update.is_err(), "ledger rows must be immutable");
     let delete = client
-        .execute("DELETE FROM ledger_entries WHERE user_id = $1", &[&user.id.as_uuid()])
+        .execute(
+            "DELETE FROM ledger_entries WHERE user_id = $1",
+            &[&user.id.as_uuid()],
+        )
         .await;
     assert!(delete.is_err());
     // Overdrawing a wallet directly is refused by the CHECK.
     let overdraw = client
-        .execute("UPDATE wallets SET held = balance + 1 WHERE user_id = $1", &[&user.id.as_uuid()])
+        .execute(
+            "UPDATE wallets SET held = balance + 1 WHERE user_id = $1",
+            &[&user.id.as_uuid()],
+        )
         .await;
     assert!(overdraw.is_err(), "held above balance must be refused");
     assert_eq!(store.wallet(user.id).await.unwrap().balance.get(), 10);

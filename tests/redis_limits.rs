@@ -8,7 +8,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::ServerProcess;
 
-async fn post(client: &awc::Client, url: String, key: Option<&str>, body: Value) -> (u16, Option<String>, Value) {
+async fn post(
+    client: &awc::Client,
+    url: String,
+    key: Option<&str>,
+    body: Value,
+) -> (u16, Option<String>, Value) {
     let mut req = client.post(url);
     if let Some(key) = key {
         req = req.insert_header(("Authorization", format!("Bearer {key}")));
@@ -40,7 +45,9 @@ async fn rate_limit_is_shared_by_two_server_processes() {
     ];
     let a = ServerProcess::start(&env).await;
     let b = ServerProcess::start(&env).await;
-    let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
     let (status, _, reg) = post(
         &client,
         format!("{}/v1/users", a.base),
@@ -55,7 +62,8 @@ async fn rate_limit_is_shared_by_two_server_processes() {
     let mut limited = 0;
     for i in 0..10 {
         let node = if i % 2 == 0 { &a } else { &b };
-        let (status, retry_after, body) = post(&client, format!("{}/v1/jobs", node.base), Some(&key), job()).await;
+        let (status, retry_after, body) =
+            post(&client, format!("{}/v1/jobs", node.base), Some(&key), job()).await;
         match status {
             202 => accepted += 1,
             429 => {
@@ -79,7 +87,9 @@ async fn submissions_continue_when_redis_is_unreachable() {
     settings.rate_limits = "free=1".into();
     // Nothing listens here.
     settings.redis_url = Some(format!("redis://127.0.0.1:{}/", support::free_port()));
-    let app = admedia::startup::Application::build(settings).await.expect("build");
+    let app = admedia::startup::Application::build(settings)
+        .await
+        .expect("build");
     let base = format!("http://127.0.0.1:{}", app.port());
     actix_rt::spawn(app.run_until_stopped());
     let client = awc::Client::default();
@@ -95,7 +105,11 @@ async fn submissions_continue_when_redis_is_unreachable() {
         let (status, _, body) = post(&client, format!("{base}/v1/jobs"), Some(&key), job()).await;
         assert_eq!(status, 202, "{body}");
     }
-    let mut res = client.get(format!("{base}/metrics")).send().await.expect("metrics");
+    let mut res = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
     let text = String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8");
     let errors: f64 = text
         .lines()

@@ -54,6 +54,7 @@ impl From<StoreError> for OrchestratorError {
                 OrchestratorError::AccountSuspended(status.as_str())
             }
             StoreError::Unavailable(msg) => OrchestratorError::Unavailable(msg),
+            StoreError::LimitExceeded(msg) => OrchestratorError::InvalidParams(msg),
             e @ (StoreError::StaleTransition { .. }
             | StoreError::HoldResolved
             | StoreError::Invariant(_)

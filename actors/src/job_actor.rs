@@ -192,7 +192,8 @@ impl Actor for JobActor {
                 });
                 ctx.wait(delivery.into_actor(act).map(|res, act, ctx| {
                     if res.is_err() {
-                        let outcome = act.system_failure("the worker left before taking the job".into());
+                        let outcome =
+                            act.system_failure("the worker left before taking the job".into());
                         act.settle(outcome, AttemptResult::LeaseLost, ctx);
                     }
                 }));

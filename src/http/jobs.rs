@@ -43,7 +43,9 @@ pub async fn submit(
         }
         None => None,
     };
-    state.rate_limit(user.id, user.tier(chrono::Utc::now())).await?;
+    state
+        .rate_limit(user.id, user.tier(chrono::Utc::now()))
+        .await?;
     let submission = state
         .orchestrator
         .submit(user.id, body.into_inner(), idempotency)

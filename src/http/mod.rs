@@ -49,7 +49,9 @@ impl AppState {
         match self.rate_limiter.check(user, tier).await {
             crate::ratelimit::Decision::Allowed => Ok(()),
             crate::ratelimit::Decision::Limited { retry_after } => Err(ApiError::RateLimited {
-                detail: format!("too many submissions for the {tier} tier; retry in {retry_after} s"),
+                detail: format!(
+                    "too many submissions for the {tier} tier; retry in {retry_after} s"
+                ),
                 retry_after,
             }),
         }

@@ -20,8 +20,8 @@ use admedia_actors::job::{
 use admedia_actors::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
 use admedia_actors::money::{Credits, MoneyError, Wallet};
 use admedia_actors::store::{
-    AttemptRef, Cancellation, GrantOutcome, JobCounts, NewJob, Settlement, Store, StoreError, StoreResult,
-    Submission,
+    AttemptRef, Cancellation, GrantOutcome, JobCounts, NewJob, Settlement, Store, StoreError,
+    StoreResult, Submission,
 };
 use admedia_actors::tier::{Membership, Tier};
 use admedia_actors::user::{AccountStatus, DisplayName, KeyHash, NewUser, User};
@@ -55,7 +55,10 @@ impl PgStore {
         Self::from_config(config, max_connections)
     }
 
-    pub fn from_config(config: tokio_postgres::Config, max_connections: usize) -> Result<PgStore, StoreError> {
+    pub fn from_config(
+        config: tokio_postgres::Config,
+        max_connections: usize,
+    ) -> Result<PgStore, StoreError> {
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -131,6 +134,9 @@ fn money(e: MoneyError) -> StoreError {
             required,
             available,
         },
+        MoneyError::Overflow => {
+            StoreError::LimitExceeded("the wallet would exceed the largest balance".into())
+        }
         other => StoreError::Invariant(other.to_string()),
     }
 }
@@ -210,7 +216,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<serde_json::Value> {
     serde_json::to_value(v).map_err(|e| StoreError::Internal(format!("JSON: {e}")))
 }
 
-const USER_COLUMNS: &str = "id, email, display_name, tier, membership_expires_at, status, created_at";
+const USER_COLUMNS: &str =
+    "id, email, display_name, tier, membership_expires_at, status, created_at";
 
 fn user_row(r: &Row) -> StoreResult<User> {
     let tier_s: String = r.get(3);
@@ -255,8 +262,10 @@ fn job_row(r: &Row) -> StoreResult<Job> {
         tier: tier(&tier_s)?,
         cost: credits(r.get(8))?,
         state: state(&state_s)?,
-        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts", &attempts.to_string()))?,
-        max_attempts: u32::try_from(max_attempts).map_err(|_| corrupt("max_attempts", &max_attempts.to_string()))?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| corrupt("attempts", &attempts.to_string()))?,
+        max_attempts: u32::try_from(max_attempts)
+            .map_err(|_| corrupt("max_attempts", &max_attempts.to_string()))?,
         charge: charge(&charge_s)?,
         created_at: r.get(13),
         started_at: r.get(14),
@@ -265,11 +274,14 @@ fn job_row(r: &Row) -> StoreResult<Job> {
         error: error.map(json::<JobError>).transpose()?,
         result: result.map(json::<JobResult>).transpose()?,
         worker_id: r.get::<_, Option<uuid::Uuid>>(19).map(WorkerId::from_uuid),
-        lease: r.get::<_, Option<uuid::Uuid>>(20).map(LeaseToken::from_uuid),
+        lease: r
+            .get::<_, Option<uuid::Uuid>>(20)
+            .map(LeaseToken::from_uuid),
     })
 }
 
-const ENTRY_COLUMNS: &str = "id, user_id, kind, amount, balance, held, source, job_id, note, created_at";
+const ENTRY_COLUMNS: &str =
+    "id, user_id, kind, amount, balance, held, source, job_id, note, created_at";
 
 fn entry_row(r: &Row) -> StoreResult<LedgerEntry> {
     let kind_s: String = r.get(2);
@@ -384,7 +396,19 @@ async fn resolve_hold(
     if n != 1 {
         return Err(StoreError::HoldResolved);
     }
-    book(tx, job.user_id, wallet, kind, job.cost, None, Some(job.id), None, None, now).await
+    book(
+        tx,
+        job.user_id,
+        wallet,
+        kind,
+        job.cost,
+        None,
+        Some(job.id),
+        None,
+        None,
+        now,
+    )
+    .await
 }
 
 /// Writes the mutable columns of a job after a transition, conditional on
@@ -431,7 +455,10 @@ async fn write_job(tx: &Transaction<'_>, before: JobState, job: &Job) -> StoreRe
 }
 
 fn fenced(job: &Job, attempt: &AttemptRef, allowed: &[JobState]) -> StoreResult<()> {
-    if allowed.contains(&job.state) && job.attempts == attempt.attempt && job.lease == Some(attempt.lease) {
+    if allowed.contains(&job.state)
+        && job.attempts == attempt.attempt
+        && job.lease == Some(attempt.lease)
+    {
         Ok(())
     } else {
         Err(StoreError::StaleTransition {
@@ -458,14 +485,24 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_user(&self, new: NewUser, reward: Credits, now: DateTime<Utc>) -> StoreResult<(User, Wallet)> {
+    async fn create_user(
+        &self,
+        new: NewUser,
+        reward: Credits,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(User, Wallet)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let id = UserId::generate();
         let inserted = tx
             .execute(
                 "INSERT INTO users (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)",
-                &[&id.as_uuid(), &new.email.as_str(), &new.display_name.as_str(), &now],
+                &[
+                    &id.as_uuid(),
+                    &new.email.as_str(),
+                    &new.display_name.as_str(),
+                    &now,
+                ],
             )
             .await;
         match inserted {
@@ -476,13 +513,21 @@ impl Store for PgStore {
         }
         tx.execute(
             "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
-            &[&ApiKeyId::generate().as_uuid(), &id.as_uuid(), &&new.key_hash.0[..], &now],
+            &[
+                &ApiKeyId::generate().as_uuid(),
+                &id.as_uuid(),
+                &&new.key_hash.0[..],
+                &now,
+            ],
         )
         .await
         .map_err(db)?;
-        tx.execute("INSERT INTO wallets (user_id) VALUES ($1)", &[&id.as_uuid()])
-            .await
-            .map_err(db)?;
+        tx.execute(
+            "INSERT INTO wallets (user_id) VALUES ($1)",
+            &[&id.as_uuid()],
+        )
+        .await
+        .map_err(db)?;
         let wallet = if reward.is_zero() {
             Wallet::default()
         } else {
@@ -549,7 +594,14 @@ impl Store for PgStore {
             "UPDATE users SET tier = $2, membership_expires_at = $3 WHERE id = $1 RETURNING {USER_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&id.as_uuid(), &membership.tier.as_str(), &membership.expires_at])
+            .query_opt(
+                &sql,
+                &[
+                    &id.as_uuid(),
+                    &membership.tier.as_str(),
+                    &membership.expires_at,
+                ],
+            )
             .await
             .map_err(db)?
             .ok_or(StoreError::NotFound("user"))?;
@@ -560,7 +612,10 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let current = tx
-            .query_opt("SELECT status FROM users WHERE id = $1 FOR UPDATE", &[&id.as_uuid()])
+            .query_opt(
+                "SELECT status FROM users WHERE id = $1 FOR UPDATE",
+                &[&id.as_uuid()],
+            )
             .await
             .map_err(db)?
             .ok_or(StoreError::NotFound("user"))?;
@@ -580,17 +635,28 @@ impl Store for PgStore {
     async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT balance, held FROM wallets WHERE user_id = $1", &[&user.as_uuid()])
+            .query_opt(
+                "SELECT balance, held FROM wallets WHERE user_id = $1",
+                &[&user.as_uuid()],
+            )
             .await
             .map_err(db)?
             .ok_or(StoreError::NotFound("user"))?;
         Wallet::new(credits(row.get(0))?, credits(row.get(1))?).map_err(money)
     }
 
-    async fn ledger(&self, user: UserId, before: Option<EntryId>, limit: usize) -> StoreResult<Vec<LedgerEntry>> {
+    async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<LedgerEntry>> {
         let client = self.client().await?;
         let exists = client
-            .query_opt("SELECT 1 FROM wallets WHERE user_id = $1", &[&user.as_uuid()])
+            .query_opt(
+                "SELECT 1 FROM wallets WHERE user_id = $1",
+                &[&user.as_uuid()],
+            )
             .await
             .map_err(db)?;
         if exists.is_none() {
@@ -603,14 +669,23 @@ impl Store for PgStore {
         let rows = client
             .query(
                 &sql,
-                &[&user.as_uuid(), &before.map(|b| b.0), &i64::try_from(limit).unwrap_or(i64::MAX)],
+                &[
+                    &user.as_uuid(),
+                    &before.map(|b| b.0),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
             )
             .await
             .map_err(db)?;
         rows.iter().map(entry_row).collect()
     }
 
-    async fn grant(&self, user: UserId, grant: Grant, now: DateTime<Utc>) -> StoreResult<GrantOutcome> {
+    async fn grant(
+        &self,
+        user: UserId,
+        grant: Grant,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GrantOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let wallet = lock_wallet(&tx, user).await?;
@@ -674,7 +749,10 @@ impl Store for PgStore {
             }
         }
         let user_status = tx
-            .query_one("SELECT status FROM users WHERE id = $1", &[&new.user_id.as_uuid()])
+            .query_one(
+                "SELECT status FROM users WHERE id = $1",
+                &[&new.user_id.as_uuid()],
+            )
             .await
             .map_err(db)?;
         let user_status = status(user_status.get(0))?;
@@ -720,7 +798,12 @@ impl Store for PgStore {
         let seq: i64 = row.get(0);
         tx.execute(
             "INSERT INTO holds (job_id, user_id, amount, created_at) VALUES ($1, $2, $3, $4)",
-            &[&new.id.as_uuid(), &new.user_id.as_uuid(), &new.cost.get(), &new.now],
+            &[
+                &new.id.as_uuid(),
+                &new.user_id.as_uuid(),
+                &new.cost.get(),
+                &new.now,
+            ],
         )
         .await
         .map_err(db)?;
@@ -781,7 +864,12 @@ impl Store for PgStore {
         })
     }
 
-    async fn assign_job(&self, attempt: AttemptRef, worker: WorkerId, now: DateTime<Utc>) -> StoreResult<Job> {
+    async fn assign_job(
+        &self,
+        attempt: AttemptRef,
+        worker: WorkerId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Job> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let mut job = lock_job(&tx, attempt.job_id).await?;
@@ -840,7 +928,10 @@ impl Store for PgStore {
     ) -> StoreResult<Settlement> {
         let mut client = self.client().await?;
         let user = client
-            .query_opt("SELECT user_id FROM jobs WHERE id = $1", &[&attempt.job_id.as_uuid()])
+            .query_opt(
+                "SELECT user_id FROM jobs WHERE id = $1",
+                &[&attempt.job_id.as_uuid()],
+            )
             .await
             .map_err(db)?
             .map(|r| UserId::from_uuid(r.get(0)))
@@ -853,7 +944,9 @@ impl Store for PgStore {
         let (attempt_outcome, message) = match &outcome {
             AttemptOutcome::Succeeded { .. } => ("succeeded", None),
             AttemptOutcome::UserFailure { message } => ("user_failure", Some(message.clone())),
-            AttemptOutcome::SystemFailure { message, .. } => ("system_failure", Some(message.clone())),
+            AttemptOutcome::SystemFailure { message, .. } => {
+                ("system_failure", Some(message.clone()))
+            }
         };
         let wallet = match outcome {
             AttemptOutcome::Succeeded { outputs } => {
@@ -907,7 +1000,12 @@ impl Store for PgStore {
         Ok(Settlement { job, wallet })
     }
 
-    async fn cancel_job(&self, user: UserId, id: JobId, now: DateTime<Utc>) -> StoreResult<Cancellation> {
+    async fn cancel_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Cancellation> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let wallet = lock_wallet(&tx, user).await?;
@@ -1071,7 +1169,10 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         let wallets = tx
-            .query("SELECT user_id, balance, held FROM wallets ORDER BY user_id", &[])
+            .query(
+                "SELECT user_id, balance, held FROM wallets ORDER BY user_id",
+                &[],
+            )
             .await
             .map_err(db)?;
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY id");

@@ -36,7 +36,10 @@ pub async fn fresh_pg() -> Option<(PgStore, String)> {
     match config.connect(tokio_postgres::NoTls).await {
         Ok((client, conn)) => {
             tokio::spawn(conn);
-            if let Err(e) = client.batch_execute(&format!("CREATE SCHEMA {schema}")).await {
+            if let Err(e) = client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+            {
                 panic!("create schema: {e}");
             }
         }
@@ -82,7 +85,8 @@ pub async fn fresh_database() -> Option<String> {
         service_missing("PostgreSQL", "DATABASE_URL is not set");
         return None;
     };
-    let config = tokio_postgres::Config::from_str(&url).unwrap_or_else(|e| panic!("DATABASE_URL: {e}"));
+    let config =
+        tokio_postgres::Config::from_str(&url).unwrap_or_else(|e| panic!("DATABASE_URL: {e}"));
     let (client, conn) = match config.connect(tokio_postgres::NoTls).await {
         Ok(c) => c,
         Err(e) => {
@@ -96,7 +100,10 @@ pub async fn fresh_database() -> Option<String> {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap_or_else(|e| panic!("create database: {e}"));
-    let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(url);
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(url);
     Some(format!("{base}/{name}"))
 }
 
@@ -130,7 +137,8 @@ impl ServerProcess {
     /// Starts the server binary (`ADMEDIA_BIN`, or the one cargo built for
     /// this test run) with `env`, and waits until it answers `/readyz`.
     pub async fn start(env: &[(&str, String)]) -> ServerProcess {
-        let bin = std::env::var("ADMEDIA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_admedia").to_owned());
+        let bin = std::env::var("ADMEDIA_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_admedia").to_owned());
         let port = free_port();
         let mut cmd = std::process::Command::new(bin);
         cmd.env_clear()
@@ -158,7 +166,10 @@ impl ServerProcess {
                     return server;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "server did not become ready");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not become ready"
+            );
             actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }

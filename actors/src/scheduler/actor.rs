@@ -237,7 +237,8 @@ impl Handler<WorkerJoined> for SchedulerActor {
                 warm: msg.caps.loaded_models.iter().cloned().collect(),
                 caps: msg.caps,
                 addr: msg.addr,
-                freed_at: None,
+                // Its slots are free from now on.
+                freed_at: Some(Instant::now()),
             },
         );
         self.dispatch(ctx);

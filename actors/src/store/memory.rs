@@ -61,6 +61,9 @@ fn money(e: MoneyError) -> StoreError {
             required,
             available,
         },
+        MoneyError::Overflow => {
+            StoreError::LimitExceeded("the wallet would exceed the largest balance".into())
+        }
         other => StoreError::Invariant(other.to_string()),
     }
 }

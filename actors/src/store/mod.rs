@@ -53,6 +53,9 @@ pub enum StoreError {
         found: JobState,
         attempt: u32,
     },
+    /// The request is valid but would push a number past its limit.
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("hold already resolved")]
     HoldResolved,
     #[error("invariant violated: {0}")]

@@ -1,0 +1,9 @@
+//! HTTP integration tests: each starts the real server on a random port
+//! with a fresh in-memory store and talks HTTP to it.
+
+mod admin;
+mod helpers;
+mod jobs;
+mod ops;
+mod users;
+mod wallet;
