@@ -93,6 +93,9 @@ pub struct Settings {
     /// Deadline of one video attempt.
     #[arg(long, env = "ADMEDIA_VIDEO_DEADLINE_MS", default_value_t = 900_000)]
     pub video_deadline_ms: u64,
+    /// A remote worker silent for this long loses its attempts.
+    #[arg(long, env = "ADMEDIA_WORKER_LEASE_MS", default_value_t = 15_000)]
+    pub worker_lease_ms: u64,
     /// Tier weights Free,Basic,Professional,Enterprise, e.g. `1,2,4,8`.
     #[arg(long, env = "ADMEDIA_TIER_WEIGHTS")]
     pub tier_weights: Option<String>,
@@ -172,6 +175,7 @@ impl Settings {
             retry_max: Duration::from_millis(self.retry_max_ms),
             image_deadline: Duration::from_millis(self.image_deadline_ms.max(1)),
             video_deadline: Duration::from_millis(self.video_deadline_ms.max(1)),
+            worker_lease: Duration::from_millis(self.worker_lease_ms),
             ..OrchestratorConfig::default()
         };
         config.validate()?;

@@ -3,6 +3,7 @@
 //! actors of `admedia-actors`.
 
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;

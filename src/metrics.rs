@@ -36,10 +36,13 @@ pub struct Metrics {
     http_latency: HistogramVec,
     jobs_waiting: IntGaugeVec,
     jobs_by_state: IntGaugeVec,
+    jobs_retrying: IntGaugeVec,
     worker_slots: IntGaugeVec,
     workers_connected: IntGaugeVec,
     db_pool: IntGaugeVec,
     redis_errors: IntCounterVec,
+    store_latency: HistogramVec,
+    store_errors: IntCounterVec,
     pool_status: std::sync::OnceLock<PoolStatus>,
 }
 
@@ -166,7 +169,7 @@ impl Metrics {
                 &r,
                 "admedia_http_request_duration_seconds",
                 "HTTP request latency",
-                &["route", "method"],
+                &["route", "method", "status"],
                 buckets(0.000_1, 2.5, 14),
             ),
             jobs_waiting: gauge(
@@ -176,6 +179,12 @@ impl Metrics {
                 &["tier"],
             ),
             jobs_by_state: gauge(&r, "admedia_jobs", "Jobs by state", &["state"]),
+            jobs_retrying: gauge(
+                &r,
+                "admedia_jobs_retrying",
+                "Jobs waiting out a retry backoff before they rejoin the line",
+                &[],
+            ),
             worker_slots: gauge(
                 &r,
                 "admedia_worker_slots",
@@ -200,6 +209,24 @@ impl Metrics {
                 "Redis operations that failed (the system carried on without them)",
                 &["operation"],
             ),
+            // Memory-store calls take microseconds, PostgreSQL round trips
+            // milliseconds, a group commit under load tens of them.
+            store_latency: histogram(
+                &r,
+                "admedia_store_operation_seconds",
+                "Time one store call took, by operation and adapter",
+                &["operation", "adapter"],
+                vec![
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            ),
+            store_errors: counter(
+                &r,
+                "admedia_store_errors_total",
+                "Store calls that failed: unavailable (unreachable) or other (broken); refusals the domain expects are not counted",
+                &["operation", "adapter", "kind"],
+            ),
             pool_status: std::sync::OnceLock::new(),
             registry: r,
         }
@@ -217,8 +244,36 @@ impl Metrics {
             .with_label_values(&[route, method, class])
             .inc();
         self.http_latency
-            .with_label_values(&[route, method])
+            .with_label_values(&[route, method, class])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One store call: its time, and its failure when the store itself
+    /// failed (`unavailable` or `other`).
+    pub fn store_operation(
+        &self,
+        operation: &str,
+        adapter: &str,
+        elapsed: Duration,
+        failure: Option<&str>,
+    ) {
+        self.store_latency
+            .with_label_values(&[operation, adapter])
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind) = failure {
+            self.store_errors
+                .with_label_values(&[operation, adapter, kind])
+                .inc();
+        }
+    }
+
+    /// Creates the store's error series at zero.
+    pub fn prime_store(&self, adapter: &str, operations: &[&str]) {
+        for op in operations {
+            for kind in ["unavailable", "other"] {
+                self.store_errors.with_label_values(&[op, adapter, kind]);
+            }
+        }
     }
 
     pub fn set_pool_status(&self, status: PoolStatus) {
@@ -246,6 +301,9 @@ impl Metrics {
                     .with_label_values(&[state.as_str()])
                     .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
+            self.jobs_retrying
+                .with_label_values(NO_LABELS)
+                .set(i64::try_from(stats.scheduler.retrying).unwrap_or(i64::MAX));
             self.worker_slots
                 .with_label_values(&["busy"])
                 .set(i64::from(stats.scheduler.busy_slots));
@@ -295,6 +353,17 @@ impl Metrics {
         }
         for m in EntryKind::ALL {
             self.credits_moved.with_label_values(&[m.as_str()]);
+        }
+        for tier in Tier::ALL {
+            self.queue_wait.with_label_values(&[tier.as_str()]);
+            self.dispatch_latency.with_label_values(&[tier.as_str()]);
+        }
+        for kind in JobKind::ALL {
+            self.run_seconds.with_label_values(&[kind.as_str()]);
+        }
+        // Zero until a PostgreSQL pool reports (the embedded store has none).
+        for state in ["busy", "idle"] {
+            self.db_pool.with_label_values(&[state]);
         }
         for a in ["wallet", "scheduler"] {
             self.actor_restarts.with_label_values(&[a]);

@@ -14,9 +14,11 @@ use admedia_actors::Orchestrator;
 use rand::RngCore;
 
 use crate::config::Settings;
+use crate::events::{EventHub, ServerObserver};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimiter, RateLimits};
+use crate::store::instrumented::InstrumentedStore;
 use crate::store::postgres::PgStore;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,7 +85,16 @@ impl Application {
             }
         };
         metrics.prime();
-        let orchestrator = Orchestrator::start(store, config.clone(), metrics.clone()).await?;
+        let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(store, metrics.clone()));
+        let events = match &settings.redis_url {
+            Some(url) => EventHub::with_redis(url, metrics.clone())?,
+            None => EventHub::local(),
+        };
+        let observer = Arc::new(ServerObserver {
+            metrics: metrics.clone(),
+            events: events.clone(),
+        });
+        let orchestrator = Orchestrator::start(store, config.clone(), observer).await?;
         let sim_workers = settings.sim_worker_count();
         if sim_workers > 0 {
             orchestrator.add_simulated_workers(sim_workers, settings.sim_slots.max(1), sim_profile);
@@ -116,6 +127,7 @@ impl Application {
         let state = web::Data::new(AppState {
             orchestrator: orchestrator.clone(),
             rate_limiter,
+            events,
             metrics,
             admin_token: admin_token.clone(),
             worker_token: worker_token.clone(),

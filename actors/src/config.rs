@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobKind;
 use crate::money::Credits;
-use crate::pricing::PriceTable;
+use crate::pricing::{PriceTable, SizeClass};
 use crate::tier::TierTable;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +26,31 @@ pub struct OrchestratorConfig {
     pub video_deadline: Duration,
     /// A wallet actor with nothing to do for this long is stopped.
     pub wallet_idle: Duration,
+    /// A remote worker silent for this long loses its attempts.
+    pub worker_lease: Duration,
+    /// GPU memory a job of each size class needs.
+    pub vram: VramTable,
+}
+
+/// GPU memory (MB) needed per size class; configuration may replace it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VramTable {
+    pub image_standard: u32,
+    pub image_large: u32,
+    pub video_standard: u32,
+    pub video_hd: u32,
+}
+
+impl Default for VramTable {
+    fn default() -> Self {
+        VramTable {
+            image_standard: 8_000,
+            image_large: 16_000,
+            video_standard: 24_000,
+            video_hd: 40_000,
+        }
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -40,6 +65,8 @@ impl Default for OrchestratorConfig {
             image_deadline: Duration::from_secs(120),
             video_deadline: Duration::from_secs(900),
             wallet_idle: Duration::from_secs(300),
+            worker_lease: Duration::from_millis(15_000),
+            vram: VramTable::default(),
         }
     }
 }
@@ -51,10 +78,22 @@ impl OrchestratorConfig {
         if !(1..=20).contains(&self.max_attempts) {
             return Err("max_attempts must be 1..=20".into());
         }
+        if self.worker_lease < Duration::from_millis(100) {
+            return Err("worker lease must be at least 100 ms".into());
+        }
         if self.retry_base > self.retry_max {
             return Err("retry_base must not exceed retry_max".into());
         }
         Ok(())
+    }
+
+    pub fn vram_needed_mb(&self, size: SizeClass) -> u32 {
+        match size {
+            SizeClass::ImageStandard => self.vram.image_standard,
+            SizeClass::ImageLarge => self.vram.image_large,
+            SizeClass::VideoStandard => self.vram.video_standard,
+            SizeClass::VideoHd => self.vram.video_hd,
+        }
     }
 
     pub fn deadline(&self, kind: JobKind) -> Duration {

@@ -10,6 +10,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use crate::config::OrchestratorConfig;
+use crate::events::{JobEvent, JobEventKind};
 use crate::ids::{LeaseToken, WorkerId};
 use crate::job::{AttemptOutcome, FailureClass, JobState};
 use crate::observer::{AttemptResult, Observer};
@@ -173,6 +174,9 @@ impl Actor for JobActor {
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(job) => {
                 act.phase = Phase::Assigned;
+                act.observer.job_event(&JobEvent::state_of(&job));
+                tracing::info!(job = %job.id, user = %job.user_id, attempt = job.attempts,
+                    worker = %act.worker_id, "attempt assigned");
                 act.observer.dispatched(
                     act.job.tier,
                     act.job.enqueued_at.elapsed(),
@@ -252,6 +256,9 @@ impl Handler<AttemptEvent> for JobActor {
                 // `wait`: a completion right behind the acceptance is only
                 // handled once the start is recorded.
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+                    if let Ok(job) = &res {
+                        act.observer.job_event(&JobEvent::state_of(job));
+                    }
                     if let Err(e) = res {
                         match e {
                             StoreError::StaleTransition { .. } | StoreError::NotFound(_) => {
@@ -270,7 +277,15 @@ impl Handler<AttemptEvent> for JobActor {
                     }
                 }));
             }
-            AttemptEvent::Progress { .. } => {}
+            AttemptEvent::Progress { percent } => {
+                self.observer.job_event(&JobEvent {
+                    job_id: self.attempt.job_id,
+                    user_id: self.job.user_id,
+                    attempt: self.attempt.attempt,
+                    at: Utc::now(),
+                    kind: JobEventKind::Progress { percent },
+                });
+            }
             AttemptEvent::Completed { outputs } => {
                 self.settle(
                     AttemptOutcome::Succeeded { outputs },

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod email;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod job;
 pub mod job_actor;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::events::JobEvent;
 use crate::job::JobKind;
 use crate::ledger::EntryKind;
 use crate::tier::Tier;
@@ -43,6 +44,8 @@ pub trait Observer: Send + Sync + 'static {
     fn actor_restarted(&self, _actor: &'static str) {}
     fn stale_worker_message(&self) {}
     fn queue_limited(&self) {}
+    /// A job changed state or reported progress (for event streams).
+    fn job_event(&self, _event: &JobEvent) {}
 }
 
 /// Observes nothing.

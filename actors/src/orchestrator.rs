@@ -12,6 +12,7 @@ use chrono::Utc;
 use crate::config::OrchestratorConfig;
 use crate::email::Email;
 use crate::error::OrchestratorError;
+use crate::ids::WorkerId;
 use crate::ids::{EntryId, JobId, UserId};
 use crate::job::{AttemptOutcome, IdempotencyKey, Job, JobRequest, JobSpec, JobState};
 use crate::ledger::{Grant, LedgerEntry};
@@ -24,7 +25,7 @@ use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wallet::{
     Cancel, GrantCredits, SetMembership, SetStatus, Settle, Submit, WalletRegistry,
 };
-use crate::worker::{start_simulated_worker, SimProfile, WorkerActor};
+use crate::worker::{start_simulated_worker, Capabilities, SimProfile, WorkerActor, WorkerLink};
 
 /// A new account: the key is shown this once.
 pub struct Registration {
@@ -171,6 +172,22 @@ impl Orchestrator {
                     start_simulated_worker(format!("sim-{i}"), slots, profile, scheduler, observer);
             });
         }
+    }
+
+    /// A remote worker said hello: its actor starts on the scheduling
+    /// thread, with the heartbeat lease of the configuration.
+    pub fn connect_worker(
+        &self,
+        id: WorkerId,
+        caps: Capabilities,
+        link: Box<dyn WorkerLink>,
+    ) -> Addr<WorkerActor> {
+        let scheduler = self.scheduler.clone();
+        let observer = self.observer.clone();
+        let lease = Some(self.config.worker_lease);
+        WorkerActor::start_in_arbiter(&self.actor_arbiter, move |_| {
+            WorkerActor::new(id, caps, link, scheduler, observer, lease)
+        })
     }
 
     pub async fn register(

@@ -28,6 +28,16 @@ pub enum ToWorker {
     Cancel { job_id: JobId, lease: LeaseToken },
     /// Finish running attempts, take no new ones.
     Drain,
+    /// The hello was accepted: the worker's id for this connection, and how
+    /// often to heartbeat.
+    Welcome {
+        worker_id: crate::ids::WorkerId,
+        heartbeat_ms: u64,
+        lease_ms: u64,
+    },
+    /// A message was refused (malformed, oversized, out of order, or about
+    /// an attempt this worker does not hold). Nothing changed.
+    Error { message: String },
 }
 
 /// Worker → server.
@@ -61,6 +71,9 @@ pub enum FromWorker {
         message: Option<String>,
     },
     Heartbeat,
+    /// The worker is shutting down: it finishes what it runs and takes
+    /// nothing new.
+    Drain,
     Complete {
         job_id: JobId,
         lease: LeaseToken,

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rand::Rng;
@@ -14,7 +14,7 @@ use rand::Rng;
 use crate::ids::{JobId, LeaseToken, WorkerId};
 use crate::job::{FailureClass, JobKind, JobSpec, Output};
 use crate::observer::Observer;
-use crate::scheduler::actor::{SchedulerActor, WorkerJoined, WorkerLeft};
+use crate::scheduler::actor::{SchedulerActor, WorkerDraining, WorkerJoined, WorkerLeft};
 use crate::wire::{FromWorker, ToWorker};
 
 /// What a worker can run.
@@ -22,6 +22,9 @@ use crate::wire::{FromWorker, ToWorker};
 pub struct Capabilities {
     pub name: String,
     pub slots: u32,
+    pub gpu_model: String,
+    /// GPU memory; a job goes only to a worker with what its size needs.
+    pub vram_mb: u32,
     pub kinds: Vec<JobKind>,
     /// Empty means any model.
     pub models: Vec<String>,
@@ -29,9 +32,10 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    pub fn serves(&self, kind: JobKind, model: &str) -> bool {
+    pub fn serves(&self, kind: JobKind, model: &str, vram_needed_mb: u32) -> bool {
         self.kinds.contains(&kind)
             && (self.models.is_empty() || self.models.iter().any(|m| m == model))
+            && self.vram_mb >= vram_needed_mb
     }
 }
 
@@ -82,6 +86,26 @@ pub struct Revoke {
     pub lease: LeaseToken,
 }
 
+/// The scheduler knows the worker now: a remote worker is welcomed, so a
+/// welcome means "you may be assigned work from here on".
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Registered;
+
+impl Handler<Registered> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Registered, _ctx: &mut Self::Context) {
+        if let Some(lease) = self.lease {
+            self.link.send(ToWorker::Welcome {
+                worker_id: self.id,
+                heartbeat_ms: u64::try_from((lease / 3).as_millis()).unwrap_or(5_000),
+                lease_ms: u64::try_from(lease.as_millis()).unwrap_or(15_000),
+            });
+        }
+    }
+}
+
 /// The link is gone (socket closed): the worker leaves.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -99,22 +123,30 @@ pub struct WorkerActor {
     scheduler: Addr<SchedulerActor>,
     observer: Arc<dyn Observer>,
     assignments: HashMap<JobId, Assignment>,
+    /// A worker silent for this long has lost its attempts; `None` for
+    /// in-process workers, which cannot go silent without the process.
+    lease: Option<Duration>,
+    last_heard: Instant,
 }
 
 impl WorkerActor {
     pub fn new(
+        id: WorkerId,
         caps: Capabilities,
         link: Box<dyn WorkerLink>,
         scheduler: Addr<SchedulerActor>,
         observer: Arc<dyn Observer>,
+        lease: Option<Duration>,
     ) -> WorkerActor {
         WorkerActor {
-            id: WorkerId::generate(),
+            id,
             caps,
             link,
             scheduler,
             observer,
             assignments: HashMap::new(),
+            lease,
+            last_heard: Instant::now(),
         }
     }
 
@@ -123,15 +155,20 @@ impl WorkerActor {
     }
 
     /// The attempt a message is about, if its lease is the current one.
+    /// Anything else is refused with an error frame and counted: it can
+    /// never touch a job this worker does not hold.
     fn current(&mut self, job_id: JobId, lease: LeaseToken) -> Option<&Assignment> {
-        match self.assignments.get(&job_id) {
-            Some(a) if a.lease == lease => self.assignments.get(&job_id),
-            _ => {
-                self.observer.stale_worker_message();
-                tracing::debug!(worker = %self.id, job = %job_id, "ignored message for a stale attempt");
-                None
-            }
+        if matches!(self.assignments.get(&job_id), Some(a) if a.lease == lease) {
+            return self.assignments.get(&job_id);
         }
+        self.observer.stale_worker_message();
+        tracing::debug!(worker = %self.id, job = %job_id, "ignored message for an attempt this worker does not hold");
+        self.link.send(ToWorker::Error {
+            message: format!(
+                "job {job_id}: no current attempt with this lease on this worker; ignored"
+            ),
+        });
+        None
     }
 }
 
@@ -144,6 +181,17 @@ impl Actor for WorkerActor {
             caps: self.caps.clone(),
             addr: ctx.address(),
         });
+        if let Some(lease) = self.lease {
+            ctx.run_interval(lease / 4, move |act, ctx| {
+                if act.last_heard.elapsed() > lease {
+                    tracing::warn!(worker = %act.id, name = %act.caps.name, "worker missed its heartbeat lease; its attempts are lost");
+                    act.link.send(ToWorker::Error {
+                        message: "heartbeat lease expired; reconnect".into(),
+                    });
+                    ctx.stop();
+                }
+            });
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -209,8 +257,18 @@ impl Handler<FromWorker> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: FromWorker, _ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
         match msg {
-            FromWorker::Hello { .. } | FromWorker::Heartbeat => {}
+            FromWorker::Heartbeat => {}
+            FromWorker::Hello { .. } => {
+                self.link.send(ToWorker::Error {
+                    message: "hello was already received on this connection; ignored".into(),
+                });
+            }
+            FromWorker::Drain => {
+                tracing::info!(worker = %self.id, name = %self.caps.name, running = self.assignments.len(), "worker draining");
+                self.scheduler.do_send(WorkerDraining { id: self.id });
+            }
             FromWorker::Accept { job_id, lease } => {
                 if let Some(a) = self.current(job_id, lease) {
                     a.reply_to.do_send(AttemptEvent::Accepted);
@@ -360,7 +418,7 @@ impl Handler<ToWorker> for SimulatedGpu {
                     ctx.cancel_future(handle);
                 }
             }
-            ToWorker::Drain => {}
+            ToWorker::Drain | ToWorker::Welcome { .. } | ToWorker::Error { .. } => {}
         }
     }
 }
@@ -379,7 +437,7 @@ impl WorkerLink for SimLink {
 }
 
 /// Starts a simulated worker (its `WorkerActor` and GPU) in the current
-/// arbiter.
+/// arbiter. It serves every kind and model and has the memory for any size.
 pub fn start_simulated_worker(
     name: String,
     slots: u32,
@@ -392,10 +450,19 @@ pub fn start_simulated_worker(
         let caps = Capabilities {
             name,
             slots,
+            gpu_model: "simulated".into(),
+            vram_mb: u32::MAX,
             kinds: JobKind::ALL.to_vec(),
             models: Vec::new(),
             loaded_models: Vec::new(),
         };
-        WorkerActor::new(caps, Box::new(SimLink(gpu)), scheduler, observer)
+        WorkerActor::new(
+            WorkerId::generate(),
+            caps,
+            Box::new(SimLink(gpu)),
+            scheduler,
+            observer,
+            None,
+        )
     })
 }

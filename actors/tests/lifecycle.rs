@@ -224,6 +224,8 @@ impl Harness {
         let caps = Capabilities {
             name: name.to_owned(),
             slots,
+            gpu_model: "scripted".into(),
+            vram_mb: 80_000,
             kinds: JobKind::ALL.to_vec(),
             models: Vec::new(),
             loaded_models: Vec::new(),
@@ -231,7 +233,14 @@ impl Harness {
         let scheduler = self.orch.scheduler().clone();
         let observer: Arc<dyn Observer> = self.obs.clone();
         let addr = WorkerActor::create(move |_ctx| {
-            WorkerActor::new(caps, Box::new(ChannelLink(tx)), scheduler, observer)
+            WorkerActor::new(
+                admedia_actors::ids::WorkerId::generate(),
+                caps,
+                Box::new(ChannelLink(tx)),
+                scheduler,
+                observer,
+                None,
+            )
         });
         Scripted { addr, rx }
     }
@@ -317,10 +326,14 @@ impl Scripted {
         }
     }
 
-    /// Nothing reaches the worker for `QUIET`.
+    /// Nothing but error frames (the answer to a refused late message)
+    /// reaches the worker for `QUIET`.
     async fn expect_quiet(&mut self) {
-        if let Ok(Some(msg)) = tokio::time::timeout(QUIET, self.rx.recv()).await {
-            panic!("expected no message to the worker, got {msg:?}");
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if !matches!(msg, ToWorker::Error { .. }) {
+                panic!("expected no message to the worker, got {msg:?}");
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod events;
 pub mod jobs;
 pub mod openapi;
 pub mod ops;
@@ -11,6 +12,7 @@ pub mod problem;
 pub mod users;
 pub mod views;
 pub mod wallet;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +36,7 @@ const MAX_PAGE: usize = 200;
 pub struct AppState {
     pub orchestrator: Orchestrator,
     pub rate_limiter: crate::ratelimit::RateLimiter,
+    pub events: std::sync::Arc<crate::events::EventHub>,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
     pub worker_token: String,
@@ -116,6 +119,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs", web::get().to(jobs::list))
             .route("/jobs/{id}", web::get().to(jobs::get))
             .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
+            .route("/jobs/{id}/events", web::get().to(events::stream))
             .route("/admin/users/{id}/credits", web::post().to(admin::grant))
             .route(
                 "/admin/users/{id}/membership",
@@ -126,7 +130,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/admin/users/{id}/reinstate",
                 web::post().to(admin::reinstate),
             )
-            .route("/admin/stats", web::get().to(admin::stats)),
+            .route("/admin/stats", web::get().to(admin::stats))
+            .route("/workers/connect", web::get().to(workers::connect)),
     )
     .default_service(web::to(not_found));
 }

@@ -2,8 +2,10 @@
 //! with a fresh in-memory store and talks HTTP to it.
 
 mod admin;
+mod events;
 mod helpers;
 mod jobs;
 mod ops;
 mod users;
 mod wallet;
+mod workers;

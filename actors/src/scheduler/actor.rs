@@ -16,7 +16,7 @@ use crate::observer::Observer;
 use crate::scheduler::queue::{FairQueue, QueuedJob};
 use crate::store::Store;
 use crate::wallet::WalletRegistry;
-use crate::worker::{Capabilities, WorkerActor};
+use crate::worker::{Capabilities, Registered, WorkerActor};
 
 /// How often the scheduler compares its line with the store, so a job the
 /// store holds as waiting can never be forgotten by the actors.
@@ -28,6 +28,8 @@ struct WorkerSlots {
     addr: Addr<WorkerActor>,
     caps: Capabilities,
     free: u32,
+    /// Finishing what it runs; takes nothing new.
+    draining: bool,
     warm: HashSet<String>,
     /// When a slot last became free, for dispatch latency.
     freed_at: Option<Instant>,
@@ -70,18 +72,24 @@ impl SchedulerActor {
     }
 
     fn free_slots(&self) -> bool {
-        self.workers.values().any(|w| w.free > 0)
+        self.workers.values().any(|w| w.free > 0 && !w.draining)
     }
 
     /// Hands out jobs while a free slot can take one.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         while self.free_slots() {
             let workers = &self.workers;
-            let Some(job) = self.queue.pop_next(|j| {
-                workers
-                    .values()
-                    .any(|w| w.free > 0 && w.caps.serves(j.kind, &j.model))
-            }) else {
+            let config = &self.config;
+            let fits = |w: &WorkerSlots, j: &QueuedJob| {
+                w.free > 0
+                    && !w.draining
+                    && w.caps
+                        .serves(j.kind, &j.model, config.vram_needed_mb(j.size))
+            };
+            let Some(job) = self
+                .queue
+                .pop_next(|j| workers.values().any(|w| fits(w, j)))
+            else {
                 break;
             };
             // A worker with the model already loaded wins; then the one with
@@ -89,7 +97,7 @@ impl SchedulerActor {
             let chosen = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.free > 0 && w.caps.serves(job.kind, &job.model))
+                .filter(|(_, w)| fits(w, &job))
                 .max_by_key(|(_, w)| (w.warm.contains(&job.model), w.free))
                 .map(|(id, _)| *id);
             let Some(worker_id) = chosen else {
@@ -230,10 +238,12 @@ impl Handler<WorkerJoined> for SchedulerActor {
 
     fn handle(&mut self, msg: WorkerJoined, ctx: &mut Self::Context) {
         tracing::info!(worker = %msg.id, name = %msg.caps.name, slots = msg.caps.slots, "worker joined");
+        msg.addr.do_send(Registered);
         self.workers.insert(
             msg.id,
             WorkerSlots {
                 free: msg.caps.slots,
+                draining: false,
                 warm: msg.caps.loaded_models.iter().cloned().collect(),
                 caps: msg.caps,
                 addr: msg.addr,
@@ -242,6 +252,23 @@ impl Handler<WorkerJoined> for SchedulerActor {
             },
         );
         self.dispatch(ctx);
+    }
+}
+
+/// The worker takes no new attempts (it is shutting down).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerDraining {
+    pub id: WorkerId,
+}
+
+impl Handler<WorkerDraining> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerDraining, _ctx: &mut Self::Context) {
+        if let Some(w) = self.workers.get_mut(&msg.id) {
+            w.draining = true;
+        }
     }
 }
 
@@ -367,7 +394,12 @@ impl Handler<GetStats> for SchedulerActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
-        let idle: u32 = self.workers.values().map(|w| w.free).sum();
+        let idle: u32 = self
+            .workers
+            .values()
+            .filter(|w| !w.draining)
+            .map(|w| w.free)
+            .sum();
         let total: u32 = self.workers.values().map(|w| w.caps.slots).sum();
         MessageResult(SchedulerStats {
             waiting_by_tier: self.queue.waiting_by_tier(),

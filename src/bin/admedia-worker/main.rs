@@ -1,0 +1,88 @@
+//! `admedia-worker`: the GPU worker agent. It connects to the orchestrator
+//! over a WebSocket (docs/worker-protocol.md), runs the attempts it is
+//! assigned through an executor (`simulate` or `command`), and reconnects
+//! with backoff whenever the connection is lost. SIGTERM or SIGINT drains.
+//!
+//! Everything runs on one thread (the actix runtime): the socket loop and
+//! the attempts are tasks that only wait, and real work happens in the
+//! programs the `command` executor starts.
+
+mod attempts;
+mod backoff;
+mod cli;
+mod connection;
+mod executor;
+mod shutdown;
+
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::backoff::Backoff;
+use crate::connection::SessionEnd;
+use crate::executor::Executor;
+use crate::shutdown::Shutdown;
+
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    admedia::telemetry::init(args.log_format);
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("admedia-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut shutdown = match shutdown::listen() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("admedia-worker: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(hello = ?config.hello, executor = ?config.executor, "admedia-worker starting");
+    let executor = Rc::new(Executor::new(&config.executor));
+    let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    loop {
+        match connection::run(&config, &executor, &mut shutdown).await {
+            SessionEnd::Drained => {
+                tracing::info!("drained; exiting");
+                return ExitCode::SUCCESS;
+            }
+            SessionEnd::Aborted => return ExitCode::FAILURE,
+            SessionEnd::Lost { welcomed, reason } => {
+                match *shutdown.borrow() {
+                    Shutdown::Running => {}
+                    // Draining with the connection gone: what still ran was
+                    // abandoned with it, so there is nothing left to finish.
+                    Shutdown::Drain => {
+                        tracing::info!(%reason, "connection lost while draining; exiting");
+                        return ExitCode::SUCCESS;
+                    }
+                    Shutdown::Abort => return ExitCode::FAILURE,
+                }
+                if welcomed {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "disconnected; will reconnect");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    state = shutdown::requested(&mut shutdown) => {
+                        tracing::info!("shutdown while disconnected; exiting");
+                        return match state {
+                            Shutdown::Abort => ExitCode::FAILURE,
+                            Shutdown::Drain | Shutdown::Running => ExitCode::SUCCESS,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Fan-out of job events to the clients watching them (server-sent events).
+//!
+//! In process, each watched job has a broadcast channel. With `REDIS_URL`,
+//! every node publishes its events to one Redis channel and delivers what
+//! it receives from that channel, so a client connected to any node sees
+//! events produced on every node. If Redis fails, events are delivered
+//! locally (and counted): a watcher on the same node loses nothing, and
+//! every event stream also re-reads the job from the store periodically,
+//! so a lost event can delay a stream but never leave it hanging.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use admedia_actors::events::JobEvent;
+use admedia_actors::ids::JobId;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::metrics::Metrics;
+
+const CHANNEL: &str = "admedia:job-events";
+/// Events buffered per watched job before a slow watcher starts skipping.
+const PER_JOB_BUFFER: usize = 64;
+
+pub struct EventHub {
+    local: Mutex<HashMap<JobId, broadcast::Sender<JobEvent>>>,
+    redis: Option<mpsc::UnboundedSender<JobEvent>>,
+}
+
+/// A watcher's receiver; unregisters the job when the last one goes.
+pub struct Subscription {
+    rx: Option<broadcast::Receiver<JobEvent>>,
+    hub: Arc<EventHub>,
+    job: JobId,
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Result<JobEvent, broadcast::error::RecvError> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut local = self.hub.local.lock();
+        if local
+            .get(&self.job)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            local.remove(&self.job);
+        }
+    }
+}
+
+impl EventHub {
+    /// Events stay in this process.
+    pub fn local() -> Arc<EventHub> {
+        Arc::new(EventHub {
+            local: Mutex::new(HashMap::new()),
+            redis: None,
+        })
+    }
+
+    /// Events go through Redis pub/sub to every node.
+    pub fn with_redis(url: &str, metrics: Arc<Metrics>) -> Result<Arc<EventHub>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(EventHub {
+            local: Mutex::new(HashMap::new()),
+            redis: Some(tx),
+        });
+        actix_rt::spawn(publish_loop(
+            client.clone(),
+            rx,
+            Arc::downgrade(&hub),
+            metrics.clone(),
+        ));
+        actix_rt::spawn(subscribe_loop(client, Arc::downgrade(&hub), metrics));
+        Ok(hub)
+    }
+
+    pub fn subscribe(self: &Arc<Self>, job: JobId) -> Subscription {
+        let rx = self
+            .local
+            .lock()
+            .entry(job)
+            .or_insert_with(|| broadcast::channel(PER_JOB_BUFFER).0)
+            .subscribe();
+        Subscription {
+            rx: Some(rx),
+            hub: self.clone(),
+            job,
+        }
+    }
+
+    pub fn publish(&self, event: JobEvent) {
+        match &self.redis {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(event)) = tx.send(event) {
+                    self.deliver(&event);
+                }
+            }
+            None => self.deliver(&event),
+        }
+    }
+
+    fn deliver(&self, event: &JobEvent) {
+        if let Some(tx) = self.local.lock().get(&event.job_id) {
+            let _ = tx.send(event.clone());
+        }
+    }
+}
+
+async fn publish_loop(
+    client: redis::Client,
+    mut rx: mpsc::UnboundedReceiver<JobEvent>,
+    hub: std::sync::Weak<EventHub>,
+    metrics: Arc<Metrics>,
+) {
+    let mut conn = None;
+    while let Some(event) = rx.recv().await {
+        let Ok(payload) = serde_json::to_string(&event) else {
+            continue;
+        };
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        let published = match conn.as_mut() {
+            Some(c) => redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(&payload)
+                .query_async::<i64>(c)
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !published {
+            conn = None;
+            metrics.redis_error("publish_event");
+            tracing::warn!("Redis unreachable; job event delivered on this node only");
+            match hub.upgrade() {
+                Some(hub) => hub.deliver(&event),
+                None => return,
+            }
+        }
+    }
+}
+
+async fn subscribe_loop(
+    client: redis::Client,
+    hub: std::sync::Weak<EventHub>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if hub.strong_count() == 0 {
+            return;
+        }
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(CHANNEL).await.is_ok() {
+                    backoff = Duration::from_millis(200);
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Some(hub) = hub.upgrade() else {
+                            return;
+                        };
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        if let Ok(event) = serde_json::from_str::<JobEvent>(&payload) {
+                            hub.deliver(&event);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis subscription for job events failed; retrying")
+            }
+        }
+        metrics.redis_error("subscribe_events");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The server's observer: metrics for everything, and job events to the
+/// hub for the event streams.
+pub struct ServerObserver {
+    pub metrics: Arc<Metrics>,
+    pub events: Arc<EventHub>,
+}
+
+impl admedia_actors::observer::Observer for ServerObserver {
+    fn job_submitted(&self, kind: admedia_actors::job::JobKind, tier: admedia_actors::tier::Tier) {
+        self.metrics.job_submitted(kind, tier);
+    }
+
+    fn job_finished(
+        &self,
+        kind: admedia_actors::job::JobKind,
+        tier: admedia_actors::tier::Tier,
+        outcome: &'static str,
+    ) {
+        self.metrics.job_finished(kind, tier, outcome);
+    }
+
+    fn attempt_finished(
+        &self,
+        kind: admedia_actors::job::JobKind,
+        result: admedia_actors::observer::AttemptResult,
+        run: Option<Duration>,
+    ) {
+        self.metrics.attempt_finished(kind, result, run);
+    }
+
+    fn dispatched(
+        &self,
+        tier: admedia_actors::tier::Tier,
+        queue_wait: Duration,
+        latency: Option<Duration>,
+    ) {
+        self.metrics.dispatched(tier, queue_wait, latency);
+    }
+
+    fn credits_moved(&self, kind: admedia_actors::ledger::EntryKind, amount: i64) {
+        self.metrics.credits_moved(kind, amount);
+    }
+
+    fn actor_restarted(&self, actor: &'static str) {
+        self.metrics.actor_restarted(actor);
+    }
+
+    fn stale_worker_message(&self) {
+        self.metrics.stale_worker_message();
+    }
+
+    fn queue_limited(&self) {
+        self.metrics.queue_limited();
+    }
+
+    fn job_event(&self, event: &JobEvent) {
+        self.events.publish(event.clone());
+    }
+}

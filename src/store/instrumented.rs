@@ -1,0 +1,339 @@
+//! Times every store call, whatever the adapter, into
+//! `admedia_store_operation_seconds{operation, adapter}` and counts the calls
+//! that failed for a reason of the store's own into
+//! `admedia_store_errors_total{operation, adapter, kind}`.
+//!
+//! A wrapper rather than code in each adapter, so the memory and PostgreSQL
+//! adapters are measured the same way and a new adapter is measured for
+//! free. A refusal the domain expects (not enough credits, a stale
+//! transition, an unknown id...) is an answer, not an error: only
+//! `unavailable` (the store could not be reached) and `other` (it broke)
+//! count, so an alert on the counter means something is wrong.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use admedia_actors::ids::{EntryId, JobId, UserId, WorkerId};
+use admedia_actors::job::{AttemptOutcome, Job, JobState};
+use admedia_actors::ledger::{Grant, LedgerEntry};
+use admedia_actors::money::{Credits, Wallet};
+use admedia_actors::store::{
+    AttemptRef, Cancellation, GrantOutcome, JobCounts, NewJob, Settlement, Store, StoreError,
+    StoreResult, Submission,
+};
+use admedia_actors::tier::Membership;
+use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::metrics::Metrics;
+
+/// Every operation of the store port, as it appears in the `operation`
+/// label: one per method of [`Store`] that reaches the store.
+pub const OPERATIONS: &[&str] = &[
+    "ping",
+    "create_user",
+    "user_by_key",
+    "user",
+    "set_membership",
+    "set_status",
+    "wallet",
+    "ledger",
+    "grant",
+    "submit_job",
+    "assign_job",
+    "start_job",
+    "finish_attempt",
+    "cancel_job",
+    "cancel_queued_jobs",
+    "job",
+    "queue_position",
+    "list_jobs",
+    "jobs_in_states",
+    "job_counts",
+    "audit_ledgers",
+];
+
+/// The `kind` label of a failed call, or `None` for an answer the domain
+/// expects.
+pub fn error_kind(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::Unavailable(_) => Some("unavailable"),
+        StoreError::Invariant(_) | StoreError::Internal(_) | StoreError::HoldResolved => {
+            // A second resolution of a hold should have been stopped by the
+            // job's state first; reaching the hold's guard is a bug.
+            Some("other")
+        }
+        StoreError::NotFound(_)
+        | StoreError::EmailTaken
+        | StoreError::InsufficientCredits { .. }
+        | StoreError::QueueLimit { .. }
+        | StoreError::IdempotencyKeyReused
+        | StoreError::JobFinished
+        | StoreError::AccountInactive(_)
+        | StoreError::StaleTransition { .. }
+        | StoreError::LimitExceeded(_) => None,
+    }
+}
+
+/// Any store, measured.
+pub struct InstrumentedStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    adapter: &'static str,
+}
+
+impl InstrumentedStore {
+    /// Wraps `inner`, and creates its error series at zero so an alert on
+    /// them has something to evaluate before the first error.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> InstrumentedStore {
+        let adapter = inner.adapter();
+        metrics.prime_store(adapter, OPERATIONS);
+        InstrumentedStore {
+            inner,
+            metrics,
+            adapter,
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        let failure = result.as_ref().err().and_then(error_kind);
+        self.metrics
+            .store_operation(operation, self.adapter, started.elapsed(), failure);
+        result
+    }
+}
+
+#[async_trait]
+impl Store for InstrumentedStore {
+    fn adapter(&self) -> &'static str {
+        self.adapter
+    }
+
+    fn durable(&self) -> bool {
+        self.inner.durable()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn create_user(
+        &self,
+        new: NewUser,
+        reward: Credits,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(User, Wallet)> {
+        self.timed("create_user", self.inner.create_user(new, reward, now))
+            .await
+    }
+
+    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
+        self.timed("user_by_key", self.inner.user_by_key(hash))
+            .await
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.timed("user", self.inner.user(id)).await
+    }
+
+    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
+        self.timed("set_membership", self.inner.set_membership(id, membership))
+            .await
+    }
+
+    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
+        self.timed("set_status", self.inner.set_status(id, status))
+            .await
+    }
+
+    async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
+        self.timed("wallet", self.inner.wallet(user)).await
+    }
+
+    async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<LedgerEntry>> {
+        self.timed("ledger", self.inner.ledger(user, before, limit))
+            .await
+    }
+
+    async fn grant(
+        &self,
+        user: UserId,
+        grant: Grant,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GrantOutcome> {
+        self.timed("grant", self.inner.grant(user, grant, now))
+            .await
+    }
+
+    async fn submit_job(&self, job: NewJob) -> StoreResult<Submission> {
+        self.timed("submit_job", self.inner.submit_job(job)).await
+    }
+
+    async fn assign_job(
+        &self,
+        attempt: AttemptRef,
+        worker: WorkerId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Job> {
+        self.timed("assign_job", self.inner.assign_job(attempt, worker, now))
+            .await
+    }
+
+    async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
+        self.timed("start_job", self.inner.start_job(attempt, now))
+            .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        self.timed(
+            "finish_attempt",
+            self.inner.finish_attempt(attempt, outcome, now),
+        )
+        .await
+    }
+
+    async fn cancel_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Cancellation> {
+        self.timed("cancel_job", self.inner.cancel_job(user, id, now))
+            .await
+    }
+
+    async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
+        self.timed(
+            "cancel_queued_jobs",
+            self.inner.cancel_queued_jobs(user, now),
+        )
+        .await
+    }
+
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        self.timed("job", self.inner.job(id)).await
+    }
+
+    async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
+        self.timed("queue_position", self.inner.queue_position(id))
+            .await
+    }
+
+    async fn list_jobs(
+        &self,
+        user: UserId,
+        state: Option<JobState>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        self.timed(
+            "list_jobs",
+            self.inner.list_jobs(user, state, before, limit),
+        )
+        .await
+    }
+
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+        self.timed("jobs_in_states", self.inner.jobs_in_states(states))
+            .await
+    }
+
+    async fn job_counts(&self) -> StoreResult<JobCounts> {
+        self.timed("job_counts", self.inner.job_counts()).await
+    }
+
+    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
+        self.timed("audit_ledgers", self.inner.audit_ledgers())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use admedia_actors::store::memory::MemoryStore;
+
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[actix_rt::test]
+    async fn times_calls_and_counts_only_real_errors() {
+        let metrics = Arc::new(Metrics::new());
+        let store = InstrumentedStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        assert_eq!(store.adapter(), "memory");
+        store.ping().await.expect("ping");
+        // An unknown wallet is a refusal the domain expects, not an error.
+        let missing = store.wallet(UserId::generate()).await;
+        assert!(missing.is_err());
+
+        let text = metrics.render(None);
+        assert!(
+            line(
+                &text,
+                r#"admedia_store_operation_seconds_count{adapter="memory",operation="ping"} 1"#
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                r#"admedia_store_operation_seconds_count{adapter="memory",operation="wallet"} 1"#
+            )
+            .is_some(),
+            "{text}"
+        );
+        for kind in ["unavailable", "other"] {
+            for op in OPERATIONS {
+                let series = format!(
+                    r#"admedia_store_errors_total{{adapter="memory",kind="{kind}",operation="{op}"}} 0"#
+                );
+                assert!(line(&text, &series).is_some(), "{series} in {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_failures_of_the_store_itself_are_errors() {
+        assert_eq!(
+            error_kind(&StoreError::Unavailable("down".into())),
+            Some("unavailable")
+        );
+        assert_eq!(error_kind(&StoreError::Internal("x".into())), Some("other"));
+        assert_eq!(
+            error_kind(&StoreError::Invariant("x".into())),
+            Some("other")
+        );
+        for refusal in [
+            StoreError::NotFound("job"),
+            StoreError::EmailTaken,
+            StoreError::QueueLimit { limit: 1 },
+            StoreError::IdempotencyKeyReused,
+            StoreError::JobFinished,
+            StoreError::AccountInactive(AccountStatus::Suspended),
+            StoreError::LimitExceeded("too much".into()),
+        ] {
+            assert_eq!(error_kind(&refusal), None, "{refusal}");
+        }
+    }
+}
