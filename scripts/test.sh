@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Starts PostgreSQL and Redis when they are not
-# running (installing them with apt where absent), creates a fresh test
-# database, and runs `cargo test --workspace` against both services.
+# running (installing them with apt where absent), installs Prometheus and
+# promtool where absent (the observability test runs its own Prometheus),
+# creates a fresh test database, and runs `cargo test --workspace` against
+# all of them.
 #
 #   ./scripts/test.sh               # everything
 #   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
@@ -58,8 +60,33 @@ ensure_redis() {
     log "Redis did not come up"; exit 1
 }
 
+# Installed only: tests/observability.rs starts its own Prometheus on a free
+# port with a throwaway data directory, so the package's service is kept
+# from starting (policy-rc.d) and left disabled.
+ensure_prometheus() {
+    if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return; fi
+    if [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; then return; fi
+    log "installing Prometheus"
+    local policy=/usr/sbin/policy-rc.d created="" rc=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        created=1
+    fi
+    as_root apt-get update -qq || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null || rc=$?
+    fi
+    if [ -n "$created" ]; then as_root rm -f "$policy"; fi
+    if [ "$rc" -ne 0 ]; then log "installing Prometheus failed"; exit 1; fi
+    if [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+}
+
 ensure_postgres
 ensure_redis
+ensure_prometheus
 
 log "fresh test database $TEST_DB"
 psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >/dev/null

@@ -712,22 +712,32 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_real_prometheus() {
     let load_done = unix_now();
 
     // Two scrapes after the load, so every series born during it has
-    // enough samples for rate().
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // enough samples for rate(), and three in all. (Prometheus starts
+    // scraping some 5 s after it starts.)
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let latest = prometheus
-            .query(&client, "max(timestamp(admedia_workers_connected))")
-            .await
-            .ok()
-            .and_then(|d| d["result"][0]["value"][1].as_str().map(str::to_owned))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if latest >= load_done + 2.0 {
+        let number = |data: Result<Value, String>| {
+            data.ok()
+                .and_then(|d| d["result"][0]["value"][1].as_str().map(str::to_owned))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let latest = number(
+            prometheus
+                .query(&client, "max(timestamp(admedia_workers_connected))")
+                .await,
+        );
+        let scrapes = number(
+            prometheus
+                .query(&client, "count_over_time(admedia_workers_connected[1m])")
+                .await,
+        );
+        if latest >= load_done + 2.0 && scrapes >= 3.0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "prometheus is not scraping the server (latest sample at {latest}):\n{}",
+            "prometheus is not scraping the server ({scrapes} scrapes, latest at {latest}):\n{}",
             prometheus.log()
         );
         actix_rt::time::sleep(Duration::from_millis(200)).await;

@@ -18,14 +18,29 @@ use crate::job::{AttemptOutcome, IdempotencyKey, Job, JobRequest, JobSpec, JobSt
 use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
-use crate::scheduler::actor::{GetStats, Recover, SchedulerActor, SchedulerStats};
-use crate::store::{AttemptRef, JobCounts, Store, StoreError, Submission};
+use crate::scheduler::actor::{
+    DrainWorker, GetStats, ListWorkers, Recover, SchedulerActor, SchedulerStats, WorkerView,
+};
+use crate::store::{
+    Activity, AttemptRecord, AttemptRef, JobCounts, JobFilter, Store, StoreError, Submission,
+};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wallet::{
     Cancel, GrantCredits, SetMembership, SetStatus, Settle, Submit, WalletRegistry,
 };
-use crate::worker::{start_simulated_worker, Capabilities, SimProfile, WorkerActor, WorkerLink};
+use crate::worker::{
+    start_simulated_worker, Capabilities, LastHeard, SimProfile, WorkerActor, WorkerLink,
+};
+
+/// A job as an operator sees it.
+#[derive(Clone, Debug)]
+pub struct JobDetail {
+    pub job: Job,
+    pub position: Option<u32>,
+    pub attempts: Vec<AttemptRecord>,
+    pub ledger: Vec<LedgerEntry>,
+}
 
 /// A new account: the key is shown this once.
 pub struct Registration {
@@ -333,6 +348,88 @@ impl Orchestrator {
             scheduler,
             jobs: self.store.job_counts().await?,
         })
+    }
+
+    // ---- operator views
+
+    pub async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<Job>, OrchestratorError> {
+        Ok(self.store.admin_jobs(filter, before, limit).await?)
+    }
+
+    /// A job with its attempts and ledger entries, whoever owns it.
+    pub async fn job_detail(&self, id: JobId) -> Result<JobDetail, OrchestratorError> {
+        let job = self
+            .store
+            .job(id)
+            .await?
+            .ok_or(OrchestratorError::NotFound("job"))?;
+        let position = self.store.queue_position(id).await?;
+        Ok(JobDetail {
+            attempts: self.store.attempts(id).await?,
+            ledger: self.store.job_ledger(id).await?,
+            position,
+            job,
+        })
+    }
+
+    /// An operator cancels a job, with the same refund rules as its owner.
+    pub async fn admin_cancel(&self, id: JobId) -> Result<Job, OrchestratorError> {
+        let job = self
+            .store
+            .job(id)
+            .await?
+            .ok_or(OrchestratorError::NotFound("job"))?;
+        self.cancel(job.user_id, id).await
+    }
+
+    pub async fn find_users(
+        &self,
+        fragment: &str,
+        limit: usize,
+    ) -> Result<Vec<User>, OrchestratorError> {
+        Ok(self.store.find_users(fragment, limit).await?)
+    }
+
+    pub async fn activity_since(
+        &self,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<Activity, OrchestratorError> {
+        Ok(self.store.activity_since(since).await?)
+    }
+
+    /// Connected workers with how long ago each was last heard from.
+    pub async fn workers(
+        &self,
+    ) -> Result<Vec<(WorkerView, Option<std::time::Duration>)>, OrchestratorError> {
+        let list = self
+            .scheduler
+            .send(ListWorkers)
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
+        let mut out = Vec::with_capacity(list.len());
+        for w in list {
+            let heard = w.addr.send(LastHeard).await.ok();
+            out.push((w, heard));
+        }
+        Ok(out)
+    }
+
+    pub async fn drain_worker(&self, id: WorkerId) -> Result<(), OrchestratorError> {
+        let found = self
+            .scheduler
+            .send(DrainWorker(id))
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
+        if found {
+            Ok(())
+        } else {
+            Err(OrchestratorError::NotFound("worker"))
+        }
     }
 
     pub async fn ready(&self) -> Result<(), OrchestratorError> {

@@ -106,6 +106,32 @@ impl Handler<Registered> for WorkerActor {
     }
 }
 
+/// Tell the worker to finish what it runs and take nothing new.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) {
+        self.link.send(ToWorker::Drain);
+    }
+}
+
+/// How long ago the worker was last heard from.
+#[derive(Message)]
+#[rtype(result = "Duration")]
+pub struct LastHeard;
+
+impl Handler<LastHeard> for WorkerActor {
+    type Result = MessageResult<LastHeard>;
+
+    fn handle(&mut self, _: LastHeard, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.last_heard.elapsed())
+    }
+}
+
 /// The link is gone (socket closed): the worker leaves.
 #[derive(Message)]
 #[rtype(result = "()")]

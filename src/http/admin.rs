@@ -149,6 +149,18 @@ pub struct StatsView {
     pub retrying: usize,
     pub jobs: BTreeMap<String, u64>,
     pub workers: WorkerStats,
+    /// Dispatches per tier over the last five minutes.
+    pub recent_dispatches: BTreeMap<String, u64>,
+    pub last_hour: LastHour,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LastHour {
+    /// Attempts that ended in a system failure (each retried or refunded).
+    pub system_failures: u64,
+    /// Holds voided (automatic refunds and cancellations before start).
+    pub refunds: u64,
+    pub refunded_credits: i64,
 }
 
 #[utoipa::path(get, path = "/v1/admin/stats", security(("admin_token" = [])),
@@ -170,7 +182,26 @@ pub async fn stats(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
         .iter()
         .map(|(s, n)| (s.as_str().to_owned(), *n))
         .collect();
+    let activity = state
+        .orchestrator
+        .activity_since(Utc::now() - chrono::Duration::hours(1))
+        .await?;
+    let recent_dispatches = Tier::ALL
+        .into_iter()
+        .map(|t| {
+            (
+                t.as_str().to_owned(),
+                stats.scheduler.recent_dispatches[t.index()],
+            )
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(StatsView {
+        recent_dispatches,
+        last_hour: LastHour {
+            system_failures: activity.retries,
+            refunds: activity.refunds,
+            refunded_credits: activity.refunded_credits,
+        },
         queue,
         retrying: stats.scheduler.retrying,
         jobs,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod events;
 pub mod jobs;
 pub mod openapi;
+pub mod operators;
 pub mod ops;
 pub mod problem;
 pub mod users;
@@ -131,6 +132,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::post().to(admin::reinstate),
             )
             .route("/admin/stats", web::get().to(admin::stats))
+            .route("/admin/jobs", web::get().to(operators::jobs))
+            .route("/admin/jobs/{id}", web::get().to(operators::job))
+            .route("/admin/jobs/{id}/cancel", web::post().to(operators::cancel))
+            .route("/admin/users", web::get().to(operators::users))
+            .route("/admin/users/{id}", web::get().to(operators::user))
+            .route("/admin/workers", web::get().to(operators::workers))
+            .route(
+                "/admin/workers/{id}/drain",
+                web::post().to(operators::drain),
+            )
             .route("/workers/connect", web::get().to(workers::connect)),
     )
     .default_service(web::to(not_found));

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, jobs, ops, problem, users, views, wallet};
+use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,8 @@ use crate::http::{admin, jobs, ops, problem, users, views, wallet};
         wallet::wallet, wallet::ledger,
         jobs::submit, jobs::get, jobs::list, jobs::cancel,
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
+        operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
+        operators::workers, operators::drain,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(
@@ -21,7 +23,9 @@ use crate::http::{admin, jobs, ops, problem, users, views, wallet};
         views::UserView, views::WalletView, views::LedgerEntryView, views::JobView,
         users::RegisterRequest, users::Registered, users::Me,
         wallet::LedgerPage, jobs::JobsPage,
-        admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats,
+        operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
+        operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
+        admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour,
         ops::Health,
     )),
     modifiers(&Security),

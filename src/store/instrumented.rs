@@ -19,8 +19,8 @@ use admedia_actors::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::ledger::{Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::store::{
-    AttemptRef, Cancellation, GrantOutcome, JobCounts, NewJob, Settlement, Store, StoreError,
-    StoreResult, Submission,
+    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, NewJob,
+    Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
@@ -53,6 +53,11 @@ pub const OPERATIONS: &[&str] = &[
     "jobs_in_states",
     "job_counts",
     "audit_ledgers",
+    "admin_jobs",
+    "attempts",
+    "job_ledger",
+    "find_users",
+    "activity_since",
 ];
 
 /// The `kind` label of a failed call, or `None` for an answer the domain
@@ -264,6 +269,34 @@ impl Store for InstrumentedStore {
         self.timed("audit_ledgers", self.inner.audit_ledgers())
             .await
     }
+
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        self.timed("admin_jobs", self.inner.admin_jobs(filter, before, limit))
+            .await
+    }
+
+    async fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
+        self.timed("attempts", self.inner.attempts(job)).await
+    }
+
+    async fn job_ledger(&self, job: JobId) -> StoreResult<Vec<LedgerEntry>> {
+        self.timed("job_ledger", self.inner.job_ledger(job)).await
+    }
+
+    async fn find_users(&self, fragment: &str, limit: usize) -> StoreResult<Vec<User>> {
+        self.timed("find_users", self.inner.find_users(fragment, limit))
+            .await
+    }
+
+    async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
+        self.timed("activity_since", self.inner.activity_since(since))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +344,23 @@ mod tests {
                 assert!(line(&text, &series).is_some(), "{series} in {text}");
             }
         }
+    }
+
+    /// `OPERATIONS` (whose error series are created at start-up) names
+    /// exactly the operations the wrapper times.
+    #[test]
+    fn every_timed_operation_is_listed() {
+        let source = include_str!("instrumented.rs");
+        let timed: std::collections::BTreeSet<&str> = source
+            .split("self.timed(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let listed: std::collections::BTreeSet<&str> = OPERATIONS.iter().copied().collect();
+        assert_eq!(timed, listed);
+        assert_eq!(listed.len(), OPERATIONS.len(), "no duplicates");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod admin;
 mod events;
 mod helpers;
 mod jobs;
+mod operators;
 mod ops;
 mod users;
 mod wallet;

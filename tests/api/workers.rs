@@ -54,7 +54,7 @@ impl Gpu {
     }
 
     /// The next protocol message; fails after 10 s.
-    async fn recv(&mut self) -> Value {
+    pub async fn recv(&mut self) -> Value {
         self.try_recv(Duration::from_secs(10))
             .await
             .expect("a message from the server")
@@ -78,7 +78,7 @@ impl Gpu {
     }
 
     /// Nothing but `error` frames arrives for a while.
-    async fn expect_no_assignment(&mut self) {
+    pub async fn expect_no_assignment(&mut self) {
         while let Some(msg) = self.try_recv(Duration::from_millis(300)).await {
             assert_ne!(msg["type"], "assign", "unexpected assignment: {msg}");
         }

@@ -46,6 +46,7 @@ pub struct SchedulerActor {
     in_flight: HashMap<JobId, InFlight>,
     /// Retries waiting for their backoff to pass.
     delayed: HashMap<JobId, SpawnHandle>,
+    recent: RecentDispatches,
     store: Arc<dyn Store>,
     wallets: WalletRegistry,
     config: Arc<OrchestratorConfig>,
@@ -64,6 +65,7 @@ impl SchedulerActor {
             workers: HashMap::new(),
             in_flight: HashMap::new(),
             delayed: HashMap::new(),
+            recent: RecentDispatches::new(),
             store,
             wallets,
             config,
@@ -110,6 +112,7 @@ impl SchedulerActor {
                 break;
             };
             slots.free -= 1;
+            self.recent.record(job.tier);
             slots.warm.insert(job.model.clone());
             let ready_since = slots
                 .freed_at
@@ -375,6 +378,66 @@ impl Handler<Reconcile> for SchedulerActor {
     }
 }
 
+/// What an operator sees of one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub caps: Capabilities,
+    pub busy_slots: u32,
+    pub warm_models: Vec<String>,
+    pub draining: bool,
+    pub addr: Addr<WorkerActor>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<WorkerView>")]
+pub struct ListWorkers;
+
+impl Handler<ListWorkers> for SchedulerActor {
+    type Result = MessageResult<ListWorkers>;
+
+    fn handle(&mut self, _: ListWorkers, _ctx: &mut Self::Context) -> Self::Result {
+        let mut list: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .map(|(id, w)| {
+                let mut warm: Vec<String> = w.warm.iter().cloned().collect();
+                warm.sort();
+                WorkerView {
+                    id: *id,
+                    caps: w.caps.clone(),
+                    busy_slots: w.caps.slots.saturating_sub(w.free),
+                    warm_models: warm,
+                    draining: w.draining,
+                    addr: w.addr.clone(),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.caps.name.cmp(&b.caps.name).then(a.id.cmp(&b.id)));
+        MessageResult(list)
+    }
+}
+
+/// An operator drains a worker: it gets nothing new and is told to finish.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DrainWorker(pub WorkerId);
+
+impl Handler<DrainWorker> for SchedulerActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: DrainWorker, _ctx: &mut Self::Context) -> bool {
+        match self.workers.get_mut(&msg.0) {
+            Some(w) => {
+                w.draining = true;
+                w.addr.do_send(crate::worker::Drain);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A snapshot for `/v1/admin/stats` and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
@@ -384,6 +447,60 @@ pub struct SchedulerStats {
     pub workers: usize,
     pub busy_slots: u32,
     pub idle_slots: u32,
+    /// Dispatches per tier over the last [`RECENT_WINDOW`].
+    pub recent_dispatches: [u64; 4],
+}
+
+/// How far back "recent dispatches" look.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(300);
+const RECENT_BUCKET: Duration = Duration::from_secs(10);
+
+/// Dispatch counts per tier in 10-second buckets, for the share of recent
+/// dispatches each tier got (constant memory, whatever the rate).
+struct RecentDispatches {
+    buckets: std::collections::VecDeque<(Instant, [u64; 4])>,
+}
+
+impl RecentDispatches {
+    fn new() -> RecentDispatches {
+        RecentDispatches {
+            buckets: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn record(&mut self, tier: crate::tier::Tier) {
+        let now = Instant::now();
+        match self.buckets.back_mut() {
+            Some((start, counts)) if now.duration_since(*start) < RECENT_BUCKET => {
+                counts[tier.index()] += 1
+            }
+            _ => {
+                let mut counts = [0; 4];
+                counts[tier.index()] = 1;
+                self.buckets.push_back((now, counts));
+            }
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(start, _)| now.duration_since(*start) > RECENT_WINDOW)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    fn totals(&self) -> [u64; 4] {
+        let now = Instant::now();
+        let mut totals = [0; 4];
+        for (start, counts) in &self.buckets {
+            if now.duration_since(*start) <= RECENT_WINDOW {
+                for t in 0..4 {
+                    totals[t] += counts[t];
+                }
+            }
+        }
+        totals
+    }
 }
 
 #[derive(Message)]
@@ -400,14 +517,19 @@ impl Handler<GetStats> for SchedulerActor {
             .filter(|w| !w.draining)
             .map(|w| w.free)
             .sum();
-        let total: u32 = self.workers.values().map(|w| w.caps.slots).sum();
+        let busy: u32 = self
+            .workers
+            .values()
+            .map(|w| w.caps.slots.saturating_sub(w.free))
+            .sum();
         MessageResult(SchedulerStats {
             waiting_by_tier: self.queue.waiting_by_tier(),
             retrying: self.delayed.len(),
             in_flight: self.in_flight.len(),
             workers: self.workers.len(),
-            busy_slots: total.saturating_sub(idle),
+            busy_slots: busy,
             idle_slots: idle,
+            recent_dispatches: self.recent.totals(),
         })
     }
 }

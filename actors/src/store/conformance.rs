@@ -562,6 +562,104 @@ pub async fn recovery_lists_jobs_by_state_in_submission_order(store: Shared) {
     assert!(counts.0.contains(&(JobState::Assigned, 1)));
 }
 
+pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
+    let ann = user_with(&store, "ann.views@example.com", 20).await;
+    let bob = user_with(&store, "bob.views@example.com", 20).await;
+    let job = store.submit_job(new_job(ann.id, 3)).await.unwrap().job;
+    let first = assign(&store, &job).await;
+    store.start_job(first, Utc::now()).await.unwrap();
+    let requeued = store
+        .finish_attempt(first, sys_fail(), Utc::now())
+        .await
+        .unwrap()
+        .job;
+    let second = assign(&store, &requeued).await;
+    store
+        .finish_attempt(
+            second,
+            AttemptOutcome::Succeeded { outputs: vec![] },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let other = store.submit_job(new_job(bob.id, 1)).await.unwrap().job;
+
+    let attempts = store.attempts(job.id).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!((attempts[0].attempt, attempts[0].lease), (1, first.lease));
+    assert_eq!(attempts[0].outcome.as_deref(), Some("system_failure"));
+    assert!(attempts[0].started_at.is_some() && attempts[0].finished_at.is_some());
+    assert_eq!(attempts[1].outcome.as_deref(), Some("succeeded"));
+    assert!(store.attempts(other.id).await.unwrap().is_empty());
+    assert!(matches!(
+        store.attempts(JobId::generate()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let kinds: Vec<EntryKind> = store
+        .job_ledger(job.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, vec![EntryKind::Hold, EntryKind::Post]);
+
+    let all = store
+        .admin_jobs(&JobFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![other.id, job.id]
+    );
+    let queued = JobFilter {
+        state: Some(JobState::Queued),
+        ..JobFilter::default()
+    };
+    assert_eq!(store.admin_jobs(&queued, None, 10).await.unwrap().len(), 1);
+    let anns = JobFilter {
+        user: Some(ann.id),
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        store.admin_jobs(&anns, None, 10).await.unwrap()[0].id,
+        job.id
+    );
+    assert_eq!(
+        store
+            .admin_jobs(&JobFilter::default(), Some(other.id), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let future = JobFilter {
+        since: Some(Utc::now() + Duration::hours(1)),
+        ..JobFilter::default()
+    };
+    assert!(store
+        .admin_jobs(&future, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let found = store.find_users("VIEWS@", 10).await.unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(store.find_users("ann.", 10).await.unwrap()[0].id, ann.id);
+    assert!(
+        store.find_users("%", 10).await.unwrap().is_empty(),
+        "wildcards are literal"
+    );
+
+    let activity = store
+        .activity_since(Utc::now() - Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(activity.retries, 1);
+    assert_eq!((activity.refunds, activity.refunded_credits), (0, 0));
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -586,6 +684,7 @@ macro_rules! store_conformance_tests {
             concurrent_submits_never_overdraw,
             concurrent_resolutions_of_one_hold_apply_once,
             recovery_lists_jobs_by_state_in_submission_order,
+            operator_views_show_attempts_ledger_and_filters,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

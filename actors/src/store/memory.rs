@@ -35,6 +35,12 @@ struct State {
     keys: HashMap<KeyHash, UserId>,
     accounts: HashMap<UserId, Account>,
     jobs: HashMap<JobId, Job>,
+    /// Every job by submission order (operator listings, recovery).
+    order: BTreeMap<u64, JobId>,
+    /// Jobs by state, kept in step by `put_job`, so recovery and stats do
+    /// not scan every job ever submitted.
+    by_state: HashMap<JobState, BTreeMap<u64, JobId>>,
+    attempts: HashMap<JobId, Vec<AttemptRecord>>,
     /// Resolution of each job's hold; `Held` means still open.
     holds: HashMap<JobId, Charge>,
 }
@@ -169,8 +175,22 @@ impl State {
         } else {
             account.queued.remove(&job.seq);
         }
+        if let Some(set) = self.by_state.get_mut(&before) {
+            set.remove(&job.seq);
+        }
+        self.by_state
+            .entry(job.state)
+            .or_default()
+            .insert(job.seq, job.id);
+        self.order.insert(job.seq, job.id);
         self.jobs.insert(job.id, job);
         Ok(())
+    }
+
+    fn attempt_mut(&mut self, job: JobId, lease: LeaseToken) -> Option<&mut AttemptRecord> {
+        self.attempts
+            .get_mut(&job)
+            .and_then(|list| list.iter_mut().find(|a| a.lease == lease))
     }
 }
 
@@ -379,6 +399,11 @@ impl Store for MemoryStore {
         if let Some((key, hash)) = new.idempotency {
             account.idempotency.insert(key, (hash, job.clone()));
         }
+        s.order.insert(job.seq, job.id);
+        s.by_state
+            .entry(JobState::Queued)
+            .or_default()
+            .insert(job.seq, job.id);
         s.jobs.insert(job.id, job.clone());
         Ok(Submission {
             job,
@@ -391,7 +416,7 @@ impl Store for MemoryStore {
         &self,
         attempt: AttemptRef,
         worker: WorkerId,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> StoreResult<Job> {
         let mut s = self.state.lock();
         let mut job = s
@@ -412,6 +437,16 @@ impl Store for MemoryStore {
         job.worker_id = Some(worker);
         job.retry_at = None;
         s.put_job(JobState::Queued, job.clone())?;
+        s.attempts.entry(job.id).or_default().push(AttemptRecord {
+            attempt: attempt.attempt,
+            worker_id: worker,
+            lease: attempt.lease,
+            assigned_at: now,
+            started_at: None,
+            finished_at: None,
+            outcome: None,
+            message: None,
+        });
         Ok(job)
     }
 
@@ -421,6 +456,9 @@ impl Store for MemoryStore {
         job.state = JobState::Running;
         job.started_at.get_or_insert(now);
         s.put_job(JobState::Assigned, job.clone())?;
+        if let Some(a) = s.attempt_mut(job.id, attempt.lease) {
+            a.started_at = Some(now);
+        }
         Ok(job)
     }
 
@@ -433,6 +471,13 @@ impl Store for MemoryStore {
         let mut s = self.state.lock();
         let mut job = s.job_in(&attempt, &[JobState::Assigned, JobState::Running])?;
         let before = job.state;
+        let (label, message) = match &outcome {
+            AttemptOutcome::Succeeded { .. } => ("succeeded", None),
+            AttemptOutcome::UserFailure { message } => ("user_failure", Some(message.clone())),
+            AttemptOutcome::SystemFailure { message, .. } => {
+                ("system_failure", Some(message.clone()))
+            }
+        };
         let wallet = match outcome {
             AttemptOutcome::Succeeded { outputs } => {
                 job.state = JobState::Succeeded;
@@ -475,6 +520,11 @@ impl Store for MemoryStore {
             job.finished_at = Some(now);
         }
         s.put_job(before, job.clone())?;
+        if let Some(a) = s.attempt_mut(job.id, attempt.lease) {
+            a.finished_at = Some(now);
+            a.outcome = Some(label.to_owned());
+            a.message = message;
+        }
         Ok(Settlement { job, wallet })
     }
 
@@ -503,6 +553,12 @@ impl Store for MemoryStore {
         job.worker_id = None;
         let wallet = s.resolve_hold(&job, resolution, now)?;
         s.put_job(previous, job.clone())?;
+        if let Some(lease) = previous_lease {
+            if let Some(a) = s.attempt_mut(job.id, lease) {
+                a.finished_at = Some(now);
+                a.outcome = Some("cancelled".to_owned());
+            }
+        }
         Ok(Cancellation {
             job,
             wallet,
@@ -588,28 +644,119 @@ impl Store for MemoryStore {
 
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
         let s = self.state.lock();
-        let mut jobs: Vec<Job> = s
-            .jobs
-            .values()
-            .filter(|j| states.contains(&j.state))
-            .cloned()
+        let mut seqs: Vec<(u64, JobId)> = states
+            .iter()
+            .filter_map(|st| s.by_state.get(st))
+            .flat_map(|set| set.iter().map(|(seq, id)| (*seq, *id)))
             .collect();
-        jobs.sort_by_key(|j| j.seq);
-        Ok(jobs)
+        seqs.sort_unstable();
+        Ok(seqs
+            .iter()
+            .filter_map(|(_, id)| s.jobs.get(id).cloned())
+            .collect())
     }
 
     async fn job_counts(&self) -> StoreResult<JobCounts> {
         let s = self.state.lock();
-        let mut counts: HashMap<JobState, u64> = HashMap::new();
-        for job in s.jobs.values() {
-            *counts.entry(job.state).or_default() += 1;
-        }
         Ok(JobCounts(
             JobState::ALL
                 .into_iter()
-                .map(|st| (st, counts.get(&st).copied().unwrap_or(0)))
+                .map(|st| (st, s.by_state.get(&st).map_or(0, |set| set.len() as u64)))
                 .collect(),
         ))
+    }
+
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        let s = self.state.lock();
+        let upper = match before {
+            Some(id) => s
+                .jobs
+                .get(&id)
+                .map(|j| j.seq)
+                .ok_or(StoreError::NotFound("job"))?,
+            None => u64::MAX,
+        };
+        Ok(s.order
+            .range(..upper)
+            .rev()
+            .filter_map(|(_, id)| s.jobs.get(id))
+            .filter(|j| filter.matches(j))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
+        let s = self.state.lock();
+        if !s.jobs.contains_key(&job) {
+            return Err(StoreError::NotFound("job"));
+        }
+        Ok(s.attempts.get(&job).cloned().unwrap_or_default())
+    }
+
+    async fn job_ledger(&self, job: JobId) -> StoreResult<Vec<LedgerEntry>> {
+        let s = self.state.lock();
+        let owner = s
+            .jobs
+            .get(&job)
+            .map(|j| j.user_id)
+            .ok_or(StoreError::NotFound("job"))?;
+        Ok(s.accounts
+            .get(&owner)
+            .map(|a| {
+                a.ledger
+                    .iter()
+                    .filter(|e| e.job_id == Some(job))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn find_users(&self, fragment: &str, limit: usize) -> StoreResult<Vec<User>> {
+        let s = self.state.lock();
+        let needle = fragment.trim().to_lowercase();
+        let mut users: Vec<User> = s
+            .users
+            .values()
+            .filter(|u| u.email.as_str().contains(&needle))
+            .cloned()
+            .collect();
+        users.sort_by(|a, b| a.email.cmp(&b.email));
+        users.truncate(limit);
+        Ok(users)
+    }
+
+    async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
+        let s = self.state.lock();
+        let mut activity = Activity::default();
+        for list in s.attempts.values() {
+            activity.retries += list
+                .iter()
+                .filter(|a| {
+                    a.outcome.as_deref() == Some("system_failure") && a.finished_at >= Some(since)
+                })
+                .count() as u64;
+        }
+        for account in s.accounts.values() {
+            for e in account
+                .ledger
+                .iter()
+                .rev()
+                .take_while(|e| e.created_at >= since)
+            {
+                if e.kind == EntryKind::Void {
+                    activity.refunds += 1;
+                    activity.refunded_credits += e.amount.get();
+                }
+            }
+        }
+        Ok(activity)
     }
 
     async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {

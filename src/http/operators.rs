@@ -1,0 +1,305 @@
+//! The operator's read-and-act API across users: jobs with their attempts
+//! and ledger entries, users by e-mail, workers and draining. The console
+//! renders the same data.
+
+use actix_web::{web, HttpResponse};
+use admedia_actors::ids::{JobId, UserId, WorkerId};
+use admedia_actors::job::{JobKind, JobState};
+use admedia_actors::store::{AttemptRecord, JobFilter};
+use admedia_actors::tier::Tier;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::http::auth::Admin;
+use crate::http::problem::{ApiError, Problem};
+use crate::http::views::{JobView, LedgerEntryView, UserView, WalletView};
+use crate::http::{page_limit, AppState};
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdminJobsQuery {
+    pub state: Option<String>,
+    pub tier: Option<String>,
+    pub kind: Option<String>,
+    /// A user id.
+    pub user: Option<String>,
+    /// Submitted at or after (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Submitted before (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<usize>,
+    pub before: Option<String>,
+}
+
+impl AdminJobsQuery {
+    pub fn filter(&self) -> Result<JobFilter, ApiError> {
+        let bad =
+            |what: &str, v: &str| ApiError::InvalidParams(format!("{what}: {v:?} is not valid"));
+        Ok(JobFilter {
+            state: match self.state.as_deref().filter(|s| !s.is_empty()) {
+                Some(s) => Some(s.parse::<JobState>().map_err(|_| bad("state", s))?),
+                None => None,
+            },
+            tier: match self.tier.as_deref().filter(|s| !s.is_empty()) {
+                Some(s) => Some(s.parse::<Tier>().map_err(|_| bad("tier", s))?),
+                None => None,
+            },
+            kind: match self.kind.as_deref().filter(|s| !s.is_empty()) {
+                Some("image") => Some(JobKind::Image),
+                Some("video") => Some(JobKind::Video),
+                Some(s) => return Err(bad("kind", s)),
+                None => None,
+            },
+            user: match self.user.as_deref().filter(|s| !s.is_empty()) {
+                Some(s) => Some(s.parse::<UserId>().map_err(|_| bad("user", s))?),
+                None => None,
+            },
+            since: self.since,
+            until: self.until,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AdminJobView {
+    pub user_id: String,
+    #[serde(flatten)]
+    pub job: JobView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AdminJobsPage {
+    pub jobs: Vec<AdminJobView>,
+    pub next: Option<String>,
+}
+
+/// Jobs of every user, newest first, filtered.
+#[utoipa::path(get, path = "/v1/admin/jobs", params(AdminJobsQuery), security(("admin_token" = [])),
+    responses((status = 200, body = AdminJobsPage), (status = 422, body = Problem)))]
+pub async fn jobs(
+    state: web::Data<AppState>,
+    _: Admin,
+    query: web::Query<AdminJobsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let filter = query.filter()?;
+    let limit = page_limit(query.limit)?;
+    let before = match query.before.as_deref() {
+        Some(raw) => Some(
+            raw.parse::<JobId>()
+                .map_err(|_| ApiError::InvalidParams(format!("before: {raw:?} is not a job id")))?,
+        ),
+        None => None,
+    };
+    let mut jobs = state
+        .orchestrator
+        .admin_jobs(&filter, before, limit + 1)
+        .await?;
+    let next = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(AdminJobsPage {
+        jobs: jobs
+            .iter()
+            .map(|j| AdminJobView {
+                user_id: j.user_id.to_string(),
+                job: JobView::of(j, None),
+            })
+            .collect(),
+        next,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub assigned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `user_failure`, `system_failure`, `cancelled`, or null
+    /// while in flight.
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+}
+
+impl AttemptView {
+    pub fn of(a: &AttemptRecord) -> AttemptView {
+        AttemptView {
+            attempt: a.attempt,
+            worker_id: a.worker_id.to_string(),
+            assigned_at: a.assigned_at,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            outcome: a.outcome.clone(),
+            message: a.message.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobDetailView {
+    pub user_id: String,
+    pub job: JobView,
+    pub attempts: Vec<AttemptView>,
+    pub ledger: Vec<LedgerEntryView>,
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("job"))
+}
+
+/// A job with its attempts and its ledger entries.
+#[utoipa::path(get, path = "/v1/admin/jobs/{id}", params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = JobDetailView), (status = 404, body = Problem)))]
+pub async fn job(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let d = state.orchestrator.job_detail(job_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(JobDetailView {
+        user_id: d.job.user_id.to_string(),
+        job: JobView::of(&d.job, d.position),
+        attempts: d.attempts.iter().map(AttemptView::of).collect(),
+        ledger: d.ledger.iter().map(LedgerEntryView::of).collect(),
+    }))
+}
+
+/// Cancel any job, with the refund rules of the user's own cancel.
+#[utoipa::path(post, path = "/v1/admin/jobs/{id}/cancel", params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = state.orchestrator.admin_cancel(job_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(JobView::of(&job, None)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsersQuery {
+    /// Part of an e-mail address (case-insensitive).
+    pub email: String,
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsersPage {
+    pub users: Vec<UserView>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/users", params(UsersQuery), security(("admin_token" = [])),
+    responses((status = 200, body = UsersPage), (status = 422, body = Problem)))]
+pub async fn users(
+    state: web::Data<AppState>,
+    _: Admin,
+    query: web::Query<UsersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    if query.email.trim().is_empty() || query.email.len() > 254 {
+        return Err(ApiError::InvalidParams(
+            "email: give 1..=254 characters to search for".into(),
+        ));
+    }
+    let users = state.orchestrator.find_users(&query.email, limit).await?;
+    Ok(HttpResponse::Ok().json(UsersPage {
+        users: users.iter().map(UserView::of).collect(),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserDetailView {
+    pub user: UserView,
+    pub wallet: WalletView,
+    /// The 20 newest ledger entries.
+    pub ledger: Vec<LedgerEntryView>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/users/{id}", params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = UserDetailView), (status = 404, body = Problem)))]
+pub async fn user(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: UserId = path.parse().map_err(|_| ApiError::not_found("user"))?;
+    let user = state.orchestrator.user(id).await?;
+    let wallet = state.orchestrator.wallet(id).await?;
+    let ledger = state.orchestrator.ledger(id, None, 20).await?;
+    Ok(HttpResponse::Ok().json(UserDetailView {
+        user: UserView::of(&user),
+        wallet: WalletView::of(&wallet),
+        ledger: ledger.iter().map(LedgerEntryView::of).collect(),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub name: String,
+    pub gpu_model: String,
+    pub vram_mb: u32,
+    pub kinds: Vec<JobKind>,
+    /// Empty: any model.
+    pub models: Vec<String>,
+    pub loaded_models: Vec<String>,
+    pub slots: u32,
+    pub busy_slots: u32,
+    pub draining: bool,
+    /// Milliseconds since the worker was last heard from.
+    pub last_heard_ms: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkersPage {
+    pub workers: Vec<WorkerInfo>,
+}
+
+pub async fn worker_infos(state: &AppState) -> Result<Vec<WorkerInfo>, ApiError> {
+    Ok(state
+        .orchestrator
+        .workers()
+        .await?
+        .into_iter()
+        .map(|(w, heard)| WorkerInfo {
+            id: w.id.to_string(),
+            name: w.caps.name.clone(),
+            gpu_model: w.caps.gpu_model.clone(),
+            vram_mb: w.caps.vram_mb,
+            kinds: w.caps.kinds.clone(),
+            models: w.caps.models.clone(),
+            loaded_models: w.warm_models.clone(),
+            slots: w.caps.slots,
+            busy_slots: w.busy_slots,
+            draining: w.draining,
+            last_heard_ms: heard.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        })
+        .collect())
+}
+
+#[utoipa::path(get, path = "/v1/admin/workers", security(("admin_token" = [])),
+    responses((status = 200, body = WorkersPage)))]
+pub async fn workers(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(WorkersPage {
+        workers: worker_infos(&state).await?,
+    }))
+}
+
+/// The worker finishes what it runs and gets nothing new.
+#[utoipa::path(post, path = "/v1/admin/workers/{id}/drain", params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn drain(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: WorkerId = path.parse().map_err(|_| ApiError::not_found("worker"))?;
+    state.orchestrator.drain_worker(id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
