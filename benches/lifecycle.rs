@@ -109,6 +109,7 @@ fn request() -> JobRequest {
         model: "sdxl".into(),
         prompt: "benchmark".into(),
         params: ParamsRequest::default(),
+        webhook_url: None,
     }
 }
 

@@ -96,6 +96,12 @@ pub struct Settings {
     /// A remote worker silent for this long loses its attempts.
     #[arg(long, env = "ADMEDIA_WORKER_LEASE_MS", default_value_t = 15_000)]
     pub worker_lease_ms: u64,
+    /// Let webhooks target loopback and private addresses (tests, labs).
+    #[arg(long, env = "ADMEDIA_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+    /// First webhook retry delay (doubles per retry).
+    #[arg(long, env = "ADMEDIA_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000)]
+    pub webhook_retry_base_ms: u64,
     /// Tier weights Free,Basic,Professional,Enterprise, e.g. `1,2,4,8`.
     #[arg(long, env = "ADMEDIA_TIER_WEIGHTS")]
     pub tier_weights: Option<String>,

@@ -193,6 +193,7 @@ async fn subscribe_loop(
 pub struct ServerObserver {
     pub metrics: Arc<Metrics>,
     pub events: Arc<EventHub>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl admedia_actors::observer::Observer for ServerObserver {
@@ -244,6 +245,7 @@ impl admedia_actors::observer::Observer for ServerObserver {
     }
 
     fn job_event(&self, event: &JobEvent) {
+        self.webhooks.on_event(event);
         self.events.publish(event.clone());
     }
 }

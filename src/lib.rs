@@ -3,6 +3,7 @@
 //! actors of `admedia-actors`.
 
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod http;
 pub mod metrics;
@@ -10,3 +11,4 @@ pub mod ratelimit;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

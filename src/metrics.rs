@@ -41,6 +41,7 @@ pub struct Metrics {
     workers_connected: IntGaugeVec,
     db_pool: IntGaugeVec,
     redis_errors: IntCounterVec,
+    webhooks: IntCounterVec,
     store_latency: HistogramVec,
     store_errors: IntCounterVec,
     pool_status: std::sync::OnceLock<PoolStatus>,
@@ -111,13 +112,17 @@ impl Metrics {
                 &["kind", "outcome"],
             ),
             // Waits run from milliseconds (idle system) to many minutes (Free
-            // behind a backlog).
+            // behind a backlog); the alert thresholds (2 and 10 minutes) are
+            // bucket bounds, so their quantiles are exact there.
             queue_wait: histogram(
                 &r,
                 "admedia_queue_wait_seconds",
                 "Time from entering the line to dispatch",
                 &["tier"],
-                buckets(0.001, 2.5, 14),
+                vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+                ],
             ),
             // Dispatch itself is sub-millisecond to a few ms.
             dispatch_latency: histogram(
@@ -127,13 +132,14 @@ impl Metrics {
                 &["tier"],
                 buckets(0.000_05, 2.0, 14),
             ),
-            // Images take seconds, videos minutes.
+            // Images take seconds, videos minutes (up to the 15-minute
+            // default deadline: the top bucket is ~27 minutes).
             run_seconds: histogram(
                 &r,
                 "admedia_run_seconds",
                 "Time an attempt ran on its worker",
                 &["kind"],
-                buckets(0.05, 2.0, 15),
+                buckets(0.05, 2.0, 16),
             ),
             credits_moved: counter(
                 &r,
@@ -202,6 +208,12 @@ impl Metrics {
                 "admedia_db_pool_connections",
                 "PostgreSQL pool connections by state",
                 &["state"],
+            ),
+            webhooks: counter(
+                &r,
+                "admedia_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+                &["outcome"],
             ),
             redis_errors: counter(
                 &r,
@@ -282,6 +294,10 @@ impl Metrics {
 
     pub fn redis_error(&self, operation: &str) {
         self.redis_errors.with_label_values(&[operation]).inc();
+    }
+
+    pub fn webhook(&self, outcome: &str) {
+        self.webhooks.with_label_values(&[outcome]).inc();
     }
 
     pub fn rate_limited(&self) {
@@ -370,6 +386,9 @@ impl Metrics {
         }
         self.stale_messages.with_label_values(NO_LABELS);
         self.redis_errors.with_label_values(&["rate_limit"]);
+        for o in ["delivered", "failed_attempt", "given_up", "refused"] {
+            self.webhooks.with_label_values(&[o]);
+        }
         for l in ["rate", "queue"] {
             self.limited.with_label_values(&[l]);
         }

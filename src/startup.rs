@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::postgres::PgStore;
+use crate::webhooks::Webhooks;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -90,9 +91,16 @@ impl Application {
             Some(url) => EventHub::with_redis(url, metrics.clone())?,
             None => EventHub::local(),
         };
+        let webhooks = Arc::new(Webhooks::new(
+            store.clone(),
+            metrics.clone(),
+            settings.webhook_allow_private,
+            std::time::Duration::from_millis(settings.webhook_retry_base_ms.max(1)),
+        ));
         let observer = Arc::new(ServerObserver {
             metrics: metrics.clone(),
             events: events.clone(),
+            webhooks,
         });
         let orchestrator = Orchestrator::start(store, config.clone(), observer).await?;
         let sim_workers = settings.sim_worker_count();
@@ -128,6 +136,7 @@ impl Application {
             orchestrator: orchestrator.clone(),
             rate_limiter,
             events,
+            webhook_allow_private: settings.webhook_allow_private,
             metrics,
             admin_token: admin_token.clone(),
             worker_token: worker_token.clone(),

@@ -806,6 +806,11 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_real_prometheus() {
         assert!(!text.contains(id.as_str()), "a user id in a label: {id}");
     }
 
+    eprintln!(
+        "asked prometheus {} dashboard and {} alert queries",
+        panels.len(),
+        alerts.len()
+    );
     assert!(
         failures.is_empty(),
         "{} problem(s):\n{}",

@@ -93,7 +93,11 @@ async fn connect(
                 actix_ws::Message::Ping(payload) => {
                     let _ = session.pong(&payload).await;
                 }
-                actix_ws::Message::Close(_) => break,
+                actix_ws::Message::Close(reason) => {
+                    // As the real server does: answer, which ends the connection.
+                    let _ = session.close(reason).await;
+                    break;
+                }
                 _ => {}
             }
         }

@@ -52,6 +52,9 @@ pub struct JobRequest {
     pub prompt: String,
     #[serde(default)]
     pub params: ParamsRequest,
+    /// Where start and terminal events are POSTed (signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
@@ -89,6 +92,8 @@ pub struct JobSpec {
     pub model: String,
     pub prompt: String,
     pub params: JobParams,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -168,10 +173,25 @@ impl JobSpec {
                 (None, Some(d))
             }
         };
+        let webhook_url = match req.webhook_url.map(|u| u.trim().to_owned()) {
+            Some(u) if u.is_empty() => None,
+            Some(u) => {
+                if u.len() > 2048 {
+                    return Err(invalid("webhook_url is longer than 2048 characters"));
+                }
+                let lower = u.to_ascii_lowercase();
+                if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                    return Err(invalid("webhook_url must be an http(s) URL"));
+                }
+                Some(u)
+            }
+            None => None,
+        };
         Ok(JobSpec {
             kind: req.kind,
             model,
             prompt,
+            webhook_url,
             params: JobParams {
                 width,
                 height,
@@ -404,7 +424,22 @@ mod tests {
             model: "sdxl".into(),
             prompt: "a cat".into(),
             params,
+            webhook_url: None,
         }
+    }
+
+    #[test]
+    fn webhook_url_must_be_http() {
+        let with = |u: &str| {
+            let mut r = req(JobKind::Image, ParamsRequest::default());
+            r.webhook_url = Some(u.into());
+            JobSpec::parse(r)
+        };
+        assert!(with("https://hooks.example.com/x").is_ok());
+        assert_eq!(with("  ").unwrap().webhook_url, None);
+        assert!(with("ftp://example.com").is_err());
+        assert!(with("javascript:alert(1)").is_err());
+        assert!(with(&format!("https://e.com/{}", "a".repeat(2100))).is_err());
     }
 
     fn cost(kind: JobKind, params: ParamsRequest) -> i64 {

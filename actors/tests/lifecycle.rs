@@ -252,6 +252,7 @@ fn image_request() -> JobRequest {
         model: "sdxl".into(),
         prompt: "a lighthouse at dusk".into(),
         params: ParamsRequest::default(),
+        webhook_url: None,
     }
 }
 

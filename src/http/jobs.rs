@@ -43,6 +43,15 @@ pub async fn submit(
         }
         None => None,
     };
+    if let Some(url) = body
+        .webhook_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        crate::webhooks::check_target(url, state.webhook_allow_private)
+            .map_err(ApiError::InvalidParams)?;
+    }
     state
         .rate_limit(user.id, user.tier(chrono::Utc::now()))
         .await?;

@@ -38,6 +38,7 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
     pub rate_limiter: crate::ratelimit::RateLimiter,
     pub events: std::sync::Arc<crate::events::EventHub>,
+    pub webhook_allow_private: bool,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
     pub worker_token: String,
@@ -114,6 +115,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .route("/users", web::post().to(users::register))
             .route("/me", web::get().to(users::me))
+            .route("/me/webhook-secret", web::get().to(users::webhook_secret))
             .route("/wallet", web::get().to(wallet::wallet))
             .route("/wallet/ledger", web::get().to(wallet::ledger))
             .route("/jobs", web::post().to(jobs::submit))
@@ -144,6 +146,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .route("/workers/connect", web::get().to(workers::connect)),
     )
+    .configure(crate::console::routes)
     .default_service(web::to(not_found));
 }
 

@@ -10,7 +10,7 @@ use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
 #[openapi(
     info(title = "AdMedia orchestrator", description = "Credits, fair scheduling and GPU workers for AI generation jobs."),
     paths(
-        users::register, users::me,
+        users::register, users::me, users::webhook_secret,
         wallet::wallet, wallet::ledger,
         jobs::submit, jobs::get, jobs::list, jobs::cancel,
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
@@ -21,7 +21,7 @@ use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
     components(schemas(
         problem::Problem,
         views::UserView, views::WalletView, views::LedgerEntryView, views::JobView,
-        users::RegisterRequest, users::Registered, users::Me,
+        users::RegisterRequest, users::Registered, users::Me, users::WebhookSecret,
         wallet::LedgerPage, jobs::JobsPage,
         operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
         operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,

@@ -61,3 +61,25 @@ pub async fn me(
         wallet: WalletView::of(&wallet),
     }))
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookSecret {
+    /// `whsec_` + base64 of the HMAC-SHA256 key, per Standard Webhooks.
+    pub secret: String,
+}
+
+/// The key that signs this user's job webhooks.
+#[utoipa::path(get, path = "/v1/me/webhook-secret", security(("api_key" = [])),
+    responses((status = 200, body = WebhookSecret), (status = 401, body = Problem)))]
+pub async fn webhook_secret(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let secret = state
+        .orchestrator
+        .store()
+        .webhook_secret(user.id, crate::webhooks::new_secret())
+        .await
+        .map_err(admedia_actors::OrchestratorError::from)?;
+    Ok(HttpResponse::Ok().json(WebhookSecret { secret }))
+}

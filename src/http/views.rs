@@ -108,6 +108,8 @@ pub struct JobView {
     pub error: Option<JobError>,
     pub result: Option<JobResult>,
     pub charge: Charge,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 impl JobView {
@@ -139,6 +141,7 @@ impl JobView {
             error: job.error.clone(),
             result: job.result.clone(),
             charge: job.charge,
+            webhook_url: job.spec.webhook_url.clone(),
         }
     }
 }

@@ -58,6 +58,7 @@ pub const OPERATIONS: &[&str] = &[
     "job_ledger",
     "find_users",
     "activity_since",
+    "webhook_secret",
 ];
 
 /// The `kind` label of a failed call, or `None` for an answer the domain
@@ -267,6 +268,11 @@ impl Store for InstrumentedStore {
 
     async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
         self.timed("audit_ledgers", self.inner.audit_ledgers())
+            .await
+    }
+
+    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
+        self.timed("webhook_secret", self.inner.webhook_secret(user, fresh))
             .await
     }
 

@@ -236,7 +236,7 @@ fn user_row(r: &Row) -> StoreResult<User> {
 }
 
 const JOB_COLUMNS: &str = "id, user_id, seq, kind, model, prompt, params, tier, cost, state, attempts, \
-     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease";
+     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url";
 
 fn job_row(r: &Row) -> StoreResult<Job> {
     let kind_s: String = r.get(3);
@@ -258,6 +258,7 @@ fn job_row(r: &Row) -> StoreResult<Job> {
             model: r.get(4),
             prompt: r.get(5),
             params,
+            webhook_url: r.get(21),
         },
         tier: tier(&tier_s)?,
         cost: credits(r.get(8))?,
@@ -778,8 +779,8 @@ impl Store for PgStore {
         let max_attempts = i32::try_from(new.max_attempts).unwrap_or(i32::MAX);
         let row = tx
             .query_one(
-                "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10) RETURNING seq",
+                "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11) RETURNING seq",
                 &[
                     &new.id.as_uuid(),
                     &new.user_id.as_uuid(),
@@ -791,6 +792,7 @@ impl Store for PgStore {
                     &new.cost.get(),
                     &max_attempts,
                     &new.now,
+                    &new.spec.webhook_url,
                 ],
             )
             .await
@@ -1191,6 +1193,31 @@ impl Store for PgStore {
                 Ok((user, wallet, by_user.remove(&user).unwrap_or_default()))
             })
             .collect()
+    }
+
+    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO webhook_secrets (user_id, secret, created_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (user_id) DO NOTHING",
+                &[&user.as_uuid(), &fresh],
+            )
+            .await;
+        if let Err(e) = inserted {
+            if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+                return Err(StoreError::NotFound("user"));
+            }
+            return Err(db(e));
+        }
+        let row = client
+            .query_one(
+                "SELECT secret FROM webhook_secrets WHERE user_id = $1",
+                &[&user.as_uuid()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
     }
 
     async fn admin_jobs(

@@ -9,4 +9,5 @@ mod operators;
 mod ops;
 mod users;
 mod wallet;
+mod webhooks;
 mod workers;

@@ -41,6 +41,7 @@ fn spec(prompt: &str) -> JobSpec {
         model: "sdxl".into(),
         prompt: prompt.into(),
         params: ParamsRequest::default(),
+        webhook_url: None,
     })
     .expect("test spec")
 }
@@ -660,6 +661,34 @@ pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
     assert_eq!((activity.refunds, activity.refunded_credits), (0, 0));
 }
 
+pub async fn webhook_secret_is_created_once_per_user(store: Shared) {
+    let user = user_with(&store, "hooks@example.com", 1).await;
+    let first = store
+        .webhook_secret(user.id, "whsec_a".into())
+        .await
+        .unwrap();
+    let again = store
+        .webhook_secret(user.id, "whsec_b".into())
+        .await
+        .unwrap();
+    assert_eq!((first.as_str(), again.as_str()), ("whsec_a", "whsec_a"));
+    assert!(matches!(
+        store
+            .webhook_secret(UserId::generate(), "whsec_c".into())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A job keeps its webhook URL.
+    let mut job = new_job(user.id, 1);
+    job.spec.webhook_url = Some("https://hooks.example.com/a".into());
+    let id = store.submit_job(job).await.unwrap().job.id;
+    let stored = store.job(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.spec.webhook_url.as_deref(),
+        Some("https://hooks.example.com/a")
+    );
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -685,6 +714,7 @@ macro_rules! store_conformance_tests {
             concurrent_resolutions_of_one_hold_apply_once,
             recovery_lists_jobs_by_state_in_submission_order,
             operator_views_show_attempts_ledger_and_filters,
+            webhook_secret_is_created_once_per_user,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

@@ -41,6 +41,7 @@ struct State {
     /// not scan every job ever submitted.
     by_state: HashMap<JobState, BTreeMap<u64, JobId>>,
     attempts: HashMap<JobId, Vec<AttemptRecord>>,
+    webhook_secrets: HashMap<UserId, String>,
     /// Resolution of each job's hold; `Held` means still open.
     holds: HashMap<JobId, Charge>,
 }
@@ -664,6 +665,14 @@ impl Store for MemoryStore {
                 .map(|st| (st, s.by_state.get(&st).map_or(0, |set| set.len() as u64)))
                 .collect(),
         ))
+    }
+
+    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
+        let mut s = self.state.lock();
+        if !s.users.contains_key(&user) {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(s.webhook_secrets.entry(user).or_insert(fresh).clone())
     }
 
     async fn admin_jobs(

@@ -256,6 +256,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every user's ledger in order, for audits (tests, load tester).
     async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>>;
 
+    /// The user's webhook signing secret, created on first use; `fresh`
+    /// is the secret to store if there is none yet.
+    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String>;
+
     // ---- operator views
     /// Jobs of every user matching `filter`, newest first.
     async fn admin_jobs(

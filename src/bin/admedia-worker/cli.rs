@@ -130,11 +130,11 @@ pub struct Config {
 impl Args {
     pub fn into_config(self) -> Result<Config, String> {
         let url = connect_url(&self.server)?;
-        let authorization = HeaderValue::from_str(&format!("Bearer {}", self.token))
-            .map_err(|_| "--token must be visible ASCII characters".to_owned())?;
         if self.token.trim().is_empty() {
             return Err("--token must not be empty".into());
         }
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .map_err(|_| "--token must be visible ASCII characters".to_owned())?;
         let executor = match self.executor {
             ExecutorKind::Simulate => ExecutorConfig::Simulate {
                 job: Duration::from_millis(self.sim_job_ms),

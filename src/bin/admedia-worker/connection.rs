@@ -34,6 +34,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// The protocol's frame limit, both ways.
 const MAX_FRAME: usize = 64 * 1024;
+/// How long to wait for the server to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A `heartbeat_ms` of 0 (or nearly) would spin; nobody needs faster.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 
@@ -80,7 +82,7 @@ pub async fn run(
         },
         state = shutdown::requested(shutdown) => return SessionEnd::stopped(state),
     };
-    tracing::info!("connected; sent hello");
+    tracing::info!("connected; saying hello");
     let heartbeat = tokio::select! {
         welcomed = handshake(&mut ws, config) => match welcomed {
             Ok(heartbeat) => heartbeat,
@@ -170,12 +172,32 @@ async fn send_frame(ws: &mut Socket, frame: Message) -> Result<(), String> {
         .map_err(|e| format!("cannot send to the server: {e}"))
 }
 
-/// Says goodbye; the connection is dropped right after, so errors do not
-/// matter.
+/// Closes the connection from our side: sends a close frame and waits for
+/// the server's (RFC 6455 §7.1.1). Dropping the TCP connection at once can
+/// lose the last frames we sent (a drain's final `complete`) at a server
+/// that has not read them yet. Errors do not matter: the connection is
+/// dropped right after.
 async fn close(ws: &mut Socket) {
-    let _ = ws
+    if ws
         .send(Message::Close(Some(CloseCode::Normal.into())))
-        .await;
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let server_closed = async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if matches!(frame, Frame::Close(_)) {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, server_closed)
+        .await
+        .is_err()
+    {
+        tracing::debug!("the server did not answer our close frame");
+    }
     let _ = ws.close().await;
 }
 
@@ -261,7 +283,8 @@ impl Session<'_> {
                 Step::sent(send_frame(&mut self.ws, Message::Pong(payload)).await)
             }
             Some(Ok(Frame::Close(reason))) => {
-                close(&mut self.ws).await;
+                // Answer the server's close; it closes the TCP connection.
+                let _ = self.ws.send(Message::Close(None)).await;
                 Step::End(lost(format!(
                     "the server closed the connection ({reason:?})"
                 )))

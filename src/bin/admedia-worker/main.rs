@@ -16,7 +16,7 @@ mod shutdown;
 
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
@@ -27,6 +27,8 @@ use crate::shutdown::Shutdown;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// A connection up this long counts as working again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -50,6 +52,7 @@ async fn main() -> ExitCode {
     let executor = Rc::new(Executor::new(&config.executor));
     let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
+        let session_started = Instant::now();
         match connection::run(&config, &executor, &mut shutdown).await {
             SessionEnd::Drained => {
                 tracing::info!("drained; exiting");
@@ -67,11 +70,20 @@ async fn main() -> ExitCode {
                     }
                     Shutdown::Abort => return ExitCode::FAILURE,
                 }
-                if welcomed {
+                // Only a connection that stayed up starts the delays over: a
+                // server that welcomes and then drops us at once must not be
+                // hammered.
+                if welcomed && session_started.elapsed() >= STABLE_AFTER {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "disconnected; will reconnect");
+                let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                if welcomed {
+                    // The session already logged why it ended.
+                    tracing::info!(retry_in_ms, "reconnecting");
+                } else {
+                    tracing::warn!(%reason, retry_in_ms, "could not connect; retrying");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     state = shutdown::requested(&mut shutdown) => {

@@ -1,0 +1,674 @@
+//! Command line and scenarios. A scenario names a set of defaults; every
+//! flag given explicitly wins over its scenario's value. `Plan` is the
+//! resolved, checked configuration the run follows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Small and quick (≤ 20 s): a little of every fault, replays, cancels.
+    Smoke,
+    /// Every tier backlogged: dispatch shares against the weights 1:2:4:8.
+    Fairness,
+    /// Faults on; with `--spawn --database-url`, the server is SIGKILLed and
+    /// restarted every `--chaos-kill-every` seconds.
+    Chaos,
+    /// Closed loop against fast workers; `--backlog` adds a backlog sweep.
+    Throughput,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Smoke => "smoke",
+            Scenario::Fairness => "fairness",
+            Scenario::Chaos => "chaos",
+            Scenario::Throughput => "throughput",
+        }
+    }
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "admedia-loadtest",
+    version,
+    about = "Load tester for the AdMedia orchestrator: open/closed-loop load, simulated GPU \
+             workers with fault injection, an invariant audit and an HTML report",
+    after_help = "Examples:\n  admedia-loadtest --spawn --scenario smoke\n  admedia-loadtest --spawn --scenario fairness --out fairness-report\n  admedia-loadtest --spawn --database-url postgres://… --scenario chaos --chaos-kill-every 8\n  admedia-loadtest --spawn --scenario throughput --backlog 10000,100000\n  admedia-loadtest --url http://127.0.0.1:8080 --admin-token … --worker-token … --rate 50"
+)]
+pub struct Cli {
+    /// Named scenario: sets the defaults of the options below.
+    #[arg(long, value_enum, default_value_t = Scenario::Smoke)]
+    pub scenario: Scenario,
+
+    // --- target ---
+    /// Start the server binary as a child process on a free local port.
+    #[arg(long, conflicts_with = "url")]
+    pub spawn: bool,
+    /// Base URL of a running server (it must run no simulated workers of
+    /// its own for the dispatch figures to mean anything).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Admin token of the server at `--url` (with `--spawn` one is made up).
+    #[arg(long, env = "ADMEDIA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Worker token of the server at `--url`.
+    #[arg(long, env = "ADMEDIA_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Server binary for `--spawn` (default: target/release/admedia, then
+    /// target/debug/admedia of this workspace).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// With `--spawn`: run the server on PostgreSQL instead of the embedded store.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// With `--spawn`: a server TOML config (ADMEDIA_CONFIG) to use as is,
+    /// instead of the one the harness writes (default tier weights and
+    /// per-user limits opened wide so they do not cap the load).
+    #[arg(long)]
+    pub server_config: Option<PathBuf>,
+    /// With `--spawn`: keep the server's default per-user running/waiting
+    /// limits instead of opening them.
+    #[arg(long)]
+    pub server_limits: bool,
+    /// With `--spawn`: do not build the server when no binary is found.
+    #[arg(long)]
+    pub no_build: bool,
+    /// With `--spawn`: the heartbeat lease (ADMEDIA_WORKER_LEASE_MS); a
+    /// hung worker is dropped after it.
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// With `--spawn`: first retry delay (ADMEDIA_RETRY_BASE_MS).
+    #[arg(long)]
+    pub retry_base_ms: Option<u64>,
+
+    // --- users ---
+    /// Users to create.
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Relative numbers of users per tier, Free,Basic,Professional,Enterprise.
+    #[arg(long)]
+    pub tier_mix: Option<String>,
+    /// Credits granted to each user (as a purchase).
+    #[arg(long)]
+    pub credits: Option<i64>,
+    /// The server's tier weights, for the expected dispatch shares.
+    #[arg(long, default_value = "1,2,4,8")]
+    pub tier_weights: String,
+
+    // --- workers and faults ---
+    /// Simulated GPU workers connected over the WebSocket protocol.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Slots of each worker.
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Mean time of one attempt on a worker.
+    #[arg(long)]
+    pub job_ms: Option<u64>,
+    /// Spread of the attempt time: uniform in job_ms × (1 ± jitter).
+    #[arg(long)]
+    pub job_jitter: Option<f64>,
+    /// Probability, per attempt, that the worker drops its connection mid-job.
+    #[arg(long)]
+    pub crash_rate: Option<f64>,
+    /// Probability, per attempt, that the worker hangs: it stops
+    /// heartbeating and answering until the server drops it.
+    #[arg(long)]
+    pub hang_rate: Option<f64>,
+    /// Probability that an attempt is slow (job_ms × slow_factor).
+    #[arg(long)]
+    pub slow_rate: Option<f64>,
+    #[arg(long)]
+    pub slow_factor: Option<f64>,
+    /// Probability that an attempt fails with a system error (retried, refunded at the end).
+    #[arg(long)]
+    pub system_error_rate: Option<f64>,
+    /// Probability that an attempt fails by the user's input (charged).
+    #[arg(long)]
+    pub user_error_rate: Option<f64>,
+    /// Probability that a final report (complete/fail) is sent again later.
+    #[arg(long)]
+    pub duplicate_rate: Option<f64>,
+    /// How much later a duplicate report is sent.
+    #[arg(long)]
+    pub duplicate_delay_ms: Option<u64>,
+
+    // --- load ---
+    /// Open loop: Poisson arrivals at this many submissions per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed loop: `--concurrency` clients submit back to back.
+    #[arg(long)]
+    pub closed_loop: bool,
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Seconds of load (after any prefill).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Stop after this many submissions (with --duration: whichever comes first).
+    #[arg(long)]
+    pub jobs: Option<u64>,
+    /// Fraction of submissions sent again with the same Idempotency-Key.
+    #[arg(long)]
+    pub replay_fraction: Option<f64>,
+    /// Fraction of accepted jobs cancelled a little later.
+    #[arg(long)]
+    pub cancel_fraction: Option<f64>,
+    /// Fraction of submissions that are video jobs (the rest are images).
+    #[arg(long)]
+    pub video_fraction: Option<f64>,
+    /// Jobs submitted before any worker connects, split across tiers in
+    /// proportion to the weights, so every tier starts backlogged.
+    #[arg(long)]
+    pub prefill: Option<u64>,
+    /// Backlog sweep: for each size, fill that many waiting jobs with no
+    /// worker connected, then connect the workers and measure throughput
+    /// and dispatch latency, e.g. `10000,100000`.
+    #[arg(long, value_delimiter = ',')]
+    pub backlog: Vec<u64>,
+    /// SIGKILL and restart the spawned server every SECS during the load
+    /// (needs `--spawn --database-url`).
+    #[arg(long)]
+    pub chaos_kill_every: Option<f64>,
+    /// How long to wait for every job to finish after the load.
+    #[arg(long)]
+    pub drain_timeout: Option<f64>,
+    /// Seed of the random choices (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Directory of the report (report.json, report.html, server.log).
+    #[arg(long, default_value = "loadtest-report")]
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Faults {
+    pub crash_rate: f64,
+    pub hang_rate: f64,
+    pub slow_rate: f64,
+    pub slow_factor: f64,
+    pub system_error_rate: f64,
+    pub user_error_rate: f64,
+    pub duplicate_rate: f64,
+    pub duplicate_delay_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Target {
+    Spawn {
+        server_bin: Option<PathBuf>,
+        database_url: Option<String>,
+        server_config: Option<PathBuf>,
+        open_limits: bool,
+        build: bool,
+    },
+    Url {
+        url: String,
+        admin_token: String,
+        worker_token: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Load {
+    Open { rate: f64 },
+    Closed { concurrency: usize },
+}
+
+/// The resolved configuration of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub scenario: Scenario,
+    #[serde(skip)]
+    pub target: Target,
+    pub mode: String,
+    pub lease_ms: u64,
+    pub retry_base_ms: u64,
+    pub users: usize,
+    pub tier_mix: [u32; 4],
+    pub credits: i64,
+    pub weights: [u32; 4],
+    pub workers: usize,
+    pub slots: u32,
+    pub job_ms: u64,
+    pub job_jitter: f64,
+    pub faults: Faults,
+    pub load: Load,
+    pub duration_s: Option<f64>,
+    pub jobs: Option<u64>,
+    pub replay_fraction: f64,
+    pub cancel_fraction: f64,
+    pub video_fraction: f64,
+    pub prefill: u64,
+    pub backlog: Vec<u64>,
+    pub chaos_kill_every_s: Option<f64>,
+    pub drain_timeout_s: f64,
+    pub seed: u64,
+    #[serde(skip)]
+    pub out: PathBuf,
+}
+
+impl Plan {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout_s)
+    }
+
+    pub fn faults_on(&self) -> bool {
+        let f = &self.faults;
+        [
+            f.crash_rate,
+            f.hang_rate,
+            f.slow_rate,
+            f.system_error_rate,
+            f.user_error_rate,
+            f.duplicate_rate,
+        ]
+        .iter()
+        .any(|&r| r > 0.0)
+    }
+}
+
+/// A scenario's defaults.
+struct Defaults {
+    users: usize,
+    tier_mix: [u32; 4],
+    credits: i64,
+    workers: usize,
+    slots: u32,
+    job_ms: u64,
+    job_jitter: f64,
+    faults: Faults,
+    rate: f64,
+    closed_loop: bool,
+    concurrency: usize,
+    duration_s: f64,
+    replay: f64,
+    cancel: f64,
+    video: f64,
+    prefill: u64,
+    lease_ms: u64,
+    drain_timeout_s: f64,
+}
+
+fn no_faults() -> Faults {
+    Faults {
+        crash_rate: 0.0,
+        hang_rate: 0.0,
+        slow_rate: 0.0,
+        slow_factor: 5.0,
+        system_error_rate: 0.0,
+        user_error_rate: 0.0,
+        duplicate_rate: 0.0,
+        duplicate_delay_ms: 300,
+    }
+}
+
+fn defaults(s: Scenario) -> Defaults {
+    match s {
+        Scenario::Smoke => Defaults {
+            users: 8,
+            tier_mix: [1, 1, 1, 1],
+            credits: 10_000,
+            workers: 3,
+            slots: 4,
+            job_ms: 40,
+            job_jitter: 0.5,
+            faults: Faults {
+                crash_rate: 0.01,
+                hang_rate: 0.005,
+                slow_rate: 0.05,
+                slow_factor: 4.0,
+                system_error_rate: 0.05,
+                user_error_rate: 0.02,
+                duplicate_rate: 0.05,
+                duplicate_delay_ms: 200,
+            },
+            rate: 40.0,
+            closed_loop: false,
+            concurrency: 8,
+            duration_s: 6.0,
+            replay: 0.1,
+            cancel: 0.1,
+            video: 0.1,
+            prefill: 0,
+            lease_ms: 1_500,
+            drain_timeout_s: 12.0,
+        },
+        Scenario::Fairness => Defaults {
+            users: 15,
+            tier_mix: [1, 2, 4, 8],
+            credits: 1_000_000,
+            workers: 4,
+            slots: 4,
+            job_ms: 50,
+            job_jitter: 0.2,
+            faults: no_faults(),
+            rate: 400.0,
+            closed_loop: false,
+            concurrency: 32,
+            duration_s: 10.0,
+            replay: 0.0,
+            cancel: 0.0,
+            video: 0.0,
+            prefill: 1_500,
+            lease_ms: 5_000,
+            drain_timeout_s: 60.0,
+        },
+        Scenario::Chaos => Defaults {
+            users: 8,
+            tier_mix: [1, 1, 1, 1],
+            credits: 100_000,
+            workers: 4,
+            slots: 4,
+            job_ms: 100,
+            job_jitter: 0.5,
+            faults: Faults {
+                crash_rate: 0.03,
+                hang_rate: 0.01,
+                slow_rate: 0.1,
+                slow_factor: 5.0,
+                system_error_rate: 0.1,
+                user_error_rate: 0.03,
+                duplicate_rate: 0.1,
+                duplicate_delay_ms: 300,
+            },
+            rate: 30.0,
+            closed_loop: false,
+            concurrency: 16,
+            duration_s: 30.0,
+            replay: 0.2,
+            cancel: 0.15,
+            video: 0.1,
+            prefill: 0,
+            lease_ms: 2_000,
+            drain_timeout_s: 120.0,
+        },
+        Scenario::Throughput => Defaults {
+            users: 8,
+            tier_mix: [1, 1, 1, 1],
+            credits: 10_000_000,
+            workers: 8,
+            slots: 16,
+            job_ms: 0,
+            job_jitter: 0.0,
+            faults: no_faults(),
+            rate: 1_000.0,
+            closed_loop: true,
+            concurrency: 64,
+            duration_s: 15.0,
+            replay: 0.0,
+            cancel: 0.0,
+            video: 0.0,
+            prefill: 0,
+            lease_ms: 15_000,
+            drain_timeout_s: 600.0,
+        },
+    }
+}
+
+fn fraction(name: &str, v: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("--{name} must be between 0 and 1, got {v}"))
+    }
+}
+
+fn four(name: &str, raw: &str) -> Result<[u32; 4], String> {
+    let parsed: Vec<u32> = raw
+        .split(',')
+        .map(|w| w.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("--{name} {raw:?}: expected four whole numbers like 1,2,4,8"))?;
+    match parsed[..] {
+        [a, b, c, d] => Ok([a, b, c, d]),
+        _ => Err(format!(
+            "--{name} {raw:?}: expected four numbers (Free,Basic,Professional,Enterprise)"
+        )),
+    }
+}
+
+impl Cli {
+    /// Applies the scenario's defaults and checks every value.
+    pub fn plan(&self) -> Result<Plan, String> {
+        let d = defaults(self.scenario);
+        let target = if let Some(url) = &self.url {
+            let url = url.trim_end_matches('/').to_owned();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("--url {url:?}: expected http://host:port"));
+            }
+            let admin_token = self.admin_token.clone().ok_or(
+                "--url needs --admin-token (or ADMEDIA_ADMIN_TOKEN): users, credits and stats are admin calls",
+            )?;
+            let worker_token = self
+                .worker_token
+                .clone()
+                .ok_or("--url needs --worker-token (or ADMEDIA_WORKER_TOKEN) for the simulated workers")?;
+            Target::Url {
+                url,
+                admin_token,
+                worker_token,
+            }
+        } else if self.spawn {
+            Target::Spawn {
+                server_bin: self.server_bin.clone(),
+                database_url: self.database_url.clone(),
+                server_config: self.server_config.clone(),
+                open_limits: !self.server_limits,
+                build: !self.no_build,
+            }
+        } else {
+            return Err("say where the server is: --spawn (start one) or --url URL".into());
+        };
+        if !self.spawn && self.database_url.is_some() {
+            return Err(
+                "--database-url applies to --spawn (a server at --url has its own database)"
+                    .into(),
+            );
+        }
+        let mode = match &target {
+            Target::Spawn {
+                database_url: Some(_),
+                ..
+            } => "spawned, PostgreSQL",
+            Target::Spawn { .. } => "spawned, embedded store",
+            Target::Url { .. } => "external server",
+        }
+        .to_owned();
+
+        let mut chaos = self.chaos_kill_every;
+        if chaos.is_none()
+            && self.scenario == Scenario::Chaos
+            && self.spawn
+            && self.database_url.is_some()
+        {
+            chaos = Some(10.0);
+        }
+        if let Some(secs) = chaos {
+            if !(secs.is_finite() && secs >= 1.0) {
+                return Err(format!("--chaos-kill-every must be at least 1 second, got {secs}"));
+            }
+            if !self.spawn {
+                return Err("--chaos-kill-every needs --spawn: the harness kills its own child".into());
+            }
+            if self.database_url.is_none() {
+                return Err("--chaos-kill-every needs --database-url: the embedded store loses everything at a kill, so there would be nothing to audit".into());
+            }
+        }
+
+        let f = &d.faults;
+        let faults = Faults {
+            crash_rate: fraction("crash-rate", self.crash_rate.unwrap_or(f.crash_rate))?,
+            hang_rate: fraction("hang-rate", self.hang_rate.unwrap_or(f.hang_rate))?,
+            slow_rate: fraction("slow-rate", self.slow_rate.unwrap_or(f.slow_rate))?,
+            slow_factor: self.slow_factor.unwrap_or(f.slow_factor),
+            system_error_rate: fraction(
+                "system-error-rate",
+                self.system_error_rate.unwrap_or(f.system_error_rate),
+            )?,
+            user_error_rate: fraction(
+                "user-error-rate",
+                self.user_error_rate.unwrap_or(f.user_error_rate),
+            )?,
+            duplicate_rate: fraction(
+                "duplicate-rate",
+                self.duplicate_rate.unwrap_or(f.duplicate_rate),
+            )?,
+            duplicate_delay_ms: self.duplicate_delay_ms.unwrap_or(f.duplicate_delay_ms),
+        };
+        if !(faults.slow_factor.is_finite() && faults.slow_factor >= 1.0) {
+            return Err("--slow-factor must be at least 1".into());
+        }
+        if faults.system_error_rate + faults.user_error_rate > 1.0 {
+            return Err("--system-error-rate and --user-error-rate must sum to at most 1".into());
+        }
+
+        let closed = self.closed_loop || (d.closed_loop && self.rate.is_none());
+        let load = if closed {
+            let concurrency = self.concurrency.unwrap_or(d.concurrency);
+            if concurrency == 0 || concurrency > 10_000 {
+                return Err("--concurrency must be 1..=10000".into());
+            }
+            Load::Closed { concurrency }
+        } else {
+            let rate = self.rate.unwrap_or(d.rate);
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+                return Err(format!("--rate must be a positive number of jobs per second, got {rate}"));
+            }
+            Load::Open { rate }
+        };
+        let (duration_s, jobs) = match (self.duration, self.jobs) {
+            (None, None) => (Some(d.duration_s), None),
+            other => other,
+        };
+        if let Some(s) = duration_s {
+            if !(s.is_finite() && s >= 0.0 && s <= 86_400.0) {
+                return Err(format!("--duration must be 0..=86400 seconds, got {s}"));
+            }
+        }
+        let users = self.users.unwrap_or(d.users);
+        if users == 0 || users > 100_000 {
+            return Err("--users must be 1..=100000".into());
+        }
+        let tier_mix = match &self.tier_mix {
+            Some(raw) => four("tier-mix", raw)?,
+            None => d.tier_mix,
+        };
+        if tier_mix.iter().all(|&m| m == 0) {
+            return Err("--tier-mix must give at least one tier some users".into());
+        }
+        let weights = four("tier-weights", &self.tier_weights)?;
+        if weights.contains(&0) {
+            return Err("--tier-weights must all be positive".into());
+        }
+        let workers = self.workers.unwrap_or(d.workers);
+        let slots = self.slots.unwrap_or(d.slots);
+        if workers == 0 || workers > 1_000 {
+            return Err("--workers must be 1..=1000".into());
+        }
+        if slots == 0 || slots > 256 {
+            return Err("--slots must be 1..=256 (the protocol's limit)".into());
+        }
+        let credits = self.credits.unwrap_or(d.credits);
+        if credits < 0 {
+            return Err("--credits must not be negative".into());
+        }
+        let job_jitter = self.job_jitter.unwrap_or(d.job_jitter);
+        fraction("job-jitter", job_jitter)?;
+        let drain_timeout_s = self.drain_timeout.unwrap_or(d.drain_timeout_s);
+        if !(drain_timeout_s.is_finite() && drain_timeout_s > 0.0) {
+            return Err("--drain-timeout must be a positive number of seconds".into());
+        }
+        if self.backlog.contains(&0) {
+            return Err("--backlog sizes must be positive".into());
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(42)
+        });
+        Ok(Plan {
+            scenario: self.scenario,
+            target,
+            mode,
+            lease_ms: self.lease_ms.unwrap_or(d.lease_ms).max(100),
+            retry_base_ms: self.retry_base_ms.unwrap_or(50),
+            users,
+            tier_mix,
+            credits,
+            weights,
+            workers,
+            slots,
+            job_ms: self.job_ms.unwrap_or(d.job_ms),
+            job_jitter,
+            faults,
+            load,
+            duration_s,
+            jobs,
+            replay_fraction: fraction(
+                "replay-fraction",
+                self.replay_fraction.unwrap_or(d.replay),
+            )?,
+            cancel_fraction: fraction(
+                "cancel-fraction",
+                self.cancel_fraction.unwrap_or(d.cancel),
+            )?,
+            video_fraction: fraction("video-fraction", self.video_fraction.unwrap_or(d.video))?,
+            prefill: self.prefill.unwrap_or(d.prefill),
+            backlog: self.backlog.clone(),
+            chaos_kill_every_s: chaos,
+            drain_timeout_s,
+            seed,
+            out: self.out.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Plan, String> {
+        let mut all = vec!["admedia-loadtest"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .plan()
+    }
+
+    #[test]
+    fn scenario_defaults_apply_and_flags_win() {
+        let p = parse(&["--spawn", "--scenario", "throughput"]).unwrap();
+        assert!(matches!(p.load, Load::Closed { concurrency: 64 }));
+        let p = parse(&["--spawn", "--scenario", "throughput", "--rate", "10"]).unwrap();
+        assert!(matches!(p.load, Load::Open { rate } if rate == 10.0));
+        let p = parse(&["--spawn", "--scenario", "smoke", "--workers", "9"]).unwrap();
+        assert_eq!(p.workers, 9);
+        assert!(p.faults_on());
+        let p = parse(&["--spawn", "--jobs", "10"]).unwrap();
+        assert_eq!((p.duration_s, p.jobs), (None, Some(10)));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        assert!(parse(&[]).unwrap_err().contains("--spawn"));
+        assert!(parse(&["--spawn", "--crash-rate", "2"])
+            .unwrap_err()
+            .contains("crash-rate"));
+        assert!(parse(&["--spawn", "--tier-mix", "1,2"])
+            .unwrap_err()
+            .contains("tier-mix"));
+        assert!(parse(&["--spawn", "--chaos-kill-every", "5"])
+            .unwrap_err()
+            .contains("database-url"));
+        assert!(parse(&["--url", "http://x:1"]).unwrap_err().contains("admin"));
+        assert!(parse(&["--spawn", "--rate", "-1"]).unwrap_err().contains("rate"));
+    }
+}

@@ -1,0 +1,422 @@
+//! The load: submissions (open loop with Poisson arrivals, closed loop, or
+//! a prefill), idempotent replays and cancels.
+//!
+//! Open loop measures latency from each job's intended send time, so a
+//! server (or a harness) that falls behind shows up as latency instead of
+//! silently lowering the offered rate (coordinated omission). A
+//! submission whose answer is lost (connection refused or reset, e.g. while
+//! the server is being killed) is sent again with the same Idempotency-Key
+//! until it gets a definite answer.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use admedia_actors::ids::JobId;
+use admedia_actors::job::{Charge, JobKind, JobRequest, JobState, ParamsRequest};
+use admedia_actors::tier::Tier;
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::Value;
+
+use crate::api::{Api, ApiError, Response};
+use crate::recorder::{CancelObs, Recorder, ReplayObs, Submission};
+
+/// Prompts start with this, followed by the idempotency key.
+pub const PROMPT_PREFIX: &str = "admedia-loadtest ";
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: String,
+    pub api_key: String,
+    pub tier: Tier,
+}
+
+pub struct Ctx {
+    pub api: Api,
+    pub rec: Rc<Recorder>,
+    pub users: Vec<User>,
+    pub run_id: String,
+    pub rng: RefCell<StdRng>,
+    seq: Cell<u64>,
+    /// How long a submission or cancel is retried when it gets no answer.
+    pub answer_deadline: Duration,
+    pub replay_fraction: f64,
+    pub cancel_fraction: f64,
+    pub video_fraction: f64,
+    /// Cancels land within this long after acceptance.
+    pub cancel_window: Duration,
+    /// Cancels and replays still running.
+    pub side_tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        api: Api,
+        rec: Rc<Recorder>,
+        users: Vec<User>,
+        run_id: String,
+        rng: StdRng,
+        answer_deadline: Duration,
+        replay_fraction: f64,
+        cancel_fraction: f64,
+        video_fraction: f64,
+        cancel_window: Duration,
+    ) -> Ctx {
+        Ctx {
+            api,
+            rec,
+            users,
+            run_id,
+            rng: RefCell::new(rng),
+            seq: Cell::new(0),
+            answer_deadline,
+            replay_fraction,
+            cancel_fraction,
+            video_fraction,
+            cancel_window,
+            side_tasks: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn roll(&self) -> f64 {
+        self.rng.borrow_mut().random()
+    }
+
+    fn pick_user(&self) -> usize {
+        self.rng.borrow_mut().random_range(0..self.users.len())
+    }
+
+    fn body(&self, key: &str) -> JobRequest {
+        let mut rng = self.rng.borrow_mut();
+        if rng.random::<f64>() < self.video_fraction {
+            JobRequest {
+                kind: JobKind::Video,
+                model: "svd-xt".into(),
+                prompt: format!("{PROMPT_PREFIX}{key}"),
+                params: ParamsRequest {
+                    width: Some(1280),
+                    height: Some(720),
+                    count: None,
+                    duration_s: Some(rng.random_range(1..=3)),
+                    seed: Some(rng.random()),
+                },
+            }
+        } else {
+            JobRequest {
+                kind: JobKind::Image,
+                model: "sdxl".into(),
+                prompt: format!("{PROMPT_PREFIX}{key}"),
+                params: ParamsRequest {
+                    width: Some(1024),
+                    height: Some(1024),
+                    count: Some(rng.random_range(1..=2)),
+                    duration_s: None,
+                    seed: Some(rng.random()),
+                },
+            }
+        }
+    }
+
+    /// Waits for every cancel and replay started so far.
+    pub async fn join_side_tasks(&self) {
+        loop {
+            let tasks: Vec<_> = self.side_tasks.borrow_mut().drain(..).collect();
+            if tasks.is_empty() {
+                return;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+fn label(res: &Response) -> String {
+    match res.problem_type() {
+        Some(t) => format!("{} {t}", res.status),
+        None => res.status.to_string(),
+    }
+}
+
+fn job_id_of(body: &Value) -> Option<JobId> {
+    body.get("id")?.as_str()?.parse().ok()
+}
+
+/// Retries `call` while it gets no answer or a 5xx, until `deadline`.
+async fn until_answered<F, Fut>(deadline: Instant, mut call: F) -> (Result<Response, ApiError>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let mut tries = 0u32;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        tries += 1;
+        let res = call().await;
+        let retry = match &res {
+            Err(ApiError::Transport(_)) => true,
+            Ok(r) => r.status >= 500,
+            Err(_) => false,
+        };
+        if !retry || Instant::now() + pause >= deadline {
+            return (res, tries);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One logical submission, resubmitted with the same key until answered.
+/// `extras`: may also be replayed and cancelled.
+pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Instant, extras: bool) {
+    let n = ctx.seq.get();
+    ctx.seq.set(n + 1);
+    let key = format!("lt-{}-{n}", ctx.run_id);
+    let body = ctx.body(&key);
+    let u = &ctx.users[user];
+    let sent = Instant::now();
+    let idx = {
+        let mut d = ctx.rec.data.borrow_mut();
+        d.submissions.push(Submission {
+            key: key.clone(),
+            user,
+            tier: u.tier,
+            phase,
+            intended_us: ctx.rec.us_of(intended),
+            sent_us: ctx.rec.us_of(sent),
+            answered_us: None,
+            status: None,
+            job_id: None,
+            tries: 0,
+        });
+        d.submissions.len() - 1
+    };
+    let deadline = sent + ctx.answer_deadline;
+    let (res, tries) =
+        until_answered(deadline, || ctx.api.submit(&u.api_key, &body, &key)).await;
+    let answered = ctx.rec.now_us();
+    let mut accepted: Option<JobId> = None;
+    {
+        let mut d = ctx.rec.data.borrow_mut();
+        d.resubmits += u64::from(tries.saturating_sub(1));
+        let s = &mut d.submissions[idx];
+        s.tries = tries;
+        match &res {
+            Ok(r) => {
+                s.answered_us = Some(answered);
+                s.status = Some(r.status);
+                if r.status == 202 {
+                    s.job_id = job_id_of(&r.body);
+                    accepted = s.job_id;
+                }
+            }
+            Err(_) => {}
+        }
+        if let Some(job) = accepted {
+            d.by_job.entry(job).or_insert(idx);
+        }
+    }
+    match &res {
+        Ok(r) if r.status == 202 && accepted.is_none() => {
+            ctx.rec.status("202 without a job id".into());
+            ctx.rec
+                .anomaly(format!("submission {key}: 202 without a readable job id: {}", r.body));
+        }
+        Ok(r) => ctx.rec.status(label(r)),
+        Err(ApiError::Transport(_)) => ctx.rec.status("no answer".into()),
+        Err(e) => ctx.rec.status(format!("error: {e}")),
+    }
+    let Some(job) = accepted else { return };
+    if !extras {
+        return;
+    }
+    if ctx.roll() < ctx.replay_fraction {
+        let delay = Duration::from_millis(ctx.rng.borrow_mut().random_range(0..300));
+        let ctx2 = Rc::clone(&ctx);
+        let (key, body, api_key) = (key.clone(), body.clone(), u.api_key.clone());
+        let h = actix_rt::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let deadline = Instant::now() + ctx2.answer_deadline;
+            let (res, _) =
+                until_answered(deadline, || ctx2.api.submit(&api_key, &body, &key)).await;
+            match res {
+                Ok(r) => ctx2.rec.data.borrow_mut().replays.push(ReplayObs {
+                    key,
+                    first_job: job,
+                    replay_job: job_id_of(&r.body),
+                    status: r.status,
+                    header: r.replayed,
+                }),
+                Err(e) => ctx2
+                    .rec
+                    .anomaly(format!("replay of {key}: {e}")),
+            }
+        });
+        ctx.side_tasks.borrow_mut().push(h);
+    }
+    if ctx.roll() < ctx.cancel_fraction {
+        let window = ctx.cancel_window.as_micros().max(1) as u64;
+        let delay = Duration::from_micros(ctx.rng.borrow_mut().random_range(0..window));
+        let ctx2 = Rc::clone(&ctx);
+        let api_key = u.api_key.clone();
+        let h = actix_rt::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let sent = ctx2.rec.now_us();
+            let job_s = job.to_string();
+            let deadline = Instant::now() + ctx2.answer_deadline;
+            let (res, _) = until_answered(deadline, || ctx2.api.cancel(&api_key, &job_s)).await;
+            let acked = ctx2.rec.now_us();
+            match res {
+                Ok(r) => {
+                    let state = r
+                        .body
+                        .get("state")
+                        .and_then(|s| serde_json::from_value::<JobState>(s.clone()).ok());
+                    let charge = r
+                        .body
+                        .get("charge")
+                        .and_then(|s| serde_json::from_value::<Charge>(s.clone()).ok());
+                    let attempts = r
+                        .body
+                        .get("attempts")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as u32;
+                    if r.status == 200 && (state.is_none() || charge.is_none()) {
+                        ctx2.rec
+                            .anomaly(format!("cancel of {job}: 200 without state/charge: {}", r.body));
+                    }
+                    ctx2.rec.data.borrow_mut().cancels.push(CancelObs {
+                        job_id: job,
+                        sent_us: sent,
+                        acked_us: acked,
+                        status: r.status,
+                        state,
+                        charge,
+                        attempts,
+                    });
+                }
+                Err(e) => ctx2.rec.anomaly(format!("cancel of {job}: {e}")),
+            }
+        });
+        ctx.side_tasks.borrow_mut().push(h);
+    }
+}
+
+async fn join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Poisson arrivals at `rate` per second until `duration` or `max_jobs`.
+pub async fn open_loop(
+    ctx: Rc<Ctx>,
+    phase: usize,
+    rate: f64,
+    duration: Option<Duration>,
+    max_jobs: Option<u64>,
+) {
+    let start = Instant::now();
+    let end = duration.map(|d| start + d);
+    let mut t = start;
+    let mut n = 0u64;
+    let mut handles = Vec::new();
+    loop {
+        let u: f64 = ctx.rng.borrow_mut().random();
+        t += Duration::from_secs_f64(-(1.0 - u).ln() / rate);
+        if end.is_some_and(|e| t >= e) || max_jobs.is_some_and(|m| n >= m) {
+            break;
+        }
+        tokio::time::sleep_until(t.into()).await;
+        let user = ctx.pick_user();
+        handles.push(actix_rt::spawn(submit_one(Rc::clone(&ctx), user, phase, t, true)));
+        n += 1;
+        // Reap finished tasks now and then so the list stays short.
+        if handles.len() >= 4096 {
+            handles.retain(|h| !h.is_finished());
+        }
+    }
+    join(handles).await;
+}
+
+/// `concurrency` clients, each submitting as soon as its last answer came.
+pub async fn closed_loop(
+    ctx: Rc<Ctx>,
+    phase: usize,
+    concurrency: usize,
+    duration: Option<Duration>,
+    max_jobs: Option<u64>,
+) {
+    let end = duration.map(|d| Instant::now() + d);
+    let issued = Rc::new(Cell::new(0u64));
+    let handles = (0..concurrency)
+        .map(|_| {
+            let ctx = Rc::clone(&ctx);
+            let issued = Rc::clone(&issued);
+            actix_rt::spawn(async move {
+                loop {
+                    if end.is_some_and(|e| Instant::now() >= e)
+                        || max_jobs.is_some_and(|m| issued.get() >= m)
+                    {
+                        return;
+                    }
+                    issued.set(issued.get() + 1);
+                    let user = ctx.pick_user();
+                    submit_one(Rc::clone(&ctx), user, phase, Instant::now(), true).await;
+                }
+            })
+        })
+        .collect();
+    join(handles).await;
+}
+
+/// `total` jobs split across the tiers in proportion to `weights` (tiers
+/// without users get none), round-robin over each tier's users, sent by
+/// `concurrency` clients. No replays or cancels.
+pub async fn prefill(ctx: Rc<Ctx>, phase: usize, total: u64, weights: [u32; 4], concurrency: usize) {
+    let mut by_tier: [Vec<usize>; 4] = Default::default();
+    for (i, u) in ctx.users.iter().enumerate() {
+        by_tier[u.tier.index()].push(i);
+    }
+    let live: u64 = (0..4)
+        .filter(|&t| !by_tier[t].is_empty())
+        .map(|t| u64::from(weights[t]))
+        .sum();
+    if live == 0 {
+        return;
+    }
+    let mut plan: Vec<usize> = Vec::new();
+    for t in 0..4 {
+        if by_tier[t].is_empty() {
+            continue;
+        }
+        let n = total * u64::from(weights[t]) / live;
+        plan.extend((0..n as usize).map(|i| by_tier[t][i % by_tier[t].len()]));
+    }
+    // Interleave the tiers so every tier is submitted throughout.
+    let mut order: Vec<(u64, usize)> = plan
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (ctx.rng.borrow_mut().random::<u64>() ^ i as u64, u))
+        .collect();
+    order.sort_unstable();
+    let queue = Rc::new(RefCell::new(
+        order.into_iter().map(|(_, u)| u).collect::<Vec<_>>(),
+    ));
+    let handles = (0..concurrency.max(1))
+        .map(|_| {
+            let ctx = Rc::clone(&ctx);
+            let queue = Rc::clone(&queue);
+            actix_rt::spawn(async move {
+                loop {
+                    let next = queue.borrow_mut().pop();
+                    let Some(user) = next else { return };
+                    submit_one(Rc::clone(&ctx), user, phase, Instant::now(), false).await;
+                }
+            })
+        })
+        .collect();
+    join(handles).await;
+}

@@ -1,0 +1,508 @@
+//! The report: a table on stdout, `report.json`, and a self-contained
+//! `report.html` (inline CSS and SVG charts, nothing fetched).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::audit::AuditReport;
+use crate::charts::{self, Line};
+use crate::cli::Plan;
+use crate::metrics::{BacklogLevel, Figures, HistSummary};
+use crate::recorder::{FaultCounts, Kill, Phase};
+
+const TIERS: [&str; 4] = ["free", "basic", "professional", "enterprise"];
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplaySummary {
+    pub sent: u64,
+    pub same_job: u64,
+    pub marked_replayed: u64,
+    pub other: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CancelSummary {
+    pub sent: u64,
+    /// 200 and cancelled while waiting (refunded).
+    pub voided: u64,
+    /// 200 and cancelled while running (charged).
+    pub posted: u64,
+    /// 409 job-finished.
+    pub already_finished: u64,
+    pub other: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerInfo {
+    pub url: String,
+    pub binary: Option<String>,
+    pub starts: u32,
+    pub kills: Vec<Kill>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub scenario: String,
+    pub mode: String,
+    pub started_at: String,
+    pub run_s: f64,
+    pub run_id: String,
+    pub plan: Plan,
+    pub server: ServerInfo,
+    pub phases: Vec<Phase>,
+    pub figures: Figures,
+    pub backlog: Vec<BacklogLevel>,
+    pub faults: FaultCounts,
+    pub statuses: BTreeMap<String, u64>,
+    pub replays: ReplaySummary,
+    pub cancels: CancelSummary,
+    pub resubmits: u64,
+    pub drained: bool,
+    pub warnings: Vec<String>,
+    pub anomalies: Vec<String>,
+    pub anomaly_count: u64,
+    pub audit: AuditReport,
+    pub passed: bool,
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn hist_row(name: &str, h: &HistSummary) -> Vec<String> {
+    if h.count == 0 {
+        return vec![name.into(), "0".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()];
+    }
+    vec![
+        name.into(),
+        h.count.to_string(),
+        ms(h.p50_ms),
+        ms(h.p90_ms),
+        ms(h.p99_ms),
+        ms(h.p999_ms),
+        ms(h.max_ms),
+        ms(h.mean_ms),
+    ]
+}
+
+const HIST_HEAD: [&str; 8] = ["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max", "mean"];
+
+/// A plain text table with aligned columns.
+fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            if i == 0 {
+                let _ = write!(s, "{c:<w$}");
+            } else {
+                let _ = write!(s, "  {c:>w$}");
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&head.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &mut out);
+    let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+    out.push_str(&"-".repeat(total));
+    out.push('\n');
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
+fn latency_rows(r: &Report) -> Vec<Vec<String>> {
+    let f = &r.figures;
+    let mut rows = vec![
+        hist_row("submit (from intended send)", &f.submit_latency),
+        hist_row("submit (from actual send)", &f.submit_service),
+    ];
+    if f.prefill_submit_latency.count > 0 {
+        rows.push(hist_row("submit during prefill", &f.prefill_submit_latency));
+    }
+    rows.push(hist_row("queue wait (to first assign)", &f.queue_wait));
+    rows.push(hist_row("dispatch (slot free to assign)", &f.dispatch_latency));
+    rows.push(hist_row("end to end (to finished_at)", &f.end_to_end));
+    rows
+}
+
+fn tier_rows(r: &Report) -> Vec<Vec<String>> {
+    r.figures
+        .tiers
+        .iter()
+        .map(|t| {
+            vec![
+                t.tier.clone(),
+                t.submitted.to_string(),
+                t.accepted.to_string(),
+                t.succeeded.to_string(),
+                t.failed.to_string(),
+                t.cancelled.to_string(),
+                t.dispatches.to_string(),
+                if t.queue_wait.count > 0 { ms(t.queue_wait.p50_ms) } else { "-".into() },
+                if t.queue_wait.count > 0 { ms(t.queue_wait.p99_ms) } else { "-".into() },
+                if t.end_to_end.count > 0 { ms(t.end_to_end.p50_ms) } else { "-".into() },
+                if t.end_to_end.count > 0 { ms(t.end_to_end.p99_ms) } else { "-".into() },
+            ]
+        })
+        .collect()
+}
+
+const TIER_HEAD: [&str; 11] = [
+    "tier", "submitted", "accepted", "succeeded", "failed", "cancelled", "dispatches",
+    "wait p50", "wait p99", "e2e p50", "e2e p99",
+];
+
+fn share_rows(r: &Report) -> Vec<Vec<String>> {
+    let s = &r.figures.shares;
+    (0..4)
+        .map(|i| {
+            vec![
+                TIERS[i].to_owned(),
+                s.counts[i].to_string(),
+                format!("{:.1}%", s.observed[i] * 100.0),
+                format!("{:.1}%", s.expected[i] * 100.0),
+                s.within_tier_jain[i].map_or("-".into(), |j| format!("{j:.3}")),
+            ]
+        })
+        .collect()
+}
+
+const SHARE_HEAD: [&str; 5] = ["tier", "dispatches", "observed", "expected", "jain (users)"];
+
+fn backlog_rows(r: &Report) -> Vec<Vec<String>> {
+    r.backlog
+        .iter()
+        .map(|b| {
+            vec![
+                b.backlog.to_string(),
+                b.accepted.to_string(),
+                format!("{:.0}", b.fill_rate_per_s),
+                format!("{:.0}", b.window_throughput_per_s),
+                ms(b.window_dispatch_latency.p50_ms),
+                ms(b.window_dispatch_latency.p99_ms),
+                format!("{:.0}", b.drain_throughput_per_s),
+                format!("{:.1}", b.drain_s),
+            ]
+        })
+        .collect()
+}
+
+const BACKLOG_HEAD: [&str; 8] = [
+    "backlog", "accepted", "fill/s", "dispatch/s (first 20%)", "disp p50 ms", "disp p99 ms",
+    "dispatch/s (drain)", "drain s",
+];
+
+/// The stdout summary.
+pub fn text(r: &Report) -> String {
+    let f = &r.figures;
+    let p = &r.plan;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nadmedia-loadtest — scenario {} ({}), run {}, {:.1} s",
+        r.scenario, r.mode, r.run_id, r.run_s
+    );
+    let load = match &p.load {
+        crate::cli::Load::Open { rate } => format!("open loop, Poisson at {rate}/s"),
+        crate::cli::Load::Closed { concurrency } => format!("closed loop, {concurrency} clients"),
+    };
+    let _ = writeln!(
+        out,
+        "load: {load}; {} users (mix {:?}); {} workers × {} slots, {} ms jobs; prefill {}",
+        p.users, p.tier_mix, p.workers, p.slots, p.job_ms, p.prefill
+    );
+    let _ = writeln!(
+        out,
+        "\nload phase {:.1} s: {} submitted, {} accepted ({:.1}/s); dispatched {:.1}/s; succeeded {:.1}/s (peak {:.0}/s)",
+        f.load_s, f.submitted, f.accepted, f.accepted_per_s, f.dispatched_per_s, f.succeeded_per_s, f.peak_finished_per_s
+    );
+    let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let _ = writeln!(out, "answers: {}; resubmissions {}", statuses.join(", "), r.resubmits);
+    let _ = writeln!(
+        out,
+        "replays: {} sent, {} same job, {} marked Idempotent-Replayed; cancels: {} sent, {} refunded, {} charged (running), {} already finished, {} other",
+        r.replays.sent, r.replays.same_job, r.replays.marked_replayed, r.cancels.sent, r.cancels.voided, r.cancels.posted, r.cancels.already_finished, r.cancels.other
+    );
+    let fc = &r.faults;
+    let _ = writeln!(
+        out,
+        "faults injected: {} crashes, {} hangs ({} dropped by the server), {} slow, {} system errors, {} user errors, {} late duplicates ({} refused by the server); {} reconnects",
+        fc.crashes, fc.hangs, fc.hang_dropped_by_server, fc.slow, fc.system_errors, fc.user_errors, fc.duplicates_sent, fc.server_errors_received, fc.reconnects
+    );
+    if !r.server.kills.is_empty() {
+        let _ = writeln!(out, "server SIGKILLed and restarted {} times", r.server.kills.len());
+    }
+    out.push('\n');
+    out.push_str(&table(&HIST_HEAD, &latency_rows(r)));
+    out.push('\n');
+    out.push_str(&table(&TIER_HEAD, &tier_rows(r)));
+    let s = &f.shares;
+    if s.dispatches > 0 {
+        let _ = writeln!(
+            out,
+            "\ndispatch share while every tier was backlogged ({} dispatches over {:.1} s; max deviation {:.2} pp):",
+            s.dispatches, s.backlogged_s, s.max_deviation_pp
+        );
+        out.push_str(&table(&SHARE_HEAD, &share_rows(r)));
+    } else {
+        out.push_str("\ndispatch share: no dispatch happened while every tier was backlogged\n");
+    }
+    if !r.backlog.is_empty() {
+        out.push_str("\nbacklog sweep:\n");
+        out.push_str(&table(&BACKLOG_HEAD, &backlog_rows(r)));
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    if r.anomaly_count > 0 {
+        let _ = writeln!(out, "\n{} anomalies noted (first ones):", r.anomaly_count);
+        for a in r.anomalies.iter().take(10) {
+            let _ = writeln!(out, "  {a}");
+        }
+    }
+    let a = &r.audit;
+    let _ = writeln!(
+        out,
+        "\naudit: {} users, {} jobs ({} succeeded, {} failed by system, {} failed by user, {} cancelled), {} ledger entries, {} replays, {} cancels, {} assigns checked",
+        a.users, a.jobs, a.succeeded, a.failed_system, a.failed_user, a.cancelled, a.ledger_entries, a.replays_checked, a.cancels_checked, a.assigns_checked
+    );
+    if a.passed {
+        out.push_str("AUDIT PASSED: every invariant holds\n");
+    } else {
+        let _ = writeln!(out, "AUDIT FAILED: {} violations", a.violations.len());
+        for v in &a.violations {
+            let shown: Vec<&str> = v.ids.iter().take(20).map(String::as_str).collect();
+            let more = if v.ids.len() > 20 {
+                format!(" … and {} more", v.ids.len() - 20)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "  [{}] {}: {}{}", v.check, v.detail, shown.join(", "), more);
+        }
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn html_table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut s = String::from("<table><thead><tr>");
+    for h in head {
+        let _ = write!(s, "<th>{}</th>", esc(h));
+    }
+    s.push_str("</tr></thead><tbody>");
+    for r in rows {
+        s.push_str("<tr>");
+        for c in r {
+            let _ = write!(s, "<td>{}</td>", esc(c));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</tbody></table>");
+    s
+}
+
+fn opt_points(t: &[f64], v: &[Option<f64>]) -> Vec<(f64, f64)> {
+    t.iter()
+        .zip(v)
+        .filter_map(|(&t, v)| v.map(|v| (t + 0.5, v)))
+        .collect()
+}
+
+fn points(t: &[f64], v: &[f64]) -> Vec<(f64, f64)> {
+    t.iter().zip(v).map(|(&t, &v)| (t + 0.5, v)).collect()
+}
+
+fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
+    let s = &r.figures.series;
+    let mut out = vec![
+        (
+            "Throughput".to_owned(),
+            charts::lines(
+                "Throughput (per second)",
+                "seconds since start",
+                "jobs per second",
+                &[
+                    Line { name: "accepted", points: points(&s.t_s, &s.submitted) },
+                    Line { name: "dispatched (assigns)", points: points(&s.t_s, &s.dispatched) },
+                    Line { name: "succeeded (finished_at)", points: points(&s.t_s, &s.finished) },
+                ],
+            ),
+        ),
+        (
+            "Queue depth per tier".to_owned(),
+            charts::lines(
+                "Waiting jobs per tier, and jobs running (from /v1/admin/stats)",
+                "seconds since start",
+                "jobs",
+                &[
+                    Line { name: "free", points: s.queue_t_s.iter().copied().zip(s.queue[0].iter().copied()).collect() },
+                    Line { name: "basic", points: s.queue_t_s.iter().copied().zip(s.queue[1].iter().copied()).collect() },
+                    Line { name: "professional", points: s.queue_t_s.iter().copied().zip(s.queue[2].iter().copied()).collect() },
+                    Line { name: "enterprise", points: s.queue_t_s.iter().copied().zip(s.queue[3].iter().copied()).collect() },
+                    Line { name: "running", points: s.queue_t_s.iter().copied().zip(s.running.iter().copied()).collect() },
+                ],
+            ),
+        ),
+        (
+            "Latency over time".to_owned(),
+            charts::lines(
+                "Latency percentiles per second",
+                "seconds since start",
+                "milliseconds",
+                &[
+                    Line { name: "submit p50", points: opt_points(&s.t_s, &s.submit_p50_ms) },
+                    Line { name: "submit p99", points: opt_points(&s.t_s, &s.submit_p99_ms) },
+                    Line { name: "queue wait p50", points: opt_points(&s.t_s, &s.wait_p50_ms) },
+                    Line { name: "queue wait p99", points: opt_points(&s.t_s, &s.wait_p99_ms) },
+                ],
+            ),
+        ),
+        (
+            "Latency distribution".to_owned(),
+            charts::percentiles("Latency distribution (load phase)", &r.figures.curves),
+        ),
+    ];
+    let sh = &r.figures.shares;
+    if sh.dispatches > 0 {
+        out.push((
+            "Tier shares".to_owned(),
+            charts::paired_bars(
+                &format!("Dispatch share while every tier was backlogged ({} dispatches)", sh.dispatches),
+                "% of dispatches",
+                &TIERS.map(str::to_owned),
+                ("observed", "expected"),
+                &(0..4)
+                    .map(|i| (sh.observed[i] * 100.0, sh.expected[i] * 100.0))
+                    .collect::<Vec<_>>(),
+            ),
+        ));
+    }
+    if !r.backlog.is_empty() {
+        out.push((
+            "Backlog sweep".to_owned(),
+            charts::paired_bars(
+                "Dispatch throughput by backlog size",
+                "dispatches per second",
+                &r.backlog.iter().map(|b| b.backlog.to_string()).collect::<Vec<_>>(),
+                ("first 20%", "whole drain"),
+                &r.backlog
+                    .iter()
+                    .map(|b| (b.window_throughput_per_s, b.drain_throughput_per_s))
+                    .collect::<Vec<_>>(),
+            ),
+        ));
+    }
+    out
+}
+
+pub fn html(r: &Report) -> String {
+    let mut h = String::new();
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>admedia-loadtest: {} — {}</title>\
+<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}}\
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
+.badge{{display:inline-block;padding:4px 12px;border-radius:4px;color:#fff;font-weight:bold}}\
+.ok{{background:#2a7d2a}}.bad{{background:#b22}}figure{{margin:1em 0}}code{{background:#f3f3f3;padding:1px 4px}}\
+.muted{{color:#666}}</style></head><body>",
+        esc(&r.scenario),
+        verdict
+    );
+    let _ = write!(
+        h,
+        "<h1>admedia-loadtest: {} <span class=\"badge {}\">audit {}</span></h1>\
+<p class=\"muted\">{} · run {} · started {} · {:.1} s · server {}</p>",
+        esc(&r.scenario),
+        if r.passed { "ok" } else { "bad" },
+        verdict,
+        esc(&r.mode),
+        esc(&r.run_id),
+        esc(&r.started_at),
+        r.run_s,
+        esc(&r.server.url)
+    );
+    h.push_str("<h2>Summary</h2><pre>");
+    h.push_str(&esc(&text(r)));
+    h.push_str("</pre>");
+    h.push_str("<h2>Latency</h2>");
+    h.push_str(&html_table(&HIST_HEAD, &latency_rows(r)));
+    h.push_str("<h2>Per tier</h2>");
+    h.push_str(&html_table(&TIER_HEAD, &tier_rows(r)));
+    if r.figures.shares.dispatches > 0 {
+        h.push_str("<h2>Dispatch share while every tier was backlogged</h2>");
+        h.push_str(&html_table(&SHARE_HEAD, &share_rows(r)));
+    }
+    if !r.backlog.is_empty() {
+        h.push_str("<h2>Backlog sweep</h2>");
+        h.push_str(&html_table(&BACKLOG_HEAD, &backlog_rows(r)));
+    }
+    h.push_str("<h2>Charts</h2>");
+    for (name, svg) in charts(r) {
+        match svg {
+            Ok(svg) if !svg.is_empty() => {
+                let _ = write!(h, "<figure><figcaption>{}</figcaption>{svg}</figure>", esc(&name));
+            }
+            Ok(_) => {
+                let _ = write!(h, "<p class=\"muted\">{}: no data</p>", esc(&name));
+            }
+            Err(e) => {
+                let _ = write!(h, "<p class=\"muted\">{}: {}</p>", esc(&name), esc(&e));
+            }
+        }
+    }
+    h.push_str("<h2>Audit</h2>");
+    if r.audit.violations.is_empty() {
+        h.push_str("<p>Every invariant holds.</p>");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .audit
+            .violations
+            .iter()
+            .map(|v| vec![v.check.clone(), v.detail.clone(), v.ids.join(" ")])
+            .collect();
+        h.push_str(&html_table(&["check", "detail", "ids"], &rows));
+    }
+    h.push_str("<h2>Configuration</h2><pre>");
+    h.push_str(&esc(&serde_json::to_string_pretty(&r.plan).unwrap_or_default()));
+    h.push_str("</pre><p class=\"muted\">The same figures are in <code>report.json</code> beside this file.</p></body></html>\n");
+    h
+}
+
+/// Writes report.json and report.html into `dir`.
+pub fn write(dir: &Path, r: &Report) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(r).map_err(|e| format!("report.json: {e}"))?;
+    std::fs::write(dir.join("report.json"), json)
+        .map_err(|e| format!("{}: {e}", dir.join("report.json").display()))?;
+    std::fs::write(dir.join("report.html"), html(r))
+        .map_err(|e| format!("{}: {e}", dir.join("report.html").display()))?;
+    Ok(())
+}

@@ -1,0 +1,754 @@
+//! One run, start to end: target the server (spawned or given), create the
+//! users, optionally sweep backlogs and prefill, connect the workers, apply
+//! the load (with chaos kills), drain, read everything back, audit, report.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use admedia_actors::ids::JobId;
+use admedia_actors::job::{Charge, JobState};
+use admedia_actors::tier::Tier;
+use chrono::DateTime;
+use futures_util::stream::{self, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::api::{Api, EntryDto, JobDto, WalletDto};
+use crate::audit::{self, AuditInput, AuditReport, Violation};
+use crate::cli::{Load, Plan, Target};
+use crate::load::{self, Ctx, User, PROMPT_PREFIX};
+use crate::metrics::{self, FinalJob};
+use crate::recorder::{Kill, Recorder};
+use crate::report::{self, CancelSummary, Report, ReplaySummary, ServerInfo};
+use crate::server::{self, ServerChild, ServerConfig};
+use crate::workers::{WorkerPool, WorkerSpec};
+
+/// How a run ended, for the exit code.
+pub struct Outcome {
+    pub passed: bool,
+    pub report_dir: std::path::PathBuf,
+}
+
+struct Target2 {
+    api: Api,
+    admin: String,
+    worker_token: String,
+    server: Option<Rc<RefCell<ServerChild>>>,
+    binary: Option<String>,
+}
+
+const STATS_EVERY: Duration = Duration::from_millis(250);
+
+async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
+    let timeout = Duration::from_secs(30);
+    match &plan.target {
+        Target::Url {
+            url,
+            admin_token,
+            worker_token,
+        } => {
+            let api = Api::new(url, timeout);
+            if !api.ready().await {
+                return Err(format!("{url}/readyz does not answer 200: is the server running?"));
+            }
+            Ok(Target2 {
+                api,
+                admin: admin_token.clone(),
+                worker_token: worker_token.clone(),
+                server: None,
+                binary: None,
+            })
+        }
+        Target::Spawn {
+            server_bin,
+            database_url,
+            server_config,
+            open_limits,
+            build,
+        } => {
+            let bin = server::locate_server(server_bin.as_deref(), *build)?;
+            let port = server::free_port()?;
+            let admin = format!("loadtest-admin-{run_id}");
+            let worker_token = format!("loadtest-worker-{run_id}");
+            let mut env: Vec<(String, String)> = vec![
+                ("ADMEDIA_BIND".into(), format!("127.0.0.1:{port}")),
+                ("ADMEDIA_ADMIN_TOKEN".into(), admin.clone()),
+                ("ADMEDIA_WORKER_TOKEN".into(), worker_token.clone()),
+                ("ADMEDIA_SIM_WORKERS".into(), "0".into()),
+                (
+                    "ADMEDIA_RATE_LIMITS".into(),
+                    "free=0,basic=0,professional=0,enterprise=0".into(),
+                ),
+                ("ADMEDIA_REGISTRATION_CREDITS".into(), "100".into()),
+                ("ADMEDIA_RETRY_BASE_MS".into(), plan.retry_base_ms.to_string()),
+                (
+                    "ADMEDIA_RETRY_MAX_MS".into(),
+                    (plan.retry_base_ms * 8).max(500).to_string(),
+                ),
+                ("ADMEDIA_WORKER_LEASE_MS".into(), plan.lease_ms.to_string()),
+                ("RUST_LOG".into(), "warn".into()),
+            ];
+            let weights = plan.weights;
+            env.push((
+                "ADMEDIA_TIER_WEIGHTS".into(),
+                format!("{},{},{},{}", weights[0], weights[1], weights[2], weights[3]),
+            ));
+            match server_config {
+                Some(path) => env.push(("ADMEDIA_CONFIG".into(), path.display().to_string())),
+                None if *open_limits => {
+                    let path = plan.out.join("server-config.toml");
+                    std::fs::write(&path, server::open_limits_config(weights))
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let abs = std::fs::canonicalize(&path).unwrap_or(path);
+                    env.push(("ADMEDIA_CONFIG".into(), abs.display().to_string()));
+                }
+                None => {}
+            }
+            if let Some(db) = database_url {
+                env.push(("DATABASE_URL".into(), db.clone()));
+            }
+            let log = plan.out.join("server.log");
+            let _ = std::fs::remove_file(&log);
+            let api = Api::new(&format!("http://127.0.0.1:{port}"), timeout);
+            eprintln!("starting {} on 127.0.0.1:{port} (log: {})", bin.display(), log.display());
+            let mut child = ServerChild::start(ServerConfig {
+                bin: bin.clone(),
+                port,
+                env,
+                log,
+            })?;
+            child.wait_ready(&api, Duration::from_secs(60)).await?;
+            Ok(Target2 {
+                api,
+                admin,
+                worker_token,
+                server: Some(Rc::new(RefCell::new(child))),
+                binary: Some(bin.display().to_string()),
+            })
+        }
+    }
+}
+
+/// Users per tier from the mix: proportional, every tier in the mix gets
+/// at least one when there are enough users.
+fn tiers_for(users: usize, mix: [u32; 4]) -> Vec<Tier> {
+    let total: u32 = mix.iter().sum();
+    let mut counts = [0usize; 4];
+    for t in 0..4 {
+        counts[t] = users * mix[t] as usize / total.max(1) as usize;
+        if mix[t] > 0 && counts[t] == 0 {
+            counts[t] = 1;
+        }
+    }
+    // Fix the total: add to or take from the largest share.
+    loop {
+        let sum: usize = counts.iter().sum();
+        if sum == users {
+            break;
+        }
+        let largest = (0..4).max_by_key(|&t| (mix[t], t)).unwrap_or(3);
+        if sum < users {
+            counts[largest] += 1;
+        } else if let Some(t) = (0..4).filter(|&t| counts[t] > 1).max_by_key(|&t| counts[t]) {
+            counts[t] -= 1;
+        } else {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(users);
+    for t in 0..4 {
+        out.extend(std::iter::repeat_n(Tier::ALL[t], counts[t]));
+    }
+    out
+}
+
+async fn create_users(api: &Api, admin: &str, plan: &Plan, run_id: &str) -> Result<Vec<User>, String> {
+    let tiers = tiers_for(plan.users, plan.tier_mix);
+    let results: Vec<Result<User, String>> = stream::iter(tiers.into_iter().enumerate())
+        .map(|(i, tier)| async move {
+            let email = format!("lt-{run_id}-{i}@loadtest.example.com");
+            let reg = api
+                .register(&email, &format!("loadtest {i}"))
+                .await
+                .map_err(|e| format!("registering {email}: {e}"))?;
+            if tier != Tier::Free {
+                api.set_membership(admin, &reg.user.id, tier)
+                    .await
+                    .map_err(|e| format!("membership of user {}: {e}", reg.user.id))?;
+            }
+            if plan.credits > 0 {
+                api.grant(admin, &reg.user.id, plan.credits, &format!("lt-{run_id}-grant-{i}"))
+                    .await
+                    .map_err(|e| format!("crediting user {}: {e}", reg.user.id))?;
+            }
+            Ok(User {
+                id: reg.user.id,
+                api_key: reg.api_key,
+                tier,
+            })
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+fn spawn_stats_poller(api: Api, admin: String, rec: Rc<Recorder>) -> watch::Sender<bool> {
+    let (tx, mut rx) = watch::channel(false);
+    actix_rt::spawn(async move {
+        let mut ticks = tokio::time::interval(STATS_EVERY);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = rx.changed() => return,
+            }
+            let t_us = rec.now_us();
+            match api.stats(&admin).await {
+                Ok(stats) => rec
+                    .data
+                    .borrow_mut()
+                    .stats
+                    .push(crate::recorder::StatsSample { t_us, stats }),
+                Err(_) => rec.data.borrow_mut().stats_errors += 1,
+            }
+        }
+    });
+    tx
+}
+
+/// Waits until the server reports `n` connected workers.
+async fn wait_workers(api: &Api, admin: &str, n: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = api.stats(admin).await {
+            if s.workers.connected as usize >= n {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the simulated workers did not connect ({n} expected) within 15 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server has no queued, running or retrying job.
+async fn wait_drained(api: &Api, admin: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut quiet = 0;
+    loop {
+        if let Ok(s) = api.stats(admin).await {
+            let waiting: u64 = s.queue.values().sum();
+            if s.open_jobs() == 0 && waiting == 0 && s.retrying == 0 {
+                quiet += 1;
+                // Twice in a row, so a retry timer firing in between is seen.
+                if quiet >= 2 {
+                    return true;
+                }
+            } else {
+                quiet = 0;
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spawn_chaos(
+    server: Rc<RefCell<ServerChild>>,
+    api: Api,
+    every: Duration,
+    rec: Rc<Recorder>,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<Result<(), String>>) {
+    let (tx, mut rx) = watch::channel(false);
+    let handle = actix_rt::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = rx.changed() => return Ok(()),
+            }
+            let killed_at_us = rec.now_us();
+            server.borrow_mut().restart()?;
+            let idx = {
+                let mut d = rec.data.borrow_mut();
+                d.kills.push(Kill {
+                    killed_at_us,
+                    ready_at_us: None,
+                });
+                d.kills.len() - 1
+            };
+            eprintln!("chaos: server SIGKILLed at {:.1} s; restarting", killed_at_us as f64 / 1e6);
+            // Not borrowed across the wait: poll readiness here.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if api.ready().await {
+                    break;
+                }
+                if let Some(status) = server.borrow_mut().exited() {
+                    return Err(format!("the server exited after a chaos restart ({status})"));
+                }
+                if Instant::now() >= deadline {
+                    return Err("the server did not come back within 60 s after a chaos kill".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            rec.data.borrow_mut().kills[idx].ready_at_us = Some(rec.now_us());
+        }
+    });
+    (tx, handle)
+}
+
+fn micros(ts: &Option<String>) -> Option<i64> {
+    ts.as_deref()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.timestamp_micros())
+}
+
+struct UserData {
+    user: usize,
+    jobs: Vec<JobDto>,
+    ledger: Vec<EntryDto>,
+    wallet: WalletDto,
+}
+
+async fn read_back(api: &Api, users: &[User]) -> Result<Vec<UserData>, String> {
+    let results: Vec<Result<UserData, String>> = stream::iter(users.iter().enumerate())
+        .map(|(i, u)| async move {
+            let jobs = api
+                .jobs(&u.api_key)
+                .await
+                .map_err(|e| format!("jobs of user {}: {e}", u.id))?;
+            let ledger = api
+                .ledger(&u.api_key)
+                .await
+                .map_err(|e| format!("ledger of user {}: {e}", u.id))?;
+            let wallet = api
+                .wallet(&u.api_key)
+                .await
+                .map_err(|e| format!("wallet of user {}: {e}", u.id))?;
+            Ok(UserData {
+                user: i,
+                jobs,
+                ledger,
+                wallet,
+            })
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Builds the auditor's input from what was read back and observed.
+fn audit_input(users: &[User], data: &[UserData], rec: &Recorder) -> Result<AuditInput, String> {
+    let mut input = AuditInput::default();
+    for ud in data {
+        let uid = users[ud.user].id.clone();
+        for j in &ud.jobs {
+            input.jobs.push(audit::AuditJob {
+                id: j.id.clone(),
+                user: uid.clone(),
+                state: j.state,
+                cost: j.cost,
+                charge: j.charge,
+                error_class: j.error.as_ref().map(|e| e.class),
+                idempotency_key: j.prompt.strip_prefix(PROMPT_PREFIX).map(str::to_owned),
+                attempts: j.attempts,
+            });
+        }
+        for e in &ud.ledger {
+            let id = e
+                .id
+                .parse::<i64>()
+                .map_err(|_| format!("ledger entry id {:?} is not a sequence number", e.id))?;
+            input.entries.push(audit::AuditEntry {
+                id,
+                user: uid.clone(),
+                kind: e.kind,
+                amount: e.amount,
+                balance: e.balance,
+                held: e.held,
+                job_id: e.job_id.clone(),
+            });
+        }
+        input.wallets.push(audit::AuditWallet {
+            user: uid,
+            balance: ud.wallet.balance,
+            held: ud.wallet.held,
+            available: ud.wallet.available,
+        });
+    }
+    let d = rec.data.borrow();
+    input.acknowledged = d
+        .submissions
+        .iter()
+        .filter_map(|s| s.job_id.map(|j| j.to_string()))
+        .collect();
+    input.cancels = d
+        .cancels
+        .iter()
+        .filter(|c| c.status == 200)
+        .filter_map(|c| {
+            Some(audit::ObservedCancel {
+                job_id: c.job_id.to_string(),
+                acked_at_us: c.acked_us,
+                attempts_at_cancel: c.attempts,
+                state: c.state?,
+                charge: c.charge?,
+            })
+        })
+        .collect();
+    input.assigns = d
+        .assigns
+        .iter()
+        .map(|a| audit::ObservedAssign {
+            job_id: a.job_id.to_string(),
+            attempt: a.attempt,
+            at_us: a.t_us,
+        })
+        .collect();
+    input.replays = d
+        .replays
+        .iter()
+        .filter(|r| r.status == 202)
+        .map(|r| audit::ObservedReplay {
+            key: r.key.clone(),
+            first_job: r.first_job.to_string(),
+            replay_job: r.replay_job.map(|j| j.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    Ok(input)
+}
+
+pub async fn run(plan: Plan) -> Result<Outcome, String> {
+    std::fs::create_dir_all(&plan.out)
+        .map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let run_id = format!("{:08x}", rng.random::<u32>());
+    let rec = Rc::new(Recorder::new());
+
+    let target = start_target(&plan, &run_id).await?;
+    let api = target.api.clone();
+    let admin = target.admin.clone();
+    api.stats(&admin)
+        .await
+        .map_err(|e| format!("GET /v1/admin/stats with the admin token: {e}"))?;
+    let setup = rec.phase_start("setup");
+    let _ = setup;
+    let users = create_users(&api, &admin, &plan, &run_id).await?;
+    eprintln!(
+        "run {run_id}: {} users ready; scenario {}",
+        users.len(),
+        plan.scenario.as_str()
+    );
+    let stats_stop = spawn_stats_poller(api.clone(), admin.clone(), Rc::clone(&rec));
+    let answer_deadline = if plan.chaos_kill_every_s.is_some() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    };
+    let ctx = Rc::new(Ctx::new(
+        api.clone(),
+        Rc::clone(&rec),
+        users.clone(),
+        run_id.clone(),
+        StdRng::seed_from_u64(rng.random()),
+        answer_deadline,
+        plan.replay_fraction,
+        plan.cancel_fraction,
+        plan.video_fraction,
+        Duration::from_millis(plan.job_ms.saturating_mul(3) + 100),
+    ));
+    let spec = WorkerSpec {
+        url: api.worker_url(),
+        token: target.worker_token.clone(),
+        slots: plan.slots,
+        job_ms: plan.job_ms,
+        jitter: plan.job_jitter,
+        faults: plan.faults.clone(),
+        seed: rng.random(),
+    };
+    let mut warnings = Vec::new();
+    let mut drained = true;
+
+    // --- backlog sweep ---
+    let mut levels = Vec::new();
+    let mut sweep_spec = spec.clone();
+    sweep_spec.faults = crate::cli::Faults {
+        crash_rate: 0.0,
+        hang_rate: 0.0,
+        slow_rate: 0.0,
+        system_error_rate: 0.0,
+        user_error_rate: 0.0,
+        duplicate_rate: 0.0,
+        ..plan.faults.clone()
+    };
+    for &n in &plan.backlog {
+        eprintln!("backlog {n}: filling with no worker connected…");
+        let fill = rec.phase_start(&format!("backlog {n}: fill"));
+        load::prefill(Rc::clone(&ctx), fill, n, plan.weights, 64).await;
+        let drain = rec.phase_start(&format!("backlog {n}: drain"));
+        eprintln!("backlog {n}: connecting {} workers and draining…", plan.workers);
+        let pool = WorkerPool::start(&sweep_spec, plan.workers, 0, &rec);
+        if !wait_drained(&api, &admin, plan.drain_timeout()).await {
+            warnings.push(format!("backlog {n}: not drained within {} s", plan.drain_timeout_s));
+            drained = false;
+        }
+        rec.phase_end();
+        pool.stop().await;
+        levels.push((n, fill, drain));
+    }
+
+    // --- prefill, workers, load ---
+    let mut prefill_phases = Vec::new();
+    if plan.prefill > 0 {
+        eprintln!("prefill: {} jobs with no worker connected…", plan.prefill);
+        let p = rec.phase_start("prefill");
+        load::prefill(Rc::clone(&ctx), p, plan.prefill, plan.weights, 64).await;
+        prefill_phases.push(p);
+    }
+    let pool = WorkerPool::start(&spec, plan.workers, 1000, &rec);
+    wait_workers(&api, &admin, plan.workers).await?;
+    let chaos = match (plan.chaos_kill_every_s, &target.server) {
+        (Some(secs), Some(server)) => Some(spawn_chaos(
+            Rc::clone(server),
+            api.clone(),
+            Duration::from_secs_f64(secs),
+            Rc::clone(&rec),
+        )),
+        _ => None,
+    };
+    let load_phase = rec.phase_start("load");
+    eprintln!(
+        "load: {} for {}…",
+        match &plan.load {
+            Load::Open { rate } => format!("open loop at {rate}/s"),
+            Load::Closed { concurrency } => format!("closed loop with {concurrency} clients"),
+        },
+        match (plan.duration_s, plan.jobs) {
+            (Some(d), Some(j)) => format!("{d} s or {j} jobs"),
+            (Some(d), None) => format!("{d} s"),
+            (None, Some(j)) => format!("{j} jobs"),
+            (None, None) => "ever".into(),
+        }
+    );
+    let duration = plan.duration_s.map(Duration::from_secs_f64);
+    match plan.load {
+        Load::Open { rate } => {
+            load::open_loop(Rc::clone(&ctx), load_phase, rate, duration, plan.jobs).await
+        }
+        Load::Closed { concurrency } => {
+            load::closed_loop(Rc::clone(&ctx), load_phase, concurrency, duration, plan.jobs).await
+        }
+    }
+    if let Some((stop, handle)) = chaos {
+        let _ = stop.send(true);
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("chaos task: {e}")),
+        }
+        if let Some(server) = &target.server {
+            // A kill may have just happened: make sure it is back.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !api.ready().await {
+                if Instant::now() >= deadline {
+                    return Err("the server is not ready after the chaos phase".into());
+                }
+                if let Some(status) = server.borrow_mut().exited() {
+                    return Err(format!("the server exited ({status})"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    ctx.join_side_tasks().await;
+    rec.phase_start("drain");
+    eprintln!("draining: waiting for every job to finish…");
+    if !wait_drained(&api, &admin, plan.drain_timeout()).await {
+        warnings.push(format!(
+            "jobs were still open {} s after the load ended",
+            plan.drain_timeout_s
+        ));
+        drained = false;
+    }
+    // Let late duplicates go out (the server must refuse them).
+    if plan.faults.duplicate_rate > 0.0 {
+        tokio::time::sleep(Duration::from_millis(plan.faults.duplicate_delay_ms + 100)).await;
+    }
+    rec.phase_end();
+    pool.stop().await;
+    let _ = stats_stop.send(true);
+    if let Some(server) = &target.server {
+        if let Some(status) = server.borrow_mut().exited() {
+            return Err(format!(
+                "the server exited during the run ({status}); see {}",
+                plan.out.join("server.log").display()
+            ));
+        }
+    }
+
+    // --- read back, audit ---
+    eprintln!("auditing…");
+    let data = read_back(&api, &users).await?;
+    let input = audit_input(&users, &data, &rec)?;
+    let mut audit_report: AuditReport = audit::audit(&input);
+    {
+        let d = rec.data.borrow();
+        let mut extra: Vec<Violation> = Vec::new();
+        for a in &d.anomalies {
+            if a.contains("beyond its") || a.contains("assigned twice") || a.contains("never dropped") {
+                extra.push(Violation {
+                    check: "worker-protocol".into(),
+                    ids: vec![],
+                    detail: a.clone(),
+                });
+            }
+        }
+        if !extra.is_empty() {
+            audit_report.violations.extend(extra);
+            audit_report.passed = false;
+        }
+    }
+    let run_end_us = rec.now_us();
+
+    // --- figures ---
+    let mut final_jobs = Vec::new();
+    let tier_of: HashMap<String, Tier> = HashMap::new();
+    let _ = tier_of;
+    for ud in &data {
+        for j in &ud.jobs {
+            if let Ok(id) = j.id.parse::<JobId>() {
+                final_jobs.push(FinalJob {
+                    id,
+                    tier: j.tier,
+                    state: j.state,
+                    created_us: micros(&Some(j.created_at.clone())),
+                    started_us: micros(&j.started_at),
+                    finished_us: micros(&j.finished_at),
+                });
+            }
+        }
+    }
+    let d = rec.data.borrow();
+    let figures = metrics::figures(
+        &d,
+        &final_jobs,
+        rec.wall0_us(),
+        &[load_phase],
+        &prefill_phases,
+        plan.weights,
+        run_end_us,
+    );
+    let mut figures = figures;
+    if let Load::Open { rate } = plan.load {
+        figures.offered_per_s = Some(rate);
+    }
+    let backlog = levels
+        .iter()
+        .map(|&(n, fill, drain)| metrics::backlog_level(&d, n, fill, drain))
+        .collect();
+    let mut replays = ReplaySummary::default();
+    for r in &d.replays {
+        replays.sent += 1;
+        if r.status == 202 && r.replay_job == Some(r.first_job) {
+            replays.same_job += 1;
+        } else {
+            replays.other += 1;
+        }
+        if r.header {
+            replays.marked_replayed += 1;
+        }
+    }
+    if replays.sent > 0 && replays.marked_replayed < replays.same_job {
+        warnings.push(format!(
+            "{} of {} replays answered without Idempotent-Replayed: true",
+            replays.same_job - replays.marked_replayed,
+            replays.sent
+        ));
+    }
+    let mut cancels = CancelSummary::default();
+    for c in &d.cancels {
+        cancels.sent += 1;
+        match (c.status, c.state, c.charge) {
+            (200, Some(JobState::Cancelled), Some(Charge::Voided)) => cancels.voided += 1,
+            (200, Some(JobState::Cancelled), Some(_)) => cancels.posted += 1,
+            (409, _, _) => cancels.already_finished += 1,
+            _ => cancels.other += 1,
+        }
+    }
+    let (starts, server_url) = match &target.server {
+        Some(s) => (s.borrow().starts, s.borrow().base_url()),
+        None => (0, api.base().to_owned()),
+    };
+    let report = Report {
+        tool: format!("admedia-loadtest {}", env!("CARGO_PKG_VERSION")),
+        scenario: plan.scenario.as_str().to_owned(),
+        mode: plan.mode.clone(),
+        started_at,
+        run_s: run_end_us as f64 / 1e6,
+        run_id,
+        plan: plan.clone(),
+        server: ServerInfo {
+            url: server_url,
+            binary: target.binary.clone(),
+            starts,
+            kills: d.kills.clone(),
+        },
+        phases: d.phases.clone(),
+        figures,
+        backlog,
+        faults: d.faults.clone(),
+        statuses: d.statuses.clone(),
+        replays,
+        cancels,
+        resubmits: d.resubmits,
+        drained,
+        warnings,
+        anomalies: d.anomalies.clone(),
+        anomaly_count: d.anomaly_count,
+        passed: audit_report.passed,
+        audit: audit_report,
+    };
+    drop(d);
+    report::write(&plan.out, &report)?;
+    print!("{}", report::text(&report));
+    println!(
+        "report: {} and {}",
+        plan.out.join("report.html").display(),
+        plan.out.join("report.json").display()
+    );
+    if let Some(server) = &target.server {
+        server.borrow_mut().kill();
+    }
+    Ok(Outcome {
+        passed: report.passed,
+        report_dir: plan.out.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_spread_over_the_tiers_of_the_mix() {
+        let t = tiers_for(15, [1, 2, 4, 8]);
+        let count = |tier| t.iter().filter(|&&x| x == tier).count();
+        assert_eq!(t.len(), 15);
+        assert_eq!(
+            [Tier::Free, Tier::Basic, Tier::Professional, Tier::Enterprise].map(count),
+            [1, 2, 4, 8]
+        );
+        let t = tiers_for(3, [1, 1, 1, 1]);
+        assert_eq!(t.len(), 3);
+        let t = tiers_for(8, [0, 0, 0, 1]);
+        assert!(t.iter().all(|&x| x == Tier::Enterprise));
+    }
+}

@@ -1,0 +1,272 @@
+//! `--spawn`: the server binary as a child process on a free local port,
+//! with its own tokens, no simulated workers of its own, no rate limits,
+//! and (unless told otherwise) a tier table whose per-user limits are open
+//! wide so they do not cap the offered load. SIGKILL and restart for chaos.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::api::Api;
+
+/// The workspace this crate was built in (`loadtest/..`).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_dir().join(dir)
+            }
+        }
+        _ => workspace_dir().join("target"),
+    }
+}
+
+/// The server binary: `explicit`, else target/release/admedia, else
+/// target/debug/admedia; built (release) when none exists and `build`.
+pub fn locate_server(explicit: Option<&Path>, build: bool) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("--server-bin {}: no such file", p.display()))
+        };
+    }
+    let target = target_dir();
+    let candidates = [
+        target.join("release").join("admedia"),
+        target.join("debug").join("admedia"),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        warn_if_stale(found);
+        return Ok(found.clone());
+    }
+    let tried = candidates
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !build {
+        return Err(format!(
+            "no server binary at {tried}; build it with `cargo build --release -p admedia --bin admedia` or pass --server-bin"
+        ));
+    }
+    eprintln!("no server binary at {tried}: building it (cargo build --release -p admedia --bin admedia)…");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "-p", "admedia", "--bin", "admedia"])
+        .current_dir(workspace_dir())
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the server: {e}; pass --server-bin"))?;
+    if !status.success() {
+        return Err(format!("building the server failed ({status}); pass --server-bin"));
+    }
+    if candidates[0].is_file() {
+        Ok(candidates[0].clone())
+    } else {
+        Err(format!("cargo built the server but {} is missing", candidates[0].display()))
+    }
+}
+
+fn newest_source(dir: &Path, depth: u32) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            if depth == 0 {
+                continue;
+            }
+            newest_source(&path, depth - 1)
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "sql") {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+fn warn_if_stale(bin: &Path) {
+    let Some(built) = std::fs::metadata(bin).and_then(|m| m.modified()).ok() else {
+        return;
+    };
+    let ws = workspace_dir();
+    let newest = [ws.join("src"), ws.join("actors").join("src"), ws.join("schema")]
+        .iter()
+        .filter_map(|d| newest_source(d, 6))
+        .max();
+    if newest.is_some_and(|n| n > built) {
+        eprintln!(
+            "note: {} is older than the server's sources; rebuild it with `cargo build --release -p admedia --bin admedia` to test the current code",
+            bin.display()
+        );
+    }
+}
+
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free local port: {e}"))
+}
+
+/// A tier table (server TOML) with the given weights and open limits.
+pub fn open_limits_config(weights: [u32; 4]) -> String {
+    let mut out = String::from(
+        "# Written by admedia-loadtest: the default weights, per-user limits\n\
+         # opened wide so they do not cap the offered load.\n",
+    );
+    for (name, w) in ["free", "basic", "professional", "enterprise"]
+        .iter()
+        .zip(weights)
+    {
+        out.push_str(&format!(
+            "[tiers.{name}]\nweight = {w}\nmax_running = 100000\nmax_waiting = 10000000\n\n"
+        ));
+    }
+    out
+}
+
+pub struct ServerConfig {
+    pub bin: PathBuf,
+    pub port: u16,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+pub struct ServerChild {
+    config: ServerConfig,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+impl ServerChild {
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.config.port)
+    }
+
+    pub fn start(config: ServerConfig) -> Result<ServerChild, String> {
+        let mut s = ServerChild {
+            config,
+            child: None,
+            starts: 0,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.config.log)
+            .map_err(|e| format!("server log {}: {e}", self.config.log.display()))?;
+        let log2: File = log
+            .try_clone()
+            .map_err(|e| format!("server log: {e}"))?;
+        let mut cmd = Command::new(&self.config.bin);
+        // Nothing of the caller's environment may change what is tested.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("ADMEDIA_") || k == "DATABASE_URL" || k == "REDIS_URL" {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.config.bin.display()))?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// Waits for `/readyz`; fails early if the process exits.
+    pub async fn wait_ready(&mut self, api: &Api, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if api.ready().await {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "the server exited during start-up ({status}); see {}",
+                        self.config.log.display()
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the server did not answer /readyz within {} s; see {}",
+                    timeout.as_secs(),
+                    self.config.log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then start again on the same port.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Whether the process has exited by itself.
+    pub fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_limits_config_is_a_full_tier_table() {
+        let text = open_limits_config([1, 2, 4, 8]);
+        for t in ["free", "basic", "professional", "enterprise"] {
+            assert!(text.contains(&format!("[tiers.{t}]")));
+        }
+        assert!(text.contains("weight = 8"));
+        assert_eq!(text.matches("max_running").count(), 4);
+    }
+
+    #[test]
+    fn a_missing_explicit_binary_is_a_clear_error() {
+        let err = locate_server(Some(Path::new("/no/such/admedia")), false).unwrap_err();
+        assert!(err.contains("--server-bin"), "{err}");
+    }
+}

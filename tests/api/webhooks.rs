@@ -1,0 +1,199 @@
+//! Job webhooks as a receiver sees them: signed per Standard Webhooks,
+//! retried with the same id.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::helpers::*;
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+/// A receiver that fails the first delivery of every event, then accepts.
+async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
+    let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let state = seen.clone();
+    let server = HttpServer::new(move || {
+        let state = state.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+            let state = state.clone();
+            async move {
+                let header = |n: &str| {
+                    req.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let d = Delivery {
+                    id: header("webhook-id"),
+                    timestamp: header("webhook-timestamp"),
+                    signature: header("webhook-signature"),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                let mut seen = state.lock().expect("lock");
+                let first = !seen.iter().any(|s| s.id == d.id);
+                seen.push(d);
+                if first {
+                    HttpResponse::InternalServerError().finish()
+                } else {
+                    HttpResponse::NoContent().finish()
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind receiver");
+    let port = server.addrs()[0].port();
+    actix_rt::spawn(server.run());
+    (format!("http://127.0.0.1:{port}/hooks"), seen)
+}
+
+/// The receiver's own check, written from the specification.
+fn verify(secret: &str, d: &Delivery) -> bool {
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+    else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+        return false;
+    };
+    mac.update(format!("{}.{}.{}", d.id, d.timestamp, d.body).as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    d.signature
+        .split(' ')
+        .any(|s| s == format!("v1,{expected}"))
+}
+
+#[actix_web::test]
+async fn webhooks_are_signed_retried_with_one_id_and_verifiable() {
+    let (url, seen) = receiver().await;
+    let app = spawn_app_with(|s| {
+        s.webhook_allow_private = true;
+        s.webhook_retry_base_ms = 30;
+    })
+    .await;
+    let (_, key) = register(&app, "hooks@example.com").await;
+    let secret = app
+        .get("/v1/me/webhook-secret", Some(&key))
+        .await
+        .expect(200)["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let again = app
+        .get("/v1/me/webhook-secret", Some(&key))
+        .await
+        .expect(200);
+    assert_eq!(again["secret"], secret.as_str(), "the secret is stable");
+
+    let mut body = image_job();
+    body["webhook_url"] = json!(url);
+    let id = id_of(&submit_ok(&app, &key, &body).await);
+    wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+
+    // started and succeeded, each refused once and then accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let deliveries = loop {
+        let d = seen.lock().expect("lock").clone();
+        if d.len() >= 4 {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "deliveries so far: {d:?}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(deliveries.len(), 4, "{deliveries:?}");
+    let event_type = |d: &Delivery| {
+        serde_json::from_str::<Value>(&d.body).expect("JSON body")["type"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        2,
+        "a retry carries the id of its first delivery: {ids:?}"
+    );
+    for id in &ids {
+        let of_id: Vec<&Delivery> = deliveries.iter().filter(|d| d.id == *id).collect();
+        assert_eq!(of_id.len(), 2, "refused once, then accepted");
+        assert_eq!(event_type(of_id[0]), event_type(of_id[1]));
+        assert_eq!(
+            of_id[0].body, of_id[1].body,
+            "a retry resends the same event"
+        );
+    }
+    let mut types: Vec<String> = deliveries.iter().map(event_type).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        vec![
+            "job.started",
+            "job.started",
+            "job.succeeded",
+            "job.succeeded"
+        ]
+    );
+    for d in &deliveries {
+        assert!(verify(&secret, d), "signature does not verify: {d:?}");
+        assert!(
+            !verify("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", d),
+            "a wrong secret must not verify"
+        );
+        let ts: i64 = d.timestamp.parse().expect("timestamp");
+        assert!((chrono::Utc::now().timestamp() - ts).abs() < 300);
+        let payload: Value = serde_json::from_str(&d.body).expect("JSON");
+        assert_eq!(payload["data"]["id"], id.as_str());
+    }
+    let done = deliveries
+        .iter()
+        .find(|d| event_type(d) == "job.succeeded")
+        .expect("succeeded event");
+    let done: Value = serde_json::from_str(&done.body).expect("JSON");
+    assert_eq!(done["data"]["charge"], "posted");
+}
+
+#[actix_web::test]
+async fn private_webhook_targets_are_refused_by_default() {
+    let app = spawn_app_without_workers().await;
+    let (_, key) = register(&app, "ssrf@example.com").await;
+    for target in [
+        "http://127.0.0.1:9/x",
+        "http://169.254.169.254/latest",
+        "ftp://example.com/",
+        "http://localhost/",
+    ] {
+        let mut body = image_job();
+        body["webhook_url"] = json!(target);
+        submit(&app, &key, &body, None)
+            .await
+            .expect_problem(422, "invalid-params");
+    }
+    assert_eq!(
+        wallet_tuple(&app.wallet(&key).await),
+        (100, 0, 100),
+        "nothing charged"
+    );
+    let mut body = image_job();
+    body["webhook_url"] = json!("https://hooks.example.com/ok");
+    let job = submit_ok(&app, &key, &body).await;
+    assert_eq!(job["webhook_url"], "https://hooks.example.com/ok");
+}
