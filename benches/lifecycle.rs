@@ -3,7 +3,9 @@
 //! submit → hold → dispatch → simulated completion → post.
 //!
 //! `cargo bench --bench lifecycle` (options: `-- --jobs N --users N
-//! --waiting N`). Prints throughput with full credit accounting, and the
+//! --waiting N --workers N --slots N --concurrency N --database-url URL`).
+//! With `--database-url` the store is PostgreSQL (a fresh schema), so every
+//! step is a committed transaction. Prints throughput with full credit accounting, and the
 //! dispatch latency (slot or job ready → assignment recorded) with a large
 //! backlog waiting. Figures go in BENCHMARKS.md.
 
@@ -37,6 +39,39 @@ impl Observer for BenchObserver {
             let _ = self.dispatch.lock().record(l.as_nanos() as u64);
         }
     }
+}
+
+fn text_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The store under test: embedded, or a fresh schema on PostgreSQL.
+async fn store() -> Arc<dyn admedia_actors::store::Store> {
+    let Some(url) = text_arg("--database-url") else {
+        return Arc::new(MemoryStore::new());
+    };
+    let config: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("--database-url: {e}"));
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    actix_rt::spawn(conn);
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap_or_else(|e| panic!("schema: {e}"));
+    let mut config = config;
+    config.options(format!("-c search_path={schema}"));
+    let pg = admedia::store::postgres::PgStore::from_config(config, arg("--pool", 32))
+        .unwrap_or_else(|e| panic!("pool: {e}"));
+    pg.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    println!("store: PostgreSQL, schema {schema}");
+    Arc::new(pg)
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -186,8 +221,7 @@ fn main() {
             finished: AtomicU64::new(0),
             dispatch: Mutex::new(Histogram::new(3).unwrap_or_else(|e| panic!("{e}"))),
         });
-        let store = Arc::new(MemoryStore::new());
-        let o = Orchestrator::start(store, config(), obs.clone())
+        let o = Orchestrator::start(store().await, config(), obs.clone())
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
         o.add_simulated_workers(workers, slots, zero);
@@ -220,8 +254,7 @@ fn main() {
             finished: AtomicU64::new(0),
             dispatch: Mutex::new(Histogram::new(3).unwrap_or_else(|e| panic!("{e}"))),
         });
-        let store = Arc::new(MemoryStore::new());
-        let o2 = Orchestrator::start(store, config(), obs2.clone())
+        let o2 = Orchestrator::start(store().await, config(), obs2.clone())
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
         let ids = users(&o2, user_count, 1_000_000).await;

@@ -2,8 +2,9 @@
 # Runs the whole test suite. Starts PostgreSQL and Redis when they are not
 # running (installing them with apt where absent), installs Prometheus and
 # promtool where absent (the observability test runs its own Prometheus),
-# creates a fresh test database, and runs `cargo test --workspace` against
-# all of them.
+# installs Chromium and chromedriver where absent (the console's browser
+# test), creates a fresh test database, and runs `cargo test --workspace`
+# against all of them.
 #
 #   ./scripts/test.sh               # everything
 #   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
@@ -84,9 +85,19 @@ ensure_prometheus() {
     fi
 }
 
+# Installed only: tests/console.rs starts its own chromedriver on a free
+# port, which drives a headless Chromium with a throwaway profile.
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null; then return; fi
+    log "installing Chromium and chromedriver"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 ensure_postgres
 ensure_redis
 ensure_prometheus
+ensure_chromium
 
 log "fresh test database $TEST_DB"
 psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >/dev/null

@@ -102,6 +102,17 @@ pub struct Settings {
     /// First webhook retry delay (doubles per retry).
     #[arg(long, env = "ADMEDIA_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000)]
     pub webhook_retry_base_ms: u64,
+    /// This node's name in the cluster (default: host name and pid).
+    #[arg(long, env = "ADMEDIA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The URL other nodes and workers reach this node at (default
+    /// `http://` + the bound address).
+    #[arg(long, env = "ADMEDIA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// How soon a standby takes over from a dead leader, e.g. `10s`,
+    /// `2500ms` (a plain number is seconds).
+    #[arg(long, env = "ADMEDIA_LEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub leader_timeout: Duration,
     /// Tier weights Free,Basic,Professional,Enterprise, e.g. `1,2,4,8`.
     #[arg(long, env = "ADMEDIA_TIER_WEIGHTS")]
     pub tier_weights: Option<String>,
@@ -121,6 +132,39 @@ pub struct Settings {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "ADMEDIA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    // ---- platform rules (docs/platform-rules.md)
+    /// Key that signs payment events (`whsec_` + base64, or raw base64);
+    /// without it `POST /v1/payments/webhook` answers 503.
+    #[arg(long, env = "ADMEDIA_PAYMENT_SECRET", hide_env_values = true)]
+    pub payment_secret: Option<String>,
+    /// How far a payment event's timestamp may be from now, in seconds.
+    #[arg(long, env = "ADMEDIA_PAYMENT_TOLERANCE_SECS", default_value_t = 300)]
+    pub payment_tolerance_secs: u64,
+    /// Least notice of a price change (ToS 4.5): `7d`, `36h`, `3600s` or seconds.
+    #[arg(long, env = "ADMEDIA_PRICE_NOTICE", default_value = "7d", value_parser = platform_duration)]
+    pub price_notice: Duration,
+    /// Gift credits per paid membership month, e.g.
+    /// `basic=200,professional=1000,enterprise=5000` (unnamed tiers keep their default).
+    #[arg(long, env = "ADMEDIA_MEMBERSHIP_GIFTS", default_value = "")]
+    pub membership_gifts: String,
+    /// How often due membership gifts are granted and prices reloaded.
+    #[arg(long, env = "ADMEDIA_GIFT_SWEEP", default_value = "60s", value_parser = platform_duration)]
+    pub gift_sweep: Duration,
+    /// A content rules file (TOML or JSON); default: the rules shipped in
+    /// `actors/rules/content.toml`.
+    #[arg(long, env = "ADMEDIA_CONTENT_RULES")]
+    pub content_rules: Option<PathBuf>,
+    /// Refused prompts within the window that suspend the account (0: never).
+    #[arg(long, env = "ADMEDIA_VIOLATIONS_BEFORE_SUSPEND", default_value_t = 5)]
+    pub violations_before_suspend: u32,
+    /// The window refused prompts are counted in: `24h`, `30m`, seconds.
+    #[arg(long, env = "ADMEDIA_VIOLATION_WINDOW", default_value = "24h", value_parser = platform_duration)]
+    pub violation_window: Duration,
+}
+
+/// `7d`, `36h`, `1d12h`, `3600s`, or a plain number of seconds.
+fn platform_duration(raw: &str) -> Result<Duration, String> {
+    admedia_actors::price_schedule::parse_duration(raw)
 }
 
 impl Default for Settings {
@@ -133,11 +177,77 @@ impl Default for Settings {
     }
 }
 
+/// `10s`, `2500ms`, `1m`, or a plain number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&raw[..i], &raw[i..]),
+        None => (raw, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{raw:?}: expected e.g. 10s or 2500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!("{raw:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    }
+}
+
+/// `basic=200,professional=1000,enterprise=5000` over `base`.
+fn parse_gifts(
+    raw: &str,
+    base: admedia_actors::payments::GiftTable,
+) -> Result<admedia_actors::payments::GiftTable, String> {
+    let mut gifts = base;
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (tier, amount) = part
+            .split_once('=')
+            .ok_or_else(|| format!("ADMEDIA_MEMBERSHIP_GIFTS {part:?}: expected tier=credits"))?;
+        let amount: i64 = amount.trim().parse().map_err(|_| {
+            format!("ADMEDIA_MEMBERSHIP_GIFTS {part:?}: expected a whole number of credits")
+        })?;
+        match tier.trim() {
+            "basic" => gifts.basic = amount,
+            "professional" => gifts.professional = amount,
+            "enterprise" => gifts.enterprise = amount,
+            other => {
+                return Err(format!(
+                    "ADMEDIA_MEMBERSHIP_GIFTS: unknown tier {other:?} (basic, professional, enterprise)"
+                ))
+            }
+        }
+    }
+    gifts
+        .validate()
+        .map_err(|e| format!("ADMEDIA_MEMBERSHIP_GIFTS: {e}"))?;
+    Ok(gifts)
+}
+
+impl Settings {
+    /// The content policy (ToS 3.2): the rules file named by
+    /// `ADMEDIA_CONTENT_RULES`, or the one shipped with the server.
+    pub fn content_policy(&self) -> Result<admedia_actors::content::RulesPolicy, String> {
+        match &self.content_rules {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("ADMEDIA_CONTENT_RULES {}: {e}", path.display()))?;
+                admedia_actors::content::RulesPolicy::parse(&text)
+                    .map_err(|e| format!("ADMEDIA_CONTENT_RULES {}: {e}", path.display()))
+            }
+            None => admedia_actors::content::RulesPolicy::builtin(),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     tiers: Option<TierTable>,
     prices: Option<PriceTable>,
+    /// Membership gift credits per paid month (ToS 5.3).
+    gifts: Option<admedia_actors::payments::GiftTable>,
 }
 
 impl Settings {
@@ -182,6 +292,13 @@ impl Settings {
             image_deadline: Duration::from_millis(self.image_deadline_ms.max(1)),
             video_deadline: Duration::from_millis(self.video_deadline_ms.max(1)),
             worker_lease: Duration::from_millis(self.worker_lease_ms),
+            platform: admedia_actors::platform::PlatformConfig {
+                price_notice: self.price_notice,
+                gifts: parse_gifts(&self.membership_gifts, file.gifts.unwrap_or_default())?,
+                violations_before_suspend: self.violations_before_suspend,
+                violation_window: self.violation_window,
+                sweep_every: self.gift_sweep,
+            },
             ..OrchestratorConfig::default()
         };
         config.validate()?;
@@ -239,6 +356,45 @@ mod tests {
         let mut s = Settings::default();
         s.registration_credits = -1;
         assert!(s.orchestrator().is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2500ms"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn platform_settings_parse_and_refuse_nonsense() {
+        let s = Settings::default();
+        let cfg = s.orchestrator().unwrap();
+        assert_eq!(cfg.platform.price_notice, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.platform.gifts.basic, 200);
+        assert_eq!(cfg.platform.violations_before_suspend, 5);
+        let mut s = Settings::default();
+        s.membership_gifts = "professional=1500, enterprise=0".into();
+        let gifts = s.orchestrator().unwrap().platform.gifts;
+        assert_eq!((gifts.basic, gifts.professional, gifts.enterprise), (200, 1500, 0));
+        for bad in ["gold=5", "basic", "basic=x", "basic=-1"] {
+            s.membership_gifts = bad.into();
+            assert!(
+                s.orchestrator().unwrap_err().contains("ADMEDIA_MEMBERSHIP_GIFTS"),
+                "{bad}"
+            );
+        }
+        assert!(platform_duration("1d12h").is_ok());
+        assert!(platform_duration("soon").is_err());
+        assert!(Settings::default().content_policy().is_ok());
+        let mut s = Settings::default();
+        s.content_rules = Some("/nonexistent/rules.toml".into());
+        assert!(s
+            .content_policy()
+            .err()
+            .is_some_and(|e| e.contains("ADMEDIA_CONTENT_RULES")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! telemetry and the adapters that plug PostgreSQL and Redis into the
 //! actors of `admedia-actors`.
 
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod events;

@@ -16,6 +16,7 @@ use rand::RngCore;
 use crate::config::Settings;
 use crate::events::{EventHub, ServerObserver};
 use crate::http::{self, AppState};
+use crate::cluster::{run_election, NodeState, Role};
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::store::instrumented::InstrumentedStore;
@@ -102,7 +103,50 @@ impl Application {
             events: events.clone(),
             webhooks,
         });
-        let orchestrator = Orchestrator::start(store, config.clone(), observer).await?;
+        let listener = TcpListener::bind(&settings.bind).map_err(|e| format!("bind {}: {e}", settings.bind))?;
+        let local = listener.local_addr()?;
+        let node_id = settings
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", local, std::process::id()));
+        let advertise_url = settings
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}"));
+        // With PostgreSQL, nodes elect the one active scheduler; alone on
+        // the embedded store, this node simply leads.
+        let (orchestrator, node) = match &settings.database_url {
+            Some(url) => {
+                let orchestrator = Orchestrator::start_standby(store, config.clone(), observer).await?;
+                let node = NodeState::new(node_id, advertise_url, Role::Standby);
+                actix_rt::spawn(run_election(
+                    url.clone(),
+                    orchestrator.clone(),
+                    node.clone(),
+                    settings.leader_timeout,
+                    config.worker_lease,
+                ));
+                (orchestrator, node)
+            }
+            None => {
+                let orchestrator = Orchestrator::start(store, config.clone(), observer).await?;
+                let epoch = orchestrator.epoch().await.unwrap_or(0);
+                (orchestrator, NodeState::new(node_id, advertise_url, Role::Leader { epoch }))
+            }
+        };
+        // Platform rules: the content policy (ToS 3.2) and the key that
+        // signs payment events (ToS 4.2, 5).
+        orchestrator.set_content_policy(Arc::new(settings.content_policy()?));
+        let payments = match settings.payment_secret.clone() {
+            Some(secret) => Some(http::payments::PaymentVerifier::new(
+                secret,
+                std::time::Duration::from_secs(settings.payment_tolerance_secs),
+            )?),
+            None => {
+                tracing::warn!("ADMEDIA_PAYMENT_SECRET unset: payment events are refused (503)");
+                None
+            }
+        };
         let sim_workers = settings.sim_worker_count();
         if sim_workers > 0 {
             orchestrator.add_simulated_workers(sim_workers, settings.sim_slots.max(1), sim_profile);
@@ -129,17 +173,17 @@ impl Application {
         };
         let rate_limiter_backend = rate_limiter.backend();
 
-        let listener = TcpListener::bind(&settings.bind)
-            .map_err(|e| format!("bind {}: {e}", settings.bind))?;
-        let port = listener.local_addr()?.port();
+        let port = local.port();
         let state = web::Data::new(AppState {
             orchestrator: orchestrator.clone(),
+            node,
             rate_limiter,
             events,
             webhook_allow_private: settings.webhook_allow_private,
             metrics,
             admin_token: admin_token.clone(),
             worker_token: worker_token.clone(),
+            payments,
         });
         let mut server = HttpServer::new(move || {
             App::new()

@@ -8,92 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{ServerProcess, ADMIN_TOKEN};
-
-struct Api {
-    client: awc::Client,
-    base: String,
-}
-
-impl Api {
-    fn new(base: &str) -> Api {
-        Api {
-            client: awc::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .finish(),
-            base: base.to_owned(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> Result<(u16, Value), String> {
-        let mut req = match method {
-            "GET" => self.client.get(format!("{}{path}", self.base)),
-            "PUT" => self.client.put(format!("{}{path}", self.base)),
-            _ => self.client.post(format!("{}{path}", self.base)),
-        };
-        req = req.insert_header(("Authorization", format!("Bearer {token}")));
-        for (k, v) in headers {
-            req = req.insert_header((*k, *v));
-        }
-        let mut res = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        }
-        .map_err(|e| e.to_string())?;
-        let status = res.status().as_u16();
-        let bytes = res
-            .body()
-            .limit(10 << 20)
-            .await
-            .map_err(|e| e.to_string())?;
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, value))
-    }
-
-    async fn register(&self, email: &str) -> (String, String) {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/v1/users",
-                "",
-                Some(json!({"email": email, "display_name": "Crash"})),
-                &[],
-            )
-            .await
-            .expect("register");
-        assert_eq!(status, 201, "{body}");
-        (
-            body["user"]["id"].as_str().expect("id").to_owned(),
-            body["api_key"].as_str().expect("key").to_owned(),
-        )
-    }
-
-    async fn all_pages(&self, path: &str, field: &str, key: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut before: Option<String> = None;
-        loop {
-            let sep = if path.contains('?') { '&' } else { '?' };
-            let url = match &before {
-                Some(b) => format!("{path}{sep}limit=200&before={b}"),
-                None => format!("{path}{sep}limit=200"),
-            };
-            let (status, body) = self.call("GET", &url, key, None, &[]).await.expect("page");
-            assert_eq!(status, 200, "{body}");
-            out.extend(body[field].as_array().cloned().unwrap_or_default());
-            match body["next"].as_str() {
-                Some(n) => before = Some(n.to_owned()),
-                None => return out,
-            }
-        }
-    }
-}
+use support::{Api, ServerProcess, ADMIN_TOKEN};
 
 fn job_body(i: usize) -> Value {
     json!({"kind": "image", "model": "sdxl", "prompt": format!("crash test {i}"), "params": {"count": 1 + i % 3}})
@@ -133,6 +48,9 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
         ("ADMEDIA_SIM_USER_ERROR_RATE", "0.05".to_owned()),
         ("ADMEDIA_RETRY_BASE_MS", "20".to_owned()),
         ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),
+        // Attempts in flight at the kill are declared lost one lease after
+        // the restart.
+        ("ADMEDIA_WORKER_LEASE_MS", "1000".to_owned()),
         ("ADMEDIA_REGISTRATION_CREDITS", "2000".to_owned()),
         (
             "ADMEDIA_RATE_LIMITS",
@@ -289,63 +207,6 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
     }
 }
 
-/// A TCP proxy in front of the shared PostgreSQL that the test can cut:
-/// cutting drops every connection through it and refuses new ones.
-struct CuttableProxy {
-    port: u16,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl CuttableProxy {
-    async fn start(upstream: String) -> CuttableProxy {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (tx, rx) = tokio::sync::watch::channel(0u64);
-        let generation = std::sync::Arc::new(tx);
-        let accept_open = open.clone();
-        actix_rt::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !accept_open.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let mut cut = rx.clone();
-                // Only a cut after this connection opened closes it.
-                cut.borrow_and_update();
-                actix_rt::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        CuttableProxy {
-            port,
-            open,
-            generation,
-        }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 #[actix_web::test]
 async fn database_outage_answers_503_and_recovers() {
     let Some(db) = support::fresh_database().await else {
@@ -357,7 +218,7 @@ async fn database_outage_answers_503_and_recovers() {
         _ => "127.0.0.1".to_owned(),
     };
     let port = url.get_ports().first().copied().unwrap_or(5432);
-    let proxy = CuttableProxy::start(format!("{host}:{port}")).await;
+    let proxy = support::CuttableProxy::start(format!("{host}:{port}")).await;
     let db_name = url.get_dbname().unwrap_or("test").to_owned();
     let user = url.get_user().unwrap_or("postgres").to_owned();
     let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{db_name}", proxy.port);

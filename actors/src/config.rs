@@ -30,6 +30,9 @@ pub struct OrchestratorConfig {
     pub worker_lease: Duration,
     /// GPU memory a job of each size class needs.
     pub vram: VramTable,
+    /// Price notice, membership gifts, content violations (ToS 3.2, 4.5, 5).
+    #[serde(default)]
+    pub platform: crate::platform::PlatformConfig,
 }
 
 /// GPU memory (MB) needed per size class; configuration may replace it.
@@ -67,6 +70,7 @@ impl Default for OrchestratorConfig {
             wallet_idle: Duration::from_secs(300),
             worker_lease: Duration::from_millis(15_000),
             vram: VramTable::default(),
+            platform: crate::platform::PlatformConfig::default(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl OrchestratorConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.tiers.validate()?;
         self.prices.validate()?;
+        self.platform.validate()?;
         if !(1..=20).contains(&self.max_attempts) {
             return Err("max_attempts must be 1..=20".into());
         }

@@ -29,6 +29,17 @@ pub enum OrchestratorError {
     IdempotencyKeyReused,
     #[error("the job has already finished")]
     JobFinished,
+    /// The prompt breaks the content rules (ToS 3.2); nothing was charged.
+    #[error("the prompt was refused by the content rules ({category})")]
+    ContentRejected { category: String },
+    #[error("the last active API key cannot be revoked; issue a new key first")]
+    LastApiKey,
+    /// A price change announced with less notice than required (ToS 4.5).
+    #[error("prices may change from {earliest} at the earliest ({notice_secs} s notice)")]
+    PriceNoticeTooShort {
+        earliest: chrono::DateTime<chrono::Utc>,
+        notice_secs: u64,
+    },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -50,12 +61,14 @@ impl From<StoreError> for OrchestratorError {
             StoreError::QueueLimit { limit } => OrchestratorError::QueueLimit { limit },
             StoreError::IdempotencyKeyReused => OrchestratorError::IdempotencyKeyReused,
             StoreError::JobFinished => OrchestratorError::JobFinished,
+            StoreError::LastApiKey => OrchestratorError::LastApiKey,
             StoreError::AccountInactive(status) => {
                 OrchestratorError::AccountSuspended(status.as_str())
             }
             StoreError::Unavailable(msg) => OrchestratorError::Unavailable(msg),
             StoreError::LimitExceeded(msg) => OrchestratorError::InvalidParams(msg),
             e @ (StoreError::StaleTransition { .. }
+            | StoreError::Deposed { .. }
             | StoreError::HoldResolved
             | StoreError::Invariant(_)
             | StoreError::Internal(_)) => OrchestratorError::Internal(e.to_string()),

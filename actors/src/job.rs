@@ -393,6 +393,14 @@ pub struct Job {
     pub charge: Charge,
     pub worker_id: Option<WorkerId>,
     pub lease: Option<LeaseToken>,
+    /// The price table version that set `cost` (ToS 4.5); 1 for jobs
+    /// stored before prices were versioned.
+    #[serde(default = "first_price_version")]
+    pub price_version: u32,
+}
+
+fn first_price_version() -> u32 {
+    1
 }
 
 /// What the worker reported for one attempt.

@@ -14,7 +14,7 @@ use crate::events::{JobEvent, JobEventKind};
 use crate::ids::{LeaseToken, WorkerId};
 use crate::job::{AttemptOutcome, FailureClass, JobState};
 use crate::observer::{AttemptResult, Observer};
-use crate::scheduler::actor::{AttemptEnded, NextStep, SchedulerActor};
+use crate::scheduler::actor::{AttemptEnded, Deposed, NextStep, SchedulerActor};
 use crate::scheduler::queue::QueuedJob;
 use crate::store::{AttemptRef, Store, StoreError};
 use crate::wallet::{Settle, WalletRegistry};
@@ -53,6 +53,8 @@ pub struct JobActor {
     ready_since: Instant,
     started_at: Option<Instant>,
     ended: bool,
+    /// The scheduler term that dispatched this attempt.
+    epoch: u64,
 }
 
 impl JobActor {
@@ -68,6 +70,7 @@ impl JobActor {
         config: Arc<OrchestratorConfig>,
         observer: Arc<dyn Observer>,
         ready_since: Instant,
+        epoch: u64,
     ) -> JobActor {
         let attempt = AttemptRef {
             job_id: job.job_id,
@@ -88,6 +91,7 @@ impl JobActor {
             ready_since,
             started_at: None,
             ended: false,
+            epoch,
         }
     }
 
@@ -170,7 +174,8 @@ impl Actor for JobActor {
         let store = self.store.clone();
         let attempt = self.attempt;
         let worker = self.worker_id;
-        let fut = async move { store.assign_job(attempt, worker, Utc::now()).await };
+        let epoch = self.epoch;
+        let fut = async move { store.assign_job(attempt, worker, epoch, Utc::now()).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(job) => {
                 act.phase = Phase::Assigned;
@@ -212,6 +217,13 @@ impl Actor for JobActor {
             }
             Err(StoreError::StaleTransition { .. }) | Err(StoreError::NotFound(_)) => {
                 // Cancelled or already handled: the slot goes back.
+                act.end(NextStep::Done, ctx);
+            }
+            Err(StoreError::Deposed { current }) => {
+                // Another node leads now: this scheduler must stop.
+                tracing::warn!(job = %act.job.job_id, epoch = act.epoch, current,
+                    "assignment refused: scheduler deposed");
+                act.scheduler.do_send(Deposed { current });
                 act.end(NextStep::Done, ctx);
             }
             Err(e) => {

@@ -7,7 +7,9 @@
 //! state is read and written. This crate knows nothing of HTTP, SQL or Redis;
 //! the server (`src/`) and the load tester plug those in from outside.
 
+pub mod accounts;
 pub mod config;
+pub mod content;
 pub mod email;
 pub mod error;
 pub mod events;
@@ -18,6 +20,9 @@ pub mod ledger;
 pub mod money;
 pub mod observer;
 pub mod orchestrator;
+pub mod payments;
+pub mod platform;
+pub mod price_schedule;
 pub mod pricing;
 pub mod scheduler;
 pub mod store;

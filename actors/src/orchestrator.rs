@@ -19,6 +19,7 @@ use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
 use crate::scheduler::actor::{
+    Activate, CurrentEpoch, Deactivate, Waiting,
     DrainWorker, GetStats, ListWorkers, Recover, SchedulerActor, SchedulerStats, WorkerView,
 };
 use crate::store::{
@@ -32,6 +33,9 @@ use crate::wallet::{
 use crate::worker::{
     start_simulated_worker, Capabilities, LastHeard, SimProfile, WorkerActor, WorkerLink,
 };
+
+/// Platform rules: API keys, payments, prices, content (ToS 2-5, 9).
+mod rules;
 
 /// A job as an operator sees it.
 #[derive(Clone, Debug)]
@@ -65,6 +69,8 @@ pub struct Orchestrator {
     scheduler: Addr<SchedulerActor>,
     actor_arbiter: actix_rt::ArbiterHandle,
     _arbiters: Arc<ArbiterGuard>,
+    /// Price book, content policy (see `rules`).
+    platform: Arc<crate::platform::Platform>,
 }
 
 /// Stops the orchestrator's arbiters when the last handle goes.
@@ -89,9 +95,23 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
+        let orchestrator = Self::start_standby(store, config, observer).await?;
+        let node = format!("solo-{}", std::process::id());
+        orchestrator.promote(&node, "", std::time::Duration::ZERO).await?;
+        Ok(orchestrator)
+    }
+
+    /// Starts the actors with the scheduler standing by: it dispatches
+    /// nothing until [`Orchestrator::promote`] (an election won).
+    pub async fn start_standby(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Orchestrator, OrchestratorError> {
         config
             .validate()
             .map_err(OrchestratorError::InvalidParams)?;
+        let config_prices = config.prices;
         let config = Arc::new(config);
         let scheduling = Arbiter::new();
         let wallet_arbiter = Arbiter::new();
@@ -121,43 +141,94 @@ impl Orchestrator {
             scheduler,
             actor_arbiter: scheduling.handle(),
             _arbiters: Arc::new(ArbiterGuard(vec![scheduling, wallet_arbiter])),
+            platform: Arc::new(crate::platform::Platform::new(config_prices)),
         };
-        orchestrator.recover().await?;
+        orchestrator.start_platform().await?;
         Ok(orchestrator)
     }
 
-    async fn recover(&self) -> Result<(), OrchestratorError> {
+    /// This node leads the cluster from now: a new election term in the
+    /// store, then the waiting line rebuilt from it. Attempts in flight
+    /// under an earlier term count as lost once `grace` has passed without
+    /// them ending (their workers may still finish them meanwhile); with no
+    /// other node possible, `grace` is zero.
+    pub async fn promote(&self, node: &str, url: &str, grace: std::time::Duration) -> Result<u64, OrchestratorError> {
+        let epoch = self.store.become_leader(node, url, Utc::now()).await?;
+        self.scheduler
+            .send(Activate { epoch })
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
         let in_flight = self
             .store
             .jobs_in_states(&[JobState::Assigned, JobState::Running])
             .await?;
-        for job in in_flight {
+        let waiting = self.store.jobs_in_states(&[JobState::Queued]).await?;
+        tracing::info!(epoch, node, waiting = waiting.len(), in_flight = in_flight.len(), "leading the cluster");
+        self.scheduler.do_send(Recover(waiting));
+        let this = self.clone();
+        let lost = async move {
+            if !grace.is_zero() {
+                actix_rt::time::sleep(grace).await;
+            }
+            this.declare_lost(in_flight).await
+        };
+        if grace.is_zero() {
+            lost.await?;
+        } else {
+            actix_rt::spawn(async move {
+                if let Err(e) = lost.await {
+                    tracing::warn!(error = %e, "could not settle attempts lost with the previous scheduler");
+                }
+            });
+        }
+        Ok(epoch)
+    }
+
+    /// The store says this job waits (announced by any node).
+    pub fn job_waiting(&self, job: JobId) {
+        self.scheduler.do_send(Waiting(job));
+    }
+
+    /// This node no longer leads.
+    pub fn demote(&self) {
+        self.scheduler.do_send(Deactivate);
+    }
+
+    /// The term this node leads, if it does.
+    pub async fn epoch(&self) -> Option<u64> {
+        self.scheduler.send(CurrentEpoch).await.ok().flatten()
+    }
+
+    /// Attempts that were in flight when the lead changed, and have not
+    /// ended since, are system failures: retried, or refunded after the
+    /// last attempt. The lease makes this a no-op for any that did end.
+    async fn declare_lost(&self, jobs: Vec<Job>) -> Result<(), OrchestratorError> {
+        for job in jobs {
             let (Some(lease), attempt) = (job.lease, job.attempts) else {
                 continue;
             };
             let delay = self.config.retry_delay(attempt);
-            let outcome = AttemptOutcome::SystemFailure {
-                message: "the orchestrator restarted during the attempt".into(),
-                retry_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-            };
             let msg = Settle {
                 attempt: AttemptRef {
                     job_id: job.id,
                     attempt,
                     lease,
                 },
-                outcome,
+                outcome: AttemptOutcome::SystemFailure {
+                    message: "the attempt was lost when the scheduler restarted or changed".into(),
+                    retry_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                },
             };
             match self.wallets.settle(job.user_id, msg).await {
-                Ok(_) | Err(StoreError::StaleTransition { .. }) => {}
+                Ok(settled) => {
+                    if settled.job.state == JobState::Queued {
+                        self.scheduler.do_send(Recover(vec![settled.job]));
+                    }
+                }
+                Err(StoreError::StaleTransition { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let waiting = self.store.jobs_in_states(&[JobState::Queued]).await?;
-        if !waiting.is_empty() {
-            tracing::info!(jobs = waiting.len(), "recovered waiting jobs");
-        }
-        self.scheduler.do_send(Recover(waiting));
         Ok(())
     }
 
@@ -261,6 +332,7 @@ impl Orchestrator {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Submission, OrchestratorError> {
         let spec = JobSpec::parse(request).map_err(|e| OrchestratorError::InvalidParams(e.0))?;
+        self.screen(user, &spec).await?;
         self.wallets
             .call(user, Submit { spec, idempotency })
             .await?

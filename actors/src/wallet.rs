@@ -51,13 +51,27 @@ struct Deps {
     config: Arc<OrchestratorConfig>,
     observer: Arc<dyn Observer>,
     scheduler: OnceLock<Addr<SchedulerActor>>,
+    /// Versioned prices (ToS 4.5); without it, `config.prices` as version 1.
+    prices: OnceLock<Arc<crate::price_schedule::PriceBook>>,
 }
 
 impl Deps {
     fn scheduler(&self) -> Option<&Addr<SchedulerActor>> {
         self.scheduler.get()
     }
+
+    /// The price version in effect at `at` and its table.
+    fn pricing_at(&self, at: chrono::DateTime<Utc>) -> (u32, crate::pricing::PriceTable) {
+        match self.prices.get() {
+            Some(book) => book.pricing_at(at),
+            None => (1, self.config.prices),
+        }
+    }
 }
+
+/// Payments and membership gifts (ToS 4.2, 5).
+mod platform;
+pub use platform::{ApplyPayment, GrantGift};
 
 impl WalletActor {
     /// The cached user, or the stored one when the cache is cold.
@@ -158,9 +172,8 @@ impl Handler<Submit> for WalletActor {
             }
             let now = Utc::now();
             let tier = user.tier(now);
-            let cost = deps
-                .config
-                .prices
+            let (price_version, prices) = deps.pricing_at(now);
+            let cost = prices
                 .cost(&msg.spec)
                 .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
             let idempotency = msg.idempotency.map(|key| (key, msg.spec.fingerprint()));
@@ -176,6 +189,7 @@ impl Handler<Submit> for WalletActor {
                     max_waiting: deps.config.tiers.policy(tier).max_waiting,
                     idempotency,
                     now,
+                    price_version,
                 })
                 .await
                 .map_err(|e| {
@@ -426,12 +440,18 @@ impl WalletRegistry {
                 config,
                 observer,
                 scheduler: OnceLock::new(),
+                prices: OnceLock::new(),
             }),
         }))
     }
 
     pub fn set_scheduler(&self, scheduler: Addr<SchedulerActor>) {
         let _ = self.0.deps.scheduler.set(scheduler);
+    }
+
+    /// Prices jobs by the versioned price table from now on.
+    pub fn set_price_book(&self, book: Arc<crate::price_schedule::PriceBook>) {
+        let _ = self.0.deps.prices.set(book);
     }
 
     /// Wallet actors alive now.

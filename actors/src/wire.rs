@@ -35,6 +35,8 @@ pub enum ToWorker {
         heartbeat_ms: u64,
         lease_ms: u64,
     },
+    /// This node does not run the active scheduler: connect to `url`.
+    Redirect { url: String },
     /// A message was refused (malformed, oversized, out of order, or about
     /// an attempt this worker does not hold). Nothing changed.
     Error { message: String },

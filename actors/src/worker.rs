@@ -444,7 +444,7 @@ impl Handler<ToWorker> for SimulatedGpu {
                     ctx.cancel_future(handle);
                 }
             }
-            ToWorker::Drain | ToWorker::Welcome { .. } | ToWorker::Error { .. } => {}
+            ToWorker::Drain | ToWorker::Welcome { .. } | ToWorker::Error { .. } | ToWorker::Redirect { .. } => {}
         }
     }
 }

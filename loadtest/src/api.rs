@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use admedia_actors::job::{Charge, FailureClass, JobRequest, JobState};
+use admedia_actors::job::{Charge, FailureClass, JobState};
 use admedia_actors::ledger::EntryKind;
 use admedia_actors::tier::Tier;
 use awc::http::Method;
@@ -177,7 +177,11 @@ impl Api {
             .base
             .strip_prefix("https://")
             .map(|r| format!("wss://{r}"))
-            .or_else(|| self.base.strip_prefix("http://").map(|r| format!("ws://{r}")))
+            .or_else(|| {
+                self.base
+                    .strip_prefix("http://")
+                    .map(|r| format!("ws://{r}"))
+            })
             .unwrap_or_else(|| self.base.clone());
         format!("{rest}/v1/workers/connect")
     }
@@ -190,9 +194,7 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<Response, ApiError> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base));
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             req = req.insert_header(("Authorization", format!("Bearer {token}")));
         }
@@ -242,7 +244,12 @@ impl Api {
             .expect(201)
     }
 
-    pub async fn set_membership(&self, admin: &str, user: &str, tier: Tier) -> Result<(), ApiError> {
+    pub async fn set_membership(
+        &self,
+        admin: &str,
+        user: &str,
+        tier: Tier,
+    ) -> Result<(), ApiError> {
         let body = json!({"tier": tier, "expires_at": "2100-01-01T00:00:00Z"});
         let res = self
             .call(
@@ -286,15 +293,14 @@ impl Api {
     pub async fn submit(
         &self,
         api_key: &str,
-        job: &JobRequest,
+        job: &Value,
         idempotency_key: &str,
     ) -> Result<Response, ApiError> {
-        let body = serde_json::to_value(job).map_err(|e| ApiError::Decode(e.to_string()))?;
         self.call(
             Method::POST,
             "/v1/jobs",
             Some(api_key),
-            Some(&body),
+            Some(job),
             &[("Idempotency-Key", idempotency_key)],
         )
         .await

@@ -191,7 +191,11 @@ pub fn audit(input: &AuditInput) -> AuditReport {
         let mut seen = BTreeSet::new();
         for j in &input.jobs {
             if !seen.insert(j.id.as_str()) {
-                f.add("job-listed-twice", &j.id, "the job appears twice in the listing");
+                f.add(
+                    "job-listed-twice",
+                    &j.id,
+                    "the job appears twice in the listing",
+                );
             }
         }
     }
@@ -356,15 +360,14 @@ pub fn audit(input: &AuditInput) -> AuditReport {
             );
         }
         if jl.holds.iter().any(|&h| h != job.cost) {
-            f.add("hold-amount-mismatch", &job.id, "a hold differs from the job's cost");
+            f.add(
+                "hold-amount-mismatch",
+                &job.id,
+                "a hold differs from the job's cost",
+            );
         }
         let held: i64 = jl.holds.iter().sum();
-        if jl
-            .posts
-            .iter()
-            .chain(jl.voids.iter())
-            .any(|&a| a != held)
-        {
+        if jl.posts.iter().chain(jl.voids.iter()).any(|&a| a != held) {
             f.add(
                 "resolution-amount-mismatch",
                 &job.id,
@@ -372,10 +375,18 @@ pub fn audit(input: &AuditInput) -> AuditReport {
             );
         }
         if jl.posts.len() > 1 {
-            f.add("double-post", &job.id, "the job's hold was posted more than once");
+            f.add(
+                "double-post",
+                &job.id,
+                "the job's hold was posted more than once",
+            );
         }
         if jl.voids.len() > 1 {
-            f.add("double-void", &job.id, "the job's hold was voided more than once");
+            f.add(
+                "double-void",
+                &job.id,
+                "the job's hold was voided more than once",
+            );
         }
         if !jl.posts.is_empty() && !jl.voids.is_empty() {
             f.add(
@@ -450,7 +461,10 @@ pub fn audit(input: &AuditInput) -> AuditReport {
     let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for job in &input.jobs {
         if let Some(key) = &job.idempotency_key {
-            by_key.entry(key.as_str()).or_default().push(job.id.as_str());
+            by_key
+                .entry(key.as_str())
+                .or_default()
+                .push(job.id.as_str());
         }
     }
     for ids in by_key.values() {
@@ -689,7 +703,10 @@ mod tests {
         let report = audit(&input);
         assert!(!report.passed);
         let found = checks(&report);
-        assert!(found.contains(&"system-failure-not-voided-once"), "{found:?}");
+        assert!(
+            found.contains(&"system-failure-not-voided-once"),
+            "{found:?}"
+        );
         assert!(found.contains(&"unresolved-hold"), "{found:?}");
         assert!(found.contains(&"wallet-held-not-zero"), "{found:?}");
         let v = report

@@ -31,7 +31,12 @@ pub struct Line<'a> {
 }
 
 /// A line chart; an empty string when there is nothing to draw.
-pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[Line<'_>]) -> Result<String, String> {
+pub fn lines(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Line<'_>],
+) -> Result<String, String> {
     lines_with(title, x_desc, y_desc, series, &|x| format!("{x}"))
 }
 
@@ -87,12 +92,17 @@ pub fn lines_with(
             let c = color(i);
             chart
                 .draw_series(LineSeries::new(
-                    s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()),
+                    s.points
+                        .iter()
+                        .copied()
+                        .filter(|(x, y)| x.is_finite() && y.is_finite()),
                     c.stroke_width(2),
                 ))
                 .map_err(err)?
                 .label(s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -243,7 +253,11 @@ mod tests {
         .unwrap();
         assert!(bars.contains("<rect"));
         assert!(bars.contains("enterprise (expected)"));
-        let p = percentiles("latency", &[("submit".into(), vec![(50.0, 1.0), (99.9, 9.0)])]).unwrap();
+        let p = percentiles(
+            "latency",
+            &[("submit".into(), vec![(50.0, 1.0), (99.9, 9.0)])],
+        )
+        .unwrap();
         assert!(p.contains("<svg"));
         assert_eq!(lines("empty", "x", "y", &[]).unwrap(), "");
     }

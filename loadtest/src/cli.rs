@@ -446,10 +446,9 @@ impl Cli {
             let admin_token = self.admin_token.clone().ok_or(
                 "--url needs --admin-token (or ADMEDIA_ADMIN_TOKEN): users, credits and stats are admin calls",
             )?;
-            let worker_token = self
-                .worker_token
-                .clone()
-                .ok_or("--url needs --worker-token (or ADMEDIA_WORKER_TOKEN) for the simulated workers")?;
+            let worker_token = self.worker_token.clone().ok_or(
+                "--url needs --worker-token (or ADMEDIA_WORKER_TOKEN) for the simulated workers",
+            )?;
             Target::Url {
                 url,
                 admin_token,
@@ -468,8 +467,7 @@ impl Cli {
         };
         if !self.spawn && self.database_url.is_some() {
             return Err(
-                "--database-url applies to --spawn (a server at --url has its own database)"
-                    .into(),
+                "--database-url applies to --spawn (a server at --url has its own database)".into(),
             );
         }
         let mode = match &target {
@@ -492,10 +490,14 @@ impl Cli {
         }
         if let Some(secs) = chaos {
             if !(secs.is_finite() && secs >= 1.0) {
-                return Err(format!("--chaos-kill-every must be at least 1 second, got {secs}"));
+                return Err(format!(
+                    "--chaos-kill-every must be at least 1 second, got {secs}"
+                ));
             }
             if !self.spawn {
-                return Err("--chaos-kill-every needs --spawn: the harness kills its own child".into());
+                return Err(
+                    "--chaos-kill-every needs --spawn: the harness kills its own child".into(),
+                );
             }
             if self.database_url.is_none() {
                 return Err("--chaos-kill-every needs --database-url: the embedded store loses everything at a kill, so there would be nothing to audit".into());
@@ -539,7 +541,9 @@ impl Cli {
         } else {
             let rate = self.rate.unwrap_or(d.rate);
             if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
-                return Err(format!("--rate must be a positive number of jobs per second, got {rate}"));
+                return Err(format!(
+                    "--rate must be a positive number of jobs per second, got {rate}"
+                ));
             }
             Load::Open { rate }
         };
@@ -548,7 +552,7 @@ impl Cli {
             other => other,
         };
         if let Some(s) = duration_s {
-            if !(s.is_finite() && s >= 0.0 && s <= 86_400.0) {
+            if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
                 return Err(format!("--duration must be 0..=86400 seconds, got {s}"));
             }
         }
@@ -612,14 +616,8 @@ impl Cli {
             load,
             duration_s,
             jobs,
-            replay_fraction: fraction(
-                "replay-fraction",
-                self.replay_fraction.unwrap_or(d.replay),
-            )?,
-            cancel_fraction: fraction(
-                "cancel-fraction",
-                self.cancel_fraction.unwrap_or(d.cancel),
-            )?,
+            replay_fraction: fraction("replay-fraction", self.replay_fraction.unwrap_or(d.replay))?,
+            cancel_fraction: fraction("cancel-fraction", self.cancel_fraction.unwrap_or(d.cancel))?,
             video_fraction: fraction("video-fraction", self.video_fraction.unwrap_or(d.video))?,
             prefill: self.prefill.unwrap_or(d.prefill),
             backlog: self.backlog.clone(),
@@ -638,9 +636,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Plan, String> {
         let mut all = vec!["admedia-loadtest"];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all)
-            .map_err(|e| e.to_string())?
-            .plan()
+        Cli::try_parse_from(all).map_err(|e| e.to_string())?.plan()
     }
 
     #[test]
@@ -668,7 +664,11 @@ mod tests {
         assert!(parse(&["--spawn", "--chaos-kill-every", "5"])
             .unwrap_err()
             .contains("database-url"));
-        assert!(parse(&["--url", "http://x:1"]).unwrap_err().contains("admin"));
-        assert!(parse(&["--spawn", "--rate", "-1"]).unwrap_err().contains("rate"));
+        assert!(parse(&["--url", "http://x:1"])
+            .unwrap_err()
+            .contains("admin"));
+        assert!(parse(&["--spawn", "--rate", "0"])
+            .unwrap_err()
+            .contains("rate"));
     }
 }

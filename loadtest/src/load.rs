@@ -13,11 +13,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use admedia_actors::ids::JobId;
-use admedia_actors::job::{Charge, JobKind, JobRequest, JobState, ParamsRequest};
+use admedia_actors::job::{Charge, JobState};
 use admedia_actors::tier::Tier;
 use rand::rngs::StdRng;
 use rand::Rng;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::api::{Api, ApiError, Response};
 use crate::recorder::{CancelObs, Recorder, ReplayObs, Submission};
@@ -88,34 +88,19 @@ impl Ctx {
         self.rng.borrow_mut().random_range(0..self.users.len())
     }
 
-    fn body(&self, key: &str) -> JobRequest {
+    /// A job body as API.md describes it (built as JSON, so a field added
+    /// to the server's request type does not break the harness).
+    fn body(&self, key: &str) -> Value {
         let mut rng = self.rng.borrow_mut();
+        let prompt = format!("{PROMPT_PREFIX}{key}");
         if rng.random::<f64>() < self.video_fraction {
-            JobRequest {
-                kind: JobKind::Video,
-                model: "svd-xt".into(),
-                prompt: format!("{PROMPT_PREFIX}{key}"),
-                params: ParamsRequest {
-                    width: Some(1280),
-                    height: Some(720),
-                    count: None,
-                    duration_s: Some(rng.random_range(1..=3)),
-                    seed: Some(rng.random()),
-                },
-            }
+            json!({"kind": "video", "model": "svd-xt", "prompt": prompt,
+                   "params": {"width": 1280, "height": 720,
+                              "duration_s": rng.random_range(1..=3), "seed": rng.random::<u32>()}})
         } else {
-            JobRequest {
-                kind: JobKind::Image,
-                model: "sdxl".into(),
-                prompt: format!("{PROMPT_PREFIX}{key}"),
-                params: ParamsRequest {
-                    width: Some(1024),
-                    height: Some(1024),
-                    count: Some(rng.random_range(1..=2)),
-                    duration_s: None,
-                    seed: Some(rng.random()),
-                },
-            }
+            json!({"kind": "image", "model": "sdxl", "prompt": prompt,
+                   "params": {"width": 1024, "height": 1024,
+                              "count": rng.random_range(1..=2), "seed": rng.random::<u32>()}})
         }
     }
 
@@ -194,8 +179,7 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
         d.submissions.len() - 1
     };
     let deadline = sent + ctx.answer_deadline;
-    let (res, tries) =
-        until_answered(deadline, || ctx.api.submit(&u.api_key, &body, &key)).await;
+    let (res, tries) = until_answered(deadline, || ctx.api.submit(&u.api_key, &body, &key)).await;
     let answered = ctx.rec.now_us();
     let mut accepted: Option<JobId> = None;
     {
@@ -203,16 +187,13 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
         d.resubmits += u64::from(tries.saturating_sub(1));
         let s = &mut d.submissions[idx];
         s.tries = tries;
-        match &res {
-            Ok(r) => {
-                s.answered_us = Some(answered);
-                s.status = Some(r.status);
-                if r.status == 202 {
-                    s.job_id = job_id_of(&r.body);
-                    accepted = s.job_id;
-                }
+        if let Ok(r) = &res {
+            s.answered_us = Some(answered);
+            s.status = Some(r.status);
+            if r.status == 202 {
+                s.job_id = job_id_of(&r.body);
+                accepted = s.job_id;
             }
-            Err(_) => {}
         }
         if let Some(job) = accepted {
             d.by_job.entry(job).or_insert(idx);
@@ -221,8 +202,10 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
     match &res {
         Ok(r) if r.status == 202 && accepted.is_none() => {
             ctx.rec.status("202 without a job id".into());
-            ctx.rec
-                .anomaly(format!("submission {key}: 202 without a readable job id: {}", r.body));
+            ctx.rec.anomaly(format!(
+                "submission {key}: 202 without a readable job id: {}",
+                r.body
+            ));
         }
         Ok(r) => ctx.rec.status(label(r)),
         Err(ApiError::Transport(_)) => ctx.rec.status("no answer".into()),
@@ -249,9 +232,7 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
                     status: r.status,
                     header: r.replayed,
                 }),
-                Err(e) => ctx2
-                    .rec
-                    .anomaly(format!("replay of {key}: {e}")),
+                Err(e) => ctx2.rec.anomaly(format!("replay of {key}: {e}")),
             }
         });
         ctx.side_tasks.borrow_mut().push(h);
@@ -278,14 +259,13 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
                         .body
                         .get("charge")
                         .and_then(|s| serde_json::from_value::<Charge>(s.clone()).ok());
-                    let attempts = r
-                        .body
-                        .get("attempts")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0) as u32;
+                    let attempts =
+                        r.body.get("attempts").and_then(Value::as_u64).unwrap_or(0) as u32;
                     if r.status == 200 && (state.is_none() || charge.is_none()) {
-                        ctx2.rec
-                            .anomaly(format!("cancel of {job}: 200 without state/charge: {}", r.body));
+                        ctx2.rec.anomaly(format!(
+                            "cancel of {job}: 200 without state/charge: {}",
+                            r.body
+                        ));
                     }
                     ctx2.rec.data.borrow_mut().cancels.push(CancelObs {
                         job_id: job,
@@ -331,7 +311,13 @@ pub async fn open_loop(
         }
         tokio::time::sleep_until(t.into()).await;
         let user = ctx.pick_user();
-        handles.push(actix_rt::spawn(submit_one(Rc::clone(&ctx), user, phase, t, true)));
+        handles.push(actix_rt::spawn(submit_one(
+            Rc::clone(&ctx),
+            user,
+            phase,
+            t,
+            true,
+        )));
         n += 1;
         // Reap finished tasks now and then so the list stays short.
         if handles.len() >= 4096 {
@@ -375,7 +361,13 @@ pub async fn closed_loop(
 /// `total` jobs split across the tiers in proportion to `weights` (tiers
 /// without users get none), round-robin over each tier's users, sent by
 /// `concurrency` clients. No replays or cancels.
-pub async fn prefill(ctx: Rc<Ctx>, phase: usize, total: u64, weights: [u32; 4], concurrency: usize) {
+pub async fn prefill(
+    ctx: Rc<Ctx>,
+    phase: usize,
+    total: u64,
+    weights: [u32; 4],
+    concurrency: usize,
+) {
     let mut by_tier: [Vec<usize>; 4] = Default::default();
     for (i, u) in ctx.users.iter().enumerate() {
         by_tier[u.tier.index()].push(i);

@@ -254,7 +254,13 @@ pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Sha
     let total: u64 = counts.iter().sum();
     let wsum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
     let expected = weights.map(|w| f64::from(w) / wsum);
-    let observed = counts.map(|c| if total == 0 { 0.0 } else { c as f64 / total as f64 });
+    let observed = counts.map(|c| {
+        if total == 0 {
+            0.0
+        } else {
+            c as f64 / total as f64
+        }
+    });
     let max_deviation_pp = if total == 0 {
         0.0
     } else {
@@ -287,6 +293,47 @@ pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Sha
         max_deviation_pp,
         within_tier_jain,
     }
+}
+
+/// How many of the harness's accepted jobs were waiting for their first
+/// dispatch, after each event: (time, waiting).
+pub fn waiting_timeline(data: &Data) -> Vec<(u64, u64)> {
+    let mut events: Vec<(u64, u8, JobId)> = Vec::new();
+    for s in &data.submissions {
+        if let (Some(job), Some(t)) = (s.job_id, s.answered_us) {
+            events.push((t, 1, job));
+        }
+    }
+    for a in &data.assigns {
+        events.push((a.t_us, 0, a.job_id));
+    }
+    for c in &data.cancels {
+        if c.status == 200 && c.charge == Some(admedia_actors::job::Charge::Voided) {
+            events.push((c.acked_us, 2, c.job_id));
+        }
+    }
+    events.sort_by_key(|&(t, order, _)| (t, order));
+    let mut waiting: HashSet<JobId> = HashSet::new();
+    let mut seen: HashSet<JobId> = HashSet::new();
+    let mut out = Vec::with_capacity(events.len());
+    for (t, kind, job) in events {
+        match kind {
+            1 => {
+                if !seen.contains(&job) {
+                    waiting.insert(job);
+                }
+            }
+            0 => {
+                seen.insert(job);
+                waiting.remove(&job);
+            }
+            _ => {
+                waiting.remove(&job);
+            }
+        }
+        out.push((t, waiting.len() as u64));
+    }
+    out
 }
 
 /// Everything about the load phase(s) named in `load_phases`.
@@ -385,8 +432,17 @@ pub fn figures(
             }
         }
     }
+    // A slot standing free counts as dispatch latency only when a job was
+    // waiting when it became free (otherwise it is just idle).
+    let timeline = waiting_timeline(data);
+    let waiting_at = |t: u64| -> u64 {
+        match timeline.partition_point(|&(at, _)| at <= t) {
+            0 => 0,
+            i => timeline[i - 1].1,
+        }
+    };
     for &(t, lat) in &data.refills {
-        if t >= load_start && t <= load_end {
+        if t >= load_start && t <= load_end && waiting_at(t.saturating_sub(lat)) > 0 {
             disp.record(lat);
         }
     }
@@ -487,7 +543,12 @@ pub fn figures(
 
 /// One level of the backlog sweep: the fill phase, then the drain phase
 /// (workers connected at its start).
-pub fn backlog_level(data: &Data, backlog: u64, fill_phase: usize, drain_phase: usize) -> BacklogLevel {
+pub fn backlog_level(
+    data: &Data,
+    backlog: u64,
+    fill_phase: usize,
+    drain_phase: usize,
+) -> BacklogLevel {
     let (Some(fill), Some(drain)) = (data.phases.get(fill_phase), data.phases.get(drain_phase))
     else {
         return BacklogLevel {
@@ -517,7 +578,11 @@ pub fn backlog_level(data: &Data, backlog: u64, fill_phase: usize, drain_phase: 
         backlog,
         accepted,
         fill_s,
-        fill_rate_per_s: if fill_s > 0.0 { accepted as f64 / fill_s } else { 0.0 },
+        fill_rate_per_s: if fill_s > 0.0 {
+            accepted as f64 / fill_s
+        } else {
+            0.0
+        },
         ..BacklogLevel::default()
     };
     if k >= 2 {

@@ -81,7 +81,16 @@ fn ms(v: f64) -> String {
 
 fn hist_row(name: &str, h: &HistSummary) -> Vec<String> {
     if h.count == 0 {
-        return vec![name.into(), "0".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()];
+        return vec![
+            name.into(),
+            "0".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ];
     }
     vec![
         name.into(),
@@ -95,7 +104,16 @@ fn hist_row(name: &str, h: &HistSummary) -> Vec<String> {
     ]
 }
 
-const HIST_HEAD: [&str; 8] = ["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max", "mean"];
+const HIST_HEAD: [&str; 8] = [
+    "latency (ms)",
+    "count",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "max",
+    "mean",
+];
 
 /// A plain text table with aligned columns.
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
@@ -121,7 +139,10 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(&head.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &mut out);
+    line(
+        &head.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &mut out,
+    );
     let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
     out.push_str(&"-".repeat(total));
     out.push('\n');
@@ -141,7 +162,10 @@ fn latency_rows(r: &Report) -> Vec<Vec<String>> {
         rows.push(hist_row("submit during prefill", &f.prefill_submit_latency));
     }
     rows.push(hist_row("queue wait (to first assign)", &f.queue_wait));
-    rows.push(hist_row("dispatch (slot free to assign)", &f.dispatch_latency));
+    rows.push(hist_row(
+        "dispatch (slot free to assign)",
+        &f.dispatch_latency,
+    ));
     rows.push(hist_row("end to end (to finished_at)", &f.end_to_end));
     rows
 }
@@ -159,18 +183,43 @@ fn tier_rows(r: &Report) -> Vec<Vec<String>> {
                 t.failed.to_string(),
                 t.cancelled.to_string(),
                 t.dispatches.to_string(),
-                if t.queue_wait.count > 0 { ms(t.queue_wait.p50_ms) } else { "-".into() },
-                if t.queue_wait.count > 0 { ms(t.queue_wait.p99_ms) } else { "-".into() },
-                if t.end_to_end.count > 0 { ms(t.end_to_end.p50_ms) } else { "-".into() },
-                if t.end_to_end.count > 0 { ms(t.end_to_end.p99_ms) } else { "-".into() },
+                if t.queue_wait.count > 0 {
+                    ms(t.queue_wait.p50_ms)
+                } else {
+                    "-".into()
+                },
+                if t.queue_wait.count > 0 {
+                    ms(t.queue_wait.p99_ms)
+                } else {
+                    "-".into()
+                },
+                if t.end_to_end.count > 0 {
+                    ms(t.end_to_end.p50_ms)
+                } else {
+                    "-".into()
+                },
+                if t.end_to_end.count > 0 {
+                    ms(t.end_to_end.p99_ms)
+                } else {
+                    "-".into()
+                },
             ]
         })
         .collect()
 }
 
 const TIER_HEAD: [&str; 11] = [
-    "tier", "submitted", "accepted", "succeeded", "failed", "cancelled", "dispatches",
-    "wait p50", "wait p99", "e2e p50", "e2e p99",
+    "tier",
+    "submitted",
+    "accepted",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dispatches",
+    "wait p50",
+    "wait p99",
+    "e2e p50",
+    "e2e p99",
 ];
 
 fn share_rows(r: &Report) -> Vec<Vec<String>> {
@@ -209,8 +258,14 @@ fn backlog_rows(r: &Report) -> Vec<Vec<String>> {
 }
 
 const BACKLOG_HEAD: [&str; 8] = [
-    "backlog", "accepted", "fill/s", "dispatch/s (first 20%)", "disp p50 ms", "disp p99 ms",
-    "dispatch/s (drain)", "drain s",
+    "backlog",
+    "accepted",
+    "fill/s",
+    "dispatch/s (first 20%)",
+    "disp p50 ms",
+    "disp p99 ms",
+    "dispatch/s (drain)",
+    "drain s",
 ];
 
 /// The stdout summary.
@@ -237,8 +292,17 @@ pub fn text(r: &Report) -> String {
         "\nload phase {:.1} s: {} submitted, {} accepted ({:.1}/s); dispatched {:.1}/s; succeeded {:.1}/s (peak {:.0}/s)",
         f.load_s, f.submitted, f.accepted, f.accepted_per_s, f.dispatched_per_s, f.succeeded_per_s, f.peak_finished_per_s
     );
-    let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    let _ = writeln!(out, "answers: {}; resubmissions {}", statuses.join(", "), r.resubmits);
+    let statuses: Vec<String> = r
+        .statuses
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "answers: {}; resubmissions {}",
+        statuses.join(", "),
+        r.resubmits
+    );
     let _ = writeln!(
         out,
         "replays: {} sent, {} same job, {} marked Idempotent-Replayed; cancels: {} sent, {} refunded, {} charged (running), {} already finished, {} other",
@@ -251,7 +315,11 @@ pub fn text(r: &Report) -> String {
         fc.crashes, fc.hangs, fc.hang_dropped_by_server, fc.slow, fc.system_errors, fc.user_errors, fc.duplicates_sent, fc.server_errors_received, fc.reconnects
     );
     if !r.server.kills.is_empty() {
-        let _ = writeln!(out, "server SIGKILLed and restarted {} times", r.server.kills.len());
+        let _ = writeln!(
+            out,
+            "server SIGKILLed and restarted {} times",
+            r.server.kills.len()
+        );
     }
     out.push('\n');
     out.push_str(&table(&HIST_HEAD, &latency_rows(r)));
@@ -298,7 +366,14 @@ pub fn text(r: &Report) -> String {
             } else {
                 String::new()
             };
-            let _ = writeln!(out, "  [{}] {}: {}{}", v.check, v.detail, shown.join(", "), more);
+            let _ = writeln!(
+                out,
+                "  [{}] {}: {}{}",
+                v.check,
+                v.detail,
+                shown.join(", "),
+                more
+            );
         }
     }
     out
@@ -349,9 +424,18 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
                 "seconds since start",
                 "jobs per second",
                 &[
-                    Line { name: "accepted", points: points(&s.t_s, &s.submitted) },
-                    Line { name: "dispatched (assigns)", points: points(&s.t_s, &s.dispatched) },
-                    Line { name: "succeeded (finished_at)", points: points(&s.t_s, &s.finished) },
+                    Line {
+                        name: "accepted",
+                        points: points(&s.t_s, &s.submitted),
+                    },
+                    Line {
+                        name: "dispatched (assigns)",
+                        points: points(&s.t_s, &s.dispatched),
+                    },
+                    Line {
+                        name: "succeeded (finished_at)",
+                        points: points(&s.t_s, &s.finished),
+                    },
                 ],
             ),
         ),
@@ -362,11 +446,51 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
                 "seconds since start",
                 "jobs",
                 &[
-                    Line { name: "free", points: s.queue_t_s.iter().copied().zip(s.queue[0].iter().copied()).collect() },
-                    Line { name: "basic", points: s.queue_t_s.iter().copied().zip(s.queue[1].iter().copied()).collect() },
-                    Line { name: "professional", points: s.queue_t_s.iter().copied().zip(s.queue[2].iter().copied()).collect() },
-                    Line { name: "enterprise", points: s.queue_t_s.iter().copied().zip(s.queue[3].iter().copied()).collect() },
-                    Line { name: "running", points: s.queue_t_s.iter().copied().zip(s.running.iter().copied()).collect() },
+                    Line {
+                        name: "free",
+                        points: s
+                            .queue_t_s
+                            .iter()
+                            .copied()
+                            .zip(s.queue[0].iter().copied())
+                            .collect(),
+                    },
+                    Line {
+                        name: "basic",
+                        points: s
+                            .queue_t_s
+                            .iter()
+                            .copied()
+                            .zip(s.queue[1].iter().copied())
+                            .collect(),
+                    },
+                    Line {
+                        name: "professional",
+                        points: s
+                            .queue_t_s
+                            .iter()
+                            .copied()
+                            .zip(s.queue[2].iter().copied())
+                            .collect(),
+                    },
+                    Line {
+                        name: "enterprise",
+                        points: s
+                            .queue_t_s
+                            .iter()
+                            .copied()
+                            .zip(s.queue[3].iter().copied())
+                            .collect(),
+                    },
+                    Line {
+                        name: "running",
+                        points: s
+                            .queue_t_s
+                            .iter()
+                            .copied()
+                            .zip(s.running.iter().copied())
+                            .collect(),
+                    },
                 ],
             ),
         ),
@@ -377,10 +501,22 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
                 "seconds since start",
                 "milliseconds",
                 &[
-                    Line { name: "submit p50", points: opt_points(&s.t_s, &s.submit_p50_ms) },
-                    Line { name: "submit p99", points: opt_points(&s.t_s, &s.submit_p99_ms) },
-                    Line { name: "queue wait p50", points: opt_points(&s.t_s, &s.wait_p50_ms) },
-                    Line { name: "queue wait p99", points: opt_points(&s.t_s, &s.wait_p99_ms) },
+                    Line {
+                        name: "submit p50",
+                        points: opt_points(&s.t_s, &s.submit_p50_ms),
+                    },
+                    Line {
+                        name: "submit p99",
+                        points: opt_points(&s.t_s, &s.submit_p99_ms),
+                    },
+                    Line {
+                        name: "queue wait p50",
+                        points: opt_points(&s.t_s, &s.wait_p50_ms),
+                    },
+                    Line {
+                        name: "queue wait p99",
+                        points: opt_points(&s.t_s, &s.wait_p99_ms),
+                    },
                 ],
             ),
         ),
@@ -394,7 +530,10 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
         out.push((
             "Tier shares".to_owned(),
             charts::paired_bars(
-                &format!("Dispatch share while every tier was backlogged ({} dispatches)", sh.dispatches),
+                &format!(
+                    "Dispatch share while every tier was backlogged ({} dispatches)",
+                    sh.dispatches
+                ),
                 "% of dispatches",
                 &TIERS.map(str::to_owned),
                 ("observed", "expected"),
@@ -410,7 +549,10 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
             charts::paired_bars(
                 "Dispatch throughput by backlog size",
                 "dispatches per second",
-                &r.backlog.iter().map(|b| b.backlog.to_string()).collect::<Vec<_>>(),
+                &r.backlog
+                    .iter()
+                    .map(|b| b.backlog.to_string())
+                    .collect::<Vec<_>>(),
                 ("first 20%", "whole drain"),
                 &r.backlog
                     .iter()
@@ -433,7 +575,7 @@ table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #cc
 td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
 .badge{{display:inline-block;padding:4px 12px;border-radius:4px;color:#fff;font-weight:bold}}\
 .ok{{background:#2a7d2a}}.bad{{background:#b22}}figure{{margin:1em 0}}code{{background:#f3f3f3;padding:1px 4px}}\
-.muted{{color:#666}}</style></head><body>",
+.muted{{color:#666}}pre{{white-space:pre-wrap;font-size:12px}}</style></head><body>",
         esc(&r.scenario),
         verdict
     );
@@ -469,7 +611,11 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
     for (name, svg) in charts(r) {
         match svg {
             Ok(svg) if !svg.is_empty() => {
-                let _ = write!(h, "<figure><figcaption>{}</figcaption>{svg}</figure>", esc(&name));
+                let _ = write!(
+                    h,
+                    "<figure><figcaption>{}</figcaption>{svg}</figure>",
+                    esc(&name)
+                );
             }
             Ok(_) => {
                 let _ = write!(h, "<p class=\"muted\">{}: no data</p>", esc(&name));
@@ -492,7 +638,9 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
         h.push_str(&html_table(&["check", "detail", "ids"], &rows));
     }
     h.push_str("<h2>Configuration</h2><pre>");
-    h.push_str(&esc(&serde_json::to_string_pretty(&r.plan).unwrap_or_default()));
+    h.push_str(&esc(
+        &serde_json::to_string_pretty(&r.plan).unwrap_or_default()
+    ));
     h.push_str("</pre><p class=\"muted\">The same figures are in <code>report.json</code> beside this file.</p></body></html>\n");
     h
 }

@@ -3,7 +3,6 @@
 //! the load (with chaos kills), drain, read everything back, audit, report.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use crate::cli::{Load, Plan, Target};
 use crate::load::{self, Ctx, User, PROMPT_PREFIX};
 use crate::metrics::{self, FinalJob};
 use crate::recorder::{Kill, Recorder};
-use crate::report::{self, CancelSummary, Report, ReplaySummary, ServerInfo};
+use crate::report::{self, CancelSummary, ReplaySummary, Report, ServerInfo};
 use crate::server::{self, ServerChild, ServerConfig};
 use crate::workers::{WorkerPool, WorkerSpec};
 
@@ -52,7 +51,9 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
         } => {
             let api = Api::new(url, timeout);
             if !api.ready().await {
-                return Err(format!("{url}/readyz does not answer 200: is the server running?"));
+                return Err(format!(
+                    "{url}/readyz does not answer 200: is the server running?"
+                ));
             }
             Ok(Target2 {
                 api,
@@ -70,11 +71,9 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             build,
         } => {
             let bin = server::locate_server(server_bin.as_deref(), *build)?;
-            let port = server::free_port()?;
             let admin = format!("loadtest-admin-{run_id}");
             let worker_token = format!("loadtest-worker-{run_id}");
             let mut env: Vec<(String, String)> = vec![
-                ("ADMEDIA_BIND".into(), format!("127.0.0.1:{port}")),
                 ("ADMEDIA_ADMIN_TOKEN".into(), admin.clone()),
                 ("ADMEDIA_WORKER_TOKEN".into(), worker_token.clone()),
                 ("ADMEDIA_SIM_WORKERS".into(), "0".into()),
@@ -83,7 +82,10 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
                     "free=0,basic=0,professional=0,enterprise=0".into(),
                 ),
                 ("ADMEDIA_REGISTRATION_CREDITS".into(), "100".into()),
-                ("ADMEDIA_RETRY_BASE_MS".into(), plan.retry_base_ms.to_string()),
+                (
+                    "ADMEDIA_RETRY_BASE_MS".into(),
+                    plan.retry_base_ms.to_string(),
+                ),
                 (
                     "ADMEDIA_RETRY_MAX_MS".into(),
                     (plan.retry_base_ms * 8).max(500).to_string(),
@@ -94,7 +96,10 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             let weights = plan.weights;
             env.push((
                 "ADMEDIA_TIER_WEIGHTS".into(),
-                format!("{},{},{},{}", weights[0], weights[1], weights[2], weights[3]),
+                format!(
+                    "{},{},{},{}",
+                    weights[0], weights[1], weights[2], weights[3]
+                ),
             ));
             match server_config {
                 Some(path) => env.push(("ADMEDIA_CONFIG".into(), path.display().to_string())),
@@ -111,16 +116,39 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
                 env.push(("DATABASE_URL".into(), db.clone()));
             }
             let log = plan.out.join("server.log");
-            let _ = std::fs::remove_file(&log);
-            let api = Api::new(&format!("http://127.0.0.1:{port}"), timeout);
-            eprintln!("starting {} on 127.0.0.1:{port} (log: {})", bin.display(), log.display());
-            let mut child = ServerChild::start(ServerConfig {
-                bin: bin.clone(),
-                port,
-                env,
-                log,
-            })?;
-            child.wait_ready(&api, Duration::from_secs(60)).await?;
+            // A free port can be taken by another process before the server
+            // binds it: try again on another one.
+            let mut tries = 0;
+            let (api, child) = loop {
+                tries += 1;
+                let _ = std::fs::remove_file(&log);
+                let port = server::free_port()?;
+                let api = Api::new(&format!("http://127.0.0.1:{port}"), timeout);
+                eprintln!(
+                    "starting {} on 127.0.0.1:{port} (log: {})",
+                    bin.display(),
+                    log.display()
+                );
+                let mut env = env.clone();
+                env.push(("ADMEDIA_BIND".into(), format!("127.0.0.1:{port}")));
+                let mut child = ServerChild::start(ServerConfig {
+                    bin: bin.clone(),
+                    port,
+                    env,
+                    log: log.clone(),
+                })?;
+                match child.wait_ready(&api, Duration::from_secs(60)).await {
+                    Ok(()) => break (api, child),
+                    Err(e) => {
+                        let text = std::fs::read_to_string(&log).unwrap_or_default();
+                        if tries < 5 && text.contains("Address already in use") {
+                            eprintln!("port {port} was taken meanwhile; trying another");
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+            };
             Ok(Target2 {
                 api,
                 admin,
@@ -152,20 +180,25 @@ fn tiers_for(users: usize, mix: [u32; 4]) -> Vec<Tier> {
         let largest = (0..4).max_by_key(|&t| (mix[t], t)).unwrap_or(3);
         if sum < users {
             counts[largest] += 1;
-        } else if let Some(t) = (0..4).filter(|&t| counts[t] > 1).max_by_key(|&t| counts[t]) {
+        } else if let Some(t) = (0..4).filter(|&t| counts[t] > 0).max_by_key(|&t| counts[t]) {
             counts[t] -= 1;
         } else {
             break;
         }
     }
     let mut out = Vec::with_capacity(users);
-    for t in 0..4 {
-        out.extend(std::iter::repeat_n(Tier::ALL[t], counts[t]));
+    for (tier, n) in Tier::ALL.into_iter().zip(counts) {
+        out.extend(std::iter::repeat_n(tier, n));
     }
     out
 }
 
-async fn create_users(api: &Api, admin: &str, plan: &Plan, run_id: &str) -> Result<Vec<User>, String> {
+async fn create_users(
+    api: &Api,
+    admin: &str,
+    plan: &Plan,
+    run_id: &str,
+) -> Result<Vec<User>, String> {
     let tiers = tiers_for(plan.users, plan.tier_mix);
     let results: Vec<Result<User, String>> = stream::iter(tiers.into_iter().enumerate())
         .map(|(i, tier)| async move {
@@ -180,9 +213,14 @@ async fn create_users(api: &Api, admin: &str, plan: &Plan, run_id: &str) -> Resu
                     .map_err(|e| format!("membership of user {}: {e}", reg.user.id))?;
             }
             if plan.credits > 0 {
-                api.grant(admin, &reg.user.id, plan.credits, &format!("lt-{run_id}-grant-{i}"))
-                    .await
-                    .map_err(|e| format!("crediting user {}: {e}", reg.user.id))?;
+                api.grant(
+                    admin,
+                    &reg.user.id,
+                    plan.credits,
+                    &format!("lt-{run_id}-grant-{i}"),
+                )
+                .await
+                .map_err(|e| format!("crediting user {}: {e}", reg.user.id))?;
             }
             Ok(User {
                 id: reg.user.id,
@@ -229,7 +267,9 @@ async fn wait_workers(api: &Api, admin: &str, n: usize) -> Result<(), String> {
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!("the simulated workers did not connect ({n} expected) within 15 s"));
+            return Err(format!(
+                "the simulated workers did not connect ({n} expected) within 15 s"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -264,7 +304,10 @@ fn spawn_chaos(
     api: Api,
     every: Duration,
     rec: Rc<Recorder>,
-) -> (watch::Sender<bool>, tokio::task::JoinHandle<Result<(), String>>) {
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
     let (tx, mut rx) = watch::channel(false);
     let handle = actix_rt::spawn(async move {
         loop {
@@ -282,7 +325,10 @@ fn spawn_chaos(
                 });
                 d.kills.len() - 1
             };
-            eprintln!("chaos: server SIGKILLed at {:.1} s; restarting", killed_at_us as f64 / 1e6);
+            eprintln!(
+                "chaos: server SIGKILLed at {:.1} s; restarting",
+                killed_at_us as f64 / 1e6
+            );
             // Not borrowed across the wait: poll readiness here.
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
@@ -290,10 +336,14 @@ fn spawn_chaos(
                     break;
                 }
                 if let Some(status) = server.borrow_mut().exited() {
-                    return Err(format!("the server exited after a chaos restart ({status})"));
+                    return Err(format!(
+                        "the server exited after a chaos restart ({status})"
+                    ));
                 }
                 if Instant::now() >= deadline {
-                    return Err("the server did not come back within 60 s after a chaos kill".into());
+                    return Err(
+                        "the server did not come back within 60 s after a chaos kill".into(),
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -362,10 +412,9 @@ fn audit_input(users: &[User], data: &[UserData], rec: &Recorder) -> Result<Audi
             });
         }
         for e in &ud.ledger {
-            let id = e
-                .id
-                .parse::<i64>()
-                .map_err(|_| format!("ledger entry id {:?} is not a sequence number", e.id))?;
+            let id =
+                e.id.parse::<i64>()
+                    .map_err(|_| format!("ledger entry id {:?} is not a sequence number", e.id))?;
             input.entries.push(audit::AuditEntry {
                 id,
                 user: uid.clone(),
@@ -426,8 +475,7 @@ fn audit_input(users: &[User], data: &[UserData], rec: &Recorder) -> Result<Audi
 }
 
 pub async fn run(plan: Plan) -> Result<Outcome, String> {
-    std::fs::create_dir_all(&plan.out)
-        .map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
+    std::fs::create_dir_all(&plan.out).map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let run_id = format!("{:08x}", rng.random::<u32>());
@@ -439,8 +487,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     api.stats(&admin)
         .await
         .map_err(|e| format!("GET /v1/admin/stats with the admin token: {e}"))?;
-    let setup = rec.phase_start("setup");
-    let _ = setup;
+    rec.phase_start("setup");
     let users = create_users(&api, &admin, &plan, &run_id).await?;
     eprintln!(
         "run {run_id}: {} users ready; scenario {}",
@@ -494,10 +541,16 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         let fill = rec.phase_start(&format!("backlog {n}: fill"));
         load::prefill(Rc::clone(&ctx), fill, n, plan.weights, 64).await;
         let drain = rec.phase_start(&format!("backlog {n}: drain"));
-        eprintln!("backlog {n}: connecting {} workers and draining…", plan.workers);
+        eprintln!(
+            "backlog {n}: connecting {} workers and draining…",
+            plan.workers
+        );
         let pool = WorkerPool::start(&sweep_spec, plan.workers, 0, &rec);
         if !wait_drained(&api, &admin, plan.drain_timeout()).await {
-            warnings.push(format!("backlog {n}: not drained within {} s", plan.drain_timeout_s));
+            warnings.push(format!(
+                "backlog {n}: not drained within {} s",
+                plan.drain_timeout_s
+            ));
             drained = false;
         }
         rec.phase_end();
@@ -544,7 +597,14 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
             load::open_loop(Rc::clone(&ctx), load_phase, rate, duration, plan.jobs).await
         }
         Load::Closed { concurrency } => {
-            load::closed_loop(Rc::clone(&ctx), load_phase, concurrency, duration, plan.jobs).await
+            load::closed_loop(
+                Rc::clone(&ctx),
+                load_phase,
+                concurrency,
+                duration,
+                plan.jobs,
+            )
+            .await
         }
     }
     if let Some((stop, handle)) = chaos {
@@ -603,7 +663,10 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         let d = rec.data.borrow();
         let mut extra: Vec<Violation> = Vec::new();
         for a in &d.anomalies {
-            if a.contains("beyond its") || a.contains("assigned twice") || a.contains("never dropped") {
+            if a.contains("beyond its")
+                || a.contains("assigned twice")
+                || a.contains("never dropped")
+            {
                 extra.push(Violation {
                     check: "worker-protocol".into(),
                     ids: vec![],
@@ -620,8 +683,6 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
 
     // --- figures ---
     let mut final_jobs = Vec::new();
-    let tier_of: HashMap<String, Tier> = HashMap::new();
-    let _ = tier_of;
     for ud in &data {
         for j in &ud.jobs {
             if let Ok(id) = j.id.parse::<JobId>() {
@@ -743,7 +804,13 @@ mod tests {
         let count = |tier| t.iter().filter(|&&x| x == tier).count();
         assert_eq!(t.len(), 15);
         assert_eq!(
-            [Tier::Free, Tier::Basic, Tier::Professional, Tier::Enterprise].map(count),
+            [
+                Tier::Free,
+                Tier::Basic,
+                Tier::Professional,
+                Tier::Enterprise
+            ]
+            .map(count),
             [1, 2, 4, 8]
         );
         let t = tiers_for(3, [1, 1, 1, 1]);

@@ -68,12 +68,17 @@ pub fn locate_server(explicit: Option<&Path>, build: bool) -> Result<PathBuf, St
         .status()
         .map_err(|e| format!("cannot run cargo to build the server: {e}; pass --server-bin"))?;
     if !status.success() {
-        return Err(format!("building the server failed ({status}); pass --server-bin"));
+        return Err(format!(
+            "building the server failed ({status}); pass --server-bin"
+        ));
     }
     if candidates[0].is_file() {
         Ok(candidates[0].clone())
     } else {
-        Err(format!("cargo built the server but {} is missing", candidates[0].display()))
+        Err(format!(
+            "cargo built the server but {} is missing",
+            candidates[0].display()
+        ))
     }
 }
 
@@ -101,10 +106,14 @@ fn warn_if_stale(bin: &Path) {
         return;
     };
     let ws = workspace_dir();
-    let newest = [ws.join("src"), ws.join("actors").join("src"), ws.join("schema")]
-        .iter()
-        .filter_map(|d| newest_source(d, 6))
-        .max();
+    let newest = [
+        ws.join("src"),
+        ws.join("actors").join("src"),
+        ws.join("schema"),
+    ]
+    .iter()
+    .filter_map(|d| newest_source(d, 6))
+    .max();
     if newest.is_some_and(|n| n > built) {
         eprintln!(
             "note: {} is older than the server's sources; rebuild it with `cargo build --release -p admedia --bin admedia` to test the current code",
@@ -171,9 +180,7 @@ impl ServerChild {
             .append(true)
             .open(&self.config.log)
             .map_err(|e| format!("server log {}: {e}", self.config.log.display()))?;
-        let log2: File = log
-            .try_clone()
-            .map_err(|e| format!("server log: {e}"))?;
+        let log2: File = log.try_clone().map_err(|e| format!("server log: {e}"))?;
         let mut cmd = Command::new(&self.config.bin);
         // Nothing of the caller's environment may change what is tested.
         for (k, _) in std::env::vars_os() {

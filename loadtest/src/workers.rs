@@ -76,7 +76,10 @@ impl WorkerPool {
         let _ = self.stop.send(true);
         for h in self.handles {
             let abort = h.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -86,9 +89,16 @@ impl WorkerPool {
 enum End {
     Stopped,
     Lost(String),
+    /// The node does not run the active scheduler: connect there instead.
+    Redirect(String),
 }
 
-async fn run_worker(idx: usize, spec: WorkerSpec, rec: Rc<Recorder>, mut stop: watch::Receiver<bool>) {
+async fn run_worker(
+    idx: usize,
+    mut spec: WorkerSpec,
+    rec: Rc<Recorder>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_add(idx as u64 * 0x9E37_79B9));
     let mut connections = 0u64;
     loop {
@@ -102,6 +112,10 @@ async fn run_worker(idx: usize, spec: WorkerSpec, rec: Rc<Recorder>, mut stop: w
         match session(idx, &spec, &rec, &mut rng, &mut stop).await {
             End::Stopped => return,
             End::Lost(_reason) => {}
+            End::Redirect(url) => {
+                rec.anomaly(format!("worker {idx}: redirected to {url}"));
+                spec.url = url;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT_DELAY) => {}
@@ -130,7 +144,7 @@ async fn connect(spec: &WorkerSpec) -> Result<Socket, String> {
 }
 
 /// Sends `hello`, waits for `welcome`: (heartbeat, lease).
-async fn handshake(ws: &mut Socket, idx: usize, slots: u32) -> Result<(Duration, Duration), String> {
+async fn handshake(ws: &mut Socket, idx: usize, slots: u32) -> Result<(Duration, Duration), End> {
     let hello = FromWorker::Hello {
         name: format!("loadtest-{idx}"),
         slots,
@@ -140,12 +154,13 @@ async fn handshake(ws: &mut Socket, idx: usize, slots: u32) -> Result<(Duration,
         models: vec![],
         loaded_models: vec![],
     };
-    send(ws, &hello).await?;
+    send(ws, &hello).await.map_err(End::Lost)?;
+    let lost = |m: &str| End::Lost(m.to_owned());
     let wait = async {
         loop {
             match ws.next().await {
-                None => return Err("closed before welcome".to_owned()),
-                Some(Err(e)) => return Err(format!("before welcome: {e}")),
+                None => return Err(lost("closed before welcome")),
+                Some(Err(e)) => return Err(End::Lost(format!("before welcome: {e}"))),
                 Some(Ok(Frame::Text(text))) => match serde_json::from_slice::<ToWorker>(&text) {
                     Ok(ToWorker::Welcome {
                         heartbeat_ms,
@@ -157,17 +172,20 @@ async fn handshake(ws: &mut Socket, idx: usize, slots: u32) -> Result<(Duration,
                             Duration::from_millis(lease_ms),
                         ))
                     }
-                    Ok(ToWorker::Error { message }) => return Err(format!("hello refused: {message}")),
+                    Ok(ToWorker::Redirect { url }) => return Err(End::Redirect(url)),
+                    Ok(ToWorker::Error { message }) => {
+                        return Err(End::Lost(format!("hello refused: {message}")))
+                    }
                     _ => {}
                 },
-                Some(Ok(Frame::Close(_))) => return Err("closed before welcome".to_owned()),
+                Some(Ok(Frame::Close(_))) => return Err(lost("closed before welcome")),
                 Some(Ok(_)) => {}
             }
         }
     };
     tokio::time::timeout(WELCOME_TIMEOUT, wait)
         .await
-        .map_err(|_| "no welcome".to_owned())?
+        .map_err(|_| lost("no welcome"))?
 }
 
 enum Event {
@@ -213,7 +231,7 @@ async fn session(
     };
     let (heartbeat, lease) = match handshake(&mut ws, idx, spec.slots).await {
         Ok(v) => v,
-        Err(e) => return End::Lost(e),
+        Err(end) => return end,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut held: HashMap<JobId, LeaseToken> = HashMap::new();
@@ -357,6 +375,16 @@ async fn session(
                     }
                     ToWorker::Welcome { .. } => {
                         rec.anomaly(format!("worker {idx}: a second welcome"));
+                        Ok(())
+                    }
+                    ToWorker::Redirect { url } => {
+                        let _ = ws.close().await;
+                        return End::Redirect(url);
+                    }
+                    // A message type newer than this harness.
+                    #[allow(unreachable_patterns)]
+                    other => {
+                        rec.anomaly(format!("worker {idx}: unexpected message {other:?}"));
                         Ok(())
                     }
                 }

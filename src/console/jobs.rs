@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use admedia_actors::ids::{JobId, UserId, WorkerId};
-use admedia_actors::job::{FailureClass, Job, JobKind, JobState};
+use admedia_actors::job::{Charge, FailureClass, Job, JobKind, JobState};
 use admedia_actors::orchestrator::JobDetail;
 use admedia_actors::tier::Tier;
 use chrono::{DateTime, Utc};
@@ -304,7 +304,7 @@ fn events(d: &JobDetail, names: &HashMap<WorkerId, String>) -> Vec<(DateTime<Utc
     let job = &d.job;
     let mut ev: Vec<(DateTime<Utc>, Markup)> = vec![(
         job.created_at,
-        html! { "Submitted: " (job.spec.kind.as_str()) " on " (job.spec.model) ", " (job.tier.as_str()) " tier, " (job.cost.get()) " credits" },
+        html! { "Submitted: " (job.spec.kind.as_str()) " on " (job.spec.model) ", " (job.tier.as_str()) " tier, " (view::count(job.cost.get(), "credit", "credits")) },
     )];
     for a in &d.attempts {
         ev.push((
@@ -327,7 +327,7 @@ fn events(d: &JobDetail, names: &HashMap<WorkerId, String>) -> Vec<(DateTime<Utc
     for e in &d.ledger {
         ev.push((
             e.created_at,
-            html! { "Ledger " (view::entry_kind(e.kind)) " " (e.amount.get()) " credits" },
+            html! { "Ledger " (view::entry_kind(e.kind)) " " (view::count(e.amount.get(), "credit", "credits")) },
         ));
     }
     if let (true, Some(t)) = (job.state.is_terminal(), job.finished_at) {
@@ -349,9 +349,16 @@ async fn worker_names(state: &AppState) -> HashMap<WorkerId, String> {
         .unwrap_or_default()
 }
 
-fn notice_text(n: &str) -> Option<&'static str> {
-    match n {
-        "cancelled" => Some("Job cancelled. A queued job's hold is voided (refunded); a job that had started is charged."),
+/// What the last action did, told from the job as it is now.
+fn notice_text(n: &str, job: &Job) -> Option<&'static str> {
+    match (n, job.charge) {
+        ("cancelled", Charge::Voided) => {
+            Some("Job cancelled before it ran: its hold was voided (refunded).")
+        }
+        ("cancelled", Charge::Posted) => Some(
+            "Job cancelled while assigned or running: its hold was posted (charged), as when its owner cancels.",
+        ),
+        ("cancelled", Charge::Held) => Some("Job cancelled."),
         _ => None,
     }
 }
@@ -369,7 +376,7 @@ pub async fn detail(
     let job = &d.job;
     let jid = job.id.to_string();
     let uid = job.user_id.to_string();
-    let notice = query.notice.as_deref().and_then(notice_text);
+    let notice = query.notice.as_deref().and_then(|n| notice_text(n, job));
     let body = html! {
         @if let Some(n) = notice { (view::flash_ok(n)) }
         div.title-row {
@@ -396,13 +403,11 @@ pub async fn detail(
                 dt { "Parameters" } dd { (params(job)) }
                 dt { "Prompt" } dd { p.prompt { (job.spec.prompt) } }
                 dt { "Cost" } dd {
-                    (view::num(job.cost.get())) " credits · hold "
-                    span class={ "charge charge-" (format!("{:?}", job.charge).to_lowercase()) } {
-                        @match job.charge {
-                            admedia_actors::job::Charge::Held => "held",
-                            admedia_actors::job::Charge::Posted => "posted (charged)",
-                            admedia_actors::job::Charge::Voided => "voided (refunded)",
-                        }
+                    (view::count(job.cost.get(), "credit", "credits")) " · hold "
+                    @match job.charge {
+                        Charge::Held => span.charge.charge-held { "held" },
+                        Charge::Posted => span.charge.charge-posted { "posted (charged)" },
+                        Charge::Voided => span.charge.charge-voided { "voided (refunded)" },
                     }
                 }
                 dt { "Attempts" } dd { (job.attempts) " of at most " (job.max_attempts) }

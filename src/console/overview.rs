@@ -31,7 +31,7 @@ struct Snapshot {
     weights: [u32; 4],
     workers: usize,
     busy_slots: u32,
-    idle_slots: u32,
+    slots: u32,
     draining: usize,
     jobs: Vec<(JobState, u64)>,
     last_hour: Activity,
@@ -56,12 +56,12 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, ConsoleError> {
             running[j.tier.index()] += 1;
         }
     }
-    let draining = orch
-        .workers()
-        .await?
-        .iter()
-        .filter(|(w, _)| w.draining)
-        .count();
+    // Slots from the worker list, as the workers page shows them (the
+    // scheduler's idle count leaves out draining workers).
+    let workers = orch.workers().await?;
+    let draining = workers.iter().filter(|(w, _)| w.draining).count();
+    let slots: u32 = workers.iter().map(|(w, _)| w.caps.slots).sum();
+    let busy_slots: u32 = workers.iter().map(|(w, _)| w.busy_slots).sum();
     Ok(Snapshot {
         waiting: stats.scheduler.waiting_by_tier,
         retrying: stats.scheduler.retrying,
@@ -69,9 +69,9 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, ConsoleError> {
         running_capped,
         dispatched: stats.scheduler.recent_dispatches,
         weights: orch.config().tiers.weights(),
-        workers: stats.scheduler.workers,
-        busy_slots: stats.scheduler.busy_slots,
-        idle_slots: stats.scheduler.idle_slots,
+        workers: workers.len(),
+        busy_slots,
+        slots,
         draining,
         jobs: stats.jobs.0,
         last_hour,
@@ -92,7 +92,7 @@ fn live(s: &Snapshot) -> Markup {
     let waiting: usize = s.waiting.iter().sum();
     let running: usize = s.running.iter().sum();
     let at_least = if s.running_capped { "≥ " } else { "" };
-    let slots = s.busy_slots + s.idle_slots;
+    let slots = s.slots;
     let dispatched: u64 = s.dispatched.iter().sum();
     let weight_sum: u32 = s.weights.iter().sum();
     let window_min = RECENT_WINDOW.as_secs() / 60;
@@ -106,8 +106,8 @@ fn live(s: &Snapshot) -> Markup {
             (card("Workers", html! { (s.workers) }, html! {
                 @if s.workers == 0 { "none connected: jobs wait" }
                 @else {
-                    meter min="0" max=(slots.max(1)) value=(s.busy_slots) title={ (s.busy_slots) " of " (slots) " slots busy" } {}
-                    " " (s.busy_slots) " / " (slots) " slots busy"
+                    meter min="0" max=(slots.max(1)) value=(s.busy_slots) {}
+                    (s.busy_slots) " of " (view::count(slots, "slot", "slots")) " busy"
                     @if s.draining > 0 { " · " (s.draining) " draining" }
                 }
             }))
@@ -115,7 +115,7 @@ fn live(s: &Snapshot) -> Markup {
                 "attempts in the last hour (retried or refunded)"
             }))
             (card("Refunds", html! { (view::num(s.last_hour.refunds)) }, html! {
-                (view::num(s.last_hour.refunded_credits)) " credits released in the last hour"
+                (view::count(s.last_hour.refunded_credits, "credit", "credits")) " released in the last hour"
             }))
         }
 
@@ -136,10 +136,10 @@ fn live(s: &Snapshot) -> Markup {
                             @let share = view::pct(s.dispatched[i] as f64, dispatched as f64);
                             @let target = view::pct(f64::from(s.weights[i]), f64::from(weight_sum));
                             tr {
-                                td { span class={ "tier tier-" (t.as_str()) } { (t.as_str()) } }
-                                td.num { a href={ "/console/jobs?state=queued&tier=" (t.as_str()) } { (view::num(s.waiting[i] as u64)) } }
-                                td.num { (at_least) (view::num(s.running[i] as u64)) }
-                                td.num { (view::num(s.dispatched[i])) }
+                                td.tier-name { span class={ "tier tier-" (t.as_str()) } { (t.as_str()) } }
+                                td.num data-label="waiting" { a href={ "/console/jobs?state=queued&tier=" (t.as_str()) } { (view::num(s.waiting[i] as u64)) } }
+                                td.num data-label="running" { (at_least) (view::num(s.running[i] as u64)) }
+                                td.num data-label={ "dispatched (" (window_min) " min)" } { (view::num(s.dispatched[i])) }
                                 td.share {
                                     div.bars {
                                         progress.actual max="100" value=(format!("{share:.1}")) {}

@@ -249,6 +249,12 @@ pub fn num(n: impl Into<i128>) -> String {
     out
 }
 
+/// "1 credit", "20 credits".
+pub fn count(n: impl Into<i128>, one: &str, many: &str) -> String {
+    let n: i128 = n.into();
+    format!("{} {}", num(n), if n == 1 { one } else { many })
+}
+
 /// A percentage of `part` in `whole`, 0 when `whole` is 0.
 pub fn pct(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {

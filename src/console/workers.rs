@@ -51,7 +51,7 @@ pub async fn list(
         } @else {
             @let slots: u32 = workers.iter().map(|w| w.slots).sum();
             @let busy: u32 = workers.iter().map(|w| w.busy_slots).sum();
-            p.muted.summary { (workers.len()) " connected · " (busy) " of " (slots) " slots busy" }
+            p.muted.summary { (workers.len()) " connected · " (busy) " of " (view::count(slots, "slot", "slots")) " busy" }
             div.table-wrap { table.workers {
                 thead { tr {
                     th { "Worker" } th { "GPU" } th { "Serves" } th { "Models loaded" }

@@ -152,6 +152,31 @@ pub struct StatsView {
     /// Dispatches per tier over the last five minutes.
     pub recent_dispatches: BTreeMap<String, u64>,
     pub last_hour: LastHour,
+    /// This node's place in the cluster.
+    pub node: NodeView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    /// `leader` runs the active scheduler; `standby` takes over if it dies.
+    pub role: &'static str,
+    /// The leader's election term (null on a standby).
+    pub epoch: Option<u64>,
+}
+
+impl NodeView {
+    pub fn of(node: &crate::cluster::NodeState) -> NodeView {
+        let (role, epoch) = match node.role() {
+            crate::cluster::Role::Leader { epoch } => ("leader", Some(epoch)),
+            crate::cluster::Role::Standby => ("standby", None),
+        };
+        NodeView {
+            id: node.id.clone(),
+            role,
+            epoch,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -196,6 +221,7 @@ pub async fn stats(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
         })
         .collect();
     Ok(HttpResponse::Ok().json(StatsView {
+        node: NodeView::of(&state.node),
         recent_dispatches,
         last_hour: LastHour {
             system_failures: activity.retries,

@@ -6,9 +6,12 @@ pub mod admin;
 pub mod auth;
 pub mod events;
 pub mod jobs;
+pub mod keys;
 pub mod openapi;
 pub mod operators;
 pub mod ops;
+pub mod payments;
+pub mod pricing;
 pub mod problem;
 pub mod users;
 pub mod views;
@@ -36,12 +39,15 @@ const MAX_PAGE: usize = 200;
 
 pub struct AppState {
     pub orchestrator: Orchestrator,
+    pub node: std::sync::Arc<crate::cluster::NodeState>,
     pub rate_limiter: crate::ratelimit::RateLimiter,
     pub events: std::sync::Arc<crate::events::EventHub>,
     pub webhook_allow_private: bool,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
     pub worker_token: String,
+    /// Verifies payment events; `None` when `ADMEDIA_PAYMENT_SECRET` is unset.
+    pub payments: Option<payments::PaymentVerifier>,
 }
 
 impl AppState {
@@ -116,6 +122,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/users", web::post().to(users::register))
             .route("/me", web::get().to(users::me))
             .route("/me/webhook-secret", web::get().to(users::webhook_secret))
+            // Platform rules (docs/platform-rules.md).
+            .route("/me/api-keys", web::post().to(keys::issue))
+            .route("/me/api-keys", web::get().to(keys::list))
+            .route("/me/api-keys/{id}", web::delete().to(keys::revoke))
+            .route("/me/close", web::post().to(keys::close))
+            .route(
+                "/admin/users/{id}/terminate",
+                web::post().to(keys::terminate),
+            )
+            .route("/payments/webhook", web::post().to(payments::webhook))
+            .route("/pricing", web::get().to(pricing::get))
+            .route("/admin/pricing", web::post().to(pricing::announce))
             .route("/wallet", web::get().to(wallet::wallet))
             .route("/wallet/ledger", web::get().to(wallet::ledger))
             .route("/jobs", web::post().to(jobs::submit))

@@ -5,6 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
+use crate::http::{keys, payments, pricing};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +18,8 @@ use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
         operators::workers, operators::drain,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
+        payments::webhook, pricing::get, pricing::announce,
     ),
     components(schemas(
         problem::Problem,
@@ -25,8 +28,12 @@ use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
         wallet::LedgerPage, jobs::JobsPage,
         operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
         operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
-        admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour,
+        admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
+        keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,
+        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied,
+        pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
+        users::MembershipView, users::GiftView,
     )),
     modifiers(&Security),
 )]

@@ -12,6 +12,8 @@ pub struct Health {
     pub status: &'static str,
     /// `memory` or `postgres`.
     pub store: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<crate::http::admin::NodeView>,
 }
 
 /// The process is alive.
@@ -20,6 +22,8 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok",
         store: state.orchestrator.store().adapter(),
+        // The role needs no database, so it shows even when it is down.
+        node: Some(crate::http::admin::NodeView::of(&state.node)),
     })
 }
 
@@ -30,6 +34,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(Health {
         status: "ready",
         store: state.orchestrator.store().adapter(),
+        node: Some(crate::http::admin::NodeView::of(&state.node)),
     }))
 }
 

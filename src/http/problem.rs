@@ -46,6 +46,28 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    // Platform rules (ToS 2.2, 3.2, 4.5, 5).
+    /// The prompt breaks the content rules; nothing was charged.
+    #[error("{detail}")]
+    ContentRejected { detail: String, category: String },
+    #[error("{0}")]
+    LastApiKey(String),
+    #[error("{detail}")]
+    PriceNoticeTooShort {
+        detail: String,
+        earliest: chrono::DateTime<chrono::Utc>,
+    },
+    /// A payment event without a valid signature.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// A payment event signed too long ago, or in the future.
+    #[error("{0}")]
+    StaleTimestamp(String),
+    #[error("{0}")]
+    UnknownProduct(String),
+    /// A payment id seen before with another user or product.
+    #[error("{0}")]
+    PaymentConflict(String),
 }
 
 /// The problem document.
@@ -66,6 +88,12 @@ pub struct Problem {
     /// `queue-limit`: the tier's waiting-job limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// `content-rejected`: the content rule's category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// `price-notice-too-short`: the earliest `effective_at` allowed now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ApiError {
@@ -130,6 +158,41 @@ impl ApiError {
                 "Internal error",
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
+            ContentRejected { .. } => (
+                "content-rejected",
+                "Prompt refused by the content rules",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            LastApiKey(_) => (
+                "last-api-key",
+                "The last active API key cannot be revoked",
+                StatusCode::CONFLICT,
+            ),
+            PriceNoticeTooShort { .. } => (
+                "price-notice-too-short",
+                "Price change announced with too little notice",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            InvalidSignature(_) => (
+                "invalid-signature",
+                "Missing or invalid signature",
+                StatusCode::BAD_REQUEST,
+            ),
+            StaleTimestamp(_) => (
+                "stale-timestamp",
+                "Signature timestamp outside the allowed window",
+                StatusCode::BAD_REQUEST,
+            ),
+            UnknownProduct(_) => (
+                "unknown-product",
+                "Unknown product",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            PaymentConflict(_) => (
+                "payment-id-reused",
+                "Payment id already used for another payment",
+                StatusCode::CONFLICT,
+            ),
         }
     }
 
@@ -153,6 +216,8 @@ impl ResponseError for ApiError {
             required: None,
             available: None,
             limit: None,
+            category: None,
+            earliest: None,
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
@@ -166,6 +231,10 @@ impl ResponseError for ApiError {
                 problem.available = Some(*available);
             }
             ApiError::QueueLimit { limit, .. } => problem.limit = Some(*limit),
+            ApiError::ContentRejected { category, .. } => {
+                problem.category = Some(category.clone());
+            }
+            ApiError::PriceNoticeTooShort { earliest, .. } => problem.earliest = Some(*earliest),
             ApiError::RateLimited { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
@@ -205,6 +274,13 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::JobFinished => ApiError::JobFinished(detail),
             OrchestratorError::Unavailable(_) => ApiError::Unavailable(detail),
             OrchestratorError::Internal(_) => ApiError::Internal(detail),
+            OrchestratorError::ContentRejected { category } => {
+                ApiError::ContentRejected { detail, category }
+            }
+            OrchestratorError::LastApiKey => ApiError::LastApiKey(detail),
+            OrchestratorError::PriceNoticeTooShort { earliest, .. } => {
+                ApiError::PriceNoticeTooShort { detail, earliest }
+            }
         }
     }
 }

@@ -28,6 +28,27 @@ pub struct Registered {
 pub struct Me {
     pub user: UserView,
     pub wallet: WalletView,
+    /// The paid membership (ToS 5): `user.tier` is what counts now.
+    pub membership: MembershipView,
+    /// The next monthly gift not granted yet, if one is scheduled.
+    pub next_gift: Option<GiftView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MembershipView {
+    /// The tier bought (or set by an operator), even when lapsed.
+    pub tier: admedia_actors::tier::Tier,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether it is in effect now (a lapsed one reads as `free`, ToS 5.4).
+    pub active: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GiftView {
+    /// When the gift is granted (the start of its paid month).
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub tier: admedia_actors::tier::Tier,
+    pub amount: i64,
 }
 
 /// Register: one account per e-mail address (ToS 2.4), with the
@@ -56,7 +77,20 @@ pub async fn me(
     AuthUser(user): AuthUser,
 ) -> Result<HttpResponse, ApiError> {
     let wallet = state.orchestrator.wallet(user.id).await?;
+    let next_gift = state.orchestrator.next_gift(user.id).await?;
+    let now = chrono::Utc::now();
     Ok(HttpResponse::Ok().json(Me {
+        membership: MembershipView {
+            tier: user.membership.tier,
+            expires_at: user.membership.expires_at,
+            active: user.membership.tier != admedia_actors::tier::Tier::Free
+                && user.tier(now) == user.membership.tier,
+        },
+        next_gift: next_gift.map(|g| GiftView {
+            at: g.starts_at,
+            tier: g.tier,
+            amount: g.amount.get(),
+        }),
         user: UserView::of(&user),
         wallet: WalletView::of(&wallet),
     }))

@@ -110,6 +110,8 @@ pub struct JobView {
     pub charge: Charge,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// The price table version that set `cost` (ToS 4.5; `GET /v1/pricing`).
+    pub price_version: u32,
 }
 
 impl JobView {
@@ -142,6 +144,7 @@ impl JobView {
             result: job.result.clone(),
             charge: job.charge,
             webhook_url: job.spec.webhook_url.clone(),
+            price_version: job.price_version,
         }
     }
 }

@@ -38,8 +38,37 @@ pub async fn connect(
     if !same_secret(token.trim(), &state.worker_token) {
         return Err(ApiError::Unauthorized("invalid worker token".into()));
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)
+    let redirect = match state.node.role() {
+        crate::cluster::Role::Leader { .. } => None,
+        crate::cluster::Role::Standby => Some(
+            state
+                .orchestrator
+                .store()
+                .leader()
+                .await
+                .ok()
+                .flatten()
+                .map(|l| l.url)
+                .filter(|u| !u.is_empty() && *u != state.node.url),
+        ),
+    };
+    let (response, mut session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidRequest(format!("WebSocket upgrade: {e}")))?;
+    if let Some(leader) = redirect {
+        // A standby: point the worker at the leader (or, mid-election, ask
+        // it to come back), and close.
+        let message = match leader {
+            Some(url) => ToWorker::Redirect { url },
+            None => ToWorker::Error {
+                message: "no active scheduler yet; reconnect shortly".into(),
+            },
+        };
+        actix_rt::spawn(async move {
+            send(&mut session, &message).await;
+            let _ = session.close(None).await;
+        });
+        return Ok(response);
+    }
     let stream = stream
         .max_frame_size(MAX_FRAME_BYTES)
         .aggregate_continuations()

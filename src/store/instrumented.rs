@@ -19,6 +19,7 @@ use admedia_actors::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::ledger::{Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::store::{
+    Leader,
     Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, NewJob,
     Settlement, Store, StoreError, StoreResult, Submission,
 };
@@ -26,6 +27,12 @@ use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+
+use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::ids::ApiKeyId;
+use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::price_schedule::PriceVersion;
+use admedia_actors::pricing::PriceTable;
 
 use crate::metrics::Metrics;
 
@@ -59,6 +66,19 @@ pub const OPERATIONS: &[&str] = &[
     "find_users",
     "activity_since",
     "webhook_secret",
+    "become_leader",
+    "leader",
+    "create_api_key",
+    "api_keys",
+    "revoke_api_key",
+    "apply_payment",
+    "due_gifts",
+    "grant_gift",
+    "gifts",
+    "price_versions",
+    "init_prices",
+    "announce_prices",
+    "record_violation",
 ];
 
 /// The `kind` label of a failed call, or `None` for an answer the domain
@@ -79,7 +99,9 @@ pub fn error_kind(e: &StoreError) -> Option<&'static str> {
         | StoreError::JobFinished
         | StoreError::AccountInactive(_)
         | StoreError::StaleTransition { .. }
-        | StoreError::LimitExceeded(_) => None,
+        | StoreError::Deposed { .. }
+        | StoreError::LimitExceeded(_)
+        | StoreError::LastApiKey => None,
     }
 }
 
@@ -192,9 +214,10 @@ impl Store for InstrumentedStore {
         &self,
         attempt: AttemptRef,
         worker: WorkerId,
+        epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job> {
-        self.timed("assign_job", self.inner.assign_job(attempt, worker, now))
+        self.timed("assign_job", self.inner.assign_job(attempt, worker, epoch, now))
             .await
     }
 
@@ -271,6 +294,14 @@ impl Store for InstrumentedStore {
             .await
     }
 
+    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.timed("become_leader", self.inner.become_leader(node, url, now)).await
+    }
+
+    async fn leader(&self) -> StoreResult<Option<Leader>> {
+        self.timed("leader", self.inner.leader()).await
+    }
+
     async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
         self.timed("webhook_secret", self.inner.webhook_secret(user, fresh))
             .await
@@ -302,6 +333,109 @@ impl Store for InstrumentedStore {
     async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
         self.timed("activity_since", self.inner.activity_since(since))
             .await
+    }
+
+    // ---- platform rules
+
+    async fn create_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        hash: KeyHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.timed(
+            "create_api_key",
+            self.inner.create_api_key(user, id, hash, now),
+        )
+        .await
+    }
+
+    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.timed("api_keys", self.inner.api_keys(user)).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.timed("revoke_api_key", self.inner.revoke_api_key(user, id, now))
+            .await
+    }
+
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
+        self.timed("apply_payment", self.inner.apply_payment(payment))
+            .await
+    }
+
+    async fn due_gifts(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScheduledGift>> {
+        self.timed("due_gifts", self.inner.due_gifts(now, limit))
+            .await
+    }
+
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        self.timed(
+            "grant_gift",
+            self.inner.grant_gift(user, payment, month, now),
+        )
+        .await
+    }
+
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        self.timed("gifts", self.inner.gifts(user)).await
+    }
+
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        self.timed("price_versions", self.inner.price_versions())
+            .await
+    }
+
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        self.timed("init_prices", self.inner.init_prices(prices, now))
+            .await
+    }
+
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        self.timed(
+            "announce_prices",
+            self.inner.announce_prices(prices, effective_at, now),
+        )
+        .await
+    }
+
+    async fn record_violation(
+        &self,
+        user: UserId,
+        category: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32> {
+        self.timed(
+            "record_violation",
+            self.inner.record_violation(user, category, now, since),
+        )
+        .await
     }
 }
 

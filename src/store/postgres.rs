@@ -20,7 +20,7 @@ use admedia_actors::job::{
 use admedia_actors::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
 use admedia_actors::money::{Credits, MoneyError, Wallet};
 use admedia_actors::store::{
-    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, NewJob,
+    Leader, Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, NewJob,
     Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::{Membership, Tier};
@@ -30,6 +30,14 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
+
+use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::price_schedule::PriceVersion;
+use admedia_actors::pricing::PriceTable;
+
+/// API keys, payments and gifts, price versions, content violations.
+mod platform;
 
 mod embedded {
     refinery::embed_migrations!("schema");
@@ -236,7 +244,7 @@ fn user_row(r: &Row) -> StoreResult<User> {
 }
 
 const JOB_COLUMNS: &str = "id, user_id, seq, kind, model, prompt, params, tier, cost, state, attempts, \
-     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url";
+     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url, price_version";
 
 fn job_row(r: &Row) -> StoreResult<Job> {
     let kind_s: String = r.get(3);
@@ -278,6 +286,10 @@ fn job_row(r: &Row) -> StoreResult<Job> {
         lease: r
             .get::<_, Option<uuid::Uuid>>(20)
             .map(LeaseToken::from_uuid),
+        price_version: {
+            let v: i32 = r.get(22);
+            u32::try_from(v).map_err(|_| corrupt("price version", &v.to_string()))?
+        },
     })
 }
 
@@ -410,6 +422,17 @@ async fn resolve_hold(
         now,
     )
     .await
+}
+
+/// The channel on which the store announces a job that (again) waits for
+/// a slot, so the active scheduler on any node hears of it at commit.
+pub const WAITING_CHANNEL: &str = "admedia_waiting";
+
+async fn notify_waiting(tx: &Transaction<'_>, job: JobId) -> StoreResult<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&WAITING_CHANNEL, &job.to_string()])
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 /// Writes the mutable columns of a job after a transition, conditional on
@@ -777,10 +800,12 @@ impl Store for PgStore {
         wallet.hold(new.cost).map_err(money)?;
         let params = to_json(&new.spec.params)?;
         let max_attempts = i32::try_from(new.max_attempts).unwrap_or(i32::MAX);
+        let price_version = i32::try_from(new.price_version)
+            .map_err(|_| StoreError::Invariant("price version out of range".into()))?;
         let row = tx
             .query_one(
-                "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11) RETURNING seq",
+                "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url, price_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12) RETURNING seq",
                 &[
                     &new.id.as_uuid(),
                     &new.user_id.as_uuid(),
@@ -793,18 +818,20 @@ impl Store for PgStore {
                     &max_attempts,
                     &new.now,
                     &new.spec.webhook_url,
+                    &price_version,
                 ],
             )
             .await
             .map_err(db)?;
         let seq: i64 = row.get(0);
         tx.execute(
-            "INSERT INTO holds (job_id, user_id, amount, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO holds (job_id, user_id, amount, created_at, price_version) VALUES ($1, $2, $3, $4, $5)",
             &[
                 &new.id.as_uuid(),
                 &new.user_id.as_uuid(),
                 &new.cost.get(),
                 &new.now,
+                &price_version,
             ],
         )
         .await
@@ -841,6 +868,7 @@ impl Store for PgStore {
             charge: Charge::Held,
             worker_id: None,
             lease: None,
+            price_version: new.price_version,
         };
         if let Some((key, hash)) = &new.idempotency {
             tx.execute(
@@ -858,6 +886,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         }
+        notify_waiting(&tx, job.id).await?;
         tx.commit().await.map_err(db)?;
         Ok(Submission {
             job,
@@ -870,10 +899,23 @@ impl Store for PgStore {
         &self,
         attempt: AttemptRef,
         worker: WorkerId,
+        epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        // FOR SHARE: an election (which updates this row) waits for the
+        // assignments of the term it ends, and no assignment of that term
+        // can commit after it.
+        let current: i64 = tx
+            .query_one("SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        let current = u64::try_from(current).unwrap_or(0);
+        if current != epoch {
+            return Err(StoreError::Deposed { current });
+        }
         let mut job = lock_job(&tx, attempt.job_id).await?;
         if job.state != JobState::Queued || job.attempts + 1 != attempt.attempt {
             return Err(StoreError::StaleTransition {
@@ -889,13 +931,15 @@ impl Store for PgStore {
         job.retry_at = None;
         write_job(&tx, JobState::Queued, &job).await?;
         tx.execute(
-            "INSERT INTO job_attempts (job_id, attempt, worker_id, lease, assigned_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, lease, assigned_at, epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 &job.id.as_uuid(),
                 &i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
                 &worker.as_uuid(),
                 &attempt.lease.as_uuid(),
                 &now,
+                &i64::try_from(epoch).unwrap_or(i64::MAX),
             ],
         )
         .await
@@ -992,6 +1036,9 @@ impl Store for PgStore {
             job.finished_at = Some(now);
         }
         write_job(&tx, before, &job).await?;
+        if job.state == JobState::Queued {
+            notify_waiting(&tx, job.id).await?;
+        }
         tx.execute(
             "UPDATE job_attempts SET finished_at = $2, outcome = $3, message = $4 WHERE lease = $1",
             &[&attempt.lease.as_uuid(), &now, &attempt_outcome, &message],
@@ -1195,6 +1242,41 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        let client = self.client().await?;
+        let epoch: i64 = client
+            .query_one(
+                "UPDATE cluster_leader SET epoch = epoch + 1, node = $1, url = $2, since = $3 WHERE id = 1 \
+                 RETURNING epoch",
+                &[&node, &url, &now],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    async fn leader(&self) -> StoreResult<Option<Leader>> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT epoch, node, url, since FROM cluster_leader WHERE id = 1", &[])
+            .await
+            .map_err(db)?;
+        let epoch: i64 = row.get(0);
+        let node: Option<String> = row.get(1);
+        let url: Option<String> = row.get(2);
+        let since: Option<DateTime<Utc>> = row.get(3);
+        Ok(match (node, url, since) {
+            (Some(node), Some(url), Some(since)) if epoch > 0 => Some(Leader {
+                epoch: u64::try_from(epoch).unwrap_or(0),
+                node,
+                url,
+                since,
+            }),
+            _ => None,
+        })
+    }
+
     async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
         let client = self.client().await?;
         let inserted = client
@@ -1345,5 +1427,87 @@ impl Store for PgStore {
             refunds: u64::try_from(refunds.get::<_, i64>(0)).unwrap_or(0),
             refunded_credits: refunds.get(1),
         })
+    }
+
+    // ---- platform rules (see `platform`)
+
+    async fn create_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        hash: KeyHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.pg_create_api_key(user, id, hash, now).await
+    }
+
+    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.pg_api_keys(user).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.pg_revoke_api_key(user, id, now).await
+    }
+
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
+        self.pg_apply_payment(payment).await
+    }
+
+    async fn due_gifts(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScheduledGift>> {
+        self.pg_due_gifts(now, limit).await
+    }
+
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        self.pg_grant_gift(user, payment, month, now).await
+    }
+
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        self.pg_gifts(user).await
+    }
+
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        self.pg_price_versions().await
+    }
+
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        self.pg_init_prices(prices, now).await
+    }
+
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        self.pg_announce_prices(prices, effective_at, now).await
+    }
+
+    async fn record_violation(
+        &self,
+        user: UserId,
+        category: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32> {
+        self.pg_record_violation(user, category, now, since).await
     }
 }

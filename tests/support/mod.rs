@@ -1,7 +1,11 @@
 //! Shared by the integration tests that need real services.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 use admedia::store::postgres::PgStore;
@@ -184,4 +188,191 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A TCP proxy in front of the shared PostgreSQL that the test can cut:
+/// cutting drops every connection through it and refuses new ones.
+pub struct CuttableProxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: String) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(tx);
+        let accept_open = open.clone();
+        actix_rt::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_open.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut cut = rx.clone();
+                // Only a cut after this connection opened closes it.
+                cut.borrow_and_update();
+                actix_rt::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+
+/// A small JSON client for tests that drive whole server processes.
+pub struct Api {
+    pub client: awc::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
+            base: base.to_owned(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), String> {
+        let mut req = match method {
+            "GET" => self.client.get(format!("{}{path}", self.base)),
+            "PUT" => self.client.put(format!("{}{path}", self.base)),
+            _ => self.client.post(format!("{}{path}", self.base)),
+        };
+        req = req.insert_header(("Authorization", format!("Bearer {token}")));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut res = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        }
+        .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let bytes = res
+            .body()
+            .limit(10 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    pub async fn register(&self, email: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/users",
+                "",
+                Some(json!({"email": email, "display_name": "Crash"})),
+                &[],
+            )
+            .await
+            .expect("register");
+        assert_eq!(status, 201, "{body}");
+        (
+            body["user"]["id"].as_str().expect("id").to_owned(),
+            body["api_key"].as_str().expect("key").to_owned(),
+        )
+    }
+
+    pub async fn all_pages(&self, path: &str, field: &str, key: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &before {
+                Some(b) => format!("{path}{sep}limit=200&before={b}"),
+                None => format!("{path}{sep}limit=200"),
+            };
+            let (status, body) = self.call("GET", &url, key, None, &[]).await.expect("page");
+            assert_eq!(status, 200, "{body}");
+            out.extend(body[field].as_array().cloned().unwrap_or_default());
+            match body["next"].as_str() {
+                Some(n) => before = Some(n.to_owned()),
+                None => return out,
+            }
+        }
+    }
+}
+
+
+/// Audits one user from the API: the ledger replays to the wallet, nothing
+/// is held, every job is terminal with its hold resolved exactly once and
+/// the right way. Returns the user's jobs.
+pub async fn audit_user(api: &Api, key: &str) -> Vec<Value> {
+    let jobs = api.all_pages("/v1/jobs", "jobs", key).await;
+    let entries = api.all_pages("/v1/wallet/ledger", "entries", key).await;
+    let (mut grants, mut posts) = (0i64, 0i64);
+    let mut holds: HashMap<String, usize> = HashMap::new();
+    let mut resolutions: HashMap<String, Vec<String>> = HashMap::new();
+    for e in &entries {
+        let amount = e["amount"].as_i64().expect("amount");
+        let kind = e["kind"].as_str().expect("kind");
+        match kind {
+            "grant" => grants += amount,
+            "post" => posts += amount,
+            _ => {}
+        }
+        if let Some(job) = e["job_id"].as_str() {
+            match kind {
+                "hold" => *holds.entry(job.to_owned()).or_default() += 1,
+                _ => resolutions.entry(job.to_owned()).or_default().push(kind.to_owned()),
+            }
+        }
+    }
+    let (_, wallet) = api.call("GET", "/v1/wallet", key, None, &[]).await.expect("wallet");
+    assert_eq!(wallet["balance"].as_i64(), Some(grants - posts), "balance = grants - posts");
+    assert_eq!(wallet["held"].as_i64(), Some(0), "nothing held once all jobs ended");
+    for job in &jobs {
+        let id = job["id"].as_str().expect("id");
+        assert_eq!(holds.get(id), Some(&1), "job {id} held once");
+        let res = resolutions.get(id).cloned().unwrap_or_default();
+        assert_eq!(res.len(), 1, "job {id} resolved exactly once: {res:?}");
+        let expected = match (job["state"].as_str(), job["error"]["class"].as_str()) {
+            (Some("succeeded"), _) | (Some("failed"), Some("user")) => "post",
+            (Some("failed"), Some("system")) => "void",
+            other => panic!("job {id} not terminal as expected: {other:?}"),
+        };
+        assert_eq!(res[0], expected, "job {id}");
+    }
+    jobs
 }

@@ -47,6 +47,8 @@ pub struct SchedulerActor {
     /// Retries waiting for their backoff to pass.
     delayed: HashMap<JobId, SpawnHandle>,
     recent: RecentDispatches,
+    /// The election term this scheduler leads; `None` on a standby.
+    epoch: Option<u64>,
     store: Arc<dyn Store>,
     wallets: WalletRegistry,
     config: Arc<OrchestratorConfig>,
@@ -66,6 +68,7 @@ impl SchedulerActor {
             in_flight: HashMap::new(),
             delayed: HashMap::new(),
             recent: RecentDispatches::new(),
+            epoch: None,
             store,
             wallets,
             config,
@@ -79,6 +82,11 @@ impl SchedulerActor {
 
     /// Hands out jobs while a free slot can take one.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        let Some(epoch) = self.epoch else {
+            // A standby dispatches nothing; the active scheduler of the
+            // cluster hears of every waiting job through the store.
+            return;
+        };
         while self.free_slots() {
             let workers = &self.workers;
             let config = &self.config;
@@ -130,6 +138,7 @@ impl SchedulerActor {
                 self.config.clone(),
                 self.observer.clone(),
                 ready_since,
+                epoch,
             )
             .start();
             self.in_flight.insert(
@@ -158,6 +167,15 @@ impl SchedulerActor {
         self.delayed.insert(job_id, handle);
     }
 
+    /// Drops the waiting line and retry timers (the store keeps them; a
+    /// new term rebuilds the line from it).
+    fn forget_line(&mut self, ctx: &mut Context<Self>) {
+        self.queue = FairQueue::new(self.config.tiers);
+        for (_, handle) in self.delayed.drain() {
+            ctx.cancel_future(handle);
+        }
+    }
+
     fn knows(&self, job: JobId) -> bool {
         self.queue.contains(job)
             || self.delayed.contains_key(&job)
@@ -170,8 +188,9 @@ impl Actor for SchedulerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(RECONCILE_EVERY, |act, ctx| {
-            ctx.notify(Reconcile);
-            let _ = act;
+            if act.epoch.is_some() {
+                ctx.notify(Reconcile);
+            }
         });
     }
 }
@@ -185,10 +204,99 @@ impl Handler<Enqueue> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        if !self.knows(msg.0.job_id) {
+        if self.epoch.is_some() && !self.knows(msg.0.job_id) {
             self.queue.push(msg.0);
             self.dispatch(ctx);
         }
+    }
+}
+
+/// This node won the election: lead with `epoch`, from a line rebuilt from
+/// the store (the caller sends it with [`Recover`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Activate {
+    pub epoch: u64,
+}
+
+impl Handler<Activate> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Activate, ctx: &mut Self::Context) {
+        tracing::info!(epoch = msg.epoch, "scheduler active");
+        self.epoch = Some(msg.epoch);
+        self.forget_line(ctx);
+    }
+}
+
+/// This node lost (or gave up) the lead: dispatch nothing more.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deactivate;
+
+impl Handler<Deactivate> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Deactivate, ctx: &mut Self::Context) {
+        if self.epoch.take().is_some() {
+            tracing::warn!("scheduler standing by: another node leads");
+        }
+        self.forget_line(ctx);
+    }
+}
+
+/// An assignment was refused because a newer term exists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deposed {
+    pub current: u64,
+}
+
+impl Handler<Deposed> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deposed, ctx: &mut Self::Context) {
+        if self.epoch.is_some_and(|e| e < msg.current) {
+            tracing::warn!(epoch = ?self.epoch, current = msg.current, "deposed by a newer scheduler");
+            self.epoch = None;
+            self.forget_line(ctx);
+        }
+    }
+}
+
+/// Is this scheduler the active one, and in which term?
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct CurrentEpoch;
+
+impl Handler<CurrentEpoch> for SchedulerActor {
+    type Result = Option<u64>;
+
+    fn handle(&mut self, _: CurrentEpoch, _ctx: &mut Self::Context) -> Option<u64> {
+        self.epoch
+    }
+}
+
+/// A job the store says waits (announced by another node, or found by a
+/// sweep): queue it if this scheduler leads.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Waiting(pub JobId);
+
+impl Handler<Waiting> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Waiting, ctx: &mut Self::Context) {
+        if self.epoch.is_none() || self.knows(msg.0) {
+            return;
+        }
+        let store = self.store.clone();
+        let addr = ctx.address();
+        actix::spawn(async move {
+            if let Ok(Some(job)) = store.job(msg.0).await {
+                addr.do_send(Recover(vec![job]));
+            }
+        });
     }
 }
 
@@ -344,6 +452,9 @@ impl Handler<Recover> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Recover, ctx: &mut Self::Context) {
+        if self.epoch.is_none() {
+            return;
+        }
         let now = chrono::Utc::now();
         for job in msg.0 {
             if job.state != JobState::Queued || self.knows(job.id) {

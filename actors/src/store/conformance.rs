@@ -15,6 +15,10 @@ use crate::user::{ApiKey, DisplayName};
 
 pub type Shared = Arc<dyn Store>;
 
+/// API keys, payments and gifts, price versions, content violations.
+mod platform;
+pub use platform::*;
+
 fn credits(v: i64) -> Credits {
     Credits::new(v).expect("test amount")
 }
@@ -57,7 +61,12 @@ fn new_job(user: UserId, cost: i64) -> NewJob {
         max_waiting: 1000,
         idempotency: None,
         now: Utc::now(),
+        price_version: 1,
     }
+}
+
+async fn current_epoch(store: &Shared) -> u64 {
+    store.leader().await.expect("leader").map_or(0, |l| l.epoch)
 }
 
 async fn assign(store: &Shared, job: &Job) -> AttemptRef {
@@ -67,7 +76,7 @@ async fn assign(store: &Shared, job: &Job) -> AttemptRef {
         lease: LeaseToken::generate(),
     };
     store
-        .assign_job(attempt, WorkerId::generate(), Utc::now())
+        .assign_job(attempt, WorkerId::generate(), current_epoch(store).await, Utc::now())
         .await
         .expect("assign");
     attempt
@@ -264,9 +273,10 @@ pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
     let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
     let attempt = assign(&store, &job).await;
     // Assigning the same attempt again is refused.
+    let epoch = current_epoch(&store).await;
     assert!(matches!(
         store
-            .assign_job(attempt, WorkerId::generate(), Utc::now())
+            .assign_job(attempt, WorkerId::generate(), epoch, Utc::now())
             .await,
         Err(StoreError::StaleTransition { .. })
     ));
@@ -689,6 +699,27 @@ pub async fn webhook_secret_is_created_once_per_user(store: Shared) {
     );
 }
 
+pub async fn assignments_of_a_deposed_term_are_refused(store: Shared) {
+    let user = user_with(&store, "fence@example.com", 10).await;
+    let job = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    let first = store.become_leader("node-a", "http://a", Utc::now()).await.unwrap();
+    let second = store.become_leader("node-b", "http://b", Utc::now()).await.unwrap();
+    assert_eq!(second, first + 1);
+    let leader = store.leader().await.unwrap().expect("a leader");
+    assert_eq!((leader.epoch, leader.node.as_str(), leader.url.as_str()), (second, "node-b", "http://b"));
+    let attempt = AttemptRef {
+        job_id: job.id,
+        attempt: 1,
+        lease: LeaseToken::generate(),
+    };
+    assert_eq!(
+        store.assign_job(attempt, WorkerId::generate(), first, Utc::now()).await.unwrap_err(),
+        StoreError::Deposed { current: second }
+    );
+    assert_eq!(store.job(job.id).await.unwrap().unwrap().state, JobState::Queued);
+    store.assign_job(attempt, WorkerId::generate(), second, Utc::now()).await.unwrap();
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -715,6 +746,14 @@ macro_rules! store_conformance_tests {
             recovery_lists_jobs_by_state_in_submission_order,
             operator_views_show_attempts_ledger_and_filters,
             webhook_secret_is_created_once_per_user,
+            api_keys_are_issued_listed_and_revoked,
+            payments_apply_once_and_refuse_a_reused_id,
+            memberships_extend_and_grant_each_month_once,
+            membership_upgrade_takes_effect_at_once,
+            price_versions_are_stored_once_and_announced,
+            jobs_record_their_price_version,
+            content_violations_are_counted_in_their_window,
+            assignments_of_a_deposed_term_are_refused,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

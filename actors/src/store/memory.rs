@@ -15,6 +15,8 @@ use crate::job::{Charge, FailureClass, JobError, JobResult};
 use crate::ledger::{EntryKind, GrantSource};
 use crate::money::MoneyError;
 
+mod platform;
+
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
@@ -42,6 +44,9 @@ struct State {
     by_state: HashMap<JobState, BTreeMap<u64, JobId>>,
     attempts: HashMap<JobId, Vec<AttemptRecord>>,
     webhook_secrets: HashMap<UserId, String>,
+    /// API keys, payments, gifts, prices, content violations.
+    platform: platform::PlatformState,
+    leader: Option<Leader>,
     /// Resolution of each job's hold; `Held` means still open.
     holds: HashMap<JobId, Charge>,
 }
@@ -229,6 +234,7 @@ impl Store for MemoryStore {
         };
         s.emails.insert(new.email, user.id);
         s.keys.insert(new.key_hash, user.id);
+        platform::registered(&mut s, user.id, new.key_hash, now);
         s.users.insert(user.id, user.clone());
         s.accounts.insert(user.id, Account::default());
         let wallet = if reward.is_zero() {
@@ -380,6 +386,7 @@ impl Store for MemoryStore {
             charge: Charge::Held,
             worker_id: None,
             lease: None,
+            price_version: new.price_version,
         };
         if s.jobs.contains_key(&job.id) {
             return Err(StoreError::Invariant(format!("job id {} reused", job.id)));
@@ -417,9 +424,14 @@ impl Store for MemoryStore {
         &self,
         attempt: AttemptRef,
         worker: WorkerId,
+        epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job> {
         let mut s = self.state.lock();
+        let current = s.leader.as_ref().map_or(0, |l| l.epoch);
+        if epoch != current {
+            return Err(StoreError::Deposed { current });
+        }
         let mut job = s
             .jobs
             .get(&attempt.job_id)
@@ -667,6 +679,22 @@ impl Store for MemoryStore {
         ))
     }
 
+    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut s = self.state.lock();
+        let epoch = s.leader.as_ref().map_or(0, |l| l.epoch) + 1;
+        s.leader = Some(Leader {
+            epoch,
+            node: node.to_owned(),
+            url: url.to_owned(),
+            since: now,
+        });
+        Ok(epoch)
+    }
+
+    async fn leader(&self) -> StoreResult<Option<Leader>> {
+        Ok(self.state.lock().leader.clone())
+    }
+
     async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
         let mut s = self.state.lock();
         if !s.users.contains_key(&user) {
@@ -774,5 +802,87 @@ impl Store for MemoryStore {
             .iter()
             .map(|(id, a)| (*id, a.wallet, a.ledger.clone()))
             .collect())
+    }
+
+    // ---- platform rules (see `platform`)
+
+    async fn create_api_key(
+        &self,
+        user: UserId,
+        id: crate::ids::ApiKeyId,
+        hash: KeyHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        platform::create_api_key(&mut self.state.lock(), user, id, hash, now)
+    }
+
+    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        platform::api_keys(&self.state.lock(), user)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: crate::ids::ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        platform::revoke_api_key(&mut self.state.lock(), user, id, now)
+    }
+
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
+        platform::apply_payment(&mut self.state.lock(), payment)
+    }
+
+    async fn due_gifts(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScheduledGift>> {
+        Ok(platform::due_gifts(&self.state.lock(), now, limit))
+    }
+
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        platform::grant_gift(&mut self.state.lock(), user, payment, month, now)
+    }
+
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        platform::gifts(&self.state.lock(), user)
+    }
+
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        Ok(platform::price_versions(&self.state.lock()))
+    }
+
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        Ok(platform::init_prices(&mut self.state.lock(), prices, now))
+    }
+
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        platform::announce_prices(&mut self.state.lock(), prices, effective_at, now)
+    }
+
+    async fn record_violation(
+        &self,
+        user: UserId,
+        category: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32> {
+        platform::record_violation(&mut self.state.lock(), user, category, now, since)
     }
 }

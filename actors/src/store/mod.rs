@@ -19,6 +19,12 @@ use crate::ledger::{Grant, LedgerEntry};
 use crate::money::{Credits, Wallet};
 use crate::tier::{Membership, Tier};
 use crate::user::{AccountStatus, KeyHash, NewUser, User};
+// Platform rules (ToS 2.2, 3.2, 4.2, 4.5, 5): see `platform_rules` below.
+use crate::accounts::ApiKeyRecord;
+use crate::ids::ApiKeyId;
+use crate::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use crate::price_schedule::PriceVersion;
+use crate::pricing::PriceTable;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -56,6 +62,12 @@ pub enum StoreError {
     /// The request is valid but would push a number past its limit.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The scheduler's election term ended: another node leads now.
+    #[error("scheduler deposed: epoch {current} is current")]
+    Deposed { current: u64 },
+    /// Revoking this key would leave the account without one.
+    #[error("the last active API key cannot be revoked")]
+    LastApiKey,
     #[error("hold already resolved")]
     HoldResolved,
     #[error("invariant violated: {0}")]
@@ -79,6 +91,8 @@ pub struct NewJob {
     pub max_waiting: u32,
     pub idempotency: Option<(IdempotencyKey, RequestHash)>,
     pub now: DateTime<Utc>,
+    /// The price version `cost` comes from (ToS 4.5).
+    pub price_version: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +170,15 @@ pub struct AttemptRecord {
     pub message: Option<String>,
 }
 
+/// A scheduler term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    pub epoch: u64,
+    pub node: String,
+    pub url: String,
+    pub since: DateTime<Utc>,
+}
+
 /// Retries and refunds over a period, for the operator's overview.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
@@ -211,11 +234,13 @@ pub trait Store: Send + Sync + 'static {
     /// the credits, holds the cost and inserts the job `queued`: all or
     /// nothing.
     async fn submit_job(&self, job: NewJob) -> StoreResult<Submission>;
-    /// `queued` with `attempts == attempt - 1` → `assigned` at `attempt`.
+    /// `queued` with `attempts == attempt - 1` → `assigned` at `attempt`,
+    /// only while `epoch` is the current scheduler term (`Deposed` else).
     async fn assign_job(
         &self,
         attempt: AttemptRef,
         worker: WorkerId,
+        epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job>;
     /// `assigned` → `running`, for the named attempt only.
@@ -260,6 +285,13 @@ pub trait Store: Send + Sync + 'static {
     /// is the secret to store if there is none yet.
     async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String>;
 
+    // ---- cluster
+    /// Starts a new scheduler term led by `node` (reachable at `url`) and
+    /// returns its epoch. Assignments of older terms are refused from now.
+    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// The current term, if any node has led.
+    async fn leader(&self) -> StoreResult<Option<Leader>>;
+
     // ---- operator views
     /// Jobs of every user matching `filter`, newest first.
     async fn admin_jobs(
@@ -276,4 +308,80 @@ pub trait Store: Send + Sync + 'static {
     async fn find_users(&self, fragment: &str, limit: usize) -> StoreResult<Vec<User>>;
     /// Retries and refunds since `since`.
     async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity>;
+
+    // ---- platform rules: API keys (ToS 2.2)
+    /// Adds an active key for an active user; `LimitExceeded` past
+    /// [`crate::accounts::MAX_ACTIVE_KEYS`] active keys.
+    async fn create_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        hash: KeyHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord>;
+    /// The user's keys, oldest first, revoked ones included.
+    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes one of the user's keys (`NotFound` for another user's);
+    /// revoking a revoked key changes nothing; `LastApiKey` when it is the
+    /// user's only active key.
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord>;
+
+    // ---- platform rules: purchases and memberships (ToS 4.2, 5)
+    /// Claims the payment id and applies what it bought, all at once: a
+    /// credit grant, or the extended membership with its monthly gifts
+    /// scheduled (and the ones already due granted). A replay with the
+    /// same content changes nothing (`replayed`); the same id with other
+    /// content is `IdempotencyKeyReused`.
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome>;
+    /// Gifts whose month has started and that are not granted yet, of
+    /// active accounts, oldest first.
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize)
+        -> StoreResult<Vec<ScheduledGift>>;
+    /// Grants one scheduled gift exactly once: marks it granted and books
+    /// the grant in one transaction; `granted: false` when it was granted
+    /// before, is not due yet, or the account is not active.
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome>;
+    /// The user's scheduled gifts, by start.
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>>;
+
+    // ---- platform rules: prices with notice (ToS 4.5)
+    /// Every price version, by version.
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>>;
+    /// Stores `prices` as version 1, effective at `now`, unless a version
+    /// exists; returns every version.
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>>;
+    /// Adds the next version; a version with the same `effective_at` and
+    /// prices is returned instead (`true`: a replay).
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)>;
+
+    // ---- platform rules: content (ToS 3.2)
+    /// Records a refused prompt and returns the user's refusals since
+    /// `since`, this one included.
+    async fn record_violation(
+        &self,
+        user: UserId,
+        category: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32>;
 }

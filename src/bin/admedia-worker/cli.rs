@@ -169,7 +169,7 @@ impl Args {
 }
 
 /// `ws://host:port[/prefix]` → `ws://host:port[/prefix]/v1/workers/connect`.
-fn connect_url(server: &str) -> Result<String, String> {
+pub fn connect_url(server: &str) -> Result<String, String> {
     let server = server.trim().trim_end_matches('/');
     let scheme = server
         .split_once("://")

@@ -50,6 +50,15 @@ pub enum SessionEnd {
     /// far as a `welcome`, i.e. whether the server is reachable and takes
     /// our token.
     Lost { welcomed: bool, reason: String },
+    /// The node does not run the active scheduler and named the one that
+    /// does (an `http://` or `ws://` base URL).
+    Redirect(String),
+}
+
+/// Why a handshake did not end in `welcome`.
+enum Refused {
+    Failed(String),
+    Redirect(String),
 }
 
 impl SessionEnd {
@@ -86,7 +95,11 @@ pub async fn run(
     let heartbeat = tokio::select! {
         welcomed = handshake(&mut ws, config) => match welcomed {
             Ok(heartbeat) => heartbeat,
-            Err(reason) => return SessionEnd::Lost { welcomed: false, reason },
+            Err(Refused::Failed(reason)) => return SessionEnd::Lost { welcomed: false, reason },
+            Err(Refused::Redirect(url)) => {
+                close(&mut ws).await;
+                return SessionEnd::Redirect(url);
+            }
         },
         state = shutdown::requested(shutdown) => {
             close(&mut ws).await;
@@ -124,13 +137,19 @@ async fn connect(config: &Config) -> Result<Socket, String> {
 }
 
 /// Sends `hello` and waits for `welcome`; the heartbeat interval it sets.
-async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, String> {
-    send(ws, &config.hello).await?;
+async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, Refused> {
+    send(ws, &config.hello).await.map_err(Refused::Failed)?;
     let welcome = async {
         loop {
             match ws.next().await {
-                None => return Err("the server closed the connection before welcome".to_owned()),
-                Some(Err(e)) => return Err(format!("websocket error before welcome: {e}")),
+                None => {
+                    return Err(Refused::Failed(
+                        "the server closed the connection before welcome".to_owned(),
+                    ))
+                }
+                Some(Err(e)) => {
+                    return Err(Refused::Failed(format!("websocket error before welcome: {e}")))
+                }
                 Some(Ok(Frame::Text(text))) => match serde_json::from_slice::<ToWorker>(&text) {
                     Ok(ToWorker::Welcome {
                         worker_id,
@@ -141,16 +160,22 @@ async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, String>
                         return Ok(Duration::from_millis(heartbeat_ms).max(MIN_HEARTBEAT));
                     }
                     Ok(ToWorker::Error { message }) => {
-                        return Err(format!("the server refused hello: {message}"))
+                        return Err(Refused::Failed(format!("the server refused hello: {message}")))
+                    }
+                    Ok(ToWorker::Redirect { url }) => {
+                        tracing::info!(%url, "this node stands by; following it to the leader");
+                        return Err(Refused::Redirect(url));
                     }
                     Ok(other) => tracing::warn!(message = ?other, "ignored before welcome"),
                     Err(e) => tracing::warn!(error = %e, "unreadable message before welcome"),
                 },
-                Some(Ok(Frame::Ping(payload))) => send_frame(ws, Message::Pong(payload)).await?,
+                Some(Ok(Frame::Ping(payload))) => send_frame(ws, Message::Pong(payload))
+                    .await
+                    .map_err(Refused::Failed)?,
                 Some(Ok(Frame::Close(reason))) => {
-                    return Err(format!(
+                    return Err(Refused::Failed(format!(
                         "the server closed the connection before welcome: {reason:?}"
-                    ))
+                    )))
                 }
                 Some(Ok(_)) => {}
             }
@@ -158,7 +183,7 @@ async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, String>
     };
     tokio::time::timeout(WELCOME_TIMEOUT, welcome)
         .await
-        .map_err(|_| format!("no welcome within {} s", WELCOME_TIMEOUT.as_secs()))?
+        .map_err(|_| Refused::Failed(format!("no welcome within {} s", WELCOME_TIMEOUT.as_secs())))?
 }
 
 async fn send(ws: &mut Socket, message: &FromWorker) -> Result<(), String> {
@@ -336,6 +361,10 @@ impl Session<'_> {
             }
             ToWorker::Welcome { .. } => {
                 tracing::warn!("second welcome on one connection, ignored");
+                Step::Continue
+            }
+            ToWorker::Redirect { url } => {
+                tracing::warn!(%url, "redirect after welcome ignored");
                 Step::Continue
             }
             ToWorker::Error { message } => {

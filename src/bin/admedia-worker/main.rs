@@ -34,7 +34,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 async fn main() -> ExitCode {
     let args = cli::Args::parse();
     admedia::telemetry::init(args.log_format);
-    let config = match args.into_config() {
+    let mut config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("admedia-worker: {e}");
@@ -51,6 +51,9 @@ async fn main() -> ExitCode {
     tracing::info!(hello = ?config.hello, executor = ?config.executor, "admedia-worker starting");
     let executor = Rc::new(Executor::new(&config.executor));
     let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    // Where a redirect leads is only a hint: when it stops answering, the
+    // agent goes back to the server it was configured with.
+    let configured_url = config.url.clone();
     loop {
         let session_started = Instant::now();
         match connection::run(&config, &executor, &mut shutdown).await {
@@ -59,7 +62,22 @@ async fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             SessionEnd::Aborted => return ExitCode::FAILURE,
+            SessionEnd::Redirect(base) => {
+                // Follow a standby's pointer to the leader; a short pause
+                // keeps two nodes that disagree mid-election from bouncing
+                // the agent in a tight loop.
+                let target = base.replacen("http://", "ws://", 1);
+                match cli::connect_url(&target) {
+                    Ok(url) => config.url = url,
+                    Err(e) => tracing::warn!(error = %e, "unusable redirect; keeping the configured server"),
+                }
+                tokio::time::sleep(FIRST_RETRY).await;
+            }
             SessionEnd::Lost { welcomed, reason } => {
+                if !welcomed && config.url != configured_url {
+                    tracing::info!(url = %configured_url, "redirect target unreachable; back to the configured server");
+                    config.url = configured_url.clone();
+                }
                 match *shutdown.borrow() {
                     Shutdown::Running => {}
                     // Draining with the connection gone: what still ran was

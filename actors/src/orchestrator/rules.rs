@@ -1,0 +1,263 @@
+//! The platform rules as orchestrator operations: API keys and account
+//! closure (ToS 2.2, 9.2, 9.3), payments and memberships (ToS 4.2, 5),
+//! prices with notice (ToS 4.5) and content rules (ToS 3.2).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::Orchestrator;
+use crate::accounts::{ApiKeyRecord, IssuedKey};
+use crate::content::{ContentPolicy, Verdict};
+use crate::error::OrchestratorError;
+use crate::ids::{ApiKeyId, UserId};
+use crate::job::JobSpec;
+use crate::money::Wallet;
+use crate::payments::{NewPayment, PaymentId, PaymentOutcome, Product, ScheduledGift};
+use crate::platform::Platform;
+use crate::price_schedule::{PriceSchedule, PriceVersion};
+use crate::pricing::PriceTable;
+use crate::store::{Store, StoreError};
+use crate::user::{AccountStatus, ApiKey, User};
+use crate::wallet::{ApplyPayment, GrantGift, WalletRegistry};
+
+/// Gifts granted per sweep at most; the next sweep takes the rest.
+const GIFTS_PER_SWEEP: usize = 1000;
+
+fn chrono_span(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Reloads the price schedule from the store.
+async fn refresh_prices(store: &dyn Store, platform: &Platform) -> Result<(), StoreError> {
+    let versions = store.price_versions().await?;
+    platform.prices.replace(PriceSchedule::new(versions));
+    Ok(())
+}
+
+/// Grants every gift that has come due, each through its user's wallet
+/// actor; the store grants each exactly once whoever else sweeps.
+async fn grant_due_gifts(
+    store: &dyn Store,
+    wallets: &WalletRegistry,
+    now: DateTime<Utc>,
+) -> Result<usize, OrchestratorError> {
+    let due = store.due_gifts(now, GIFTS_PER_SWEEP).await?;
+    let mut granted = 0;
+    for gift in due {
+        let outcome = wallets
+            .call(
+                gift.user_id,
+                GrantGift {
+                    payment: gift.payment_id.clone(),
+                    month: gift.month,
+                },
+            )
+            .await?;
+        match outcome {
+            Ok(o) if o.granted => granted += 1,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(user = %gift.user_id, payment = %gift.payment_id,
+                    month = gift.month, error = %e, "membership gift not granted; retried next sweep");
+            }
+        }
+    }
+    Ok(granted)
+}
+
+impl Orchestrator {
+    /// Stores the configured prices as version 1 when there is none, loads
+    /// the schedule, and starts the sweep that reloads it and grants the
+    /// membership gifts as their months start.
+    pub(super) async fn start_platform(&self) -> Result<(), OrchestratorError> {
+        let versions = self
+            .store
+            .init_prices(self.config.prices, Utc::now())
+            .await?;
+        if let Some(first) = versions.first() {
+            if first.prices != self.config.prices && versions.len() == 1 {
+                tracing::warn!(
+                    "the configured prices differ from stored price version 1; stored versions \
+                     win (ToS 4.5: announce a change with POST /v1/admin/pricing)"
+                );
+            }
+        }
+        self.platform.prices.replace(PriceSchedule::new(versions));
+        self.wallets.set_price_book(self.platform.prices.clone());
+        let store = self.store.clone();
+        let wallets = self.wallets.clone();
+        let platform = self.platform.clone();
+        let every = self.config.platform.sweep_every;
+        self.actor_arbiter.spawn(async move {
+            loop {
+                if let Err(e) = refresh_prices(store.as_ref(), &platform).await {
+                    tracing::warn!(error = %e, "price table not reloaded");
+                }
+                match grant_due_gifts(store.as_ref(), &wallets, Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(gifts = n, "membership gifts granted"),
+                    Err(e) => tracing::warn!(error = %e, "membership gift sweep failed"),
+                }
+                actix_rt::time::sleep(every).await;
+            }
+        });
+        Ok(())
+    }
+
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
+
+    // ---- API keys and accounts (ToS 2.2, 9.2, 9.3)
+
+    /// A new key for the user, shown this once.
+    pub async fn issue_api_key(&self, user: UserId) -> Result<IssuedKey, OrchestratorError> {
+        let key = ApiKey::generate();
+        let record = self
+            .store
+            .create_api_key(user, ApiKeyId::generate(), key.hash(), Utc::now())
+            .await?;
+        tracing::info!(user = %user, key = %record.id, "API key issued");
+        Ok(IssuedKey {
+            record,
+            key: key.expose().to_owned(),
+        })
+    }
+
+    pub async fn api_keys(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, OrchestratorError> {
+        Ok(self.store.api_keys(user).await?)
+    }
+
+    pub async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+    ) -> Result<ApiKeyRecord, OrchestratorError> {
+        let record = self.store.revoke_api_key(user, id, Utc::now()).await?;
+        tracing::info!(user = %user, key = %id, "API key revoked");
+        Ok(record)
+    }
+
+    /// Terminates an account (ToS 9.2 by an operator, 9.3 by its owner):
+    /// no more access, waiting jobs cancelled and refunded, the ledger and
+    /// the balance kept as they are (never paid out), the e-mail address
+    /// still taken. Terminating a terminated account changes nothing.
+    pub async fn terminate(&self, user: UserId) -> Result<(User, Wallet), OrchestratorError> {
+        let user = self.set_status(user, AccountStatus::Terminated).await?;
+        let wallet = self.store.wallet(user.id).await?;
+        tracing::warn!(user = %user.id, balance = wallet.balance.get(), "account terminated");
+        Ok((user, wallet))
+    }
+
+    // ---- payments and memberships (ToS 4.2, 5)
+
+    /// Applies a verified payment, idempotent by its id.
+    pub async fn apply_payment(
+        &self,
+        payment_id: PaymentId,
+        user: UserId,
+        product: Product,
+    ) -> Result<PaymentOutcome, OrchestratorError> {
+        self.user(user).await?;
+        let monthly_gift = match product {
+            Product::Membership { tier, .. } => self.config.platform.gifts.monthly(tier),
+            Product::Credits { .. } => crate::money::Credits::ZERO,
+        };
+        let payment = NewPayment {
+            request_hash: NewPayment::hash_of(user, &product),
+            payment_id,
+            user_id: user,
+            product,
+            monthly_gift,
+            now: Utc::now(),
+        };
+        Ok(self.wallets.call(user, ApplyPayment(payment)).await??)
+    }
+
+    /// Grants the gifts due at `now` (the sweep does this periodically).
+    pub async fn grant_due_gifts(&self, now: DateTime<Utc>) -> Result<usize, OrchestratorError> {
+        grant_due_gifts(self.store.as_ref(), &self.wallets, now).await
+    }
+
+    /// The user's next gift not granted yet.
+    pub async fn next_gift(&self, user: UserId) -> Result<Option<ScheduledGift>, OrchestratorError> {
+        let gifts = self.store.gifts(user).await?;
+        Ok(gifts.into_iter().find(|g| g.granted_at.is_none()))
+    }
+
+    // ---- prices with notice (ToS 4.5)
+
+    /// The version in effect now and the ones announced after it.
+    pub async fn pricing(
+        &self,
+    ) -> Result<(PriceVersion, Vec<PriceVersion>), OrchestratorError> {
+        refresh_prices(self.store.as_ref(), &self.platform).await?;
+        let schedule = self.platform.prices.schedule();
+        let now = Utc::now();
+        let current = schedule
+            .in_effect(now)
+            .copied()
+            .ok_or_else(|| OrchestratorError::Internal("no price version in effect".into()))?;
+        let upcoming = schedule.upcoming(now).into_iter().copied().collect();
+        Ok((current, upcoming))
+    }
+
+    /// Announces a price version, refused when it takes effect sooner than
+    /// the configured notice. An identical announcement is a replay.
+    pub async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+    ) -> Result<(PriceVersion, bool), OrchestratorError> {
+        prices.validate().map_err(OrchestratorError::InvalidParams)?;
+        let now = Utc::now();
+        let notice = self.config.platform.price_notice;
+        let earliest = now + chrono_span(notice);
+        let schedule = self.platform.prices.schedule();
+        let retried = schedule.same_as(effective_at, &prices).is_some();
+        if effective_at < earliest && !retried {
+            return Err(OrchestratorError::PriceNoticeTooShort {
+                earliest,
+                notice_secs: notice.as_secs(),
+            });
+        }
+        let (version, replayed) = self
+            .store
+            .announce_prices(prices, effective_at, now)
+            .await?;
+        refresh_prices(self.store.as_ref(), &self.platform).await?;
+        if !replayed {
+            tracing::info!(version = version.version, effective_at = %version.effective_at,
+                "price change announced");
+        }
+        Ok((version, replayed))
+    }
+
+    // ---- content rules (ToS 3.2, 9.2)
+
+    pub fn set_content_policy(&self, policy: Arc<dyn ContentPolicy>) {
+        self.platform.set_content(policy);
+    }
+
+    /// Checks a prompt before anything is charged. A refusal is counted;
+    /// enough of them within the window suspend the account.
+    pub(super) async fn screen(&self, user: UserId, spec: &JobSpec) -> Result<(), OrchestratorError> {
+        let Verdict::Rejected { category } = self.platform.content().check(&spec.prompt) else {
+            return Ok(());
+        };
+        let rules = &self.config.platform;
+        let now = Utc::now();
+        let since = now - chrono_span(rules.violation_window);
+        let count = self.store.record_violation(user, &category, now, since).await?;
+        tracing::warn!(user = %user, category = %category, count, "prompt refused by the content rules");
+        if rules.violations_before_suspend > 0 && count >= rules.violations_before_suspend {
+            let current = self.user(user).await?;
+            if current.status == AccountStatus::Active {
+                self.set_status(user, AccountStatus::Suspended).await?;
+                tracing::warn!(user = %user, count, "account suspended automatically for repeated content violations");
+            }
+        }
+        Err(OrchestratorError::ContentRejected { category })
+    }
+}

@@ -1,0 +1,81 @@
+//! The platform's rules as configuration and run-time state: price notice
+//! (ToS 4.5), membership gifts (ToS 5.3), the content policy and automatic
+//! suspension (ToS 3.2, 9.2), and the periodic sweep that keeps prices
+//! fresh and grants the monthly gifts that have come due.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::content::{AllowAll, ContentPolicy};
+use crate::payments::GiftTable;
+use crate::price_schedule::PriceBook;
+use crate::pricing::PriceTable;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// The least notice of a price change (ToS 4.5).
+    pub price_notice: Duration,
+    /// Gift credits per paid month, by tier.
+    pub gifts: GiftTable,
+    /// Refused prompts within `violation_window` that suspend the account
+    /// (ToS 9.2); 0 never suspends.
+    pub violations_before_suspend: u32,
+    pub violation_window: Duration,
+    /// How often due gifts are granted and the price table reloaded.
+    pub sweep_every: Duration,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            price_notice: Duration::from_secs(7 * 86_400),
+            gifts: GiftTable::default(),
+            violations_before_suspend: 5,
+            violation_window: Duration::from_secs(86_400),
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl PlatformConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.gifts.validate()?;
+        if self.violation_window.is_zero() {
+            return Err("the violation window must be longer than zero".into());
+        }
+        if self.sweep_every < Duration::from_millis(10) {
+            return Err("the gift sweep interval must be at least 10 ms".into());
+        }
+        if self.price_notice > Duration::from_secs(366 * 86_400) {
+            return Err("the price notice must be at most a year".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the orchestrator holds for the rules at run time.
+pub struct Platform {
+    pub prices: Arc<PriceBook>,
+    content: RwLock<Arc<dyn ContentPolicy>>,
+}
+
+impl Platform {
+    pub fn new(fallback: PriceTable) -> Platform {
+        Platform {
+            prices: Arc::new(PriceBook::new(fallback)),
+            content: RwLock::new(Arc::new(AllowAll)),
+        }
+    }
+
+    pub fn content(&self) -> Arc<dyn ContentPolicy> {
+        self.content.read().clone()
+    }
+
+    pub fn set_content(&self, policy: Arc<dyn ContentPolicy>) {
+        *self.content.write() = policy;
+    }
+}

@@ -1,0 +1,410 @@
+//! Conformance of the platform-rules operations: API keys, payments and
+//! membership gifts, price versions, content violations.
+
+use chrono::{Duration, Months, Utc};
+
+use super::*;
+use crate::accounts::MAX_ACTIVE_KEYS;
+use crate::payments::{NewPayment, PaymentId, Period, Product};
+use crate::price_schedule::PriceSchedule;
+use crate::pricing::PriceTable;
+
+fn payment(id: &str, user: UserId, product: Product, gift: i64) -> NewPayment {
+    NewPayment {
+        payment_id: PaymentId::parse(id).expect("test payment id"),
+        user_id: user,
+        request_hash: NewPayment::hash_of(user, &product),
+        product,
+        monthly_gift: credits(gift),
+        now: Utc::now(),
+    }
+}
+
+fn pack(n: i64) -> Product {
+    Product::Credits { credits: credits(n) }
+}
+
+fn membership(tier: Tier, period: Period) -> Product {
+    Product::Membership { tier, period }
+}
+
+async fn gift_entries(store: &Shared, user: UserId) -> Vec<LedgerEntry> {
+    store
+        .ledger(user, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.source == Some(GrantSource::MembershipGift))
+        .collect()
+}
+
+pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
+    let first = ApiKey::generate();
+    let (user, _) = store
+        .create_user(
+            NewUser {
+                email: Email::parse("keys@example.com").unwrap(),
+                display_name: DisplayName::parse("Keys").unwrap(),
+                key_hash: first.hash(),
+            },
+            credits(1),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    // The registration key is listed.
+    let listed = store.api_keys(user.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].hash, first.hash());
+    assert!(listed[0].is_active());
+    // The only active key cannot be revoked.
+    assert_eq!(
+        store
+            .revoke_api_key(user.id, listed[0].id, Utc::now())
+            .await
+            .unwrap_err(),
+        StoreError::LastApiKey
+    );
+    let second = ApiKey::generate();
+    let record = store
+        .create_api_key(user.id, ApiKeyId::generate(), second.hash(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_by_key(second.hash()).await.unwrap().map(|u| u.id),
+        Some(user.id)
+    );
+    // Another user cannot revoke it, nor can an unknown id be revoked.
+    let other = user_with(&store, "other-keys@example.com", 1).await;
+    assert_eq!(
+        store
+            .revoke_api_key(other.id, record.id, Utc::now())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound("API key")
+    );
+    assert_eq!(
+        store
+            .revoke_api_key(user.id, ApiKeyId::generate(), Utc::now())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound("API key")
+    );
+    // Revoking the first leaves the second working; the first is refused.
+    let revoked = store
+        .revoke_api_key(user.id, listed[0].id, Utc::now())
+        .await
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(store.user_by_key(first.hash()).await.unwrap().is_none());
+    assert!(store.user_by_key(second.hash()).await.unwrap().is_some());
+    // Revoking again changes nothing.
+    let again = store
+        .revoke_api_key(user.id, listed[0].id, Utc::now() + Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(again.revoked_at, revoked.revoked_at);
+    let listed = store.api_keys(user.id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.iter().filter(|k| k.is_active()).count(), 1);
+    // At most MAX_ACTIVE_KEYS at once.
+    for _ in 1..MAX_ACTIVE_KEYS {
+        store
+            .create_api_key(
+                user.id,
+                ApiKeyId::generate(),
+                ApiKey::generate().hash(),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store
+            .create_api_key(
+                user.id,
+                ApiKeyId::generate(),
+                ApiKey::generate().hash(),
+                Utc::now()
+            )
+            .await,
+        Err(StoreError::LimitExceeded(_))
+    ));
+    // An inactive account gets no new key.
+    store
+        .set_status(other.id, AccountStatus::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .create_api_key(
+                other.id,
+                ApiKeyId::generate(),
+                ApiKey::generate().hash(),
+                Utc::now()
+            )
+            .await
+            .unwrap_err(),
+        StoreError::AccountInactive(AccountStatus::Suspended)
+    );
+    assert!(matches!(
+        store.api_keys(UserId::generate()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+pub async fn payments_apply_once_and_refuse_a_reused_id(store: Shared) {
+    let user = user_with(&store, "pay@example.com", 10).await;
+    let first = store
+        .apply_payment(payment("pay_1", user.id, pack(500), 0))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.granted.get(), 500);
+    assert_eq!(first.wallet.balance.get(), 510);
+    let replay = store
+        .apply_payment(payment("pay_1", user.id, pack(500), 0))
+        .await
+        .unwrap();
+    assert!(replay.replayed);
+    assert_eq!((replay.wallet.balance.get(), replay.granted.get()), (510, 0));
+    // The same id with other content is a conflict, not a replay.
+    assert_eq!(
+        store
+            .apply_payment(payment("pay_1", user.id, pack(900), 0))
+            .await
+            .unwrap_err(),
+        StoreError::IdempotencyKeyReused
+    );
+    let bob = user_with(&store, "pay-bob@example.com", 0).await;
+    assert_eq!(
+        store
+            .apply_payment(payment("pay_1", bob.id, pack(500), 0))
+            .await
+            .unwrap_err(),
+        StoreError::IdempotencyKeyReused
+    );
+    assert!(matches!(
+        store
+            .apply_payment(payment("pay_2", UserId::generate(), pack(5), 0))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A pack that would overflow the wallet is refused and leaves nothing.
+    assert!(matches!(
+        store
+            .apply_payment(payment("pay_3", user.id, pack(Credits::MAX.get()), 0))
+            .await,
+        Err(StoreError::LimitExceeded(_))
+    ));
+    assert!(!store
+        .apply_payment(payment("pay_3", user.id, pack(1), 0))
+        .await
+        .unwrap()
+        .replayed);
+    let purchases: Vec<_> = store
+        .ledger(user.id, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.source == Some(GrantSource::Purchase))
+        .collect();
+    assert_eq!(purchases.len(), 2);
+    assert_books_balance(&store).await;
+}
+
+pub async fn memberships_extend_and_grant_each_month_once(store: Shared) {
+    let user = user_with(&store, "member@example.com", 0).await;
+    let now = Utc::now();
+    let mut p = payment("m_1", user.id, membership(Tier::Basic, Period::Month), 200);
+    p.now = now;
+    let bought = store.apply_payment(p.clone()).await.unwrap();
+    assert_eq!(bought.user.membership.tier, Tier::Basic);
+    let month_end = now.checked_add_months(Months::new(1)).unwrap();
+    assert_eq!(bought.user.membership.expires_at, Some(month_end));
+    // The month that started now is granted with the payment.
+    assert_eq!((bought.granted.get(), bought.wallet.balance.get()), (200, 200));
+    assert_eq!(gift_entries(&store, user.id).await.len(), 1);
+    // A replay grants nothing more.
+    assert!(store.apply_payment(p).await.unwrap().replayed);
+    assert_eq!(gift_entries(&store, user.id).await.len(), 1);
+
+    // A yearly renewal starts when the month ends: nothing due yet.
+    let mut y = payment("y_1", user.id, membership(Tier::Basic, Period::Year), 200);
+    y.now = now + Duration::seconds(1);
+    let renewed = store.apply_payment(y).await.unwrap();
+    assert_eq!(renewed.granted.get(), 0);
+    assert_eq!(
+        renewed.user.membership.expires_at,
+        month_end.checked_add_months(Months::new(12))
+    );
+    let scheduled = store.gifts(user.id).await.unwrap();
+    assert_eq!(scheduled.len(), 13);
+    assert!(scheduled[1..].iter().all(|g| g.granted_at.is_none()));
+    assert!(store
+        .due_gifts(now + Duration::seconds(2), 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // When the first renewed month starts, exactly that gift is due.
+    let later = month_end + Duration::seconds(1);
+    let due = store.due_gifts(later, 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let g = &due[0];
+    assert_eq!((g.payment_id.as_str(), g.month), ("y_1", 0));
+    let granted = store
+        .grant_gift(user.id, g.payment_id.clone(), g.month, later)
+        .await
+        .unwrap();
+    assert!(granted.granted);
+    assert_eq!(granted.amount.get(), 200);
+    let twice = store
+        .grant_gift(user.id, g.payment_id.clone(), g.month, later)
+        .await
+        .unwrap();
+    assert!(!twice.granted, "a gift is granted once");
+    assert_eq!(twice.wallet.balance.get(), 400);
+    // Not yet due, or another user's: nothing / not found.
+    assert!(
+        !store
+            .grant_gift(user.id, g.payment_id.clone(), 5, later)
+            .await
+            .unwrap()
+            .granted
+    );
+    let other = user_with(&store, "member-other@example.com", 0).await;
+    assert!(matches!(
+        store
+            .grant_gift(other.id, g.payment_id.clone(), 1, later)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Suspended accounts get no gifts until reinstated.
+    store
+        .set_status(user.id, AccountStatus::Suspended)
+        .await
+        .unwrap();
+    let second_month = month_end.checked_add_months(Months::new(1)).unwrap() + Duration::seconds(1);
+    assert!(store.due_gifts(second_month, 100).await.unwrap().is_empty());
+    assert!(
+        !store
+            .grant_gift(user.id, g.payment_id.clone(), 1, second_month)
+            .await
+            .unwrap()
+            .granted
+    );
+    store
+        .set_status(user.id, AccountStatus::Active)
+        .await
+        .unwrap();
+    assert_eq!(store.due_gifts(second_month, 100).await.unwrap().len(), 1);
+    assert_eq!(gift_entries(&store, user.id).await.len(), 2);
+    assert_books_balance(&store).await;
+}
+
+pub async fn membership_upgrade_takes_effect_at_once(store: Shared) {
+    let user = user_with(&store, "upgrade@example.com", 0).await;
+    let now = Utc::now();
+    let mut basic = payment("u_1", user.id, membership(Tier::Basic, Period::Month), 0);
+    basic.now = now;
+    store.apply_payment(basic).await.unwrap();
+    let mut pro = payment(
+        "u_2",
+        user.id,
+        membership(Tier::Professional, Period::Month),
+        1000,
+    );
+    pro.now = now + Duration::seconds(1);
+    let up = store.apply_payment(pro).await.unwrap();
+    assert_eq!(up.user.tier(now + Duration::seconds(2)), Tier::Professional);
+    // Extended from the basic month's end; its gift comes when it starts.
+    assert_eq!(
+        up.user.membership.expires_at,
+        now.checked_add_months(Months::new(1))
+            .and_then(|end| end.checked_add_months(Months::new(1)))
+    );
+    assert_eq!(up.granted.get(), 0);
+    assert_eq!(
+        store.user(user.id).await.unwrap().unwrap().membership,
+        up.user.membership
+    );
+}
+
+pub async fn price_versions_are_stored_once_and_announced(store: Shared) {
+    let now = Utc::now();
+    let base = PriceTable::default();
+    let first = store.init_prices(base, now).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].version, first[0].prices), (1, base));
+    // Start-up again (other prices configured): version 1 stays.
+    let mut other = base;
+    other.image_standard = 3;
+    let again = store.init_prices(other, now).await.unwrap();
+    assert_eq!(again, first);
+    let at = now + Duration::days(8);
+    let (v2, replayed) = store.announce_prices(other, at, now).await.unwrap();
+    assert!(!replayed);
+    assert_eq!((v2.version, v2.prices, v2.effective_at), (2, other, at));
+    let (same, replayed) = store.announce_prices(other, at, now).await.unwrap();
+    assert!(replayed);
+    assert_eq!(same, v2);
+    let (v3, _) = store
+        .announce_prices(base, at + Duration::days(1), now)
+        .await
+        .unwrap();
+    assert_eq!(v3.version, 3);
+    let all = store.price_versions().await.unwrap();
+    assert_eq!(
+        all.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let schedule = PriceSchedule::new(all);
+    assert_eq!(schedule.in_effect(at).unwrap().version, 2);
+    // An invalid table is refused.
+    let mut bad = base;
+    bad.video_hd = 0;
+    assert!(store.announce_prices(bad, at, now).await.is_err());
+}
+
+pub async fn jobs_record_their_price_version(store: Shared) {
+    let user = user_with(&store, "priced@example.com", 10).await;
+    let mut job = new_job(user.id, 2);
+    job.price_version = 7;
+    let sub = store.submit_job(job).await.unwrap();
+    assert_eq!(sub.job.price_version, 7);
+    let stored = store.job(sub.job.id).await.unwrap().unwrap();
+    assert_eq!(stored.price_version, 7);
+}
+
+pub async fn content_violations_are_counted_in_their_window(store: Shared) {
+    let user = user_with(&store, "rude@example.com", 1).await;
+    let now = Utc::now();
+    let hour = Duration::hours(1);
+    for i in 0..3 {
+        let at = now - hour * (3 - i);
+        store
+            .record_violation(user.id, "violence", at, at - hour * 24)
+            .await
+            .unwrap();
+    }
+    let count = store
+        .record_violation(user.id, "hate", now, now - hour * 2 - Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(count, 3, "two in the window, plus this one");
+    let other = user_with(&store, "polite@example.com", 1).await;
+    assert_eq!(
+        store
+            .record_violation(other.id, "hate", now, now - hour)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store
+            .record_violation(UserId::generate(), "hate", now, now)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}

@@ -1,0 +1,358 @@
+//! The platform-rules operations of the embedded store (API keys,
+//! payments and gifts, price versions, content violations). Each runs
+//! under the store's one lock, taken by the caller, so it is atomic.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+
+use super::{money, State};
+use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use crate::ids::{ApiKeyId, UserId};
+use crate::job::RequestHash;
+use crate::ledger::{EntryKind, GrantSource};
+use crate::money::{Credits, Wallet};
+use crate::payments::{
+    extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
+    ScheduledGift,
+};
+use crate::price_schedule::PriceVersion;
+use crate::pricing::PriceTable;
+use crate::store::{StoreError, StoreResult};
+use crate::user::{AccountStatus, KeyHash};
+
+#[derive(Default)]
+pub(super) struct PlatformState {
+    keys: HashMap<UserId, Vec<ApiKeyRecord>>,
+    payments: HashMap<PaymentId, (UserId, RequestHash)>,
+    gifts: BTreeMap<(PaymentId, u32), ScheduledGift>,
+    prices: Vec<PriceVersion>,
+    violations: HashMap<UserId, Vec<(DateTime<Utc>, String)>>,
+}
+
+/// Records the key a user registered with.
+pub(super) fn registered(s: &mut State, user: UserId, hash: KeyHash, now: DateTime<Utc>) {
+    s.platform.keys.entry(user).or_default().push(ApiKeyRecord {
+        id: ApiKeyId::generate(),
+        user_id: user,
+        hash,
+        created_at: now,
+        revoked_at: None,
+    });
+}
+
+fn status(s: &State, user: UserId) -> StoreResult<AccountStatus> {
+    s.users
+        .get(&user)
+        .map(|u| u.status)
+        .ok_or(StoreError::NotFound("user"))
+}
+
+pub(super) fn create_api_key(
+    s: &mut State,
+    user: UserId,
+    id: ApiKeyId,
+    hash: KeyHash,
+    now: DateTime<Utc>,
+) -> StoreResult<ApiKeyRecord> {
+    let st = status(s, user)?;
+    if st != AccountStatus::Active {
+        return Err(StoreError::AccountInactive(st));
+    }
+    if s.keys.contains_key(&hash) {
+        return Err(StoreError::Invariant("API key hash reused".into()));
+    }
+    let list = s.platform.keys.entry(user).or_default();
+    if list.iter().filter(|k| k.is_active()).count() >= MAX_ACTIVE_KEYS {
+        return Err(StoreError::LimitExceeded(format!(
+            "at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
+        )));
+    }
+    let record = ApiKeyRecord {
+        id,
+        user_id: user,
+        hash,
+        created_at: now,
+        revoked_at: None,
+    };
+    list.push(record.clone());
+    s.keys.insert(hash, user);
+    Ok(record)
+}
+
+pub(super) fn api_keys(s: &State, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+    status(s, user)?;
+    Ok(s.platform.keys.get(&user).cloned().unwrap_or_default())
+}
+
+pub(super) fn revoke_api_key(
+    s: &mut State,
+    user: UserId,
+    id: ApiKeyId,
+    now: DateTime<Utc>,
+) -> StoreResult<ApiKeyRecord> {
+    status(s, user)?;
+    let list = s
+        .platform
+        .keys
+        .get_mut(&user)
+        .ok_or(StoreError::NotFound("API key"))?;
+    let active = list.iter().filter(|k| k.is_active()).count();
+    let key = list
+        .iter_mut()
+        .find(|k| k.id == id)
+        .ok_or(StoreError::NotFound("API key"))?;
+    if !key.is_active() {
+        return Ok(key.clone());
+    }
+    if active <= 1 {
+        return Err(StoreError::LastApiKey);
+    }
+    key.revoked_at = Some(now);
+    let record = key.clone();
+    s.keys.remove(&record.hash);
+    Ok(record)
+}
+
+/// Books a grant; the caller checked everything else.
+fn book_grant(
+    s: &mut State,
+    user: UserId,
+    amount: Credits,
+    source: GrantSource,
+    note: String,
+    now: DateTime<Utc>,
+) -> StoreResult<Wallet> {
+    s.book(
+        user,
+        EntryKind::Grant,
+        amount,
+        Some(source),
+        None,
+        Some(note),
+        now,
+    )
+}
+
+pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<PaymentOutcome> {
+    let user = s
+        .users
+        .get(&p.user_id)
+        .cloned()
+        .ok_or(StoreError::NotFound("user"))?;
+    if let Some((owner, hash)) = s.platform.payments.get(&p.payment_id) {
+        if *owner != p.user_id || *hash != p.request_hash {
+            return Err(StoreError::IdempotencyKeyReused);
+        }
+        let wallet = s.account(p.user_id)?.wallet;
+        return Ok(PaymentOutcome {
+            user,
+            wallet,
+            granted: Credits::ZERO,
+            replayed: true,
+        });
+    }
+    // Everything that can fail is checked before the first write.
+    let wallet_before = s.account(p.user_id)?.wallet;
+    let (membership, gifts) = match p.product {
+        Product::Credits { credits } => {
+            wallet_before.grant(credits).map_err(money)?;
+            (None, Vec::new())
+        }
+        Product::Membership { tier, period } => {
+            let (membership, start) = extend_membership(user.membership, tier, period, p.now)
+                .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
+            let gifts = gift_schedule(&p.payment_id, p.user_id, tier, period, start, p.monthly_gift)
+                .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
+            let mut after = wallet_before;
+            for g in gifts.iter().filter(|g| g.starts_at <= p.now) {
+                after = after.grant(g.amount).map_err(money)?;
+            }
+            (Some(membership), gifts)
+        }
+    };
+    s.platform
+        .payments
+        .insert(p.payment_id.clone(), (p.user_id, p.request_hash));
+    let mut wallet = wallet_before;
+    if let Product::Credits { credits } = p.product {
+        wallet = book_grant(
+            s,
+            p.user_id,
+            credits,
+            GrantSource::Purchase,
+            format!("payment {}", p.payment_id),
+            p.now,
+        )?;
+    }
+    let user = match membership {
+        Some(m) => {
+            let u = s
+                .users
+                .get_mut(&p.user_id)
+                .ok_or(StoreError::NotFound("user"))?;
+            u.membership = m;
+            u.clone()
+        }
+        None => user,
+    };
+    for gift in gifts {
+        s.platform
+            .gifts
+            .insert((gift.payment_id.clone(), gift.month), gift);
+    }
+    // The month that starts now is granted in this same operation.
+    if user.status == AccountStatus::Active {
+        let due: Vec<u32> = s
+            .platform
+            .gifts
+            .range((p.payment_id.clone(), 0)..=(p.payment_id.clone(), u32::MAX))
+            .filter(|(_, g)| g.granted_at.is_none() && g.starts_at <= p.now)
+            .map(|(k, _)| k.1)
+            .collect();
+        for month in due {
+            wallet = grant_gift(s, p.user_id, p.payment_id.clone(), month, p.now)?.wallet;
+        }
+    }
+    let granted = wallet
+        .balance
+        .checked_sub(wallet_before.balance)
+        .map_err(|e| StoreError::Invariant(format!("a payment lowered the balance: {e}")))?;
+    Ok(PaymentOutcome {
+        user,
+        wallet,
+        granted,
+        replayed: false,
+    })
+}
+
+pub(super) fn due_gifts(s: &State, now: DateTime<Utc>, limit: usize) -> Vec<ScheduledGift> {
+    let mut due: Vec<ScheduledGift> = s
+        .platform
+        .gifts
+        .values()
+        .filter(|g| g.granted_at.is_none() && g.starts_at <= now)
+        .filter(|g| {
+            s.users
+                .get(&g.user_id)
+                .is_some_and(|u| u.status == AccountStatus::Active)
+        })
+        .cloned()
+        .collect();
+    due.sort_by(|a, b| (a.starts_at, &a.payment_id, a.month).cmp(&(b.starts_at, &b.payment_id, b.month)));
+    due.truncate(limit);
+    due
+}
+
+pub(super) fn grant_gift(
+    s: &mut State,
+    user: UserId,
+    payment: PaymentId,
+    month: u32,
+    now: DateTime<Utc>,
+) -> StoreResult<GiftOutcome> {
+    let st = status(s, user)?;
+    let wallet = s.account(user)?.wallet;
+    let gift = match s.platform.gifts.get(&(payment, month)) {
+        Some(g) if g.user_id == user => g.clone(),
+        _ => return Err(StoreError::NotFound("gift")),
+    };
+    if gift.granted_at.is_some() || gift.starts_at > now || st != AccountStatus::Active {
+        return Ok(GiftOutcome {
+            wallet,
+            granted: false,
+            amount: Credits::ZERO,
+        });
+    }
+    wallet.grant(gift.amount).map_err(money)?;
+    let wallet = book_grant(
+        s,
+        user,
+        gift.amount,
+        GrantSource::MembershipGift,
+        gift.note(),
+        now,
+    )?;
+    if let Some(g) = s
+        .platform
+        .gifts
+        .get_mut(&(gift.payment_id.clone(), gift.month))
+    {
+        g.granted_at = Some(now);
+    }
+    Ok(GiftOutcome {
+        wallet,
+        granted: true,
+        amount: gift.amount,
+    })
+}
+
+pub(super) fn gifts(s: &State, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+    status(s, user)?;
+    let mut list: Vec<ScheduledGift> = s
+        .platform
+        .gifts
+        .values()
+        .filter(|g| g.user_id == user)
+        .cloned()
+        .collect();
+    list.sort_by(|a, b| (a.starts_at, &a.payment_id, a.month).cmp(&(b.starts_at, &b.payment_id, b.month)));
+    Ok(list)
+}
+
+pub(super) fn price_versions(s: &State) -> Vec<PriceVersion> {
+    s.platform.prices.clone()
+}
+
+pub(super) fn init_prices(s: &mut State, prices: PriceTable, now: DateTime<Utc>) -> Vec<PriceVersion> {
+    if s.platform.prices.is_empty() {
+        s.platform.prices.push(PriceVersion {
+            version: 1,
+            effective_at: now,
+            prices,
+            created_at: now,
+        });
+    }
+    s.platform.prices.clone()
+}
+
+pub(super) fn announce_prices(
+    s: &mut State,
+    prices: PriceTable,
+    effective_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> StoreResult<(PriceVersion, bool)> {
+    prices.validate().map_err(StoreError::LimitExceeded)?;
+    if let Some(v) = s
+        .platform
+        .prices
+        .iter()
+        .find(|v| v.effective_at == effective_at && v.prices == prices)
+    {
+        return Ok((*v, true));
+    }
+    let last = s.platform.prices.last().map_or(0, |v| v.version);
+    let version = PriceVersion {
+        version: last
+            .checked_add(1)
+            .ok_or_else(|| StoreError::LimitExceeded("too many price versions".into()))?,
+        effective_at,
+        prices,
+        created_at: now,
+    };
+    s.platform.prices.push(version);
+    Ok((version, false))
+}
+
+pub(super) fn record_violation(
+    s: &mut State,
+    user: UserId,
+    category: &str,
+    now: DateTime<Utc>,
+    since: DateTime<Utc>,
+) -> StoreResult<u32> {
+    status(s, user)?;
+    let list = s.platform.violations.entry(user).or_default();
+    list.push((now, category.to_owned()));
+    Ok(u32::try_from(list.iter().filter(|(t, _)| *t >= since).count()).unwrap_or(u32::MAX))
+}

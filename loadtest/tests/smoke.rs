@@ -1,0 +1,105 @@
+//! The `smoke` scenario against a spawned server: the built load tester
+//! starts the server binary, runs a little of everything (faults, replays,
+//! cancels), audits, and must pass within 30 s.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The server binary: `ADMEDIA_BIN` if set; otherwise the workspace's debug
+/// build, brought up to date with cargo (a no-op when it is fresh).
+fn server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ADMEDIA_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => workspace().join(dir),
+        None => workspace().join("target"),
+    };
+    let bin = target.join("debug").join("admedia");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "admedia", "--bin", "admedia"])
+        .current_dir(workspace())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the server: {e}"));
+    assert!(status.success(), "building the server failed: {status}");
+    assert!(bin.is_file(), "no server binary at {}", bin.display());
+    bin
+}
+
+#[test]
+fn smoke_scenario_passes_its_audit_against_a_spawned_server() {
+    let bin = server_bin();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let started = Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_admedia-loadtest"))
+        .args([
+            "--spawn",
+            "--scenario",
+            "smoke",
+            "--seed",
+            "7",
+            "--server-bin",
+        ])
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .env_remove("ADMEDIA_ADMIN_TOKEN")
+        .env_remove("ADMEDIA_WORKER_TOKEN")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run admedia-loadtest: {e}"));
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "admedia-loadtest exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        run.status
+    );
+    assert!(
+        took <= Duration::from_secs(30),
+        "the smoke run took {took:?}, more than 30 s"
+    );
+    assert!(stdout.contains("AUDIT PASSED"), "{stdout}");
+
+    let json = std::fs::read_to_string(out.join("report.json"))
+        .unwrap_or_else(|e| panic!("report.json: {e}"));
+    let report: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"));
+    assert_eq!(
+        report["audit"]["passed"],
+        serde_json::Value::Bool(true),
+        "{json}"
+    );
+    assert_eq!(report["passed"], serde_json::Value::Bool(true));
+    assert!(report["audit"]["violations"]
+        .as_array()
+        .is_some_and(|v| v.is_empty()));
+    let jobs = report["audit"]["jobs"].as_u64().unwrap_or(0);
+    assert!(jobs > 50, "the smoke run audited only {jobs} jobs");
+    // The run exercised what it is meant to: faults, replays and cancels.
+    assert!(
+        report["replays"]["sent"].as_u64().unwrap_or(0) > 0,
+        "no replay was sent"
+    );
+    assert!(
+        report["cancels"]["sent"].as_u64().unwrap_or(0) > 0,
+        "no cancel was sent"
+    );
+    assert!(report["faults"]["system_errors"].as_u64().unwrap_or(0) > 0);
+
+    let html = std::fs::read_to_string(out.join("report.html"))
+        .unwrap_or_else(|e| panic!("report.html: {e}"));
+    assert!(html.contains("<svg"), "the HTML report has no chart");
+    assert!(!html.contains("http://cdn") && !html.contains("<script src"));
+}

@@ -1,0 +1,558 @@
+//! The platform-rules operations of the PostgreSQL adapter (API keys,
+//! payments and gifts, price versions, content violations). Each is one
+//! transaction; money moves only through the adapter's `book`, under the
+//! wallet lock, which is always taken before the user's row.
+
+use admedia_actors::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use admedia_actors::ids::{ApiKeyId, UserId};
+use admedia_actors::ledger::{EntryKind, GrantSource};
+use admedia_actors::money::Credits;
+use admedia_actors::payments::{
+    extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
+    ScheduledGift,
+};
+use admedia_actors::price_schedule::PriceVersion;
+use admedia_actors::pricing::PriceTable;
+use admedia_actors::store::{StoreError, StoreResult};
+use admedia_actors::user::{AccountStatus, KeyHash};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
+
+use super::{
+    book, corrupt, credits, db, is_unique_violation, json, lock_wallet, money, status, tier,
+    to_json, user_row, PgStore, USER_COLUMNS,
+};
+
+const KEY_COLUMNS: &str = "id, user_id, key_hash, created_at, revoked_at";
+
+fn key_row(r: &Row) -> StoreResult<ApiKeyRecord> {
+    let hash: Vec<u8> = r.get(2);
+    let hash: [u8; 32] = hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("key hash", &hex::encode(&hash)))?;
+    Ok(ApiKeyRecord {
+        id: ApiKeyId::from_uuid(r.get(0)),
+        user_id: UserId::from_uuid(r.get(1)),
+        hash: KeyHash(hash),
+        created_at: r.get(3),
+        revoked_at: r.get(4),
+    })
+}
+
+const GIFT_COLUMNS: &str = "payment_id, month, user_id, tier, amount, starts_at, granted_at";
+
+fn gift_row(r: &Row) -> StoreResult<ScheduledGift> {
+    let month: i32 = r.get(1);
+    let tier_s: String = r.get(3);
+    Ok(ScheduledGift {
+        payment_id: PaymentId::from_stored(r.get(0)),
+        month: u32::try_from(month).map_err(|_| corrupt("gift month", &month.to_string()))?,
+        user_id: UserId::from_uuid(r.get(2)),
+        tier: tier(&tier_s)?,
+        amount: credits(r.get(4))?,
+        starts_at: r.get(5),
+        granted_at: r.get(6),
+    })
+}
+
+fn price_row(r: &Row) -> StoreResult<PriceVersion> {
+    let version: i32 = r.get(0);
+    Ok(PriceVersion {
+        version: u32::try_from(version)
+            .map_err(|_| corrupt("price version", &version.to_string()))?,
+        effective_at: r.get(1),
+        prices: json(r.get(2))?,
+        created_at: r.get(3),
+    })
+}
+
+/// Locks the user's row; `NotFound` when there is none.
+async fn lock_user_status(tx: &Transaction<'_>, user: UserId) -> StoreResult<AccountStatus> {
+    let row = tx
+        .query_opt(
+            "SELECT status FROM users WHERE id = $1 FOR UPDATE",
+            &[&user.as_uuid()],
+        )
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound("user"))?;
+    status(row.get(0))
+}
+
+async fn active_keys(tx: &Transaction<'_>, user: UserId) -> StoreResult<usize> {
+    let n: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&user.as_uuid()],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+impl PgStore {
+    pub(super) async fn pg_create_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        hash: KeyHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let st = lock_user_status(&tx, user).await?;
+        if st != AccountStatus::Active {
+            return Err(StoreError::AccountInactive(st));
+        }
+        if active_keys(&tx, user).await? >= MAX_ACTIVE_KEYS {
+            return Err(StoreError::LimitExceeded(format!(
+                "at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
+            )));
+        }
+        let sql = format!(
+            "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING {KEY_COLUMNS}"
+        );
+        let row = tx
+            .query_one(&sql, &[&id.as_uuid(), &user.as_uuid(), &&hash.0[..], &now])
+            .await
+            .map_err(db)?;
+        let record = key_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    pub(super) async fn pg_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        let client = self.client().await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id");
+        let rows = client.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
+        rows.iter().map(key_row).collect()
+    }
+
+    pub(super) async fn pg_revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // The user's row serializes key changes, so two revocations cannot
+        // both see another key still active.
+        lock_user_status(&tx, user).await?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2");
+        let current = tx
+            .query_opt(&sql, &[&id.as_uuid(), &user.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("API key"))?;
+        let current = key_row(&current)?;
+        if !current.is_active() {
+            return Ok(current);
+        }
+        if active_keys(&tx, user).await? <= 1 {
+            return Err(StoreError::LastApiKey);
+        }
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
+             RETURNING {KEY_COLUMNS}"
+        );
+        let row = tx
+            .query_one(&sql, &[&id.as_uuid(), &now])
+            .await
+            .map_err(db)?;
+        let record = key_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    pub(super) async fn pg_apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet_before = lock_wallet(&tx, p.user_id).await?;
+        let seen = tx
+            .query_opt(
+                "SELECT user_id, request_hash FROM payments WHERE payment_id = $1",
+                &[&p.payment_id.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE");
+        let user_row_now = tx
+            .query_opt(&sql, &[&p.user_id.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("user"))?;
+        let user = user_row(&user_row_now)?;
+        if let Some(row) = seen {
+            let owner = UserId::from_uuid(row.get(0));
+            let hash: Vec<u8> = row.get(1);
+            if owner != p.user_id || hash[..] != p.request_hash.0[..] {
+                return Err(StoreError::IdempotencyKeyReused);
+            }
+            return Ok(PaymentOutcome {
+                user,
+                wallet: wallet_before,
+                granted: Credits::ZERO,
+                replayed: true,
+            });
+        }
+        let claimed = tx
+            .execute(
+                "INSERT INTO payments (payment_id, user_id, product, request_hash, received_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &p.payment_id.as_str(),
+                    &p.user_id.as_uuid(),
+                    &to_json(&p.product)?,
+                    &&p.request_hash.0[..],
+                    &p.now,
+                ],
+            )
+            .await;
+        match claimed {
+            // Claimed meanwhile for another user's wallet: not a replay.
+            Err(e) if is_unique_violation(&e, "payments_pkey") => {
+                return Err(StoreError::IdempotencyKeyReused)
+            }
+            other => {
+                other.map_err(db)?;
+            }
+        }
+        let mut wallet = wallet_before;
+        let mut user = user;
+        match p.product {
+            Product::Credits { credits: amount } => {
+                let note = format!("payment {}", p.payment_id);
+                wallet = book(
+                    &tx,
+                    p.user_id,
+                    wallet,
+                    EntryKind::Grant,
+                    amount,
+                    Some(GrantSource::Purchase),
+                    None,
+                    Some(&note),
+                    None,
+                    p.now,
+                )
+                .await?;
+            }
+            Product::Membership {
+                tier: bought,
+                period,
+            } => {
+                let overflow = || StoreError::LimitExceeded("membership dates overflow".into());
+                let (membership, start) =
+                    extend_membership(user.membership, bought, period, p.now).ok_or_else(overflow)?;
+                let gifts = gift_schedule(
+                    &p.payment_id,
+                    p.user_id,
+                    bought,
+                    period,
+                    start,
+                    p.monthly_gift,
+                )
+                .ok_or_else(overflow)?;
+                let sql = format!(
+                    "UPDATE users SET tier = $2, membership_expires_at = $3 WHERE id = $1 \
+                     RETURNING {USER_COLUMNS}"
+                );
+                let row = tx
+                    .query_one(
+                        &sql,
+                        &[
+                            &p.user_id.as_uuid(),
+                            &membership.tier.as_str(),
+                            &membership.expires_at,
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                user = user_row(&row)?;
+                for g in &gifts {
+                    let starts_now = g.starts_at <= p.now && user.status == AccountStatus::Active;
+                    let granted_at = starts_now.then_some(p.now);
+                    tx.execute(
+                        "INSERT INTO membership_gifts (payment_id, month, user_id, tier, amount, starts_at, granted_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        &[
+                            &g.payment_id.as_str(),
+                            &i32::try_from(g.month).unwrap_or(i32::MAX),
+                            &g.user_id.as_uuid(),
+                            &g.tier.as_str(),
+                            &g.amount.get(),
+                            &g.starts_at,
+                            &granted_at,
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                    if starts_now {
+                        wallet = book(
+                            &tx,
+                            p.user_id,
+                            wallet,
+                            EntryKind::Grant,
+                            g.amount,
+                            Some(GrantSource::MembershipGift),
+                            None,
+                            Some(&g.note()),
+                            None,
+                            p.now,
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        let granted = wallet
+            .balance
+            .checked_sub(wallet_before.balance)
+            .map_err(|e| StoreError::Invariant(format!("a payment lowered the balance: {e}")))?;
+        tx.commit().await.map_err(db)?;
+        Ok(PaymentOutcome {
+            user,
+            wallet,
+            granted,
+            replayed: false,
+        })
+    }
+
+    pub(super) async fn pg_due_gifts(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScheduledGift>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM membership_gifts g JOIN users u ON u.id = g.user_id \
+             WHERE g.granted_at IS NULL AND g.starts_at <= $1 AND u.status = 'active' \
+             ORDER BY g.starts_at, g.payment_id, g.month LIMIT $2",
+            GIFT_COLUMNS
+                .split(", ")
+                .map(|c| format!("g.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = client
+            .query(&sql, &[&now, &i64::try_from(limit).unwrap_or(i64::MAX)])
+            .await
+            .map_err(db)?;
+        rows.iter().map(gift_row).collect()
+    }
+
+    pub(super) async fn pg_grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet = lock_wallet(&tx, user).await?;
+        let st = lock_user_status(&tx, user).await?;
+        let sql = format!(
+            "SELECT {GIFT_COLUMNS} FROM membership_gifts WHERE payment_id = $1 AND month = $2 \
+             AND user_id = $3 FOR UPDATE"
+        );
+        let gift = tx
+            .query_opt(
+                &sql,
+                &[
+                    &payment.as_str(),
+                    &i32::try_from(month).unwrap_or(i32::MAX),
+                    &user.as_uuid(),
+                ],
+            )
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("gift"))?;
+        let gift = gift_row(&gift)?;
+        let nothing = GiftOutcome {
+            wallet,
+            granted: false,
+            amount: Credits::ZERO,
+        };
+        if gift.granted_at.is_some() || gift.starts_at > now || st != AccountStatus::Active {
+            return Ok(nothing);
+        }
+        wallet.grant(gift.amount).map_err(money)?;
+        let n = tx
+            .execute(
+                "UPDATE membership_gifts SET granted_at = $3 \
+                 WHERE payment_id = $1 AND month = $2 AND granted_at IS NULL",
+                &[
+                    &payment.as_str(),
+                    &i32::try_from(month).unwrap_or(i32::MAX),
+                    &now,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if n != 1 {
+            return Ok(nothing);
+        }
+        let wallet = book(
+            &tx,
+            user,
+            wallet,
+            EntryKind::Grant,
+            gift.amount,
+            Some(GrantSource::MembershipGift),
+            None,
+            Some(&gift.note()),
+            None,
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(GiftOutcome {
+            wallet,
+            granted: true,
+            amount: gift.amount,
+        })
+    }
+
+    pub(super) async fn pg_gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        let client = self.client().await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let sql = format!(
+            "SELECT {GIFT_COLUMNS} FROM membership_gifts WHERE user_id = $1 \
+             ORDER BY starts_at, payment_id, month"
+        );
+        let rows = client.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
+        rows.iter().map(gift_row).collect()
+    }
+
+    pub(super) async fn pg_price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT version, effective_at, prices, created_at FROM price_versions ORDER BY version",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(price_row).collect()
+    }
+
+    pub(super) async fn pg_init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO price_versions (version, effective_at, prices, created_at) \
+                     VALUES (1, $1, $2, $1) ON CONFLICT (version) DO NOTHING",
+                    &[&now, &to_json(&prices)?],
+                )
+                .await
+                .map_err(db)?;
+        }
+        self.pg_price_versions().await
+    }
+
+    pub(super) async fn pg_announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        prices.validate().map_err(StoreError::LimitExceeded)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // One announcement at a time: version numbers follow each other,
+        // and a retried announcement finds the first.
+        tx.batch_execute("LOCK TABLE price_versions IN EXCLUSIVE MODE")
+            .await
+            .map_err(db)?;
+        let rows = tx
+            .query(
+                "SELECT version, effective_at, prices, created_at FROM price_versions ORDER BY version",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let versions = rows.iter().map(price_row).collect::<StoreResult<Vec<_>>>()?;
+        if let Some(v) = versions
+            .iter()
+            .find(|v| v.effective_at == effective_at && v.prices == prices)
+        {
+            return Ok((*v, true));
+        }
+        let next = versions
+            .last()
+            .map_or(0, |v| v.version)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::LimitExceeded("too many price versions".into()))?;
+        let row = tx
+            .query_one(
+                "INSERT INTO price_versions (version, effective_at, prices, created_at) \
+                 VALUES ($1, $2, $3, $4) RETURNING version, effective_at, prices, created_at",
+                &[
+                    &i32::try_from(next).map_err(|_| {
+                        StoreError::LimitExceeded("too many price versions".into())
+                    })?,
+                    &effective_at,
+                    &to_json(&prices)?,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let version = price_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok((version, false))
+    }
+
+    pub(super) async fn pg_record_violation(
+        &self,
+        user: UserId,
+        category: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Serialized per user, so the count includes every earlier refusal.
+        lock_user_status(&tx, user).await?;
+        tx.execute(
+            "INSERT INTO content_violations (user_id, category, created_at) VALUES ($1, $2, $3)",
+            &[&user.as_uuid(), &category, &now],
+        )
+        .await
+        .map_err(db)?;
+        let n: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM content_violations WHERE user_id = $1 AND created_at >= $2",
+                &[&user.as_uuid(), &since],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        tx.commit().await.map_err(db)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
