@@ -378,11 +378,16 @@ mod tests {
         let mut s = Settings::default();
         s.membership_gifts = "professional=1500, enterprise=0".into();
         let gifts = s.orchestrator().unwrap().platform.gifts;
-        assert_eq!((gifts.basic, gifts.professional, gifts.enterprise), (200, 1500, 0));
+        assert_eq!(
+            (gifts.basic, gifts.professional, gifts.enterprise),
+            (200, 1500, 0)
+        );
         for bad in ["gold=5", "basic", "basic=x", "basic=-1"] {
             s.membership_gifts = bad.into();
             assert!(
-                s.orchestrator().unwrap_err().contains("ADMEDIA_MEMBERSHIP_GIFTS"),
+                s.orchestrator()
+                    .unwrap_err()
+                    .contains("ADMEDIA_MEMBERSHIP_GIFTS"),
                 "{bad}"
             );
         }

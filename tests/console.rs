@@ -10,6 +10,7 @@
 //! installs them). Without them the test is skipped with a note, except
 //! under `CI=true`, where it fails.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -452,10 +453,19 @@ impl Browser<'_> {
         self.find(css).await.click().await.expect("click");
     }
 
-    /// Clicks, then waits for the page that follows to show `then`.
+    /// Clicks, then waits for the page that follows (not the one clicked
+    /// on, which is marked first) to show `then`.
     async fn click_then(&self, css: &str, then: &str) -> Element {
+        self.client
+            .execute("document.documentElement.dataset.left = '1';", vec![])
+            .await
+            .expect("mark the page");
         self.click(css).await;
-        self.wait_for(then).await
+        let fresh: Vec<String> = then
+            .split(',')
+            .map(|sel| format!("html:not([data-left]) {}", sel.trim()))
+            .collect();
+        self.wait_for(&fresh.join(", ")).await
     }
 
     async fn value_of(&self, css: &str) -> String {
@@ -651,6 +661,12 @@ async fn jobs_list_and_pages(b: &Browser<'_>, retried: &str, refunded: &str, que
         .text_of("table.jobs")
         .await
         .contains(&refunded[refunded.len() - 8..]));
+    // Older pages continue below a job.
+    b.goto(&format!("/console/jobs?before={refunded}")).await;
+    let older = b.text_of("table.jobs").await;
+    assert!(older.contains(&retried[retried.len() - 8..]), "{older}");
+    assert!(!older.contains(&queued[queued.len() - 8..]), "{older}");
+    assert!(b.text_of("nav.pager").await.contains("Newest"));
     b.goto("/console/jobs?state=nonsense").await;
     assert!(b
         .text_of(".flash-error")
@@ -863,12 +879,17 @@ async fn operator_console_in_a_real_browser() {
             panic!("the console's browser test cannot run under CI: {why}")
         }
         Err(why) => {
-            eprintln!("SKIPPED operator_console_in_a_real_browser: {why}");
+            // Straight to stderr, past the test harness's capture.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED operator_console_in_a_real_browser: {why}"
+            );
             return;
         }
     };
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let _ = std::fs::remove_file(shots.join("zz-failure.png"));
 
     let app = App::spawn().await;
     wrong_token_and_missing_session_are_refused(&app).await;

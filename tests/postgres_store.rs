@@ -60,3 +60,110 @@ async fn migrations_are_idempotent() {
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
 }
+
+/// A second store on the same schema: what a restarted server connects to.
+fn reopen(schema: &str) -> admedia::store::postgres::PgStore {
+    let url = support::database_url().unwrap_or_default();
+    let mut config: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("{e}"));
+    config.options(format!("-c search_path={schema}"));
+    admedia::store::postgres::PgStore::from_config(config, 4).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Membership gifts (ToS 5.3) are granted once per paid month, however
+/// often the payment is reported and however often the server restarts
+/// and sweeps; prices announced survive the restart too (ToS 4.5).
+#[actix_rt::test]
+async fn gifts_are_not_granted_twice_across_a_restart() {
+    use admedia_actors::ledger::GrantSource;
+    use admedia_actors::observer::NoopObserver;
+    use admedia_actors::payments::{PaymentId, Period, Product};
+    use admedia_actors::pricing::PriceTable;
+    use admedia_actors::tier::Tier;
+    use admedia_actors::{Orchestrator, OrchestratorConfig};
+    use std::sync::Arc;
+
+    let Some((store, schema)) = support::fresh_pg().await else {
+        return;
+    };
+    let gifts = |o: &Orchestrator, user| {
+        let o = o.clone();
+        async move {
+            o.ledger(user, None, 200)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.source == Some(GrantSource::MembershipGift))
+                .count()
+        }
+    };
+    let config = OrchestratorConfig::default();
+    let year = Product::Membership {
+        tier: Tier::Basic,
+        period: Period::Year,
+    };
+    let first = Orchestrator::start(Arc::new(store), config.clone(), Arc::new(NoopObserver))
+        .await
+        .unwrap();
+    let user = first
+        .register("gifts@example.com", "G")
+        .await
+        .unwrap()
+        .user
+        .id;
+    let id = PaymentId::parse("pay_year").unwrap();
+    let paid = first.apply_payment(id.clone(), user, year).await.unwrap();
+    assert_eq!(paid.granted.get(), 200, "the first month at once");
+    let mut later_prices = PriceTable::default();
+    later_prices.image_standard = 2;
+    let effective = Utc::now() + chrono::Duration::days(8);
+    first
+        .announce_prices(later_prices, effective)
+        .await
+        .unwrap();
+    // Two months on, the sweep grants the second month's gift once.
+    let two_months = Utc::now() + chrono::Duration::days(62);
+    assert_eq!(first.grant_due_gifts(two_months).await.unwrap(), 2);
+    assert_eq!(first.grant_due_gifts(two_months).await.unwrap(), 0);
+    assert_eq!(gifts(&first, user).await, 3);
+    drop(first);
+
+    // Restarted with other configured prices: stored versions win.
+    let mut other = config.clone();
+    other.prices.image_standard = 9;
+    let second = Orchestrator::start(Arc::new(reopen(&schema)), other, Arc::new(NoopObserver))
+        .await
+        .unwrap();
+    assert!(second.apply_payment(id, user, year).await.unwrap().replayed);
+    assert_eq!(second.grant_due_gifts(two_months).await.unwrap(), 0);
+    assert_eq!(gifts(&second, user).await, 3);
+    let (current, upcoming) = second.pricing().await.unwrap();
+    assert_eq!(
+        (current.version, current.prices),
+        (1, PriceTable::default())
+    );
+    assert_eq!(upcoming.len(), 1);
+    assert_eq!(upcoming[0].prices, later_prices);
+    // Two nodes sweeping at once still grant each month once.
+    let third = Orchestrator::start(
+        Arc::new(reopen(&schema)),
+        config.clone(),
+        Arc::new(NoopObserver),
+    )
+    .await
+    .unwrap();
+    let four_months = Utc::now() + chrono::Duration::days(123);
+    let (a, b) = tokio::join!(
+        second.grant_due_gifts(four_months),
+        third.grant_due_gifts(four_months)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 2);
+    assert_eq!(gifts(&third, user).await, 5);
+    let audit = third.store().audit_ledgers().await.unwrap();
+    for (u, wallet, entries) in audit {
+        assert_eq!(
+            admedia_actors::ledger::replay(&entries).unwrap(),
+            wallet,
+            "{u}"
+        );
+    }
+}

@@ -19,7 +19,9 @@ use unicode_normalization::UnicodeNormalization;
 pub enum Verdict {
     Allowed,
     /// Refused, with the category of the rule that matched.
-    Rejected { category: String },
+    Rejected {
+        category: String,
+    },
 }
 
 pub trait ContentPolicy: Send + Sync + 'static {
@@ -151,7 +153,11 @@ impl ContentPolicy for RulesPolicy {
                     .iter()
                     .any(|f| has_phrase(f, t) || has_phrase(f, &squeezed_term))
             });
-            let pattern_hit = || c.patterns.iter().any(|p| forms.iter().any(|f| p.is_match(f)));
+            let pattern_hit = || {
+                c.patterns
+                    .iter()
+                    .any(|p| forms.iter().any(|f| p.is_match(f)))
+            };
             if term_hit || pattern_hit() {
                 return Verdict::Rejected {
                     category: c.name.clone(),
@@ -403,12 +409,11 @@ mod tests {
     #[test]
     fn bad_rules_files_are_refused() {
         assert!(RulesPolicy::parse("[[category]]\nname = \"x\"\n").is_err());
-        assert!(
-            RulesPolicy::parse("[[category]]\nname = \"x\"\npatterns = [\"(\"]\n").is_err()
-        );
+        assert!(RulesPolicy::parse("[[category]]\nname = \"x\"\npatterns = [\"(\"]\n").is_err());
         assert!(RulesPolicy::parse("[[category]]\nname = \"Bad Name\"\nterms=[\"a\"]\n").is_err());
         assert!(RulesPolicy::parse("[[category]]\nname = \"a\"\nterms=[\"b\"]\nfoo=1\n").is_err());
-        let twice = "[[category]]\nname=\"a\"\nterms=[\"b\"]\n[[category]]\nname=\"a\"\nterms=[\"c\"]\n";
+        let twice =
+            "[[category]]\nname=\"a\"\nterms=[\"b\"]\n[[category]]\nname=\"a\"\nterms=[\"c\"]\n";
         assert!(RulesPolicy::parse(twice).is_err());
         let json = r#"{"category": [{"name": "a", "terms": ["forbidden thing"]}]}"#;
         let p = RulesPolicy::parse(json).unwrap();

@@ -55,6 +55,9 @@ pub struct JobActor {
     ended: bool,
     /// The scheduler term that dispatched this attempt.
     epoch: u64,
+    /// Every log line about this attempt carries its job, user, attempt
+    /// and worker.
+    span: tracing::Span,
 }
 
 impl JobActor {
@@ -77,6 +80,7 @@ impl JobActor {
             attempt: job.attempts + 1,
             lease,
         };
+        let (job_id, user_id, attempt_no) = (job.job_id, job.user_id, job.attempts + 1);
         JobActor {
             job,
             attempt,
@@ -92,6 +96,7 @@ impl JobActor {
             started_at: None,
             ended: false,
             epoch,
+            span: tracing::info_span!("attempt", job = %job_id, user = %user_id, attempt = attempt_no, worker = %worker_id),
         }
     }
 
@@ -122,6 +127,7 @@ impl JobActor {
     }
 
     fn try_settle(&mut self, outcome: AttemptOutcome, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         let wallets = self.wallets.clone();
         let msg = Settle {
             attempt: self.attempt,
@@ -171,6 +177,7 @@ impl Actor for JobActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         let store = self.store.clone();
         let attempt = self.attempt;
         let worker = self.worker_id;
@@ -252,6 +259,7 @@ impl Handler<AttemptEvent> for JobActor {
     type Result = ();
 
     fn handle(&mut self, msg: AttemptEvent, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         if self.phase == Phase::Ending {
             return;
         }

@@ -243,10 +243,25 @@ mod tests {
         assert_eq!(parse_duration("3600").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse_duration("3600s").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("1d12h").unwrap(), Duration::from_secs(129_600));
+        assert_eq!(
+            parse_duration("1d12h").unwrap(),
+            Duration::from_secs(129_600)
+        );
         assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration(" 24h ").unwrap(), Duration::from_secs(86_400));
-        for bad in ["", "7", "x", "7w", "d", "12h3", "-1s", "99999999999999999999d"] {
+        assert_eq!(
+            parse_duration(" 24h ").unwrap(),
+            Duration::from_secs(86_400)
+        );
+        for bad in [
+            "",
+            "7",
+            "x",
+            "7w",
+            "d",
+            "12h3",
+            "-1s",
+            "99999999999999999999d",
+        ] {
             if bad == "7" {
                 continue;
             }

@@ -138,6 +138,11 @@ pub struct Cli {
     /// How much later a duplicate report is sent.
     #[arg(long)]
     pub duplicate_delay_ms: Option<u64>,
+    /// Leave Nagle's algorithm on for the workers' sockets, as awc (and so
+    /// the `admedia-worker` agent) does; by default the harness sets
+    /// TCP_NODELAY so small frames are not held for the peer's delayed ACK.
+    #[arg(long)]
+    pub worker_nagle: bool,
 
     // --- load ---
     /// Open loop: Poisson arrivals at this many submissions per second.
@@ -238,6 +243,7 @@ pub struct Plan {
     pub slots: u32,
     pub job_ms: u64,
     pub job_jitter: f64,
+    pub worker_nagle: bool,
     pub faults: Faults,
     pub load: Load,
     pub duration_s: Option<f64>,
@@ -612,6 +618,7 @@ impl Cli {
             slots,
             job_ms: self.job_ms.unwrap_or(d.job_ms),
             job_jitter,
+            worker_nagle: self.worker_nagle,
             faults,
             load,
             duration_s,

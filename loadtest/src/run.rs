@@ -520,6 +520,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         jitter: plan.job_jitter,
         faults: plan.faults.clone(),
         seed: rng.random(),
+        nagle: plan.worker_nagle,
     };
     let mut warnings = Vec::new();
     let mut drained = true;

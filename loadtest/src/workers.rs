@@ -19,12 +19,17 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix_codec::Framed;
+use actix_rt::net::TcpStream;
+use actix_service::Service;
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use admedia_actors::ids::{JobId, LeaseToken};
 use admedia_actors::job::{FailureClass, JobKind, Output};
 use admedia_actors::wire::{FromWorker, ToWorker};
 use awc::http::header::AUTHORIZATION;
+use awc::http::Uri;
 use awc::ws::{CloseCode, Codec, Frame, Message};
 use awc::BoxedSocket;
+use futures_util::future::LocalBoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,6 +39,30 @@ use crate::cli::Faults;
 use crate::recorder::{Outcome, Recorder};
 
 type Socket = Framed<BoxedSocket, Codec>;
+
+/// awc's TCP connector with `TCP_NODELAY` set on each new connection.
+/// Without it, a small frame (`complete` right after `accept`) can wait
+/// for the peer's delayed ACK, which quantizes a slot's turnaround to
+/// about 40 ms on Linux.
+#[derive(Clone, Default)]
+struct NoDelayConnector(ConnectorService);
+
+impl Service<ConnectInfo<Uri>> for NoDelayConnector {
+    type Response = Connection<Uri, TcpStream>;
+    type Error = ConnectError;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_service::always_ready!();
+
+    fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let conn = fut.await?;
+            let _ = conn.io_ref().set_nodelay(true);
+            Ok(conn)
+        })
+    }
+}
 
 const MAX_FRAME: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +78,8 @@ pub struct WorkerSpec {
     pub jitter: f64,
     pub faults: Faults,
     pub seed: u64,
+    /// Leave Nagle's algorithm on, as awc (and so the worker agent) does.
+    pub nagle: bool,
 }
 
 pub struct WorkerPool {
@@ -132,7 +163,14 @@ async fn send(ws: &mut Socket, msg: &FromWorker) -> Result<(), String> {
 }
 
 async fn connect(spec: &WorkerSpec) -> Result<Socket, String> {
-    let client = awc::Client::builder().timeout(CONNECT_TIMEOUT).finish();
+    let client = if spec.nagle {
+        awc::Client::builder().timeout(CONNECT_TIMEOUT).finish()
+    } else {
+        awc::Client::builder()
+            .connector(awc::Connector::new().connector(NoDelayConnector::default()))
+            .timeout(CONNECT_TIMEOUT)
+            .finish()
+    };
     let (_, ws) = client
         .ws(spec.url.as_str())
         .header(AUTHORIZATION, format!("Bearer {}", spec.token))

@@ -55,7 +55,9 @@ impl PaymentVerifier {
                 .get(name)
                 .ok_or_else(|| ApiError::InvalidSignature(format!("missing header {name}")))?
                 .to_str()
-                .map_err(|_| ApiError::InvalidSignature(format!("header {name} is not visible ASCII")))
+                .map_err(|_| {
+                    ApiError::InvalidSignature(format!("header {name} is not visible ASCII"))
+                })
         };
         let id = header("payment-id")?;
         let raw_timestamp = header("payment-timestamp")?;
@@ -174,9 +176,10 @@ pub fn parse_product(v: &Value) -> Result<Product, ApiError> {
                 Some("professional") => Tier::Professional,
                 Some("enterprise") => Tier::Enterprise,
                 other => {
+                    let tiers = "basic, professional or enterprise";
                     return Err(unknown(format!(
-                        "unknown membership tier {other:?}: expected basic, professional or enterprise"
-                    )))
+                        "unknown membership tier {other:?}: expected {tiers}"
+                    )));
                 }
             };
             let period = match obj.get("period").and_then(Value::as_str) {
@@ -205,17 +208,18 @@ pub async fn webhook(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let verifier = state.payments.as_ref().ok_or_else(|| {
-        ApiError::Unavailable("payment events are not accepted: ADMEDIA_PAYMENT_SECRET is unset".into())
+        ApiError::Unavailable(
+            "payment events are not accepted: ADMEDIA_PAYMENT_SECRET is unset".into(),
+        )
     })?;
     verifier.verify(req.headers(), &body, chrono::Utc::now().timestamp())?;
     let event: PaymentEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("malformed payment event: {e}")))?;
-    let payment_id = PaymentId::parse(&event.payment_id)
-        .map_err(|e| ApiError::InvalidParams(e.to_string()))?;
-    let user_id: UserId = event
-        .user_id
-        .parse()
-        .map_err(|_| ApiError::InvalidParams(format!("user_id {:?} is not a user id", event.user_id)))?;
+    let payment_id =
+        PaymentId::parse(&event.payment_id).map_err(|e| ApiError::InvalidParams(e.to_string()))?;
+    let user_id: UserId = event.user_id.parse().map_err(|_| {
+        ApiError::InvalidParams(format!("user_id {:?} is not a user id", event.user_id))
+    })?;
     let product = parse_product(&event.product)?;
     let outcome = state
         .orchestrator
@@ -278,24 +282,40 @@ mod tests {
         assert!(v.verify(&headers("evt_1", now, &good), body, now).is_ok());
         // Several signatures: one valid is enough.
         let several = format!("v1,bm9wZQ== {good}");
-        assert!(v.verify(&headers("evt_1", now, &several), body, now).is_ok());
+        assert!(v
+            .verify(&headers("evt_1", now, &several), body, now)
+            .is_ok());
         // Another body, id or secret: refused.
         assert_eq!(
-            kind(v.verify(&headers("evt_1", now, &good), b"{}", now).unwrap_err()),
+            kind(
+                v.verify(&headers("evt_1", now, &good), b"{}", now)
+                    .unwrap_err()
+            ),
             "invalid-signature"
         );
         assert_eq!(
-            kind(v.verify(&headers("evt_2", now, &good), body, now).unwrap_err()),
+            kind(
+                v.verify(&headers("evt_2", now, &good), body, now)
+                    .unwrap_err()
+            ),
             "invalid-signature"
         );
         // Inside the window either way, not outside.
-        assert!(v.verify(&headers("evt_1", now, &good), body, now + 300).is_ok());
+        assert!(v
+            .verify(&headers("evt_1", now, &good), body, now + 300)
+            .is_ok());
         assert_eq!(
-            kind(v.verify(&headers("evt_1", now, &good), body, now + 301).unwrap_err()),
+            kind(
+                v.verify(&headers("evt_1", now, &good), body, now + 301)
+                    .unwrap_err()
+            ),
             "stale-timestamp"
         );
         assert_eq!(
-            kind(v.verify(&headers("evt_1", now, &good), body, now - 301).unwrap_err()),
+            kind(
+                v.verify(&headers("evt_1", now, &good), body, now - 301)
+                    .unwrap_err()
+            ),
             "stale-timestamp"
         );
         // Missing headers.

@@ -370,11 +370,7 @@ impl Store for InstrumentedStore {
             .await
     }
 
-    async fn due_gifts(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<ScheduledGift>> {
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         self.timed("due_gifts", self.inner.due_gifts(now, limit))
             .await
     }

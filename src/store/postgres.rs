@@ -1458,11 +1458,7 @@ impl Store for PgStore {
         self.pg_apply_payment(payment).await
     }
 
-    async fn due_gifts(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<ScheduledGift>> {
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         self.pg_due_gifts(now, limit).await
     }
 

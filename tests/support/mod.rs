@@ -247,7 +247,6 @@ impl CuttableProxy {
     }
 }
 
-
 /// A small JSON client for tests that drive whole server processes.
 pub struct Api {
     pub client: awc::Client,
@@ -334,7 +333,6 @@ impl Api {
     }
 }
 
-
 /// Audits one user from the API: the ledger replays to the wallet, nothing
 /// is held, every job is terminal with its hold resolved exactly once and
 /// the right way. Returns the user's jobs.
@@ -355,13 +353,27 @@ pub async fn audit_user(api: &Api, key: &str) -> Vec<Value> {
         if let Some(job) = e["job_id"].as_str() {
             match kind {
                 "hold" => *holds.entry(job.to_owned()).or_default() += 1,
-                _ => resolutions.entry(job.to_owned()).or_default().push(kind.to_owned()),
+                _ => resolutions
+                    .entry(job.to_owned())
+                    .or_default()
+                    .push(kind.to_owned()),
             }
         }
     }
-    let (_, wallet) = api.call("GET", "/v1/wallet", key, None, &[]).await.expect("wallet");
-    assert_eq!(wallet["balance"].as_i64(), Some(grants - posts), "balance = grants - posts");
-    assert_eq!(wallet["held"].as_i64(), Some(0), "nothing held once all jobs ended");
+    let (_, wallet) = api
+        .call("GET", "/v1/wallet", key, None, &[])
+        .await
+        .expect("wallet");
+    assert_eq!(
+        wallet["balance"].as_i64(),
+        Some(grants - posts),
+        "balance = grants - posts"
+    );
+    assert_eq!(
+        wallet["held"].as_i64(),
+        Some(0),
+        "nothing held once all jobs ended"
+    );
     for job in &jobs {
         let id = job["id"].as_str().expect("id");
         assert_eq!(holds.get(id), Some(&1), "job {id} held once");

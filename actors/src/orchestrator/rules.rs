@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::Orchestrator;
 use crate::accounts::{ApiKeyRecord, IssuedKey};
@@ -51,6 +51,7 @@ async fn grant_due_gifts(
                 GrantGift {
                     payment: gift.payment_id.clone(),
                     month: gift.month,
+                    now,
                 },
             )
             .await?;
@@ -76,7 +77,7 @@ impl Orchestrator {
             .init_prices(self.config.prices, Utc::now())
             .await?;
         if let Some(first) = versions.first() {
-            if first.prices != self.config.prices && versions.len() == 1 {
+            if first.prices != self.config.prices {
                 tracing::warn!(
                     "the configured prices differ from stored price version 1; stored versions \
                      win (ToS 4.5: announce a change with POST /v1/admin/pricing)"
@@ -85,6 +86,12 @@ impl Orchestrator {
         }
         self.platform.prices.replace(PriceSchedule::new(versions));
         self.wallets.set_price_book(self.platform.prices.clone());
+        if self.config.platform.price_notice < self.config.platform.sweep_every {
+            tracing::warn!(
+                "the price notice is shorter than the sweep interval: another node may price \
+                 with the previous version for up to one interval after a change"
+            );
+        }
         let store = self.store.clone();
         let wallets = self.wallets.clone();
         let platform = self.platform.clone();
@@ -170,7 +177,8 @@ impl Orchestrator {
             user_id: user,
             product,
             monthly_gift,
-            now: Utc::now(),
+            // Every adapter keeps microseconds.
+            now: Utc::now().trunc_subsecs(6),
         };
         Ok(self.wallets.call(user, ApplyPayment(payment)).await??)
     }
@@ -181,7 +189,10 @@ impl Orchestrator {
     }
 
     /// The user's next gift not granted yet.
-    pub async fn next_gift(&self, user: UserId) -> Result<Option<ScheduledGift>, OrchestratorError> {
+    pub async fn next_gift(
+        &self,
+        user: UserId,
+    ) -> Result<Option<ScheduledGift>, OrchestratorError> {
         let gifts = self.store.gifts(user).await?;
         Ok(gifts.into_iter().find(|g| g.granted_at.is_none()))
     }
@@ -189,9 +200,7 @@ impl Orchestrator {
     // ---- prices with notice (ToS 4.5)
 
     /// The version in effect now and the ones announced after it.
-    pub async fn pricing(
-        &self,
-    ) -> Result<(PriceVersion, Vec<PriceVersion>), OrchestratorError> {
+    pub async fn pricing(&self) -> Result<(PriceVersion, Vec<PriceVersion>), OrchestratorError> {
         refresh_prices(self.store.as_ref(), &self.platform).await?;
         let schedule = self.platform.prices.schedule();
         let now = Utc::now();
@@ -210,8 +219,13 @@ impl Orchestrator {
         prices: PriceTable,
         effective_at: DateTime<Utc>,
     ) -> Result<(PriceVersion, bool), OrchestratorError> {
-        prices.validate().map_err(OrchestratorError::InvalidParams)?;
-        let now = Utc::now();
+        prices
+            .validate()
+            .map_err(OrchestratorError::InvalidParams)?;
+        // Every adapter keeps microseconds: a retried announcement must
+        // find the stored one.
+        let effective_at = effective_at.trunc_subsecs(6);
+        let now = Utc::now().trunc_subsecs(6);
         let notice = self.config.platform.price_notice;
         let earliest = now + chrono_span(notice);
         let schedule = self.platform.prices.schedule();
@@ -242,14 +256,21 @@ impl Orchestrator {
 
     /// Checks a prompt before anything is charged. A refusal is counted;
     /// enough of them within the window suspend the account.
-    pub(super) async fn screen(&self, user: UserId, spec: &JobSpec) -> Result<(), OrchestratorError> {
+    pub(super) async fn screen(
+        &self,
+        user: UserId,
+        spec: &JobSpec,
+    ) -> Result<(), OrchestratorError> {
         let Verdict::Rejected { category } = self.platform.content().check(&spec.prompt) else {
             return Ok(());
         };
         let rules = &self.config.platform;
         let now = Utc::now();
         let since = now - chrono_span(rules.violation_window);
-        let count = self.store.record_violation(user, &category, now, since).await?;
+        let count = self
+            .store
+            .record_violation(user, &category, now, since)
+            .await?;
         tracing::warn!(user = %user, category = %category, count, "prompt refused by the content rules");
         if rules.violations_before_suspend > 0 && count >= rules.violations_before_suspend {
             let current = self.user(user).await?;

@@ -833,11 +833,7 @@ impl Store for MemoryStore {
         platform::apply_payment(&mut self.state.lock(), payment)
     }
 
-    async fn due_gifts(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<ScheduledGift>> {
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         Ok(platform::due_gifts(&self.state.lock(), now, limit))
     }
 

@@ -340,8 +340,7 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome>;
     /// Gifts whose month has started and that are not granted yet, of
     /// active accounts, oldest first.
-    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize)
-        -> StoreResult<Vec<ScheduledGift>>;
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>>;
     /// Grants one scheduled gift exactly once: marks it granted and books
     /// the grant in one transaction; `granted: false` when it was granted
     /// before, is not due yet, or the account is not active.

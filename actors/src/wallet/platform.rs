@@ -3,7 +3,7 @@
 //! decides each one atomically and exactly once.
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::WalletActor;
 use crate::ledger::EntryKind;
@@ -49,6 +49,8 @@ impl Handler<ApplyPayment> for WalletActor {
 pub struct GrantGift {
     pub payment: PaymentId,
     pub month: u32,
+    /// The sweep's clock: a gift starting after it is not granted.
+    pub now: DateTime<Utc>,
 }
 
 impl Handler<GrantGift> for WalletActor {
@@ -60,7 +62,7 @@ impl Handler<GrantGift> for WalletActor {
         let user_id = self.user_id;
         let fut = async move {
             let outcome = store
-                .grant_gift(user_id, msg.payment.clone(), msg.month, Utc::now())
+                .grant_gift(user_id, msg.payment.clone(), msg.month, msg.now)
                 .await?;
             Ok((outcome, msg))
         };

@@ -134,8 +134,9 @@ impl PgStore {
         if exists.is_none() {
             return Err(StoreError::NotFound("user"));
         }
-        let sql =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id");
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
+        );
         let rows = client.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
         rows.iter().map(key_row).collect()
     }
@@ -254,8 +255,8 @@ impl PgStore {
                 period,
             } => {
                 let overflow = || StoreError::LimitExceeded("membership dates overflow".into());
-                let (membership, start) =
-                    extend_membership(user.membership, bought, period, p.now).ok_or_else(overflow)?;
+                let (membership, start) = extend_membership(user.membership, bought, period, p.now)
+                    .ok_or_else(overflow)?;
                 let gifts = gift_schedule(
                     &p.payment_id,
                     p.user_id,
@@ -495,7 +496,10 @@ impl PgStore {
             )
             .await
             .map_err(db)?;
-        let versions = rows.iter().map(price_row).collect::<StoreResult<Vec<_>>>()?;
+        let versions = rows
+            .iter()
+            .map(price_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         if let Some(v) = versions
             .iter()
             .find(|v| v.effective_at == effective_at && v.prices == prices)
@@ -512,9 +516,8 @@ impl PgStore {
                 "INSERT INTO price_versions (version, effective_at, prices, created_at) \
                  VALUES ($1, $2, $3, $4) RETURNING version, effective_at, prices, created_at",
                 &[
-                    &i32::try_from(next).map_err(|_| {
-                        StoreError::LimitExceeded("too many price versions".into())
-                    })?,
+                    &i32::try_from(next)
+                        .map_err(|_| StoreError::LimitExceeded("too many price versions".into()))?,
                     &effective_at,
                     &to_json(&prices)?,
                     &now,

@@ -1,7 +1,12 @@
 //! Conformance of the platform-rules operations: API keys, payments and
 //! membership gifts, price versions, content violations.
 
-use chrono::{Duration, Months, Utc};
+use chrono::{DateTime, Duration, Months, SubsecRound, Utc};
+
+/// Now, at the microsecond precision every adapter keeps.
+fn now_us() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 use super::*;
 use crate::accounts::MAX_ACTIVE_KEYS;
@@ -16,12 +21,14 @@ fn payment(id: &str, user: UserId, product: Product, gift: i64) -> NewPayment {
         request_hash: NewPayment::hash_of(user, &product),
         product,
         monthly_gift: credits(gift),
-        now: Utc::now(),
+        now: now_us(),
     }
 }
 
 fn pack(n: i64) -> Product {
-    Product::Credits { credits: credits(n) }
+    Product::Credits {
+        credits: credits(n),
+    }
 }
 
 fn membership(tier: Tier, period: Period) -> Product {
@@ -71,7 +78,11 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
         .await
         .unwrap();
     assert_eq!(
-        store.user_by_key(second.hash()).await.unwrap().map(|u| u.id),
+        store
+            .user_by_key(second.hash())
+            .await
+            .unwrap()
+            .map(|u| u.id),
         Some(user.id)
     );
     // Another user cannot revoke it, nor can an unknown id be revoked.
@@ -167,7 +178,10 @@ pub async fn payments_apply_once_and_refuse_a_reused_id(store: Shared) {
         .await
         .unwrap();
     assert!(replay.replayed);
-    assert_eq!((replay.wallet.balance.get(), replay.granted.get()), (510, 0));
+    assert_eq!(
+        (replay.wallet.balance.get(), replay.granted.get()),
+        (510, 0)
+    );
     // The same id with other content is a conflict, not a replay.
     assert_eq!(
         store
@@ -197,11 +211,13 @@ pub async fn payments_apply_once_and_refuse_a_reused_id(store: Shared) {
             .await,
         Err(StoreError::LimitExceeded(_))
     ));
-    assert!(!store
-        .apply_payment(payment("pay_3", user.id, pack(1), 0))
-        .await
-        .unwrap()
-        .replayed);
+    assert!(
+        !store
+            .apply_payment(payment("pay_3", user.id, pack(1), 0))
+            .await
+            .unwrap()
+            .replayed
+    );
     let purchases: Vec<_> = store
         .ledger(user.id, None, 100)
         .await
@@ -215,7 +231,7 @@ pub async fn payments_apply_once_and_refuse_a_reused_id(store: Shared) {
 
 pub async fn memberships_extend_and_grant_each_month_once(store: Shared) {
     let user = user_with(&store, "member@example.com", 0).await;
-    let now = Utc::now();
+    let now = now_us();
     let mut p = payment("m_1", user.id, membership(Tier::Basic, Period::Month), 200);
     p.now = now;
     let bought = store.apply_payment(p.clone()).await.unwrap();
@@ -223,7 +239,10 @@ pub async fn memberships_extend_and_grant_each_month_once(store: Shared) {
     let month_end = now.checked_add_months(Months::new(1)).unwrap();
     assert_eq!(bought.user.membership.expires_at, Some(month_end));
     // The month that started now is granted with the payment.
-    assert_eq!((bought.granted.get(), bought.wallet.balance.get()), (200, 200));
+    assert_eq!(
+        (bought.granted.get(), bought.wallet.balance.get()),
+        (200, 200)
+    );
     assert_eq!(gift_entries(&store, user.id).await.len(), 1);
     // A replay grants nothing more.
     assert!(store.apply_payment(p).await.unwrap().replayed);
@@ -305,7 +324,7 @@ pub async fn memberships_extend_and_grant_each_month_once(store: Shared) {
 
 pub async fn membership_upgrade_takes_effect_at_once(store: Shared) {
     let user = user_with(&store, "upgrade@example.com", 0).await;
-    let now = Utc::now();
+    let now = now_us();
     let mut basic = payment("u_1", user.id, membership(Tier::Basic, Period::Month), 0);
     basic.now = now;
     store.apply_payment(basic).await.unwrap();
@@ -332,7 +351,7 @@ pub async fn membership_upgrade_takes_effect_at_once(store: Shared) {
 }
 
 pub async fn price_versions_are_stored_once_and_announced(store: Shared) {
-    let now = Utc::now();
+    let now = now_us();
     let base = PriceTable::default();
     let first = store.init_prices(base, now).await.unwrap();
     assert_eq!(first.len(), 1);
@@ -379,7 +398,7 @@ pub async fn jobs_record_their_price_version(store: Shared) {
 
 pub async fn content_violations_are_counted_in_their_window(store: Shared) {
     let user = user_with(&store, "rude@example.com", 1).await;
-    let now = Utc::now();
+    let now = now_us();
     let hour = Duration::hours(1);
     for i in 0..3 {
         let at = now - hour * (3 - i);

@@ -162,8 +162,15 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
         Product::Membership { tier, period } => {
             let (membership, start) = extend_membership(user.membership, tier, period, p.now)
                 .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
-            let gifts = gift_schedule(&p.payment_id, p.user_id, tier, period, start, p.monthly_gift)
-                .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
+            let gifts = gift_schedule(
+                &p.payment_id,
+                p.user_id,
+                tier,
+                period,
+                start,
+                p.monthly_gift,
+            )
+            .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
             let mut after = wallet_before;
             for g in gifts.iter().filter(|g| g.starts_at <= p.now) {
                 after = after.grant(g.amount).map_err(money)?;
@@ -239,7 +246,9 @@ pub(super) fn due_gifts(s: &State, now: DateTime<Utc>, limit: usize) -> Vec<Sche
         })
         .cloned()
         .collect();
-    due.sort_by(|a, b| (a.starts_at, &a.payment_id, a.month).cmp(&(b.starts_at, &b.payment_id, b.month)));
+    due.sort_by(|a, b| {
+        (a.starts_at, &a.payment_id, a.month).cmp(&(b.starts_at, &b.payment_id, b.month))
+    });
     due.truncate(limit);
     due
 }
@@ -296,7 +305,9 @@ pub(super) fn gifts(s: &State, user: UserId) -> StoreResult<Vec<ScheduledGift>> 
         .filter(|g| g.user_id == user)
         .cloned()
         .collect();
-    list.sort_by(|a, b| (a.starts_at, &a.payment_id, a.month).cmp(&(b.starts_at, &b.payment_id, b.month)));
+    list.sort_by(|a, b| {
+        (a.starts_at, &a.payment_id, a.month).cmp(&(b.starts_at, &b.payment_id, b.month))
+    });
     Ok(list)
 }
 
@@ -304,7 +315,11 @@ pub(super) fn price_versions(s: &State) -> Vec<PriceVersion> {
     s.platform.prices.clone()
 }
 
-pub(super) fn init_prices(s: &mut State, prices: PriceTable, now: DateTime<Utc>) -> Vec<PriceVersion> {
+pub(super) fn init_prices(
+    s: &mut State,
+    prices: PriceTable,
+    now: DateTime<Utc>,
+) -> Vec<PriceVersion> {
     if s.platform.prices.is_empty() {
         s.platform.prices.push(PriceVersion {
             version: 1,
