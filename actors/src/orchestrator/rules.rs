@@ -204,8 +204,10 @@ impl Orchestrator {
         refresh_prices(self.store.as_ref(), &self.platform).await?;
         let schedule = self.platform.prices.schedule();
         let now = Utc::now();
+        // Before version 1's instant only on a node whose clock is behind.
         let current = schedule
             .in_effect(now)
+            .or_else(|| schedule.versions().first())
             .copied()
             .ok_or_else(|| OrchestratorError::Internal("no price version in effect".into()))?;
         let upcoming = schedule.upcoming(now).into_iter().copied().collect();
