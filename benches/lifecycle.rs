@@ -54,7 +54,9 @@ async fn store() -> Arc<dyn admedia_actors::store::Store> {
     let Some(url) = text_arg("--database-url") else {
         return Arc::new(MemoryStore::new());
     };
-    let config: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("--database-url: {e}"));
+    let config: tokio_postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("--database-url: {e}"));
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -69,7 +71,9 @@ async fn store() -> Arc<dyn admedia_actors::store::Store> {
     config.options(format!("-c search_path={schema}"));
     let pg = admedia::store::postgres::PgStore::from_config(config, arg("--pool", 32))
         .unwrap_or_else(|e| panic!("pool: {e}"));
-    pg.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    pg.migrate()
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
     println!("store: PostgreSQL, schema {schema}");
     Arc::new(pg)
 }

@@ -109,4 +109,4 @@ export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
 export CI="${CI:-true}"
 
 log "cargo test --workspace"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -108,7 +108,12 @@ pub async fn run_election(
 
         // Campaign.
         let won = loop {
-            match tokio::time::timeout(query_timeout, client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])).await {
+            match tokio::time::timeout(
+                query_timeout,
+                client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]),
+            )
+            .await
+            {
                 Ok(Ok(row)) if row.get::<_, bool>(0) => break true,
                 Ok(Ok(_)) => tokio::time::sleep(check_every).await,
                 _ => break false,
@@ -117,11 +122,17 @@ pub async fn run_election(
         if !won {
             continue;
         }
-        if let Err(e) = client.batch_execute(&format!("LISTEN {WAITING_CHANNEL}")).await {
+        if let Err(e) = client
+            .batch_execute(&format!("LISTEN {WAITING_CHANNEL}"))
+            .await
+        {
             tracing::warn!(error = %e, "election: LISTEN failed; campaigning again");
             continue;
         }
-        let epoch = match orchestrator.promote(&node.id, &node.url, worker_lease).await {
+        let epoch = match orchestrator
+            .promote(&node.id, &node.url, worker_lease)
+            .await
+        {
             Ok(epoch) => epoch,
             Err(e) => {
                 tracing::warn!(error = %e, "election: could not start a term; campaigning again");

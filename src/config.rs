@@ -184,7 +184,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         Some(i) => (&raw[..i], &raw[i..]),
         None => (raw, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{raw:?}: expected e.g. 10s or 2500ms"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected e.g. 10s or 2500ms"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -332,7 +334,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let s = Settings::default();
+        let mut s = Settings::default();
+        // The test command exports DATABASE_URL; the default is without it.
+        s.database_url = None;
         assert_eq!(s.bind, "127.0.0.1:8080");
         assert!(s.orchestrator().is_ok());
         assert_eq!(s.sim_worker_count(), 4);

@@ -13,10 +13,10 @@ use admedia_actors::store::Store;
 use admedia_actors::Orchestrator;
 use rand::RngCore;
 
+use crate::cluster::{run_election, NodeState, Role};
 use crate::config::Settings;
 use crate::events::{EventHub, ServerObserver};
 use crate::http::{self, AppState};
-use crate::cluster::{run_election, NodeState, Role};
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::store::instrumented::InstrumentedStore;
@@ -103,7 +103,8 @@ impl Application {
             events: events.clone(),
             webhooks,
         });
-        let listener = TcpListener::bind(&settings.bind).map_err(|e| format!("bind {}: {e}", settings.bind))?;
+        let listener = TcpListener::bind(&settings.bind)
+            .map_err(|e| format!("bind {}: {e}", settings.bind))?;
         let local = listener.local_addr()?;
         let node_id = settings
             .node_id
@@ -117,7 +118,8 @@ impl Application {
         // the embedded store, this node simply leads.
         let (orchestrator, node) = match &settings.database_url {
             Some(url) => {
-                let orchestrator = Orchestrator::start_standby(store, config.clone(), observer).await?;
+                let orchestrator =
+                    Orchestrator::start_standby(store, config.clone(), observer).await?;
                 let node = NodeState::new(node_id, advertise_url, Role::Standby);
                 actix_rt::spawn(run_election(
                     url.clone(),
@@ -131,7 +133,10 @@ impl Application {
             None => {
                 let orchestrator = Orchestrator::start(store, config.clone(), observer).await?;
                 let epoch = orchestrator.epoch().await.unwrap_or(0);
-                (orchestrator, NodeState::new(node_id, advertise_url, Role::Leader { epoch }))
+                (
+                    orchestrator,
+                    NodeState::new(node_id, advertise_url, Role::Leader { epoch }),
+                )
             }
         };
         // Platform rules: the content policy (ToS 3.2) and the key that

@@ -28,7 +28,10 @@ fn node_env(db: &str, name: &str) -> Vec<(&'static str, String)> {
         ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),
         ("ADMEDIA_WORKER_LEASE_MS", "1500".to_owned()),
         ("ADMEDIA_REGISTRATION_CREDITS", "5000".to_owned()),
-        ("ADMEDIA_RATE_LIMITS", "free=0,basic=0,professional=0,enterprise=0".to_owned()),
+        (
+            "ADMEDIA_RATE_LIMITS",
+            "free=0,basic=0,professional=0,enterprise=0".to_owned(),
+        ),
     ]
 }
 
@@ -59,14 +62,35 @@ async fn await_leader(apis: &[&Api], within: Duration) -> (usize, u64) {
         if leaders.len() == 1 {
             return leaders[0];
         }
-        assert!(Instant::now() < deadline, "no single leader within {within:?}: {leaders:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no single leader within {within:?}: {leaders:?}"
+        );
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// Makes a user Enterprise, so many of their jobs may wait and run at once.
+async fn make_enterprise(api: &Api, user: &str) {
+    let (status, body) = api
+        .call(
+            "PUT",
+            &format!("/v1/admin/users/{user}/membership"),
+            ADMIN_TOKEN,
+            Some(json!({"tier": "enterprise", "expires_at": null})),
+            &[],
+        )
+        .await
+        .expect("membership");
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn db_client(url: &str) -> tokio_postgres::Client {
     let config = tokio_postgres::Config::from_str(url).expect("url");
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     actix_rt::spawn(async move {
         let _ = conn.await;
     });
@@ -82,15 +106,21 @@ async fn assert_no_overlap(db: &tokio_postgres::Client) {
         )
         .await
         .expect("attempts");
-    let mut last: HashMap<uuid::Uuid, (i32, Option<chrono::DateTime<chrono::Utc>>)> = HashMap::new();
+    let mut last: HashMap<uuid::Uuid, (i32, Option<chrono::DateTime<chrono::Utc>>)> =
+        HashMap::new();
     for r in rows {
         let job: uuid::Uuid = r.get(0);
         let attempt: i32 = r.get(1);
         let assigned: chrono::DateTime<chrono::Utc> = r.get(2);
         let finished: Option<chrono::DateTime<chrono::Utc>> = r.get(3);
         if let Some((prev, prev_finished)) = last.get(&job) {
-            let prev_finished = prev_finished.unwrap_or_else(|| panic!("job {job}: attempt {prev} never ended but {attempt} started"));
-            assert!(assigned >= prev_finished, "job {job}: attempt {attempt} began before attempt {prev} ended");
+            let prev_finished = prev_finished.unwrap_or_else(|| {
+                panic!("job {job}: attempt {prev} never ended but {attempt} started")
+            });
+            assert!(
+                assigned >= prev_finished,
+                "job {job}: attempt {attempt} began before attempt {prev} ended"
+            );
         }
         last.insert(job, (attempt, finished));
     }
@@ -113,17 +143,7 @@ async fn leader_killed_during_load_is_replaced_and_nothing_is_lost_or_doubled() 
     for u in 0..3 {
         let api = &apis[u % 3];
         let (id, key) = api.register(&format!("cluster{u}@example.com")).await;
-        let (status, _) = api
-            .call(
-                "PUT",
-                &format!("/v1/admin/users/{id}/membership"),
-                ADMIN_TOKEN,
-                Some(json!({"tier": "enterprise", "expires_at": null})),
-                &[],
-            )
-            .await
-            .expect("membership");
-        assert_eq!(status, 200);
+        make_enterprise(api, &id).await;
         users.push(key);
     }
 
@@ -140,14 +160,29 @@ async fn leader_killed_during_load_is_replaced_and_nothing_is_lost_or_doubled() 
         let key = &users[i % users.len()];
         let body = json!({"kind": "image", "model": "sdxl", "prompt": format!("cluster {i}")});
         let idem = format!("cluster-{i}");
-        match apis[node].call("POST", "/v1/jobs", key, Some(body), &[("Idempotency-Key", &idem)]).await {
+        match apis[node]
+            .call(
+                "POST",
+                "/v1/jobs",
+                key,
+                Some(body),
+                &[("Idempotency-Key", &idem)],
+            )
+            .await
+        {
             Ok((202, _)) => {}
             _ => unanswered.push(i),
         }
     }
     let killed_at = killed_at.expect("killed");
-    let survivors: Vec<&Api> = apis.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, a)| a).collect();
-    let (new_leader, new_epoch) = await_leader(&survivors, Duration::from_secs(LEADER_TIMEOUT_SECS * 3)).await;
+    let survivors: Vec<&Api> = apis
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, a)| a)
+        .collect();
+    let (new_leader, new_epoch) =
+        await_leader(&survivors, Duration::from_secs(LEADER_TIMEOUT_SECS * 3)).await;
     assert!(new_epoch > first_epoch);
     let takeover = killed_at.elapsed();
     eprintln!("failover: leader killed -> a standby leads after {takeover:?}");
@@ -161,7 +196,13 @@ async fn leader_killed_during_load_is_replaced_and_nothing_is_lost_or_doubled() 
         let body = json!({"kind": "image", "model": "sdxl", "prompt": format!("cluster {i}")});
         let idem = format!("cluster-{i}");
         let (status, b) = api
-            .call("POST", "/v1/jobs", key, Some(body), &[("Idempotency-Key", &idem)])
+            .call(
+                "POST",
+                "/v1/jobs",
+                key,
+                Some(body),
+                &[("Idempotency-Key", &idem)],
+            )
             .await
             .expect("resubmit");
         assert_eq!(status, 202, "{b}");
@@ -169,8 +210,14 @@ async fn leader_killed_during_load_is_replaced_and_nothing_is_lost_or_doubled() 
 
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (_, stats) = api.call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[]).await.expect("stats");
-        let open: u64 = ["queued", "assigned", "running"].iter().map(|s| stats["jobs"][s].as_u64().unwrap_or(0)).sum();
+        let (_, stats) = api
+            .call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[])
+            .await
+            .expect("stats");
+        let open: u64 = ["queued", "assigned", "running"]
+            .iter()
+            .map(|s| stats["jobs"][s].as_u64().unwrap_or(0))
+            .sum();
         if open == 0 {
             break;
         }
@@ -209,20 +256,17 @@ async fn a_leader_cut_off_from_the_database_stops_before_its_successor_starts() 
     let b = ServerProcess::start(&node_env(&db, "node-b")).await;
     let api_b = Api::new(&b.base);
     let (user, key) = api_b.register("partition@example.com").await;
-    let (status, _) = api_b
-        .call(
-            "PUT",
-            &format!("/v1/admin/users/{user}/membership"),
-            ADMIN_TOKEN,
-            Some(json!({"tier": "enterprise", "expires_at": null})),
-            &[],
-        )
-        .await
-        .expect("membership");
-    assert_eq!(status, 200);
+    make_enterprise(&api_b, &user).await;
     for i in 0..10 {
         let body = json!({"kind": "image", "model": "sdxl", "prompt": format!("before {i}")});
-        assert_eq!(api_b.call("POST", "/v1/jobs", &key, Some(body), &[]).await.expect("submit").0, 202);
+        assert_eq!(
+            api_b
+                .call("POST", "/v1/jobs", &key, Some(body), &[])
+                .await
+                .expect("submit")
+                .0,
+            202
+        );
     }
 
     proxy.cut();
@@ -230,23 +274,39 @@ async fn a_leader_cut_off_from_the_database_stops_before_its_successor_starts() 
     assert!(epoch_b > epoch_a);
     for i in 0..10 {
         let body = json!({"kind": "image", "model": "sdxl", "prompt": format!("after {i}")});
-        assert_eq!(api_b.call("POST", "/v1/jobs", &key, Some(body), &[]).await.expect("submit").0, 202);
+        assert_eq!(
+            api_b
+                .call("POST", "/v1/jobs", &key, Some(body), &[])
+                .await
+                .expect("submit")
+                .0,
+            202
+        );
     }
     // The old leader learns it no longer leads.
     let deadline = Instant::now() + Duration::from_secs(LEADER_TIMEOUT_SECS * 2);
     loop {
-        let (_, stats) = api_a.call("GET", "/healthz", "", None, &[]).await.unwrap_or((0, Value::Null));
+        let (_, stats) = api_a
+            .call("GET", "/healthz", "", None, &[])
+            .await
+            .unwrap_or((0, Value::Null));
         if stats["node"]["role"] == "standby" {
             break;
         }
-        assert!(Instant::now() < deadline, "the cut-off leader still believes it leads: {stats}");
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off leader still believes it leads: {stats}"
+        );
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let jobs = api_b.all_pages("/v1/jobs", "jobs", &key).await;
-        if jobs.iter().all(|j| j["state"] == "succeeded" || j["state"] == "failed") {
+        if jobs
+            .iter()
+            .all(|j| j["state"] == "succeeded" || j["state"] == "failed")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "jobs did not finish");
@@ -269,7 +329,10 @@ async fn a_leader_cut_off_from_the_database_stops_before_its_successor_starts() 
         .await
         .expect("attempts")
         .get(0);
-    assert_eq!(late, 0, "a deposed scheduler assigned work after its successor was elected");
+    assert_eq!(
+        late, 0,
+        "a deposed scheduler assigned work after its successor was elected"
+    );
     assert_no_overlap(&client).await;
     drop(a);
 }
@@ -292,27 +355,52 @@ async fn a_worker_that_connects_to_a_standby_is_sent_to_the_leader() {
 
     // The agent is pointed at the standby.
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_admedia-worker"))
-        .args(["--server", &b.base.replacen("http", "ws", 1), "--token", "test-worker-token"])
-        .args(["--executor", "simulate", "--sim-job-ms", "20", "--slots", "2"])
+        .args([
+            "--server",
+            &b.base.replacen("http", "ws", 1),
+            "--token",
+            "test-worker-token",
+        ])
+        .args([
+            "--executor",
+            "simulate",
+            "--sim-job-ms",
+            "20",
+            "--slots",
+            "2",
+        ])
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start the agent");
     let (_, key) = api_b.register("redirected@example.com").await;
     let body = json!({"kind": "image", "model": "sdxl", "prompt": "via the leader"});
-    let (status, job) = api_b.call("POST", "/v1/jobs", &key, Some(body), &[]).await.expect("submit");
+    let (status, job) = api_b
+        .call("POST", "/v1/jobs", &key, Some(body), &[])
+        .await
+        .expect("submit");
     assert_eq!(status, 202);
     let id = job["id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, j) = api_b.call("GET", &format!("/v1/jobs/{id}"), &key, None, &[]).await.expect("job");
+        let (_, j) = api_b
+            .call("GET", &format!("/v1/jobs/{id}"), &key, None, &[])
+            .await
+            .expect("job");
         if j["state"] == "succeeded" {
             break;
         }
         assert!(Instant::now() < deadline, "the job never ran: {j}");
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, workers) = api_a.call("GET", "/v1/admin/workers", ADMIN_TOKEN, None, &[]).await.expect("workers");
-    assert_eq!(workers["workers"].as_array().map(Vec::len), Some(1), "the agent is on the leader: {workers}");
+    let (_, workers) = api_a
+        .call("GET", "/v1/admin/workers", ADMIN_TOKEN, None, &[])
+        .await
+        .expect("workers");
+    assert_eq!(
+        workers["workers"].as_array().map(Vec::len),
+        Some(1),
+        "the agent is on the leader: {workers}"
+    );
     let _ = agent.kill();
     let _ = agent.wait();
     drop((a, b));

@@ -403,6 +403,99 @@ fn first_price_version() -> u32 {
     1
 }
 
+/// How an attempt's end is recorded: its label for the attempt history
+/// and, when the hold is resolved by it, how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptEnd {
+    /// `succeeded`, `user_failure` or `system_failure`.
+    pub label: &'static str,
+    pub message: Option<String>,
+    /// `Posted` or `Voided` when the job ended; `None` when it waits for a
+    /// retry with its hold still open.
+    pub resolution: Option<Charge>,
+}
+
+impl Job {
+    /// The state machine for the end of an attempt, shared by every store
+    /// adapter (which then books `resolution` and writes the job):
+    /// success and user failure end the job and capture the hold (ToS 4.3:
+    /// used credits are not refunded); a system failure re-queues the job
+    /// while attempts remain, else ends it and releases the hold (the
+    /// automatic refund of ToS 4.3).
+    pub fn end_attempt(&mut self, outcome: AttemptOutcome, now: DateTime<Utc>) -> AttemptEnd {
+        let end = match outcome {
+            AttemptOutcome::Succeeded { outputs } => {
+                self.state = JobState::Succeeded;
+                self.result = Some(JobResult {
+                    outputs,
+                    license: self.tier.license(),
+                });
+                self.error = None;
+                AttemptEnd {
+                    label: "succeeded",
+                    message: None,
+                    resolution: Some(Charge::Posted),
+                }
+            }
+            AttemptOutcome::UserFailure { message } => {
+                self.state = JobState::Failed;
+                self.error = Some(JobError {
+                    class: FailureClass::User,
+                    message: message.clone(),
+                });
+                AttemptEnd {
+                    label: "user_failure",
+                    message: Some(message),
+                    resolution: Some(Charge::Posted),
+                }
+            }
+            AttemptOutcome::SystemFailure { message, retry_at } => {
+                self.error = Some(JobError {
+                    class: FailureClass::System,
+                    message: message.clone(),
+                });
+                let resolution = if self.attempts < self.max_attempts {
+                    self.state = JobState::Queued;
+                    self.retry_at = Some(retry_at);
+                    None
+                } else {
+                    self.state = JobState::Failed;
+                    Some(Charge::Voided)
+                };
+                AttemptEnd {
+                    label: "system_failure",
+                    message: Some(message),
+                    resolution,
+                }
+            }
+        };
+        if let Some(charge) = end.resolution {
+            self.charge = charge;
+            self.finished_at = Some(now);
+        }
+        self.lease = None;
+        self.worker_id = None;
+        end
+    }
+
+    /// The user (or an operator) cancels: a waiting job is refunded, one in
+    /// flight is charged (its GPU time was used). `None` when it already
+    /// ended.
+    pub fn cancel(&mut self, now: DateTime<Utc>) -> Option<Charge> {
+        let resolution = match self.state {
+            JobState::Queued => Charge::Voided,
+            JobState::Assigned | JobState::Running => Charge::Posted,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => return None,
+        };
+        self.state = JobState::Cancelled;
+        self.charge = resolution;
+        self.finished_at = Some(now);
+        self.lease = None;
+        self.worker_id = None;
+        Some(resolution)
+    }
+}
+
 /// What the worker reported for one attempt.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum AttemptOutcome {

@@ -19,8 +19,8 @@ use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
 use crate::scheduler::actor::{
-    Activate, CurrentEpoch, Deactivate, Waiting,
-    DrainWorker, GetStats, ListWorkers, Recover, SchedulerActor, SchedulerStats, WorkerView,
+    Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, ListWorkers, Recover,
+    SchedulerActor, SchedulerStats, Waiting, WorkerView,
 };
 use crate::store::{
     Activity, AttemptRecord, AttemptRef, JobCounts, JobFilter, Store, StoreError, Submission,
@@ -97,7 +97,9 @@ impl Orchestrator {
     ) -> Result<Orchestrator, OrchestratorError> {
         let orchestrator = Self::start_standby(store, config, observer).await?;
         let node = format!("solo-{}", std::process::id());
-        orchestrator.promote(&node, "", std::time::Duration::ZERO).await?;
+        orchestrator
+            .promote(&node, "", std::time::Duration::ZERO)
+            .await?;
         Ok(orchestrator)
     }
 
@@ -152,7 +154,12 @@ impl Orchestrator {
     /// under an earlier term count as lost once `grace` has passed without
     /// them ending (their workers may still finish them meanwhile); with no
     /// other node possible, `grace` is zero.
-    pub async fn promote(&self, node: &str, url: &str, grace: std::time::Duration) -> Result<u64, OrchestratorError> {
+    pub async fn promote(
+        &self,
+        node: &str,
+        url: &str,
+        grace: std::time::Duration,
+    ) -> Result<u64, OrchestratorError> {
         let epoch = self.store.become_leader(node, url, Utc::now()).await?;
         self.scheduler
             .send(Activate { epoch })
@@ -163,7 +170,13 @@ impl Orchestrator {
             .jobs_in_states(&[JobState::Assigned, JobState::Running])
             .await?;
         let waiting = self.store.jobs_in_states(&[JobState::Queued]).await?;
-        tracing::info!(epoch, node, waiting = waiting.len(), in_flight = in_flight.len(), "leading the cluster");
+        tracing::info!(
+            epoch,
+            node,
+            waiting = waiting.len(),
+            in_flight = in_flight.len(),
+            "leading the cluster"
+        );
         self.scheduler.do_send(Recover(waiting));
         let this = self.clone();
         let lost = async move {

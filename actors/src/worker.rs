@@ -444,7 +444,10 @@ impl Handler<ToWorker> for SimulatedGpu {
                     ctx.cancel_future(handle);
                 }
             }
-            ToWorker::Drain | ToWorker::Welcome { .. } | ToWorker::Error { .. } | ToWorker::Redirect { .. } => {}
+            ToWorker::Drain
+            | ToWorker::Welcome { .. }
+            | ToWorker::Error { .. }
+            | ToWorker::Redirect { .. } => {}
         }
     }
 }

@@ -380,11 +380,19 @@ pub async fn prefill(
         return;
     }
     let mut plan: Vec<usize> = Vec::new();
+    let mut left = total;
+    let last = (0..4).rev().find(|&t| !by_tier[t].is_empty());
     for t in 0..4 {
         if by_tier[t].is_empty() {
             continue;
         }
-        let n = total * u64::from(weights[t]) / live;
+        // The heaviest-numbered tier takes the rounding remainder.
+        let n = if Some(t) == last {
+            left
+        } else {
+            total * u64::from(weights[t]) / live
+        };
+        left -= n.min(left);
         plan.extend((0..n as usize).map(|i| by_tier[t][i % by_tier[t].len()]));
     }
     // Interleave the tiers so every tier is submitted throughout.

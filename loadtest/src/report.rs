@@ -13,6 +13,9 @@ use crate::cli::Plan;
 use crate::metrics::{BacklogLevel, Figures, HistSummary};
 use crate::recorder::{FaultCounts, Kill, Phase};
 
+/// Fewer dispatches made with every tier backlogged say nothing about shares.
+const MIN_SHARE_DISPATCHES: u64 = 100;
+
 const TIERS: [&str; 4] = ["free", "basic", "professional", "enterprise"];
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -326,7 +329,7 @@ pub fn text(r: &Report) -> String {
     out.push('\n');
     out.push_str(&table(&TIER_HEAD, &tier_rows(r)));
     let s = &f.shares;
-    if s.dispatches > 0 {
+    if s.dispatches >= MIN_SHARE_DISPATCHES {
         let _ = writeln!(
             out,
             "\ndispatch share while every tier was backlogged ({} dispatches over {:.1} s; max deviation {:.2} pp):",
@@ -334,7 +337,11 @@ pub fn text(r: &Report) -> String {
         );
         out.push_str(&table(&SHARE_HEAD, &share_rows(r)));
     } else {
-        out.push_str("\ndispatch share: no dispatch happened while every tier was backlogged\n");
+        let _ = writeln!(
+            out,
+            "\ndispatch share: {} dispatches happened while every tier was backlogged, too few to compare with the weights (fairness scenario does that)",
+            s.dispatches
+        );
     }
     if !r.backlog.is_empty() {
         out.push_str("\nbacklog sweep:\n");
@@ -526,7 +533,7 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
         ),
     ];
     let sh = &r.figures.shares;
-    if sh.dispatches > 0 {
+    if sh.dispatches >= MIN_SHARE_DISPATCHES {
         out.push((
             "Tier shares".to_owned(),
             charts::paired_bars(
@@ -599,7 +606,7 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
     h.push_str(&html_table(&HIST_HEAD, &latency_rows(r)));
     h.push_str("<h2>Per tier</h2>");
     h.push_str(&html_table(&TIER_HEAD, &tier_rows(r)));
-    if r.figures.shares.dispatches > 0 {
+    if r.figures.shares.dispatches >= MIN_SHARE_DISPATCHES {
         h.push_str("<h2>Dispatch share while every tier was backlogged</h2>");
         h.push_str(&html_table(&SHARE_HEAD, &share_rows(r)));
     }

@@ -510,7 +510,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         plan.replay_fraction,
         plan.cancel_fraction,
         plan.video_fraction,
-        Duration::from_millis(plan.job_ms.saturating_mul(3) + 100),
+        Duration::from_millis(plan.job_ms.saturating_mul(2) + 20),
     ));
     let spec = WorkerSpec {
         url: api.worker_url(),

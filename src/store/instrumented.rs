@@ -19,9 +19,8 @@ use admedia_actors::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::ledger::{Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::store::{
-    Leader,
-    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, NewJob,
-    Settlement, Store, StoreError, StoreResult, Submission,
+    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
+    NewJob, Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
@@ -217,8 +216,11 @@ impl Store for InstrumentedStore {
         epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job> {
-        self.timed("assign_job", self.inner.assign_job(attempt, worker, epoch, now))
-            .await
+        self.timed(
+            "assign_job",
+            self.inner.assign_job(attempt, worker, epoch, now),
+        )
+        .await
     }
 
     async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
@@ -295,7 +297,8 @@ impl Store for InstrumentedStore {
     }
 
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
-        self.timed("become_leader", self.inner.become_leader(node, url, now)).await
+        self.timed("become_leader", self.inner.become_leader(node, url, now))
+            .await
     }
 
     async fn leader(&self) -> StoreResult<Option<Leader>> {

@@ -14,14 +14,13 @@ use std::time::Duration;
 use admedia_actors::email::Email;
 use admedia_actors::ids::{ApiKeyId, EntryId, JobId, LeaseToken, UserId, WorkerId};
 use admedia_actors::job::{
-    AttemptOutcome, Charge, FailureClass, Job, JobError, JobKind, JobParams, JobResult, JobSpec,
-    JobState,
+    AttemptOutcome, Charge, Job, JobError, JobKind, JobParams, JobResult, JobSpec, JobState,
 };
 use admedia_actors::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
 use admedia_actors::money::{Credits, MoneyError, Wallet};
 use admedia_actors::store::{
-    Leader, Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, NewJob,
-    Settlement, Store, StoreError, StoreResult, Submission,
+    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
+    NewJob, Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::{Membership, Tier};
 use admedia_actors::user::{AccountStatus, DisplayName, KeyHash, NewUser, User};
@@ -429,9 +428,12 @@ async fn resolve_hold(
 pub const WAITING_CHANNEL: &str = "admedia_waiting";
 
 async fn notify_waiting(tx: &Transaction<'_>, job: JobId) -> StoreResult<()> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&WAITING_CHANNEL, &job.to_string()])
-        .await
-        .map_err(db)?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&WAITING_CHANNEL, &job.to_string()],
+    )
+    .await
+    .map_err(db)?;
     Ok(())
 }
 
@@ -908,7 +910,10 @@ impl Store for PgStore {
         // assignments of the term it ends, and no assignment of that term
         // can commit after it.
         let current: i64 = tx
-            .query_one("SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE", &[])
+            .query_one(
+                "SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE",
+                &[],
+            )
             .await
             .map_err(db)?
             .get(0);
@@ -987,61 +992,18 @@ impl Store for PgStore {
         let mut job = lock_job(&tx, attempt.job_id).await?;
         fenced(&job, &attempt, &[JobState::Assigned, JobState::Running])?;
         let before = job.state;
-        let (attempt_outcome, message) = match &outcome {
-            AttemptOutcome::Succeeded { .. } => ("succeeded", None),
-            AttemptOutcome::UserFailure { message } => ("user_failure", Some(message.clone())),
-            AttemptOutcome::SystemFailure { message, .. } => {
-                ("system_failure", Some(message.clone()))
-            }
+        let end = job.end_attempt(outcome, now);
+        let wallet = match end.resolution {
+            Some(resolution) => resolve_hold(&tx, &job, wallet, resolution, now).await?,
+            None => wallet,
         };
-        let wallet = match outcome {
-            AttemptOutcome::Succeeded { outputs } => {
-                job.state = JobState::Succeeded;
-                job.result = Some(JobResult {
-                    outputs,
-                    license: job.tier.license(),
-                });
-                job.error = None;
-                job.charge = Charge::Posted;
-                resolve_hold(&tx, &job, wallet, Charge::Posted, now).await?
-            }
-            AttemptOutcome::UserFailure { message } => {
-                job.state = JobState::Failed;
-                job.error = Some(JobError {
-                    class: FailureClass::User,
-                    message,
-                });
-                job.charge = Charge::Posted;
-                resolve_hold(&tx, &job, wallet, Charge::Posted, now).await?
-            }
-            AttemptOutcome::SystemFailure { message, retry_at } => {
-                job.error = Some(JobError {
-                    class: FailureClass::System,
-                    message,
-                });
-                if job.attempts < job.max_attempts {
-                    job.state = JobState::Queued;
-                    job.retry_at = Some(retry_at);
-                    wallet
-                } else {
-                    job.state = JobState::Failed;
-                    job.charge = Charge::Voided;
-                    resolve_hold(&tx, &job, wallet, Charge::Voided, now).await?
-                }
-            }
-        };
-        job.lease = None;
-        job.worker_id = None;
-        if job.state.is_terminal() {
-            job.finished_at = Some(now);
-        }
         write_job(&tx, before, &job).await?;
         if job.state == JobState::Queued {
             notify_waiting(&tx, job.id).await?;
         }
         tx.execute(
             "UPDATE job_attempts SET finished_at = $2, outcome = $3, message = $4 WHERE lease = $1",
-            &[&attempt.lease.as_uuid(), &now, &attempt_outcome, &message],
+            &[&attempt.lease.as_uuid(), &now, &end.label, &end.message],
         )
         .await
         .map_err(db)?;
@@ -1064,16 +1026,7 @@ impl Store for PgStore {
         }
         let previous = job.state;
         let previous_lease = job.lease;
-        let resolution = match previous {
-            JobState::Queued => Charge::Voided,
-            JobState::Assigned | JobState::Running => Charge::Posted,
-            _ => return Err(StoreError::JobFinished),
-        };
-        job.state = JobState::Cancelled;
-        job.charge = resolution;
-        job.finished_at = Some(now);
-        job.lease = None;
-        job.worker_id = None;
+        let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
         let wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
         write_job(&tx, previous, &job).await?;
         if let Some(lease) = previous_lease {
@@ -1259,7 +1212,10 @@ impl Store for PgStore {
     async fn leader(&self) -> StoreResult<Option<Leader>> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT epoch, node, url, since FROM cluster_leader WHERE id = 1", &[])
+            .query_one(
+                "SELECT epoch, node, url, since FROM cluster_leader WHERE id = 1",
+                &[],
+            )
             .await
             .map_err(db)?;
         let epoch: i64 = row.get(0);

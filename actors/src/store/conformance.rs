@@ -76,7 +76,12 @@ async fn assign(store: &Shared, job: &Job) -> AttemptRef {
         lease: LeaseToken::generate(),
     };
     store
-        .assign_job(attempt, WorkerId::generate(), current_epoch(store).await, Utc::now())
+        .assign_job(
+            attempt,
+            WorkerId::generate(),
+            current_epoch(store).await,
+            Utc::now(),
+        )
         .await
         .expect("assign");
     attempt
@@ -702,22 +707,40 @@ pub async fn webhook_secret_is_created_once_per_user(store: Shared) {
 pub async fn assignments_of_a_deposed_term_are_refused(store: Shared) {
     let user = user_with(&store, "fence@example.com", 10).await;
     let job = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
-    let first = store.become_leader("node-a", "http://a", Utc::now()).await.unwrap();
-    let second = store.become_leader("node-b", "http://b", Utc::now()).await.unwrap();
+    let first = store
+        .become_leader("node-a", "http://a", Utc::now())
+        .await
+        .unwrap();
+    let second = store
+        .become_leader("node-b", "http://b", Utc::now())
+        .await
+        .unwrap();
     assert_eq!(second, first + 1);
     let leader = store.leader().await.unwrap().expect("a leader");
-    assert_eq!((leader.epoch, leader.node.as_str(), leader.url.as_str()), (second, "node-b", "http://b"));
+    assert_eq!(
+        (leader.epoch, leader.node.as_str(), leader.url.as_str()),
+        (second, "node-b", "http://b")
+    );
     let attempt = AttemptRef {
         job_id: job.id,
         attempt: 1,
         lease: LeaseToken::generate(),
     };
     assert_eq!(
-        store.assign_job(attempt, WorkerId::generate(), first, Utc::now()).await.unwrap_err(),
+        store
+            .assign_job(attempt, WorkerId::generate(), first, Utc::now())
+            .await
+            .unwrap_err(),
         StoreError::Deposed { current: second }
     );
-    assert_eq!(store.job(job.id).await.unwrap().unwrap().state, JobState::Queued);
-    store.assign_job(attempt, WorkerId::generate(), second, Utc::now()).await.unwrap();
+    assert_eq!(
+        store.job(job.id).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    store
+        .assign_job(attempt, WorkerId::generate(), second, Utc::now())
+        .await
+        .unwrap();
 }
 
 /// Expands to one test per conformance check, each on a fresh store made

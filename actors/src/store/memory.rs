@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::*;
 use crate::email::Email;
-use crate::job::{Charge, FailureClass, JobError, JobResult};
+use crate::job::Charge;
 use crate::ledger::{EntryKind, GrantSource};
 use crate::money::MoneyError;
 
@@ -484,59 +484,16 @@ impl Store for MemoryStore {
         let mut s = self.state.lock();
         let mut job = s.job_in(&attempt, &[JobState::Assigned, JobState::Running])?;
         let before = job.state;
-        let (label, message) = match &outcome {
-            AttemptOutcome::Succeeded { .. } => ("succeeded", None),
-            AttemptOutcome::UserFailure { message } => ("user_failure", Some(message.clone())),
-            AttemptOutcome::SystemFailure { message, .. } => {
-                ("system_failure", Some(message.clone()))
-            }
+        let end = job.end_attempt(outcome, now);
+        let wallet = match end.resolution {
+            Some(resolution) => s.resolve_hold(&job, resolution, now)?,
+            None => s.account(job.user_id)?.wallet,
         };
-        let wallet = match outcome {
-            AttemptOutcome::Succeeded { outputs } => {
-                job.state = JobState::Succeeded;
-                job.result = Some(JobResult {
-                    outputs,
-                    license: job.tier.license(),
-                });
-                job.error = None;
-                job.charge = Charge::Posted;
-                s.resolve_hold(&job, Charge::Posted, now)?
-            }
-            AttemptOutcome::UserFailure { message } => {
-                job.state = JobState::Failed;
-                job.error = Some(JobError {
-                    class: FailureClass::User,
-                    message,
-                });
-                job.charge = Charge::Posted;
-                s.resolve_hold(&job, Charge::Posted, now)?
-            }
-            AttemptOutcome::SystemFailure { message, retry_at } => {
-                job.error = Some(JobError {
-                    class: FailureClass::System,
-                    message,
-                });
-                if job.attempts < job.max_attempts {
-                    job.state = JobState::Queued;
-                    job.retry_at = Some(retry_at);
-                    s.account(job.user_id)?.wallet
-                } else {
-                    job.state = JobState::Failed;
-                    job.charge = Charge::Voided;
-                    s.resolve_hold(&job, Charge::Voided, now)?
-                }
-            }
-        };
-        job.lease = None;
-        job.worker_id = None;
-        if job.state.is_terminal() {
-            job.finished_at = Some(now);
-        }
         s.put_job(before, job.clone())?;
         if let Some(a) = s.attempt_mut(job.id, attempt.lease) {
             a.finished_at = Some(now);
-            a.outcome = Some(label.to_owned());
-            a.message = message;
+            a.outcome = Some(end.label.to_owned());
+            a.message = end.message;
         }
         Ok(Settlement { job, wallet })
     }
@@ -554,16 +511,7 @@ impl Store for MemoryStore {
         };
         let previous = job.state;
         let previous_lease = job.lease;
-        let resolution = match previous {
-            JobState::Queued => Charge::Voided,
-            JobState::Assigned | JobState::Running => Charge::Posted,
-            _ => return Err(StoreError::JobFinished),
-        };
-        job.state = JobState::Cancelled;
-        job.charge = resolution;
-        job.finished_at = Some(now);
-        job.lease = None;
-        job.worker_id = None;
+        let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
         let wallet = s.resolve_hold(&job, resolution, now)?;
         s.put_job(previous, job.clone())?;
         if let Some(lease) = previous_lease {

@@ -148,7 +148,9 @@ async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, Refused
                     ))
                 }
                 Some(Err(e)) => {
-                    return Err(Refused::Failed(format!("websocket error before welcome: {e}")))
+                    return Err(Refused::Failed(format!(
+                        "websocket error before welcome: {e}"
+                    )))
                 }
                 Some(Ok(Frame::Text(text))) => match serde_json::from_slice::<ToWorker>(&text) {
                     Ok(ToWorker::Welcome {
@@ -160,7 +162,9 @@ async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, Refused
                         return Ok(Duration::from_millis(heartbeat_ms).max(MIN_HEARTBEAT));
                     }
                     Ok(ToWorker::Error { message }) => {
-                        return Err(Refused::Failed(format!("the server refused hello: {message}")))
+                        return Err(Refused::Failed(format!(
+                            "the server refused hello: {message}"
+                        )))
                     }
                     Ok(ToWorker::Redirect { url }) => {
                         tracing::info!(%url, "this node stands by; following it to the leader");
@@ -183,7 +187,9 @@ async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, Refused
     };
     tokio::time::timeout(WELCOME_TIMEOUT, welcome)
         .await
-        .map_err(|_| Refused::Failed(format!("no welcome within {} s", WELCOME_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            Refused::Failed(format!("no welcome within {} s", WELCOME_TIMEOUT.as_secs()))
+        })?
 }
 
 async fn send(ws: &mut Socket, message: &FromWorker) -> Result<(), String> {

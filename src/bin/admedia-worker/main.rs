@@ -69,7 +69,9 @@ async fn main() -> ExitCode {
                 let target = base.replacen("http://", "ws://", 1);
                 match cli::connect_url(&target) {
                     Ok(url) => config.url = url,
-                    Err(e) => tracing::warn!(error = %e, "unusable redirect; keeping the configured server"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unusable redirect; keeping the configured server")
+                    }
                 }
                 tokio::time::sleep(FIRST_RETRY).await;
             }
