@@ -568,7 +568,10 @@ impl Store for MemoryStore {
         let Some(account) = s.accounts.get(&job.user_id) else {
             return Ok(None);
         };
-        let ahead = account.queued.range(..job.seq).count();
+        // Counted from the back: a job just submitted is last, so this is
+        // O(1) where it matters (every submission asks).
+        let behind = account.queued.range(job.seq..).count();
+        let ahead = account.queued.len().saturating_sub(behind);
         Ok(Some(
             u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1),
         ))

@@ -120,7 +120,10 @@ pub async fn run(
 }
 
 async fn connect(config: &Config) -> Result<Socket, String> {
-    let client = awc::Client::builder().timeout(CONNECT_TIMEOUT).finish();
+    let client = awc::Client::builder()
+        .timeout(CONNECT_TIMEOUT)
+        .connector(awc::Connector::new().connector(crate::nodelay::NoDelayConnector::default()))
+        .finish();
     let (_, ws) = client
         .ws(config.url.as_str())
         .header(AUTHORIZATION, config.authorization.clone())

@@ -12,6 +12,7 @@ mod backoff;
 mod cli;
 mod connection;
 mod executor;
+mod nodelay;
 mod shutdown;
 
 use std::process::ExitCode;
