@@ -85,8 +85,10 @@ impl Drop for ArbiterGuard {
 }
 
 impl Orchestrator {
-    /// Starts the actors on their own threads (the scheduler, job and
-    /// worker actors on one; wallets on another) and recovers what the
+    /// Starts the actors on a thread of their own (all of them: measured,
+    /// one actor thread beside the HTTP threads beats spreading wallets over
+    /// a second one, whose cross-thread wake-ups cost more than they gain on
+    /// two cores) and recovers what the
     /// store holds: waiting jobs return to the line in their order, and
     /// attempts that were in flight when the last process died count as
     /// system failures (retried, or refunded when attempts are spent).
@@ -116,12 +118,12 @@ impl Orchestrator {
         let config_prices = config.prices;
         let config = Arc::new(config);
         let scheduling = Arbiter::new();
-        let wallet_arbiter = Arbiter::new();
         let wallets = WalletRegistry::new(
             store.clone(),
             config.clone(),
             observer.clone(),
-            vec![wallet_arbiter.handle()],
+            // Wallet actors live on the scheduling thread too (see above).
+            vec![scheduling.handle()],
         );
         let scheduler = {
             let (store, wallets, config, observer) = (
@@ -142,7 +144,7 @@ impl Orchestrator {
             wallets,
             scheduler,
             actor_arbiter: scheduling.handle(),
-            _arbiters: Arc::new(ArbiterGuard(vec![scheduling, wallet_arbiter])),
+            _arbiters: Arc::new(ArbiterGuard(vec![scheduling])),
             platform: Arc::new(crate::platform::Platform::new(config_prices)),
         };
         orchestrator.start_platform().await?;

@@ -427,6 +427,10 @@ async fn resolve_hold(
 /// a slot, so the active scheduler on any node hears of it at commit.
 pub const WAITING_CHANNEL: &str = "admedia_waiting";
 
+/// The transaction-level advisory lock that fences assignments against
+/// elections (see `assign_job`).
+const EPOCH_FENCE: i64 = 0x0061_646d_6570_6f63;
+
 async fn notify_waiting(tx: &Transaction<'_>, job: JobId) -> StoreResult<()> {
     tx.execute(
         "SELECT pg_notify($1, $2)",
@@ -906,14 +910,16 @@ impl Store for PgStore {
     ) -> StoreResult<Job> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        // FOR SHARE: an election (which updates this row) waits for the
-        // assignments of the term it ends, and no assignment of that term
-        // can commit after it.
+        // The fence: assignments hold it shared, an election exclusively,
+        // so an election waits for the assignments of the term it ends and
+        // no assignment of that term can commit after it. (An advisory lock
+        // rather than FOR SHARE on the leader row: share locks from many
+        // concurrent assignments on one row serialize on it.)
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&EPOCH_FENCE])
+            .await
+            .map_err(db)?;
         let current: i64 = tx
-            .query_one(
-                "SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE",
-                &[],
-            )
+            .query_one("SELECT epoch FROM cluster_leader WHERE id = 1", &[])
             .await
             .map_err(db)?
             .get(0);
@@ -1196,8 +1202,12 @@ impl Store for PgStore {
     }
 
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
-        let client = self.client().await?;
-        let epoch: i64 = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EPOCH_FENCE])
+            .await
+            .map_err(db)?;
+        let epoch: i64 = tx
             .query_one(
                 "UPDATE cluster_leader SET epoch = epoch + 1, node = $1, url = $2, since = $3 WHERE id = 1 \
                  RETURNING epoch",
@@ -1206,6 +1216,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?
             .get(0);
+        tx.commit().await.map_err(db)?;
         Ok(u64::try_from(epoch).unwrap_or(0))
     }
 
