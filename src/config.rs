@@ -141,14 +141,14 @@ pub struct Settings {
     #[arg(long, env = "ADMEDIA_PAYMENT_TOLERANCE_SECS", default_value_t = 300)]
     pub payment_tolerance_secs: u64,
     /// Least notice of a price change (ToS 4.5): `7d`, `36h`, `3600s` or seconds.
-    #[arg(long, env = "ADMEDIA_PRICE_NOTICE", default_value = "7d", value_parser = platform_duration)]
+    #[arg(long, env = "ADMEDIA_PRICE_NOTICE", default_value = "7d", value_parser = parse_duration)]
     pub price_notice: Duration,
     /// Gift credits per paid membership month, e.g.
     /// `basic=200,professional=1000,enterprise=5000` (unnamed tiers keep their default).
     #[arg(long, env = "ADMEDIA_MEMBERSHIP_GIFTS", default_value = "")]
     pub membership_gifts: String,
     /// How often due membership gifts are granted and prices reloaded.
-    #[arg(long, env = "ADMEDIA_GIFT_SWEEP", default_value = "60s", value_parser = platform_duration)]
+    #[arg(long, env = "ADMEDIA_GIFT_SWEEP", default_value = "60s", value_parser = parse_duration)]
     pub gift_sweep: Duration,
     /// A content rules file (TOML or JSON); default: the rules shipped in
     /// `actors/rules/content.toml`.
@@ -158,13 +158,8 @@ pub struct Settings {
     #[arg(long, env = "ADMEDIA_VIOLATIONS_BEFORE_SUSPEND", default_value_t = 5)]
     pub violations_before_suspend: u32,
     /// The window refused prompts are counted in: `24h`, `30m`, seconds.
-    #[arg(long, env = "ADMEDIA_VIOLATION_WINDOW", default_value = "24h", value_parser = platform_duration)]
+    #[arg(long, env = "ADMEDIA_VIOLATION_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub violation_window: Duration,
-}
-
-/// `7d`, `36h`, `1d12h`, `3600s`, or a plain number of seconds.
-fn platform_duration(raw: &str) -> Result<Duration, String> {
-    admedia_actors::price_schedule::parse_duration(raw)
 }
 
 impl Default for Settings {
@@ -177,25 +172,8 @@ impl Default for Settings {
     }
 }
 
-/// `10s`, `2500ms`, `1m`, or a plain number of seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&raw[..i], &raw[i..]),
-        None => (raw, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?}: expected e.g. 10s or 2500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        "d" => Ok(Duration::from_secs(n * 86_400)),
-        _ => Err(format!("{raw:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
-    }
-}
+/// `10s`, `2500ms`, `1m`, `1d12h`, or a plain number of seconds.
+pub use admedia_actors::price_schedule::parse_duration;
 
 /// `basic=200,professional=1000,enterprise=5000` over `base`.
 fn parse_gifts(

@@ -130,36 +130,40 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        if c.is_whitespace() {
-            continue;
-        }
-        let unit: u64 = match c {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            other => return Err(format!("{raw:?}: unknown unit {other:?} (use d, h, m, s)")),
-        };
-        let n: u64 = number
+    let mut total_ms: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("{raw:?}: a number must come before {c:?}"))?;
-        number.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
+            .map_err(|_| format!("{raw:?}: expected a number, e.g. 7d, 36h, 2500ms"))?;
+        rest = &rest[digits..];
+        let letters = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..letters] {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            "" => return Err(format!("{raw:?}: a number needs a unit (d, h, m, s, ms)")),
+            other => {
+                return Err(format!(
+                    "{raw:?}: unknown unit {other:?} (use d, h, m, s, ms)"
+                ))
+            }
+        };
+        rest = &rest[letters..];
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|v| total_ms.checked_add(v))
             .ok_or_else(|| format!("{raw:?}: too long"))?;
     }
-    if !number.is_empty() {
-        return Err(format!("{raw:?}: a number needs a unit (d, h, m, s)"));
-    }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 #[cfg(test)]
