@@ -373,8 +373,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(platform_duration("1d12h").is_ok());
-        assert!(platform_duration("soon").is_err());
+        assert!(parse_duration("1d12h").is_ok());
+        assert!(parse_duration("soon").is_err());
         assert!(Settings::default().content_policy().is_ok());
         let mut s = Settings::default();
         s.content_rules = Some("/nonexistent/rules.toml".into());
