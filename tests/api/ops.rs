@@ -3,7 +3,7 @@
 
 use actix_web::http::Method;
 
-use crate::helpers::{id_of, image_job, register, spawn_app_without_workers, submit_ok, Body};
+use crate::helpers::*;
 
 #[actix_web::test]
 async fn healthz_and_readyz_answer() {
@@ -133,4 +133,130 @@ async fn request_ids_are_echoed_or_generated() {
         .await;
     res.expect_problem(401, "unauthorized");
     assert_eq!(res.header("x-request-id").as_deref(), Some("trace-err"));
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    app.get("/metrics", None).await.text()
+}
+
+/// The value of one sample line of the exposition, e.g.
+/// `admedia_credits_moved_total{movement="void"}`; labels in any order.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+#[actix_web::test]
+async fn each_outcome_moves_exactly_its_counters() {
+    // Every attempt fails for a system reason: three attempts, then a refund.
+    let app = spawn_app_with(|s| {
+        s.sim_failure_rate = 1.0;
+        s.max_attempts = 3;
+    })
+    .await;
+    let before = metrics_text(&app).await;
+    let (_, key) = register(&app, "counted@example.com").await;
+    let id = id_of(&submit_ok(&app, &key, &image_job()).await);
+    wait_for_state(&app, &key, &id, "failed", WAIT).await;
+    let after = metrics_text(&app).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(
+        delta(
+            "admedia_attempts_total",
+            &[("kind", "image"), ("outcome", "system_failure")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "admedia_attempts_total",
+            &[("kind", "image"), ("outcome", "succeeded")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        delta("admedia_credits_moved_total", &[("movement", "void")]),
+        1.0
+    );
+    assert_eq!(
+        delta("admedia_credits_moved_total", &[("movement", "post")]),
+        0.0
+    );
+    assert_eq!(
+        delta("admedia_credits_moved_total", &[("movement", "hold")]),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "admedia_jobs_finished_total",
+            &[("kind", "image"), ("tier", "free"), ("outcome", "failed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "admedia_jobs_finished_total",
+            &[
+                ("kind", "image"),
+                ("tier", "free"),
+                ("outcome", "succeeded")
+            ]
+        ),
+        0.0
+    );
+
+    // A success moves the success counters only.
+    let app = spawn_app().await;
+    let before = metrics_text(&app).await;
+    let (_, key) = register(&app, "counted.ok@example.com").await;
+    let id = id_of(&submit_ok(&app, &key, &image_job()).await);
+    wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+    let after = metrics_text(&app).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(
+        delta(
+            "admedia_attempts_total",
+            &[("kind", "image"), ("outcome", "succeeded")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "admedia_attempts_total",
+            &[("kind", "image"), ("outcome", "system_failure")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        delta("admedia_credits_moved_total", &[("movement", "post")]),
+        1.0
+    );
+    assert_eq!(
+        delta("admedia_credits_moved_total", &[("movement", "void")]),
+        0.0
+    );
+    assert_eq!(
+        delta(
+            "admedia_jobs_finished_total",
+            &[
+                ("kind", "image"),
+                ("tier", "free"),
+                ("outcome", "succeeded")
+            ]
+        ),
+        1.0
+    );
 }
