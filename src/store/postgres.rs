@@ -855,27 +855,8 @@ impl Store for PgStore {
             new.now,
         )
         .await?;
-        let job = Job {
-            id: new.id,
-            user_id: new.user_id,
-            seq: u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?,
-            spec: new.spec,
-            tier: new.tier,
-            cost: new.cost,
-            state: JobState::Queued,
-            attempts: 0,
-            max_attempts: new.max_attempts,
-            created_at: new.now,
-            started_at: None,
-            finished_at: None,
-            retry_at: None,
-            error: None,
-            result: None,
-            charge: Charge::Held,
-            worker_id: None,
-            lease: None,
-            price_version: new.price_version,
-        };
+        let seq = u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?;
+        let job = new.queued_job(seq);
         if let Some((key, hash)) = &new.idempotency {
             tx.execute(
                 "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, response, created_at) \

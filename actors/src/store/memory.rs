@@ -367,27 +367,7 @@ impl Store for MemoryStore {
         // Checked before any write so a refusal leaves nothing behind.
         account.wallet.hold(new.cost).map_err(money)?;
         s.next_seq += 1;
-        let job = Job {
-            id: new.id,
-            user_id: new.user_id,
-            seq: s.next_seq,
-            spec: new.spec,
-            tier: new.tier,
-            cost: new.cost,
-            state: JobState::Queued,
-            attempts: 0,
-            max_attempts: new.max_attempts,
-            created_at: new.now,
-            started_at: None,
-            finished_at: None,
-            retry_at: None,
-            error: None,
-            result: None,
-            charge: Charge::Held,
-            worker_id: None,
-            lease: None,
-            price_version: new.price_version,
-        };
+        let job = new.queued_job(s.next_seq);
         if s.jobs.contains_key(&job.id) {
             return Err(StoreError::Invariant(format!("job id {} reused", job.id)));
         }

@@ -95,6 +95,33 @@ pub struct NewJob {
     pub price_version: u32,
 }
 
+impl NewJob {
+    /// The job as inserted: waiting, nothing attempted, its hold open.
+    pub fn queued_job(&self, seq: u64) -> Job {
+        Job {
+            id: self.id,
+            user_id: self.user_id,
+            seq,
+            spec: self.spec.clone(),
+            tier: self.tier,
+            cost: self.cost,
+            state: JobState::Queued,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            created_at: self.now,
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            error: None,
+            result: None,
+            charge: crate::job::Charge::Held,
+            worker_id: None,
+            lease: None,
+            price_version: self.price_version,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Submission {
     /// The job as created; on a replay, as it was first returned.
