@@ -312,25 +312,61 @@ fn entry_row(r: &Row) -> StoreResult<LedgerEntry> {
     })
 }
 
+/// Statements run as prepared statements cached per connection: a plain
+/// `execute(&str)` costs an extra round trip to prepare every time, and
+/// round trips are what a transaction here is made of.
+async fn cached_execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let statement = tx.prepare_cached(sql).await.map_err(db)?;
+    tx.execute(&statement, params).await.map_err(db)
+}
+
+async fn cached_query(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let statement = tx.prepare_cached(sql).await.map_err(db)?;
+    tx.query(&statement, params).await.map_err(db)
+}
+
+async fn cached_query_one(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Row, StoreError> {
+    let statement = tx.prepare_cached(sql).await.map_err(db)?;
+    tx.query_one(&statement, params).await.map_err(db)
+}
+
+async fn cached_query_opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<Row>, StoreError> {
+    let statement = tx.prepare_cached(sql).await.map_err(db)?;
+    tx.query_opt(&statement, params).await.map_err(db)
+}
+
 /// Locks the user's wallet row for the rest of the transaction.
 async fn lock_wallet(tx: &Transaction<'_>, user: UserId) -> StoreResult<Wallet> {
-    let row = tx
-        .query_opt(
-            "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE",
-            &[&user.as_uuid()],
-        )
-        .await
-        .map_err(db)?
-        .ok_or(StoreError::NotFound("user"))?;
+    let row = cached_query_opt(
+        &tx,
+        "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE",
+        &[&user.as_uuid()],
+    )
+    .await?
+    .ok_or(StoreError::NotFound("user"))?;
     Wallet::new(credits(row.get(0))?, credits(row.get(1))?).map_err(money)
 }
 
 async fn lock_job(tx: &Transaction<'_>, id: JobId) -> StoreResult<Job> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
-    let row = tx
-        .query_opt(&sql, &[&id.as_uuid()])
-        .await
-        .map_err(db)?
+    let row = cached_query_opt(&tx, &sql, &[&id.as_uuid()])
+        .await?
         .ok_or(StoreError::NotFound("job"))?;
     job_row(&row)
 }
@@ -357,30 +393,37 @@ async fn book(
         EntryKind::Void => before.void(amount),
     }
     .map_err(money)?;
-    tx.execute(
+    // Both statements go out together: tokio-postgres pipelines queries
+    // polled at once on one connection, so this is one round trip.
+    let (user_id, balance, held) = (user.as_uuid(), after.balance.get(), after.held.get());
+    let (kind_s, amount_v) = (kind.as_str(), amount.get());
+    let (source_s, job_id) = (source.map(GrantSource::as_str), job.map(|j| j.as_uuid()));
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let update_params: [Param; 3] = [&user_id, &balance, &held];
+    let insert_params: [Param; 10] = [
+        &user_id,
+        &kind_s,
+        &amount_v,
+        &balance,
+        &held,
+        &source_s,
+        &job_id,
+        &note,
+        &idempotency_key,
+        &now,
+    ];
+    let update = cached_execute(
+        tx,
         "UPDATE wallets SET balance = $2, held = $3 WHERE user_id = $1",
-        &[&user.as_uuid(), &after.balance.get(), &after.held.get()],
-    )
-    .await
-    .map_err(db)?;
-    tx.execute(
+        &update_params,
+    );
+    let insert = cached_execute(
+        tx,
         "INSERT INTO ledger_entries (user_id, kind, amount, balance, held, source, job_id, note, idempotency_key, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &user.as_uuid(),
-            &kind.as_str(),
-            &amount.get(),
-            &after.balance.get(),
-            &after.held.get(),
-            &source.map(GrantSource::as_str),
-            &job.map(|j| j.as_uuid()),
-            &note,
-            &idempotency_key,
-            &now,
-        ],
-    )
-    .await
-    .map_err(db)?;
+        &insert_params,
+    );
+    futures_util::try_join!(update, insert)?;
     Ok(after)
 }
 
@@ -398,17 +441,16 @@ async fn resolve_hold(
         Charge::Voided => EntryKind::Void,
         Charge::Held => return Err(StoreError::Invariant("resolve to held".into())),
     };
-    let n = tx
-        .execute(
-            "UPDATE holds SET state = $2, resolved_at = $3 WHERE job_id = $1 AND state = 'held'",
-            &[&job.id.as_uuid(), &charge_str(resolution), &now],
-        )
-        .await
-        .map_err(db)?;
-    if n != 1 {
-        return Err(StoreError::HoldResolved);
-    }
-    book(
+    // The resolution and its ledger entry go out together; if the hold was
+    // not open the transaction fails, and nothing of it is committed.
+    let (job_uuid, charge_s) = (job.id.as_uuid(), charge_str(resolution));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&job_uuid, &charge_s, &now];
+    let resolve = cached_execute(
+        tx,
+        "UPDATE holds SET state = $2, resolved_at = $3 WHERE job_id = $1 AND state = 'held'",
+        &params,
+    );
+    let booked = book(
         tx,
         job.user_id,
         wallet,
@@ -419,8 +461,12 @@ async fn resolve_hold(
         None,
         None,
         now,
-    )
-    .await
+    );
+    let (resolved, wallet) = futures_util::try_join!(resolve, booked)?;
+    if resolved != 1 {
+        return Err(StoreError::HoldResolved);
+    }
+    Ok(wallet)
 }
 
 /// The channel on which the store announces a job that (again) waits for
@@ -432,12 +478,12 @@ pub const WAITING_CHANNEL: &str = "admedia_waiting";
 const EPOCH_FENCE: i64 = 0x0061_646d_6570_6f63;
 
 async fn notify_waiting(tx: &Transaction<'_>, job: JobId) -> StoreResult<()> {
-    tx.execute(
+    cached_execute(
+        &tx,
         "SELECT pg_notify($1, $2)",
         &[&WAITING_CHANNEL, &job.to_string()],
     )
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(())
 }
 
@@ -452,9 +498,7 @@ async fn write_job(tx: &Transaction<'_>, before: JobState, job: &Job) -> StoreRe
     }
     let error = job.error.as_ref().map(to_json).transpose()?;
     let result = job.result.as_ref().map(to_json).transpose()?;
-    let n = tx
-        .execute(
-            "UPDATE jobs SET state = $3, attempts = $4, charge = $5, started_at = $6, finished_at = $7, \
+    let n = cached_execute(&tx, "UPDATE jobs SET state = $3, attempts = $4, charge = $5, started_at = $6, finished_at = $7, \
              retry_at = $8, error = $9, result = $10, worker_id = $11, lease = $12 \
              WHERE id = $1 AND state = $2",
             &[
@@ -470,10 +514,7 @@ async fn write_job(tx: &Transaction<'_>, before: JobState, job: &Job) -> StoreRe
                 &result,
                 &job.worker_id.map(|w| w.as_uuid()),
                 &job.lease.map(|l| l.as_uuid()),
-            ],
-        )
-        .await
-        .map_err(db)?;
+            ],).await?;
     if n != 1 {
         return Err(StoreError::StaleTransition {
             job: job.id,
@@ -541,7 +582,8 @@ impl Store for PgStore {
                 other.map_err(db)?;
             }
         }
-        tx.execute(
+        cached_execute(
+            &tx,
             "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
             &[
                 &ApiKeyId::generate().as_uuid(),
@@ -550,14 +592,13 @@ impl Store for PgStore {
                 &now,
             ],
         )
-        .await
-        .map_err(db)?;
-        tx.execute(
+        .await?;
+        cached_execute(
+            &tx,
             "INSERT INTO wallets (user_id) VALUES ($1)",
             &[&id.as_uuid()],
         )
-        .await
-        .map_err(db)?;
+        .await?;
         let wallet = if reward.is_zero() {
             Wallet::default()
         } else {
@@ -641,23 +682,19 @@ impl Store for PgStore {
     async fn set_status(&self, id: UserId, new_status: AccountStatus) -> StoreResult<User> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let current = tx
-            .query_opt(
-                "SELECT status FROM users WHERE id = $1 FOR UPDATE",
-                &[&id.as_uuid()],
-            )
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound("user"))?;
+        let current = cached_query_opt(
+            &tx,
+            "SELECT status FROM users WHERE id = $1 FOR UPDATE",
+            &[&id.as_uuid()],
+        )
+        .await?
+        .ok_or(StoreError::NotFound("user"))?;
         let current = status(current.get(0))?;
         if current == AccountStatus::Terminated && new_status != AccountStatus::Terminated {
             return Err(StoreError::AccountInactive(AccountStatus::Terminated));
         }
         let sql = format!("UPDATE users SET status = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
-        let row = tx
-            .query_one(&sql, &[&id.as_uuid(), &new_status.as_str()])
-            .await
-            .map_err(db)?;
+        let row = cached_query_one(&tx, &sql, &[&id.as_uuid(), &new_status.as_str()]).await?;
         tx.commit().await.map_err(db)?;
         user_row(&row)
     }
@@ -720,13 +757,12 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(db)?;
         let wallet = lock_wallet(&tx, user).await?;
         if let Some(key) = &grant.idempotency_key {
-            let seen = tx
-                .query_opt(
-                    "SELECT 1 FROM ledger_entries WHERE user_id = $1 AND idempotency_key = $2",
-                    &[&user.as_uuid(), key],
-                )
-                .await
-                .map_err(db)?;
+            let seen = cached_query_opt(
+                &tx,
+                "SELECT 1 FROM ledger_entries WHERE user_id = $1 AND idempotency_key = $2",
+                &[&user.as_uuid(), key],
+            )
+            .await?;
             if seen.is_some() {
                 return Ok(GrantOutcome {
                     wallet,
@@ -759,13 +795,8 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(db)?;
         let wallet = lock_wallet(&tx, new.user_id).await?;
         if let Some((key, hash)) = &new.idempotency {
-            let seen = tx
-                .query_opt(
-                    "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2",
-                    &[&new.user_id.as_uuid(), &key.as_str()],
-                )
-                .await
-                .map_err(db)?;
+            let seen = cached_query_opt(&tx, "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                    &[&new.user_id.as_uuid(), &key.as_str()],).await?;
             if let Some(row) = seen {
                 let stored: Vec<u8> = row.get(0);
                 if stored[..] != hash.0[..] {
@@ -778,25 +809,19 @@ impl Store for PgStore {
                 });
             }
         }
-        let user_status = tx
-            .query_one(
-                "SELECT status FROM users WHERE id = $1",
-                &[&new.user_id.as_uuid()],
-            )
-            .await
-            .map_err(db)?;
-        let user_status = status(user_status.get(0))?;
+        // The account's status and its waiting jobs, in one round trip.
+        let row = cached_query_one(
+            &tx,
+            "SELECT status, (SELECT count(*) FROM jobs WHERE user_id = $1 AND state = 'queued') \
+             FROM users WHERE id = $1",
+            &[&new.user_id.as_uuid()],
+        )
+        .await?;
+        let user_status = status(row.get(0))?;
         if user_status != AccountStatus::Active {
             return Err(StoreError::AccountInactive(user_status));
         }
-        let waiting: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE user_id = $1 AND state = 'queued'",
-                &[&new.user_id.as_uuid()],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
+        let waiting: i64 = row.get(1);
         if waiting >= i64::from(new.max_waiting) {
             return Err(StoreError::QueueLimit {
                 limit: new.max_waiting,
@@ -808,9 +833,7 @@ impl Store for PgStore {
         let max_attempts = i32::try_from(new.max_attempts).unwrap_or(i32::MAX);
         let price_version = i32::try_from(new.price_version)
             .map_err(|_| StoreError::Invariant("price version out of range".into()))?;
-        let row = tx
-            .query_one(
-                "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url, price_version) \
+        let row = cached_query_one(&tx, "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url, price_version) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12) RETURNING seq",
                 &[
                     &new.id.as_uuid(),
@@ -825,24 +848,18 @@ impl Store for PgStore {
                     &new.now,
                     &new.spec.webhook_url,
                     &price_version,
-                ],
-            )
-            .await
-            .map_err(db)?;
+                ],).await?;
         let seq: i64 = row.get(0);
-        tx.execute(
+        // The hold and its ledger entry go out together (one round trip).
+        let (job_uuid, user_uuid, cost) = (new.id.as_uuid(), new.user_id.as_uuid(), new.cost.get());
+        let hold_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&job_uuid, &user_uuid, &cost, &new.now, &price_version];
+        let hold = cached_execute(
+            &tx,
             "INSERT INTO holds (job_id, user_id, amount, created_at, price_version) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &new.id.as_uuid(),
-                &new.user_id.as_uuid(),
-                &new.cost.get(),
-                &new.now,
-                &price_version,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        let wallet = book(
+            &hold_params,
+        );
+        let booked = book(
             &tx,
             new.user_id,
             wallet,
@@ -853,13 +870,12 @@ impl Store for PgStore {
             None,
             None,
             new.now,
-        )
-        .await?;
+        );
+        let (_, wallet) = futures_util::try_join!(hold, booked)?;
         let seq = u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?;
         let job = new.queued_job(seq);
         if let Some((key, hash)) = &new.idempotency {
-            tx.execute(
-                "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, response, created_at) \
+            cached_execute(&tx, "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, response, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &new.user_id.as_uuid(),
@@ -868,10 +884,7 @@ impl Store for PgStore {
                     &job.id.as_uuid(),
                     &to_json(&job)?,
                     &new.now,
-                ],
-            )
-            .await
-            .map_err(db)?;
+                ],).await?;
         }
         notify_waiting(&tx, job.id).await?;
         tx.commit().await.map_err(db)?;
@@ -896,14 +909,16 @@ impl Store for PgStore {
         // no assignment of that term can commit after it. (An advisory lock
         // rather than FOR SHARE on the leader row: share locks from many
         // concurrent assignments on one row serialize on it.)
-        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&EPOCH_FENCE])
-            .await
-            .map_err(db)?;
-        let current: i64 = tx
-            .query_one("SELECT epoch FROM cluster_leader WHERE id = 1", &[])
-            .await
-            .map_err(db)?
-            .get(0);
+        cached_execute(
+            &tx,
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[&EPOCH_FENCE],
+        )
+        .await?;
+        let current: i64 =
+            cached_query_one(&tx, "SELECT epoch FROM cluster_leader WHERE id = 1", &[])
+                .await?
+                .get(0);
         let current = u64::try_from(current).unwrap_or(0);
         if current != epoch {
             return Err(StoreError::Deposed { current });
@@ -922,7 +937,8 @@ impl Store for PgStore {
         job.worker_id = Some(worker);
         job.retry_at = None;
         write_job(&tx, JobState::Queued, &job).await?;
-        tx.execute(
+        cached_execute(
+            &tx,
             "INSERT INTO job_attempts (job_id, attempt, worker_id, lease, assigned_at, epoch) \
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[
@@ -934,8 +950,7 @@ impl Store for PgStore {
                 &i64::try_from(epoch).unwrap_or(i64::MAX),
             ],
         )
-        .await
-        .map_err(db)?;
+        .await?;
         tx.commit().await.map_err(db)?;
         Ok(job)
     }
@@ -948,12 +963,12 @@ impl Store for PgStore {
         job.state = JobState::Running;
         job.started_at.get_or_insert(now);
         write_job(&tx, JobState::Assigned, &job).await?;
-        tx.execute(
+        cached_execute(
+            &tx,
             "UPDATE job_attempts SET started_at = $2 WHERE lease = $1",
             &[&attempt.lease.as_uuid(), &now],
         )
-        .await
-        .map_err(db)?;
+        .await?;
         tx.commit().await.map_err(db)?;
         Ok(job)
     }
@@ -965,11 +980,12 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Settlement> {
         let mut client = self.client().await?;
+        let owner = client
+            .prepare_cached("SELECT user_id FROM jobs WHERE id = $1")
+            .await
+            .map_err(db)?;
         let user = client
-            .query_opt(
-                "SELECT user_id FROM jobs WHERE id = $1",
-                &[&attempt.job_id.as_uuid()],
-            )
+            .query_opt(&owner, &[&attempt.job_id.as_uuid()])
             .await
             .map_err(db)?
             .map(|r| UserId::from_uuid(r.get(0)))
@@ -984,16 +1000,22 @@ impl Store for PgStore {
             Some(resolution) => resolve_hold(&tx, &job, wallet, resolution, now).await?,
             None => wallet,
         };
-        write_job(&tx, before, &job).await?;
-        if job.state == JobState::Queued {
-            notify_waiting(&tx, job.id).await?;
-        }
-        tx.execute(
+        // The job, its attempt's record and the wake-up go out together.
+        let lease = attempt.lease.as_uuid();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&lease, &now, &end.label, &end.message];
+        let recorded = cached_execute(
+            &tx,
             "UPDATE job_attempts SET finished_at = $2, outcome = $3, message = $4 WHERE lease = $1",
-            &[&attempt.lease.as_uuid(), &now, &end.label, &end.message],
-        )
-        .await
-        .map_err(db)?;
+            &params,
+        );
+        let wake = async {
+            if job.state == JobState::Queued {
+                notify_waiting(&tx, job.id).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        futures_util::try_join!(write_job(&tx, before, &job), recorded, wake)?;
         tx.commit().await.map_err(db)?;
         Ok(Settlement { job, wallet })
     }
@@ -1017,12 +1039,12 @@ impl Store for PgStore {
         let wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
         write_job(&tx, previous, &job).await?;
         if let Some(lease) = previous_lease {
-            tx.execute(
+            cached_execute(
+                &tx,
                 "UPDATE job_attempts SET finished_at = $2, outcome = 'cancelled' WHERE lease = $1",
                 &[&lease.as_uuid(), &now],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         }
         tx.commit().await.map_err(db)?;
         Ok(Cancellation {
@@ -1038,7 +1060,7 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(db)?;
         let mut wallet = lock_wallet(&tx, user).await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND state = 'queued' ORDER BY seq FOR UPDATE");
-        let rows = tx.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
+        let rows = cached_query(&tx, &sql, &[&user.as_uuid()]).await?;
         let mut cancelled = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut job = job_row(row)?;
@@ -1157,15 +1179,14 @@ impl Store for PgStore {
             .start()
             .await
             .map_err(db)?;
-        let wallets = tx
-            .query(
-                "SELECT user_id, balance, held FROM wallets ORDER BY user_id",
-                &[],
-            )
-            .await
-            .map_err(db)?;
+        let wallets = cached_query(
+            &tx,
+            "SELECT user_id, balance, held FROM wallets ORDER BY user_id",
+            &[],
+        )
+        .await?;
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY id");
-        let entries = tx.query(&sql, &[]).await.map_err(db)?;
+        let entries = cached_query(&tx, &sql, &[]).await?;
         tx.commit().await.map_err(db)?;
         let mut by_user: std::collections::HashMap<UserId, Vec<LedgerEntry>> = Default::default();
         for r in &entries {
@@ -1185,17 +1206,10 @@ impl Store for PgStore {
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EPOCH_FENCE])
-            .await
-            .map_err(db)?;
-        let epoch: i64 = tx
-            .query_one(
-                "UPDATE cluster_leader SET epoch = epoch + 1, node = $1, url = $2, since = $3 WHERE id = 1 \
+        cached_execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&EPOCH_FENCE]).await?;
+        let epoch: i64 = cached_query_one(&tx, "UPDATE cluster_leader SET epoch = epoch + 1, node = $1, url = $2, since = $3 WHERE id = 1 \
                  RETURNING epoch",
-                &[&node, &url, &now],
-            )
-            .await
-            .map_err(db)?
+                &[&node, &url, &now],).await?
             .get(0);
         tx.commit().await.map_err(db)?;
         Ok(u64::try_from(epoch).unwrap_or(0))
