@@ -354,7 +354,7 @@ async fn cached_query_opt(
 /// Locks the user's wallet row for the rest of the transaction.
 async fn lock_wallet(tx: &Transaction<'_>, user: UserId) -> StoreResult<Wallet> {
     let row = cached_query_opt(
-        &tx,
+        tx,
         "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE",
         &[&user.as_uuid()],
     )
@@ -365,7 +365,7 @@ async fn lock_wallet(tx: &Transaction<'_>, user: UserId) -> StoreResult<Wallet> 
 
 async fn lock_job(tx: &Transaction<'_>, id: JobId) -> StoreResult<Job> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
-    let row = cached_query_opt(&tx, &sql, &[&id.as_uuid()])
+    let row = cached_query_opt(tx, &sql, &[&id.as_uuid()])
         .await?
         .ok_or(StoreError::NotFound("job"))?;
     job_row(&row)
@@ -479,7 +479,7 @@ const EPOCH_FENCE: i64 = 0x0061_646d_6570_6f63;
 
 async fn notify_waiting(tx: &Transaction<'_>, job: JobId) -> StoreResult<()> {
     cached_execute(
-        &tx,
+        tx,
         "SELECT pg_notify($1, $2)",
         &[&WAITING_CHANNEL, &job.to_string()],
     )
@@ -498,7 +498,7 @@ async fn write_job(tx: &Transaction<'_>, before: JobState, job: &Job) -> StoreRe
     }
     let error = job.error.as_ref().map(to_json).transpose()?;
     let result = job.result.as_ref().map(to_json).transpose()?;
-    let n = cached_execute(&tx, "UPDATE jobs SET state = $3, attempts = $4, charge = $5, started_at = $6, finished_at = $7, \
+    let n = cached_execute(tx, "UPDATE jobs SET state = $3, attempts = $4, charge = $5, started_at = $6, finished_at = $7, \
              retry_at = $8, error = $9, result = $10, worker_id = $11, lease = $12 \
              WHERE id = $1 AND state = $2",
             &[
