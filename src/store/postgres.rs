@@ -936,21 +936,20 @@ impl Store for PgStore {
         job.lease = Some(attempt.lease);
         job.worker_id = Some(worker);
         job.retry_at = None;
-        write_job(&tx, JobState::Queued, &job).await?;
-        cached_execute(
+        // The job and its attempt record go out together.
+        let (job_uuid, worker_uuid, lease) =
+            (job.id.as_uuid(), worker.as_uuid(), attempt.lease.as_uuid());
+        let number = i32::try_from(attempt.attempt).unwrap_or(i32::MAX);
+        let term = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&job_uuid, &number, &worker_uuid, &lease, &now, &term];
+        let recorded = cached_execute(
             &tx,
             "INSERT INTO job_attempts (job_id, attempt, worker_id, lease, assigned_at, epoch) \
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &job.id.as_uuid(),
-                &i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
-                &worker.as_uuid(),
-                &attempt.lease.as_uuid(),
-                &now,
-                &i64::try_from(epoch).unwrap_or(i64::MAX),
-            ],
-        )
-        .await?;
+            &params,
+        );
+        futures_util::try_join!(write_job(&tx, JobState::Queued, &job), recorded)?;
         tx.commit().await.map_err(db)?;
         Ok(job)
     }
@@ -962,13 +961,14 @@ impl Store for PgStore {
         fenced(&job, &attempt, &[JobState::Assigned])?;
         job.state = JobState::Running;
         job.started_at.get_or_insert(now);
-        write_job(&tx, JobState::Assigned, &job).await?;
-        cached_execute(
+        let lease = attempt.lease.as_uuid();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lease, &now];
+        let recorded = cached_execute(
             &tx,
             "UPDATE job_attempts SET started_at = $2 WHERE lease = $1",
-            &[&attempt.lease.as_uuid(), &now],
-        )
-        .await?;
+            &params,
+        );
+        futures_util::try_join!(write_job(&tx, JobState::Assigned, &job), recorded)?;
         tx.commit().await.map_err(db)?;
         Ok(job)
     }
