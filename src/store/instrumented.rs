@@ -65,6 +65,7 @@ pub const OPERATIONS: &[&str] = &[
     "find_users",
     "activity_since",
     "webhook_secret",
+    "expire_idempotency_keys",
     "become_leader",
     "leader",
     "create_api_key",
@@ -294,6 +295,14 @@ impl Store for InstrumentedStore {
     async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
         self.timed("audit_ledgers", self.inner.audit_ledgers())
             .await
+    }
+
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.timed(
+            "expire_idempotency_keys",
+            self.inner.expire_idempotency_keys(before),
+        )
+        .await
     }
 
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {

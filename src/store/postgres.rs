@@ -1203,6 +1203,17 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE created_at < $1",
+                &[&before],
+            )
+            .await
+            .map_err(db)
+    }
+
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;

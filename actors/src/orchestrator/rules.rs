@@ -67,6 +67,9 @@ async fn grant_due_gifts(
     Ok(granted)
 }
 
+/// How long an `Idempotency-Key` protects a submission (as Stripe does).
+const IDEMPOTENCY_KEYS_KEPT_HOURS: i64 = 24;
+
 impl Orchestrator {
     /// Stores the configured prices as version 1 when there is none, loads
     /// the schedule, and starts the sweep that reloads it and grants the
@@ -100,6 +103,12 @@ impl Orchestrator {
             loop {
                 if let Err(e) = refresh_prices(store.as_ref(), &platform).await {
                     tracing::warn!(error = %e, "price table not reloaded");
+                }
+                let horizon = Utc::now() - chrono::Duration::hours(IDEMPOTENCY_KEYS_KEPT_HOURS);
+                match store.expire_idempotency_keys(horizon).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(keys = n, "idempotency keys expired"),
+                    Err(e) => tracing::warn!(error = %e, "idempotency key expiry failed"),
                 }
                 match grant_due_gifts(store.as_ref(), &wallets, Utc::now()).await {
                     Ok(0) => {}

@@ -743,6 +743,36 @@ pub async fn assignments_of_a_deposed_term_are_refused(store: Shared) {
         .unwrap();
 }
 
+pub async fn idempotency_keys_expire(store: Shared) {
+    let user = user_with(&store, "expire@example.com", 10).await;
+    let key = IdempotencyKey::parse("old-key").unwrap();
+    let mut first = new_job(user.id, 1);
+    first.idempotency = Some((key.clone(), first.spec.fingerprint()));
+    let original = store.submit_job(first.clone()).await.unwrap().job.id;
+    // Nothing is older than an hour ago: the key still replays.
+    assert_eq!(
+        store
+            .expire_idempotency_keys(Utc::now() - Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    let mut again = first.clone();
+    again.id = JobId::generate();
+    assert!(store.submit_job(again.clone()).await.unwrap().replayed);
+    // Once expired, the same key makes a new job.
+    assert_eq!(
+        store
+            .expire_idempotency_keys(Utc::now() + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    let fresh = store.submit_job(again).await.unwrap();
+    assert!(!fresh.replayed);
+    assert_ne!(fresh.job.id, original);
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -777,6 +807,7 @@ macro_rules! store_conformance_tests {
             jobs_record_their_price_version,
             content_violations_are_counted_in_their_window,
             assignments_of_a_deposed_term_are_refused,
+            idempotency_keys_expire,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

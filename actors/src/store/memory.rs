@@ -610,6 +610,19 @@ impl Store for MemoryStore {
         ))
     }
 
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let mut s = self.state.lock();
+        let mut forgotten = 0u64;
+        for account in s.accounts.values_mut() {
+            let kept = account.idempotency.len();
+            account
+                .idempotency
+                .retain(|_, (_, job)| job.created_at >= before);
+            forgotten += (kept - account.idempotency.len()) as u64;
+        }
+        Ok(forgotten)
+    }
+
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         let mut s = self.state.lock();
         let epoch = s.leader.as_ref().map_or(0, |l| l.epoch) + 1;

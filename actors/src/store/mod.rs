@@ -312,6 +312,11 @@ pub trait Store: Send + Sync + 'static {
     /// is the secret to store if there is none yet.
     async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String>;
 
+    /// Forgets idempotency keys of submissions made before `before`: a
+    /// replay after that is a new submission (Stripe keeps keys ~24 h).
+    /// Returns how many were forgotten.
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
     // ---- cluster
     /// Starts a new scheduler term led by `node` (reachable at `url`) and
     /// returns its epoch. Assignments of older terms are refused from now.
