@@ -208,22 +208,7 @@ async fn leader_killed_during_load_is_replaced_and_nothing_is_lost_or_doubled() 
         assert_eq!(status, 202, "{b}");
     }
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (_, stats) = api
-            .call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[])
-            .await
-            .expect("stats");
-        let open: u64 = ["queued", "assigned", "running"]
-            .iter()
-            .map(|s| stats["jobs"][s].as_u64().unwrap_or(0))
-            .sum();
-        if open == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "jobs still open: {stats}");
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::await_no_open_jobs(api, Duration::from_secs(90)).await;
     let mut total = 0;
     for key in &users {
         total += support::audit_user(api, key).await.len();

@@ -116,22 +116,7 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
     }
 
     // Every job reaches a terminal state.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, stats) = api
-            .call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[])
-            .await
-            .expect("stats");
-        let open: u64 = ["queued", "assigned", "running"]
-            .iter()
-            .map(|s| stats["jobs"][s].as_u64().unwrap_or(0))
-            .sum();
-        if open == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "jobs still open: {stats}");
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::await_no_open_jobs(&api, Duration::from_secs(120)).await;
 
     // Audit every user from the API.
     for (u, (_, key)) in users.iter().enumerate() {

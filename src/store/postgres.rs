@@ -1064,10 +1064,8 @@ impl Store for PgStore {
         let mut cancelled = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut job = job_row(row)?;
-            job.state = JobState::Cancelled;
-            job.charge = Charge::Voided;
-            job.finished_at = Some(now);
-            wallet = resolve_hold(&tx, &job, wallet, Charge::Voided, now).await?;
+            let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
+            wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
             write_job(&tx, JobState::Queued, &job).await?;
             cancelled.push(job);
         }

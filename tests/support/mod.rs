@@ -388,3 +388,26 @@ pub async fn audit_user(api: &Api, key: &str) -> Vec<Value> {
     }
     jobs
 }
+
+/// Waits until the server counts no job queued, assigned or running.
+pub async fn await_no_open_jobs(api: &Api, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (_, stats) = api
+            .call("GET", "/v1/admin/stats", ADMIN_TOKEN, None, &[])
+            .await
+            .expect("stats");
+        let open: u64 = ["queued", "assigned", "running"]
+            .iter()
+            .map(|s| stats["jobs"][s].as_u64().unwrap_or(0))
+            .sum();
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs still open: {stats}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}

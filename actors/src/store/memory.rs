@@ -383,16 +383,12 @@ impl Store for MemoryStore {
         s.holds.insert(job.id, Charge::Held);
         let account = s.account(job.user_id)?;
         account.jobs.insert(job.seq, job.id);
-        account.queued.insert(job.seq);
         if let Some((key, hash)) = new.idempotency {
             account.idempotency.insert(key, (hash, job.clone()));
         }
-        s.order.insert(job.seq, job.id);
-        s.by_state
-            .entry(JobState::Queued)
-            .or_default()
-            .insert(job.seq, job.id);
-        s.jobs.insert(job.id, job.clone());
+        // The same bookkeeping as every later transition: the user's waiting
+        // set, the state and order indexes, the job itself.
+        s.put_job(JobState::Queued, job.clone())?;
         Ok(Submission {
             job,
             wallet,
@@ -523,10 +519,8 @@ impl Store for MemoryStore {
             let Some(mut job) = s.jobs.get(&id).cloned() else {
                 continue;
             };
-            job.state = JobState::Cancelled;
-            job.charge = Charge::Voided;
-            job.finished_at = Some(now);
-            s.resolve_hold(&job, Charge::Voided, now)?;
+            let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
+            s.resolve_hold(&job, resolution, now)?;
             s.put_job(JobState::Queued, job.clone())?;
             cancelled.push(job);
         }
