@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod special_addresses;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

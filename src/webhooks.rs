@@ -7,11 +7,13 @@
 //! where the secret is the user's (`GET /v1/me/webhook-secret`, `whsec_` +
 //! base64 of the key bytes). A delivery that fails is retried with
 //! exponential backoff. Targets must be http(s) and, unless
-//! `ADMEDIA_WEBHOOK_ALLOW_PRIVATE=true`, must not be loopback, private or
-//! link-local addresses — checked at submission and again, after DNS, at
-//! every delivery.
+//! `ADMEDIA_WEBHOOK_ALLOW_PRIVATE=true`, must not be special-purpose
+//! addresses (loopback, private, link-local, documentation, translation,
+//! ...; see `crate::special_addresses`) — checked at submission and again,
+//! after DNS, at every delivery, which then connects to the address it
+//! checked and follows no redirect.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ pub struct Webhooks {
     metrics: Arc<Metrics>,
     allow_private: bool,
     retry_base: Duration,
+    resolver: Resolver,
 }
 
 /// A new signing secret.
@@ -61,24 +64,10 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String
     ))
 }
 
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // carrier-grade NAT
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
-    }
+/// Why a target is refused: a special-purpose address (see
+/// [`crate::special_addresses`]), by name.
+fn refused_address(ip: IpAddr) -> Option<&'static str> {
+    crate::special_addresses::special_purpose(ip)
 }
 
 /// Checks a target as submitted: scheme, host, and a literal address.
@@ -92,36 +81,76 @@ pub fn check_target(raw: &str, allow_private: bool) -> Result<url::Url, String> 
     }
     let host = url.host().ok_or("webhook_url needs a host")?;
     if !allow_private {
-        let private = match host {
-            url::Host::Ipv4(ip) => is_private(IpAddr::V4(ip)),
-            url::Host::Ipv6(ip) => is_private(IpAddr::V6(ip)),
-            url::Host::Domain(d) => {
-                d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost")
-            }
+        let refused = match host {
+            url::Host::Ipv4(ip) => refused_address(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => refused_address(IpAddr::V6(ip)),
+            url::Host::Domain(d) => (d.eq_ignore_ascii_case("localhost")
+                || d.to_ascii_lowercase().ends_with(".localhost"))
+            .then_some("loopback (localhost)"),
         };
-        if private {
-            return Err("webhook_url must not point at a loopback or private address".into());
+        if let Some(range) = refused {
+            return Err(format!(
+                "webhook_url must not point at a special-purpose address: {range}"
+            ));
         }
     }
     Ok(url)
 }
 
-/// Checks where a target resolves to now, just before a delivery.
-async fn check_resolved(url: &url::Url, allow_private: bool) -> Result<(), String> {
-    if allow_private {
-        return Ok(());
+/// Why one delivery attempt did not reach a receiver that accepted it.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The target itself is unacceptable (scheme, credentials, a literal
+    /// special-purpose address): retrying cannot help.
+    #[error("target refused: {0}")]
+    TargetRefused(String),
+    /// The name resolves (now) to a special-purpose address.
+    #[error("{host} resolves to {ip}, a special-purpose address: {range}")]
+    ResolvesToSpecial {
+        host: String,
+        ip: IpAddr,
+        range: &'static str,
+    },
+    #[error("resolve {host}: {error}")]
+    Resolve { host: String, error: String },
+    #[error("signing: {0}")]
+    Signing(String),
+    #[error("send: {0}")]
+    Send(String),
+    /// Any status but 2xx, redirects included: they are not followed.
+    #[error("status {0}")]
+    Status(u16),
+}
+
+impl DeliveryError {
+    /// Whether a later attempt may succeed.
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self,
+            DeliveryError::TargetRefused(_) | DeliveryError::Signing(_)
+        )
     }
-    let host = url.host_str().ok_or("no host")?;
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| format!("resolve {host}: {e}"))?;
-    for addr in addrs {
-        if is_private(addr.ip()) {
-            return Err(format!("{host} resolves to a private address"));
-        }
-    }
-    Ok(())
+}
+
+/// Resolves a host name to the addresses to try, in order.
+pub type Resolver = Arc<
+    dyn Fn(
+            String,
+            u16,
+        ) -> futures_util::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>
+        + Send
+        + Sync,
+>;
+
+/// The system resolver.
+fn system_resolver() -> Resolver {
+    Arc::new(|host, port| {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
+    })
 }
 
 impl Webhooks {
@@ -136,7 +165,14 @@ impl Webhooks {
             metrics,
             allow_private,
             retry_base,
+            resolver: system_resolver(),
         }
+    }
+
+    /// Resolves names with `resolver` instead of the system's (tests).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Webhooks {
+        self.resolver = resolver;
+        self
     }
 
     /// Called for every job event; starts a delivery for the ones that
@@ -189,46 +225,17 @@ impl Webhooks {
             "data": JobView::of(&job, None),
         });
         let body = payload.to_string();
-        let url = match check_target(&target, self.allow_private) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "webhook target refused");
-                self.metrics.webhook("refused");
-                return;
-            }
-        };
-        let client = awc::Client::builder().timeout(DELIVERY_TIMEOUT).finish();
         let mut delay = self.retry_base;
         for delivery in 1..=MAX_DELIVERIES {
-            let outcome = match check_resolved(&url, self.allow_private).await {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let timestamp = chrono::Utc::now().timestamp();
-                    match sign(&secret, &id, timestamp, &body) {
-                        Err(e) => Err(e),
-                        Ok(signature) => client
-                            .post(url.as_str())
-                            .insert_header(("content-type", "application/json"))
-                            .insert_header(("webhook-id", id.as_str()))
-                            .insert_header(("webhook-timestamp", timestamp.to_string()))
-                            .insert_header(("webhook-signature", signature))
-                            .send_body(body.clone())
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|res| {
-                                if res.status().is_success() {
-                                    Ok(())
-                                } else {
-                                    Err(format!("status {}", res.status()))
-                                }
-                            }),
-                    }
-                }
-            };
-            match outcome {
+            match self.deliver_once(&target, &id, &body, &secret).await {
                 Ok(()) => {
                     self.metrics.webhook("delivered");
                     tracing::info!(job = %job.id, webhook = %id, event = event_type, delivery, "webhook delivered");
+                    return;
+                }
+                Err(e) if !e.retryable() => {
+                    tracing::warn!(job = %job.id, webhook = %id, error = %e, "webhook target refused");
+                    self.metrics.webhook("refused");
                     return;
                 }
                 Err(e) => {
@@ -241,6 +248,87 @@ impl Webhooks {
         }
         self.metrics.webhook("given_up");
         tracing::error!(job = %job.id, webhook = %id, "webhook given up after {MAX_DELIVERIES} deliveries");
+    }
+
+    /// One signed POST of `body` to `target`. The name is resolved once,
+    /// every address it gives is checked, and the connection goes to a
+    /// checked address (the request still names the host, for `Host` and
+    /// TLS), so a second lookup cannot steer it elsewhere. Redirects are
+    /// not followed: a 3xx is a failed delivery.
+    pub async fn deliver_once(
+        &self,
+        target: &str,
+        id: &str,
+        body: &str,
+        secret: &str,
+    ) -> Result<(), DeliveryError> {
+        let url = check_target(target, self.allow_private).map_err(DeliveryError::TargetRefused)?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = match url.host() {
+            Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+            Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+            Some(url::Host::Domain(name)) => {
+                let found = (self.resolver)(name.to_owned(), port).await.map_err(|e| {
+                    DeliveryError::Resolve {
+                        host: name.to_owned(),
+                        error: e.to_string(),
+                    }
+                })?;
+                if found.is_empty() {
+                    return Err(DeliveryError::Resolve {
+                        host: name.to_owned(),
+                        error: "no addresses".into(),
+                    });
+                }
+                found
+            }
+            None => {
+                return Err(DeliveryError::TargetRefused(
+                    "webhook_url needs a host".into(),
+                ))
+            }
+        };
+        if !self.allow_private {
+            // One bad address refuses the name: which one a client would
+            // pick is not ours to guess.
+            for addr in &addrs {
+                if let Some(range) = refused_address(addr.ip()) {
+                    return Err(DeliveryError::ResolvesToSpecial {
+                        host: url.host_str().unwrap_or_default().to_owned(),
+                        ip: addr.ip(),
+                        range,
+                    });
+                }
+            }
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = sign(secret, id, timestamp, body).map_err(DeliveryError::Signing)?;
+        let client = awc::Client::builder()
+            .disable_redirects()
+            .timeout(DELIVERY_TIMEOUT)
+            .finish();
+        let mut last = DeliveryError::Send("no address to connect to".into());
+        for addr in addrs {
+            let sent = client
+                .post(url.as_str())
+                .address(addr)
+                .insert_header(("content-type", "application/json"))
+                .insert_header(("webhook-id", id))
+                .insert_header(("webhook-timestamp", timestamp.to_string()))
+                .insert_header(("webhook-signature", signature.as_str()))
+                .send_body(body.to_owned())
+                .await;
+            match sent {
+                Ok(res) if res.status().is_success() => return Ok(()),
+                Ok(res) => return Err(DeliveryError::Status(res.status().as_u16())),
+                // Not reached at all: the next checked address may be.
+                Err(awc::error::SendRequestError::Connect(e)) => {
+                    last = DeliveryError::Send(format!("connect {addr}: {e}"));
+                }
+                Err(e) => return Err(DeliveryError::Send(e.to_string())),
+            }
+        }
+        Err(last)
     }
 }
 
@@ -277,7 +365,152 @@ mod tests {
         ] {
             assert!(check_target(bad, false).is_err(), "{bad} accepted");
         }
+        for bad in [
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[fec0::1]/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
+            "http://224.0.0.1/",
+            "http://Foo.LocalHost/",
+        ] {
+            assert!(check_target(bad, false).is_err(), "{bad} accepted");
+        }
         assert!(check_target("https://hooks.example.com/a?b=c", false).is_ok());
         assert!(check_target("http://127.0.0.1:9000/", true).is_ok());
+    }
+
+    /// A receiver on 127.0.0.1 answering every request with `status` and
+    /// `location`; returns its port and the paths it was asked for.
+    async fn receiver(
+        status: u16,
+        location: Option<String>,
+    ) -> (u16, Arc<parking_lot::Mutex<Vec<String>>>) {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let seen: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        let state = seen.clone();
+        let server = HttpServer::new(move || {
+            let (state, location) = (state.clone(), location.clone());
+            App::new().default_service(web::to(move |req: HttpRequest| {
+                let (state, location) = (state.clone(), location.clone());
+                async move {
+                    state.lock().push(req.path().to_owned());
+                    let mut res = HttpResponse::build(
+                        actix_web::http::StatusCode::from_u16(status).expect("status"),
+                    );
+                    if let Some(l) = location {
+                        res.insert_header(("location", l));
+                    }
+                    res.finish()
+                }
+            }))
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .expect("bind receiver");
+        let port = server.addrs()[0].port();
+        actix_rt::spawn(server.run());
+        (port, seen)
+    }
+
+    fn webhooks(allow_private: bool) -> Webhooks {
+        let store: Arc<dyn Store> = Arc::new(admedia_actors::store::memory::MemoryStore::new());
+        Webhooks::new(
+            store,
+            Arc::new(Metrics::new()),
+            allow_private,
+            Duration::from_millis(1),
+        )
+    }
+
+    /// Resolves every name to `ip`.
+    fn resolving_to(ip: IpAddr) -> Resolver {
+        Arc::new(move |_, port| Box::pin(async move { Ok(vec![SocketAddr::new(ip, port)]) }))
+    }
+
+    #[actix_rt::test]
+    async fn a_redirect_is_a_failed_delivery_and_its_target_is_never_reached() {
+        for status in [301, 302, 303, 307, 308] {
+            let (inner, inner_seen) = receiver(204, None).await;
+            let (outer, outer_seen) =
+                receiver(status, Some(format!("http://127.0.0.1:{inner}/internal"))).await;
+            // Private targets allowed, so only the redirect rule can stop it.
+            let hooks = webhooks(true);
+            let secret = new_secret();
+            let outcome = hooks
+                .deliver_once(
+                    &format!("http://127.0.0.1:{outer}/hook"),
+                    "msg_1",
+                    "{}",
+                    &secret,
+                )
+                .await;
+            assert!(
+                matches!(outcome, Err(DeliveryError::Status(s)) if s == status),
+                "{status}: {outcome:?}"
+            );
+            assert!(outcome.as_ref().is_err_and(DeliveryError::retryable));
+            assert_eq!(outer_seen.lock().as_slice(), ["/hook"], "{status}");
+            assert!(inner_seen.lock().is_empty(), "{status}: redirect followed");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_delivery() {
+        let (port, seen) = receiver(204, None).await;
+        let target = format!("http://hooks.example.com:{port}/hook");
+        let hooks = webhooks(false).with_resolver(resolving_to("127.0.0.1".parse().expect("ip")));
+        let outcome = hooks
+            .deliver_once(&target, "msg_1", "{}", &new_secret())
+            .await;
+        assert!(
+            matches!(&outcome, Err(DeliveryError::ResolvesToSpecial { range, .. }) if range.starts_with("loopback")),
+            "{outcome:?}"
+        );
+        // Rebinding to an IPv6 special range is caught the same way.
+        let hooks =
+            webhooks(false).with_resolver(resolving_to("64:ff9b::7f00:1".parse().expect("ip")));
+        let outcome = hooks
+            .deliver_once(&target, "msg_1", "{}", &new_secret())
+            .await;
+        assert!(
+            matches!(outcome, Err(DeliveryError::ResolvesToSpecial { .. })),
+            "{outcome:?}"
+        );
+        assert!(
+            seen.lock().is_empty(),
+            "nothing reached the loopback receiver"
+        );
+
+        // The connection goes to the address that was checked, whatever the
+        // name: with private targets allowed the same name reaches it, and
+        // the request still names the host.
+        let hooks = webhooks(true).with_resolver(resolving_to("127.0.0.1".parse().expect("ip")));
+        hooks
+            .deliver_once(&target, "msg_1", "{}", &new_secret())
+            .await
+            .expect("delivered to the resolved address");
+        assert_eq!(seen.lock().as_slice(), ["/hook"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_literal_special_address_is_refused_without_retry() {
+        let hooks = webhooks(false);
+        let outcome = hooks
+            .deliver_once("http://[::ffff:127.0.0.1]:9/", "msg_1", "{}", &new_secret())
+            .await;
+        assert!(
+            matches!(&outcome, Err(DeliveryError::TargetRefused(_))),
+            "{outcome:?}"
+        );
+        assert!(!outcome.as_ref().is_err_and(DeliveryError::retryable));
+        let outcome = webhooks(false)
+            .with_resolver(Arc::new(|_, _| Box::pin(async { Ok(Vec::new()) })))
+            .deliver_once("http://nowhere.example.com/", "msg_1", "{}", &new_secret())
+            .await;
+        assert!(
+            matches!(outcome, Err(DeliveryError::Resolve { .. })),
+            "{outcome:?}"
+        );
     }
 }

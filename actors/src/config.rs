@@ -30,6 +30,10 @@ pub struct OrchestratorConfig {
     pub worker_lease: Duration,
     /// GPU memory a job of each size class needs.
     pub vram: VramTable,
+    /// First wait before writing an attempt's end again after the store
+    /// refused it; doubles per try (see `job_actor`).
+    #[serde(default = "default_settle_retry")]
+    pub settle_retry: Duration,
     /// Price notice, membership gifts, content violations (ToS 3.2, 4.5, 5).
     #[serde(default)]
     pub platform: crate::platform::PlatformConfig,
@@ -56,6 +60,10 @@ impl Default for VramTable {
     }
 }
 
+fn default_settle_retry() -> Duration {
+    Duration::from_secs(1)
+}
+
 impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
@@ -70,6 +78,7 @@ impl Default for OrchestratorConfig {
             wallet_idle: Duration::from_secs(300),
             worker_lease: Duration::from_millis(15_000),
             vram: VramTable::default(),
+            settle_retry: default_settle_retry(),
             platform: crate::platform::PlatformConfig::default(),
         }
     }

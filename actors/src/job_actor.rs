@@ -20,9 +20,15 @@ use crate::store::{AttemptRef, Store, StoreError};
 use crate::wallet::{Settle, WalletRegistry};
 use crate::worker::{Assign, AttemptEvent, Revoke, WorkerActor};
 
-/// How long to wait before trying again to record an attempt's end while
-/// the store is unreachable. The attempt holds its slot meanwhile.
-const SETTLE_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two writes of an attempt's end; the first is
+/// `config.settle_retry`, doubling per try.
+const SETTLE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Writes of the outcome the worker reported before it is given up for a
+/// system failure: a write the store keeps refusing (a bug, a value it
+/// cannot hold) must not keep the job in flight.
+const SETTLE_TRIES: u32 = 3;
+/// What the attempt ends as when its reported outcome cannot be recorded.
+const UNRECORDABLE: &str = "the attempt's outcome could not be recorded; ended as a system failure";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -123,10 +129,19 @@ impl JobActor {
         self.phase = Phase::Ending;
         let run = self.started_at.map(|s| s.elapsed());
         self.observer.attempt_finished(self.job.kind, result, run);
-        self.try_settle(outcome, ctx);
+        let retry_at = self.retry_at();
+        let outcome = crate::diagnostic::storable(outcome, retry_at);
+        self.try_settle(outcome, 1, ctx);
     }
 
-    fn try_settle(&mut self, outcome: AttemptOutcome, ctx: &mut Context<Self>) {
+    /// Writes the outcome, retrying a failed write with backoff. After
+    /// [`SETTLE_TRIES`] failures the reported outcome is replaced by a system
+    /// failure with a fixed message, which the store can always keep; that
+    /// one is retried until the store takes it, since only the store can
+    /// release the hold exactly once. While the store stays unreachable the
+    /// attempt keeps its slot (nothing can be dispatched then anyway); a
+    /// restart meanwhile settles it as lost with the previous scheduler.
+    fn try_settle(&mut self, outcome: AttemptOutcome, tries: u32, ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
         let wallets = self.wallets.clone();
         let msg = Settle {
@@ -159,17 +174,38 @@ impl JobActor {
                 act.end(NextStep::Done, ctx);
             }
             Err(e) => {
-                tracing::warn!(job = %act.job.job_id, attempt = act.attempt.attempt, error = %e,
-                    "could not record the attempt's end; retrying");
-                ctx.run_later(SETTLE_RETRY, move |act, ctx| act.try_settle(outcome, ctx));
+                let fallback = act.system_failure(UNRECORDABLE.into());
+                let given_up = tries >= SETTLE_TRIES
+                    && !matches!(&outcome, AttemptOutcome::SystemFailure { message, .. } if message == UNRECORDABLE);
+                let next = if given_up {
+                    tracing::error!(job = %act.job.job_id, attempt = act.attempt.attempt, error = %e, tries,
+                        "the attempt's outcome could not be recorded; ending it as a system failure");
+                    fallback
+                } else {
+                    tracing::warn!(job = %act.job.job_id, attempt = act.attempt.attempt, error = %e, tries,
+                        "could not record the attempt's end; retrying");
+                    outcome
+                };
+                let delay = act
+                    .config
+                    .settle_retry
+                    .saturating_mul(1 << tries.min(6).saturating_sub(1))
+                    .min(SETTLE_RETRY_MAX);
+                ctx.run_later(delay, move |act, ctx| act.try_settle(next, tries + 1, ctx));
             }
         }));
     }
 
-    fn system_failure(&self, message: String) -> AttemptOutcome {
+    fn retry_at(&self) -> chrono::DateTime<Utc> {
         let delay = self.config.retry_delay(self.attempt.attempt);
-        let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        AttemptOutcome::SystemFailure { message, retry_at }
+        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+    }
+
+    fn system_failure(&self, message: String) -> AttemptOutcome {
+        AttemptOutcome::SystemFailure {
+            message,
+            retry_at: self.retry_at(),
+        }
     }
 }
 

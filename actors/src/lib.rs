@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod config;
 pub mod content;
+pub mod diagnostic;
 pub mod email;
 pub mod error;
 pub mod events;

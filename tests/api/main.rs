@@ -12,6 +12,8 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+#[path = "../support/mod.rs"]
+mod support;
 mod users;
 mod wallet;
 mod webhooks;

@@ -180,6 +180,13 @@ async fn private_webhook_targets_are_refused_by_default() {
         "http://169.254.169.254/latest",
         "ftp://example.com/",
         "http://localhost/",
+        "http://[::127.0.0.1]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[fec0::1]/",
+        "http://198.18.0.1/",
+        "http://240.0.0.1/",
+        "http://239.1.2.3/",
+        "http://[2002:7f00:1::]/",
     ] {
         let mut body = image_job();
         body["webhook_url"] = json!(target);
@@ -196,4 +203,80 @@ async fn private_webhook_targets_are_refused_by_default() {
     body["webhook_url"] = json!("https://hooks.example.com/ok");
     let job = submit_ok(&app, &key, &body).await;
     assert_eq!(job["webhook_url"], "https://hooks.example.com/ok");
+}
+
+/// A receiver answering every request with `status`, sending clients to
+/// `location`; counts what it saw.
+async fn redirecting(status: u16, location: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let state = seen.clone();
+    let server = HttpServer::new(move || {
+        let (state, location) = (state.clone(), location.clone());
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let (state, location) = (state.clone(), location.clone());
+            async move {
+                state.lock().expect("lock").push(req.path().to_owned());
+                let status = actix_web::http::StatusCode::from_u16(status).expect("status");
+                HttpResponse::build(status)
+                    .insert_header(("location", location))
+                    .finish()
+            }
+        }))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind receiver");
+    let port = server.addrs()[0].port();
+    actix_rt::spawn(server.run());
+    (format!("http://127.0.0.1:{port}/hooks"), seen)
+}
+
+#[actix_web::test]
+async fn webhook_redirects_are_not_followed() {
+    // Private targets are allowed here, so the first host is reachable:
+    // only the no-redirect rule keeps the signed POST from the second.
+    let (inner, inner_seen) = redirecting(204, String::new()).await;
+    let (outer_307, seen_307) = redirecting(307, format!("{inner}/from-307")).await;
+    let (outer_308, seen_308) = redirecting(308, format!("{inner}/from-308")).await;
+    let app = spawn_app_with(|s| {
+        s.webhook_allow_private = true;
+        s.webhook_retry_base_ms = 5;
+    })
+    .await;
+    let (_, key) = register(&app, "redirect@example.com").await;
+    for outer in [&outer_307, &outer_308] {
+        let mut body = image_job();
+        body["webhook_url"] = json!(outer);
+        let id = id_of(&submit_ok(&app, &key, &body).await);
+        wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+    }
+    // Every delivery of both events (started, succeeded) to both targets
+    // is tried and fails, and then given up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (
+            seen_307.lock().expect("lock").len(),
+            seen_308.lock().expect("lock").len(),
+        );
+        if a >= 12 && b >= 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "deliveries so far: {a} and {b}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen_307.lock().expect("lock").len(),
+        12,
+        "6 deliveries per event"
+    );
+    assert_eq!(
+        seen_308.lock().expect("lock").len(),
+        12,
+        "6 deliveries per event"
+    );
+    assert!(
+        inner_seen.lock().expect("lock").is_empty(),
+        "a redirect was followed: {:?}",
+        inner_seen.lock().expect("lock")
+    );
 }

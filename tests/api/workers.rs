@@ -383,3 +383,58 @@ async fn bad_protocol_messages_get_an_error_frame_and_change_nothing() {
     assert_eq!(done["attempts"], 1);
     assert_eq!(entries_for(&app.ledger(&key).await, &id, "post"), 1);
 }
+
+/// A worker's failure text with a NUL byte (a crashing program's stderr,
+/// say) ends the job on PostgreSQL too, which refuses NUL in text: the
+/// message is cleaned before it is stored.
+#[actix_web::test]
+async fn a_fail_message_with_a_nul_byte_ends_the_job_on_postgresql() {
+    let Some(db) = crate::support::fresh_database().await else {
+        return;
+    };
+    let app = spawn_app_with(|s| {
+        s.sim_workers = Some(0);
+        s.database_url = Some(db);
+    })
+    .await;
+    let (_, key) = register(&app, "nul@example.com").await;
+    let mut gpu = Gpu::connect(&app, hello("nul", 1)).await;
+
+    // A user failure: charged, not retried.
+    let id = id_of(&submit_ok(&app, &key, &image_job()).await);
+    let a = gpu.assigned().await;
+    gpu.accept(&a).await;
+    wait_for_state(&app, &key, &id, "running", WAIT).await;
+    gpu.send(
+        json!({"type": "fail", "job_id": a["job_id"], "lease": a["lease"],
+                    "class": "user", "message": "bad input\u{0}\u{1b}[31m at byte 3"}),
+    )
+    .await;
+    let done = wait_for_state(&app, &key, &id, "failed", WAIT).await;
+    assert_eq!(done["charge"], "posted", "{done}");
+    assert_eq!(
+        done["error"]["message"], "bad input\u{fffd}\u{fffd}[31m at byte 3",
+        "{done}"
+    );
+
+    // A system failure: retried on the same worker, which then succeeds;
+    // the slot the failed attempt held was given back.
+    let id = id_of(&submit_ok(&app, &key, &image_job()).await);
+    let a = gpu.assigned().await;
+    gpu.accept(&a).await;
+    gpu.send(
+        json!({"type": "fail", "job_id": a["job_id"], "lease": a["lease"],
+                    "class": "system", "message": "\u{0}".repeat(5_000)}),
+    )
+    .await;
+    let again = gpu.assigned().await;
+    assert_eq!(again["job_id"], a["job_id"]);
+    assert_eq!(again["attempt"], 2);
+    gpu.accept(&again).await;
+    gpu.complete(&again).await;
+    let done = wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+    assert_eq!(done["attempts"], 2);
+    let ledger = app.ledger(&key).await;
+    assert_eq!(entries_for(&ledger, &id, "post"), 1);
+    assert_eq!(entries_for(&ledger, &id, "void"), 0);
+}

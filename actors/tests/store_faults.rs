@@ -1,0 +1,422 @@
+//! An attempt whose end the store will not record does not stay in flight:
+//! the job actors run on a store that refuses chosen writes (a wrapper
+//! around the in-memory store), and every attempt still ends, with its
+//! credits posted or refunded by the usual rules.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::ids::{ApiKeyId, EntryId, JobId, UserId, WorkerId};
+use admedia_actors::job::{
+    AttemptOutcome, Charge, FailureClass, Job, JobKind, JobRequest, JobState, ParamsRequest,
+};
+use admedia_actors::ledger::{EntryKind, Grant, LedgerEntry};
+use admedia_actors::money::{Credits, Wallet};
+use admedia_actors::observer::NoopObserver;
+use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::price_schedule::PriceVersion;
+use admedia_actors::pricing::PriceTable;
+use admedia_actors::store::memory::MemoryStore;
+use admedia_actors::store::{
+    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
+    NewJob, Settlement, Store, StoreError, StoreResult, Submission,
+};
+use admedia_actors::tier::Membership;
+use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
+use admedia_actors::worker::SimProfile;
+use admedia_actors::{Orchestrator, OrchestratorConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Which ends of attempts the store refuses.
+enum Refuse {
+    /// Every success (a value the store cannot hold, say).
+    Successes,
+    /// The first `n` writes of any outcome (the store is down a while).
+    First(u32),
+}
+
+struct FaultyStore {
+    inner: MemoryStore,
+    refuse: Refuse,
+    /// `finish_attempt` calls so far, refused or not.
+    finishes: AtomicU32,
+    refused: AtomicU32,
+}
+
+impl FaultyStore {
+    fn new(refuse: Refuse) -> FaultyStore {
+        FaultyStore {
+            inner: MemoryStore::new(),
+            refuse,
+            finishes: AtomicU32::new(0),
+            refused: AtomicU32::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn finish_attempt(
+        &self,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let n = self.finishes.fetch_add(1, Ordering::SeqCst) + 1;
+        let refuse = match self.refuse {
+            Refuse::Successes => matches!(outcome, AttemptOutcome::Succeeded { .. }),
+            Refuse::First(k) => n <= k,
+        };
+        if refuse {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("injected write failure".into()));
+        }
+        self.inner.finish_attempt(attempt, outcome, now).await
+    }
+
+    fn adapter(&self) -> &'static str {
+        self.inner.adapter()
+    }
+    fn durable(&self) -> bool {
+        self.inner.durable()
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn create_user(
+        &self,
+        new: NewUser,
+        reward: Credits,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(User, Wallet)> {
+        self.inner.create_user(new, reward, now).await
+    }
+    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
+        self.inner.user_by_key(hash).await
+    }
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.inner.user(id).await
+    }
+    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
+        self.inner.set_membership(id, membership).await
+    }
+    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
+        self.inner.set_status(id, status).await
+    }
+    async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
+        self.inner.wallet(user).await
+    }
+    async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<LedgerEntry>> {
+        self.inner.ledger(user, before, limit).await
+    }
+    async fn grant(
+        &self,
+        user: UserId,
+        grant: Grant,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GrantOutcome> {
+        self.inner.grant(user, grant, now).await
+    }
+    async fn submit_job(&self, job: NewJob) -> StoreResult<Submission> {
+        self.inner.submit_job(job).await
+    }
+    async fn assign_job(
+        &self,
+        attempt: AttemptRef,
+        worker: WorkerId,
+        epoch: u64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Job> {
+        self.inner.assign_job(attempt, worker, epoch, now).await
+    }
+    async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
+        self.inner.start_job(attempt, now).await
+    }
+    async fn cancel_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Cancellation> {
+        self.inner.cancel_job(user, id, now).await
+    }
+    async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
+        self.inner.cancel_queued_jobs(user, now).await
+    }
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        self.inner.job(id).await
+    }
+    async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
+        self.inner.queue_position(id).await
+    }
+    async fn list_jobs(
+        &self,
+        user: UserId,
+        state: Option<JobState>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        self.inner.list_jobs(user, state, before, limit).await
+    }
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+        self.inner.jobs_in_states(states).await
+    }
+    async fn job_counts(&self) -> StoreResult<JobCounts> {
+        self.inner.job_counts().await
+    }
+    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
+        self.inner.audit_ledgers().await
+    }
+    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
+        self.inner.webhook_secret(user, fresh).await
+    }
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.inner.expire_idempotency_keys(before).await
+    }
+    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.inner.become_leader(node, url, now).await
+    }
+    async fn leader(&self) -> StoreResult<Option<Leader>> {
+        self.inner.leader().await
+    }
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        self.inner.admin_jobs(filter, before, limit).await
+    }
+    async fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
+        self.inner.attempts(job).await
+    }
+    async fn job_ledger(&self, job: JobId) -> StoreResult<Vec<LedgerEntry>> {
+        self.inner.job_ledger(job).await
+    }
+    async fn find_users(&self, fragment: &str, limit: usize) -> StoreResult<Vec<User>> {
+        self.inner.find_users(fragment, limit).await
+    }
+    async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
+        self.inner.activity_since(since).await
+    }
+    async fn create_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        hash: KeyHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.inner.create_api_key(user, id, hash, now).await
+    }
+    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.inner.api_keys(user).await
+    }
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.inner.revoke_api_key(user, id, now).await
+    }
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
+        self.inner.apply_payment(payment).await
+    }
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
+        self.inner.due_gifts(now, limit).await
+    }
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        self.inner.grant_gift(user, payment, month, now).await
+    }
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        self.inner.gifts(user).await
+    }
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        self.inner.price_versions().await
+    }
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        self.inner.init_prices(prices, now).await
+    }
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        self.inner.announce_prices(prices, effective_at, now).await
+    }
+    async fn record_violation(
+        &self,
+        user: UserId,
+        category: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32> {
+        self.inner
+            .record_violation(user, category, now, since)
+            .await
+    }
+}
+
+fn config(max_attempts: u32) -> OrchestratorConfig {
+    OrchestratorConfig {
+        max_attempts,
+        retry_base: Duration::from_millis(10),
+        retry_max: Duration::from_millis(40),
+        settle_retry: Duration::from_millis(5),
+        ..OrchestratorConfig::default()
+    }
+}
+
+async fn start(store: Arc<FaultyStore>, max_attempts: u32) -> Orchestrator {
+    let orch = Orchestrator::start(store, config(max_attempts), Arc::new(NoopObserver))
+        .await
+        .expect("orchestrator starts");
+    orch.add_simulated_workers(
+        1,
+        1,
+        SimProfile {
+            job_time: Duration::from_millis(5),
+            failure_rate: 0.0,
+            user_error_rate: 0.0,
+        },
+    );
+    orch
+}
+
+fn image_request() -> JobRequest {
+    JobRequest {
+        kind: JobKind::Image,
+        model: "sdxl".into(),
+        prompt: "a lighthouse at dusk".into(),
+        params: ParamsRequest::default(),
+        webhook_url: None,
+    }
+}
+
+async fn wait_terminal(orch: &Orchestrator, user: UserId, id: JobId) -> Job {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let job = orch.job(user, id).await.expect("job").0;
+        if job.state.is_terminal() {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} still in flight: {job:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn job_entries(orch: &Orchestrator, user: UserId, job: JobId) -> Vec<EntryKind> {
+    let mut entries = orch.ledger(user, None, 1000).await.expect("ledger");
+    entries.reverse();
+    entries
+        .into_iter()
+        .filter(|e| e.job_id == Some(job))
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_success_the_store_keeps_refusing_ends_as_a_system_failure_and_is_refunded() {
+    let store = Arc::new(FaultyStore::new(Refuse::Successes));
+    let orch = start(store.clone(), 2).await;
+    let user = orch
+        .register("refused@example.com", "Refused")
+        .await
+        .expect("register")
+        .user
+        .id;
+    let before = orch.wallet(user).await.expect("wallet");
+    let job = orch
+        .submit(user, image_request(), None)
+        .await
+        .expect("submit")
+        .job;
+
+    let done = wait_terminal(&orch, user, job.id).await;
+    // Both attempts' successes were refused three times each, then each
+    // ended as a system failure; the second had no attempt left.
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(done.charge, Charge::Voided);
+    assert_eq!(done.attempts, 2);
+    let error = done.error.expect("an error");
+    assert_eq!(error.class, FailureClass::System);
+    assert!(
+        error.message.contains("could not be recorded"),
+        "{}",
+        error.message
+    );
+    assert_eq!(store.refused.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        job_entries(&orch, user, job.id).await,
+        [EntryKind::Hold, EntryKind::Void]
+    );
+    let after = orch.wallet(user).await.expect("wallet");
+    assert_eq!(
+        (after.balance, after.held),
+        (before.balance, Credits::ZERO),
+        "refunded in full"
+    );
+}
+
+#[actix_rt::test]
+async fn an_end_written_while_the_store_is_down_is_recorded_once_it_is_back() {
+    // Three refusals of the reported success, two of the system failure
+    // that replaces it; the sixth write is taken.
+    let store = Arc::new(FaultyStore::new(Refuse::First(5)));
+    let orch = start(store.clone(), 2).await;
+    let user = orch
+        .register("down@example.com", "Down")
+        .await
+        .expect("register")
+        .user
+        .id;
+    let before = orch.wallet(user).await.expect("wallet");
+    let job = orch
+        .submit(user, image_request(), None)
+        .await
+        .expect("submit")
+        .job;
+
+    let done = wait_terminal(&orch, user, job.id).await;
+    // The first attempt ended as a system failure and was retried; the
+    // second succeeded and is the only one charged.
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.attempts, 2);
+    assert_eq!(done.charge, Charge::Posted);
+    assert_eq!(store.refused.load(Ordering::SeqCst), 5);
+    assert_eq!(store.finishes.load(Ordering::SeqCst), 7);
+    let attempts = orch.store().attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(
+        job_entries(&orch, user, job.id).await,
+        [EntryKind::Hold, EntryKind::Post]
+    );
+    let after = orch.wallet(user).await.expect("wallet");
+    assert_eq!(after.balance.get(), before.balance.get() - job.cost.get());
+    assert_eq!(after.held, Credits::ZERO);
+}
