@@ -160,6 +160,22 @@ pub struct Settings {
     /// The window refused prompts are counted in: `24h`, `30m`, seconds.
     #[arg(long, env = "ADMEDIA_VIOLATION_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub violation_window: Duration,
+    // ---- abuse limits per client address (docs/platform-rules.md)
+    /// Failed authentications (admin API, console sign-in, worker connect)
+    /// per client address and minute before it is answered 429 (0: no limit).
+    #[arg(long, env = "ADMEDIA_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
+    pub auth_failures_per_minute: u32,
+    /// Registrations per client address and hour (0: no limit).
+    #[arg(long, env = "ADMEDIA_REGISTRATIONS_PER_HOUR", default_value_t = 10)]
+    pub registrations_per_hour: u32,
+    /// Mail domains whose mailboxes ignore dots in the local part, so
+    /// `j.doe@` and `jdoe@` count as one address (comma-separated).
+    #[arg(
+        long,
+        env = "ADMEDIA_DOTLESS_EMAIL_DOMAINS",
+        default_value = "gmail.com,googlemail.com"
+    )]
+    pub dotless_email_domains: String,
 }
 
 impl Default for Settings {

@@ -5,7 +5,11 @@
 //! to stop a burst at a window edge, and one atomic Redis script per check.
 //! With `REDIS_URL` the count is shared by every node; without it each
 //! node counts alone. If Redis fails, submissions are let through with a
-//! warning and a metric: the money path never depends on Redis.
+//! warning and a metric: the money path never depends on Redis. Counters
+//! that guard against abuse (failed logins, registrations) count in the
+//! process meanwhile instead, so their limit never simply lapses.
+//! [`WindowCounter`] is the counting itself, also used for failed
+//! logins and registrations per client address.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,159 +61,249 @@ pub enum Decision {
     Limited { retry_after: u64 },
 }
 
+/// What one call does to a key's count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Counts the event if the key is under its limit (a submission).
+    Count,
+    /// Only looks: is the key under its limit?
+    Peek,
+    /// Counts the event whatever the count (a failed login).
+    Record,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Count => "count",
+            Mode::Peek => "peek",
+            Mode::Record => "record",
+        }
+    }
+}
+
 /// Where the window is now: its index, and how far into it we are.
-fn window_now() -> (u64, f64) {
+fn window_now(window: Duration) -> (u64, f64) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let w = WINDOW.as_millis() as u64;
+    let w = (window.as_millis() as u64).max(1);
     let ms = now.as_millis() as u64;
     (ms / w, (ms % w) as f64 / w as f64)
 }
 
-fn retry_after(progress: f64) -> u64 {
-    ((1.0 - progress) * WINDOW.as_secs_f64()).ceil().max(1.0) as u64
+fn retry_after(window: Duration, progress: f64) -> u64 {
+    ((1.0 - progress) * window.as_secs_f64()).ceil().max(1.0) as u64
 }
 
-pub struct RateLimiter {
-    limits: RateLimits,
-    backend: Backend,
+/// Keys kept by the in-process counter before stale ones are dropped.
+const LOCAL_KEYS_BEFORE_PRUNE: usize = 65_536;
+
+/// Counts events per key in a sliding window: in Redis when there is one
+/// (shared by every node), else in this process.
+pub struct WindowCounter {
+    window: Duration,
+    /// When Redis fails: count in this process (true) or allow (false).
+    local_when_redis_fails: bool,
+    local: Mutex<HashMap<String, (u64, u32, u32)>>,
+    redis: Option<RedisCounter>,
     metrics: Arc<Metrics>,
 }
 
-enum Backend {
-    Local(Mutex<HashMap<UserId, (u64, u32, u32)>>),
-    Redis {
-        pool: bb8::Pool<RedisConnectionManager>,
-        script: redis::Script,
-        prefix: String,
-    },
+struct RedisCounter {
+    pool: bb8::Pool<RedisConnectionManager>,
+    script: redis::Script,
+    prefix: String,
 }
 
-/// Atomically: refuse when the weighted count is at the limit, else count.
+/// Atomically: is the weighted count under the limit; count per `ARGV[4]`.
 const SLIDING_WINDOW: &str = r#"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
-if previous * tonumber(ARGV[2]) + current >= tonumber(ARGV[1]) then
-  return 0
+local under = previous * tonumber(ARGV[2]) + current < tonumber(ARGV[1])
+if ARGV[4] == 'record' or (ARGV[4] == 'count' and under) then
+  redis.call('INCR', KEYS[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+if under then return 1 else return 0 end
 "#;
 
-impl RateLimiter {
-    pub fn local(limits: RateLimits, metrics: Arc<Metrics>) -> RateLimiter {
-        RateLimiter {
-            limits,
-            backend: Backend::Local(Mutex::new(HashMap::new())),
+/// A pool for every Redis-backed counter of this node.
+pub fn redis_pool(url: &str) -> Result<bb8::Pool<RedisConnectionManager>, String> {
+    let manager = RedisConnectionManager::new(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+    Ok(bb8::Pool::builder()
+        .max_size(8)
+        .connection_timeout(Duration::from_millis(500))
+        .build_unchecked(manager))
+}
+
+impl WindowCounter {
+    pub fn local(window: Duration, metrics: Arc<Metrics>) -> WindowCounter {
+        WindowCounter {
+            window,
+            local_when_redis_fails: true,
+            local: Mutex::new(HashMap::new()),
+            redis: None,
             metrics,
         }
     }
 
-    pub async fn redis(
-        url: &str,
-        limits: RateLimits,
+    /// Counts in Redis under keys starting with `prefix`.
+    pub fn redis(
+        pool: bb8::Pool<RedisConnectionManager>,
+        prefix: &str,
+        window: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<RateLimiter, String> {
-        let manager = RedisConnectionManager::new(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-        let pool = bb8::Pool::builder()
-            .max_size(8)
-            .connection_timeout(Duration::from_millis(500))
-            .build_unchecked(manager);
-        Ok(RateLimiter {
-            limits,
-            backend: Backend::Redis {
+    ) -> WindowCounter {
+        WindowCounter {
+            redis: Some(RedisCounter {
                 pool,
                 script: redis::Script::new(SLIDING_WINDOW),
-                prefix: "admedia:rate".into(),
-            },
-            metrics,
-        })
+                prefix: prefix.to_owned(),
+            }),
+            ..WindowCounter::local(window, metrics)
+        }
+    }
+
+    /// Lets events through while Redis fails, instead of counting them in
+    /// this process.
+    pub fn allow_when_redis_fails(mut self) -> WindowCounter {
+        self.local_when_redis_fails = false;
+        self
     }
 
     pub fn backend(&self) -> &'static str {
-        match self.backend {
-            Backend::Local(_) => "local",
-            Backend::Redis { .. } => "redis",
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "local"
         }
     }
 
-    pub async fn check(&self, user: UserId, tier: Tier) -> Decision {
-        let limit = self.limits.0[tier.index()];
+    /// Applies `mode` to `key`'s count against `limit` (0: unlimited).
+    pub async fn apply(&self, key: &str, limit: u32, mode: Mode) -> Decision {
         if limit == 0 {
             return Decision::Allowed;
         }
-        let (window, progress) = window_now();
-        let allowed = match &self.backend {
-            Backend::Local(counts) => {
-                let mut counts = counts.lock();
-                let entry = counts.entry(user).or_insert((window, 0, 0));
-                if entry.0 != window {
-                    let previous = if entry.0 + 1 == window { entry.2 } else { 0 };
-                    *entry = (window, previous, 0);
+        let (window, progress) = window_now(self.window);
+        let under = match &self.redis {
+            Some(redis) => match self
+                .apply_redis(redis, key, window, progress, limit, mode)
+                .await
+            {
+                Ok(under) => under,
+                Err(e) if self.local_when_redis_fails => {
+                    self.metrics.redis_error("rate_limit");
+                    tracing::warn!(error = %e, "Redis unreachable; counting in this process meanwhile");
+                    self.apply_local(key, window, progress, limit, mode)
                 }
-                let weighted = f64::from(entry.1) * (1.0 - progress) + f64::from(entry.2);
-                if weighted >= f64::from(limit) {
-                    false
-                } else {
-                    entry.2 += 1;
+                Err(e) => {
+                    self.metrics.redis_error("rate_limit");
+                    tracing::warn!(error = %e, "Redis unreachable; not rate limited");
                     true
                 }
-            }
-            Backend::Redis {
-                pool,
-                script,
-                prefix,
-            } => {
-                match self
-                    .check_redis(pool, script, prefix, user, window, progress, limit)
-                    .await
-                {
-                    Ok(allowed) => allowed,
-                    Err(e) => {
-                        self.metrics.redis_error("rate_limit");
-                        tracing::warn!(error = %e, "Redis unreachable; submission not rate limited");
-                        true
-                    }
-                }
-            }
+            },
+            None => self.apply_local(key, window, progress, limit, mode),
         };
-        if allowed {
+        if under {
             Decision::Allowed
         } else {
-            self.metrics.rate_limited();
             Decision::Limited {
-                retry_after: retry_after(progress),
+                retry_after: retry_after(self.window, progress),
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn check_redis(
+    fn apply_local(&self, key: &str, window: u64, progress: f64, limit: u32, mode: Mode) -> bool {
+        let mut counts = self.local.lock();
+        if counts.len() >= LOCAL_KEYS_BEFORE_PRUNE && !counts.contains_key(key) {
+            // Only the current and previous windows weigh anything.
+            counts.retain(|_, e| e.0 + 1 >= window);
+        }
+        let entry = counts.entry(key.to_owned()).or_insert((window, 0, 0));
+        if entry.0 != window {
+            let previous = if entry.0 + 1 == window { entry.2 } else { 0 };
+            *entry = (window, previous, 0);
+        }
+        let weighted = f64::from(entry.1) * (1.0 - progress) + f64::from(entry.2);
+        let under = weighted < f64::from(limit);
+        if mode == Mode::Record || (mode == Mode::Count && under) {
+            entry.2 = entry.2.saturating_add(1);
+        }
+        under
+    }
+
+    async fn apply_redis(
         &self,
-        pool: &bb8::Pool<RedisConnectionManager>,
-        script: &redis::Script,
-        prefix: &str,
-        user: UserId,
+        redis: &RedisCounter,
+        key: &str,
         window: u64,
         progress: f64,
         limit: u32,
+        mode: Mode,
     ) -> Result<bool, String> {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-        let current = format!("{prefix}:{user}:{window}");
-        let previous = format!("{prefix}:{user}:{}", window.saturating_sub(1));
-        let ttl_ms = (WINDOW.as_millis() * 2) as u64;
-        let allowed: i64 = script
+        let mut conn = redis.pool.get().await.map_err(|e| e.to_string())?;
+        let current = format!("{}:{key}:{window}", redis.prefix);
+        let previous = format!("{}:{key}:{}", redis.prefix, window.saturating_sub(1));
+        let ttl_ms = (self.window.as_millis() * 2) as u64;
+        let under: i64 = redis
+            .script
             .key(current)
             .key(previous)
             .arg(limit)
             .arg(1.0 - progress)
             .arg(ttl_ms)
+            .arg(mode.as_str())
             .invoke_async(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(allowed == 1)
+        Ok(under == 1)
+    }
+}
+
+/// Submissions per minute per user, by tier.
+pub struct RateLimiter {
+    limits: RateLimits,
+    counter: WindowCounter,
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimiter {
+    pub fn local(limits: RateLimits, metrics: Arc<Metrics>) -> RateLimiter {
+        RateLimiter {
+            limits,
+            counter: WindowCounter::local(WINDOW, metrics.clone()),
+            metrics,
+        }
+    }
+
+    pub fn redis(
+        pool: bb8::Pool<RedisConnectionManager>,
+        limits: RateLimits,
+        metrics: Arc<Metrics>,
+    ) -> RateLimiter {
+        RateLimiter {
+            limits,
+            counter: WindowCounter::redis(pool, "admedia:rate", WINDOW, metrics.clone())
+                .allow_when_redis_fails(),
+            metrics,
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.counter.backend()
+    }
+
+    pub async fn check(&self, user: UserId, tier: Tier) -> Decision {
+        let limit = self.limits.0[tier.index()];
+        let decision = self
+            .counter
+            .apply(&user.to_string(), limit, Mode::Count)
+            .await;
+        if matches!(decision, Decision::Limited { .. }) {
+            self.metrics.rate_limited();
+        }
+        decision
     }
 }
 

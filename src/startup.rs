@@ -68,6 +68,32 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
+/// Shortest admin or worker token accepted: 32 characters leave a
+/// guesser, limited per address, no chance.
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// A configured token, if it is long enough and can travel in a header
+/// unchanged (visible ASCII, no spaces).
+fn check_token(variable: &str, token: &str) -> Result<String, String> {
+    if token.is_empty() {
+        return Err(format!(
+            "{variable} is set but empty; set a token of at least {MIN_TOKEN_CHARS} characters, or unset it to have one generated"
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{variable} must be visible ASCII without spaces (it travels in an Authorization header)"
+        ));
+    }
+    if token.len() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "{variable} is {} characters long; it must have at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)",
+            token.len()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let config = settings.orchestrator()?;
@@ -157,25 +183,41 @@ impl Application {
             orchestrator.add_simulated_workers(sim_workers, settings.sim_slots.max(1), sim_profile);
         }
 
-        let admin_token = settings.admin_token.clone().unwrap_or_else(|| {
-            let t = random_token();
-            tracing::warn!(token = %t, "ADMEDIA_ADMIN_TOKEN unset; generated one for this run");
-            t
-        });
-        let worker_token = settings.worker_token.clone().unwrap_or_else(|| {
-            let t = random_token();
-            tracing::warn!(token = %t, "ADMEDIA_WORKER_TOKEN unset; generated one for this run");
-            t
-        });
+        let admin_token = match &settings.admin_token {
+            Some(t) => check_token("ADMEDIA_ADMIN_TOKEN", t)?,
+            None => {
+                let t = random_token();
+                tracing::warn!(token = %t, "ADMEDIA_ADMIN_TOKEN unset; generated one for this run");
+                t
+            }
+        };
+        let worker_token = match &settings.worker_token {
+            Some(t) => check_token("ADMEDIA_WORKER_TOKEN", t)?,
+            None => {
+                let t = random_token();
+                tracing::warn!(token = %t, "ADMEDIA_WORKER_TOKEN unset; generated one for this run");
+                t
+            }
+        };
 
         let limits: RateLimits = settings
             .rate_limits
             .parse()
             .map_err(|e| format!("ADMEDIA_RATE_LIMITS: {e}"))?;
-        let rate_limiter = match &settings.redis_url {
-            Some(url) => RateLimiter::redis(url, limits, metrics.clone()).await?,
+        let redis_pool = match &settings.redis_url {
+            Some(url) => Some(crate::ratelimit::redis_pool(url)?),
+            None => None,
+        };
+        let rate_limiter = match &redis_pool {
+            Some(pool) => RateLimiter::redis(pool.clone(), limits, metrics.clone()),
             None => RateLimiter::local(limits, metrics.clone()),
         };
+        let client_limits = crate::http::client_limits::ClientLimits::new(
+            redis_pool,
+            settings.auth_failures_per_minute,
+            settings.registrations_per_hour,
+            metrics.clone(),
+        );
         let rate_limiter_backend = rate_limiter.backend();
 
         let port = local.port();
@@ -183,6 +225,7 @@ impl Application {
             orchestrator: orchestrator.clone(),
             node,
             rate_limiter,
+            client_limits,
             events,
             webhook_allow_private: settings.webhook_allow_private,
             metrics,

@@ -344,7 +344,7 @@ async fn a_worker_that_connects_to_a_standby_is_sent_to_the_leader() {
             "--server",
             &b.base.replacen("http", "ws", 1),
             "--token",
-            "test-worker-token",
+            "test-worker-token-0123456789abcdef012",
         ])
         .args([
             "--executor",

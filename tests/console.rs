@@ -23,8 +23,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 
-const ADMIN_TOKEN: &str = "console-test-admin-token";
-const WORKER_TOKEN: &str = "console-test-worker-token";
+const ADMIN_TOKEN: &str = "console-test-admin-token-0123456789ab";
+const WORKER_TOKEN: &str = "console-test-worker-token-0123456789a";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const WAIT: Duration = Duration::from_secs(10);
 const DESKTOP: (u32, u32) = (1280, 900);
@@ -90,6 +90,7 @@ impl App {
             retry_max_ms: 40,
             worker_lease_ms: 120_000,
             http_workers: Some(2),
+            registrations_per_hour: 0,
             ..Settings::default()
         };
         settings.max_attempts = 2;

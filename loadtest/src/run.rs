@@ -71,8 +71,8 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             build,
         } => {
             let bin = server::locate_server(server_bin.as_deref(), *build)?;
-            let admin = format!("loadtest-admin-{run_id}");
-            let worker_token = format!("loadtest-worker-{run_id}");
+            let admin = format!("loadtest-admin-{run_id}-{:016x}", rand::random::<u64>());
+            let worker_token = format!("loadtest-worker-{run_id}-{:016x}", rand::random::<u64>());
             let mut env: Vec<(String, String)> = vec![
                 ("ADMEDIA_ADMIN_TOKEN".into(), admin.clone()),
                 ("ADMEDIA_WORKER_TOKEN".into(), worker_token.clone()),
@@ -82,6 +82,7 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
                     "free=0,basic=0,professional=0,enterprise=0".into(),
                 ),
                 ("ADMEDIA_REGISTRATION_CREDITS".into(), "100".into()),
+                ("ADMEDIA_REGISTRATIONS_PER_HOUR".into(), "0".into()),
                 (
                     "ADMEDIA_RETRY_BASE_MS".into(),
                     plan.retry_base_ms.to_string(),

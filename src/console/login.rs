@@ -1,7 +1,5 @@
 //! Signing in with the admin token, and out.
 
-use std::time::Duration;
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
@@ -12,9 +10,6 @@ use crate::console::session::{self, Form, Operator};
 use crate::console::view;
 use crate::http::auth::same_secret;
 use crate::http::AppState;
-
-/// A wrong token is answered after this pause, to slow guessing.
-const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(250);
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
@@ -70,8 +65,28 @@ pub async fn submit(
     let form_data = Form::parse(&body);
     let next = form_data.get("next").and_then(session::safe_next);
     let token = form_data.get("token").unwrap_or_default();
+    // Guessing is limited per client address, not slowed per request: a
+    // right token is never held up, a guesser is stopped after a few tries.
+    let client = crate::http::client_limits::client_key(&req);
+    if let Err(crate::http::problem::ApiError::RateLimited { retry_after, .. }) =
+        state.client_limits.check_auth(&client).await
+    {
+        let mut res = view::html(
+            StatusCode::TOO_MANY_REQUESTS,
+            form(
+                next,
+                Some(view::flash_error(&format!(
+                    "Too many wrong tokens from this address. Try again in {retry_after} s."
+                ))),
+            ),
+        );
+        if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return res;
+    }
     if token.is_empty() || !same_secret(token, &state.admin_token) {
-        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+        state.client_limits.auth_failed(&client).await;
         return view::html(
             StatusCode::UNAUTHORIZED,
             form(

@@ -60,23 +60,27 @@ impl FromRequest for AuthUser {
     }
 }
 
-/// The operator, authenticated by `ADMEDIA_ADMIN_TOKEN`.
+/// The operator, authenticated by `ADMEDIA_ADMIN_TOKEN`. Wrong tokens
+/// count against the client address (`crate::http::client_limits`).
 pub struct Admin;
 
 impl FromRequest for Admin {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, Self::Error>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = (|| {
-            let token = bearer(req)?;
-            let state = state(req)?;
+        let token = bearer(req);
+        let state = state(req);
+        let client = crate::http::client_limits::client_key(req);
+        Box::pin(async move {
+            let (token, state) = (token?, state?);
+            state.client_limits.check_auth(&client).await?;
             if same_secret(&token, &state.admin_token) {
                 Ok(Admin)
             } else {
+                state.client_limits.auth_failed(&client).await;
                 Err(ApiError::Unauthorized("invalid admin token".into()))
             }
-        })();
-        std::future::ready(result)
+        })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_limits;
 pub mod events;
 pub mod jobs;
 pub mod keys;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
     pub node: std::sync::Arc<crate::cluster::NodeState>,
     pub rate_limiter: crate::ratelimit::RateLimiter,
+    /// Failed authentications and registrations per client address.
+    pub client_limits: client_limits::ClientLimits,
     pub events: std::sync::Arc<crate::events::EventHub>,
     pub webhook_allow_private: bool,
     pub metrics: Arc<Metrics>,

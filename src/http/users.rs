@@ -52,13 +52,19 @@ pub struct GiftView {
 }
 
 /// Register: one account per e-mail address (ToS 2.4), with the
-/// registration reward granted as a ledger entry.
+/// registration reward granted as a ledger entry. Registrations per client
+/// address are limited (`ADMEDIA_REGISTRATIONS_PER_HOUR`): bulk sign-ups
+/// are refused with 429 before any account or credit is made.
 #[utoipa::path(post, path = "/v1/users", request_body = RegisterRequest,
-    responses((status = 201, body = Registered), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Registered), (status = 409, body = Problem), (status = 422, body = Problem),
+        (status = 429, body = Problem)))]
 pub async fn register(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let client = crate::http::client_limits::client_key(&req);
+    state.client_limits.register(&client).await?;
     let reg = state
         .orchestrator
         .register(&body.email, &body.display_name)

@@ -35,7 +35,10 @@ pub async fn connect(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::Unauthorized("missing worker token".into()))?;
+    let client = crate::http::client_limits::client_key(&req);
+    state.client_limits.check_auth(&client).await?;
     if !same_secret(token.trim(), &state.worker_token) {
+        state.client_limits.auth_failed(&client).await;
         return Err(ApiError::Unauthorized("invalid worker token".into()));
     }
     let redirect = match state.node.role() {

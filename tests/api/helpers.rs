@@ -9,8 +9,8 @@ use admedia::config::Settings;
 use admedia::startup::Application;
 use serde_json::{json, Value};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const WORKER_TOKEN: &str = "test-worker-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
+pub const WORKER_TOKEN: &str = "test-worker-token-0123456789abcdef012";
 /// How long a poll waits for a job to reach a state before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -231,6 +231,8 @@ pub fn test_settings() -> Settings {
         retry_base_ms: 10,
         retry_max_ms: 40,
         http_workers: Some(2),
+        // Every test registers from 127.0.0.1; the limit has its own tests.
+        registrations_per_hour: 0,
         ..Settings::default()
     }
 }

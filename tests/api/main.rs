@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod client_limits;
 mod content;
 mod events;
 mod helpers;

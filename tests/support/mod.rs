@@ -135,7 +135,7 @@ pub struct ServerProcess {
     pub base: String,
 }
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
 
 impl ServerProcess {
     /// Starts the server binary (`ADMEDIA_BIN`, or the one cargo built for
@@ -149,7 +149,11 @@ impl ServerProcess {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ADMEDIA_BIND", format!("127.0.0.1:{port}"))
             .env("ADMEDIA_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("ADMEDIA_WORKER_TOKEN", "test-worker-token")
+            .env(
+                "ADMEDIA_WORKER_TOKEN",
+                "test-worker-token-0123456789abcdef012",
+            )
+            .env("ADMEDIA_REGISTRATIONS_PER_HOUR", "0")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit());
