@@ -119,3 +119,90 @@ async fn submissions_continue_when_redis_is_unreachable() {
         .expect("redis error metric");
     assert!(errors >= 3.0, "each unchecked submission is counted");
 }
+
+/// An address of 127.0.0.0/8 (all loopback) no other run uses, so the
+/// counts this test makes in the shared Redis are its own.
+fn fresh_loopback() -> std::net::IpAddr {
+    let b = uuid::Uuid::now_v7().into_bytes();
+    std::net::IpAddr::from([127, b[13].max(1), b[14], b[15].max(2)])
+}
+
+async fn node(redis: &str, tweak: impl FnOnce(&mut admedia::config::Settings)) -> String {
+    let mut settings = admedia::config::Settings::default();
+    settings.bind = "127.0.0.1:0".into();
+    settings.sim_workers = Some(0);
+    settings.redis_url = Some(redis.to_owned());
+    settings.admin_token = Some(support::ADMIN_TOKEN.to_owned());
+    tweak(&mut settings);
+    let app = admedia::startup::Application::build(settings)
+        .await
+        .expect("build");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    actix_rt::spawn(app.run_until_stopped());
+    base
+}
+
+#[actix_web::test]
+async fn failed_logins_and_registrations_are_counted_across_nodes() {
+    let Some(redis) = support::redis_url() else {
+        return;
+    };
+    let tweak = |s: &mut admedia::config::Settings| {
+        s.auth_failures_per_minute = 4;
+        s.registrations_per_hour = 3;
+    };
+    let a = node(&redis, tweak).await;
+    let b = node(&redis, tweak).await;
+    let client = awc::Client::builder()
+        .local_address(fresh_loopback())
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let stats = |base: &str| format!("{base}/v1/admin/stats");
+    let status = |res: awc::ClientResponse<_>| res.status().as_u16();
+
+    // Four wrong tokens, two on each node, and the address is refused on
+    // both, even with the right token.
+    for i in 0..4 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let res = client
+            .get(stats(base))
+            .bearer_auth(format!("guess-{i}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(status(res), 401);
+    }
+    for base in [&a, &b] {
+        let res = client
+            .get(stats(base))
+            .bearer_auth(support::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status().as_u16(), 429);
+        assert!(res.headers().contains_key("retry-after"));
+    }
+
+    // Registrations: three in all across the nodes, then 429 on both.
+    let other = awc::Client::builder()
+        .local_address(fresh_loopback())
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let mut created = 0;
+    let mut limited = 0;
+    for i in 0..8 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let tag = uuid::Uuid::now_v7().simple();
+        let res = other
+            .post(format!("{base}/v1/users"))
+            .send_json(&json!({"email": format!("r{i}-{tag}@example.com"), "display_name": "R"}))
+            .await
+            .expect("send");
+        match res.status().as_u16() {
+            201 => created += 1,
+            429 => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!((created, limited), (3, 5), "one count for the cluster");
+}
