@@ -34,6 +34,9 @@ pub struct OrchestratorConfig {
     /// refused it; doubles per try (see `job_actor`).
     #[serde(default = "default_settle_retry")]
     pub settle_retry: Duration,
+    /// How e-mail addresses are compared for one account per person.
+    #[serde(default)]
+    pub email_rules: crate::email::EmailRules,
     /// Price notice, membership gifts, content violations (ToS 3.2, 4.5, 5).
     #[serde(default)]
     pub platform: crate::platform::PlatformConfig,
@@ -79,6 +82,7 @@ impl Default for OrchestratorConfig {
             worker_lease: Duration::from_millis(15_000),
             vram: VramTable::default(),
             settle_retry: default_settle_retry(),
+            email_rules: crate::email::EmailRules::default(),
             platform: crate::platform::PlatformConfig::default(),
         }
     }

@@ -1,21 +1,76 @@
-//! E-mail addresses: one account per address (ToS 2.4), compared after
-//! trimming and lower-casing, so `A@B.c ` and `a@b.c` are the same account.
+//! E-mail addresses: one account per person (ToS 2.4). An address is kept
+//! as given (trimmed, lower-cased) for display, and compared by its
+//! canonical form: lower-cased, without plus-addressing (`ann+x@` is
+//! `ann@`), and without dots in the local part at providers that ignore
+//! them (`a.nn@gmail.com` is `ann@gmail.com`), so one mailbox is one
+//! account however it is spelled.
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Email(String);
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Email {
+    address: String,
+    canonical: String,
+}
+
+/// How addresses are canonicalised; configurable because which providers
+/// ignore dots is a fact about the world that changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailRules {
+    /// Domains (lower case) whose mailboxes ignore dots in the local part.
+    pub dotless_domains: Vec<String>,
+}
+
+impl Default for EmailRules {
+    fn default() -> Self {
+        EmailRules {
+            dotless_domains: vec!["gmail.com".into(), "googlemail.com".into()],
+        }
+    }
+}
+
+impl EmailRules {
+    /// `gmail.com, googlemail.com` (comma-separated, any case); empty: none.
+    pub fn from_list(list: &str) -> EmailRules {
+        EmailRules {
+            dotless_domains: list
+                .split(',')
+                .map(|d| d.trim().to_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect(),
+        }
+    }
+
+    fn canonical(&self, local: &str, domain: &str) -> String {
+        // `+tag` is a sub-address of the same mailbox; a local part that
+        // is all tag (`+x@`) is left as it is.
+        let base = match local.split_once('+') {
+            Some((base, _)) if !base.is_empty() => base,
+            _ => local,
+        };
+        let base = if self.dotless_domains.iter().any(|d| d == domain) {
+            base.replace('.', "")
+        } else {
+            base.to_owned()
+        };
+        format!("{base}@{domain}")
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("invalid e-mail address: {0}")]
 pub struct EmailError(&'static str);
 
 impl Email {
+    /// Parses with the default [`EmailRules`].
     pub fn parse(raw: &str) -> Result<Email, EmailError> {
+        Email::parse_with(raw, &EmailRules::default())
+    }
+
+    pub fn parse_with(raw: &str, rules: &EmailRules) -> Result<Email, EmailError> {
         let email = raw.trim().to_lowercase();
         if email.is_empty() {
             return Err(EmailError("empty"));
@@ -47,28 +102,51 @@ impl Email {
                 return Err(EmailError("bad domain"));
             }
         }
-        Ok(Email(email))
+        let canonical = rules.canonical(local, domain);
+        Ok(Email {
+            address: email,
+            canonical,
+        })
     }
 
+    /// The address as given, for display and mail.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.address
+    }
+
+    /// The form uniqueness is decided on.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
     }
 
     /// For adapters that load an address the store already validated.
-    pub fn from_stored(stored: String) -> Email {
-        Email(stored)
+    pub fn from_stored(address: String, canonical: String) -> Email {
+        Email { address, canonical }
     }
 }
 
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.address)
     }
 }
 
 impl fmt::Debug for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Email({})", self.0)
+        write!(f, "Email({})", self.address)
+    }
+}
+
+impl Serialize for Email {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.address)
+    }
+}
+
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Email, D::Error> {
+        let raw = String::deserialize(d)?;
+        Email::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -82,6 +160,46 @@ mod tests {
             Email::parse("  Ann@Example.COM ").unwrap().as_str(),
             "ann@example.com"
         );
+    }
+
+    #[test]
+    fn canonical_form_drops_tags_case_and_ignored_dots() {
+        let rules = EmailRules::default();
+        for (given, canonical) in [
+            ("Name+1@Example.com", "name@example.com"),
+            ("name+a+b@example.com", "name@example.com"),
+            ("first.last@example.com", "first.last@example.com"),
+            ("First.Last+news@GMail.com", "firstlast@gmail.com"),
+            ("f.i.r.s.t@googlemail.com", "first@googlemail.com"),
+            ("+only@example.com", "+only@example.com"),
+        ] {
+            let email = Email::parse_with(given, &rules).unwrap();
+            assert_eq!(email.canonical(), canonical, "{given}");
+            assert_eq!(
+                email.as_str(),
+                given.trim().to_lowercase(),
+                "kept for display"
+            );
+        }
+        let custom = EmailRules::from_list(" Example.com ,, ");
+        assert_eq!(custom.dotless_domains, ["example.com"]);
+        assert_eq!(
+            Email::parse_with("a.b@example.com", &custom)
+                .unwrap()
+                .canonical(),
+            "ab@example.com"
+        );
+        assert_eq!(
+            Email::parse_with("a.b@gmail.com", &custom)
+                .unwrap()
+                .canonical(),
+            "a.b@gmail.com",
+            "only the configured providers"
+        );
+        let json = serde_json::to_string(&Email::parse("A+x@b.co").unwrap()).unwrap();
+        assert_eq!(json, "\"a+x@b.co\"");
+        let back: Email = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.canonical(), "a@b.co");
     }
 
     #[test]

@@ -296,8 +296,8 @@ impl Orchestrator {
         email: &str,
         display_name: &str,
     ) -> Result<Registration, OrchestratorError> {
-        let email =
-            Email::parse(email).map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
+        let email = Email::parse_with(email, &self.config.email_rules)
+            .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
         let display_name = DisplayName::parse(display_name)
             .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
         let api_key = ApiKey::generate();

@@ -224,14 +224,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<serde_json::Value> {
 }
 
 const USER_COLUMNS: &str =
-    "id, email, display_name, tier, membership_expires_at, status, created_at";
+    "id, email, display_name, tier, membership_expires_at, status, created_at, email_canonical";
 
 fn user_row(r: &Row) -> StoreResult<User> {
     let tier_s: String = r.get(3);
     let status_s: String = r.get(5);
     Ok(User {
         id: UserId::from_uuid(r.get(0)),
-        email: Email::from_stored(r.get(1)),
+        email: Email::from_stored(r.get(1), r.get(7)),
         display_name: DisplayName::from_stored(r.get(2)),
         membership: Membership {
             tier: tier(&tier_s)?,
@@ -567,17 +567,24 @@ impl Store for PgStore {
         let id = UserId::generate();
         let inserted = tx
             .execute(
-                "INSERT INTO users (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO users (id, email, display_name, created_at, email_canonical) \
+                 VALUES ($1, $2, $3, $4, $5)",
                 &[
                     &id.as_uuid(),
                     &new.email.as_str(),
                     &new.display_name.as_str(),
                     &now,
+                    &new.email.canonical(),
                 ],
             )
             .await;
         match inserted {
-            Err(e) if is_unique_violation(&e, "users_email") => return Err(StoreError::EmailTaken),
+            Err(e)
+                if is_unique_violation(&e, "users_email")
+                    || is_unique_violation(&e, "users_email_canonical") =>
+            {
+                return Err(StoreError::EmailTaken)
+            }
             other => {
                 other.map_err(db)?;
             }

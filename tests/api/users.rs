@@ -3,7 +3,7 @@
 use actix_web::http::Method;
 use serde_json::json;
 
-use crate::helpers::{register, spawn_app_without_workers, wallet_tuple, Body};
+use crate::helpers::{register, spawn_app_with, spawn_app_without_workers, wallet_tuple, Body};
 
 #[actix_web::test]
 async fn register_returns_user_key_and_wallet_with_the_registration_grant() {
@@ -49,6 +49,52 @@ async fn a_second_account_for_the_same_email_is_refused_case_insensitively() {
         .await
         .expect_problem(409, "email-taken");
     }
+}
+
+#[actix_web::test]
+async fn another_spelling_of_a_mailbox_is_the_same_account() {
+    let app = spawn_app_without_workers().await;
+    let (user, _) = register(&app, "name@example.com").await;
+    assert_eq!(user["email"], "name@example.com");
+    let (gmail, _) = register(&app, "First.Last+News@gmail.com").await;
+    assert_eq!(gmail["email"], "first.last+news@gmail.com", "kept as given");
+    for email in [
+        "name+1@example.com",
+        "Name+promo@example.com",
+        "firstlast@gmail.com",
+        "f.i.r.s.t.l.a.s.t@gmail.com",
+        "firstlast+x@gmail.com",
+    ] {
+        app.post_json(
+            "/v1/users",
+            None,
+            &json!({"email": email, "display_name": "Again"}),
+        )
+        .await
+        .expect_problem(409, "email-taken");
+    }
+    // Dots are part of the mailbox elsewhere: a different person.
+    register(&app, "na.me@example.com").await;
+}
+
+#[actix_web::test]
+async fn the_providers_that_ignore_dots_are_configurable() {
+    let app = spawn_app_with(|s| {
+        s.sim_workers = Some(0);
+        s.dotless_email_domains = "example.org".into();
+    })
+    .await;
+    register(&app, "jo.doe@example.org").await;
+    app.post_json(
+        "/v1/users",
+        None,
+        &json!({"email": "jodoe@example.org", "display_name": "Again"}),
+    )
+    .await
+    .expect_problem(409, "email-taken");
+    // gmail.com is no longer in the list.
+    register(&app, "jo.doe@gmail.com").await;
+    register(&app, "jodoe@gmail.com").await;
 }
 
 #[actix_web::test]

@@ -773,6 +773,40 @@ pub async fn idempotency_keys_expire(store: Shared) {
     assert_ne!(fresh.job.id, original);
 }
 
+/// One account per mailbox: another spelling of a registered address is
+/// taken, and the address is kept as given.
+pub async fn one_account_per_canonical_email(store: Shared) {
+    let first = user_with(&store, "first.last+shop@gmail.com", 100).await;
+    assert_eq!(first.email.as_str(), "first.last+shop@gmail.com");
+    let again = store.user(first.id).await.unwrap().expect("stored");
+    assert_eq!(again.email.as_str(), "first.last+shop@gmail.com");
+    assert_eq!(again.email.canonical(), "firstlast@gmail.com");
+    for other in [
+        "firstlast@gmail.com",
+        "First.Last+x@GMAIL.com",
+        "f.irstlast@gmail.com",
+    ] {
+        let dup = store
+            .create_user(
+                NewUser {
+                    email: Email::parse(other).unwrap(),
+                    display_name: DisplayName::parse("Dup").unwrap(),
+                    key_hash: ApiKey::generate().hash(),
+                },
+                credits(100),
+                Utc::now(),
+            )
+            .await;
+        assert_eq!(dup.unwrap_err(), StoreError::EmailTaken, "{other}");
+    }
+    // Dots count at other providers; the refused ones got no credits.
+    user_with(&store, "first.last@example.com", 100).await;
+    user_with(&store, "firstlast@example.com", 100).await;
+    let audit = store.audit_ledgers().await.unwrap();
+    assert_eq!(audit.len(), 3);
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -808,6 +842,7 @@ macro_rules! store_conformance_tests {
             content_violations_are_counted_in_their_window,
             assignments_of_a_deposed_term_are_refused,
             idempotency_keys_expire,
+            one_account_per_canonical_email,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use super::*;
-use crate::email::Email;
 use crate::job::Charge;
 use crate::ledger::{EntryKind, GrantSource};
 use crate::money::MoneyError;
@@ -33,7 +32,8 @@ struct State {
     next_seq: u64,
     next_entry: i64,
     users: HashMap<UserId, User>,
-    emails: HashMap<Email, UserId>,
+    /// By canonical address: one account per mailbox.
+    emails: HashMap<String, UserId>,
     keys: HashMap<KeyHash, UserId>,
     accounts: HashMap<UserId, Account>,
     jobs: HashMap<JobId, Job>,
@@ -221,7 +221,7 @@ impl Store for MemoryStore {
         now: DateTime<Utc>,
     ) -> StoreResult<(User, Wallet)> {
         let mut s = self.state.lock();
-        if s.emails.contains_key(&new.email) {
+        if s.emails.contains_key(new.email.canonical()) {
             return Err(StoreError::EmailTaken);
         }
         let user = User {
@@ -232,7 +232,7 @@ impl Store for MemoryStore {
             status: AccountStatus::Active,
             created_at: now,
         };
-        s.emails.insert(new.email, user.id);
+        s.emails.insert(new.email.canonical().to_owned(), user.id);
         s.keys.insert(new.key_hash, user.id);
         platform::registered(&mut s, user.id, new.key_hash, now);
         s.users.insert(user.id, user.clone());
