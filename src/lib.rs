@@ -13,4 +13,5 @@ pub mod special_addresses;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod webhooks;

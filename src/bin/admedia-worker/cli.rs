@@ -28,6 +28,10 @@ pub struct Args {
         default_value = "ws://127.0.0.1:8080"
     )]
     pub server: String,
+    /// PEM file of the CA certificates a `wss://` server's certificate must
+    /// chain to; without it, the system's root certificates.
+    #[arg(long, env = "ADMEDIA_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The shared worker token (`ADMEDIA_WORKER_TOKEN` of the server).
     #[arg(long, env = "ADMEDIA_WORKER_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -118,6 +122,8 @@ pub enum ExecutorConfig {
 pub struct Config {
     /// The full WebSocket URL of the worker endpoint.
     pub url: String,
+    /// TLS settings for a `wss://` server; `None` for `ws://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// `Bearer <token>`, already checked to be a valid header value.
     pub authorization: HeaderValue,
     pub slots: u32,
@@ -130,6 +136,20 @@ pub struct Config {
 impl Args {
     pub fn into_config(self) -> Result<Config, String> {
         let url = connect_url(&self.server)?;
+        let tls = if url.starts_with("wss://") {
+            let config = admedia::tls::client_config(self.ca_file.as_deref()).map_err(|e| {
+                match &self.ca_file {
+                    Some(_) => format!("--ca-file: {e}"),
+                    None => format!("--server {}: {e} with --ca-file", self.server),
+                }
+            })?;
+            Some(config)
+        } else {
+            if self.ca_file.is_some() {
+                return Err("--ca-file is for a wss:// --server".into());
+            }
+            None
+        };
         if self.token.trim().is_empty() {
             return Err("--token must not be empty".into());
         }
@@ -159,6 +179,7 @@ impl Args {
         };
         Ok(Config {
             url,
+            tls,
             authorization,
             slots: self.slots,
             kinds,
@@ -168,21 +189,16 @@ impl Args {
     }
 }
 
-/// `ws://host:port[/prefix]` → `ws://host:port[/prefix]/v1/workers/connect`.
+/// `ws://host:port[/prefix]` → `ws://host:port[/prefix]/v1/workers/connect`;
+/// `http://` is taken as `ws://` and `https://` as `wss://`.
 pub fn connect_url(server: &str) -> Result<String, String> {
     let server = server.trim().trim_end_matches('/');
-    let scheme = server
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some("ws" | "http") => Ok(format!("{server}/v1/workers/connect")),
-        // The agent is built without a TLS stack; put a TLS-terminating
-        // proxy in front of the server or connect on a private network.
-        Some("wss" | "https") => Err(format!(
-            "--server {server}: TLS (wss://) is not supported by this build; use ws://"
-        )),
+    let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+    match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" if !rest.is_empty() => Ok(format!("ws://{rest}/v1/workers/connect")),
+        "wss" | "https" if !rest.is_empty() => Ok(format!("wss://{rest}/v1/workers/connect")),
         _ => Err(format!(
-            "--server {server:?} must be a ws:// URL, e.g. ws://127.0.0.1:8080"
+            "--server {server:?} must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:8080"
         )),
     }
 }
@@ -266,8 +282,17 @@ mod tests {
             connect_url("ws://127.0.0.1:8080/").as_deref(),
             Ok("ws://127.0.0.1:8080/v1/workers/connect")
         );
-        assert!(connect_url("wss://example.com").is_err());
+        assert_eq!(
+            connect_url("wss://gpu.example.com/").as_deref(),
+            Ok("wss://gpu.example.com/v1/workers/connect")
+        );
+        assert_eq!(
+            connect_url("HTTPS://gpu.example.com").as_deref(),
+            Ok("wss://gpu.example.com/v1/workers/connect")
+        );
         assert!(connect_url("127.0.0.1:8080").is_err());
+        assert!(connect_url("wss://").is_err());
+        assert!(connect_url("ftp://example.com").is_err());
     }
 
     #[test]

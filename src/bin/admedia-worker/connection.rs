@@ -120,9 +120,14 @@ pub async fn run(
 }
 
 async fn connect(config: &Config) -> Result<Socket, String> {
+    let mut connector =
+        awc::Connector::new().connector(crate::nodelay::NoDelayConnector::default());
+    if let Some(tls) = &config.tls {
+        connector = connector.rustls_0_23(tls.clone());
+    }
     let client = awc::Client::builder()
         .timeout(CONNECT_TIMEOUT)
-        .connector(awc::Connector::new().connector(crate::nodelay::NoDelayConnector::default()))
+        .connector(connector)
         .finish();
     let (_, ws) = client
         .ws(config.url.as_str())
@@ -134,6 +139,10 @@ async fn connect(config: &Config) -> Result<Socket, String> {
             WsClientError::InvalidResponseStatus(status) if status.as_u16() == 401 => {
                 "the server refused the worker token (401)".to_owned()
             }
+            e if e.to_string().contains("certificate") => format!(
+                "cannot connect: the server's TLS certificate is not trusted ({e}); \
+                 give the CA that signed it with --ca-file"
+            ),
             e => format!("cannot connect: {e}"),
         })?;
     Ok(ws)
