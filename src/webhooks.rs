@@ -153,6 +153,16 @@ fn system_resolver() -> Resolver {
     })
 }
 
+/// TLS for `https://` receivers: the system's roots, loaded once.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, DeliveryError> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| crate::tls::client_config(None))
+        .clone()
+        .map_err(DeliveryError::Send)
+}
+
 impl Webhooks {
     pub fn new(
         store: Arc<dyn Store>,
@@ -303,7 +313,12 @@ impl Webhooks {
         }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = sign(secret, id, timestamp, body).map_err(DeliveryError::Signing)?;
+        let mut connector = awc::Connector::new();
+        if url.scheme() == "https" {
+            connector = connector.rustls_0_23(tls_config()?);
+        }
         let client = awc::Client::builder()
+            .connector(connector)
             .disable_redirects()
             .timeout(DELIVERY_TIMEOUT)
             .finish();
