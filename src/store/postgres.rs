@@ -46,7 +46,7 @@ mod platform;
 /// Group commit of the money-and-job operations.
 mod writer;
 
-pub use writer::GroupCommit;
+pub use writer::{GroupCommit, Paused};
 
 mod embedded {
     refinery::embed_migrations!("schema");
@@ -121,6 +121,18 @@ impl PgStore {
             tracing::info!(migration = %m, "applied migration");
         }
         Ok(())
+    }
+
+    /// Holds every batch back until the guard is dropped; meanwhile
+    /// operations queue (see [`PgStore::queued_operations`]). For tests of
+    /// what one batch does.
+    pub async fn pause_group_commit(&self) -> writer::Paused {
+        self.writers.pause().await
+    }
+
+    /// Operations handed to group commit since the store was made.
+    pub fn queued_operations(&self) -> usize {
+        self.writers.queued()
     }
 
     /// Pool connections by state, for metrics.

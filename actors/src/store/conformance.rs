@@ -23,7 +23,7 @@ fn credits(v: i64) -> Credits {
     Credits::new(v).expect("test amount")
 }
 
-async fn user_with(store: &Shared, email: &str, reward: i64) -> User {
+pub async fn user_with(store: &Shared, email: &str, reward: i64) -> User {
     store
         .create_user(
             NewUser {
@@ -50,7 +50,7 @@ fn spec(prompt: &str) -> JobSpec {
     .expect("test spec")
 }
 
-fn new_job(user: UserId, cost: i64) -> NewJob {
+pub fn new_job(user: UserId, cost: i64) -> NewJob {
     NewJob {
         id: JobId::generate(),
         user_id: user,

@@ -28,7 +28,8 @@ use admedia_actors::store::{
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Transaction};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedRwLockWriteGuard, RwLock};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -146,7 +147,16 @@ pub(super) struct Writers {
     feed: Arc<OutboxFeed>,
     config: GroupCommit,
     queue: parking_lot::Mutex<Option<mpsc::UnboundedSender<Op>>>,
+    /// Operations handed to the queue so far.
+    queued: Arc<AtomicUsize>,
+    /// Held shut by [`Writers::pause`]: a writer that took an operation
+    /// waits here before it gathers the rest of its batch.
+    gate: Arc<RwLock<()>>,
 }
+
+/// While held, no batch is gathered: operations queue up and then go out
+/// together as one batch (tests of batch behaviour).
+pub struct Paused(#[allow(dead_code)] OwnedRwLockWriteGuard<()>);
 
 impl Writers {
     pub(super) fn new(pool: Pool, feed: Arc<OutboxFeed>, config: GroupCommit) -> Writers {
@@ -155,7 +165,17 @@ impl Writers {
             feed,
             config,
             queue: parking_lot::Mutex::new(None),
+            queued: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(RwLock::new(())),
         }
+    }
+
+    pub(super) async fn pause(&self) -> Paused {
+        Paused(self.gate.clone().write_owned().await)
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
     }
 
     fn start(&self) -> mpsc::UnboundedSender<Op> {
@@ -163,6 +183,7 @@ impl Writers {
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..self.config.writers.max(1) {
             let (pool, feed, rx) = (self.pool.clone(), self.feed.clone(), rx.clone());
+            let gate = self.gate.clone();
             let max_batch = self.config.max_batch.max(1);
             tokio::spawn(async move {
                 loop {
@@ -171,6 +192,7 @@ impl Writers {
                         let Some(first) = rx.recv().await else {
                             return;
                         };
+                        let _open = gate.read().await;
                         let mut batch = vec![first];
                         while batch.len() < max_batch {
                             match rx.try_recv() {
@@ -205,11 +227,12 @@ impl Writers {
             };
             match sender.send(op) {
                 Ok(()) => {
+                    self.queued.fetch_add(1, Ordering::SeqCst);
                     return answer.await.unwrap_or_else(|_| {
                         Err(StoreError::Unavailable(
                             "the store's writer stopped before answering".into(),
                         ))
-                    })
+                    });
                 }
                 // The writers' runtime is gone: start them again here.
                 Err(mpsc::error::SendError(back)) => {
