@@ -22,6 +22,7 @@ use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcom
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 use admedia_actors::store::memory::MemoryStore;
+use admedia_actors::store::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
     NewJob, Settlement, Store, StoreError, StoreResult, Submission,
@@ -88,6 +89,24 @@ impl Store for FaultyStore {
     }
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
+    }
+    fn outbox(&self) -> &OutboxFeed {
+        self.inner.outbox()
+    }
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingWebhook>> {
+        self.inner.claim_webhooks(now, limit).await
+    }
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: DeliveryReport,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.inner.report_webhook(id, report, now).await
     }
     async fn create_user(
         &self,

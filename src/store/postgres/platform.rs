@@ -5,7 +5,7 @@
 
 use admedia_actors::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
 use admedia_actors::ids::{ApiKeyId, UserId};
-use admedia_actors::ledger::{EntryKind, GrantSource};
+use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::payments::{
     extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
@@ -20,7 +20,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::{
-    book, corrupt, credits, db, is_unique_violation, json, lock_wallet, money, status, tier,
+    book_grant, corrupt, credits, db, is_unique_violation, json, lock_account, money, status, tier,
     to_json, user_row, PgStore, USER_COLUMNS,
 };
 
@@ -181,7 +181,8 @@ impl PgStore {
     pub(super) async fn pg_apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let wallet_before = lock_wallet(&tx, p.user_id).await?;
+        let account_before = lock_account(&tx, p.user_id).await?;
+        let wallet_before = account_before.wallet;
         let seen = tx
             .query_opt(
                 "SELECT user_id, request_hash FROM payments WHERE payment_id = $1",
@@ -231,24 +232,17 @@ impl PgStore {
                 other.map_err(db)?;
             }
         }
-        let mut wallet = wallet_before;
+        let mut account = account_before;
         let mut user = user;
         match p.product {
             Product::Credits { credits: amount } => {
-                let note = format!("payment {}", p.payment_id);
-                wallet = book(
-                    &tx,
-                    p.user_id,
-                    wallet,
-                    EntryKind::Grant,
+                let grant = Grant {
                     amount,
-                    Some(GrantSource::Purchase),
-                    None,
-                    Some(&note),
-                    None,
-                    p.now,
-                )
-                .await?;
+                    source: GrantSource::Purchase,
+                    idempotency_key: None,
+                    note: Some(format!("payment {}", p.payment_id)),
+                };
+                account = book_grant(&tx, account, &grant, p.now).await?;
             }
             Product::Membership {
                 tier: bought,
@@ -301,23 +295,18 @@ impl PgStore {
                     .await
                     .map_err(db)?;
                     if starts_now {
-                        wallet = book(
-                            &tx,
-                            p.user_id,
-                            wallet,
-                            EntryKind::Grant,
-                            g.amount,
-                            Some(GrantSource::MembershipGift),
-                            None,
-                            Some(&g.note()),
-                            None,
-                            p.now,
-                        )
-                        .await?;
+                        let grant = Grant {
+                            amount: g.amount,
+                            source: GrantSource::MembershipGift,
+                            idempotency_key: None,
+                            note: Some(g.note()),
+                        };
+                        account = book_grant(&tx, account, &grant, p.now).await?;
                     }
                 }
             }
         }
+        let wallet = account.wallet;
         let granted = wallet
             .balance
             .checked_sub(wallet_before.balance)
@@ -363,7 +352,8 @@ impl PgStore {
     ) -> StoreResult<GiftOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let wallet = lock_wallet(&tx, user).await?;
+        let account = lock_account(&tx, user).await?;
+        let wallet = account.wallet;
         let st = lock_user_status(&tx, user).await?;
         let sql = format!(
             "SELECT {GIFT_COLUMNS} FROM membership_gifts WHERE payment_id = $1 AND month = $2 \
@@ -406,19 +396,13 @@ impl PgStore {
         if n != 1 {
             return Ok(nothing);
         }
-        let wallet = book(
-            &tx,
-            user,
-            wallet,
-            EntryKind::Grant,
-            gift.amount,
-            Some(GrantSource::MembershipGift),
-            None,
-            Some(&gift.note()),
-            None,
-            now,
-        )
-        .await?;
+        let grant = Grant {
+            amount: gift.amount,
+            source: GrantSource::MembershipGift,
+            idempotency_key: None,
+            note: Some(gift.note()),
+        };
+        let wallet = book_grant(&tx, account, &grant, now).await?.wallet;
         tx.commit().await.map_err(db)?;
         Ok(GiftOutcome {
             wallet,

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::{money, State};
+use super::State;
 use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
 use crate::ids::{ApiKeyId, UserId};
 use crate::job::RequestHash;
-use crate::ledger::{EntryKind, GrantSource};
+use crate::ledger::Grant;
+use crate::ledger::GrantSource;
 use crate::money::{Credits, Wallet};
 use crate::payments::{
     extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
@@ -18,6 +19,7 @@ use crate::payments::{
 };
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
+use crate::store::decide::money;
 use crate::store::{StoreError, StoreResult};
 use crate::user::{AccountStatus, KeyHash};
 
@@ -123,15 +125,13 @@ fn book_grant(
     note: String,
     now: DateTime<Utc>,
 ) -> StoreResult<Wallet> {
-    s.book(
-        user,
-        EntryKind::Grant,
+    let grant = Grant {
         amount,
-        Some(source),
-        None,
-        Some(note),
-        now,
-    )
+        source,
+        note: Some(note),
+        idempotency_key: None,
+    };
+    s.book_grant(user, &grant, now)
 }
 
 pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<PaymentOutcome> {
