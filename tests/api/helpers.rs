@@ -231,8 +231,10 @@ pub fn test_settings() -> Settings {
         retry_base_ms: 10,
         retry_max_ms: 40,
         http_workers: Some(2),
-        // Every test registers from 127.0.0.1; the limit has its own tests.
+        // Every test registers and authenticates from 127.0.0.1, some with
+        // wrong tokens on purpose; the limits have their own tests.
         registrations_per_hour: 0,
+        auth_failures_per_minute: 0,
         ..Settings::default()
     }
 }

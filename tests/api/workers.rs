@@ -42,6 +42,26 @@ impl Gpu {
         gpu
     }
 
+    /// Connects once the node leads (on PostgreSQL it first wins an
+    /// election, and until then asks workers to come back).
+    pub async fn connect_when_leading(app: &TestApp, hello: Value) -> Gpu {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let socket = open(app, WORKER_TOKEN).await.expect("worker connects");
+            let mut gpu = Gpu { socket };
+            gpu.send(hello.clone()).await;
+            let answer = gpu.recv().await;
+            if answer["type"] == "welcome" {
+                return gpu;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never welcomed: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn send(&mut self, msg: Value) {
         self.send_text(msg.to_string()).await;
     }
@@ -398,7 +418,7 @@ async fn a_fail_message_with_a_nul_byte_ends_the_job_on_postgresql() {
     })
     .await;
     let (_, key) = register(&app, "nul@example.com").await;
-    let mut gpu = Gpu::connect(&app, hello("nul", 1)).await;
+    let mut gpu = Gpu::connect_when_leading(&app, hello("nul", 1)).await;
 
     // A user failure: charged, not retried.
     let id = id_of(&submit_ok(&app, &key, &image_job()).await);
