@@ -83,6 +83,9 @@ async fn rate_limit_is_shared_by_two_server_processes() {
 async fn submissions_continue_when_redis_is_unreachable() {
     let mut settings = admedia::config::Settings::default();
     settings.bind = "127.0.0.1:0".into();
+    // The embedded store, whatever DATABASE_URL says: a rerun must not
+    // find the user of the previous run.
+    settings.database_url = None;
     settings.sim_workers = Some(0);
     settings.rate_limits = "free=1".into();
     // Nothing listens here.
@@ -100,7 +103,10 @@ async fn submissions_continue_when_redis_is_unreachable() {
         json!({"email": "noredis@example.com", "display_name": "N"}),
     )
     .await;
-    let key = reg["api_key"].as_str().expect("key").to_owned();
+    let key = reg["api_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("registered: {reg}"))
+        .to_owned();
     for _ in 0..3 {
         let (status, _, body) = post(&client, format!("{base}/v1/jobs"), Some(&key), job()).await;
         assert_eq!(status, 202, "{body}");
@@ -132,6 +138,7 @@ async fn node(redis: &str, tweak: impl FnOnce(&mut admedia::config::Settings)) -
     settings.bind = "127.0.0.1:0".into();
     settings.sim_workers = Some(0);
     settings.redis_url = Some(redis.to_owned());
+    settings.database_url = None;
     settings.admin_token = Some(support::ADMIN_TOKEN.to_owned());
     tweak(&mut settings);
     let app = admedia::startup::Application::build(settings)
