@@ -635,9 +635,7 @@ impl Store for PgStore {
         .await?
         .ok_or(StoreError::NotFound("user"))?;
         let current = status(current.get(0))?;
-        if current == AccountStatus::Terminated && new_status != AccountStatus::Terminated {
-            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
-        }
+        decide::status_change(current, new_status)?;
         let sql = format!("UPDATE users SET status = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
         let row = cached_query_one(&tx, &sql, &[&id.as_uuid(), &new_status.as_str()]).await?;
         tx.commit().await.map_err(db)?;
