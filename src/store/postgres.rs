@@ -135,6 +135,11 @@ impl PgStore {
         self.writers.queued()
     }
 
+    /// Group-commit batches run since the store was made.
+    pub fn batches(&self) -> usize {
+        self.writers.batches()
+    }
+
     /// Pool connections by state, for metrics.
     pub fn pool_status(&self) -> (usize, usize) {
         let s = self.pool.status();
