@@ -3,7 +3,8 @@
 //! submit → hold → dispatch → simulated completion → post.
 //!
 //! `cargo bench --bench lifecycle` (options: `-- --jobs N --users N
-//! --waiting N --workers N --slots N --concurrency N --database-url URL`).
+//! --waiting N --workers N --slots N --concurrency N --database-url URL
+//! --writers N --max-batch N`).
 //! With `--database-url` the store is PostgreSQL (a fresh schema), so every
 //! step is a committed transaction. Prints throughput with full credit accounting, and the
 //! dispatch latency (slot or job ready → assignment recorded) with a large
@@ -49,6 +50,10 @@ fn text_arg(name: &str) -> Option<String> {
         .cloned()
 }
 
+/// The PostgreSQL store of the first run, for its batch counts.
+static GROUP_COMMIT: std::sync::OnceLock<Arc<admedia::store::postgres::PgStore>> =
+    std::sync::OnceLock::new();
+
 /// The store under test: embedded, or a fresh schema on PostgreSQL.
 async fn store() -> Arc<dyn admedia_actors::store::Store> {
     let Some(url) = text_arg("--database-url") else {
@@ -69,13 +74,27 @@ async fn store() -> Arc<dyn admedia_actors::store::Store> {
         .unwrap_or_else(|e| panic!("schema: {e}"));
     let mut config = config;
     config.options(format!("-c search_path={schema}"));
-    let pg = admedia::store::postgres::PgStore::from_config(config, arg("--pool", 32))
-        .unwrap_or_else(|e| panic!("pool: {e}"));
+    let group_commit = admedia::store::postgres::GroupCommit {
+        max_batch: arg("--max-batch", 512),
+        writers: arg("--writers", 2),
+    };
+    let pg = admedia::store::postgres::PgStore::with_group_commit(
+        config,
+        arg("--pool", 32),
+        group_commit,
+    )
+    .unwrap_or_else(|e| panic!("pool: {e}"));
+    println!(
+        "group commit: {} writers, batches of at most {}",
+        group_commit.writers, group_commit.max_batch
+    );
     pg.migrate()
         .await
         .unwrap_or_else(|e| panic!("migrate: {e}"));
     println!("store: PostgreSQL, schema {schema}");
-    Arc::new(pg)
+    let pg = Arc::new(pg);
+    let _ = GROUP_COMMIT.set(pg.clone());
+    pg
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -251,6 +270,13 @@ fn main() {
             assert!(wallet.held.is_zero(), "credits still held for {user}");
         }
         println!("audit: every ledger replays to its wallet; nothing held");
+        if let Some(pg) = GROUP_COMMIT.get() {
+            let (ops, batches) = (pg.queued_operations(), pg.batches().max(1));
+            println!(
+                "group commit: {ops} operations in {batches} batches ({:.1} per batch)",
+                ops as f64 / batches as f64
+            );
+        }
 
         // 2. Dispatch latency with a backlog: `waiting` jobs queued before
         // any worker exists, then workers arrive and drain it.

@@ -1,7 +1,10 @@
 //! `WalletActor`: one per user, started on demand, stopped when idle. Every
-//! credit mutation of the user passes through it, so a user's grants,
-//! holds, posts and voids are serialized in one place; the store still
-//! decides each one atomically, and the actor keeps the state the store
+//! credit mutation of the user passes through it. The store decides each
+//! one atomically under the wallet's lock, so the actor does not wait for
+//! one to finish before passing on the next: several of a user's
+//! submissions and settlements are in flight at once and share a group
+//! commit, applied in order on the evolving wallet. Membership and status
+//! changes still go one at a time. The actor keeps the state the store
 //! returned (a cache, never the authority).
 //!
 //! [`WalletRegistry`] finds or starts the actor for a user. It is also the
@@ -157,7 +160,7 @@ pub struct Submit {
 }
 
 impl Handler<Submit> for WalletActor {
-    type Result = AtomicResponse<Self, Result<Submission, OrchestratorError>>;
+    type Result = ResponseActFuture<Self, Result<Submission, OrchestratorError>>;
 
     fn handle(&mut self, msg: Submit, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
@@ -199,7 +202,7 @@ impl Handler<Submit> for WalletActor {
                 })?;
             Ok((user, submission))
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
+        Box::pin(fut.into_actor(self).map(|res, act, _| {
             let (user, submission) = res?;
             act.user = Some(user);
             act.observe_wallet(submission.wallet);
@@ -213,7 +216,7 @@ impl Handler<Submit> for WalletActor {
                 }
             }
             Ok(submission)
-        })))
+        }))
     }
 }
 
@@ -226,7 +229,7 @@ pub struct Settle {
 }
 
 impl Handler<Settle> for WalletActor {
-    type Result = AtomicResponse<Self, Result<Settlement, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Settlement, StoreError>>;
 
     fn handle(&mut self, msg: Settle, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
@@ -236,7 +239,7 @@ impl Handler<Settle> for WalletActor {
                 .finish_attempt(msg.attempt, msg.outcome, Utc::now())
                 .await
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
+        Box::pin(fut.into_actor(self).map(|res, act, _| {
             let settlement = res?;
             act.observe_wallet(settlement.wallet);
             let job = &settlement.job;
@@ -252,7 +255,7 @@ impl Handler<Settle> for WalletActor {
                     movement = kind.as_str(), state = %job.state, "hold resolved");
             }
             Ok(settlement)
-        })))
+        }))
     }
 }
 
@@ -264,14 +267,14 @@ pub struct Cancel {
 }
 
 impl Handler<Cancel> for WalletActor {
-    type Result = AtomicResponse<Self, Result<Job, OrchestratorError>>;
+    type Result = ResponseActFuture<Self, Result<Job, OrchestratorError>>;
 
     fn handle(&mut self, msg: Cancel, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let store = self.deps.store.clone();
         let user_id = self.user_id;
         let fut = async move { store.cancel_job(user_id, msg.job_id, Utc::now()).await };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
+        Box::pin(fut.into_actor(self).map(|res, act, _| {
             let Cancellation {
                 job,
                 wallet,
@@ -298,7 +301,7 @@ impl Handler<Cancel> for WalletActor {
                 }
             }
             Ok(job)
-        })))
+        }))
     }
 }
 
@@ -308,7 +311,7 @@ impl Handler<Cancel> for WalletActor {
 pub struct GrantCredits(pub Grant);
 
 impl Handler<GrantCredits> for WalletActor {
-    type Result = AtomicResponse<Self, Result<GrantOutcome, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<GrantOutcome, StoreError>>;
 
     fn handle(&mut self, msg: GrantCredits, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
@@ -317,7 +320,7 @@ impl Handler<GrantCredits> for WalletActor {
         let amount = msg.0.amount;
         let source = msg.0.source;
         let fut = async move { store.grant(user_id, msg.0, Utc::now()).await };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, _| {
+        Box::pin(fut.into_actor(self).map(move |res, act, _| {
             let outcome = res?;
             act.observe_wallet(outcome.wallet);
             if !outcome.replayed {
@@ -325,7 +328,7 @@ impl Handler<GrantCredits> for WalletActor {
                 tracing::info!(user = %user_id, amount = amount.get(), source = source.as_str(), "credits granted");
             }
             Ok(outcome)
-        })))
+        }))
     }
 }
 

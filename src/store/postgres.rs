@@ -135,6 +135,11 @@ impl PgStore {
         self.writers.queued()
     }
 
+    /// Group-commit batches run since the store was made.
+    pub fn batches(&self) -> usize {
+        self.writers.batches()
+    }
+
     /// Pool connections by state, for metrics.
     pub fn pool_status(&self) -> (usize, usize) {
         let s = self.pool.status();
@@ -642,9 +647,7 @@ impl Store for PgStore {
         .await?
         .ok_or(StoreError::NotFound("user"))?;
         let current = status(current.get(0))?;
-        if current == AccountStatus::Terminated && new_status != AccountStatus::Terminated {
-            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
-        }
+        decide::status_change(current, new_status)?;
         let sql = format!("UPDATE users SET status = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
         let row = cached_query_one(&tx, &sql, &[&id.as_uuid(), &new_status.as_str()]).await?;
         tx.commit().await.map_err(db)?;

@@ -19,11 +19,13 @@ use super::writeset::{
 use super::{
     AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
+use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
 use crate::events::JobEvent;
 use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
 use crate::ledger::{EntryKind, Grant, GrantSource};
 use crate::money::{Credits, MoneyError};
+use crate::payments::{NewPayment, ScheduledGift};
 use crate::user::AccountStatus;
 
 /// A money refusal in the store's terms.
@@ -485,6 +487,58 @@ pub fn cancel_queued(
         cancelled.push(cancel_one(&mut draft, &mut account, job, at)?.job);
     }
     Ok((draft.done(&[&account]), cancelled))
+}
+
+/// An account's status may change, except that termination is final.
+pub fn status_change(current: AccountStatus, next: AccountStatus) -> StoreResult<()> {
+    if current == AccountStatus::Terminated && next != AccountStatus::Terminated {
+        return Err(StoreError::AccountInactive(AccountStatus::Terminated));
+    }
+    Ok(())
+}
+
+/// A new API key for an account that has `active` active keys.
+pub fn new_api_key(status: AccountStatus, active: usize) -> StoreResult<()> {
+    if status != AccountStatus::Active {
+        return Err(StoreError::AccountInactive(status));
+    }
+    if active >= MAX_ACTIVE_KEYS {
+        return Err(StoreError::LimitExceeded(format!(
+            "at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `key` is to be revoked now (`false`: it already was, nothing
+/// changes); the account's only active key is never revoked.
+pub fn revoke_api_key(key: &ApiKeyRecord, active: usize) -> StoreResult<bool> {
+    if !key.is_active() {
+        return Ok(false);
+    }
+    if active <= 1 {
+        return Err(StoreError::LastApiKey);
+    }
+    Ok(true)
+}
+
+/// A payment id seen before (`stored`: its owner and request hash) is a
+/// replay when it is the same request, and refused otherwise.
+pub fn payment_replay(
+    stored: Option<(UserId, RequestHash)>,
+    payment: &NewPayment,
+) -> StoreResult<bool> {
+    match stored {
+        None => Ok(false),
+        Some((owner, hash)) if owner == payment.user_id && hash == payment.request_hash => Ok(true),
+        Some(_) => Err(StoreError::IdempotencyKeyReused),
+    }
+}
+
+/// A scheduled membership gift is granted now only when its month has
+/// started, it was not granted before, and the account is active.
+pub fn gift_due(gift: &ScheduledGift, status: AccountStatus, now: DateTime<Utc>) -> bool {
+    gift.granted_at.is_none() && gift.starts_at <= now && status == AccountStatus::Active
 }
 
 /// The state a batch of decisions sees: what was loaded, as the earlier

@@ -420,9 +420,7 @@ impl Store for MemoryStore {
     async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
         let mut s = self.state.lock();
         let user = s.users.get_mut(&id).ok_or(StoreError::NotFound("user"))?;
-        if user.status == AccountStatus::Terminated && status != AccountStatus::Terminated {
-            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
-        }
+        decide::status_change(user.status, status)?;
         user.status = status;
         Ok(user.clone())
     }

@@ -3,8 +3,9 @@
 //! transaction; money moves only through the adapter's `book`, under the
 //! wallet lock, which is always taken before the user's row.
 
-use admedia_actors::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use admedia_actors::accounts::ApiKeyRecord;
 use admedia_actors::ids::{ApiKeyId, UserId};
+use admedia_actors::job::RequestHash;
 use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::payments::{
@@ -13,6 +14,7 @@ use admedia_actors::payments::{
 };
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
+use admedia_actors::store::decide;
 use admedia_actors::store::{StoreError, StoreResult};
 use admedia_actors::user::{AccountStatus, KeyHash};
 use chrono::{DateTime, Utc};
@@ -104,14 +106,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let st = lock_user_status(&tx, user).await?;
-        if st != AccountStatus::Active {
-            return Err(StoreError::AccountInactive(st));
-        }
-        if active_keys(&tx, user).await? >= MAX_ACTIVE_KEYS {
-            return Err(StoreError::LimitExceeded(format!(
-                "at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
-            )));
-        }
+        decide::new_api_key(st, active_keys(&tx, user).await?)?;
         let sql = format!(
             "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING {KEY_COLUMNS}"
@@ -159,11 +154,8 @@ impl PgStore {
             .map_err(db)?
             .ok_or(StoreError::NotFound("API key"))?;
         let current = key_row(&current)?;
-        if !current.is_active() {
+        if !decide::revoke_api_key(&current, active_keys(&tx, user).await?)? {
             return Ok(current);
-        }
-        if active_keys(&tx, user).await? <= 1 {
-            return Err(StoreError::LastApiKey);
         }
         let sql = format!(
             "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
@@ -197,12 +189,17 @@ impl PgStore {
             .map_err(db)?
             .ok_or(StoreError::NotFound("user"))?;
         let user = user_row(&user_row_now)?;
-        if let Some(row) = seen {
-            let owner = UserId::from_uuid(row.get(0));
-            let hash: Vec<u8> = row.get(1);
-            if owner != p.user_id || hash[..] != p.request_hash.0[..] {
-                return Err(StoreError::IdempotencyKeyReused);
+        let stored = match seen {
+            Some(row) => {
+                let hash: Vec<u8> = row.get(1);
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| corrupt("request hash", "of the wrong length"))?;
+                Some((UserId::from_uuid(row.get(0)), RequestHash(hash)))
             }
+            None => None,
+        };
+        if decide::payment_replay(stored, &p)? {
             return Ok(PaymentOutcome {
                 user,
                 wallet: wallet_before,
@@ -377,7 +374,7 @@ impl PgStore {
             granted: false,
             amount: Credits::ZERO,
         };
-        if gift.granted_at.is_some() || gift.starts_at > now || st != AccountStatus::Active {
+        if !decide::gift_due(&gift, st, now) {
             return Ok(nothing);
         }
         wallet.grant(gift.amount).map_err(money)?;

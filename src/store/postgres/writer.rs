@@ -149,6 +149,8 @@ pub(super) struct Writers {
     queue: parking_lot::Mutex<Option<mpsc::UnboundedSender<Op>>>,
     /// Operations handed to the queue so far.
     queued: Arc<AtomicUsize>,
+    /// Batches committed (or failed) so far.
+    batches: Arc<AtomicUsize>,
     /// Held shut by [`Writers::pause`]: a writer that took an operation
     /// waits here before it gathers the rest of its batch.
     gate: Arc<RwLock<()>>,
@@ -166,6 +168,7 @@ impl Writers {
             config,
             queue: parking_lot::Mutex::new(None),
             queued: Arc::new(AtomicUsize::new(0)),
+            batches: Arc::new(AtomicUsize::new(0)),
             gate: Arc::new(RwLock::new(())),
         }
     }
@@ -178,12 +181,17 @@ impl Writers {
         self.queued.load(Ordering::SeqCst)
     }
 
+    pub(super) fn batches(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+
     fn start(&self) -> mpsc::UnboundedSender<Op> {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..self.config.writers.max(1) {
             let (pool, feed, rx) = (self.pool.clone(), self.feed.clone(), rx.clone());
             let gate = self.gate.clone();
+            let batches = self.batches.clone();
             let max_batch = self.config.max_batch.max(1);
             tokio::spawn(async move {
                 loop {
@@ -203,6 +211,7 @@ impl Writers {
                         batch
                     };
                     run(&pool, &feed, batch).await;
+                    batches.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
@@ -275,10 +284,14 @@ fn account_row(r: &Row) -> StoreResult<AccountState> {
     })
 }
 
-/// Locks and reads the accounts of `users` (sorted), inside `tx`.
+/// Locks and reads the accounts of `users` (sorted), inside `tx`. The
+/// user's row is share-locked with the wallet: a status change (which
+/// updates that row) then either commits before this read, and is seen,
+/// or waits for this transaction, so a suspension cannot slip between a
+/// submission's check and its commit.
 pub(super) const LOCK_ACCOUNTS: &str =
     "SELECT w.user_id, w.balance, w.held, w.waiting, u.status FROM wallets w JOIN users u ON u.id = w.user_id \
-     WHERE w.user_id = ANY($1) ORDER BY w.user_id FOR UPDATE OF w";
+     WHERE w.user_id = ANY($1) ORDER BY w.user_id FOR UPDATE OF w FOR SHARE OF u";
 
 pub(super) async fn lock_accounts(
     tx: &Transaction<'_>,
