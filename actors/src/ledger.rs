@@ -87,6 +87,14 @@ pub struct Grant {
     pub note: Option<String>,
 }
 
+impl Grant {
+    /// Refuses text the store cannot keep.
+    pub fn check_text(&self) -> Result<(), crate::text::UnstorableText> {
+        crate::text::check_opt("idempotency_key", self.idempotency_key.as_deref())?;
+        crate::text::check_opt("note", self.note.as_deref())
+    }
+}
+
 /// The wallet implied by a user's entries, for audits: `balance = Σ grants
 /// − Σ posts`, `held = Σ holds − Σ posts − Σ voids`.
 pub fn replay(entries: &[LedgerEntry]) -> Result<Wallet, String> {

@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod content;
+mod errors;
 mod events;
 mod helpers;
 mod jobs;
@@ -12,6 +13,7 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod text;
 mod users;
 mod wallet;
 mod webhooks;
