@@ -53,8 +53,21 @@ impl std::str::FromStr for RateLimits {
 }
 
 pub enum Decision {
-    Allowed,
-    Limited { retry_after: u64 },
+    /// Let through; `spent` is the unit counted, to give back with
+    /// [`RateLimiter::release`] if the submission is then refused.
+    Allowed {
+        spent: Option<Spent>,
+    },
+    Limited {
+        retry_after: u64,
+    },
+}
+
+/// One counted submission: its user and the window it was counted in.
+#[derive(Clone, Copy, Debug)]
+pub struct Spent {
+    user: UserId,
+    window: u64,
 }
 
 /// Where the window is now: its index, and how far into it we are.
@@ -98,6 +111,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// Atomically: take one back from a count that is still there.
+const RELEASE: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"#;
+
 impl RateLimiter {
     pub fn local(limits: RateLimits, metrics: Arc<Metrics>) -> RateLimiter {
         RateLimiter {
@@ -138,7 +160,7 @@ impl RateLimiter {
     pub async fn check(&self, user: UserId, tier: Tier) -> Decision {
         let limit = self.limits.0[tier.index()];
         if limit == 0 {
-            return Decision::Allowed;
+            return Decision::Allowed { spent: None };
         }
         let (window, progress) = window_now();
         let allowed = match &self.backend {
@@ -176,11 +198,47 @@ impl RateLimiter {
             }
         };
         if allowed {
-            Decision::Allowed
+            Decision::Allowed {
+                spent: Some(Spent { user, window }),
+            }
         } else {
             self.metrics.rate_limited();
             Decision::Limited {
                 retry_after: retry_after(progress),
+            }
+        }
+    }
+
+    /// Gives back a counted submission that was refused before it was
+    /// accepted (a full queue, too few credits, a refused prompt): only
+    /// accepted submissions spend the budget. A unit counted in a window
+    /// that has passed is left alone, as that window no longer limits much.
+    pub async fn release(&self, spent: Spent) {
+        match &self.backend {
+            Backend::Local(counts) => {
+                let mut counts = counts.lock();
+                if let Some(entry) = counts.get_mut(&spent.user) {
+                    if entry.0 == spent.window {
+                        entry.2 = entry.2.saturating_sub(1);
+                    }
+                }
+            }
+            Backend::Redis { pool, prefix, .. } => {
+                let key = format!("{prefix}:{}:{}", spent.user, spent.window);
+                let result: Result<(), String> = async {
+                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                    redis::Script::new(RELEASE)
+                        .key(key)
+                        .invoke_async::<i64>(&mut *conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                if let Err(e) = result {
+                    self.metrics.redis_error("rate_limit");
+                    tracing::warn!(error = %e, "Redis unreachable; a refused submission stays counted");
+                }
             }
         }
     }
@@ -232,7 +290,7 @@ mod tests {
         let (a, b) = (UserId::generate(), UserId::generate());
         let mut allowed = 0;
         for _ in 0..10 {
-            if matches!(limiter.check(a, Tier::Free).await, Decision::Allowed) {
+            if matches!(limiter.check(a, Tier::Free).await, Decision::Allowed { .. }) {
                 allowed += 1;
             }
         }
@@ -241,11 +299,38 @@ mod tests {
         assert_eq!(allowed, 3);
         assert!(matches!(
             limiter.check(b, Tier::Free).await,
-            Decision::Allowed
+            Decision::Allowed { .. }
         ));
         match limiter.check(a, Tier::Free).await {
             Decision::Limited { retry_after } => assert!((1..=60).contains(&retry_after)),
-            Decision::Allowed => panic!("over the limit"),
+            Decision::Allowed { .. } => panic!("over the limit"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_released_unit_can_be_spent_again() {
+        let limiter = RateLimiter::local("free=2".parse().unwrap(), Arc::new(Metrics::new()));
+        let user = UserId::generate();
+        let mut spent = Vec::new();
+        for _ in 0..2 {
+            match limiter.check(user, Tier::Free).await {
+                Decision::Allowed { spent: Some(s) } => spent.push(s),
+                _ => panic!("within the limit"),
+            }
+        }
+        assert!(matches!(
+            limiter.check(user, Tier::Free).await,
+            Decision::Limited { .. }
+        ));
+        // Both refused after counting: the budget is whole again.
+        for s in spent {
+            limiter.release(s).await;
+        }
+        for _ in 0..2 {
+            assert!(matches!(
+                limiter.check(user, Tier::Free).await,
+                Decision::Allowed { spent: Some(_) }
+            ));
         }
     }
 }

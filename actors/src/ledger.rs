@@ -88,6 +88,16 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Whether `entry` is this grant booked: what a replay under the same
+    /// idempotency key must match (amount, source and note), or it is
+    /// another request reusing the key.
+    pub fn is_booked_as(&self, entry: &LedgerEntry) -> bool {
+        entry.kind == EntryKind::Grant
+            && entry.amount == self.amount
+            && entry.source == Some(self.source)
+            && entry.note == self.note
+    }
+
     /// Refuses text the store cannot keep.
     pub fn check_text(&self) -> Result<(), crate::text::UnstorableText> {
         crate::text::check_opt("idempotency_key", self.idempotency_key.as_deref())?;

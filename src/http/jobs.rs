@@ -54,13 +54,23 @@ pub async fn submit(
         crate::webhooks::check_target(url, state.webhook_allow_private)
             .map_err(ApiError::InvalidParams)?;
     }
-    state
+    let spent = state
         .rate_limit(user.id, user.tier(chrono::Utc::now()))
         .await?;
-    let submission = state
+    let submission = match state
         .orchestrator
         .submit(user.id, body.into_inner(), idempotency)
-        .await?;
+        .await
+    {
+        Ok(submission) => submission,
+        Err(refused) => {
+            // Only accepted submissions spend the rate budget.
+            if let Some(spent) = spent {
+                state.rate_limiter.release(spent).await;
+            }
+            return Err(refused.into());
+        }
+    };
     let job = &submission.job;
     let position = if submission.replayed {
         None

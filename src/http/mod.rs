@@ -53,14 +53,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Refuses a submission over the user's per-minute limit.
+    /// Refuses a submission over the user's per-minute limit; what it
+    /// counted is given back with `rate_limiter.release` when the
+    /// submission is refused after all.
     pub async fn rate_limit(
         &self,
         user: admedia_actors::ids::UserId,
         tier: admedia_actors::tier::Tier,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<crate::ratelimit::Spent>, ApiError> {
         match self.rate_limiter.check(user, tier).await {
-            crate::ratelimit::Decision::Allowed => Ok(()),
+            crate::ratelimit::Decision::Allowed { spent } => Ok(spent),
             crate::ratelimit::Decision::Limited { retry_after } => Err(ApiError::RateLimited {
                 detail: format!(
                     "too many submissions for the {tier} tier; retry in {retry_after} s"

@@ -114,16 +114,45 @@ impl PgStore {
 /// Connection trouble is `Unavailable` (retry later); anything the
 /// database refused on purpose is reported as what it is.
 fn db(e: tokio_postgres::Error) -> StoreError {
+    let cause = db_cause(&e);
     match e.code() {
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(cause),
         Some(code) if code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(cause)
         }
         Some(code) if *code == SqlState::CHECK_VIOLATION || *code == SqlState::UNIQUE_VIOLATION => {
-            StoreError::Invariant(e.to_string())
+            StoreError::Invariant(cause)
         }
-        Some(_) => StoreError::Internal(e.to_string()),
+        Some(_) => StoreError::Internal(cause),
     }
+}
+
+/// What went wrong, in PostgreSQL's words: a server error's code, message,
+/// detail, hint and constraint (the driver's own text is only "db error"),
+/// or a client error with its causes.
+pub fn db_cause(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        let mut cause = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
+        for (label, part) in [
+            ("detail", d.detail()),
+            ("hint", d.hint()),
+            ("constraint", d.constraint()),
+            ("table", d.table()),
+            ("where", d.where_()),
+        ] {
+            if let Some(part) = part {
+                cause.push_str(&format!("; {label}: {part}"));
+            }
+        }
+        return cause;
+    }
+    let mut cause = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    cause
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
@@ -759,11 +788,15 @@ impl Store for PgStore {
         if let Some(key) = &grant.idempotency_key {
             let seen = cached_query_opt(
                 &tx,
-                "SELECT 1 FROM ledger_entries WHERE user_id = $1 AND idempotency_key = $2",
+                &format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE user_id = $1 AND idempotency_key = $2"),
                 &[&user.as_uuid(), key],
             )
             .await?;
-            if seen.is_some() {
+            if let Some(row) = seen {
+                // The booked entry is the first request: a replay must match it.
+                if !grant.is_booked_as(&entry_row(&row)?) {
+                    return Err(StoreError::IdempotencyKeyReused);
+                }
                 return Ok(GrantOutcome {
                     wallet,
                     replayed: true,

@@ -353,15 +353,11 @@ fn service_missing(what: &str, why: &str) {
     eprintln!("skipping: {what} unavailable ({why}); run ./scripts/test.sh to provide it");
 }
 
-/// The same server on PostgreSQL, in a schema of its own (`None`, after a
-/// note, when `DATABASE_URL` is unset outside CI). Nodes of one database
-/// elect one leader, so this node may stand by: requests are served either
-/// way, and jobs wait until a leader dispatches them.
-pub async fn spawn_app_on_postgres() -> Option<TestApp> {
-    spawn_app_on_postgres_with(|_| {}).await
-}
-
-/// [`spawn_app_on_postgres`] with settings changed by `tweak`.
+/// The same server on PostgreSQL, in a schema of its own, with settings
+/// changed by `tweak` (`None`, after a note, when `DATABASE_URL` is unset
+/// outside CI). Nodes of one database elect one leader, so this node may
+/// stand by: requests are served either way, and jobs wait until a leader
+/// dispatches them.
 pub async fn spawn_app_on_postgres_with(tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
         service_missing("PostgreSQL", "DATABASE_URL is not set");

@@ -853,6 +853,43 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+/// A grant's idempotency key replays only the same grant: another amount,
+/// source or note under it is refused and books nothing.
+pub async fn grant_key_reused_with_another_body_is_refused(store: Shared) {
+    let user = user_with(&store, "regrant@example.com", 0).await;
+    let grant = Grant {
+        amount: credits(50),
+        source: GrantSource::Admin,
+        idempotency_key: Some("goodwill-7".into()),
+        note: Some("sorry for the outage".into()),
+    };
+    assert!(
+        !store
+            .grant(user.id, grant.clone(), Utc::now())
+            .await
+            .unwrap()
+            .replayed
+    );
+    let mut more = grant.clone();
+    more.amount = credits(5000);
+    let mut other_source = grant.clone();
+    other_source.source = GrantSource::Purchase;
+    let mut other_note = grant.clone();
+    other_note.note = None;
+    for reused in [more, other_source, other_note] {
+        assert!(matches!(
+            store.grant(user.id, reused, Utc::now()).await,
+            Err(StoreError::IdempotencyKeyReused)
+        ));
+    }
+    // The same grant still replays; the wallet saw one grant.
+    let again = store.grant(user.id, grant, Utc::now()).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.wallet.balance.get(), 50);
+    assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 1);
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -889,6 +926,7 @@ macro_rules! store_conformance_tests {
             assignments_of_a_deposed_term_are_refused,
             idempotency_keys_expire,
             accepted_text_is_kept_exactly,
+            grant_key_reused_with_another_body_is_refused,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

@@ -56,7 +56,8 @@ struct State {
 struct Account {
     wallet: Wallet,
     ledger: Vec<LedgerEntry>,
-    grant_keys: BTreeSet<String>,
+    /// Each grant's idempotency key with the entry it booked.
+    grant_keys: BTreeMap<String, EntryId>,
     idempotency: HashMap<IdempotencyKey, (RequestHash, Job)>,
     /// seq → job, every job of the user (listing).
     jobs: BTreeMap<u64, JobId>,
@@ -311,9 +312,18 @@ impl Store for MemoryStore {
         let mut s = self.state.lock();
         let account = s.account(user)?;
         if let Some(key) = &grant.idempotency_key {
-            if account.grant_keys.contains(key) {
+            if let Some(entry) = account.grant_keys.get(key).copied() {
+                let wallet = account.wallet;
+                let same = account
+                    .ledger
+                    .iter()
+                    .find(|e| e.id == entry)
+                    .is_some_and(|e| grant.is_booked_as(e));
+                if !same {
+                    return Err(StoreError::IdempotencyKeyReused);
+                }
                 return Ok(GrantOutcome {
-                    wallet: account.wallet,
+                    wallet,
                     replayed: true,
                 });
             }
@@ -324,11 +334,14 @@ impl Store for MemoryStore {
             grant.amount,
             Some(grant.source),
             None,
-            grant.note,
+            grant.note.clone(),
             now,
         )?;
         if let Some(key) = grant.idempotency_key {
-            s.account(user)?.grant_keys.insert(key);
+            let account = s.account(user)?;
+            if let Some(entry) = account.ledger.last().map(|e| e.id) {
+                account.grant_keys.insert(key, entry);
+            }
         }
         Ok(GrantOutcome {
             wallet,
