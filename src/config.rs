@@ -55,6 +55,12 @@ pub struct Settings {
     /// Redis URL; without it rate limits are per process.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// What every Redis key and channel of this deployment starts with
+    /// (default `admedia:db<N>`, N the Redis URL's database number). Nodes
+    /// of one deployment share it; deployments sharing a Redis server need
+    /// their own.
+    #[arg(long, env = "ADMEDIA_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// Bearer token of the admin API; random (and printed) when unset.
     #[arg(long, env = "ADMEDIA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -354,6 +360,37 @@ impl Settings {
         Ok(config)
     }
 
+    /// The Redis key and channel prefix: `ADMEDIA_REDIS_PREFIX`, or one
+    /// derived from the logical database, since pub/sub channels are shared
+    /// by all of a server's databases while keys are not.
+    pub fn redis_prefix(&self) -> Result<String, String> {
+        if let Some(prefix) = &self.redis_prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 64
+                && prefix.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                return Err(format!(
+                    "ADMEDIA_REDIS_PREFIX {prefix:?}: expected 1..=64 visible ASCII characters"
+                ));
+            }
+            return Ok(prefix.clone());
+        }
+        let db = match &self.redis_url {
+            Some(raw) => {
+                let url = url::Url::parse(raw).map_err(|e| format!("REDIS_URL: {e}"))?;
+                let path = url.path().trim_matches('/');
+                if path.is_empty() {
+                    0
+                } else {
+                    path.parse::<u32>()
+                        .map_err(|_| format!("REDIS_URL: {path:?} is not a database number"))?
+                }
+            }
+            None => 0,
+        };
+        Ok(format!("admedia:db{db}"))
+    }
+
     /// A zero deadline fails every job, a zero lease drops every worker, a
     /// zero sweep or timeout spins: each is refused, naming its variable.
     fn durations_are_positive(&self) -> Result<(), String> {
@@ -530,6 +567,24 @@ mod tests {
         assert!(m.starts_with("--leader-timeout:"), "{m}");
         // From the environment it is named by its variable: see
         // tests/configuration.rs, which sets it for a child process only.
+    }
+
+    #[test]
+    fn the_redis_prefix_is_set_or_follows_the_logical_database() {
+        let mut s = Settings::default();
+        s.redis_url = Some("redis://127.0.0.1:6379/".into());
+        assert_eq!(s.redis_prefix().unwrap(), "admedia:db0");
+        s.redis_url = Some("redis://127.0.0.1:6379/3".into());
+        assert_eq!(s.redis_prefix().unwrap(), "admedia:db3");
+        s.redis_url = Some("redis://127.0.0.1:6379/x".into());
+        assert!(s.redis_prefix().unwrap_err().contains("REDIS_URL"));
+        s.redis_prefix = Some("shop-eu".into());
+        assert_eq!(s.redis_prefix().unwrap(), "shop-eu");
+        s.redis_prefix = Some("with space".into());
+        assert!(s
+            .redis_prefix()
+            .unwrap_err()
+            .contains("ADMEDIA_REDIS_PREFIX"));
     }
 
     #[test]

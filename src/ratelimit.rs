@@ -129,8 +129,10 @@ impl RateLimiter {
         }
     }
 
+    /// Counts in Redis under `<prefix>:rate:<user>:<window>`.
     pub async fn redis(
         url: &str,
+        prefix: &str,
         limits: RateLimits,
         metrics: Arc<Metrics>,
     ) -> Result<RateLimiter, String> {
@@ -144,7 +146,7 @@ impl RateLimiter {
             backend: Backend::Redis {
                 pool,
                 script: redis::Script::new(SLIDING_WINDOW),
-                prefix: "admedia:rate".into(),
+                prefix: format!("{prefix}:rate"),
             },
             metrics,
         })

@@ -89,7 +89,7 @@ impl Application {
         metrics.prime();
         let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(store, metrics.clone()));
         let events = match &settings.redis_url {
-            Some(url) => EventHub::with_redis(url, metrics.clone())?,
+            Some(url) => EventHub::with_redis(url, &settings.redis_prefix()?, metrics.clone())?,
             None => EventHub::local(),
         };
         let webhooks = Arc::new(Webhooks::new(
@@ -173,7 +173,9 @@ impl Application {
             .parse()
             .map_err(|e| format!("ADMEDIA_RATE_LIMITS: {e}"))?;
         let rate_limiter = match &settings.redis_url {
-            Some(url) => RateLimiter::redis(url, limits, metrics.clone()).await?,
+            Some(url) => {
+                RateLimiter::redis(url, &settings.redis_prefix()?, limits, metrics.clone()).await?
+            }
             None => RateLimiter::local(limits, metrics.clone()),
         };
         let rate_limiter_backend = rate_limiter.backend();
