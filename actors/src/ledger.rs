@@ -88,14 +88,13 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Whether `entry` is this grant booked: what a replay under the same
-    /// idempotency key must match (amount, source and note), or it is
-    /// another request reusing the key.
-    pub fn is_booked_as(&self, entry: &LedgerEntry) -> bool {
-        entry.kind == EntryKind::Grant
-            && entry.amount == self.amount
-            && entry.source == Some(self.source)
-            && entry.note == self.note
+    /// What a replay under the same idempotency key must match.
+    pub fn terms(&self) -> GrantTerms {
+        GrantTerms {
+            amount: self.amount,
+            source: Some(self.source),
+            note: self.note.clone(),
+        }
     }
 
     /// Refuses text the store cannot keep.
@@ -103,6 +102,15 @@ impl Grant {
         crate::text::check_opt("idempotency_key", self.idempotency_key.as_deref())?;
         crate::text::check_opt("note", self.note.as_deref())
     }
+}
+
+/// What a grant booked under an idempotency key: the same key with other
+/// terms is another request reusing the key, not a replay.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct GrantTerms {
+    pub amount: Credits,
+    pub source: Option<GrantSource>,
+    pub note: Option<String>,
 }
 
 /// The wallet implied by a user's entries, for audits: `balance = Σ grants
