@@ -3,8 +3,10 @@
 # running (installing them with apt where absent), installs Prometheus and
 # promtool where absent (the observability test runs its own Prometheus),
 # installs Chromium and chromedriver where absent (the console's browser
-# test), creates a fresh test database, and runs `cargo test --workspace`
-# against all of them.
+# test), installs schemathesis and openapi-spec-validator into a virtual
+# environment under the user's cache directory where absent (the OpenAPI
+# conformance test), creates a fresh test database, and runs
+# `cargo test --workspace` against all of them.
 #
 #   ./scripts/test.sh               # everything
 #   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
@@ -94,10 +96,34 @@ ensure_chromium() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+# tests/openapi_conformance.rs runs both Python tools against the embedded
+# server. They live outside the clone, in a venv of their own, so a fresh
+# machine (or an emptied cache) gets them on the first run. The schemathesis
+# major version is pinned: the test uses its command-line flags.
+PYTHON_TOOLS="${ADMEDIA_PYTHON_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/admedia/venv}"
+ensure_python_tools() {
+    if [ -x "$PYTHON_TOOLS/bin/schemathesis" ] && [ -x "$PYTHON_TOOLS/bin/openapi-spec-validator" ]; then
+        return
+    fi
+    log "installing schemathesis and openapi-spec-validator into $PYTHON_TOOLS"
+    if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1 \
+        || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+    fi
+    rm -rf "$PYTHON_TOOLS"
+    mkdir -p "$(dirname "$PYTHON_TOOLS")"
+    python3 -m venv "$PYTHON_TOOLS"
+    "$PYTHON_TOOLS/bin/pip" install -q --disable-pip-version-check \
+        'schemathesis>=4.32,<5' 'openapi-spec-validator>=0.7,<1'
+}
+
 ensure_postgres
 ensure_redis
 ensure_prometheus
 ensure_chromium
+ensure_python_tools
+export ADMEDIA_PYTHON_TOOLS="$PYTHON_TOOLS"
 
 log "fresh test database $TEST_DB"
 psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >/dev/null

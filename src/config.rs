@@ -55,6 +55,12 @@ pub struct Settings {
     /// Redis URL; without it rate limits are per process.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// What every Redis key and channel of this deployment starts with
+    /// (default `admedia:db<N>`, N the Redis URL's database number). Nodes
+    /// of one deployment share it; deployments sharing a Redis server need
+    /// their own.
+    #[arg(long, env = "ADMEDIA_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// Bearer token of the admin API; random (and printed) when unset.
     #[arg(long, env = "ADMEDIA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -178,6 +184,74 @@ pub struct Settings {
     pub dotless_email_domains: String,
 }
 
+/// Why the command line and environment could not be read.
+pub enum CliError {
+    /// Help, version, or a usage error clap explains itself.
+    Exit(clap::Error),
+    /// A bad value, named as the operator set it: the variable when it
+    /// came from the environment, the flag when it was given as one.
+    Invalid(String),
+}
+
+impl Cli {
+    /// Parses the process's arguments and `ADMEDIA_*` variables.
+    pub fn from_env_and_args() -> Result<Cli, CliError> {
+        Self::from_iter_named(std::env::args_os())
+    }
+
+    pub fn from_iter_named<I, T>(args: I) -> Result<Cli, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        Cli::try_parse_from(&args).map_err(|e| name_the_variable(e, &args))
+    }
+}
+
+/// Clap names the flag (`--image-deadline-ms <IMAGE_DEADLINE_MS>`) even
+/// when the value came from `ADMEDIA_IMAGE_DEADLINE_MS`; an operator who
+/// set the variable looks for the variable.
+fn name_the_variable(e: clap::Error, args: &[std::ffi::OsString]) -> CliError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return CliError::Exit(e);
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return CliError::Exit(e);
+    };
+    let long = arg.split_whitespace().next().unwrap_or_default();
+    let given_as_flag = args
+        .iter()
+        .filter_map(|a| a.to_str())
+        .any(|a| a == long || a.starts_with(&format!("{long}=")));
+    let command = Cli::command();
+    let env = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
+        .and_then(|a| a.get_env())
+        .and_then(|v| v.to_str())
+        .map(str::to_owned);
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let name = match env {
+        Some(var) if !given_as_flag => var,
+        _ => long.to_owned(),
+    };
+    // Clap's own sentence, without its usage footer and the flag's name.
+    let reason = std::error::Error::source(&e)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "not a valid value".to_owned());
+    CliError::Invalid(format!("{name}: invalid value {value:?}: {reason}"))
+}
+
 impl Default for Settings {
     fn default() -> Self {
         // The defaults of the flags above, for tests and embedding.
@@ -249,6 +323,7 @@ struct FileConfig {
 impl Settings {
     /// The orchestrator's rules, checked; an error names the bad setting.
     pub fn orchestrator(&self) -> Result<OrchestratorConfig, String> {
+        self.durations_are_positive()?;
         let file: FileConfig = match &self.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -300,6 +375,74 @@ impl Settings {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The Redis key and channel prefix: `ADMEDIA_REDIS_PREFIX`, or one
+    /// derived from the logical database, since pub/sub channels are shared
+    /// by all of a server's databases while keys are not.
+    pub fn redis_prefix(&self) -> Result<String, String> {
+        if let Some(prefix) = &self.redis_prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 64
+                && prefix.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                return Err(format!(
+                    "ADMEDIA_REDIS_PREFIX {prefix:?}: expected 1..=64 visible ASCII characters"
+                ));
+            }
+            return Ok(prefix.clone());
+        }
+        let db = match &self.redis_url {
+            Some(raw) => {
+                let url = url::Url::parse(raw).map_err(|e| format!("REDIS_URL: {e}"))?;
+                let path = url.path().trim_matches('/');
+                if path.is_empty() {
+                    0
+                } else {
+                    path.parse::<u32>()
+                        .map_err(|_| format!("REDIS_URL: {path:?} is not a database number"))?
+                }
+            }
+            None => 0,
+        };
+        Ok(format!("admedia:db{db}"))
+    }
+
+    /// A zero deadline fails every job, a zero lease drops every worker, a
+    /// zero sweep or timeout spins: each is refused, naming its variable.
+    fn durations_are_positive(&self) -> Result<(), String> {
+        let millis = [
+            ("ADMEDIA_IMAGE_DEADLINE_MS", self.image_deadline_ms),
+            ("ADMEDIA_VIDEO_DEADLINE_MS", self.video_deadline_ms),
+            ("ADMEDIA_WORKER_LEASE_MS", self.worker_lease_ms),
+            ("ADMEDIA_RETRY_BASE_MS", self.retry_base_ms),
+            ("ADMEDIA_RETRY_MAX_MS", self.retry_max_ms),
+            ("ADMEDIA_WEBHOOK_RETRY_BASE_MS", self.webhook_retry_base_ms),
+        ];
+        for (name, ms) in millis {
+            if ms == 0 {
+                return Err(format!(
+                    "{name}: must be a positive number of milliseconds, got 0"
+                ));
+            }
+        }
+        let spans = [
+            ("ADMEDIA_LEADER_TIMEOUT", self.leader_timeout),
+            ("ADMEDIA_GIFT_SWEEP", self.gift_sweep),
+            ("ADMEDIA_VIOLATION_WINDOW", self.violation_window),
+        ];
+        for (name, span) in spans {
+            if span.is_zero() {
+                return Err(format!("{name}: must be a positive duration, got 0"));
+            }
+        }
+        if self.retry_max_ms < self.retry_base_ms {
+            return Err(format!(
+                "ADMEDIA_RETRY_MAX_MS ({}) must be at least ADMEDIA_RETRY_BASE_MS ({})",
+                self.retry_max_ms, self.retry_base_ms
+            ));
+        }
+        Ok(())
     }
 
     pub fn sim_profile(&self) -> Result<SimProfile, String> {
@@ -399,6 +542,66 @@ mod tests {
             .content_policy()
             .err()
             .is_some_and(|e| e.contains("ADMEDIA_CONTENT_RULES")));
+    }
+
+    #[test]
+    fn zero_durations_are_refused_with_their_variable() {
+        let mut s = Settings::default();
+        s.image_deadline_ms = 0;
+        let e = s.orchestrator().unwrap_err();
+        assert!(e.contains("ADMEDIA_IMAGE_DEADLINE_MS"), "{e}");
+        let mut s = Settings::default();
+        s.worker_lease_ms = 0;
+        assert!(s
+            .orchestrator()
+            .unwrap_err()
+            .contains("ADMEDIA_WORKER_LEASE_MS"));
+        let mut s = Settings::default();
+        s.gift_sweep = Duration::ZERO;
+        assert!(s.orchestrator().unwrap_err().contains("ADMEDIA_GIFT_SWEEP"));
+        let mut s = Settings::default();
+        s.leader_timeout = Duration::ZERO;
+        assert!(s
+            .orchestrator()
+            .unwrap_err()
+            .contains("ADMEDIA_LEADER_TIMEOUT"));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_it_came_from() {
+        let named = |args: &[&str]| match Cli::from_iter_named(args.iter().copied()) {
+            Err(CliError::Invalid(m)) => m,
+            Err(CliError::Exit(e)) => panic!("clap's own error: {e}"),
+            Ok(_) => panic!("accepted {args:?}"),
+        };
+        // Given as a flag, it is named as the flag.
+        let m = named(&["admedia", "--max-attempts", "many"]);
+        assert!(
+            m.starts_with("--max-attempts: invalid value \"many\""),
+            "{m}"
+        );
+        let m = named(&["admedia", "--leader-timeout=soon"]);
+        assert!(m.starts_with("--leader-timeout:"), "{m}");
+        // From the environment it is named by its variable: see
+        // tests/configuration.rs, which sets it for a child process only.
+    }
+
+    #[test]
+    fn the_redis_prefix_is_set_or_follows_the_logical_database() {
+        let mut s = Settings::default();
+        s.redis_url = Some("redis://127.0.0.1:6379/".into());
+        assert_eq!(s.redis_prefix().unwrap(), "admedia:db0");
+        s.redis_url = Some("redis://127.0.0.1:6379/3".into());
+        assert_eq!(s.redis_prefix().unwrap(), "admedia:db3");
+        s.redis_url = Some("redis://127.0.0.1:6379/x".into());
+        assert!(s.redis_prefix().unwrap_err().contains("REDIS_URL"));
+        s.redis_prefix = Some("shop-eu".into());
+        assert_eq!(s.redis_prefix().unwrap(), "shop-eu");
+        s.redis_prefix = Some("with space".into());
+        assert!(s
+            .redis_prefix()
+            .unwrap_err()
+            .contains("ADMEDIA_REDIS_PREFIX"));
     }
 
     #[test]

@@ -20,7 +20,6 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::metrics::Metrics;
 
-const CHANNEL: &str = "admedia:job-events";
 /// Events buffered per watched job before a slow watcher starts skipping.
 const PER_JOB_BUFFER: usize = 64;
 
@@ -67,8 +66,15 @@ impl EventHub {
         })
     }
 
-    /// Events go through Redis pub/sub to every node.
-    pub fn with_redis(url: &str, metrics: Arc<Metrics>) -> Result<Arc<EventHub>, String> {
+    /// Events go through Redis pub/sub to every node, on the channel
+    /// `<prefix>:job-events` (pub/sub channels are shared by every logical
+    /// database of a Redis server, so the prefix keeps deployments apart).
+    pub fn with_redis(
+        url: &str,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<EventHub>, String> {
+        let channel: Arc<str> = format!("{prefix}:job-events").into();
         let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(EventHub {
@@ -77,11 +83,17 @@ impl EventHub {
         });
         actix_rt::spawn(publish_loop(
             client.clone(),
+            channel.clone(),
             rx,
             Arc::downgrade(&hub),
             metrics.clone(),
         ));
-        actix_rt::spawn(subscribe_loop(client, Arc::downgrade(&hub), metrics));
+        actix_rt::spawn(subscribe_loop(
+            client,
+            channel,
+            Arc::downgrade(&hub),
+            metrics,
+        ));
         Ok(hub)
     }
 
@@ -119,6 +131,7 @@ impl EventHub {
 
 async fn publish_loop(
     client: redis::Client,
+    channel: Arc<str>,
     mut rx: mpsc::UnboundedReceiver<JobEvent>,
     hub: std::sync::Weak<EventHub>,
     metrics: Arc<Metrics>,
@@ -133,7 +146,7 @@ async fn publish_loop(
         }
         let published = match conn.as_mut() {
             Some(c) => redis::cmd("PUBLISH")
-                .arg(CHANNEL)
+                .arg(&*channel)
                 .arg(&payload)
                 .query_async::<i64>(c)
                 .await
@@ -154,6 +167,7 @@ async fn publish_loop(
 
 async fn subscribe_loop(
     client: redis::Client,
+    channel: Arc<str>,
     hub: std::sync::Weak<EventHub>,
     metrics: Arc<Metrics>,
 ) {
@@ -164,7 +178,7 @@ async fn subscribe_loop(
         }
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
-                if pubsub.subscribe(CHANNEL).await.is_ok() {
+                if pubsub.subscribe(&*channel).await.is_ok() {
                     backoff = Duration::from_millis(200);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {

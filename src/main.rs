@@ -3,11 +3,16 @@
 use admedia::config::{Cli, Command};
 use admedia::startup::Application;
 use admedia::telemetry;
-use clap::Parser;
-
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_env_and_args() {
+        Ok(cli) => cli,
+        Err(admedia::config::CliError::Exit(e)) => e.exit(),
+        Err(admedia::config::CliError::Invalid(message)) => {
+            eprintln!("admedia: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let settings = match cli.command {
         Some(Command::Serve(settings)) => *settings,
         Some(Command::Migrate { database_url }) => {
@@ -26,7 +31,7 @@ async fn main() -> std::process::ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            tracing::error!(error = %e, "start-up failed");
+            // Once, on stderr: the log on stdout would only repeat it.
             eprintln!("admedia: {e}");
             return std::process::ExitCode::FAILURE;
         }

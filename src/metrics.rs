@@ -305,8 +305,18 @@ impl Metrics {
     }
 
     /// Renders the text exposition, refreshing the state gauges first.
-    pub fn render(&self, stats: Option<&Stats>) -> String {
-        if let Some(stats) = stats {
+    /// The text exposition. Gauges of the whole cluster's jobs (by state,
+    /// waiting, retrying) are exported by the leader only: every node reads
+    /// the same store, so a `sum()` over nodes would count them once per
+    /// node. A standby shows none of them; per-node series (workers, slots,
+    /// the pool) every node shows.
+    pub fn render(&self, stats: Option<&Stats>, leader: bool) -> String {
+        if !leader {
+            self.jobs_by_state.reset();
+            self.jobs_waiting.reset();
+            self.jobs_retrying.reset();
+        }
+        if let Some(stats) = stats.filter(|_| leader) {
             for tier in Tier::ALL {
                 self.jobs_waiting
                     .with_label_values(&[tier.as_str()])
@@ -320,6 +330,8 @@ impl Metrics {
             self.jobs_retrying
                 .with_label_values(NO_LABELS)
                 .set(i64::try_from(stats.scheduler.retrying).unwrap_or(i64::MAX));
+        }
+        if let Some(stats) = stats {
             self.worker_slots
                 .with_label_values(&["busy"])
                 .set(i64::from(stats.scheduler.busy_slots));
@@ -452,5 +464,45 @@ impl Observer for Metrics {
 
     fn queue_limited(&self) {
         self.limited.with_label_values(&["queue"]).inc();
+    }
+}
+
+#[cfg(test)]
+mod cluster_gauges {
+    use super::*;
+    use admedia_actors::scheduler::actor::SchedulerStats;
+    use admedia_actors::store::JobCounts;
+
+    fn stats() -> Stats {
+        let mut scheduler = SchedulerStats::default();
+        scheduler.workers = 1;
+        Stats {
+            scheduler,
+            jobs: JobCounts(vec![(JobState::Queued, 7)]),
+        }
+    }
+
+    fn series(text: &str, name: &str) -> usize {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .count()
+    }
+
+    #[test]
+    fn only_the_leader_exports_the_clusters_job_gauges() {
+        let metrics = Metrics::new();
+        let leader = metrics.render(Some(&stats()), true);
+        assert!(
+            leader.contains("admedia_jobs{state=\"queued\"} 7"),
+            "{leader}"
+        );
+        assert!(series(&leader, "admedia_jobs_waiting") > 0);
+        // The same node after losing the lead: the cluster's gauges go,
+        // its own stay.
+        let standby = metrics.render(Some(&stats()), false);
+        assert_eq!(series(&standby, "admedia_jobs"), 0, "{standby}");
+        assert_eq!(series(&standby, "admedia_jobs_waiting"), 0, "{standby}");
+        assert_eq!(series(&standby, "admedia_jobs_retrying"), 0, "{standby}");
+        assert!(standby.contains("admedia_workers_connected 1"), "{standby}");
     }
 }

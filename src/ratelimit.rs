@@ -57,8 +57,21 @@ impl std::str::FromStr for RateLimits {
 }
 
 pub enum Decision {
-    Allowed,
-    Limited { retry_after: u64 },
+    /// Let through; `spent` is the unit counted, to give back with
+    /// [`WindowCounter::release`] if the event is then refused.
+    Allowed {
+        spent: Option<Spent>,
+    },
+    Limited {
+        retry_after: u64,
+    },
+}
+
+/// One counted event: its key and the window it was counted in.
+#[derive(Clone, Debug)]
+pub struct Spent {
+    key: String,
+    window: u64,
 }
 
 /// What one call does to a key's count.
@@ -128,6 +141,15 @@ end
 if under then return 1 else return 0 end
 "#;
 
+/// Atomically: take one back from a count that is still there.
+const RELEASE: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"#;
+
 /// A pool for every Redis-backed counter of this node.
 pub fn redis_pool(url: &str) -> Result<bb8::Pool<RedisConnectionManager>, String> {
     let manager = RedisConnectionManager::new(url).map_err(|e| format!("REDIS_URL: {e}"))?;
@@ -183,7 +205,7 @@ impl WindowCounter {
     /// Applies `mode` to `key`'s count against `limit` (0: unlimited).
     pub async fn apply(&self, key: &str, limit: u32, mode: Mode) -> Decision {
         if limit == 0 {
-            return Decision::Allowed;
+            return Decision::Allowed { spent: None };
         }
         let (window, progress) = window_now(self.window);
         let under = match &self.redis {
@@ -206,10 +228,49 @@ impl WindowCounter {
             None => self.apply_local(key, window, progress, limit, mode),
         };
         if under {
-            Decision::Allowed
+            let counted = mode == Mode::Count || mode == Mode::Record;
+            Decision::Allowed {
+                spent: counted.then(|| Spent {
+                    key: key.to_owned(),
+                    window,
+                }),
+            }
         } else {
             Decision::Limited {
                 retry_after: retry_after(self.window, progress),
+            }
+        }
+    }
+
+    /// Gives back a counted event that was then refused (a submission
+    /// refused for a full queue, too few credits or its prompt): only
+    /// accepted submissions spend the budget. A unit counted in a window
+    /// that has passed is left alone, as that window no longer limits much.
+    pub async fn release(&self, spent: Spent) {
+        if let Some(redis) = &self.redis {
+            let key = format!("{}:{}:{}", redis.prefix, spent.key, spent.window);
+            let result: Result<(), String> = async {
+                let mut conn = redis.pool.get().await.map_err(|e| e.to_string())?;
+                redis::Script::new(RELEASE)
+                    .key(key)
+                    .invoke_async::<i64>(&mut *conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.redis_error("rate_limit");
+                    tracing::warn!(error = %e, "Redis unreachable; a refused event stays counted");
+                }
+            }
+        }
+        let mut counts = self.local.lock();
+        if let Some(entry) = counts.get_mut(&spent.key) {
+            if entry.0 == spent.window {
+                entry.2 = entry.2.saturating_sub(1);
             }
         }
     }
@@ -277,14 +338,16 @@ impl RateLimiter {
         }
     }
 
+    /// Counts in Redis under `<prefix>:rate:<user>:<window>`.
     pub fn redis(
         pool: bb8::Pool<RedisConnectionManager>,
+        prefix: &str,
         limits: RateLimits,
         metrics: Arc<Metrics>,
     ) -> RateLimiter {
         RateLimiter {
             limits,
-            counter: WindowCounter::redis(pool, "admedia:rate", WINDOW, metrics.clone())
+            counter: WindowCounter::redis(pool, &format!("{prefix}:rate"), WINDOW, metrics.clone())
                 .allow_when_redis_fails(),
             metrics,
         }
@@ -304,6 +367,12 @@ impl RateLimiter {
             self.metrics.rate_limited();
         }
         decision
+    }
+
+    /// Gives back a submission counted by [`RateLimiter::check`] that was
+    /// then refused.
+    pub async fn release(&self, spent: Spent) {
+        self.counter.release(spent).await;
     }
 }
 
@@ -326,7 +395,7 @@ mod tests {
         let (a, b) = (UserId::generate(), UserId::generate());
         let mut allowed = 0;
         for _ in 0..10 {
-            if matches!(limiter.check(a, Tier::Free).await, Decision::Allowed) {
+            if matches!(limiter.check(a, Tier::Free).await, Decision::Allowed { .. }) {
                 allowed += 1;
             }
         }
@@ -335,11 +404,38 @@ mod tests {
         assert_eq!(allowed, 3);
         assert!(matches!(
             limiter.check(b, Tier::Free).await,
-            Decision::Allowed
+            Decision::Allowed { .. }
         ));
         match limiter.check(a, Tier::Free).await {
             Decision::Limited { retry_after } => assert!((1..=60).contains(&retry_after)),
-            Decision::Allowed => panic!("over the limit"),
+            Decision::Allowed { .. } => panic!("over the limit"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_released_unit_can_be_spent_again() {
+        let limiter = RateLimiter::local("free=2".parse().unwrap(), Arc::new(Metrics::new()));
+        let user = UserId::generate();
+        let mut spent = Vec::new();
+        for _ in 0..2 {
+            match limiter.check(user, Tier::Free).await {
+                Decision::Allowed { spent: Some(s) } => spent.push(s),
+                _ => panic!("within the limit"),
+            }
+        }
+        assert!(matches!(
+            limiter.check(user, Tier::Free).await,
+            Decision::Limited { .. }
+        ));
+        // Both refused after counting: the budget is whole again.
+        for s in spent {
+            limiter.release(s).await;
+        }
+        for _ in 0..2 {
+            assert!(matches!(
+                limiter.check(user, Tier::Free).await,
+                Decision::Allowed { spent: Some(_) }
+            ));
         }
     }
 }

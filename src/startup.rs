@@ -115,7 +115,7 @@ impl Application {
         metrics.prime();
         let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(store, metrics.clone()));
         let events = match &settings.redis_url {
-            Some(url) => EventHub::with_redis(url, metrics.clone())?,
+            Some(url) => EventHub::with_redis(url, &settings.redis_prefix()?, metrics.clone())?,
             None => EventHub::local(),
         };
         let webhooks = Arc::new(Webhooks::new(
@@ -204,16 +204,18 @@ impl Application {
             .rate_limits
             .parse()
             .map_err(|e| format!("ADMEDIA_RATE_LIMITS: {e}"))?;
+        let redis_prefix = settings.redis_prefix()?;
         let redis_pool = match &settings.redis_url {
             Some(url) => Some(crate::ratelimit::redis_pool(url)?),
             None => None,
         };
         let rate_limiter = match &redis_pool {
-            Some(pool) => RateLimiter::redis(pool.clone(), limits, metrics.clone()),
+            Some(pool) => RateLimiter::redis(pool.clone(), &redis_prefix, limits, metrics.clone()),
             None => RateLimiter::local(limits, metrics.clone()),
         };
         let client_limits = crate::http::client_limits::ClientLimits::new(
             redis_pool,
+            &redis_prefix,
             settings.auth_failures_per_minute,
             settings.registrations_per_hour,
             metrics.clone(),

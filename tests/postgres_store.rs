@@ -167,3 +167,23 @@ async fn gifts_are_not_granted_twice_across_a_restart() {
         );
     }
 }
+
+/// A store error carries PostgreSQL's cause, not the driver's bare "db error".
+#[tokio::test]
+async fn database_errors_say_what_postgres_said() {
+    let Some((_, schema)) = support::fresh_pg().await else {
+        return;
+    };
+    let client = support::raw_client(&schema).await;
+    let Err(e) = client
+        .batch_execute("CREATE TABLE t (n int CHECK (n > 0)); INSERT INTO t VALUES (0)")
+        .await
+    else {
+        panic!("a check violation was accepted");
+    };
+    let cause = admedia::store::postgres::db_cause(&e);
+    assert!(cause.contains("23514"), "{cause}");
+    assert!(cause.contains("violates check constraint"), "{cause}");
+    assert!(cause.contains("constraint: t_n_check"), "{cause}");
+    assert_ne!(e.to_string(), cause, "the driver's text alone says less");
+}

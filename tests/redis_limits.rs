@@ -213,3 +213,103 @@ async fn failed_logins_and_registrations_are_counted_across_nodes() {
     }
     assert_eq!((created, limited), (3, 5), "one count for the cluster");
 }
+
+/// Deployments sharing a Redis server keep apart by their prefix: rate
+/// counts and job events of one are not the other's. (Pub/sub channels
+/// are shared by every logical database, so the database alone would not
+/// keep events apart.)
+#[actix_web::test]
+async fn deployments_with_other_prefixes_share_nothing_in_redis() {
+    use admedia::events::EventHub;
+    use admedia::metrics::Metrics;
+    use admedia::ratelimit::{Decision, RateLimiter};
+    use admedia_actors::events::{JobEvent, JobEventKind};
+    use admedia_actors::ids::{JobId, UserId};
+    use admedia_actors::job::{Charge, JobState};
+    use admedia_actors::tier::Tier;
+    use std::sync::Arc;
+
+    let Some(redis) = support::redis_url() else {
+        return;
+    };
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let (one, other) = (format!("t-{run}-one"), format!("t-{run}-other"));
+    let metrics = || Arc::new(Metrics::new());
+
+    // Rate limits: one allowed per minute, counted per deployment.
+    let limits = "free=1".parse().expect("limits");
+    let pool = || admedia::ratelimit::redis_pool(&redis).expect("pool");
+    let a = RateLimiter::redis(pool(), &one, limits, metrics());
+    let a2 = RateLimiter::redis(pool(), &one, limits, metrics());
+    let b = RateLimiter::redis(pool(), &other, limits, metrics());
+    let user = UserId::generate();
+    assert!(matches!(
+        a.check(user, Tier::Free).await,
+        Decision::Allowed { .. }
+    ));
+    assert!(matches!(
+        a2.check(user, Tier::Free).await,
+        Decision::Limited { .. }
+    ));
+    assert!(matches!(
+        b.check(user, Tier::Free).await,
+        Decision::Allowed { .. }
+    ));
+
+    // Events.
+    let job = JobId::generate();
+    let event = |attempt: u32| JobEvent {
+        job_id: job,
+        user_id: user,
+        attempt,
+        at: chrono::Utc::now(),
+        kind: JobEventKind::State {
+            state: JobState::Running,
+            charge: Charge::Held,
+            error: None,
+        },
+    };
+    let hub = |prefix: &str| EventHub::with_redis(&redis, prefix, metrics()).expect("hub");
+    let (one_sender, one_listener) = (hub(&one), hub(&one));
+    let (other_sender, other_listener) = (hub(&other), hub(&other));
+    let mut one_sub = one_listener.subscribe(job);
+    let mut other_sub = other_listener.subscribe(job);
+    // Publishes until the listener hears it (its subscription starts in
+    // the background), and returns what it heard.
+    async fn until_heard(
+        sender: &EventHub,
+        sub: &mut admedia::events::Subscription,
+        event: &JobEvent,
+    ) -> JobEvent {
+        for _ in 0..200 {
+            sender.publish(event.clone());
+            let heard = tokio::time::timeout(Duration::from_millis(50), sub.recv()).await;
+            if let Ok(Ok(heard)) = heard {
+                return heard;
+            }
+        }
+        panic!("no event arrived through Redis");
+    }
+    assert_eq!(
+        until_heard(&other_sender, &mut other_sub, &event(1))
+            .await
+            .attempt,
+        1
+    );
+    // The other deployment listens now; an event of this one, heard here...
+    assert_eq!(
+        until_heard(&one_sender, &mut one_sub, &event(2))
+            .await
+            .attempt,
+        2
+    );
+    // ...never reaches it: it hears its own next event (and repeats of its
+    // first), never this one's.
+    loop {
+        let heard = until_heard(&other_sender, &mut other_sub, &event(3)).await;
+        assert_ne!(heard.attempt, 2, "another deployment's event arrived");
+        if heard.attempt == 3 {
+            break;
+        }
+    }
+}

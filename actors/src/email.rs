@@ -75,7 +75,8 @@ impl Email {
         if email.is_empty() {
             return Err(EmailError("empty"));
         }
-        if email.len() > 254 {
+        // Counted as sent, as a client checking it would.
+        if email.len() > 254 || raw.chars().count() > 254 {
             return Err(EmailError("longer than 254 characters"));
         }
         if email.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -18,6 +18,9 @@ pub enum OrchestratorError {
     EmailTaken,
     #[error("{0}")]
     InvalidParams(String),
+    /// Text the store cannot keep (a NUL character), anywhere in the input.
+    #[error(transparent)]
+    InvalidText(#[from] crate::text::UnstorableText),
     #[error("not enough available credits: {required} required, {available} available")]
     InsufficientCredits {
         required: Credits,

@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
 use crate::money::Credits;
 use crate::pricing::SizeClass;
+use crate::text::{self, UnstorableText};
 use crate::tier::{License, Tier};
 
 /// Limits of one job, so one request cannot occupy a GPU without bound.
@@ -48,12 +49,36 @@ impl JobKind {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRequest {
     pub kind: JobKind,
+    /// Letters, digits and `. _ - : /`, surrounding spaces ignored.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = r"^\s*[A-Za-z0-9._:/-]{1,64}\s*$")
+    )]
     pub model: String,
+    /// Up to 4000 characters (surrounding spaces included), not blank, no
+    /// NUL character.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4000,
+            pattern = r"^[^\u0000]*\S[^\u0000]*$"
+        )
+    )]
     pub prompt: String,
     #[serde(default)]
     pub params: ParamsRequest,
-    /// Where start and terminal events are POSTed (signed).
+    /// Where start and terminal events are POSTed (signed): an `http://`
+    /// or `https://` URL of at most 2048 characters to a public address;
+    /// blank for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 2048,
+            pattern = r"^\s*([Hh][Tt][Tt][Pp][Ss]?://[^\u0000]*)?$"
+        )
+    )]
     pub webhook_url: Option<String>,
 }
 
@@ -61,12 +86,21 @@ pub struct JobRequest {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParamsRequest {
+    /// At least 64; images up to 2048x2048, video up to 1920x1080.
+    #[cfg_attr(feature = "openapi", schema(minimum = 64, maximum = 2048))]
     pub width: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 64, maximum = 2048))]
     pub height: Option<u32>,
-    /// Images only; default 1.
+    /// Images only; 1..=8, default 1.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 8))]
     pub count: Option<u32>,
-    /// Video only; required.
+    /// Video only; required, 1..=60 seconds.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 60))]
     pub duration_s: Option<u32>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)
+    )]
     pub seed: Option<u64>,
 }
 
@@ -104,6 +138,15 @@ fn invalid(msg: impl Into<String>) -> SpecError {
     SpecError(msg.into())
 }
 
+impl JobRequest {
+    /// Refuses text the store cannot keep, in any string of the request.
+    pub fn check_text(&self) -> Result<(), UnstorableText> {
+        text::check("model", &self.model)?;
+        text::check("prompt", &self.prompt)?;
+        text::check_opt("webhook_url", self.webhook_url.as_deref())
+    }
+}
+
 impl JobSpec {
     pub fn parse(req: JobRequest) -> Result<JobSpec, SpecError> {
         let model = req.model.trim().to_owned();
@@ -120,14 +163,16 @@ impl JobSpec {
                 "model may contain only letters, digits and . _ - : /",
             ));
         }
-        let prompt = req.prompt.trim().to_owned();
-        if prompt.is_empty() {
-            return Err(invalid("prompt must not be empty"));
-        }
-        if prompt.chars().count() > MAX_PROMPT_CHARS {
+        // The limit counts the prompt as sent, so it means the same to a
+        // client checking it before sending.
+        if req.prompt.chars().count() > MAX_PROMPT_CHARS {
             return Err(invalid(format!(
                 "prompt is longer than {MAX_PROMPT_CHARS} characters"
             )));
+        }
+        let prompt = req.prompt.trim().to_owned();
+        if prompt.is_empty() {
+            return Err(invalid("prompt must not be empty"));
         }
         let p = req.params;
         let (default_w, default_h) = match req.kind {
@@ -173,12 +218,16 @@ impl JobSpec {
                 (None, Some(d))
             }
         };
+        if req
+            .webhook_url
+            .as_ref()
+            .is_some_and(|u| u.chars().count() > 2048)
+        {
+            return Err(invalid("webhook_url is longer than 2048 characters"));
+        }
         let webhook_url = match req.webhook_url.map(|u| u.trim().to_owned()) {
             Some(u) if u.is_empty() => None,
             Some(u) => {
-                if u.len() > 2048 {
-                    return Err(invalid("webhook_url is longer than 2048 characters"));
-                }
                 let lower = u.to_ascii_lowercase();
                 if !(lower.starts_with("http://") || lower.starts_with("https://")) {
                     return Err(invalid("webhook_url must be an http(s) URL"));

@@ -87,6 +87,32 @@ pub struct Grant {
     pub note: Option<String>,
 }
 
+impl Grant {
+    /// What a replay under the same idempotency key must match.
+    pub fn terms(&self) -> GrantTerms {
+        GrantTerms {
+            amount: self.amount,
+            source: Some(self.source),
+            note: self.note.clone(),
+        }
+    }
+
+    /// Refuses text the store cannot keep.
+    pub fn check_text(&self) -> Result<(), crate::text::UnstorableText> {
+        crate::text::check_opt("idempotency_key", self.idempotency_key.as_deref())?;
+        crate::text::check_opt("note", self.note.as_deref())
+    }
+}
+
+/// What a grant booked under an idempotency key: the same key with other
+/// terms is another request reusing the key, not a replay.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct GrantTerms {
+    pub amount: Credits,
+    pub source: Option<GrantSource>,
+    pub note: Option<String>,
+}
+
 /// The wallet implied by a user's entries, for audits: `balance = Σ grants
 /// − Σ posts`, `held = Σ holds − Σ posts − Σ voids`.
 pub fn replay(entries: &[LedgerEntry]) -> Result<Wallet, String> {

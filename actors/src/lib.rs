@@ -27,6 +27,7 @@ pub mod price_schedule;
 pub mod pricing;
 pub mod scheduler;
 pub mod store;
+pub mod text;
 pub mod tier;
 pub mod user;
 pub mod wallet;

@@ -296,6 +296,8 @@ impl Orchestrator {
         email: &str,
         display_name: &str,
     ) -> Result<Registration, OrchestratorError> {
+        crate::text::check("email", email)?;
+        crate::text::check("display_name", display_name)?;
         let email = Email::parse_with(email, &self.config.email_rules)
             .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
         let display_name = DisplayName::parse(display_name)
@@ -346,6 +348,7 @@ impl Orchestrator {
         request: JobRequest,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Submission, OrchestratorError> {
+        request.check_text()?;
         let spec = JobSpec::parse(request).map_err(|e| OrchestratorError::InvalidParams(e.0))?;
         self.screen(user, &spec).await?;
         self.wallets
@@ -403,6 +406,7 @@ impl Orchestrator {
     }
 
     pub async fn grant(&self, user: UserId, grant: Grant) -> Result<Wallet, OrchestratorError> {
+        grant.check_text()?;
         self.user(user).await?;
         Ok(self.wallets.call(user, GrantCredits(grant)).await??.wallet)
     }
@@ -479,6 +483,7 @@ impl Orchestrator {
         fragment: &str,
         limit: usize,
     ) -> Result<Vec<User>, OrchestratorError> {
+        crate::text::check("email", fragment)?;
         Ok(self.store.find_users(fragment, limit).await?)
     }
 

@@ -60,7 +60,8 @@ pub struct DisplayNameError;
 impl DisplayName {
     pub fn parse(raw: &str) -> Result<DisplayName, DisplayNameError> {
         let name = raw.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        // The length counts the name as sent, as a client checking it would.
+        if name.is_empty() || raw.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(DisplayNameError);
         }
         Ok(DisplayName(name.to_owned()))

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use crate::http::auth::Admin;
+use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
@@ -24,11 +25,33 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// Positive whole credits.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub amount: i64,
+    /// Not `registration`: those credits come only with registration.
+    #[schema(value_type = AdminGrantSource)]
     pub source: GrantSource,
-    /// Required: a replay with the same key changes nothing.
+    /// Required, 1..=255 characters, not blank: a replay with the same key
+    /// and body changes nothing; with another body it is `422
+    /// idempotency-key-reused`.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*\S[^\u0000]*$"
+    )]
     pub idempotency_key: String,
+    /// At most 500 characters.
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     pub note: Option<String>,
+}
+
+/// The sources an operator may grant from (documentation of `source`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum AdminGrantSource {
+    Purchase,
+    MembershipGift,
+    Admin,
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{id}/credits", request_body = GrantRequest,
@@ -38,7 +61,7 @@ pub async fn grant(
     state: web::Data<AppState>,
     _: Admin,
     path: web::Path<String>,
-    body: web::Json<GrantRequest>,
+    body: Json<GrantRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let id = user_id(&path)?;
     let body = body.into_inner();
@@ -50,7 +73,7 @@ pub async fn grant(
         ));
     }
     let key = body.idempotency_key.trim();
-    if key.is_empty() || key.len() > 255 {
+    if key.is_empty() || body.idempotency_key.chars().count() > 255 {
         return Err(ApiError::InvalidParams(
             "idempotency_key must be 1..=255 characters".into(),
         ));
@@ -90,7 +113,7 @@ pub async fn membership(
     state: web::Data<AppState>,
     _: Admin,
     path: web::Path<String>,
-    body: web::Json<MembershipRequest>,
+    body: Json<MembershipRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let id = user_id(&path)?;
     let membership = match body.tier {

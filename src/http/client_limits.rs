@@ -50,18 +50,24 @@ impl ClientLimits {
     /// `redis`: the node's pool when `REDIS_URL` is set.
     pub fn new(
         redis: Option<bb8::Pool<RedisConnectionManager>>,
+        prefix: &str,
         failed_auth_per_minute: u32,
         registrations_per_hour: u32,
         metrics: Arc<Metrics>,
     ) -> ClientLimits {
-        let counter = |prefix: &str, window| match &redis {
-            Some(pool) => WindowCounter::redis(pool.clone(), prefix, window, metrics.clone()),
+        let counter = |name: &str, window| match &redis {
+            Some(pool) => WindowCounter::redis(
+                pool.clone(),
+                &format!("{prefix}:{name}"),
+                window,
+                metrics.clone(),
+            ),
             None => WindowCounter::local(window, metrics.clone()),
         };
         ClientLimits {
-            failed_auth: counter("admedia:auth-failures", AUTH_WINDOW),
+            failed_auth: counter("auth-failures", AUTH_WINDOW),
             failed_auth_limit: failed_auth_per_minute,
-            registrations: counter("admedia:registrations", REGISTRATION_WINDOW),
+            registrations: counter("registrations", REGISTRATION_WINDOW),
             registration_limit: registrations_per_hour,
         }
     }
@@ -73,7 +79,7 @@ impl ClientLimits {
             .apply(client, self.failed_auth_limit, Mode::Peek)
             .await
         {
-            Decision::Allowed => Ok(()),
+            Decision::Allowed { .. } => Ok(()),
             Decision::Limited { retry_after } => Err(ApiError::RateLimited {
                 detail: format!(
                     "too many failed authentications from this address; retry in {retry_after} s"
@@ -98,7 +104,7 @@ impl ClientLimits {
             .apply(client, self.registration_limit, Mode::Count)
             .await
         {
-            Decision::Allowed => Ok(()),
+            Decision::Allowed { .. } => Ok(()),
             Decision::Limited { retry_after } => Err(ApiError::RateLimited {
                 detail: format!(
                     "too many registrations from this address; retry in {retry_after} s"
@@ -114,7 +120,7 @@ mod tests {
     use super::*;
 
     fn limits(auth: u32, registrations: u32) -> ClientLimits {
-        ClientLimits::new(None, auth, registrations, Arc::new(Metrics::new()))
+        ClientLimits::new(None, "test", auth, registrations, Arc::new(Metrics::new()))
     }
 
     #[tokio::test]

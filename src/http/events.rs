@@ -16,6 +16,21 @@ use crate::http::auth::AuthUser;
 use crate::http::problem::ApiError;
 use crate::http::AppState;
 
+/// One event of the stream (documentation: the fields of an SSE event).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct JobEventFrame {
+    /// Counts the stream's events from 1.
+    #[schema(pattern = "^[1-9][0-9]*$")]
+    id: String,
+    /// `state` or `progress`.
+    #[schema(pattern = "^(state|progress)$")]
+    event: String,
+    /// The event as JSON: the job id, attempt, time, and the new state
+    /// (with charge and error) or the progress.
+    data: String,
+}
+
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 fn frame(event: &JobEvent, id: u64) -> Bytes {
@@ -27,6 +42,13 @@ fn frame(event: &JobEvent, id: u64) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: {name}\ndata: {data}\n\n"))
 }
 
+/// The job's progress as server-sent events: `state` events (the current
+/// state first, then each change) and `progress` events, a keep-alive
+/// comment every 15 s; the stream ends after the terminal state.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", security(("api_key" = [])),
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, content_type = "text/event-stream", body = JobEventFrame,
+        description = "`id: N`, `event: state|progress`, `data: <JSON>` events")))]
 pub async fn stream(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::http::auth::AuthUser;
+use crate::http::input::{Json, Query};
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::JobView;
 use crate::http::{page_limit, AppState};
@@ -23,8 +24,9 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 /// Submit a job: its cost is held at once and released or charged when it
 /// ends. The same `Idempotency-Key` with the same body returns the first
 /// response and charges nothing.
-#[utoipa::path(post, path = "/v1/jobs", request_body = JobRequest, security(("api_key" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 visible ASCII characters")),
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "submit_job", request_body = JobRequest, security(("api_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+        description = "1..=255 visible ASCII characters")),
     responses((status = 202, body = JobView), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 402, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem),
         (status = 429, body = Problem)))]
@@ -32,7 +34,7 @@ pub async fn submit(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
     req: HttpRequest,
-    body: web::Json<JobRequest>,
+    body: Json<JobRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = match req.headers().get(IDEMPOTENCY_KEY) {
         Some(v) => {
@@ -52,13 +54,23 @@ pub async fn submit(
         crate::webhooks::check_target(url, state.webhook_allow_private)
             .map_err(ApiError::InvalidParams)?;
     }
-    state
+    let spent = state
         .rate_limit(user.id, user.tier(chrono::Utc::now()))
         .await?;
-    let submission = state
+    let submission = match state
         .orchestrator
         .submit(user.id, body.into_inner(), idempotency)
-        .await?;
+        .await
+    {
+        Ok(submission) => submission,
+        Err(refused) => {
+            // Only accepted submissions spend the rate budget.
+            if let Some(spent) = spent {
+                state.rate_limiter.release(spent).await;
+            }
+            return Err(refused.into());
+        }
+    };
     let job = &submission.job;
     let position = if submission.replayed {
         None
@@ -79,7 +91,7 @@ pub async fn submit(
     Ok(response.json(JobView::of(job, position)))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -94,12 +106,16 @@ pub async fn get(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
     /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// 1..=200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// A job id: jobs submitted before it.
+    #[param(format = Uuid)]
     pub before: Option<String>,
 }
 
@@ -110,12 +126,12 @@ pub struct JobsPage {
 }
 
 /// The caller's jobs, newest first.
-#[utoipa::path(get, path = "/v1/jobs", params(JobsQuery), security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", params(JobsQuery), security(("api_key" = [])),
     responses((status = 200, body = JobsPage), (status = 422, body = Problem)))]
 pub async fn list(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
-    query: web::Query<JobsQuery>,
+    query: Query<JobsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
     let filter = match &query.state {
@@ -150,7 +166,7 @@ pub async fn list(
 
 /// Cancel: a waiting job is refunded; a running one is stopped and charged
 /// (the GPU time was used).
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel(

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::http::auth::{Admin, AuthUser};
+use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
@@ -88,7 +89,7 @@ pub async fn issue(
         }))
 }
 
-#[utoipa::path(get, path = "/v1/me/api-keys", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/me/api-keys", operation_id = "list_api_keys", security(("api_key" = [])),
     responses((status = 200, body = ApiKeysPage), (status = 401, body = Problem)))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -146,7 +147,7 @@ pub struct Closed {
 pub async fn close(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
-    body: web::Json<CloseRequest>,
+    body: Json<CloseRequest>,
 ) -> Result<HttpResponse, ApiError> {
     if !body.confirm {
         return Err(ApiError::InvalidParams(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod client_limits;
 pub mod events;
+pub mod input;
 pub mod jobs;
 pub mod keys;
 pub mod openapi;
@@ -22,11 +23,12 @@ pub mod workers;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{error, web, HttpRequest, HttpResponse};
+use actix_web::{error, web, HttpRequest, HttpResponse, ResponseError};
 use admedia_actors::Orchestrator;
 use tracing::Instrument;
 
@@ -54,14 +56,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Refuses a submission over the user's per-minute limit.
+    /// Refuses a submission over the user's per-minute limit; what it
+    /// counted is given back with `rate_limiter.release` when the
+    /// submission is refused after all.
     pub async fn rate_limit(
         &self,
         user: admedia_actors::ids::UserId,
         tier: admedia_actors::tier::Tier,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<crate::ratelimit::Spent>, ApiError> {
         match self.rate_limiter.check(user, tier).await {
-            crate::ratelimit::Decision::Allowed => Ok(()),
+            crate::ratelimit::Decision::Allowed { spent } => Ok(spent),
             crate::ratelimit::Decision::Limited { retry_after } => Err(ApiError::RateLimited {
                 detail: format!(
                     "too many submissions for the {tier} tier; retry in {retry_after} s"
@@ -88,7 +92,8 @@ fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> error::Error {
         }
         error::JsonPayloadError::OverflowKnownLength { .. }
         | error::JsonPayloadError::Overflow { .. } => {
-            format!("body larger than {MAX_BODY_BYTES} bytes")
+            return ApiError::PayloadTooLarge(format!("body larger than {MAX_BODY_BYTES} bytes"))
+                .into();
         }
         other => format!("malformed JSON body: {other}"),
     };
@@ -107,6 +112,41 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
+/// One path of the API with the routes of its methods. Any other method
+/// is `405 method-not-allowed` with `Allow` naming the ones that exist
+/// (actix-web alone would fall through to the 404 of unknown paths).
+fn resource(path: &str, routes: Vec<(Method, actix_web::Route)>) -> actix_web::Resource {
+    let allow: Vec<&'static str> = routes.iter().map(|(m, _)| method_name(m)).collect();
+    let allow = allow.join(", ");
+    let mut resource = web::resource(path);
+    for (_, route) in routes {
+        resource = resource.route(route);
+    }
+    resource.default_service(web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+    }))
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "OPTIONS",
+    }
+}
+
+fn get(route: actix_web::Route) -> (Method, actix_web::Route) {
+    (Method::GET, route)
+}
+
+fn post(route: actix_web::Route) -> (Method, actix_web::Route) {
+    (Method::POST, route)
+}
+
 /// Every route of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -114,61 +154,162 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .limit(MAX_BODY_BYTES)
             .error_handler(json_error),
     )
+    // Raw bodies (the payment webhook) have the same limit as JSON ones.
+    .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.json", web::get().to(ops::openapi))
+    .service(resource("/healthz", vec![get(web::get().to(ops::healthz))]))
+    .service(resource("/readyz", vec![get(web::get().to(ops::readyz))]))
+    .service(resource("/metrics", vec![get(web::get().to(ops::metrics))]))
+    .service(resource(
+        "/openapi.json",
+        vec![get(web::get().to(ops::openapi))],
+    ))
     .service(
         web::scope("/v1")
-            .route("/users", web::post().to(users::register))
-            .route("/me", web::get().to(users::me))
-            .route("/me/webhook-secret", web::get().to(users::webhook_secret))
+            .service(resource(
+                "/users",
+                vec![post(web::post().to(users::register))],
+            ))
+            .service(resource("/me", vec![get(web::get().to(users::me))]))
+            .service(resource(
+                "/me/webhook-secret",
+                vec![get(web::get().to(users::webhook_secret))],
+            ))
             // Platform rules (docs/platform-rules.md).
-            .route("/me/api-keys", web::post().to(keys::issue))
-            .route("/me/api-keys", web::get().to(keys::list))
-            .route("/me/api-keys/{id}", web::delete().to(keys::revoke))
-            .route("/me/close", web::post().to(keys::close))
-            .route(
+            .service(resource(
+                "/me/api-keys",
+                vec![
+                    post(web::post().to(keys::issue)),
+                    get(web::get().to(keys::list)),
+                ],
+            ))
+            .service(resource(
+                "/me/api-keys/{id}",
+                vec![(Method::DELETE, web::delete().to(keys::revoke))],
+            ))
+            .service(resource(
+                "/me/close",
+                vec![post(web::post().to(keys::close))],
+            ))
+            .service(resource(
                 "/admin/users/{id}/terminate",
-                web::post().to(keys::terminate),
-            )
-            .route("/payments/webhook", web::post().to(payments::webhook))
-            .route("/pricing", web::get().to(pricing::get))
-            .route("/admin/pricing", web::post().to(pricing::announce))
-            .route("/wallet", web::get().to(wallet::wallet))
-            .route("/wallet/ledger", web::get().to(wallet::ledger))
-            .route("/jobs", web::post().to(jobs::submit))
-            .route("/jobs", web::get().to(jobs::list))
-            .route("/jobs/{id}", web::get().to(jobs::get))
-            .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
-            .route("/jobs/{id}/events", web::get().to(events::stream))
-            .route("/admin/users/{id}/credits", web::post().to(admin::grant))
-            .route(
+                vec![post(web::post().to(keys::terminate))],
+            ))
+            .service(resource(
+                "/payments/webhook",
+                vec![post(web::post().to(payments::webhook))],
+            ))
+            .service(resource("/pricing", vec![get(web::get().to(pricing::get))]))
+            .service(resource(
+                "/admin/pricing",
+                vec![post(web::post().to(pricing::announce))],
+            ))
+            .service(resource(
+                "/wallet",
+                vec![get(web::get().to(wallet::wallet))],
+            ))
+            .service(resource(
+                "/wallet/ledger",
+                vec![get(web::get().to(wallet::ledger))],
+            ))
+            .service(resource(
+                "/jobs",
+                vec![
+                    post(web::post().to(jobs::submit)),
+                    get(web::get().to(jobs::list)),
+                ],
+            ))
+            .service(resource("/jobs/{id}", vec![get(web::get().to(jobs::get))]))
+            .service(resource(
+                "/jobs/{id}/cancel",
+                vec![post(web::post().to(jobs::cancel))],
+            ))
+            .service(resource(
+                "/jobs/{id}/events",
+                vec![get(web::get().to(events::stream))],
+            ))
+            .service(resource(
+                "/admin/users/{id}/credits",
+                vec![post(web::post().to(admin::grant))],
+            ))
+            .service(resource(
                 "/admin/users/{id}/membership",
-                web::put().to(admin::membership),
-            )
-            .route("/admin/users/{id}/suspend", web::post().to(admin::suspend))
-            .route(
+                vec![(Method::PUT, web::put().to(admin::membership))],
+            ))
+            .service(resource(
+                "/admin/users/{id}/suspend",
+                vec![post(web::post().to(admin::suspend))],
+            ))
+            .service(resource(
                 "/admin/users/{id}/reinstate",
-                web::post().to(admin::reinstate),
-            )
-            .route("/admin/stats", web::get().to(admin::stats))
-            .route("/admin/jobs", web::get().to(operators::jobs))
-            .route("/admin/jobs/{id}", web::get().to(operators::job))
-            .route("/admin/jobs/{id}/cancel", web::post().to(operators::cancel))
-            .route("/admin/users", web::get().to(operators::users))
-            .route("/admin/users/{id}", web::get().to(operators::user))
-            .route("/admin/workers", web::get().to(operators::workers))
-            .route(
+                vec![post(web::post().to(admin::reinstate))],
+            ))
+            .service(resource(
+                "/admin/stats",
+                vec![get(web::get().to(admin::stats))],
+            ))
+            .service(resource(
+                "/admin/jobs",
+                vec![get(web::get().to(operators::jobs))],
+            ))
+            .service(resource(
+                "/admin/jobs/{id}",
+                vec![get(web::get().to(operators::job))],
+            ))
+            .service(resource(
+                "/admin/jobs/{id}/cancel",
+                vec![post(web::post().to(operators::cancel))],
+            ))
+            .service(resource(
+                "/admin/users",
+                vec![get(web::get().to(operators::users))],
+            ))
+            .service(resource(
+                "/admin/users/{id}",
+                vec![get(web::get().to(operators::user))],
+            ))
+            .service(resource(
+                "/admin/workers",
+                vec![get(web::get().to(operators::workers))],
+            ))
+            .service(resource(
                 "/admin/workers/{id}/drain",
-                web::post().to(operators::drain),
-            )
-            .route("/workers/connect", web::get().to(workers::connect)),
+                vec![post(web::post().to(operators::drain))],
+            ))
+            .service(resource(
+                "/workers/connect",
+                vec![get(web::get().to(workers::connect))],
+            )),
     )
     .configure(crate::console::routes)
     .default_service(web::to(not_found));
+}
+
+/// Every API error is problem+json: an error response actix-web built
+/// itself (a raw body over the limit, say, is `413 text/plain` there) is
+/// restated as a problem document. The console answers in HTML and keeps
+/// its own pages.
+fn as_problem<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    let rewrite = res.response().error().is_some()
+        && !res.request().path().starts_with("/console")
+        && res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|ct| ct.as_bytes() != b"application/problem+json");
+    if !rewrite {
+        return res.map_into_left_body();
+    }
+    let status = res.status();
+    let detail = res
+        .response()
+        .error()
+        .map(|e| e.to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    let (req, _) = res.into_parts();
+    let response = ApiError::from_status(status, detail).error_response();
+    ServiceResponse::new(req, response).map_into_right_body()
 }
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -178,7 +319,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// by route pattern, never by concrete path.
 pub async fn observe(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, error::Error> {
     let started = Instant::now();
     let request_id = req
@@ -196,7 +337,8 @@ pub async fn observe(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
     let span = tracing::info_span!("http", %method, %route, request_id = %request_id, status = tracing::field::Empty);
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    let res = next.call(req).instrument(span.clone()).await?;
+    let mut res = as_problem(res);
     let status = res.status().as_u16();
     span.record("status", status);
     if let Some(m) = metrics {

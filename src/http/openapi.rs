@@ -1,41 +1,50 @@
-//! The OpenAPI 3 document, generated from the handlers and types, so it
-//! cannot disagree with the code.
+//! The OpenAPI 3.1 document, generated from the handlers and types, so it
+//! cannot disagree with the code. The error answers every operation shares
+//! (bad credentials, malformed input, an unavailable store…) are added here
+//! by one rule instead of by hand on each handler, all as
+//! `application/problem+json` with the `Problem` schema.
 
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Object, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
+use crate::http::{admin, events, jobs, operators, ops, problem, users, views, wallet, workers};
 use crate::http::{keys, payments, pricing};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "AdMedia orchestrator", description = "Credits, fair scheduling and GPU workers for AI generation jobs."),
+    info(title = "AdMedia orchestrator", description = "Credits, fair scheduling and GPU workers for AI generation jobs. \
+Every error is `application/problem+json` with a stable `type` (see the `Problem` schema)."),
     paths(
         users::register, users::me, users::webhook_secret,
         wallet::wallet, wallet::ledger,
-        jobs::submit, jobs::get, jobs::list, jobs::cancel,
+        jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream,
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
         operators::workers, operators::drain,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
         payments::webhook, pricing::get, pricing::announce,
+        workers::connect,
     ),
     components(schemas(
-        problem::Problem,
+        problem::Problem, events::JobEventFrame,
         views::UserView, views::WalletView, views::LedgerEntryView, views::JobView,
         users::RegisterRequest, users::Registered, users::Me, users::WebhookSecret,
         wallet::LedgerPage, jobs::JobsPage,
         operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
         operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
-        admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
+        admin::GrantRequest, admin::AdminGrantSource, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
         keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,
         payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied,
         pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
         users::MembershipView, users::GiftView,
     )),
-    modifiers(&Security),
+    modifiers(&Security, &Problems),
 )]
 pub struct ApiDoc;
 
@@ -48,5 +57,253 @@ impl Modify for Security {
             || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
         components.add_security_scheme("api_key", bearer());
         components.add_security_scheme("admin_token", bearer());
+        components.add_security_scheme("worker_token", bearer());
+    }
+}
+
+/// The shared error answers and the operation tags.
+struct Problems;
+
+/// Paths that answer without reading the store.
+const STORELESS: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
+
+/// What each status means across the API; the `type`s a client may see.
+fn problem_description(status: &str) -> &'static str {
+    match status {
+        "400" => "Malformed request: bad JSON, unknown field, wrong type (`invalid-request`); a bad payment signature (`invalid-signature`, `stale-timestamp`)",
+        "401" => "Missing or invalid credentials (`unauthorized`)",
+        "402" => "Not enough available credits (`insufficient-credits`, with `required` and `available`)",
+        "403" => "The account may not act, or be acted on (`account-suspended`, `forbidden`)",
+        "404" => "No such resource, or not the caller's (`not-found`)",
+        "409" => "Conflicts with the current state (`job-finished`, `email-taken`, `last-api-key`, `payment-id-reused`)",
+        "413" => "Request body over 64 KiB (`payload-too-large`)",
+        "422" => "Well-formed but refused: `invalid-params`, `invalid-text` (a NUL character anywhere), `idempotency-key-reused`, `content-rejected`, `price-notice-too-short`, `unknown-product`",
+        "429" => "Too many requests (`rate-limited`, `queue-limit`); see `Retry-After`",
+        "500" => "Internal error (`internal`)",
+        "503" => "The store or scheduler is unavailable (`unavailable`); see `Retry-After`",
+        _ => "Error",
+    }
+}
+
+fn problem_response(status: &str) -> Response {
+    let mut response = ResponseBuilder::new()
+        .description(problem_description(status))
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "Problem",
+                ))))
+                .build(),
+        );
+    if matches!(status, "429" | "503") {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Object::with_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        );
+    }
+    response.build()
+}
+
+fn secured_by(op: &Operation, scheme: &str) -> bool {
+    op.security.as_ref().is_some_and(|reqs| {
+        reqs.iter().any(|r| {
+            serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_object().map(|o| o.contains_key(scheme)))
+                .unwrap_or(false)
+        })
+    })
+}
+
+fn has_params_in(op: &Operation, place: ParameterIn) -> bool {
+    op.parameters
+        .as_ref()
+        .is_some_and(|ps| ps.iter().any(|p| p.parameter_in == place))
+}
+
+/// A header is present or absent, never `null`; the derive makes an
+/// optional header's schema nullable.
+fn headers_are_never_null(op: &mut Operation) {
+    for p in op.parameters.iter_mut().flatten() {
+        if p.parameter_in != ParameterIn::Header {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(schema))) = p.schema.as_mut() {
+            if let utoipa::openapi::schema::SchemaType::Array(types) = &schema.schema_type {
+                let kept: Vec<Type> = types
+                    .iter()
+                    .filter(|t| **t != Type::Null)
+                    .cloned()
+                    .collect();
+                if let [only] = &kept[..] {
+                    schema.schema_type = utoipa::openapi::schema::SchemaType::Type(only.clone());
+                }
+            }
+        }
+    }
+}
+
+fn has_job_cursor(op: &Operation) -> bool {
+    op.parameters.as_ref().is_some_and(|ps| {
+        ps.iter().any(|p| {
+            p.name == "before"
+                && p.parameter_in == ParameterIn::Query
+                && op.operation_id.as_deref() != Some("ledger")
+        })
+    })
+}
+
+fn tag_of(path: &str) -> &'static str {
+    if path.starts_with("/v1/admin") {
+        "admin"
+    } else if path.starts_with("/v1/payments") {
+        "payments"
+    } else if path.starts_with("/v1/workers") {
+        "workers"
+    } else if path.starts_with("/v1/pricing") {
+        "public"
+    } else if path.starts_with("/v1/users") {
+        "registration"
+    } else if path.starts_with("/v1/") {
+        "user"
+    } else {
+        "ops"
+    }
+}
+
+/// Constraints the derive cannot state.
+fn constrain(openapi: &mut utoipa::openapi::OpenApi) {
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    // Closing cannot be undone: `confirm` must be `true`.
+    if let Some(RefOr::T(Schema::Object(close))) = components.schemas.get_mut("CloseRequest") {
+        if let Some(RefOr::T(Schema::Object(confirm))) = close.properties.get_mut("confirm") {
+            confirm.enum_values = Some(vec![serde_json::Value::Bool(true)]);
+        }
+    }
+}
+
+impl Modify for Problems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        constrain(openapi);
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                op.tags = Some(vec![tag_of(path).to_owned()]);
+                headers_are_never_null(op);
+                let mut statuses: Vec<&str> = vec!["500"];
+                if !STORELESS.contains(&path.as_str()) {
+                    statuses.push("503");
+                }
+                if secured_by(op, "api_key") {
+                    statuses.extend(["401", "403"]);
+                }
+                if secured_by(op, "admin_token") || secured_by(op, "worker_token") {
+                    statuses.push("401");
+                }
+                if op.request_body.is_some() {
+                    statuses.extend(["400", "413", "422"]);
+                }
+                if has_params_in(op, ParameterIn::Query) {
+                    statuses.extend(["400", "422"]);
+                }
+                if has_params_in(op, ParameterIn::Header) {
+                    statuses.push("422");
+                }
+                // Acting on a terminated account is refused.
+                if path.starts_with("/v1/admin/users/{id}/") {
+                    statuses.push("403");
+                }
+                // A path id, or a `before` cursor naming no job, is not found.
+                if has_params_in(op, ParameterIn::Path) || has_job_cursor(op) {
+                    statuses.push("404");
+                }
+                for status in statuses {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| RefOr::T(problem_response(status)));
+                }
+                // Every error answer, declared here or on the handler, is a
+                // problem document.
+                for (status, response) in op.responses.responses.iter_mut() {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        *response = RefOr::T(problem_response(status));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::to_value(ApiDoc::openapi()).expect("document serializes")
+    }
+
+    #[test]
+    fn query_parameters_are_in_the_query() {
+        let doc = doc();
+        let params = doc["paths"]["/v1/admin/jobs"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .clone();
+        assert!(!params.is_empty());
+        for p in params {
+            assert_eq!(p["in"], "query", "{p}");
+            assert_ne!(p["required"], true, "{p}");
+        }
+        let limit = doc["paths"]["/v1/jobs"]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit").cloned())
+            .expect("limit");
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], 200);
+    }
+
+    #[test]
+    fn every_error_is_a_problem_document() {
+        let doc = doc();
+        let mut errors = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("item") {
+                for (status, response) in op["responses"].as_object().expect("responses") {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        errors += 1;
+                        let content = response["content"].as_object().expect("content");
+                        assert_eq!(
+                            content.keys().collect::<Vec<_>>(),
+                            ["application/problem+json"],
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+                if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                    assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                }
+            }
+        }
+        assert!(errors > 50, "{errors}");
+        assert!(
+            doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"]["200"]["content"]
+                ["text/event-stream"]
+                .is_object()
+        );
+        assert!(doc["paths"]["/v1/workers/connect"]["get"]["responses"]["101"].is_object());
     }
 }

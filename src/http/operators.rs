@@ -12,23 +12,38 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::http::auth::Admin;
+use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::{JobView, LedgerEntryView, UserView, WalletView};
 use crate::http::{page_limit, AppState};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AdminJobsQuery {
+    /// A job state; empty: any.
+    #[param(pattern = "^(|queued|assigned|running|succeeded|failed|cancelled)$")]
     pub state: Option<String>,
+    /// A tier; empty: any.
+    #[param(pattern = "^(|free|basic|professional|enterprise)$")]
     pub tier: Option<String>,
+    /// `image` or `video`; empty: any.
+    #[param(pattern = "^(|image|video)$")]
     pub kind: Option<String>,
-    /// A user id.
+    /// A user id; empty: any.
+    #[param(
+        pattern = "^(|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    )]
     pub user: Option<String>,
     /// Submitted at or after (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Submitted before (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    /// 1..=200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
+    /// A job id: jobs submitted before it.
+    #[param(format = Uuid)]
     pub before: Option<String>,
 }
 
@@ -80,7 +95,7 @@ pub struct AdminJobsPage {
 pub async fn jobs(
     state: web::Data<AppState>,
     _: Admin,
-    query: web::Query<AdminJobsQuery>,
+    query: Query<AdminJobsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let filter = query.filter()?;
     let limit = page_limit(query.limit)?;
@@ -170,7 +185,7 @@ pub async fn job(
 }
 
 /// Cancel any job, with the refund rules of the user's own cancel.
-#[utoipa::path(post, path = "/v1/admin/jobs/{id}/cancel", params(("id" = String, Path)), security(("admin_token" = [])),
+#[utoipa::path(post, path = "/v1/admin/jobs/{id}/cancel", operation_id = "admin_cancel_job", params(("id" = String, Path)), security(("admin_token" = [])),
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel(
     state: web::Data<AppState>,
@@ -183,9 +198,17 @@ pub async fn cancel(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsersQuery {
     /// Part of an e-mail address (case-insensitive).
+    #[param(
+        min_length = 1,
+        max_length = 254,
+        pattern = r"^[^\u0000]*\S[^\u0000]*$"
+    )]
     pub email: String,
+    /// 1..=200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
 }
 
@@ -199,10 +222,10 @@ pub struct UsersPage {
 pub async fn users(
     state: web::Data<AppState>,
     _: Admin,
-    query: web::Query<UsersQuery>,
+    query: Query<UsersQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
-    if query.email.trim().is_empty() || query.email.len() > 254 {
+    if query.email.trim().is_empty() || query.email.chars().count() > 254 {
         return Err(ApiError::InvalidParams(
             "email: give 1..=254 characters to search for".into(),
         ));

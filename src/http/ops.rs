@@ -44,7 +44,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.orchestrator.stats().await.ok();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(stats.as_ref()))
+        .body(state.metrics.render(
+            stats.as_ref(),
+            matches!(state.node.role(), crate::cluster::Role::Leader { .. }),
+        ))
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json")))]

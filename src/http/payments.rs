@@ -99,7 +99,9 @@ impl PaymentVerifier {
 pub struct PaymentEvent {
     /// The provider's payment id: 1..=255 visible ASCII; the event is
     /// applied once per id.
+    #[schema(pattern = r"^[!-~]{1,255}$")]
     pub payment_id: String,
+    #[schema(format = Uuid)]
     pub user_id: String,
     #[schema(value_type = ProductDoc)]
     pub product: Value,
@@ -213,8 +215,9 @@ pub async fn webhook(
         )
     })?;
     verifier.verify(req.headers(), &body, chrono::Utc::now().timestamp())?;
-    let event: PaymentEvent = serde_json::from_slice(&body)
+    let event: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("malformed payment event: {e}")))?;
+    let event: PaymentEvent = crate::http::input::parse_json(event)?;
     let payment_id =
         PaymentId::parse(&event.payment_id).map_err(|e| ApiError::InvalidParams(e.to_string()))?;
     let user_id: UserId = event.user_id.parse().map_err(|_| {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::http::auth::Admin;
+use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::AppState;
 
@@ -16,12 +17,16 @@ use crate::http::AppState;
 #[serde(deny_unknown_fields)]
 pub struct Prices {
     /// Per image up to 1024x1024.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub image_standard: i64,
     /// Per image above that, up to 2048x2048.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub image_large: i64,
     /// Per second of video up to 1280x720.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub video_standard: i64,
     /// Per second of video above that, up to 1920x1080.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub video_hd: i64,
 }
 
@@ -73,7 +78,7 @@ pub struct Pricing {
 }
 
 /// The price table in effect and the announced changes (public).
-#[utoipa::path(get, path = "/v1/pricing", responses((status = 200, body = Pricing)))]
+#[utoipa::path(get, path = "/v1/pricing", operation_id = "get_pricing", responses((status = 200, body = Pricing)))]
 pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (current, upcoming) = state.orchestrator.pricing().await?;
     Ok(HttpResponse::Ok().json(Pricing {
@@ -100,7 +105,7 @@ pub struct AnnounceRequest {
 pub async fn announce(
     state: web::Data<AppState>,
     _: Admin,
-    body: web::Json<AnnounceRequest>,
+    body: Json<AnnounceRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (version, replayed) = state
         .orchestrator

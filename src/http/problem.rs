@@ -28,6 +28,9 @@ pub enum ApiError {
     /// Well-formed but outside the rules.
     #[error("{0}")]
     InvalidParams(String),
+    /// Text the store cannot keep (a NUL character), wherever it was sent.
+    #[error("{0}")]
+    InvalidText(String),
     #[error("{detail}")]
     InsufficientCredits {
         detail: String,
@@ -46,6 +49,15 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// A method the path does not have; `allow` lists the ones it has.
+    #[error("this path allows {allow}")]
+    MethodNotAllowed { allow: String },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// An error actix-web answered itself (a body it could not read, say),
+    /// restated as a problem document with its status.
+    #[error("{detail}")]
+    Http { status: StatusCode, detail: String },
     // Platform rules (ToS 2.2, 3.2, 4.5, 5).
     /// The prompt breaks the content rules; nothing was charged.
     #[error("{detail}")]
@@ -127,6 +139,11 @@ impl ApiError {
                 "Invalid parameters",
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
+            InvalidText(_) => (
+                "invalid-text",
+                "Text that cannot be stored",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
             InsufficientCredits { .. } => (
                 "insufficient-credits",
                 "Not enough available credits",
@@ -158,6 +175,20 @@ impl ApiError {
                 "Internal error",
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
+            MethodNotAllowed { .. } => (
+                "method-not-allowed",
+                "Method not allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            PayloadTooLarge(_) => (
+                "payload-too-large",
+                "Request body too large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            Http { status, .. } if status.is_server_error() => {
+                ("internal", "Internal error", *status)
+            }
+            Http { status, .. } => ("invalid-request", "Malformed request", *status),
             ContentRejected { .. } => (
                 "content-rejected",
                 "Prompt refused by the content rules",
@@ -199,6 +230,15 @@ impl ApiError {
     pub fn not_found(what: &str) -> ApiError {
         ApiError::NotFound(format!("{what} not found"))
     }
+
+    /// The problem for an error response actix-web built itself.
+    pub fn from_status(status: StatusCode, detail: String) -> ApiError {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(detail),
+            StatusCode::NOT_FOUND => ApiError::NotFound(detail),
+            status => ApiError::Http { status, detail },
+        }
+    }
 }
 
 impl ResponseError for ApiError {
@@ -238,6 +278,9 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, allow.clone()));
+            }
             ApiError::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE.to_string()));
             }
@@ -261,6 +304,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::NotFound(_) => ApiError::NotFound(detail),
             OrchestratorError::EmailTaken => ApiError::EmailTaken(detail),
             OrchestratorError::InvalidParams(_) => ApiError::InvalidParams(detail),
+            OrchestratorError::InvalidText(_) => ApiError::InvalidText(detail),
             OrchestratorError::InsufficientCredits {
                 required,
                 available,

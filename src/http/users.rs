@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::http::auth::AuthUser;
+use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
@@ -12,7 +13,18 @@ use crate::http::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// One account per address, compared case-insensitively: a local part
+    /// of at most 64 bytes, `@`, and a domain of two or more labels of
+    /// letters, digits and inner hyphens. The pattern is the outline; the
+    /// byte limits are checked on top (`422 invalid-params`).
+    #[schema(max_length = 254, pattern = r"^\s*[^\s@]+@[^\s@]+\.[^\s@]+\s*$")]
     pub email: String,
+    /// 1..=100 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub display_name: String,
 }
 
@@ -61,7 +73,7 @@ pub struct GiftView {
 pub async fn register(
     req: actix_web::HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<RegisterRequest>,
+    body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let client = crate::http::client_limits::client_key(&req);
     state.client_limits.register(&client).await?;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::http::auth::AuthUser;
+use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::views::{LedgerEntryView, WalletView};
 use crate::http::{page_limit, AppState};
@@ -22,10 +23,13 @@ pub async fn wallet(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerQuery {
     /// 1..=200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// An entry id: entries older than it.
+    #[param(value_type = Option<i64>)]
     pub before: Option<String>,
 }
 
@@ -42,7 +46,7 @@ pub struct LedgerPage {
 pub async fn ledger(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
-    query: web::Query<LedgerQuery>,
+    query: Query<LedgerQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
     let before = match &query.before {

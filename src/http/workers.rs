@@ -23,7 +23,16 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 const HELLO_WAIT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
 
-/// Upgrades an authenticated worker's request to the protocol socket.
+/// Upgrades an authenticated worker's request to the protocol socket: a
+/// WebSocket carrying the worker protocol's JSON messages (see the
+/// project's worker-protocol document). A standby node sends a redirect to
+/// the leader and closes.
+#[utoipa::path(get, path = "/v1/workers/connect", security(("worker_token" = [])),
+    params(("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Sec-WebSocket-Key" = String, Header), ("Sec-WebSocket-Version" = String, Header, description = "`13`")),
+    responses((status = 101, description = "Switching Protocols: the worker protocol socket"),
+        (status = 400, description = "Not a WebSocket upgrade")))]
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,

@@ -492,7 +492,7 @@ mod tests {
         let missing = store.wallet(UserId::generate()).await;
         assert!(missing.is_err());
 
-        let text = metrics.render(None);
+        let text = metrics.render(None, true);
         assert!(
             line(
                 &text,

@@ -157,16 +157,45 @@ impl PgStore {
 /// Connection trouble is `Unavailable` (retry later); anything the
 /// database refused on purpose is reported as what it is.
 fn db(e: tokio_postgres::Error) -> StoreError {
+    let cause = db_cause(&e);
     match e.code() {
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(cause),
         Some(code) if code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(cause)
         }
         Some(code) if *code == SqlState::CHECK_VIOLATION || *code == SqlState::UNIQUE_VIOLATION => {
-            StoreError::Invariant(e.to_string())
+            StoreError::Invariant(cause)
         }
-        Some(_) => StoreError::Internal(e.to_string()),
+        Some(_) => StoreError::Internal(cause),
     }
+}
+
+/// What went wrong, in PostgreSQL's words: a server error's code, message,
+/// detail, hint and constraint (the driver's own text is only "db error"),
+/// or a client error with its causes.
+pub fn db_cause(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        let mut cause = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
+        for (label, part) in [
+            ("detail", d.detail()),
+            ("hint", d.hint()),
+            ("constraint", d.constraint()),
+            ("table", d.table()),
+            ("where", d.where_()),
+        ] {
+            if let Some(part) = part {
+                cause.push_str(&format!("; {label}: {part}"));
+            }
+        }
+        return cause;
+    }
+    let mut cause = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    cause
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
@@ -394,7 +423,7 @@ async fn book_grant(
     grant: &Grant,
     now: DateTime<Utc>,
 ) -> StoreResult<AccountState> {
-    let (ws, _) = decide::grant(account, grant, false, now)?;
+    let (ws, _) = decide::grant(account, grant, None, now)?;
     apply::write(tx, &ws).await?;
     ws.accounts
         .last()

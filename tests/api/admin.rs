@@ -105,17 +105,24 @@ async fn grants_are_idempotent_by_key() {
         .expect(200);
     assert_eq!(wallet_tuple(&wallet), (600, 0, 600));
 
-    // The same key again, even with another amount, changes nothing.
-    for replay in [
-        body.clone(),
-        json!({"amount": 7, "source": "admin", "idempotency_key": "invoice-1"}),
+    // The same key and body again changes nothing.
+    let again = app
+        .post_json(&path, Some(&app.admin_token), &body)
+        .await
+        .expect(200);
+    assert_eq!(wallet_tuple(&again), (600, 0, 600));
+    // The same key with another amount, source or note is another request
+    // reusing the key: refused, as for jobs, and nothing changes.
+    for reused in [
+        json!({"amount": 7, "source": "purchase", "idempotency_key": "invoice-1", "note": "order 1"}),
+        json!({"amount": 500, "source": "admin", "idempotency_key": "invoice-1", "note": "order 1"}),
+        json!({"amount": 500, "source": "purchase", "idempotency_key": "invoice-1"}),
     ] {
-        let again = app
-            .post_json(&path, Some(&app.admin_token), &replay)
+        app.post_json(&path, Some(&app.admin_token), &reused)
             .await
-            .expect(200);
-        assert_eq!(wallet_tuple(&again), (600, 0, 600));
+            .expect_problem(422, "idempotency-key-reused");
     }
+    assert_eq!(wallet_tuple(&app.wallet(&key).await), (600, 0, 600));
     let ledger = app.ledger(&key).await;
     assert_eq!(ledger.len(), 2);
     let e = &ledger[0];

@@ -348,3 +348,50 @@ pub fn wallet_tuple(w: &Value) -> (i64, i64, i64) {
         w["available"].as_i64().expect("available"),
     )
 }
+
+/// In CI a missing service fails the test; elsewhere it is skipped.
+fn service_missing(what: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{what} is required when CI=true: {why}");
+    }
+    eprintln!("skipping: {what} unavailable ({why}); run ./scripts/test.sh to provide it");
+}
+
+/// The same server on PostgreSQL, in a schema of its own, with settings
+/// changed by `tweak` (`None`, after a note, when `DATABASE_URL` is unset
+/// outside CI). Nodes of one database elect one leader, so this node may
+/// stand by: requests are served either way, and jobs wait until a leader
+/// dispatches them.
+pub async fn spawn_app_on_postgres_with(tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+    let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        service_missing("PostgreSQL", "DATABASE_URL is not set");
+        return None;
+    };
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let config: tokio_postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("DATABASE_URL {url:?}: {e}"));
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((client, conn)) => {
+            actix_rt::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .unwrap_or_else(|e| panic!("create schema: {e}"));
+        }
+        Err(e) => {
+            service_missing("PostgreSQL", &e.to_string());
+            return None;
+        }
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    Some(
+        spawn_app_with(|s| {
+            s.database_url = Some(scoped);
+            s.sim_workers = Some(0);
+            tweak(s);
+        })
+        .await,
+    )
+}

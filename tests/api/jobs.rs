@@ -217,7 +217,7 @@ async fn malformed_job_requests_are_400() {
     let huge = json!({"kind": "image", "model": "sdxl", "prompt": "x".repeat(70_000)});
     submit(&app, &key, &huge, None)
         .await
-        .expect_problem(400, "invalid-request");
+        .expect_problem(413, "payload-too-large");
     for (ct, raw) in [
         (Some("application/json"), "{"),
         (
@@ -721,4 +721,29 @@ async fn cancelling_a_running_job_charges_it_and_frees_the_worker() {
     let next = submit_ok(&app, &key, &image_job()).await;
     wait_for_state(&app, &key, &id_of(&next), "running", WAIT).await;
     assert_eq!(app.job(&key, &id).await["state"], "cancelled");
+}
+
+/// Only accepted submissions spend the per-minute budget: refusals (here
+/// for want of credits) leave it whole.
+#[actix_web::test]
+async fn refused_submissions_do_not_spend_the_rate_budget() {
+    let app = spawn_app_with(|s| {
+        s.sim_workers = Some(0);
+        s.registration_credits = 0;
+        s.rate_limits = "free=2".into();
+    })
+    .await;
+    let (user, key) = register(&app, "budget@example.com").await;
+    for _ in 0..3 {
+        submit(&app, &key, &image_job(), None)
+            .await
+            .expect_problem(402, "insufficient-credits");
+    }
+    app.grant(&id_of(&user), 10, "budget").await.expect(200);
+    for _ in 0..2 {
+        submit(&app, &key, &image_job(), None).await.expect(202);
+    }
+    submit(&app, &key, &image_job(), None)
+        .await
+        .expect_problem(429, "rate-limited");
 }

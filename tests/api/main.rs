@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod client_limits;
 mod content;
+mod errors;
 mod events;
 mod helpers;
 mod jobs;
@@ -15,6 +16,7 @@ mod payments;
 mod pricing;
 #[path = "../support/mod.rs"]
 mod support;
+mod text;
 mod users;
 mod wallet;
 mod webhooks;

@@ -810,6 +810,123 @@ pub async fn one_account_per_canonical_email(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+/// Text the domain accepts is kept exactly, on every adapter: awkward
+/// characters, the longest values, LIKE metacharacters in a search. (The
+/// one character no adapter can keep, NUL, never reaches a store: the
+/// domain refuses it, see `crate::text`.)
+pub async fn accepted_text_is_kept_exactly(store: Shared) {
+    let awkward = [
+        "🦊 in the snow, 日本語, مرحبا, e\u{301}",
+        "\u{1}\u{7}\u{1b}[31m control \u{7f}\u{9f} characters",
+        "quotes ' \" ` and \\ backslashes, a literal \\u0000, '; DROP TABLE users; --",
+        "\u{feff}\u{200b}\u{fffd}\u{ffff}\u{10ffff}",
+    ];
+    for (i, text) in awkward.iter().enumerate() {
+        assert!(crate::text::check("text", text).is_ok());
+        let user = store
+            .create_user(
+                NewUser {
+                    email: Email::parse(&format!("ü{i}+%_\\x@example.com")).expect("email"),
+                    display_name: DisplayName::parse(&text.replace(char::is_control, "·"))
+                        .expect("name"),
+                    key_hash: ApiKey::generate().hash(),
+                },
+                credits(10),
+                Utc::now(),
+            )
+            .await
+            .expect("create user")
+            .0;
+        let stored = store.user(user.id).await.unwrap().expect("user");
+        assert_eq!(stored.display_name, user.display_name);
+        assert_eq!(stored.email, user.email);
+        // The longest prompt, of four-byte characters, and the text itself.
+        for prompt in ["𝄞".repeat(crate::job::MAX_PROMPT_CHARS), text.to_string()] {
+            let mut job = new_job(user.id, 1);
+            job.spec = JobSpec::parse(JobRequest {
+                kind: JobKind::Image,
+                model: "sdxl".into(),
+                prompt: prompt.clone(),
+                params: ParamsRequest::default(),
+                webhook_url: Some(format!("https://example.com/{text}")),
+            })
+            .expect("spec");
+            let id = store.submit_job(job.clone()).await.unwrap().job.id;
+            let kept = store.job(id).await.unwrap().expect("job");
+            assert_eq!(kept.spec, job.spec);
+        }
+        let note = format!("{text}{}", "ß".repeat(400));
+        let key = format!("key-{text}");
+        let grant = Grant {
+            amount: credits(5),
+            source: GrantSource::Admin,
+            idempotency_key: Some(key.clone()),
+            note: Some(note.clone()),
+        };
+        assert!(grant.check_text().is_ok());
+        assert!(
+            !store
+                .grant(user.id, grant.clone(), Utc::now())
+                .await
+                .unwrap()
+                .replayed
+        );
+        assert!(
+            store
+                .grant(user.id, grant, Utc::now())
+                .await
+                .unwrap()
+                .replayed
+        );
+        let entries = store.ledger(user.id, None, 1).await.unwrap();
+        assert_eq!(entries[0].note.as_deref(), Some(note.as_str()));
+    }
+    // A search matches its fragment literally, metacharacters included.
+    let found = store.find_users("+%_\\", 50).await.unwrap();
+    assert_eq!(found.len(), awkward.len());
+    assert!(store.find_users("ü1+", 50).await.unwrap().len() == 1);
+    assert!(store.find_users("%x", 50).await.unwrap().is_empty());
+    assert!(store.find_users("日本", 50).await.unwrap().is_empty());
+    assert_books_balance(&store).await;
+}
+
+/// A grant's idempotency key replays only the same grant: another amount,
+/// source or note under it is refused and books nothing.
+pub async fn grant_key_reused_with_another_body_is_refused(store: Shared) {
+    let user = user_with(&store, "regrant@example.com", 0).await;
+    let grant = Grant {
+        amount: credits(50),
+        source: GrantSource::Admin,
+        idempotency_key: Some("goodwill-7".into()),
+        note: Some("sorry for the outage".into()),
+    };
+    assert!(
+        !store
+            .grant(user.id, grant.clone(), Utc::now())
+            .await
+            .unwrap()
+            .replayed
+    );
+    let mut more = grant.clone();
+    more.amount = credits(5000);
+    let mut other_source = grant.clone();
+    other_source.source = GrantSource::Purchase;
+    let mut other_note = grant.clone();
+    other_note.note = None;
+    for reused in [more, other_source, other_note] {
+        assert!(matches!(
+            store.grant(user.id, reused, Utc::now()).await,
+            Err(StoreError::IdempotencyKeyReused)
+        ));
+    }
+    // The same grant still replays; the wallet saw one grant.
+    let again = store.grant(user.id, grant, Utc::now()).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.wallet.balance.get(), 50);
+    assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 1);
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -846,6 +963,8 @@ macro_rules! store_conformance_tests {
             assignments_of_a_deposed_term_are_refused,
             idempotency_keys_expire,
             one_account_per_canonical_email,
+            accepted_text_is_kept_exactly,
+            grant_key_reused_with_another_body_is_refused,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

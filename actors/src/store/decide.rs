@@ -23,7 +23,7 @@ use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
 use crate::events::JobEvent;
 use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
-use crate::ledger::{EntryKind, Grant, GrantSource};
+use crate::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
 use crate::money::{Credits, MoneyError};
 use crate::payments::{NewPayment, ScheduledGift};
 use crate::user::AccountStatus;
@@ -224,10 +224,15 @@ pub fn registration(
 pub fn grant(
     account: AccountState,
     grant: &Grant,
-    key_seen: bool,
+    key_seen: Option<&GrantTerms>,
     at: DateTime<Utc>,
 ) -> StoreResult<(WriteSet, GrantOutcome)> {
-    if key_seen && grant.idempotency_key.is_some() {
+    if let (Some(first), Some(_)) = (key_seen, &grant.idempotency_key) {
+        // The key names the first grant: the same terms replay it, other
+        // terms are another request reusing the key.
+        if *first != grant.terms() {
+            return Err(StoreError::IdempotencyKeyReused);
+        }
         return Ok((
             WriteSet::default(),
             GrantOutcome {

@@ -13,7 +13,7 @@ use super::decide;
 use super::writeset::{AccountState, AttemptWrite, HoldWrite, WebhookDelivery, WriteSet};
 use super::*;
 use crate::job::Charge;
-use crate::ledger::EntryKind;
+use crate::ledger::{EntryKind, GrantTerms};
 
 mod platform;
 
@@ -75,7 +75,8 @@ struct OwedWebhook {
 struct Account {
     wallet: Wallet,
     ledger: Vec<LedgerEntry>,
-    grant_keys: BTreeSet<String>,
+    /// Each grant's idempotency key with the terms it booked.
+    grant_keys: BTreeMap<String, GrantTerms>,
     idempotency: HashMap<IdempotencyKey, (RequestHash, Job)>,
     /// seq → job, every job of the user (listing).
     jobs: BTreeMap<u64, JobId>,
@@ -170,7 +171,14 @@ impl State {
             let account = self.account(e.user)?;
             account.wallet = Wallet::new(e.balance, e.held).map_err(decide::money)?;
             if let Some(key) = &e.idempotency_key {
-                account.grant_keys.insert(key.clone());
+                account.grant_keys.insert(
+                    key.clone(),
+                    GrantTerms {
+                        amount: e.amount,
+                        source: e.source,
+                        note: e.note.clone(),
+                    },
+                );
             }
             account.ledger.push(LedgerEntry {
                 id,
@@ -297,7 +305,7 @@ impl State {
         now: DateTime<Utc>,
     ) -> StoreResult<Wallet> {
         let account = self.account_state(user)?;
-        let (ws, outcome) = decide::grant(account, grant, false, now)?;
+        let (ws, outcome) = decide::grant(account, grant, None, now)?;
         self.apply(&ws)?;
         Ok(outcome.wallet)
     }
@@ -456,12 +464,13 @@ impl Store for MemoryStore {
     ) -> StoreResult<GrantOutcome> {
         let mut s = self.state.lock();
         let account = s.account_state(user)?;
-        let seen = grant.idempotency_key.as_ref().is_some_and(|k| {
+        let seen = grant.idempotency_key.as_ref().and_then(|k| {
             s.accounts
                 .get(&user)
-                .is_some_and(|a| a.grant_keys.contains(k))
+                .and_then(|a| a.grant_keys.get(k))
+                .cloned()
         });
-        let (ws, outcome) = decide::grant(account, &grant, seen, now)?;
+        let (ws, outcome) = decide::grant(account, &grant, seen.as_ref(), now)?;
         self.commit(&mut s, ws)?;
         Ok(outcome)
     }

@@ -13,12 +13,12 @@
 //! operation fails alone. A database error fails every operation of the
 //! batch with `Unavailable`, and none of them is acknowledged.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use admedia_actors::ids::{JobId, UserId, WorkerId};
 use admedia_actors::job::{AttemptOutcome, Job, RequestHash};
-use admedia_actors::ledger::Grant;
+use admedia_actors::ledger::{Grant, GrantTerms};
 use admedia_actors::money::Wallet;
 use admedia_actors::store::decide::{self, money, Overlay};
 use admedia_actors::store::outbox::OutboxFeed;
@@ -308,7 +308,8 @@ pub(super) async fn lock_accounts(
 struct Loaded {
     overlay: Overlay,
     claims: HashMap<(UserId, String), (RequestHash, Job)>,
-    grant_keys: HashSet<(UserId, String)>,
+    /// Grant keys already used, with the terms they booked.
+    grant_keys: HashMap<(UserId, String), GrantTerms>,
     seqs: Vec<u64>,
     epoch: u64,
 }
@@ -397,7 +398,7 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
         }
         let stmt = tx
             .prepare_cached(
-                "SELECT user_id, idempotency_key FROM ledger_entries \
+                "SELECT user_id, idempotency_key, amount, source, note FROM ledger_entries \
                  WHERE (user_id, idempotency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
             )
             .await
@@ -442,7 +443,7 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
     let mut loaded = Loaded {
         overlay,
         claims: HashMap::new(),
-        grant_keys: HashSet::new(),
+        grant_keys: HashMap::new(),
         seqs: Vec::with_capacity(seqs.len()),
         epoch: epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
     };
@@ -458,9 +459,15 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
         );
     }
     for r in seen {
+        let source: Option<String> = r.get(3);
+        let terms = GrantTerms {
+            amount: credits(r.get(2))?,
+            source: source.as_deref().map(super::source).transpose()?,
+            note: r.get(4),
+        };
         loaded
             .grant_keys
-            .insert((UserId::from_uuid(r.get(0)), r.get(1)));
+            .insert((UserId::from_uuid(r.get(0)), r.get(1)), terms);
     }
     for r in seqs {
         let v: i64 = r.get(0);
@@ -555,13 +562,13 @@ fn decide_all(loaded: &mut Loaded, ops: &[Op]) -> (Vec<Answer>, WriteSet) {
                 user, grant, now, ..
             } => {
                 let key = grant.idempotency_key.as_ref().map(|k| (*user, k.clone()));
-                let seen = key.as_ref().is_some_and(|k| loaded.grant_keys.contains(k));
+                let seen = key.as_ref().and_then(|k| loaded.grant_keys.get(k)).cloned();
                 Answer::Granted(
                     o.account(*user)
-                        .and_then(|account| decide::grant(account, grant, seen, *now))
+                        .and_then(|account| decide::grant(account, grant, seen.as_ref(), *now))
                         .map(|(ws, outcome)| {
                             if let Some(k) = key {
-                                loaded.grant_keys.insert(k);
+                                loaded.grant_keys.entry(k).or_insert_with(|| grant.terms());
                             }
                             accept(o, &mut batch, ws);
                             outcome
