@@ -18,6 +18,9 @@ pub enum OrchestratorError {
     EmailTaken,
     #[error("{0}")]
     InvalidParams(String),
+    /// The model is not in the registry; nothing was held.
+    #[error("unknown model {0:?}: see GET /v1/models for the models served")]
+    UnknownModel(String),
     #[error("not enough available credits: {required} required, {available} available")]
     InsufficientCredits {
         required: Credits,

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// Well-formed but outside the rules.
     #[error("{0}")]
     InvalidParams(String),
+    /// A model the platform does not serve.
+    #[error("{0}")]
+    UnknownModel(String),
     #[error("{detail}")]
     InsufficientCredits {
         detail: String,
@@ -125,6 +128,11 @@ impl ApiError {
             InvalidParams(_) => (
                 "invalid-params",
                 "Invalid parameters",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            UnknownModel(_) => (
+                "unknown-model",
+                "Unknown model",
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             InsufficientCredits { .. } => (
@@ -261,6 +269,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::NotFound(_) => ApiError::NotFound(detail),
             OrchestratorError::EmailTaken => ApiError::EmailTaken(detail),
             OrchestratorError::InvalidParams(_) => ApiError::InvalidParams(detail),
+            OrchestratorError::UnknownModel(_) => ApiError::UnknownModel(detail),
             OrchestratorError::InsufficientCredits {
                 required,
                 available,

@@ -1477,4 +1477,29 @@ impl Store for PgStore {
     ) -> StoreResult<u32> {
         self.pg_record_violation(user, category, now, since).await
     }
+
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let wallet = lock_wallet(&tx, user).await?;
+        let mut job = lock_job(&tx, id).await?;
+        if job.user_id != user {
+            return Err(StoreError::NotFound("job"));
+        }
+        let (found, attempt) = (job.state, job.attempts);
+        let resolution = job.expire(now).ok_or(StoreError::StaleTransition {
+            job: id,
+            found,
+            attempt,
+        })?;
+        let wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
+        write_job(&tx, JobState::Queued, &job).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Settlement { job, wallet })
+    }
 }

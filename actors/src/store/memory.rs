@@ -819,4 +819,26 @@ impl Store for MemoryStore {
     ) -> StoreResult<u32> {
         platform::record_violation(&mut self.state.lock(), user, category, now, since)
     }
+
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let mut s = self.state.lock();
+        let mut job = match s.jobs.get(&id) {
+            Some(job) if job.user_id == user => job.clone(),
+            _ => return Err(StoreError::NotFound("job")),
+        };
+        let (found, attempt) = (job.state, job.attempts);
+        let resolution = job.expire(now).ok_or(StoreError::StaleTransition {
+            job: id,
+            found,
+            attempt,
+        })?;
+        let wallet = s.resolve_hold(&job, resolution, now)?;
+        s.put_job(JobState::Queued, job.clone())?;
+        Ok(Settlement { job, wallet })
+    }
 }
