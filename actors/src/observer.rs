@@ -48,12 +48,8 @@ pub trait Observer: Send + Sync + 'static {
     fn job_event(&self, _event: &JobEvent) {}
     /// A worker was quarantined after repeated system failures.
     fn worker_quarantined(&self) {}
-    /// How many connected workers are quarantined now.
-    fn workers_quarantined(&self, _count: usize) {}
     /// A job waited past its tier's limit and was refunded.
     fn job_expired(&self, _tier: Tier) {}
-    /// How long the longest-waiting job of each tier has waited.
-    fn oldest_waiting(&self, _by_tier: [Duration; 4]) {}
 }
 
 /// Observes nothing.

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod operators;
 pub mod ops;
 pub mod payments;
+pub mod models;
 pub mod pricing;
 pub mod problem;
 pub mod users;
@@ -133,6 +134,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .route("/payments/webhook", web::post().to(payments::webhook))
             .route("/pricing", web::get().to(pricing::get))
+            .route("/models", web::get().to(models::list))
             .route("/admin/pricing", web::post().to(pricing::announce))
             .route("/wallet", web::get().to(wallet::wallet))
             .route("/wallet/ledger", web::get().to(wallet::ledger))
@@ -161,6 +163,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(
                 "/admin/workers/{id}/drain",
                 web::post().to(operators::drain),
+            )
+            .route(
+                "/admin/workers/{id}/lift-quarantine",
+                web::post().to(operators::lift_quarantine),
             )
             .route("/workers/connect", web::get().to(workers::connect)),
     )

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{admin, jobs, operators, ops, problem, users, views, wallet};
-use crate::http::{keys, payments, pricing};
+use crate::http::{keys, models, payments, pricing};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use crate::http::{keys, payments, pricing};
         jobs::submit, jobs::get, jobs::list, jobs::cancel,
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
-        operators::workers, operators::drain,
+        operators::workers, operators::drain, operators::lift_quarantine, models::list,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
         payments::webhook, pricing::get, pricing::announce,
@@ -28,6 +28,7 @@ use crate::http::{keys, payments, pricing};
         wallet::LedgerPage, jobs::JobsPage,
         operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
         operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
+        models::ModelView, models::ModelsPage,
         admin::GrantRequest, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
         keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,

@@ -260,17 +260,11 @@ impl SchedulerActor {
                 w.quarantined = on;
             }
         }
-        let count = self.workers.values().filter(|w| w.quarantined).count();
-        self.observer.workers_quarantined(count);
     }
 
     /// Jobs past their tier's waiting limit fail as expired, refunded.
     fn expire_overdue(&mut self, ctx: &mut Context<Self>) {
         let now = chrono::Utc::now();
-        let oldest = self.queue.oldest_by_tier();
-        self.observer.oldest_waiting(
-            oldest.map(|o| o.and_then(|at| (now - at).to_std().ok()).unwrap_or_default()),
-        );
         let expired = self.queue.take_expired(self.config.max_wait.all(), now);
         for job in expired {
             let wallets = self.wallets.clone();
@@ -773,6 +767,9 @@ pub struct SchedulerStats {
     pub idle_slots: u32,
     /// Dispatches per tier over the last [`RECENT_WINDOW`].
     pub recent_dispatches: [u64; 4],
+    /// How long the longest-waiting job of each tier has waited.
+    pub oldest_wait: [Duration; 4],
+    pub quarantined_workers: usize,
 }
 
 /// How far back "recent dispatches" look.
@@ -835,6 +832,7 @@ impl Handler<GetStats> for SchedulerActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        let now = chrono::Utc::now();
         let idle: u32 = self
             .workers
             .values()
@@ -854,6 +852,11 @@ impl Handler<GetStats> for SchedulerActor {
             busy_slots: busy,
             idle_slots: idle,
             recent_dispatches: self.recent.totals(),
+            oldest_wait: self.queue.oldest_by_tier().map(|o| {
+                o.and_then(|at| (now - at).to_std().ok())
+                    .unwrap_or_default()
+            }),
+            quarantined_workers: self.workers.values().filter(|w| w.quarantined).count(),
         })
     }
 }
