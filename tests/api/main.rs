@@ -12,6 +12,7 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod scheduling;
 mod users;
 mod wallet;
 mod webhooks;
