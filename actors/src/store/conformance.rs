@@ -773,6 +773,64 @@ pub async fn idempotency_keys_expire(store: Shared) {
     assert_ne!(fresh.job.id, original);
 }
 
+pub async fn waiting_jobs_expire_with_their_hold_voided(store: Shared) {
+    let user = user_with(&store, "expiry@example.com", 20).await;
+    let waiting = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let expired = store
+        .expire_job(user.id, waiting.id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (expired.job.state, expired.job.charge),
+        (JobState::Failed, Charge::Voided)
+    );
+    assert_eq!(
+        expired.job.error.as_ref().and_then(|e| e.code),
+        Some(crate::job::JobErrorCode::Expired)
+    );
+    assert_eq!(
+        (expired.wallet.balance.get(), expired.wallet.held.get()),
+        (20, 0)
+    );
+    let stored = store.job(waiting.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.charge, &stored.error),
+        (JobState::Failed, Charge::Voided, &expired.job.error)
+    );
+    assert!(stored.finished_at.is_some());
+    assert!(store
+        .jobs_in_states(&[JobState::Queued])
+        .await
+        .unwrap()
+        .is_empty());
+    // Twice, or a job in flight, or another user's: refused, nothing moves.
+    assert!(matches!(
+        store.expire_job(user.id, waiting.id, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    let running = store.submit_job(new_job(user.id, 5)).await.unwrap().job;
+    assign(&store, &running).await;
+    assert!(matches!(
+        store.expire_job(user.id, running.id, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    let other = user_with(&store, "other-expiry@example.com", 20).await;
+    let theirs = store.submit_job(new_job(other.id, 3)).await.unwrap().job;
+    assert_eq!(
+        store
+            .expire_job(user.id, theirs.id, Utc::now())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound("job")
+    );
+    let ledger = store.job_ledger(waiting.id).await.unwrap();
+    assert_eq!(
+        ledger.iter().filter(|e| e.kind == EntryKind::Void).count(),
+        1
+    );
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -808,6 +866,7 @@ macro_rules! store_conformance_tests {
             content_violations_are_counted_in_their_window,
             assignments_of_a_deposed_term_are_refused,
             idempotency_keys_expire,
+            waiting_jobs_expire_with_their_hold_voided,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
