@@ -66,6 +66,9 @@ struct WorkerHealth {
 struct InFlight {
     actor: Addr<JobActor>,
     worker: WorkerId,
+    /// The worker's name: its health is kept by name, and the attempt may
+    /// end after the worker left (lost with its connection).
+    worker_name: String,
     job: QueuedJob,
 }
 
@@ -162,6 +165,7 @@ impl SchedulerActor {
                 .freed_at
                 .map_or(job.enqueued_at, |f| f.max(job.enqueued_at));
             let worker_addr = slots.addr.clone();
+            let worker_name = slots.caps.name.clone();
             let job_id = job.job_id;
             let actor = JobActor::new(
                 job.clone(),
@@ -182,6 +186,7 @@ impl SchedulerActor {
                 InFlight {
                     actor,
                     worker: worker_id,
+                    worker_name,
                     job,
                 },
             );
@@ -191,10 +196,7 @@ impl SchedulerActor {
     /// Counts an attempt's end against (or for) the worker that ran it; N
     /// system failures in a row quarantine its name for a cool-down that
     /// doubles while failures continue.
-    fn record_health(&mut self, worker: WorkerId, result: AttemptResult, ctx: &mut Context<Self>) {
-        let Some(name) = self.workers.get(&worker).map(|w| w.caps.name.clone()) else {
-            return;
-        };
+    fn record_health(&mut self, name: String, result: AttemptResult, ctx: &mut Context<Self>) {
         let failed = match result {
             AttemptResult::Succeeded => false,
             AttemptResult::SystemFailure | AttemptResult::LeaseLost | AttemptResult::TimedOut => {
@@ -574,17 +576,17 @@ impl Handler<AttemptEnded> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: AttemptEnded, ctx: &mut Self::Context) {
-        let mut ran_job = None;
+        let mut ran = None;
         if let Some(f) = self.in_flight.get(&msg.job_id) {
             if f.worker == msg.worker {
-                ran_job = self.in_flight.remove(&msg.job_id).map(|f| f.job);
+                ran = self.in_flight.remove(&msg.job_id);
             }
         }
-        if let Some((result, ran)) = msg.result {
-            if let (AttemptResult::Succeeded, Some(ran), Some(job)) = (result, ran, &ran_job) {
-                self.queue.observe_runtime(job, ran);
+        if let (Some((result, run)), Some(f)) = (msg.result, ran) {
+            if let (AttemptResult::Succeeded, Some(run)) = (result, run) {
+                self.queue.observe_runtime(&f.job, run);
             }
-            self.record_health(msg.worker, result, ctx);
+            self.record_health(f.worker_name, result, ctx);
         }
         if let Some(w) = self.workers.get_mut(&msg.worker) {
             w.free = (w.free + 1).min(w.caps.slots);
