@@ -182,6 +182,21 @@ pub struct Settings {
         default_value = "gmail.com,googlemail.com"
     )]
     pub dotless_email_domains: String,
+    // ---- scheduling (docs/worker-protocol.md)
+    /// What tiers share by weight: `gpu_seconds` (estimated GPU time) or
+    /// `jobs` (dispatches).
+    #[arg(long, env = "ADMEDIA_FAIRNESS_UNIT", default_value = "gpu_seconds")]
+    pub fairness_unit: admedia_actors::scheduler::FairnessUnit,
+    /// Longest wait per tier before a job expires (refunded), e.g.
+    /// `free=24h,enterprise=30m` (unnamed tiers keep their default).
+    #[arg(long, env = "ADMEDIA_MAX_WAIT", default_value = "")]
+    pub max_wait: String,
+    /// System failures in a row that quarantine a worker.
+    #[arg(long, env = "ADMEDIA_QUARANTINE_AFTER", default_value_t = 3)]
+    pub quarantine_after: u32,
+    /// The first quarantine's length (doubling while failures continue).
+    #[arg(long, env = "ADMEDIA_QUARANTINE_BASE", default_value = "60s", value_parser = parse_duration)]
+    pub quarantine_base: Duration,
 }
 
 /// Why the command line and environment could not be read.
@@ -266,6 +281,27 @@ impl Default for Settings {
 pub use admedia_actors::price_schedule::parse_duration;
 
 /// `basic=200,professional=1000,enterprise=5000` over `base`.
+/// `free=24h,enterprise=30m`: the tiers named get that waiting limit.
+fn parse_max_wait(raw: &str) -> Result<admedia_actors::config::WaitLimits, String> {
+    let mut limits = admedia_actors::config::WaitLimits::default();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (tier, limit) = part
+            .split_once('=')
+            .ok_or_else(|| format!("ADMEDIA_MAX_WAIT {part:?}: expected tier=duration"))?;
+        let limit =
+            parse_duration(limit.trim()).map_err(|e| format!("ADMEDIA_MAX_WAIT {part:?}: {e}"))?;
+        let slot = match tier.trim().parse::<admedia_actors::tier::Tier>() {
+            Ok(admedia_actors::tier::Tier::Free) => &mut limits.free,
+            Ok(admedia_actors::tier::Tier::Basic) => &mut limits.basic,
+            Ok(admedia_actors::tier::Tier::Professional) => &mut limits.professional,
+            Ok(admedia_actors::tier::Tier::Enterprise) => &mut limits.enterprise,
+            Err(_) => return Err(format!("ADMEDIA_MAX_WAIT {part:?}: unknown tier")),
+        };
+        *slot = limit;
+    }
+    Ok(limits)
+}
+
 fn parse_gifts(
     raw: &str,
     base: admedia_actors::payments::GiftTable,
@@ -318,6 +354,8 @@ struct FileConfig {
     prices: Option<PriceTable>,
     /// Membership gift credits per paid month (ToS 5.3).
     gifts: Option<admedia_actors::payments::GiftTable>,
+    /// `[[models]]`: the model registry (replaces the default one).
+    models: Option<Vec<admedia_actors::models::ModelSpec>>,
 }
 
 impl Settings {
@@ -371,6 +409,14 @@ impl Settings {
                 violation_window: self.violation_window,
                 sweep_every: self.gift_sweep,
             },
+            models: file
+                .models
+                .map(admedia_actors::models::ModelRegistry::new)
+                .unwrap_or_default(),
+            fairness: self.fairness_unit,
+            max_wait: parse_max_wait(&self.max_wait)?,
+            quarantine_after: self.quarantine_after,
+            quarantine_base: self.quarantine_base,
             ..OrchestratorConfig::default()
         };
         config.validate()?;
@@ -609,5 +655,29 @@ mod tests {
         let mut s = Settings::default();
         s.tier_weights = Some("1, 3, 9, 27".into());
         assert_eq!(s.orchestrator().unwrap().tiers.weights(), [1, 3, 9, 27]);
+    }
+
+    #[test]
+    fn scheduling_settings_parse_and_refuse_nonsense() {
+        let mut s = Settings::default();
+        s.max_wait = "free=2h, enterprise=90s".into();
+        s.fairness_unit = "jobs".parse().unwrap();
+        let cfg = s.orchestrator().unwrap();
+        assert_eq!(cfg.max_wait.free, Duration::from_secs(7200));
+        assert_eq!(cfg.max_wait.enterprise, Duration::from_secs(90));
+        assert_eq!(
+            cfg.max_wait.basic,
+            admedia_actors::config::WaitLimits::default().basic
+        );
+        assert_eq!(cfg.fairness, admedia_actors::scheduler::FairnessUnit::Jobs);
+        assert!("fast".parse::<admedia_actors::scheduler::FairnessUnit>().is_err());
+        for bad in ["free", "gold=1h", "free=soon", "free=0s"] {
+            let mut s = Settings::default();
+            s.max_wait = bad.into();
+            assert!(s.orchestrator().is_err(), "{bad} accepted");
+        }
+        let mut s = Settings::default();
+        s.quarantine_after = 0;
+        assert!(s.orchestrator().is_err());
     }
 }

@@ -258,6 +258,14 @@ impl admedia_actors::observer::Observer for ServerObserver {
         self.metrics.queue_limited();
     }
 
+    fn worker_quarantined(&self) {
+        self.metrics.worker_quarantined();
+    }
+
+    fn job_expired(&self, tier: admedia_actors::tier::Tier) {
+        self.metrics.job_expired(tier);
+    }
+
     fn job_event(&self, event: &JobEvent) {
         self.events.publish(event.clone());
     }

@@ -35,6 +35,10 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
     jobs_waiting: IntGaugeVec,
+    oldest_waiting: IntGaugeVec,
+    jobs_expired: IntCounterVec,
+    quarantines: IntCounterVec,
+    workers_quarantined: IntGaugeVec,
     jobs_by_state: IntGaugeVec,
     jobs_retrying: IntGaugeVec,
     worker_slots: IntGaugeVec,
@@ -197,6 +201,30 @@ impl Metrics {
                 "Worker slots by state",
                 &["state"],
             ),
+            oldest_waiting: gauge(
+                &r,
+                "admedia_oldest_waiting_job_seconds",
+                "How long the longest-waiting job of each tier has waited (0 when none waits)",
+                &["tier"],
+            ),
+            jobs_expired: counter(
+                &r,
+                "admedia_jobs_expired_total",
+                "Jobs that waited past their tier's limit and were refunded",
+                &["tier"],
+            ),
+            quarantines: counter(
+                &r,
+                "admedia_worker_quarantines_total",
+                "Times a worker was quarantined after consecutive system failures",
+                &[],
+            ),
+            workers_quarantined: gauge(
+                &r,
+                "admedia_workers_quarantined",
+                "Connected workers in quarantine",
+                &[],
+            ),
             workers_connected: gauge(
                 &r,
                 "admedia_workers_connected",
@@ -321,7 +349,13 @@ impl Metrics {
                 self.jobs_waiting
                     .with_label_values(&[tier.as_str()])
                     .set(stats.scheduler.waiting_by_tier[tier.index()] as i64);
+                self.oldest_waiting
+                    .with_label_values(&[tier.as_str()])
+                    .set(i64::try_from(stats.scheduler.oldest_wait[tier.index()].as_secs()).unwrap_or(i64::MAX));
             }
+            self.workers_quarantined
+                .with_label_values(NO_LABELS)
+                .set(stats.scheduler.quarantined_workers as i64);
             for (state, n) in &stats.jobs.0 {
                 self.jobs_by_state
                     .with_label_values(&[state.as_str()])
@@ -383,6 +417,8 @@ impl Metrics {
             self.credits_moved.with_label_values(&[m.as_str()]);
         }
         for tier in Tier::ALL {
+            self.jobs_expired.with_label_values(&[tier.as_str()]);
+            self.oldest_waiting.with_label_values(&[tier.as_str()]);
             self.queue_wait.with_label_values(&[tier.as_str()]);
             self.dispatch_latency.with_label_values(&[tier.as_str()]);
         }
@@ -397,6 +433,8 @@ impl Metrics {
             self.actor_restarts.with_label_values(&[a]);
         }
         self.stale_messages.with_label_values(NO_LABELS);
+        self.quarantines.with_label_values(NO_LABELS);
+        self.workers_quarantined.with_label_values(NO_LABELS);
         self.redis_errors.with_label_values(&["rate_limit"]);
         for o in ["delivered", "failed_attempt", "given_up", "refused"] {
             self.webhooks.with_label_values(&[o]);
@@ -464,6 +502,14 @@ impl Observer for Metrics {
 
     fn queue_limited(&self) {
         self.limited.with_label_values(&["queue"]).inc();
+    }
+
+    fn worker_quarantined(&self) {
+        self.quarantines.with_label_values(NO_LABELS).inc();
+    }
+
+    fn job_expired(&self, tier: Tier) {
+        self.jobs_expired.with_label_values(&[tier.as_str()]).inc();
     }
 }
 

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::JobKind;
+use crate::job::{JobKind, JobSpec};
+use crate::models::ModelRegistry;
 use crate::money::Credits;
 use crate::pricing::{PriceTable, SizeClass};
-use crate::tier::TierTable;
+use crate::scheduler::queue::FairnessUnit;
+use crate::tier::{Tier, TierTable};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OrchestratorConfig {
@@ -40,6 +42,58 @@ pub struct OrchestratorConfig {
     /// Price notice, membership gifts, content violations (ToS 3.2, 4.5, 5).
     #[serde(default)]
     pub platform: crate::platform::PlatformConfig,
+    /// The models served; a submission naming another is refused.
+    #[serde(default)]
+    pub models: ModelRegistry,
+    /// What tiers share by weight: estimated GPU time, or dispatches.
+    #[serde(default)]
+    pub fairness: FairnessUnit,
+    /// How long a job of each tier may wait for its first (or next)
+    /// attempt before it fails as expired and is refunded.
+    #[serde(default)]
+    pub max_wait: WaitLimits,
+    /// Consecutive system failures that quarantine a worker.
+    pub quarantine_after: u32,
+    /// The first quarantine's length; it doubles while failures continue.
+    pub quarantine_base: Duration,
+    pub quarantine_max: Duration,
+}
+
+/// The longest wait per tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitLimits {
+    pub free: Duration,
+    pub basic: Duration,
+    pub professional: Duration,
+    pub enterprise: Duration,
+}
+
+impl Default for WaitLimits {
+    fn default() -> Self {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        WaitLimits {
+            free: h(24),
+            basic: h(12),
+            professional: h(6),
+            enterprise: h(6),
+        }
+    }
+}
+
+impl WaitLimits {
+    pub fn of(&self, tier: Tier) -> Duration {
+        match tier {
+            Tier::Free => self.free,
+            Tier::Basic => self.basic,
+            Tier::Professional => self.professional,
+            Tier::Enterprise => self.enterprise,
+        }
+    }
+
+    pub fn all(&self) -> [Duration; 4] {
+        Tier::ALL.map(|t| self.of(t))
+    }
 }
 
 /// GPU memory (MB) needed per size class; configuration may replace it.
@@ -84,6 +138,12 @@ impl Default for OrchestratorConfig {
             settle_retry: default_settle_retry(),
             email_rules: crate::email::EmailRules::default(),
             platform: crate::platform::PlatformConfig::default(),
+            models: ModelRegistry::default(),
+            fairness: FairnessUnit::default(),
+            max_wait: WaitLimits::default(),
+            quarantine_after: 3,
+            quarantine_base: Duration::from_secs(60),
+            quarantine_max: Duration::from_secs(3600),
         }
     }
 }
@@ -102,7 +162,40 @@ impl OrchestratorConfig {
         if self.retry_base > self.retry_max {
             return Err("retry_base must not exceed retry_max".into());
         }
+        self.models.validate()?;
+        if self.max_wait.all().iter().any(|d| *d < Duration::from_millis(100)) {
+            return Err("max_wait must be at least 100 ms for every tier".into());
+        }
+        if !(1..=100).contains(&self.quarantine_after) {
+            return Err("quarantine_after must be 1..=100".into());
+        }
+        if self.quarantine_base.is_zero() || self.quarantine_base > self.quarantine_max {
+            return Err("quarantine_base must be above zero and not exceed quarantine_max".into());
+        }
         Ok(())
+    }
+
+    /// GPU memory a job needs: its model's, or its size's if more.
+    pub fn vram_needed(&self, spec: &JobSpec) -> u32 {
+        let by_size = self.vram_needed_mb(spec.size_class());
+        self.models
+            .get(&spec.model)
+            .map_or(by_size, |m| m.vram_mb.max(by_size))
+    }
+
+    /// Expected GPU time of a job, from its model; a job stored before
+    /// its model left the registry is estimated like the kind's default.
+    pub fn expected_runtime(&self, spec: &JobSpec) -> Duration {
+        match self.models.get(&spec.model) {
+            Some(m) => m.expected_runtime(spec),
+            None => {
+                let per_unit = match spec.kind {
+                    JobKind::Image => 4_000,
+                    JobKind::Video => 6_000,
+                };
+                Duration::from_millis(per_unit * u64::from(crate::models::job_units(spec)))
+            }
+        }
     }
 
     pub fn vram_needed_mb(&self, size: SizeClass) -> u32 {

@@ -21,6 +21,9 @@ pub enum OrchestratorError {
     /// Text the store cannot keep (a NUL character), anywhere in the input.
     #[error(transparent)]
     InvalidText(#[from] crate::text::UnstorableText),
+    /// The model is not in the registry; nothing was held.
+    #[error("unknown model {0:?}: see GET /v1/models for the models served")]
+    UnknownModel(String),
     #[error("not enough available credits: {required} required, {available} available")]
     InsufficientCredits {
         required: Credits,

@@ -350,6 +350,7 @@ impl JobState {
             (self, next),
             (Queued, Assigned)
                 | (Queued, Cancelled)
+                | (Queued, Failed)
                 | (Assigned, Running)
                 | (Assigned | Running, Queued)
                 | (Assigned | Running, Succeeded)
@@ -390,6 +391,19 @@ pub enum FailureClass {
 pub struct JobError {
     pub class: FailureClass,
     pub message: String,
+    /// Set when the platform, not an attempt, ended the job: `expired`
+    /// when it waited past its tier's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<JobErrorCode>,
+}
+
+/// Why the platform ended a job without an attempt failing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum JobErrorCode {
+    /// It waited longer than its tier allows; its hold was voided.
+    Expired,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -529,6 +543,7 @@ impl Job {
                 self.error = Some(JobError {
                     class: FailureClass::User,
                     message: message.clone(),
+                    code: None,
                 });
                 AttemptEnd {
                     label: AttemptOutcomeLabel::UserFailure,
@@ -540,6 +555,7 @@ impl Job {
                 self.error = Some(JobError {
                     class: FailureClass::System,
                     message: message.clone(),
+                    code: None,
                 });
                 let resolution = if self.attempts < self.max_attempts {
                     self.state = JobState::Queued;
@@ -580,6 +596,38 @@ impl Job {
         self.lease = None;
         self.worker_id = None;
         Some(resolution)
+    }
+}
+
+impl Job {
+    /// A waiting job passed its tier's waiting limit: it fails as
+    /// `expired`, a system-side failure, so its hold is voided (ToS 4.3).
+    /// `None` unless it is waiting.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Option<Charge> {
+        if self.state != JobState::Queued {
+            return None;
+        }
+        let since = match self.retry_at {
+            Some(at) if self.attempts > 0 => at,
+            _ => self.created_at,
+        };
+        let waited = (now - since).to_std().unwrap_or_default();
+        self.state = JobState::Failed;
+        self.error = Some(JobError {
+            class: FailureClass::System,
+            message: format!(
+                "expired: waited {} s for a GPU, longer than the {} tier allows; refunded",
+                waited.as_secs(),
+                self.tier
+            ),
+            code: Some(JobErrorCode::Expired),
+        });
+        self.charge = Charge::Voided;
+        self.finished_at = Some(now);
+        self.retry_at = None;
+        self.lease = None;
+        self.worker_id = None;
+        Some(Charge::Voided)
     }
 }
 
@@ -783,6 +831,46 @@ mod tests {
         assert!(!Succeeded.may_become(Queued));
         assert!(!Queued.may_become(Succeeded));
         assert!(!Cancelled.may_become(Cancelled));
+    }
+
+    #[test]
+    fn only_a_waiting_job_expires_and_its_hold_is_voided() {
+        let spec = JobSpec::parse(req(JobKind::Image, ParamsRequest::default())).unwrap();
+        let now = Utc::now();
+        let mut job = Job {
+            id: JobId::generate(),
+            user_id: UserId::generate(),
+            seq: 1,
+            spec,
+            tier: Tier::Free,
+            cost: Credits::new(1).unwrap(),
+            state: JobState::Queued,
+            attempts: 1,
+            max_attempts: 3,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            retry_at: Some(now),
+            error: None,
+            result: None,
+            charge: Charge::Held,
+            worker_id: None,
+            lease: None,
+            price_version: 1,
+        };
+        let mut running = job.clone();
+        assert_eq!(job.expire(now), Some(Charge::Voided));
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.charge, Charge::Voided);
+        let error = job.error.clone().unwrap();
+        assert_eq!(error.class, FailureClass::System);
+        assert_eq!(error.code, Some(JobErrorCode::Expired));
+        // A second expiry, or one of a job in flight or finished, is refused.
+        assert_eq!(job.expire(now), None);
+        running.state = JobState::Running;
+        assert_eq!(running.expire(now), None);
+        assert_eq!(running.state, JobState::Running);
+        assert!(JobState::Queued.may_become(JobState::Failed));
     }
 
     #[test]

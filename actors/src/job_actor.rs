@@ -59,6 +59,9 @@ pub struct JobActor {
     ready_since: Instant,
     started_at: Option<Instant>,
     ended: bool,
+    /// How the attempt ended on the worker and how long it ran, for the
+    /// scheduler's worker health and runtime estimates.
+    result: Option<(AttemptResult, Option<Duration>)>,
     /// The scheduler term that dispatched this attempt.
     epoch: u64,
     /// Every log line about this attempt carries its job, user, attempt
@@ -101,6 +104,7 @@ impl JobActor {
             ready_since,
             started_at: None,
             ended: false,
+            result: None,
             epoch,
             span: tracing::info_span!("attempt", job = %job_id, user = %user_id, attempt = attempt_no, worker = %worker_id),
         }
@@ -115,6 +119,7 @@ impl JobActor {
                 user_id: self.job.user_id,
                 worker: self.worker_id,
                 next,
+                result: self.result,
             });
         }
         ctx.stop();
@@ -129,6 +134,7 @@ impl JobActor {
         self.phase = Phase::Ending;
         let run = self.started_at.map(|s| s.elapsed());
         self.observer.attempt_finished(self.job.kind, result, run);
+        self.result = Some((result, run));
         let retry_at = self.retry_at();
         let outcome = crate::diagnostic::storable(outcome, retry_at);
         self.try_settle(outcome, 1, ctx);
@@ -158,10 +164,9 @@ impl JobActor {
                         .retry_at
                         .and_then(|at| (at - Utc::now()).to_std().ok())
                         .unwrap_or_default();
-                    NextStep::Retry {
-                        job: QueuedJob::from_job(&job),
-                        delay,
-                    }
+                    let mut next = QueuedJob::from_job(&job, &act.config);
+                    next.avoid = Some(act.worker_id);
+                    NextStep::Retry { job: next, delay }
                 } else {
                     act.observer
                         .job_finished(job.spec.kind, job.tier, job.state.as_str());
@@ -285,6 +290,7 @@ impl Actor for JobActor {
                 user_id: self.job.user_id,
                 worker: self.worker_id,
                 next: NextStep::Done,
+                result: self.result,
             });
         }
     }

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod job;
 pub mod job_actor;
 pub mod ledger;
+pub mod models;
 pub mod money;
 pub mod observer;
 pub mod orchestrator;

@@ -46,6 +46,10 @@ pub trait Observer: Send + Sync + 'static {
     fn queue_limited(&self) {}
     /// A job changed state or reported progress (for event streams).
     fn job_event(&self, _event: &JobEvent) {}
+    /// A worker was quarantined after repeated system failures.
+    fn worker_quarantined(&self) {}
+    /// A job waited past its tier's limit and was refunded.
+    fn job_expired(&self, _tier: Tier) {}
 }
 
 /// Observes nothing.

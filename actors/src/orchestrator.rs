@@ -19,8 +19,8 @@ use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
 use crate::scheduler::actor::{
-    Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, ListWorkers, Recover,
-    SchedulerActor, SchedulerStats, Waiting, WorkerView,
+    Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, LiftQuarantine, ListWorkers,
+    ModelsServed, Recover, SchedulerActor, SchedulerStats, Waiting, WorkerView,
 };
 use crate::store::{
     Activity, AttemptRecord, AttemptRef, JobCounts, JobFilter, Store, StoreError, Submission,
@@ -350,6 +350,19 @@ impl Orchestrator {
     ) -> Result<Submission, OrchestratorError> {
         request.check_text()?;
         let spec = JobSpec::parse(request).map_err(|e| OrchestratorError::InvalidParams(e.0))?;
+        let model = self
+            .config
+            .models
+            .get(&spec.model)
+            .ok_or_else(|| OrchestratorError::UnknownModel(spec.model.clone()))?;
+        if model.kind != spec.kind {
+            return Err(OrchestratorError::InvalidParams(format!(
+                "model {} makes {} jobs, not {}",
+                model.name,
+                model.kind.as_str(),
+                spec.kind.as_str()
+            )));
+        }
         self.screen(user, &spec).await?;
         self.wallets
             .call(user, Submit { spec, idempotency })
@@ -522,6 +535,48 @@ impl Orchestrator {
         } else {
             Err(OrchestratorError::NotFound("worker"))
         }
+    }
+
+    /// An operator lets a quarantined worker take jobs again.
+    pub async fn lift_quarantine(&self, id: WorkerId) -> Result<(), OrchestratorError> {
+        let found = self
+            .scheduler
+            .send(LiftQuarantine(id))
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
+        if found {
+            Ok(())
+        } else {
+            Err(OrchestratorError::NotFound("worker"))
+        }
+    }
+
+    /// The model registry, each model with whether a connected worker
+    /// serves it (at its standard size).
+    pub async fn models(
+        &self,
+    ) -> Result<Vec<(crate::models::ModelSpec, bool)>, OrchestratorError> {
+        let models = self.config.models.all().to_vec();
+        let asks = models
+            .iter()
+            .map(|m| {
+                let size = match m.kind {
+                    crate::job::JobKind::Image => crate::pricing::SizeClass::ImageStandard,
+                    crate::job::JobKind::Video => crate::pricing::SizeClass::VideoStandard,
+                };
+                (
+                    m.kind,
+                    m.name.clone(),
+                    m.vram_mb.max(self.config.vram_needed_mb(size)),
+                )
+            })
+            .collect();
+        let served = self
+            .scheduler
+            .send(ModelsServed(asks))
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
+        Ok(models.into_iter().zip(served).collect())
     }
 
     pub async fn ready(&self) -> Result<(), OrchestratorError> {

@@ -87,4 +87,10 @@ impl PriceTable {
         };
         unit.checked_mul(units)
     }
+
+    /// The cost of a parsed job of a model whose price rule is `factor`
+    /// times the table (the model registry's `price_factor`).
+    pub fn cost_with_factor(&self, spec: &JobSpec, factor: u32) -> Result<Credits, MoneyError> {
+        self.cost(spec)?.checked_mul(factor.max(1))
+    }
 }

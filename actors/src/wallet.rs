@@ -175,8 +175,13 @@ impl Handler<Submit> for WalletActor {
             let now = Utc::now();
             let tier = user.tier(now);
             let (price_version, prices) = deps.pricing_at(now);
+            let model = deps
+                .config
+                .models
+                .get(&msg.spec.model)
+                .ok_or_else(|| OrchestratorError::UnknownModel(msg.spec.model.clone()))?;
             let cost = prices
-                .cost(&msg.spec)
+                .cost_with_factor(&msg.spec, model.price_factor)
                 .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
             let idempotency = msg.idempotency.map(|key| (key, msg.spec.fingerprint()));
             let submission = deps
@@ -212,7 +217,7 @@ impl Handler<Submit> for WalletActor {
                 act.deps.observer.credits_moved(EntryKind::Hold, job.cost.get());
                 tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(), "credits held");
                 if let Some(s) = act.deps.scheduler() {
-                    s.do_send(Enqueue(QueuedJob::from_job(job)));
+                    s.do_send(Enqueue(QueuedJob::from_job(job, &act.deps.config)));
                 }
             }
             Ok(submission)
@@ -302,6 +307,37 @@ impl Handler<Cancel> for WalletActor {
             }
             Ok(job)
         }))
+    }
+}
+
+/// A waiting job passed its tier's waiting limit: it fails as expired and
+/// its hold is voided (a system-side failure, refunded).
+#[derive(Message)]
+#[rtype(result = "Result<Job, StoreError>")]
+pub struct Expire {
+    pub job_id: JobId,
+}
+
+impl Handler<Expire> for WalletActor {
+    type Result = AtomicResponse<Self, Result<Job, StoreError>>;
+
+    fn handle(&mut self, msg: Expire, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let store = self.deps.store.clone();
+        let user_id = self.user_id;
+        let fut = async move { store.expire_job(user_id, msg.job_id, Utc::now()).await };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
+            let Settlement { job, wallet } = res?;
+            act.observe_wallet(wallet);
+            act.deps.observer.credits_moved(EntryKind::Void, job.cost.get());
+            act.deps.observer.job_expired(job.tier);
+            act.deps
+                .observer
+                .job_finished(job.spec.kind, job.tier, job.state.as_str());
+            tracing::warn!(user = %job.user_id, job = %job.id, tier = %job.tier,
+                amount = job.cost.get(), "job expired waiting; hold voided");
+            Ok(job)
+        })))
     }
 }
 
@@ -515,6 +551,13 @@ impl WalletRegistry {
                 "wallet actor stopped during the request ({e}); it restarts on the next one"
             ))
         })
+    }
+
+    pub async fn expire(&self, user: UserId, job_id: JobId) -> Result<Job, StoreError> {
+        match self.call(user, Expire { job_id }).await {
+            Ok(res) => res,
+            Err(e) => Err(StoreError::Internal(e.to_string())),
+        }
     }
 
     pub async fn settle(&self, user: UserId, msg: Settle) -> Result<Settlement, StoreError> {

@@ -173,6 +173,14 @@ impl Store for FaultyStore {
     async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
         self.inner.cancel_queued_jobs(user, now).await
     }
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        self.inner.expire_job(user, id, now).await
+    }
     async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
         self.inner.job(id).await
     }

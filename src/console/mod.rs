@@ -83,6 +83,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
             .route("/workers", web::get().to(workers::list))
             .route("/workers/{id}/drain", web::post().to(workers::drain))
+            .route(
+                "/workers/{id}/lift-quarantine",
+                web::post().to(workers::lift_quarantine),
+            )
             .route("/users", web::get().to(users::search))
             .route("/users/{id}", web::get().to(users::detail))
             .route("/users/{id}/credits", web::post().to(users::grant))

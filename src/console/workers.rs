@@ -36,6 +36,7 @@ pub async fn list(
         Some("drained") => Some(
             "Draining: the worker finishes the attempts it runs and gets no new ones. It is ready to stop once its slots are free.",
         ),
+        Some("lifted") => Some("Quarantine lifted: the worker takes jobs again."),
         _ => None,
     };
     let now = Utc::now();
@@ -80,11 +81,21 @@ pub async fn list(
                             }
                         }
                         td {
-                            @if w.draining { span.worker.worker-draining { "draining" } }
+                            @if w.quarantined {
+                                span.worker.worker-draining title={ (w.consecutive_failures) " system failures in a row" } { "quarantined" }
+                                @if let Some(ms) = w.quarantine_left_ms { br; span.muted { (ms / 1000) " s left" } }
+                            }
+                            @else if w.draining { span.worker.worker-draining { "draining" } }
                             @else if w.busy_slots > 0 { span.worker.worker-busy { "busy" } }
                             @else { span.worker.worker-idle { "idle" } }
                         }
                         td.actions {
+                            @if w.quarantined {
+                                form method="post" action={ "/console/workers/" (w.id) "/lift-quarantine" } {
+                                    (view::csrf_field(&op))
+                                    button type="submit" { "Lift quarantine" }
+                                }
+                            }
                             @if !w.draining {
                                 details.confirm {
                                     summary { "Drain…" }
@@ -116,4 +127,18 @@ pub async fn drain(
         .map_err(|_| ConsoleError::Api(ApiError::not_found("worker")))?;
     state.orchestrator.drain_worker(id).await?;
     Ok(view::see_other("/console/workers?notice=drained"))
+}
+
+pub async fn lift_quarantine(
+    state: web::Data<AppState>,
+    op: Operator,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ConsoleError> {
+    op.check_csrf(&Form::parse(&body))?;
+    let id: WorkerId = path
+        .parse()
+        .map_err(|_| ConsoleError::Api(ApiError::not_found("worker")))?;
+    state.orchestrator.lift_quarantine(id).await?;
+    Ok(view::see_other("/console/workers?notice=lifted"))
 }

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod operators;
 pub mod ops;
 pub mod payments;
+pub mod models;
 pub mod pricing;
 pub mod problem;
 pub mod users;
@@ -201,6 +202,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 vec![post(web::post().to(payments::webhook))],
             ))
             .service(resource("/pricing", vec![get(web::get().to(pricing::get))]))
+            .service(resource("/models", vec![get(web::get().to(models::list))]))
             .service(resource(
                 "/admin/pricing",
                 vec![post(web::post().to(pricing::announce))],
@@ -276,6 +278,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource(
                 "/admin/workers/{id}/drain",
                 vec![post(web::post().to(operators::drain))],
+            ))
+            .service(resource(
+                "/admin/workers/{id}/lift-quarantine",
+                vec![post(web::post().to(operators::lift_quarantine))],
             ))
             .service(resource(
                 "/workers/connect",

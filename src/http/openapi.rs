@@ -12,7 +12,7 @@ use utoipa::openapi::{ContentBuilder, Object, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{admin, events, jobs, operators, ops, problem, users, views, wallet, workers};
-use crate::http::{keys, payments, pricing};
+use crate::http::{keys, models, payments, pricing};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +24,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream,
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
-        operators::workers, operators::drain,
+        operators::workers, operators::drain, operators::lift_quarantine, models::list,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
         payments::webhook, pricing::get, pricing::announce,
@@ -37,6 +37,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         wallet::LedgerPage, jobs::JobsPage,
         operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
         operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
+        models::ModelView, models::ModelsPage,
         admin::GrantRequest, admin::AdminGrantSource, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
         keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,

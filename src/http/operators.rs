@@ -275,6 +275,13 @@ pub struct WorkerInfo {
     pub slots: u32,
     pub busy_slots: u32,
     pub draining: bool,
+    /// Takes no new jobs after repeated system failures, until the
+    /// cool-down passes or an operator lifts it.
+    pub quarantined: bool,
+    /// Milliseconds of quarantine left.
+    pub quarantine_left_ms: Option<u64>,
+    /// System failures since its last success.
+    pub consecutive_failures: u32,
     /// Milliseconds since the worker was last heard from.
     pub last_heard_ms: Option<u64>,
 }
@@ -301,6 +308,11 @@ pub async fn worker_infos(state: &AppState) -> Result<Vec<WorkerInfo>, ApiError>
             slots: w.caps.slots,
             busy_slots: w.busy_slots,
             draining: w.draining,
+            quarantined: w.quarantined_for.is_some(),
+            quarantine_left_ms: w
+                .quarantined_for
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            consecutive_failures: w.consecutive_failures,
             last_heard_ms: heard.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })
         .collect())
@@ -324,5 +336,18 @@ pub async fn drain(
 ) -> Result<HttpResponse, ApiError> {
     let id: WorkerId = path.parse().map_err(|_| ApiError::not_found("worker"))?;
     state.orchestrator.drain_worker(id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The worker takes jobs again now, with a clean failure record.
+#[utoipa::path(post, path = "/v1/admin/workers/{id}/lift-quarantine", params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn lift_quarantine(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: WorkerId = path.parse().map_err(|_| ApiError::not_found("worker"))?;
+    state.orchestrator.lift_quarantine(id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

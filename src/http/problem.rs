@@ -31,6 +31,9 @@ pub enum ApiError {
     /// Text the store cannot keep (a NUL character), wherever it was sent.
     #[error("{0}")]
     InvalidText(String),
+    /// A model the platform does not serve.
+    #[error("{0}")]
+    UnknownModel(String),
     #[error("{detail}")]
     InsufficientCredits {
         detail: String,
@@ -142,6 +145,11 @@ impl ApiError {
             InvalidText(_) => (
                 "invalid-text",
                 "Text that cannot be stored",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            UnknownModel(_) => (
+                "unknown-model",
+                "Unknown model",
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             InsufficientCredits { .. } => (
@@ -305,6 +313,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::EmailTaken => ApiError::EmailTaken(detail),
             OrchestratorError::InvalidParams(_) => ApiError::InvalidParams(detail),
             OrchestratorError::InvalidText(_) => ApiError::InvalidText(detail),
+            OrchestratorError::UnknownModel(_) => ApiError::UnknownModel(detail),
             OrchestratorError::InsufficientCredits {
                 required,
                 available,

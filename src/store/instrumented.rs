@@ -81,6 +81,7 @@ pub const OPERATIONS: &[&str] = &[
     "init_prices",
     "announce_prices",
     "record_violation",
+    "expire_job",
 ];
 
 /// The `kind` label of a failed call, or `None` for an answer the domain
@@ -469,6 +470,16 @@ impl Store for InstrumentedStore {
             self.inner.record_violation(user, category, now, since),
         )
         .await
+    }
+
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        self.timed("expire_job", self.inner.expire_job(user, id, now))
+            .await
     }
 }
 

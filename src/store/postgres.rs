@@ -1242,4 +1242,26 @@ impl Store for PgStore {
     ) -> StoreResult<u32> {
         self.pg_record_violation(user, category, now, since).await
     }
+
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Jobs before wallets, as everywhere.
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
+        let row = cached_query_opt(&tx, &sql, &[&id.as_uuid()])
+            .await?
+            .ok_or(StoreError::NotFound("job"))?;
+        let job = job_row(&row)?;
+        let account = lock_account(&tx, job.user_id).await?;
+        let (ws, settlement) = decide::expire(account, &job, user, now)?;
+        apply::write(&tx, &ws).await?;
+        tx.commit().await.map_err(db)?;
+        self.feed.committed(&ws);
+        Ok(settlement)
+    }
 }

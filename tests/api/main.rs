@@ -17,6 +17,7 @@ mod pricing;
 #[path = "../support/mod.rs"]
 mod support;
 mod text;
+mod scheduling;
 mod users;
 mod wallet;
 mod webhooks;

@@ -1,6 +1,9 @@
 //! `SchedulerActor`: one per node. Owns the waiting line, the idle worker
-//! slots, the retry timers and the map of jobs in flight; decides dispatch
-//! order and starts a `JobActor` per dispatched attempt.
+//! slots, the retry timers, the map of jobs in flight and each worker's
+//! health; decides dispatch order and placement and starts a `JobActor` per
+//! dispatched attempt. Every event that can make a waiting job runnable (a
+//! job arriving or leaving, a slot or a running-limit turn freed, a worker
+//! joining, a retry delay or a quarantine ending) dispatches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,8 +15,8 @@ use crate::config::OrchestratorConfig;
 use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
 use crate::job::{Job, JobState};
 use crate::job_actor::{CancelAttempt, JobActor};
-use crate::observer::Observer;
-use crate::scheduler::queue::{FairQueue, QueuedJob};
+use crate::observer::{AttemptResult, Observer};
+use crate::scheduler::queue::{FairQueue, JobClass, QueuedJob};
 use crate::store::Store;
 use crate::wallet::WalletRegistry;
 use crate::worker::{Capabilities, Registered, WorkerActor};
@@ -23,6 +26,8 @@ use crate::worker::{Capabilities, Registered, WorkerActor};
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// After a store outage during assignment, when to try the job again.
 const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
+/// How often waiting jobs are checked against their tier's waiting limit.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 struct WorkerSlots {
     addr: Addr<WorkerActor>,
@@ -33,16 +38,44 @@ struct WorkerSlots {
     warm: HashSet<String>,
     /// When a slot last became free, for dispatch latency.
     freed_at: Option<Instant>,
+    /// Its name is quarantined: it takes nothing new.
+    quarantined: bool,
+}
+
+impl WorkerSlots {
+    fn takes(&self, class: &JobClass) -> bool {
+        self.free > 0
+            && !self.draining
+            && !self.quarantined
+            && self.caps.serves(class.kind, &class.model, class.vram_mb)
+    }
+}
+
+/// A worker's recent record, by name, so reconnecting does not clear it.
+#[derive(Clone, Debug, Default)]
+struct WorkerHealth {
+    /// System failures since its last success.
+    consecutive_failures: u32,
+    /// Quarantines since its last success; each lasts twice the one before.
+    level: u32,
+    until: Option<Instant>,
+    /// Ends the current quarantine.
+    timer: Option<SpawnHandle>,
 }
 
 struct InFlight {
     actor: Addr<JobActor>,
     worker: WorkerId,
+    /// The worker's name: its health is kept by name, and the attempt may
+    /// end after the worker left (lost with its connection).
+    worker_name: String,
+    job: QueuedJob,
 }
 
 pub struct SchedulerActor {
     queue: FairQueue,
     workers: HashMap<WorkerId, WorkerSlots>,
+    health: HashMap<String, WorkerHealth>,
     in_flight: HashMap<JobId, InFlight>,
     /// Retries waiting for their backoff to pass.
     delayed: HashMap<JobId, SpawnHandle>,
@@ -63,8 +96,9 @@ impl SchedulerActor {
         observer: Arc<dyn Observer>,
     ) -> SchedulerActor {
         SchedulerActor {
-            queue: FairQueue::new(config.tiers),
+            queue: FairQueue::new(config.tiers, config.fairness),
             workers: HashMap::new(),
+            health: HashMap::new(),
             in_flight: HashMap::new(),
             delayed: HashMap::new(),
             recent: RecentDispatches::new(),
@@ -77,10 +111,14 @@ impl SchedulerActor {
     }
 
     fn free_slots(&self) -> bool {
-        self.workers.values().any(|w| w.free > 0 && !w.draining)
+        self.workers
+            .values()
+            .any(|w| w.free > 0 && !w.draining && !w.quarantined)
     }
 
-    /// Hands out jobs while a free slot can take one.
+    /// Hands out jobs while an idle slot can take one. Only requirement
+    /// classes some idle slot serves are looked at, so a job nobody can run
+    /// never holds up one that can be run.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         let Some(epoch) = self.epoch else {
             // A standby dispatches nothing; the active scheduler of the
@@ -89,29 +127,30 @@ impl SchedulerActor {
         };
         while self.free_slots() {
             let workers = &self.workers;
-            let config = &self.config;
-            let fits = |w: &WorkerSlots, j: &QueuedJob| {
-                w.free > 0
-                    && !w.draining
-                    && w.caps
-                        .serves(j.kind, &j.model, config.vram_needed_mb(j.size))
-            };
             let Some(job) = self
                 .queue
-                .pop_next(|j| workers.values().any(|w| fits(w, j)))
+                .pop_next(|class| workers.values().any(|w| w.takes(class)))
             else {
                 break;
             };
-            // A worker with the model already loaded wins; then the one with
-            // the most free slots, to spread load.
+            let class = job.class();
+            // A retry avoids the worker it failed on if another can take
+            // it; then a worker with the model loaded wins; then the one
+            // with the most free slots, to spread load.
             let chosen = self
                 .workers
                 .iter()
-                .filter(|(_, w)| fits(w, &job))
-                .max_by_key(|(_, w)| (w.warm.contains(&job.model), w.free))
+                .filter(|(_, w)| w.takes(&class))
+                .max_by_key(|(id, w)| {
+                    (
+                        job.avoid != Some(**id),
+                        w.warm.contains(&job.model),
+                        w.free,
+                    )
+                })
                 .map(|(id, _)| *id);
             let Some(worker_id) = chosen else {
-                // `fits` said yes a moment ago; put it back rather than lose it.
+                // `takes` said yes a moment ago; put it back rather than lose it.
                 self.queue.finished(job.user_id);
                 self.queue.push(job);
                 break;
@@ -126,9 +165,10 @@ impl SchedulerActor {
                 .freed_at
                 .map_or(job.enqueued_at, |f| f.max(job.enqueued_at));
             let worker_addr = slots.addr.clone();
+            let worker_name = slots.caps.name.clone();
             let job_id = job.job_id;
             let actor = JobActor::new(
-                job,
+                job.clone(),
                 LeaseToken::generate(),
                 worker_id,
                 worker_addr,
@@ -146,8 +186,104 @@ impl SchedulerActor {
                 InFlight {
                     actor,
                     worker: worker_id,
+                    worker_name,
+                    job,
                 },
             );
+        }
+    }
+
+    /// Counts an attempt's end against (or for) the worker that ran it; N
+    /// system failures in a row quarantine its name for a cool-down that
+    /// doubles while failures continue.
+    fn record_health(&mut self, name: String, result: AttemptResult, ctx: &mut Context<Self>) {
+        let failed = match result {
+            AttemptResult::Succeeded => false,
+            AttemptResult::SystemFailure | AttemptResult::LeaseLost | AttemptResult::TimedOut => {
+                true
+            }
+            AttemptResult::UserFailure | AttemptResult::Cancelled => return,
+        };
+        let health = self.health.entry(name.clone()).or_default();
+        if !failed {
+            if let Some(timer) = health.timer.take() {
+                ctx.cancel_future(timer);
+            }
+            *health = WorkerHealth::default();
+            return;
+        }
+        health.consecutive_failures += 1;
+        if health.consecutive_failures < self.config.quarantine_after || health.until.is_some() {
+            return;
+        }
+        let cool_down = self
+            .config
+            .quarantine_base
+            .saturating_mul(1u32 << health.level.min(16))
+            .min(self.config.quarantine_max);
+        health.level += 1;
+        health.until = Some(Instant::now() + cool_down);
+        tracing::warn!(worker = %name, failures = health.consecutive_failures,
+            cool_down_ms = cool_down.as_millis() as u64, "worker quarantined");
+        let timer_name = name.clone();
+        health.timer = Some(ctx.run_later(cool_down, move |act, ctx| {
+            act.end_quarantine(&timer_name, false, ctx);
+        }));
+        self.observer.worker_quarantined();
+        self.set_quarantined(&name, true);
+    }
+
+    /// The cool-down passed (or an operator lifted it): the worker takes
+    /// jobs again. After a cool-down it is on probation: one more system
+    /// failure quarantines it again, for twice as long.
+    fn end_quarantine(&mut self, name: &str, lifted: bool, ctx: &mut Context<Self>) {
+        let Some(health) = self.health.get_mut(name) else {
+            return;
+        };
+        if let Some(timer) = health.timer.take() {
+            if lifted {
+                ctx.cancel_future(timer);
+            }
+        }
+        health.until = None;
+        if lifted {
+            *health = WorkerHealth::default();
+        } else {
+            health.consecutive_failures = self.config.quarantine_after.saturating_sub(1);
+        }
+        tracing::info!(worker = %name, lifted, "worker quarantine over");
+        self.set_quarantined(name, false);
+        self.dispatch(ctx);
+    }
+
+    fn set_quarantined(&mut self, name: &str, on: bool) {
+        for w in self.workers.values_mut() {
+            if w.caps.name == name {
+                w.quarantined = on;
+            }
+        }
+    }
+
+    /// Jobs past their tier's waiting limit fail as expired, refunded.
+    fn expire_overdue(&mut self, ctx: &mut Context<Self>) {
+        let now = chrono::Utc::now();
+        let expired = self.queue.take_expired(self.config.max_wait.all(), now);
+        for job in expired {
+            let wallets = self.wallets.clone();
+            let addr = ctx.address();
+            actix::spawn(async move {
+                match wallets.expire(job.user_id, job.job_id).await {
+                    Ok(_) => {}
+                    // Assigned, cancelled or gone meanwhile: nothing to do.
+                    Err(crate::store::StoreError::StaleTransition { .. })
+                    | Err(crate::store::StoreError::NotFound(_))
+                    | Err(crate::store::StoreError::JobFinished) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %job.job_id, error = %e, "could not expire; back in line");
+                        addr.do_send(Enqueue(job));
+                    }
+                }
+            });
         }
     }
 
@@ -170,7 +306,7 @@ impl SchedulerActor {
     /// Drops the waiting line and retry timers (the store keeps them; a
     /// new term rebuilds the line from it).
     fn forget_line(&mut self, ctx: &mut Context<Self>) {
-        self.queue = FairQueue::new(self.config.tiers);
+        self.queue = FairQueue::new(self.config.tiers, self.config.fairness);
         for (_, handle) in self.delayed.drain() {
             ctx.cancel_future(handle);
         }
@@ -190,6 +326,11 @@ impl Actor for SchedulerActor {
         ctx.run_interval(RECONCILE_EVERY, |act, ctx| {
             if act.epoch.is_some() {
                 ctx.notify(Reconcile);
+            }
+        });
+        ctx.run_interval(EXPIRY_SWEEP, |act, ctx| {
+            if act.epoch.is_some() {
+                act.expire_overdue(ctx);
             }
         });
     }
@@ -313,6 +454,8 @@ impl Handler<Withdraw> for SchedulerActor {
         if let Some(handle) = self.delayed.remove(&msg.0) {
             ctx.cancel_future(handle);
         }
+        // What waited beside it may be runnable now.
+        self.dispatch(ctx);
     }
 }
 
@@ -350,6 +493,10 @@ impl Handler<WorkerJoined> for SchedulerActor {
     fn handle(&mut self, msg: WorkerJoined, ctx: &mut Self::Context) {
         tracing::info!(worker = %msg.id, name = %msg.caps.name, slots = msg.caps.slots, "worker joined");
         msg.addr.do_send(Registered);
+        let quarantined = self
+            .health
+            .get(&msg.caps.name)
+            .is_some_and(|h| h.until.is_some());
         self.workers.insert(
             msg.id,
             WorkerSlots {
@@ -360,6 +507,7 @@ impl Handler<WorkerJoined> for SchedulerActor {
                 addr: msg.addr,
                 // Its slots are free from now on.
                 freed_at: Some(Instant::now()),
+                quarantined,
             },
         );
         self.dispatch(ctx);
@@ -409,6 +557,10 @@ pub struct AttemptEnded {
     pub user_id: UserId,
     pub worker: WorkerId,
     pub next: NextStep,
+    /// How the attempt ended, when it ran to an end on the worker, and how
+    /// long it ran: the worker's health and the GPU-time estimates learn
+    /// from it.
+    pub result: Option<(AttemptResult, Option<Duration>)>,
 }
 
 pub enum NextStep {
@@ -424,10 +576,17 @@ impl Handler<AttemptEnded> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: AttemptEnded, ctx: &mut Self::Context) {
+        let mut ran = None;
         if let Some(f) = self.in_flight.get(&msg.job_id) {
             if f.worker == msg.worker {
-                self.in_flight.remove(&msg.job_id);
+                ran = self.in_flight.remove(&msg.job_id);
             }
+        }
+        if let (Some((result, run)), Some(f)) = (msg.result, ran) {
+            if let (AttemptResult::Succeeded, Some(run)) = (result, run) {
+                self.queue.observe_runtime(&f.job, run);
+            }
+            self.record_health(f.worker_name, result, ctx);
         }
         if let Some(w) = self.workers.get_mut(&msg.worker) {
             w.free = (w.free + 1).min(w.caps.slots);
@@ -464,7 +623,7 @@ impl Handler<Recover> for SchedulerActor {
                 .retry_at
                 .and_then(|at| (at - now).to_std().ok())
                 .unwrap_or_default();
-            self.enqueue_after(QueuedJob::from_job(&job), delay, ctx);
+            self.enqueue_after(QueuedJob::from_job(&job, &self.config), delay, ctx);
         }
         self.dispatch(ctx);
     }
@@ -497,6 +656,10 @@ pub struct WorkerView {
     pub busy_slots: u32,
     pub warm_models: Vec<String>,
     pub draining: bool,
+    /// How much longer its quarantine lasts, if it is quarantined.
+    pub quarantined_for: Option<Duration>,
+    /// System failures since its last success.
+    pub consecutive_failures: u32,
     pub addr: Addr<WorkerActor>,
 }
 
@@ -514,7 +677,12 @@ impl Handler<ListWorkers> for SchedulerActor {
             .map(|(id, w)| {
                 let mut warm: Vec<String> = w.warm.iter().cloned().collect();
                 warm.sort();
+                let health = self.health.get(&w.caps.name);
                 WorkerView {
+                    quarantined_for: health
+                        .and_then(|h| h.until)
+                        .map(|u| u.saturating_duration_since(Instant::now())),
+                    consecutive_failures: health.map_or(0, |h| h.consecutive_failures),
                     id: *id,
                     caps: w.caps.clone(),
                     busy_slots: w.caps.slots.saturating_sub(w.free),
@@ -549,6 +717,47 @@ impl Handler<DrainWorker> for SchedulerActor {
     }
 }
 
+/// An operator lifts a worker's quarantine: it takes jobs again, with a
+/// clean record. False when no such worker is connected.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct LiftQuarantine(pub WorkerId);
+
+impl Handler<LiftQuarantine> for SchedulerActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: LiftQuarantine, ctx: &mut Self::Context) -> bool {
+        let Some(name) = self.workers.get(&msg.0).map(|w| w.caps.name.clone()) else {
+            return false;
+        };
+        self.end_quarantine(&name, true, ctx);
+        true
+    }
+}
+
+/// Which models some connected worker serves (quarantined or draining
+/// ones included: they are there, just not taking work right now).
+#[derive(Message)]
+#[rtype(result = "Vec<bool>")]
+pub struct ModelsServed(pub Vec<(crate::job::JobKind, String, u32)>);
+
+impl Handler<ModelsServed> for SchedulerActor {
+    type Result = MessageResult<ModelsServed>;
+
+    fn handle(&mut self, msg: ModelsServed, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            msg.0
+                .iter()
+                .map(|(kind, model, vram)| {
+                    self.workers
+                        .values()
+                        .any(|w| w.caps.serves(*kind, model, *vram))
+                })
+                .collect(),
+        )
+    }
+}
+
 /// A snapshot for `/v1/admin/stats` and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
@@ -560,6 +769,9 @@ pub struct SchedulerStats {
     pub idle_slots: u32,
     /// Dispatches per tier over the last [`RECENT_WINDOW`].
     pub recent_dispatches: [u64; 4],
+    /// How long the longest-waiting job of each tier has waited.
+    pub oldest_wait: [Duration; 4],
+    pub quarantined_workers: usize,
 }
 
 /// How far back "recent dispatches" look.
@@ -622,6 +834,7 @@ impl Handler<GetStats> for SchedulerActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        let now = chrono::Utc::now();
         let idle: u32 = self
             .workers
             .values()
@@ -641,6 +854,11 @@ impl Handler<GetStats> for SchedulerActor {
             busy_slots: busy,
             idle_slots: idle,
             recent_dispatches: self.recent.totals(),
+            oldest_wait: self.queue.oldest_by_tier().map(|o| {
+                o.and_then(|at| (now - at).to_std().ok())
+                    .unwrap_or_default()
+            }),
+            quarantined_workers: self.workers.values().filter(|w| w.quarantined).count(),
         })
     }
 }

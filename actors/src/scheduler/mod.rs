@@ -1,4 +1,4 @@
-//! Scheduling: membership priority without starvation (DESIGN.md §5).
+//! Scheduling: membership priority without starvation, placement-aware.
 //!
 //! [`queue::FairQueue`] is the pure decision (which job next), tested with
 //! properties; [`actor::SchedulerActor`] owns it together with the worker
@@ -8,4 +8,4 @@ pub mod actor;
 pub mod queue;
 
 pub use actor::SchedulerActor;
-pub use queue::{FairQueue, QueuedJob};
+pub use queue::{FairQueue, FairnessUnit, JobClass, QueuedJob};

@@ -1,26 +1,73 @@
-//! The waiting line.
+//! The waiting line, placement-aware.
 //!
-//! Between tiers: smooth weighted round-robin (the nginx algorithm) over the
-//! tiers that have a dispatchable job, so with every tier backlogged each
-//! gets exactly its weight's share of every cycle, an idle tier's share goes
-//! to the others, and Free waits at most one cycle for its turn.
+//! Jobs are grouped by requirement class (kind, model, GPU memory): a class
+//! is runnable while some idle slot can serve it, and dispatch looks only at
+//! the runnable classes, so a job no connected worker can run never stands
+//! in front of one that can, and the work per dispatch grows with the
+//! number of classes, not with the backlog.
 //!
-//! Within a tier: round-robin between users, one job per user per turn, so
-//! a user with 10,000 waiting jobs does not block the others.
+//! Between tiers: stride scheduling over the tiers with a runnable job.
+//! Each dispatch advances its tier's pass by the job's cost over the tier's
+//! weight, and the tier with the lowest pass goes next, so with every tier
+//! backlogged each gets its weight's share of the cost. The cost is the
+//! job's estimated GPU time (the model's expected runtime, corrected by a
+//! moving average of what its class actually took) or, configured so, one
+//! per job. A tier with nothing runnable is lifted to the current pass when
+//! others dispatch, so it cannot bank a share while idle.
 //!
-//! Within a user: submission order (`seq`); a retried job re-enters with its
-//! original `seq` and so keeps its place in line.
+//! Within a tier: the user served least recently among those with a
+//! runnable job goes next, one job per turn (a round robin that skips the
+//! users whose jobs no idle slot can take).
 //!
-//! A user at their running limit is parked (out of the rings) until one of
-//! their jobs ends, so dispatch never scans users who cannot run.
+//! Within a user: submission order (`seq`) among their runnable jobs; a
+//! retried job re-enters with its original `seq` and keeps its place.
+//!
+//! A user at their running limit is parked (out of every class's ready
+//! set) until one of their jobs ends, so dispatch never looks at them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
-use crate::ids::{JobId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::OrchestratorConfig;
+use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{Job, JobKind};
 use crate::pricing::SizeClass;
 use crate::tier::{Tier, TierTable};
+
+/// What tiers share by weight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairnessUnit {
+    /// Estimated GPU time: a ten-minute video weighs what it occupies.
+    #[default]
+    GpuSeconds,
+    /// Dispatches, whatever each job costs.
+    Jobs,
+}
+
+impl std::str::FromStr for FairnessUnit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gpu_seconds" => Ok(FairnessUnit::GpuSeconds),
+            "jobs" => Ok(FairnessUnit::Jobs),
+            other => Err(format!(
+                "fairness unit {other:?}: expected gpu_seconds or jobs"
+            )),
+        }
+    }
+}
+
+/// What a job needs of a worker; jobs of one class are placed alike.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct JobClass {
+    pub kind: JobKind,
+    pub model: String,
+    pub vram_mb: u32,
+}
 
 /// What the scheduler needs to know of a waiting job.
 #[derive(Clone, Debug)]
@@ -32,14 +79,28 @@ pub struct QueuedJob {
     pub kind: JobKind,
     pub model: String,
     pub size: SizeClass,
+    /// GPU memory it needs (its model's or its size's, the larger).
+    pub vram_mb: u32,
+    /// The registry's estimate of its GPU time.
+    pub estimate: Duration,
     /// Attempts already made; the next one is `attempts + 1`.
     pub attempts: u32,
     /// When it (re-)entered the line, for queue-wait metrics.
     pub enqueued_at: Instant,
+    /// Since when it waits, for the tier's waiting limit: its submission,
+    /// or the end of its retry delay.
+    pub waiting_since: DateTime<Utc>,
+    /// The worker its last attempt failed on; another is preferred.
+    pub avoid: Option<WorkerId>,
 }
 
 impl QueuedJob {
-    pub fn from_job(job: &Job) -> QueuedJob {
+    pub fn from_job(job: &Job, config: &OrchestratorConfig) -> QueuedJob {
+        let waiting_since = if job.attempts == 0 {
+            job.created_at
+        } else {
+            job.retry_at.unwrap_or_else(Utc::now)
+        };
         QueuedJob {
             job_id: job.id,
             user_id: job.user_id,
@@ -48,51 +109,93 @@ impl QueuedJob {
             kind: job.spec.kind,
             model: job.spec.model.clone(),
             size: job.spec.size_class(),
+            vram_mb: config.vram_needed(&job.spec),
+            estimate: config.expected_runtime(&job.spec),
             attempts: job.attempts,
             enqueued_at: Instant::now(),
+            waiting_since,
+            avoid: None,
+        }
+    }
+
+    pub fn class(&self) -> JobClass {
+        JobClass {
+            kind: self.kind,
+            model: self.model.clone(),
+            vram_mb: self.vram_mb,
         }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum LineStatus {
-    /// Empty, in no ring.
-    Idle,
-    InRing,
-    /// Has jobs, but the user is at their running limit.
-    Parked,
+/// Fixed-point scale of a tier's pass, so a cost of one millisecond over
+/// the largest weight still moves it.
+const PASS_SCALE: u128 = 1 << 20;
+/// The cost of one dispatch when tiers share dispatches.
+const JOB_COST_MS: u128 = 1_000;
+/// How much one observed run moves a class's correction.
+const RUNTIME_SMOOTHING: f64 = 0.2;
+
+struct ClassQueue {
+    class: JobClass,
+    /// Per tier, the users with a waiting job of this class who are below
+    /// their running limit, least recently served first.
+    ready: [BTreeSet<(u64, UserId)>; 4],
+    /// Moving average of observed over estimated GPU time.
+    correction: f64,
 }
 
-/// One user's jobs of one tier.
+/// One user's waiting jobs of one tier, by class.
 struct Line {
-    jobs: BTreeMap<u64, QueuedJob>,
-    status: LineStatus,
+    /// The dispatch tick of the user's last turn in this tier.
+    stamp: u64,
+    /// At the running limit: in no ready set.
+    parked: bool,
+    jobs: HashMap<usize, BTreeMap<u64, QueuedJob>>,
+    count: usize,
 }
 
 type LineKey = (UserId, Tier);
 
+#[derive(Clone, Copy)]
+struct Place {
+    user: UserId,
+    tier: Tier,
+    class: usize,
+    seq: u64,
+    since: DateTime<Utc>,
+}
+
 pub struct FairQueue {
     tiers: TierTable,
-    weights: [i64; 4],
-    current: [i64; 4],
-    rings: [VecDeque<UserId>; 4],
+    unit: FairnessUnit,
+    weights: [u128; 4],
+    pass: [u128; 4],
+    tick: u64,
+    classes: Vec<ClassQueue>,
+    class_ids: HashMap<JobClass, usize>,
     lines: HashMap<LineKey, Line>,
     /// Jobs assigned or running, per user.
     running: HashMap<UserId, u32>,
     waiting: [usize; 4],
-    index: HashMap<JobId, (LineKey, u64)>,
+    /// Per tier, waiting jobs by how long they wait, for the limit.
+    oldest: [BTreeSet<(DateTime<Utc>, JobId)>; 4],
+    index: HashMap<JobId, Place>,
 }
 
 impl FairQueue {
-    pub fn new(tiers: TierTable) -> FairQueue {
+    pub fn new(tiers: TierTable, unit: FairnessUnit) -> FairQueue {
         FairQueue {
-            weights: tiers.weights().map(i64::from),
+            weights: tiers.weights().map(|w| u128::from(w.max(1))),
             tiers,
-            current: [0; 4],
-            rings: Default::default(),
+            unit,
+            pass: [0; 4],
+            tick: 0,
+            classes: Vec::new(),
+            class_ids: HashMap::new(),
             lines: HashMap::new(),
             running: HashMap::new(),
             waiting: [0; 4],
+            oldest: Default::default(),
             index: HashMap::new(),
         }
     }
@@ -109,6 +212,11 @@ impl FairQueue {
         self.waiting
     }
 
+    /// Since when the longest-waiting job of each tier waits.
+    pub fn oldest_by_tier(&self) -> [Option<DateTime<Utc>>; 4] {
+        Tier::ALL.map(|t| self.oldest[t.index()].first().map(|(at, _)| *at))
+    }
+
     pub fn contains(&self, job: JobId) -> bool {
         self.index.contains_key(&job)
     }
@@ -121,162 +229,260 @@ impl FairQueue {
         self.tiers.policy(tier).max_running
     }
 
+    fn class_id(&mut self, class: JobClass) -> usize {
+        if let Some(&id) = self.class_ids.get(&class) {
+            return id;
+        }
+        let id = self.classes.len();
+        self.classes.push(ClassQueue {
+            class: class.clone(),
+            ready: Default::default(),
+            correction: 1.0,
+        });
+        self.class_ids.insert(class, id);
+        id
+    }
+
     /// Adds a job (new, recovered or retried) to its user's line.
     pub fn push(&mut self, job: QueuedJob) {
-        let key = (job.user_id, job.tier);
         if self.index.contains_key(&job.job_id) {
             return;
         }
-        self.index.insert(job.job_id, (key, job.seq));
-        self.waiting[job.tier.index()] += 1;
-        let can_run = self.running_of(job.user_id) < self.limit(job.tier);
+        let job_id = job.job_id;
+        let class = self.class_id(job.class());
+        let key = (job.user_id, job.tier);
+        let parked = self.running_of(job.user_id) >= self.limit(job.tier);
+        let place = Place {
+            user: job.user_id,
+            tier: job.tier,
+            class,
+            seq: job.seq,
+            since: job.waiting_since,
+        };
+        let tick = self.tick;
         let line = self.lines.entry(key).or_insert_with(|| Line {
-            jobs: BTreeMap::new(),
-            status: LineStatus::Idle,
+            stamp: tick,
+            parked,
+            jobs: HashMap::new(),
+            count: 0,
         });
-        line.jobs.insert(job.seq, job);
-        if line.status == LineStatus::Idle {
-            if can_run {
-                line.status = LineStatus::InRing;
-                self.rings[key.1.index()].push_back(key.0);
-            } else {
-                line.status = LineStatus::Parked;
-            }
+        let of_class = line.jobs.entry(class).or_default();
+        let first_of_class = of_class.is_empty();
+        of_class.insert(job.seq, job);
+        line.count += 1;
+        if first_of_class && !line.parked {
+            self.classes[class].ready[key.1.index()].insert((line.stamp, key.0));
         }
+        self.waiting[key.1.index()] += 1;
+        self.oldest[key.1.index()].insert((place.since, job_id));
+        self.index.insert(job_id, place);
     }
 
-    /// Removes a waiting job (cancelled, or its user suspended).
+    /// Removes a waiting job (cancelled, expired, or its user suspended).
     pub fn remove(&mut self, job: JobId) -> Option<QueuedJob> {
-        let (key, seq) = self.index.remove(&job)?;
+        let place = self.index.remove(&job)?;
+        self.take(job, place)
+    }
+
+    fn take(&mut self, job: JobId, place: Place) -> Option<QueuedJob> {
+        let key = (place.user, place.tier);
+        let t = place.tier.index();
+        self.waiting[t] -= 1;
+        self.oldest[t].remove(&(place.since, job));
         let line = self.lines.get_mut(&key)?;
-        let removed = line.jobs.remove(&seq);
-        if removed.is_some() {
-            self.waiting[key.1.index()] -= 1;
+        let of_class = line.jobs.get_mut(&place.class)?;
+        let removed = of_class.remove(&place.seq);
+        if of_class.is_empty() {
+            line.jobs.remove(&place.class);
+            if !line.parked {
+                self.classes[place.class].ready[t].remove(&(line.stamp, place.user));
+            }
         }
-        // An emptied line leaves its ring lazily, when its turn comes.
-        if line.jobs.is_empty() && line.status == LineStatus::Parked {
-            line.status = LineStatus::Idle;
+        if removed.is_some() {
+            line.count -= 1;
+        }
+        if line.count == 0 {
+            // Memory follows the users with work, not every user ever seen.
+            self.lines.remove(&key);
         }
         removed
     }
 
-    /// The next job to dispatch among those `fits` accepts (a free worker
-    /// slot can take it); counts it as running for its user.
-    pub fn pop_next(&mut self, mut fits: impl FnMut(&QueuedJob) -> bool) -> Option<QueuedJob> {
-        let mut candidates: Vec<usize> = (0..4).filter(|&t| !self.rings[t].is_empty()).collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        // Smooth WRR: the tier with the highest current + weight goes first;
-        // ties go to the heavier tier. Only a tier that yields a job is
-        // charged for the turn.
-        candidates.sort_by_key(|&t| std::cmp::Reverse((self.current[t] + self.weights[t], t)));
-        for &tier in &candidates {
-            if let Some(job) = self.pop_from_tier(tier, &mut fits) {
-                let eligible: Vec<usize> = (0..4)
-                    .filter(|&t| !self.rings[t].is_empty() || t == tier)
-                    .collect();
-                let total: i64 = eligible.iter().map(|&t| self.weights[t]).sum();
-                for &t in &eligible {
-                    self.current[t] += self.weights[t];
+    /// Jobs that have waited longer than their tier allows, taken out of
+    /// the line, oldest first.
+    pub fn take_expired(&mut self, limits: [Duration; 4], now: DateTime<Utc>) -> Vec<QueuedJob> {
+        let mut out = Vec::new();
+        for tier in Tier::ALL {
+            let t = tier.index();
+            let limit = chrono::Duration::from_std(limits[t]).unwrap_or(chrono::Duration::MAX);
+            while let Some(&(since, job)) = self.oldest[t].first() {
+                if now.signed_duration_since(since) <= limit {
+                    break;
                 }
-                self.current[tier] -= total;
-                return Some(job);
+                match self.remove(job) {
+                    Some(j) => out.push(j),
+                    None => {
+                        self.oldest[t].remove(&(since, job));
+                    }
+                }
             }
         }
-        None
+        out
     }
 
-    fn pop_from_tier(
-        &mut self,
-        tier: usize,
-        fits: &mut impl FnMut(&QueuedJob) -> bool,
-    ) -> Option<QueuedJob> {
-        let turns = self.rings[tier].len();
-        for _ in 0..turns {
-            let user = self.rings[tier].pop_front()?;
-            let key = (user, Tier::ALL[tier]);
-            let running = self.running_of(user);
-            let limit = self.limit(key.1);
-            let Some(line) = self.lines.get_mut(&key) else {
-                continue;
-            };
-            let Some((&seq, head)) = line.jobs.first_key_value() else {
-                line.status = LineStatus::Idle;
-                continue;
-            };
-            if running >= limit {
-                line.status = LineStatus::Parked;
-                continue;
-            }
-            if !fits(head) {
-                self.rings[tier].push_back(user);
-                continue;
-            }
-            let Some(job) = line.jobs.remove(&seq) else {
-                continue;
-            };
-            self.index.remove(&job.job_id);
-            self.waiting[tier] -= 1;
-            let running = running + 1;
-            self.running.insert(user, running);
-            if line.jobs.is_empty() {
-                line.status = LineStatus::Idle;
-            } else if running >= limit {
-                line.status = LineStatus::Parked;
-            } else {
-                self.rings[tier].push_back(user);
-            }
-            return Some(job);
+    /// The next job to dispatch among the classes `servable` accepts (an
+    /// idle slot can take a job of that class); counts it as running for
+    /// its user. `servable` is asked once per class with runnable jobs.
+    pub fn pop_next(&mut self, mut servable: impl FnMut(&JobClass) -> bool) -> Option<QueuedJob> {
+        let open: Vec<usize> = (0..self.classes.len())
+            .filter(|&c| {
+                let q = &self.classes[c];
+                q.ready.iter().any(|r| !r.is_empty()) && servable(&q.class)
+            })
+            .collect();
+        if open.is_empty() {
+            return None;
         }
-        None
+        let mut runnable = [false; 4];
+        for &c in &open {
+            for (t, ready) in self.classes[c].ready.iter().enumerate() {
+                runnable[t] |= !ready.is_empty();
+            }
+        }
+        // Lowest pass first; ties go to the heavier tier.
+        let tier = (0..4)
+            .filter(|&t| runnable[t])
+            .min_by_key(|&t| (self.pass[t], std::cmp::Reverse((self.weights[t], t))))?;
+        // The user of this tier served least recently among those with a
+        // job some idle slot can take.
+        let turn = open
+            .iter()
+            .filter_map(|&c| self.classes[c].ready[tier].first().copied())
+            .min()?;
+        let (stamp, user) = turn;
+        let key = (user, Tier::ALL[tier]);
+        let line = self.lines.get(&key)?;
+        // Their oldest job among the servable classes.
+        let class = open
+            .iter()
+            .copied()
+            .filter(|&c| self.classes[c].ready[tier].first() == Some(&turn))
+            .min_by_key(|c| {
+                line.jobs
+                    .get(c)
+                    .and_then(|j| j.first_key_value())
+                    .map_or(u64::MAX, |(seq, _)| *seq)
+            })?;
+        let seq = *line.jobs.get(&class)?.first_key_value()?.0;
+        let job_id = line.jobs.get(&class)?.get(&seq)?.job_id;
+        let place = self.index.remove(&job_id)?;
+        // The turn is taken: the user moves to the back in every class.
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(line) = self.lines.get_mut(&key) {
+            for &c in line.jobs.keys() {
+                if self.classes[c].ready[tier].remove(&(stamp, user)) {
+                    self.classes[c].ready[tier].insert((tick, user));
+                }
+            }
+            line.stamp = tick;
+        }
+        let job = self.take(job_id, place)?;
+        *self.running.entry(user).or_default() += 1;
+        self.repark(user);
+        self.charge(tier, &job, runnable);
+        Some(job)
+    }
+
+    fn cost(&self, job: &QueuedJob) -> u128 {
+        match self.unit {
+            FairnessUnit::Jobs => JOB_COST_MS,
+            FairnessUnit::GpuSeconds => {
+                let correction = self
+                    .class_ids
+                    .get(&job.class())
+                    .map_or(1.0, |&c| self.classes[c].correction);
+                let ms = job.estimate.as_secs_f64() * 1000.0 * correction;
+                (ms.max(1.0)) as u128
+            }
+        }
+    }
+
+    fn charge(&mut self, tier: usize, job: &QueuedJob, runnable: [bool; 4]) {
+        let now = self.pass[tier];
+        let cost = self.cost(job);
+        self.pass[tier] = now.saturating_add(cost * PASS_SCALE / self.weights[tier]);
+        for t in 0..4 {
+            if !runnable[t] && self.pass[t] < now {
+                self.pass[t] = now;
+            }
+        }
+    }
+
+    /// An attempt of `job`'s class took `ran` on the GPU: the class's
+    /// estimates follow what its jobs actually take.
+    pub fn observe_runtime(&mut self, job: &QueuedJob, ran: Duration) {
+        let Some(&c) = self.class_ids.get(&job.class()) else {
+            return;
+        };
+        let estimate = job.estimate.as_secs_f64();
+        if estimate <= 0.0 {
+            return;
+        }
+        let ratio = (ran.as_secs_f64() / estimate).clamp(0.01, 100.0);
+        let q = &mut self.classes[c];
+        q.correction = q.correction * (1.0 - RUNTIME_SMOOTHING) + ratio * RUNTIME_SMOOTHING;
+    }
+
+    /// The estimated GPU time of `job` as fair sharing counts it now.
+    pub fn estimated_runtime(&self, job: &QueuedJob) -> Duration {
+        let correction = self
+            .class_ids
+            .get(&job.class())
+            .map_or(1.0, |&c| self.classes[c].correction);
+        job.estimate.mul_f64(correction)
+    }
+
+    /// Parks or unparks the user's lines to match their running count.
+    fn repark(&mut self, user: UserId) {
+        let running = self.running_of(user);
+        for tier in Tier::ALL {
+            let should = running >= self.limit(tier);
+            let Some(line) = self.lines.get_mut(&(user, tier)) else {
+                continue;
+            };
+            if line.parked == should {
+                continue;
+            }
+            line.parked = should;
+            for &c in line.jobs.keys() {
+                let ready = &mut self.classes[c].ready[tier.index()];
+                if should {
+                    ready.remove(&(line.stamp, user));
+                } else {
+                    ready.insert((line.stamp, user));
+                }
+            }
+        }
     }
 
     /// Counts a job as running that did not come through `pop_next`
     /// (recovered at start-up).
     pub fn mark_running(&mut self, user: UserId) {
         *self.running.entry(user).or_default() += 1;
+        self.repark(user);
     }
 
     /// One of the user's jobs left the running set; their parked lines
-    /// return to the rings if they are now below the limit.
+    /// return if they are now below the limit.
     pub fn finished(&mut self, user: UserId) {
-        let running = match self.running.get_mut(&user) {
-            Some(r) if *r > 1 => {
-                *r -= 1;
-                *r
-            }
+        match self.running.get_mut(&user) {
+            Some(r) if *r > 1 => *r -= 1,
             _ => {
                 self.running.remove(&user);
-                0
-            }
-        };
-        for tier in Tier::ALL {
-            let key = (user, tier);
-            let limit = self.limit(tier);
-            if let Some(line) = self.lines.get_mut(&key) {
-                if line.status == LineStatus::Parked && running < limit {
-                    if line.jobs.is_empty() {
-                        line.status = LineStatus::Idle;
-                    } else {
-                        line.status = LineStatus::InRing;
-                        self.rings[tier.index()].push_back(user);
-                    }
-                }
             }
         }
-        // Forget empty lines so memory follows the users with work, not
-        // every user ever seen.
-        for tier in Tier::ALL {
-            let key = (user, tier);
-            if self
-                .lines
-                .get(&key)
-                .is_some_and(|l| l.status == LineStatus::Idle && l.jobs.is_empty())
-            {
-                self.lines.remove(&key);
-            }
-        }
+        self.repark(user);
     }
 }
 
@@ -295,9 +501,17 @@ mod tests {
             kind: JobKind::Image,
             model: "m".into(),
             size: SizeClass::ImageStandard,
+            vram_mb: 8_000,
+            estimate: Duration::from_secs(4),
             attempts: 0,
             enqueued_at: Instant::now(),
+            waiting_since: Utc::now(),
+            avoid: None,
         }
+    }
+
+    fn jobs_queue(tiers: TierTable) -> FairQueue {
+        FairQueue::new(tiers, FairnessUnit::Jobs)
     }
 
     fn table(weights: [u32; 4], max_running: u32) -> TierTable {
@@ -324,7 +538,7 @@ mod tests {
             weights in prop::array::uniform4(1u32..=10),
             users in prop::array::uniform4(1usize..=5),
         ) {
-            let mut q = FairQueue::new(table(weights, u32::MAX));
+            let mut q = jobs_queue(table(weights, u32::MAX));
             let mut seq = 0;
             for tier in Tier::ALL {
                 for _ in 0..users[tier.index()] {
@@ -354,7 +568,7 @@ mod tests {
         /// consecutive dispatches each of the `n` backlogged users appears once.
         #[test]
         fn users_of_a_tier_take_turns(n in 2usize..8, jobs_each in 5usize..30) {
-            let mut q = FairQueue::new(table([1, 2, 4, 8], u32::MAX));
+            let mut q = jobs_queue(table([1, 2, 4, 8], u32::MAX));
             let users: Vec<UserId> = (0..n).map(|_| UserId::generate()).collect();
             let mut seq = 0;
             // The first user submits everything first: order of arrival must
@@ -386,7 +600,7 @@ mod tests {
             weights in prop::array::uniform4(1u32..=10),
             free_users in 1usize..5,
         ) {
-            let mut q = FairQueue::new(table(weights, u32::MAX));
+            let mut q = jobs_queue(table(weights, u32::MAX));
             let mut seq = 0;
             for tier in [Tier::Basic, Tier::Professional, Tier::Enterprise] {
                 let u = UserId::generate();
@@ -433,7 +647,7 @@ mod tests {
             ops in prop::collection::vec((0u8..3, 0usize..6, 0usize..4), 1..400),
         ) {
             let limits = TierTable::default();
-            let mut q = FairQueue::new(limits);
+            let mut q = jobs_queue(limits);
             let users: Vec<UserId> = (0..6).map(|_| UserId::generate()).collect();
             let mut running: Vec<(UserId, JobId)> = Vec::new();
             let mut seq = 0;
@@ -486,7 +700,7 @@ mod tests {
 
     #[test]
     fn retried_job_keeps_its_place_in_line() {
-        let mut q = FairQueue::new(table([1, 1, 1, 1], 1));
+        let mut q = jobs_queue(table([1, 1, 1, 1], 1));
         let u = UserId::generate();
         let first = job(u, Tier::Free, 1);
         q.push(first.clone());
@@ -501,7 +715,7 @@ mod tests {
 
     #[test]
     fn removed_job_is_never_dispatched() {
-        let mut q = FairQueue::new(TierTable::default());
+        let mut q = jobs_queue(TierTable::default());
         let u = UserId::generate();
         let a = job(u, Tier::Free, 1);
         let b = job(u, Tier::Free, 2);
@@ -515,7 +729,7 @@ mod tests {
 
     #[test]
     fn job_that_fits_no_slot_waits_without_blocking_others() {
-        let mut q = FairQueue::new(TierTable::default());
+        let mut q = jobs_queue(TierTable::default());
         let (a, b) = (UserId::generate(), UserId::generate());
         let mut video = job(a, Tier::Basic, 1);
         video.kind = JobKind::Video;
@@ -525,5 +739,303 @@ mod tests {
         assert_eq!(j.user_id, b);
         assert!(q.pop_next(|j| j.kind == JobKind::Image).is_none());
         assert_eq!(q.pop_next(|_| true).unwrap().job_id, video.job_id);
+    }
+
+    /// A worker of a random fleet: what it serves and its free slots.
+    #[derive(Clone, Debug)]
+    struct SimWorker {
+        kinds: Vec<JobKind>,
+        models: Vec<String>,
+        vram_mb: u32,
+        free: u32,
+    }
+
+    impl SimWorker {
+        fn serves(&self, c: &JobClass) -> bool {
+            self.kinds.contains(&c.kind)
+                && (self.models.is_empty() || self.models.contains(&c.model))
+                && self.vram_mb >= c.vram_mb
+        }
+    }
+
+    const MODELS: [&str; 4] = ["sdxl", "flux", "v1", "nobody-serves-this"];
+
+    fn arb_worker() -> impl Strategy<Value = SimWorker> {
+        (
+            prop::sample::subsequence(JobKind::ALL.to_vec(), 1..=2),
+            prop::sample::subsequence(MODELS[..3].to_vec(), 0..=2),
+            prop::sample::select(vec![8_000u32, 16_000, 24_000, 48_000]),
+            1u32..4,
+        )
+            .prop_map(|(kinds, models, vram_mb, free)| SimWorker {
+                kinds,
+                models: models.into_iter().map(String::from).collect(),
+                vram_mb,
+                free,
+            })
+    }
+
+    /// (user, tier, kind, model, vram)
+    fn arb_job() -> impl Strategy<Value = (usize, usize, JobKind, usize, u32)> {
+        (
+            0usize..6,
+            0usize..4,
+            prop::sample::select(JobKind::ALL.to_vec()),
+            0usize..MODELS.len(),
+            prop::sample::select(vec![8_000u32, 16_000, 40_000, 80_000]),
+        )
+    }
+
+    /// The scheduler's dispatch loop over a simulated fleet: pop while an
+    /// idle slot can serve some class, place on a fitting worker.
+    fn dispatch_all(q: &mut FairQueue, fleet: &mut [SimWorker]) -> Vec<(QueuedJob, usize)> {
+        let mut placed = Vec::new();
+        loop {
+            let snapshot = fleet.to_vec();
+            let Some(j) = q.pop_next(|c| snapshot.iter().any(|w| w.free > 0 && w.serves(c)))
+            else {
+                break;
+            };
+            let class = j.class();
+            let w = fleet
+                .iter()
+                .position(|w| w.free > 0 && w.serves(&class))
+                .expect("pop_next returned a job no idle slot serves");
+            fleet[w].free -= 1;
+            placed.push((j, w));
+        }
+        placed
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the fleet and the mix of jobs, after dispatch no job
+        /// whose user is below their running limit waits while an idle slot
+        /// could run it, and every job went to a worker that serves it.
+        #[test]
+        fn no_runnable_job_waits_beside_a_fitting_idle_slot(
+            mut fleet in prop::collection::vec(arb_worker(), 0..5),
+            mix in prop::collection::vec(arb_job(), 0..80),
+            max_running in 1u32..4,
+            rounds in 1usize..4,
+        ) {
+            let mut q = jobs_queue(table([1, 2, 4, 8], max_running));
+            let users: Vec<UserId> = (0..6).map(|_| UserId::generate()).collect();
+            let mut waiting: HashMap<JobId, QueuedJob> = HashMap::new();
+            let mut running: Vec<(QueuedJob, usize)> = Vec::new();
+            let chunk = mix.len().div_ceil(rounds).max(1);
+            for (round, part) in mix.chunks(chunk).enumerate() {
+                for (i, &(u, t, kind, m, vram)) in part.iter().enumerate() {
+                    let mut j = job(users[u], Tier::ALL[(u + t) % 4], (round * 1000 + i) as u64);
+                    j.kind = kind;
+                    j.model = MODELS[m].into();
+                    j.vram_mb = vram;
+                    waiting.insert(j.job_id, j.clone());
+                    q.push(j);
+                }
+                for (j, w) in dispatch_all(&mut q, &mut fleet) {
+                    prop_assert!(waiting.remove(&j.job_id).is_some(), "dispatched a job not waiting");
+                    running.push((j, w));
+                }
+                for (j, _) in &running {
+                    prop_assert!(q.running_of(j.user_id) <= max_running);
+                }
+                for j in waiting.values() {
+                    if q.running_of(j.user_id) < max_running {
+                        let class = j.class();
+                        prop_assert!(
+                            !fleet.iter().any(|w| w.free > 0 && w.serves(&class)),
+                            "a runnable job waits beside an idle slot that serves it: {:?}", class
+                        );
+                    }
+                }
+                // Half of what runs ends: its slot and its user's turn free up.
+                let ending = running.len() / 2;
+                for (j, w) in running.drain(..ending) {
+                    fleet[w].free += 1;
+                    q.finished(j.user_id);
+                }
+            }
+            prop_assert_eq!(q.len(), waiting.len());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+
+        /// Every tier backlogged with a mix of short and long jobs on a
+        /// random fleet: the GPU time each tier actually got is within 5%
+        /// of its weight's share, even though the registry's estimates are
+        /// off by a per-class factor the queue has to learn.
+        #[test]
+        fn gpu_time_shares_follow_weights(
+            weights in prop::array::uniform4(1u32..=8),
+            fleet in prop::collection::vec(arb_worker(), 1..5),
+            real_factor in prop::array::uniform3(0.5f64..2.0),
+            mix in prop::array::uniform4(prop::array::uniform3(1usize..=4)),
+        ) {
+            let classes = [
+                (JobKind::Image, "sdxl", 8_000u32, 2u64),
+                (JobKind::Image, "flux", 16_000, 6),
+                (JobKind::Video, "v1", 24_000, 40),
+            ];
+            // Every class served by someone, so every tier can use every slot.
+            let mut fleet = fleet;
+            fleet.push(SimWorker { kinds: JobKind::ALL.to_vec(), models: vec![], vram_mb: 48_000, free: 2 });
+            let mut q = FairQueue::new(table(weights, u32::MAX), FairnessUnit::GpuSeconds);
+            let mut seq = 0;
+            // Each tier has its own mix of short and long jobs (`mix[t][c]`
+            // of class `c` in every cycle), so sharing dispatches would not
+            // share GPU time.
+            let mut total = [[0u32; 3]; 4];
+            for tier in Tier::ALL {
+                let t = tier.index();
+                let cycle: Vec<usize> = (0..3).flat_map(|c| std::iter::repeat_n(c, mix[t][c])).collect();
+                for _ in 0..2 {
+                    let u = UserId::generate();
+                    for i in 0..250 * weights[t] as usize * cycle.len() {
+                        let c = cycle[i % cycle.len()];
+                        total[t][c] += 1;
+                        let (kind, model, vram, secs) = classes[c];
+                        seq += 1;
+                        let mut j = job(u, tier, seq);
+                        j.kind = kind;
+                        j.model = model.into();
+                        j.vram_mb = vram;
+                        j.estimate = Duration::from_secs(secs);
+                        q.push(j);
+                    }
+                }
+            }
+            let real = |j: &QueuedJob| {
+                let c = classes.iter().position(|c| c.1 == j.model).unwrap_or(0);
+                j.estimate.mul_f64(real_factor[c])
+            };
+            // Discrete-event run: slots end in time order and are refilled.
+            let mut clock = Duration::ZERO;
+            let mut ends: std::collections::BinaryHeap<std::cmp::Reverse<(Duration, usize, u64)>> = Default::default();
+            let mut in_flight: HashMap<u64, (QueuedJob, usize)> = HashMap::new();
+            let mut gpu = [0f64; 4];
+            let mut n = 0u64;
+            // The run stops while every class of every tier is still
+            // backlogged.
+            let mut taken = [[0u32; 3]; 4];
+            let backlogged = |taken: &[[u32; 3]; 4]| {
+                (0..4).all(|t| (0..3).all(|c| taken[t][c] * 5 < total[t][c] * 4))
+            };
+            while backlogged(&taken) {
+                for (j, w) in dispatch_all(&mut q, &mut fleet) {
+                    let r = real(&j);
+                    let c = classes.iter().position(|c| c.1 == j.model).unwrap_or(0);
+                    taken[j.tier.index()][c] += 1;
+                    // Counted after a warm-up, once estimates settled.
+                    if n > 300 {
+                        gpu[j.tier.index()] += r.as_secs_f64();
+                    }
+                    n += 1;
+                    ends.push(std::cmp::Reverse((clock + r, w, n)));
+                    in_flight.insert(n, (j, w));
+                }
+                let Some(std::cmp::Reverse((at, w, id))) = ends.pop() else { break };
+                clock = at;
+                if let Some((j, _)) = in_flight.remove(&id) {
+                    q.observe_runtime(&j, real(&j));
+                    q.finished(j.user_id);
+                }
+                fleet[w].free += 1;
+            }
+            let total_w: u32 = weights.iter().sum();
+            let total: f64 = gpu.iter().sum();
+            for t in 0..4 {
+                let expected = total * f64::from(weights[t]) / f64::from(total_w);
+                prop_assert!((gpu[t] - expected).abs() <= expected * 0.05,
+                    "tier {}: {:.0} GPU-s, expected {:.0} (weights {:?})", t, gpu[t], expected, weights);
+            }
+        }
+
+        /// Round robin within a tier holds among runnable jobs: users whose
+        /// lines mix jobs no slot can take with jobs it can still take turns.
+        #[test]
+        fn turns_skip_what_cannot_run(n in 2usize..6, jobs_each in 4usize..20, every in 2usize..4) {
+            let mut q = jobs_queue(table([1, 2, 4, 8], u32::MAX));
+            let users: Vec<UserId> = (0..n).map(|_| UserId::generate()).collect();
+            let mut seq = 0;
+            for u in &users {
+                for i in 0..jobs_each {
+                    seq += 1;
+                    let mut j = job(*u, Tier::Basic, seq);
+                    if i % every == 0 {
+                        j.kind = JobKind::Video;
+                    }
+                    q.push(j);
+                }
+            }
+            let order: Vec<UserId> = std::iter::from_fn(|| {
+                let j = q.pop_next(|c| c.kind == JobKind::Image)?;
+                q.finished(j.user_id);
+                Some(j.user_id)
+            }).collect();
+            let images = jobs_each - jobs_each.div_ceil(every);
+            prop_assert_eq!(order.len(), n * images);
+            for window in order.chunks(n) {
+                let mut w = window.to_vec();
+                w.sort();
+                w.dedup();
+                prop_assert_eq!(w.len(), n);
+            }
+            prop_assert_eq!(q.len(), n * jobs_each.div_ceil(every));
+        }
+    }
+
+    #[test]
+    fn unrunnable_head_of_line_does_not_block_the_same_user() {
+        // One image-only worker, a video job first, then three images, all
+        // from one user: the images go, the video waits.
+        let mut q = jobs_queue(table([1, 2, 4, 8], 10));
+        let u = UserId::generate();
+        let mut video = job(u, Tier::Free, 1);
+        video.kind = JobKind::Video;
+        q.push(video.clone());
+        for s in 2..5 {
+            q.push(job(u, Tier::Free, s));
+        }
+        for _ in 0..3 {
+            let j = q.pop_next(|c| c.kind == JobKind::Image).unwrap();
+            assert_eq!(j.kind, JobKind::Image);
+        }
+        assert!(q.pop_next(|c| c.kind == JobKind::Image).is_none());
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop_next(|_| true).unwrap().job_id, video.job_id);
+    }
+
+    #[test]
+    fn jobs_past_their_tier_limit_are_taken_out_oldest_first() {
+        let mut q = jobs_queue(TierTable::default());
+        let u = UserId::generate();
+        let now = Utc::now();
+        let mut old = job(u, Tier::Free, 1);
+        old.waiting_since = now - chrono::Duration::seconds(100);
+        let mut older = job(u, Tier::Free, 2);
+        older.waiting_since = now - chrono::Duration::seconds(200);
+        let fresh = job(u, Tier::Free, 3);
+        let mut pro = job(UserId::generate(), Tier::Professional, 4);
+        pro.waiting_since = now - chrono::Duration::seconds(100);
+        for j in [old.clone(), older.clone(), fresh.clone(), pro.clone()] {
+            q.push(j);
+        }
+        assert_eq!(q.oldest_by_tier()[0], Some(older.waiting_since));
+        let limits = [
+            Duration::from_secs(50),
+            Duration::from_secs(50),
+            Duration::from_secs(500),
+            Duration::from_secs(50),
+        ];
+        let expired: Vec<JobId> = q.take_expired(limits, now).iter().map(|j| j.job_id).collect();
+        assert_eq!(expired, vec![older.job_id, old.job_id]);
+        assert_eq!(q.len(), 2);
+        assert!(q.take_expired(limits, now).is_empty());
+        assert_eq!(q.oldest_by_tier()[0], Some(fresh.waiting_since));
+        assert_eq!(q.pop_next(|_| true).unwrap().job_id, pro.job_id);
     }
 }

@@ -927,6 +927,66 @@ pub async fn grant_key_reused_with_another_body_is_refused(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+/// A job that waited past its tier's limit fails as expired with its hold
+/// voided, once; a job in flight or another user's is left alone.
+pub async fn waiting_jobs_expire_with_their_hold_voided(store: Shared) {
+    let user = user_with(&store, "expiry@example.com", 20).await;
+    let waiting = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
+    let expired = store
+        .expire_job(user.id, waiting.id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (expired.job.state, expired.job.charge),
+        (JobState::Failed, Charge::Voided)
+    );
+    assert_eq!(
+        expired.job.error.as_ref().and_then(|e| e.code),
+        Some(crate::job::JobErrorCode::Expired)
+    );
+    assert_eq!(
+        (expired.wallet.balance.get(), expired.wallet.held.get()),
+        (20, 0)
+    );
+    let stored = store.job(waiting.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.charge, &stored.error),
+        (JobState::Failed, Charge::Voided, &expired.job.error)
+    );
+    assert!(stored.finished_at.is_some());
+    assert!(store
+        .jobs_in_states(&[JobState::Queued])
+        .await
+        .unwrap()
+        .is_empty());
+    // Twice, or a job in flight, or another user's: refused, nothing moves.
+    assert!(matches!(
+        store.expire_job(user.id, waiting.id, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    let running = store.submit_job(new_job(user.id, 5)).await.unwrap().job;
+    assign(&store, &running).await;
+    assert!(matches!(
+        store.expire_job(user.id, running.id, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    let other = user_with(&store, "other-expiry@example.com", 20).await;
+    let theirs = store.submit_job(new_job(other.id, 3)).await.unwrap().job;
+    assert_eq!(
+        store
+            .expire_job(user.id, theirs.id, Utc::now())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound("job")
+    );
+    let ledger = store.job_ledger(waiting.id).await.unwrap();
+    assert_eq!(
+        ledger.iter().filter(|e| e.kind == EntryKind::Void).count(),
+        1
+    );
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -965,6 +1025,7 @@ macro_rules! store_conformance_tests {
             one_account_per_canonical_email,
             accepted_text_is_kept_exactly,
             grant_key_reused_with_another_body_is_refused,
+            waiting_jobs_expire_with_their_hold_voided,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

@@ -475,6 +475,36 @@ fn cancel_one(
     })
 }
 
+/// A waiting job passed its tier's waiting limit: it fails as expired and
+/// its hold is voided (see [`Job::expire`]); `StaleTransition` when it is
+/// no longer waiting, and another user's job is not found.
+pub fn expire(
+    account: AccountState,
+    job: &Job,
+    user: UserId,
+    at: DateTime<Utc>,
+) -> StoreResult<(WriteSet, Settlement)> {
+    if job.user_id != user {
+        return Err(StoreError::NotFound("job"));
+    }
+    let before = job.state;
+    let held_before = job.charge;
+    let mut expired = job.clone();
+    let resolution = expired.expire(at).ok_or_else(|| stale(job))?;
+    let mut account = account;
+    let mut draft = Draft::default();
+    draft.resolve_hold(&mut account, &expired, held_before, resolution, at)?;
+    draft.put_job(Some(&mut account), Some(before), &expired, at)?;
+    let wallet = account.wallet;
+    Ok((
+        draft.done(&[&account]),
+        Settlement {
+            job: expired,
+            wallet,
+        },
+    ))
+}
+
 /// Cancels and voids every one of `queued` (a suspended or closed
 /// account's waiting jobs).
 pub fn cancel_queued(

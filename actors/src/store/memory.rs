@@ -855,4 +855,18 @@ impl Store for MemoryStore {
     ) -> StoreResult<u32> {
         platform::record_violation(&mut self.state.lock(), user, category, now, since)
     }
+
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        let mut s = self.state.lock();
+        let job = s.job(id)?;
+        let account = s.account_state(user)?;
+        let (ws, settlement) = decide::expire(account, job, user, now)?;
+        self.commit(&mut s, ws)?;
+        Ok(settlement)
+    }
 }

@@ -438,4 +438,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> StoreResult<u32>;
+
+    // ---- scheduling
+    /// A waiting job passed its tier's waiting limit: `queued` → `failed`
+    /// as expired, its hold voided (`Job::expire`); `StaleTransition` when
+    /// it is no longer waiting.
+    async fn expire_job(&self, user: UserId, id: JobId, now: DateTime<Utc>)
+        -> StoreResult<Settlement>;
 }
