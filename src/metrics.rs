@@ -357,6 +357,7 @@ impl Metrics {
             }
             for r in [
                 AttemptResult::Succeeded,
+                AttemptResult::Withheld,
                 AttemptResult::SystemFailure,
                 AttemptResult::UserFailure,
                 AttemptResult::LeaseLost,

@@ -348,6 +348,24 @@ pub struct JobError {
 pub struct Output {
     pub url: String,
     pub content_type: String,
+    /// What the worker's safety check said about this output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub safety: Vec<crate::content::outputs::SafetyLabel>,
+    /// Set by the server when a label reached its threshold: the output
+    /// is kept for operators and never shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<crate::content::outputs::Withheld>,
+}
+
+impl Output {
+    pub fn new(url: impl Into<String>, content_type: impl Into<String>) -> Output {
+        Output {
+            url: url.into(),
+            content_type: content_type.into(),
+            safety: Vec::new(),
+            withheld: None,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -355,6 +373,17 @@ pub struct Output {
 pub struct JobResult {
     pub outputs: Vec<Output>,
     pub license: License,
+}
+
+impl JobResult {
+    /// What the user may see: the withheld outputs left out.
+    pub fn delivered(&self) -> impl Iterator<Item = &Output> {
+        self.outputs.iter().filter(|o| o.withheld.is_none())
+    }
+
+    pub fn withheld_count(&self) -> usize {
+        self.outputs.iter().filter(|o| o.withheld.is_some()).count()
+    }
 }
 
 /// Where the job's hold stands.
@@ -437,6 +466,26 @@ impl Job {
                     resolution: Some(Charge::Posted),
                 }
             }
+            AttemptOutcome::Withheld { outputs } => {
+                // Every output was withheld: nothing was delivered, and
+                // the prompt had passed our screen, so the user is not
+                // charged (docs/content-moderation.md). Not retried: the
+                // same request would likely produce the same.
+                self.state = JobState::Failed;
+                self.result = Some(JobResult {
+                    outputs,
+                    license: self.tier.license(),
+                });
+                self.error = Some(JobError {
+                    class: FailureClass::System,
+                    message: WITHHELD_MESSAGE.into(),
+                });
+                AttemptEnd {
+                    label: "withheld",
+                    message: Some(WITHHELD_MESSAGE.into()),
+                    resolution: Some(Charge::Voided),
+                }
+            }
             AttemptOutcome::UserFailure { message } => {
                 self.state = JobState::Failed;
                 self.error = Some(JobError {
@@ -496,10 +545,18 @@ impl Job {
     }
 }
 
+/// The error of a job whose every output was withheld.
+pub const WITHHELD_MESSAGE: &str = "every output was withheld by the content checks";
+
 /// What the worker reported for one attempt.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum AttemptOutcome {
+    /// At least one output may be delivered (others may be withheld).
     Succeeded {
+        outputs: Vec<Output>,
+    },
+    /// Outputs were made but every one was withheld: refunded, no retry.
+    Withheld {
         outputs: Vec<Output>,
     },
     /// The input was at fault: charged, no retry.
