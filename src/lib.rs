@@ -8,6 +8,7 @@ pub mod console;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod moderation;
 pub mod ratelimit;
 pub mod startup;
 pub mod store;

@@ -151,6 +151,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/admin/users/{id}/reinstate",
                 web::post().to(admin::reinstate),
             )
+            .route(
+                "/admin/users/{id}/moderation",
+                web::get().to(admin::user_moderation),
+            )
+            .route("/admin/suspensions", web::get().to(admin::suspensions))
             .route("/admin/stats", web::get().to(admin::stats))
             .route("/admin/jobs", web::get().to(operators::jobs))
             .route("/admin/jobs/{id}", web::get().to(operators::job))

@@ -14,7 +14,7 @@ use crate::http::{keys, payments, pricing};
         users::register, users::me, users::webhook_secret,
         wallet::wallet, wallet::ledger,
         jobs::submit, jobs::get, jobs::list, jobs::cancel,
-        admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
+        admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::user_moderation, admin::suspensions, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
         operators::workers, operators::drain,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
