@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use admedia_actors::content::{RulesPolicy, Verdict};
 
 const SET: &str = include_str!("moderation/eval.tsv");
+/// Written after the rules and never used to change them: reported
+/// beside the main set, not held to its targets.
+const HELD_OUT: &str = include_str!("moderation/held_out.tsv");
 
 struct Case<'a> {
     prohibited: bool,
@@ -21,7 +24,11 @@ struct Case<'a> {
 }
 
 fn cases() -> Vec<Case<'static>> {
-    SET.lines()
+    parse(SET)
+}
+
+fn parse(set: &'static str) -> Vec<Case<'static>> {
+    set.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
             let mut parts = l.splitn(3, '\t');
@@ -139,6 +146,29 @@ fn the_rules_meet_the_targets_on_the_evaluation_set() {
         fp_rate <= 0.02,
         "false positives {fp_rate:.3} > 0.02: {false_positives:#?}"
     );
+    let held_out = parse(HELD_OUT);
+    let (mut hp, mut hc, mut ha, mut hf) = (0, 0, 0, 0);
+    for c in &held_out {
+        let refused = matches!(policy.evaluate(c.prompt), Verdict::Rejected(_));
+        match (c.prohibited, refused) {
+            (true, r) => {
+                hp += 1;
+                hc += usize::from(r);
+                if !r {
+                    println!("held out, missed: {}: {}", c.label, c.prompt);
+                }
+            }
+            (false, r) => {
+                ha += 1;
+                hf += usize::from(r);
+                if r {
+                    println!("held out, false positive: {}: {}", c.label, c.prompt);
+                }
+            }
+        }
+    }
+    assert!(hp > 0 && ha > 0, "the held-out set has both labels");
+    println!("held out: prohibited {hc}/{hp} refused; allowed {hf}/{ha} refused");
     let minors = &by_category["sexual-minors"];
     assert!(
         minors.refused as f64 / minors.total as f64 >= 0.95,

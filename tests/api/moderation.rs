@@ -222,6 +222,7 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     let id = id_of(&submit_ok(&app, &key, &image_job()).await);
     let a = gpu.assigned().await;
     gpu.accept(&a).await;
+    wait_for_state(&app, &key, &id, "running", WAIT).await;
     gpu.send(json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
         labelled("s3://out/x.png", json!([{"category": "violence", "score": 7}])),
     ]}))
