@@ -34,13 +34,18 @@ fn prompt(head: &str, filler: &str, tail: &str) -> String {
 
 fn main() {
     let policy = RulesPolicy::builtin().unwrap_or_else(|e| panic!("{e}"));
-    let english = "a cinematic portrait of an old fisherman mending nets at dawn, soft golden light, \
+    let english =
+        "a cinematic portrait of an old fisherman mending nets at dawn, soft golden light, \
                    35mm film grain, shallow depth of field, harbour in the background, ";
     let chinese = "黄昏时分的江南水乡，石桥流水，白墙黑瓦，细雨蒙蒙，水墨画风格，高清细节，";
     let mixed = "ｃｙｂｅｒｐｕｎｋ city, neon rain, 赛博朋克 街道, сinematic lighting, 8k, ";
     let kinds = [
         ("english, allowed", prompt("", english, ""), false),
-        ("english, refused", prompt("a child ", english, " nude"), true),
+        (
+            "english, refused",
+            prompt("a child ", english, " nude"),
+            true,
+        ),
         ("chinese, allowed", prompt("", chinese, ""), false),
         ("chinese, refused", prompt("儿童", chinese, "色情"), true),
         ("mixed, allowed", prompt("", mixed, ""), false),

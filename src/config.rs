@@ -248,9 +248,9 @@ fn parse_output_thresholds(raw: &str, default: Score) -> Result<OutputThresholds
         per_category: Default::default(),
     };
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (category, value) = part
-            .rsplit_once('=')
-            .ok_or_else(|| format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: expected category=score"))?;
+        let (category, value) = part.rsplit_once('=').ok_or_else(|| {
+            format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: expected category=score")
+        })?;
         let score: Score = value
             .parse()
             .map_err(|e| format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: {e}"))?;
@@ -262,7 +262,11 @@ fn parse_output_thresholds(raw: &str, default: Score) -> Result<OutputThresholds
 impl Settings {
     /// The moderation provider's settings, when one is configured.
     pub fn moderation_provider(&self) -> Result<Option<crate::moderation::ProviderConfig>, String> {
-        let Some(url) = self.moderation_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+        let Some(url) = self
+            .moderation_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        else {
             return Ok(None);
         };
         crate::moderation::ProviderConfig::parse(

@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod moderation;
+pub mod outbox;
 pub mod ratelimit;
 pub mod startup;
 pub mod store;

@@ -91,7 +91,9 @@ impl ProviderConfig {
             ));
         }
         if !lower.starts_with("http://") {
-            return Err(format!("ADMEDIA_MODERATION_URL {base:?}: expected an http:// URL"));
+            return Err(format!(
+                "ADMEDIA_MODERATION_URL {base:?}: expected an http:// URL"
+            ));
         }
         let endpoint: hyper::Uri = format!("{base}/v1/moderations")
             .parse()
@@ -103,7 +105,11 @@ impl ProviderConfig {
             return Err("ADMEDIA_MODERATION_TIMEOUT must be more than 0 and at most 60s".into());
         }
         let mut parsed = BTreeMap::new();
-        for part in thresholds.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in thresholds
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let (category, value) = part.rsplit_once('=').ok_or_else(|| {
                 format!("ADMEDIA_MODERATION_THRESHOLDS {part:?}: expected category=score")
             })?;
@@ -340,21 +346,37 @@ impl ContentPolicy for ProviderPolicy {
         }
         let key: [u8; 32] = Sha256::digest(prompt.as_bytes()).into();
         if let Some(cached) = self.cache.lock().get(&key) {
-            self.metrics
-                .moderation_decision("cache", if cached.is_some() { "rejected" } else { "allowed" });
+            self.metrics.moderation_decision(
+                "cache",
+                if cached.is_some() {
+                    "rejected"
+                } else {
+                    "allowed"
+                },
+            );
             return cached.map_or(Verdict::Allowed, Verdict::Rejected);
         }
         let started = Instant::now();
         match self.ask(prompt).await {
             Ok(answer) => {
                 self.metrics.moderation_call("ok", started.elapsed());
-                self.metrics
-                    .moderation_decision("provider", if answer.is_some() { "rejected" } else { "allowed" });
+                self.metrics.moderation_decision(
+                    "provider",
+                    if answer.is_some() {
+                        "rejected"
+                    } else {
+                        "allowed"
+                    },
+                );
                 self.cache.lock().put(key, answer.clone());
                 answer.map_or(Verdict::Allowed, Verdict::Rejected)
             }
             Err(reason) => {
-                let outcome = if reason == TIMED_OUT { "timeout" } else { "error" };
+                let outcome = if reason == TIMED_OUT {
+                    "timeout"
+                } else {
+                    "error"
+                };
                 self.metrics.moderation_call(outcome, started.elapsed());
                 tracing::warn!(reason = %reason, tier = tier.as_str(), "moderation provider unavailable");
                 match self.config.when_down[tier.index()] {
@@ -372,7 +394,10 @@ impl ContentPolicy for ProviderPolicy {
     }
 
     fn depends_on_tier(&self) -> bool {
-        self.config.when_down.iter().any(|w| *w != self.config.when_down[0])
+        self.config
+            .when_down
+            .iter()
+            .any(|w| *w != self.config.when_down[0])
     }
 }
 
@@ -383,16 +408,37 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let ok = |url: &str, thresholds: &str, down: &str| {
-            ProviderConfig::parse(url, None, None, Duration::from_secs(1), thresholds, None, 10, down)
+            ProviderConfig::parse(
+                url,
+                None,
+                None,
+                Duration::from_secs(1),
+                thresholds,
+                None,
+                10,
+                down,
+            )
         };
         assert!(ok("http://127.0.0.1:9000", "", "refuse").is_ok());
-        let c = ok("http://guard.internal/", "sexual/minors=0.1, violence=0.8", "free=refuse,enterprise=rules")
-            .unwrap();
-        assert_eq!(c.endpoint.to_string(), "http://guard.internal/v1/moderations");
+        let c = ok(
+            "http://guard.internal/",
+            "sexual/minors=0.1, violence=0.8",
+            "free=refuse,enterprise=rules",
+        )
+        .unwrap();
+        assert_eq!(
+            c.endpoint.to_string(),
+            "http://guard.internal/v1/moderations"
+        );
         assert_eq!(c.thresholds["sexual/minors"].get(), 0.1);
         assert_eq!(
             c.when_down,
-            [WhenDown::Refuse, WhenDown::Refuse, WhenDown::Refuse, WhenDown::Rules]
+            [
+                WhenDown::Refuse,
+                WhenDown::Refuse,
+                WhenDown::Refuse,
+                WhenDown::Rules
+            ]
         );
         for (url, thresholds, down) in [
             ("https://api.example.com", "", "refuse"),
@@ -403,15 +449,31 @@ mod tests {
             ("http://x", "", "sometimes"),
             ("http://x", "", "gold=rules"),
         ] {
-            assert!(ok(url, thresholds, down).is_err(), "{url} {thresholds} {down}");
+            assert!(
+                ok(url, thresholds, down).is_err(),
+                "{url} {thresholds} {down}"
+            );
         }
-        assert!(ProviderConfig::parse("http://x", None, None, Duration::ZERO, "", None, 1, "rules").is_err());
+        assert!(ProviderConfig::parse(
+            "http://x",
+            None,
+            None,
+            Duration::ZERO,
+            "",
+            None,
+            1,
+            "rules"
+        )
+        .is_err());
     }
 
     #[test]
     fn provider_categories_become_ours() {
         assert_eq!(category_name("sexual/minors"), "sexual-minors");
-        assert_eq!(category_name("Self-Harm/Instructions"), "self-harm-instructions");
+        assert_eq!(
+            category_name("Self-Harm/Instructions"),
+            "self-harm-instructions"
+        );
         assert_eq!(category_name("S1: Violent Crimes"), "s1-violent-crimes");
         assert_eq!(category_name("///"), "flagged");
     }

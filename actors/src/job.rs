@@ -432,12 +432,54 @@ fn first_price_version() -> u32 {
     1
 }
 
+/// How an attempt ended, as its record keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcomeLabel {
+    Succeeded,
+    /// Outputs made, every one withheld by the content checks.
+    Withheld,
+    UserFailure,
+    SystemFailure,
+    Cancelled,
+}
+
+impl AttemptOutcomeLabel {
+    pub const ALL: [AttemptOutcomeLabel; 5] = [
+        AttemptOutcomeLabel::Succeeded,
+        AttemptOutcomeLabel::Withheld,
+        AttemptOutcomeLabel::UserFailure,
+        AttemptOutcomeLabel::SystemFailure,
+        AttemptOutcomeLabel::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcomeLabel::Succeeded => "succeeded",
+            AttemptOutcomeLabel::Withheld => "withheld",
+            AttemptOutcomeLabel::UserFailure => "user_failure",
+            AttemptOutcomeLabel::SystemFailure => "system_failure",
+            AttemptOutcomeLabel::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcomeLabel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AttemptOutcomeLabel::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt outcome {s:?}"))
+    }
+}
+
 /// How an attempt's end is recorded: its label for the attempt history
 /// and, when the hold is resolved by it, how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptEnd {
-    /// `succeeded`, `user_failure` or `system_failure`.
-    pub label: &'static str,
+    pub label: AttemptOutcomeLabel,
     pub message: Option<String>,
     /// `Posted` or `Voided` when the job ended; `None` when it waits for a
     /// retry with its hold still open.
@@ -461,7 +503,7 @@ impl Job {
                 });
                 self.error = None;
                 AttemptEnd {
-                    label: "succeeded",
+                    label: AttemptOutcomeLabel::Succeeded,
                     message: None,
                     resolution: Some(Charge::Posted),
                 }
@@ -481,7 +523,7 @@ impl Job {
                     message: WITHHELD_MESSAGE.into(),
                 });
                 AttemptEnd {
-                    label: "withheld",
+                    label: AttemptOutcomeLabel::Withheld,
                     message: Some(WITHHELD_MESSAGE.into()),
                     resolution: Some(Charge::Voided),
                 }
@@ -493,7 +535,7 @@ impl Job {
                     message: message.clone(),
                 });
                 AttemptEnd {
-                    label: "user_failure",
+                    label: AttemptOutcomeLabel::UserFailure,
                     message: Some(message),
                     resolution: Some(Charge::Posted),
                 }
@@ -512,7 +554,7 @@ impl Job {
                     Some(Charge::Voided)
                 };
                 AttemptEnd {
-                    label: "system_failure",
+                    label: AttemptOutcomeLabel::SystemFailure,
                     message: Some(message),
                     resolution,
                 }
@@ -552,17 +594,11 @@ pub const WITHHELD_MESSAGE: &str = "every output was withheld by the content che
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum AttemptOutcome {
     /// At least one output may be delivered (others may be withheld).
-    Succeeded {
-        outputs: Vec<Output>,
-    },
+    Succeeded { outputs: Vec<Output> },
     /// Outputs were made but every one was withheld: refunded, no retry.
-    Withheld {
-        outputs: Vec<Output>,
-    },
+    Withheld { outputs: Vec<Output> },
     /// The input was at fault: charged, no retry.
-    UserFailure {
-        message: String,
-    },
+    UserFailure { message: String },
     /// Our fault (error, lost worker, timeout): retried at `retry_at` while
     /// attempts remain, then refunded.
     SystemFailure {

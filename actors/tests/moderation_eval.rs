@@ -32,7 +32,8 @@ fn parse(set: &'static str) -> Vec<Case<'static>> {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
             let mut parts = l.splitn(3, '\t');
-            let (Some(kind), Some(label), Some(prompt)) = (parts.next(), parts.next(), parts.next())
+            let (Some(kind), Some(label), Some(prompt)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 panic!("malformed line {l:?}");
             };
@@ -141,7 +142,10 @@ fn the_rules_meet_the_targets_on_the_evaluation_set() {
     for f in &false_positives {
         println!("false positive: {f}");
     }
-    assert!(recall >= 0.95, "recall {recall:.3} < 0.95; missed: {misses:#?}");
+    assert!(
+        recall >= 0.95,
+        "recall {recall:.3} < 0.95; missed: {misses:#?}"
+    );
     assert!(
         fp_rate <= 0.02,
         "false positives {fp_rate:.3} > 0.02: {false_positives:#?}"

@@ -3,11 +3,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use admedia_actors::content::evidence::{ModerationKind, Violation};
 use admedia_actors::ids::UserId;
 use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::tier::Tier;
-use admedia_actors::content::evidence::{ModerationKind, Violation};
 use admedia_actors::user::AccountStatus;
 use chrono::Utc;
 use maud::{html, Markup};

@@ -119,8 +119,8 @@ fn moderation_note(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let request: ModerationRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidParams(format!("body: {e}")))?;
+    let request: ModerationRequest =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidParams(format!("body: {e}")))?;
     Ok(request
         .note
         .map(|n| n.trim().to_owned())

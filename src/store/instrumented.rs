@@ -28,7 +28,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::accounts::ApiKeyRecord;
-use admedia_actors::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use admedia_actors::content::evidence::{
+    ModerationAction, ModerationKind, NewViolation, Violation,
+};
 use admedia_actors::ids::ApiKeyId;
 use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
 use admedia_actors::price_schedule::PriceVersion;
@@ -40,6 +42,8 @@ use crate::metrics::Metrics;
 /// label: one per method of [`Store`] that reaches the store.
 pub const OPERATIONS: &[&str] = &[
     "ping",
+    "claim_webhooks",
+    "report_webhook",
     "create_user",
     "user_by_key",
     "user",
@@ -197,6 +201,29 @@ impl Store for InstrumentedStore {
         limit: usize,
     ) -> StoreResult<Vec<LedgerEntry>> {
         self.timed("ledger", self.inner.ledger(user, before, limit))
+            .await
+    }
+
+    fn outbox(&self) -> &admedia_actors::store::outbox::OutboxFeed {
+        self.inner.outbox()
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::store::outbox::PendingWebhook>> {
+        self.timed("claim_webhooks", self.inner.claim_webhooks(now, limit))
+            .await
+    }
+
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: admedia_actors::store::outbox::DeliveryReport,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.timed("report_webhook", self.inner.report_webhook(id, report, now))
             .await
     }
 

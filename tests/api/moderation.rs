@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use admedia::metrics::Metrics;
-use admedia::startup::Application;
 use admedia::moderation::{ProviderConfig, ProviderPolicy};
+use admedia::startup::Application;
 use admedia_actors::content::{ContentPolicy, RulesPolicy, Verdict};
 use admedia_actors::tier::Tier;
 use serde_json::{json, Value};
@@ -54,7 +54,11 @@ async fn the_reported_prompts_behave_and_harmless_ones_do_not_count() {
     }
     let m = moderation_of(&app, &id_of(&user)).await;
     let refusals = m["refusals"].as_array().expect("refusals");
-    assert_eq!(refusals.len(), 1, "only the refused prompt is recorded: {m}");
+    assert_eq!(
+        refusals.len(),
+        1,
+        "only the refused prompt is recorded: {m}"
+    );
     assert_eq!(refusals[0]["category"], "sexual-minors");
     assert_eq!(refusals[0]["source"], "rules");
     assert_eq!(refusals[0]["counted"], true);
@@ -165,14 +169,17 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
 
     // One of two outputs is flagged: the job succeeds and is charged, the
     // user sees only the clean one.
-    let body = json!({"kind": "image", "model": "sdxl", "prompt": "two foxes", "params": {"count": 2}});
+    let body =
+        json!({"kind": "image", "model": "sdxl", "prompt": "two foxes", "params": {"count": 2}});
     let id = id_of(&submit_ok(&app, &key, &body).await);
     let a = gpu.assigned().await;
     gpu.accept(&a).await;
-    gpu.send(json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
-        labelled("s3://out/clean.png", json!([{"category": "violence", "score": 0.1}])),
-        labelled("s3://out/flagged.png", json!([{"category": "sexual-minors", "score": 0.2}])),
-    ]}))
+    gpu.send(
+        json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
+            labelled("s3://out/clean.png", json!([{"category": "violence", "score": 0.1}])),
+            labelled("s3://out/flagged.png", json!([{"category": "sexual-minors", "score": 0.2}])),
+        ]}),
+    )
     .await;
     let done = wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
     assert_eq!(done["charge"], "posted");
@@ -187,7 +194,9 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
         .get(&format!("/v1/admin/jobs/{id}"), Some(&app.admin_token))
         .await
         .expect(200);
-    let all = admin["job"]["result"]["outputs"].as_array().expect("outputs");
+    let all = admin["job"]["result"]["outputs"]
+        .as_array()
+        .expect("outputs");
     assert_eq!(all.len(), 2);
     assert_eq!(all[1]["withheld"]["category"], "sexual-minors");
     assert_eq!(all[1]["withheld"]["score"], 0.2);
@@ -197,10 +206,12 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     let id = id_of(&submit_ok(&app, &key, &image_job()).await);
     let a = gpu.assigned().await;
     gpu.accept(&a).await;
-    gpu.send(json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
-        {"url": "s3://out/bad.png", "content_type": "image/png", "withheld": null,
-         "safety": [{"category": "violence", "score": 0.7}]},
-    ]}))
+    gpu.send(
+        json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
+            {"url": "s3://out/bad.png", "content_type": "image/png", "withheld": null,
+             "safety": [{"category": "violence", "score": 0.7}]},
+        ]}),
+    )
     .await;
     let deadline = std::time::Instant::now() + WAIT;
     let failed = loop {
@@ -223,9 +234,11 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     let a = gpu.assigned().await;
     gpu.accept(&a).await;
     wait_for_state(&app, &key, &id, "running", WAIT).await;
-    gpu.send(json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
-        labelled("s3://out/x.png", json!([{"category": "violence", "score": 7}])),
-    ]}))
+    gpu.send(
+        json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
+            labelled("s3://out/x.png", json!([{"category": "violence", "score": 7}])),
+        ]}),
+    )
     .await;
     let err = gpu.recv().await;
     assert_eq!(err["type"], "error", "{err}");
@@ -334,7 +347,10 @@ async fn provider_thresholds_decide_per_category() {
         category(&lenient.check("a forbidden scene", Tier::Free).await),
         Some(("violence".into(), 0.9))
     );
-    assert_eq!(lenient.check("a red fox", Tier::Free).await, Verdict::Allowed);
+    assert_eq!(
+        lenient.check("a red fox", Tier::Free).await,
+        Verdict::Allowed
+    );
     fake.server.stop(false).await;
 }
 
@@ -374,9 +390,17 @@ async fn a_provider_that_is_slow_broken_or_gone_follows_each_tiers_policy() {
             matches!(p.check(prompt, Tier::Free).await, Verdict::Unavailable(_)),
             "{prompt}"
         );
-        assert_eq!(p.check(prompt, Tier::Enterprise).await, Verdict::Allowed, "{prompt}");
+        assert_eq!(
+            p.check(prompt, Tier::Enterprise).await,
+            Verdict::Allowed,
+            "{prompt}"
+        );
         // Falling back to the rules still refuses what they refuse.
-        assert!(category(&p.check(&format!("{prompt}, child porn"), Tier::Enterprise).await).is_some());
+        assert!(category(
+            &p.check(&format!("{prompt}, child porn"), Tier::Enterprise)
+                .await
+        )
+        .is_some());
     }
     assert!(p.depends_on_tier());
     // A failed call is not cached: the provider is asked again.
@@ -385,10 +409,16 @@ async fn a_provider_that_is_slow_broken_or_gone_follows_each_tiers_policy() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), before + 1);
     fake.server.stop(false).await;
     let gone = provider(&fake.base, "", "refuse", 100);
-    assert!(matches!(gone.check("a red fox", Tier::Free).await, Verdict::Unavailable(_)));
+    assert!(matches!(
+        gone.check("a red fox", Tier::Free).await,
+        Verdict::Unavailable(_)
+    ));
     assert!(!gone.depends_on_tier());
     let fallback = provider(&fake.base, "", "rules", 100);
-    assert_eq!(fallback.check("a red fox", Tier::Free).await, Verdict::Allowed);
+    assert_eq!(
+        fallback.check("a red fox", Tier::Free).await,
+        Verdict::Allowed
+    );
 }
 
 #[actix_web::test]
@@ -406,15 +436,24 @@ async fn a_provider_is_switched_on_by_configuration_alone() {
         .await
         .expect_problem(422, "content-rejected");
     assert_eq!(p["category"], "violence");
-    submit(&app, &key, &job("a red fox"), None).await.expect(202);
-    submit(&app, &key, &job("a red fox"), None).await.expect(202);
-    assert_eq!(fake.calls.load(Ordering::SeqCst), 2, "the second fox was cached");
+    submit(&app, &key, &job("a red fox"), None)
+        .await
+        .expect(202);
+    submit(&app, &key, &job("a red fox"), None)
+        .await
+        .expect(202);
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst),
+        2,
+        "the second fox was cached"
+    );
     let m = moderation_of(&app, &id_of(&user)).await;
     assert_eq!(m["refusals"][0]["source"], "provider");
     assert_eq!(m["refusals"][0]["scores"]["violence"], 0.9);
     let metrics = app.get("/metrics", None).await.text();
     assert!(
-        metrics.contains(r#"admedia_moderation_decisions_total{decision="allowed",source="cache"} 1"#),
+        metrics
+            .contains(r#"admedia_moderation_decisions_total{decision="allowed",source="cache"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains("admedia_moderation_provider_seconds_count{outcome=\"ok\"} 2"));
@@ -447,5 +486,8 @@ async fn bad_provider_settings_stop_start_up() {
         .await
         .err()
         .expect("start-up must fail");
-    assert!(err.to_string().contains("ADMEDIA_MODERATION_WHEN_DOWN"), "{err}");
+    assert!(
+        err.to_string().contains("ADMEDIA_MODERATION_WHEN_DOWN"),
+        "{err}"
+    );
 }

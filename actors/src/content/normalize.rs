@@ -258,7 +258,11 @@ mod tests {
         assert_eq!(normalize("1024 2048"), "1024 2048", "numbers alone stay");
         assert_eq!(normalize("k!ll"), "kill");
         assert_eq!(normalize("儿童，色情"), "儿童 色情", "full-width comma");
-        assert_eq!(normalize("ｃｈｉｌｄ　ｎｕｄｅ"), "child nude", "ideographic space");
+        assert_eq!(
+            normalize("ｃｈｉｌｄ　ｎｕｄｅ"),
+            "child nude",
+            "ideographic space"
+        );
     }
 
     #[test]
@@ -267,12 +271,19 @@ mod tests {
         assert_eq!(c.text, "kil him");
         assert_eq!(c.loose, vec![(0, 3)]);
         assert_eq!(canonical("kiiiill").text, "kil");
-        assert_eq!(canonical("22 years").text, "22 years", "digits are not squeezed");
+        assert_eq!(
+            canonical("22 years").text,
+            "22 years",
+            "digits are not squeezed"
+        );
         assert_eq!(canonical("儿 童 色 情").text, "儿童色情");
         let c = canonical("how to make a b o m b");
         assert_eq!(c.text, "how to make abomb");
         assert!(c.inside_run(c.text.find("bomb").unwrap()));
         assert!(!c.inside_run(0), "a run's own start is a real boundary");
-        assert!(canonical("a cat").loose.is_empty(), "one lone letter is a word");
+        assert!(
+            canonical("a cat").loose.is_empty(),
+            "one lone letter is a word"
+        );
     }
 }

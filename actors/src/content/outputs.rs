@@ -73,10 +73,15 @@ impl OutputThresholds {
         labels
             .iter()
             .filter(|l| {
-                l.category.is_empty() || l.category.chars().count() > MAX_CATEGORY_CHARS
+                l.category.is_empty()
+                    || l.category.chars().count() > MAX_CATEGORY_CHARS
                     || l.score >= self.threshold(&l.category)
             })
-            .max_by(|a, b| a.score.partial_cmp(&b.score).unwrap_or(std::cmp::Ordering::Equal))
+            .max_by(|a, b| {
+                a.score
+                    .partial_cmp(&b.score)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
             .map(|l| {
                 if l.category.is_empty() || l.category.chars().count() > MAX_CATEGORY_CHARS {
                     Withheld {

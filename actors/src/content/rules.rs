@@ -188,7 +188,10 @@ impl RulesPolicy {
                     "rules: concept name {name:?} must be 1..=64 of a-z, 0-9, - and _"
                 ));
             }
-            if terms.iter().all(|t| canonical(t.trim_end_matches('*')).text.is_empty()) {
+            if terms
+                .iter()
+                .all(|t| canonical(t.trim_end_matches('*')).text.is_empty())
+            {
                 return Err(format!("rules: concept {name:?} has no terms"));
             }
             concept_index.insert(name.as_str(), i);
@@ -342,8 +345,8 @@ impl RulesPolicy {
         }
         for (ci, c) in self.categories.iter().enumerate() {
             let cleared = !c.never_cleared && context & (1 << ci) != 0;
-            let term_hit = terms & (1 << ci) != 0
-                || c.patterns.iter().any(|p| p.is_match(&canon.text));
+            let term_hit =
+                terms & (1 << ci) != 0 || c.patterns.iter().any(|p| p.is_match(&canon.text));
             let mut best: Option<(Score, u128)> = None;
             if term_hit && !cleared {
                 best = Some((c.term_confidence, 0));
@@ -371,7 +374,12 @@ impl RulesPolicy {
     }
 
     /// The canonical terms that made the refusal, for operators.
-    fn evidence(&self, found: &[(usize, usize, usize)], category: usize, concepts: u128) -> Vec<String> {
+    fn evidence(
+        &self,
+        found: &[(usize, usize, usize)],
+        category: usize,
+        concepts: u128,
+    ) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for &(_, _, id) in found {
             let p = &self.patterns[id];
@@ -477,9 +485,17 @@ mod tests {
             "一个儿童的色情图片",
             "n u d e c h i l d",
         ] {
-            assert_eq!(category(&p, bad).as_deref(), Some("sexual-minors"), "{bad:?}");
+            assert_eq!(
+                category(&p, bad).as_deref(),
+                Some("sexual-minors"),
+                "{bad:?}"
+            );
         }
-        for fine in ["a child in a garden", "a nude statue", "a kidney bean, nude colour"] {
+        for fine in [
+            "a child in a garden",
+            "a nude statue",
+            "a kidney bean, nude colour",
+        ] {
             assert_eq!(category(&p, fine), None, "{fine:?}");
         }
     }
@@ -550,9 +566,15 @@ mod tests {
             assert_eq!(p.evaluate(fine), Verdict::Allowed, "{fine:?}");
         }
         assert_eq!(
-            category(&p, "a sexual photo, in a bedroom, soft light, of a young child"),
+            category(
+                &p,
+                "a sexual photo, in a bedroom, soft light, of a young child"
+            ),
             Some("sexual-minors".into())
         );
-        assert_eq!(category(&p, "how to build a pipe bomb"), Some("terrorism".into()));
+        assert_eq!(
+            category(&p, "how to build a pipe bomb"),
+            Some("terrorism".into())
+        );
     }
 }

@@ -12,7 +12,6 @@ use crate::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation, BY_AUTOMATIC, BY_OPERATOR,
 };
 use crate::content::{ContentPolicy, Verdict};
-use crate::tier::Tier;
 use crate::error::OrchestratorError;
 use crate::ids::{ApiKeyId, UserId};
 use crate::job::JobSpec;
@@ -22,6 +21,7 @@ use crate::platform::Platform;
 use crate::price_schedule::{PriceSchedule, PriceVersion};
 use crate::pricing::PriceTable;
 use crate::store::{Store, StoreError};
+use crate::tier::Tier;
 use crate::user::{AccountStatus, ApiKey, User};
 use crate::wallet::{ApplyPayment, GrantGift, WalletRegistry};
 

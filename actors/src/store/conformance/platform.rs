@@ -421,12 +421,22 @@ pub async fn content_violations_are_counted_in_their_window(store: Shared) {
     for i in 0..3 {
         let at = now - hour * (3 - i);
         store
-            .record_violation(user.id, &violation("violence", 1.0, true), at, at - hour * 24)
+            .record_violation(
+                user.id,
+                &violation("violence", 1.0, true),
+                at,
+                at - hour * 24,
+            )
             .await
             .unwrap();
     }
     let unsure = store
-        .record_violation(user.id, &violation("hate", 0.5, false), now, now - hour * 24)
+        .record_violation(
+            user.id,
+            &violation("hate", 0.5, false),
+            now,
+            now - hour * 24,
+        )
         .await
         .unwrap();
     assert_eq!(unsure, 3, "a refusal that does not count adds nothing");
@@ -527,7 +537,9 @@ pub async fn moderation_actions_are_kept_with_their_evidence(store: Shared) {
         .await
         .unwrap();
     assert_eq!(suspensions.len(), 2);
-    assert!(suspensions.iter().all(|a| a.kind == ModerationKind::Suspended));
+    assert!(suspensions
+        .iter()
+        .all(|a| a.kind == ModerationKind::Suspended));
     assert_eq!(suspensions[1].evidence, evidence);
     assert_eq!(
         store.moderation_actions(None, None, 1).await.unwrap().len(),

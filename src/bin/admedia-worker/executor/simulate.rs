@@ -48,6 +48,11 @@ fn outputs(job: &Assignment) -> Vec<Output> {
         JobKind::Video => (1, "mp4", "video/mp4"),
     };
     (0..count)
-        .map(|i| Output::new(format!("sim://outputs/{}/{i}.{extension}", job.job_id), content_type))
+        .map(|i| {
+            Output::new(
+                format!("sim://outputs/{}/{i}.{extension}", job.job_id),
+                content_type,
+            )
+        })
         .collect()
 }
