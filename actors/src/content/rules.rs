@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use async_trait::async_trait;
 use regex::Regex;
 use serde::Deserialize;
@@ -264,8 +264,10 @@ impl RulesPolicy {
                 never_cleared: c.never_cleared,
             });
         }
+        // A DFA: built once at start-up, fastest to search.
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
             .build(patterns.list.iter().map(|p| p.text.as_str()))
             .map_err(|e| format!("rules: {e}"))?;
         Ok(RulesPolicy {
