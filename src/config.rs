@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use admedia_actors::content::outputs::OutputThresholds;
+use admedia_actors::content::Score;
 use admedia_actors::money::Credits;
 use admedia_actors::pricing::PriceTable;
 use admedia_actors::tier::TierTable;
@@ -197,6 +199,40 @@ pub struct Settings {
     /// The first quarantine's length (doubling while failures continue).
     #[arg(long, env = "ADMEDIA_QUARANTINE_BASE", default_value = "60s", value_parser = parse_duration)]
     pub quarantine_base: Duration,
+    /// Only refusals at least this sure (0..=1) count toward suspension.
+    #[arg(long, env = "ADMEDIA_SUSPEND_MIN_CONFIDENCE", default_value = "0.9")]
+    pub suspend_min_confidence: Score,
+    /// The safety-label score that withholds an output (0..=1).
+    #[arg(long, env = "ADMEDIA_OUTPUT_THRESHOLD", default_value = "0.5")]
+    pub output_threshold: Score,
+    /// Per-category output thresholds, e.g. `sexual-minors=0.1,violence=0.8`.
+    #[arg(long, env = "ADMEDIA_OUTPUT_THRESHOLDS", default_value = "")]
+    pub output_thresholds: String,
+    /// A moderation provider (`http://host:port`, requests go to
+    /// `/v1/moderations`); unset: the built-in rules alone.
+    #[arg(long, env = "ADMEDIA_MODERATION_URL")]
+    pub moderation_url: Option<String>,
+    #[arg(long, env = "ADMEDIA_MODERATION_API_KEY", hide_env_values = true)]
+    pub moderation_api_key: Option<String>,
+    /// The provider's `model` field, when it wants one.
+    #[arg(long, env = "ADMEDIA_MODERATION_MODEL")]
+    pub moderation_model: Option<String>,
+    #[arg(long, env = "ADMEDIA_MODERATION_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub moderation_timeout: Duration,
+    /// Per-category score thresholds, e.g. `sexual/minors=0.1,violence=0.7`.
+    #[arg(long, env = "ADMEDIA_MODERATION_THRESHOLDS", default_value = "")]
+    pub moderation_thresholds: String,
+    /// The threshold of categories not named above; unset: the provider's
+    /// own flags decide them.
+    #[arg(long, env = "ADMEDIA_MODERATION_DEFAULT_THRESHOLD")]
+    pub moderation_default_threshold: Option<String>,
+    /// Provider answers kept by prompt hash.
+    #[arg(long, env = "ADMEDIA_MODERATION_CACHE", default_value_t = 10_000)]
+    pub moderation_cache: usize,
+    /// When the provider is down: `refuse`, `rules`, or per tier, e.g.
+    /// `free=refuse,basic=refuse,professional=rules,enterprise=rules`.
+    #[arg(long, env = "ADMEDIA_MODERATION_WHEN_DOWN", default_value = "refuse")]
+    pub moderation_when_down: String,
 }
 
 /// Why the command line and environment could not be read.
@@ -331,7 +367,47 @@ fn parse_gifts(
     Ok(gifts)
 }
 
+/// `category=score,…` for output thresholds over `default`.
+fn parse_output_thresholds(raw: &str, default: Score) -> Result<OutputThresholds, String> {
+    let mut t = OutputThresholds {
+        default,
+        per_category: Default::default(),
+    };
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (category, value) = part.rsplit_once('=').ok_or_else(|| {
+            format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: expected category=score")
+        })?;
+        let score: Score = value
+            .parse()
+            .map_err(|e| format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: {e}"))?;
+        t.per_category.insert(category.trim().to_owned(), score);
+    }
+    Ok(t)
+}
+
 impl Settings {
+    /// The moderation provider's settings, when one is configured.
+    pub fn moderation_provider(&self) -> Result<Option<crate::moderation::ProviderConfig>, String> {
+        let Some(url) = self
+            .moderation_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        crate::moderation::ProviderConfig::parse(
+            url,
+            self.moderation_api_key.clone(),
+            self.moderation_model.clone(),
+            self.moderation_timeout,
+            &self.moderation_thresholds,
+            self.moderation_default_threshold.as_deref(),
+            self.moderation_cache,
+            &self.moderation_when_down,
+        )
+        .map(Some)
+    }
+
     /// The content policy (ToS 3.2): the rules file named by
     /// `ADMEDIA_CONTENT_RULES`, or the one shipped with the server.
     pub fn content_policy(&self) -> Result<admedia_actors::content::RulesPolicy, String> {
@@ -407,6 +483,11 @@ impl Settings {
                 gifts: parse_gifts(&self.membership_gifts, file.gifts.unwrap_or_default())?,
                 violations_before_suspend: self.violations_before_suspend,
                 violation_window: self.violation_window,
+                suspend_min_confidence: self.suspend_min_confidence,
+                output_thresholds: parse_output_thresholds(
+                    &self.output_thresholds,
+                    self.output_threshold,
+                )?,
                 sweep_every: self.gift_sweep,
             },
             models: file

@@ -8,6 +8,7 @@ pub mod console;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod moderation;
 pub mod outbox;
 pub mod ratelimit;
 pub mod special_addresses;

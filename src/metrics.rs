@@ -48,6 +48,8 @@ pub struct Metrics {
     webhooks: IntCounterVec,
     store_latency: HistogramVec,
     store_errors: IntCounterVec,
+    moderation_decisions: IntCounterVec,
+    moderation_latency: HistogramVec,
     pool_status: std::sync::OnceLock<PoolStatus>,
 }
 
@@ -267,6 +269,19 @@ impl Metrics {
                 "Store calls that failed: unavailable (unreachable) or other (broken); refusals the domain expects are not counted",
                 &["operation", "adapter", "kind"],
             ),
+            moderation_decisions: counter(
+                &r,
+                "admedia_moderation_decisions_total",
+                "Prompt checks by who decided (rules, provider, cache, fallback) and the decision",
+                &["source", "decision"],
+            ),
+            moderation_latency: histogram(
+                &r,
+                "admedia_moderation_provider_seconds",
+                "Time a call to the moderation provider took, by outcome",
+                &["outcome"],
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
             pool_status: std::sync::OnceLock::new(),
             registry: r,
         }
@@ -318,6 +333,21 @@ impl Metrics {
 
     pub fn set_pool_status(&self, status: PoolStatus) {
         let _ = self.pool_status.set(status);
+    }
+
+    /// One prompt check: `source` is `rules`, `provider`, `cache` or
+    /// `fallback`; `decision` is `allowed`, `rejected` or `unavailable`.
+    pub fn moderation_decision(&self, source: &str, decision: &str) {
+        self.moderation_decisions
+            .with_label_values(&[source, decision])
+            .inc();
+    }
+
+    /// One provider call: `outcome` is `ok`, `timeout` or `error`.
+    pub fn moderation_call(&self, outcome: &str, elapsed: Duration) {
+        self.moderation_latency
+            .with_label_values(&[outcome])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn redis_error(&self, operation: &str) {
@@ -403,6 +433,7 @@ impl Metrics {
             }
             for r in [
                 AttemptResult::Succeeded,
+                AttemptResult::Withheld,
                 AttemptResult::SystemFailure,
                 AttemptResult::UserFailure,
                 AttemptResult::LeaseLost,
@@ -441,6 +472,15 @@ impl Metrics {
         }
         for l in ["rate", "queue"] {
             self.limited.with_label_values(&[l]);
+        }
+        for source in ["rules", "provider", "cache", "fallback"] {
+            for decision in ["allowed", "rejected", "unavailable"] {
+                self.moderation_decisions
+                    .with_label_values(&[source, decision]);
+            }
+        }
+        for outcome in ["ok", "timeout", "error"] {
+            self.moderation_latency.with_label_values(&[outcome]);
         }
     }
 }

@@ -167,7 +167,18 @@ impl Application {
         };
         // Platform rules: the content policy (ToS 3.2) and the key that
         // signs payment events (ToS 4.2, 5).
-        orchestrator.set_content_policy(Arc::new(settings.content_policy()?));
+        let rules = Arc::new(settings.content_policy()?);
+        match settings.moderation_provider()? {
+            Some(provider) => {
+                tracing::info!(endpoint = %provider.endpoint, "moderation provider on: rules first, then the provider");
+                orchestrator.set_content_policy(Arc::new(crate::moderation::ProviderPolicy::new(
+                    provider,
+                    rules,
+                    metrics.clone(),
+                )));
+            }
+            None => orchestrator.set_content_policy(rules),
+        }
         let payments = match settings.payment_secret.clone() {
             Some(secret) => Some(http::payments::PaymentVerifier::new(
                 secret,

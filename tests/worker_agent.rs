@@ -361,10 +361,7 @@ impl Job {
 }
 
 fn output(url: String, content_type: &str) -> Output {
-    Output {
-        url,
-        content_type: content_type.into(),
-    }
+    Output::new(url, content_type)
 }
 
 /// The class and message of a `fail`, for messages that are not exact.

@@ -56,7 +56,15 @@ pub fn storable(
                 retry_at,
             }
         }
-        AttemptOutcome::Succeeded { outputs } => AttemptOutcome::Succeeded { outputs },
+        AttemptOutcome::Withheld { outputs } if !outputs.iter().all(output_fit) => {
+            AttemptOutcome::SystemFailure {
+                message: "the worker reported outputs that cannot be kept \
+                          (empty, too long, or with control characters)"
+                    .into(),
+                retry_at,
+            }
+        }
+        outcome @ (AttemptOutcome::Succeeded { .. } | AttemptOutcome::Withheld { .. }) => outcome,
         AttemptOutcome::UserFailure { message } => AttemptOutcome::UserFailure {
             message: clean(&message),
         },
@@ -111,10 +119,7 @@ mod tests {
                 message: "bad\u{fffd}input".into()
             }
         );
-        let output = |url: &str| Output {
-            url: url.into(),
-            content_type: "image/png".into(),
-        };
+        let output = |url: &str| Output::new(url, "image/png");
         let good = AttemptOutcome::Succeeded {
             outputs: vec![output("s3://bucket/a.png")],
         };

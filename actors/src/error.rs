@@ -38,6 +38,10 @@ pub enum OrchestratorError {
     /// The prompt breaks the content rules (ToS 3.2); nothing was charged.
     #[error("the prompt was refused by the content rules ({category})")]
     ContentRejected { category: String },
+    /// The prompt could not be screened (the moderation provider is down
+    /// and the tier's policy is to refuse); nothing was charged or counted.
+    #[error("the prompt could not be checked right now; try again shortly")]
+    ModerationUnavailable,
     #[error("the last active API key cannot be revoked; issue a new key first")]
     LastApiKey,
     /// A price change announced with less notice than required (ToS 4.5).

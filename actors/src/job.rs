@@ -411,6 +411,24 @@ pub enum JobErrorCode {
 pub struct Output {
     pub url: String,
     pub content_type: String,
+    /// What the worker's safety check said about this output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub safety: Vec<crate::content::outputs::SafetyLabel>,
+    /// Set by the server when a label reached its threshold: the output
+    /// is kept for operators and never shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<crate::content::outputs::Withheld>,
+}
+
+impl Output {
+    pub fn new(url: impl Into<String>, content_type: impl Into<String>) -> Output {
+        Output {
+            url: url.into(),
+            content_type: content_type.into(),
+            safety: Vec::new(),
+            withheld: None,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -418,6 +436,17 @@ pub struct Output {
 pub struct JobResult {
     pub outputs: Vec<Output>,
     pub license: License,
+}
+
+impl JobResult {
+    /// What the user may see: the withheld outputs left out.
+    pub fn delivered(&self) -> impl Iterator<Item = &Output> {
+        self.outputs.iter().filter(|o| o.withheld.is_none())
+    }
+
+    pub fn withheld_count(&self) -> usize {
+        self.outputs.iter().filter(|o| o.withheld.is_some()).count()
+    }
 }
 
 /// Where the job's hold stands.
@@ -471,14 +500,17 @@ fn first_price_version() -> u32 {
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcomeLabel {
     Succeeded,
+    /// Outputs made, every one withheld by the content checks.
+    Withheld,
     UserFailure,
     SystemFailure,
     Cancelled,
 }
 
 impl AttemptOutcomeLabel {
-    pub const ALL: [AttemptOutcomeLabel; 4] = [
+    pub const ALL: [AttemptOutcomeLabel; 5] = [
         AttemptOutcomeLabel::Succeeded,
+        AttemptOutcomeLabel::Withheld,
         AttemptOutcomeLabel::UserFailure,
         AttemptOutcomeLabel::SystemFailure,
         AttemptOutcomeLabel::Cancelled,
@@ -487,6 +519,7 @@ impl AttemptOutcomeLabel {
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcomeLabel::Succeeded => "succeeded",
+            AttemptOutcomeLabel::Withheld => "withheld",
             AttemptOutcomeLabel::UserFailure => "user_failure",
             AttemptOutcomeLabel::SystemFailure => "system_failure",
             AttemptOutcomeLabel::Cancelled => "cancelled",
@@ -536,6 +569,27 @@ impl Job {
                     label: AttemptOutcomeLabel::Succeeded,
                     message: None,
                     resolution: Some(Charge::Posted),
+                }
+            }
+            AttemptOutcome::Withheld { outputs } => {
+                // Every output was withheld: nothing was delivered, and
+                // the prompt had passed our screen, so the user is not
+                // charged (docs/content-moderation.md). Not retried: the
+                // same request would likely produce the same.
+                self.state = JobState::Failed;
+                self.result = Some(JobResult {
+                    outputs,
+                    license: self.tier.license(),
+                });
+                self.error = Some(JobError {
+                    class: FailureClass::System,
+                    message: WITHHELD_MESSAGE.into(),
+                    code: None,
+                });
+                AttemptEnd {
+                    label: AttemptOutcomeLabel::Withheld,
+                    message: Some(WITHHELD_MESSAGE.into()),
+                    resolution: Some(Charge::Voided),
                 }
             }
             AttemptOutcome::UserFailure { message } => {
@@ -630,17 +684,18 @@ impl Job {
         Some(Charge::Voided)
     }
 }
+/// The error of a job whose every output was withheld.
+pub const WITHHELD_MESSAGE: &str = "every output was withheld by the content checks";
 
 /// What the worker reported for one attempt.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum AttemptOutcome {
-    Succeeded {
-        outputs: Vec<Output>,
-    },
+    /// At least one output may be delivered (others may be withheld).
+    Succeeded { outputs: Vec<Output> },
+    /// Outputs were made but every one was withheld: refunded, no retry.
+    Withheld { outputs: Vec<Output> },
     /// The input was at fault: charged, no retry.
-    UserFailure {
-        message: String,
-    },
+    UserFailure { message: String },
     /// Our fault (error, lost worker, timeout): retried at `retry_at` while
     /// attempts remain, then refunded.
     SystemFailure {

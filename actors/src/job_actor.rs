@@ -344,12 +344,26 @@ impl Handler<AttemptEvent> for JobActor {
                     kind: JobEventKind::Progress { percent },
                 });
             }
-            AttemptEvent::Completed { outputs } => {
-                self.settle(
-                    AttemptOutcome::Succeeded { outputs },
-                    AttemptResult::Succeeded,
-                    ctx,
-                );
+            AttemptEvent::Completed { mut outputs } => {
+                self.config.platform.output_thresholds.apply(&mut outputs);
+                let withheld = outputs.iter().filter(|o| o.withheld.is_some()).count();
+                if withheld > 0 {
+                    tracing::warn!(parent: &self.span, withheld, outputs = outputs.len(),
+                        "outputs withheld by the content checks");
+                }
+                if withheld > 0 && withheld == outputs.len() {
+                    self.settle(
+                        AttemptOutcome::Withheld { outputs },
+                        AttemptResult::Withheld,
+                        ctx,
+                    );
+                } else {
+                    self.settle(
+                        AttemptOutcome::Succeeded { outputs },
+                        AttemptResult::Succeeded,
+                        ctx,
+                    );
+                }
             }
             AttemptEvent::Failed {
                 class: FailureClass::User,

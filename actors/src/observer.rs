@@ -13,6 +13,8 @@ use crate::tier::Tier;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum AttemptResult {
     Succeeded,
+    /// Outputs made, every one withheld by the content checks.
+    Withheld,
     SystemFailure,
     UserFailure,
     LeaseLost,
@@ -24,6 +26,7 @@ impl AttemptResult {
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptResult::Succeeded => "succeeded",
+            AttemptResult::Withheld => "withheld",
             AttemptResult::SystemFailure => "system_failure",
             AttemptResult::UserFailure => "user_failure",
             AttemptResult::LeaseLost => "lease_lost",

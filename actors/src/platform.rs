@@ -9,7 +9,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::content::{AllowAll, ContentPolicy};
+use crate::content::outputs::OutputThresholds;
+use crate::content::{AllowAll, ContentPolicy, Score};
 use crate::payments::GiftTable;
 use crate::price_schedule::PriceBook;
 use crate::pricing::PriceTable;
@@ -25,6 +26,11 @@ pub struct PlatformConfig {
     /// (ToS 9.2); 0 never suspends.
     pub violations_before_suspend: u32,
     pub violation_window: Duration,
+    /// Only refusals at least this sure count toward suspension: a
+    /// borderline match is refused but not held against the account.
+    pub suspend_min_confidence: Score,
+    /// The safety-label scores that withhold an output.
+    pub output_thresholds: OutputThresholds,
     /// How often due gifts are granted and the price table reloaded.
     pub sweep_every: Duration,
 }
@@ -36,6 +42,8 @@ impl Default for PlatformConfig {
             gifts: GiftTable::default(),
             violations_before_suspend: 5,
             violation_window: Duration::from_secs(86_400),
+            suspend_min_confidence: Score::new(0.9).unwrap_or(Score::ONE),
+            output_thresholds: OutputThresholds::default(),
             sweep_every: Duration::from_secs(60),
         }
     }

@@ -398,10 +398,7 @@ impl SimulatedGpu {
                 job_id,
                 lease,
                 outputs: (0..n)
-                    .map(|i| Output {
-                        url: format!("sim://outputs/{job_id}/{i}.{ext}"),
-                        content_type: content_type.into(),
-                    })
+                    .map(|i| Output::new(format!("sim://outputs/{job_id}/{i}.{ext}"), content_type))
                     .collect(),
             }
         }

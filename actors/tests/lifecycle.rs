@@ -269,10 +269,10 @@ fn sim_profile() -> SimProfile {
 }
 
 fn outputs(job: JobId) -> Vec<Output> {
-    vec![Output {
-        url: format!("test://outputs/{job}/0.png"),
-        content_type: "image/png".into(),
-    }]
+    vec![Output::new(
+        format!("test://outputs/{job}/0.png"),
+        "image/png",
+    )]
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {

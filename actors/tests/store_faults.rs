@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 use admedia_actors::ids::{ApiKeyId, EntryId, JobId, UserId, WorkerId};
 use admedia_actors::job::{
     AttemptOutcome, Charge, FailureClass, Job, JobKind, JobRequest, JobState, ParamsRequest,
@@ -296,13 +297,33 @@ impl Store for FaultyStore {
     async fn record_violation(
         &self,
         user: UserId,
-        category: &str,
+        violation: &NewViolation,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> StoreResult<u32> {
         self.inner
-            .record_violation(user, category, now, since)
+            .record_violation(user, violation, now, since)
             .await
+    }
+    async fn violations(
+        &self,
+        user: UserId,
+        since: DateTime<Utc>,
+        counted_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<Violation>> {
+        self.inner.violations(user, since, counted_only, limit).await
+    }
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
+        self.inner.record_moderation_action(action).await
+    }
+    async fn moderation_actions(
+        &self,
+        user: Option<UserId>,
+        kind: Option<ModerationKind>,
+        limit: usize,
+    ) -> StoreResult<Vec<ModerationAction>> {
+        self.inner.moderation_actions(user, kind, limit).await
     }
 }
 

@@ -384,10 +384,7 @@ async fn session(
                                     (FromWorker::Complete {
                                         job_id,
                                         lease: job_lease,
-                                        outputs: vec![Output {
-                                            url: format!("loadtest://{job_id}/0.png"),
-                                            content_type: "image/png".into(),
-                                        }],
+                                        outputs: vec![Output::new(format!("loadtest://{job_id}/0.png"), "image/png")],
                                     }, Outcome::Complete)
                                 };
                                 later(&tx, dur, Event::Finish { job_id, lease: job_lease, msg, outcome });

@@ -431,7 +431,12 @@ pub async fn detail(
                 }
                 @if let Some(r) = &job.result {
                     dt { "Outputs" } dd {
-                        ul.outputs { @for o in &r.outputs { li { code { (o.url) } " " span.muted { (o.content_type) } } } }
+                        ul.outputs { @for o in &r.outputs { li {
+                            code { (o.url) } " " span.muted { (o.content_type) }
+                            @if let Some(w) = &o.withheld {
+                                " " span.badge.state-failed { "withheld from the user: " (w.category) " " (format!("{:.2}", w.score.get())) }
+                            }
+                        } } }
                         span.muted { (r.license.as_str()) " licence" }
                     }
                 }

@@ -3,6 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use admedia_actors::content::evidence::{ModerationKind, Violation};
 use admedia_actors::ids::UserId;
 use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
@@ -119,6 +120,26 @@ fn notice_text(n: &str) -> Option<&'static str> {
     }
 }
 
+/// Refusals shown on a user's page, at most.
+const RECENT_REFUSALS: usize = 50;
+
+/// One refusal as evidence: category, who decided and how sure, what
+/// matched or scored, and the prompt.
+fn refusal_line(v: &Violation) -> Markup {
+    let r = &v.refusal;
+    html! {
+        strong { (r.category) } " "
+        span.muted { (r.source.as_str()) " " (format!("{:.2}", r.confidence.get())) }
+        @if !r.matched.is_empty() { " " span.muted { "matched: " (r.matched.join(", ")) } }
+        @if !r.scores.is_empty() {
+            " " span.muted { "scores: "
+                (r.scores.iter().map(|(k, s)| format!("{k} {:.2}", s.get())).collect::<Vec<_>>().join(", ")) }
+        }
+        br;
+        code.prompt { (v.prompt) }
+    }
+}
+
 /// The user's page; `flash` and `status` say how the last action went.
 async fn render(
     state: &AppState,
@@ -132,6 +153,12 @@ async fn render(
     let wallet = orch.wallet(id).await?;
     let ledger = orch.ledger(id, None, RECENT_LEDGER).await?;
     let now = Utc::now();
+    let refusals = orch
+        .violations(id, now - chrono::Duration::days(30), RECENT_REFUSALS)
+        .await?;
+    let history = orch
+        .moderation_actions(Some(id), None, RECENT_REFUSALS)
+        .await?;
     let tier = user.tier(now);
     let uid = user.id.to_string();
     let body = html! {
@@ -193,6 +220,8 @@ async fn render(
                         summary { "Suspend…" }
                         form method="post" action={ "/console/users/" (uid) "/suspend" } {
                             (view::csrf_field(op))
+                            label { span { "Note (kept in the moderation history)" }
+                                textarea name="note" maxlength=(MAX_NOTE_CHARS) rows="2" {} }
                             p { "The account can no longer act (ToS 9.2); its waiting jobs are cancelled and refunded. Jobs already running finish." }
                             button.danger type="submit" { "Suspend " (user.email.to_string()) }
                         }
@@ -201,10 +230,47 @@ async fn render(
                 _ => {
                     form method="post" action={ "/console/users/" (uid) "/reinstate" } {
                         (view::csrf_field(op))
+                        label { span { "Note (kept in the moderation history)" }
+                            textarea name="note" maxlength=(MAX_NOTE_CHARS) rows="2" placeholder="e.g. art-history prompts, not a violation" {} }
                         p { "The account is " (user.status.as_str()) ". Reinstating lets it act again." }
                         button.primary type="submit" { "Reinstate" }
                     }
                 },
+            }
+        }
+        section {
+            h2 { "Moderation" }
+            @if history.is_empty() && refusals.is_empty() {
+                (view::empty("No refusals", html! { "Prompts refused by the content policy in the last 30 days, and suspensions on content grounds, appear here." }))
+            }
+            @if !history.is_empty() {
+                div.table-wrap { table.moderation-history {
+                    thead { tr { th { "Action" } th { "By" } th { "Note" } th { "Evidence" } th { "When" } } }
+                    tbody { @for a in &history {
+                        tr {
+                            td { (a.kind.as_str()) }
+                            td { (a.by) }
+                            td { @if let Some(n) = &a.note { span.note { (n) } } }
+                            td { @if a.evidence.is_empty() { span.muted { "—" } } @else {
+                                ul.evidence { @for v in &a.evidence { li { (refusal_line(v)) } } }
+                            } }
+                            td { (view::when(a.created_at)) }
+                        }
+                    } }
+                } }
+            }
+            @if !refusals.is_empty() {
+                h3 { "Refused prompts (30 days)" }
+                div.table-wrap { table.refusals {
+                    thead { tr { th { "Refusal" } th { "Counted" } th { "When" } } }
+                    tbody { @for v in &refusals {
+                        tr {
+                            td { (refusal_line(v)) }
+                            td { @if v.counted { "yes" } @else { span.muted { "no (below the confidence)" } } }
+                            td { (view::when(v.created_at)) }
+                        }
+                    } }
+                } }
             }
         }
         section {
@@ -337,9 +403,18 @@ async fn set_status(
     status: AccountStatus,
     notice: &str,
 ) -> Result<HttpResponse, ConsoleError> {
-    op.check_csrf(&Form::parse(body))?;
+    let form = Form::parse(body);
+    op.check_csrf(&form)?;
     let id = user_id(raw_id)?;
-    state.orchestrator.set_status(id, status).await?;
+    let kind = match status {
+        AccountStatus::Active => ModerationKind::Reinstated,
+        _ => ModerationKind::Suspended,
+    };
+    let note = form
+        .get("note")
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    state.orchestrator.moderate(id, kind, note).await?;
     Ok(view::see_other(&format!(
         "/console/users/{id}?notice={notice}"
     )))

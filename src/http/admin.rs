@@ -1,11 +1,12 @@
 //! The operator's API: credits, memberships, suspension, stats.
 
 use actix_web::{web, HttpResponse};
+use admedia_actors::content::evidence::{ModerationAction, ModerationKind, Violation};
+use admedia_actors::content::Source;
 use admedia_actors::ids::UserId;
 use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::tier::{Membership, Tier};
-use admedia_actors::user::AccountStatus;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -127,34 +128,179 @@ pub async fn membership(
     Ok(HttpResponse::Ok().json(UserView::of(&user)))
 }
 
+/// An operator's optional note on a suspension or reinstatement, kept in
+/// the account's moderation history.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationRequest {
+    /// At most 500 characters.
+    pub note: Option<String>,
+}
+
+/// No body, or a JSON `ModerationRequest`; anything else is refused.
+fn moderation_note(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let request: ModerationRequest =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidParams(format!("body: {e}")))?;
+    Ok(request
+        .note
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty()))
+}
+
 /// Suspend (ToS 9.2): the account can no longer act; its waiting jobs are
-/// cancelled and refunded.
+/// cancelled and refunded. Kept in the moderation history.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/suspend", params(("id" = String, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+    request_body(content = Option<ModerationRequest>),
+    security(("admin_token" = [])), responses((status = 200, body = UserView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn suspend(
     state: web::Data<AppState>,
     _: Admin,
     path: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let note = moderation_note(&body)?;
     let user = state
         .orchestrator
-        .set_status(user_id(&path)?, AccountStatus::Suspended)
+        .moderate(user_id(&path)?, ModerationKind::Suspended, note)
         .await?;
     Ok(HttpResponse::Ok().json(UserView::of(&user)))
 }
 
+/// Reinstate: the account may act again. Kept in the moderation history
+/// (an audit of who undid an automatic suspension, and why).
 #[utoipa::path(post, path = "/v1/admin/users/{id}/reinstate", params(("id" = String, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+    request_body(content = Option<ModerationRequest>),
+    security(("admin_token" = [])), responses((status = 200, body = UserView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn reinstate(
     state: web::Data<AppState>,
     _: Admin,
     path: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let note = moderation_note(&body)?;
     let user = state
         .orchestrator
-        .set_status(user_id(&path)?, AccountStatus::Active)
+        .moderate(user_id(&path)?, ModerationKind::Reinstated, note)
         .await?;
     Ok(HttpResponse::Ok().json(UserView::of(&user)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RefusalView {
+    pub category: String,
+    /// `rules` or `provider`.
+    pub source: Source,
+    pub confidence: f64,
+    /// Whether it counted toward automatic suspension.
+    pub counted: bool,
+    /// The rules' terms that matched.
+    pub matched: Vec<String>,
+    /// The provider's score per category.
+    pub scores: BTreeMap<String, f64>,
+    pub prompt: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RefusalView {
+    fn of(v: &Violation) -> RefusalView {
+        RefusalView {
+            category: v.refusal.category.clone(),
+            source: v.refusal.source,
+            confidence: v.refusal.confidence.get(),
+            counted: v.counted,
+            matched: v.refusal.matched.clone(),
+            scores: v
+                .refusal
+                .scores
+                .iter()
+                .map(|(k, s)| (k.clone(), s.get()))
+                .collect(),
+            prompt: v.prompt.clone(),
+            created_at: v.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModerationActionView {
+    pub user_id: String,
+    pub action: ModerationKind,
+    /// `automatic` or `operator`.
+    pub by: String,
+    pub note: Option<String>,
+    /// For an automatic suspension: the counted refusals that caused it.
+    pub evidence: Vec<RefusalView>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ModerationActionView {
+    fn of(a: &ModerationAction) -> ModerationActionView {
+        ModerationActionView {
+            user_id: a.user_id.to_string(),
+            action: a.kind,
+            by: a.by.clone(),
+            note: a.note.clone(),
+            evidence: a.evidence.iter().map(RefusalView::of).collect(),
+            created_at: a.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserModerationView {
+    /// Suspensions and reinstatements, newest first.
+    pub actions: Vec<ModerationActionView>,
+    /// Refused prompts of the last 30 days, newest first (at most 100).
+    pub refusals: Vec<RefusalView>,
+}
+
+const MODERATION_PAGE: usize = 100;
+
+/// A user's moderation history and recent refusals, with their evidence.
+#[utoipa::path(get, path = "/v1/admin/users/{id}/moderation", params(("id" = String, Path)),
+    security(("admin_token" = [])), responses((status = 200, body = UserModerationView), (status = 404, body = Problem)))]
+pub async fn user_moderation(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    state.orchestrator.user(id).await?;
+    let actions = state
+        .orchestrator
+        .moderation_actions(Some(id), None, MODERATION_PAGE)
+        .await?;
+    let refusals = state
+        .orchestrator
+        .violations(id, Utc::now() - chrono::Duration::days(30), MODERATION_PAGE)
+        .await?;
+    Ok(HttpResponse::Ok().json(UserModerationView {
+        actions: actions.iter().map(ModerationActionView::of).collect(),
+        refusals: refusals.iter().map(RefusalView::of).collect(),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SuspensionsView {
+    /// Suspensions on content grounds, newest first (at most 100).
+    pub suspensions: Vec<ModerationActionView>,
+}
+
+/// Every recent suspension with its evidence: automatic ones list the
+/// refusals that caused them.
+#[utoipa::path(get, path = "/v1/admin/suspensions", security(("admin_token" = [])),
+    responses((status = 200, body = SuspensionsView), (status = 401, body = Problem)))]
+pub async fn suspensions(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
+    let list = state
+        .orchestrator
+        .moderation_actions(None, Some(ModerationKind::Suspended), MODERATION_PAGE)
+        .await?;
+    Ok(HttpResponse::Ok().json(SuspensionsView {
+        suspensions: list.iter().map(ModerationActionView::of).collect(),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -248,6 +248,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 vec![post(web::post().to(admin::reinstate))],
             ))
             .service(resource(
+                "/admin/users/{id}/moderation",
+                vec![get(web::get().to(admin::user_moderation))],
+            ))
+            .service(resource(
+                "/admin/suspensions",
+                vec![get(web::get().to(admin::suspensions))],
+            ))
+            .service(resource(
                 "/admin/stats",
                 vec![get(web::get().to(admin::stats))],
             ))

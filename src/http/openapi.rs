@@ -22,7 +22,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         users::register, users::me, users::webhook_secret,
         wallet::wallet, wallet::ledger,
         jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream,
-        admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::stats,
+        admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::user_moderation, admin::suspensions, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
         operators::workers, operators::drain, operators::lift_quarantine, models::list,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,

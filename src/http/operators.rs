@@ -121,7 +121,7 @@ pub async fn jobs(
             .iter()
             .map(|j| AdminJobView {
                 user_id: j.user_id.to_string(),
-                job: JobView::of(j, None),
+                job: JobView::for_operator(j, None),
             })
             .collect(),
         next,
@@ -178,7 +178,7 @@ pub async fn job(
     let d = state.orchestrator.job_detail(job_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(JobDetailView {
         user_id: d.job.user_id.to_string(),
-        job: JobView::of(&d.job, d.position),
+        job: JobView::for_operator(&d.job, d.position),
         attempts: d.attempts.iter().map(AttemptView::of).collect(),
         ledger: d.ledger.iter().map(LedgerEntryView::of).collect(),
     }))
@@ -193,7 +193,7 @@ pub async fn cancel(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = state.orchestrator.admin_cancel(job_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(JobView::of(&job, None)))
+    Ok(HttpResponse::Ok().json(JobView::for_operator(&job, None)))
 }
 
 #[derive(Deserialize, IntoParams)]

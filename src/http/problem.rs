@@ -65,6 +65,9 @@ pub enum ApiError {
     /// The prompt breaks the content rules; nothing was charged.
     #[error("{detail}")]
     ContentRejected { detail: String, category: String },
+    /// The moderation provider is down and the tier's policy is to refuse.
+    #[error("{0}")]
+    ModerationUnavailable(String),
     #[error("{0}")]
     LastApiKey(String),
     #[error("{detail}")]
@@ -202,6 +205,11 @@ impl ApiError {
                 "Prompt refused by the content rules",
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
+            ModerationUnavailable(_) => (
+                "moderation-unavailable",
+                "The prompt could not be checked right now",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             LastApiKey(_) => (
                 "last-api-key",
                 "The last active API key cannot be revoked",
@@ -289,7 +297,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, allow.clone()));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::ModerationUnavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE.to_string()));
             }
             ApiError::Internal(detail) => {
@@ -330,6 +338,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::ContentRejected { category } => {
                 ApiError::ContentRejected { detail, category }
             }
+            OrchestratorError::ModerationUnavailable => ApiError::ModerationUnavailable(detail),
             OrchestratorError::LastApiKey => ApiError::LastApiKey(detail),
             OrchestratorError::PriceNoticeTooShort { earliest, .. } => {
                 ApiError::PriceNoticeTooShort { detail, earliest }

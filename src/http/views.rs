@@ -106,7 +106,12 @@ pub struct JobView {
     /// When a job waiting after a system failure may run again.
     pub retry_at: Option<DateTime<Utc>>,
     pub error: Option<JobError>,
+    /// The outputs the user may download; one withheld by the content
+    /// checks is left out (operators see it).
     pub result: Option<JobResult>,
+    /// How many outputs the content checks withheld.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub withheld_outputs: usize,
     pub charge: Charge,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
@@ -114,8 +119,24 @@ pub struct JobView {
     pub price_version: u32,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl JobView {
+    /// The job as its owner (and their webhooks) see it: withheld outputs
+    /// left out.
     pub fn of(job: &Job, queue_position: Option<u32>) -> JobView {
+        let mut view = JobView::for_operator(job, queue_position);
+        if let Some(result) = &mut view.result {
+            result.outputs.retain(|o| o.withheld.is_none());
+        }
+        view
+    }
+
+    /// The job as an operator sees it: every output, withheld ones with
+    /// the label that withheld them.
+    pub fn for_operator(job: &Job, queue_position: Option<u32>) -> JobView {
         JobView {
             id: job.id.to_string(),
             kind: job.spec.kind,
@@ -142,6 +163,7 @@ impl JobView {
             },
             error: job.error.clone(),
             result: job.result.clone(),
+            withheld_outputs: job.result.as_ref().map_or(0, JobResult::withheld_count),
             charge: job.charge,
             webhook_url: job.spec.webhook_url.clone(),
             price_version: job.price_version,

@@ -28,6 +28,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::content::evidence::{
+    ModerationAction, ModerationKind, NewViolation, Violation,
+};
 use admedia_actors::ids::ApiKeyId;
 use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
 use admedia_actors::price_schedule::PriceVersion;
@@ -82,6 +85,9 @@ pub const OPERATIONS: &[&str] = &[
     "announce_prices",
     "record_violation",
     "expire_job",
+    "violations",
+    "record_moderation_action",
+    "moderation_actions",
 ];
 
 /// The `kind` label of a failed call, or `None` for an answer the domain
@@ -461,13 +467,48 @@ impl Store for InstrumentedStore {
     async fn record_violation(
         &self,
         user: UserId,
-        category: &str,
+        violation: &NewViolation,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> StoreResult<u32> {
         self.timed(
             "record_violation",
-            self.inner.record_violation(user, category, now, since),
+            self.inner.record_violation(user, violation, now, since),
+        )
+        .await
+    }
+
+    async fn violations(
+        &self,
+        user: UserId,
+        since: DateTime<Utc>,
+        counted_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<Violation>> {
+        self.timed(
+            "violations",
+            self.inner.violations(user, since, counted_only, limit),
+        )
+        .await
+    }
+
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
+        self.timed(
+            "record_moderation_action",
+            self.inner.record_moderation_action(action),
+        )
+        .await
+    }
+
+    async fn moderation_actions(
+        &self,
+        user: Option<UserId>,
+        kind: Option<ModerationKind>,
+        limit: usize,
+    ) -> StoreResult<Vec<ModerationAction>> {
+        self.timed(
+            "moderation_actions",
+            self.inner.moderation_actions(user, kind, limit),
         )
         .await
     }

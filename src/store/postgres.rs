@@ -35,6 +35,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::content::evidence::{
+    ModerationAction, ModerationKind, NewViolation, Violation,
+};
 use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
@@ -1236,11 +1239,34 @@ impl Store for PgStore {
     async fn record_violation(
         &self,
         user: UserId,
-        category: &str,
+        violation: &NewViolation,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> StoreResult<u32> {
-        self.pg_record_violation(user, category, now, since).await
+        self.pg_record_violation(user, violation, now, since).await
+    }
+
+    async fn violations(
+        &self,
+        user: UserId,
+        since: DateTime<Utc>,
+        counted_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<Violation>> {
+        self.pg_violations(user, since, counted_only, limit).await
+    }
+
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
+        self.pg_record_moderation_action(action).await
+    }
+
+    async fn moderation_actions(
+        &self,
+        user: Option<UserId>,
+        kind: Option<ModerationKind>,
+        limit: usize,
+    ) -> StoreResult<Vec<ModerationAction>> {
+        self.pg_moderation_actions(user, kind, limit).await
     }
 
     async fn expire_job(

@@ -10,6 +10,7 @@ mod events;
 mod helpers;
 mod jobs;
 mod licences;
+mod moderation;
 mod operators;
 mod ops;
 mod payments;

@@ -198,7 +198,8 @@ impl SchedulerActor {
     /// doubles while failures continue.
     fn record_health(&mut self, name: String, result: AttemptResult, ctx: &mut Context<Self>) {
         let failed = match result {
-            AttemptResult::Succeeded => false,
+            // A withheld output was still a GPU that worked.
+            AttemptResult::Succeeded | AttemptResult::Withheld => false,
             AttemptResult::SystemFailure | AttemptResult::LeaseLost | AttemptResult::TimedOut => {
                 true
             }

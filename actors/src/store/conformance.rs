@@ -255,10 +255,7 @@ pub async fn success_posts_the_hold(store: Shared) {
         .finish_attempt(
             attempt,
             AttemptOutcome::Succeeded {
-                outputs: vec![crate::job::Output {
-                    url: "sim://x".into(),
-                    content_type: "image/png".into(),
-                }],
+                outputs: vec![crate::job::Output::new("sim://x", "image/png")],
             },
             Utc::now(),
         )
@@ -1020,6 +1017,7 @@ macro_rules! store_conformance_tests {
             price_versions_are_stored_once_and_announced,
             jobs_record_their_price_version,
             content_violations_are_counted_in_their_window,
+            moderation_actions_are_kept_with_their_evidence,
             assignments_of_a_deposed_term_are_refused,
             idempotency_keys_expire,
             one_account_per_canonical_email,

@@ -849,11 +849,34 @@ impl Store for MemoryStore {
     async fn record_violation(
         &self,
         user: UserId,
-        category: &str,
+        violation: &NewViolation,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> StoreResult<u32> {
-        platform::record_violation(&mut self.state.lock(), user, category, now, since)
+        platform::record_violation(&mut self.state.lock(), user, violation, now, since)
+    }
+
+    async fn violations(
+        &self,
+        user: UserId,
+        since: DateTime<Utc>,
+        counted_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<Violation>> {
+        platform::violations(&self.state.lock(), user, since, counted_only, limit)
+    }
+
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
+        platform::record_moderation_action(&mut self.state.lock(), action)
+    }
+
+    async fn moderation_actions(
+        &self,
+        user: Option<UserId>,
+        kind: Option<ModerationKind>,
+        limit: usize,
+    ) -> StoreResult<Vec<ModerationAction>> {
+        platform::moderation_actions(&self.state.lock(), user, kind, limit)
     }
 
     async fn expire_job(

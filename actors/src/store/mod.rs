@@ -21,6 +21,7 @@ use crate::tier::{Membership, Tier};
 use crate::user::{AccountStatus, KeyHash, NewUser, User};
 // Platform rules (ToS 2.2, 3.2, 4.2, 4.5, 5): see `platform_rules` below.
 use crate::accounts::ApiKeyRecord;
+use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 use crate::ids::ApiKeyId;
 use crate::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
 use crate::price_schedule::PriceVersion;
@@ -429,12 +430,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<(PriceVersion, bool)>;
 
     // ---- platform rules: content (ToS 3.2)
-    /// Records a refused prompt and returns the user's refusals since
-    /// `since`, this one included.
+    /// Records a refused prompt and returns the user's counted refusals
+    /// since `since`, this one included if it counts.
     async fn record_violation(
         &self,
         user: UserId,
-        category: &str,
+        violation: &NewViolation,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> StoreResult<u32>;
@@ -445,4 +446,23 @@ pub trait Store: Send + Sync + 'static {
     /// it is no longer waiting.
     async fn expire_job(&self, user: UserId, id: JobId, now: DateTime<Utc>)
         -> StoreResult<Settlement>;
+    /// The user's refusals since `since`, newest first, at most `limit`;
+    /// `counted_only` leaves out those that did not count.
+    async fn violations(
+        &self,
+        user: UserId,
+        since: DateTime<Utc>,
+        counted_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<Violation>>;
+    /// Appends to an account's moderation history.
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()>;
+    /// Moderation history, newest first: one user's, or everyone's when
+    /// `user` is `None`; only of `kind` when given.
+    async fn moderation_actions(
+        &self,
+        user: Option<UserId>,
+        kind: Option<ModerationKind>,
+        limit: usize,
+    ) -> StoreResult<Vec<ModerationAction>>;
 }

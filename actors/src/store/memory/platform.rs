@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::State;
 use crate::accounts::ApiKeyRecord;
+use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 use crate::ids::{ApiKeyId, UserId};
 use crate::job::RequestHash;
 use crate::ledger::Grant;
@@ -29,7 +30,8 @@ pub(super) struct PlatformState {
     payments: HashMap<PaymentId, (UserId, RequestHash)>,
     gifts: BTreeMap<(PaymentId, u32), ScheduledGift>,
     prices: Vec<PriceVersion>,
-    violations: HashMap<UserId, Vec<(DateTime<Utc>, String)>>,
+    violations: HashMap<UserId, Vec<Violation>>,
+    moderation: Vec<ModerationAction>,
 }
 
 /// Records the key a user registered with.
@@ -349,12 +351,68 @@ pub(super) fn announce_prices(
 pub(super) fn record_violation(
     s: &mut State,
     user: UserId,
-    category: &str,
+    violation: &NewViolation,
     now: DateTime<Utc>,
     since: DateTime<Utc>,
 ) -> StoreResult<u32> {
     status(s, user)?;
     let list = s.platform.violations.entry(user).or_default();
-    list.push((now, category.to_owned()));
-    Ok(u32::try_from(list.iter().filter(|(t, _)| *t >= since).count()).unwrap_or(u32::MAX))
+    list.push(Violation {
+        user_id: user,
+        refusal: violation.refusal.clone(),
+        prompt: violation.prompt.clone(),
+        counted: violation.counted,
+        created_at: now,
+    });
+    Ok(u32::try_from(
+        list.iter()
+            .filter(|v| v.counted && v.created_at >= since)
+            .count(),
+    )
+    .unwrap_or(u32::MAX))
+}
+
+pub(super) fn violations(
+    s: &State,
+    user: UserId,
+    since: DateTime<Utc>,
+    counted_only: bool,
+    limit: usize,
+) -> StoreResult<Vec<Violation>> {
+    status(s, user)?;
+    let Some(list) = s.platform.violations.get(&user) else {
+        return Ok(Vec::new());
+    };
+    Ok(list
+        .iter()
+        .rev()
+        .filter(|v| v.created_at >= since && (v.counted || !counted_only))
+        .take(limit)
+        .cloned()
+        .collect())
+}
+
+pub(super) fn record_moderation_action(
+    s: &mut State,
+    action: &ModerationAction,
+) -> StoreResult<()> {
+    status(s, action.user_id)?;
+    s.platform.moderation.push(action.clone());
+    Ok(())
+}
+
+pub(super) fn moderation_actions(
+    s: &State,
+    user: Option<UserId>,
+    kind: Option<ModerationKind>,
+    limit: usize,
+) -> StoreResult<Vec<ModerationAction>> {
+    Ok(s.platform
+        .moderation
+        .iter()
+        .rev()
+        .filter(|a| user.is_none_or(|u| a.user_id == u) && kind.is_none_or(|k| a.kind == k))
+        .take(limit)
+        .cloned()
+        .collect())
 }

@@ -48,9 +48,11 @@ fn outputs(job: &Assignment) -> Vec<Output> {
         JobKind::Video => (1, "mp4", "video/mp4"),
     };
     (0..count)
-        .map(|i| Output {
-            url: format!("sim://outputs/{}/{i}.{extension}", job.job_id),
-            content_type: content_type.to_owned(),
+        .map(|i| {
+            Output::new(
+                format!("sim://outputs/{}/{i}.{extension}", job.job_id),
+                content_type,
+            )
         })
         .collect()
 }

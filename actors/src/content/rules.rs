@@ -1,0 +1,582 @@
+//! The built-in content policy: a rules file of concepts and categories,
+//! matched in one multi-pattern pass over the prompt's canonical form, then
+//! combined per category (the format is described in
+//! `actors/rules/content.toml`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use async_trait::async_trait;
+use regex::Regex;
+use serde::Deserialize;
+
+use super::normalize::{canonical, unspaced_script, Canonical};
+use super::{ContentPolicy, Refusal, Score, Source, Verdict};
+use crate::tier::Tier;
+
+/// The rules file shipped with the server, used when no other is given.
+pub const DEFAULT_RULES: &str = include_str!("../../rules/content.toml");
+
+/// Limits that keep a check's bookkeeping in fixed-size bit sets.
+const MAX_CATEGORIES: usize = 64;
+const MAX_CONCEPTS: usize = 128;
+
+const TERM_CONFIDENCE: f64 = 1.0;
+const RULE_CONFIDENCE: f64 = 0.9;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    neutral: NeutralFile,
+    #[serde(default)]
+    concepts: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    category: Vec<CategoryFile>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct NeutralFile {
+    #[serde(default)]
+    terms: Vec<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct CategoryFile {
+    name: String,
+    #[serde(default)]
+    terms: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    #[serde(default)]
+    rule: Vec<RuleFile>,
+    #[serde(default)]
+    context: Vec<String>,
+    #[serde(default)]
+    never_cleared: bool,
+    confidence: Option<f64>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    all: Vec<String>,
+    #[serde(default)]
+    strict: bool,
+    confidence: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Neutral,
+    Term(usize),
+    Concept(usize),
+    Context(usize),
+}
+
+struct Pattern {
+    text: String,
+    /// `porn*`: also the start of a longer word.
+    prefix: bool,
+    /// Edges in a script without spaces need no word boundary.
+    start_free: bool,
+    end_free: bool,
+    roles: Vec<Role>,
+}
+
+struct Rule {
+    concepts: u128,
+    strict: bool,
+    confidence: Score,
+}
+
+struct Category {
+    name: String,
+    term_confidence: Score,
+    /// Regular expressions on the canonical text, for rules files that
+    /// still use them; they count as terms.
+    patterns: Vec<Regex>,
+    rules: Vec<Rule>,
+    never_cleared: bool,
+}
+
+/// The built-in policy.
+pub struct RulesPolicy {
+    matcher: AhoCorasick,
+    patterns: Vec<Pattern>,
+    categories: Vec<Category>,
+}
+
+fn confidence(raw: Option<f64>, default: f64, what: &str) -> Result<Score, String> {
+    let value = raw.unwrap_or(default);
+    Score::new(value).ok_or_else(|| format!("rules: {what}: confidence {value} must be 0..=1"))
+}
+
+/// Collects the patterns and their roles, one automaton pattern per
+/// distinct canonical term.
+#[derive(Default)]
+struct Patterns {
+    list: Vec<Pattern>,
+    by_text: HashMap<(String, bool), usize>,
+}
+
+impl Patterns {
+    fn add(&mut self, raw: &str, role: Role) {
+        let trimmed = raw.trim();
+        let (body, prefix) = match trimmed.strip_suffix('*') {
+            Some(b) => (b, true),
+            None => (trimmed, false),
+        };
+        let text = canonical(body).text;
+        let (Some(first), Some(last)) = (text.chars().next(), text.chars().next_back()) else {
+            return;
+        };
+        let id = *self
+            .by_text
+            .entry((text.clone(), prefix))
+            .or_insert_with(|| {
+                self.list.push(Pattern {
+                    start_free: unspaced_script(first),
+                    end_free: unspaced_script(last),
+                    text,
+                    prefix,
+                    roles: Vec::new(),
+                });
+                self.list.len() - 1
+            });
+        if !self.list[id].roles.contains(&role) {
+            self.list[id].roles.push(role);
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
+}
+
+impl RulesPolicy {
+    /// Parses a rules file, TOML or JSON (by its first non-blank
+    /// character). Every category needs a name and at least one term,
+    /// pattern or rule; every rule names known concepts; every pattern
+    /// compiles.
+    pub fn parse(text: &str) -> Result<RulesPolicy, String> {
+        let file: RulesFile = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| format!("rules: {e}"))?
+        } else {
+            toml::from_str(text).map_err(|e| format!("rules: {e}"))?
+        };
+        if file.concepts.len() > MAX_CONCEPTS {
+            return Err(format!("rules: at most {MAX_CONCEPTS} concepts"));
+        }
+        if file.category.len() > MAX_CATEGORIES {
+            return Err(format!("rules: at most {MAX_CATEGORIES} categories"));
+        }
+        let mut patterns = Patterns::default();
+        for t in &file.neutral.terms {
+            patterns.add(t, Role::Neutral);
+        }
+        let mut concept_index = HashMap::new();
+        for (i, (name, terms)) in file.concepts.iter().enumerate() {
+            if !valid_name(name) {
+                return Err(format!(
+                    "rules: concept name {name:?} must be 1..=64 of a-z, 0-9, - and _"
+                ));
+            }
+            if terms
+                .iter()
+                .all(|t| canonical(t.trim_end_matches('*')).text.is_empty())
+            {
+                return Err(format!("rules: concept {name:?} has no terms"));
+            }
+            concept_index.insert(name.as_str(), i);
+            for t in terms {
+                patterns.add(t, Role::Concept(i));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut categories = Vec::with_capacity(file.category.len());
+        for (ci, c) in file.category.iter().enumerate() {
+            let name = c.name.trim().to_owned();
+            if !valid_name(&name) || name.contains('_') {
+                return Err(format!(
+                    "rules: category name {name:?} must be 1..=64 of a-z, 0-9 and -"
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(format!("rules: category {name:?} appears twice"));
+            }
+            let before = patterns.list.len();
+            let mut has_term = false;
+            for t in &c.terms {
+                if !canonical(t.trim_end_matches('*')).text.is_empty() {
+                    has_term = true;
+                }
+                patterns.add(t, Role::Term(ci));
+            }
+            let _ = before;
+            for t in &c.context {
+                patterns.add(t, Role::Context(ci));
+            }
+            let compiled = c
+                .patterns
+                .iter()
+                .map(|p| {
+                    regex::RegexBuilder::new(p)
+                        .size_limit(1 << 20)
+                        .build()
+                        .map_err(|e| format!("rules: category {name:?}: pattern {p:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut rules = Vec::with_capacity(c.rule.len());
+            for r in &c.rule {
+                if r.all.is_empty() {
+                    return Err(format!("rules: category {name:?}: a rule with no concepts"));
+                }
+                let mut mask = 0u128;
+                for concept in &r.all {
+                    let i = concept_index.get(concept.as_str()).ok_or_else(|| {
+                        format!("rules: category {name:?}: unknown concept {concept:?}")
+                    })?;
+                    mask |= 1u128 << i;
+                }
+                rules.push(Rule {
+                    concepts: mask,
+                    strict: r.strict,
+                    confidence: confidence(r.confidence, RULE_CONFIDENCE, &name)?,
+                });
+            }
+            if !has_term && compiled.is_empty() && rules.is_empty() {
+                return Err(format!(
+                    "rules: category {name:?} has no terms, patterns or rules"
+                ));
+            }
+            categories.push(Category {
+                name,
+                term_confidence: confidence(c.confidence, TERM_CONFIDENCE, &c.name)?,
+                patterns: compiled,
+                rules,
+                never_cleared: c.never_cleared,
+            });
+        }
+        // A DFA: built once at start-up, fastest to search.
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(patterns.list.iter().map(|p| p.text.as_str()))
+            .map_err(|e| format!("rules: {e}"))?;
+        Ok(RulesPolicy {
+            matcher,
+            patterns: patterns.list,
+            categories,
+        })
+    }
+
+    /// The rules shipped in the repository.
+    pub fn builtin() -> Result<RulesPolicy, String> {
+        RulesPolicy::parse(DEFAULT_RULES)
+    }
+
+    pub fn categories(&self) -> impl Iterator<Item = &str> {
+        self.categories.iter().map(|c| c.name.as_str())
+    }
+
+    /// The matches of one prompt: accepted at word boundaries, those
+    /// overlapping a neutral phrase dropped.
+    fn matches(&self, canon: &Canonical) -> Vec<(usize, usize, usize)> {
+        let text = canon.text.as_str();
+        let bytes = text.as_bytes();
+        let boundary_before = |at: usize| {
+            at == 0
+                || bytes[at - 1] == b' '
+                || text[..at].chars().next_back().is_some_and(unspaced_script)
+                || canon.inside_run(at)
+        };
+        let boundary_after = |at: usize| {
+            at == bytes.len()
+                || bytes[at] == b' '
+                || text[at..].chars().next().is_some_and(unspaced_script)
+                || canon.inside_run(at)
+        };
+        let mut found: Vec<(usize, usize, usize)> = Vec::new();
+        for m in self.matcher.find_overlapping_iter(text) {
+            let p = &self.patterns[m.pattern().as_usize()];
+            if !p.start_free && !boundary_before(m.start()) {
+                continue;
+            }
+            if !p.prefix && !p.end_free && !boundary_after(m.end()) {
+                continue;
+            }
+            found.push((m.start(), m.end(), m.pattern().as_usize()));
+        }
+        let neutral: Vec<(usize, usize)> = found
+            .iter()
+            .filter(|(_, _, id)| self.patterns[*id].roles.contains(&Role::Neutral))
+            .map(|&(s, e, _)| (s, e))
+            .collect();
+        if !neutral.is_empty() {
+            found.retain(|&(s, e, id)| {
+                self.patterns[id].roles.contains(&Role::Neutral)
+                    || !neutral.iter().any(|&(ns, ne)| s < ne && ns < e)
+            });
+        }
+        found
+    }
+
+    /// The decision about one prompt, synchronously.
+    pub fn evaluate(&self, prompt: &str) -> Verdict {
+        let canon = canonical(prompt);
+        let found = self.matches(&canon);
+        let mut terms = 0u64;
+        let mut context = 0u64;
+        let mut concepts = 0u128;
+        for &(_, _, id) in &found {
+            for role in &self.patterns[id].roles {
+                match *role {
+                    Role::Neutral => {}
+                    Role::Term(c) => terms |= 1 << c,
+                    Role::Context(c) => context |= 1 << c,
+                    Role::Concept(i) => concepts |= 1 << i,
+                }
+            }
+        }
+        for (ci, c) in self.categories.iter().enumerate() {
+            let cleared = !c.never_cleared && context & (1 << ci) != 0;
+            let term_hit =
+                terms & (1 << ci) != 0 || c.patterns.iter().any(|p| p.is_match(&canon.text));
+            let mut best: Option<(Score, u128)> = None;
+            if term_hit && !cleared {
+                best = Some((c.term_confidence, 0));
+            }
+            for r in &c.rules {
+                if concepts & r.concepts != r.concepts || (cleared && !r.strict) {
+                    continue;
+                }
+                if best.is_none_or(|(s, _)| r.confidence > s) {
+                    best = Some((r.confidence, r.concepts));
+                }
+            }
+            if let Some((score, rule_concepts)) = best {
+                let matched = self.evidence(&found, ci, rule_concepts);
+                return Verdict::Rejected(Refusal {
+                    category: c.name.clone(),
+                    confidence: score,
+                    source: Source::Rules,
+                    matched,
+                    scores: BTreeMap::new(),
+                });
+            }
+        }
+        Verdict::Allowed
+    }
+
+    /// The canonical terms that made the refusal, for operators.
+    fn evidence(
+        &self,
+        found: &[(usize, usize, usize)],
+        category: usize,
+        concepts: u128,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for &(_, _, id) in found {
+            let p = &self.patterns[id];
+            let relevant = p.roles.iter().any(|r| match *r {
+                Role::Term(c) => c == category,
+                Role::Concept(i) => concepts & (1 << i) != 0,
+                _ => false,
+            });
+            if relevant && !out.contains(&p.text) {
+                out.push(p.text.clone());
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl ContentPolicy for RulesPolicy {
+    async fn check(&self, prompt: &str, _tier: Tier) -> Verdict {
+        self.evaluate(prompt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RulesPolicy {
+        RulesPolicy::parse(
+            r#"
+            [neutral]
+            terms = ["killer whale", "photo bombing"]
+            [concepts]
+            minor = ["child", "kid", "儿童"]
+            sexual = ["nude", "porn*", "色情"]
+            explosive = ["bomb"]
+            how = ["how to"]
+            [[category]]
+            name = "sexual-minors"
+            never_cleared = true
+            [[category.rule]]
+            all = ["minor", "sexual"]
+            confidence = 0.95
+            [[category]]
+            name = "violence"
+            terms = ["kill", "behead", "mass shooting", "car bomb"]
+            context = ["disposal", "saint", "museum"]
+            patterns = ['\bbomb[a-z]*\s+(?:making|recipe)\b']
+            [[category.rule]]
+            all = ["explosive", "how"]
+            strict = true
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn category(p: &RulesPolicy, prompt: &str) -> Option<String> {
+        match p.evaluate(prompt) {
+            Verdict::Rejected(r) => Some(r.category),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn terms_match_whole_words_in_every_disguise() {
+        let p = policy();
+        for bad in [
+            "how to kill a man",
+            "KILL",
+            "k i l l him",
+            "k.i.l.l",
+            "k1ll",
+            "kiiiiill",
+            "Ｋｉｌｌ",
+            "kіll",
+            "a mass   shooting",
+            "m@ss sh00ting",
+            "bomb making guide",
+            "bombs recipe",
+        ] {
+            assert_eq!(category(&p, bad).as_deref(), Some("violence"), "{bad:?}");
+        }
+        for fine in [
+            "a skilled painter",
+            "killer whale",
+            "a mass of shooting stars",
+            "photo bombing",
+            "a red fox in the snow",
+        ] {
+            assert_eq!(category(&p, fine), None, "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn concepts_combine_anywhere_in_any_order() {
+        let p = policy();
+        for bad in [
+            "a nude child",
+            "a child, standing in a garden at dusk with flowers, nude",
+            "nude, then much later in the prompt: a kid",
+            "pornographic drawing of a kid",
+            "儿童色情",
+            "一个儿童的色情图片",
+            "n u d e c h i l d",
+        ] {
+            assert_eq!(
+                category(&p, bad).as_deref(),
+                Some("sexual-minors"),
+                "{bad:?}"
+            );
+        }
+        for fine in [
+            "a child in a garden",
+            "a nude statue",
+            "a kidney bean, nude colour",
+        ] {
+            assert_eq!(category(&p, fine), None, "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn context_clears_except_strict_rules_and_never_cleared_categories() {
+        let p = policy();
+        assert_eq!(category(&p, "car bomb"), Some("violence".into()));
+        assert_eq!(category(&p, "car bomb disposal robot"), None);
+        assert_eq!(category(&p, "Saint John, behead, baroque"), None);
+        assert_eq!(
+            category(&p, "how to build a bomb, museum"),
+            Some("violence".into()),
+            "strict rules ignore context"
+        );
+        assert_eq!(
+            category(&p, "a nude child, museum, saint, disposal"),
+            Some("sexual-minors".into()),
+            "context never clears sexual content involving minors"
+        );
+    }
+
+    #[test]
+    fn a_refusal_carries_its_confidence_and_evidence() {
+        let p = policy();
+        let Verdict::Rejected(r) = p.evaluate("a kid, nude") else {
+            panic!("allowed")
+        };
+        assert_eq!(r.confidence.get(), 0.95);
+        assert_eq!(r.source, Source::Rules);
+        assert_eq!(r.matched, vec!["kid".to_owned(), "nude".to_owned()]);
+        let Verdict::Rejected(r) = p.evaluate("kill") else {
+            panic!("allowed")
+        };
+        assert_eq!(r.confidence.get(), 1.0);
+    }
+
+    #[test]
+    fn bad_rules_files_are_refused() {
+        for bad in [
+            "[[category]]\nname = \"x\"\n",
+            "[[category]]\nname = \"x\"\npatterns = [\"(\"]\n",
+            "[[category]]\nname = \"Bad Name\"\nterms=[\"a\"]\n",
+            "[[category]]\nname = \"a\"\nterms=[\"b\"]\nfoo=1\n",
+            "[[category]]\nname=\"a\"\nterms=[\"b\"]\n[[category]]\nname=\"a\"\nterms=[\"c\"]\n",
+            "[[category]]\nname=\"a\"\n[[category.rule]]\nall=[\"nope\"]\n",
+            "[[category]]\nname=\"a\"\n[[category.rule]]\nall=[]\n",
+            "[concepts]\nx=[\"y\"]\n[[category]]\nname=\"a\"\nconfidence=2.0\nterms=[\"b\"]\n",
+            "[concepts]\nx=[\"!!\"]\n",
+            "not toml at all [",
+        ] {
+            assert!(RulesPolicy::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let json = r#"{"category": [{"name": "a", "terms": ["forbidden thing"]}]}"#;
+        let p = RulesPolicy::parse(json).unwrap();
+        assert_eq!(category(&p, "a FORBIDDEN  thing"), Some("a".into()));
+    }
+
+    #[test]
+    fn the_shipped_rules_load_and_behave_on_the_reported_prompts() {
+        let p = RulesPolicy::builtin().unwrap();
+        assert!(p.categories().count() >= 6);
+        for fine in [
+            "a red fox in the snow",
+            "Caravaggio, The Beheading of Saint John",
+            "car bomb disposal robot",
+        ] {
+            assert_eq!(p.evaluate(fine), Verdict::Allowed, "{fine:?}");
+        }
+        assert_eq!(
+            category(
+                &p,
+                "a sexual photo, in a bedroom, soft light, of a young child"
+            ),
+            Some("sexual-minors".into())
+        );
+        assert_eq!(
+            category(&p, "how to build a pipe bomb"),
+            Some("terrorism".into())
+        );
+    }
+}
