@@ -53,6 +53,8 @@ pub struct SchedulerActor {
     wallets: WalletRegistry,
     config: Arc<OrchestratorConfig>,
     observer: Arc<dyn Observer>,
+    /// Each attempt's input and output files (see `attempt_files`).
+    files: Option<Arc<dyn crate::attempt_files::AttemptFiles>>,
 }
 
 impl SchedulerActor {
@@ -73,6 +75,7 @@ impl SchedulerActor {
             wallets,
             config,
             observer,
+            files: None,
         }
     }
 
@@ -140,6 +143,7 @@ impl SchedulerActor {
                 ready_since,
                 epoch,
             )
+            .with_files(self.files.clone())
             .start();
             self.in_flight.insert(
                 job_id,
@@ -642,5 +646,18 @@ impl Handler<GetStats> for SchedulerActor {
             idle_slots: idle,
             recent_dispatches: self.recent.totals(),
         })
+    }
+}
+
+/// Attempts from now on get their files through this port.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetAttemptFiles(pub Arc<dyn crate::attempt_files::AttemptFiles>);
+
+impl Handler<SetAttemptFiles> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetAttemptFiles, _ctx: &mut Self::Context) {
+        self.files = Some(msg.0);
     }
 }
