@@ -47,6 +47,10 @@ pub trait AttemptFiles: Send + Sync + 'static {
     /// every expected output uploaded, non-empty, of an allowed type. On
     /// success the outputs are recorded and returned as the job shows them.
     /// An error is the reason the completion does not count.
-    async fn accept(&self, job: &Job, attempt: u32, reported: &[Output])
-        -> Result<Vec<Output>, String>;
+    async fn accept(
+        &self,
+        job: &Job,
+        attempt: u32,
+        reported: &[Output],
+    ) -> Result<Vec<Output>, String>;
 }

@@ -49,8 +49,11 @@ impl MediaType {
             // ISO base media: MP4 and its brands (isom, mp41, mp42, avc1…),
             // but not QuickTime or HEIF, which share the box layout.
             let brand = &head[8..12];
-            (!matches!(brand, b"qt  " | b"heic" | b"heix" | b"mif1" | b"msf1" | b"avif"))
-                .then_some(MediaType::Mp4)
+            (!matches!(
+                brand,
+                b"qt  " | b"heic" | b"heix" | b"mif1" | b"msf1" | b"avif"
+            ))
+            .then_some(MediaType::Mp4)
         } else {
             None
         }

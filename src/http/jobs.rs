@@ -55,6 +55,10 @@ pub async fn submit(
     state
         .rate_limit(user.id, user.tier(chrono::Utc::now()))
         .await?;
+    state
+        .materials
+        .check_references(user.id, &body.params)
+        .await?;
     let submission = state
         .orchestrator
         .submit(user.id, body.into_inner(), idempotency)

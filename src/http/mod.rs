@@ -7,6 +7,8 @@ pub mod auth;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod materials;
+pub mod objects;
 pub mod openapi;
 pub mod operators;
 pub mod ops;
@@ -48,9 +50,25 @@ pub struct AppState {
     pub worker_token: String,
     /// Verifies payment events; `None` when `ADMEDIA_PAYMENT_SECRET` is unset.
     pub payments: Option<payments::PaymentVerifier>,
+    /// Materials and outputs in object storage.
+    pub materials: Arc<crate::materials::Materials>,
 }
 
 impl AppState {
+    /// A closed or terminated account's objects expire now, for the sweep
+    /// to delete. The account change already happened: a catalogue outage
+    /// is logged, and the objects then go at the end of their retention.
+    pub async fn expire_objects(&self, user: admedia_actors::ids::UserId) {
+        match self.materials.expire_user(user).await {
+            Ok(n) => {
+                tracing::info!(%user, objects = n, "account closed: objects scheduled for deletion")
+            }
+            Err(e) => {
+                tracing::error!(%user, error = %e, "could not schedule the closed account's objects for deletion")
+            }
+        }
+    }
+
     /// Refuses a submission over the user's per-minute limit.
     pub async fn rate_limit(
         &self,
@@ -141,6 +159,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs/{id}", web::get().to(jobs::get))
             .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
             .route("/jobs/{id}/events", web::get().to(events::stream))
+            .route("/jobs/{id}/outputs/{n}", web::get().to(materials::output))
+            .route(
+                "/jobs/{id}/outputs/{n}",
+                web::delete().to(materials::delete_output),
+            )
+            .route("/materials", web::post().to(materials::upload))
+            .route("/materials", web::get().to(materials::list))
+            .route("/materials/{id}", web::get().to(materials::get))
+            .route("/materials/{id}", web::delete().to(materials::delete))
+            .route("/materials/{id}/content", web::get().to(materials::content))
+            .route("/objects/{key:.+}", web::get().to(objects::get))
+            .route("/objects/{key:.+}", web::put().to(objects::put))
             .route("/admin/users/{id}/credits", web::post().to(admin::grant))
             .route(
                 "/admin/users/{id}/membership",

@@ -48,11 +48,8 @@ pub trait MaterialStore: Send + Sync + 'static {
     async fn add_outputs(&self, objects: Vec<StoredObject>) -> CatalogueResult<()>;
 
     /// The user's material, live or gone; another user's is `None`.
-    async fn material(
-        &self,
-        user: UserId,
-        id: MaterialId,
-    ) -> CatalogueResult<Option<StoredObject>>;
+    async fn material(&self, user: UserId, id: MaterialId)
+        -> CatalogueResult<Option<StoredObject>>;
 
     /// The user's live materials, newest first.
     async fn materials(
@@ -70,8 +67,11 @@ pub trait MaterialStore: Send + Sync + 'static {
 
     /// Stops serving the object now (a user's delete). Returns it when it
     /// was live; `None` when unknown or already gone.
-    async fn mark_gone(&self, key: &str, now: DateTime<Utc>)
-        -> CatalogueResult<Option<StoredObject>>;
+    async fn mark_gone(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> CatalogueResult<Option<StoredObject>>;
 
     /// Live objects of the user, counted.
     async fn usage(&self, user: UserId, now: DateTime<Utc>) -> CatalogueResult<StorageUsage>;

@@ -28,9 +28,9 @@ use crate::pricing::PriceTable;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
-pub mod memory;
 /// The catalogue of stored files: a port of its own.
 pub mod materials;
+pub mod memory;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 

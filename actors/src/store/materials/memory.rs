@@ -187,12 +187,7 @@ impl MaterialStore for MemoryMaterialStore {
     }
 
     async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()> {
-        if let Some(e) = self
-            .entries
-            .lock()
-            .iter_mut()
-            .find(|e| e.object.key == key)
-        {
+        if let Some(e) = self.entries.lock().iter_mut().find(|e| e.object.key == key) {
             e.purged = true;
             e.object.gone_at.get_or_insert(now);
         }
