@@ -8,6 +8,7 @@ mod events;
 mod helpers;
 mod jobs;
 mod licences;
+mod materials;
 mod operators;
 mod ops;
 mod payments;
