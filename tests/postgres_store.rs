@@ -167,3 +167,11 @@ async fn gifts_are_not_granted_twice_across_a_restart() {
         );
     }
 }
+
+/// The catalogue of stored files: its own port, the same checks as the
+/// in-memory adapter.
+mod catalogue {
+    use super::support;
+
+    admedia_actors::material_store_conformance_tests!(support::fresh_pg_catalogue());
+}

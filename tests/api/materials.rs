@@ -586,3 +586,129 @@ async fn the_real_agent_runs_the_example_model_on_an_uploaded_image() {
     }
     assert_eq!(wallet_tuple(&app.wallet(&key).await), (96, 0, 96));
 }
+
+/// The S3 server the test script started (`ADMEDIA_TEST_S3_*`); without it
+/// the test fails under CI and is skipped on a laptop.
+fn s3_settings() -> Option<[String; 4]> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        var("ADMEDIA_TEST_S3_ENDPOINT"),
+        var("ADMEDIA_TEST_S3_BUCKET"),
+        var("ADMEDIA_TEST_S3_ACCESS_KEY"),
+        var("ADMEDIA_TEST_S3_SECRET_KEY"),
+    ) {
+        (Some(e), Some(b), Some(a), Some(s)) => Some([e, b, a, s]),
+        _ => {
+            let why = "ADMEDIA_TEST_S3_ENDPOINT and friends are not set; run ./scripts/test.sh";
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("an S3 server is required when CI=true: {why}");
+            }
+            eprintln!("skipping: {why}");
+            None
+        }
+    }
+}
+
+/// A GET that does not follow redirects: status and `Location`.
+async fn get_unfollowed(app: &TestApp, path: &str, key: &str) -> (u16, Option<String>) {
+    let res = awc::Client::builder()
+        .disable_redirects()
+        .finish()
+        .get(app.url(path))
+        .insert_header(("Authorization", format!("Bearer {key}")))
+        .send()
+        .await
+        .expect("GET");
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (res.status().as_u16(), location)
+}
+
+#[actix_web::test]
+async fn on_s3_signed_urls_carry_inputs_outputs_and_downloads() {
+    let Some([endpoint, bucket, access, secret]) = s3_settings() else {
+        return;
+    };
+    let app = spawn_app_with(move |s| {
+        s.sim_workers = Some(0);
+        s.object_store = Some(format!("s3://{bucket}"));
+        s.s3_endpoint = Some(endpoint);
+        s.s3_access_key_id = Some(access);
+        s.s3_secret_access_key = Some(secret);
+    })
+    .await;
+    let (_, key) = register(&app, "s3@example.com").await;
+    let (_, other) = register(&app, "s3-other@example.com").await;
+    let m = upload(&app, &key, "init.png", &png_of(3, 4))
+        .await
+        .expect(201);
+    let id = m["id"].as_str().unwrap().to_owned();
+    // A material's bytes: a redirect to a short-lived URL on the store.
+    let (status, location) =
+        get_unfollowed(&app, &format!("/v1/materials/{id}/content"), &key).await;
+    assert_eq!(status, 302);
+    let location = location.unwrap();
+    let mut got = awc::Client::new().get(&location).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.body().await.unwrap().to_vec(), png_of(3, 4));
+    upload(&app, &key, "fake.png", b"GIF89a....")
+        .await
+        .expect_problem(415, "unsupported-media-type");
+
+    let mut gpu = Gpu::connect(&app, hello("gpu", 1)).await;
+    let job = submit_ok(
+        &app,
+        &key,
+        &json!({"kind": "image", "model": "sdxl", "prompt": "on s3", "params": {"init_image": id}}),
+    )
+    .await;
+    let job_id = id_of(&job);
+    let a = gpu.assigned().await;
+    let input_url = a["inputs"][0]["url"].as_str().unwrap().to_owned();
+    assert!(input_url.starts_with("http://127.0.0.1"), "{input_url}");
+    let mut got = awc::Client::new().get(&input_url).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.body().await.unwrap().to_vec(), png_of(3, 4));
+    gpu.accept(&a).await;
+    let outputs = upload_outputs(&a, &png_of(7, 8)).await;
+    gpu.send(
+        json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": outputs}),
+    )
+    .await;
+    wait_for_state(&app, &key, &job_id, "succeeded", WAIT).await;
+    let (status, location_out) =
+        get_unfollowed(&app, &format!("/v1/jobs/{job_id}/outputs/0"), &key).await;
+    assert_eq!(status, 302);
+    // The licence header comes with the redirect (and the followed answer).
+    let out = app
+        .get(&format!("/v1/jobs/{job_id}/outputs/0"), Some(&key))
+        .await;
+    assert_eq!(out.body, png_of(7, 8));
+    let mut got = awc::Client::new()
+        .get(location_out.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.body().await.unwrap().to_vec(), png_of(7, 8));
+    app.get(&format!("/v1/jobs/{job_id}/outputs/0"), Some(&other))
+        .await
+        .expect_problem(404, "not-found");
+    // Deleted: gone from the API and from the bucket.
+    assert_eq!(
+        delete(&app, &format!("/v1/materials/{id}"), &key)
+            .await
+            .status,
+        204
+    );
+    let status = awc::Client::new()
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 404);
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 
 use crate::ids::{JobId, MaterialId, UserId};
 use crate::material::{MediaType, ObjectRole, StoredObject};
@@ -13,9 +13,14 @@ use crate::tier::License;
 
 pub type SharedCatalogue = Arc<dyn MaterialStore>;
 
+/// Now, at the microsecond a database keeps.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
 fn material(user: UserId, size: u64) -> StoredObject {
     let id = MaterialId::generate();
-    let now = Utc::now();
+    let now = now();
     StoredObject {
         key: format!("materials/{user}/{id}"),
         user_id: user,
@@ -32,7 +37,7 @@ fn material(user: UserId, size: u64) -> StoredObject {
 }
 
 fn output(user: UserId, job: JobId, index: u32, size: u64) -> StoredObject {
-    let now = Utc::now();
+    let now = now();
     StoredObject {
         key: format!("outputs/{user}/{job}/{index}"),
         user_id: user,
