@@ -278,7 +278,10 @@ fn upload_then(
         let client = awc::Client::default();
         for slot in &slots {
             // A failure shows in the audit as the server's refusal.
-            let _ = client.put(&slot.upload_url).send_body(PLACEHOLDER_PNG).await;
+            let _ = client
+                .put(&slot.upload_url)
+                .send_body(PLACEHOLDER_PNG)
+                .await;
         }
         let _ = tx.send(ev);
     });

@@ -134,6 +134,7 @@ async fn render(
     let now = Utc::now();
     let tier = user.tier(now);
     let uid = user.id.to_string();
+    let storage = crate::console::files::user_storage(state, &user).await;
     let body = html! {
         @match &flash {
             Some(Flash::Ok(t)) => { (view::flash_ok(t)) },
@@ -185,6 +186,7 @@ async fn render(
                 }
             }
         }
+        (storage)
         section.card.danger-zone {
             h2 { "Account actions" }
             @match user.status {

@@ -430,6 +430,34 @@ async fn uploaded_outputs_are_downloaded_by_the_owner_with_their_licence() {
         .await
         .expect_problem(404, "not-found");
 
+    // The console shows thumbnails of the outputs, and the user's storage.
+    let cookie = console_session(&app).await;
+    let page = console_get(&app, &format!("/console/jobs/{id}"), &cookie).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text()
+            .contains(&format!("src=\"/console/jobs/{id}/outputs/1\"")),
+        "{}",
+        page.text()
+    );
+    let thumb = console_get(&app, &format!("/console/jobs/{id}/outputs/1"), &cookie).await;
+    assert_eq!(thumb.status, 200);
+    assert_eq!(thumb.body, png_of(11, 20));
+    let anonymous = console_get(&app, &format!("/console/jobs/{id}/outputs/1"), "").await;
+    assert_ne!(anonymous.status, 200);
+    let owner = app.get("/v1/me", Some(&key)).await.expect(200);
+    let user_page = console_get(
+        &app,
+        &format!("/console/users/{}", owner["user"]["id"].as_str().unwrap()),
+        &cookie,
+    )
+    .await;
+    assert!(
+        user_page.text().contains("Storage") && user_page.text().contains("init.png"),
+        "{}",
+        user_page.text()
+    );
+
     // Deleted early by its owner: gone, and its bytes with it.
     let before = dir.files().len();
     assert_eq!(
@@ -711,4 +739,40 @@ async fn on_s3_signed_urls_carry_inputs_outputs_and_downloads() {
         .unwrap()
         .status();
     assert_eq!(status.as_u16(), 404);
+}
+
+/// Signs in to the console with the admin token; returns the cookie.
+async fn console_session(app: &TestApp) -> String {
+    let res = awc::Client::builder()
+        .disable_redirects()
+        .finish()
+        .post(app.url("/console/login"))
+        .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+        .send_body(format!("token={}", app.admin_token))
+        .await
+        .expect("console login");
+    assert_eq!(res.status().as_u16(), 303);
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie");
+    cookie.split(';').next().unwrap_or_default().to_owned()
+}
+
+async fn console_get(app: &TestApp, path: &str, cookie: &str) -> Resp {
+    let mut res = awc::Client::builder()
+        .disable_redirects()
+        .finish()
+        .get(app.url(path))
+        .insert_header(("Cookie", cookie))
+        .send()
+        .await
+        .expect("console page");
+    let body = res.body().limit(1 << 22).await.expect("body");
+    Resp {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: body.to_vec(),
+    }
 }
