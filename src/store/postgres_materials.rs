@@ -20,7 +20,7 @@ use tokio_postgres::{NoTls, Row};
 const POOL_WAIT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Advisory lock namespace of the per-user quota check.
-const QUOTA_LOCK: i32 = 0x6d61_74;
+const QUOTA_LOCK: i32 = 0x006d_6174;
 
 const COLUMNS: &str = "key, user_id, material_id, name, job_id, output_index, license, media, \
     size, created_at, expires_at, gone_at";
@@ -124,15 +124,15 @@ impl PgMaterialStore {
 type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
 
 /// The role columns of an object: material id, name, job, index, licence.
-fn role_columns(
-    o: &StoredObject,
-) -> (
+type RoleColumns<'a> = (
     Option<uuid::Uuid>,
-    Option<&str>,
+    Option<&'a str>,
     Option<uuid::Uuid>,
     Option<i32>,
     Option<&'static str>,
-) {
+);
+
+fn role_columns(o: &StoredObject) -> RoleColumns<'_> {
     match &o.role {
         ObjectRole::Material { id, name } => (Some(id.as_uuid()), Some(name), None, None, None),
         ObjectRole::Output {

@@ -78,7 +78,8 @@ impl ProgressSink {
 pub enum Executor {
     Simulate(simulate::Simulate),
     Command(command::CommandExecutor),
-    Persistent(persistent::PersistentExecutor),
+    // Boxed: it holds the running program's pipes.
+    Persistent(Box<persistent::PersistentExecutor>),
 }
 
 impl Executor {
@@ -99,9 +100,9 @@ impl Executor {
                     video: video.clone(),
                 })
             }
-            ExecutorConfig::Persistent { program } => {
-                Executor::Persistent(persistent::PersistentExecutor::new(program.clone()))
-            }
+            ExecutorConfig::Persistent { program } => Executor::Persistent(Box::new(
+                persistent::PersistentExecutor::new(program.clone()),
+            )),
         }
     }
 
