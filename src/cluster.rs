@@ -147,7 +147,7 @@ pub async fn run_election(
             tokio::select! {
                 note = notifications.recv() => match note {
                     Some(payload) => {
-                        if let Ok(job) = payload.parse::<JobId>() {
+                        for job in payload.split(',').filter_map(|id| id.parse::<JobId>().ok()) {
                             orchestrator.job_waiting(job);
                         }
                     }

@@ -188,12 +188,12 @@ async fn subscribe_loop(
     }
 }
 
-/// The server's observer: metrics for everything, and job events to the
-/// hub for the event streams.
+/// The server's observer: metrics for everything, and progress events to
+/// the hub for the event streams (state events come from the store's
+/// outbox, after commit).
 pub struct ServerObserver {
     pub metrics: Arc<Metrics>,
     pub events: Arc<EventHub>,
-    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl admedia_actors::observer::Observer for ServerObserver {
@@ -245,7 +245,6 @@ impl admedia_actors::observer::Observer for ServerObserver {
     }
 
     fn job_event(&self, event: &JobEvent) {
-        self.webhooks.on_event(event);
         self.events.publish(event.clone());
     }
 }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod materials;
 pub mod metrics;
 pub mod objects;
+pub mod outbox;
 pub mod ratelimit;
 pub mod startup;
 pub mod store;

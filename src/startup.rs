@@ -151,10 +151,10 @@ impl Application {
             settings.webhook_allow_private,
             std::time::Duration::from_millis(settings.webhook_retry_base_ms.max(1)),
         ));
+        crate::outbox::start(store.clone(), events.clone(), webhooks);
         let observer = Arc::new(ServerObserver {
             metrics: metrics.clone(),
             events: events.clone(),
-            webhooks,
         });
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| format!("bind {}: {e}", settings.bind))?;

@@ -5,8 +5,9 @@
 //! (the same on every retry of one event), `webhook-timestamp` and
 //! `webhook-signature` = `v1,` + base64(HMAC-SHA256(secret, id.timestamp.body)),
 //! where the secret is the user's (`GET /v1/me/webhook-secret`, `whsec_` +
-//! base64 of the key bytes). A delivery that fails is retried with
-//! exponential backoff. Targets must be http(s) and, unless
+//! base64 of the key bytes). Deliveries are owed rows of the store's
+//! outbox, written with the change that causes them, so a restart loses
+//! none; one that fails is retried with exponential backoff. Targets must be http(s) and, unless
 //! `ADMEDIA_WEBHOOK_ALLOW_PRIVATE=true`, must not be loopback, private or
 //! link-local addresses — checked at submission and again, after DNS, at
 //! every delivery.
@@ -15,13 +16,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admedia_actors::events::{JobEvent, JobEventKind};
-use admedia_actors::job::{Job, JobState};
+use admedia_actors::store::outbox::{DeliveryReport, PendingWebhook};
+use admedia_actors::store::writeset::WebhookDelivery;
 use admedia_actors::store::Store;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::http::views::JobView;
 use crate::metrics::Metrics;
@@ -139,109 +140,102 @@ impl Webhooks {
         }
     }
 
-    /// Called for every job event; starts a delivery for the ones that
-    /// webhooks carry.
-    pub fn on_event(self: &Arc<Self>, event: &JobEvent) {
-        let JobEventKind::State { state, .. } = &event.kind else {
-            return;
-        };
-        if !(state.is_terminal() || *state == JobState::Running) {
-            return;
-        }
-        let this = self.clone();
-        let (job_id, state, attempt) = (event.job_id, *state, event.attempt);
-        actix_rt::spawn(async move {
-            let job = match this.store.job(job_id).await {
-                Ok(Some(job)) => job,
-                _ => return,
-            };
-            if job.spec.webhook_url.is_some() {
-                this.deliver(job, state, attempt).await;
-            }
-        });
+    /// How often owed deliveries are looked for (retries, and what a
+    /// restart left): the first retry delay, at most a second.
+    pub fn poll_every(&self) -> Duration {
+        self.retry_base.min(Duration::from_secs(1))
     }
 
-    async fn deliver(&self, job: Job, state: JobState, attempt: u32) {
-        let Some(target) = job.spec.webhook_url.clone() else {
-            return;
-        };
-        let event_type = match state {
-            JobState::Running => "job.started",
-            JobState::Succeeded => "job.succeeded",
-            JobState::Failed => "job.failed",
-            JobState::Cancelled => "job.cancelled",
-            JobState::Queued | JobState::Assigned => return,
-        };
-        // One id per (job, state, attempt): the same on every retry, and a
-        // receiver that saw it before knows it is a replay.
-        let digest = Sha256::digest(format!("{}:{}:{attempt}", job.id, state.as_str()));
-        let id = format!("msg_{}", &hex::encode(digest)[..32]);
-        let secret = match self.store.webhook_secret(job.user_id, new_secret()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "no webhook secret; event not sent");
-                return;
+    /// Tries one owed delivery once and records how it went: delivered,
+    /// retried later with exponential backoff, or given up after
+    /// [`MAX_DELIVERIES`].
+    pub async fn deliver(&self, owed: PendingWebhook) {
+        let d = &owed.delivery;
+        let outcome = self.deliver_once(d).await;
+        let now = chrono::Utc::now();
+        let report = match outcome {
+            Ok(()) => {
+                self.metrics.webhook("delivered");
+                tracing::info!(job = %d.job_id, webhook = %d.id, event = %d.event_type, delivery = owed.attempts + 1, "webhook delivered");
+                DeliveryReport::Delivered
             }
-        };
-        let payload = serde_json::json!({
-            "type": event_type,
-            "timestamp": chrono::Utc::now(),
-            "data": JobView::of(&job, None),
-        });
-        let body = payload.to_string();
-        let url = match check_target(&target, self.allow_private) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "webhook target refused");
+            Err(DeliveryError::Refused(e)) => {
+                tracing::warn!(job = %d.job_id, webhook = %d.id, error = %e, "webhook target refused");
                 self.metrics.webhook("refused");
-                return;
+                DeliveryReport::GivenUp { error: e }
             }
-        };
-        let client = awc::Client::builder().timeout(DELIVERY_TIMEOUT).finish();
-        let mut delay = self.retry_base;
-        for delivery in 1..=MAX_DELIVERIES {
-            let outcome = match check_resolved(&url, self.allow_private).await {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let timestamp = chrono::Utc::now().timestamp();
-                    match sign(&secret, &id, timestamp, &body) {
-                        Err(e) => Err(e),
-                        Ok(signature) => client
-                            .post(url.as_str())
-                            .insert_header(("content-type", "application/json"))
-                            .insert_header(("webhook-id", id.as_str()))
-                            .insert_header(("webhook-timestamp", timestamp.to_string()))
-                            .insert_header(("webhook-signature", signature))
-                            .send_body(body.clone())
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|res| {
-                                if res.status().is_success() {
-                                    Ok(())
-                                } else {
-                                    Err(format!("status {}", res.status()))
-                                }
-                            }),
+            Err(DeliveryError::Failed(e)) => {
+                self.metrics.webhook("failed_attempt");
+                tracing::warn!(job = %d.job_id, webhook = %d.id, delivery = owed.attempts + 1, error = %e, "webhook delivery failed");
+                if owed.attempts + 1 >= MAX_DELIVERIES {
+                    self.metrics.webhook("given_up");
+                    tracing::error!(job = %d.job_id, webhook = %d.id, "webhook given up after {MAX_DELIVERIES} deliveries");
+                    DeliveryReport::GivenUp { error: e }
+                } else {
+                    let delay = self
+                        .retry_base
+                        .saturating_mul(1 << owed.attempts.min(16))
+                        .min(Duration::from_secs(300));
+                    DeliveryReport::Failed {
+                        retry_at: now
+                            + chrono::Duration::from_std(delay)
+                                .unwrap_or(chrono::Duration::seconds(300)),
+                        error: e,
                     }
                 }
-            };
-            match outcome {
-                Ok(()) => {
-                    self.metrics.webhook("delivered");
-                    tracing::info!(job = %job.id, webhook = %id, event = event_type, delivery, "webhook delivered");
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.webhook("failed_attempt");
-                    tracing::warn!(job = %job.id, webhook = %id, delivery, error = %e, "webhook delivery failed");
-                }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(300));
+        };
+        if let Err(e) = self.store.report_webhook(&d.id, report, now).await {
+            // The row stays owed; its claim runs out and it is tried again.
+            tracing::warn!(webhook = %d.id, error = %e, "webhook outcome not recorded");
         }
-        self.metrics.webhook("given_up");
-        tracing::error!(job = %job.id, webhook = %id, "webhook given up after {MAX_DELIVERIES} deliveries");
     }
+
+    /// One signed POST of one event.
+    async fn deliver_once(&self, d: &WebhookDelivery) -> Result<(), DeliveryError> {
+        let url = check_target(&d.url, self.allow_private).map_err(DeliveryError::Refused)?;
+        let secret = self
+            .store
+            .webhook_secret(d.user_id, new_secret())
+            .await
+            .map_err(|e| DeliveryError::Failed(format!("no webhook secret: {e}")))?;
+        // The body is the same on every retry: the event's own time, the
+        // job as it was then.
+        let body = serde_json::json!({
+            "type": d.event_type,
+            "timestamp": d.at,
+            "data": JobView::of(&d.job, None),
+        })
+        .to_string();
+        check_resolved(&url, self.allow_private)
+            .await
+            .map_err(DeliveryError::Failed)?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = sign(&secret, &d.id, timestamp, &body).map_err(DeliveryError::Failed)?;
+        let client = awc::Client::builder().timeout(DELIVERY_TIMEOUT).finish();
+        let res = client
+            .post(url.as_str())
+            .insert_header(("content-type", "application/json"))
+            .insert_header(("webhook-id", d.id.as_str()))
+            .insert_header(("webhook-timestamp", timestamp.to_string()))
+            .insert_header(("webhook-signature", signature))
+            .send_body(body)
+            .await
+            .map_err(|e| DeliveryError::Failed(e.to_string()))?;
+        if res.status().is_success() {
+            Ok(())
+        } else {
+            Err(DeliveryError::Failed(format!("status {}", res.status())))
+        }
+    }
+}
+
+/// Why a delivery did not happen.
+enum DeliveryError {
+    /// The target is not allowed: never retried.
+    Refused(String),
+    /// Tried and failed: retried.
+    Failed(String),
 }
 
 #[cfg(test)]

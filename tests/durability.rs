@@ -7,23 +7,66 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use support::{Api, ServerProcess, ADMIN_TOKEN};
 
 fn job_body(i: usize) -> Value {
     json!({"kind": "image", "model": "sdxl", "prompt": format!("crash test {i}"), "params": {"count": 1 + i % 3}})
 }
 
+/// A webhook receiver that counts deliveries by `webhook-id`.
+async fn counting_receiver() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let state = seen.clone();
+    let server = HttpServer::new(move || {
+        let state = state.clone();
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let state = state.clone();
+            async move {
+                let id = req
+                    .headers()
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                *state.lock().expect("lock").entry(id).or_default() += 1;
+                HttpResponse::NoContent().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind receiver");
+    let port = server.addrs()[0].port();
+    actix_rt::spawn(server.run());
+    (format!("http://127.0.0.1:{port}/hooks"), seen)
+}
+
+/// The `webhook-id` of a job's event (Standard Webhooks: one id per event,
+/// the same on every retry), as a receiver can recompute it.
+fn webhook_id(job: &str, state: &str, attempt: u64) -> String {
+    let digest = Sha256::digest(format!("{job}:{state}:{attempt}"));
+    format!("msg_{}", &hex::encode(digest)[..32])
+}
+
 /// Submits job `i` for `key` until the server gives a definite answer; an
 /// answer lost to the crash is retried with the same Idempotency-Key.
-async fn submit_until_answered(api: &Api, key: &str, i: usize) -> Option<String> {
+async fn submit_until_answered(api: &Api, key: &str, i: usize, webhook: &str) -> Option<String> {
     let idem = format!("crash-{i}");
     let (status, body) = api
         .call(
             "POST",
             "/v1/jobs",
             key,
-            Some(job_body(i)),
+            Some({
+                let mut body = job_body(i);
+                body["webhook_url"] = json!(webhook);
+                body
+            }),
             &[("Idempotency-Key", &idem)],
         )
         .await
@@ -52,11 +95,14 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
         // the restart.
         ("ADMEDIA_WORKER_LEASE_MS", "1000".to_owned()),
         ("ADMEDIA_REGISTRATION_CREDITS", "2000".to_owned()),
+        ("ADMEDIA_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+        ("ADMEDIA_WEBHOOK_RETRY_BASE_MS", "50".to_owned()),
         (
             "ADMEDIA_RATE_LIMITS",
             "free=0,basic=0,professional=0,enterprise=0".to_owned(),
         ),
     ];
+    let (hook, received) = counting_receiver().await;
     let mut server = ServerProcess::start(&env).await;
     let api = Api::new(&server.base);
     let mut users = Vec::new();
@@ -86,8 +132,8 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
         let mut futures = Vec::new();
         for (u, (_, key)) in users.iter().enumerate() {
             for i in batch..(batch + 5).min(PER_USER) {
-                let api = &api;
-                futures.push(async move { (u, i, submit_until_answered(api, key, i).await) });
+                let (api, hook) = (&api, &hook);
+                futures.push(async move { (u, i, submit_until_answered(api, key, i, hook).await) });
             }
         }
         for (u, i, answer) in futures_util::future::join_all(futures).await {
@@ -109,7 +155,7 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
     // Retries of whatever the crash left unanswered: the same key either
     // replays the committed job or creates it now, never both.
     for (u, i) in unanswered {
-        let id = submit_until_answered(&api, &users[u].1, i)
+        let id = submit_until_answered(&api, &users[u].1, i, &hook)
             .await
             .expect("resubmission after restart is answered");
         acknowledged.entry(u).or_default().insert(id);
@@ -139,6 +185,54 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
             let charge = if posted { "posted" } else { "voided" };
             assert_eq!(job["charge"].as_str(), Some(charge), "{job}");
         }
+    }
+
+    // Every webhook a committed change produced is delivered at least once
+    // (the ones owed at the kill by the restarted server), and none for a
+    // change that never committed: a start per attempt that started, and
+    // the end.
+    let mut owed: HashSet<String> = HashSet::new();
+    for (_, key) in &users {
+        for job in support::audit_user(&api, key).await {
+            let id = job["id"].as_str().expect("id");
+            let (status, detail) = api
+                .call(
+                    "GET",
+                    &format!("/v1/admin/jobs/{id}"),
+                    ADMIN_TOKEN,
+                    None,
+                    &[],
+                )
+                .await
+                .expect("job detail");
+            assert_eq!(status, 200);
+            let state = job["state"].as_str().expect("state");
+            owed.insert(webhook_id(
+                id,
+                state,
+                job["attempts"].as_u64().expect("attempts"),
+            ));
+            for a in detail["attempts"].as_array().expect("attempts") {
+                if !a["started_at"].is_null() {
+                    owed.insert(webhook_id(id, "running", a["attempt"].as_u64().expect("n")));
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen: HashSet<String> = received.lock().expect("lock").keys().cloned().collect();
+        let missing = owed.difference(&seen).count();
+        if missing == 0 || Instant::now() > deadline {
+            assert_eq!(missing, 0, "webhooks of committed changes never delivered");
+            let stray: Vec<&String> = seen.difference(&owed).collect();
+            assert!(
+                stray.is_empty(),
+                "webhooks for changes that never committed: {stray:?}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -34,11 +34,16 @@ pub enum JobEventKind {
 impl JobEvent {
     /// The job's state as an event.
     pub fn state_of(job: &Job) -> JobEvent {
+        JobEvent::state_at(job, Utc::now())
+    }
+
+    /// The job's state as an event that happened at `at`.
+    pub fn state_at(job: &Job, at: DateTime<Utc>) -> JobEvent {
         JobEvent {
             job_id: job.id,
             user_id: job.user_id,
             attempt: job.attempts,
-            at: Utc::now(),
+            at,
             kind: JobEventKind::State {
                 state: job.state,
                 charge: job.charge,

@@ -452,12 +452,50 @@ fn first_price_version() -> u32 {
     1
 }
 
+/// How an attempt ended, as its record keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcomeLabel {
+    Succeeded,
+    UserFailure,
+    SystemFailure,
+    Cancelled,
+}
+
+impl AttemptOutcomeLabel {
+    pub const ALL: [AttemptOutcomeLabel; 4] = [
+        AttemptOutcomeLabel::Succeeded,
+        AttemptOutcomeLabel::UserFailure,
+        AttemptOutcomeLabel::SystemFailure,
+        AttemptOutcomeLabel::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcomeLabel::Succeeded => "succeeded",
+            AttemptOutcomeLabel::UserFailure => "user_failure",
+            AttemptOutcomeLabel::SystemFailure => "system_failure",
+            AttemptOutcomeLabel::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcomeLabel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AttemptOutcomeLabel::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt outcome {s:?}"))
+    }
+}
+
 /// How an attempt's end is recorded: its label for the attempt history
 /// and, when the hold is resolved by it, how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptEnd {
-    /// `succeeded`, `user_failure` or `system_failure`.
-    pub label: &'static str,
+    pub label: AttemptOutcomeLabel,
     pub message: Option<String>,
     /// `Posted` or `Voided` when the job ended; `None` when it waits for a
     /// retry with its hold still open.
@@ -481,7 +519,7 @@ impl Job {
                 });
                 self.error = None;
                 AttemptEnd {
-                    label: "succeeded",
+                    label: AttemptOutcomeLabel::Succeeded,
                     message: None,
                     resolution: Some(Charge::Posted),
                 }
@@ -493,7 +531,7 @@ impl Job {
                     message: message.clone(),
                 });
                 AttemptEnd {
-                    label: "user_failure",
+                    label: AttemptOutcomeLabel::UserFailure,
                     message: Some(message),
                     resolution: Some(Charge::Posted),
                 }
@@ -512,7 +550,7 @@ impl Job {
                     Some(Charge::Voided)
                 };
                 AttemptEnd {
-                    label: "system_failure",
+                    label: AttemptOutcomeLabel::SystemFailure,
                     message: Some(message),
                     resolution,
                 }

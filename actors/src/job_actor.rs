@@ -294,7 +294,6 @@ impl Actor for JobActor {
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(job) => {
                 act.phase = Phase::Assigned;
-                act.observer.job_event(&JobEvent::state_of(&job));
                 tracing::info!(job = %job.id, user = %job.user_id, attempt = job.attempts,
                     worker = %act.worker_id, "attempt assigned");
                 act.observer.dispatched(
@@ -359,9 +358,6 @@ impl Handler<AttemptEvent> for JobActor {
                 // `wait`: a completion right behind the acceptance is only
                 // handled once the start is recorded.
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
-                    if let Ok(job) = &res {
-                        act.observer.job_event(&JobEvent::state_of(job));
-                    }
                     if let Err(e) = res {
                         match e {
                             StoreError::StaleTransition { .. } | StoreError::NotFound(_) => {

@@ -21,7 +21,6 @@ use parking_lot::Mutex;
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
-use crate::events::JobEvent;
 use crate::ids::{JobId, UserId};
 use crate::job::AttemptOutcome;
 use crate::job::{IdempotencyKey, Job, JobSpec, JobState};
@@ -207,7 +206,6 @@ impl Handler<Submit> for WalletActor {
             if !submission.replayed {
                 let job = &submission.job;
                 act.deps.observer.job_submitted(job.spec.kind, job.tier);
-                act.deps.observer.job_event(&JobEvent::state_of(job));
                 act.deps.observer.credits_moved(EntryKind::Hold, job.cost.get());
                 tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(), "credits held");
                 if let Some(s) = act.deps.scheduler() {
@@ -242,7 +240,6 @@ impl Handler<Settle> for WalletActor {
             let settlement = res?;
             act.observe_wallet(settlement.wallet);
             let job = &settlement.job;
-            act.deps.observer.job_event(&JobEvent::state_of(job));
             let moved = match (job.state, job.charge) {
                 (JobState::Queued, _) => None,
                 (_, crate::job::Charge::Posted) => Some(EntryKind::Post),
@@ -291,7 +288,6 @@ impl Handler<Cancel> for WalletActor {
             act.deps
                 .observer
                 .job_finished(job.spec.kind, job.tier, job.state.as_str());
-            act.deps.observer.job_event(&JobEvent::state_of(&job));
             tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(),
                 movement = kind.as_str(), "job cancelled");
             if let Some(s) = act.deps.scheduler() {
@@ -390,7 +386,6 @@ impl Handler<SetStatus> for WalletActor {
                     act.deps
                         .observer
                         .job_finished(job.spec.kind, job.tier, job.state.as_str());
-                    act.deps.observer.job_event(&JobEvent::state_of(&job));
                     if let Some(s) = act.deps.scheduler() {
                         s.do_send(Withdraw(job.id));
                     }

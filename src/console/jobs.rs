@@ -318,7 +318,7 @@ fn events(d: &JobDetail, names: &HashMap<WorkerId, String>) -> Vec<(DateTime<Utc
             ev.push((
                 t,
                 html! {
-                    "Attempt " (a.attempt) " ended " (view::outcome(a.outcome.as_deref()))
+                    "Attempt " (a.attempt) " ended " (view::outcome(a.outcome.map(|o| o.as_str())))
                     @if let Some(m) = &a.message { " " span.message { (m) } }
                 },
             ));
@@ -461,7 +461,7 @@ pub async fn detail(
                                 (Some(s), Some(f)) => { (view::took(s, f)) },
                                 _ => { (view::dash()) },
                             } }
-                            td { (view::outcome(a.outcome.as_deref())) }
+                            td { (view::outcome(a.outcome.map(|o| o.as_str()))) }
                             td.message { @match &a.message { Some(m) => { (m) }, None => { (view::dash()) } } }
                         }
                     } }

@@ -134,7 +134,7 @@ impl AttemptView {
             assigned_at: a.assigned_at,
             started_at: a.started_at,
             finished_at: a.finished_at,
-            outcome: a.outcome.clone(),
+            outcome: a.outcome.map(|o| o.as_str().to_owned()),
             message: a.message.clone(),
         }
     }

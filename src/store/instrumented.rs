@@ -39,6 +39,8 @@ use crate::metrics::Metrics;
 /// label: one per method of [`Store`] that reaches the store.
 pub const OPERATIONS: &[&str] = &[
     "ping",
+    "claim_webhooks",
+    "report_webhook",
     "create_user",
     "user_by_key",
     "user",
@@ -193,6 +195,29 @@ impl Store for InstrumentedStore {
         limit: usize,
     ) -> StoreResult<Vec<LedgerEntry>> {
         self.timed("ledger", self.inner.ledger(user, before, limit))
+            .await
+    }
+
+    fn outbox(&self) -> &admedia_actors::store::outbox::OutboxFeed {
+        self.inner.outbox()
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::store::outbox::PendingWebhook>> {
+        self.timed("claim_webhooks", self.inner.claim_webhooks(now, limit))
+            .await
+    }
+
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: admedia_actors::store::outbox::DeliveryReport,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.timed("report_webhook", self.inner.report_webhook(id, report, now))
             .await
     }
 

@@ -9,6 +9,7 @@
 //! ledger row and a second resolution of a hold.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use admedia_actors::email::Email;
@@ -17,7 +18,10 @@ use admedia_actors::job::{
     AttemptOutcome, Charge, Job, JobError, JobKind, JobParams, JobResult, JobSpec, JobState,
 };
 use admedia_actors::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
-use admedia_actors::money::{Credits, MoneyError, Wallet};
+use admedia_actors::money::{Credits, Wallet};
+use admedia_actors::store::decide::{self, money};
+use admedia_actors::store::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
+use admedia_actors::store::writeset::{AccountState, WebhookDelivery};
 use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
     NewJob, Settlement, Store, StoreError, StoreResult, Submission,
@@ -35,8 +39,14 @@ use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcom
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 
+/// Writes write sets with set-based statements.
+mod apply;
 /// API keys, payments and gifts, price versions, content violations.
 mod platform;
+/// Group commit of the money-and-job operations.
+mod writer;
+
+pub use writer::{GroupCommit, Paused};
 
 mod embedded {
     refinery::embed_migrations!("schema");
@@ -44,6 +54,8 @@ mod embedded {
 
 pub struct PgStore {
     pool: Pool,
+    feed: Arc<OutboxFeed>,
+    writers: writer::Writers,
 }
 
 /// How long a request waits for a pooled connection before the store
@@ -66,6 +78,14 @@ impl PgStore {
         config: tokio_postgres::Config,
         max_connections: usize,
     ) -> Result<PgStore, StoreError> {
+        Self::with_group_commit(config, max_connections, GroupCommit::default())
+    }
+
+    pub fn with_group_commit(
+        config: tokio_postgres::Config,
+        max_connections: usize,
+        group_commit: GroupCommit,
+    ) -> Result<PgStore, StoreError> {
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -81,7 +101,13 @@ impl PgStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Internal(format!("pool: {e}")))?;
-        Ok(PgStore { pool })
+        let feed = Arc::new(OutboxFeed::default());
+        let writers = writer::Writers::new(pool.clone(), feed.clone(), group_commit);
+        Ok(PgStore {
+            pool,
+            feed,
+            writers,
+        })
     }
 
     /// Applies the migrations in `schema/` that have not run yet.
@@ -95,6 +121,18 @@ impl PgStore {
             tracing::info!(migration = %m, "applied migration");
         }
         Ok(())
+    }
+
+    /// Holds every batch back until the guard is dropped; meanwhile
+    /// operations queue (see [`PgStore::queued_operations`]). For tests of
+    /// what one batch does.
+    pub async fn pause_group_commit(&self) -> writer::Paused {
+        self.writers.pause().await
+    }
+
+    /// Operations handed to group commit since the store was made.
+    pub fn queued_operations(&self) -> usize {
+        self.writers.queued()
     }
 
     /// Pool connections by state, for metrics.
@@ -130,22 +168,6 @@ fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
     e.as_db_error().is_some_and(|d| {
         d.code() == &SqlState::UNIQUE_VIOLATION && d.constraint() == Some(constraint)
     })
-}
-
-fn money(e: MoneyError) -> StoreError {
-    match e {
-        MoneyError::Insufficient {
-            required,
-            available,
-        } => StoreError::InsufficientCredits {
-            required,
-            available,
-        },
-        MoneyError::Overflow => {
-            StoreError::LimitExceeded("the wallet would exceed the largest balance".into())
-        }
-        other => StoreError::Invariant(other.to_string()),
-    }
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -351,122 +373,28 @@ async fn cached_query_opt(
     tx.query_opt(&statement, params).await.map_err(db)
 }
 
-/// Locks the user's wallet row for the rest of the transaction.
-async fn lock_wallet(tx: &Transaction<'_>, user: UserId) -> StoreResult<Wallet> {
-    let row = cached_query_opt(
-        tx,
-        "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE",
-        &[&user.as_uuid()],
-    )
-    .await?
-    .ok_or(StoreError::NotFound("user"))?;
-    Wallet::new(credits(row.get(0))?, credits(row.get(1))?).map_err(money)
-}
-
-async fn lock_job(tx: &Transaction<'_>, id: JobId) -> StoreResult<Job> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
-    let row = cached_query_opt(tx, &sql, &[&id.as_uuid()])
+/// Locks one account for the rest of the transaction.
+async fn lock_account(tx: &Transaction<'_>, user: UserId) -> StoreResult<AccountState> {
+    writer::lock_accounts(tx, &[user.as_uuid()])
         .await?
-        .ok_or(StoreError::NotFound("job"))?;
-    job_row(&row)
+        .remove(&user)
+        .ok_or(StoreError::NotFound("user"))
 }
 
-/// One ledger entry and the wallet it leaves: the only place money moves
-/// in this adapter. The caller holds the wallet lock.
-#[allow(clippy::too_many_arguments)]
-async fn book(
+/// Books a grant decided by the domain and writes it: how payments and
+/// gifts move money in this adapter.
+async fn book_grant(
     tx: &Transaction<'_>,
-    user: UserId,
-    before: Wallet,
-    kind: EntryKind,
-    amount: Credits,
-    source: Option<GrantSource>,
-    job: Option<JobId>,
-    note: Option<&str>,
-    idempotency_key: Option<&str>,
+    account: AccountState,
+    grant: &Grant,
     now: DateTime<Utc>,
-) -> StoreResult<Wallet> {
-    let after = match kind {
-        EntryKind::Grant => before.grant(amount),
-        EntryKind::Hold => before.hold(amount),
-        EntryKind::Post => before.post(amount),
-        EntryKind::Void => before.void(amount),
-    }
-    .map_err(money)?;
-    // Both statements go out together: tokio-postgres pipelines queries
-    // polled at once on one connection, so this is one round trip.
-    let (user_id, balance, held) = (user.as_uuid(), after.balance.get(), after.held.get());
-    let (kind_s, amount_v) = (kind.as_str(), amount.get());
-    let (source_s, job_id) = (source.map(GrantSource::as_str), job.map(|j| j.as_uuid()));
-    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let update_params: [Param; 3] = [&user_id, &balance, &held];
-    let insert_params: [Param; 10] = [
-        &user_id,
-        &kind_s,
-        &amount_v,
-        &balance,
-        &held,
-        &source_s,
-        &job_id,
-        &note,
-        &idempotency_key,
-        &now,
-    ];
-    let update = cached_execute(
-        tx,
-        "UPDATE wallets SET balance = $2, held = $3 WHERE user_id = $1",
-        &update_params,
-    );
-    let insert = cached_execute(
-        tx,
-        "INSERT INTO ledger_entries (user_id, kind, amount, balance, held, source, job_id, note, idempotency_key, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &insert_params,
-    );
-    futures_util::try_join!(update, insert)?;
-    Ok(after)
-}
-
-/// Resolves the job's hold exactly once: the conditional update finds the
-/// hold open or the whole transaction fails.
-async fn resolve_hold(
-    tx: &Transaction<'_>,
-    job: &Job,
-    wallet: Wallet,
-    resolution: Charge,
-    now: DateTime<Utc>,
-) -> StoreResult<Wallet> {
-    let kind = match resolution {
-        Charge::Posted => EntryKind::Post,
-        Charge::Voided => EntryKind::Void,
-        Charge::Held => return Err(StoreError::Invariant("resolve to held".into())),
-    };
-    // The resolution and its ledger entry go out together; if the hold was
-    // not open the transaction fails, and nothing of it is committed.
-    let (job_uuid, charge_s) = (job.id.as_uuid(), charge_str(resolution));
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&job_uuid, &charge_s, &now];
-    let resolve = cached_execute(
-        tx,
-        "UPDATE holds SET state = $2, resolved_at = $3 WHERE job_id = $1 AND state = 'held'",
-        &params,
-    );
-    let booked = book(
-        tx,
-        job.user_id,
-        wallet,
-        kind,
-        job.cost,
-        None,
-        Some(job.id),
-        None,
-        None,
-        now,
-    );
-    let (resolved, wallet) = futures_util::try_join!(resolve, booked)?;
-    if resolved != 1 {
-        return Err(StoreError::HoldResolved);
-    }
-    Ok(wallet)
+) -> StoreResult<AccountState> {
+    let (ws, _) = decide::grant(account, grant, false, now)?;
+    apply::write(tx, &ws).await?;
+    ws.accounts
+        .last()
+        .copied()
+        .ok_or_else(|| StoreError::Invariant("a grant without its wallet".into()))
 }
 
 /// The channel on which the store announces a job that (again) waits for
@@ -476,69 +404,6 @@ pub const WAITING_CHANNEL: &str = "admedia_waiting";
 /// The transaction-level advisory lock that fences assignments against
 /// elections (see `assign_job`).
 const EPOCH_FENCE: i64 = 0x0061_646d_6570_6f63;
-
-async fn notify_waiting(tx: &Transaction<'_>, job: JobId) -> StoreResult<()> {
-    cached_execute(
-        tx,
-        "SELECT pg_notify($1, $2)",
-        &[&WAITING_CHANNEL, &job.to_string()],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Writes the mutable columns of a job after a transition, conditional on
-/// the state it was read in (belt and braces under the row lock).
-async fn write_job(tx: &Transaction<'_>, before: JobState, job: &Job) -> StoreResult<()> {
-    if before != job.state && !before.may_become(job.state) {
-        return Err(StoreError::Invariant(format!(
-            "job {}: {before} may not become {}",
-            job.id, job.state
-        )));
-    }
-    let error = job.error.as_ref().map(to_json).transpose()?;
-    let result = job.result.as_ref().map(to_json).transpose()?;
-    let n = cached_execute(tx, "UPDATE jobs SET state = $3, attempts = $4, charge = $5, started_at = $6, finished_at = $7, \
-             retry_at = $8, error = $9, result = $10, worker_id = $11, lease = $12 \
-             WHERE id = $1 AND state = $2",
-            &[
-                &job.id.as_uuid(),
-                &before.as_str(),
-                &job.state.as_str(),
-                &i32::try_from(job.attempts).unwrap_or(i32::MAX),
-                &charge_str(job.charge),
-                &job.started_at,
-                &job.finished_at,
-                &job.retry_at,
-                &error,
-                &result,
-                &job.worker_id.map(|w| w.as_uuid()),
-                &job.lease.map(|l| l.as_uuid()),
-            ],).await?;
-    if n != 1 {
-        return Err(StoreError::StaleTransition {
-            job: job.id,
-            found: before,
-            attempt: job.attempts,
-        });
-    }
-    Ok(())
-}
-
-fn fenced(job: &Job, attempt: &AttemptRef, allowed: &[JobState]) -> StoreResult<()> {
-    if allowed.contains(&job.state)
-        && job.attempts == attempt.attempt
-        && job.lease == Some(attempt.lease)
-    {
-        Ok(())
-    } else {
-        Err(StoreError::StaleTransition {
-            job: job.id,
-            found: job.state,
-            attempt: job.attempts,
-        })
-    }
-}
 
 #[async_trait]
 impl Store for PgStore {
@@ -553,6 +418,94 @@ impl Store for PgStore {
     async fn ping(&self) -> StoreResult<()> {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(db)?;
+        Ok(())
+    }
+
+    fn outbox(&self) -> &OutboxFeed {
+        &self.feed
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingWebhook>> {
+        let client = self.client().await?;
+        // Claimed by moving the next attempt past the claim, in the same
+        // statement that picks them: no other dispatcher gets them before.
+        let stmt = client
+            .prepare_cached(
+                "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id IN ( \
+                   SELECT id FROM webhook_outbox WHERE next_attempt_at <= $1 \
+                   ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, job_id, user_id, url, event_type, job, created_at, attempts",
+            )
+            .await
+            .map_err(db)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &now,
+                    &(now + admedia_actors::store::outbox::DELIVERY_CLAIM),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let mut owed = rows
+            .iter()
+            .map(|r| {
+                let attempts: i32 = r.get(7);
+                Ok(PendingWebhook {
+                    delivery: WebhookDelivery {
+                        id: r.get(0),
+                        job_id: JobId::from_uuid(r.get(1)),
+                        user_id: UserId::from_uuid(r.get(2)),
+                        url: r.get(3),
+                        event_type: r.get(4),
+                        job: json(r.get(5))?,
+                        at: r.get(6),
+                    },
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        owed.sort_by(|a, b| (a.delivery.at, &a.delivery.id).cmp(&(b.delivery.at, &b.delivery.id)));
+        Ok(owed)
+    }
+
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: DeliveryReport,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let client = self.client().await?;
+        match report {
+            DeliveryReport::Delivered => {
+                client
+                    .execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
+                    .await
+                    .map_err(db)?;
+            }
+            DeliveryReport::GivenUp { error } => {
+                tracing::error!(webhook = id, error = %error, "webhook given up");
+                client
+                    .execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
+                    .await
+                    .map_err(db)?;
+            }
+            DeliveryReport::Failed { retry_at, error } => {
+                client
+                    .execute(
+                        "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+                        &[&id, &retry_at, &error],
+                    )
+                    .await
+                    .map_err(db)?;
+            }
+        }
         Ok(())
     }
 
@@ -599,24 +552,16 @@ impl Store for PgStore {
             &[&id.as_uuid()],
         )
         .await?;
-        let wallet = if reward.is_zero() {
-            Wallet::default()
-        } else {
-            book(
-                &tx,
-                id,
-                Wallet::default(),
-                EntryKind::Grant,
-                reward,
-                Some(GrantSource::Registration),
-                None,
-                None,
-                None,
-                now,
-            )
-            .await?
+        let fresh = AccountState {
+            user: id,
+            status: AccountStatus::Active,
+            wallet: Wallet::default(),
+            waiting: 0,
         };
+        let (ws, account) = decide::registration(fresh, reward, now)?;
+        apply::write(&tx, &ws).await?;
         tx.commit().await.map_err(db)?;
+        let wallet = account.wallet;
         let user = User {
             id,
             email: new.email,
@@ -690,9 +635,7 @@ impl Store for PgStore {
         .await?
         .ok_or(StoreError::NotFound("user"))?;
         let current = status(current.get(0))?;
-        if current == AccountStatus::Terminated && new_status != AccountStatus::Terminated {
-            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
-        }
+        decide::status_change(current, new_status)?;
         let sql = format!("UPDATE users SET status = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
         let row = cached_query_one(&tx, &sql, &[&id.as_uuid(), &new_status.as_str()]).await?;
         tx.commit().await.map_err(db)?;
@@ -753,146 +696,23 @@ impl Store for PgStore {
         grant: Grant,
         now: DateTime<Utc>,
     ) -> StoreResult<GrantOutcome> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let wallet = lock_wallet(&tx, user).await?;
-        if let Some(key) = &grant.idempotency_key {
-            let seen = cached_query_opt(
-                &tx,
-                "SELECT 1 FROM ledger_entries WHERE user_id = $1 AND idempotency_key = $2",
-                &[&user.as_uuid(), key],
-            )
-            .await?;
-            if seen.is_some() {
-                return Ok(GrantOutcome {
-                    wallet,
-                    replayed: true,
-                });
-            }
-        }
-        let wallet = book(
-            &tx,
-            user,
-            wallet,
-            EntryKind::Grant,
-            grant.amount,
-            Some(grant.source),
-            None,
-            grant.note.as_deref(),
-            grant.idempotency_key.as_deref(),
-            now,
-        )
-        .await?;
-        tx.commit().await.map_err(db)?;
-        Ok(GrantOutcome {
-            wallet,
-            replayed: false,
-        })
+        self.writers
+            .call(|reply| writer::Op::Grant {
+                user,
+                grant,
+                now,
+                reply,
+            })
+            .await
     }
 
     async fn submit_job(&self, new: NewJob) -> StoreResult<Submission> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let wallet = lock_wallet(&tx, new.user_id).await?;
-        if let Some((key, hash)) = &new.idempotency {
-            let seen = cached_query_opt(&tx, "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2",
-                    &[&new.user_id.as_uuid(), &key.as_str()],).await?;
-            if let Some(row) = seen {
-                let stored: Vec<u8> = row.get(0);
-                if stored[..] != hash.0[..] {
-                    return Err(StoreError::IdempotencyKeyReused);
-                }
-                return Ok(Submission {
-                    job: json(row.get(1))?,
-                    wallet,
-                    replayed: true,
-                });
-            }
-        }
-        // The account's status and its waiting jobs, in one round trip.
-        let row = cached_query_one(
-            &tx,
-            "SELECT status, (SELECT count(*) FROM jobs WHERE user_id = $1 AND state = 'queued') \
-             FROM users WHERE id = $1",
-            &[&new.user_id.as_uuid()],
-        )
-        .await?;
-        let user_status = status(row.get(0))?;
-        if user_status != AccountStatus::Active {
-            return Err(StoreError::AccountInactive(user_status));
-        }
-        let waiting: i64 = row.get(1);
-        if waiting >= i64::from(new.max_waiting) {
-            return Err(StoreError::QueueLimit {
-                limit: new.max_waiting,
-            });
-        }
-        // Checked before any write so a refusal leaves nothing behind.
-        wallet.hold(new.cost).map_err(money)?;
-        let params = to_json(&new.spec.params)?;
-        let max_attempts = i32::try_from(new.max_attempts).unwrap_or(i32::MAX);
-        let price_version = i32::try_from(new.price_version)
-            .map_err(|_| StoreError::Invariant("price version out of range".into()))?;
-        let row = cached_query_one(&tx, "INSERT INTO jobs (id, user_id, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url, price_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12) RETURNING seq",
-                &[
-                    &new.id.as_uuid(),
-                    &new.user_id.as_uuid(),
-                    &new.spec.kind.as_str(),
-                    &new.spec.model,
-                    &new.spec.prompt,
-                    &params,
-                    &new.tier.as_str(),
-                    &new.cost.get(),
-                    &max_attempts,
-                    &new.now,
-                    &new.spec.webhook_url,
-                    &price_version,
-                ],).await?;
-        let seq: i64 = row.get(0);
-        // The hold and its ledger entry go out together (one round trip).
-        let (job_uuid, user_uuid, cost) = (new.id.as_uuid(), new.user_id.as_uuid(), new.cost.get());
-        let hold_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&job_uuid, &user_uuid, &cost, &new.now, &price_version];
-        let hold = cached_execute(
-            &tx,
-            "INSERT INTO holds (job_id, user_id, amount, created_at, price_version) VALUES ($1, $2, $3, $4, $5)",
-            &hold_params,
-        );
-        let booked = book(
-            &tx,
-            new.user_id,
-            wallet,
-            EntryKind::Hold,
-            new.cost,
-            None,
-            Some(new.id),
-            None,
-            None,
-            new.now,
-        );
-        let (_, wallet) = futures_util::try_join!(hold, booked)?;
-        let seq = u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?;
-        let job = new.queued_job(seq);
-        if let Some((key, hash)) = &new.idempotency {
-            cached_execute(&tx, "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, response, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &new.user_id.as_uuid(),
-                    &key.as_str(),
-                    &&hash.0[..],
-                    &job.id.as_uuid(),
-                    &to_json(&job)?,
-                    &new.now,
-                ],).await?;
-        }
-        notify_waiting(&tx, job.id).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Submission {
-            job,
-            wallet,
-            replayed: false,
-        })
+        self.writers
+            .call(|reply| writer::Op::Submit {
+                new: Box::new(new),
+                reply,
+            })
+            .await
     }
 
     async fn assign_job(
@@ -902,75 +722,25 @@ impl Store for PgStore {
         epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        // The fence: assignments hold it shared, an election exclusively,
-        // so an election waits for the assignments of the term it ends and
-        // no assignment of that term can commit after it. (An advisory lock
-        // rather than FOR SHARE on the leader row: share locks from many
-        // concurrent assignments on one row serialize on it.)
-        cached_execute(
-            &tx,
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[&EPOCH_FENCE],
-        )
-        .await?;
-        let current: i64 =
-            cached_query_one(&tx, "SELECT epoch FROM cluster_leader WHERE id = 1", &[])
-                .await?
-                .get(0);
-        let current = u64::try_from(current).unwrap_or(0);
-        if current != epoch {
-            return Err(StoreError::Deposed { current });
-        }
-        let mut job = lock_job(&tx, attempt.job_id).await?;
-        if job.state != JobState::Queued || job.attempts + 1 != attempt.attempt {
-            return Err(StoreError::StaleTransition {
-                job: job.id,
-                found: job.state,
-                attempt: job.attempts,
-            });
-        }
-        job.state = JobState::Assigned;
-        job.attempts = attempt.attempt;
-        job.lease = Some(attempt.lease);
-        job.worker_id = Some(worker);
-        job.retry_at = None;
-        // The job and its attempt record go out together.
-        let (job_uuid, worker_uuid, lease) =
-            (job.id.as_uuid(), worker.as_uuid(), attempt.lease.as_uuid());
-        let number = i32::try_from(attempt.attempt).unwrap_or(i32::MAX);
-        let term = i64::try_from(epoch).unwrap_or(i64::MAX);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&job_uuid, &number, &worker_uuid, &lease, &now, &term];
-        let recorded = cached_execute(
-            &tx,
-            "INSERT INTO job_attempts (job_id, attempt, worker_id, lease, assigned_at, epoch) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &params,
-        );
-        futures_util::try_join!(write_job(&tx, JobState::Queued, &job), recorded)?;
-        tx.commit().await.map_err(db)?;
-        Ok(job)
+        self.writers
+            .call(|reply| writer::Op::Assign {
+                attempt,
+                worker,
+                epoch,
+                now,
+                reply,
+            })
+            .await
     }
 
     async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let mut job = lock_job(&tx, attempt.job_id).await?;
-        fenced(&job, &attempt, &[JobState::Assigned])?;
-        job.state = JobState::Running;
-        job.started_at.get_or_insert(now);
-        let lease = attempt.lease.as_uuid();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lease, &now];
-        let recorded = cached_execute(
-            &tx,
-            "UPDATE job_attempts SET started_at = $2 WHERE lease = $1",
-            &params,
-        );
-        futures_util::try_join!(write_job(&tx, JobState::Assigned, &job), recorded)?;
-        tx.commit().await.map_err(db)?;
-        Ok(job)
+        self.writers
+            .call(|reply| writer::Op::Start {
+                attempt,
+                now,
+                reply,
+            })
+            .await
     }
 
     async fn finish_attempt(
@@ -979,45 +749,14 @@ impl Store for PgStore {
         outcome: AttemptOutcome,
         now: DateTime<Utc>,
     ) -> StoreResult<Settlement> {
-        let mut client = self.client().await?;
-        let owner = client
-            .prepare_cached("SELECT user_id FROM jobs WHERE id = $1")
+        self.writers
+            .call(|reply| writer::Op::Finish {
+                attempt,
+                outcome,
+                now,
+                reply,
+            })
             .await
-            .map_err(db)?;
-        let user = client
-            .query_opt(&owner, &[&attempt.job_id.as_uuid()])
-            .await
-            .map_err(db)?
-            .map(|r| UserId::from_uuid(r.get(0)))
-            .ok_or(StoreError::NotFound("job"))?;
-        let tx = client.transaction().await.map_err(db)?;
-        let wallet = lock_wallet(&tx, user).await?;
-        let mut job = lock_job(&tx, attempt.job_id).await?;
-        fenced(&job, &attempt, &[JobState::Assigned, JobState::Running])?;
-        let before = job.state;
-        let end = job.end_attempt(outcome, now);
-        let wallet = match end.resolution {
-            Some(resolution) => resolve_hold(&tx, &job, wallet, resolution, now).await?,
-            None => wallet,
-        };
-        // The job, its attempt's record and the wake-up go out together.
-        let lease = attempt.lease.as_uuid();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&lease, &now, &end.label, &end.message];
-        let recorded = cached_execute(
-            &tx,
-            "UPDATE job_attempts SET finished_at = $2, outcome = $3, message = $4 WHERE lease = $1",
-            &params,
-        );
-        let wake = async {
-            if job.state == JobState::Queued {
-                notify_waiting(&tx, job.id).await?;
-            }
-            Ok::<(), StoreError>(())
-        };
-        futures_util::try_join!(write_job(&tx, before, &job), recorded, wake)?;
-        tx.commit().await.map_err(db)?;
-        Ok(Settlement { job, wallet })
     }
 
     async fn cancel_job(
@@ -1026,50 +765,32 @@ impl Store for PgStore {
         id: JobId,
         now: DateTime<Utc>,
     ) -> StoreResult<Cancellation> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let wallet = lock_wallet(&tx, user).await?;
-        let mut job = lock_job(&tx, id).await?;
-        if job.user_id != user {
-            return Err(StoreError::NotFound("job"));
-        }
-        let previous = job.state;
-        let previous_lease = job.lease;
-        let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
-        let wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
-        write_job(&tx, previous, &job).await?;
-        if let Some(lease) = previous_lease {
-            cached_execute(
-                &tx,
-                "UPDATE job_attempts SET finished_at = $2, outcome = 'cancelled' WHERE lease = $1",
-                &[&lease.as_uuid(), &now],
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(Cancellation {
-            job,
-            wallet,
-            previous,
-            previous_lease,
-        })
+        self.writers
+            .call(|reply| writer::Op::Cancel {
+                user,
+                job: id,
+                now,
+                reply,
+            })
+            .await
     }
 
     async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let mut wallet = lock_wallet(&tx, user).await?;
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND state = 'queued' ORDER BY seq FOR UPDATE");
+        // Jobs before wallets, as everywhere.
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND state = 'queued' ORDER BY id FOR UPDATE");
         let rows = cached_query(&tx, &sql, &[&user.as_uuid()]).await?;
-        let mut cancelled = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut job = job_row(row)?;
-            let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
-            wallet = resolve_hold(&tx, &job, wallet, resolution, now).await?;
-            write_job(&tx, JobState::Queued, &job).await?;
-            cancelled.push(job);
-        }
+        let mut queued = rows
+            .iter()
+            .map(job_row)
+            .collect::<StoreResult<Vec<Job>>>()?;
+        queued.sort_by_key(|j| j.seq);
+        let account = lock_account(&tx, user).await?;
+        let (ws, cancelled) = decide::cancel_queued(account, &queued, now)?;
+        apply::write(&tx, &ws).await?;
         tx.commit().await.map_err(db)?;
+        self.feed.committed(&ws);
         Ok(cancelled)
     }
 
@@ -1344,7 +1065,10 @@ impl Store for PgStore {
                     assigned_at: r.get(3),
                     started_at: r.get(4),
                     finished_at: r.get(5),
-                    outcome: r.get(6),
+                    outcome: r
+                        .get::<_, Option<&str>>(6)
+                        .map(|o| o.parse().map_err(|_| corrupt("attempt outcome", o)))
+                        .transpose()?,
                     message: r.get(7),
                 })
             })

@@ -9,7 +9,7 @@ use chrono::{Duration, Utc};
 
 use super::*;
 use crate::email::Email;
-use crate::job::{Charge, JobKind, JobRequest, ParamsRequest};
+use crate::job::{AttemptOutcomeLabel, Charge, JobKind, JobRequest, ParamsRequest};
 use crate::ledger::{replay, EntryKind, GrantSource};
 use crate::user::{ApiKey, DisplayName};
 
@@ -25,7 +25,7 @@ fn credits(v: i64) -> Credits {
     Credits::new(v).expect("test amount")
 }
 
-async fn user_with(store: &Shared, email: &str, reward: i64) -> User {
+pub async fn user_with(store: &Shared, email: &str, reward: i64) -> User {
     store
         .create_user(
             NewUser {
@@ -52,7 +52,7 @@ fn spec(prompt: &str) -> JobSpec {
     .expect("test spec")
 }
 
-fn new_job(user: UserId, cost: i64) -> NewJob {
+pub fn new_job(user: UserId, cost: i64) -> NewJob {
     NewJob {
         id: JobId::generate(),
         user_id: user,
@@ -605,9 +605,12 @@ pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
     let attempts = store.attempts(job.id).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!((attempts[0].attempt, attempts[0].lease), (1, first.lease));
-    assert_eq!(attempts[0].outcome.as_deref(), Some("system_failure"));
+    assert_eq!(
+        attempts[0].outcome,
+        Some(AttemptOutcomeLabel::SystemFailure)
+    );
     assert!(attempts[0].started_at.is_some() && attempts[0].finished_at.is_some());
-    assert_eq!(attempts[1].outcome.as_deref(), Some("succeeded"));
+    assert_eq!(attempts[1].outcome, Some(AttemptOutcomeLabel::Succeeded));
     assert!(store.attempts(other.id).await.unwrap().is_empty());
     assert!(matches!(
         store.attempts(JobId::generate()).await,

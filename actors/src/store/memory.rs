@@ -9,22 +9,32 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
+use super::decide;
+use super::writeset::{AccountState, AttemptWrite, HoldWrite, WebhookDelivery, WriteSet};
 use super::*;
 use crate::email::Email;
 use crate::job::Charge;
-use crate::ledger::{EntryKind, GrantSource};
-use crate::money::MoneyError;
+use crate::ledger::EntryKind;
 
 mod platform;
 
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    feed: OutboxFeed,
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// Applies a decision's write set under the same lock its state was
+    /// read under, then hands its effects to the outbox.
+    fn commit(&self, s: &mut State, ws: WriteSet) -> StoreResult<()> {
+        s.apply(&ws)?;
+        self.feed.committed(&ws);
+        Ok(())
     }
 }
 
@@ -49,6 +59,15 @@ struct State {
     leader: Option<Leader>,
     /// Resolution of each job's hold; `Held` means still open.
     holds: HashMap<JobId, Charge>,
+    /// Webhook deliveries owed (the outbox), by id.
+    webhooks: BTreeMap<String, OwedWebhook>,
+}
+
+/// A webhook delivery the outbox still owes.
+struct OwedWebhook {
+    delivery: WebhookDelivery,
+    attempts: u32,
+    next_at: DateTime<Utc>,
 }
 
 /// Everything per user that one operation may need to read together.
@@ -64,22 +83,6 @@ struct Account {
     queued: BTreeSet<u64>,
 }
 
-fn money(e: MoneyError) -> StoreError {
-    match e {
-        MoneyError::Insufficient {
-            required,
-            available,
-        } => StoreError::InsufficientCredits {
-            required,
-            available,
-        },
-        MoneyError::Overflow => {
-            StoreError::LimitExceeded("the wallet would exceed the largest balance".into())
-        }
-        other => StoreError::Invariant(other.to_string()),
-    }
-}
-
 impl State {
     fn account(&mut self, user: UserId) -> StoreResult<&mut Account> {
         self.accounts
@@ -87,101 +90,187 @@ impl State {
             .ok_or(StoreError::NotFound("user"))
     }
 
-    /// Appends one ledger entry and applies it to the wallet. The only place
-    /// money moves in this adapter.
-    #[allow(clippy::too_many_arguments)]
-    fn book(
-        &mut self,
-        user: UserId,
-        kind: EntryKind,
-        amount: Credits,
-        source: Option<GrantSource>,
-        job_id: Option<JobId>,
-        note: Option<String>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Wallet> {
-        self.next_entry += 1;
-        let id = EntryId(self.next_entry);
-        let account = self.account(user)?;
-        let wallet = match kind {
-            EntryKind::Grant => account.wallet.grant(amount),
-            EntryKind::Hold => account.wallet.hold(amount),
-            EntryKind::Post => account.wallet.post(amount),
-            EntryKind::Void => account.wallet.void(amount),
-        }
-        .map_err(money)?;
-        account.wallet = wallet;
-        account.ledger.push(LedgerEntry {
-            id,
-            user_id: user,
-            kind,
-            amount,
-            balance: wallet.balance,
-            held: wallet.held,
-            source,
-            job_id,
-            note,
-            created_at: now,
-        });
-        Ok(wallet)
+    /// An account as decisions read it.
+    fn account_state(&self, user: UserId) -> StoreResult<AccountState> {
+        let status = self
+            .users
+            .get(&user)
+            .map(|u| u.status)
+            .ok_or(StoreError::NotFound("user"))?;
+        let account = self
+            .accounts
+            .get(&user)
+            .ok_or(StoreError::NotFound("user"))?;
+        Ok(AccountState {
+            user,
+            status,
+            wallet: account.wallet,
+            waiting: u32::try_from(account.queued.len()).unwrap_or(u32::MAX),
+        })
     }
 
-    /// Resolves a job's hold exactly once.
-    fn resolve_hold(
-        &mut self,
-        job: &Job,
-        resolution: Charge,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Wallet> {
-        let kind = match resolution {
-            Charge::Posted => EntryKind::Post,
-            Charge::Voided => EntryKind::Void,
-            Charge::Held => return Err(StoreError::Invariant("resolve to held".into())),
-        };
-        match self.holds.get(&job.id) {
-            Some(Charge::Held) => {}
-            Some(_) => return Err(StoreError::HoldResolved),
-            None => return Err(StoreError::Invariant(format!("job {} has no hold", job.id))),
-        }
-        let wallet = self.book(job.user_id, kind, job.cost, None, Some(job.id), None, now)?;
-        self.holds.insert(job.id, resolution);
-        Ok(wallet)
+    fn job(&self, id: JobId) -> StoreResult<&Job> {
+        self.jobs.get(&id).ok_or(StoreError::NotFound("job"))
     }
 
-    fn job_in(&self, attempt: &AttemptRef, allowed: &[JobState]) -> StoreResult<Job> {
-        let job = self
-            .jobs
-            .get(&attempt.job_id)
-            .ok_or(StoreError::NotFound("job"))?;
-        let fenced = allowed.contains(&job.state)
-            && job.attempts == attempt.attempt
-            && job.lease == Some(attempt.lease);
-        if !fenced {
-            return Err(StoreError::StaleTransition {
-                job: job.id,
-                found: job.state,
-                attempt: job.attempts,
+    /// Everything a write set may refuse is checked before the first
+    /// change, so applying it is all or nothing.
+    fn check(&self, ws: &WriteSet) -> StoreResult<()> {
+        for hold in &ws.holds {
+            match hold {
+                HoldWrite::Opened { job, .. } if self.holds.contains_key(job) => {
+                    return Err(StoreError::Invariant(format!(
+                        "job {job} has a hold already"
+                    )));
+                }
+                HoldWrite::Resolved { job, .. } => match self.holds.get(job) {
+                    Some(Charge::Held) => {}
+                    Some(_) => return Err(StoreError::HoldResolved),
+                    None => return Err(StoreError::Invariant(format!("job {job} has no hold"))),
+                },
+                HoldWrite::Opened { .. } => {}
+            }
+        }
+        for write in &ws.jobs {
+            match write.before {
+                None if self.jobs.contains_key(&write.job.id) => {
+                    return Err(StoreError::Invariant(format!(
+                        "job id {} reused",
+                        write.job.id
+                    )));
+                }
+                Some(before) => {
+                    let found = self.job(write.job.id)?.state;
+                    if found != before {
+                        return Err(StoreError::StaleTransition {
+                            job: write.job.id,
+                            found,
+                            attempt: write.job.attempts,
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        let before: Vec<AccountState> = ws
+            .accounts
+            .iter()
+            .filter_map(|a| self.account_state(a.user).ok())
+            .collect();
+        ws.check_entries_chain(&before)
+            .map_err(StoreError::Invariant)
+    }
+
+    /// Stores a write set: storage only, every rule was decided before.
+    fn apply(&mut self, ws: &WriteSet) -> StoreResult<()> {
+        self.check(ws)?;
+        for e in &ws.entries {
+            self.next_entry += 1;
+            let id = EntryId(self.next_entry);
+            let account = self.account(e.user)?;
+            account.wallet = Wallet::new(e.balance, e.held).map_err(decide::money)?;
+            if let Some(key) = &e.idempotency_key {
+                account.grant_keys.insert(key.clone());
+            }
+            account.ledger.push(LedgerEntry {
+                id,
+                user_id: e.user,
+                kind: e.kind,
+                amount: e.amount,
+                balance: e.balance,
+                held: e.held,
+                source: e.source,
+                job_id: e.job_id,
+                note: e.note.clone(),
+                created_at: e.at,
             });
         }
-        Ok(job.clone())
+        for hold in &ws.holds {
+            match hold {
+                HoldWrite::Opened { job, .. } => self.holds.insert(*job, Charge::Held),
+                HoldWrite::Resolved {
+                    job, resolution, ..
+                } => self.holds.insert(*job, *resolution),
+            };
+        }
+        for write in &ws.jobs {
+            if write.before.is_none() {
+                let job = &write.job;
+                self.account(job.user_id)?.jobs.insert(job.seq, job.id);
+            }
+            self.put_job(write.before, write.job.clone())?;
+        }
+        for a in &ws.attempts {
+            self.apply_attempt(a);
+        }
+        for i in &ws.idempotency {
+            self.account(i.user)?
+                .idempotency
+                .insert(i.key.clone(), (i.hash, i.job.clone()));
+        }
+        for d in &ws.webhooks {
+            self.webhooks.insert(
+                d.id.clone(),
+                OwedWebhook {
+                    delivery: d.clone(),
+                    attempts: 0,
+                    next_at: d.at + outbox::DELIVERY_CLAIM,
+                },
+            );
+        }
+        Ok(())
     }
 
-    /// Writes a job back, asserting the state machine and keeping the
-    /// per-user queued index in step.
-    fn put_job(&mut self, before: JobState, job: Job) -> StoreResult<()> {
-        if before != job.state && !before.may_become(job.state) {
-            return Err(StoreError::Invariant(format!(
-                "job {}: {before} may not become {}",
-                job.id, job.state
-            )));
+    fn apply_attempt(&mut self, write: &AttemptWrite) {
+        match write {
+            AttemptWrite::Opened {
+                job,
+                attempt,
+                worker,
+                lease,
+                at,
+                ..
+            } => self.attempts.entry(*job).or_default().push(AttemptRecord {
+                attempt: *attempt,
+                worker_id: *worker,
+                lease: *lease,
+                assigned_at: *at,
+                started_at: None,
+                finished_at: None,
+                outcome: None,
+                message: None,
+            }),
+            AttemptWrite::Started { job, lease, at } => {
+                if let Some(a) = self.attempt_mut(*job, *lease) {
+                    a.started_at = Some(*at);
+                }
+            }
+            AttemptWrite::Ended {
+                job,
+                lease,
+                at,
+                outcome,
+                message,
+            } => {
+                if let Some(a) = self.attempt_mut(*job, *lease) {
+                    a.finished_at = Some(*at);
+                    a.outcome = Some(*outcome);
+                    a.message = message.clone();
+                }
+            }
         }
+    }
+
+    /// Writes a job back, keeping the per-user queued set and the state
+    /// and order indexes in step.
+    fn put_job(&mut self, before: Option<JobState>, job: Job) -> StoreResult<()> {
         let account = self.account(job.user_id)?;
         if job.state == JobState::Queued {
             account.queued.insert(job.seq);
         } else {
             account.queued.remove(&job.seq);
         }
-        if let Some(set) = self.by_state.get_mut(&before) {
+        if let Some(set) = before.and_then(|b| self.by_state.get_mut(&b)) {
             set.remove(&job.seq);
         }
         self.by_state
@@ -198,6 +287,20 @@ impl State {
             .get_mut(&job)
             .and_then(|list| list.iter_mut().find(|a| a.lease == lease))
     }
+
+    /// Books one grant outside a decision's write set (payments, gifts):
+    /// the money still moves through the one decision that books.
+    fn book_grant(
+        &mut self,
+        user: UserId,
+        grant: &Grant,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Wallet> {
+        let account = self.account_state(user)?;
+        let (ws, outcome) = decide::grant(account, grant, false, now)?;
+        self.apply(&ws)?;
+        Ok(outcome.wallet)
+    }
 }
 
 #[async_trait]
@@ -211,6 +314,56 @@ impl Store for MemoryStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn outbox(&self) -> &OutboxFeed {
+        &self.feed
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingWebhook>> {
+        let mut s = self.state.lock();
+        let mut due: Vec<&mut OwedWebhook> = s
+            .webhooks
+            .values_mut()
+            .filter(|w| w.next_at <= now)
+            .collect();
+        due.sort_by_key(|w| (w.delivery.at, w.delivery.id.clone()));
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|w| {
+                w.next_at = now + outbox::DELIVERY_CLAIM;
+                PendingWebhook {
+                    delivery: w.delivery.clone(),
+                    attempts: w.attempts,
+                }
+            })
+            .collect())
+    }
+
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: DeliveryReport,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut s = self.state.lock();
+        match report {
+            DeliveryReport::Delivered | DeliveryReport::GivenUp { .. } => {
+                s.webhooks.remove(id);
+            }
+            DeliveryReport::Failed { retry_at, .. } => {
+                if let Some(w) = s.webhooks.get_mut(id) {
+                    w.attempts += 1;
+                    w.next_at = retry_at;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -232,25 +385,20 @@ impl Store for MemoryStore {
             status: AccountStatus::Active,
             created_at: now,
         };
+        let fresh = AccountState {
+            user: user.id,
+            status: user.status,
+            wallet: Wallet::default(),
+            waiting: 0,
+        };
+        let (ws, account) = decide::registration(fresh, reward, now)?;
         s.emails.insert(new.email, user.id);
         s.keys.insert(new.key_hash, user.id);
         platform::registered(&mut s, user.id, new.key_hash, now);
         s.users.insert(user.id, user.clone());
         s.accounts.insert(user.id, Account::default());
-        let wallet = if reward.is_zero() {
-            Wallet::default()
-        } else {
-            s.book(
-                user.id,
-                EntryKind::Grant,
-                reward,
-                Some(GrantSource::Registration),
-                None,
-                None,
-                now,
-            )?
-        };
-        Ok((user, wallet))
+        self.commit(&mut s, ws)?;
+        Ok((user, account.wallet))
     }
 
     async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
@@ -272,9 +420,7 @@ impl Store for MemoryStore {
     async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
         let mut s = self.state.lock();
         let user = s.users.get_mut(&id).ok_or(StoreError::NotFound("user"))?;
-        if user.status == AccountStatus::Terminated && status != AccountStatus::Terminated {
-            return Err(StoreError::AccountInactive(AccountStatus::Terminated));
-        }
+        decide::status_change(user.status, status)?;
         user.status = status;
         Ok(user.clone())
     }
@@ -309,91 +455,32 @@ impl Store for MemoryStore {
         now: DateTime<Utc>,
     ) -> StoreResult<GrantOutcome> {
         let mut s = self.state.lock();
-        let account = s.account(user)?;
-        if let Some(key) = &grant.idempotency_key {
-            if account.grant_keys.contains(key) {
-                return Ok(GrantOutcome {
-                    wallet: account.wallet,
-                    replayed: true,
-                });
-            }
-        }
-        let wallet = s.book(
-            user,
-            EntryKind::Grant,
-            grant.amount,
-            Some(grant.source),
-            None,
-            grant.note,
-            now,
-        )?;
-        if let Some(key) = grant.idempotency_key {
-            s.account(user)?.grant_keys.insert(key);
-        }
-        Ok(GrantOutcome {
-            wallet,
-            replayed: false,
-        })
+        let account = s.account_state(user)?;
+        let seen = grant.idempotency_key.as_ref().is_some_and(|k| {
+            s.accounts
+                .get(&user)
+                .is_some_and(|a| a.grant_keys.contains(k))
+        });
+        let (ws, outcome) = decide::grant(account, &grant, seen, now)?;
+        self.commit(&mut s, ws)?;
+        Ok(outcome)
     }
 
     async fn submit_job(&self, new: NewJob) -> StoreResult<Submission> {
         let mut s = self.state.lock();
-        let status = s
-            .users
-            .get(&new.user_id)
-            .map(|u| u.status)
-            .ok_or(StoreError::NotFound("user"))?;
-        let account = s.account(new.user_id)?;
-        if let Some((key, hash)) = &new.idempotency {
-            if let Some((stored_hash, first)) = account.idempotency.get(key) {
-                if stored_hash != hash {
-                    return Err(StoreError::IdempotencyKeyReused);
-                }
-                return Ok(Submission {
-                    job: first.clone(),
-                    wallet: account.wallet,
-                    replayed: true,
-                });
-            }
+        let account = s.account_state(new.user_id)?;
+        let claimed = new.idempotency.as_ref().and_then(|(key, _)| {
+            s.accounts
+                .get(&new.user_id)
+                .and_then(|a| a.idempotency.get(key).cloned())
+        });
+        let seq = s.next_seq + 1;
+        let (ws, submission) = decide::submit(account, &new, seq, claimed.as_ref())?;
+        if !submission.replayed {
+            s.next_seq = seq;
         }
-        if status != AccountStatus::Active {
-            return Err(StoreError::AccountInactive(status));
-        }
-        if account.queued.len() >= new.max_waiting as usize {
-            return Err(StoreError::QueueLimit {
-                limit: new.max_waiting,
-            });
-        }
-        // Checked before any write so a refusal leaves nothing behind.
-        account.wallet.hold(new.cost).map_err(money)?;
-        s.next_seq += 1;
-        let job = new.queued_job(s.next_seq);
-        if s.jobs.contains_key(&job.id) {
-            return Err(StoreError::Invariant(format!("job id {} reused", job.id)));
-        }
-        let wallet = s.book(
-            job.user_id,
-            EntryKind::Hold,
-            job.cost,
-            None,
-            Some(job.id),
-            None,
-            new.now,
-        )?;
-        s.holds.insert(job.id, Charge::Held);
-        let account = s.account(job.user_id)?;
-        account.jobs.insert(job.seq, job.id);
-        if let Some((key, hash)) = new.idempotency {
-            account.idempotency.insert(key, (hash, job.clone()));
-        }
-        // The same bookkeeping as every later transition: the user's waiting
-        // set, the state and order indexes, the job itself.
-        s.put_job(JobState::Queued, job.clone())?;
-        Ok(Submission {
-            job,
-            wallet,
-            replayed: false,
-        })
+        self.commit(&mut s, ws)?;
+        Ok(submission)
     }
 
     async fn assign_job(
@@ -405,49 +492,17 @@ impl Store for MemoryStore {
     ) -> StoreResult<Job> {
         let mut s = self.state.lock();
         let current = s.leader.as_ref().map_or(0, |l| l.epoch);
-        if epoch != current {
-            return Err(StoreError::Deposed { current });
-        }
-        let mut job = s
-            .jobs
-            .get(&attempt.job_id)
-            .cloned()
-            .ok_or(StoreError::NotFound("job"))?;
-        if job.state != JobState::Queued || job.attempts + 1 != attempt.attempt {
-            return Err(StoreError::StaleTransition {
-                job: job.id,
-                found: job.state,
-                attempt: job.attempts,
-            });
-        }
-        job.state = JobState::Assigned;
-        job.attempts = attempt.attempt;
-        job.lease = Some(attempt.lease);
-        job.worker_id = Some(worker);
-        job.retry_at = None;
-        s.put_job(JobState::Queued, job.clone())?;
-        s.attempts.entry(job.id).or_default().push(AttemptRecord {
-            attempt: attempt.attempt,
-            worker_id: worker,
-            lease: attempt.lease,
-            assigned_at: now,
-            started_at: None,
-            finished_at: None,
-            outcome: None,
-            message: None,
-        });
+        let job = s.job(attempt.job_id)?;
+        let account = s.account_state(job.user_id)?;
+        let (ws, job) = decide::assign(account, job, attempt, worker, epoch, current, now)?;
+        self.commit(&mut s, ws)?;
         Ok(job)
     }
 
     async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
         let mut s = self.state.lock();
-        let mut job = s.job_in(&attempt, &[JobState::Assigned])?;
-        job.state = JobState::Running;
-        job.started_at.get_or_insert(now);
-        s.put_job(JobState::Assigned, job.clone())?;
-        if let Some(a) = s.attempt_mut(job.id, attempt.lease) {
-            a.started_at = Some(now);
-        }
+        let (ws, job) = decide::start(s.job(attempt.job_id)?, attempt, now)?;
+        self.commit(&mut s, ws)?;
         Ok(job)
     }
 
@@ -458,20 +513,11 @@ impl Store for MemoryStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Settlement> {
         let mut s = self.state.lock();
-        let mut job = s.job_in(&attempt, &[JobState::Assigned, JobState::Running])?;
-        let before = job.state;
-        let end = job.end_attempt(outcome, now);
-        let wallet = match end.resolution {
-            Some(resolution) => s.resolve_hold(&job, resolution, now)?,
-            None => s.account(job.user_id)?.wallet,
-        };
-        s.put_job(before, job.clone())?;
-        if let Some(a) = s.attempt_mut(job.id, attempt.lease) {
-            a.finished_at = Some(now);
-            a.outcome = Some(end.label.to_owned());
-            a.message = end.message;
-        }
-        Ok(Settlement { job, wallet })
+        let job = s.job(attempt.job_id)?;
+        let account = s.account_state(job.user_id)?;
+        let (ws, settlement) = decide::finish(account, job, attempt, outcome, now)?;
+        self.commit(&mut s, ws)?;
+        Ok(settlement)
     }
 
     async fn cancel_job(
@@ -481,49 +527,29 @@ impl Store for MemoryStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Cancellation> {
         let mut s = self.state.lock();
-        let mut job = match s.jobs.get(&id) {
-            Some(job) if job.user_id == user => job.clone(),
-            _ => return Err(StoreError::NotFound("job")),
-        };
-        let previous = job.state;
-        let previous_lease = job.lease;
-        let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
-        let wallet = s.resolve_hold(&job, resolution, now)?;
-        s.put_job(previous, job.clone())?;
-        if let Some(lease) = previous_lease {
-            if let Some(a) = s.attempt_mut(job.id, lease) {
-                a.finished_at = Some(now);
-                a.outcome = Some("cancelled".to_owned());
-            }
-        }
-        Ok(Cancellation {
-            job,
-            wallet,
-            previous,
-            previous_lease,
-        })
+        let job = s.job(id)?;
+        let account = s.account_state(user)?;
+        let (ws, cancellation) = decide::cancel(account, job, user, now)?;
+        self.commit(&mut s, ws)?;
+        Ok(cancellation)
     }
 
     async fn cancel_queued_jobs(&self, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<Job>> {
         let mut s = self.state.lock();
-        let queued: Vec<JobId> = {
-            let account = s.account(user)?;
-            account
-                .queued
-                .iter()
-                .filter_map(|seq| account.jobs.get(seq).copied())
-                .collect()
-        };
-        let mut cancelled = Vec::with_capacity(queued.len());
-        for id in queued {
-            let Some(mut job) = s.jobs.get(&id).cloned() else {
-                continue;
-            };
-            let resolution = job.cancel(now).ok_or(StoreError::JobFinished)?;
-            s.resolve_hold(&job, resolution, now)?;
-            s.put_job(JobState::Queued, job.clone())?;
-            cancelled.push(job);
-        }
+        let account = s.account_state(user)?;
+        let queued: Vec<Job> = s
+            .accounts
+            .get(&user)
+            .map(|a| {
+                a.queued
+                    .iter()
+                    .filter_map(|seq| a.jobs.get(seq))
+                    .filter_map(|id| s.jobs.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (ws, cancelled) = decide::cancel_queued(account, &queued, now)?;
+        self.commit(&mut s, ws)?;
         Ok(cancelled)
     }
 
@@ -714,7 +740,8 @@ impl Store for MemoryStore {
             activity.retries += list
                 .iter()
                 .filter(|a| {
-                    a.outcome.as_deref() == Some("system_failure") && a.finished_at >= Some(since)
+                    a.outcome == Some(crate::job::AttemptOutcomeLabel::SystemFailure)
+                        && a.finished_at >= Some(since)
                 })
                 .count() as u64;
         }

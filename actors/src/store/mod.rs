@@ -28,9 +28,14 @@ use crate::pricing::PriceTable;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod decide;
 /// The catalogue of stored files: a port of its own.
 pub mod materials;
 pub mod memory;
+pub mod outbox;
+pub mod writeset;
+
+use outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -193,9 +198,8 @@ pub struct AttemptRecord {
     pub assigned_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// `succeeded`, `user_failure`, `system_failure` or `cancelled`;
     /// `None` while in flight.
-    pub outcome: Option<String>,
+    pub outcome: Option<crate::job::AttemptOutcomeLabel>,
     pub message: Option<String>,
 }
 
@@ -227,6 +231,25 @@ pub trait Store: Send + Sync + 'static {
     /// Whether acknowledged state survives the process.
     fn durable(&self) -> bool;
     async fn ping(&self) -> StoreResult<()>;
+
+    // ---- outbox
+    /// Where this store hands committed events and webhooks.
+    fn outbox(&self) -> &OutboxFeed;
+    /// Webhook deliveries still owed whose time has come, oldest first,
+    /// each claimed for [`outbox::DELIVERY_CLAIM`] so that no other
+    /// dispatcher takes it meanwhile (restart and retries).
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingWebhook>>;
+    /// Records one delivery attempt of webhook `id`.
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: DeliveryReport,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     // ---- accounts
     /// Creates the user, their wallet and the registration grant at once.

@@ -3,9 +3,10 @@
 //! transaction; money moves only through the adapter's `book`, under the
 //! wallet lock, which is always taken before the user's row.
 
-use admedia_actors::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use admedia_actors::accounts::ApiKeyRecord;
 use admedia_actors::ids::{ApiKeyId, UserId};
-use admedia_actors::ledger::{EntryKind, GrantSource};
+use admedia_actors::job::RequestHash;
+use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::payments::{
     extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
@@ -13,6 +14,7 @@ use admedia_actors::payments::{
 };
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
+use admedia_actors::store::decide;
 use admedia_actors::store::{StoreError, StoreResult};
 use admedia_actors::user::{AccountStatus, KeyHash};
 use chrono::{DateTime, Utc};
@@ -20,7 +22,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::{
-    book, corrupt, credits, db, is_unique_violation, json, lock_wallet, money, status, tier,
+    book_grant, corrupt, credits, db, is_unique_violation, json, lock_account, money, status, tier,
     to_json, user_row, PgStore, USER_COLUMNS,
 };
 
@@ -104,14 +106,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let st = lock_user_status(&tx, user).await?;
-        if st != AccountStatus::Active {
-            return Err(StoreError::AccountInactive(st));
-        }
-        if active_keys(&tx, user).await? >= MAX_ACTIVE_KEYS {
-            return Err(StoreError::LimitExceeded(format!(
-                "at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
-            )));
-        }
+        decide::new_api_key(st, active_keys(&tx, user).await?)?;
         let sql = format!(
             "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING {KEY_COLUMNS}"
@@ -159,11 +154,8 @@ impl PgStore {
             .map_err(db)?
             .ok_or(StoreError::NotFound("API key"))?;
         let current = key_row(&current)?;
-        if !current.is_active() {
+        if !decide::revoke_api_key(&current, active_keys(&tx, user).await?)? {
             return Ok(current);
-        }
-        if active_keys(&tx, user).await? <= 1 {
-            return Err(StoreError::LastApiKey);
         }
         let sql = format!(
             "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
@@ -181,7 +173,8 @@ impl PgStore {
     pub(super) async fn pg_apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let wallet_before = lock_wallet(&tx, p.user_id).await?;
+        let account_before = lock_account(&tx, p.user_id).await?;
+        let wallet_before = account_before.wallet;
         let seen = tx
             .query_opt(
                 "SELECT user_id, request_hash FROM payments WHERE payment_id = $1",
@@ -196,12 +189,17 @@ impl PgStore {
             .map_err(db)?
             .ok_or(StoreError::NotFound("user"))?;
         let user = user_row(&user_row_now)?;
-        if let Some(row) = seen {
-            let owner = UserId::from_uuid(row.get(0));
-            let hash: Vec<u8> = row.get(1);
-            if owner != p.user_id || hash[..] != p.request_hash.0[..] {
-                return Err(StoreError::IdempotencyKeyReused);
+        let stored = match seen {
+            Some(row) => {
+                let hash: Vec<u8> = row.get(1);
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| corrupt("request hash", "of the wrong length"))?;
+                Some((UserId::from_uuid(row.get(0)), RequestHash(hash)))
             }
+            None => None,
+        };
+        if decide::payment_replay(stored, &p)? {
             return Ok(PaymentOutcome {
                 user,
                 wallet: wallet_before,
@@ -231,24 +229,17 @@ impl PgStore {
                 other.map_err(db)?;
             }
         }
-        let mut wallet = wallet_before;
+        let mut account = account_before;
         let mut user = user;
         match p.product {
             Product::Credits { credits: amount } => {
-                let note = format!("payment {}", p.payment_id);
-                wallet = book(
-                    &tx,
-                    p.user_id,
-                    wallet,
-                    EntryKind::Grant,
+                let grant = Grant {
                     amount,
-                    Some(GrantSource::Purchase),
-                    None,
-                    Some(&note),
-                    None,
-                    p.now,
-                )
-                .await?;
+                    source: GrantSource::Purchase,
+                    idempotency_key: None,
+                    note: Some(format!("payment {}", p.payment_id)),
+                };
+                account = book_grant(&tx, account, &grant, p.now).await?;
             }
             Product::Membership {
                 tier: bought,
@@ -301,23 +292,18 @@ impl PgStore {
                     .await
                     .map_err(db)?;
                     if starts_now {
-                        wallet = book(
-                            &tx,
-                            p.user_id,
-                            wallet,
-                            EntryKind::Grant,
-                            g.amount,
-                            Some(GrantSource::MembershipGift),
-                            None,
-                            Some(&g.note()),
-                            None,
-                            p.now,
-                        )
-                        .await?;
+                        let grant = Grant {
+                            amount: g.amount,
+                            source: GrantSource::MembershipGift,
+                            idempotency_key: None,
+                            note: Some(g.note()),
+                        };
+                        account = book_grant(&tx, account, &grant, p.now).await?;
                     }
                 }
             }
         }
+        let wallet = account.wallet;
         let granted = wallet
             .balance
             .checked_sub(wallet_before.balance)
@@ -363,7 +349,8 @@ impl PgStore {
     ) -> StoreResult<GiftOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let wallet = lock_wallet(&tx, user).await?;
+        let account = lock_account(&tx, user).await?;
+        let wallet = account.wallet;
         let st = lock_user_status(&tx, user).await?;
         let sql = format!(
             "SELECT {GIFT_COLUMNS} FROM membership_gifts WHERE payment_id = $1 AND month = $2 \
@@ -387,7 +374,7 @@ impl PgStore {
             granted: false,
             amount: Credits::ZERO,
         };
-        if gift.granted_at.is_some() || gift.starts_at > now || st != AccountStatus::Active {
+        if !decide::gift_due(&gift, st, now) {
             return Ok(nothing);
         }
         wallet.grant(gift.amount).map_err(money)?;
@@ -406,19 +393,13 @@ impl PgStore {
         if n != 1 {
             return Ok(nothing);
         }
-        let wallet = book(
-            &tx,
-            user,
-            wallet,
-            EntryKind::Grant,
-            gift.amount,
-            Some(GrantSource::MembershipGift),
-            None,
-            Some(&gift.note()),
-            None,
-            now,
-        )
-        .await?;
+        let grant = Grant {
+            amount: gift.amount,
+            source: GrantSource::MembershipGift,
+            idempotency_key: None,
+            note: Some(gift.note()),
+        };
+        let wallet = book_grant(&tx, account, &grant, now).await?.wallet;
         tx.commit().await.map_err(db)?;
         Ok(GiftOutcome {
             wallet,

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::{money, State};
-use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use super::State;
+use crate::accounts::ApiKeyRecord;
 use crate::ids::{ApiKeyId, UserId};
 use crate::job::RequestHash;
-use crate::ledger::{EntryKind, GrantSource};
+use crate::ledger::Grant;
+use crate::ledger::GrantSource;
 use crate::money::{Credits, Wallet};
 use crate::payments::{
     extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
@@ -18,6 +19,7 @@ use crate::payments::{
 };
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
+use crate::store::decide::{self, money};
 use crate::store::{StoreError, StoreResult};
 use crate::user::{AccountStatus, KeyHash};
 
@@ -56,18 +58,11 @@ pub(super) fn create_api_key(
     now: DateTime<Utc>,
 ) -> StoreResult<ApiKeyRecord> {
     let st = status(s, user)?;
-    if st != AccountStatus::Active {
-        return Err(StoreError::AccountInactive(st));
-    }
     if s.keys.contains_key(&hash) {
         return Err(StoreError::Invariant("API key hash reused".into()));
     }
     let list = s.platform.keys.entry(user).or_default();
-    if list.iter().filter(|k| k.is_active()).count() >= MAX_ACTIVE_KEYS {
-        return Err(StoreError::LimitExceeded(format!(
-            "at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
-        )));
-    }
+    decide::new_api_key(st, list.iter().filter(|k| k.is_active()).count())?;
     let record = ApiKeyRecord {
         id,
         user_id: user,
@@ -102,11 +97,8 @@ pub(super) fn revoke_api_key(
         .iter_mut()
         .find(|k| k.id == id)
         .ok_or(StoreError::NotFound("API key"))?;
-    if !key.is_active() {
+    if !decide::revoke_api_key(key, active)? {
         return Ok(key.clone());
-    }
-    if active <= 1 {
-        return Err(StoreError::LastApiKey);
     }
     key.revoked_at = Some(now);
     let record = key.clone();
@@ -123,15 +115,13 @@ fn book_grant(
     note: String,
     now: DateTime<Utc>,
 ) -> StoreResult<Wallet> {
-    s.book(
-        user,
-        EntryKind::Grant,
+    let grant = Grant {
         amount,
-        Some(source),
-        None,
-        Some(note),
-        now,
-    )
+        source,
+        note: Some(note),
+        idempotency_key: None,
+    };
+    s.book_grant(user, &grant, now)
 }
 
 pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<PaymentOutcome> {
@@ -140,10 +130,7 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
         .get(&p.user_id)
         .cloned()
         .ok_or(StoreError::NotFound("user"))?;
-    if let Some((owner, hash)) = s.platform.payments.get(&p.payment_id) {
-        if *owner != p.user_id || *hash != p.request_hash {
-            return Err(StoreError::IdempotencyKeyReused);
-        }
+    if decide::payment_replay(s.platform.payments.get(&p.payment_id).copied(), &p)? {
         let wallet = s.account(p.user_id)?.wallet;
         return Ok(PaymentOutcome {
             user,
@@ -266,7 +253,7 @@ pub(super) fn grant_gift(
         Some(g) if g.user_id == user => g.clone(),
         _ => return Err(StoreError::NotFound("gift")),
     };
-    if gift.granted_at.is_some() || gift.starts_at > now || st != AccountStatus::Active {
+    if !decide::gift_due(&gift, st, now) {
         return Ok(GiftOutcome {
             wallet,
             granted: false,
