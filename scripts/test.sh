@@ -103,6 +103,13 @@ ensure_chromium() {
 # directory and known credentials, stopped when this script exits.
 S3S_VERSION=0.14.1
 CACHE="${ADMEDIA_CACHE:-$HOME/.cache/admedia}"
+ensure_python() {
+    if command -v python3 >/dev/null; then return; fi
+    log "installing Python"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+}
+
 ensure_s3() {
     local root="$CACHE/s3s-fs-$S3S_VERSION"
     if [ ! -x "$root/bin/s3s-fs" ]; then
@@ -148,6 +155,7 @@ ensure_postgres
 ensure_redis
 ensure_prometheus
 ensure_chromium
+ensure_python
 ensure_s3
 ensure_pillow
 
