@@ -7,6 +7,11 @@
 # environment under the user's cache directory where absent (the OpenAPI
 # conformance test), creates a fresh test database, and runs
 # `cargo test --workspace` against all of them.
+# test), builds and starts an S3-compatible server (s3s-fs, from crates.io,
+# cached under ~/.cache/admedia) for the object-storage tests, makes a
+# Python virtual environment with Pillow for the example model program,
+# creates a fresh test database, and runs `cargo test --workspace` against
+# all of them.
 #
 #   ./scripts/test.sh               # everything
 #   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
@@ -116,6 +121,58 @@ ensure_python_tools() {
     python3 -m venv "$PYTHON_TOOLS"
     "$PYTHON_TOOLS/bin/pip" install -q --disable-pip-version-check \
         'schemathesis>=4.32,<5' 'openapi-spec-validator>=0.7,<1'
+# An S3-compatible server for the object-storage tests: s3s-fs, built from
+# crates.io once per version into a cache outside the clone (a cold build
+# takes a few minutes of CPU), started on a free port with a throwaway
+# directory and known credentials, stopped when this script exits.
+S3S_VERSION=0.14.1
+CACHE="${ADMEDIA_CACHE:-$HOME/.cache/admedia}"
+ensure_python() {
+    if command -v python3 >/dev/null; then return; fi
+    log "installing Python"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+}
+
+ensure_s3() {
+    local root="$CACHE/s3s-fs-$S3S_VERSION"
+    if [ ! -x "$root/bin/s3s-fs" ]; then
+        log "building s3s-fs $S3S_VERSION into $root (once)"
+        cargo install --quiet --locked --root "$root" "s3s-fs@$S3S_VERSION" --features binary
+    fi
+    S3_DIR="$(mktemp -d)"
+    mkdir -p "$S3_DIR/admedia-test"
+    S3_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$root/bin/s3s-fs" --host 127.0.0.1 --port "$S3_PORT" \
+        --access-key admedia-test --secret-key admedia-test-secret "$S3_DIR" >"$S3_DIR.log" 2>&1 &
+    S3_PID=$!
+    trap 'kill "$S3_PID" 2>/dev/null || true; rm -rf "$S3_DIR" "$S3_DIR.log"' EXIT
+    for _ in $(seq 1 50); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then
+            export ADMEDIA_TEST_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+            export ADMEDIA_TEST_S3_BUCKET=admedia-test
+            export ADMEDIA_TEST_S3_ACCESS_KEY=admedia-test
+            export ADMEDIA_TEST_S3_SECRET_KEY=admedia-test-secret
+            return
+        fi
+        sleep 0.2
+    done
+    log "s3s-fs did not come up: $(cat "$S3_DIR.log")"; exit 1
+}
+
+# Pillow for examples/model_server.py, in a virtual environment of its own.
+ensure_pillow() {
+    local venv="$CACHE/venv-pillow"
+    if ! "$venv/bin/python" -c 'import PIL' 2>/dev/null; then
+        log "installing Pillow into $venv"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$venv"
+        fi
+        "$venv/bin/pip" install --quiet pillow
+    fi
+    export ADMEDIA_TEST_PYTHON="$venv/bin/python"
 }
 
 ensure_postgres
@@ -124,6 +181,9 @@ ensure_prometheus
 ensure_chromium
 ensure_python_tools
 export ADMEDIA_PYTHON_TOOLS="$PYTHON_TOOLS"
+ensure_python
+ensure_s3
+ensure_pillow
 
 log "fresh test database $TEST_DB"
 psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >/dev/null

@@ -233,6 +233,47 @@ pub struct Settings {
     /// `free=refuse,basic=refuse,professional=rules,enterprise=rules`.
     #[arg(long, env = "ADMEDIA_MODERATION_WHEN_DOWN", default_value = "refuse")]
     pub moderation_when_down: String,
+    // ---- materials and outputs (docs/materials.md)
+    /// Where materials and outputs are kept: `s3://<bucket>`, `file:///<dir>`
+    /// or a directory. Default: `./data/objects` with DATABASE_URL; on the
+    /// embedded store, `admedia-objects-<pid>` in the system's temp dir.
+    #[arg(long, env = "ADMEDIA_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// An S3-compatible service's URL, e.g. `http://127.0.0.1:9000` (AWS when unset).
+    #[arg(long, env = "ADMEDIA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "ADMEDIA_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    #[arg(long, env = "ADMEDIA_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "ADMEDIA_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Path-style S3 requests (`endpoint/bucket/key`), as most
+    /// S3-compatible servers want; `false` for virtual-hosted style.
+    #[arg(long, env = "ADMEDIA_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+    /// Signs the server's own object URLs (local directory); random per
+    /// process when unset, so nodes sharing a directory must set it.
+    #[arg(long, env = "ADMEDIA_OBJECT_SECRET", hide_env_values = true)]
+    pub object_secret: Option<String>,
+    /// Storage quota per tier, e.g. `free=500MB,basic=5GB` (unnamed tiers keep their default).
+    #[arg(long, env = "ADMEDIA_STORAGE_QUOTAS", default_value = "")]
+    pub storage_quotas: String,
+    /// Retention per tier, e.g. `free=7d,enterprise=90d`.
+    #[arg(long, env = "ADMEDIA_RETENTION", default_value = "")]
+    pub retention: String,
+    /// Largest material upload, e.g. `1GB`, `20MB` or bytes.
+    #[arg(long, env = "ADMEDIA_MAX_MATERIAL_SIZE", default_value = "1GB")]
+    pub max_material_size: String,
+    /// Largest output a worker may upload.
+    #[arg(long, env = "ADMEDIA_MAX_OUTPUT_SIZE", default_value = "4GB")]
+    pub max_output_size: String,
+    /// How long a download URL stays valid.
+    #[arg(long, env = "ADMEDIA_SIGNED_URL_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub signed_url_ttl: Duration,
+    /// How often expired and deleted objects are purged.
+    #[arg(long, env = "ADMEDIA_OBJECT_SWEEP", default_value = "60s", value_parser = parse_duration)]
+    pub object_sweep: Duration,
 }
 
 /// Why the command line and environment could not be read.
@@ -593,9 +634,124 @@ impl Settings {
     }
 }
 
+/// `500MB`, `5GB`, `64KB` (powers of 1024) or a number of bytes.
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let s = raw.trim().to_ascii_uppercase();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a size like 500MB, 5GB or bytes"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "K" => 1 << 10,
+        "MB" | "M" => 1 << 20,
+        "GB" | "G" => 1 << 30,
+        "TB" | "T" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{raw:?}: unknown unit {other:?} (B, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{raw:?}: too large"))
+}
+
+/// `free=…,basic=…` pairs, each applied by `apply`.
+fn per_tier(
+    name: &str,
+    raw: &str,
+    mut apply: impl FnMut(admedia_actors::tier::Tier, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (tier, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{name} {part:?}: expected tier=value"))?;
+        let tier: admedia_actors::tier::Tier = tier
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: unknown tier {:?}", tier.trim()))?;
+        apply(tier, value.trim()).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Where objects are kept; see `object_store`.
+    pub fn object_settings(&self) -> Result<crate::objects::ObjectSettings, String> {
+        let s3 = crate::objects::S3Settings {
+            bucket: String::new(),
+            endpoint: self.s3_endpoint.clone().filter(|e| !e.trim().is_empty()),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            path_style: self.s3_path_style,
+        };
+        match self
+            .object_store
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(raw) => crate::objects::ObjectSettings::parse(raw, s3),
+            None if self.database_url.is_some() => Ok(crate::objects::ObjectSettings::Local {
+                root: PathBuf::from("data/objects"),
+            }),
+            None => Ok(crate::objects::ObjectSettings::Local {
+                root: std::env::temp_dir().join(format!("admedia-objects-{}", std::process::id())),
+            }),
+        }
+    }
+
+    /// Quotas, retention and size limits of stored files.
+    pub fn storage_rules(&self) -> Result<admedia_actors::material::StorageRules, String> {
+        let mut rules = admedia_actors::material::StorageRules::default();
+        per_tier("ADMEDIA_STORAGE_QUOTAS", &self.storage_quotas, |tier, v| {
+            rules.of_mut(tier).quota_bytes = parse_size(v)?;
+            Ok(())
+        })?;
+        per_tier("ADMEDIA_RETENTION", &self.retention, |tier, v| {
+            rules.of_mut(tier).retention = parse_duration(v)?;
+            Ok(())
+        })?;
+        rules.max_material_bytes = parse_size(&self.max_material_size)
+            .map_err(|e| format!("ADMEDIA_MAX_MATERIAL_SIZE: {e}"))?;
+        rules.max_output_bytes = parse_size(&self.max_output_size)
+            .map_err(|e| format!("ADMEDIA_MAX_OUTPUT_SIZE: {e}"))?;
+        Ok(rules)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_settings_parse_and_name_their_variable() {
+        assert_eq!(parse_size("500MB"), Ok(500 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999TB").is_err());
+        let mut s = Settings::default();
+        s.storage_quotas = "free=1MB,enterprise=2GB".into();
+        s.retention = "free=1d".into();
+        let rules = s.storage_rules().unwrap();
+        assert_eq!(rules.free.quota_bytes, 1 << 20);
+        assert_eq!(rules.enterprise.quota_bytes, 2 << 30);
+        assert_eq!(rules.free.retention, Duration::from_secs(86_400));
+        s.storage_quotas = "gold=1MB".into();
+        assert!(s
+            .storage_rules()
+            .unwrap_err()
+            .contains("ADMEDIA_STORAGE_QUOTAS"));
+        s.storage_quotas = String::new();
+        s.retention = "free".into();
+        assert!(s.storage_rules().unwrap_err().contains("ADMEDIA_RETENTION"));
+    }
 
     #[test]
     fn defaults_are_valid() {

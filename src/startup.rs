@@ -17,11 +17,16 @@ use crate::cluster::{run_election, NodeState, Role};
 use crate::config::Settings;
 use crate::events::{EventHub, ServerObserver};
 use crate::http::{self, AppState};
+use crate::materials::Materials;
 use crate::metrics::Metrics;
+use crate::objects::Objects;
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::postgres::PgStore;
+use crate::store::postgres_materials::PgMaterialStore;
 use crate::webhooks::Webhooks;
+use admedia_actors::store::materials::memory::MemoryMaterialStore;
+use admedia_actors::store::materials::MaterialStore;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +57,54 @@ pub async fn migrate(database_url: &str) -> Result<(), StartupError> {
     migrate_when_reachable(&pg).await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+/// The object store and the catalogue of what is in it (PostgreSQL with a
+/// database, in memory otherwise).
+fn open_materials(
+    settings: &Settings,
+    config: &admedia_actors::OrchestratorConfig,
+    base_url: &str,
+) -> Result<Arc<Materials>, StartupError> {
+    let secret = match settings.object_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            let mut bytes = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            bytes
+        }
+    };
+    let where_ = settings.object_settings()?;
+    let objects = Objects::open(&where_, base_url, secret)?;
+    let catalogue: Arc<dyn MaterialStore> = match &settings.database_url {
+        Some(url) => Arc::new(PgMaterialStore::connect(url, 4)?),
+        None => Arc::new(MemoryMaterialStore::new()),
+    };
+    tracing::info!(objects = objects.backend(), location = ?where_, catalogue = catalogue.adapter(), "object storage");
+    Ok(Arc::new(Materials::new(
+        objects,
+        catalogue,
+        settings.storage_rules()?,
+        settings.signed_url_ttl,
+        config.image_deadline,
+        config.video_deadline,
+    )))
+}
+
+/// Deletes expired and deleted objects every `every` (each node does; a
+/// delete is idempotent).
+fn spawn_object_sweep(materials: Arc<Materials>, every: std::time::Duration) {
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+        loop {
+            tick.tick().await;
+            match materials.sweep(500).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired and deleted objects purged"),
+                Err(e) => tracing::warn!(error = %e, "object sweep failed; next round retries"),
+            }
+        }
+    });
 }
 
 pub struct Application {
@@ -140,6 +193,7 @@ impl Application {
             .advertise_url
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
+        let materials = open_materials(&settings, &config, &advertise_url)?;
         // With PostgreSQL, nodes elect the one active scheduler; alone on
         // the embedded store, this node simply leads.
         let (orchestrator, node) = match &settings.database_url {
@@ -189,6 +243,8 @@ impl Application {
                 None
             }
         };
+        orchestrator.set_attempt_files(materials.clone()).await?;
+        spawn_object_sweep(materials.clone(), settings.object_sweep);
         let sim_workers = settings.sim_worker_count();
         if sim_workers > 0 {
             orchestrator.add_simulated_workers(sim_workers, settings.sim_slots.max(1), sim_profile);
@@ -245,6 +301,7 @@ impl Application {
             admin_token: admin_token.clone(),
             worker_token: worker_token.clone(),
             payments,
+            materials,
         });
         let mut server = HttpServer::new(move || {
             App::new()

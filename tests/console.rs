@@ -280,10 +280,26 @@ impl Gpu {
         .await;
     }
 
+    /// Uploads a PNG to each output slot, as a real worker does, and names
+    /// the uploads.
     async fn complete(&mut self, a: &Value) {
-        self.send(json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"],
-                         "outputs": [{"url": "s3://outputs/lighthouse.png", "content_type": "image/png"}]}))
-            .await;
+        let mut outputs = Vec::new();
+        for slot in a["outputs"].as_array().cloned().unwrap_or_default() {
+            let url = slot["upload_url"].as_str().expect("upload_url");
+            let status = awc::Client::new()
+                .put(url)
+                .send_body(TINY_PNG.to_vec())
+                .await
+                .expect("upload an output")
+                .status();
+            assert!(status.is_success(), "upload: {status}");
+            outputs.push(json!({"url": slot["key"], "content_type": "image/png"}));
+        }
+        self.send(
+            json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"],
+                         "outputs": outputs}),
+        )
+        .await;
     }
 
     /// Heartbeats until the connection closes, so the console shows a
@@ -932,3 +948,12 @@ async fn operator_console_in_a_real_browser() {
     }
     eprintln!("console screenshots: {}", shots.display());
 }
+
+/// A valid 1×1 PNG, uploaded as the fake worker's output.
+const TINY_PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
+    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];

@@ -187,3 +187,11 @@ async fn database_errors_say_what_postgres_said() {
     assert!(cause.contains("constraint: t_n_check"), "{cause}");
     assert_ne!(e.to_string(), cause, "the driver's text alone says less");
 }
+
+/// The catalogue of stored files: its own port, the same checks as the
+/// in-memory adapter.
+mod catalogue {
+    use super::support;
+
+    admedia_actors::material_store_conformance_tests!(support::fresh_pg_catalogue());
+}

@@ -286,6 +286,8 @@ impl Job {
                 count: Some(count),
                 duration_s: None,
                 seed: None,
+                init_image: None,
+                reference_images: Vec::new(),
             },
             deadline_ms,
         )
@@ -301,6 +303,8 @@ impl Job {
                 count: None,
                 duration_s: Some(4),
                 seed: Some(7),
+                init_image: None,
+                reference_images: Vec::new(),
             },
             deadline_ms,
         )
@@ -316,6 +320,8 @@ impl Job {
             prompt: prompt.into(),
             params,
             deadline_ms,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
@@ -821,6 +827,8 @@ printf '{"outputs":[{"url":"file://%s/clip.mp4","content_type":"video/mp4"}]}' "
         count: Some(2),
         duration_s: None,
         seed: Some(42),
+        init_image: None,
+        reference_images: Vec::new(),
     };
     server
         .send(conn, &a.assign(JobKind::Image, prompt, params, 30_000))
@@ -847,18 +855,25 @@ printf '{"outputs":[{"url":"file://%s/clip.mp4","content_type":"video/mp4"}]}' "
             )])
         ]
     );
+    // The output directory is a fresh temporary one per attempt.
     let stdin = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(d.join(name)).unwrap()).unwrap()
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(name)).unwrap()).unwrap();
+        let dir = v.as_object_mut().unwrap().remove("output_dir").unwrap();
+        assert!(dir.as_str().unwrap().starts_with('/'), "{dir}");
+        v
     };
     assert_eq!(
         stdin("image-stdin.json"),
         json!({"job_id": a.id, "attempt": 2, "kind": "image", "model": "sdxl", "prompt": prompt,
-               "params": {"width": 1024, "height": 768, "count": 2, "seed": 42}})
+               "params": {"width": 1024, "height": 768, "count": 2, "seed": 42},
+               "count": 2, "inputs": []})
     );
     assert_eq!(
         stdin("video-stdin.json"),
         json!({"job_id": b.id, "attempt": 2, "kind": "video", "model": "sdxl", "prompt": "waves",
-               "params": {"width": 1280, "height": 720, "duration_s": 4, "seed": 7}})
+               "params": {"width": 1280, "height": 720, "duration_s": 4, "seed": 7},
+               "count": 1, "inputs": []})
     );
 }
 

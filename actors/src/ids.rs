@@ -71,6 +71,10 @@ uuid_id!(
     /// A stored API key, so a user can list and revoke keys.
     ApiKeyId
 );
+uuid_id!(
+    /// A file a user uploaded (ToS 6.4), e.g. the init image of a job.
+    MaterialId
+);
 
 /// A ledger entry's id: a store-wide sequence, so entries sort by id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::ids::{JobId, LeaseToken, MaterialId, UserId, WorkerId};
 use crate::money::Credits;
 use crate::pricing::SizeClass;
 use crate::text::{self, UnstorableText};
@@ -22,6 +22,7 @@ pub const MAX_MODEL_CHARS: usize = 64;
 pub const MAX_IMAGE_COUNT: u32 = 8;
 pub const MAX_VIDEO_SECONDS: u32 = 60;
 pub const MIN_SIDE: u32 = 64;
+pub const MAX_REFERENCE_IMAGES: usize = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +103,16 @@ pub struct ParamsRequest {
         schema(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)
     )]
     pub seed: Option<u64>,
+    /// A material (by id) the job starts from: image-to-image, or the
+    /// first frame of a video. Must be one of the caller's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub init_image: Option<MaterialId>,
+    /// Materials (by id) the model is guided by; images, at most
+    /// `MAX_REFERENCE_IMAGES`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub reference_images: Vec<MaterialId>,
 }
 
 /// Parameters of an accepted job; exactly one of `count` (image) and
@@ -117,6 +128,30 @@ pub struct JobParams {
     pub duration_s: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub init_image: Option<MaterialId>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub reference_images: Vec<MaterialId>,
+}
+
+impl JobParams {
+    /// The materials the job reads, each once, init image first.
+    pub fn materials(&self) -> Vec<MaterialId> {
+        let mut ids: Vec<MaterialId> = self.init_image.into_iter().collect();
+        for id in &self.reference_images {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        ids
+    }
+
+    /// How many outputs a successful attempt delivers.
+    pub fn expected_outputs(&self) -> u32 {
+        self.count.unwrap_or(1).max(1)
+    }
 }
 
 /// A job that passed validation: within limits and priceable.
@@ -225,6 +260,18 @@ impl JobSpec {
         {
             return Err(invalid("webhook_url is longer than 2048 characters"));
         }
+        if p.reference_images.len() > MAX_REFERENCE_IMAGES {
+            return Err(invalid(format!(
+                "reference_images: at most {MAX_REFERENCE_IMAGES}"
+            )));
+        }
+        let mut reference_images = Vec::with_capacity(p.reference_images.len());
+        for id in p.reference_images {
+            if reference_images.contains(&id) {
+                return Err(invalid(format!("reference_images lists {id} twice")));
+            }
+            reference_images.push(id);
+        }
         let webhook_url = match req.webhook_url.map(|u| u.trim().to_owned()) {
             Some(u) if u.is_empty() => None,
             Some(u) => {
@@ -247,6 +294,8 @@ impl JobSpec {
                 count,
                 duration_s,
                 seed: p.seed,
+                init_image: p.init_image,
+                reference_images,
             },
         })
     }

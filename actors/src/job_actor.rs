@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 
+use crate::attempt_files::{AttemptFiles, AttemptPlan};
 use crate::config::OrchestratorConfig;
 use crate::events::{JobEvent, JobEventKind};
 use crate::ids::{LeaseToken, WorkerId};
-use crate::job::{AttemptOutcome, FailureClass, JobState};
+use crate::job::{AttemptOutcome, FailureClass, Job, JobSpec, JobState, Output};
 use crate::observer::{AttemptResult, Observer};
 use crate::scheduler::actor::{AttemptEnded, Deposed, NextStep, SchedulerActor};
 use crate::scheduler::queue::QueuedJob;
@@ -67,6 +68,11 @@ pub struct JobActor {
     /// Every log line about this attempt carries its job, user, attempt
     /// and worker.
     span: tracing::Span,
+    /// Signs the attempt's file URLs and checks its uploads; `None` (bench,
+    /// tests of the scheduling alone) trusts what the worker names.
+    files: Option<Arc<dyn AttemptFiles>>,
+    /// The job as assigned.
+    assigned: Option<Job>,
 }
 
 impl JobActor {
@@ -107,6 +113,125 @@ impl JobActor {
             result: None,
             epoch,
             span: tracing::info_span!("attempt", job = %job_id, user = %user_id, attempt = attempt_no, worker = %worker_id),
+            files: None,
+            assigned: None,
+        }
+    }
+
+    /// The attempt's inputs and outputs go through `files`.
+    pub fn with_files(mut self, files: Option<Arc<dyn AttemptFiles>>) -> JobActor {
+        self.files = files;
+        self
+    }
+
+    /// Signs the attempt's files, then hands it to the worker.
+    fn prepare_and_assign(&mut self, job: Job, ctx: &mut Context<Self>) {
+        let Some(files) = self.files.clone() else {
+            self.assign(job.spec, AttemptPlan::default(), ctx);
+            return;
+        };
+        let attempt = self.attempt.attempt;
+        let fut = async move {
+            let plan = files.prepare(&job, attempt).await;
+            (job, plan)
+        };
+        ctx.wait(fut.into_actor(self).map(|(job, plan), act, ctx| match plan {
+            Ok(plan) => act.assign(job.spec, plan, ctx),
+            Err(reason) => {
+                tracing::warn!(job = %job.id, %reason, "the attempt's files could not be prepared");
+                let outcome = act.system_failure(format!("inputs unavailable: {reason}"));
+                act.settle(outcome, AttemptResult::SystemFailure, ctx);
+            }
+        }));
+    }
+
+    fn assign(&mut self, spec: JobSpec, files: AttemptPlan, ctx: &mut Context<Self>) {
+        let deadline = self.config.deadline(self.job.kind);
+        // `send`, not `do_send`: if the worker went away before handling
+        // it, the attempt is lost now rather than at its deadline.
+        let delivery = self.worker.send(Assign {
+            job_id: self.attempt.job_id,
+            attempt: self.attempt.attempt,
+            lease: self.attempt.lease,
+            spec,
+            deadline,
+            reply_to: ctx.address().recipient(),
+            files,
+        });
+        ctx.wait(delivery.into_actor(self).map(|res, act, ctx| {
+            if res.is_err() {
+                let outcome = act.system_failure("the worker left before taking the job".into());
+                act.settle(outcome, AttemptResult::LeaseLost, ctx);
+            }
+        }));
+        ctx.run_later(deadline, |act, ctx| {
+            act.worker.do_send(Revoke {
+                job_id: act.attempt.job_id,
+                lease: act.attempt.lease,
+            });
+            let outcome = act.system_failure("the attempt passed its deadline".into());
+            act.settle(outcome, AttemptResult::TimedOut, ctx);
+        });
+    }
+
+    /// A completion counts only with every expected output, each uploaded
+    /// and of an allowed type; otherwise it is a system failure, retried and
+    /// finally voided, so the user never pays for missing outputs.
+    fn complete(&mut self, outputs: Vec<Output>, simulated: bool, ctx: &mut Context<Self>) {
+        let Some(job) = self.assigned.clone() else {
+            return;
+        };
+        let expected = job.spec.params.expected_outputs() as usize;
+        if outputs.len() != expected {
+            let outcome = self.system_failure(format!(
+                "the worker reported {} outputs; the job asked for {expected}",
+                outputs.len()
+            ));
+            self.settle(outcome, AttemptResult::SystemFailure, ctx);
+            return;
+        }
+        let files = match (&self.files, simulated) {
+            (Some(files), false) => files.clone(),
+            _ => {
+                self.deliver(outputs, ctx);
+                return;
+            }
+        };
+        let attempt = self.attempt.attempt;
+        let fut = async move { files.accept(&job, attempt, &outputs).await };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(outputs) => act.deliver(outputs, ctx),
+            Err(reason) => {
+                tracing::warn!(job = %act.job.job_id, attempt = act.attempt.attempt, %reason,
+                    "completion refused: outputs missing or invalid");
+                let outcome = act.system_failure(format!("outputs refused: {reason}"));
+                act.settle(outcome, AttemptResult::SystemFailure, ctx);
+            }
+        }));
+    }
+
+    /// Settles a completion whose outputs are all there: outputs whose
+    /// safety labels reach their thresholds are withheld, and a job whose
+    /// every output was withheld delivered nothing.
+    fn deliver(&mut self, mut outputs: Vec<Output>, ctx: &mut Context<Self>) {
+        self.config.platform.output_thresholds.apply(&mut outputs);
+        let withheld = outputs.iter().filter(|o| o.withheld.is_some()).count();
+        if withheld > 0 {
+            tracing::warn!(parent: &self.span, withheld, outputs = outputs.len(),
+                "outputs withheld by the content checks");
+        }
+        if withheld > 0 && withheld == outputs.len() {
+            self.settle(
+                AttemptOutcome::Withheld { outputs },
+                AttemptResult::Withheld,
+                ctx,
+            );
+        } else {
+            self.settle(
+                AttemptOutcome::Succeeded { outputs },
+                AttemptResult::Succeeded,
+                ctx,
+            );
         }
     }
 
@@ -234,33 +359,8 @@ impl Actor for JobActor {
                     act.job.enqueued_at.elapsed(),
                     Some(act.ready_since.elapsed()),
                 );
-                let deadline = act.config.deadline(act.job.kind);
-                // `send`, not `do_send`: if the worker went away before
-                // handling it, the attempt is lost now rather than at its
-                // deadline.
-                let delivery = act.worker.send(Assign {
-                    job_id: act.attempt.job_id,
-                    attempt: act.attempt.attempt,
-                    lease: act.attempt.lease,
-                    spec: job.spec,
-                    deadline,
-                    reply_to: ctx.address().recipient(),
-                });
-                ctx.wait(delivery.into_actor(act).map(|res, act, ctx| {
-                    if res.is_err() {
-                        let outcome =
-                            act.system_failure("the worker left before taking the job".into());
-                        act.settle(outcome, AttemptResult::LeaseLost, ctx);
-                    }
-                }));
-                ctx.run_later(deadline, |act, ctx| {
-                    act.worker.do_send(Revoke {
-                        job_id: act.attempt.job_id,
-                        lease: act.attempt.lease,
-                    });
-                    let outcome = act.system_failure("the attempt passed its deadline".into());
-                    act.settle(outcome, AttemptResult::TimedOut, ctx);
-                });
+                act.assigned = Some(job.clone());
+                act.prepare_and_assign(job, ctx);
             }
             Err(StoreError::StaleTransition { .. }) | Err(StoreError::NotFound(_)) => {
                 // Cancelled or already handled: the slot goes back.
@@ -344,26 +444,8 @@ impl Handler<AttemptEvent> for JobActor {
                     kind: JobEventKind::Progress { percent },
                 });
             }
-            AttemptEvent::Completed { mut outputs } => {
-                self.config.platform.output_thresholds.apply(&mut outputs);
-                let withheld = outputs.iter().filter(|o| o.withheld.is_some()).count();
-                if withheld > 0 {
-                    tracing::warn!(parent: &self.span, withheld, outputs = outputs.len(),
-                        "outputs withheld by the content checks");
-                }
-                if withheld > 0 && withheld == outputs.len() {
-                    self.settle(
-                        AttemptOutcome::Withheld { outputs },
-                        AttemptResult::Withheld,
-                        ctx,
-                    );
-                } else {
-                    self.settle(
-                        AttemptOutcome::Succeeded { outputs },
-                        AttemptResult::Succeeded,
-                        ctx,
-                    );
-                }
+            AttemptEvent::Completed { outputs, simulated } => {
+                self.complete(outputs, simulated, ctx);
             }
             AttemptEvent::Failed {
                 class: FailureClass::User,

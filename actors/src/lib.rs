@@ -8,6 +8,7 @@
 //! the server (`src/`) and the load tester plug those in from outside.
 
 pub mod accounts;
+pub mod attempt_files;
 pub mod config;
 pub mod content;
 pub mod diagnostic;
@@ -19,6 +20,7 @@ pub mod job;
 pub mod job_actor;
 pub mod ledger;
 pub mod models;
+pub mod material;
 pub mod money;
 pub mod observer;
 pub mod orchestrator;

@@ -263,6 +263,18 @@ impl Orchestrator {
         &self.observer
     }
 
+    /// Attempts get signed URLs for their inputs and outputs from `files`,
+    /// and a completion counts only once `files` accepts its uploads.
+    pub async fn set_attempt_files(
+        &self,
+        files: Arc<dyn crate::attempt_files::AttemptFiles>,
+    ) -> Result<(), OrchestratorError> {
+        self.scheduler
+            .send(crate::scheduler::actor::SetAttemptFiles(files))
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))
+    }
+
     /// Starts `count` simulated GPU workers with `slots` each.
     pub fn add_simulated_workers(&self, count: usize, slots: u32, profile: SimProfile) {
         for i in 0..count {

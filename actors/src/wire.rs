@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempt_files::{InputFile, OutputSlot};
 use crate::ids::{JobId, LeaseToken};
 use crate::job::{FailureClass, JobKind, JobParams, Output};
 
@@ -23,6 +24,13 @@ pub enum ToWorker {
         prompt: String,
         params: JobParams,
         deadline_ms: u64,
+        /// The job's materials to download first (signed, short-lived).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        inputs: Vec<InputFile>,
+        /// Where to upload each expected output; `complete` then names each
+        /// upload by its slot's `key` in the output's `url`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<OutputSlot>,
     },
     /// Stop the attempt (user cancelled, or its lease or deadline passed).
     Cancel { job_id: JobId, lease: LeaseToken },

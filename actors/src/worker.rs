@@ -55,6 +55,9 @@ pub enum AttemptEvent {
     },
     Completed {
         outputs: Vec<Output>,
+        /// From an in-process simulated GPU, whose outputs are placeholders
+        /// (`sim://…`) that were never uploaded.
+        simulated: bool,
     },
     Failed {
         class: FailureClass,
@@ -76,6 +79,8 @@ pub struct Assign {
     pub spec: JobSpec,
     pub deadline: Duration,
     pub reply_to: Recipient<AttemptEvent>,
+    /// Signed URLs for the attempt's inputs and outputs.
+    pub files: crate::attempt_files::AttemptPlan,
 }
 
 /// Take an attempt back (cancelled, timed out); the worker is told to stop.
@@ -243,6 +248,8 @@ impl Handler<Assign> for WorkerActor {
             prompt: msg.spec.prompt,
             params: msg.spec.params,
             deadline_ms: u64::try_from(msg.deadline.as_millis()).unwrap_or(u64::MAX),
+            inputs: msg.files.inputs,
+            outputs: msg.files.outputs,
         });
         self.assignments.insert(
             msg.job_id,
@@ -319,7 +326,11 @@ impl Handler<FromWorker> for WorkerActor {
             } => {
                 if self.current(job_id, lease).is_some() {
                     if let Some(a) = self.assignments.remove(&job_id) {
-                        a.reply_to.do_send(AttemptEvent::Completed { outputs });
+                        a.reply_to.do_send(AttemptEvent::Completed {
+                            outputs,
+                            // Only an in-process worker has no lease.
+                            simulated: self.lease.is_none(),
+                        });
                     }
                 }
             }

@@ -253,6 +253,40 @@ fn later(tx: &mpsc::UnboundedSender<Event>, after: Duration, ev: Event) {
     });
 }
 
+/// A valid 1×1 PNG, the load tester's output.
+const PLACEHOLDER_PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
+    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+/// After `after`, uploads a placeholder to each output slot (as a real
+/// worker uploads what it generated), then delivers `ev`. A failed upload
+/// still delivers it: the server then refuses the completion, which the
+/// audit sees as a retried system failure.
+fn upload_then(
+    tx: &mpsc::UnboundedSender<Event>,
+    after: Duration,
+    slots: Vec<admedia_actors::attempt_files::OutputSlot>,
+    ev: Event,
+) {
+    let tx = tx.clone();
+    actix_rt::spawn(async move {
+        tokio::time::sleep(after).await;
+        let client = awc::Client::default();
+        for slot in &slots {
+            // A failure shows in the audit as the server's refusal.
+            let _ = client
+                .put(&slot.upload_url)
+                .send_body(PLACEHOLDER_PNG)
+                .await;
+        }
+        let _ = tx.send(ev);
+    });
+}
+
 async fn session(
     idx: usize,
     spec: &WorkerSpec,
@@ -317,7 +351,7 @@ async fn session(
                     }
                 };
                 match msg {
-                    ToWorker::Assign { job_id, attempt, lease: job_lease, deadline_ms, .. } => {
+                    ToWorker::Assign { job_id, attempt, lease: job_lease, deadline_ms, outputs: slots, .. } => {
                         rec.assign(job_id, attempt, idx);
                         if hung.is_some() {
                             continue;
@@ -381,13 +415,22 @@ async fn session(
                                         message: "loadtest: injected user error".into(),
                                     }, Outcome::UserError)
                                 } else {
+                                    // The server counts a completion only with
+                                    // its outputs uploaded to the signed slots.
                                     (FromWorker::Complete {
                                         job_id,
                                         lease: job_lease,
-                                        outputs: vec![Output::new(format!("loadtest://{job_id}/0.png"), "image/png")],
+                                        outputs: slots
+                                            .iter()
+                                            .map(|s| Output::new(s.key.clone(), "image/png"))
+                                            .collect(),
                                     }, Outcome::Complete)
                                 };
-                                later(&tx, dur, Event::Finish { job_id, lease: job_lease, msg, outcome });
+                                if matches!(outcome, Outcome::Complete) && !slots.is_empty() {
+                                    upload_then(&tx, dur, slots, Event::Finish { job_id, lease: job_lease, msg, outcome });
+                                } else {
+                                    later(&tx, dur, Event::Finish { job_id, lease: job_lease, msg, outcome });
+                                }
                             }
                             send(&mut ws, &FromWorker::Accept { job_id, lease: job_lease }).await
                         }

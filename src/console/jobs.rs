@@ -377,6 +377,7 @@ pub async fn detail(
     let jid = job.id.to_string();
     let uid = job.user_id.to_string();
     let notice = query.notice.as_deref().and_then(|n| notice_text(n, job));
+    let outputs = crate::console::files::job_outputs(&state, job).await;
     let body = html! {
         @if let Some(n) = notice { (view::flash_ok(n)) }
         div.title-row {
@@ -443,6 +444,7 @@ pub async fn detail(
             }
         }
 
+        (outputs)
         section {
             h2 { "Attempts" }
             @if d.attempts.is_empty() {

@@ -8,6 +8,7 @@
 //! operator API (`/v1/admin/...`), with the same rules.
 
 mod error;
+mod files;
 mod jobs;
 mod login;
 mod overview;
@@ -81,6 +82,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs", web::get().to(jobs::list))
             .route("/jobs/{id}", web::get().to(jobs::detail))
             .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
+            .route("/jobs/{id}/outputs/{n}", web::get().to(files::output))
             .route("/workers", web::get().to(workers::list))
             .route("/workers/{id}/drain", web::post().to(workers::drain))
             .route(

@@ -161,6 +161,7 @@ async fn render(
         .await?;
     let tier = user.tier(now);
     let uid = user.id.to_string();
+    let storage = crate::console::files::user_storage(state, &user).await;
     let body = html! {
         @match &flash {
             Some(Flash::Ok(t)) => { (view::flash_ok(t)) },
@@ -212,6 +213,7 @@ async fn render(
                 }
             }
         }
+        (storage)
         section.card.danger-zone {
             h2 { "Account actions" }
             @match user.status {

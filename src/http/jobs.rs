@@ -57,6 +57,17 @@ pub async fn submit(
     let spent = state
         .rate_limit(user.id, user.tier(chrono::Utc::now()))
         .await?;
+    if let Err(refused) = state
+        .materials
+        .check_references(user.id, &body.params)
+        .await
+    {
+        // Only accepted submissions spend the rate budget.
+        if let Some(spent) = spent {
+            state.rate_limiter.release(spent).await;
+        }
+        return Err(refused.into());
+    }
     let submission = match state
         .orchestrator
         .submit(user.id, body.into_inner(), idempotency)

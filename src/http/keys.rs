@@ -155,6 +155,7 @@ pub async fn close(
         ));
     }
     let (user, wallet) = state.orchestrator.terminate(user.id).await?;
+    state.expire_objects(user.id).await;
     Ok(HttpResponse::Ok().json(Closed {
         user: UserView::of(&user),
         wallet: WalletView::of(&wallet),
@@ -175,5 +176,6 @@ pub async fn terminate(
 ) -> Result<HttpResponse, ApiError> {
     let id: UserId = path.parse().map_err(|_| ApiError::not_found("user"))?;
     let (user, _) = state.orchestrator.terminate(id).await?;
+    state.expire_objects(user.id).await;
     Ok(HttpResponse::Ok().json(UserView::of(&user)))
 }

@@ -9,6 +9,8 @@ pub mod events;
 pub mod input;
 pub mod jobs;
 pub mod keys;
+pub mod materials;
+pub mod objects;
 pub mod openapi;
 pub mod operators;
 pub mod ops;
@@ -54,9 +56,25 @@ pub struct AppState {
     pub worker_token: String,
     /// Verifies payment events; `None` when `ADMEDIA_PAYMENT_SECRET` is unset.
     pub payments: Option<payments::PaymentVerifier>,
+    /// Materials and outputs in object storage.
+    pub materials: Arc<crate::materials::Materials>,
 }
 
 impl AppState {
+    /// A closed or terminated account's objects expire now, for the sweep
+    /// to delete. The account change already happened: a catalogue outage
+    /// is logged, and the objects then go at the end of their retention.
+    pub async fn expire_objects(&self, user: admedia_actors::ids::UserId) {
+        match self.materials.expire_user(user).await {
+            Ok(n) => {
+                tracing::info!(%user, objects = n, "account closed: objects scheduled for deletion")
+            }
+            Err(e) => {
+                tracing::error!(%user, error = %e, "could not schedule the closed account's objects for deletion")
+            }
+        }
+    }
+
     /// Refuses a submission over the user's per-minute limit; what it
     /// counted is given back with `rate_limiter.release` when the
     /// submission is refused after all.
@@ -230,6 +248,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource(
                 "/jobs/{id}/events",
                 vec![get(web::get().to(events::stream))],
+            ))
+            .service(resource(
+                "/jobs/{id}/outputs/{n}",
+                vec![
+                    get(web::get().to(materials::output)),
+                    (Method::DELETE, web::delete().to(materials::delete_output)),
+                ],
+            ))
+            .service(resource(
+                "/materials",
+                vec![
+                    post(web::post().to(materials::upload)),
+                    get(web::get().to(materials::list)),
+                ],
+            ))
+            .service(resource(
+                "/materials/{id}",
+                vec![
+                    get(web::get().to(materials::get)),
+                    (Method::DELETE, web::delete().to(materials::delete)),
+                ],
+            ))
+            .service(resource(
+                "/materials/{id}/content",
+                vec![get(web::get().to(materials::content))],
+            ))
+            .service(resource(
+                "/objects/{key:.+}",
+                vec![
+                    get(web::get().to(objects::get)),
+                    (Method::PUT, web::put().to(objects::put)),
+                ],
             ))
             .service(resource(
                 "/admin/users/{id}/credits",

@@ -86,6 +86,20 @@ pub enum ApiError {
     /// A payment id seen before with another user or product.
     #[error("{0}")]
     PaymentConflict(String),
+    // Materials and outputs (ToS 6.2, 6.4).
+    /// It existed but is no longer stored (expired, deleted, account closed).
+    #[error("{0}")]
+    Gone(String),
+    #[error("{detail}")]
+    StorageQuotaExceeded {
+        detail: String,
+        used: u64,
+        quota: u64,
+    },
+    #[error("{0}")]
+    FileTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
 
 /// The problem document.
@@ -112,6 +126,12 @@ pub struct Problem {
     /// `price-notice-too-short`: the earliest `effective_at` allowed now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub earliest: Option<chrono::DateTime<chrono::Utc>>,
+    /// `storage-quota-exceeded`: bytes stored now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    /// `storage-quota-exceeded`: the tier's quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
 }
 
 impl ApiError {
@@ -240,6 +260,22 @@ impl ApiError {
                 "Payment id already used for another payment",
                 StatusCode::CONFLICT,
             ),
+            Gone(_) => ("gone", "No longer stored", StatusCode::GONE),
+            StorageQuotaExceeded { .. } => (
+                "storage-quota-exceeded",
+                "Storage quota exceeded",
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            FileTooLarge(_) => (
+                "file-too-large",
+                "File larger than allowed",
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            UnsupportedMediaType(_) => (
+                "unsupported-media-type",
+                "Content is not PNG, JPEG, WebP or MP4",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
         }
     }
 
@@ -274,6 +310,8 @@ impl ResponseError for ApiError {
             limit: None,
             category: None,
             earliest: None,
+            used_bytes: None,
+            quota_bytes: None,
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
@@ -291,6 +329,10 @@ impl ResponseError for ApiError {
                 problem.category = Some(category.clone());
             }
             ApiError::PriceNoticeTooShort { earliest, .. } => problem.earliest = Some(*earliest),
+            ApiError::StorageQuotaExceeded { used, quota, .. } => {
+                problem.used_bytes = Some(*used);
+                problem.quota_bytes = Some(*quota);
+            }
             ApiError::RateLimited { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
@@ -343,6 +385,29 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::PriceNoticeTooShort { earliest, .. } => {
                 ApiError::PriceNoticeTooShort { detail, earliest }
             }
+        }
+    }
+}
+
+impl From<crate::materials::MaterialError> for ApiError {
+    fn from(e: crate::materials::MaterialError) -> Self {
+        use crate::materials::MaterialError as M;
+        use crate::objects::UploadError as U;
+        let detail = e.to_string();
+        match e {
+            M::NotFound(_) => ApiError::NotFound(detail),
+            M::Gone(_) => ApiError::Gone(detail),
+            M::QuotaExceeded { used, quota, .. } => ApiError::StorageQuotaExceeded {
+                detail,
+                used,
+                quota,
+            },
+            M::Upload(U::TooLarge { .. }) => ApiError::FileTooLarge(detail),
+            M::Upload(U::UnsupportedType) => ApiError::UnsupportedMediaType(detail),
+            M::Upload(U::Empty) => ApiError::InvalidParams(detail),
+            M::Upload(U::Body(_)) => ApiError::InvalidRequest(detail),
+            M::Upload(U::Store(_)) | M::Unavailable(_) => ApiError::Unavailable(detail),
+            M::InvalidReference(_) => ApiError::InvalidParams(detail),
         }
     }
 }

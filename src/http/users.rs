@@ -44,6 +44,18 @@ pub struct Me {
     pub membership: MembershipView,
     /// The next monthly gift not granted yet, if one is scheduled.
     pub next_gift: Option<GiftView>,
+    /// Materials and outputs stored, against the tier's quota.
+    pub storage: StorageView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StorageView {
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    pub materials: u64,
+    pub outputs: u64,
+    /// How long a new material or output is kept, in days.
+    pub retention_days: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -96,8 +108,16 @@ pub async fn me(
 ) -> Result<HttpResponse, ApiError> {
     let wallet = state.orchestrator.wallet(user.id).await?;
     let next_gift = state.orchestrator.next_gift(user.id).await?;
+    let storage = state.materials.storage(&user).await?;
     let now = chrono::Utc::now();
     Ok(HttpResponse::Ok().json(Me {
+        storage: StorageView {
+            used_bytes: storage.usage.bytes,
+            quota_bytes: storage.quota_bytes,
+            materials: storage.usage.materials,
+            outputs: storage.usage.outputs,
+            retention_days: storage.retention.as_secs() / 86_400,
+        },
         membership: MembershipView {
             tier: user.membership.tier,
             expires_at: user.membership.expires_at,

@@ -4,3 +4,4 @@
 
 pub mod instrumented;
 pub mod postgres;
+pub mod postgres_materials;

@@ -395,3 +395,39 @@ pub async fn spawn_app_on_postgres_with(tweak: impl FnOnce(&mut Settings)) -> Op
         .await,
     )
 }
+
+/// A valid 1×1 PNG.
+pub const TINY_PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
+    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+/// PUTs `bytes` to a signed URL; returns the status.
+pub async fn put_signed(url: &str, bytes: &[u8]) -> u16 {
+    awc::Client::new()
+        .put(url)
+        .send_body(bytes.to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
+        .status()
+        .as_u16()
+}
+
+/// Uploads `bytes` to every output slot of an assignment, as a worker
+/// does, and returns the outputs to name in `complete`.
+pub async fn upload_outputs(assignment: &Value, bytes: &[u8]) -> Vec<Value> {
+    let slots = assignment["outputs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut outputs = Vec::new();
+    for slot in slots {
+        let url = slot["upload_url"].as_str().expect("upload_url");
+        assert_eq!(put_signed(url, bytes).await, 200, "upload to {url}");
+        outputs.push(json!({"url": slot["key"], "content_type": "image/png"}));
+    }
+    outputs
+}

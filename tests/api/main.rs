@@ -11,6 +11,7 @@ mod helpers;
 mod jobs;
 mod licences;
 mod moderation;
+mod materials;
 mod operators;
 mod ops;
 mod payments;

@@ -415,3 +415,17 @@ pub async fn await_no_open_jobs(api: &Api, within: Duration) {
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A fresh, migrated schema with the PostgreSQL catalogue of stored files
+/// on it.
+pub async fn fresh_pg_catalogue() -> Option<Arc<dyn admedia_actors::store::materials::MaterialStore>>
+{
+    let (_, schema) = fresh_pg().await?;
+    let url = database_url().unwrap_or_default();
+    let mut config = tokio_postgres::Config::from_str(&url).unwrap_or_else(|e| panic!("{e}"));
+    config.options(format!("-c search_path={schema}"));
+    match admedia::store::postgres_materials::PgMaterialStore::from_config(config, 4) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => panic!("catalogue pool: {e}"),
+    }
+}

@@ -86,6 +86,8 @@ pub struct SchedulerActor {
     wallets: WalletRegistry,
     config: Arc<OrchestratorConfig>,
     observer: Arc<dyn Observer>,
+    /// Each attempt's input and output files (see `attempt_files`).
+    files: Option<Arc<dyn crate::attempt_files::AttemptFiles>>,
 }
 
 impl SchedulerActor {
@@ -107,6 +109,7 @@ impl SchedulerActor {
             wallets,
             config,
             observer,
+            files: None,
         }
     }
 
@@ -180,6 +183,7 @@ impl SchedulerActor {
                 ready_since,
                 epoch,
             )
+            .with_files(self.files.clone())
             .start();
             self.in_flight.insert(
                 job_id,
@@ -861,5 +865,18 @@ impl Handler<GetStats> for SchedulerActor {
             }),
             quarantined_workers: self.workers.values().filter(|w| w.quarantined).count(),
         })
+    }
+}
+
+/// Attempts from now on get their files through this port.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetAttemptFiles(pub Arc<dyn crate::attempt_files::AttemptFiles>);
+
+impl Handler<SetAttemptFiles> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetAttemptFiles, _ctx: &mut Self::Context) {
+        self.files = Some(msg.0);
     }
 }

@@ -18,6 +18,8 @@ pub type Shared = Arc<dyn Store>;
 /// API keys, payments and gifts, price versions, content violations.
 mod platform;
 pub use platform::*;
+/// The catalogue of stored files (its own port).
+pub mod materials;
 
 fn credits(v: i64) -> Credits {
     Credits::new(v).expect("test amount")

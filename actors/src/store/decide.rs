@@ -639,6 +639,8 @@ mod tests {
                     count: None,
                     duration_s: None,
                     seed: None,
+                    init_image: None,
+                    reference_images: Vec::new(),
                 },
                 webhook_url: Some("https://example.com/hook".into()),
             },

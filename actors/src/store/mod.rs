@@ -30,6 +30,8 @@ use crate::pricing::PriceTable;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod decide;
+/// The catalogue of stored files: a port of its own.
+pub mod materials;
 pub mod memory;
 pub mod outbox;
 pub mod writeset;

@@ -42,7 +42,8 @@ pub struct Args {
     #[arg(long, env = "ADMEDIA_WORKER_SLOTS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub slots: u32,
-    /// How attempts are run: `simulate` sleeps, `command` runs a program.
+    /// How attempts are run: `simulate` sleeps, `command` runs a program per
+    /// attempt, `persistent` keeps one model program running.
     #[arg(long, env = "ADMEDIA_EXECUTOR", value_enum, default_value_t = ExecutorKind::Simulate)]
     pub executor: ExecutorKind,
     /// Duration of one simulated attempt.
@@ -76,6 +77,10 @@ pub struct Args {
     /// Program and arguments run for a video attempt (`command` executor).
     #[arg(long, env = "ADMEDIA_VIDEO_COMMAND")]
     pub video_command: Option<String>,
+    /// The long-lived model program (`persistent` executor), speaking JSON
+    /// lines on stdin/stdout; serves `--kinds` (default: image).
+    #[arg(long, env = "ADMEDIA_MODEL_COMMAND")]
+    pub model_command: Option<String>,
     /// `pretty` for people, `json` for log pipelines.
     #[arg(long, env = "ADMEDIA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -85,6 +90,7 @@ pub struct Args {
 pub enum ExecutorKind {
     Simulate,
     Command,
+    Persistent,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -114,6 +120,9 @@ pub enum ExecutorConfig {
     Command {
         image: Option<Program>,
         video: Option<Program>,
+    },
+    Persistent {
+        program: Program,
     },
 }
 
@@ -164,6 +173,10 @@ impl Args {
             ExecutorKind::Command => ExecutorConfig::Command {
                 image: program("--image-command", self.image_command.as_deref())?,
                 video: program("--video-command", self.video_command.as_deref())?,
+            },
+            ExecutorKind::Persistent => ExecutorConfig::Persistent {
+                program: program("--model-command", self.model_command.as_deref())?
+                    .ok_or("the persistent executor needs --model-command")?,
             },
         };
         let kinds = served_kinds(self.kinds, &executor)?;
@@ -219,6 +232,7 @@ fn served_kinds(
     let kinds = match (requested, executor) {
         (Some(kinds), _) if !kinds.is_empty() => kinds,
         (_, ExecutorConfig::Simulate { .. }) => JobKind::ALL.to_vec(),
+        (_, ExecutorConfig::Persistent { .. }) => vec![JobKind::Image],
         (_, ExecutorConfig::Command { image, video }) => JobKind::ALL
             .into_iter()
             .filter(|k| match k {

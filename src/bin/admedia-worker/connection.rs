@@ -351,6 +351,8 @@ impl Session<'_> {
                 prompt,
                 params,
                 deadline_ms,
+                inputs,
+                outputs,
             } => {
                 let job = Assignment {
                     job_id,
@@ -360,6 +362,8 @@ impl Session<'_> {
                     model,
                     prompt,
                     params,
+                    inputs,
+                    outputs,
                 };
                 self.on_assign(job, deadline_ms).await
             }

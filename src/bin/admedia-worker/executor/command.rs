@@ -2,10 +2,14 @@
 //! writes the job as JSON on its stdin and reads the result JSON from its
 //! stdout.
 //!
-//! Contract with the program:
-//! - stdin: `{"job_id","attempt","kind","model","prompt","params"}`, then
-//!   closed;
-//! - stdout, exit status 0: `{"outputs":[{"url","content_type"}, …]}`;
+//! Contract with the program (docs/worker-protocol.md):
+//! - stdin: `{"job_id","attempt","kind","model","prompt","params","count",
+//!   "inputs":[{"role","material_id","content_type","path"}],"output_dir"}`,
+//!   then closed; the inputs are already downloaded;
+//! - the program writes its outputs as files into `output_dir`; with exit
+//!   status 0 the agent uploads them (by file name order);
+//! - stdout, exit status 0, when the server sent no upload URLs (an older
+//!   server): `{"outputs":[{"url","content_type"}, …]}`;
 //! - stdout, any exit status: `{"error":{"class":"user"|"system","message"}}`
 //!   for a failure the program understood (`user`: the input was at fault);
 //! - anything else (non-zero exit, a signal, unreadable stdout) is a system
@@ -20,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{bounded, Assignment, Outcome};
+use super::files::{LocalInput, Workspace};
+use super::{bounded, Assignment, Outcome, Ran};
 
 /// More stdout than a result can reasonably be; the rest is read and
 /// dropped so the program never blocks on a full pipe.
@@ -51,6 +56,16 @@ impl Program {
     }
 }
 
+impl Program {
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+}
+
 impl fmt::Display for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "`{}`", self.program)
@@ -72,6 +87,9 @@ struct JobInput<'a> {
     model: &'a str,
     prompt: &'a str,
     params: &'a JobParams,
+    count: u32,
+    inputs: &'a [LocalInput],
+    output_dir: &'a std::path::Path,
 }
 
 /// What the program writes on stdout.
@@ -90,16 +108,16 @@ struct ReplyError {
 }
 
 impl CommandExecutor {
-    pub async fn run(&self, job: &Assignment) -> Outcome {
+    pub async fn run(&self, job: &Assignment, workspace: &Workspace) -> Ran {
         let program = match job.kind {
             JobKind::Image => self.image.as_ref(),
             JobKind::Video => self.video.as_ref(),
         };
         let Some(program) = program else {
-            return Outcome::system(format!(
+            return Ran::Done(Outcome::system(format!(
                 "this worker has no command for {} jobs",
                 job.kind.as_str()
-            ));
+            )));
         };
         let input = JobInput {
             job_id: job.job_id,
@@ -108,14 +126,22 @@ impl CommandExecutor {
             model: &job.model,
             prompt: &job.prompt,
             params: &job.params,
+            count: job.params.expected_outputs(),
+            inputs: &workspace.inputs,
+            output_dir: &workspace.output_dir,
         };
         let input = match serde_json::to_vec(&input) {
             Ok(input) => input,
-            Err(e) => return Outcome::system(format!("cannot encode the job: {e}")),
+            Err(e) => return Ran::Done(Outcome::system(format!("cannot encode the job: {e}"))),
         };
-        match run(program, &input).await {
-            Ok(finished) => finished.outcome(program),
-            Err(message) => Outcome::system(message),
+        let finished = match run(program, &input).await {
+            Ok(finished) => finished,
+            Err(message) => return Ran::Done(Outcome::system(message)),
+        };
+        if job.outputs.is_empty() {
+            Ran::Done(finished.outcome(program))
+        } else {
+            finished.files(program)
         }
     }
 }
@@ -180,6 +206,29 @@ async fn run(program: &Program, input: &[u8]) -> Result<Finished, String> {
 }
 
 impl Finished {
+    /// With upload URLs: a clean exit means "take what is in `output_dir`";
+    /// an `error` on stdout is still believed.
+    fn files(self, program: &Program) -> Ran {
+        if let Ok(Reply {
+            error: Some(error), ..
+        }) = serde_json::from_slice::<Reply>(&self.stdout)
+        {
+            return Ran::Done(Outcome::Fail {
+                class: error.class,
+                message: bounded(&error.message, MAX_MESSAGE),
+            });
+        }
+        if self.status.success() {
+            Ran::Files(None)
+        } else {
+            Ran::Done(Outcome::system(format!(
+                "{program} ended with {}{}",
+                self.status,
+                self.stderr_note()
+            )))
+        }
+    }
+
     fn outcome(self, program: &Program) -> Outcome {
         if self.stdout_overflow {
             return Outcome::system(format!(

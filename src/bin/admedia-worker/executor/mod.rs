@@ -5,10 +5,17 @@
 //! process group).
 
 pub mod command;
+pub mod files;
+pub mod persistent;
 pub mod simulate;
 
+use std::path::PathBuf;
+
+use admedia_actors::attempt_files::{InputFile, OutputSlot};
 use admedia_actors::ids::{JobId, LeaseToken};
 use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
+
+use files::Workspace;
 
 use crate::cli::ExecutorConfig;
 
@@ -22,6 +29,18 @@ pub struct Assignment {
     pub model: String,
     pub prompt: String,
     pub params: JobParams,
+    /// Materials to download before running (signed URLs).
+    pub inputs: Vec<InputFile>,
+    /// Where each output is uploaded (signed URLs).
+    pub outputs: Vec<OutputSlot>,
+}
+
+/// How a program that works on files ended.
+pub enum Ran {
+    /// Nothing to upload: a failure, or a result that names URLs itself.
+    Done(Outcome),
+    /// Upload these files (`None`: everything in the output directory).
+    Files(Option<Vec<PathBuf>>),
 }
 
 /// How an attempt ended.
@@ -59,6 +78,8 @@ impl ProgressSink {
 pub enum Executor {
     Simulate(simulate::Simulate),
     Command(command::CommandExecutor),
+    // Boxed: it holds the running program's pipes.
+    Persistent(Box<persistent::PersistentExecutor>),
 }
 
 impl Executor {
@@ -79,13 +100,56 @@ impl Executor {
                     video: video.clone(),
                 })
             }
+            ExecutorConfig::Persistent { program } => Executor::Persistent(Box::new(
+                persistent::PersistentExecutor::new(program.clone()),
+            )),
         }
     }
 
     pub async fn run(&self, job: &Assignment, progress: &ProgressSink) -> Outcome {
-        match self {
-            Executor::Simulate(sim) => sim.run(job, progress).await,
-            Executor::Command(cmd) => cmd.run(job).await,
+        if let Executor::Simulate(sim) = self {
+            if job.outputs.is_empty() {
+                return sim.run(job, progress).await;
+            }
+        }
+        // Dropped (and its directory removed) when the attempt ends.
+        let workspace = match Workspace::prepare(job).await {
+            Ok(workspace) => workspace,
+            Err(e) => return Outcome::system(e),
+        };
+        let ran = match self {
+            Executor::Command(cmd) => cmd.run(job, &workspace).await,
+            Executor::Persistent(p) => p.run(job, &workspace, progress).await,
+            Executor::Simulate(sim) => match sim.run(job, progress).await {
+                Outcome::Complete(_) => simulate::placeholders(job, &workspace),
+                failed => Ran::Done(failed),
+            },
+        };
+        let named = match ran {
+            Ran::Done(outcome) => return outcome,
+            Ran::Files(named) => named,
+        };
+        if job.outputs.is_empty() {
+            return Outcome::system("the server sent no upload URLs for this job's outputs");
+        }
+        let files = match named {
+            Some(named) => {
+                if let Some(stray) = named.iter().find(|p| !workspace.owns(p)) {
+                    return Outcome::system(format!(
+                        "output {} is not a file in the output directory",
+                        stray.display()
+                    ));
+                }
+                named
+            }
+            None => match workspace.written() {
+                Ok(files) => files,
+                Err(e) => return Outcome::system(e),
+            },
+        };
+        match workspace.deliver(&files, &job.outputs).await {
+            Ok(outputs) => Outcome::Complete(outputs),
+            Err(e) => Outcome::system(e),
         }
     }
 }
