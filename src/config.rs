@@ -196,6 +196,12 @@ pub struct Settings {
     /// System failures in a row that quarantine a worker.
     #[arg(long, env = "ADMEDIA_QUARANTINE_AFTER", default_value_t = 3)]
     pub quarantine_after: u32,
+    /// After a restart or a failover, how long an attempt still in flight
+    /// may wait for its worker to present it again before it counts as
+    /// lost. Keep it above the agent's return time (25 s): see
+    /// docs/worker-protocol.md.
+    #[arg(long, env = "ADMEDIA_REPRESENT_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub represent_grace: Duration,
     /// The first quarantine's length (doubling while failures continue).
     #[arg(long, env = "ADMEDIA_QUARANTINE_BASE", default_value = "60s", value_parser = parse_duration)]
     pub quarantine_base: Duration,
@@ -539,6 +545,7 @@ impl Settings {
             max_wait: parse_max_wait(&self.max_wait)?,
             quarantine_after: self.quarantine_after,
             quarantine_base: self.quarantine_base,
+            represent_grace: self.represent_grace,
             ..OrchestratorConfig::default()
         };
         config.validate()?;
@@ -907,7 +914,9 @@ mod tests {
             admedia_actors::config::WaitLimits::default().basic
         );
         assert_eq!(cfg.fairness, admedia_actors::scheduler::FairnessUnit::Jobs);
-        assert!("fast".parse::<admedia_actors::scheduler::FairnessUnit>().is_err());
+        assert!("fast"
+            .parse::<admedia_actors::scheduler::FairnessUnit>()
+            .is_err());
         for bad in ["free", "gold=1h", "free=soon", "free=0s"] {
             let mut s = Settings::default();
             s.max_wait = bad.into();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use admedia_actors::ids::{JobId, LeaseToken, WorkerId};
 use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
-use admedia_actors::wire::{FromWorker, ToWorker};
+use admedia_actors::wire::{AttemptId, FromWorker, PresentedAttempt, RefusedAttempt, ToWorker};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -40,6 +40,11 @@ struct Shared {
     events: mpsc::UnboundedSender<Event>,
     sessions: Mutex<Vec<actix_ws::Session>>,
     refused: AtomicUsize,
+    /// The welcome takes back every attempt a hello presents (a server
+    /// whose store still holds them); otherwise it takes back none.
+    resume: std::sync::atomic::AtomicBool,
+    /// Refuses connections (503), as a server that is restarting.
+    down: std::sync::atomic::AtomicBool,
 }
 
 struct FakeServer {
@@ -54,6 +59,9 @@ async fn connect(
     body: web::Payload,
     shared: web::Data<Shared>,
 ) -> actix_web::Result<HttpResponse> {
+    if shared.down.load(Ordering::SeqCst) {
+        return Ok(HttpResponse::ServiceUnavailable().finish());
+    }
     let expected = format!("Bearer {}", shared.token);
     let authorized = req
         .headers()
@@ -80,11 +88,33 @@ async fn connect(
                         let _ = shared.events.send(Event::Invalid(conn, text.to_string()));
                         continue;
                     };
-                    if matches!(message, FromWorker::Hello { .. }) {
+                    if let FromWorker::Hello { attempts, .. } = &message {
+                        let (resumed, refused) = if shared.resume.load(Ordering::SeqCst) {
+                            let ids = attempts
+                                .iter()
+                                .map(|a| AttemptId {
+                                    job_id: a.job_id,
+                                    lease: a.lease,
+                                })
+                                .collect();
+                            (ids, Vec::new())
+                        } else {
+                            let refused = attempts
+                                .iter()
+                                .map(|a| RefusedAttempt {
+                                    job_id: a.job_id,
+                                    lease: a.lease,
+                                    reason: "the lease is not this attempt's".into(),
+                                })
+                                .collect();
+                            (Vec::new(), refused)
+                        };
                         let welcome = ToWorker::Welcome {
                             worker_id: WorkerId::generate(),
                             heartbeat_ms: HEARTBEAT_MS,
                             lease_ms: 15_000,
+                            resumed,
+                            refused,
                         };
                         let _ = session.text(serde_json::to_string(&welcome).unwrap()).await;
                     }
@@ -114,6 +144,8 @@ impl FakeServer {
             events: tx,
             sessions: Mutex::new(Vec::new()),
             refused: AtomicUsize::new(0),
+            resume: std::sync::atomic::AtomicBool::new(false),
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let data = web::Data::from(Arc::clone(&shared));
         let server = HttpServer::new(move || {
@@ -576,6 +608,7 @@ async fn hello_describes_the_worker_then_heartbeats_follow() {
             kinds: vec![JobKind::Image],
             models: vec!["sdxl".into(), "flux".into()],
             loaded_models: vec!["sdxl".into()],
+            attempts: Vec::new(),
         }
     );
     // An `error` is logged, not fatal.
@@ -595,8 +628,17 @@ async fn hello_describes_the_worker_then_heartbeats_follow() {
     }
 }
 
+/// The hello of a reconnect: the first one's, presenting `attempts`.
+fn presenting(hello: &FromWorker, presented: Vec<PresentedAttempt>) -> FromWorker {
+    let mut hello = hello.clone();
+    if let FromWorker::Hello { attempts, .. } = &mut hello {
+        *attempts = presented;
+    }
+    hello
+}
+
 #[actix_web::test]
-async fn a_dropped_connection_abandons_its_attempts_and_reconnects_with_a_new_hello() {
+async fn a_dropped_connection_keeps_the_attempt_and_stops_it_when_the_server_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = FakeServer::start().await;
     let _agent = command_agent(&server, dir.path(), HANGS, &["--name", "gpu-1"]);
@@ -612,15 +654,76 @@ async fn a_dropped_connection_abandons_its_attempts_and_reconnects_with_a_new_he
         Event::Closed(conn) => assert_eq!(conn, first),
         other => panic!("expected the connection to close, got {other:?}"),
     }
+    // Still running while away, and presented on the way back.
+    assert!(alive(sh), "the command stopped with its connection");
     let (second, again) = server.hello().await;
     assert_ne!(second, first);
-    assert_eq!(again, hello);
-    // The server counted the attempt lost: it is stopped, not reported.
-    assert!(gone(sh).await, "the command outlived its connection");
+    assert_eq!(
+        again,
+        presenting(
+            &hello,
+            vec![PresentedAttempt {
+                job_id: job.id,
+                attempt: 1,
+                lease: job.lease
+            }]
+        )
+    );
+    // The welcome did not take it back: it is stopped, not reported.
+    assert!(gone(sh).await, "a refused attempt kept running");
     assert!(
         gone(sleep).await,
-        "the command's child outlived its connection"
+        "the command's child outlived its refusal"
     );
+    server.quiet_for(Duration::from_millis(500)).await;
+    // The next reconnect has nothing to present.
+    server.close(second).await;
+    match server.next().await {
+        Event::Closed(conn) => assert_eq!(conn, second),
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+    let (_, third) = server.hello().await;
+    assert_eq!(third, hello);
+}
+
+#[actix_web::test]
+async fn an_attempt_that_finished_while_disconnected_is_presented_and_reported_when_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = FakeServer::start().await;
+    server.shared.resume.store(true, Ordering::SeqCst);
+    let _agent = Agent::start(&server, TOKEN, dir.path(), &["--sim-job-ms", "300"]);
+    let (first, hello) = server.hello().await;
+    let job = Job::new();
+    server.send(first, &job.image(1, 60_000)).await;
+    assert_eq!(server.message().await, job.accept());
+    // The server goes away (refuses connections) for longer than the job.
+    server.shared.down.store(true, Ordering::SeqCst);
+    server.close(first).await;
+    match server.next().await {
+        Event::Closed(conn) => assert_eq!(conn, first),
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.shared.down.store(false, Ordering::SeqCst);
+    let (second, again) = server.hello().await;
+    assert_eq!(
+        again,
+        presenting(
+            &hello,
+            vec![PresentedAttempt {
+                job_id: job.id,
+                attempt: 1,
+                lease: job.lease
+            }]
+        )
+    );
+    // Taken back: the result kept while away is reported now.
+    match server.next().await {
+        Event::Message(c, FromWorker::Complete { job_id, lease, .. }) => {
+            assert_eq!((c, job_id, lease), (second, job.id, job.lease));
+        }
+        other => panic!("expected the kept completion, got {other:?}"),
+    }
     server.quiet_for(Duration::from_millis(500)).await;
 }
 

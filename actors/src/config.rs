@@ -30,6 +30,11 @@ pub struct OrchestratorConfig {
     pub wallet_idle: Duration,
     /// A remote worker silent for this long loses its attempts.
     pub worker_lease: Duration,
+    /// After a restart or a failover, how long an attempt of the previous
+    /// term waits for its worker to present it again (see `wire`'s
+    /// `AGENT_RETURN_WITHIN`) before it counts as lost.
+    #[serde(default = "default_represent_grace")]
+    pub represent_grace: Duration,
     /// GPU memory a job of each size class needs.
     pub vram: VramTable,
     /// First wait before writing an attempt's end again after the store
@@ -134,6 +139,7 @@ impl Default for OrchestratorConfig {
             video_deadline: Duration::from_secs(900),
             wallet_idle: Duration::from_secs(300),
             worker_lease: Duration::from_millis(15_000),
+            represent_grace: default_represent_grace(),
             vram: VramTable::default(),
             settle_retry: default_settle_retry(),
             email_rules: crate::email::EmailRules::default(),
@@ -147,6 +153,17 @@ impl Default for OrchestratorConfig {
         }
     }
 }
+
+fn default_represent_grace() -> Duration {
+    DEFAULT_REPRESENT_GRACE
+}
+
+/// Longer than an agent holding attempts takes to come back.
+pub const DEFAULT_REPRESENT_GRACE: Duration = Duration::from_secs(30);
+const _: () = assert!(
+    DEFAULT_REPRESENT_GRACE.as_millis() > crate::wire::AGENT_RETURN_WITHIN.as_millis(),
+    "the default grace must outlast an agent's return"
+);
 
 impl OrchestratorConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -163,7 +180,12 @@ impl OrchestratorConfig {
             return Err("retry_base must not exceed retry_max".into());
         }
         self.models.validate()?;
-        if self.max_wait.all().iter().any(|d| *d < Duration::from_millis(100)) {
+        if self
+            .max_wait
+            .all()
+            .iter()
+            .any(|d| *d < Duration::from_millis(100))
+        {
             return Err("max_wait must be at least 100 ms for every tier".into());
         }
         if !(1..=100).contains(&self.quarantine_after) {

@@ -73,6 +73,9 @@ pub struct JobActor {
     files: Option<Arc<dyn AttemptFiles>>,
     /// The job as assigned.
     assigned: Option<Job>,
+    /// Taken back from a worker that presented it after a restart or a
+    /// failover: nothing is assigned, it goes on where it was.
+    resumed: Option<crate::scheduler::resume::Resumed>,
 }
 
 impl JobActor {
@@ -115,7 +118,60 @@ impl JobActor {
             span: tracing::info_span!("attempt", job = %job_id, user = %user_id, attempt = attempt_no, worker = %worker_id),
             files: None,
             assigned: None,
+            resumed: None,
         }
+    }
+
+    /// The actor of an attempt a worker presented again after a restart or
+    /// a failover (see `scheduler::resume`): it is already assigned (and
+    /// perhaps started) in the store and runs on `worker`, so nothing is
+    /// assigned; its deadline keeps counting from the original assignment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resumed(
+        job: Job,
+        resumed: crate::scheduler::resume::Resumed,
+        worker_id: WorkerId,
+        worker: Addr<WorkerActor>,
+        scheduler: Addr<SchedulerActor>,
+        wallets: WalletRegistry,
+        store: Arc<dyn Store>,
+        config: Arc<OrchestratorConfig>,
+        observer: Arc<dyn Observer>,
+        epoch: u64,
+    ) -> Option<JobActor> {
+        let lease = job.lease?;
+        let mut queued = QueuedJob::from_job(&job, &config);
+        // `new` counts the attempt as the one after `attempts`.
+        queued.attempts = job.attempts.checked_sub(1)?;
+        let mut actor = JobActor::new(
+            queued,
+            lease,
+            worker_id,
+            worker,
+            scheduler,
+            wallets,
+            store,
+            config,
+            observer,
+            Instant::now(),
+            epoch,
+        );
+        actor.assigned = Some(job);
+        actor.resumed = Some(resumed);
+        Some(actor)
+    }
+
+    /// The attempt must end within `after`, or it is revoked and ends as a
+    /// system failure.
+    fn arm_deadline(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(after, |act, ctx| {
+            act.worker.do_send(Revoke {
+                job_id: act.attempt.job_id,
+                lease: act.attempt.lease,
+            });
+            let outcome = act.system_failure("the attempt passed its deadline".into());
+            act.settle(outcome, AttemptResult::TimedOut, ctx);
+        });
     }
 
     /// The attempt's inputs and outputs go through `files`.
@@ -164,14 +220,7 @@ impl JobActor {
                 act.settle(outcome, AttemptResult::LeaseLost, ctx);
             }
         }));
-        ctx.run_later(deadline, |act, ctx| {
-            act.worker.do_send(Revoke {
-                job_id: act.attempt.job_id,
-                lease: act.attempt.lease,
-            });
-            let outcome = act.system_failure("the attempt passed its deadline".into());
-            act.settle(outcome, AttemptResult::TimedOut, ctx);
-        });
+        self.arm_deadline(deadline, ctx);
     }
 
     /// A completion counts only with every expected output, each uploaded
@@ -344,6 +393,24 @@ impl Actor for JobActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
+        if let Some(resumed) = self.resumed.take() {
+            tracing::info!(
+                ran_ms = resumed.ran.as_millis() as u64,
+                remaining_ms = resumed.remaining.as_millis() as u64,
+                "attempt resumed on the worker that presented it"
+            );
+            self.arm_deadline(resumed.remaining, ctx);
+            if resumed.started {
+                self.phase = Phase::Running;
+                self.started_at = Instant::now().checked_sub(resumed.ran);
+            } else {
+                // The worker runs it, so it was accepted; the start was
+                // not recorded before the restart: record it now.
+                self.phase = Phase::Assigned;
+                ctx.notify(AttemptEvent::Accepted);
+            }
+            return;
+        }
         let store = self.store.clone();
         let attempt = self.attempt;
         let worker = self.worker_id;

@@ -14,22 +14,19 @@ use crate::email::Email;
 use crate::error::OrchestratorError;
 use crate::ids::WorkerId;
 use crate::ids::{EntryId, JobId, UserId};
-use crate::job::{AttemptOutcome, IdempotencyKey, Job, JobRequest, JobSpec, JobState};
+use crate::job::{IdempotencyKey, Job, JobRequest, JobSpec, JobState};
 use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
 use crate::scheduler::actor::{
-    Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, LiftQuarantine, ListWorkers,
-    ModelsServed, Recover, SchedulerActor, SchedulerStats, Waiting, WorkerView,
+    settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, GraceOver,
+    LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor, SchedulerStats,
+    Waiting, WorkerView,
 };
-use crate::store::{
-    Activity, AttemptRecord, AttemptRef, JobCounts, JobFilter, Store, StoreError, Submission,
-};
+use crate::store::{Activity, AttemptRecord, JobCounts, JobFilter, Store, Submission};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
-use crate::wallet::{
-    Cancel, GrantCredits, SetMembership, SetStatus, Settle, Submit, WalletRegistry,
-};
+use crate::wallet::{Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry};
 use crate::worker::{
     start_simulated_worker, Capabilities, LastHeard, SimProfile, WorkerActor, WorkerLink,
 };
@@ -153,9 +150,10 @@ impl Orchestrator {
 
     /// This node leads the cluster from now: a new election term in the
     /// store, then the waiting line rebuilt from it. Attempts in flight
-    /// under an earlier term count as lost once `grace` has passed without
-    /// them ending (their workers may still finish them meanwhile); with no
-    /// other node possible, `grace` is zero.
+    /// under an earlier term count as lost once `grace` has passed unless
+    /// their workers presented them again meanwhile (then they go on where
+    /// they were) or they ended; on the embedded store, where nothing
+    /// outlives the process, `grace` is zero.
     pub async fn promote(
         &self,
         node: &str,
@@ -180,22 +178,38 @@ impl Orchestrator {
             "leading the cluster"
         );
         self.scheduler.do_send(Recover(waiting));
-        let this = self.clone();
-        let lost = async move {
-            if !grace.is_zero() {
-                actix_rt::time::sleep(grace).await;
-            }
-            this.declare_lost(in_flight).await
-        };
         if grace.is_zero() {
-            lost.await?;
-        } else {
-            actix_rt::spawn(async move {
-                if let Err(e) = lost.await {
-                    tracing::warn!(error = %e, "could not settle attempts lost with the previous scheduler");
-                }
-            });
+            self.declare_lost(in_flight).await?;
+            return Ok(epoch);
         }
+        // Their workers may come back with them within the grace (see
+        // `scheduler::resume`); the scheduler holds them meanwhile, and
+        // what none presented is lost when the grace ends.
+        self.scheduler.do_send(Orphaned {
+            epoch,
+            jobs: in_flight,
+        });
+        let this = self.clone();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(grace).await;
+            let left = match this.scheduler.send(GraceOver { epoch }).await {
+                Ok(left) => left,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler gone before the grace ended");
+                    return;
+                }
+            };
+            if !left.is_empty() {
+                tracing::info!(
+                    epoch,
+                    lost = left.len(),
+                    "attempts not presented within the grace are lost"
+                );
+            }
+            if let Err(e) = this.declare_lost(left).await {
+                tracing::warn!(error = %e, "could not settle attempts lost with the previous scheduler");
+            }
+        });
         Ok(epoch)
     }
 
@@ -219,29 +233,8 @@ impl Orchestrator {
     /// last attempt. The lease makes this a no-op for any that did end.
     async fn declare_lost(&self, jobs: Vec<Job>) -> Result<(), OrchestratorError> {
         for job in jobs {
-            let (Some(lease), attempt) = (job.lease, job.attempts) else {
-                continue;
-            };
-            let delay = self.config.retry_delay(attempt);
-            let msg = Settle {
-                attempt: AttemptRef {
-                    job_id: job.id,
-                    attempt,
-                    lease,
-                },
-                outcome: AttemptOutcome::SystemFailure {
-                    message: "the attempt was lost when the scheduler restarted or changed".into(),
-                    retry_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                },
-            };
-            match self.wallets.settle(job.user_id, msg).await {
-                Ok(settled) => {
-                    if settled.job.state == JobState::Queued {
-                        self.scheduler.do_send(Recover(vec![settled.job]));
-                    }
-                }
-                Err(StoreError::StaleTransition { .. }) => {}
-                Err(e) => return Err(e.into()),
+            if let Some(queued) = settle_lost(&self.wallets, &self.config, &job).await? {
+                self.scheduler.do_send(Recover(vec![queued]));
             }
         }
         Ok(())
@@ -293,13 +286,14 @@ impl Orchestrator {
         &self,
         id: WorkerId,
         caps: Capabilities,
+        presented: Vec<crate::wire::PresentedAttempt>,
         link: Box<dyn WorkerLink>,
     ) -> Addr<WorkerActor> {
         let scheduler = self.scheduler.clone();
         let observer = self.observer.clone();
         let lease = Some(self.config.worker_lease);
         WorkerActor::start_in_arbiter(&self.actor_arbiter, move |_| {
-            WorkerActor::new(id, caps, link, scheduler, observer, lease)
+            WorkerActor::new(id, caps, link, scheduler, observer, lease).with_presented(presented)
         })
     }
 
@@ -565,9 +559,7 @@ impl Orchestrator {
 
     /// The model registry, each model with whether a connected worker
     /// serves it (at its standard size).
-    pub async fn models(
-        &self,
-    ) -> Result<Vec<(crate::models::ModelSpec, bool)>, OrchestratorError> {
+    pub async fn models(&self) -> Result<Vec<(crate::models::ModelSpec, bool)>, OrchestratorError> {
         let models = self.config.models.all().to_vec();
         let asks = models
             .iter()

@@ -15,7 +15,7 @@ use crate::ids::{JobId, LeaseToken, WorkerId};
 use crate::job::{FailureClass, JobKind, JobSpec, Output};
 use crate::observer::Observer;
 use crate::scheduler::actor::{SchedulerActor, WorkerDraining, WorkerJoined, WorkerLeft};
-use crate::wire::{FromWorker, ToWorker};
+use crate::wire::{AttemptId, FromWorker, PresentedAttempt, RefusedAttempt, ToWorker};
 
 /// What a worker can run.
 #[derive(Clone, Debug)]
@@ -92,22 +92,53 @@ pub struct Revoke {
 }
 
 /// The scheduler knows the worker now: a remote worker is welcomed, so a
-/// welcome means "you may be assigned work from here on".
-#[derive(Message)]
+/// welcome means "you may be assigned work from here on". It names the
+/// presented attempts taken back (already adopted) and those refused.
+#[derive(Message, Default)]
 #[rtype(result = "()")]
-pub struct Registered;
+pub struct Registered {
+    pub resumed: Vec<AttemptId>,
+    pub refused: Vec<RefusedAttempt>,
+}
 
 impl Handler<Registered> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, _: Registered, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Registered, _ctx: &mut Self::Context) {
         if let Some(lease) = self.lease {
             self.link.send(ToWorker::Welcome {
                 worker_id: self.id,
                 heartbeat_ms: u64::try_from((lease / 3).as_millis()).unwrap_or(5_000),
                 lease_ms: u64::try_from(lease.as_millis()).unwrap_or(15_000),
+                resumed: msg.resumed,
+                refused: msg.refused,
             });
         }
+    }
+}
+
+/// A presented attempt taken back: it is this worker's again, with no
+/// `assign` sent (the worker runs it already); its reports go to
+/// `reply_to`, the job actor re-attached to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Adopt {
+    pub job_id: JobId,
+    pub lease: LeaseToken,
+    pub reply_to: Recipient<AttemptEvent>,
+}
+
+impl Handler<Adopt> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Adopt, _ctx: &mut Self::Context) {
+        self.assignments.insert(
+            msg.job_id,
+            Assignment {
+                lease: msg.lease,
+                reply_to: msg.reply_to,
+            },
+        );
     }
 }
 
@@ -158,6 +189,8 @@ pub struct WorkerActor {
     /// in-process workers, which cannot go silent without the process.
     lease: Option<Duration>,
     last_heard: Instant,
+    /// What its `hello` presented, for the scheduler to check.
+    presented: Vec<PresentedAttempt>,
 }
 
 impl WorkerActor {
@@ -178,7 +211,14 @@ impl WorkerActor {
             assignments: HashMap::new(),
             lease,
             last_heard: Instant::now(),
+            presented: Vec::new(),
         }
+    }
+
+    /// Attempts the worker says it still holds from an earlier connection.
+    pub fn with_presented(mut self, presented: Vec<PresentedAttempt>) -> WorkerActor {
+        self.presented = presented;
+        self
     }
 
     pub fn id(&self) -> WorkerId {
@@ -211,6 +251,7 @@ impl Actor for WorkerActor {
             id: self.id,
             caps: self.caps.clone(),
             addr: ctx.address(),
+            presented: std::mem::take(&mut self.presented),
         });
         if let Some(lease) = self.lease {
             ctx.run_interval(lease / 4, move |act, ctx| {

@@ -191,6 +191,8 @@ async fn handshake(ws: &mut Socket, idx: usize, slots: u32) -> Result<(Duration,
         kinds: vec![JobKind::Image, JobKind::Video],
         models: vec![],
         loaded_models: vec![],
+        // A load-test worker starts from scratch on every connection.
+        attempts: vec![],
     };
     send(ws, &hello).await.map_err(End::Lost)?;
     let lost = |m: &str| End::Lost(m.to_owned());

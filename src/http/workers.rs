@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
 use admedia_actors::ids::WorkerId;
-use admedia_actors::wire::{FromWorker, ToWorker};
+use admedia_actors::wire::{check_presented, FromWorker, PresentedAttempt, ToWorker};
 use admedia_actors::worker::{Capabilities, LinkClosed, WorkerLink};
 use admedia_actors::Orchestrator;
 use tokio::sync::mpsc;
@@ -111,11 +111,12 @@ async fn refuse(session: &mut Session, message: String) -> bool {
 }
 
 /// Reads frames until a valid `hello`; `None` if the worker left, broke
-/// the protocol beyond repair, or took too long.
+/// the protocol beyond repair, or took too long. With the capabilities come
+/// the attempts the worker presents from an earlier connection.
 async fn await_hello(
     session: &mut Session,
     stream: &mut AggregatedMessageStream,
-) -> Option<Capabilities> {
+) -> Option<(Capabilities, Vec<PresentedAttempt>)> {
     let wait = async {
         loop {
             match stream.recv().await? {
@@ -129,6 +130,7 @@ async fn await_hello(
                             kinds,
                             models,
                             loaded_models,
+                            attempts,
                         }) => {
                             let name = name.trim().to_owned();
                             if name.is_empty() || name.chars().count() > 100 {
@@ -143,8 +145,10 @@ async fn await_hello(
                                     "hello: kinds must name at least one job kind".into(),
                                 )
                                 .await;
+                            } else if let Err(message) = check_presented(&attempts, slots) {
+                                refuse(session, message).await;
                             } else {
-                                return Some(Capabilities {
+                                let caps = Capabilities {
                                     name,
                                     slots,
                                     gpu_model,
@@ -152,7 +156,8 @@ async fn await_hello(
                                     kinds,
                                     models,
                                     loaded_models,
-                                });
+                                };
+                                return Some((caps, attempts));
                             }
                         }
                         Ok(_) => {
@@ -182,7 +187,7 @@ async fn run_session(
     mut stream: AggregatedMessageStream,
     orchestrator: Orchestrator,
 ) {
-    let Some(caps) = await_hello(&mut session, &mut stream).await else {
+    let Some((caps, presented)) = await_hello(&mut session, &mut stream).await else {
         let _ = refuse(&mut session, "no valid hello; closing".into()).await;
         let _ = session.close(None).await;
         return;
@@ -191,9 +196,9 @@ async fn run_session(
     // it, so a welcomed worker can be assigned work at once.
     let id = WorkerId::generate();
     tracing::info!(worker = %id, name = %caps.name, slots = caps.slots, gpu = %caps.gpu_model,
-        vram_mb = caps.vram_mb, "worker connected");
+        vram_mb = caps.vram_mb, presented = presented.len(), "worker connected");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = orchestrator.connect_worker(id, caps, Box::new(SocketLink(tx)));
+    let worker = orchestrator.connect_worker(id, caps, presented, Box::new(SocketLink(tx)));
 
     // Writer: ends when the worker actor is gone (its link, the only
     // sender, is dropped), and then closes the socket.

@@ -17,9 +17,12 @@ use crate::job::{Job, JobState};
 use crate::job_actor::{CancelAttempt, JobActor};
 use crate::observer::{AttemptResult, Observer};
 use crate::scheduler::queue::{FairQueue, JobClass, QueuedJob};
-use crate::store::Store;
+use crate::scheduler::resume;
+use crate::store::{AttemptRecord, StoreResult};
+use crate::store::{Store, StoreError};
 use crate::wallet::WalletRegistry;
-use crate::worker::{Capabilities, Registered, WorkerActor};
+use crate::wire::{AttemptId, PresentedAttempt, RefusedAttempt};
+use crate::worker::{Adopt, Capabilities, Registered, WorkerActor};
 
 /// How often the scheduler compares its line with the store, so a job the
 /// store holds as waiting can never be forgotten by the actors.
@@ -88,6 +91,22 @@ pub struct SchedulerActor {
     observer: Arc<dyn Observer>,
     /// Each attempt's input and output files (see `attempt_files`).
     files: Option<Arc<dyn crate::attempt_files::AttemptFiles>>,
+    /// Attempts in flight under an earlier term, waiting for their worker
+    /// to present them again (see `resume`); what is left of them when the
+    /// grace ends counts as lost.
+    orphans: HashMap<JobId, Job>,
+    /// The grace of this term ended: an orphan handed back now is lost at
+    /// once.
+    grace_over: bool,
+    /// Workers whose presented attempts are being checked in the store;
+    /// they are registered (and welcomed) once that is done.
+    presenting: HashMap<WorkerId, Presenting>,
+}
+
+struct Presenting {
+    caps: Capabilities,
+    addr: Addr<WorkerActor>,
+    refused: Vec<RefusedAttempt>,
 }
 
 impl SchedulerActor {
@@ -110,6 +129,9 @@ impl SchedulerActor {
             config,
             observer,
             files: None,
+            orphans: HashMap::new(),
+            grace_over: true,
+            presenting: HashMap::new(),
         }
     }
 
@@ -145,11 +167,7 @@ impl SchedulerActor {
                 .iter()
                 .filter(|(_, w)| w.takes(&class))
                 .max_by_key(|(id, w)| {
-                    (
-                        job.avoid != Some(**id),
-                        w.warm.contains(&job.model),
-                        w.free,
-                    )
+                    (job.avoid != Some(**id), w.warm.contains(&job.model), w.free)
                 })
                 .map(|(id, _)| *id);
             let Some(worker_id) = chosen else {
@@ -315,6 +333,58 @@ impl SchedulerActor {
         for (_, handle) in self.delayed.drain() {
             ctx.cancel_future(handle);
         }
+        // Another term's recovery decides on them now.
+        self.orphans.clear();
+        self.grace_over = true;
+    }
+
+    /// An orphan claimed by a presentation that was not taken back after
+    /// all: it waits again while the grace lasts, else it is lost now.
+    fn return_orphan(&mut self, job: Job, ctx: &mut Context<Self>) {
+        if !self.grace_over {
+            self.orphans.insert(job.id, job);
+            return;
+        }
+        let (wallets, config, addr) = (
+            self.wallets.clone(),
+            self.config.clone(),
+            Some(ctx.address()),
+        );
+        actix::spawn(async move {
+            lose(&wallets, &config, &addr, job).await;
+        });
+    }
+
+    /// Makes the worker known and welcomes it; its `occupied` slots run
+    /// attempts it was given back.
+    fn register(
+        &mut self,
+        id: WorkerId,
+        caps: Capabilities,
+        addr: Addr<WorkerActor>,
+        occupied: u32,
+        welcome: Registered,
+        ctx: &mut Context<Self>,
+    ) {
+        addr.do_send(welcome);
+        let quarantined = self
+            .health
+            .get(&caps.name)
+            .is_some_and(|h| h.until.is_some());
+        self.workers.insert(
+            id,
+            WorkerSlots {
+                free: caps.slots.saturating_sub(occupied),
+                draining: false,
+                warm: caps.loaded_models.iter().cloned().collect(),
+                caps,
+                addr,
+                // Its slots are free from now on.
+                freed_at: Some(Instant::now()),
+                quarantined,
+            },
+        );
+        self.dispatch(ctx);
     }
 
     fn knows(&self, job: JobId) -> bool {
@@ -490,32 +560,325 @@ pub struct WorkerJoined {
     pub id: WorkerId,
     pub caps: Capabilities,
     pub addr: Addr<WorkerActor>,
+    /// Attempts it says it still holds from an earlier connection.
+    pub presented: Vec<PresentedAttempt>,
 }
 
 impl Handler<WorkerJoined> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: WorkerJoined, ctx: &mut Self::Context) {
-        tracing::info!(worker = %msg.id, name = %msg.caps.name, slots = msg.caps.slots, "worker joined");
-        msg.addr.do_send(Registered);
-        let quarantined = self
-            .health
-            .get(&msg.caps.name)
-            .is_some_and(|h| h.until.is_some());
-        self.workers.insert(
+        tracing::info!(worker = %msg.id, name = %msg.caps.name, slots = msg.caps.slots,
+            presented = msg.presented.len(), "worker joined");
+        if msg.presented.is_empty() {
+            self.register(msg.id, msg.caps, msg.addr, 0, Registered::default(), ctx);
+            return;
+        }
+        // Only an attempt of an earlier term still waiting for its worker
+        // can be taken back; claiming it here (the actor is the one owner)
+        // means neither the end of the grace nor a second presentation can
+        // decide on it while the store is read.
+        let mut refused = Vec::new();
+        let mut claimed = Vec::new();
+        for p in msg.presented {
+            let reason = if self.epoch.is_none() {
+                Some("this node does not run the active scheduler")
+            } else if self.in_flight.contains_key(&p.job_id) {
+                Some("the attempt is in flight on another connection")
+            } else {
+                None
+            };
+            let reason = match (reason, self.orphans.get(&p.job_id)) {
+                (Some(reason), _) => reason.to_owned(),
+                (None, None) => "no attempt of this job waits for its worker here".to_owned(),
+                // A wrong presentation leaves the orphan to its own worker.
+                (None, Some(orphan)) if orphan.attempts != p.attempt => {
+                    resume::Refusal::OtherAttempt {
+                        current: orphan.attempts,
+                    }
+                    .reason()
+                }
+                (None, Some(orphan)) if orphan.lease != Some(p.lease) => {
+                    resume::Refusal::WrongLease.reason()
+                }
+                (None, Some(_)) => {
+                    if let Some(job) = self.orphans.remove(&p.job_id) {
+                        claimed.push((p, job));
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(job = %p.job_id, attempt = p.attempt, %reason, "presented attempt refused");
+            refused.push(RefusedAttempt {
+                job_id: p.job_id,
+                lease: p.lease,
+                reason,
+            });
+        }
+        if claimed.is_empty() {
+            tracing::info!(worker = %msg.id, refused = refused.len(), "no presented attempt taken back");
+            self.register(
+                msg.id,
+                msg.caps,
+                msg.addr,
+                0,
+                Registered {
+                    resumed: Vec::new(),
+                    refused,
+                },
+                ctx,
+            );
+            return;
+        }
+        self.presenting.insert(
             msg.id,
-            WorkerSlots {
-                free: msg.caps.slots,
-                draining: false,
-                warm: msg.caps.loaded_models.iter().cloned().collect(),
+            Presenting {
                 caps: msg.caps,
                 addr: msg.addr,
-                // Its slots are free from now on.
-                freed_at: Some(Instant::now()),
-                quarantined,
+                refused,
             },
         );
-        self.dispatch(ctx);
+        let store = self.store.clone();
+        let addr = ctx.address();
+        let worker = msg.id;
+        actix::spawn(async move {
+            let mut checked = Vec::with_capacity(claimed.len());
+            for (presented, orphan) in claimed {
+                let now = store.job(presented.job_id).await;
+                let records = store.attempts(presented.job_id).await;
+                let read = match (now, records) {
+                    (Ok(job), Ok(records)) => Ok((job, records)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+                checked.push(Checked {
+                    presented,
+                    orphan,
+                    read,
+                });
+            }
+            addr.do_send(PresentationChecked { worker, checked });
+        });
+    }
+}
+
+/// One claimed presentation and what the store holds of its job now.
+struct Checked {
+    presented: PresentedAttempt,
+    orphan: Job,
+    read: StoreResult<(Option<Job>, Vec<AttemptRecord>)>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PresentationChecked {
+    worker: WorkerId,
+    checked: Vec<Checked>,
+}
+
+impl Handler<PresentationChecked> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PresentationChecked, ctx: &mut Self::Context) {
+        let Some(presenting) = self.presenting.remove(&msg.worker) else {
+            // The worker left while its attempts were checked.
+            for c in msg.checked {
+                self.return_orphan(c.orphan, ctx);
+            }
+            return;
+        };
+        let Presenting {
+            caps,
+            addr,
+            mut refused,
+        } = presenting;
+        let mut resumed = Vec::new();
+        let now = chrono::Utc::now();
+        for c in msg.checked {
+            let p = c.presented;
+            let refuse = |reason: String| RefusedAttempt {
+                job_id: p.job_id,
+                lease: p.lease,
+                reason,
+            };
+            let (job, records) = match c.read {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(job = %p.job_id, error = %e, "could not check a presented attempt");
+                    refused.push(refuse(format!("the store could not be read: {e}")));
+                    self.return_orphan(c.orphan, ctx);
+                    continue;
+                }
+            };
+            let deadline = self.config.deadline(c.orphan.spec.kind);
+            let verdict = match self.epoch {
+                Some(epoch) if resumed.len() < caps.slots as usize => {
+                    resume::judge(&p, job.as_ref(), &records, deadline, now)
+                        .map(|r| (r, epoch))
+                        .map_err(|r| r.reason())
+                }
+                Some(_) => Err("more attempts presented than the worker has slots".into()),
+                None => Err("this node does not run the active scheduler".into()),
+            };
+            let verdict = match (job, verdict) {
+                (Some(job), Ok(v)) => Ok((job, v)),
+                (_, Err(reason)) => Err(reason),
+                (None, Ok(_)) => Err(resume::Refusal::UnknownJob.reason()),
+            };
+            let (job, (verdict, epoch)) = match verdict {
+                Ok(v) => v,
+                Err(reason) => {
+                    tracing::info!(job = %p.job_id, attempt = p.attempt, %reason, "presented attempt refused");
+                    // It waits again, or is lost now once the grace is
+                    // over (a no-op in the store for one that ended).
+                    if self.epoch.is_some() {
+                        self.return_orphan(c.orphan, ctx);
+                    }
+                    refused.push(refuse(reason));
+                    continue;
+                }
+            };
+            let user = job.user_id;
+            let Some(actor) = JobActor::resumed(
+                job.clone(),
+                verdict,
+                msg.worker,
+                addr.clone(),
+                ctx.address(),
+                self.wallets.clone(),
+                self.store.clone(),
+                self.config.clone(),
+                self.observer.clone(),
+                epoch,
+            ) else {
+                refused.push(refuse("the job holds no lease".into()));
+                continue;
+            };
+            let actor = actor.with_files(self.files.clone()).start();
+            // Before the welcome, so the worker's first report about it
+            // already finds its attempt.
+            addr.do_send(Adopt {
+                job_id: p.job_id,
+                lease: p.lease,
+                reply_to: actor.clone().recipient(),
+            });
+            self.queue.mark_running(user);
+            self.in_flight.insert(
+                p.job_id,
+                InFlight {
+                    actor,
+                    worker: msg.worker,
+                    worker_name: caps.name.clone(),
+                    job: QueuedJob::from_job(&job, &self.config),
+                },
+            );
+            tracing::info!(job = %p.job_id, attempt = p.attempt, worker = %msg.worker, "presented attempt taken back");
+            resumed.push(AttemptId {
+                job_id: p.job_id,
+                lease: p.lease,
+            });
+        }
+        let occupied = u32::try_from(resumed.len()).unwrap_or(u32::MAX);
+        self.register(
+            msg.worker,
+            caps,
+            addr,
+            occupied,
+            Registered { resumed, refused },
+            ctx,
+        );
+    }
+}
+
+/// Attempts of an earlier term, still in flight in the store at this
+/// term's start: their workers may present them within the grace.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Orphaned {
+    pub epoch: u64,
+    pub jobs: Vec<Job>,
+}
+
+impl Handler<Orphaned> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Orphaned, _ctx: &mut Self::Context) {
+        if self.epoch != Some(msg.epoch) {
+            return;
+        }
+        self.grace_over = false;
+        for job in msg.jobs {
+            self.orphans.insert(job.id, job);
+        }
+    }
+}
+
+/// The grace is over: the orphans no worker presented, to be declared
+/// lost; from now on an orphan handed back is lost at once.
+#[derive(Message)]
+#[rtype(result = "Vec<Job>")]
+pub struct GraceOver {
+    pub epoch: u64,
+}
+
+impl Handler<GraceOver> for SchedulerActor {
+    type Result = MessageResult<GraceOver>;
+
+    fn handle(&mut self, msg: GraceOver, _ctx: &mut Self::Context) -> Self::Result {
+        if self.epoch != Some(msg.epoch) {
+            return MessageResult(Vec::new());
+        }
+        self.grace_over = true;
+        MessageResult(self.orphans.drain().map(|(_, job)| job).collect())
+    }
+}
+
+/// Settles an attempt lost with the previous scheduler as a system failure
+/// (retried, or refunded after the last attempt) and puts a retried job
+/// back in line. The lease makes this a no-op for an attempt that ended.
+pub async fn lose(
+    wallets: &WalletRegistry,
+    config: &OrchestratorConfig,
+    scheduler: &Option<Addr<SchedulerActor>>,
+    job: Job,
+) {
+    match settle_lost(wallets, config, &job).await {
+        Ok(Some(queued)) => {
+            if let Some(s) = scheduler {
+                s.do_send(Recover(vec![queued]));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not settle an attempt lost with the previous scheduler")
+        }
+    }
+}
+
+/// The settlement itself: the job again when it waits for a retry.
+pub async fn settle_lost(
+    wallets: &WalletRegistry,
+    config: &OrchestratorConfig,
+    job: &Job,
+) -> Result<Option<Job>, StoreError> {
+    let (Some(lease), attempt) = (job.lease, job.attempts) else {
+        return Ok(None);
+    };
+    let delay = config.retry_delay(attempt);
+    let msg = crate::wallet::Settle {
+        attempt: crate::store::AttemptRef {
+            job_id: job.id,
+            attempt,
+            lease,
+        },
+        outcome: crate::job::AttemptOutcome::SystemFailure {
+            message: "the attempt was lost when the scheduler restarted or changed".into(),
+            retry_at: chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+        },
+    };
+    match wallets.settle(job.user_id, msg).await {
+        Ok(settled) if settled.job.state == JobState::Queued => Ok(Some(settled.job)),
+        Ok(_) | Err(StoreError::StaleTransition { .. }) | Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -547,7 +910,9 @@ impl Handler<WorkerLeft> for SchedulerActor {
 
     fn handle(&mut self, msg: WorkerLeft, _ctx: &mut Self::Context) {
         // Its attempts are reported lost by the worker actor itself; they
-        // end through `AttemptEnded` like any other.
+        // end through `AttemptEnded` like any other. One still presenting
+        // hands its claims back when the check returns.
+        self.presenting.remove(&msg.id);
         if self.workers.remove(&msg.id).is_some() {
             tracing::info!(worker = %msg.id, "worker left");
         }

@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod queue;
+pub mod resume;
 
 pub use actor::SchedulerActor;
 pub use queue::{FairQueue, FairnessUnit, JobClass, QueuedJob};

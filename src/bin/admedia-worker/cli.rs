@@ -189,6 +189,8 @@ impl Args {
             kinds: kinds.clone(),
             models: non_empty(self.models),
             loaded_models: non_empty(self.loaded_models),
+            // Each connection presents the attempts held then.
+            attempts: Vec::new(),
         };
         Ok(Config {
             url,

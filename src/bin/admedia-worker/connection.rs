@@ -3,16 +3,15 @@
 //! attempts' reports, heartbeats and follows the shutdown state. Nothing in
 //! the loop waits for an attempt; attempts run in their own tasks.
 //!
-//! A connection is one worker to the server: a reconnect starts from
-//! scratch, and nothing of the old connection (attempts, reports) is
-//! carried over.
+//! The attempts are not the connection's: they keep running while it is
+//! down, and the next connection's `hello` presents them (see `attempts`).
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use actix_codec::Framed;
 use admedia_actors::job::FailureClass;
-use admedia_actors::wire::{FromWorker, ToWorker};
+use admedia_actors::wire::{AttemptId, FromWorker, RefusedAttempt, ToWorker};
 use awc::error::WsClientError;
 use awc::http::header::AUTHORIZATION;
 use awc::ws::{CloseCode, Codec, Frame, Message};
@@ -29,9 +28,9 @@ use crate::shutdown::{self, Shutdown};
 type Socket = Framed<BoxedSocket, Codec>;
 
 /// Connecting, including the HTTP upgrade.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The server answers `hello` at once; longer means something is wrong.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// The protocol's frame limit, both ways.
 const MAX_FRAME: usize = 64 * 1024;
 /// How long to wait for the server to answer our close frame.
@@ -77,46 +76,121 @@ fn lost(reason: impl Into<String>) -> SessionEnd {
     }
 }
 
-/// Runs one connection until it ends.
+/// Waits for what ends a connection attempt: any shutdown, or only an
+/// abort while a drain reconnects to report what it still holds.
+async fn stop_requested(shutdown: &mut watch::Receiver<Shutdown>, draining: bool) -> Shutdown {
+    loop {
+        let state = shutdown::requested(shutdown).await;
+        if !draining || state == Shutdown::Abort {
+            return state;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs one connection until it ends. `attempts` outlive it.
 pub async fn run(
     config: &Config,
     executor: &Rc<Executor>,
+    attempts: &mut Attempts,
+    reports: &mut mpsc::UnboundedReceiver<Report>,
     shutdown: &mut watch::Receiver<Shutdown>,
 ) -> SessionEnd {
+    // A drain that lost its connection comes back only to finish and
+    // report what it still holds.
+    let draining = *shutdown.borrow() == Shutdown::Drain;
+    if draining && attempts.is_empty() {
+        return SessionEnd::Drained;
+    }
     tracing::info!(url = %config.url, "connecting");
     let mut ws = tokio::select! {
         connected = connect(config) => match connected {
             Ok(ws) => ws,
             Err(reason) => return SessionEnd::Lost { welcomed: false, reason },
         },
-        state = shutdown::requested(shutdown) => return SessionEnd::stopped(state),
+        state = stop_requested(shutdown, draining) => return SessionEnd::stopped(state),
     };
-    tracing::info!("connected; saying hello");
-    let heartbeat = tokio::select! {
-        welcomed = handshake(&mut ws, config) => match welcomed {
-            Ok(heartbeat) => heartbeat,
+    let presented = attempts.presented();
+    tracing::info!(presented = presented.len(), "connected; saying hello");
+    let hello = match &config.hello {
+        FromWorker::Hello {
+            name,
+            slots,
+            gpu_model,
+            vram_mb,
+            kinds,
+            models,
+            loaded_models,
+            ..
+        } => FromWorker::Hello {
+            name: name.clone(),
+            slots: *slots,
+            gpu_model: gpu_model.clone(),
+            vram_mb: *vram_mb,
+            kinds: kinds.clone(),
+            models: models.clone(),
+            loaded_models: loaded_models.clone(),
+            attempts: presented,
+        },
+        other => other.clone(),
+    };
+    let welcome = tokio::select! {
+        welcomed = handshake(&mut ws, &hello) => match welcomed {
+            Ok(welcome) => welcome,
             Err(Refused::Failed(reason)) => return SessionEnd::Lost { welcomed: false, reason },
             Err(Refused::Redirect(url)) => {
                 close(&mut ws).await;
                 return SessionEnd::Redirect(url);
             }
         },
-        state = shutdown::requested(shutdown) => {
+        state = stop_requested(shutdown, draining) => {
             close(&mut ws).await;
             return SessionEnd::stopped(state);
         }
     };
-    let (attempts, reports) = Attempts::new(config.slots);
-    let session = Session {
+    for refused in &welcome.refused {
+        tracing::warn!(job_id = %refused.job_id, lease = %refused.lease, reason = %refused.reason,
+            "the server refused a presented attempt");
+    }
+    let resend = attempts.keep_only(&welcome.resumed);
+    if !welcome.resumed.is_empty() {
+        tracing::info!(
+            resumed = welcome.resumed.len(),
+            "the server took back attempts this worker holds"
+        );
+    }
+    let mut session = Session {
         ws,
         config,
         executor: Rc::clone(executor),
         attempts,
         reports,
+        lease: welcome.lease,
         draining: false,
         server_draining: false,
     };
-    session.run(heartbeat, shutdown).await
+    // Reports of attempts that finished while no server heard them.
+    for (key, message) in resend {
+        if let Step::End(end) = session.send_final(key, message).await {
+            return end;
+        }
+    }
+    if draining {
+        if let Step::End(end) = session.on_shutdown(Shutdown::Drain).await {
+            return end;
+        }
+    }
+    session.run(welcome.heartbeat, shutdown).await
+}
+
+/// What a `welcome` settles.
+struct Welcomed {
+    heartbeat: Duration,
+    lease: Duration,
+    resumed: Vec<AttemptId>,
+    refused: Vec<RefusedAttempt>,
 }
 
 async fn connect(config: &Config) -> Result<Socket, String> {
@@ -148,9 +222,9 @@ async fn connect(config: &Config) -> Result<Socket, String> {
     Ok(ws)
 }
 
-/// Sends `hello` and waits for `welcome`; the heartbeat interval it sets.
-async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, Refused> {
-    send(ws, &config.hello).await.map_err(Refused::Failed)?;
+/// Sends `hello` and waits for `welcome`.
+async fn handshake(ws: &mut Socket, hello: &FromWorker) -> Result<Welcomed, Refused> {
+    send(ws, hello).await.map_err(Refused::Failed)?;
     let welcome = async {
         loop {
             match ws.next().await {
@@ -169,9 +243,16 @@ async fn handshake(ws: &mut Socket, config: &Config) -> Result<Duration, Refused
                         worker_id,
                         heartbeat_ms,
                         lease_ms,
+                        resumed,
+                        refused,
                     }) => {
                         tracing::info!(%worker_id, heartbeat_ms, lease_ms, "welcomed");
-                        return Ok(Duration::from_millis(heartbeat_ms).max(MIN_HEARTBEAT));
+                        return Ok(Welcomed {
+                            heartbeat: Duration::from_millis(heartbeat_ms).max(MIN_HEARTBEAT),
+                            lease: Duration::from_millis(lease_ms),
+                            resumed,
+                            refused,
+                        });
                     }
                     Ok(ToWorker::Error { message }) => {
                         return Err(Refused::Failed(format!(
@@ -249,8 +330,11 @@ struct Session<'a> {
     ws: Socket,
     config: &'a Config,
     executor: Rc<Executor>,
-    attempts: Attempts,
-    reports: mpsc::UnboundedReceiver<Report>,
+    attempts: &'a mut Attempts,
+    reports: &'a mut mpsc::UnboundedReceiver<Report>,
+    /// The server's heartbeat lease: how long written final reports are
+    /// kept for presenting again.
+    lease: Duration,
     /// We sent `drain` (a signal): finish, then exit.
     draining: bool,
     /// The server sent `drain`: take nothing new on this connection.
@@ -285,7 +369,10 @@ impl Session<'_> {
             let step = tokio::select! {
                 frame = self.ws.next() => self.on_frame(frame).await,
                 Some(report) = self.reports.recv() => self.on_report(report).await,
-                _ = ticks.tick() => Step::sent(send(&mut self.ws, &FromWorker::Heartbeat).await),
+                _ = ticks.tick() => {
+                    self.attempts.forget_delivered(self.lease);
+                    Step::sent(send(&mut self.ws, &FromWorker::Heartbeat).await)
+                }
                 changed = shutdown.changed(), if shutdown_open => match changed {
                     Ok(()) => {
                         let state = *shutdown.borrow_and_update();
@@ -301,7 +388,8 @@ impl Session<'_> {
                 if let SessionEnd::Lost { reason, .. } = &end {
                     tracing::warn!(%reason, running = self.attempts.len(), "connection lost");
                 }
-                // Dropping `self` stops whatever still runs.
+                // The attempts keep running: the next connection presents
+                // them.
                 return end;
             }
         }
@@ -453,11 +541,20 @@ impl Session<'_> {
             return Step::Continue;
         }
         if report.last {
-            self.attempts.finish(&report.key);
+            return self.send_final(report.key, fit_frame(report.message)).await;
         }
-        let step = Step::sent(send(&mut self.ws, &fit_frame(report.message)).await);
-        match step {
-            Step::Continue if report.last => self.drained_yet().await,
+        Step::sent(send(&mut self.ws, &report.message).await)
+    }
+
+    /// Sends an attempt's last report; it is kept until known delivered,
+    /// so a connection lost meanwhile presents it again.
+    async fn send_final(&mut self, key: AttemptKey, message: FromWorker) -> Step {
+        self.attempts.finish(&key, message.clone());
+        match Step::sent(send(&mut self.ws, &message).await) {
+            Step::Continue => {
+                self.attempts.sent(&key);
+                self.drained_yet().await
+            }
             step => step,
         }
     }

@@ -1,7 +1,10 @@
 //! `admedia-worker`: the GPU worker agent. It connects to the orchestrator
 //! over a WebSocket (docs/worker-protocol.md), runs the attempts it is
 //! assigned through an executor (`simulate` or `command`), and reconnects
-//! with backoff whenever the connection is lost. SIGTERM or SIGINT drains.
+//! with backoff whenever the connection is lost. Attempts keep running
+//! while it is away and are presented again on reconnecting, so a server
+//! restart or a scheduler failover does not cost them. SIGTERM or SIGINT
+//! drains.
 //!
 //! Everything runs on one thread (the actix runtime): the socket loop and
 //! the attempts are tasks that only wait, and real work happens in the
@@ -28,6 +31,18 @@ use crate::shutdown::Shutdown;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// The longest reconnect delay while the agent holds attempts: the server
+/// waits for them only for its grace (`ADMEDIA_REPRESENT_GRACE`, 30 s by
+/// default), so it must be back well within it.
+const HOLDING_MAX_RETRY: Duration = Duration::from_secs(5);
+// Back within the time the server's default grace is sized for: the
+// longest delay, then a connect and a welcome that both time out.
+const _: () = assert!(
+    HOLDING_MAX_RETRY.as_millis()
+        + connection::CONNECT_TIMEOUT.as_millis()
+        + connection::WELCOME_TIMEOUT.as_millis()
+        <= admedia_actors::wire::AGENT_RETURN_WITHIN.as_millis()
+);
 /// A connection up this long counts as working again.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
@@ -52,12 +67,22 @@ async fn main() -> ExitCode {
     tracing::info!(hello = ?config.hello, executor = ?config.executor, "admedia-worker starting");
     let executor = Rc::new(Executor::new(&config.executor));
     let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    // The attempts outlive every connection (see `attempts`).
+    let (mut attempts, mut reports) = attempts::Attempts::new(config.slots);
     // Where a redirect leads is only a hint: when it stops answering, the
     // agent goes back to the server it was configured with.
     let configured_url = config.url.clone();
     loop {
         let session_started = Instant::now();
-        match connection::run(&config, &executor, &mut shutdown).await {
+        match connection::run(
+            &config,
+            &executor,
+            &mut attempts,
+            &mut reports,
+            &mut shutdown,
+        )
+        .await
+        {
             SessionEnd::Drained => {
                 tracing::info!("drained; exiting");
                 return ExitCode::SUCCESS;
@@ -81,14 +106,17 @@ async fn main() -> ExitCode {
                     tracing::info!(url = %configured_url, "redirect target unreachable; back to the configured server");
                     config.url = configured_url.clone();
                 }
-                match *shutdown.borrow() {
+                let state = *shutdown.borrow();
+                match state {
                     Shutdown::Running => {}
-                    // Draining with the connection gone: what still ran was
-                    // abandoned with it, so there is nothing left to finish.
-                    Shutdown::Drain => {
+                    // Draining with the connection gone: come back to report
+                    // what still runs; with nothing held, there is nothing
+                    // left to finish.
+                    Shutdown::Drain if attempts.is_empty() => {
                         tracing::info!(%reason, "connection lost while draining; exiting");
                         return ExitCode::SUCCESS;
                     }
+                    Shutdown::Drain => {}
                     Shutdown::Abort => return ExitCode::FAILURE,
                 }
                 // Only a connection that stayed up starts the delays over: a
@@ -97,25 +125,50 @@ async fn main() -> ExitCode {
                 if welcomed && session_started.elapsed() >= STABLE_AFTER {
                     backoff.reset();
                 }
-                let delay = backoff.next_delay();
+                let mut delay = backoff.next_delay();
+                if !attempts.is_empty() {
+                    delay = delay.min(HOLDING_MAX_RETRY);
+                }
                 let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 if welcomed {
                     // The session already logged why it ended.
-                    tracing::info!(retry_in_ms, "reconnecting");
+                    tracing::info!(retry_in_ms, holding = attempts.len(), "reconnecting");
                 } else {
-                    tracing::warn!(%reason, retry_in_ms, "could not connect; retrying");
+                    tracing::warn!(%reason, retry_in_ms, holding = attempts.len(), "could not connect; retrying");
+                }
+                if state == Shutdown::Drain {
+                    // Only an abort cuts the wait short now.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = aborted(&mut shutdown) => return ExitCode::FAILURE,
+                    }
+                    continue;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    state = shutdown::requested(&mut shutdown) => {
-                        tracing::info!("shutdown while disconnected; exiting");
-                        return match state {
-                            Shutdown::Abort => ExitCode::FAILURE,
-                            Shutdown::Drain | Shutdown::Running => ExitCode::SUCCESS,
-                        };
-                    }
+                    state = shutdown::requested(&mut shutdown) => match state {
+                        Shutdown::Abort => return ExitCode::FAILURE,
+                        // Reconnect at once to finish and report.
+                        Shutdown::Drain if !attempts.is_empty() => {}
+                        Shutdown::Drain | Shutdown::Running => {
+                            tracing::info!("shutdown while disconnected; exiting");
+                            return ExitCode::SUCCESS;
+                        }
+                    },
                 }
             }
+        }
+    }
+}
+
+/// Waits for a second signal.
+async fn aborted(shutdown: &mut tokio::sync::watch::Receiver<Shutdown>) {
+    loop {
+        if *shutdown.borrow_and_update() == Shutdown::Abort {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
