@@ -141,9 +141,14 @@ impl ServerProcess {
     /// Starts the server binary (`ADMEDIA_BIN`, or the one cargo built for
     /// this test run) with `env`, and waits until it answers `/readyz`.
     pub async fn start(env: &[(&str, String)]) -> ServerProcess {
+        ServerProcess::start_on(free_port(), env).await
+    }
+
+    /// As [`ServerProcess::start`], on `port`: a restarted server where its
+    /// workers and signed URLs expect it.
+    pub async fn start_on(port: u16, env: &[(&str, String)]) -> ServerProcess {
         let bin = std::env::var("ADMEDIA_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_admedia").to_owned());
-        let port = free_port();
         let mut cmd = std::process::Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
