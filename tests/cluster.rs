@@ -27,6 +27,8 @@ fn node_env(db: &str, name: &str) -> Vec<(&'static str, String)> {
         ("ADMEDIA_RETRY_BASE_MS", "20".to_owned()),
         ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),
         ("ADMEDIA_WORKER_LEASE_MS", "1500".to_owned()),
+        // No real worker presents attempts here: lose them quickly.
+        ("ADMEDIA_REPRESENT_GRACE", "1500ms".to_owned()),
         ("ADMEDIA_REGISTRATION_CREDITS", "5000".to_owned()),
         (
             "ADMEDIA_RATE_LIMITS",

@@ -94,6 +94,8 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
         // Attempts in flight at the kill are declared lost one lease after
         // the restart.
         ("ADMEDIA_WORKER_LEASE_MS", "1000".to_owned()),
+        // No real worker presents attempts here: lose them quickly.
+        ("ADMEDIA_REPRESENT_GRACE", "1000ms".to_owned()),
         ("ADMEDIA_REGISTRATION_CREDITS", "2000".to_owned()),
         ("ADMEDIA_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
         ("ADMEDIA_WEBHOOK_RETRY_BASE_MS", "50".to_owned()),

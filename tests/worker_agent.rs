@@ -664,7 +664,7 @@ async fn a_dropped_connection_keeps_the_attempt_and_stops_it_when_the_server_ref
             &hello,
             vec![PresentedAttempt {
                 job_id: job.id,
-                attempt: 1,
+                attempt: 2,
                 lease: job.lease
             }]
         )
@@ -712,17 +712,23 @@ async fn an_attempt_that_finished_while_disconnected_is_presented_and_reported_w
             &hello,
             vec![PresentedAttempt {
                 job_id: job.id,
-                attempt: 1,
+                attempt: 2,
                 lease: job.lease
             }]
         )
     );
-    // Taken back: the result kept while away is reported now.
-    match server.next().await {
-        Event::Message(c, FromWorker::Complete { job_id, lease, .. }) => {
-            assert_eq!((c, job_id, lease), (second, job.id, job.lease));
+    // Taken back: the reports kept while away follow (the progress made
+    // meanwhile, then the result), on the new connection.
+    loop {
+        match server.next().await {
+            Event::Message(c, FromWorker::Progress { job_id, lease, .. })
+                if (c, job_id, lease) == (second, job.id, job.lease) => {}
+            Event::Message(c, FromWorker::Complete { job_id, lease, .. }) => {
+                assert_eq!((c, job_id, lease), (second, job.id, job.lease));
+                break;
+            }
+            other => panic!("expected the kept completion, got {other:?}"),
         }
-        other => panic!("expected the kept completion, got {other:?}"),
     }
     server.quiet_for(Duration::from_millis(500)).await;
 }

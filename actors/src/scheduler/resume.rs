@@ -109,7 +109,7 @@ mod tests {
     use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
     use crate::job::{JobRequest, JobSpec};
 
-    fn in_flight(state: JobState, attempt: u32, lease: LeaseToken) -> Job {
+    fn in_flight(id: JobId, state: JobState, attempt: u32, lease: LeaseToken) -> Job {
         let spec = JobSpec::parse(JobRequest {
             kind: crate::job::JobKind::Image,
             model: "sdxl".into(),
@@ -131,6 +131,7 @@ mod tests {
             price_version: 1,
         }
         .queued_job(1);
+        job.id = id;
         job.state = state;
         job.attempts = attempt;
         job.lease = Some(lease);
@@ -154,7 +155,7 @@ mod tests {
     fn the_current_attempt_resumes_with_what_is_left_of_its_deadline() {
         let now = Utc::now();
         let lease = LeaseToken::generate();
-        let job = in_flight(JobState::Running, 2, lease);
+        let job = in_flight(JobId::generate(), JobState::Running, 2, lease);
         let presented = PresentedAttempt {
             job_id: job.id,
             attempt: 2,
@@ -180,7 +181,7 @@ mod tests {
         assert_eq!(resumed.ran, Duration::from_secs(40));
         assert_eq!(resumed.remaining, Duration::from_secs(80));
 
-        let assigned = in_flight(JobState::Assigned, 2, lease);
+        let assigned = in_flight(job.id, JobState::Assigned, 2, lease);
         let resumed = judge(
             &presented,
             Some(&assigned),
@@ -207,7 +208,7 @@ mod tests {
             judge(&presented, None, &records, deadline, now),
             Err(Refusal::UnknownJob)
         );
-        let job = in_flight(JobState::Running, 2, lease);
+        let job = in_flight(JobId::generate(), JobState::Running, 2, lease);
         // Another job's row is no answer for this one.
         assert_eq!(
             judge(&presented, Some(&job), &records, deadline, now),
@@ -223,18 +224,28 @@ mod tests {
             JobState::Failed,
             JobState::Cancelled,
         ] {
-            let job = in_flight(state, 2, lease);
+            let job = in_flight(presented.job_id, state, 2, lease);
             assert_eq!(
                 judge(&presented, Some(&job), &records, deadline, now),
                 Err(Refusal::NotInFlight(state))
             );
         }
-        let retried = in_flight(JobState::Running, 3, LeaseToken::generate());
+        let retried = in_flight(
+            presented.job_id,
+            JobState::Running,
+            3,
+            LeaseToken::generate(),
+        );
         assert_eq!(
             judge(&presented, Some(&retried), &records, deadline, now),
             Err(Refusal::OtherAttempt { current: 3 })
         );
-        let other_lease = in_flight(JobState::Running, 2, LeaseToken::generate());
+        let other_lease = in_flight(
+            presented.job_id,
+            JobState::Running,
+            2,
+            LeaseToken::generate(),
+        );
         assert_eq!(
             judge(&presented, Some(&other_lease), &records, deadline, now),
             Err(Refusal::WrongLease)
@@ -245,7 +256,7 @@ mod tests {
     fn an_attempt_past_its_deadline_or_without_its_record_is_refused() {
         let now = Utc::now();
         let lease = LeaseToken::generate();
-        let job = in_flight(JobState::Running, 1, lease);
+        let job = in_flight(JobId::generate(), JobState::Running, 1, lease);
         let presented = PresentedAttempt {
             job_id: job.id,
             attempt: 1,
