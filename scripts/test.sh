@@ -121,6 +121,8 @@ ensure_python_tools() {
     python3 -m venv "$PYTHON_TOOLS"
     "$PYTHON_TOOLS/bin/pip" install -q --disable-pip-version-check \
         'schemathesis>=4.32,<5' 'openapi-spec-validator>=0.7,<1'
+}
+
 # An S3-compatible server for the object-storage tests: s3s-fs, built from
 # crates.io once per version into a cache outside the clone (a cold build
 # takes a few minutes of CPU), started on a free port with a throwaway
