@@ -1,4 +1,4 @@
-//! A small client of the orchestrator's HTTP API (API.md), over awc.
+//! A small client of the orchestrator's HTTP API, over awc.
 //! Every response is read into a status and a JSON value; nothing here
 //! panics on what a server sends.
 

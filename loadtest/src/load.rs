@@ -88,7 +88,7 @@ impl Ctx {
         self.rng.borrow_mut().random_range(0..self.users.len())
     }
 
-    /// A job body as API.md describes it (built as JSON, so a field added
+    /// A job body as the server's OpenAPI document describes it (built as JSON, so a field added
     /// to the server's request type does not break the harness).
     fn body(&self, key: &str) -> Value {
         let mut rng = self.rng.borrow_mut();
