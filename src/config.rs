@@ -137,6 +137,13 @@ pub struct Settings {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "ADMEDIA_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
+    /// Group-commit writers, each committing one batch at a time on a
+    /// pooled connection (docs/storage.md).
+    #[arg(long, env = "ADMEDIA_DB_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub db_writers: u16,
+    /// The most operations one group commit takes.
+    #[arg(long, env = "ADMEDIA_DB_MAX_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub db_max_batch: u16,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "ADMEDIA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,

@@ -29,6 +29,8 @@ fn a_bad_variable_is_named_as_the_variable_once() {
         ("ADMEDIA_MAX_ATTEMPTS", "many"),
         ("ADMEDIA_LEADER_TIMEOUT", "-5s"),
         ("ADMEDIA_IMAGE_DEADLINE_MS", "-1"),
+        ("ADMEDIA_DB_WRITERS", "0"),
+        ("ADMEDIA_DB_MAX_BATCH", "100000"),
     ] {
         let out = admedia(&[(var, value)], &[]);
         assert_eq!(
@@ -76,5 +78,24 @@ fn redirected_logs_have_no_colour_and_the_error_is_printed_once() {
     assert!(
         !stdout.contains("ADMEDIA_RATE_LIMITS"),
         "printed twice: {stdout}"
+    );
+}
+
+#[test]
+fn group_commit_writers_must_leave_connections_in_the_pool() {
+    // Checked before the database is reached, so no server is needed.
+    let out = admedia(
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere"),
+            ("ADMEDIA_DB_POOL", "4"),
+            ("ADMEDIA_DB_WRITERS", "4"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("ADMEDIA_DB_WRITERS (4) must be fewer than ADMEDIA_DB_POOL (4)"),
+        "{stderr}"
     );
 }

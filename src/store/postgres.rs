@@ -69,12 +69,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 impl PgStore {
     /// A pool for `url`; connections open lazily.
     pub fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        Self::connect_with(url, max_connections, GroupCommit::default())
+    }
+
+    /// A pool for `url` whose group commits follow `group_commit`.
+    pub fn connect_with(
+        url: &str,
+        max_connections: usize,
+        group_commit: GroupCommit,
+    ) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        Self::from_config(config, max_connections)
+        Self::with_group_commit(config, max_connections, group_commit)
     }
 
     pub fn from_config(
