@@ -32,6 +32,7 @@ pub struct Metrics {
     actor_restarts: IntCounterVec,
     stale_messages: IntCounterVec,
     limited: IntCounterVec,
+    payments_for_review: IntCounterVec,
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
     jobs_waiting: IntGaugeVec,
@@ -170,6 +171,12 @@ impl Metrics {
                 "admedia_submissions_limited_total",
                 "Submissions refused by a limit",
                 &["limit"],
+            ),
+            payments_for_review: counter(
+                &r,
+                "admedia_payments_for_review_total",
+                "Paid events kept for an operator instead of applied",
+                &["product"],
             ),
             http_requests: counter(
                 &r,
@@ -358,6 +365,12 @@ impl Metrics {
         self.webhooks.with_label_values(&[outcome]).inc();
     }
 
+    /// A paid event that could not be applied as bought and waits for an
+    /// operator.
+    pub fn payment_for_review(&self, product: &'static str) {
+        self.payments_for_review.with_label_values(&[product]).inc();
+    }
+
     pub fn rate_limited(&self) {
         self.limited.with_label_values(&["rate"]).inc();
     }
@@ -379,9 +392,10 @@ impl Metrics {
                 self.jobs_waiting
                     .with_label_values(&[tier.as_str()])
                     .set(stats.scheduler.waiting_by_tier[tier.index()] as i64);
-                self.oldest_waiting
-                    .with_label_values(&[tier.as_str()])
-                    .set(i64::try_from(stats.scheduler.oldest_wait[tier.index()].as_secs()).unwrap_or(i64::MAX));
+                self.oldest_waiting.with_label_values(&[tier.as_str()]).set(
+                    i64::try_from(stats.scheduler.oldest_wait[tier.index()].as_secs())
+                        .unwrap_or(i64::MAX),
+                );
             }
             self.workers_quarantined
                 .with_label_values(NO_LABELS)

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::accounts::ApiKeyRecord;
-use admedia_actors::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use admedia_actors::content::evidence::{
+    ModerationAction, ModerationKind, NewViolation, Violation,
+};
 use admedia_actors::ids::{ApiKeyId, EntryId, JobId, UserId, WorkerId};
 use admedia_actors::job::{
     AttemptOutcome, Charge, FailureClass, Job, JobKind, JobRequest, JobState, ParamsRequest,
@@ -19,7 +21,9 @@ use admedia_actors::job::{
 use admedia_actors::ledger::{EntryKind, Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::observer::NoopObserver;
-use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 use admedia_actors::store::memory::MemoryStore;
@@ -261,6 +265,9 @@ impl Store for FaultyStore {
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
         self.inner.apply_payment(payment).await
     }
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.inner.payments_for_review(limit).await
+    }
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         self.inner.due_gifts(now, limit).await
     }
@@ -312,7 +319,9 @@ impl Store for FaultyStore {
         counted_only: bool,
         limit: usize,
     ) -> StoreResult<Vec<Violation>> {
-        self.inner.violations(user, since, counted_only, limit).await
+        self.inner
+            .violations(user, since, counted_only, limit)
+            .await
     }
     async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
         self.inner.record_moderation_action(action).await

@@ -10,12 +10,12 @@ pub mod input;
 pub mod jobs;
 pub mod keys;
 pub mod materials;
+pub mod models;
 pub mod objects;
 pub mod openapi;
 pub mod operators;
 pub mod ops;
 pub mod payments;
-pub mod models;
 pub mod pricing;
 pub mod problem;
 pub mod users;
@@ -300,6 +300,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource(
                 "/admin/users/{id}/moderation",
                 vec![get(web::get().to(admin::user_moderation))],
+            ))
+            .service(resource(
+                "/admin/payments/review",
+                vec![get(web::get().to(payments::for_review))],
             ))
             .service(resource(
                 "/admin/suspensions",

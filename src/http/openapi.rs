@@ -27,7 +27,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         operators::workers, operators::drain, operators::lift_quarantine, models::list,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
-        payments::webhook, pricing::get, pricing::announce,
+        payments::webhook, payments::for_review, pricing::get, pricing::announce,
         workers::connect,
     ),
     components(schemas(
@@ -41,7 +41,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         admin::GrantRequest, admin::AdminGrantSource, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
         keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,
-        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied,
+        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied, payments::PaymentReviewsPage, admedia_actors::payments::PaymentReview,
         pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
         users::MembershipView, users::GiftView,
     )),

@@ -32,7 +32,9 @@ use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
 use admedia_actors::ids::ApiKeyId;
-use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 
@@ -77,6 +79,7 @@ pub const OPERATIONS: &[&str] = &[
     "api_keys",
     "revoke_api_key",
     "apply_payment",
+    "payments_for_review",
     "due_gifts",
     "grant_gift",
     "gifts",
@@ -411,6 +414,11 @@ impl Store for InstrumentedStore {
 
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
         self.timed("apply_payment", self.inner.apply_payment(payment))
+            .await
+    }
+
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.timed("payments_for_review", self.inner.payments_for_review(limit))
             .await
     }
 

@@ -38,7 +38,9 @@ use admedia_actors::accounts::ApiKeyRecord;
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
-use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 
@@ -1204,6 +1206,10 @@ impl Store for PgStore {
 
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
         self.pg_apply_payment(payment).await
+    }
+
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.pg_payments_for_review(limit).await
     }
 
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {

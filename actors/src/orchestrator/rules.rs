@@ -201,6 +201,14 @@ impl Orchestrator {
         Ok(self.wallets.call(user, ApplyPayment(payment)).await??)
     }
 
+    /// Payments kept for an operator instead of applied, oldest first.
+    pub async fn payments_for_review(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::payments::PaymentReview>, OrchestratorError> {
+        Ok(self.store.payments_for_review(limit).await?)
+    }
+
     /// Grants the gifts due at `now` (the sweep does this periodically).
     pub async fn grant_due_gifts(&self, now: DateTime<Utc>) -> Result<usize, OrchestratorError> {
         grant_due_gifts(self.store.as_ref(), &self.wallets, now).await

@@ -25,8 +25,9 @@ use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
 use crate::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
 use crate::money::{Credits, MoneyError};
-use crate::payments::{NewPayment, ScheduledGift};
-use crate::user::AccountStatus;
+use crate::payments::{extend_membership, gift_schedule, NewPayment, Product, ScheduledGift};
+use crate::tier::Membership;
+use crate::user::{AccountStatus, User};
 
 /// A money refusal in the store's terms.
 pub fn money(e: MoneyError) -> StoreError {
@@ -555,6 +556,101 @@ pub fn revoke_api_key(key: &ApiKeyRecord, active: usize) -> StoreResult<bool> {
         return Err(StoreError::LastApiKey);
     }
     Ok(true)
+}
+
+/// What a paid event does to an account, decided before anything is
+/// written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaymentPlan {
+    /// The membership after it, for a membership product.
+    pub membership: Option<Membership>,
+    /// The paid months' gifts, each with whether it is granted now.
+    pub gifts: Vec<(ScheduledGift, bool)>,
+    /// What is booked now, in order: the pack, or the gifts already due.
+    pub grants: Vec<Grant>,
+    /// Set when the payment cannot be applied as bought (its grants would
+    /// pass the balance cap, its dates overflow): then it is recorded for
+    /// an operator and nothing else changes.
+    pub review: Option<String>,
+}
+
+impl PaymentPlan {
+    fn review(reason: String) -> PaymentPlan {
+        PaymentPlan {
+            membership: None,
+            gifts: Vec::new(),
+            grants: Vec::new(),
+            review: Some(reason),
+        }
+    }
+}
+
+/// A new (not replayed) payment for `user`, whose wallet is `account`'s.
+pub fn payment(account: &AccountState, user: &User, p: &NewPayment) -> PaymentPlan {
+    let (membership, gifts, grants) = match p.product {
+        Product::Credits { credits } => {
+            let pack = Grant {
+                amount: credits,
+                source: GrantSource::Purchase,
+                idempotency_key: None,
+                note: Some(format!("payment {}", p.payment_id)),
+            };
+            (None, Vec::new(), vec![pack])
+        }
+        Product::Membership { tier, period } => {
+            let overflow = || PaymentPlan::review("the membership's dates overflow".into());
+            let Some((membership, start)) = extend_membership(user.membership, tier, period, p.now)
+            else {
+                return overflow();
+            };
+            let Some(schedule) = gift_schedule(
+                &p.payment_id,
+                p.user_id,
+                tier,
+                period,
+                start,
+                p.monthly_gift,
+            ) else {
+                return overflow();
+            };
+            // The month that starts now is granted with the payment; a
+            // suspended account's gifts wait for its reinstatement.
+            let active = user.status == AccountStatus::Active;
+            let mut gifts = Vec::with_capacity(schedule.len());
+            let mut grants = Vec::new();
+            for gift in schedule {
+                let now = active && gift.starts_at <= p.now;
+                if now {
+                    grants.push(Grant {
+                        amount: gift.amount,
+                        source: GrantSource::MembershipGift,
+                        idempotency_key: None,
+                        note: Some(gift.note()),
+                    });
+                }
+                gifts.push((gift, now));
+            }
+            (Some(membership), gifts, grants)
+        }
+    };
+    let mut wallet = account.wallet;
+    for grant in &grants {
+        match wallet.grant(grant.amount) {
+            Ok(after) => wallet = after,
+            Err(e) => {
+                return PaymentPlan::review(format!(
+                    "granting {} credits would pass the balance cap ({e})",
+                    grant.amount.get()
+                ))
+            }
+        }
+    }
+    PaymentPlan {
+        membership,
+        gifts,
+        grants,
+        review: None,
+    }
 }
 
 /// A payment id seen before (`stored`: its owner and request hash) is a

@@ -807,6 +807,10 @@ impl Store for MemoryStore {
         platform::apply_payment(&mut self.state.lock(), payment)
     }
 
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        Ok(platform::payments_for_review(&self.state.lock(), limit))
+    }
+
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         Ok(platform::due_gifts(&self.state.lock(), now, limit))
     }

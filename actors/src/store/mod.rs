@@ -23,7 +23,9 @@ use crate::user::{AccountStatus, KeyHash, NewUser, User};
 use crate::accounts::ApiKeyRecord;
 use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 use crate::ids::ApiKeyId;
-use crate::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use crate::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
 
@@ -396,6 +398,9 @@ pub trait Store: Send + Sync + 'static {
     /// same content changes nothing (`replayed`); the same id with other
     /// content is `IdempotencyKeyReused`.
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome>;
+    /// Payments recorded for an operator instead of applied (see
+    /// [`crate::payments::PaymentReview`]), oldest first.
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>>;
     /// Gifts whose month has started and that are not granted yet, of
     /// active accounts, oldest first.
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>>;
@@ -446,8 +451,12 @@ pub trait Store: Send + Sync + 'static {
     /// A waiting job passed its tier's waiting limit: `queued` → `failed`
     /// as expired, its hold voided (`Job::expire`); `StaleTransition` when
     /// it is no longer waiting.
-    async fn expire_job(&self, user: UserId, id: JobId, now: DateTime<Utc>)
-        -> StoreResult<Settlement>;
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement>;
     /// The user's refusals since `since`, newest first, at most `limit`;
     /// `counted_only` leaves out those that did not count.
     async fn violations(
