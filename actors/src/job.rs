@@ -106,12 +106,12 @@ pub struct ParamsRequest {
     /// A material (by id) the job starts from: image-to-image, or the
     /// first frame of a video. Must be one of the caller's images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub init_image: Option<MaterialId>,
     /// Materials (by id) the model is guided by; images, at most
     /// `MAX_REFERENCE_IMAGES`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<uuid::Uuid>))]
     pub reference_images: Vec<MaterialId>,
 }
 
@@ -129,10 +129,10 @@ pub struct JobParams {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub init_image: Option<MaterialId>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<uuid::Uuid>))]
     pub reference_images: Vec<MaterialId>,
 }
 

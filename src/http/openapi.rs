@@ -79,7 +79,7 @@ fn problem_description(status: &str) -> &'static str {
         "409" => "Conflicts with the current state (`job-finished`, `email-taken`, `last-api-key`, `payment-id-reused`)",
         "413" => "Request body over 64 KiB (`payload-too-large`)",
         "422" => "Well-formed but refused: `invalid-params`, `invalid-text` (a NUL character anywhere), `idempotency-key-reused`, `content-rejected`, `price-notice-too-short`, `unknown-product`",
-        "429" => "Too many requests (`rate-limited`, `queue-limit`); see `Retry-After`",
+        "429" => "Too many requests (`rate-limited`: submissions, registrations or failed authentications from one address; `queue-limit`); see `Retry-After`",
         "500" => "Internal error (`internal`)",
         "503" => "The store or scheduler is unavailable (`unavailable`); see `Retry-After`",
         _ => "Error",
@@ -211,7 +211,8 @@ impl Modify for Problems {
                     statuses.extend(["401", "403"]);
                 }
                 if secured_by(op, "admin_token") || secured_by(op, "worker_token") {
-                    statuses.push("401");
+                    // Failed tokens are counted per client address.
+                    statuses.extend(["401", "429"]);
                 }
                 if op.request_body.is_some() {
                     statuses.extend(["400", "413", "422"]);
