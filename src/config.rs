@@ -914,7 +914,9 @@ mod tests {
             admedia_actors::config::WaitLimits::default().basic
         );
         assert_eq!(cfg.fairness, admedia_actors::scheduler::FairnessUnit::Jobs);
-        assert!("fast".parse::<admedia_actors::scheduler::FairnessUnit>().is_err());
+        assert!("fast"
+            .parse::<admedia_actors::scheduler::FairnessUnit>()
+            .is_err());
         for bad in ["free", "gold=1h", "free=soon", "free=0s"] {
             let mut s = Settings::default();
             s.max_wait = bad.into();

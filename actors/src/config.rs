@@ -163,7 +163,12 @@ impl OrchestratorConfig {
             return Err("retry_base must not exceed retry_max".into());
         }
         self.models.validate()?;
-        if self.max_wait.all().iter().any(|d| *d < Duration::from_millis(100)) {
+        if self
+            .max_wait
+            .all()
+            .iter()
+            .any(|d| *d < Duration::from_millis(100))
+        {
             return Err("max_wait must be at least 100 ms for every tier".into());
         }
         if !(1..=100).contains(&self.quarantine_after) {

@@ -565,9 +565,7 @@ impl Orchestrator {
 
     /// The model registry, each model with whether a connected worker
     /// serves it (at its standard size).
-    pub async fn models(
-        &self,
-    ) -> Result<Vec<(crate::models::ModelSpec, bool)>, OrchestratorError> {
+    pub async fn models(&self) -> Result<Vec<(crate::models::ModelSpec, bool)>, OrchestratorError> {
         let models = self.config.models.all().to_vec();
         let asks = models
             .iter()

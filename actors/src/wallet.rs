@@ -329,7 +329,9 @@ impl Handler<Expire> for WalletActor {
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
             let Settlement { job, wallet } = res?;
             act.observe_wallet(wallet);
-            act.deps.observer.credits_moved(EntryKind::Void, job.cost.get());
+            act.deps
+                .observer
+                .credits_moved(EntryKind::Void, job.cost.get());
             act.deps.observer.job_expired(job.tier);
             act.deps
                 .observer

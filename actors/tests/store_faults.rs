@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::accounts::ApiKeyRecord;
-use admedia_actors::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use admedia_actors::content::evidence::{
+    ModerationAction, ModerationKind, NewViolation, Violation,
+};
 use admedia_actors::ids::{ApiKeyId, EntryId, JobId, UserId, WorkerId};
 use admedia_actors::job::{
     AttemptOutcome, Charge, FailureClass, Job, JobKind, JobRequest, JobState, ParamsRequest,
@@ -312,7 +314,9 @@ impl Store for FaultyStore {
         counted_only: bool,
         limit: usize,
     ) -> StoreResult<Vec<Violation>> {
-        self.inner.violations(user, since, counted_only, limit).await
+        self.inner
+            .violations(user, since, counted_only, limit)
+            .await
     }
     async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
         self.inner.record_moderation_action(action).await

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod batch;
 mod client_limits;
 mod content;
 mod errors;
@@ -10,16 +11,16 @@ mod events;
 mod helpers;
 mod jobs;
 mod licences;
-mod moderation;
 mod materials;
+mod moderation;
 mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod scheduling;
 #[path = "../support/mod.rs"]
 mod support;
 mod text;
-mod scheduling;
 mod users;
 mod wallet;
 mod webhooks;

@@ -18,9 +18,11 @@ fn image_only(name: &str, slots: u32) -> Value {
 }
 
 async fn fail_system(gpu: &mut Gpu, a: &Value) {
-    gpu.send(json!({"type": "fail", "job_id": a["job_id"], "lease": a["lease"],
-        "class": "system", "message": "the program does not exist"}))
-        .await;
+    gpu.send(
+        json!({"type": "fail", "job_id": a["job_id"], "lease": a["lease"],
+        "class": "system", "message": "the program does not exist"}),
+    )
+    .await;
 }
 
 async fn worker_named(app: &TestApp, name: &str) -> Value {
@@ -138,7 +140,11 @@ async fn a_broken_worker_is_quarantined_and_retries_go_elsewhere() {
     assert_eq!(a["job_id"], first.as_str());
     fail_system(&mut broken, &a).await;
     let retry = healthy.assigned().await;
-    assert_eq!(retry["job_id"], first.as_str(), "the retry avoids the worker it failed on");
+    assert_eq!(
+        retry["job_id"],
+        first.as_str(),
+        "the retry avoids the worker it failed on"
+    );
     assert_eq!(retry["attempt"], 2);
 
     // Two more failures in a row: quarantined.
@@ -160,7 +166,9 @@ async fn a_broken_worker_is_quarantined_and_retries_go_elsewhere() {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(listed["consecutive_failures"], 3);
-    assert!(listed["quarantine_left_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert!(listed["quarantine_left_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms > 0));
     assert_eq!(worker_named(&app, "healthy").await["quarantined"], false);
     assert_eq!(
         metric(&app, "admedia_worker_quarantines_total").await,
@@ -187,20 +195,29 @@ async fn a_broken_worker_is_quarantined_and_retries_go_elsewhere() {
     .await
     .expect_problem(404, "not-found");
     app.post(
-        &format!("/v1/admin/workers/{}/lift-quarantine", listed["id"].as_str().unwrap_or("")),
+        &format!(
+            "/v1/admin/workers/{}/lift-quarantine",
+            listed["id"].as_str().unwrap_or("")
+        ),
         Some(&key),
     )
     .await
     .expect_problem(401, "unauthorized");
     let resp = app
         .post(
-            &format!("/v1/admin/workers/{}/lift-quarantine", listed["id"].as_str().unwrap_or("")),
+            &format!(
+                "/v1/admin/workers/{}/lift-quarantine",
+                listed["id"].as_str().unwrap_or("")
+            ),
             Some(ADMIN_TOKEN),
         )
         .await;
     assert_eq!(resp.status, 204, "{}", resp.text());
     let d = broken.assigned().await;
-    assert!(d["job_id"] == second.as_str() || d["job_id"] == third.as_str(), "{d}");
+    assert!(
+        d["job_id"] == second.as_str() || d["job_id"] == third.as_str(),
+        "{d}"
+    );
     let after = worker_named(&app, "broken").await;
     assert_eq!(after["quarantined"], false);
     assert_eq!(after["consecutive_failures"], 0);
@@ -244,7 +261,9 @@ async fn an_unknown_model_is_refused_and_nothing_is_held() {
     )
     .await
     .expect_problem(422, "unknown-model");
-    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("no-such-model")));
+    assert!(problem["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("no-such-model")));
     // A known model of the other kind is a plain parameter error.
     submit(
         &app,
@@ -290,7 +309,10 @@ async fn a_job_waiting_past_its_tier_limit_expires_and_is_refunded() {
     let (_, key) = register(&app, "expire@example.com").await;
     let before = wallet_tuple(&app.wallet(&key).await);
     let job = id_of(&submit_ok(&app, &key, &video_job()).await);
-    assert!(wallet_tuple(&app.wallet(&key).await).1 > 0, "held while waiting");
+    assert!(
+        wallet_tuple(&app.wallet(&key).await).1 > 0,
+        "held while waiting"
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     let ended = loop {
         let j = app.job(&key, &job).await;
@@ -303,7 +325,11 @@ async fn a_job_waiting_past_its_tier_limit_expires_and_is_refunded() {
     assert_eq!(ended["state"], "failed", "{ended}");
     assert_eq!(ended["error"]["code"], "expired", "{ended}");
     assert_eq!(ended["error"]["class"], "system", "{ended}");
-    assert_eq!(wallet_tuple(&app.wallet(&key).await), before, "refunded in full");
+    assert_eq!(
+        wallet_tuple(&app.wallet(&key).await),
+        before,
+        "refunded in full"
+    );
     let ledger = app.ledger(&key).await;
     assert_eq!(
         ledger

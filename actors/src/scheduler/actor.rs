@@ -145,11 +145,7 @@ impl SchedulerActor {
                 .iter()
                 .filter(|(_, w)| w.takes(&class))
                 .max_by_key(|(id, w)| {
-                    (
-                        job.avoid != Some(**id),
-                        w.warm.contains(&job.model),
-                        w.free,
-                    )
+                    (job.avoid != Some(**id), w.warm.contains(&job.model), w.free)
                 })
                 .map(|(id, _)| *id);
             let Some(worker_id) = chosen else {

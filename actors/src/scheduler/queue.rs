@@ -792,8 +792,7 @@ mod tests {
         let mut placed = Vec::new();
         loop {
             let snapshot = fleet.to_vec();
-            let Some(j) = q.pop_next(|c| snapshot.iter().any(|w| w.free > 0 && w.serves(c)))
-            else {
+            let Some(j) = q.pop_next(|c| snapshot.iter().any(|w| w.free > 0 && w.serves(c))) else {
                 break;
             };
             let class = j.class();
@@ -1031,7 +1030,11 @@ mod tests {
             Duration::from_secs(500),
             Duration::from_secs(50),
         ];
-        let expired: Vec<JobId> = q.take_expired(limits, now).iter().map(|j| j.job_id).collect();
+        let expired: Vec<JobId> = q
+            .take_expired(limits, now)
+            .iter()
+            .map(|j| j.job_id)
+            .collect();
         assert_eq!(expired, vec![older.job_id, old.job_id]);
         assert_eq!(q.len(), 2);
         assert!(q.take_expired(limits, now).is_empty());

@@ -446,8 +446,12 @@ pub trait Store: Send + Sync + 'static {
     /// A waiting job passed its tier's waiting limit: `queued` → `failed`
     /// as expired, its hold voided (`Job::expire`); `StaleTransition` when
     /// it is no longer waiting.
-    async fn expire_job(&self, user: UserId, id: JobId, now: DateTime<Utc>)
-        -> StoreResult<Settlement>;
+    async fn expire_job(
+        &self,
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement>;
     /// The user's refusals since `since`, newest first, at most `limit`;
     /// `counted_only` leaves out those that did not count.
     async fn violations(
