@@ -105,13 +105,15 @@ pub struct ParamsRequest {
     pub seed: Option<u64>,
     /// A material (by id) the job starts from: image-to-image, or the
     /// first frame of a video. Must be one of the caller's images.
+    // A material id is a UUID: anything else is not an id at all (400),
+    // as the schema says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub init_image: Option<MaterialId>,
     /// Materials (by id) the model is guided by; images, at most
     /// `MAX_REFERENCE_IMAGES`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<uuid::Uuid>))]
     pub reference_images: Vec<MaterialId>,
 }
 
