@@ -105,6 +105,8 @@ pub struct ParamsRequest {
     pub seed: Option<u64>,
     /// A material (by id) the job starts from: image-to-image, or the
     /// first frame of a video. Must be one of the caller's images.
+    // A material id is a UUID: anything else is not an id at all (400),
+    // as the schema says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub init_image: Option<MaterialId>,

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod batch;
 mod client_limits;
 mod content;
 mod errors;
