@@ -206,6 +206,10 @@ pub struct Settings {
     /// The first quarantine's length (doubling while failures continue).
     #[arg(long, env = "ADMEDIA_QUARANTINE_BASE", default_value = "60s", value_parser = parse_duration)]
     pub quarantine_base: Duration,
+    /// At most this percentage of the connected workers is quarantined at
+    /// once (0: none ever is).
+    #[arg(long, env = "ADMEDIA_QUARANTINE_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub quarantine_max_percent: u8,
     /// Only refusals at least this sure (0..=1) count toward suspension.
     #[arg(long, env = "ADMEDIA_SUSPEND_MIN_CONFIDENCE", default_value = "0.9")]
     pub suspend_min_confidence: Score,
@@ -546,6 +550,7 @@ impl Settings {
             max_wait: parse_max_wait(&self.max_wait)?,
             quarantine_after: self.quarantine_after,
             quarantine_base: self.quarantine_base,
+            quarantine_max_percent: self.quarantine_max_percent,
             ..OrchestratorConfig::default()
         };
         config.validate()?;

@@ -57,6 +57,16 @@ pub struct OrchestratorConfig {
     /// The first quarantine's length; it doubles while failures continue.
     pub quarantine_base: Duration,
     pub quarantine_max: Duration,
+    /// At most this percentage of the connected workers is quarantined at
+    /// once, so failures spread over the whole fleet (a bad model, a bad
+    /// deploy) slow it down instead of stopping it. A lone worker is never
+    /// quarantined below 100.
+    #[serde(default = "default_quarantine_max_percent")]
+    pub quarantine_max_percent: u8,
+}
+
+fn default_quarantine_max_percent() -> u8 {
+    50
 }
 
 /// The longest wait per tier.
@@ -144,6 +154,7 @@ impl Default for OrchestratorConfig {
             quarantine_after: 3,
             quarantine_base: Duration::from_secs(60),
             quarantine_max: Duration::from_secs(3600),
+            quarantine_max_percent: default_quarantine_max_percent(),
         }
     }
 }
@@ -173,6 +184,9 @@ impl OrchestratorConfig {
         }
         if !(1..=100).contains(&self.quarantine_after) {
             return Err("quarantine_after must be 1..=100".into());
+        }
+        if self.quarantine_max_percent > 100 {
+            return Err("quarantine_max_percent must be 0..=100".into());
         }
         if self.quarantine_base.is_zero() || self.quarantine_base > self.quarantine_max {
             return Err("quarantine_base must be above zero and not exceed quarantine_max".into());

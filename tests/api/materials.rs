@@ -251,7 +251,7 @@ async fn worker_app(dir: &Objects) -> TestApp {
         s.max_attempts = 2;
         // One worker sends many refused completions on purpose; it is the
         // outputs under test here, not the worker's health.
-        s.quarantine_after = 1000;
+        s.quarantine_after = 100;
     })
     .await
 }
