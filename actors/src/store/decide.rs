@@ -412,6 +412,14 @@ pub fn finish(
     let held_before = job.charge;
     let mut account = account;
     let mut job = job.clone();
+    // A completion whose start was not recorded yet (the two may commit
+    // in either order) ran, and started no later than it ended.
+    if matches!(
+        outcome,
+        AttemptOutcome::Succeeded { .. } | AttemptOutcome::Withheld { .. }
+    ) {
+        job.started_at.get_or_insert(at);
+    }
     let end = job.end_attempt(outcome, at);
     let mut draft = Draft::default();
     if let Some(resolution) = end.resolution {
