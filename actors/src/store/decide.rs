@@ -26,6 +26,8 @@ use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, Req
 use crate::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
 use crate::money::{Credits, MoneyError};
 use crate::payments::{extend_membership, gift_schedule, NewPayment, Product, ScheduledGift};
+use crate::price_schedule::PriceVersion;
+use crate::pricing::PriceTable;
 use crate::tier::Membership;
 use crate::user::{AccountStatus, User};
 
@@ -659,6 +661,40 @@ pub fn payment(account: &AccountState, user: &User, p: &NewPayment) -> PaymentPl
         grants,
         review: None,
     }
+}
+
+/// A price announcement against the versions stored so far (in version
+/// order): the same table for the same moment replays its version (`true`);
+/// anything else is the next version.
+pub fn price_announcement(
+    versions: &[PriceVersion],
+    prices: PriceTable,
+    effective_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> StoreResult<(PriceVersion, bool)> {
+    prices.validate().map_err(StoreError::LimitExceeded)?;
+    if let Some(v) = versions
+        .iter()
+        .find(|v| v.effective_at == effective_at && v.prices == prices)
+    {
+        return Ok((*v, true));
+    }
+    let too_many = || StoreError::LimitExceeded("too many price versions".into());
+    let version = versions
+        .last()
+        .map_or(0, |v| v.version)
+        .checked_add(1)
+        .filter(|v| i32::try_from(*v).is_ok())
+        .ok_or_else(too_many)?;
+    Ok((
+        PriceVersion {
+            version,
+            effective_at,
+            prices,
+            created_at: now,
+        },
+        false,
+    ))
 }
 
 /// A payment id seen before (`stored`: its owner and request hash) is a

@@ -476,7 +476,6 @@ impl PgStore {
         effective_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<(PriceVersion, bool)> {
-        prices.validate().map_err(StoreError::LimitExceeded)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         // One announcement at a time: version numbers follow each other,
@@ -495,17 +494,12 @@ impl PgStore {
             .iter()
             .map(price_row)
             .collect::<StoreResult<Vec<_>>>()?;
-        if let Some(v) = versions
-            .iter()
-            .find(|v| v.effective_at == effective_at && v.prices == prices)
-        {
-            return Ok((*v, true));
+        let (decided, replayed) = decide::price_announcement(&versions, prices, effective_at, now)?;
+        if replayed {
+            return Ok((decided, true));
         }
-        let next = versions
-            .last()
-            .map_or(0, |v| v.version)
-            .checked_add(1)
-            .ok_or_else(|| StoreError::LimitExceeded("too many price versions".into()))?;
+        let next = decided.version;
+        let prices = decided.prices;
         let row = tx
             .query_one(
                 "INSERT INTO price_versions (version, effective_at, prices, created_at) \

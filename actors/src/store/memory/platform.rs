@@ -317,26 +317,12 @@ pub(super) fn announce_prices(
     effective_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> StoreResult<(PriceVersion, bool)> {
-    prices.validate().map_err(StoreError::LimitExceeded)?;
-    if let Some(v) = s
-        .platform
-        .prices
-        .iter()
-        .find(|v| v.effective_at == effective_at && v.prices == prices)
-    {
-        return Ok((*v, true));
+    let (version, replayed) =
+        decide::price_announcement(&s.platform.prices, prices, effective_at, now)?;
+    if !replayed {
+        s.platform.prices.push(version);
     }
-    let last = s.platform.prices.last().map_or(0, |v| v.version);
-    let version = PriceVersion {
-        version: last
-            .checked_add(1)
-            .ok_or_else(|| StoreError::LimitExceeded("too many price versions".into()))?,
-        effective_at,
-        prices,
-        created_at: now,
-    };
-    s.platform.prices.push(version);
-    Ok((version, false))
+    Ok((version, replayed))
 }
 
 pub(super) fn record_violation(
