@@ -93,6 +93,24 @@ pub struct FaultCounts {
     pub hang_dropped_by_server: u64,
 }
 
+/// An attempt ended on a worker (as it saw it): its slot is free again.
+#[derive(Clone, Copy, Debug)]
+pub struct Release {
+    pub t_us: u64,
+    pub job_id: JobId,
+    pub worker: usize,
+}
+
+/// One worker as `/v1/admin/workers` listed it at `t_us`.
+#[derive(Clone, Debug)]
+pub struct WorkerPoll {
+    pub t_us: u64,
+    pub name: String,
+    pub quarantined: bool,
+    pub quarantine_left_ms: Option<u64>,
+    pub consecutive_failures: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct StatsSample {
     pub t_us: u64,
@@ -120,6 +138,10 @@ pub struct Data {
     pub finals: Vec<Final>,
     /// (when a slot was refilled, how long it had been free), per worker slot.
     pub refills: Vec<(u64, u64)>,
+    /// A worker gave a slot back (its attempt ended or was cancelled).
+    pub releases: Vec<Release>,
+    /// `/v1/admin/workers` polls (the fleet scenario's quarantine record).
+    pub worker_polls: Vec<WorkerPoll>,
     pub cancels: Vec<CancelObs>,
     pub replays: Vec<ReplayObs>,
     pub faults: FaultCounts,
@@ -236,6 +258,15 @@ impl Recorder {
             job_id,
             outcome,
             duplicate,
+        });
+    }
+
+    pub fn release(&self, job_id: JobId, worker: usize) {
+        let t_us = self.now_us();
+        self.data.borrow_mut().releases.push(Release {
+            t_us,
+            job_id,
+            worker,
         });
     }
 
