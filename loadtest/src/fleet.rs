@@ -294,6 +294,8 @@ pub struct SeenAssign {
     pub t_us: u64,
     pub job: JobId,
     pub worker: usize,
+    /// The decision order (the lease, a UUIDv7 made at the decision).
+    pub decided: Option<u128>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -381,9 +383,6 @@ pub struct HeadOfLine {
     /// of a user whose oldest job was unrunnable (its turn coming round;
     /// this includes the dispatch round trip and the tier's other users).
     pub longest_turn_gap_ms: f64,
-    /// Passing is counted from here on (run seconds): once every healthy
-    /// worker has had all its slots filled, see [`analyse`].
-    pub checked_from_s: f64,
     /// The first episodes, for the report.
     pub detail: Vec<Episode>,
 }
@@ -439,6 +438,8 @@ enum Ev {
     Leave,
     Release,
     Enter,
+    /// A dispatch as decided, for the turn order (see [`analyse`]).
+    Turn,
     Assign,
 }
 
@@ -468,13 +469,13 @@ enum Ev {
 /// with an unrunnable head were served at all: that count is reported and
 /// must be positive.
 ///
-/// The order used is the order in which `assign`s reached the workers.
-/// When the workers first connect every slot is filled at once, and the
-/// server records those assignments one after another before sending
-/// each, so their arrival order can differ from the order in which they
-/// were decided by up to the time that burst takes; passing is therefore
-/// counted only from when every healthy worker has had all its slots
-/// busy once (after that, slots free and refill one at a time).
+/// Turns are taken in the order the server decided its dispatches, not
+/// the order the `assign`s reached the workers: the server records each
+/// assignment before sending it, so when many slots fill at once (the
+/// workers connecting, slots freed together) arrivals can come in another
+/// order. Each attempt's lease is a UUIDv7 made as the dispatch is decided,
+/// and UUIDv7s of one process sort by creation, so each dispatch is placed
+/// at the earliest arrival of itself and every dispatch decided after it.
 pub fn analyse(input: &FleetInput) -> FleetFigures {
     let jobs: HashMap<JobId, &FleetJob> = input.jobs.iter().map(|j| (j.id, j)).collect();
     let (w0, w1) = input.window;
@@ -489,27 +490,28 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
     }
 
     // --- the timeline of lines, dispatches and slots ---
-    let mut events: Vec<(u64, Ev, JobId, usize)> = Vec::new();
+    // (time, kind, decision rank of a turn, job, worker)
+    let mut events: Vec<(u64, Ev, usize, JobId, usize)> = Vec::new();
     for j in input.jobs {
         let first = assigns_of.get(&j.id).and_then(|v| v.first().copied());
         if let Some(ack) = j.acked_us {
             // Assigned before the 202 came back: it never waited as far
             // as the harness can tell.
             if first.is_none_or(|f| f > ack) {
-                events.push((ack, Ev::Enter, j.id, usize::MAX));
+                events.push((ack, Ev::Enter, 0, j.id, usize::MAX));
             }
         }
         if j.expired {
             if let Some(fin) = j.finished_us {
-                events.push((fin.max(0) as u64, Ev::Leave, j.id, usize::MAX));
+                events.push((fin.max(0) as u64, Ev::Leave, 0, j.id, usize::MAX));
             }
         }
     }
     for a in input.assigns {
-        events.push((a.t_us, Ev::Assign, a.job, a.worker));
+        events.push((a.t_us, Ev::Assign, 0, a.job, a.worker));
     }
     for r in input.releases {
-        events.push((r.t_us, Ev::Release, r.job, r.worker));
+        events.push((r.t_us, Ev::Release, 0, r.job, r.worker));
         // Back in line if another attempt followed.
         if let Some(next) = assigns_of
             .get(&r.job)
@@ -517,12 +519,15 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
         {
             let back = r.t_us + input.retry_max_us;
             if back < *next {
-                events.push((back, Ev::Enter, r.job, usize::MAX));
+                events.push((back, Ev::Enter, 0, r.job, usize::MAX));
             }
         }
     }
-    events.sort_by_key(|&(t, ev, job, _)| (t, ev, job));
-    let steady = steady_from(input);
+    for (i, (t, rank)) in decision_times(input.assigns).into_iter().enumerate() {
+        let a = &input.assigns[i];
+        events.push((t, Ev::Turn, rank, a.job, a.worker));
+    }
+    events.sort_by_key(|&(t, ev, rank, job, _)| (t, ev, rank, job));
 
     let n_workers = input.workers.len();
     let serves: Vec<[bool; CLASSES]> = input
@@ -536,6 +541,8 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
 
     // Waiting state.
     let mut waiting: HashSet<JobId> = HashSet::new();
+    // Decided but not yet arrived at its worker.
+    let mut turned: HashSet<JobId> = HashSet::new();
     let mut by_class = [[0u64; CLASSES]; 4];
     let mut lines: HashMap<usize, BTreeSet<(i64, JobId)>> = HashMap::new();
     let mut user_class: HashMap<(usize, usize), u64> = HashMap::new();
@@ -584,7 +591,7 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
         (unrunnable && runnable_behind).then_some(*head)
     };
 
-    for &(t, ev, job_id, worker) in &events {
+    for &(t, ev, _, job_id, worker) in &events {
         // Integrate time-weighted figures over [last_t, t) inside the window.
         let (a, b) = (last_t.max(w0), t.min(w1));
         if b > a {
@@ -628,14 +635,11 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
             }
             Ev::Leave => {
                 if waiting.remove(&job_id) {
-                    if let Some(l) = lines.get_mut(&user) {
-                        l.remove(&(job.created_us, job_id));
-                    }
                     if let Some(c) = job.class {
                         by_class[tier][c] -= 1;
-                        if let Some(n) = user_class.get_mut(&(user, c)) {
-                            *n -= 1;
-                        }
+                    }
+                    if !turned.remove(&job_id) {
+                        take_from_line(&mut lines, &mut user_class, job);
                     }
                 }
             }
@@ -665,6 +669,16 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
                         gpu_us[tier] += u128::from(end - t);
                     }
                 }
+                if waiting.remove(&job_id) {
+                    if let Some(c) = job.class {
+                        by_class[tier][c] -= 1;
+                    }
+                    if !turned.remove(&job_id) {
+                        take_from_line(&mut lines, &mut user_class, job);
+                    }
+                }
+            }
+            Ev::Turn => {
                 // Head of line: this dispatch passes over every other user of
                 // the tier with an unrunnable head and a job this worker
                 // could run.
@@ -677,7 +691,7 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
                             serves[worker][c]
                                 && user_class.get(&(other, c)).copied().unwrap_or(0) > 0
                         });
-                    if could && t >= steady {
+                    if could {
                         let e = skips.entry(other).or_insert((0, t));
                         e.0 += 1;
                     }
@@ -696,16 +710,10 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
                     t,
                     users_of_tier[tier].len(),
                 );
-                if waiting.remove(&job_id) {
-                    if let Some(l) = lines.get_mut(&user) {
-                        l.remove(&(job.created_us, job_id));
-                    }
-                    if let Some(c) = job.class {
-                        by_class[tier][c] -= 1;
-                        if let Some(n) = user_class.get_mut(&(user, c)) {
-                            *n -= 1;
-                        }
-                    }
+                // Decided: out of its line for the turn order from now on,
+                // though it still waits (for utilisation) until it arrives.
+                if waiting.contains(&job_id) && turned.insert(job_id) {
+                    take_from_line(&mut lines, &mut user_class, job);
                 }
             }
         }
@@ -714,12 +722,12 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
             if heads_seen.insert(h) {
                 hol.unrunnable_heads += 1;
             }
-            if before.is_none() || ev == Ev::Assign {
+            if before.is_none() || ev == Ev::Turn {
                 head_since.insert(user, t);
             }
         } else {
             head_since.remove(&user);
-            if ev != Ev::Assign {
+            if ev != Ev::Turn {
                 end_episode(
                     &mut skips,
                     &mut hol,
@@ -797,21 +805,20 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
 
     // --- quarantines from the polls ---
     let mut quarantines: Vec<Quarantine> = Vec::new();
-    let mut state: HashMap<&str, (bool, Option<u64>, u64)> = HashMap::new();
+    let mut state: HashMap<&str, (bool, Option<u64>)> = HashMap::new();
     let mut polls: Vec<&SeenPoll> = input.polls.iter().collect();
     polls.sort_by_key(|p| p.t_us);
     for p in polls {
-        let (was, was_left, was_t) = state
-            .insert(p.name.as_str(), (p.quarantined, p.left_ms, p.t_us))
-            .unwrap_or((false, None, 0));
-        // More time left than the last poll's minus the time since: it
-        // ended and a new one began between the two polls.
-        let renewed = match (was, p.quarantined, was_left, p.left_ms) {
-            (true, true, Some(before), Some(now)) => {
-                now > before.saturating_sub((p.t_us - was_t) / 1000)
-            }
-            _ => false,
-        };
+        let (was, was_left) = state
+            .insert(p.name.as_str(), (p.quarantined, p.left_ms))
+            .unwrap_or((false, None));
+        // The time left only falls during one quarantine; more left than
+        // at the last poll means it ended and a new one (at least the
+        // base length, far more than a poll interval) began in between.
+        let renewed = matches!(
+            (was, p.quarantined, was_left, p.left_ms),
+            (true, true, Some(before), Some(now)) if now > before
+        );
         if renewed {
             if let Some(q) = quarantines
                 .iter_mut()
@@ -893,7 +900,6 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
         }
     }
 
-    hol.checked_from_s = steady as f64 / 1e6;
     FleetFigures {
         backlogged_s: backlogged_us as f64 / 1e6,
         shares,
@@ -912,36 +918,39 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
     }
 }
 
-/// When every healthy worker had held all its slots at once for the
-/// first time (`u64::MAX`: never).
-fn steady_from(input: &FleetInput) -> u64 {
-    let mut ev: Vec<(u64, bool, usize)> = input
-        .assigns
-        .iter()
-        .map(|a| (a.t_us, true, a.worker))
-        .chain(input.releases.iter().map(|r| (r.t_us, false, r.worker)))
-        .collect();
-    ev.sort_by_key(|&(t, up, w)| (t, !up, w));
-    let n = input.workers.len();
-    let mut held = vec![0u32; n];
-    let mut full = vec![false; n];
-    for (t, up, w) in ev {
-        if w >= n {
-            continue;
-        }
-        if up {
-            held[w] += 1;
-            if held[w] >= input.workers[w].slots {
-                full[w] = true;
-            }
-        } else {
-            held[w] = held[w].saturating_sub(1);
-        }
-        if (0..n).all(|i| full[i] || input.workers[i].profile.broken) {
-            return t;
+fn take_from_line(
+    lines: &mut HashMap<usize, BTreeSet<(i64, JobId)>>,
+    user_class: &mut HashMap<(usize, usize), u64>,
+    job: &FleetJob,
+) {
+    if let Some(l) = lines.get_mut(&job.user) {
+        l.remove(&(job.created_us, job.id));
+    }
+    if let Some(c) = job.class {
+        if let Some(n) = user_class.get_mut(&(job.user, c)) {
+            *n = n.saturating_sub(1);
         }
     }
-    u64::MAX
+}
+
+/// Per assign (in input order), when it counts as decided: the earliest
+/// arrival among it and every dispatch decided after it, so turns follow
+/// the decision order and none is placed after its own arrival. Assigns
+/// without a lease keep their arrival time.
+/// Also its rank in the decision order, which orders turns placed at
+/// one instant.
+fn decision_times(assigns: &[SeenAssign]) -> Vec<(u64, usize)> {
+    let mut out: Vec<(u64, usize)> = assigns.iter().map(|a| (a.t_us, 0)).collect();
+    let mut order: Vec<usize> = (0..assigns.len())
+        .filter(|&i| assigns[i].decided.is_some())
+        .collect();
+    order.sort_by_key(|&i| assigns[i].decided);
+    let mut earliest = u64::MAX;
+    for (rank, &i) in order.iter().enumerate().rev() {
+        earliest = earliest.min(assigns[i].t_us);
+        out[i] = (earliest, rank);
+    }
+    out
 }
 
 /// Closes `user`'s skip count at `t`: when `n` or more dispatches of the
@@ -1142,6 +1151,7 @@ mod tests {
                     t_us: t,
                     job: j,
                     worker: 0,
+                    decided: Some(self.assigns.len() as u128),
                 });
                 t += 100_000;
                 self.releases.push(SeenRelease {
@@ -1207,8 +1217,8 @@ mod tests {
         assert_eq!(h.episodes, 1, "{:?}", h.detail);
         assert_eq!(h.detail[0].user, 1);
         assert_eq!(h.detail[0].passed_by, 4);
-        // From the first dispatch that passed it (the one that filled the
-        // slot, at 1 s: checking starts there) to its own (1.404 s).
+        // From the first dispatch that passed it (at 1 s) to its own
+        // (1.404 s).
         assert!(
             (h.longest_wait_ms - 404.0).abs() < 0.01,
             "{}",
@@ -1218,6 +1228,26 @@ mod tests {
         assert!(v
             .iter()
             .any(|v| v.check == "fleet-waited-behind-unrunnable"));
+    }
+
+    #[test]
+    fn turns_follow_the_decision_order_not_the_arrival_order() {
+        let mut t = trace();
+        t.run(&[(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
+        // User 1's turns were decided in order, but reached its worker
+        // only after user 0's next two: by arrival it looks passed over.
+        let late = [1usize, 3];
+        for &i in &late {
+            t.assigns[i].t_us += 250_000;
+        }
+        let f = t.analyse(&[]);
+        assert_eq!(f.head_of_line.episodes, 0, "{:?}", f.head_of_line.detail);
+        // Without the decision order the same arrivals are an episode.
+        for a in &mut t.assigns {
+            a.decided = None;
+        }
+        let f = t.analyse(&[]);
+        assert!(f.head_of_line.episodes > 0);
     }
 
     #[test]
@@ -1260,6 +1290,9 @@ mod tests {
             // Ended and began again within one poll interval.
             poll(2_250_000, true, Some(3_900)),
             poll(2_500_000, true, Some(3_650)),
+            // The server measured a little later than the poll was sent:
+            // still the same quarantine.
+            poll(2_750_000, true, Some(3_640)),
             poll(6_500_000, false, None),
         ];
         let f = t.analyse(&polls);

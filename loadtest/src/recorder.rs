@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use admedia_actors::ids::JobId;
+use admedia_actors::ids::{JobId, LeaseToken};
 use admedia_actors::job::{Charge, JobState};
 use admedia_actors::tier::Tier;
 
@@ -42,6 +42,10 @@ pub struct Assign {
     pub job_id: JobId,
     pub attempt: u32,
     pub worker: usize,
+    /// The attempt's lease: a UUIDv7 the scheduler makes as it decides, so
+    /// leases sort in the order dispatches were decided, whatever order
+    /// the `assign`s then reached the workers in.
+    pub lease: Option<LeaseToken>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,13 +245,14 @@ impl Recorder {
         f(&mut self.data.borrow_mut().faults);
     }
 
-    pub fn assign(&self, job_id: JobId, attempt: u32, worker: usize) {
+    pub fn assign(&self, job_id: JobId, attempt: u32, worker: usize, lease: LeaseToken) {
         let t_us = self.now_us();
         self.data.borrow_mut().assigns.push(Assign {
             t_us,
             job_id,
             attempt,
             worker,
+            lease: Some(lease),
         });
     }
 

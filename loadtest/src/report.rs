@@ -146,8 +146,8 @@ fleet: every tier backlogged in every runnable class for {:.1} s of the load",
     let h = &f.head_of_line;
     let _ = writeln!(
         out,
-        "waited behind an unrunnable job (checked from {:.2} s): longest {:.1} ms in {} episodes; {} unrunnable jobs headed a line with runnable work behind, {} dispatches went past one (longest turn gap meanwhile {:.1} ms)",
-        h.checked_from_s, h.longest_wait_ms, h.episodes, h.unrunnable_heads, h.dispatched_past_unrunnable_head, h.longest_turn_gap_ms
+        "waited behind an unrunnable job: longest {:.1} ms in {} episodes; {} unrunnable jobs headed a line with runnable work behind, {} dispatches went past one (longest turn gap meanwhile {:.1} ms)",
+        h.longest_wait_ms, h.episodes, h.unrunnable_heads, h.dispatched_past_unrunnable_head, h.longest_turn_gap_ms
     );
     for e in &h.detail {
         let _ = writeln!(

@@ -1185,6 +1185,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
                 t_us: a.t_us,
                 job: a.job_id,
                 worker: a.worker,
+                decided: a.lease.map(|l| l.as_uuid().as_u128()),
             })
             .collect();
         let releases: Vec<fleet::SeenRelease> = d

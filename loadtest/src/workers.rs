@@ -429,7 +429,7 @@ async fn session(
                 };
                 match msg {
                     ToWorker::Assign { job_id, attempt, lease: job_lease, deadline_ms, outputs: slots, kind, model, params, .. } => {
-                        rec.assign(job_id, attempt, idx);
+                        rec.assign(job_id, attempt, idx, job_lease);
                         if hung.is_some() {
                             continue;
                         }
