@@ -48,6 +48,13 @@ pub enum ApiError {
     IdempotencyKeyReused(String),
     #[error("{0}")]
     JobFinished(String),
+    /// The job finished and retention pruned its record; its money stays
+    /// in the ledger.
+    #[error("{detail}")]
+    JobPruned {
+        detail: String,
+        pruned_at: chrono::DateTime<chrono::Utc>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -132,6 +139,9 @@ pub struct Problem {
     /// `storage-quota-exceeded`: the tier's quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// `job-pruned`: when retention removed the job's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ApiError {
@@ -196,6 +206,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             JobFinished(_) => ("job-finished", "Job already finished", StatusCode::CONFLICT),
+            JobPruned { .. } => (
+                "job-pruned",
+                "Job record pruned after its retention",
+                StatusCode::GONE,
+            ),
             Unavailable(_) => (
                 "unavailable",
                 "Temporarily unavailable",
@@ -312,6 +327,7 @@ impl ResponseError for ApiError {
             earliest: None,
             used_bytes: None,
             quota_bytes: None,
+            pruned_at: None,
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
@@ -329,6 +345,7 @@ impl ResponseError for ApiError {
                 problem.category = Some(category.clone());
             }
             ApiError::PriceNoticeTooShort { earliest, .. } => problem.earliest = Some(*earliest),
+            ApiError::JobPruned { pruned_at, .. } => problem.pruned_at = Some(*pruned_at),
             ApiError::StorageQuotaExceeded { used, quota, .. } => {
                 problem.used_bytes = Some(*used);
                 problem.quota_bytes = Some(*quota);
@@ -375,6 +392,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::QueueLimit { limit } => ApiError::QueueLimit { detail, limit },
             OrchestratorError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(detail),
             OrchestratorError::JobFinished => ApiError::JobFinished(detail),
+            OrchestratorError::JobPruned { pruned_at } => ApiError::JobPruned { detail, pruned_at },
             OrchestratorError::Unavailable(_) => ApiError::Unavailable(detail),
             OrchestratorError::Internal(_) => ApiError::Internal(detail),
             OrchestratorError::ContentRejected { category } => {

@@ -24,14 +24,25 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store that keeps every finished job in full until retention.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A store that keeps at most `max` finished jobs in full: past that,
+    /// the oldest-finished are pruned as soon as a job finishes, so memory
+    /// stays bounded whatever the retention.
+    pub fn with_max_finished(max: usize) -> MemoryStore {
+        let store = MemoryStore::default();
+        store.state.lock().max_finished = Some(max);
+        store
     }
 
     /// Applies a decision's write set under the same lock its state was
     /// read under, then hands its effects to the outbox.
     fn commit(&self, s: &mut State, ws: WriteSet) -> StoreResult<()> {
         s.apply(&ws)?;
+        s.stay_within_cap(Utc::now());
         self.feed.committed(&ws);
         Ok(())
     }
@@ -61,6 +72,13 @@ struct State {
     holds: HashMap<JobId, Charge>,
     /// Webhook deliveries owed (the outbox), by id.
     webhooks: BTreeMap<String, OwedWebhook>,
+    /// Finished jobs not pruned yet, by final state, oldest-finished
+    /// first: what retention and the cap prune, without a scan.
+    unpruned: HashMap<JobState, BTreeSet<(DateTime<Utc>, u64)>>,
+    /// At most this many finished jobs are kept in full (`None`: no cap).
+    max_finished: Option<usize>,
+    /// Jobs the cap pruned that no `prune_finished_jobs` reported yet.
+    pruned_unreported: u64,
 }
 
 /// A webhook delivery the outbox still owes.
@@ -286,8 +304,66 @@ impl State {
             .or_default()
             .insert(job.seq, job.id);
         self.order.insert(job.seq, job.id);
+        if let (true, None, Some(at)) = (job.state.is_terminal(), job.pruned_at, job.finished_at) {
+            self.unpruned
+                .entry(job.state)
+                .or_default()
+                .insert((at, job.seq));
+        }
         self.jobs.insert(job.id, job);
         Ok(())
+    }
+
+    fn unpruned_count(&self) -> usize {
+        self.unpruned.values().map(BTreeSet::len).sum()
+    }
+
+    /// Replaces a finished job by what retention leaves of it and forgets
+    /// its attempt records. Its ledger entries, hold and owed webhook
+    /// deliveries (which carry their own copy) stay.
+    fn store_pruned(&mut self, thin: Job) {
+        if let (Some(set), Some(at)) = (self.unpruned.get_mut(&thin.state), thin.finished_at) {
+            set.remove(&(at, thin.seq));
+        }
+        self.attempts.remove(&thin.id);
+        self.jobs.insert(thin.id, thin);
+    }
+
+    /// The finished job that ended first among those kept in full.
+    fn oldest_unpruned(&self) -> Option<(DateTime<Utc>, u64, JobState)> {
+        self.unpruned
+            .iter()
+            .filter_map(|(state, set)| set.first().map(|(at, seq)| (*at, *seq, *state)))
+            .min_by_key(|(at, seq, _)| (*at, *seq))
+    }
+
+    /// Prunes oldest-finished jobs until at most `max_finished` are kept
+    /// in full: a finish costs at most one prune, never a scan.
+    fn stay_within_cap(&mut self, now: DateTime<Utc>) {
+        let Some(max) = self.max_finished else {
+            return;
+        };
+        while self.unpruned_count() > max {
+            let Some((at, seq, state)) = self.oldest_unpruned() else {
+                return;
+            };
+            let thin = self
+                .order
+                .get(&seq)
+                .and_then(|id| self.jobs.get(id))
+                .and_then(|job| job.pruned(now));
+            match thin {
+                Some(thin) => self.store_pruned(thin),
+                None => {
+                    // An index entry without its job: drop it, never loop.
+                    if let Some(set) = self.unpruned.get_mut(&state) {
+                        set.remove(&(at, seq));
+                    }
+                    continue;
+                }
+            }
+            self.pruned_unreported += 1;
+        }
     }
 
     fn attempt_mut(&mut self, job: JobId, lease: LeaseToken) -> Option<&mut AttemptRecord> {
@@ -609,7 +685,7 @@ impl Store for MemoryStore {
         Ok(ids
             .into_iter()
             .filter_map(|id| s.jobs.get(&id))
-            .filter(|j| state.is_none_or(|st| j.state == st))
+            .filter(|j| j.pruned_at.is_none() && state.is_none_or(|st| j.state == st))
             .take(limit)
             .cloned()
             .collect())
@@ -650,6 +726,38 @@ impl Store for MemoryStore {
             forgotten += (kept - account.idempotency.len()) as u64;
         }
         Ok(forgotten)
+    }
+
+    async fn prune_finished_jobs(
+        &self,
+        before: &FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        let mut s = self.state.lock();
+        // Due jobs of every final state, merged oldest-finished first.
+        let mut due: Vec<(DateTime<Utc>, u64)> = Vec::new();
+        for state in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+            let (Some(cutoff), Some(set)) = (before.of(state), s.unpruned.get(&state)) else {
+                continue;
+            };
+            due.extend(set.range(..(cutoff, 0)).take(limit).copied());
+        }
+        due.sort_unstable();
+        due.truncate(limit);
+        let mut pruned = 0u64;
+        for (_, seq) in due {
+            let thin = s
+                .order
+                .get(&seq)
+                .and_then(|id| s.jobs.get(id))
+                .and_then(|job| decide::prune(job, before, now));
+            if let Some(thin) = thin {
+                s.store_pruned(thin);
+                pruned += 1;
+            }
+        }
+        Ok(pruned + std::mem::take(&mut s.pruned_unreported))
     }
 
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
@@ -695,7 +803,7 @@ impl Store for MemoryStore {
             .range(..upper)
             .rev()
             .filter_map(|(_, id)| s.jobs.get(id))
-            .filter(|j| filter.matches(j))
+            .filter(|j| j.pruned_at.is_none() && filter.matches(j))
             .take(limit)
             .cloned()
             .collect())
