@@ -1001,3 +1001,78 @@ impl Store for MemoryStore {
         Ok(settlement)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{Duration, Utc};
+
+    use super::*;
+    use crate::store::conformance::{assert_books_balance, new_job, user_with, Shared};
+
+    async fn succeed(store: &Shared, user: UserId) -> Job {
+        let job = store.submit_job(new_job(user, 1)).await.unwrap().job;
+        let attempt = AttemptRef {
+            job_id: job.id,
+            attempt: 1,
+            lease: LeaseToken::generate(),
+        };
+        store
+            .assign_job(attempt, WorkerId::generate(), 0, Utc::now())
+            .await
+            .unwrap();
+        store
+            .finish_attempt(
+                attempt,
+                AttemptOutcome::Succeeded { outputs: vec![] },
+                Utc::now(),
+            )
+            .await
+            .unwrap()
+            .job
+    }
+
+    /// Past the cap, the job that finished first is pruned as another
+    /// finishes; waiting jobs do not count; the next sweep reports them.
+    #[tokio::test]
+    async fn the_cap_prunes_the_oldest_finished_job_first() {
+        let store: Shared = Arc::new(MemoryStore::with_max_finished(2));
+        let user = user_with(&store, "cap@example.com", 100).await;
+        let first = succeed(&store, user.id).await;
+        let second = succeed(&store, user.id).await;
+        let waiting = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+        assert!(store.job(first.id).await.unwrap().unwrap().pruned_at.is_none());
+        let third = succeed(&store, user.id).await;
+        let pruned = |id| {
+            let store = store.clone();
+            async move { store.job(id).await.unwrap().unwrap().pruned_at.is_some() }
+        };
+        assert!(pruned(first.id).await, "the oldest-finished is pruned");
+        assert!(!pruned(second.id).await && !pruned(third.id).await);
+        assert!(!pruned(waiting.id).await);
+        assert_eq!(store.job_ledger(first.id).await.unwrap().len(), 2);
+        // Nothing is due by retention: the sweep reports the cap's prune.
+        let long_ago = Utc::now() - Duration::days(365);
+        let before = FinishedBefore {
+            succeeded: long_ago,
+            failed: long_ago,
+            cancelled: long_ago,
+        };
+        assert_eq!(
+            store
+                .prune_finished_jobs(&before, Utc::now(), 500)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .prune_finished_jobs(&before, Utc::now(), 500)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_books_balance(&store).await;
+    }
+}
