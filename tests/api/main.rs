@@ -16,6 +16,7 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod retention;
 #[path = "../support/mod.rs"]
 mod support;
 mod text;
