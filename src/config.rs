@@ -288,7 +288,11 @@ pub struct Settings {
     pub job_retention: String,
     /// Finished jobs the embedded store keeps in full at most; past that
     /// the oldest-finished are pruned at once (PostgreSQL: no cap).
-    #[arg(long, env = "ADMEDIA_MAX_FINISHED_IN_MEMORY", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "ADMEDIA_MAX_FINISHED_IN_MEMORY",
+        default_value_t = 100_000
+    )]
     pub max_finished_in_memory: usize,
 }
 

@@ -259,7 +259,10 @@ async fn pruning_deletes_attempt_and_event_rows_and_keeps_the_money() {
         failed: now - Duration::days(30),
         cancelled: now - Duration::days(7),
     };
-    assert_eq!(store.prune_finished_jobs(&before, now, 500).await.unwrap(), 1);
+    assert_eq!(
+        store.prune_finished_jobs(&before, now, 500).await.unwrap(),
+        1
+    );
     assert_eq!(count("job_attempts").await, 0);
     assert_eq!(count("job_events").await, 0);
     assert_eq!(count("webhook_outbox").await, owed);
@@ -291,7 +294,11 @@ async fn pruning_deletes_attempt_and_event_rows_and_keeps_the_money() {
     assert!(row.get::<_, Option<String>>(4).is_none());
     assert_eq!(row.get::<_, Option<chrono::DateTime<Utc>>>(5), Some(now));
     assert_eq!(
-        (row.get::<_, i64>(6), row.get::<_, String>(7), row.get::<_, String>(8)),
+        (
+            row.get::<_, i64>(6),
+            row.get::<_, String>(7),
+            row.get::<_, String>(8)
+        ),
         (3, "posted".to_owned(), "posted".to_owned())
     );
 }

@@ -100,9 +100,8 @@ impl JobRetention {
 
     /// Jobs that ended before these instants are pruned at `now`.
     pub fn cutoffs(&self, now: chrono::DateTime<chrono::Utc>) -> crate::store::FinishedBefore {
-        let before = |d: Duration| {
-            now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX / 2)
-        };
+        let before =
+            |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX / 2);
         crate::store::FinishedBefore {
             succeeded: before(self.succeeded),
             failed: before(self.failed),

@@ -1050,8 +1050,18 @@ impl Store for PgStore {
                 ids.len()
             )));
         }
-        cached_execute(&tx, "DELETE FROM job_attempts WHERE job_id = ANY($1)", &[&ids]).await?;
-        cached_execute(&tx, "DELETE FROM job_events WHERE job_id = ANY($1)", &[&ids]).await?;
+        cached_execute(
+            &tx,
+            "DELETE FROM job_attempts WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        cached_execute(
+            &tx,
+            "DELETE FROM job_events WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
         tx.commit().await.map_err(db)?;
         Ok(updated)
     }

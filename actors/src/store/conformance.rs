@@ -1055,7 +1055,10 @@ pub async fn finished_jobs_are_pruned_after_retention(store: Shared) {
         failed: now - Duration::days(30),
         cancelled: now - Duration::days(7),
     };
-    assert_eq!(store.prune_finished_jobs(&before, now, 500).await.unwrap(), 2);
+    assert_eq!(
+        store.prune_finished_jobs(&before, now, 500).await.unwrap(),
+        2
+    );
     assert_eq!(
         store.prune_finished_jobs(&before, now, 500).await.unwrap(),
         0,
@@ -1099,10 +1102,19 @@ pub async fn finished_jobs_are_pruned_after_retention(store: Shared) {
         let job = store.job(kept.id).await.unwrap().expect("kept");
         assert_eq!(job.pruned_at, None);
         assert_eq!(job.spec.prompt, kept.spec.prompt);
-        assert_eq!((job.result.clone(), job.error.clone()), (kept.result.clone(), kept.error.clone()));
+        assert_eq!(
+            (job.result.clone(), job.error.clone()),
+            (kept.result.clone(), kept.error.clone())
+        );
     }
     assert_eq!(store.attempts(old_failure.id).await.unwrap().len(), 1);
-    assert!(store.job(recent.id).await.unwrap().unwrap().result.is_some());
+    assert!(store
+        .job(recent.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .result
+        .is_some());
 
     let listed: HashSet<JobId> = store
         .list_jobs(user.id, None, None, 10)

@@ -1042,7 +1042,13 @@ mod tests {
         let first = succeed(&store, user.id).await;
         let second = succeed(&store, user.id).await;
         let waiting = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
-        assert!(store.job(first.id).await.unwrap().unwrap().pruned_at.is_none());
+        assert!(store
+            .job(first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .pruned_at
+            .is_none());
         let third = succeed(&store, user.id).await;
         let pruned = |id| {
             let store = store.clone();
