@@ -38,6 +38,7 @@ pub struct Metrics {
     jobs_waiting: IntGaugeVec,
     oldest_waiting: IntGaugeVec,
     jobs_expired: IntCounterVec,
+    jobs_pruned: IntCounterVec,
     quarantines: IntCounterVec,
     workers_quarantined: IntGaugeVec,
     jobs_by_state: IntGaugeVec,
@@ -221,6 +222,12 @@ impl Metrics {
                 "admedia_jobs_expired_total",
                 "Jobs that waited past their tier's limit and were refunded",
                 &["tier"],
+            ),
+            jobs_pruned: counter(
+                &r,
+                "admedia_jobs_pruned_total",
+                "Finished jobs whose prompt, result, attempts and events retention removed (their money records stay)",
+                &[],
             ),
             quarantines: counter(
                 &r,
@@ -479,6 +486,7 @@ impl Metrics {
         }
         self.stale_messages.with_label_values(NO_LABELS);
         self.quarantines.with_label_values(NO_LABELS);
+        self.jobs_pruned.with_label_values(NO_LABELS);
         self.workers_quarantined.with_label_values(NO_LABELS);
         self.redis_errors.with_label_values(&["rate_limit"]);
         for o in ["delivered", "failed_attempt", "given_up", "refused"] {
@@ -564,6 +572,10 @@ impl Observer for Metrics {
 
     fn job_expired(&self, tier: Tier) {
         self.jobs_expired.with_label_values(&[tier.as_str()]).inc();
+    }
+
+    fn jobs_pruned(&self, count: u64) {
+        self.jobs_pruned.with_label_values(NO_LABELS).inc_by(count);
     }
 }
 

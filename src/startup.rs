@@ -174,7 +174,9 @@ impl Application {
             }
             None => {
                 tracing::warn!("embedded in-memory store: nothing is kept after the process exits (set DATABASE_URL for PostgreSQL)");
-                Arc::new(MemoryStore::new())
+                Arc::new(MemoryStore::with_max_finished(
+                    settings.max_finished_in_memory,
+                ))
             }
         };
         metrics.prime();

@@ -99,3 +99,27 @@ fn group_commit_writers_must_leave_connections_in_the_pool() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_retention_setting_that_makes_no_sense_is_refused_by_its_variable() {
+    for (var, value, why) in [
+        (
+            "ADMEDIA_JOB_RETENTION",
+            "forever",
+            "expected state=duration",
+        ),
+        ("ADMEDIA_JOB_RETENTION", "running=7d", "have not finished"),
+        ("ADMEDIA_JOB_RETENTION", "failed=5s", "at least 60 s"),
+        ("ADMEDIA_MAX_FINISHED_IN_MEMORY", "0", "at least 1"),
+    ] {
+        let out = admedia(&[(var, value)], &[]);
+        assert!(!out.status.success(), "{var}={value} accepted");
+        let (_, stderr) = text(&out);
+        assert!(
+            stderr.trim().starts_with(&format!("admedia: {var}")),
+            "{var}={value}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{var}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}

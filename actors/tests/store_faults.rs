@@ -216,6 +216,14 @@ impl Store for FaultyStore {
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.expire_idempotency_keys(before).await
     }
+    async fn prune_finished_jobs(
+        &self,
+        before: &admedia_actors::store::FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        self.inner.prune_finished_jobs(before, now, limit).await
+    }
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.become_leader(node, url, now).await
     }

@@ -261,7 +261,7 @@ pub async fn submit_batch(
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", security(("api_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = JobView), (status = 404, body = Problem)))]
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 410, body = Problem)))]
 pub async fn get(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,

@@ -76,6 +76,7 @@ fn problem_description(status: &str) -> &'static str {
         "402" => "Not enough available credits (`insufficient-credits`, with `required` and `available`)",
         "403" => "The account may not act, or be acted on (`account-suspended`, `forbidden`)",
         "404" => "No such resource, or not the caller's (`not-found`)",
+        "410" => "No longer stored: an expired or deleted file (`gone`); a finished job whose record retention pruned (`job-pruned`, with `pruned_at`)",
         "409" => "Conflicts with the current state (`job-finished`, `email-taken`, `last-api-key`, `payment-id-reused`)",
         "413" => "Request body over 64 KiB, or 100 × 64 KiB for a batch (`payload-too-large`)",
         "422" => "Well-formed but refused: `invalid-params`, `invalid-text` (a NUL character anywhere), `idempotency-key-reused`, `batch-too-large`, `content-rejected`, `price-notice-too-short`, `unknown-product`",

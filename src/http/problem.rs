@@ -51,6 +51,13 @@ pub enum ApiError {
     BatchTooLarge { detail: String, limit: usize },
     #[error("{0}")]
     JobFinished(String),
+    /// The job finished and retention pruned its record; its money stays
+    /// in the ledger.
+    #[error("{detail}")]
+    JobPruned {
+        detail: String,
+        pruned_at: chrono::DateTime<chrono::Utc>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -141,6 +148,9 @@ pub struct Problem {
     /// `storage-quota-exceeded`: the tier's quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// `job-pruned`: when retention removed the job's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ApiError {
@@ -210,6 +220,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             JobFinished(_) => ("job-finished", "Job already finished", StatusCode::CONFLICT),
+            JobPruned { .. } => (
+                "job-pruned",
+                "Job record pruned after its retention",
+                StatusCode::GONE,
+            ),
             Unavailable(_) => (
                 "unavailable",
                 "Temporarily unavailable",
@@ -325,6 +340,7 @@ impl ApiError {
             earliest: None,
             used_bytes: None,
             quota_bytes: None,
+            pruned_at: None,
         };
         match self {
             ApiError::InsufficientCredits {
@@ -341,6 +357,7 @@ impl ApiError {
                 problem.category = Some(category.clone());
             }
             ApiError::PriceNoticeTooShort { earliest, .. } => problem.earliest = Some(*earliest),
+            ApiError::JobPruned { pruned_at, .. } => problem.pruned_at = Some(*pruned_at),
             ApiError::StorageQuotaExceeded { used, quota, .. } => {
                 problem.used_bytes = Some(*used);
                 problem.quota_bytes = Some(*quota);
@@ -401,6 +418,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::QueueLimit { limit } => ApiError::QueueLimit { detail, limit },
             OrchestratorError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(detail),
             OrchestratorError::JobFinished => ApiError::JobFinished(detail),
+            OrchestratorError::JobPruned { pruned_at } => ApiError::JobPruned { detail, pruned_at },
             OrchestratorError::Unavailable(_) => ApiError::Unavailable(detail),
             OrchestratorError::Internal(_) => ApiError::Internal(detail),
             OrchestratorError::ContentRejected { category } => {

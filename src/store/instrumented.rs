@@ -19,8 +19,8 @@ use admedia_actors::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::ledger::{Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::store::{
-    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
-    NewJob, Settlement, Store, StoreError, StoreResult, Submission,
+    Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
+    JobFilter, Leader, NewJob, Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
@@ -73,6 +73,7 @@ pub const OPERATIONS: &[&str] = &[
     "activity_since",
     "webhook_secret",
     "expire_idempotency_keys",
+    "prune_finished_jobs",
     "become_leader",
     "leader",
     "create_api_key",
@@ -336,6 +337,19 @@ impl Store for InstrumentedStore {
         self.timed(
             "expire_idempotency_keys",
             self.inner.expire_idempotency_keys(before),
+        )
+        .await
+    }
+
+    async fn prune_finished_jobs(
+        &self,
+        before: &FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        self.timed(
+            "prune_finished_jobs",
+            self.inner.prune_finished_jobs(before, now, limit),
         )
         .await
     }

@@ -17,6 +17,7 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod retention;
 mod scheduling;
 #[path = "../support/mod.rs"]
 mod support;

@@ -516,6 +516,30 @@ pub fn expire(
     ))
 }
 
+/// Retention: what is left of `job` once pruned at `now`, or `None` when
+/// it is kept in full (not finished, finished at or after its state's
+/// cutoff, or pruned already). Money is not touched: the ledger entries
+/// and the hold of a pruned job stay as they are, so its books still
+/// balance.
+pub fn prune(job: &Job, before: &super::FinishedBefore, now: DateTime<Utc>) -> Option<Job> {
+    let cutoff = before.of(job.state)?;
+    let finished = job.finished_at?;
+    if finished >= cutoff {
+        return None;
+    }
+    let thin = job.pruned(now)?;
+    // What the money needs is the same before and after.
+    assert!(
+        thin.id == job.id
+            && thin.user_id == job.user_id
+            && thin.cost == job.cost
+            && thin.charge == job.charge
+            && thin.state == job.state
+            && thin.finished_at == job.finished_at
+    );
+    Some(thin)
+}
+
 /// Cancels and voids every one of `queued` (a suspended or closed
 /// account's waiting jobs).
 pub fn cancel_queued(
