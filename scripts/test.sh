@@ -5,13 +5,12 @@
 # installs Chromium and chromedriver where absent (the console's browser
 # test), installs schemathesis and openapi-spec-validator into a virtual
 # environment under the user's cache directory where absent (the OpenAPI
-# conformance test), creates a fresh test database, and runs
-# `cargo test --workspace` against all of them.
-# test), builds and starts an S3-compatible server (s3s-fs, from crates.io,
-# cached under ~/.cache/admedia) for the object-storage tests, makes a
-# Python virtual environment with Pillow for the example model program,
-# creates a fresh test database, and runs `cargo test --workspace` against
-# all of them.
+# conformance test), builds and starts an S3-compatible server (s3s-fs,
+# from crates.io, cached under ~/.cache/admedia) for the object-storage
+# tests, makes Python virtual environments with Pillow for the example
+# model program and with pytest for the Python client's tests, creates a
+# fresh test database, and runs `cargo test --workspace` against all of
+# them.
 #
 #   ./scripts/test.sh               # everything
 #   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
@@ -121,6 +120,8 @@ ensure_python_tools() {
     python3 -m venv "$PYTHON_TOOLS"
     "$PYTHON_TOOLS/bin/pip" install -q --disable-pip-version-check \
         'schemathesis>=4.32,<5' 'openapi-spec-validator>=0.7,<1'
+}
+
 # An S3-compatible server for the object-storage tests: s3s-fs, built from
 # crates.io once per version into a cache outside the clone (a cold build
 # takes a few minutes of CPU), started on a free port with a throwaway
@@ -175,6 +176,22 @@ ensure_pillow() {
     export ADMEDIA_TEST_PYTHON="$venv/bin/python"
 }
 
+# tests/python_client.rs runs the Python client's pytest suite in a venv of
+# its own outside the clone, with pytest, httpx and the client's build
+# backend; the test installs the client from the clone on every run.
+PYTHON_CLIENT_VENV="${ADMEDIA_PYTHON_CLIENT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/admedia/venv-client}"
+ensure_python_client() {
+    if "$PYTHON_CLIENT_VENV/bin/python" -c 'import pytest, httpx, hatchling' 2>/dev/null; then
+        return
+    fi
+    log "installing pytest, httpx and hatchling into $PYTHON_CLIENT_VENV"
+    rm -rf "$PYTHON_CLIENT_VENV"
+    mkdir -p "$(dirname "$PYTHON_CLIENT_VENV")"
+    python3 -m venv "$PYTHON_CLIENT_VENV"
+    "$PYTHON_CLIENT_VENV/bin/pip" install -q --disable-pip-version-check \
+        'pytest>=7,<10' 'httpx>=0.25,<1' 'hatchling>=1.18'
+}
+
 ensure_postgres
 ensure_redis
 ensure_prometheus
@@ -184,6 +201,8 @@ export ADMEDIA_PYTHON_TOOLS="$PYTHON_TOOLS"
 ensure_python
 ensure_s3
 ensure_pillow
+ensure_python_client
+export ADMEDIA_PYTHON_CLIENT_VENV="$PYTHON_CLIENT_VENV"
 
 log "fresh test database $TEST_DB"
 psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qtAc "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >/dev/null

@@ -137,6 +137,13 @@ pub struct Settings {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "ADMEDIA_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
+    /// Group-commit writers, each committing one batch at a time on a
+    /// pooled connection (docs/storage.md).
+    #[arg(long, env = "ADMEDIA_DB_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub db_writers: u16,
+    /// The most operations one group commit takes.
+    #[arg(long, env = "ADMEDIA_DB_MAX_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub db_max_batch: u16,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "ADMEDIA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -155,7 +162,8 @@ pub struct Settings {
     /// `basic=200,professional=1000,enterprise=5000` (unnamed tiers keep their default).
     #[arg(long, env = "ADMEDIA_MEMBERSHIP_GIFTS", default_value = "")]
     pub membership_gifts: String,
-    /// How often due membership gifts are granted and prices reloaded.
+    /// How often due membership gifts are granted, prices reloaded,
+    /// idempotency keys expired and finished jobs pruned.
     #[arg(long, env = "ADMEDIA_GIFT_SWEEP", default_value = "60s", value_parser = parse_duration)]
     pub gift_sweep: Duration,
     /// A content rules file (TOML or JSON); default: the rules shipped in
@@ -205,6 +213,10 @@ pub struct Settings {
     /// The first quarantine's length (doubling while failures continue).
     #[arg(long, env = "ADMEDIA_QUARANTINE_BASE", default_value = "60s", value_parser = parse_duration)]
     pub quarantine_base: Duration,
+    /// At most this percentage of the connected workers is quarantined at
+    /// once (0: none ever is).
+    #[arg(long, env = "ADMEDIA_QUARANTINE_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub quarantine_max_percent: u8,
     /// Only refusals at least this sure (0..=1) count toward suspension.
     #[arg(long, env = "ADMEDIA_SUSPEND_MIN_CONFIDENCE", default_value = "0.9")]
     pub suspend_min_confidence: Score,
@@ -280,6 +292,25 @@ pub struct Settings {
     /// How often expired and deleted objects are purged.
     #[arg(long, env = "ADMEDIA_OBJECT_SWEEP", default_value = "60s", value_parser = parse_duration)]
     pub object_sweep: Duration,
+    // ---- retention of finished jobs (docs/storage.md)
+    /// How long a finished job is kept in full, by the state it ended in,
+    /// e.g. `succeeded=7d,cancelled=7d,failed=30d` (unnamed states keep
+    /// their default); then its prompt, result, attempts and events are
+    /// pruned and its money record stays.
+    #[arg(
+        long,
+        env = "ADMEDIA_JOB_RETENTION",
+        default_value = "succeeded=7d,cancelled=7d,failed=30d"
+    )]
+    pub job_retention: String,
+    /// Finished jobs the embedded store keeps in full at most; past that
+    /// the oldest-finished are pruned at once (PostgreSQL: no cap).
+    #[arg(
+        long,
+        env = "ADMEDIA_MAX_FINISHED_IN_MEMORY",
+        default_value_t = 100_000
+    )]
+    pub max_finished_in_memory: usize,
 }
 
 /// Why the command line and environment could not be read.
@@ -385,6 +416,42 @@ fn parse_max_wait(raw: &str) -> Result<admedia_actors::config::WaitLimits, Strin
     Ok(limits)
 }
 
+/// `succeeded=7d,failed=30d`: the final states named get that retention.
+fn parse_job_retention(raw: &str) -> Result<admedia_actors::config::JobRetention, String> {
+    const NAME: &str = "ADMEDIA_JOB_RETENTION";
+    let mut retention = admedia_actors::config::JobRetention::default();
+    let mut named: Vec<&str> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (state, span) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{NAME} {part:?}: expected state=duration, e.g. failed=30d"))?;
+        let state = state.trim();
+        let span = parse_duration(span.trim()).map_err(|e| format!("{NAME} {part:?}: {e}"))?;
+        let slot = match state {
+            "succeeded" => &mut retention.succeeded,
+            "failed" => &mut retention.failed,
+            "cancelled" => &mut retention.cancelled,
+            "queued" | "assigned" | "running" => {
+                return Err(format!(
+                    "{NAME} {part:?}: {state} jobs have not finished; only succeeded, failed and cancelled jobs are pruned"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{NAME}: unknown state {other:?} (succeeded, failed, cancelled)"
+                ))
+            }
+        };
+        if named.contains(&state) {
+            return Err(format!("{NAME}: {state} is named twice"));
+        }
+        named.push(state);
+        *slot = span;
+    }
+    retention.validate().map_err(|e| format!("{NAME}: {e}"))?;
+    Ok(retention)
+}
+
 fn parse_gifts(
     raw: &str,
     base: admedia_actors::payments::GiftTable,
@@ -485,6 +552,12 @@ impl Settings {
     /// The orchestrator's rules, checked; an error names the bad setting.
     pub fn orchestrator(&self) -> Result<OrchestratorConfig, String> {
         self.durations_are_positive()?;
+        if self.max_finished_in_memory == 0 {
+            return Err(
+                "ADMEDIA_MAX_FINISHED_IN_MEMORY: must be at least 1 (0 would prune every job as it finishes)"
+                    .into(),
+            );
+        }
         let file: FileConfig = match &self.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -546,6 +619,8 @@ impl Settings {
             quarantine_after: self.quarantine_after,
             quarantine_base: self.quarantine_base,
             represent_grace: self.represent_grace,
+            quarantine_max_percent: self.quarantine_max_percent,
+            job_retention: parse_job_retention(&self.job_retention)?,
             ..OrchestratorConfig::default()
         };
         config.validate()?;
@@ -892,6 +967,49 @@ mod tests {
             .redis_prefix()
             .unwrap_err()
             .contains("ADMEDIA_REDIS_PREFIX"));
+    }
+
+    #[test]
+    fn job_retention_parses_and_refuses_nonsense_naming_its_variable() {
+        let cfg = Settings::default().orchestrator().unwrap();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            (
+                cfg.job_retention.succeeded,
+                cfg.job_retention.failed,
+                cfg.job_retention.cancelled
+            ),
+            (7 * day, 30 * day, 7 * day)
+        );
+        let mut s = Settings::default();
+        s.job_retention = " failed=90d , succeeded=36h".into();
+        let r = s.orchestrator().unwrap().job_retention;
+        assert_eq!(
+            (r.succeeded, r.failed, r.cancelled),
+            (Duration::from_secs(36 * 3600), 90 * day, 7 * day),
+            "an unnamed state keeps its default"
+        );
+        for (bad, why) in [
+            ("succeeded", "state=duration"),
+            ("done=7d", "unknown state"),
+            ("queued=1d", "have not finished"),
+            ("failed=soon", "failed=soon"),
+            ("failed=1d,failed=2d", "named twice"),
+            ("cancelled=0s", "at least 60 s"),
+            ("succeeded=10s", "at least 60 s"),
+        ] {
+            let mut s = Settings::default();
+            s.job_retention = bad.into();
+            let e = s.orchestrator().unwrap_err();
+            assert!(e.starts_with("ADMEDIA_JOB_RETENTION"), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let mut s = Settings::default();
+        s.max_finished_in_memory = 0;
+        assert!(s
+            .orchestrator()
+            .unwrap_err()
+            .contains("ADMEDIA_MAX_FINISHED_IN_MEMORY"));
     }
 
     #[test]

@@ -266,6 +266,10 @@ impl admedia_actors::observer::Observer for ServerObserver {
         self.metrics.job_expired(tier);
     }
 
+    fn jobs_pruned(&self, count: u64) {
+        self.metrics.jobs_pruned(count);
+    }
+
     fn job_event(&self, event: &JobEvent) {
         self.events.publish(event.clone());
     }

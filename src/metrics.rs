@@ -32,11 +32,13 @@ pub struct Metrics {
     actor_restarts: IntCounterVec,
     stale_messages: IntCounterVec,
     limited: IntCounterVec,
+    payments_for_review: IntCounterVec,
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
     jobs_waiting: IntGaugeVec,
     oldest_waiting: IntGaugeVec,
     jobs_expired: IntCounterVec,
+    jobs_pruned: IntCounterVec,
     quarantines: IntCounterVec,
     workers_quarantined: IntGaugeVec,
     jobs_by_state: IntGaugeVec,
@@ -171,6 +173,12 @@ impl Metrics {
                 "Submissions refused by a limit",
                 &["limit"],
             ),
+            payments_for_review: counter(
+                &r,
+                "admedia_payments_for_review_total",
+                "Paid events kept for an operator instead of applied",
+                &["product"],
+            ),
             http_requests: counter(
                 &r,
                 "admedia_http_requests_total",
@@ -214,6 +222,12 @@ impl Metrics {
                 "admedia_jobs_expired_total",
                 "Jobs that waited past their tier's limit and were refunded",
                 &["tier"],
+            ),
+            jobs_pruned: counter(
+                &r,
+                "admedia_jobs_pruned_total",
+                "Finished jobs whose prompt, result, attempts and events retention removed (their money records stay)",
+                &[],
             ),
             quarantines: counter(
                 &r,
@@ -358,6 +372,12 @@ impl Metrics {
         self.webhooks.with_label_values(&[outcome]).inc();
     }
 
+    /// A paid event that could not be applied as bought and waits for an
+    /// operator.
+    pub fn payment_for_review(&self, product: &'static str) {
+        self.payments_for_review.with_label_values(&[product]).inc();
+    }
+
     pub fn rate_limited(&self) {
         self.limited.with_label_values(&["rate"]).inc();
     }
@@ -466,6 +486,7 @@ impl Metrics {
         }
         self.stale_messages.with_label_values(NO_LABELS);
         self.quarantines.with_label_values(NO_LABELS);
+        self.jobs_pruned.with_label_values(NO_LABELS);
         self.workers_quarantined.with_label_values(NO_LABELS);
         self.redis_errors.with_label_values(&["rate_limit"]);
         for o in ["delivered", "failed_attempt", "given_up", "refused"] {
@@ -551,6 +572,10 @@ impl Observer for Metrics {
 
     fn job_expired(&self, tier: Tier) {
         self.jobs_expired.with_label_values(&[tier.as_str()]).inc();
+    }
+
+    fn jobs_pruned(&self, count: u64) {
+        self.jobs_pruned.with_label_values(NO_LABELS).inc_by(count);
     }
 }
 

@@ -154,7 +154,19 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match &settings.database_url {
             Some(url) => {
-                let pg = Arc::new(PgStore::connect(url, settings.db_pool)?);
+                let group_commit = crate::store::postgres::GroupCommit {
+                    writers: usize::from(settings.db_writers),
+                    max_batch: usize::from(settings.db_max_batch),
+                };
+                if group_commit.writers >= settings.db_pool {
+                    return Err(format!(
+                        "ADMEDIA_DB_WRITERS ({}) must be fewer than ADMEDIA_DB_POOL ({}): \
+                         reads and the leader's work need connections too",
+                        group_commit.writers, settings.db_pool
+                    )
+                    .into());
+                }
+                let pg = Arc::new(PgStore::connect_with(url, settings.db_pool, group_commit)?);
                 migrate_when_reachable(&pg).await?;
                 let gauge = pg.clone();
                 metrics.set_pool_status(Box::new(move || gauge.pool_status()));
@@ -162,7 +174,9 @@ impl Application {
             }
             None => {
                 tracing::warn!("embedded in-memory store: nothing is kept after the process exits (set DATABASE_URL for PostgreSQL)");
-                Arc::new(MemoryStore::new())
+                Arc::new(MemoryStore::with_max_finished(
+                    settings.max_finished_in_memory,
+                ))
             }
         };
         metrics.prime();

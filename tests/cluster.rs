@@ -24,6 +24,9 @@ fn node_env(db: &str, name: &str) -> Vec<(&'static str, String)> {
         ("ADMEDIA_SIM_SLOTS", "2".to_owned()),
         ("ADMEDIA_SIM_JOB_MS", "40".to_owned()),
         ("ADMEDIA_SIM_FAILURE_RATE", "0.1".to_owned()),
+        // Failures here are injected at random into every simulated GPU,
+        // not a broken one: quarantine would only stall the run.
+        ("ADMEDIA_QUARANTINE_AFTER", "100".to_owned()),
         ("ADMEDIA_RETRY_BASE_MS", "20".to_owned()),
         ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),
         ("ADMEDIA_WORKER_LEASE_MS", "1500".to_owned()),

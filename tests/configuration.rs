@@ -29,6 +29,8 @@ fn a_bad_variable_is_named_as_the_variable_once() {
         ("ADMEDIA_MAX_ATTEMPTS", "many"),
         ("ADMEDIA_LEADER_TIMEOUT", "-5s"),
         ("ADMEDIA_IMAGE_DEADLINE_MS", "-1"),
+        ("ADMEDIA_DB_WRITERS", "0"),
+        ("ADMEDIA_DB_MAX_BATCH", "100000"),
     ] {
         let out = admedia(&[(var, value)], &[]);
         assert_eq!(
@@ -77,4 +79,47 @@ fn redirected_logs_have_no_colour_and_the_error_is_printed_once() {
         !stdout.contains("ADMEDIA_RATE_LIMITS"),
         "printed twice: {stdout}"
     );
+}
+
+#[test]
+fn group_commit_writers_must_leave_connections_in_the_pool() {
+    // Checked before the database is reached, so no server is needed.
+    let out = admedia(
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere"),
+            ("ADMEDIA_DB_POOL", "4"),
+            ("ADMEDIA_DB_WRITERS", "4"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("ADMEDIA_DB_WRITERS (4) must be fewer than ADMEDIA_DB_POOL (4)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_retention_setting_that_makes_no_sense_is_refused_by_its_variable() {
+    for (var, value, why) in [
+        (
+            "ADMEDIA_JOB_RETENTION",
+            "forever",
+            "expected state=duration",
+        ),
+        ("ADMEDIA_JOB_RETENTION", "running=7d", "have not finished"),
+        ("ADMEDIA_JOB_RETENTION", "failed=5s", "at least 60 s"),
+        ("ADMEDIA_MAX_FINISHED_IN_MEMORY", "0", "at least 1"),
+    ] {
+        let out = admedia(&[(var, value)], &[]);
+        assert!(!out.status.success(), "{var}={value} accepted");
+        let (_, stderr) = text(&out);
+        assert!(
+            stderr.trim().starts_with(&format!("admedia: {var}")),
+            "{var}={value}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{var}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
 }

@@ -88,6 +88,9 @@ async fn acknowledged_jobs_and_credits_survive_sigkill() {
         ("ADMEDIA_SIM_SLOTS", "2".to_owned()),
         ("ADMEDIA_SIM_JOB_MS", "30".to_owned()),
         ("ADMEDIA_SIM_FAILURE_RATE", "0.3".to_owned()),
+        // Failures here are injected at random into every simulated GPU,
+        // not a broken one: quarantine would only stall the run.
+        ("ADMEDIA_QUARANTINE_AFTER", "100".to_owned()),
         ("ADMEDIA_SIM_USER_ERROR_RATE", "0.05".to_owned()),
         ("ADMEDIA_RETRY_BASE_MS", "20".to_owned()),
         ("ADMEDIA_RETRY_MAX_MS", "100".to_owned()),

@@ -697,6 +697,9 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_real_prometheus() {
         ("ADMEDIA_SIM_WORKERS", "2".to_owned()),
         ("ADMEDIA_SIM_JOB_MS", "20".to_owned()),
         ("ADMEDIA_SIM_FAILURE_RATE", "0.3".to_owned()),
+        // Failures here are injected at random into every simulated GPU,
+        // not a broken one: quarantine would only stall the run.
+        ("ADMEDIA_QUARANTINE_AFTER", "100".to_owned()),
         ("ADMEDIA_RETRY_BASE_MS", "10".to_owned()),
         ("ADMEDIA_RETRY_MAX_MS", "50".to_owned()),
         ("ADMEDIA_RATE_LIMITS", "free=0".to_owned()),

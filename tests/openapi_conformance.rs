@@ -58,6 +58,11 @@ async fn start() -> (String, awc::Client) {
     // Generated prompts trip the content rules now and then; the test
     // account must not be suspended for it half-way through.
     settings.violations_before_suspend = 0;
+    // The generator sends wrong tokens on purpose (to check 401s); counted
+    // per address they would soon turn every request into a 429. Those
+    // limits have tests of their own.
+    settings.auth_failures_per_minute = 0;
+    settings.registrations_per_hour = 0;
     let app = Application::build(settings)
         .await
         .unwrap_or_else(|e| panic!("start the server: {e}"));

@@ -195,3 +195,110 @@ mod catalogue {
 
     admedia_actors::material_store_conformance_tests!(support::fresh_pg_catalogue());
 }
+
+/// Pruning deletes a finished job's attempt and event rows and thins its
+/// row in the database itself; its hold and ledger rows stay, and a
+/// webhook delivery still owed is left to the dispatcher.
+#[tokio::test]
+async fn pruning_deletes_attempt_and_event_rows_and_keeps_the_money() {
+    use admedia_actors::ids::{LeaseToken, WorkerId};
+    use admedia_actors::job::AttemptOutcome;
+    use admedia_actors::store::conformance::{new_job, user_with, Shared};
+    use admedia_actors::store::{AttemptRef, FinishedBefore};
+    use chrono::{Duration, SubsecRound};
+
+    let Some((store, schema)) = support::fresh_pg().await else {
+        return;
+    };
+    let store: Shared = std::sync::Arc::new(store);
+    let user = user_with(&store, "rows@example.com", 10).await;
+    let mut new = new_job(user.id, 3);
+    new.spec.webhook_url = Some("https://hooks.example.com/x".into());
+    let job = store.submit_job(new).await.unwrap().job;
+    let attempt = AttemptRef {
+        job_id: job.id,
+        attempt: 1,
+        lease: LeaseToken::generate(),
+    };
+    let epoch = store.leader().await.unwrap().map_or(0, |l| l.epoch);
+    store
+        .assign_job(attempt, WorkerId::generate(), epoch, Utc::now())
+        .await
+        .unwrap();
+    let now = Utc::now().trunc_subsecs(6);
+    store
+        .finish_attempt(
+            attempt,
+            AttemptOutcome::Succeeded { outputs: vec![] },
+            now - Duration::days(10),
+        )
+        .await
+        .unwrap();
+    let client = support::raw_client(&schema).await;
+    let count = |table: &'static str| {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE job_id = $1"),
+                    &[&job.id.as_uuid()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(count("job_attempts").await, 1);
+    assert!(count("job_events").await > 0);
+    let owed = count("webhook_outbox").await;
+    assert!(owed > 0, "the delivery is still owed");
+
+    let before = FinishedBefore {
+        succeeded: now - Duration::days(7),
+        failed: now - Duration::days(30),
+        cancelled: now - Duration::days(7),
+    };
+    assert_eq!(
+        store.prune_finished_jobs(&before, now, 500).await.unwrap(),
+        1
+    );
+    assert_eq!(count("job_attempts").await, 0);
+    assert_eq!(count("job_events").await, 0);
+    assert_eq!(count("webhook_outbox").await, owed);
+    assert_eq!(count("ledger_entries").await, 2, "hold and post stay");
+    assert_eq!(count("holds").await, 1, "its hold stays");
+    let row = client
+        .query_one(
+            "SELECT prompt, params, result, error, webhook_url, pruned_at, cost, charge, \
+             (SELECT state FROM holds WHERE holds.job_id = jobs.id) FROM jobs WHERE id = $1",
+            &[&job.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "");
+    let params: serde_json::Value = row.get(1);
+    let keys: Vec<&str> = params
+        .as_object()
+        .expect("params object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| ["width", "height", "count", "duration_s"].contains(k)),
+        "only the shape it was priced by stays: {params}"
+    );
+    assert!(row.get::<_, Option<serde_json::Value>>(2).is_none());
+    assert!(row.get::<_, Option<serde_json::Value>>(3).is_none());
+    assert!(row.get::<_, Option<String>>(4).is_none());
+    assert_eq!(row.get::<_, Option<chrono::DateTime<Utc>>>(5), Some(now));
+    assert_eq!(
+        (
+            row.get::<_, i64>(6),
+            row.get::<_, String>(7),
+            row.get::<_, String>(8)
+        ),
+        (3, "posted".to_owned(), "posted".to_owned())
+    );
+}

@@ -62,6 +62,85 @@ pub struct OrchestratorConfig {
     /// The first quarantine's length; it doubles while failures continue.
     pub quarantine_base: Duration,
     pub quarantine_max: Duration,
+    /// At most this percentage of the connected workers is quarantined at
+    /// once, so failures spread over the whole fleet (a bad model, a bad
+    /// deploy) slow it down instead of stopping it. A lone worker is never
+    /// quarantined below 100.
+    #[serde(default = "default_quarantine_max_percent")]
+    pub quarantine_max_percent: u8,
+    /// How long a finished job is kept in full, by the state it ended in.
+    #[serde(default)]
+    pub job_retention: JobRetention,
+}
+
+fn default_quarantine_max_percent() -> u8 {
+    50
+}
+
+/// How long a finished job keeps its prompt, parameters, result, error,
+/// attempt records and events, by the state it ended in; after that the
+/// platform sweep prunes them. What the money needs is kept for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRetention {
+    pub succeeded: Duration,
+    pub failed: Duration,
+    pub cancelled: Duration,
+}
+
+impl Default for JobRetention {
+    fn default() -> Self {
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        JobRetention {
+            succeeded: days(7),
+            // A failure is what a user comes back to ask about.
+            failed: days(30),
+            cancelled: days(7),
+        }
+    }
+}
+
+impl JobRetention {
+    /// The retention of jobs that ended in `state`; `None` while the job
+    /// has not ended.
+    pub fn of(&self, state: crate::job::JobState) -> Option<Duration> {
+        use crate::job::JobState;
+        match state {
+            JobState::Succeeded => Some(self.succeeded),
+            JobState::Failed => Some(self.failed),
+            JobState::Cancelled => Some(self.cancelled),
+            JobState::Queued | JobState::Assigned | JobState::Running => None,
+        }
+    }
+
+    /// Jobs that ended before these instants are pruned at `now`.
+    pub fn cutoffs(&self, now: chrono::DateTime<chrono::Utc>) -> crate::store::FinishedBefore {
+        let before =
+            |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX / 2);
+        crate::store::FinishedBefore {
+            succeeded: before(self.succeeded),
+            failed: before(self.failed),
+            cancelled: before(self.cancelled),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        // A retention shorter than a minute prunes what a client polling
+        // for the result has not read yet.
+        let least = Duration::from_secs(60);
+        for (state, d) in [
+            ("succeeded", self.succeeded),
+            ("failed", self.failed),
+            ("cancelled", self.cancelled),
+        ] {
+            if d < least {
+                return Err(format!(
+                    "the retention of {state} jobs must be at least 60 s"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The longest wait per tier.
@@ -150,6 +229,8 @@ impl Default for OrchestratorConfig {
             quarantine_after: 3,
             quarantine_base: Duration::from_secs(60),
             quarantine_max: Duration::from_secs(3600),
+            quarantine_max_percent: default_quarantine_max_percent(),
+            job_retention: JobRetention::default(),
         }
     }
 }
@@ -191,9 +272,13 @@ impl OrchestratorConfig {
         if !(1..=100).contains(&self.quarantine_after) {
             return Err("quarantine_after must be 1..=100".into());
         }
+        if self.quarantine_max_percent > 100 {
+            return Err("quarantine_max_percent must be 0..=100".into());
+        }
         if self.quarantine_base.is_zero() || self.quarantine_base > self.quarantine_max {
             return Err("quarantine_base must be above zero and not exceed quarantine_max".into());
         }
+        self.job_retention.validate()?;
         Ok(())
     }
 

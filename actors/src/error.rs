@@ -35,6 +35,12 @@ pub enum OrchestratorError {
     IdempotencyKeyReused,
     #[error("the job has already finished")]
     JobFinished,
+    /// The job finished and retention removed its record: only its money
+    /// (its ledger entries) is kept.
+    #[error("the job finished and its record was pruned on {pruned_at} after the retention period; its charge stays in the ledger")]
+    JobPruned {
+        pruned_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The prompt breaks the content rules (ToS 3.2); nothing was charged.
     #[error("the prompt was refused by the content rules ({category})")]
     ContentRejected { category: String },

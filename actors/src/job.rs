@@ -105,13 +105,15 @@ pub struct ParamsRequest {
     pub seed: Option<u64>,
     /// A material (by id) the job starts from: image-to-image, or the
     /// first frame of a video. Must be one of the caller's images.
+    // A material id is a UUID: anything else is not an id at all (400),
+    // as the schema says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub init_image: Option<MaterialId>,
     /// Materials (by id) the model is guided by; images, at most
     /// `MAX_REFERENCE_IMAGES`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<uuid::Uuid>))]
     pub reference_images: Vec<MaterialId>,
 }
 
@@ -129,10 +131,10 @@ pub struct JobParams {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub init_image: Option<MaterialId>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<uuid::Uuid>))]
     pub reference_images: Vec<MaterialId>,
 }
 
@@ -538,6 +540,11 @@ pub struct Job {
     /// stored before prices were versioned.
     #[serde(default = "first_price_version")]
     pub price_version: u32,
+    /// When retention removed the job's prompt, parameters beyond their
+    /// shape, result, error and attempt records (`None`: kept in full).
+    /// What the money needs (id, owner, cost, charge, times) stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<DateTime<Utc>>,
 }
 
 fn first_price_version() -> u32 {
@@ -703,6 +710,33 @@ impl Job {
 }
 
 impl Job {
+    /// What retention leaves of a finished job: its identity, owner, tier,
+    /// kind and model, the shape it was priced by (size, count, duration),
+    /// its cost, charge, attempt count and times. Prompt, seed, input
+    /// materials, result, error and webhook address go. `None` unless the
+    /// job is finished and not pruned yet.
+    pub fn pruned(&self, now: DateTime<Utc>) -> Option<Job> {
+        if !self.state.is_terminal() || self.pruned_at.is_some() {
+            return None;
+        }
+        let mut thin = self.clone();
+        thin.spec.prompt = String::new();
+        thin.spec.webhook_url = None;
+        thin.spec.params = JobParams {
+            width: self.spec.params.width,
+            height: self.spec.params.height,
+            count: self.spec.params.count,
+            duration_s: self.spec.params.duration_s,
+            seed: None,
+            init_image: None,
+            reference_images: Vec::new(),
+        };
+        thin.result = None;
+        thin.error = None;
+        thin.pruned_at = Some(now);
+        Some(thin)
+    }
+
     /// A waiting job passed its tier's waiting limit: it fails as
     /// `expired`, a system-side failure, so its hold is voided (ToS 4.3).
     /// `None` unless it is waiting.
@@ -960,6 +994,7 @@ mod tests {
             charge: Charge::Held,
             worker_id: None,
             lease: None,
+            pruned_at: None,
             price_version: 1,
         };
         let mut running = job.clone();

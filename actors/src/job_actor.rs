@@ -481,9 +481,16 @@ impl Handler<AttemptEvent> for JobActor {
                 let store = self.store.clone();
                 let attempt = self.attempt;
                 let fut = async move { store.start_job(attempt, Utc::now()).await };
-                // `wait`: a completion right behind the acceptance is only
-                // handled once the start is recorded.
-                ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+                // Not waited for: a completion right behind the acceptance
+                // goes to the store behind the start, usually in the same
+                // group commit, instead of one commit later. A finish is
+                // recorded from `assigned` as well, so the order in which
+                // the two commit does not matter; a start that finds the
+                // attempt already ended is refused and ignored.
+                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+                    if act.phase == Phase::Ending {
+                        return;
+                    }
                     if let Err(e) = res {
                         match e {
                             StoreError::StaleTransition { .. } | StoreError::NotFound(_) => {

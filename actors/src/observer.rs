@@ -53,6 +53,8 @@ pub trait Observer: Send + Sync + 'static {
     fn worker_quarantined(&self) {}
     /// A job waited past its tier's limit and was refunded.
     fn job_expired(&self, _tier: Tier) {}
+    /// Retention pruned `count` finished jobs.
+    fn jobs_pruned(&self, _count: u64) {}
 }
 
 /// Observes nothing.

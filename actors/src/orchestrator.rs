@@ -386,6 +386,11 @@ impl Orchestrator {
         id: JobId,
     ) -> Result<(Job, Option<u32>), OrchestratorError> {
         match self.store.job(id).await? {
+            Some(Job {
+                pruned_at: Some(pruned_at),
+                user_id,
+                ..
+            }) if user_id == user => Err(OrchestratorError::JobPruned { pruned_at }),
             Some(job) if job.user_id == user => {
                 let position = self.store.queue_position(id).await?;
                 Ok((job, position))
@@ -478,6 +483,9 @@ impl Orchestrator {
             .job(id)
             .await?
             .ok_or(OrchestratorError::NotFound("job"))?;
+        if let Some(pruned_at) = job.pruned_at {
+            return Err(OrchestratorError::JobPruned { pruned_at });
+        }
         let position = self.store.queue_position(id).await?;
         Ok(JobDetail {
             attempts: self.store.attempts(id).await?,

@@ -122,6 +122,26 @@ pub struct PaymentOutcome {
     pub granted: Credits,
     /// The payment id was applied before; nothing changed.
     pub replayed: bool,
+    /// Why the payment was recorded for an operator instead of applied
+    /// (nothing was granted); also on a replay of such a payment.
+    pub review: Option<String>,
+}
+
+/// A paid event that could not be applied as bought: the provider has the
+/// money, so it is kept for an operator to settle by hand instead of being
+/// refused (a refusal tells the provider to stop retrying and the payment
+/// would be recorded nowhere).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PaymentReview {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub payment_id: PaymentId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub user_id: UserId,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub product: Product,
+    pub reason: String,
+    pub received_at: DateTime<Utc>,
 }
 
 /// One paid month's gift, due from `starts_at`.

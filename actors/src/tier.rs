@@ -124,7 +124,8 @@ pub struct TierPolicy {
     pub max_waiting: u32,
 }
 
-/// The tier table of API.md; configuration may replace it.
+/// The membership tier table (`docs/platform-rules.md`); configuration
+/// may replace it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierTable {

@@ -21,7 +21,9 @@ use admedia_actors::job::{
 use admedia_actors::ledger::{EntryKind, Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::observer::NoopObserver;
-use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 use admedia_actors::store::memory::MemoryStore;
@@ -214,6 +216,14 @@ impl Store for FaultyStore {
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.expire_idempotency_keys(before).await
     }
+    async fn prune_finished_jobs(
+        &self,
+        before: &admedia_actors::store::FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        self.inner.prune_finished_jobs(before, now, limit).await
+    }
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.become_leader(node, url, now).await
     }
@@ -262,6 +272,9 @@ impl Store for FaultyStore {
     }
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
         self.inner.apply_payment(payment).await
+    }
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.inner.payments_for_review(limit).await
     }
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         self.inner.due_gifts(now, limit).await

@@ -1,4 +1,4 @@
-//! A small client of the orchestrator's HTTP API (API.md), over awc.
+//! A small client of the orchestrator's HTTP API, over awc.
 //! Every response is read into a status and a JSON value; nothing here
 //! panics on what a server sends.
 
@@ -92,6 +92,40 @@ pub struct WalletDto {
 #[derive(Deserialize, Debug, Clone)]
 pub struct JobErrorDto {
     pub class: FailureClass,
+    /// Set when the platform ended the job, e.g. `expired`.
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// One worker of `GET /v1/admin/workers`, the fields the harness reads.
+#[derive(Deserialize, Debug, Clone)]
+pub struct AdminWorkerDto {
+    pub name: String,
+    #[serde(default)]
+    pub quarantined: bool,
+    #[serde(default)]
+    pub quarantine_left_ms: Option<u64>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct AdminWorkersPage {
+    workers: Vec<AdminWorkerDto>,
+}
+
+/// One model of `GET /v1/models`.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ModelDto {
+    pub name: String,
+    pub kind: admedia_actors::job::JobKind,
+    pub vram_mb: u32,
+    pub expected_ms_per_unit: u64,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct ModelsPage {
+    models: Vec<ModelDto>,
 }
 
 /// The fields of `Job` the harness reads.
@@ -102,6 +136,8 @@ pub struct JobDto {
     pub tier: Tier,
     pub cost: i64,
     pub attempts: u32,
+    #[serde(default)]
+    pub model: String,
     pub prompt: String,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -321,6 +357,34 @@ impl Api {
         self.call(Method::GET, "/v1/admin/stats", Some(admin), None, &[])
             .await?
             .expect(200)
+    }
+
+    pub async fn admin_workers(&self, admin: &str) -> Result<Vec<AdminWorkerDto>, ApiError> {
+        let page: AdminWorkersPage = self
+            .call(Method::GET, "/v1/admin/workers", Some(admin), None, &[])
+            .await?
+            .expect(200)?;
+        Ok(page.workers)
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelDto>, ApiError> {
+        let page: ModelsPage = self
+            .call(Method::GET, "/v1/models", None, None, &[])
+            .await?
+            .expect(200)?;
+        Ok(page.models)
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        let res = self.call(Method::GET, "/metrics", None, None, &[]).await?;
+        match (res.status, res.body) {
+            (200, Value::String(text)) => Ok(text),
+            (status, body) => Err(ApiError::Status {
+                status,
+                body: body.to_string(),
+            }),
+        }
     }
 
     pub async fn wallet(&self, api_key: &str) -> Result<WalletDto, ApiError> {

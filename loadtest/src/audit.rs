@@ -4,7 +4,7 @@
 //! was told were accepted, idempotent replays, acknowledged cancels, and
 //! every `assign` its workers received).
 //!
-//! The checks are DESIGN.md §3 and §4 and issue 9 item 5:
+//! The checks are the money and lifecycle rules of `docs/architecture.md`:
 //! - every job is terminal;
 //! - per user `balance = Σ grants − Σ posts`, `held = 0` and equal to the
 //!   open holds, never negative (neither at the end nor after any entry);

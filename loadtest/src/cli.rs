@@ -20,6 +20,10 @@ pub enum Scenario {
     Chaos,
     /// Closed loop against fast workers; `--backlog` adds a backlog sweep.
     Throughput,
+    /// A heterogeneous fleet with a broken worker, jobs no worker can run,
+    /// long and short jobs, every tier backlogged: GPU-time shares,
+    /// utilisation, head-of-line waiting, quarantine and expiry.
+    Fleet,
 }
 
 impl Scenario {
@@ -29,6 +33,7 @@ impl Scenario {
             Scenario::Fairness => "fairness",
             Scenario::Chaos => "chaos",
             Scenario::Throughput => "throughput",
+            Scenario::Fleet => "fleet",
         }
     }
 }
@@ -86,6 +91,18 @@ pub struct Cli {
     /// With `--spawn`: first retry delay (ADMEDIA_RETRY_BASE_MS).
     #[arg(long)]
     pub retry_base_ms: Option<u64>,
+    /// With `--spawn`: the waiting limits per tier (ADMEDIA_MAX_WAIT), e.g.
+    /// `free=18s,enterprise=12s`; the fleet scenario sets short ones so
+    /// the jobs no worker can run expire during the run.
+    #[arg(long)]
+    pub max_wait: Option<String>,
+    /// With `--spawn`: system failures in a row that quarantine a worker
+    /// (ADMEDIA_QUARANTINE_AFTER).
+    #[arg(long)]
+    pub quarantine_after: Option<u32>,
+    /// With `--spawn`: the first quarantine's length (ADMEDIA_QUARANTINE_BASE).
+    #[arg(long)]
+    pub quarantine_base: Option<String>,
 
     // --- users ---
     /// Users to create.
@@ -235,6 +252,9 @@ pub struct Plan {
     pub mode: String,
     pub lease_ms: u64,
     pub retry_base_ms: u64,
+    pub max_wait: Option<String>,
+    pub quarantine_after: Option<u32>,
+    pub quarantine_base: Option<String>,
     pub users: usize,
     pub tier_mix: [u32; 4],
     pub credits: i64,
@@ -261,6 +281,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The server's longest retry delay (ADMEDIA_RETRY_MAX_MS of a
+    /// spawned server).
+    pub fn retry_max_ms(&self) -> u64 {
+        (self.retry_base_ms * 8).max(500)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout_s)
     }
@@ -300,6 +326,9 @@ struct Defaults {
     prefill: u64,
     lease_ms: u64,
     drain_timeout_s: f64,
+    max_wait: Option<&'static str>,
+    quarantine_after: Option<u32>,
+    quarantine_base: Option<&'static str>,
 }
 
 fn no_faults() -> Faults {
@@ -345,6 +374,9 @@ fn defaults(s: Scenario) -> Defaults {
             prefill: 0,
             lease_ms: 1_500,
             drain_timeout_s: 12.0,
+            max_wait: None,
+            quarantine_after: None,
+            quarantine_base: None,
         },
         Scenario::Fairness => Defaults {
             users: 15,
@@ -365,6 +397,9 @@ fn defaults(s: Scenario) -> Defaults {
             prefill: 1_500,
             lease_ms: 5_000,
             drain_timeout_s: 60.0,
+            max_wait: None,
+            quarantine_after: None,
+            quarantine_base: None,
         },
         Scenario::Chaos => Defaults {
             users: 8,
@@ -394,6 +429,9 @@ fn defaults(s: Scenario) -> Defaults {
             prefill: 0,
             lease_ms: 2_000,
             drain_timeout_s: 120.0,
+            max_wait: None,
+            quarantine_after: None,
+            quarantine_base: None,
         },
         Scenario::Throughput => Defaults {
             users: 8,
@@ -414,6 +452,36 @@ fn defaults(s: Scenario) -> Defaults {
             prefill: 0,
             lease_ms: 15_000,
             drain_timeout_s: 600.0,
+            max_wait: None,
+            quarantine_after: None,
+            quarantine_base: None,
+        },
+        // The fleet (workers, slots, job times) is `fleet::fleet()`; the
+        // load keeps every tier backlogged for `duration`.
+        Scenario::Fleet => Defaults {
+            users: 15,
+            // At least two users per tier: the head-of-line check reasons
+            // about turns between a tier's users.
+            tier_mix: [2, 3, 4, 6],
+            credits: 10_000_000,
+            workers: 7,
+            slots: 3,
+            job_ms: 500,
+            job_jitter: 0.2,
+            faults: no_faults(),
+            rate: 1.0,
+            closed_loop: false,
+            concurrency: 16,
+            duration_s: 60.0,
+            replay: 0.0,
+            cancel: 0.0,
+            video: 0.0,
+            prefill: 0,
+            lease_ms: 5_000,
+            drain_timeout_s: 90.0,
+            max_wait: Some("free=18s,basic=16s,professional=14s,enterprise=12s"),
+            quarantine_after: Some(3),
+            quarantine_base: Some("2s"),
         },
     }
 }
@@ -598,6 +666,14 @@ impl Cli {
         if self.backlog.contains(&0) {
             return Err("--backlog sizes must be positive".into());
         }
+        if self.scenario == Scenario::Fleet && (chaos.is_some() || !self.backlog.is_empty()) {
+            return Err("--scenario fleet takes neither --chaos-kill-every nor --backlog".into());
+        }
+        if let Some(n) = self.quarantine_after {
+            if !(1..=100).contains(&n) {
+                return Err("--quarantine-after must be 1..=100".into());
+            }
+        }
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -610,6 +686,12 @@ impl Cli {
             mode,
             lease_ms: self.lease_ms.unwrap_or(d.lease_ms).max(100),
             retry_base_ms: self.retry_base_ms.unwrap_or(50),
+            max_wait: self.max_wait.clone().or(d.max_wait.map(str::to_owned)),
+            quarantine_after: self.quarantine_after.or(d.quarantine_after),
+            quarantine_base: self
+                .quarantine_base
+                .clone()
+                .or(d.quarantine_base.map(str::to_owned)),
             users,
             tier_mix,
             credits,
@@ -657,6 +739,20 @@ mod tests {
         assert!(p.faults_on());
         let p = parse(&["--spawn", "--jobs", "10"]).unwrap();
         assert_eq!((p.duration_s, p.jobs), (None, Some(10)));
+        let p = parse(&["--spawn", "--scenario", "fleet"]).unwrap();
+        assert_eq!(p.quarantine_after, Some(3));
+        assert!(p
+            .max_wait
+            .as_deref()
+            .is_some_and(|w| w.contains("enterprise=")));
+        assert!(p.tier_mix.iter().all(|&m| m >= 2));
+        let p = parse(&["--spawn", "--scenario", "fleet", "--max-wait", "free=1m"]).unwrap();
+        assert_eq!(p.max_wait.as_deref(), Some("free=1m"));
+        assert!(
+            parse(&["--spawn", "--scenario", "fleet", "--backlog", "10"])
+                .unwrap_err()
+                .contains("fleet")
+        );
     }
 
     #[test]

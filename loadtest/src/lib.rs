@@ -11,13 +11,14 @@
 //! [`api`] (HTTP client), [`workers`] (simulated GPU workers), [`load`]
 //! (submissions, replays, cancels), [`recorder`] (raw events),
 //! [`metrics`] (histograms, series, shares), [`audit`] (the pure
-//! invariant checker), [`charts`] and [`report`], and [`run`] which ties
+//! invariant checker), [`fleet`] (the heterogeneous-fleet scenario), [`charts`] and [`report`], and [`run`] which ties
 //! them together.
 
 pub mod api;
 pub mod audit;
 pub mod charts;
 pub mod cli;
+pub mod fleet;
 pub mod load;
 pub mod metrics;
 pub mod recorder;

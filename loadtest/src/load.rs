@@ -88,7 +88,7 @@ impl Ctx {
         self.rng.borrow_mut().random_range(0..self.users.len())
     }
 
-    /// A job body as API.md describes it (built as JSON, so a field added
+    /// A job body as the server's OpenAPI document describes it (built as JSON, so a field added
     /// to the server's request type does not break the harness).
     fn body(&self, key: &str) -> Value {
         let mut rng = self.rng.borrow_mut();
@@ -156,10 +156,39 @@ where
 /// One logical submission, resubmitted with the same key until answered.
 /// `extras`: may also be replayed and cancelled.
 pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Instant, extras: bool) {
+    submit(ctx, user, phase, intended, extras, None).await;
+}
+
+/// A submission of a body of the caller's (`kind`, `model`, `params`; the
+/// prompt carrying the idempotency key is added here), no replays or
+/// cancels. The job id when accepted.
+pub async fn submit_shaped(ctx: Rc<Ctx>, user: usize, phase: usize, shape: Value) -> Option<JobId> {
+    submit(ctx, user, phase, Instant::now(), false, Some(shape)).await
+}
+
+async fn submit(
+    ctx: Rc<Ctx>,
+    user: usize,
+    phase: usize,
+    intended: Instant,
+    extras: bool,
+    shape: Option<Value>,
+) -> Option<JobId> {
     let n = ctx.seq.get();
     ctx.seq.set(n + 1);
     let key = format!("lt-{}-{n}", ctx.run_id);
-    let body = ctx.body(&key);
+    let body = match shape {
+        Some(mut b) => {
+            if let Some(obj) = b.as_object_mut() {
+                obj.insert(
+                    "prompt".into(),
+                    Value::String(format!("{PROMPT_PREFIX}{key}")),
+                );
+            }
+            b
+        }
+        None => ctx.body(&key),
+    };
     let u = &ctx.users[user];
     let sent = Instant::now();
     let idx = {
@@ -211,9 +240,9 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
         Err(ApiError::Transport(_)) => ctx.rec.status("no answer".into()),
         Err(e) => ctx.rec.status(format!("error: {e}")),
     }
-    let Some(job) = accepted else { return };
+    let job = accepted?;
     if !extras {
-        return;
+        return Some(job);
     }
     if ctx.roll() < ctx.replay_fraction {
         let delay = Duration::from_millis(ctx.rng.borrow_mut().random_range(0..300));
@@ -282,6 +311,7 @@ pub async fn submit_one(ctx: Rc<Ctx>, user: usize, phase: usize, intended: Insta
         });
         ctx.side_tasks.borrow_mut().push(h);
     }
+    Some(job)
 }
 
 async fn join(handles: Vec<tokio::task::JoinHandle<()>>) {

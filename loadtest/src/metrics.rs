@@ -654,6 +654,7 @@ mod tests {
             job_id: job,
             attempt: 1,
             worker: 0,
+            lease: None,
         };
         data.assigns.push(assign(ids[6], 100));
         data.assigns.push(assign(ids[7], 200));

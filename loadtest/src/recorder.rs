@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use admedia_actors::ids::JobId;
+use admedia_actors::ids::{JobId, LeaseToken};
 use admedia_actors::job::{Charge, JobState};
 use admedia_actors::tier::Tier;
 
@@ -42,6 +42,10 @@ pub struct Assign {
     pub job_id: JobId,
     pub attempt: u32,
     pub worker: usize,
+    /// The attempt's lease: a UUIDv7 the scheduler makes as it decides, so
+    /// leases sort in the order dispatches were decided, whatever order
+    /// the `assign`s then reached the workers in.
+    pub lease: Option<LeaseToken>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,24 @@ pub struct FaultCounts {
     pub hang_dropped_by_server: u64,
 }
 
+/// An attempt ended on a worker (as it saw it): its slot is free again.
+#[derive(Clone, Copy, Debug)]
+pub struct Release {
+    pub t_us: u64,
+    pub job_id: JobId,
+    pub worker: usize,
+}
+
+/// One worker as `/v1/admin/workers` listed it at `t_us`.
+#[derive(Clone, Debug)]
+pub struct WorkerPoll {
+    pub t_us: u64,
+    pub name: String,
+    pub quarantined: bool,
+    pub quarantine_left_ms: Option<u64>,
+    pub consecutive_failures: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct StatsSample {
     pub t_us: u64,
@@ -120,6 +142,10 @@ pub struct Data {
     pub finals: Vec<Final>,
     /// (when a slot was refilled, how long it had been free), per worker slot.
     pub refills: Vec<(u64, u64)>,
+    /// A worker gave a slot back (its attempt ended or was cancelled).
+    pub releases: Vec<Release>,
+    /// `/v1/admin/workers` polls (the fleet scenario's quarantine record).
+    pub worker_polls: Vec<WorkerPoll>,
     pub cancels: Vec<CancelObs>,
     pub replays: Vec<ReplayObs>,
     pub faults: FaultCounts,
@@ -219,13 +245,14 @@ impl Recorder {
         f(&mut self.data.borrow_mut().faults);
     }
 
-    pub fn assign(&self, job_id: JobId, attempt: u32, worker: usize) {
+    pub fn assign(&self, job_id: JobId, attempt: u32, worker: usize, lease: LeaseToken) {
         let t_us = self.now_us();
         self.data.borrow_mut().assigns.push(Assign {
             t_us,
             job_id,
             attempt,
             worker,
+            lease: Some(lease),
         });
     }
 
@@ -236,6 +263,15 @@ impl Recorder {
             job_id,
             outcome,
             duplicate,
+        });
+    }
+
+    pub fn release(&self, job_id: JobId, worker: usize) {
+        let t_us = self.now_us();
+        self.data.borrow_mut().releases.push(Release {
+            t_us,
+            job_id,
+            worker,
         });
     }
 

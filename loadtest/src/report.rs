@@ -70,6 +70,115 @@ pub struct Report {
     pub anomaly_count: u64,
     pub audit: AuditReport,
     pub passed: bool,
+    /// The fleet scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetFigures>,
+}
+
+/// The fleet scenario's section of the text report.
+pub fn fleet_text(f: &crate::fleet::FleetFigures) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "
+fleet: every tier backlogged in every runnable class for {:.1} s of the load",
+        f.backlogged_s
+    );
+    let rows: Vec<Vec<String>> = f
+        .shares
+        .iter()
+        .map(|s| {
+            vec![
+                s.tier.clone(),
+                s.weight.to_string(),
+                format!("{:.2}%", s.expected * 100.0),
+                format!("{:.1}", s.gpu_s),
+                format!("{:.2}%", s.gpu_share * 100.0),
+                format!("{:+.2}%", s.gpu_deviation_pct),
+                s.dispatches.to_string(),
+                format!("{:.2}%", s.dispatch_share * 100.0),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "tier",
+            "weight",
+            "expected",
+            "GPU s",
+            "GPU share",
+            "deviation",
+            "dispatches",
+            "dispatch share",
+        ],
+        &rows,
+    ));
+    let _ = writeln!(
+        out,
+        "largest GPU-share deviation {:.2}% of the expected share (limit {:.0}%)",
+        f.max_gpu_deviation_pct,
+        crate::fleet::MAX_GPU_DEVIATION_PCT
+    );
+    let rows: Vec<Vec<String>> = f
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.slots.to_string(),
+                if w.broken { "broken" } else { "healthy" }.into(),
+                w.attempts.to_string(),
+                format!("{:.1}", w.demand_s),
+                format!("{:.2}%", w.utilisation * 100.0),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["worker", "slots", "", "attempts", "demand s", "busy"],
+        &rows,
+    ));
+    let _ = writeln!(
+        out,
+        "healthy slots busy {:.2}% of the time runnable work waited for them (limit {:.0}%)",
+        f.utilisation * 100.0,
+        crate::fleet::MIN_UTILISATION * 100.0
+    );
+    let h = &f.head_of_line;
+    let _ = writeln!(
+        out,
+        "waited behind an unrunnable job: longest {:.1} ms in {} episodes; {} unrunnable jobs headed a line with runnable work behind, {} dispatches went past one (longest turn gap meanwhile {:.1} ms)",
+        h.longest_wait_ms, h.episodes, h.unrunnable_heads, h.dispatched_past_unrunnable_head, h.longest_turn_gap_ms
+    );
+    for e in &h.detail {
+        let _ = writeln!(
+            out,
+            "  user {} ({}) from {:.3} s: {:.1} ms, passed by {} dispatches of its tier's other users; head {}",
+            e.user, e.tier, e.from_s, e.ms, e.passed_by, e.head_job
+        );
+    }
+    let q: Vec<String> = f
+        .quarantines
+        .iter()
+        .map(|q| match q.lifted_at_s {
+            Some(l) => format!("{} {:.1}–{:.1} s", q.worker, q.at_s, l),
+            None => format!("{} from {:.1} s", q.worker, q.at_s),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "quarantines seen in /v1/admin/workers: {} ({}); admedia_worker_quarantines_total {}",
+        f.quarantines.len(),
+        q.join(", "),
+        f.quarantines_metric
+            .map_or("not read".to_owned(), |n| n.to_string())
+    );
+    let e = &f.expiry;
+    let _ = writeln!(
+        out,
+        "expired: {} ({} for the unserved model, {} runnable (sd, xl, video: {:?}); per tier {:?}), {} voided exactly once; {} jobs for the unserved model, {} of them ended otherwise",
+        e.expired, e.expired_orphans, e.expired_runnable, e.expired_runnable_by_class, e.by_tier, e.voided, e.orphans, e.orphans_not_expired
+    );
+    out
 }
 
 fn ms(v: f64) -> String {
@@ -356,6 +465,9 @@ pub fn text(r: &Report) -> String {
             let _ = writeln!(out, "  {a}");
         }
     }
+    if let Some(fleet) = &r.fleet {
+        out.push_str(&fleet_text(fleet));
+    }
     let a = &r.audit;
     let _ = writeln!(
         out,
@@ -631,6 +743,9 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
                 let _ = write!(h, "<p class=\"muted\">{}: {}</p>", esc(&name), esc(&e));
             }
         }
+    }
+    if let Some(fleet) = &r.fleet {
+        let _ = write!(h, "<h2>Fleet</h2><pre>{}</pre>", esc(&fleet_text(fleet)));
     }
     h.push_str("<h2>Audit</h2>");
     if r.audit.violations.is_empty() {

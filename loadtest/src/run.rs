@@ -3,6 +3,7 @@
 //! the load (with chaos kills), drain, read everything back, audit, report.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,8 @@ use tokio::sync::watch;
 
 use crate::api::{Api, EntryDto, JobDto, WalletDto};
 use crate::audit::{self, AuditInput, AuditReport, Violation};
-use crate::cli::{Load, Plan, Target};
+use crate::cli::{Load, Plan, Scenario, Target};
+use crate::fleet;
 use crate::load::{self, Ctx, User, PROMPT_PREFIX};
 use crate::metrics::{self, FinalJob};
 use crate::recorder::{Kill, Recorder};
@@ -89,7 +91,7 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
                 ),
                 (
                     "ADMEDIA_RETRY_MAX_MS".into(),
-                    (plan.retry_base_ms * 8).max(500).to_string(),
+                    plan.retry_max_ms().to_string(),
                 ),
                 ("ADMEDIA_WORKER_LEASE_MS".into(), plan.lease_ms.to_string()),
                 ("RUST_LOG".into(), "warn".into()),
@@ -104,10 +106,17 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             ));
             match server_config {
                 Some(path) => env.push(("ADMEDIA_CONFIG".into(), path.display().to_string())),
-                None if *open_limits => {
+                None if *open_limits || plan.scenario == Scenario::Fleet => {
                     let path = plan.out.join("server-config.toml");
-                    std::fs::write(&path, server::open_limits_config(weights))
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let mut text = if *open_limits {
+                        server::open_limits_config(weights)
+                    } else {
+                        String::new()
+                    };
+                    if plan.scenario == Scenario::Fleet {
+                        text.push_str(&fleet::registry_toml());
+                    }
+                    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
                     let abs = std::fs::canonicalize(&path).unwrap_or(path);
                     env.push(("ADMEDIA_CONFIG".into(), abs.display().to_string()));
                 }
@@ -115,6 +124,15 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             }
             if let Some(db) = database_url {
                 env.push(("DATABASE_URL".into(), db.clone()));
+            }
+            if let Some(w) = &plan.max_wait {
+                env.push(("ADMEDIA_MAX_WAIT".into(), w.clone()));
+            }
+            if let Some(n) = plan.quarantine_after {
+                env.push(("ADMEDIA_QUARANTINE_AFTER".into(), n.to_string()));
+            }
+            if let Some(b) = &plan.quarantine_base {
+                env.push(("ADMEDIA_QUARANTINE_BASE".into(), b.clone()));
             }
             let log = plan.out.join("server.log");
             // A free port can be taken by another process before the server
@@ -476,6 +494,9 @@ fn audit_input(users: &[User], data: &[UserData], rec: &Recorder) -> Result<Audi
 }
 
 pub async fn run(plan: Plan) -> Result<Outcome, String> {
+    if plan.scenario == Scenario::Fleet {
+        return run_fleet(plan).await;
+    }
     std::fs::create_dir_all(&plan.out).map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut rng = StdRng::seed_from_u64(plan.seed);
@@ -522,6 +543,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         faults: plan.faults.clone(),
         seed: rng.random(),
         nagle: plan.worker_nagle,
+        profile: None,
     };
     let mut warnings = Vec::new();
     let mut drained = true;
@@ -778,6 +800,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         anomaly_count: d.anomaly_count,
         passed: audit_report.passed,
         audit: audit_report,
+        fleet: None,
     };
     drop(d);
     report::write(&plan.out, &report)?;
@@ -795,6 +818,481 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         report_dir: plan.out.clone(),
     })
 }
+
+// ------------------------------------------------------------------ fleet
+
+/// Jobs the feeder has submitted and not yet seen dispatched, per tier and
+/// runnable class, so it keeps every tier backlogged in every class.
+#[derive(Default)]
+struct Feed {
+    class_of: HashMap<JobId, Option<usize>>,
+    pending: [[u64; fleet::CLASSES]; 4],
+    assigned: HashSet<JobId>,
+    scanned: usize,
+    next_user: [usize; 4],
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Feed {
+    /// Counts the assigns seen since the last call.
+    fn scan(&mut self, rec: &Recorder) {
+        let d = rec.data.borrow();
+        for a in &d.assigns[self.scanned..] {
+            // A retry is not a new dispatch of the feeder's job.
+            if !self.assigned.insert(a.job_id) {
+                continue;
+            }
+            // Not yet answered: its submission counts it when it is.
+            let Some(&Some(c)) = self.class_of.get(&a.job_id) else {
+                continue;
+            };
+            let Some(&i) = d.by_job.get(&a.job_id) else {
+                continue;
+            };
+            let t = d.submissions[i].tier.index();
+            self.pending[t][c] = self.pending[t][c].saturating_sub(1);
+        }
+        self.scanned = d.assigns.len();
+    }
+}
+
+/// Submits one fleet job of `class` (`None`: the unserved model) for the
+/// next user of `tier`, counted as pending until dispatched.
+fn feed_one(
+    feed: &Rc<RefCell<Feed>>,
+    ctx: &Rc<Ctx>,
+    by_tier: &[Vec<usize>; 4],
+    tier: Tier,
+    class: Option<usize>,
+    phase: usize,
+) {
+    let t = tier.index();
+    if by_tier[t].is_empty() {
+        return;
+    }
+    let user = {
+        let mut f = feed.borrow_mut();
+        let u = by_tier[t][f.next_user[t] % by_tier[t].len()];
+        f.next_user[t] += 1;
+        if let Some(c) = class {
+            f.pending[t][c] += 1;
+        }
+        u
+    };
+    let body = fleet::body(tier, class, ctx.rng.borrow_mut().random());
+    let (feed2, ctx2) = (Rc::clone(feed), Rc::clone(ctx));
+    let h = actix_rt::spawn(async move {
+        let job = load::submit_shaped(ctx2, user, phase, body).await;
+        let mut f = feed2.borrow_mut();
+        match job {
+            Some(job) => {
+                f.class_of.insert(job, class);
+                if f.assigned.contains(&job) {
+                    if let Some(c) = class {
+                        f.pending[t][c] = f.pending[t][c].saturating_sub(1);
+                    }
+                }
+            }
+            None => {
+                if let Some(c) = class {
+                    f.pending[t][c] = f.pending[t][c].saturating_sub(1);
+                }
+            }
+        }
+    });
+    let mut f = feed.borrow_mut();
+    f.handles.retain(|h| !h.is_finished());
+    f.handles.push(h);
+}
+
+/// Tops every (tier, class) up to its depth.
+fn top_up(
+    feed: &Rc<RefCell<Feed>>,
+    ctx: &Rc<Ctx>,
+    by_tier: &[Vec<usize>; 4],
+    weights: [u32; 4],
+    phase: usize,
+) {
+    for tier in Tier::ALL {
+        for c in 0..fleet::CLASSES {
+            let waiting = feed.borrow().pending[tier.index()][c];
+            for _ in 0..fleet::top_up(weights[tier.index()], waiting) {
+                feed_one(feed, ctx, by_tier, tier, Some(c), phase);
+            }
+        }
+    }
+}
+
+async fn join_feed(feed: &Rc<RefCell<Feed>>) {
+    let handles: Vec<_> = feed.borrow_mut().handles.drain(..).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn spawn_worker_poller(api: Api, admin: String, rec: Rc<Recorder>) -> watch::Sender<bool> {
+    let (tx, mut rx) = watch::channel(false);
+    actix_rt::spawn(async move {
+        let mut ticks = tokio::time::interval(STATS_EVERY);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = rx.changed() => return,
+            }
+            let t_us = rec.now_us();
+            if let Ok(workers) = api.admin_workers(&admin).await {
+                let mut d = rec.data.borrow_mut();
+                for w in workers {
+                    d.worker_polls.push(crate::recorder::WorkerPoll {
+                        t_us,
+                        name: w.name,
+                        quarantined: w.quarantined,
+                        quarantine_left_ms: w.quarantine_left_ms,
+                        consecutive_failures: w.consecutive_failures,
+                    });
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// The server must serve the fleet's registry (a spawned one is given it).
+async fn check_fleet_models(api: &Api) -> Result<(), String> {
+    let served = api
+        .models()
+        .await
+        .map_err(|e| format!("GET /v1/models: {e}"))?;
+    for m in fleet::models() {
+        if !served.iter().any(|s| s.name == m.name && s.kind == m.kind) {
+            return Err(format!(
+                "the server does not list model {:?} in GET /v1/models; the fleet scenario needs this registry in its ADMEDIA_CONFIG:\n{}",
+                m.name,
+                fleet::registry_toml()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `admedia_worker_quarantines_total` (summed over its labels).
+fn quarantines_metric(text: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("admedia_worker_quarantines_total") {
+            if rest.starts_with(' ') || rest.starts_with('{') {
+                let value = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+                *total.get_or_insert(0) += value as u64;
+            }
+        }
+    }
+    total
+}
+
+async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
+    std::fs::create_dir_all(&plan.out).map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let run_id = format!("{:08x}", rng.random::<u32>());
+    let rec = Rc::new(Recorder::new());
+    let target = start_target(&plan, &run_id).await?;
+    let api = target.api.clone();
+    let admin = target.admin.clone();
+    api.stats(&admin)
+        .await
+        .map_err(|e| format!("GET /v1/admin/stats with the admin token: {e}"))?;
+    check_fleet_models(&api).await?;
+    rec.phase_start("setup");
+    let users = create_users(&api, &admin, &plan, &run_id).await?;
+    let fleet_workers = fleet::fleet();
+    eprintln!(
+        "run {run_id}: {} users ready; scenario fleet: {} workers ({} slots, one broken)",
+        users.len(),
+        fleet_workers.len(),
+        fleet_workers.iter().map(|w| w.slots).sum::<u32>()
+    );
+    let stats_stop = spawn_stats_poller(api.clone(), admin.clone(), Rc::clone(&rec));
+    let polls_stop = spawn_worker_poller(api.clone(), admin.clone(), Rc::clone(&rec));
+    let ctx = Rc::new(Ctx::new(
+        api.clone(),
+        Rc::clone(&rec),
+        users.clone(),
+        run_id.clone(),
+        StdRng::seed_from_u64(rng.random()),
+        Duration::from_secs(30),
+        0.0,
+        0.0,
+        0.0,
+        Duration::from_millis(100),
+    ));
+    let mut by_tier: [Vec<usize>; 4] = Default::default();
+    for (i, u) in users.iter().enumerate() {
+        by_tier[u.tier.index()].push(i);
+    }
+    let feed = Rc::new(RefCell::new(Feed::default()));
+
+    // Every user's first job is one no worker can run: it heads the line.
+    let heads = rec.phase_start("prefill: unrunnable heads");
+    for tier in Tier::ALL {
+        for _ in 0..by_tier[tier.index()].len() {
+            feed_one(&feed, &ctx, &by_tier, tier, None, heads);
+        }
+    }
+    join_feed(&feed).await;
+    let fill = rec.phase_start("prefill");
+    top_up(&feed, &ctx, &by_tier, plan.weights, fill);
+    join_feed(&feed).await;
+
+    let pools: Vec<WorkerPool> = fleet_workers
+        .iter()
+        .enumerate()
+        .map(|(i, fw)| {
+            let spec = WorkerSpec {
+                url: api.worker_url(),
+                token: target.worker_token.clone(),
+                slots: fw.slots,
+                job_ms: plan.job_ms,
+                jitter: plan.job_jitter,
+                faults: plan.faults.clone(),
+                seed: rng.random(),
+                nagle: plan.worker_nagle,
+                profile: Some(fw.profile.clone()),
+            };
+            WorkerPool::start(&spec, 1, i, &rec)
+        })
+        .collect();
+    wait_workers(&api, &admin, fleet_workers.len()).await?;
+    let load_phase = rec.phase_start("load");
+    let duration = Duration::from_secs_f64(plan.duration_s.unwrap_or(60.0));
+    eprintln!(
+        "load: every tier kept backlogged for {:.0} s, one unrunnable job every {} ms…",
+        duration.as_secs_f64(),
+        ORPHAN_EVERY.as_millis()
+    );
+    let start = Instant::now();
+    let mut last_orphan = Instant::now();
+    let mut orphan_tier = 0usize;
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    while start.elapsed() < duration {
+        ticks.tick().await;
+        feed.borrow_mut().scan(&rec);
+        top_up(&feed, &ctx, &by_tier, plan.weights, load_phase);
+        if last_orphan.elapsed() >= ORPHAN_EVERY {
+            last_orphan = Instant::now();
+            let tier = Tier::ALL[orphan_tier % 4];
+            orphan_tier += 1;
+            feed_one(&feed, &ctx, &by_tier, tier, None, load_phase);
+        }
+    }
+    join_feed(&feed).await;
+    let load_end = rec.now_us();
+    let mut warnings = Vec::new();
+    let mut drained = true;
+    rec.phase_start("drain");
+    eprintln!("draining: waiting for every job to finish or expire…");
+    if !wait_drained(&api, &admin, plan.drain_timeout()).await {
+        warnings.push(format!(
+            "jobs were still open {} s after the load ended",
+            plan.drain_timeout_s
+        ));
+        drained = false;
+    }
+    rec.phase_end();
+    for pool in pools {
+        pool.stop().await;
+    }
+    let _ = stats_stop.send(true);
+    let _ = polls_stop.send(true);
+    if let Some(server) = &target.server {
+        if let Some(status) = server.borrow_mut().exited() {
+            return Err(format!(
+                "the server exited during the run ({status}); see {}",
+                plan.out.join("server.log").display()
+            ));
+        }
+    }
+    let metric = match api.metrics_text().await {
+        Ok(text) => quarantines_metric(&text),
+        Err(e) => {
+            warnings.push(format!("GET /metrics: {e}"));
+            None
+        }
+    };
+
+    // --- read back, audit ---
+    eprintln!("auditing…");
+    let data = read_back(&api, &users).await?;
+    let input = audit_input(&users, &data, &rec)?;
+    let mut audit_report: AuditReport = audit::audit(&input);
+    let run_end_us = rec.now_us();
+    let wall0 = rec.wall0_us();
+    let rel = |ts: &Option<String>| micros(ts).map(|m| m - wall0);
+    let names: Vec<&str> = fleet::models().iter().map(|m| m.name).collect();
+    let (fleet_figures, final_jobs) = {
+        let d = rec.data.borrow();
+        let mut jobs = Vec::new();
+        let mut final_jobs = Vec::new();
+        let mut ledger = Vec::new();
+        let mut not_voided = Vec::new();
+        for ud in &data {
+            for e in &ud.ledger {
+                if let Some(job) = &e.job_id {
+                    ledger.push((job.clone(), e.kind));
+                }
+            }
+            for j in &ud.jobs {
+                let Ok(id) = j.id.parse::<JobId>() else {
+                    continue;
+                };
+                final_jobs.push(FinalJob {
+                    id,
+                    tier: j.tier,
+                    state: j.state,
+                    created_us: micros(&Some(j.created_at.clone())),
+                    started_us: micros(&j.started_at),
+                    finished_us: micros(&j.finished_at),
+                });
+                let expired = j
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.code.as_deref())
+                    .is_some_and(|c| c == "expired");
+                if expired && j.charge != Charge::Voided {
+                    not_voided.push(j.id.clone());
+                }
+                let class = names[..fleet::CLASSES].iter().position(|n| *n == j.model);
+                jobs.push(fleet::FleetJob {
+                    id,
+                    user: ud.user,
+                    tier: j.tier,
+                    class,
+                    created_us: rel(&Some(j.created_at.clone())).unwrap_or(0),
+                    acked_us: d
+                        .by_job
+                        .get(&id)
+                        .and_then(|&i| d.submissions[i].answered_us),
+                    state: j.state,
+                    charge: j.charge,
+                    expired,
+                    finished_us: rel(&j.finished_at),
+                });
+            }
+        }
+        let assigns: Vec<fleet::SeenAssign> = d
+            .assigns
+            .iter()
+            .map(|a| fleet::SeenAssign {
+                t_us: a.t_us,
+                job: a.job_id,
+                worker: a.worker,
+                decided: a.lease.map(|l| l.as_uuid().as_u128()),
+            })
+            .collect();
+        let releases: Vec<fleet::SeenRelease> = d
+            .releases
+            .iter()
+            .map(|r| fleet::SeenRelease {
+                t_us: r.t_us,
+                job: r.job_id,
+                worker: r.worker,
+            })
+            .collect();
+        let polls: Vec<fleet::SeenPoll> = d
+            .worker_polls
+            .iter()
+            .map(|p| fleet::SeenPoll {
+                t_us: p.t_us,
+                name: p.name.clone(),
+                quarantined: p.quarantined,
+                left_ms: p.quarantine_left_ms,
+            })
+            .collect();
+        let window_start = d.phases.get(load_phase).map_or(0, |p| p.start_us);
+        let figures = fleet::analyse(&fleet::FleetInput {
+            weights: plan.weights,
+            users_per_tier: std::array::from_fn(|t| by_tier[t].len()),
+            workers: &fleet_workers,
+            jobs: &jobs,
+            assigns: &assigns,
+            releases: &releases,
+            polls: &polls,
+            ledger: &ledger,
+            window: (window_start, load_end),
+            retry_max_us: plan.retry_max_ms() * 1000,
+            quarantines_metric: metric,
+        });
+        let extra = fleet::violations(&figures, &not_voided);
+        if !extra.is_empty() {
+            audit_report.violations.extend(extra);
+            audit_report.passed = false;
+        }
+        (figures, final_jobs)
+    };
+
+    let d = rec.data.borrow();
+    let figures = metrics::figures(
+        &d,
+        &final_jobs,
+        wall0,
+        &[load_phase],
+        &[heads, fill],
+        plan.weights,
+        run_end_us,
+    );
+    let (starts, server_url) = match &target.server {
+        Some(s) => (s.borrow().starts, s.borrow().base_url()),
+        None => (0, api.base().to_owned()),
+    };
+    let report = Report {
+        tool: format!("admedia-loadtest {}", env!("CARGO_PKG_VERSION")),
+        scenario: plan.scenario.as_str().to_owned(),
+        mode: plan.mode.clone(),
+        started_at,
+        run_s: run_end_us as f64 / 1e6,
+        run_id,
+        plan: plan.clone(),
+        server: ServerInfo {
+            url: server_url,
+            binary: target.binary.clone(),
+            starts,
+            kills: d.kills.clone(),
+        },
+        phases: d.phases.clone(),
+        figures,
+        backlog: Vec::new(),
+        faults: d.faults.clone(),
+        statuses: d.statuses.clone(),
+        replays: ReplaySummary::default(),
+        cancels: CancelSummary::default(),
+        resubmits: d.resubmits,
+        drained,
+        warnings,
+        anomalies: d.anomalies.clone(),
+        anomaly_count: d.anomaly_count,
+        passed: audit_report.passed,
+        audit: audit_report,
+        fleet: Some(fleet_figures),
+    };
+    drop(d);
+    report::write(&plan.out, &report)?;
+    print!("{}", report::text(&report));
+    println!(
+        "report: {} and {}",
+        plan.out.join("report.html").display(),
+        plan.out.join("report.json").display()
+    );
+    if let Some(server) = &target.server {
+        server.borrow_mut().kill();
+    }
+    Ok(Outcome {
+        passed: report.passed,
+        report_dir: plan.out.clone(),
+    })
+}
+
+/// How often a job for the unserved model joins some tier's line during
+/// the load (the first ones head every user's line from the start).
+const ORPHAN_EVERY: Duration = Duration::from_millis(1_500);
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@ use actix_rt::net::TcpStream;
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use admedia_actors::ids::{JobId, LeaseToken};
-use admedia_actors::job::{FailureClass, JobKind, Output};
+use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
 use admedia_actors::wire::{FromWorker, ToWorker};
 use awc::http::header::AUTHORIZATION;
 use awc::http::Uri;
@@ -80,6 +80,52 @@ pub struct WorkerSpec {
     pub seed: u64,
     /// Leave Nagle's algorithm on, as awc (and so the worker agent) does.
     pub nagle: bool,
+    /// What the worker says it is; `None`: the all-round worker of the
+    /// other scenarios (any kind, any model, 80 GB).
+    pub profile: Option<Profile>,
+}
+
+/// A worker of a heterogeneous fleet: its capabilities as sent in
+/// `hello`, how long each model really takes on it, and whether it is the
+/// broken machine that fails every attempt.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: String,
+    pub kinds: Vec<JobKind>,
+    /// The models it serves (never empty here: an empty list means any).
+    pub models: Vec<String>,
+    pub vram_mb: u32,
+    /// Real milliseconds per unit (image, or second of video) per model;
+    /// a model not listed runs `job_ms`.
+    pub ms_per_unit: Vec<(String, u64)>,
+    /// Fails every attempt as a system failure after `broken_after_ms`.
+    pub broken: bool,
+    pub broken_after_ms: u64,
+}
+
+impl Profile {
+    /// How long an attempt of this job runs here, before jitter: the
+    /// model's time per unit, times the units, doubled for the large size
+    /// classes (as the registry estimates it).
+    pub fn attempt_ms(&self, model: &str, params: &JobParams, kind: JobKind, fallback: u64) -> f64 {
+        let Some(&(_, per_unit)) = self.ms_per_unit.iter().find(|(m, _)| m == model) else {
+            return fallback as f64;
+        };
+        let units = match kind {
+            JobKind::Image => params.count.unwrap_or(1),
+            JobKind::Video => params.duration_s.unwrap_or(1),
+        }
+        .max(1);
+        let large = match admedia_actors::pricing::SizeClass::of(kind, params.width, params.height)
+        {
+            Some(
+                admedia_actors::pricing::SizeClass::ImageLarge
+                | admedia_actors::pricing::SizeClass::VideoHd,
+            ) => 2,
+            _ => 1,
+        };
+        (per_unit * u64::from(units) * large) as f64
+    }
 }
 
 pub struct WorkerPool {
@@ -182,17 +228,35 @@ async fn connect(spec: &WorkerSpec) -> Result<Socket, String> {
 }
 
 /// Sends `hello`, waits for `welcome`: (heartbeat, lease).
-async fn handshake(ws: &mut Socket, idx: usize, slots: u32) -> Result<(Duration, Duration), End> {
-    let hello = FromWorker::Hello {
-        name: format!("loadtest-{idx}"),
-        slots,
-        gpu_model: "simulated".into(),
-        vram_mb: 80_000,
-        kinds: vec![JobKind::Image, JobKind::Video],
-        models: vec![],
-        loaded_models: vec![],
-        // A load-test worker starts from scratch on every connection.
-        attempts: vec![],
+async fn handshake(
+    ws: &mut Socket,
+    idx: usize,
+    slots: u32,
+    profile: Option<&Profile>,
+) -> Result<(Duration, Duration), End> {
+    let hello = match profile {
+        Some(p) => FromWorker::Hello {
+            name: p.name.clone(),
+            slots,
+            gpu_model: "simulated".into(),
+            vram_mb: p.vram_mb,
+            kinds: p.kinds.clone(),
+            models: p.models.clone(),
+            loaded_models: vec![],
+            // A load-test worker starts from scratch on every connection.
+            attempts: vec![],
+        },
+        None => FromWorker::Hello {
+            name: format!("loadtest-{idx}"),
+            slots,
+            gpu_model: "simulated".into(),
+            vram_mb: 80_000,
+            kinds: vec![JobKind::Image, JobKind::Video],
+            models: vec![],
+            loaded_models: vec![],
+            // A load-test worker starts from scratch on every connection.
+            attempts: vec![],
+        },
     };
     send(ws, &hello).await.map_err(End::Lost)?;
     let lost = |m: &str| End::Lost(m.to_owned());
@@ -264,6 +328,19 @@ const PLACEHOLDER_PNG: &[u8] = &[
     0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
 ];
 
+/// An MP4 `ftyp` box alone: what the server's type check recognises as a
+/// video (it reads the first bytes), with nothing to play.
+const PLACEHOLDER_MP4: &[u8] = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2";
+
+/// The placeholder output of a job of `kind` and its content type: a
+/// video job must deliver an MP4, or its completion is refused.
+fn placeholder(kind: JobKind) -> (&'static [u8], &'static str) {
+    match kind {
+        JobKind::Image => (PLACEHOLDER_PNG, "image/png"),
+        JobKind::Video => (PLACEHOLDER_MP4, "video/mp4"),
+    }
+}
+
 /// After `after`, uploads a placeholder to each output slot (as a real
 /// worker uploads what it generated), then delivers `ev`. A failed upload
 /// still delivers it: the server then refuses the completion, which the
@@ -272,6 +349,7 @@ fn upload_then(
     tx: &mpsc::UnboundedSender<Event>,
     after: Duration,
     slots: Vec<admedia_actors::attempt_files::OutputSlot>,
+    kind: JobKind,
     ev: Event,
 ) {
     let tx = tx.clone();
@@ -282,7 +360,7 @@ fn upload_then(
             // A failure shows in the audit as the server's refusal.
             let _ = client
                 .put(&slot.upload_url)
-                .send_body(PLACEHOLDER_PNG)
+                .send_body(placeholder(kind).0)
                 .await;
         }
         let _ = tx.send(ev);
@@ -303,7 +381,8 @@ async fn session(
         },
         _ = stop.changed() => return End::Stopped,
     };
-    let (heartbeat, lease) = match handshake(&mut ws, idx, spec.slots).await {
+    let (heartbeat, lease) = match handshake(&mut ws, idx, spec.slots, spec.profile.as_ref()).await
+    {
         Ok(v) => v,
         Err(end) => return end,
     };
@@ -353,8 +432,8 @@ async fn session(
                     }
                 };
                 match msg {
-                    ToWorker::Assign { job_id, attempt, lease: job_lease, deadline_ms, outputs: slots, .. } => {
-                        rec.assign(job_id, attempt, idx);
+                    ToWorker::Assign { job_id, attempt, lease: job_lease, deadline_ms, outputs: slots, kind, model, params, .. } => {
+                        rec.assign(job_id, attempt, idx, job_lease);
                         if hung.is_some() {
                             continue;
                         }
@@ -384,8 +463,13 @@ async fn session(
                                 continue;
                             }
                             held.insert(job_id, job_lease);
-                            let mut ms = spec.job_ms as f64;
-                            if spec.jitter > 0.0 {
+                            let mut ms = match &spec.profile {
+                                Some(p) if p.broken => p.broken_after_ms as f64,
+                                Some(p) => p.attempt_ms(&model, &params, kind, spec.job_ms),
+                                None => spec.job_ms as f64,
+                            };
+                            let broken = spec.profile.as_ref().is_some_and(|p| p.broken);
+                            if spec.jitter > 0.0 && !broken {
                                 ms *= 1.0 + spec.jitter * (2.0 * rng.random::<f64>() - 1.0);
                             }
                             if rng.random::<f64>() < f.slow_rate {
@@ -402,7 +486,14 @@ async fn session(
                                 later(&tx, at, Event::Crash);
                             } else {
                                 let r: f64 = rng.random();
-                                let (msg, outcome) = if r < f.system_error_rate {
+                                let (msg, outcome) = if broken {
+                                    (FromWorker::Fail {
+                                        job_id,
+                                        lease: job_lease,
+                                        class: FailureClass::System,
+                                        message: "loadtest: this worker's GPU is broken".into(),
+                                    }, Outcome::SystemError)
+                                } else if r < f.system_error_rate {
                                     (FromWorker::Fail {
                                         job_id,
                                         lease: job_lease,
@@ -424,12 +515,12 @@ async fn session(
                                         lease: job_lease,
                                         outputs: slots
                                             .iter()
-                                            .map(|s| Output::new(s.key.clone(), "image/png"))
+                                            .map(|s| Output::new(s.key.clone(), placeholder(kind).1))
                                             .collect(),
                                     }, Outcome::Complete)
                                 };
                                 if matches!(outcome, Outcome::Complete) && !slots.is_empty() {
-                                    upload_then(&tx, dur, slots, Event::Finish { job_id, lease: job_lease, msg, outcome });
+                                    upload_then(&tx, dur, slots, kind, Event::Finish { job_id, lease: job_lease, msg, outcome });
                                 } else {
                                     later(&tx, dur, Event::Finish { job_id, lease: job_lease, msg, outcome });
                                 }
@@ -442,6 +533,7 @@ async fn session(
                         if held.get(&job_id) == Some(&job_lease) {
                             held.remove(&job_id);
                             free_since.push_back(Instant::now());
+                            rec.release(job_id, idx);
                         }
                         Ok(())
                     }
@@ -485,6 +577,7 @@ async fn session(
                         }
                         held.remove(&job_id);
                         free_since.push_back(Instant::now());
+                        rec.release(job_id, idx);
                         match outcome {
                             Outcome::SystemError => rec.faults(|c| c.system_errors += 1),
                             Outcome::UserError => rec.faults(|c| c.user_errors += 1),

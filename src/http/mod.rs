@@ -40,6 +40,8 @@ use problem::ApiError;
 
 /// Largest request body accepted (a prompt is at most 4000 characters).
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest batch body: as much per job as a single submission may send.
+const MAX_BATCH_BODY_BYTES: usize = jobs::MAX_BATCH * MAX_BODY_BYTES;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
 
@@ -104,15 +106,22 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn json_error(err: error::JsonPayloadError, _: &HttpRequest) -> error::Error {
+fn json_error(err: error::JsonPayloadError, req: &HttpRequest) -> error::Error {
+    json_error_over(MAX_BODY_BYTES, err, req)
+}
+
+fn batch_json_error(err: error::JsonPayloadError, req: &HttpRequest) -> error::Error {
+    json_error_over(MAX_BATCH_BODY_BYTES, err, req)
+}
+
+fn json_error_over(limit: usize, err: error::JsonPayloadError, _: &HttpRequest) -> error::Error {
     let detail = match &err {
         error::JsonPayloadError::ContentType => {
             "expected Content-Type: application/json".to_owned()
         }
         error::JsonPayloadError::OverflowKnownLength { .. }
         | error::JsonPayloadError::Overflow { .. } => {
-            return ApiError::PayloadTooLarge(format!("body larger than {MAX_BODY_BYTES} bytes"))
-                .into();
+            return ApiError::PayloadTooLarge(format!("body larger than {limit} bytes")).into();
         }
         other => format!("malformed JSON body: {other}"),
     };
@@ -240,6 +249,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     get(web::get().to(jobs::list)),
                 ],
             ))
+            // Before `/jobs/{id}`, which would take `batch` for an id.
+            .service(
+                resource(
+                    "/jobs/batch",
+                    vec![post(web::post().to(jobs::submit_batch))],
+                )
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(MAX_BATCH_BODY_BYTES)
+                        .error_handler(batch_json_error),
+                ),
+            )
             .service(resource("/jobs/{id}", vec![get(web::get().to(jobs::get))]))
             .service(resource(
                 "/jobs/{id}/cancel",
@@ -300,6 +321,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource(
                 "/admin/users/{id}/moderation",
                 vec![get(web::get().to(admin::user_moderation))],
+            ))
+            .service(resource(
+                "/admin/payments/review",
+                vec![get(web::get().to(payments::for_review))],
             ))
             .service(resource(
                 "/admin/suspensions",

@@ -21,27 +21,27 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
     paths(
         users::register, users::me, users::webhook_secret,
         wallet::wallet, wallet::ledger,
-        jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream,
+        jobs::submit, jobs::submit_batch, jobs::get, jobs::list, jobs::cancel, events::stream,
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::user_moderation, admin::suspensions, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
         operators::workers, operators::drain, operators::lift_quarantine, models::list,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
-        payments::webhook, pricing::get, pricing::announce,
+        payments::webhook, payments::for_review, pricing::get, pricing::announce,
         workers::connect,
     ),
     components(schemas(
         problem::Problem, events::JobEventFrame,
         views::UserView, views::WalletView, views::LedgerEntryView, views::JobView,
         users::RegisterRequest, users::Registered, users::Me, users::WebhookSecret,
-        wallet::LedgerPage, jobs::JobsPage,
+        wallet::LedgerPage, jobs::JobsPage, jobs::BatchRequest, jobs::BatchItem, jobs::BatchResponse, jobs::BatchResult,
         operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
         operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
         models::ModelView, models::ModelsPage,
         admin::GrantRequest, admin::AdminGrantSource, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
         keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,
-        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied,
+        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied, payments::PaymentReviewsPage, admedia_actors::payments::PaymentReview,
         pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
         users::MembershipView, users::GiftView,
     )),
@@ -76,10 +76,11 @@ fn problem_description(status: &str) -> &'static str {
         "402" => "Not enough available credits (`insufficient-credits`, with `required` and `available`)",
         "403" => "The account may not act, or be acted on (`account-suspended`, `forbidden`)",
         "404" => "No such resource, or not the caller's (`not-found`)",
+        "410" => "No longer stored: an expired or deleted file (`gone`); a finished job whose record retention pruned (`job-pruned`, with `pruned_at`)",
         "409" => "Conflicts with the current state (`job-finished`, `email-taken`, `last-api-key`, `payment-id-reused`)",
-        "413" => "Request body over 64 KiB (`payload-too-large`)",
-        "422" => "Well-formed but refused: `invalid-params`, `invalid-text` (a NUL character anywhere), `idempotency-key-reused`, `content-rejected`, `price-notice-too-short`, `unknown-product`",
-        "429" => "Too many requests (`rate-limited`, `queue-limit`); see `Retry-After`",
+        "413" => "Request body over 64 KiB, or 100 × 64 KiB for a batch (`payload-too-large`)",
+        "422" => "Well-formed but refused: `invalid-params`, `invalid-text` (a NUL character anywhere), `idempotency-key-reused`, `batch-too-large`, `content-rejected`, `price-notice-too-short`, `unknown-product`",
+        "429" => "Too many requests (`rate-limited`: submissions, registrations or failed authentications from one address; `queue-limit`); see `Retry-After`",
         "500" => "Internal error (`internal`)",
         "503" => "The store or scheduler is unavailable (`unavailable`); see `Retry-After`",
         _ => "Error",
@@ -211,7 +212,8 @@ impl Modify for Problems {
                     statuses.extend(["401", "403"]);
                 }
                 if secured_by(op, "admin_token") || secured_by(op, "worker_token") {
-                    statuses.push("401");
+                    // Failed tokens are counted per client address.
+                    statuses.extend(["401", "429"]);
                 }
                 if op.request_body.is_some() {
                     statuses.extend(["400", "413", "422"]);

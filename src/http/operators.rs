@@ -169,7 +169,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 
 /// A job with its attempts and its ledger entries.
 #[utoipa::path(get, path = "/v1/admin/jobs/{id}", params(("id" = String, Path)), security(("admin_token" = [])),
-    responses((status = 200, body = JobDetailView), (status = 404, body = Problem)))]
+    responses((status = 200, body = JobDetailView), (status = 404, body = Problem), (status = 410, body = Problem)))]
 pub async fn job(
     state: web::Data<AppState>,
     _: Admin,

@@ -18,7 +18,7 @@ use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use admedia_actors::ids::UserId;
 use admedia_actors::money::Credits;
-use admedia_actors::payments::{PaymentId, Period, Product};
+use admedia_actors::payments::{PaymentId, PaymentReview, Period, Product};
 use admedia_actors::tier::Tier;
 use admedia_actors::OrchestratorError;
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,18 @@ pub struct PaymentApplied {
     pub granted: i64,
     pub user: UserView,
     pub wallet: WalletView,
+    /// Set when the payment could not be applied as bought (a grant past
+    /// the balance cap): it is recorded for an operator, nothing was
+    /// granted, and the event is acknowledged (202) so the provider does
+    /// not retry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<String>,
+}
+
+/// Payments kept for an operator, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentReviewsPage {
+    pub payments: Vec<PaymentReview>,
 }
 
 fn unknown(detail: impl Into<String>) -> ApiError {
@@ -202,7 +214,9 @@ pub fn parse_product(v: &Value) -> Result<Product, ApiError> {
 #[utoipa::path(post, path = "/v1/payments/webhook", request_body = PaymentEvent,
     params(("payment-id" = String, Header), ("payment-timestamp" = i64, Header),
         ("payment-signature" = String, Header, description = "v1,<base64 HMAC-SHA256 of id.timestamp.body>")),
-    responses((status = 200, body = PaymentApplied), (status = 400, body = Problem),
+    responses((status = 200, body = PaymentApplied),
+        (status = 202, body = PaymentApplied, description = "recorded for an operator, nothing granted (see `review`)"),
+        (status = 400, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn webhook(
     state: web::Data<AppState>,
@@ -224,6 +238,10 @@ pub async fn webhook(
         ApiError::InvalidParams(format!("user_id {:?} is not a user id", event.user_id))
     })?;
     let product = parse_product(&event.product)?;
+    let product_kind = match product {
+        Product::Credits { .. } => "credits",
+        Product::Membership { .. } => "membership",
+    };
     let outcome = state
         .orchestrator
         .apply_payment(payment_id.clone(), user_id, product)
@@ -237,13 +255,37 @@ pub async fn webhook(
             }
             other => ApiError::from(other),
         })?;
-    Ok(HttpResponse::Ok().json(PaymentApplied {
+    let mut response = match &outcome.review {
+        None => HttpResponse::Ok(),
+        Some(reason) => {
+            if !outcome.replayed {
+                state.metrics.payment_for_review(product_kind);
+                tracing::error!(payment = %payment_id, user = %user_id, %reason,
+                    "payment kept for an operator: nothing granted");
+            }
+            HttpResponse::Accepted()
+        }
+    };
+    Ok(response.json(PaymentApplied {
         payment_id: payment_id.to_string(),
         replayed: outcome.replayed,
         granted: outcome.granted.get(),
         user: UserView::of(&outcome.user),
         wallet: WalletView::of(&outcome.wallet),
+        review: outcome.review,
     }))
+}
+
+/// Paid events that could not be applied as bought (a grant past the
+/// balance cap), for an operator to settle by hand.
+#[utoipa::path(get, path = "/v1/admin/payments/review", security(("admin_token" = [])),
+    responses((status = 200, body = PaymentReviewsPage), (status = 401, body = Problem)))]
+pub async fn for_review(
+    state: web::Data<AppState>,
+    _: crate::http::auth::Admin,
+) -> Result<HttpResponse, ApiError> {
+    let payments = state.orchestrator.payments_for_review(100).await?;
+    Ok(HttpResponse::Ok().json(PaymentReviewsPage { payments }))
 }
 
 #[cfg(test)]

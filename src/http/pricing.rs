@@ -12,7 +12,7 @@ use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::AppState;
 
-/// Credits per unit (API.md "Prices").
+/// Credits per unit, as `GET /v1/pricing` shows them.
 #[derive(Serialize, Deserialize, ToSchema, Clone, Copy)]
 #[serde(deny_unknown_fields)]
 pub struct Prices {

@@ -46,8 +46,18 @@ pub enum ApiError {
     RateLimited { detail: String, retry_after: u64 },
     #[error("{0}")]
     IdempotencyKeyReused(String),
+    /// A batch of more jobs than one request may carry.
+    #[error("{detail}")]
+    BatchTooLarge { detail: String, limit: usize },
     #[error("{0}")]
     JobFinished(String),
+    /// The job finished and retention pruned its record; its money stays
+    /// in the ledger.
+    #[error("{detail}")]
+    JobPruned {
+        detail: String,
+        pruned_at: chrono::DateTime<chrono::Utc>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -117,9 +127,15 @@ pub struct Problem {
     /// `insufficient-credits`: what the wallet had available.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available: Option<i64>,
-    /// `queue-limit`: the tier's waiting-job limit.
+    /// `queue-limit`: the tier's waiting-job limit; `batch-too-large`: the
+    /// most jobs one batch may carry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// `rate-limited`, `unavailable`: seconds to wait before retrying, as
+    /// the `Retry-After` header says (stated in the body too, for the
+    /// items of a batch, which have no headers of their own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
     /// `content-rejected`: the content rule's category.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
@@ -132,6 +148,9 @@ pub struct Problem {
     /// `storage-quota-exceeded`: the tier's quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// `job-pruned`: when retention removed the job's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ApiError {
@@ -195,7 +214,17 @@ impl ApiError {
                 "Idempotency-Key reused with another request",
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
+            BatchTooLarge { .. } => (
+                "batch-too-large",
+                "Too many jobs in one batch",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
             JobFinished(_) => ("job-finished", "Job already finished", StatusCode::CONFLICT),
+            JobPruned { .. } => (
+                "job-pruned",
+                "Job record pruned after its retention",
+                StatusCode::GONE,
+            ),
             Unavailable(_) => (
                 "unavailable",
                 "Temporarily unavailable",
@@ -293,12 +322,10 @@ impl ApiError {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.parts().2
-    }
-
-    fn error_response(&self) -> HttpResponse {
+impl ApiError {
+    /// The problem document of this error, as a response body or as one
+    /// item of a batch's answer.
+    pub fn problem(&self) -> Problem {
         let (kind, title, status) = self.parts();
         let mut problem = Problem {
             kind,
@@ -308,13 +335,13 @@ impl ResponseError for ApiError {
             required: None,
             available: None,
             limit: None,
+            retry_after: None,
             category: None,
             earliest: None,
             used_bytes: None,
             quota_bytes: None,
+            pruned_at: None,
         };
-        let mut response = HttpResponse::build(status);
-        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         match self {
             ApiError::InsufficientCredits {
                 required,
@@ -325,22 +352,19 @@ impl ResponseError for ApiError {
                 problem.available = Some(*available);
             }
             ApiError::QueueLimit { limit, .. } => problem.limit = Some(*limit),
+            ApiError::BatchTooLarge { limit, .. } => problem.limit = u32::try_from(*limit).ok(),
             ApiError::ContentRejected { category, .. } => {
                 problem.category = Some(category.clone());
             }
             ApiError::PriceNoticeTooShort { earliest, .. } => problem.earliest = Some(*earliest),
+            ApiError::JobPruned { pruned_at, .. } => problem.pruned_at = Some(*pruned_at),
             ApiError::StorageQuotaExceeded { used, quota, .. } => {
                 problem.used_bytes = Some(*used);
                 problem.quota_bytes = Some(*quota);
             }
-            ApiError::RateLimited { retry_after, .. } => {
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
-            ApiError::MethodNotAllowed { allow } => {
-                response.insert_header((header::ALLOW, allow.clone()));
-            }
+            ApiError::RateLimited { retry_after, .. } => problem.retry_after = Some(*retry_after),
             ApiError::Unavailable(_) | ApiError::ModerationUnavailable(_) => {
-                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE.to_string()));
+                problem.retry_after = Some(RETRY_AFTER_UNAVAILABLE);
             }
             ApiError::Internal(detail) => {
                 // The detail is for the log; the client gets a generic text.
@@ -348,6 +372,25 @@ impl ResponseError for ApiError {
                 problem.detail = "an internal error occurred".into();
             }
             _ => {}
+        }
+        problem
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().2
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let problem = self.problem();
+        let mut response = HttpResponse::build(self.parts().2);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Some(retry_after) = problem.retry_after {
+            response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+        }
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, allow.clone()));
         }
         response.body(serde_json::to_string(&problem).unwrap_or_default())
     }
@@ -375,6 +418,7 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::QueueLimit { limit } => ApiError::QueueLimit { detail, limit },
             OrchestratorError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(detail),
             OrchestratorError::JobFinished => ApiError::JobFinished(detail),
+            OrchestratorError::JobPruned { pruned_at } => ApiError::JobPruned { detail, pruned_at },
             OrchestratorError::Unavailable(_) => ApiError::Unavailable(detail),
             OrchestratorError::Internal(_) => ApiError::Internal(detail),
             OrchestratorError::ContentRejected { category } => {

@@ -1,4 +1,5 @@
-//! The API's JSON shapes (API.md), built from domain values. Kept apart
+//! The API's JSON shapes (the OpenAPI document at `/openapi.json`), built
+//! from domain values. Kept apart
 //! from the domain so the wire contract changes only on purpose.
 
 use admedia_actors::job::{Charge, Job, JobError, JobKind, JobParams, JobResult, JobState};

@@ -19,8 +19,8 @@ use admedia_actors::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::ledger::{Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
 use admedia_actors::store::{
-    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
-    NewJob, Settlement, Store, StoreError, StoreResult, Submission,
+    Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
+    JobFilter, Leader, NewJob, Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
@@ -32,7 +32,9 @@ use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
 use admedia_actors::ids::ApiKeyId;
-use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 
@@ -71,12 +73,14 @@ pub const OPERATIONS: &[&str] = &[
     "activity_since",
     "webhook_secret",
     "expire_idempotency_keys",
+    "prune_finished_jobs",
     "become_leader",
     "leader",
     "create_api_key",
     "api_keys",
     "revoke_api_key",
     "apply_payment",
+    "payments_for_review",
     "due_gifts",
     "grant_gift",
     "gifts",
@@ -337,6 +341,19 @@ impl Store for InstrumentedStore {
         .await
     }
 
+    async fn prune_finished_jobs(
+        &self,
+        before: &FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        self.timed(
+            "prune_finished_jobs",
+            self.inner.prune_finished_jobs(before, now, limit),
+        )
+        .await
+    }
+
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         self.timed("become_leader", self.inner.become_leader(node, url, now))
             .await
@@ -411,6 +428,11 @@ impl Store for InstrumentedStore {
 
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
         self.timed("apply_payment", self.inner.apply_payment(payment))
+            .await
+    }
+
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.timed("payments_for_review", self.inner.payments_for_review(limit))
             .await
     }
 

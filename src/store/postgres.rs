@@ -23,8 +23,8 @@ use admedia_actors::store::decide::{self, money};
 use admedia_actors::store::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 use admedia_actors::store::writeset::{AccountState, WebhookDelivery};
 use admedia_actors::store::{
-    Activity, AttemptRecord, AttemptRef, Cancellation, GrantOutcome, JobCounts, JobFilter, Leader,
-    NewJob, Settlement, Store, StoreError, StoreResult, Submission,
+    Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
+    JobFilter, Leader, NewJob, Settlement, Store, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::{Membership, Tier};
 use admedia_actors::user::{AccountStatus, DisplayName, KeyHash, NewUser, User};
@@ -38,7 +38,9 @@ use admedia_actors::accounts::ApiKeyRecord;
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
-use admedia_actors::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use admedia_actors::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 
@@ -69,12 +71,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 impl PgStore {
     /// A pool for `url`; connections open lazily.
     pub fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        Self::connect_with(url, max_connections, GroupCommit::default())
+    }
+
+    /// A pool for `url` whose group commits follow `group_commit`.
+    pub fn connect_with(
+        url: &str,
+        max_connections: usize,
+        group_commit: GroupCommit,
+    ) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        Self::from_config(config, max_connections)
+        Self::with_group_commit(config, max_connections, group_commit)
     }
 
     pub fn from_config(
@@ -302,7 +313,7 @@ fn user_row(r: &Row) -> StoreResult<User> {
 }
 
 const JOB_COLUMNS: &str = "id, user_id, seq, kind, model, prompt, params, tier, cost, state, attempts, \
-     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url, price_version";
+     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url, price_version, pruned_at";
 
 fn job_row(r: &Row) -> StoreResult<Job> {
     let kind_s: String = r.get(3);
@@ -348,6 +359,7 @@ fn job_row(r: &Row) -> StoreResult<Job> {
             let v: i32 = r.get(22);
             u32::try_from(v).map_err(|_| corrupt("price version", &v.to_string()))?
         },
+        pruned_at: r.get(23),
     })
 }
 
@@ -890,7 +902,7 @@ impl Store for PgStore {
         };
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND ($2::text IS NULL OR state = $2) \
-             AND ($3::bigint IS NULL OR seq < $3) ORDER BY seq DESC LIMIT $4"
+             AND ($3::bigint IS NULL OR seq < $3) AND pruned_at IS NULL ORDER BY seq DESC LIMIT $4"
         );
         let rows = client
             .query(
@@ -977,6 +989,94 @@ impl Store for PgStore {
             .map_err(db)
     }
 
+    async fn prune_finished_jobs(
+        &self,
+        before: &FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Jobs a writer holds (or another node's sweep) are skipped, not
+        // waited for: the sweep never holds up the hot path. `NO KEY`
+        // leaves the key-share locks of new events' foreign keys alone.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE pruned_at IS NULL \
+             AND ((state = 'succeeded' AND finished_at < $1) OR (state = 'failed' AND finished_at < $2) \
+             OR (state = 'cancelled' AND finished_at < $3)) \
+             ORDER BY finished_at, seq LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED"
+        );
+        let rows = cached_query(
+            &tx,
+            &sql,
+            &[
+                &before.succeeded,
+                &before.failed,
+                &before.cancelled,
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?;
+        let mut thin = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(job) = decide::prune(&job_row(r)?, before, now) {
+                thin.push(job);
+            }
+        }
+        if thin.is_empty() {
+            tx.commit().await.map_err(db)?;
+            return Ok(0);
+        }
+        let ids: Vec<uuid::Uuid> = thin.iter().map(|j| j.id.as_uuid()).collect();
+        let states: Vec<&str> = thin.iter().map(|j| j.state.as_str()).collect();
+        let prompts: Vec<&str> = thin.iter().map(|j| j.spec.prompt.as_str()).collect();
+        let params = thin
+            .iter()
+            .map(|j| to_json(&j.spec.params))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let errors = thin
+            .iter()
+            .map(|j| j.error.as_ref().map(to_json).transpose())
+            .collect::<StoreResult<Vec<_>>>()?;
+        let results = thin
+            .iter()
+            .map(|j| j.result.as_ref().map(to_json).transpose())
+            .collect::<StoreResult<Vec<_>>>()?;
+        let hooks: Vec<Option<&str>> = thin.iter().map(|j| j.spec.webhook_url.as_deref()).collect();
+        let pruned: Vec<Option<DateTime<Utc>>> = thin.iter().map(|j| j.pruned_at).collect();
+        let updated = cached_execute(
+            &tx,
+            "UPDATE jobs SET prompt = u.prompt, params = u.params, error = u.error, result = u.result, \
+             webhook_url = u.webhook_url, pruned_at = u.pruned_at \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::text[], $8::timestamptz[]) \
+             AS u(id, state, prompt, params, error, result, webhook_url, pruned_at) \
+             WHERE jobs.id = u.id AND jobs.state = u.state AND jobs.pruned_at IS NULL",
+            &[&ids, &states, &prompts, &params, &errors, &results, &hooks, &pruned],
+        )
+        .await?;
+        if updated != ids.len() as u64 {
+            // The rows are locked: only a broken invariant gets here.
+            return Err(StoreError::Invariant(format!(
+                "pruned {updated} of {} locked finished jobs",
+                ids.len()
+            )));
+        }
+        cached_execute(
+            &tx,
+            "DELETE FROM job_attempts WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        cached_execute(
+            &tx,
+            "DELETE FROM job_events WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(updated)
+    }
+
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
@@ -1060,7 +1160,7 @@ impl Store for PgStore {
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR tier = $2) \
              AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR user_id = $4) \
              AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
-             AND ($7::bigint IS NULL OR seq < $7) ORDER BY seq DESC LIMIT $8"
+             AND ($7::bigint IS NULL OR seq < $7) AND pruned_at IS NULL ORDER BY seq DESC LIMIT $8"
         );
         let rows = client
             .query(
@@ -1195,6 +1295,10 @@ impl Store for PgStore {
 
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
         self.pg_apply_payment(payment).await
+    }
+
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.pg_payments_for_review(limit).await
     }
 
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod batch;
 mod client_limits;
 mod content;
 mod errors;
@@ -16,6 +17,7 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod retention;
 mod scheduling;
 #[path = "../support/mod.rs"]
 mod support;

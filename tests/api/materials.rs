@@ -249,6 +249,9 @@ async fn worker_app(dir: &Objects) -> TestApp {
     app_with_objects(dir, |s| {
         s.sim_workers = Some(0);
         s.max_attempts = 2;
+        // One worker sends many refused completions on purpose; it is the
+        // outputs under test here, not the worker's health.
+        s.quarantine_after = 100;
     })
     .await
 }

@@ -153,7 +153,7 @@ async fn only_confident_refusals_suspend_and_the_suspension_shows_its_evidence()
     .expect_problem(404, "not-found");
 }
 
-fn labelled(url: &str, labels: Value) -> Value {
+fn labelled(url: &Value, labels: Value) -> Value {
     json!({"url": url, "content_type": "image/png", "safety": labels})
 }
 
@@ -174,10 +174,11 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     let id = id_of(&submit_ok(&app, &key, &body).await);
     let a = gpu.assigned().await;
     gpu.accept(&a).await;
+    let uploaded = upload_outputs(&a, TINY_PNG).await;
     gpu.send(
         json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
-            labelled("s3://out/clean.png", json!([{"category": "violence", "score": 0.1}])),
-            labelled("s3://out/flagged.png", json!([{"category": "sexual-minors", "score": 0.2}])),
+            labelled(&uploaded[0]["url"], json!([{"category": "violence", "score": 0.1}])),
+            labelled(&uploaded[1]["url"], json!([{"category": "sexual-minors", "score": 0.2}])),
         ]}),
     )
     .await;
@@ -186,10 +187,20 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     assert_eq!(done["withheld_outputs"], 1);
     let outputs = done["result"]["outputs"].as_array().expect("outputs");
     assert_eq!(outputs.len(), 1);
-    assert_eq!(outputs[0]["url"], "s3://out/clean.png");
-    assert!(!done.to_string().contains("flagged.png"), "{done}");
+    let clean = format!("/v1/jobs/{id}/outputs/0");
+    let flagged = format!("/v1/jobs/{id}/outputs/1");
+    assert_eq!(outputs[0]["url"], clean.as_str());
+    assert!(!done.to_string().contains(&flagged), "{done}");
     let listed = app.get("/v1/jobs", Some(&key)).await.expect(200);
-    assert!(!listed.to_string().contains("flagged.png"), "{listed}");
+    assert!(!listed.to_string().contains(&flagged), "{listed}");
+    // The clean output downloads; the withheld one does not exist for its
+    // owner.
+    let download = app.get(&clean, Some(&key)).await;
+    assert_eq!(download.status, 200, "{}", download.text());
+    assert!(download.body.starts_with(b"\x89PNG"));
+    app.get(&flagged, Some(&key))
+        .await
+        .expect_problem(404, "not-found");
     let admin = app
         .get(&format!("/v1/admin/jobs/{id}"), Some(&app.admin_token))
         .await
@@ -206,9 +217,10 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     let id = id_of(&submit_ok(&app, &key, &image_job()).await);
     let a = gpu.assigned().await;
     gpu.accept(&a).await;
+    let uploaded = upload_outputs(&a, TINY_PNG).await;
     gpu.send(
         json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
-            {"url": "s3://out/bad.png", "content_type": "image/png", "withheld": null,
+            {"url": uploaded[0]["url"], "content_type": "image/png", "withheld": null,
              "safety": [{"category": "violence", "score": 0.7}]},
         ]}),
     )
@@ -236,7 +248,7 @@ async fn flagged_outputs_are_withheld_from_the_user_and_kept_for_operators() {
     wait_for_state(&app, &key, &id, "running", WAIT).await;
     gpu.send(
         json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
-            labelled("s3://out/x.png", json!([{"category": "violence", "score": 7}])),
+            labelled(&json!("s3://out/x.png"), json!([{"category": "violence", "score": 7}])),
         ]}),
     )
     .await;

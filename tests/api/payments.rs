@@ -301,3 +301,43 @@ async fn an_upgrade_raises_limits_and_priority_at_once() {
     let job = submit_ok(&app, &key, &image_job()).await;
     assert_eq!(job["tier"], "basic", "the new tier counts at once");
 }
+
+/// A paid event the wallet cannot take (its grant would pass the balance
+/// cap) is acknowledged and kept for an operator: refusing it would tell
+/// the provider to stop retrying a payment recorded nowhere.
+#[actix_web::test]
+async fn a_payment_past_the_balance_cap_is_kept_for_review_and_acknowledged() {
+    let app = payments_app().await;
+    let (user, key) = register(&app, "whale@example.com").await;
+    let id = id_of(&user);
+    let cap = admedia_actors::money::Credits::MAX.get();
+    let registered = wallet_tuple(&app.wallet(&key).await).0;
+    app.grant(&id, cap - registered - 100, "top-up")
+        .await
+        .expect(200);
+    let pack = json!({"type": "credits", "credits": 500});
+    let kept = pay(&app, "pay_cap", &id, pack.clone()).await.expect(202);
+    assert_eq!(kept["replayed"], false);
+    assert_eq!(kept["granted"], 0);
+    let reason = kept["review"].as_str().expect("review reason").to_owned();
+    assert!(reason.contains("balance cap"), "{reason}");
+    assert_eq!(wallet_tuple(&app.wallet(&key).await).0, cap - 100);
+    // Delivered again: the same answer, still nothing granted.
+    let again = pay(&app, "pay_cap", &id, pack).await.expect(202);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["review"], reason.as_str());
+    let listed = app
+        .get("/v1/admin/payments/review", Some(&app.admin_token))
+        .await
+        .expect(200);
+    let payments = listed["payments"].as_array().expect("payments");
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["payment_id"], "pay_cap");
+    assert_eq!(payments[0]["user_id"], id.as_str());
+    // Not for users.
+    app.get("/v1/admin/payments/review", Some(&key))
+        .await
+        .expect_problem(401, "unauthorized");
+    let ledger = app.ledger(&key).await;
+    assert_eq!(sources(&ledger, "purchase"), 0);
+}

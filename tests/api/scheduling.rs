@@ -231,6 +231,8 @@ async fn the_end_of_a_quarantine_dispatches() {
         s.max_attempts = 5;
         s.quarantine_after = 1;
         s.quarantine_base = Duration::from_millis(300);
+        // The only worker may be quarantined here.
+        s.quarantine_max_percent = 100;
     })
     .await;
     let (_, key) = register(&app, "cooldown@example.com").await;
@@ -346,4 +348,55 @@ async fn a_job_waiting_past_its_tier_limit_expires_and_is_refunded() {
     app.post(&format!("/v1/jobs/{job}/cancel"), Some(&key))
         .await
         .expect_problem(409, "job-finished");
+}
+
+/// Failures spread over the whole fleet (every worker fails, as with a bad
+/// deploy of the model) never quarantine all of it: with the default 50%
+/// one of two workers is quarantined, the other keeps taking work.
+#[actix_web::test]
+async fn quarantine_never_takes_more_than_its_share_of_the_fleet() {
+    let app = spawn_app_with(|s| {
+        s.sim_workers = Some(0);
+        s.max_attempts = 10;
+        s.quarantine_after = 1;
+        s.quarantine_base = Duration::from_secs(600);
+        s.retry_base_ms = 10;
+        s.retry_max_ms = 20;
+    })
+    .await;
+    let (_, key) = register(&app, "fleet-wide@example.com").await;
+    let one = Gpu::connect(&app, image_only("one", 1)).await;
+    let two = Gpu::connect(&app, image_only("two", 1)).await;
+    let job = id_of(&submit_ok(&app, &key, &image_job()).await);
+    let mut pair = [("one", one), ("two", two)];
+    // The first attempt runs on either; it fails and that worker goes.
+    let first = match pair[0].1.try_assigned(Duration::from_secs(2)).await {
+        Some(a) => (0, a),
+        None => (1, pair[1].1.assigned().await),
+    };
+    let (x, y) = (first.0, 1 - first.0);
+    fail_system(&mut pair[x].1, &first.1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker_named(&app, pair[x].0).await["quarantined"] != true {
+        assert!(Instant::now() < deadline, "{} never quarantined", pair[x].0);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other fails the retries too, and stays in service.
+    for attempt in 2..=3 {
+        let a = pair[y].1.assigned().await;
+        assert_eq!(
+            (a["job_id"].as_str(), a["attempt"].as_u64()),
+            (Some(job.as_str()), Some(attempt))
+        );
+        fail_system(&mut pair[y].1, &a).await;
+    }
+    let a = pair[y].1.assigned().await;
+    assert_eq!(a["attempt"], 4);
+    let other = worker_named(&app, pair[y].0).await;
+    assert_eq!(other["quarantined"], false, "{other}");
+    assert!(other["consecutive_failures"].as_u64() >= Some(2), "{other}");
+    assert_eq!(metric(&app, "admedia_workers_quarantined").await, Some(1.0));
+    pair[y].1.accept(&a).await;
+    pair[y].1.complete(&a).await;
+    wait_for_state(&app, &key, &job, "succeeded", Duration::from_secs(10)).await;
 }

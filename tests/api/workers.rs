@@ -104,6 +104,18 @@ impl Gpu {
         }
     }
 
+    /// The next assignment if one comes within `wait`.
+    pub async fn try_assigned(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = self.try_recv(left).await?;
+            if msg["type"] == "assign" {
+                return Some(msg);
+            }
+        }
+    }
+
     pub async fn assigned(&mut self) -> Value {
         loop {
             let msg = self.recv().await;

@@ -76,6 +76,38 @@ async fn grant_due_gifts(
     Ok(granted)
 }
 
+/// Finished jobs pruned per transaction: small enough that a batch holds
+/// its rows (and the embedded store its lock) only briefly.
+pub const PRUNE_BATCH: usize = 500;
+/// Batches per sweep at most; a backlog (say after retention was
+/// shortened) is worked off over the following sweeps.
+const PRUNE_BATCHES_PER_SWEEP: usize = 20;
+
+/// Retention: prunes the finished jobs whose retention has passed, in
+/// batches of [`PRUNE_BATCH`], yielding between them so the sweep never
+/// holds up anything else. Every node may sweep: the store skips jobs
+/// another sweep is pruning, and pruning is idempotent.
+async fn prune_finished_jobs(
+    store: &dyn Store,
+    retention: &crate::config::JobRetention,
+    observer: &dyn crate::observer::Observer,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for _ in 0..PRUNE_BATCHES_PER_SWEEP {
+        let now = Utc::now().trunc_subsecs(6);
+        let pruned = store
+            .prune_finished_jobs(&retention.cutoffs(now), now, PRUNE_BATCH)
+            .await?;
+        observer.jobs_pruned(pruned);
+        total += pruned;
+        if pruned < PRUNE_BATCH as u64 {
+            break;
+        }
+        actix_rt::task::yield_now().await;
+    }
+    Ok(total)
+}
+
 /// How long an `Idempotency-Key` protects a submission (as Stripe does).
 const IDEMPOTENCY_KEYS_KEPT_HOURS: i64 = 24;
 
@@ -107,6 +139,8 @@ impl Orchestrator {
         let store = self.store.clone();
         let wallets = self.wallets.clone();
         let platform = self.platform.clone();
+        let observer = self.observer.clone();
+        let retention = self.config.job_retention;
         let every = self.config.platform.sweep_every;
         self.actor_arbiter.spawn(async move {
             loop {
@@ -118,6 +152,11 @@ impl Orchestrator {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys expired"),
                     Err(e) => tracing::warn!(error = %e, "idempotency key expiry failed"),
+                }
+                match prune_finished_jobs(store.as_ref(), &retention, observer.as_ref()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "finished jobs pruned after retention"),
+                    Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed; retried next sweep"),
                 }
                 match grant_due_gifts(store.as_ref(), &wallets, Utc::now()).await {
                     Ok(0) => {}
@@ -199,6 +238,14 @@ impl Orchestrator {
             now: Utc::now().trunc_subsecs(6),
         };
         Ok(self.wallets.call(user, ApplyPayment(payment)).await??)
+    }
+
+    /// Payments kept for an operator instead of applied, oldest first.
+    pub async fn payments_for_review(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::payments::PaymentReview>, OrchestratorError> {
+        Ok(self.store.payments_for_review(limit).await?)
     }
 
     /// Grants the gifts due at `now` (the sweep does this periodically).

@@ -239,6 +239,13 @@ impl SchedulerActor {
         if health.consecutive_failures < self.config.quarantine_after || health.until.is_some() {
             return;
         }
+        if !self.may_quarantine(&name) {
+            tracing::info!(worker = %name, "not quarantined: too much of the fleet already is");
+            return;
+        }
+        let Some(health) = self.health.get_mut(&name) else {
+            return;
+        };
         let cool_down = self
             .config
             .quarantine_base
@@ -254,6 +261,24 @@ impl SchedulerActor {
         }));
         self.observer.worker_quarantined();
         self.set_quarantined(&name, true);
+    }
+
+    /// Whether quarantining `name` keeps the quarantined share of the
+    /// connected workers (counting `name`, even if it has just left)
+    /// within `quarantine_max_percent`.
+    fn may_quarantine(&self, name: &str) -> bool {
+        let mut names: HashSet<&str> = self
+            .workers
+            .values()
+            .map(|w| w.caps.name.as_str())
+            .collect();
+        names.insert(name);
+        let quarantined = names
+            .iter()
+            .filter(|n| self.health.get(**n).is_some_and(|h| h.until.is_some()))
+            .count();
+        let allowed = names.len() * usize::from(self.config.quarantine_max_percent) / 100;
+        quarantined < allowed
     }
 
     /// The cool-down passed (or an operator lifted it): the worker takes

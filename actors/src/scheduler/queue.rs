@@ -412,9 +412,10 @@ impl FairQueue {
         let now = self.pass[tier];
         let cost = self.cost(job);
         self.pass[tier] = now.saturating_add(cost * PASS_SCALE / self.weights[tier]);
-        for t in 0..4 {
-            if !runnable[t] && self.pass[t] < now {
-                self.pass[t] = now;
+        // A tier with nothing runnable does not bank credit while it idles.
+        for (pass, runnable) in self.pass.iter_mut().zip(runnable) {
+            if !runnable && *pass < now {
+                *pass = now;
             }
         }
     }

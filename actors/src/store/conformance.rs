@@ -986,6 +986,198 @@ pub async fn waiting_jobs_expire_with_their_hold_voided(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+/// Submits a job, runs one attempt and ends it with `outcome` at `at`.
+async fn finished_at(
+    store: &Shared,
+    new: NewJob,
+    outcome: AttemptOutcome,
+    at: chrono::DateTime<Utc>,
+) -> Job {
+    let job = store.submit_job(new).await.expect("submit").job;
+    let attempt = assign(store, &job).await;
+    store.start_job(attempt, Utc::now()).await.expect("start");
+    store
+        .finish_attempt(attempt, outcome, at)
+        .await
+        .expect("finish")
+        .job
+}
+
+fn one_output() -> AttemptOutcome {
+    AttemptOutcome::Succeeded {
+        outputs: vec![crate::job::Output::new("sim://kept", "image/png")],
+    }
+}
+
+/// Retention prunes what a finished job no longer needs once its state's
+/// cutoff has passed, and nothing the money needs: the ledger, the hold
+/// and the job's id, owner, cost, charge and times stay, so the books
+/// balance; unfinished and recent jobs are untouched; pruning again
+/// changes nothing; listings leave pruned jobs out.
+pub async fn finished_jobs_are_pruned_after_retention(store: Shared) {
+    use chrono::SubsecRound;
+    // Every adapter keeps microseconds.
+    let now = Utc::now().trunc_subsecs(6);
+    let long_ago = now - Duration::days(10);
+    let user = user_with(&store, "prune@example.com", 100).await;
+    let mut hooked = new_job(user.id, 3);
+    hooked.spec.webhook_url = Some("https://hooks.example.com/done".into());
+    let old_success = finished_at(&store, hooked, one_output(), long_ago).await;
+    let old_cancel = store.submit_job(new_job(user.id, 2)).await.unwrap().job;
+    let old_cancel = store
+        .cancel_job(user.id, old_cancel.id, long_ago)
+        .await
+        .unwrap()
+        .job;
+    // Failures are kept longer than successes.
+    let old_failure = finished_at(
+        &store,
+        new_job(user.id, 1),
+        AttemptOutcome::UserFailure {
+            message: "bad input".into(),
+        },
+        long_ago,
+    )
+    .await;
+    let recent = finished_at(&store, new_job(user.id, 1), one_output(), now).await;
+    let waiting = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    let books = |all: Vec<(UserId, Wallet, Vec<LedgerEntry>)>| {
+        all.into_iter()
+            .find(|(u, _, _)| *u == user.id)
+            .map(|(_, w, entries)| (w, entries))
+            .expect("the user's ledger")
+    };
+    let books_before = books(store.audit_ledgers().await.unwrap());
+    let counts_before = store.job_counts().await.unwrap();
+
+    let before = FinishedBefore {
+        succeeded: now - Duration::days(7),
+        failed: now - Duration::days(30),
+        cancelled: now - Duration::days(7),
+    };
+    assert_eq!(
+        store.prune_finished_jobs(&before, now, 500).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.prune_finished_jobs(&before, now, 500).await.unwrap(),
+        0,
+        "pruning is idempotent"
+    );
+
+    for original in [&old_success, &old_cancel] {
+        let thin = store
+            .job(original.id)
+            .await
+            .unwrap()
+            .expect("the money record of a pruned job stays");
+        assert_eq!(thin.pruned_at, Some(now));
+        assert_eq!(
+            (thin.user_id, thin.cost, thin.state, thin.charge, thin.seq),
+            (
+                original.user_id,
+                original.cost,
+                original.state,
+                original.charge,
+                original.seq
+            )
+        );
+        assert_eq!(
+            (thin.created_at, thin.finished_at, thin.attempts),
+            (original.created_at, original.finished_at, original.attempts)
+        );
+        assert!(thin.spec.prompt.is_empty(), "the prompt is gone");
+        assert!(thin.result.is_none() && thin.error.is_none());
+        assert!(thin.spec.webhook_url.is_none());
+        assert_eq!(
+            (thin.spec.params.width, thin.spec.params.height),
+            (original.spec.params.width, original.spec.params.height),
+            "the shape it was priced by stays"
+        );
+        assert!(store.attempts(original.id).await.unwrap().is_empty());
+        let entries = store.job_ledger(original.id).await.unwrap();
+        assert_eq!(entries.len(), 2, "its hold and the hold's resolution stay");
+    }
+    for kept in [&old_failure, &recent, &waiting] {
+        let job = store.job(kept.id).await.unwrap().expect("kept");
+        assert_eq!(job.pruned_at, None);
+        assert_eq!(job.spec.prompt, kept.spec.prompt);
+        assert_eq!(
+            (job.result.clone(), job.error.clone()),
+            (kept.result.clone(), kept.error.clone())
+        );
+    }
+    assert_eq!(store.attempts(old_failure.id).await.unwrap().len(), 1);
+    assert!(store
+        .job(recent.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .result
+        .is_some());
+
+    let listed: HashSet<JobId> = store
+        .list_jobs(user.id, None, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let kept: HashSet<JobId> = [old_failure.id, recent.id, waiting.id].into();
+    assert_eq!(listed, kept, "listings leave pruned jobs out");
+    let filter = JobFilter {
+        user: Some(user.id),
+        ..JobFilter::default()
+    };
+    let operator: HashSet<JobId> = store
+        .admin_jobs(&filter, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(operator, kept);
+
+    assert_eq!(books(store.audit_ledgers().await.unwrap()), books_before);
+    assert_eq!(store.job_counts().await.unwrap(), counts_before);
+    assert_books_balance(&store).await;
+    // A pruned job is still finished: it cannot be cancelled again.
+    assert_eq!(
+        store
+            .cancel_job(user.id, old_cancel.id, now)
+            .await
+            .unwrap_err(),
+        StoreError::JobFinished
+    );
+}
+
+/// Each call prunes at most `limit` jobs, those that ended first.
+pub async fn pruning_goes_oldest_first_in_batches(store: Shared) {
+    use chrono::SubsecRound;
+    let now = Utc::now().trunc_subsecs(6);
+    let user = user_with(&store, "batches@example.com", 100).await;
+    let mut finished = Vec::new();
+    for days in [12, 10, 11] {
+        let at = now - Duration::days(days);
+        finished.push(finished_at(&store, new_job(user.id, 1), one_output(), at).await);
+    }
+    let before = FinishedBefore {
+        succeeded: now - Duration::days(7),
+        failed: now,
+        cancelled: now,
+    };
+    assert_eq!(store.prune_finished_jobs(&before, now, 2).await.unwrap(), 2);
+    let pruned = |job: Job| job.pruned_at.is_some();
+    let mut state = Vec::new();
+    for job in &finished {
+        state.push(pruned(store.job(job.id).await.unwrap().unwrap()));
+    }
+    assert_eq!(state, [true, false, true], "the two that ended first");
+    assert_eq!(store.prune_finished_jobs(&before, now, 2).await.unwrap(), 1);
+    assert_eq!(store.prune_finished_jobs(&before, now, 2).await.unwrap(), 0);
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -1026,6 +1218,8 @@ macro_rules! store_conformance_tests {
             accepted_text_is_kept_exactly,
             grant_key_reused_with_another_body_is_refused,
             waiting_jobs_expire_with_their_hold_voided,
+            finished_jobs_are_pruned_after_retention,
+            pruning_goes_oldest_first_in_batches,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

@@ -25,8 +25,11 @@ use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
 use crate::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
 use crate::money::{Credits, MoneyError};
-use crate::payments::{NewPayment, ScheduledGift};
-use crate::user::AccountStatus;
+use crate::payments::{extend_membership, gift_schedule, NewPayment, Product, ScheduledGift};
+use crate::price_schedule::PriceVersion;
+use crate::pricing::PriceTable;
+use crate::tier::Membership;
+use crate::user::{AccountStatus, User};
 
 /// A money refusal in the store's terms.
 pub fn money(e: MoneyError) -> StoreError {
@@ -411,6 +414,14 @@ pub fn finish(
     let held_before = job.charge;
     let mut account = account;
     let mut job = job.clone();
+    // A completion whose start was not recorded yet (the two may commit
+    // in either order) ran, and started no later than it ended.
+    if matches!(
+        outcome,
+        AttemptOutcome::Succeeded { .. } | AttemptOutcome::Withheld { .. }
+    ) {
+        job.started_at.get_or_insert(at);
+    }
     let end = job.end_attempt(outcome, at);
     let mut draft = Draft::default();
     if let Some(resolution) = end.resolution {
@@ -505,6 +516,30 @@ pub fn expire(
     ))
 }
 
+/// Retention: what is left of `job` once pruned at `now`, or `None` when
+/// it is kept in full (not finished, finished at or after its state's
+/// cutoff, or pruned already). Money is not touched: the ledger entries
+/// and the hold of a pruned job stay as they are, so its books still
+/// balance.
+pub fn prune(job: &Job, before: &super::FinishedBefore, now: DateTime<Utc>) -> Option<Job> {
+    let cutoff = before.of(job.state)?;
+    let finished = job.finished_at?;
+    if finished >= cutoff {
+        return None;
+    }
+    let thin = job.pruned(now)?;
+    // What the money needs is the same before and after.
+    assert!(
+        thin.id == job.id
+            && thin.user_id == job.user_id
+            && thin.cost == job.cost
+            && thin.charge == job.charge
+            && thin.state == job.state
+            && thin.finished_at == job.finished_at
+    );
+    Some(thin)
+}
+
 /// Cancels and voids every one of `queued` (a suspended or closed
 /// account's waiting jobs).
 pub fn cancel_queued(
@@ -555,6 +590,135 @@ pub fn revoke_api_key(key: &ApiKeyRecord, active: usize) -> StoreResult<bool> {
         return Err(StoreError::LastApiKey);
     }
     Ok(true)
+}
+
+/// What a paid event does to an account, decided before anything is
+/// written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaymentPlan {
+    /// The membership after it, for a membership product.
+    pub membership: Option<Membership>,
+    /// The paid months' gifts, each with whether it is granted now.
+    pub gifts: Vec<(ScheduledGift, bool)>,
+    /// What is booked now, in order: the pack, or the gifts already due.
+    pub grants: Vec<Grant>,
+    /// Set when the payment cannot be applied as bought (its grants would
+    /// pass the balance cap, its dates overflow): then it is recorded for
+    /// an operator and nothing else changes.
+    pub review: Option<String>,
+}
+
+impl PaymentPlan {
+    fn review(reason: String) -> PaymentPlan {
+        PaymentPlan {
+            membership: None,
+            gifts: Vec::new(),
+            grants: Vec::new(),
+            review: Some(reason),
+        }
+    }
+}
+
+/// A new (not replayed) payment for `user`, whose wallet is `account`'s.
+pub fn payment(account: &AccountState, user: &User, p: &NewPayment) -> PaymentPlan {
+    let (membership, gifts, grants) = match p.product {
+        Product::Credits { credits } => {
+            let pack = Grant {
+                amount: credits,
+                source: GrantSource::Purchase,
+                idempotency_key: None,
+                note: Some(format!("payment {}", p.payment_id)),
+            };
+            (None, Vec::new(), vec![pack])
+        }
+        Product::Membership { tier, period } => {
+            let overflow = || PaymentPlan::review("the membership's dates overflow".into());
+            let Some((membership, start)) = extend_membership(user.membership, tier, period, p.now)
+            else {
+                return overflow();
+            };
+            let Some(schedule) = gift_schedule(
+                &p.payment_id,
+                p.user_id,
+                tier,
+                period,
+                start,
+                p.monthly_gift,
+            ) else {
+                return overflow();
+            };
+            // The month that starts now is granted with the payment; a
+            // suspended account's gifts wait for its reinstatement.
+            let active = user.status == AccountStatus::Active;
+            let mut gifts = Vec::with_capacity(schedule.len());
+            let mut grants = Vec::new();
+            for gift in schedule {
+                let now = active && gift.starts_at <= p.now;
+                if now {
+                    grants.push(Grant {
+                        amount: gift.amount,
+                        source: GrantSource::MembershipGift,
+                        idempotency_key: None,
+                        note: Some(gift.note()),
+                    });
+                }
+                gifts.push((gift, now));
+            }
+            (Some(membership), gifts, grants)
+        }
+    };
+    let mut wallet = account.wallet;
+    for grant in &grants {
+        match wallet.grant(grant.amount) {
+            Ok(after) => wallet = after,
+            Err(e) => {
+                return PaymentPlan::review(format!(
+                    "granting {} credits would pass the balance cap ({e})",
+                    grant.amount.get()
+                ))
+            }
+        }
+    }
+    PaymentPlan {
+        membership,
+        gifts,
+        grants,
+        review: None,
+    }
+}
+
+/// A price announcement against the versions stored so far (in version
+/// order): the same table for the same moment replays its version (`true`);
+/// anything else is the next version.
+pub fn price_announcement(
+    versions: &[PriceVersion],
+    prices: PriceTable,
+    effective_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> StoreResult<(PriceVersion, bool)> {
+    prices.validate().map_err(StoreError::LimitExceeded)?;
+    if let Some(v) = versions
+        .iter()
+        .find(|v| v.effective_at == effective_at && v.prices == prices)
+    {
+        return Ok((*v, true));
+    }
+    let too_many = || StoreError::LimitExceeded("too many price versions".into());
+    let version = versions
+        .last()
+        .map_or(0, |v| v.version)
+        .checked_add(1)
+        .filter(|v| i32::try_from(*v).is_ok())
+        .ok_or_else(too_many)?;
+    Ok((
+        PriceVersion {
+            version,
+            effective_at,
+            prices,
+            created_at: now,
+        },
+        false,
+    ))
 }
 
 /// A payment id seen before (`stored`: its owner and request hash) is a

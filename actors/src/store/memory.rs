@@ -24,14 +24,25 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store that keeps every finished job in full until retention.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A store that keeps at most `max` finished jobs in full: past that,
+    /// the oldest-finished are pruned as soon as a job finishes, so memory
+    /// stays bounded whatever the retention.
+    pub fn with_max_finished(max: usize) -> MemoryStore {
+        let store = MemoryStore::default();
+        store.state.lock().max_finished = Some(max);
+        store
     }
 
     /// Applies a decision's write set under the same lock its state was
     /// read under, then hands its effects to the outbox.
     fn commit(&self, s: &mut State, ws: WriteSet) -> StoreResult<()> {
         s.apply(&ws)?;
+        s.stay_within_cap(Utc::now());
         self.feed.committed(&ws);
         Ok(())
     }
@@ -61,6 +72,13 @@ struct State {
     holds: HashMap<JobId, Charge>,
     /// Webhook deliveries owed (the outbox), by id.
     webhooks: BTreeMap<String, OwedWebhook>,
+    /// Finished jobs not pruned yet, by final state, oldest-finished
+    /// first: what retention and the cap prune, without a scan.
+    unpruned: HashMap<JobState, BTreeSet<(DateTime<Utc>, u64)>>,
+    /// At most this many finished jobs are kept in full (`None`: no cap).
+    max_finished: Option<usize>,
+    /// Jobs the cap pruned that no `prune_finished_jobs` reported yet.
+    pruned_unreported: u64,
 }
 
 /// A webhook delivery the outbox still owes.
@@ -286,8 +304,66 @@ impl State {
             .or_default()
             .insert(job.seq, job.id);
         self.order.insert(job.seq, job.id);
+        if let (true, None, Some(at)) = (job.state.is_terminal(), job.pruned_at, job.finished_at) {
+            self.unpruned
+                .entry(job.state)
+                .or_default()
+                .insert((at, job.seq));
+        }
         self.jobs.insert(job.id, job);
         Ok(())
+    }
+
+    fn unpruned_count(&self) -> usize {
+        self.unpruned.values().map(BTreeSet::len).sum()
+    }
+
+    /// Replaces a finished job by what retention leaves of it and forgets
+    /// its attempt records. Its ledger entries, hold and owed webhook
+    /// deliveries (which carry their own copy) stay.
+    fn store_pruned(&mut self, thin: Job) {
+        if let (Some(set), Some(at)) = (self.unpruned.get_mut(&thin.state), thin.finished_at) {
+            set.remove(&(at, thin.seq));
+        }
+        self.attempts.remove(&thin.id);
+        self.jobs.insert(thin.id, thin);
+    }
+
+    /// The finished job that ended first among those kept in full.
+    fn oldest_unpruned(&self) -> Option<(DateTime<Utc>, u64, JobState)> {
+        self.unpruned
+            .iter()
+            .filter_map(|(state, set)| set.first().map(|(at, seq)| (*at, *seq, *state)))
+            .min_by_key(|(at, seq, _)| (*at, *seq))
+    }
+
+    /// Prunes oldest-finished jobs until at most `max_finished` are kept
+    /// in full: a finish costs at most one prune, never a scan.
+    fn stay_within_cap(&mut self, now: DateTime<Utc>) {
+        let Some(max) = self.max_finished else {
+            return;
+        };
+        while self.unpruned_count() > max {
+            let Some((at, seq, state)) = self.oldest_unpruned() else {
+                return;
+            };
+            let thin = self
+                .order
+                .get(&seq)
+                .and_then(|id| self.jobs.get(id))
+                .and_then(|job| job.pruned(now));
+            match thin {
+                Some(thin) => self.store_pruned(thin),
+                None => {
+                    // An index entry without its job: drop it, never loop.
+                    if let Some(set) = self.unpruned.get_mut(&state) {
+                        set.remove(&(at, seq));
+                    }
+                    continue;
+                }
+            }
+            self.pruned_unreported += 1;
+        }
     }
 
     fn attempt_mut(&mut self, job: JobId, lease: LeaseToken) -> Option<&mut AttemptRecord> {
@@ -609,7 +685,7 @@ impl Store for MemoryStore {
         Ok(ids
             .into_iter()
             .filter_map(|id| s.jobs.get(&id))
-            .filter(|j| state.is_none_or(|st| j.state == st))
+            .filter(|j| j.pruned_at.is_none() && state.is_none_or(|st| j.state == st))
             .take(limit)
             .cloned()
             .collect())
@@ -650,6 +726,38 @@ impl Store for MemoryStore {
             forgotten += (kept - account.idempotency.len()) as u64;
         }
         Ok(forgotten)
+    }
+
+    async fn prune_finished_jobs(
+        &self,
+        before: &FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        let mut s = self.state.lock();
+        // Due jobs of every final state, merged oldest-finished first.
+        let mut due: Vec<(DateTime<Utc>, u64)> = Vec::new();
+        for state in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+            let (Some(cutoff), Some(set)) = (before.of(state), s.unpruned.get(&state)) else {
+                continue;
+            };
+            due.extend(set.range(..(cutoff, 0)).take(limit).copied());
+        }
+        due.sort_unstable();
+        due.truncate(limit);
+        let mut pruned = 0u64;
+        for (_, seq) in due {
+            let thin = s
+                .order
+                .get(&seq)
+                .and_then(|id| s.jobs.get(id))
+                .and_then(|job| decide::prune(job, before, now));
+            if let Some(thin) = thin {
+                s.store_pruned(thin);
+                pruned += 1;
+            }
+        }
+        Ok(pruned + std::mem::take(&mut s.pruned_unreported))
     }
 
     async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
@@ -695,7 +803,7 @@ impl Store for MemoryStore {
             .range(..upper)
             .rev()
             .filter_map(|(_, id)| s.jobs.get(id))
-            .filter(|j| filter.matches(j))
+            .filter(|j| j.pruned_at.is_none() && filter.matches(j))
             .take(limit)
             .cloned()
             .collect())
@@ -807,6 +915,10 @@ impl Store for MemoryStore {
         platform::apply_payment(&mut self.state.lock(), payment)
     }
 
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        Ok(platform::payments_for_review(&self.state.lock(), limit))
+    }
+
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         Ok(platform::due_gifts(&self.state.lock(), now, limit))
     }
@@ -891,5 +1003,86 @@ impl Store for MemoryStore {
         let (ws, settlement) = decide::expire(account, job, user, now)?;
         self.commit(&mut s, ws)?;
         Ok(settlement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{Duration, Utc};
+
+    use super::*;
+    use crate::store::conformance::{assert_books_balance, new_job, user_with, Shared};
+
+    async fn succeed(store: &Shared, user: UserId) -> Job {
+        let job = store.submit_job(new_job(user, 1)).await.unwrap().job;
+        let attempt = AttemptRef {
+            job_id: job.id,
+            attempt: 1,
+            lease: LeaseToken::generate(),
+        };
+        store
+            .assign_job(attempt, WorkerId::generate(), 0, Utc::now())
+            .await
+            .unwrap();
+        store
+            .finish_attempt(
+                attempt,
+                AttemptOutcome::Succeeded { outputs: vec![] },
+                Utc::now(),
+            )
+            .await
+            .unwrap()
+            .job
+    }
+
+    /// Past the cap, the job that finished first is pruned as another
+    /// finishes; waiting jobs do not count; the next sweep reports them.
+    #[tokio::test]
+    async fn the_cap_prunes_the_oldest_finished_job_first() {
+        let store: Shared = Arc::new(MemoryStore::with_max_finished(2));
+        let user = user_with(&store, "cap@example.com", 100).await;
+        let first = succeed(&store, user.id).await;
+        let second = succeed(&store, user.id).await;
+        let waiting = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+        assert!(store
+            .job(first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .pruned_at
+            .is_none());
+        let third = succeed(&store, user.id).await;
+        let pruned = |id| {
+            let store = store.clone();
+            async move { store.job(id).await.unwrap().unwrap().pruned_at.is_some() }
+        };
+        assert!(pruned(first.id).await, "the oldest-finished is pruned");
+        assert!(!pruned(second.id).await && !pruned(third.id).await);
+        assert!(!pruned(waiting.id).await);
+        assert_eq!(store.job_ledger(first.id).await.unwrap().len(), 2);
+        // Nothing is due by retention: the sweep reports the cap's prune.
+        let long_ago = Utc::now() - Duration::days(365);
+        let before = FinishedBefore {
+            succeeded: long_ago,
+            failed: long_ago,
+            cancelled: long_ago,
+        };
+        assert_eq!(
+            store
+                .prune_finished_jobs(&before, Utc::now(), 500)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .prune_finished_jobs(&before, Utc::now(), 500)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_books_balance(&store).await;
     }
 }

@@ -23,7 +23,9 @@ use crate::user::{AccountStatus, KeyHash, NewUser, User};
 use crate::accounts::ApiKeyRecord;
 use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 use crate::ids::ApiKeyId;
-use crate::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome, ScheduledGift};
+use crate::payments::{
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
+};
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
 
@@ -126,6 +128,7 @@ impl NewJob {
             worker_id: None,
             lease: None,
             price_version: self.price_version,
+            pruned_at: None,
         }
     }
 }
@@ -219,6 +222,27 @@ pub struct Activity {
     pub retries: u64,
     pub refunds: u64,
     pub refunded_credits: i64,
+}
+
+/// Retention cutoffs by final state: a finished job that ended before its
+/// state's instant is pruned (see [`Store::prune_finished_jobs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinishedBefore {
+    pub succeeded: DateTime<Utc>,
+    pub failed: DateTime<Utc>,
+    pub cancelled: DateTime<Utc>,
+}
+
+impl FinishedBefore {
+    /// The cutoff of jobs that ended in `state`; `None` while not ended.
+    pub fn of(&self, state: JobState) -> Option<DateTime<Utc>> {
+        match state {
+            JobState::Succeeded => Some(self.succeeded),
+            JobState::Failed => Some(self.failed),
+            JobState::Cancelled => Some(self.cancelled),
+            JobState::Queued | JobState::Assigned | JobState::Running => None,
+        }
+    }
 }
 
 /// Jobs per state, for stats.
@@ -343,6 +367,22 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many were forgotten.
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
+    /// Retention: prunes at most `limit` finished jobs that ended before
+    /// their state's cutoff, oldest-finished first, in one transaction.
+    /// A pruned job keeps what the money needs (id, owner, cost, charge,
+    /// times; its ledger entries and hold are never touched) and loses its
+    /// prompt, result, error, attempt records and job events
+    /// ([`Job::pruned`]); it is marked `pruned_at = now`. Pruning a pruned
+    /// job changes nothing. Returns how many jobs were pruned; the embedded
+    /// store adds those it pruned since the last call to stay within its
+    /// cap of finished jobs in memory.
+    async fn prune_finished_jobs(
+        &self,
+        before: &FinishedBefore,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64>;
+
     // ---- cluster
     /// Starts a new scheduler term led by `node` (reachable at `url`) and
     /// returns its epoch. Assignments of older terms are refused from now.
@@ -396,6 +436,9 @@ pub trait Store: Send + Sync + 'static {
     /// same content changes nothing (`replayed`); the same id with other
     /// content is `IdempotencyKeyReused`.
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome>;
+    /// Payments recorded for an operator instead of applied (see
+    /// [`crate::payments::PaymentReview`]), oldest first.
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>>;
     /// Gifts whose month has started and that are not granted yet, of
     /// active accounts, oldest first.
     async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>>;

@@ -13,8 +13,7 @@ use admedia_actors::job::RequestHash;
 use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::payments::{
-    extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
-    ScheduledGift,
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
 use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
@@ -177,31 +176,35 @@ impl PgStore {
     pub(super) async fn pg_apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let account_before = lock_account(&tx, p.user_id).await?;
-        let wallet_before = account_before.wallet;
+        let account = lock_account(&tx, p.user_id).await?;
+        let wallet_before = account.wallet;
         let seen = tx
             .query_opt(
-                "SELECT user_id, request_hash FROM payments WHERE payment_id = $1",
+                "SELECT user_id, request_hash, review FROM payments WHERE payment_id = $1",
                 &[&p.payment_id.as_str()],
             )
             .await
             .map_err(db)?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE");
-        let user_row_now = tx
+        let user_now = tx
             .query_opt(&sql, &[&p.user_id.as_uuid()])
             .await
             .map_err(db)?
             .ok_or(StoreError::NotFound("user"))?;
-        let user = user_row(&user_row_now)?;
-        let stored = match seen {
+        let user = user_row(&user_now)?;
+        let (stored, stored_review) = match seen {
             Some(row) => {
                 let hash: Vec<u8> = row.get(1);
                 let hash: [u8; 32] = hash
                     .try_into()
                     .map_err(|_| corrupt("request hash", "of the wrong length"))?;
-                Some((UserId::from_uuid(row.get(0)), RequestHash(hash)))
+                let review: Option<String> = row.get(2);
+                (
+                    Some((UserId::from_uuid(row.get(0)), RequestHash(hash))),
+                    review,
+                )
             }
-            None => None,
+            None => (None, None),
         };
         if decide::payment_replay(stored, &p)? {
             return Ok(PaymentOutcome {
@@ -209,18 +212,21 @@ impl PgStore {
                 wallet: wallet_before,
                 granted: Credits::ZERO,
                 replayed: true,
+                review: stored_review,
             });
         }
+        let plan = decide::payment(&account, &user, &p);
         let claimed = tx
             .execute(
-                "INSERT INTO payments (payment_id, user_id, product, request_hash, received_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO payments (payment_id, user_id, product, request_hash, received_at, review) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &p.payment_id.as_str(),
                     &p.user_id.as_uuid(),
                     &to_json(&p.product)?,
                     &&p.request_hash.0[..],
                     &p.now,
+                    &plan.review,
                 ],
             )
             .await;
@@ -233,79 +239,56 @@ impl PgStore {
                 other.map_err(db)?;
             }
         }
-        let mut account = account_before;
+        if plan.review.is_some() {
+            tx.commit().await.map_err(db)?;
+            return Ok(PaymentOutcome {
+                user,
+                wallet: wallet_before,
+                granted: Credits::ZERO,
+                replayed: false,
+                review: plan.review,
+            });
+        }
         let mut user = user;
-        match p.product {
-            Product::Credits { credits: amount } => {
-                let grant = Grant {
-                    amount,
-                    source: GrantSource::Purchase,
-                    idempotency_key: None,
-                    note: Some(format!("payment {}", p.payment_id)),
-                };
-                account = book_grant(&tx, account, &grant, p.now).await?;
-            }
-            Product::Membership {
-                tier: bought,
-                period,
-            } => {
-                let overflow = || StoreError::LimitExceeded("membership dates overflow".into());
-                let (membership, start) = extend_membership(user.membership, bought, period, p.now)
-                    .ok_or_else(overflow)?;
-                let gifts = gift_schedule(
-                    &p.payment_id,
-                    p.user_id,
-                    bought,
-                    period,
-                    start,
-                    p.monthly_gift,
+        if let Some(membership) = plan.membership {
+            let sql = format!(
+                "UPDATE users SET tier = $2, membership_expires_at = $3 WHERE id = $1 \
+                 RETURNING {USER_COLUMNS}"
+            );
+            let row = tx
+                .query_one(
+                    &sql,
+                    &[
+                        &p.user_id.as_uuid(),
+                        &membership.tier.as_str(),
+                        &membership.expires_at,
+                    ],
                 )
-                .ok_or_else(overflow)?;
-                let sql = format!(
-                    "UPDATE users SET tier = $2, membership_expires_at = $3 WHERE id = $1 \
-                     RETURNING {USER_COLUMNS}"
-                );
-                let row = tx
-                    .query_one(
-                        &sql,
-                        &[
-                            &p.user_id.as_uuid(),
-                            &membership.tier.as_str(),
-                            &membership.expires_at,
-                        ],
-                    )
-                    .await
-                    .map_err(db)?;
-                user = user_row(&row)?;
-                for g in &gifts {
-                    let starts_now = g.starts_at <= p.now && user.status == AccountStatus::Active;
-                    let granted_at = starts_now.then_some(p.now);
-                    tx.execute(
-                        "INSERT INTO membership_gifts (payment_id, month, user_id, tier, amount, starts_at, granted_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        &[
-                            &g.payment_id.as_str(),
-                            &i32::try_from(g.month).unwrap_or(i32::MAX),
-                            &g.user_id.as_uuid(),
-                            &g.tier.as_str(),
-                            &g.amount.get(),
-                            &g.starts_at,
-                            &granted_at,
-                        ],
-                    )
-                    .await
-                    .map_err(db)?;
-                    if starts_now {
-                        let grant = Grant {
-                            amount: g.amount,
-                            source: GrantSource::MembershipGift,
-                            idempotency_key: None,
-                            note: Some(g.note()),
-                        };
-                        account = book_grant(&tx, account, &grant, p.now).await?;
-                    }
-                }
-            }
+                .await
+                .map_err(db)?;
+            user = user_row(&row)?;
+        }
+        for (g, now) in &plan.gifts {
+            let granted_at = now.then_some(p.now);
+            tx.execute(
+                "INSERT INTO membership_gifts (payment_id, month, user_id, tier, amount, starts_at, granted_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &g.payment_id.as_str(),
+                    &i32::try_from(g.month).unwrap_or(i32::MAX),
+                    &g.user_id.as_uuid(),
+                    &g.tier.as_str(),
+                    &g.amount.get(),
+                    &g.starts_at,
+                    &granted_at,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        let mut account = account;
+        for grant in &plan.grants {
+            account = book_grant(&tx, account, grant, p.now).await?;
         }
         let wallet = account.wallet;
         let granted = wallet
@@ -318,7 +301,34 @@ impl PgStore {
             wallet,
             granted,
             replayed: false,
+            review: None,
         })
+    }
+
+    pub(super) async fn pg_payments_for_review(
+        &self,
+        limit: usize,
+    ) -> StoreResult<Vec<PaymentReview>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT payment_id, user_id, product, review, received_at FROM payments \
+                 WHERE review IS NOT NULL ORDER BY received_at, payment_id LIMIT $1",
+                &[&(limit.min(10_000) as i64)],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(PaymentReview {
+                    payment_id: PaymentId::from_stored(r.get(0)),
+                    user_id: UserId::from_uuid(r.get(1)),
+                    product: json(r.get(2))?,
+                    reason: r.get(3),
+                    received_at: r.get(4),
+                })
+            })
+            .collect()
     }
 
     pub(super) async fn pg_due_gifts(
@@ -466,7 +476,6 @@ impl PgStore {
         effective_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<(PriceVersion, bool)> {
-        prices.validate().map_err(StoreError::LimitExceeded)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         // One announcement at a time: version numbers follow each other,
@@ -485,17 +494,12 @@ impl PgStore {
             .iter()
             .map(price_row)
             .collect::<StoreResult<Vec<_>>>()?;
-        if let Some(v) = versions
-            .iter()
-            .find(|v| v.effective_at == effective_at && v.prices == prices)
-        {
-            return Ok((*v, true));
+        let (decided, replayed) = decide::price_announcement(&versions, prices, effective_at, now)?;
+        if replayed {
+            return Ok((decided, true));
         }
-        let next = versions
-            .last()
-            .map_or(0, |v| v.version)
-            .checked_add(1)
-            .ok_or_else(|| StoreError::LimitExceeded("too many price versions".into()))?;
+        let next = decided.version;
+        let prices = decided.prices;
         let row = tx
             .query_one(
                 "INSERT INTO price_versions (version, effective_at, prices, created_at) \

@@ -208,16 +208,45 @@ pub async fn payments_apply_once_and_refuse_a_reused_id(store: Shared) {
             .await,
         Err(StoreError::NotFound(_))
     ));
-    // A pack that would overflow the wallet is refused and leaves nothing.
-    assert!(matches!(
+    // A pack that would pass the balance cap cannot be applied, but the
+    // provider has the money: it is kept for an operator, nothing granted,
+    // and its id stays taken.
+    let capped = store
+        .apply_payment(payment("pay_3", user.id, pack(Credits::MAX.get()), 0))
+        .await
+        .unwrap();
+    assert!(!capped.replayed);
+    assert_eq!(capped.granted, Credits::ZERO);
+    assert_eq!(capped.wallet.balance.get(), 510);
+    let reason = capped.review.clone().expect("kept for review");
+    assert!(reason.contains("balance cap"), "{reason}");
+    let again = store
+        .apply_payment(payment("pay_3", user.id, pack(Credits::MAX.get()), 0))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.review.as_deref(), Some(reason.as_str()));
+    assert_eq!(
         store
-            .apply_payment(payment("pay_3", user.id, pack(Credits::MAX.get()), 0))
-            .await,
-        Err(StoreError::LimitExceeded(_))
-    ));
+            .apply_payment(payment("pay_3", user.id, pack(1), 0))
+            .await
+            .unwrap_err(),
+        StoreError::IdempotencyKeyReused
+    );
+    let review = store.payments_for_review(10).await.unwrap();
+    assert_eq!(review.len(), 1);
+    assert_eq!(
+        (
+            review[0].payment_id.as_str(),
+            review[0].user_id,
+            &review[0].reason
+        ),
+        ("pay_3", user.id, &reason)
+    );
+    assert_eq!(review[0].product, pack(Credits::MAX.get()));
     assert!(
         !store
-            .apply_payment(payment("pay_3", user.id, pack(1), 0))
+            .apply_payment(payment("pay_4", user.id, pack(1), 0))
             .await
             .unwrap()
             .replayed

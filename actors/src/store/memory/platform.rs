@@ -15,8 +15,7 @@ use crate::ledger::Grant;
 use crate::ledger::GrantSource;
 use crate::money::{Credits, Wallet};
 use crate::payments::{
-    extend_membership, gift_schedule, GiftOutcome, NewPayment, PaymentId, PaymentOutcome, Product,
-    ScheduledGift,
+    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
@@ -28,6 +27,8 @@ use crate::user::{AccountStatus, KeyHash};
 pub(super) struct PlatformState {
     keys: HashMap<UserId, Vec<ApiKeyRecord>>,
     payments: HashMap<PaymentId, (UserId, RequestHash)>,
+    /// Payments recorded for an operator instead of applied.
+    reviews: BTreeMap<PaymentId, PaymentReview>,
     gifts: BTreeMap<(PaymentId, u32), ScheduledGift>,
     prices: Vec<PriceVersion>,
     violations: HashMap<UserId, Vec<Violation>>,
@@ -132,56 +133,45 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
         .get(&p.user_id)
         .cloned()
         .ok_or(StoreError::NotFound("user"))?;
+    let account = s.account_state(p.user_id)?;
+    let wallet_before = account.wallet;
     if decide::payment_replay(s.platform.payments.get(&p.payment_id).copied(), &p)? {
-        let wallet = s.account(p.user_id)?.wallet;
         return Ok(PaymentOutcome {
             user,
-            wallet,
+            wallet: wallet_before,
             granted: Credits::ZERO,
             replayed: true,
+            review: s
+                .platform
+                .reviews
+                .get(&p.payment_id)
+                .map(|r| r.reason.clone()),
         });
     }
-    // Everything that can fail is checked before the first write.
-    let wallet_before = s.account(p.user_id)?.wallet;
-    let (membership, gifts) = match p.product {
-        Product::Credits { credits } => {
-            wallet_before.grant(credits).map_err(money)?;
-            (None, Vec::new())
-        }
-        Product::Membership { tier, period } => {
-            let (membership, start) = extend_membership(user.membership, tier, period, p.now)
-                .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
-            let gifts = gift_schedule(
-                &p.payment_id,
-                p.user_id,
-                tier,
-                period,
-                start,
-                p.monthly_gift,
-            )
-            .ok_or_else(|| StoreError::LimitExceeded("membership dates overflow".into()))?;
-            let mut after = wallet_before;
-            for g in gifts.iter().filter(|g| g.starts_at <= p.now) {
-                after = after.grant(g.amount).map_err(money)?;
-            }
-            (Some(membership), gifts)
-        }
-    };
+    let plan = decide::payment(&account, &user, &p);
     s.platform
         .payments
         .insert(p.payment_id.clone(), (p.user_id, p.request_hash));
-    let mut wallet = wallet_before;
-    if let Product::Credits { credits } = p.product {
-        wallet = book_grant(
-            s,
-            p.user_id,
-            credits,
-            GrantSource::Purchase,
-            format!("payment {}", p.payment_id),
-            p.now,
-        )?;
+    if let Some(reason) = plan.review {
+        s.platform.reviews.insert(
+            p.payment_id.clone(),
+            PaymentReview {
+                payment_id: p.payment_id.clone(),
+                user_id: p.user_id,
+                product: p.product,
+                reason: reason.clone(),
+                received_at: p.now,
+            },
+        );
+        return Ok(PaymentOutcome {
+            user,
+            wallet: wallet_before,
+            granted: Credits::ZERO,
+            replayed: false,
+            review: Some(reason),
+        });
     }
-    let user = match membership {
+    let user = match plan.membership {
         Some(m) => {
             let u = s
                 .users
@@ -192,23 +182,15 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
         }
         None => user,
     };
-    for gift in gifts {
+    for (mut gift, now) in plan.gifts {
+        gift.granted_at = now.then_some(p.now);
         s.platform
             .gifts
             .insert((gift.payment_id.clone(), gift.month), gift);
     }
-    // The month that starts now is granted in this same operation.
-    if user.status == AccountStatus::Active {
-        let due: Vec<u32> = s
-            .platform
-            .gifts
-            .range((p.payment_id.clone(), 0)..=(p.payment_id.clone(), u32::MAX))
-            .filter(|(_, g)| g.granted_at.is_none() && g.starts_at <= p.now)
-            .map(|(k, _)| k.1)
-            .collect();
-        for month in due {
-            wallet = grant_gift(s, p.user_id, p.payment_id.clone(), month, p.now)?.wallet;
-        }
+    let mut wallet = wallet_before;
+    for grant in &plan.grants {
+        wallet = s.book_grant(p.user_id, grant, p.now)?;
     }
     let granted = wallet
         .balance
@@ -219,7 +201,16 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
         wallet,
         granted,
         replayed: false,
+        review: None,
     })
+}
+
+/// Payments kept for an operator, oldest first.
+pub(super) fn payments_for_review(s: &State, limit: usize) -> Vec<PaymentReview> {
+    let mut all: Vec<PaymentReview> = s.platform.reviews.values().cloned().collect();
+    all.sort_by(|a, b| (a.received_at, &a.payment_id).cmp(&(b.received_at, &b.payment_id)));
+    all.truncate(limit);
+    all
 }
 
 pub(super) fn due_gifts(s: &State, now: DateTime<Utc>, limit: usize) -> Vec<ScheduledGift> {
@@ -326,26 +317,12 @@ pub(super) fn announce_prices(
     effective_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> StoreResult<(PriceVersion, bool)> {
-    prices.validate().map_err(StoreError::LimitExceeded)?;
-    if let Some(v) = s
-        .platform
-        .prices
-        .iter()
-        .find(|v| v.effective_at == effective_at && v.prices == prices)
-    {
-        return Ok((*v, true));
+    let (version, replayed) =
+        decide::price_announcement(&s.platform.prices, prices, effective_at, now)?;
+    if !replayed {
+        s.platform.prices.push(version);
     }
-    let last = s.platform.prices.last().map_or(0, |v| v.version);
-    let version = PriceVersion {
-        version: last
-            .checked_add(1)
-            .ok_or_else(|| StoreError::LimitExceeded("too many price versions".into()))?,
-        effective_at,
-        prices,
-        created_at: now,
-    };
-    s.platform.prices.push(version);
-    Ok((version, false))
+    Ok((version, replayed))
 }
 
 pub(super) fn record_violation(

@@ -1,0 +1,99 @@
+//! Retention of finished jobs as the API shows it: a pruned job answers
+//! `410 job-pruned` and is left out of listings; its money stays.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn job_ids(page: &Value) -> Vec<String> {
+    page["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
+/// The embedded store keeps one finished job in full: when the second
+/// finishes, the first is pruned at once.
+#[actix_web::test]
+async fn a_pruned_job_answers_gone_and_its_money_stays() {
+    let app = spawn_app_with(|s| {
+        s.max_finished_in_memory = 1;
+        // The sweep reports what the cap pruned to the metric.
+        s.gift_sweep = Duration::from_millis(50);
+    })
+    .await;
+    let (_, key) = register(&app, "pruned@example.com").await;
+    let first = id_of(&submit_ok(&app, &key, &image_job()).await);
+    wait_for_state(&app, &key, &first, "succeeded", WAIT).await;
+    let second = id_of(&submit_ok(&app, &key, &image_job()).await);
+    wait_for_state(&app, &key, &second, "succeeded", WAIT).await;
+
+    let gone = app
+        .get(&format!("/v1/jobs/{first}"), Some(&key))
+        .await
+        .expect_problem(410, "job-pruned");
+    assert!(gone["pruned_at"].is_string(), "{gone}");
+    let operator = app
+        .get(&format!("/v1/admin/jobs/{first}"), Some(&app.admin_token))
+        .await
+        .expect_problem(410, "job-pruned");
+    assert_eq!(operator["pruned_at"], gone["pruned_at"]);
+    // Its event stream and outputs are gone with it.
+    app.get(&format!("/v1/jobs/{first}/events"), Some(&key))
+        .await
+        .expect_problem(410, "job-pruned");
+    // Still finished: it cannot be cancelled.
+    app.post(&format!("/v1/jobs/{first}/cancel"), Some(&key))
+        .await
+        .expect_problem(409, "job-finished");
+    // To anyone else it does not exist, pruned or not.
+    let (_, other) = register(&app, "other@example.com").await;
+    app.get(&format!("/v1/jobs/{first}"), Some(&other))
+        .await
+        .expect_problem(404, "not-found");
+
+    // The job kept in full reads as before; listings leave the pruned out.
+    assert_eq!(app.job(&key, &second).await["state"], "succeeded");
+    let mine = app.get("/v1/jobs", Some(&key)).await.expect(200);
+    assert_eq!(job_ids(&mine), std::slice::from_ref(&second));
+    let all = app
+        .get("/v1/admin/jobs?limit=200", Some(&app.admin_token))
+        .await
+        .expect(200);
+    assert!(!job_ids(&all).contains(&first), "{all}");
+
+    // The money: the pruned job's hold and charge are in the ledger, and
+    // the wallet is what the ledger says.
+    let ledger = app.ledger(&key).await;
+    let kinds: Vec<&str> = ledger
+        .iter()
+        .filter(|e| e["job_id"] == first.as_str())
+        .map(|e| e["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["post", "hold"], "newest first");
+    let wallet = app.wallet(&key).await;
+    assert_eq!(wallet["balance"], ledger[0]["balance"]);
+    assert_eq!(wallet["held"], 0);
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = app.get("/metrics", None).await.text();
+        let pruned = text
+            .lines()
+            .find(|l| l.starts_with("admedia_jobs_pruned_total "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if pruned == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admedia_jobs_pruned_total is {pruned:?}, expected 1"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
