@@ -272,6 +272,35 @@ pub async fn success_posts_the_hold(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+/// A completion that reaches the store before its start (they may commit
+/// in either order) still leaves a start time, on the job and its attempt;
+/// the late start is then refused as stale.
+pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
+    let user = user_with(&store, "nostart@example.com", 10).await;
+    let job = store.submit_job(new_job(user.id, 2)).await.unwrap().job;
+    let attempt = assign(&store, &job).await;
+    let done = store
+        .finish_attempt(
+            attempt,
+            AttemptOutcome::Succeeded {
+                outputs: vec![crate::job::Output::new("sim://x", "image/png")],
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.job.state, JobState::Succeeded);
+    assert!(done.job.started_at.is_some());
+    let records = store.attempts(job.id).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(records[0].started_at.is_some() && records[0].finished_at.is_some());
+    assert!(matches!(
+        store.start_job(attempt, Utc::now()).await,
+        Err(StoreError::StaleTransition { .. })
+    ));
+    assert_books_balance(&store).await;
+}
+
 pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
     let user = user_with(&store, "stale@example.com", 10).await;
     let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
@@ -1194,6 +1223,7 @@ macro_rules! store_conformance_tests {
             idempotency_key_replays_and_detects_reuse,
             success_posts_the_hold,
             stale_and_duplicate_messages_change_nothing,
+            a_completion_before_its_start_keeps_a_start_time,
             system_failures_retry_then_void_once,
             user_failure_posts_without_retry,
             cancel_voids_queued_posts_running_refuses_finished,

@@ -416,10 +416,12 @@ pub fn finish(
     let mut job = job.clone();
     // A completion whose start was not recorded yet (the two may commit
     // in either order) ran, and started no later than it ended.
-    if matches!(
-        outcome,
-        AttemptOutcome::Succeeded { .. } | AttemptOutcome::Withheld { .. }
-    ) {
+    let ran_unrecorded = before == JobState::Assigned
+        && matches!(
+            outcome,
+            AttemptOutcome::Succeeded { .. } | AttemptOutcome::Withheld { .. }
+        );
+    if ran_unrecorded {
         job.started_at.get_or_insert(at);
     }
     let end = job.end_attempt(outcome, at);
@@ -428,6 +430,13 @@ pub fn finish(
         draft.resolve_hold(&mut account, &job, held_before, resolution, at)?;
     }
     draft.put_job(Some(&mut account), Some(before), &job, at)?;
+    if ran_unrecorded {
+        draft.ws.attempts.push(AttemptWrite::Started {
+            job: job.id,
+            lease: attempt.lease,
+            at,
+        });
+    }
     draft.ws.attempts.push(AttemptWrite::Ended {
         job: job.id,
         lease: attempt.lease,
