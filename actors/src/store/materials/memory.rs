@@ -1,6 +1,8 @@
 //! The in-memory catalogue: the embedded default, and the reference the
 //! PostgreSQL adapter is checked against.
 
+use std::collections::{BTreeMap, HashMap};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -14,10 +16,49 @@ struct Entry {
     purged: bool,
 }
 
+/// The entries in creation order (listings rely on it), with indexes so
+/// that the hot lookups (a completion's outputs, a user's quota) do not
+/// scan every object ever stored.
+#[derive(Default)]
+struct Catalogue {
+    entries: Vec<Entry>,
+    by_key: HashMap<String, usize>,
+    by_output: BTreeMap<(JobId, u32), usize>,
+    by_user: HashMap<UserId, Vec<usize>>,
+}
+
+impl Catalogue {
+    fn push(&mut self, object: StoredObject) {
+        let at = self.entries.len();
+        self.by_key.insert(object.key.clone(), at);
+        if let ObjectRole::Output { job_id, index, .. } = object.role {
+            self.by_output.insert((job_id, index), at);
+        }
+        self.by_user.entry(object.user_id).or_default().push(at);
+        self.entries.push(Entry {
+            object,
+            purged: false,
+        });
+    }
+
+    /// The user's entries, oldest first.
+    fn of_user(&self, user: UserId) -> impl DoubleEndedIterator<Item = &Entry> + '_ {
+        self.by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.entries.get(i))
+    }
+
+    fn by_key_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        let at = *self.by_key.get(key)?;
+        self.entries.get_mut(at)
+    }
+}
+
 #[derive(Default)]
 pub struct MemoryMaterialStore {
-    // Insertion order is creation order, which listings rely on.
-    entries: Mutex<Vec<Entry>>,
+    catalogue: Mutex<Catalogue>,
 }
 
 impl MemoryMaterialStore {
@@ -26,12 +67,9 @@ impl MemoryMaterialStore {
     }
 }
 
-fn used(entries: &[Entry], user: UserId, now: DateTime<Utc>) -> StorageUsage {
+fn used(c: &Catalogue, user: UserId, now: DateTime<Utc>) -> StorageUsage {
     let mut usage = StorageUsage::default();
-    for e in entries
-        .iter()
-        .filter(|e| e.object.user_id == user && e.object.is_live(now))
-    {
+    for e in c.of_user(user).filter(|e| e.object.is_live(now)) {
         usage.bytes = usage.bytes.saturating_add(e.object.size);
         match e.object.role {
             ObjectRole::Material { .. } => usage.materials += 1,
@@ -48,11 +86,11 @@ impl MaterialStore for MemoryMaterialStore {
     }
 
     async fn add_material(&self, object: StoredObject, quota: u64) -> CatalogueResult<()> {
-        let mut entries = self.entries.lock();
-        if entries.iter().any(|e| e.object.key == object.key) {
+        let mut c = self.catalogue.lock();
+        if c.by_key.contains_key(&object.key) {
             return Err(CatalogueError::Duplicate(object.key));
         }
-        let used = used(&entries, object.user_id, object.created_at).bytes;
+        let used = used(&c, object.user_id, object.created_at).bytes;
         if used.saturating_add(object.size) > quota {
             return Err(CatalogueError::QuotaExceeded {
                 used,
@@ -60,15 +98,12 @@ impl MaterialStore for MemoryMaterialStore {
                 quota,
             });
         }
-        entries.push(Entry {
-            object,
-            purged: false,
-        });
+        c.push(object);
         Ok(())
     }
 
     async fn add_outputs(&self, objects: Vec<StoredObject>) -> CatalogueResult<()> {
-        let mut entries = self.entries.lock();
+        let mut c = self.catalogue.lock();
         for object in objects {
             let ObjectRole::Output { job_id, index, .. } = object.role else {
                 return Err(CatalogueError::Internal(format!(
@@ -76,15 +111,11 @@ impl MaterialStore for MemoryMaterialStore {
                     object.key
                 )));
             };
-            let exists = entries.iter().any(|e| {
-                e.object.key == object.key
-                    || matches!(e.object.role, ObjectRole::Output { job_id: j, index: i, .. } if j == job_id && i == index)
-            });
+            // Recorded once: a repeated completion changes nothing.
+            let exists =
+                c.by_key.contains_key(&object.key) || c.by_output.contains_key(&(job_id, index));
             if !exists {
-                entries.push(Entry {
-                    object,
-                    purged: false,
-                });
+                c.push(object);
             }
         }
         Ok(())
@@ -95,12 +126,12 @@ impl MaterialStore for MemoryMaterialStore {
         user: UserId,
         id: MaterialId,
     ) -> CatalogueResult<Option<StoredObject>> {
-        Ok(self
-            .entries
-            .lock()
-            .iter()
-            .find(|e| e.object.user_id == user && e.object.material_id() == Some(id))
-            .map(|e| e.object.clone()))
+        let c = self.catalogue.lock();
+        let found = c
+            .of_user(user)
+            .find(|e| e.object.material_id() == Some(id))
+            .map(|e| e.object.clone());
+        Ok(found)
     }
 
     async fn materials(
@@ -109,44 +140,35 @@ impl MaterialStore for MemoryMaterialStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> CatalogueResult<Vec<StoredObject>> {
-        Ok(self
-            .entries
-            .lock()
-            .iter()
+        let c = self.catalogue.lock();
+        let found = c
+            .of_user(user)
             .rev()
             .filter(|e| {
-                e.object.user_id == user
-                    && e.object.is_live(now)
-                    && matches!(e.object.role, ObjectRole::Material { .. })
+                e.object.is_live(now) && matches!(e.object.role, ObjectRole::Material { .. })
             })
             .take(limit)
             .map(|e| e.object.clone())
-            .collect())
+            .collect();
+        Ok(found)
     }
 
     async fn output(&self, job: JobId, index: u32) -> CatalogueResult<Option<StoredObject>> {
-        Ok(self
-            .entries
-            .lock()
-            .iter()
-            .find(|e| matches!(e.object.role, ObjectRole::Output { job_id, index: i, .. } if job_id == job && i == index))
+        let c = self.catalogue.lock();
+        Ok(c.by_output
+            .get(&(job, index))
+            .and_then(|&at| c.entries.get(at))
             .map(|e| e.object.clone()))
     }
 
     async fn outputs(&self, job: JobId) -> CatalogueResult<Vec<StoredObject>> {
-        let mut found: Vec<(u32, StoredObject)> = self
-            .entries
-            .lock()
-            .iter()
-            .filter_map(|e| match e.object.role {
-                ObjectRole::Output { job_id, index, .. } if job_id == job => {
-                    Some((index, e.object.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        found.sort_by_key(|(i, _)| *i);
-        Ok(found.into_iter().map(|(_, o)| o).collect())
+        let c = self.catalogue.lock();
+        // Keyed by (job, index): in index order.
+        Ok(c.by_output
+            .range((job, 0)..=(job, u32::MAX))
+            .filter_map(|(_, &at)| c.entries.get(at))
+            .map(|e| e.object.clone())
+            .collect())
     }
 
     async fn mark_gone(
@@ -154,11 +176,8 @@ impl MaterialStore for MemoryMaterialStore {
         key: &str,
         now: DateTime<Utc>,
     ) -> CatalogueResult<Option<StoredObject>> {
-        let mut entries = self.entries.lock();
-        let Some(e) = entries
-            .iter_mut()
-            .find(|e| e.object.key == key && e.object.is_live(now))
-        else {
+        let mut c = self.catalogue.lock();
+        let Some(e) = c.by_key_mut(key).filter(|e| e.object.is_live(now)) else {
             return Ok(None);
         };
         e.object.gone_at = Some(now);
@@ -166,7 +185,7 @@ impl MaterialStore for MemoryMaterialStore {
     }
 
     async fn usage(&self, user: UserId, now: DateTime<Utc>) -> CatalogueResult<StorageUsage> {
-        Ok(used(&self.entries.lock(), user, now))
+        Ok(used(&self.catalogue.lock(), user, now))
     }
 
     async fn due_for_purge(
@@ -175,8 +194,9 @@ impl MaterialStore for MemoryMaterialStore {
         limit: usize,
     ) -> CatalogueResult<Vec<StoredObject>> {
         let mut due: Vec<StoredObject> = self
-            .entries
+            .catalogue
             .lock()
+            .entries
             .iter()
             .filter(|e| !e.purged && !e.object.is_live(now))
             .map(|e| e.object.clone())
@@ -187,7 +207,7 @@ impl MaterialStore for MemoryMaterialStore {
     }
 
     async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()> {
-        if let Some(e) = self.entries.lock().iter_mut().find(|e| e.object.key == key) {
+        if let Some(e) = self.catalogue.lock().by_key_mut(key) {
             e.purged = true;
             e.object.gone_at.get_or_insert(now);
         }
@@ -195,15 +215,16 @@ impl MaterialStore for MemoryMaterialStore {
     }
 
     async fn expire_user(&self, user: UserId, now: DateTime<Utc>) -> CatalogueResult<u64> {
+        let mut c = self.catalogue.lock();
+        let Some(mine) = c.by_user.get(&user).cloned() else {
+            return Ok(0);
+        };
         let mut n = 0;
-        for e in self
-            .entries
-            .lock()
-            .iter_mut()
-            .filter(|e| e.object.user_id == user && e.object.is_live(now))
-        {
-            e.object.expires_at = now;
-            n += 1;
+        for at in mine {
+            if let Some(e) = c.entries.get_mut(at).filter(|e| e.object.is_live(now)) {
+                e.object.expires_at = now;
+                n += 1;
+            }
         }
         Ok(n)
     }
