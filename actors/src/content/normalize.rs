@@ -106,6 +106,12 @@ pub fn unspaced_script(c: char) -> bool {
         | '\u{20000}'..='\u{2ffff}') // CJK extensions B and later
 }
 
+/// CJK unified ideographs (not the compatibility ones, which decompose):
+/// letters that fold to themselves.
+fn ideograph(c: char) -> bool {
+    matches!(c, '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' | '\u{20000}'..='\u{2ffff}')
+}
+
 /// Lower-case, compatibility-folded (full-width and styled letters become
 /// plain ones), accents removed: each character decomposed by
 /// compatibility, lower-cased, and stripped of combining marks. Done per
@@ -119,6 +125,12 @@ fn fold(text: &str) -> String {
     for c in text.chars() {
         if c.is_ascii() {
             out.push(c.to_ascii_lowercase());
+            continue;
+        }
+        // Unified ideographs have no decomposition, no case and no marks:
+        // most of a Chinese prompt skips the table walks.
+        if ideograph(c) {
+            out.push(c);
             continue;
         }
         decompose_compatible(c, |d| {
@@ -164,7 +176,7 @@ impl Builder {
         for c in word.chars() {
             // Squeezing letters (`kiiill` → `kil`) but not digits: `22`
             // is not `2`.
-            if self.join && c.is_alphabetic() && self.last == Some(c) {
+            if self.join && self.last == Some(c) && c.is_alphabetic() {
                 continue;
             }
             self.out.text.push(c);
@@ -220,6 +232,20 @@ fn tokenize(text: &str, join: bool) -> Canonical {
         current.clear();
     };
     for c in folded.chars() {
+        // The fast paths give what the general one below gives for these
+        // characters (none is invisible, a mark or a look-alike), sooner.
+        if c.is_ascii() {
+            if c.is_ascii_alphanumeric() || leet(c).is_some() {
+                current.push(c);
+            } else {
+                flush(&mut current, &mut b);
+            }
+            continue;
+        }
+        if ideograph(c) {
+            current.push(c);
+            continue;
+        }
         if invisible(c) || is_combining_mark(c) {
             continue;
         }
@@ -253,6 +279,36 @@ pub fn canonical(text: &str) -> Canonical {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast paths agree with the general path, character by character.
+    #[test]
+    fn fast_paths_fold_as_the_general_path_does() {
+        let general = |c: char| -> String {
+            let mut out = String::new();
+            decompose_compatible(c, |d| {
+                for lower in d.to_lowercase() {
+                    decompose_canonical(lower, |m| {
+                        if !is_combining_mark(m) {
+                            out.push(m);
+                        }
+                    });
+                }
+            });
+            out
+        };
+        let ranges = [(0x3400u32, 0x4dbfu32), (0x4e00, 0x9fff), (0x20000, 0x2a6df)];
+        for (lo, hi) in ranges {
+            for c in (lo..=hi).filter_map(char::from_u32) {
+                assert!(ideograph(c));
+                assert_eq!(general(c), c.to_string(), "{c:?}");
+                assert!(c.is_alphanumeric() && !invisible(c) && confusable(c) == c);
+            }
+        }
+        for c in (0u32..128).filter_map(char::from_u32) {
+            assert_eq!(confusable(c), c);
+            assert!(!invisible(c) && !is_combining_mark(c));
+        }
+    }
 
     #[test]
     fn normalization_folds_tricks() {
