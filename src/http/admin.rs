@@ -137,15 +137,16 @@ pub struct ModerationRequest {
     pub note: Option<String>,
 }
 
-/// No body, or a JSON `ModerationRequest`; anything else is refused.
+/// No body, `null`, or a JSON `ModerationRequest`; anything else is
+/// refused.
 fn moderation_note(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let request: ModerationRequest =
+    let request: Option<ModerationRequest> =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidParams(format!("body: {e}")))?;
     Ok(request
-        .note
+        .and_then(|r| r.note)
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty()))
 }

@@ -277,7 +277,9 @@ pub async fn success_posts_the_hold(store: Shared) {
 /// the late start is then refused as stale.
 pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
     let user = user_with(&store, "nostart@example.com", 10).await;
-    let job = store.submit_job(new_job(user.id, 2)).await.unwrap().job;
+    let mut submitted = new_job(user.id, 2);
+    submitted.spec.webhook_url = Some("https://example.com/hooks".into());
+    let job = store.submit_job(submitted).await.unwrap().job;
     let attempt = assign(&store, &job).await;
     let done = store
         .finish_attempt(
@@ -294,6 +296,19 @@ pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
     let records = store.attempts(job.id).await.unwrap();
     assert_eq!(records.len(), 1);
     assert!(records[0].started_at.is_some() && records[0].finished_at.is_some());
+    // Its webhook receiver hears it start, then succeed.
+    // (Claimed as a dispatcher would after the first try's claim ran out.)
+    let later = Utc::now() + chrono::Duration::minutes(5);
+    let owed: Vec<String> = store
+        .claim_webhooks(later, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.delivery.job_id == job.id)
+        .map(|w| w.delivery.event_type)
+        .collect();
+    assert!(owed.contains(&"job.started".to_owned()), "{owed:?}");
+    assert!(owed.contains(&"job.succeeded".to_owned()), "{owed:?}");
     assert!(matches!(
         store.start_job(attempt, Utc::now()).await,
         Err(StoreError::StaleTransition { .. })

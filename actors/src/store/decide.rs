@@ -421,11 +421,19 @@ pub fn finish(
             outcome,
             AttemptOutcome::Succeeded { .. } | AttemptOutcome::Withheld { .. }
         );
+    let mut draft = Draft::default();
     if ran_unrecorded {
+        // Watchers and webhooks see the start it had, before its end.
         job.started_at.get_or_insert(at);
+        let mut running = job.clone();
+        running.state = JobState::Running;
+        draft.ws.events.push(JobEvent::state_at(&running, at));
+        draft
+            .ws
+            .webhooks
+            .extend(WebhookDelivery::for_state(&running, at));
     }
     let end = job.end_attempt(outcome, at);
-    let mut draft = Draft::default();
     if let Some(resolution) = end.resolution {
         draft.resolve_hold(&mut account, &job, held_before, resolution, at)?;
     }
