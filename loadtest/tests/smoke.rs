@@ -14,7 +14,8 @@ fn workspace() -> PathBuf {
 }
 
 /// The server binary: `ADMEDIA_BIN` if set; otherwise the workspace's debug
-/// build, brought up to date with cargo (a no-op when it is fresh).
+/// build, brought up to date with cargo (a no-op when the test run just
+/// built it).
 fn server_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("ADMEDIA_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
@@ -27,7 +28,11 @@ fn server_bin() -> PathBuf {
     let bin = target.join("debug").join("admedia");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "-p", "admedia", "--bin", "admedia"])
+        // The workspace's test targets, as `cargo test --workspace` builds
+        // them: the server binary comes with the same features, so this
+        // reuses what the test run compiled instead of building the
+        // dependency tree a second time with other features.
+        .args(["build", "--workspace", "--tests"])
         .current_dir(workspace())
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the server: {e}"));
