@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-/// What a pointer outside the repository looks like.
+/// What a pointer outside the repository looks like. Spelled in pieces so
+/// that this file is not itself such a pointer.
 const OUTSIDE: &[&str] = &[
-    "../shared",
-    "DESIGN.md",
-    "API.md",
-    "STYLE.md",
-    "terms-of-service.txt",
+    concat!("../", "shared"),
+    concat!("DESIGN", ".md"),
+    concat!("API", ".md"),
+    concat!("STYLE", ".md"),
+    concat!("terms-of-", "service.txt"),
 ];
 
 /// Directories that hold no file of the project's own.
@@ -41,7 +42,8 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// "issue 9", "issue #12": a tracker's numbering, meaningless in a clone.
+/// A tracker's numbering ("issue" and a number, with or without `#`),
+/// meaningless in a clone.
 fn cites_an_issue(line: &str) -> bool {
     let lower = line.to_ascii_lowercase();
     lower.match_indices("issue ").any(|(i, m)| {
@@ -56,12 +58,8 @@ fn no_file_points_outside_the_repository() {
     let mut all = Vec::new();
     files(root, &mut all);
     assert!(all.len() > 50, "walked too few files: {}", all.len());
-    let this = Path::new(file!());
     let mut found = Vec::new();
     for path in &all {
-        if path.ends_with(this) {
-            continue;
-        }
         let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };
@@ -82,8 +80,8 @@ fn no_file_points_outside_the_repository() {
 
 #[test]
 fn the_issue_pattern_is_what_it_says() {
-    assert!(cites_an_issue("see issue 9 item 5"));
-    assert!(cites_an_issue("(Issue #12)"));
+    assert!(cites_an_issue(concat!("see iss", "ue 9 item 5")));
+    assert!(cites_an_issue(concat!("(Iss", "ue #12)")));
     assert!(!cites_an_issue("an issue with the lease"));
     assert!(!cites_an_issue("issues were fixed"));
 }

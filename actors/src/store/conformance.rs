@@ -89,6 +89,13 @@ async fn assign(store: &Shared, job: &Job) -> AttemptRef {
     attempt
 }
 
+/// A success with one output.
+fn delivered() -> AttemptOutcome {
+    AttemptOutcome::Succeeded {
+        outputs: vec![crate::job::Output::new("sim://x", "image/png")],
+    }
+}
+
 fn sys_fail() -> AttemptOutcome {
     AttemptOutcome::SystemFailure {
         message: "gpu fell off the bus".into(),
@@ -254,13 +261,7 @@ pub async fn success_posts_the_hold(store: Shared) {
     let attempt = assign(&store, &job).await;
     store.start_job(attempt, Utc::now()).await.unwrap();
     let done = store
-        .finish_attempt(
-            attempt,
-            AttemptOutcome::Succeeded {
-                outputs: vec![crate::job::Output::new("sim://x", "image/png")],
-            },
-            Utc::now(),
-        )
+        .finish_attempt(attempt, delivered(), Utc::now())
         .await
         .unwrap();
     assert_eq!(done.job.state, JobState::Succeeded);
@@ -282,13 +283,7 @@ pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
     let job = store.submit_job(submitted).await.unwrap().job;
     let attempt = assign(&store, &job).await;
     let done = store
-        .finish_attempt(
-            attempt,
-            AttemptOutcome::Succeeded {
-                outputs: vec![crate::job::Output::new("sim://x", "image/png")],
-            },
-            Utc::now(),
-        )
+        .finish_attempt(attempt, delivered(), Utc::now())
         .await
         .unwrap();
     assert_eq!(done.job.state, JobState::Succeeded);
