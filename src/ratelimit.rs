@@ -72,6 +72,9 @@ pub enum Decision {
 pub struct Spent {
     key: String,
     window: u64,
+    /// Where the unit was counted, so it is given back there and only
+    /// there (Redis may have failed, or come back, in between).
+    in_redis: bool,
 }
 
 /// What one call does to a key's count.
@@ -208,31 +211,37 @@ impl WindowCounter {
             return Decision::Allowed { spent: None };
         }
         let (window, progress) = window_now(self.window);
-        let under = match &self.redis {
+        // `Some(in_redis)`: where the event was counted, if it was.
+        let (under, counted_in) = match &self.redis {
             Some(redis) => match self
                 .apply_redis(redis, key, window, progress, limit, mode)
                 .await
             {
-                Ok(under) => under,
+                Ok(under) => (under, Some(true)),
                 Err(e) if self.local_when_redis_fails => {
                     self.metrics.redis_error("rate_limit");
                     tracing::warn!(error = %e, "Redis unreachable; counting in this process meanwhile");
-                    self.apply_local(key, window, progress, limit, mode)
+                    let under = self.apply_local(key, window, progress, limit, mode);
+                    (under, Some(false))
                 }
                 Err(e) => {
                     self.metrics.redis_error("rate_limit");
                     tracing::warn!(error = %e, "Redis unreachable; not rate limited");
-                    true
+                    (true, None)
                 }
             },
-            None => self.apply_local(key, window, progress, limit, mode),
+            None => (
+                self.apply_local(key, window, progress, limit, mode),
+                Some(false),
+            ),
         };
         if under {
             let counted = mode == Mode::Count || mode == Mode::Record;
             Decision::Allowed {
-                spent: counted.then(|| Spent {
+                spent: counted_in.filter(|_| counted).map(|in_redis| Spent {
                     key: key.to_owned(),
                     window,
+                    in_redis,
                 }),
             }
         } else {
@@ -247,7 +256,10 @@ impl WindowCounter {
     /// accepted submissions spend the budget. A unit counted in a window
     /// that has passed is left alone, as that window no longer limits much.
     pub async fn release(&self, spent: Spent) {
-        if let Some(redis) = &self.redis {
+        if spent.in_redis {
+            let Some(redis) = &self.redis else {
+                return;
+            };
             let key = format!("{}:{}:{}", redis.prefix, spent.key, spent.window);
             let result: Result<(), String> = async {
                 let mut conn = redis.pool.get().await.map_err(|e| e.to_string())?;
@@ -259,13 +271,11 @@ impl WindowCounter {
                     .map_err(|e| e.to_string())
             }
             .await;
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    self.metrics.redis_error("rate_limit");
-                    tracing::warn!(error = %e, "Redis unreachable; a refused event stays counted");
-                }
+            if let Err(e) = result {
+                self.metrics.redis_error("rate_limit");
+                tracing::warn!(error = %e, "Redis unreachable; a refused event stays counted");
             }
+            return;
         }
         let mut counts = self.local.lock();
         if let Some(entry) = counts.get_mut(&spent.key) {
@@ -409,6 +419,37 @@ mod tests {
         match limiter.check(a, Tier::Free).await {
             Decision::Limited { retry_after } => assert!((1..=60).contains(&retry_after)),
             Decision::Allowed { .. } => panic!("over the limit"),
+        }
+    }
+
+    /// A unit is given back where it was counted: nothing when Redis was
+    /// down and the event let through uncounted, this process's count when
+    /// it counted meanwhile.
+    #[tokio::test]
+    async fn a_unit_records_where_it_was_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let down = || redis_pool("redis://127.0.0.1:1/").expect("pool");
+        let uncounted =
+            WindowCounter::redis(down(), "t", WINDOW, metrics.clone()).allow_when_redis_fails();
+        assert!(matches!(
+            uncounted.apply("k", 5, Mode::Count).await,
+            Decision::Allowed { spent: None }
+        ));
+        let fallback = WindowCounter::redis(down(), "t", WINDOW, metrics);
+        match fallback.apply("k", 1, Mode::Count).await {
+            Decision::Allowed { spent: Some(s) } => {
+                assert!(!s.in_redis);
+                assert!(matches!(
+                    fallback.apply("k", 1, Mode::Count).await,
+                    Decision::Limited { .. }
+                ));
+                fallback.release(s).await;
+                assert!(matches!(
+                    fallback.apply("k", 1, Mode::Count).await,
+                    Decision::Allowed { spent: Some(_) }
+                ));
+            }
+            _ => panic!("counted in this process"),
         }
     }
 
