@@ -21,8 +21,8 @@ use crate::audit::{self, AuditInput, AuditReport, Violation};
 use crate::cli::{Load, Plan, Scenario, Target};
 use crate::fleet;
 use crate::load::{self, Ctx, User, PROMPT_PREFIX};
-use crate::metrics::{self, FinalJob};
-use crate::recorder::{Kill, Recorder};
+use crate::metrics::{self, BacklogLevel, Figures, FinalJob};
+use crate::recorder::{Data, Kill, Recorder};
 use crate::report::{self, CancelSummary, ReplaySummary, Report, ServerInfo};
 use crate::server::{self, ServerChild, ServerConfig};
 use crate::workers::{WorkerPool, WorkerSpec};
@@ -768,6 +768,58 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
             _ => cancels.other += 1,
         }
     }
+    conclude(
+        &plan,
+        &target,
+        &api,
+        &d,
+        Header {
+            started_at,
+            run_id,
+            run_end_us,
+        },
+        Findings {
+            figures,
+            backlog,
+            replays,
+            cancels,
+            drained,
+            warnings,
+            audit: audit_report,
+            fleet: None,
+        },
+    )
+}
+
+/// When and which run a report describes.
+struct Header {
+    started_at: String,
+    run_id: String,
+    run_end_us: u64,
+}
+
+/// What a scenario found; the rest of its report is the run's own.
+struct Findings {
+    figures: Figures,
+    backlog: Vec<BacklogLevel>,
+    replays: ReplaySummary,
+    cancels: CancelSummary,
+    drained: bool,
+    warnings: Vec<String>,
+    audit: AuditReport,
+    fleet: Option<fleet::FleetFigures>,
+}
+
+/// Writes and prints the report, stops a server the run started, and
+/// says whether the run passed: the same ending for every scenario.
+fn conclude(
+    plan: &Plan,
+    target: &Target2,
+    api: &Api,
+    d: &Data,
+    header: Header,
+    found: Findings,
+) -> Result<Outcome, String> {
     let (starts, server_url) = match &target.server {
         Some(s) => (s.borrow().starts, s.borrow().base_url()),
         None => (0, api.base().to_owned()),
@@ -776,9 +828,9 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         tool: format!("admedia-loadtest {}", env!("CARGO_PKG_VERSION")),
         scenario: plan.scenario.as_str().to_owned(),
         mode: plan.mode.clone(),
-        started_at,
-        run_s: run_end_us as f64 / 1e6,
-        run_id,
+        started_at: header.started_at,
+        run_s: header.run_end_us as f64 / 1e6,
+        run_id: header.run_id,
         plan: plan.clone(),
         server: ServerInfo {
             url: server_url,
@@ -787,22 +839,21 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
             kills: d.kills.clone(),
         },
         phases: d.phases.clone(),
-        figures,
-        backlog,
+        figures: found.figures,
+        backlog: found.backlog,
         faults: d.faults.clone(),
         statuses: d.statuses.clone(),
-        replays,
-        cancels,
+        replays: found.replays,
+        cancels: found.cancels,
         resubmits: d.resubmits,
-        drained,
-        warnings,
+        drained: found.drained,
+        warnings: found.warnings,
         anomalies: d.anomalies.clone(),
         anomaly_count: d.anomaly_count,
-        passed: audit_report.passed,
-        audit: audit_report,
-        fleet: None,
+        passed: found.audit.passed,
+        audit: found.audit,
+        fleet: found.fleet,
     };
-    drop(d);
     report::write(&plan.out, &report)?;
     print!("{}", report::text(&report));
     println!(
@@ -1239,55 +1290,27 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
         plan.weights,
         run_end_us,
     );
-    let (starts, server_url) = match &target.server {
-        Some(s) => (s.borrow().starts, s.borrow().base_url()),
-        None => (0, api.base().to_owned()),
-    };
-    let report = Report {
-        tool: format!("admedia-loadtest {}", env!("CARGO_PKG_VERSION")),
-        scenario: plan.scenario.as_str().to_owned(),
-        mode: plan.mode.clone(),
-        started_at,
-        run_s: run_end_us as f64 / 1e6,
-        run_id,
-        plan: plan.clone(),
-        server: ServerInfo {
-            url: server_url,
-            binary: target.binary.clone(),
-            starts,
-            kills: d.kills.clone(),
+    conclude(
+        &plan,
+        &target,
+        &api,
+        &d,
+        Header {
+            started_at,
+            run_id,
+            run_end_us,
         },
-        phases: d.phases.clone(),
-        figures,
-        backlog: Vec::new(),
-        faults: d.faults.clone(),
-        statuses: d.statuses.clone(),
-        replays: ReplaySummary::default(),
-        cancels: CancelSummary::default(),
-        resubmits: d.resubmits,
-        drained,
-        warnings,
-        anomalies: d.anomalies.clone(),
-        anomaly_count: d.anomaly_count,
-        passed: audit_report.passed,
-        audit: audit_report,
-        fleet: Some(fleet_figures),
-    };
-    drop(d);
-    report::write(&plan.out, &report)?;
-    print!("{}", report::text(&report));
-    println!(
-        "report: {} and {}",
-        plan.out.join("report.html").display(),
-        plan.out.join("report.json").display()
-    );
-    if let Some(server) = &target.server {
-        server.borrow_mut().kill();
-    }
-    Ok(Outcome {
-        passed: report.passed,
-        report_dir: plan.out.clone(),
-    })
+        Findings {
+            figures,
+            backlog: Vec::new(),
+            replays: ReplaySummary::default(),
+            cancels: CancelSummary::default(),
+            drained,
+            warnings,
+            audit: audit_report,
+            fleet: Some(fleet_figures),
+        },
+    )
 }
 
 /// How often a job for the unserved model joins some tier's line during
