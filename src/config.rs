@@ -680,6 +680,9 @@ impl Settings {
             ("ADMEDIA_LEADER_TIMEOUT", self.leader_timeout),
             ("ADMEDIA_GIFT_SWEEP", self.gift_sweep),
             ("ADMEDIA_VIOLATION_WINDOW", self.violation_window),
+            // Users are told of a price change before it applies: a zero
+            // notice would let a change apply at once.
+            ("ADMEDIA_PRICE_NOTICE", self.price_notice),
         ];
         for (name, span) in spans {
             if span.is_zero() {

@@ -63,6 +63,17 @@ fn a_zero_duration_is_refused_by_its_variable() {
 }
 
 #[test]
+fn a_price_change_needs_notice() {
+    let out = admedia(&[("ADMEDIA_PRICE_NOTICE", "0s")], &[]);
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    assert_eq!(
+        stderr.trim(),
+        "admedia: ADMEDIA_PRICE_NOTICE: must be a positive duration, got 0"
+    );
+}
+
+#[test]
 fn redirected_logs_have_no_colour_and_the_error_is_printed_once() {
     // Fails after the store is up, so start-up has logged a warning first.
     let out = admedia(&[("ADMEDIA_RATE_LIMITS", "gold=5")], &[]);

@@ -155,9 +155,19 @@ pub struct ScheduledGift {
     pub amount: Credits,
     pub starts_at: DateTime<Utc>,
     pub granted_at: Option<DateTime<Utc>>,
+    /// Set when the gift's whole month passed while the account was
+    /// suspended: a benefit of a month not enjoyed, never granted later.
+    #[serde(default)]
+    pub lapsed_at: Option<DateTime<Utc>>,
 }
 
 impl ScheduledGift {
+    /// The end of the gift's month (the next month's start). `None` only
+    /// past the calendar's end, where no gift can be scheduled anyway.
+    pub fn ends_at(&self) -> Option<DateTime<Utc>> {
+        self.starts_at.checked_add_months(Months::new(1))
+    }
+
     /// The ledger note of the grant.
     pub fn note(&self) -> String {
         format!(
@@ -277,6 +287,7 @@ pub fn gift_schedule(
                 amount: monthly,
                 starts_at: start.checked_add_months(Months::new(month))?,
                 granted_at: None,
+                lapsed_at: None,
             })
         })
         .collect()

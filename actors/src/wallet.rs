@@ -406,7 +406,7 @@ impl Handler<SetStatus> for WalletActor {
         let user_id = self.user_id;
         let status = msg.0;
         let fut = async move {
-            let user = store.set_status(user_id, status).await?;
+            let user = store.set_status(user_id, status, Utc::now()).await?;
             let cancelled = if status == AccountStatus::Active {
                 Vec::new()
             } else {

@@ -130,8 +130,13 @@ impl Store for FaultyStore {
     async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
         self.inner.set_membership(id, membership).await
     }
-    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
-        self.inner.set_status(id, status).await
+    async fn set_status(
+        &self,
+        id: UserId,
+        status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
+        self.inner.set_status(id, status, now).await
     }
     async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
         self.inner.wallet(user).await

@@ -190,8 +190,13 @@ impl Store for InstrumentedStore {
             .await
     }
 
-    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
-        self.timed("set_status", self.inner.set_status(id, status))
+    async fn set_status(
+        &self,
+        id: UserId,
+        status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
+        self.timed("set_status", self.inner.set_status(id, status, now))
             .await
     }
 

@@ -680,7 +680,12 @@ impl Store for PgStore {
         user_row(&row)
     }
 
-    async fn set_status(&self, id: UserId, new_status: AccountStatus) -> StoreResult<User> {
+    async fn set_status(
+        &self,
+        id: UserId,
+        new_status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let current = cached_query_opt(
@@ -692,6 +697,7 @@ impl Store for PgStore {
         .ok_or(StoreError::NotFound("user"))?;
         let current = status(current.get(0))?;
         decide::status_change(current, new_status)?;
+        platform::lapse_gifts(&tx, id, current, new_status, now).await?;
         let sql = format!("UPDATE users SET status = $2 WHERE id = $1 RETURNING {USER_COLUMNS}");
         let row = cached_query_one(&tx, &sql, &[&id.as_uuid(), &new_status.as_str()]).await?;
         tx.commit().await.map_err(db)?;

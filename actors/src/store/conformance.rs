@@ -472,7 +472,7 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
         store.submit_job(new_job(user.id, 2)).await.unwrap();
     }
     store
-        .set_status(user.id, AccountStatus::Suspended)
+        .set_status(user.id, AccountStatus::Suspended, Utc::now())
         .await
         .unwrap();
     assert_eq!(
@@ -484,7 +484,7 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
     assert!(cancelled.iter().all(|j| j.charge == Charge::Voided));
     assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 0);
     let u = store
-        .set_status(user.id, AccountStatus::Active)
+        .set_status(user.id, AccountStatus::Active, Utc::now())
         .await
         .unwrap();
     assert!(u.is_active());
@@ -1248,6 +1248,7 @@ macro_rules! store_conformance_tests {
             payments_apply_once_and_refuse_a_reused_id,
             memberships_extend_and_grant_each_month_once,
             membership_upgrade_takes_effect_at_once,
+            gifts_of_months_spent_suspended_lapse,
             price_versions_are_stored_once_and_announced,
             jobs_record_their_price_version,
             content_violations_are_counted_in_their_window,

@@ -25,7 +25,9 @@ use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
 use crate::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
 use crate::money::{Credits, MoneyError};
-use crate::payments::{extend_membership, gift_schedule, NewPayment, Product, ScheduledGift};
+use crate::payments::{
+    extend_membership, gift_schedule, NewPayment, PaymentId, Product, ScheduledGift,
+};
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
 use crate::tier::Membership;
@@ -752,9 +754,42 @@ pub fn payment_replay(
 }
 
 /// A scheduled membership gift is granted now only when its month has
-/// started, it was not granted before, and the account is active.
+/// started, it was neither granted nor lapsed before, and the account is
+/// active. A gift whose month ended while the server was down is still
+/// granted late: the user was a member in good standing that month.
 pub fn gift_due(gift: &ScheduledGift, status: AccountStatus, now: DateTime<Utc>) -> bool {
-    gift.granted_at.is_none() && gift.starts_at <= now && status == AccountStatus::Active
+    gift.granted_at.is_none()
+        && gift.lapsed_at.is_none()
+        && gift.starts_at <= now
+        && status == AccountStatus::Active
+}
+
+/// Whether a status change can lapse gifts at all: only a reinstatement.
+pub fn lapses_gifts(current: AccountStatus, next: AccountStatus) -> bool {
+    current == AccountStatus::Suspended && next == AccountStatus::Active
+}
+
+/// The gifts that lapse when an account's status changes from `current`
+/// to `next` at `now`, out of the account's `gifts`: on reinstatement,
+/// every ungranted gift whose whole month passed during the suspension.
+/// Gifts are a benefit of the membership period the user enjoys; a month
+/// spent suspended, or one after the membership ended, grants nothing.
+/// The month in progress is still granted once the account is active.
+pub fn gifts_lapsing(
+    current: AccountStatus,
+    next: AccountStatus,
+    gifts: &[ScheduledGift],
+    now: DateTime<Utc>,
+) -> Vec<(PaymentId, u32)> {
+    if !lapses_gifts(current, next) {
+        return Vec::new();
+    }
+    gifts
+        .iter()
+        .filter(|g| g.granted_at.is_none() && g.lapsed_at.is_none())
+        .filter(|g| g.ends_at().is_none_or(|end| end <= now))
+        .map(|g| (g.payment_id.clone(), g.month))
+        .collect()
 }
 
 /// The state a batch of decisions sees: what was loaded, as the earlier

@@ -501,10 +501,17 @@ impl Store for MemoryStore {
         Ok(user.clone())
     }
 
-    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
+    async fn set_status(
+        &self,
+        id: UserId,
+        status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
         let mut s = self.state.lock();
+        let current = s.users.get(&id).ok_or(StoreError::NotFound("user"))?.status;
+        decide::status_change(current, status)?;
+        platform::lapse_gifts(&mut s, id, current, status, now)?;
         let user = s.users.get_mut(&id).ok_or(StoreError::NotFound("user"))?;
-        decide::status_change(user.status, status)?;
         user.status = status;
         Ok(user.clone())
     }

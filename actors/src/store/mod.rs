@@ -287,7 +287,14 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>>;
     async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
     async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User>;
-    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User>;
+    /// Reinstating a suspended account at `now` lapses the gifts of the
+    /// months that passed entirely while it was suspended.
+    async fn set_status(
+        &self,
+        id: UserId,
+        status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User>;
 
     // ---- wallets
     async fn wallet(&self, user: UserId) -> StoreResult<Wallet>;

@@ -46,7 +46,8 @@ fn key_row(r: &Row) -> StoreResult<ApiKeyRecord> {
     })
 }
 
-const GIFT_COLUMNS: &str = "payment_id, month, user_id, tier, amount, starts_at, granted_at";
+const GIFT_COLUMNS: &str =
+    "payment_id, month, user_id, tier, amount, starts_at, granted_at, lapsed_at";
 
 fn gift_row(r: &Row) -> StoreResult<ScheduledGift> {
     let month: i32 = r.get(1);
@@ -59,7 +60,46 @@ fn gift_row(r: &Row) -> StoreResult<ScheduledGift> {
         amount: credits(r.get(4))?,
         starts_at: r.get(5),
         granted_at: r.get(6),
+        lapsed_at: r.get(7),
     })
+}
+
+/// Marks, in the status change's transaction, the gifts it lapses (see
+/// `decide::gifts_lapsing`); the user's row is already locked.
+pub(super) async fn lapse_gifts(
+    tx: &Transaction<'_>,
+    user: UserId,
+    current: AccountStatus,
+    next: AccountStatus,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if !decide::lapses_gifts(current, next) {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT {GIFT_COLUMNS} FROM membership_gifts \
+         WHERE user_id = $1 AND granted_at IS NULL AND lapsed_at IS NULL FOR UPDATE"
+    );
+    let rows = tx.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
+    let gifts = rows.iter().map(gift_row).collect::<StoreResult<Vec<_>>>()?;
+    let lapsing = decide::gifts_lapsing(current, next, &gifts, now);
+    if lapsing.is_empty() {
+        return Ok(());
+    }
+    let payments: Vec<&str> = lapsing.iter().map(|(p, _)| p.as_str()).collect();
+    let months: Vec<i32> = lapsing
+        .iter()
+        .map(|(_, m)| i32::try_from(*m).unwrap_or(i32::MAX))
+        .collect();
+    tx.execute(
+        "UPDATE membership_gifts g SET lapsed_at = $3 \
+         FROM unnest($1::text[], $2::int[]) AS l(payment_id, month) \
+         WHERE g.payment_id = l.payment_id AND g.month = l.month AND g.granted_at IS NULL",
+        &[&payments, &months, &now],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 fn price_row(r: &Row) -> StoreResult<PriceVersion> {
@@ -339,7 +379,8 @@ impl PgStore {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {} FROM membership_gifts g JOIN users u ON u.id = g.user_id \
-             WHERE g.granted_at IS NULL AND g.starts_at <= $1 AND u.status = 'active' \
+             WHERE g.granted_at IS NULL AND g.lapsed_at IS NULL AND g.starts_at <= $1 \
+             AND u.status = 'active' \
              ORDER BY g.starts_at, g.payment_id, g.month LIMIT $2",
             GIFT_COLUMNS
                 .split(", ")
@@ -395,7 +436,8 @@ impl PgStore {
         let n = tx
             .execute(
                 "UPDATE membership_gifts SET granted_at = $3 \
-                 WHERE payment_id = $1 AND month = $2 AND granted_at IS NULL",
+                 WHERE payment_id = $1 AND month = $2 AND granted_at IS NULL \
+                 AND lapsed_at IS NULL",
                 &[
                     &payment.as_str(),
                     &i32::try_from(month).unwrap_or(i32::MAX),

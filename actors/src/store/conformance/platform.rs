@@ -147,7 +147,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     ));
     // An inactive account gets no new key.
     store
-        .set_status(other.id, AccountStatus::Suspended)
+        .set_status(other.id, AccountStatus::Suspended, now_us())
         .await
         .unwrap();
     assert_eq!(
@@ -334,7 +334,7 @@ pub async fn memberships_extend_and_grant_each_month_once(store: Shared) {
     ));
     // Suspended accounts get no gifts until reinstated.
     store
-        .set_status(user.id, AccountStatus::Suspended)
+        .set_status(user.id, AccountStatus::Suspended, now_us())
         .await
         .unwrap();
     let second_month = month_end.checked_add_months(Months::new(1)).unwrap() + Duration::seconds(1);
@@ -347,11 +347,105 @@ pub async fn memberships_extend_and_grant_each_month_once(store: Shared) {
             .granted
     );
     store
-        .set_status(user.id, AccountStatus::Active)
+        .set_status(user.id, AccountStatus::Active, second_month)
         .await
         .unwrap();
     assert_eq!(store.due_gifts(second_month, 100).await.unwrap().len(), 1);
     assert_eq!(gift_entries(&store, user.id).await.len(), 2);
+    assert_books_balance(&store).await;
+}
+
+pub async fn gifts_of_months_spent_suspended_lapse(store: Shared) {
+    let user = user_with(&store, "lapse@example.com", 0).await;
+    let now = now_us();
+    let mut p = payment("l_1", user.id, membership(Tier::Basic, Period::Year), 200);
+    p.now = now;
+    store.apply_payment(p).await.unwrap();
+    assert_eq!(gift_entries(&store, user.id).await.len(), 1);
+    let month = |n: u32| now.checked_add_months(Months::new(n)).unwrap();
+    store
+        .set_status(user.id, AccountStatus::Suspended, now + Duration::seconds(1))
+        .await
+        .unwrap();
+    // Reinstated during the fourth month: months two and three passed
+    // whole while suspended and lapse; the fourth, in progress, is due.
+    let back = month(3) + Duration::days(1);
+    store
+        .set_status(user.id, AccountStatus::Active, back)
+        .await
+        .unwrap();
+    let due = store.due_gifts(back, 100).await.unwrap();
+    let due: Vec<u32> = due
+        .iter()
+        .filter(|g| g.user_id == user.id)
+        .map(|g| g.month)
+        .collect();
+    assert_eq!(due, vec![3]);
+    let gifts = store.gifts(user.id).await.unwrap();
+    let lapsed: Vec<u32> = gifts
+        .iter()
+        .filter(|g| g.lapsed_at.is_some())
+        .map(|g| g.month)
+        .collect();
+    assert_eq!(lapsed, vec![1, 2]);
+    assert!(gifts
+        .iter()
+        .all(|g| g.lapsed_at.is_none() || g.granted_at.is_none()));
+    // A lapsed gift is never granted, however it is asked for.
+    assert!(
+        !store
+            .grant_gift(user.id, PaymentId::parse("l_1").unwrap(), 1, back)
+            .await
+            .unwrap()
+            .granted
+    );
+    assert!(
+        store
+            .grant_gift(user.id, PaymentId::parse("l_1").unwrap(), 3, back)
+            .await
+            .unwrap()
+            .granted
+    );
+    // Reinstating an account that was never suspended lapses nothing.
+    store
+        .set_status(user.id, AccountStatus::Active, back + Duration::seconds(1))
+        .await
+        .unwrap();
+    let lapsed_after = store
+        .gifts(user.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|g| g.lapsed_at.is_some())
+        .count();
+    assert_eq!(lapsed_after, 2);
+    // Suspended until after the membership ended: every remaining month
+    // lapses, and the balance stays (ToS 5.4).
+    store
+        .set_status(user.id, AccountStatus::Suspended, back + Duration::seconds(2))
+        .await
+        .unwrap();
+    let balance = store.wallet(user.id).await.unwrap().balance;
+    store
+        .set_status(user.id, AccountStatus::Active, month(13))
+        .await
+        .unwrap();
+    assert!(store
+        .due_gifts(month(13), 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|g| g.user_id != user.id));
+    assert_eq!(store.wallet(user.id).await.unwrap().balance, balance);
+    assert_eq!(gift_entries(&store, user.id).await.len(), 2);
+    let lapsed = store
+        .gifts(user.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|g| g.lapsed_at.is_some())
+        .count();
+    assert_eq!(lapsed, 10, "months 2, 3 and 5 to 12");
     assert_books_balance(&store).await;
 }
 

@@ -218,7 +218,7 @@ pub(super) fn due_gifts(s: &State, now: DateTime<Utc>, limit: usize) -> Vec<Sche
         .platform
         .gifts
         .values()
-        .filter(|g| g.granted_at.is_none() && g.starts_at <= now)
+        .filter(|g| g.granted_at.is_none() && g.lapsed_at.is_none() && g.starts_at <= now)
         .filter(|g| {
             s.users
                 .get(&g.user_id)
@@ -274,6 +274,23 @@ pub(super) fn grant_gift(
         granted: true,
         amount: gift.amount,
     })
+}
+
+/// Marks the gifts a status change lapses (see `decide::gifts_lapsing`).
+pub(super) fn lapse_gifts(
+    s: &mut State,
+    user: UserId,
+    current: AccountStatus,
+    next: AccountStatus,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let own = gifts(s, user)?;
+    for key in decide::gifts_lapsing(current, next, &own, now) {
+        if let Some(g) = s.platform.gifts.get_mut(&key) {
+            g.lapsed_at = Some(now);
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn gifts(s: &State, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
