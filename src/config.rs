@@ -196,7 +196,7 @@ pub struct Settings {
     /// What tiers share by weight: `gpu_seconds` (estimated GPU time) or
     /// `jobs` (dispatches).
     #[arg(long, env = "ADMEDIA_FAIRNESS_UNIT", default_value = "gpu_seconds")]
-    pub fairness_unit: admedia_actors::scheduler::FairnessUnit,
+    pub fairness_unit: admedia_actors::config::FairnessUnit,
     /// Longest wait per tier before a job expires (refunded), e.g.
     /// `free=24h,enterprise=30m` (unnamed tiers keep their default).
     #[arg(long, env = "ADMEDIA_MAX_WAIT", default_value = "")]
@@ -1034,9 +1034,9 @@ mod tests {
             cfg.max_wait.basic,
             admedia_actors::config::WaitLimits::default().basic
         );
-        assert_eq!(cfg.fairness, admedia_actors::scheduler::FairnessUnit::Jobs);
+        assert_eq!(cfg.fairness, admedia_actors::config::FairnessUnit::Jobs);
         assert!("fast"
-            .parse::<admedia_actors::scheduler::FairnessUnit>()
+            .parse::<admedia_actors::config::FairnessUnit>()
             .is_err());
         for bad in ["free", "gold=1h", "free=soon", "free=0s"] {
             let mut s = Settings::default();

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobKind, JobSpec};
+use crate::job::{JobKind, JobSpec, SizeClass};
 use crate::models::ModelRegistry;
 use crate::money::Credits;
-use crate::pricing::{PriceTable, SizeClass};
-use crate::scheduler::queue::FairnessUnit;
+use crate::pricing::PriceTable;
 use crate::tier::{Tier, TierTable};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -332,6 +331,30 @@ impl OrchestratorConfig {
         let half = full / 2;
         let jitter = half.mul_f64(rand::random::<f64>());
         half + jitter
+    }
+}
+
+/// What tiers share by weight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairnessUnit {
+    /// Estimated GPU time: a ten-minute video weighs what it occupies.
+    #[default]
+    GpuSeconds,
+    /// Dispatches, whatever each job costs.
+    Jobs,
+}
+
+impl std::str::FromStr for FairnessUnit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gpu_seconds" => Ok(FairnessUnit::GpuSeconds),
+            "jobs" => Ok(FairnessUnit::Jobs),
+            other => Err(format!(
+                "fairness unit {other:?}: expected gpu_seconds or jobs"
+            )),
+        }
     }
 }
 

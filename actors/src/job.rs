@@ -12,7 +12,6 @@ use thiserror::Error;
 
 use crate::ids::{JobId, LeaseToken, MaterialId, UserId, WorkerId};
 use crate::money::Credits;
-use crate::pricing::SizeClass;
 use crate::text::{self, UnstorableText};
 use crate::tier::{License, Tier};
 
@@ -480,6 +479,12 @@ impl Output {
             withheld: None,
         }
     }
+
+    /// Marks the output withheld or not by its safety labels, overwriting
+    /// whatever the worker sent in `withheld`: only the server decides.
+    pub fn judge_safety(&mut self, thresholds: &crate::content::outputs::OutputThresholds) {
+        self.withheld = thresholds.judge(&self.safety);
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -787,9 +792,55 @@ pub enum AttemptOutcome {
     },
 }
 
+/// How big a job is, in the classes the price table and the GPU memory
+/// estimates distinguish.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum SizeClass {
+    ImageStandard,
+    ImageLarge,
+    VideoStandard,
+    VideoHd,
+}
+
+impl SizeClass {
+    /// `None` when the size is beyond what the platform renders.
+    pub fn of(kind: JobKind, width: u32, height: u32) -> Option<SizeClass> {
+        let (long, short) = (width.max(height), width.min(height));
+        match kind {
+            JobKind::Image if long <= 1024 => Some(SizeClass::ImageStandard),
+            JobKind::Image if long <= 2048 => Some(SizeClass::ImageLarge),
+            JobKind::Video if long <= 1280 && short <= 720 => Some(SizeClass::VideoStandard),
+            JobKind::Video if long <= 1920 && short <= 1080 => Some(SizeClass::VideoHd),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_cannot_clear_its_own_output() {
+        use crate::content::outputs::{OutputThresholds, SafetyLabel, Withheld};
+        use crate::content::Score;
+        let t = OutputThresholds::default();
+        let mut flagged = Output::new("sim://x/0.png", "image/png");
+        flagged.safety = vec![SafetyLabel {
+            category: "violence".into(),
+            score: Score::new(0.9).unwrap(),
+        }];
+        flagged.withheld = None;
+        flagged.judge_safety(&t);
+        assert!(flagged.withheld.is_some());
+        let mut clean = Output::new("sim://x/1.png", "image/png");
+        clean.withheld = Some(Withheld {
+            category: "x".into(),
+            score: Score::ONE,
+        });
+        clean.judge_safety(&t);
+        assert_eq!(clean.withheld, None);
+    }
     use crate::pricing::PriceTable;
 
     fn req(kind: JobKind, params: ParamsRequest) -> JobRequest {

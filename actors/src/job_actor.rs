@@ -263,7 +263,9 @@ impl JobActor {
     /// safety labels reach their thresholds are withheld, and a job whose
     /// every output was withheld delivered nothing.
     fn deliver(&mut self, mut outputs: Vec<Output>, ctx: &mut Context<Self>) {
-        self.config.platform.output_thresholds.apply(&mut outputs);
+        for output in &mut outputs {
+            output.judge_safety(&self.config.platform.output_thresholds);
+        }
         let withheld = outputs.iter().filter(|o| o.withheld.is_some()).count();
         if withheld > 0 {
             tracing::warn!(parent: &self.span, withheld, outputs = outputs.len(),

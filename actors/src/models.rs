@@ -37,10 +37,8 @@ impl ModelSpec {
     pub fn expected_runtime(&self, spec: &JobSpec) -> Duration {
         let units = u64::from(job_units(spec));
         let large = match spec.size_class() {
-            crate::pricing::SizeClass::ImageStandard | crate::pricing::SizeClass::VideoStandard => {
-                1
-            }
-            crate::pricing::SizeClass::ImageLarge | crate::pricing::SizeClass::VideoHd => 2,
+            crate::job::SizeClass::ImageStandard | crate::job::SizeClass::VideoStandard => 1,
+            crate::job::SizeClass::ImageLarge | crate::job::SizeClass::VideoHd => 2,
         };
         Duration::from_millis(
             self.expected_ms_per_unit

@@ -573,8 +573,8 @@ impl Orchestrator {
             .iter()
             .map(|m| {
                 let size = match m.kind {
-                    crate::job::JobKind::Image => crate::pricing::SizeClass::ImageStandard,
-                    crate::job::JobKind::Video => crate::pricing::SizeClass::VideoStandard,
+                    crate::job::JobKind::Image => crate::job::SizeClass::ImageStandard,
+                    crate::job::JobKind::Video => crate::job::SizeClass::VideoStandard,
                 };
                 (
                     m.kind,

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobKind, JobSpec};
+use crate::job::{JobKind, JobSpec, SizeClass};
 use crate::money::{Credits, MoneyError};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -27,29 +27,6 @@ impl Default for PriceTable {
             image_large: 2,
             video_standard: 5,
             video_hd: 10,
-        }
-    }
-}
-
-/// The size classes the price table distinguishes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub enum SizeClass {
-    ImageStandard,
-    ImageLarge,
-    VideoStandard,
-    VideoHd,
-}
-
-impl SizeClass {
-    /// `None` when the size is beyond what the platform renders.
-    pub fn of(kind: JobKind, width: u32, height: u32) -> Option<SizeClass> {
-        let (long, short) = (width.max(height), width.min(height));
-        match kind {
-            JobKind::Image if long <= 1024 => Some(SizeClass::ImageStandard),
-            JobKind::Image if long <= 2048 => Some(SizeClass::ImageLarge),
-            JobKind::Video if long <= 1280 && short <= 720 => Some(SizeClass::VideoStandard),
-            JobKind::Video if long <= 1920 && short <= 1080 => Some(SizeClass::VideoHd),
-            _ => None,
         }
     }
 }

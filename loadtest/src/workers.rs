@@ -116,11 +116,10 @@ impl Profile {
             JobKind::Video => params.duration_s.unwrap_or(1),
         }
         .max(1);
-        let large = match admedia_actors::pricing::SizeClass::of(kind, params.width, params.height)
-        {
+        let large = match admedia_actors::job::SizeClass::of(kind, params.width, params.height) {
             Some(
-                admedia_actors::pricing::SizeClass::ImageLarge
-                | admedia_actors::pricing::SizeClass::VideoHd,
+                admedia_actors::job::SizeClass::ImageLarge
+                | admedia_actors::job::SizeClass::VideoHd,
             ) => 2,
             _ => 1,
         };

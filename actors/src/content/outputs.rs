@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Score;
-use crate::job::Output;
 
 /// One safety label a worker reports about an output: a category (the
 /// worker's or its classifier's name for it) and a score.
@@ -63,7 +62,7 @@ impl OutputThresholds {
     /// several reach their thresholds. An output with too many labels or
     /// a malformed one is withheld: a report we cannot read is not a
     /// clean one.
-    pub fn judge(&self, labels: &[crate::content::outputs::SafetyLabel]) -> Option<Withheld> {
+    pub fn judge(&self, labels: &[SafetyLabel]) -> Option<Withheld> {
         if labels.len() > MAX_LABELS {
             return Some(Withheld {
                 category: "unreadable-labels".into(),
@@ -95,14 +94,6 @@ impl OutputThresholds {
                     }
                 }
             })
-    }
-
-    /// Marks each output withheld or not, overwriting whatever the worker
-    /// sent in `withheld`: only the server decides.
-    pub fn apply(&self, outputs: &mut [Output]) {
-        for o in outputs {
-            o.withheld = self.judge(&o.safety);
-        }
     }
 }
 
@@ -142,26 +133,6 @@ mod tests {
             t.judge(&[label("", 0.0)]).map(|w| w.category),
             Some("unreadable-labels".into())
         );
-    }
-
-    #[test]
-    fn a_worker_cannot_clear_its_own_output() {
-        let t = OutputThresholds::default();
-        let mut o = Output::new("sim://x/0.png", "image/png");
-        o.safety = vec![label("violence", 0.9)];
-        let mut cleared = o.clone();
-        cleared.withheld = None;
-        let mut outputs = vec![cleared];
-        t.apply(&mut outputs);
-        assert!(outputs[0].withheld.is_some());
-        let mut clean = Output::new("sim://x/1.png", "image/png");
-        clean.withheld = Some(Withheld {
-            category: "x".into(),
-            score: Score::ONE,
-        });
-        let mut outputs = vec![clean];
-        t.apply(&mut outputs);
-        assert_eq!(outputs[0].withheld, None);
     }
 
     #[test]

@@ -9,4 +9,4 @@ pub mod queue;
 pub mod resume;
 
 pub use actor::SchedulerActor;
-pub use queue::{FairQueue, FairnessUnit, JobClass, QueuedJob};
+pub use queue::{FairQueue, JobClass, QueuedJob};

@@ -29,37 +29,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::config::OrchestratorConfig;
+use crate::config::{FairnessUnit, OrchestratorConfig};
 use crate::ids::{JobId, UserId, WorkerId};
-use crate::job::{Job, JobKind};
-use crate::pricing::SizeClass;
+use crate::job::{Job, JobKind, SizeClass};
+
 use crate::tier::{Tier, TierTable};
-
-/// What tiers share by weight.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FairnessUnit {
-    /// Estimated GPU time: a ten-minute video weighs what it occupies.
-    #[default]
-    GpuSeconds,
-    /// Dispatches, whatever each job costs.
-    Jobs,
-}
-
-impl std::str::FromStr for FairnessUnit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "gpu_seconds" => Ok(FairnessUnit::GpuSeconds),
-            "jobs" => Ok(FairnessUnit::Jobs),
-            other => Err(format!(
-                "fairness unit {other:?}: expected gpu_seconds or jobs"
-            )),
-        }
-    }
-}
 
 /// What a job needs of a worker; jobs of one class are placed alike.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]

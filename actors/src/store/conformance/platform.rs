@@ -364,7 +364,11 @@ pub async fn gifts_of_months_spent_suspended_lapse(store: Shared) {
     assert_eq!(gift_entries(&store, user.id).await.len(), 1);
     let month = |n: u32| now.checked_add_months(Months::new(n)).unwrap();
     store
-        .set_status(user.id, AccountStatus::Suspended, now + Duration::seconds(1))
+        .set_status(
+            user.id,
+            AccountStatus::Suspended,
+            now + Duration::seconds(1),
+        )
         .await
         .unwrap();
     // Reinstated during the fourth month: months two and three passed
@@ -422,7 +426,11 @@ pub async fn gifts_of_months_spent_suspended_lapse(store: Shared) {
     // Suspended until after the membership ended: every remaining month
     // lapses, and the balance stays (ToS 5.4).
     store
-        .set_status(user.id, AccountStatus::Suspended, back + Duration::seconds(2))
+        .set_status(
+            user.id,
+            AccountStatus::Suspended,
+            back + Duration::seconds(2),
+        )
         .await
         .unwrap();
     let balance = store.wallet(user.id).await.unwrap().balance;
