@@ -31,7 +31,7 @@ struct BenchObserver {
 }
 
 impl Observer for BenchObserver {
-    fn job_finished(&self, _: JobKind, _: Tier, _: &'static str) {
+    fn job_finished(&self, _: JobKind, _: Tier, _: admedia_actors::job::JobState) {
         self.finished.fetch_add(1, Ordering::Relaxed);
     }
 

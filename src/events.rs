@@ -219,7 +219,7 @@ impl admedia_actors::observer::Observer for ServerObserver {
         &self,
         kind: admedia_actors::job::JobKind,
         tier: admedia_actors::tier::Tier,
-        outcome: &'static str,
+        outcome: admedia_actors::job::JobState,
     ) {
         self.metrics.job_finished(kind, tier, outcome);
     }

@@ -520,9 +520,9 @@ impl Observer for Metrics {
             .inc();
     }
 
-    fn job_finished(&self, kind: JobKind, tier: Tier, outcome: &'static str) {
+    fn job_finished(&self, kind: JobKind, tier: Tier, outcome: JobState) {
         self.jobs_finished
-            .with_label_values(&[kind.as_str(), tier.as_str(), outcome])
+            .with_label_values(&[kind.as_str(), tier.as_str(), outcome.as_str()])
             .inc();
     }
 

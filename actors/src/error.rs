@@ -5,13 +5,15 @@ use thiserror::Error;
 
 use crate::money::Credits;
 use crate::store::StoreError;
+use crate::user::AccountStatus;
 
 #[derive(Debug, Error)]
 pub enum OrchestratorError {
     #[error("missing or invalid credentials")]
     Unauthorized,
-    #[error("the account is {0}")]
-    AccountSuspended(&'static str),
+    /// The account's status (suspended or terminated) refuses the request.
+    #[error("the account is {}", .0.as_str())]
+    AccountSuspended(AccountStatus),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("an account with this e-mail address already exists")]
@@ -78,9 +80,7 @@ impl From<StoreError> for OrchestratorError {
             StoreError::IdempotencyKeyReused => OrchestratorError::IdempotencyKeyReused,
             StoreError::JobFinished => OrchestratorError::JobFinished,
             StoreError::LastApiKey => OrchestratorError::LastApiKey,
-            StoreError::AccountInactive(status) => {
-                OrchestratorError::AccountSuspended(status.as_str())
-            }
+            StoreError::AccountInactive(status) => OrchestratorError::AccountSuspended(status),
             StoreError::Unavailable(msg) => OrchestratorError::Unavailable(msg),
             StoreError::LimitExceeded(msg) => OrchestratorError::InvalidParams(msg),
             e @ (StoreError::StaleTransition { .. }

@@ -23,8 +23,21 @@ pub const MAX_VIDEO_SECONDS: u32 = 60;
 pub const MIN_SIDE: u32 = 64;
 pub const MAX_REFERENCE_IMAGES: usize = 4;
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobKind {
     Image,
@@ -35,10 +48,7 @@ impl JobKind {
     pub const ALL: [JobKind; 2] = [JobKind::Image, JobKind::Video];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Image => "image",
-            JobKind::Video => "video",
-        }
+        self.into()
     }
 }
 
@@ -506,13 +516,32 @@ impl JobResult {
 }
 
 /// Where the job's hold stands.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Charge {
     Held,
     Posted,
     Voided,
+}
+
+impl Charge {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// The stored job.

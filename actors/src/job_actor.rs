@@ -345,7 +345,7 @@ impl JobActor {
                     NextStep::Retry { job: next, delay }
                 } else {
                     act.observer
-                        .job_finished(job.spec.kind, job.tier, job.state.as_str());
+                        .job_finished(job.spec.kind, job.tier, job.state);
                     NextStep::Done
                 };
                 act.end(next, ctx);

@@ -41,8 +41,21 @@ impl EntryKind {
 }
 
 /// Where granted credits came from (ToS 4.2).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GrantSource {
     Registration,
@@ -53,12 +66,7 @@ pub enum GrantSource {
 
 impl GrantSource {
     pub fn as_str(self) -> &'static str {
-        match self {
-            GrantSource::Registration => "registration",
-            GrantSource::Purchase => "purchase",
-            GrantSource::MembershipGift => "membership_gift",
-            GrantSource::Admin => "admin",
-        }
+        self.into()
     }
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::events::JobEvent;
-use crate::job::JobKind;
+use crate::job::{JobKind, JobState};
 use crate::ledger::EntryKind;
 use crate::tier::Tier;
 
@@ -39,7 +39,7 @@ impl AttemptResult {
 pub trait Observer: Send + Sync + 'static {
     fn job_submitted(&self, _kind: JobKind, _tier: Tier) {}
     /// `outcome` is the job's terminal state.
-    fn job_finished(&self, _kind: JobKind, _tier: Tier, _outcome: &'static str) {}
+    fn job_finished(&self, _kind: JobKind, _tier: Tier, _outcome: JobState) {}
     fn attempt_finished(&self, _kind: JobKind, _result: AttemptResult, _run: Option<Duration>) {}
     /// From a slot becoming free (or a job arriving) to the assignment.
     fn dispatched(&self, _tier: Tier, _queue_wait: Duration, _dispatch_latency: Option<Duration>) {}

@@ -343,7 +343,7 @@ impl Orchestrator {
             .await?
             .ok_or(OrchestratorError::Unauthorized)?;
         if !user.is_active() {
-            return Err(OrchestratorError::AccountSuspended(user.status.as_str()));
+            return Err(OrchestratorError::AccountSuspended(user.status));
         }
         Ok(user)
     }

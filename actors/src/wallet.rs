@@ -170,7 +170,7 @@ impl Handler<Submit> for WalletActor {
         let fut = async move {
             let user = user.await?;
             if !user.is_active() {
-                return Err(OrchestratorError::AccountSuspended(user.status.as_str()));
+                return Err(OrchestratorError::AccountSuspended(user.status));
             }
             let now = Utc::now();
             let tier = user.tier(now);
@@ -295,7 +295,7 @@ impl Handler<Cancel> for WalletActor {
             act.deps.observer.credits_moved(kind, job.cost.get());
             act.deps
                 .observer
-                .job_finished(job.spec.kind, job.tier, job.state.as_str());
+                .job_finished(job.spec.kind, job.tier, job.state);
             tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(),
                 movement = kind.as_str(), "job cancelled");
             if let Some(s) = act.deps.scheduler() {
@@ -335,7 +335,7 @@ impl Handler<Expire> for WalletActor {
             act.deps.observer.job_expired(job.tier);
             act.deps
                 .observer
-                .job_finished(job.spec.kind, job.tier, job.state.as_str());
+                .job_finished(job.spec.kind, job.tier, job.state);
             tracing::warn!(user = %job.user_id, job = %job.id, tier = %job.tier,
                 amount = job.cost.get(), "job expired waiting; hold voided");
             Ok(job)
@@ -426,7 +426,7 @@ impl Handler<SetStatus> for WalletActor {
                         .credits_moved(EntryKind::Void, job.cost.get());
                     act.deps
                         .observer
-                        .job_finished(job.spec.kind, job.tier, job.state.as_str());
+                        .job_finished(job.spec.kind, job.tier, job.state);
                     if let Some(s) = act.deps.scheduler() {
                         s.do_send(Withdraw(job.id));
                     }

@@ -63,8 +63,8 @@ impl Counting {
 }
 
 impl Observer for Counting {
-    fn job_finished(&self, _kind: JobKind, _tier: Tier, outcome: &'static str) {
-        *self.finished.lock().entry(outcome).or_default() += 1;
+    fn job_finished(&self, _kind: JobKind, _tier: Tier, outcome: admedia_actors::job::JobState) {
+        *self.finished.lock().entry(outcome.as_str()).or_default() += 1;
     }
 
     fn attempt_finished(&self, _kind: JobKind, result: AttemptResult, _run: Option<Duration>) {

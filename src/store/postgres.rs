@@ -235,37 +235,15 @@ fn state(s: &str) -> StoreResult<JobState> {
 }
 
 fn status(s: &str) -> StoreResult<AccountStatus> {
-    match s {
-        "active" => Ok(AccountStatus::Active),
-        "suspended" => Ok(AccountStatus::Suspended),
-        "terminated" => Ok(AccountStatus::Terminated),
-        _ => Err(corrupt("status", s)),
-    }
+    s.parse().map_err(|_| corrupt("status", s))
 }
 
 fn charge(s: &str) -> StoreResult<Charge> {
-    match s {
-        "held" => Ok(Charge::Held),
-        "posted" => Ok(Charge::Posted),
-        "voided" => Ok(Charge::Voided),
-        _ => Err(corrupt("charge", s)),
-    }
-}
-
-fn charge_str(c: Charge) -> &'static str {
-    match c {
-        Charge::Held => "held",
-        Charge::Posted => "posted",
-        Charge::Voided => "voided",
-    }
+    s.parse().map_err(|_| corrupt("charge", s))
 }
 
 fn kind(s: &str) -> StoreResult<JobKind> {
-    match s {
-        "image" => Ok(JobKind::Image),
-        "video" => Ok(JobKind::Video),
-        _ => Err(corrupt("job kind", s)),
-    }
+    s.parse().map_err(|_| corrupt("job kind", s))
 }
 
 fn entry_kind(s: &str) -> StoreResult<EntryKind> {
@@ -276,13 +254,7 @@ fn entry_kind(s: &str) -> StoreResult<EntryKind> {
 }
 
 fn source(s: &str) -> StoreResult<GrantSource> {
-    match s {
-        "registration" => Ok(GrantSource::Registration),
-        "purchase" => Ok(GrantSource::Purchase),
-        "membership_gift" => Ok(GrantSource::MembershipGift),
-        "admin" => Ok(GrantSource::Admin),
-        _ => Err(corrupt("grant source", s)),
-    }
+    s.parse().map_err(|_| corrupt("grant source", s))
 }
 
 fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> StoreResult<T> {

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{charge_str, db, to_json, WAITING_CHANNEL};
+use super::{db, to_json, WAITING_CHANNEL};
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
@@ -127,7 +127,7 @@ impl Rows {
         self.upd_before.push(before.as_str());
         self.upd_state.push(job.state.as_str());
         self.upd_attempts.push(int(job.attempts, "attempts")?);
-        self.upd_charge.push(charge_str(job.charge));
+        self.upd_charge.push(job.charge.as_str());
         self.upd_started.push(job.started_at);
         self.upd_finished.push(job.finished_at);
         self.upd_retry.push(job.retry_at);
@@ -231,7 +231,7 @@ impl Rows {
                     at,
                 } => {
                     r.r_job.push(job.as_uuid());
-                    r.r_state.push(charge_str(*resolution));
+                    r.r_state.push(resolution.as_str());
                     r.r_at.push(*at);
                 }
             }
