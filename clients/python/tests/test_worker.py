@@ -38,22 +38,21 @@ EXAMPLE = REPO / "examples" / "pillow_worker.py"
 PROGRAM = HERE / "worker_program.py"
 
 
-@pytest.fixture(scope="module", params=["embedded", "postgres"])
-def gpu_server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    """A server with no GPU of its own: jobs wait for a Python worker."""
-    store = request.param
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        if os.environ.get("CI", "") in ("true", "1"):
+            pytest.fail("DATABASE_URL is required when CI=true")
+        pytest.skip("DATABASE_URL is not set")
+    return _pg_schema_url(url)
+
+
+def _server_env(port: int, scratch: Path, database_url: Optional[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADMEDIA_")}
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
-    if store == "postgres":
-        url = os.environ.get("DATABASE_URL", "")
-        if not url:
-            if os.environ.get("CI", "") in ("true", "1"):
-                pytest.fail("DATABASE_URL is required when CI=true")
-            pytest.skip("DATABASE_URL is not set")
-        env["DATABASE_URL"] = _pg_schema_url(url)
-    port = _free_port()
-    scratch = Path(tempfile.mkdtemp(prefix="admedia-pyworker-"))
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     env.update(
         {
             "ADMEDIA_BIND": f"127.0.0.1:{port}",
@@ -62,6 +61,8 @@ def gpu_server(request: pytest.FixtureRequest) -> Iterator[Server]:
             "ADMEDIA_SIM_WORKERS": "0",
             "ADMEDIA_HTTP_WORKERS": "2",
             "ADMEDIA_OBJECT_STORE": str(scratch / "objects"),
+            # Fixed, so URLs signed before a restart still work after it.
+            "ADMEDIA_OBJECT_SECRET": "pyworker-object-secret-0123456789abcdef",
             "ADMEDIA_REGISTRATIONS_PER_HOUR": "0",
             "ADMEDIA_AUTH_FAILURES_PER_MINUTE": "0",
             # Retries of system failures come quickly.
@@ -70,15 +71,34 @@ def gpu_server(request: pytest.FixtureRequest) -> Iterator[Server]:
             "ADMEDIA_LOG_FORMAT": "json",
         }
     )
-    log = scratch / "admedia.log"
-    with open(log, "wb") as out:
+    return env
+
+
+def _start_server(env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
         proc = subprocess.Popen([str(_binary("ADMEDIA_BIN", "admedia"))], env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, proc, log)
-        yield Server(base, store, log)
-    finally:
+        _wait_ready(f"http://{env['ADMEDIA_BIND']}", proc, log)
+    except BaseException:
         _stop(proc)
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgres"])
+def gpu_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server with no GPU of its own: jobs wait for a Python worker."""
+    database_url = _database_url() if request.param == "postgres" else None
+    port = _free_port()
+    scratch = Path(tempfile.mkdtemp(prefix="admedia-pyworker-"))
+    log = scratch / "admedia.log"
+    try:
+        proc = _start_server(_server_env(port, scratch, database_url), log)
+        try:
+            yield Server(f"http://127.0.0.1:{port}", request.param, log)
+        finally:
+            _stop(proc)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -346,3 +366,38 @@ def test_a_wrong_token_or_endpoint_is_a_clear_error(gpu_server) -> None:
         run(draw, url=ws, token="not-the-worker-token")
     with pytest.raises(WorkerError, match="no AdMedia worker endpoint"):
         run(draw, url=ws + "/elsewhere", token=WORKER_TOKEN)
+
+
+def test_a_running_attempt_survives_a_server_restart(tmp_path) -> None:
+    """PostgreSQL keeps the attempt across a restart: the worker keeps
+    running it, presents it in its next hello, and it succeeds on its first
+    attempt, charged once."""
+    database_url = _database_url()
+    port = _free_port()
+    env = _server_env(port, tmp_path, database_url)
+    env["ADMEDIA_REPRESENT_GRACE"] = "30s"
+    log = tmp_path / "admedia.log"
+    proc = _start_server(env, log)
+    server = Server(f"http://127.0.0.1:{port}", "postgres", log)
+    (tmp_path / "w").mkdir()
+    workers = Workers(server, tmp_path / "w")
+    try:
+        worker = workers.start(PROGRAM, "1")
+        with server.new_user("restart") as user:
+            job = user.submit("image", "sdxl", "slow 40")
+            workers.wait_mark(f"{job.id}.started")
+            wait_state(user, job.id, lambda j: j.state == "running", workers)
+            # A deploy: the server dies mid-render and comes back on the same
+            # database and address.
+            proc.kill()
+            proc.wait()
+            proc = _start_server(env, log)
+            done = finished(user, job.id, workers)
+            assert done.state == "succeeded" and done.attempts == 1, (done, workers.logs(), log.read_text()[-3000:])
+            assert user.wallet().balance == 100 - done.cost
+            assert user.download_output(job.id, 0).content.startswith(PNG_MAGIC)
+            assert [e.kind for e in user.ledger().entries if e.job_id == job.id].count("post") == 1
+        assert worker.poll() is None and "took back 1 attempts" in workers.logs()
+    finally:
+        workers.stop_all()
+        _stop(proc)

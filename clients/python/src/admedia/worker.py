@@ -677,10 +677,9 @@ class Worker:
                 log.info("welcomed as %s", message.get("worker_id"))
                 return message
             if kind == "error":
-                reason = f"the server refused hello: {message.get('message')}"
-                if not self._ever_welcomed:
-                    raise _Fatal(reason)
-                raise _Lost(reason, welcomed=False)
+                # Also what a node says before it leads ("no active
+                # scheduler yet"): retried like a failed connect.
+                raise _Lost(f"the server refused hello: {message.get('message')}", welcomed=False)
             if kind == "redirect" and isinstance(message.get("url"), str):
                 log.info("this node stands by; following it to %s", message["url"])
                 await self._close(ws)
