@@ -10,6 +10,7 @@ only its own workers take its jobs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,7 +30,7 @@ from PIL import Image
 
 from admedia import Client
 from admedia.worker import Cancelled, Job, Worker, WorkerError, connect_url, run
-from conftest import ADMIN_TOKEN, REPO, WORKER_TOKEN, Server, _binary, _free_port, _pg_schema_url, _stop, _wait_ready
+from conftest import ADMIN_TOKEN, REPO, WORKER_TOKEN, Server, _binary, _free_port, _stop, _wait_ready
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WAIT = 60
@@ -38,13 +39,27 @@ EXAMPLE = REPO / "examples" / "pillow_worker.py"
 PROGRAM = HERE / "worker_program.py"
 
 
-def _database_url() -> str:
+@contextlib.contextmanager
+def _database() -> Iterator[str]:
+    """A database of its own, dropped afterwards: the scheduler's leader
+    lock is one per database, so a server sharing one with another test's
+    server (in a schema of its own) might only stand by and redirect."""
     url = os.environ.get("DATABASE_URL", "")
     if not url:
         if os.environ.get("CI", "") in ("true", "1"):
             pytest.fail("DATABASE_URL is required when CI=true")
         pytest.skip("DATABASE_URL is not set")
-    return _pg_schema_url(url)
+    psql = shutil.which("psql")
+    if psql is None:
+        raise RuntimeError("psql is needed to create the PostgreSQL test database")
+    name = f"admedia_pyw_{uuid.uuid4().hex}"
+    subprocess.run([psql, url, "-qtAc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    base, _, rest = url.rpartition("/")
+    query = rest.partition("?")[2]
+    try:
+        yield f"{base}/{name}" + (f"?{query}" if query else "")
+    finally:
+        subprocess.run([psql, url, "-qtAc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
 def _server_env(port: int, scratch: Path, database_url: Optional[str]) -> dict:
@@ -88,18 +103,15 @@ def _start_server(env: dict, log: Path) -> subprocess.Popen:
 @pytest.fixture(scope="module", params=["embedded", "postgres"])
 def gpu_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """A server with no GPU of its own: jobs wait for a Python worker."""
-    database_url = _database_url() if request.param == "postgres" else None
-    port = _free_port()
-    scratch = Path(tempfile.mkdtemp(prefix="admedia-pyworker-"))
-    log = scratch / "admedia.log"
-    try:
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(_database()) if request.param == "postgres" else None
+        port = _free_port()
+        scratch = Path(tempfile.mkdtemp(prefix="admedia-pyworker-"))
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        log = scratch / "admedia.log"
         proc = _start_server(_server_env(port, scratch, database_url), log)
-        try:
-            yield Server(f"http://127.0.0.1:{port}", request.param, log)
-        finally:
-            _stop(proc)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        stack.callback(_stop, proc)
+        yield Server(f"http://127.0.0.1:{port}", request.param, log)
 
 
 class Workers:
@@ -368,11 +380,16 @@ def test_a_wrong_token_or_endpoint_is_a_clear_error(gpu_server) -> None:
         run(draw, url=ws + "/elsewhere", token=WORKER_TOKEN)
 
 
-def test_a_running_attempt_survives_a_server_restart(tmp_path) -> None:
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    with _database() as url:
+        yield url
+
+
+def test_a_running_attempt_survives_a_server_restart(tmp_path, database_url) -> None:
     """PostgreSQL keeps the attempt across a restart: the worker keeps
     running it, presents it in its next hello, and it succeeds on its first
     attempt, charged once."""
-    database_url = _database_url()
     port = _free_port()
     env = _server_env(port, tmp_path, database_url)
     env["ADMEDIA_REPRESENT_GRACE"] = "30s"
