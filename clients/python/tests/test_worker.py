@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-import httpx
 import pytest
 from PIL import Image
 
