@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -124,12 +126,12 @@ class Workers:
         self.scratch = scratch
         self.procs: List[subprocess.Popen] = []
 
-    def start(self, script: Path = PROGRAM, *args: str, token: str = WORKER_TOKEN) -> subprocess.Popen:
+    def start(self, script: Path = PROGRAM, *args: str, url: Optional[str] = None) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ADMEDIA_")}
         env.update(
             {
-                "ADMEDIA_SERVER_URL": self.server.url.replace("http://", "ws://"),
-                "ADMEDIA_WORKER_TOKEN": token,
+                "ADMEDIA_SERVER_URL": url or self.server.url.replace("http://", "ws://"),
+                "ADMEDIA_WORKER_TOKEN": WORKER_TOKEN,
                 "ADMEDIA_TEST_MARKS": str(self.marks),
                 "ADMEDIA_TEST_WORKER_NAME": f"py-{len(self.procs)}-{uuid.uuid4().hex[:6]}",
                 "PYTHONDONTWRITEBYTECODE": "1",
@@ -377,6 +379,85 @@ def test_a_wrong_token_or_endpoint_is_a_clear_error(gpu_server) -> None:
         run(draw, url=ws, token="not-the-worker-token")
     with pytest.raises(WorkerError, match="no AdMedia worker endpoint"):
         run(draw, url=ws + "/elsewhere", token=WORKER_TOKEN)
+
+
+class Proxy:
+    """A TCP relay to the server whose connections the test can cut, as a
+    network blip would, while both ends keep running."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: List[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.pairs += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for s in pairs:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_after_a_blip_a_lost_attempt_is_refused_and_stopped(gpu_server, user, workers) -> None:
+    """The server keeps running while the connection drops: it counts the
+    attempt lost and retries it; the worker presents it on reconnecting, is
+    refused, stops the handler, and gets the retry as a new attempt."""
+    port = int(gpu_server.url.rsplit(":", 1)[1])
+    proxy = Proxy(port)
+    try:
+        workers.start(PROGRAM, "1", url=f"ws://127.0.0.1:{proxy.port}")
+        job = user.submit("image", "sdxl", "slow 600")
+        assert workers.wait_mark(f"{job.id}.started") == "1"
+        proxy.cut()
+        workers.wait_mark(f"{job.id}.cancelled")
+        deadline = time.monotonic() + WAIT
+        while (workers.marks / f"{job.id}.started").read_text() != "2":
+            assert time.monotonic() < deadline, workers.logs()
+            time.sleep(0.05)
+        assert "refused presented attempt" in workers.logs()
+        retried = user.job(job.id)
+        assert retried.state in ("assigned", "running") and retried.attempts == 2, retried
+        assert user.cancel(job.id).state == "cancelled"
+    finally:
+        proxy.close()
 
 
 @pytest.fixture
