@@ -495,13 +495,22 @@ class Worker:
         installed = []
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._loop.add_signal_handler(sig, self._signal, sig.name)
+                try:
+                    self._loop.add_signal_handler(sig, self._signal, sig.name)
+                except NotImplementedError:
+                    # No loop signal handlers (Windows): a plain handler
+                    # that hands the signal to the loop.
+                    loop = self._loop
+                    signal.signal(sig, lambda n, _f: loop.call_soon_threadsafe(self._signal, signal.Signals(n).name))
                 installed.append(sig)
         try:
             await self._serve()
         finally:
             for sig in installed:
-                self._loop.remove_signal_handler(sig)
+                try:
+                    self._loop.remove_signal_handler(sig)
+                except NotImplementedError:
+                    signal.signal(sig, signal.SIG_DFL)
             abandoned = self.attempts.stop_all()
             if abandoned:
                 log.warning("%d attempts abandoned", abandoned)
@@ -586,15 +595,15 @@ class Worker:
                     raise _Aborted()
                 return
             self._ever_welcomed = True
-            for refused in welcome.get("refused") or []:
+            for refused in _dicts(welcome.get("refused")):
                 log.warning("the server refused presented attempt of job %s: %s",
                             refused.get("job_id"), refused.get("reason"))
-            resumed = [(r.get("job_id"), r.get("lease")) for r in welcome.get("resumed") or []]
-            resend = self.attempts.keep_only(resumed)
+            resumed = [(r.get("job_id"), r.get("lease")) for r in _dicts(welcome.get("resumed"))]
+            resend = self.attempts.keep_only(resumed)  # type: ignore[arg-type]
             if resumed:
                 log.info("the server took back %d attempts this worker holds", len(resumed))
-            heartbeat = max(MIN_HEARTBEAT, float(welcome.get("heartbeat_ms") or 0) / 1000)
-            session = _Session(self, ws, float(welcome.get("lease_ms") or 0) / 1000)
+            heartbeat = max(MIN_HEARTBEAT, _seconds(welcome.get("heartbeat_ms"), 5.0))
+            session = _Session(self, ws, _seconds(welcome.get("lease_ms"), 15.0))
             for key, message in resend:
                 if await session.send_final(key, message):
                     return
@@ -698,7 +707,10 @@ class Worker:
 
     def start(self, message: Dict[str, Any]) -> None:
         key: Key = (message["job_id"], message["lease"])
-        running = _Running(int(message.get("attempt") or 0))
+        attempt = message.get("attempt")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt {attempt!r} is not an attempt number")
+        running = _Running(attempt)
         self.attempts.running[key] = running
         assert self._loop is not None and self._pool is not None
         deadline_ms = message.get("deadline_ms")
@@ -808,6 +820,18 @@ class _Stopped(Exception):
     def __init__(self, state: str) -> None:
         super().__init__(state)
         self.state = state
+
+
+def _dicts(value: Any) -> List[Dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _seconds(ms: Any, default: float) -> float:
+    """A duration in milliseconds from the server, as seconds; a value that
+    is not a number is taken as the protocol's default."""
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < 1e12:
+        return default
+    return ms / 1000
 
 
 def _fail(key: Key, class_: str, message: str) -> Dict[str, Any]:
@@ -931,6 +955,14 @@ class _Session:
             return False
         if not isinstance(message, dict):
             return False
+        try:
+            return await self.on_message(message)
+        except (KeyError, TypeError, ValueError) as e:
+            # Perhaps a newer server; the connection is still good.
+            log.warning("malformed %s message from the server, ignored: %s", message.get("type"), e)
+            return False
+
+    async def on_message(self, message: Dict[str, Any]) -> bool:
         kind = message.get("type")
         if kind == "assign":
             await self.on_assign(message)
