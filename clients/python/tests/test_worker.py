@@ -330,6 +330,16 @@ def test_handler_errors_fail_as_user_or_system(user, workers) -> None:
     assert user.wallet().balance == 100 - bad_input.cost
 
 
+def test_safety_labels_reach_the_server_which_withholds_what_reaches_its_threshold(user, workers) -> None:
+    workers.start(PROGRAM, "1")
+    job = user.submit("image", "sdxl", "unsafe", params={"count": 2})
+    done = finished(user, job.id, workers)
+    # One of two delivered: charged, the withheld one left out.
+    assert done.state == "succeeded" and done.withheld_outputs == 1, (done, workers.logs())
+    assert len(done.result.outputs) == 1
+    assert user.download_output(job.id, 0).content.startswith(PNG_MAGIC)
+
+
 def test_bad_arguments_are_refused_before_connecting() -> None:
     def draw(job: Job) -> None:
         pass
@@ -368,6 +378,13 @@ def test_progress_is_checked_and_stops_a_cancelled_handler(tmp_path) -> None:
     with pytest.raises(Cancelled):
         job.progress(0.9)
     assert job.output(3) == tmp_path / "003.png"
+    for n, category, score in [(1, "violence", 0.5), (0, "", 0.5), (0, "violence", 1.5), (0, "violence", "high")]:
+        with pytest.raises(ValueError):
+            job.label(n, category, score)  # type: ignore[arg-type]
+    for _ in range(32):
+        job.label(0, "violence", 0.1)
+    with pytest.raises(ValueError, match="at most 32"):
+        job.label(0, "violence", 0.1)
 
 
 def test_a_wrong_token_or_endpoint_is_a_clear_error(gpu_server) -> None:

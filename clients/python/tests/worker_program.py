@@ -6,6 +6,7 @@ drawing, with behaviour chosen by the prompt, and marks written into
   reaches the handler as ``Cancelled`` from ``job.progress``);
 - ``user-error``: raises ``UserError``; ``crash``: raises ``RuntimeError``;
 - ``inputs``: records what the job's inputs were, then draws;
+- ``unsafe``: labels output 1 over the server's threshold, then draws;
 - anything else: draws.
 
 Marks: ``<job_id>.started`` when the handler starts, ``<job_id>.cancelled``
@@ -56,6 +57,9 @@ class Model:
             raise worker.UserError("the prompt asks for something this model cannot draw")
         elif job.prompt == "crash":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        elif job.prompt == "unsafe":
+            job.label(0, "violence", 0.01)
+            job.label(1, "violence", 0.9)
         elif job.prompt == "inputs":
             seen = [{"role": i.role, "material_id": i.material_id, "content_type": i.content_type,
                      "path": str(i.path), "head": i.path.read_bytes()[:8].hex()} for i in job.inputs]

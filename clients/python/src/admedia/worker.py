@@ -79,6 +79,8 @@ CHUNK = 256 * 1024
 # The protocol's slot range (the agent's --slots accepts the same).
 MAX_SLOTS = 1024
 KINDS = ("image", "video")
+# Safety labels the server reads per output.
+MAX_LABELS = 32
 # A fail message the server keeps is cut to 2000 characters anyway.
 MAX_MESSAGE = 2000
 
@@ -130,6 +132,7 @@ class Job:
     deadline: float = float("inf")
     _report: Callable[[int, Optional[str]], None] = field(default=lambda p, m: None, repr=False)
     _last: Optional[Tuple[int, Optional[str]]] = field(default=None, repr=False)
+    _safety: Dict[int, List[Dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
     def is_cancelled(self) -> bool:
@@ -153,6 +156,21 @@ class Job:
             return
         self._last = (percent, text)
         self._report(percent, text)
+
+    def label(self, n: int, category: str, score: float) -> None:
+        """Your safety check's verdict on output ``n``: a score in 0..1 per
+        category. The server (not the worker) withholds an output whose
+        score reaches its threshold (docs/content-moderation.md)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < self.count:
+            raise ValueError(f"output {n!r} is not one of this job's {self.count} outputs")
+        if not isinstance(category, str) or not category.strip():
+            raise ValueError("a safety label needs a category")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+            raise ValueError(f"safety score {score!r} must be a number from 0 to 1")
+        labels = self._safety.setdefault(n, [])
+        if len(labels) >= MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} safety labels per output")
+        labels.append({"category": category.strip(), "score": float(score)})
 
     def output(self, n: int = 0, extension: str = "png") -> Path:
         """Where to write output ``n`` (``000.png``, ``001.png``, …): the
@@ -809,10 +827,13 @@ class Worker:
             if len(files) != len(slots):
                 return _fail(key, "system", f"the handler wrote {len(files)} output file(s); the job asked for {len(slots)}")
             outputs = []
-            for path, slot in zip(files, sorted(slots, key=lambda s: int(s.get("index") or 0))):
+            for n, (path, slot) in enumerate(zip(files, sorted(slots, key=lambda s: int(s.get("index") or 0)))):
                 if cancelled.is_set():
                     return None
-                outputs.append({"url": slot["key"], "content_type": _upload(http, path, slot)})
+                output: Dict[str, Any] = {"url": slot["key"], "content_type": _upload(http, path, slot)}
+                if job._safety.get(n):
+                    output["safety"] = job._safety[n]
+                outputs.append(output)
         return {"type": "complete", "job_id": key[0], "lease": key[1], "outputs": outputs}
 
 
