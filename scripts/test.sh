@@ -8,9 +8,9 @@
 # conformance test), builds and starts an S3-compatible server (s3s-fs,
 # from crates.io, cached under ~/.cache/admedia) for the object-storage
 # tests, makes Python virtual environments with Pillow for the example
-# model program and with pytest for the Python client's tests, creates a
-# fresh test database, and runs `cargo test --workspace` against all of
-# them.
+# model program and with pytest, websockets and Pillow for the Python
+# client's tests (its worker SDK serves the example worker), creates a fresh
+# test database, and runs `cargo test --workspace` against all of them.
 #
 #   ./scripts/test.sh               # everything
 #   ./scripts/test.sh -- --nocapture   # extra args go to cargo test
@@ -177,19 +177,21 @@ ensure_pillow() {
 }
 
 # tests/python_client.rs runs the Python client's pytest suite in a venv of
-# its own outside the clone, with pytest, httpx and the client's build
-# backend; the test installs the client from the clone on every run.
+# its own outside the clone, with pytest, the client's dependencies (httpx,
+# websockets), Pillow for the example worker and the client's build backend;
+# the test installs the client from the clone on every run. Keep the list
+# the same as REQUIREMENTS there.
 PYTHON_CLIENT_VENV="${ADMEDIA_PYTHON_CLIENT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/admedia/venv-client}"
 ensure_python_client() {
-    if "$PYTHON_CLIENT_VENV/bin/python" -c 'import pytest, httpx, hatchling' 2>/dev/null; then
+    if "$PYTHON_CLIENT_VENV/bin/python" -c 'import pytest, httpx, websockets, PIL, hatchling' 2>/dev/null; then
         return
     fi
-    log "installing pytest, httpx and hatchling into $PYTHON_CLIENT_VENV"
+    log "installing pytest, httpx, websockets, Pillow and hatchling into $PYTHON_CLIENT_VENV"
     rm -rf "$PYTHON_CLIENT_VENV"
     mkdir -p "$(dirname "$PYTHON_CLIENT_VENV")"
     python3 -m venv "$PYTHON_CLIENT_VENV"
     "$PYTHON_CLIENT_VENV/bin/pip" install -q --disable-pip-version-check \
-        'pytest>=7,<10' 'httpx>=0.25,<1' 'hatchling>=1.18'
+        'pytest>=7,<10' 'httpx>=0.25,<1' 'websockets>=13,<18' 'pillow>=9' 'hatchling>=1.18'
 }
 
 ensure_postgres

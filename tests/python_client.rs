@@ -6,7 +6,8 @@
 //! The virtual environment lives outside the clone, under the user's cache
 //! directory (`ADMEDIA_PYTHON_CLIENT_VENV`, which `scripts/test.sh` sets,
 //! else `~/.cache/admedia/venv-client`). It is made here when missing, with
-//! pytest, httpx and the client's build backend; the client itself is
+//! pytest, the client's dependencies (httpx, websockets), Pillow for the
+//! example worker and the client's build backend; the client itself is
 //! installed from this clone on every run, without build isolation, so a
 //! prepared environment needs no network. Without Python this fails when
 //! `CI=true` and is skipped otherwise.
@@ -15,7 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What the client and its tests need, besides the client.
-const REQUIREMENTS: [&str; 3] = ["pytest>=7,<10", "httpx>=0.25,<1", "hatchling>=1.18"];
+const REQUIREMENTS: [&str; 5] = [
+    "pytest>=7,<10",
+    "httpx>=0.25,<1",
+    "websockets>=13,<18",
+    "pillow>=9",
+    "hatchling>=1.18",
+];
+/// The modules of [`REQUIREMENTS`]: an environment missing one is made again.
+const READY_CHECK: &str = "import pytest, httpx, websockets, PIL, hatchling";
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -50,7 +59,7 @@ fn prepare(venv: &Path, client: &Path) -> Result<PathBuf, String> {
     let python = venv.join("bin").join("python");
     let ready = python.is_file()
         && Command::new(&python)
-            .args(["-c", "import pytest, httpx, hatchling"])
+            .args(["-c", READY_CHECK])
             .output()
             .is_ok_and(|o| o.status.success());
     if !ready {
