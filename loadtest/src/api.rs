@@ -342,6 +342,19 @@ impl Api {
         .await
     }
 
+    /// `POST /v1/jobs/batch` with `items` (`{"idempotency_key", "job"}`).
+    pub async fn submit_batch(&self, api_key: &str, items: &Value) -> Result<Response, ApiError> {
+        let body = serde_json::json!({ "items": items });
+        self.call(
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(api_key),
+            Some(&body),
+            &[],
+        )
+        .await
+    }
+
     pub async fn cancel(&self, api_key: &str, job_id: &str) -> Result<Response, ApiError> {
         self.call(
             Method::POST,

@@ -170,6 +170,10 @@ pub struct Cli {
     pub closed_loop: bool,
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Closed loop: each client submits this many jobs per request, through
+    /// `POST /v1/jobs/batch` (1..=100; 1 submits one by one).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Seconds of load (after any prefill).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -239,8 +243,15 @@ pub enum Target {
 
 #[derive(Clone, Debug, Serialize)]
 pub enum Load {
-    Open { rate: f64 },
-    Closed { concurrency: usize },
+    Open {
+        rate: f64,
+    },
+    /// `batch` jobs per request (1: `POST /v1/jobs`, more: the batch
+    /// endpoint).
+    Closed {
+        concurrency: usize,
+        batch: usize,
+    },
 }
 
 /// The resolved configuration of a run.
@@ -611,8 +622,15 @@ impl Cli {
             if concurrency == 0 || concurrency > 10_000 {
                 return Err("--concurrency must be 1..=10000".into());
             }
-            Load::Closed { concurrency }
+            let batch = self.batch.unwrap_or(1);
+            if !(1..=100).contains(&batch) {
+                return Err(format!("--batch must be 1..=100, got {batch}"));
+            }
+            Load::Closed { concurrency, batch }
         } else {
+            if self.batch.is_some() {
+                return Err("--batch needs the closed loop (--closed-loop)".into());
+            }
             let rate = self.rate.unwrap_or(d.rate);
             if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
                 return Err(format!(
@@ -731,7 +749,22 @@ mod tests {
     #[test]
     fn scenario_defaults_apply_and_flags_win() {
         let p = parse(&["--spawn", "--scenario", "throughput"]).unwrap();
-        assert!(matches!(p.load, Load::Closed { concurrency: 64 }));
+        assert!(matches!(
+            p.load,
+            Load::Closed {
+                concurrency: 64,
+                batch: 1
+            }
+        ));
+        let p = parse(&["--spawn", "--closed-loop", "--batch", "100"]).unwrap();
+        assert!(matches!(p.load, Load::Closed { batch: 100, .. }));
+        for bad in [
+            &["--spawn", "--closed-loop", "--batch", "0"][..],
+            &["--spawn", "--closed-loop", "--batch", "101"],
+            &["--spawn", "--rate", "10", "--batch", "5"],
+        ] {
+            assert!(parse(bad).unwrap_err().contains("--batch"), "{bad:?}");
+        }
         let p = parse(&["--spawn", "--scenario", "throughput", "--rate", "10"]).unwrap();
         assert!(matches!(p.load, Load::Open { rate } if rate == 10.0));
         let p = parse(&["--spawn", "--scenario", "smoke", "--workers", "9"]).unwrap();

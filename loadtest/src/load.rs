@@ -357,11 +357,110 @@ pub async fn open_loop(
     join(handles).await;
 }
 
-/// `concurrency` clients, each submitting as soon as its last answer came.
+/// `batch` jobs of one user in one request, each with its own idempotency
+/// key, sent again whole until answered (the keys make that safe). Each
+/// item is recorded as a submission of its own, answered with its item's
+/// status. No replays or cancels.
+pub async fn submit_batch(ctx: Rc<Ctx>, user: usize, phase: usize, batch: usize) {
+    let u = &ctx.users[user];
+    let sent = Instant::now();
+    let mut keys = Vec::with_capacity(batch);
+    let mut items = Vec::with_capacity(batch);
+    let first = {
+        let mut d = ctx.rec.data.borrow_mut();
+        let first = d.submissions.len();
+        for _ in 0..batch {
+            let n = ctx.seq.get();
+            ctx.seq.set(n + 1);
+            let key = format!("lt-{}-{n}", ctx.run_id);
+            items.push(json!({"idempotency_key": key, "job": ctx.body(&key)}));
+            d.submissions.push(Submission {
+                key: key.clone(),
+                user,
+                tier: u.tier,
+                phase,
+                intended_us: ctx.rec.us_of(sent),
+                sent_us: ctx.rec.us_of(sent),
+                answered_us: None,
+                status: None,
+                job_id: None,
+                tries: 0,
+            });
+            keys.push(key);
+        }
+        first
+    };
+    let items = Value::Array(items);
+    let deadline = sent + ctx.answer_deadline;
+    let (res, tries) = until_answered(deadline, || ctx.api.submit_batch(&u.api_key, &items)).await;
+    let answered = ctx.rec.now_us();
+    let results = match &res {
+        Ok(r) if r.status == 200 => r.body.get("results").and_then(Value::as_array).cloned(),
+        _ => None,
+    };
+    let mut labels = Vec::with_capacity(batch);
+    let mut anomalies = Vec::new();
+    {
+        let mut d = ctx.rec.data.borrow_mut();
+        d.resubmits += u64::from(tries.saturating_sub(1));
+        for (i, key) in keys.iter().enumerate() {
+            let idx = first + i;
+            let item = results.as_ref().and_then(|rs| {
+                rs.iter()
+                    .find(|r| r.get("index").and_then(Value::as_u64) == Some(i as u64))
+            });
+            let status = match (item, &res) {
+                (Some(item), _) => item.get("status").and_then(Value::as_u64).map(|v| v as u16),
+                (None, Ok(r)) => Some(r.status),
+                (None, Err(_)) => None,
+            };
+            let job = item
+                .filter(|_| status == Some(202))
+                .and_then(|item| item.get("job"))
+                .and_then(job_id_of);
+            let s = &mut d.submissions[idx];
+            s.tries = tries;
+            s.answered_us = status.map(|_| answered);
+            s.status = status;
+            s.job_id = job;
+            if let Some(job) = job {
+                d.by_job.entry(job).or_insert(idx);
+            } else if status == Some(202) {
+                anomalies.push(format!("batch item {key}: 202 without a readable job id"));
+            }
+            labels.push(match (item, &res) {
+                (Some(item), _) => {
+                    let code = status.unwrap_or(0);
+                    match item
+                        .get("problem")
+                        .and_then(|p| p.get("type"))
+                        .and_then(Value::as_str)
+                    {
+                        Some(t) => format!("{code} {t}"),
+                        None => code.to_string(),
+                    }
+                }
+                (None, Ok(r)) => label(r),
+                (None, Err(ApiError::Transport(_))) => "no answer".into(),
+                (None, Err(e)) => format!("error: {e}"),
+            });
+        }
+    }
+    for l in labels {
+        ctx.rec.status(l);
+    }
+    for a in anomalies {
+        ctx.rec.anomaly(a);
+    }
+}
+
+/// `concurrency` clients, each submitting as soon as its last answer came:
+/// one job per request, or `batch` at once.
 pub async fn closed_loop(
     ctx: Rc<Ctx>,
     phase: usize,
     concurrency: usize,
+    batch: usize,
     duration: Option<Duration>,
     max_jobs: Option<u64>,
 ) {
@@ -378,9 +477,16 @@ pub async fn closed_loop(
                     {
                         return;
                     }
-                    issued.set(issued.get() + 1);
                     let user = ctx.pick_user();
-                    submit_one(Rc::clone(&ctx), user, phase, Instant::now(), true).await;
+                    if batch > 1 {
+                        let left = max_jobs.map_or(batch as u64, |m| m - issued.get());
+                        let n = (batch as u64).min(left) as usize;
+                        issued.set(issued.get() + n as u64);
+                        submit_batch(Rc::clone(&ctx), user, phase, n).await;
+                    } else {
+                        issued.set(issued.get() + 1);
+                        submit_one(Rc::clone(&ctx), user, phase, Instant::now(), true).await;
+                    }
                 }
             })
         })

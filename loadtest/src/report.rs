@@ -392,7 +392,13 @@ pub fn text(r: &Report) -> String {
     );
     let load = match &p.load {
         crate::cli::Load::Open { rate } => format!("open loop, Poisson at {rate}/s"),
-        crate::cli::Load::Closed { concurrency } => format!("closed loop, {concurrency} clients"),
+        crate::cli::Load::Closed {
+            concurrency,
+            batch: 1,
+        } => format!("closed loop, {concurrency} clients"),
+        crate::cli::Load::Closed { concurrency, batch } => {
+            format!("closed loop, {concurrency} clients, batches of {batch}")
+        }
     };
     let _ = writeln!(
         out,

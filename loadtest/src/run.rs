@@ -606,7 +606,15 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         "load: {} for {}…",
         match &plan.load {
             Load::Open { rate } => format!("open loop at {rate}/s"),
-            Load::Closed { concurrency } => format!("closed loop with {concurrency} clients"),
+            Load::Closed {
+                concurrency,
+                batch: 1,
+            } => {
+                format!("closed loop with {concurrency} clients")
+            }
+            Load::Closed { concurrency, batch } => {
+                format!("closed loop with {concurrency} clients, {batch} jobs per batch")
+            }
         },
         match (plan.duration_s, plan.jobs) {
             (Some(d), Some(j)) => format!("{d} s or {j} jobs"),
@@ -620,11 +628,12 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         Load::Open { rate } => {
             load::open_loop(Rc::clone(&ctx), load_phase, rate, duration, plan.jobs).await
         }
-        Load::Closed { concurrency } => {
+        Load::Closed { concurrency, batch } => {
             load::closed_loop(
                 Rc::clone(&ctx),
                 load_phase,
                 concurrency,
+                batch,
                 duration,
                 plan.jobs,
             )
