@@ -10,6 +10,9 @@ use crate::store::StoreError;
 pub enum OrchestratorError {
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// The key was valid until `at`; the owner issues a new one.
+    #[error("this API key expired at {at}")]
+    KeyExpired { at: chrono::DateTime<chrono::Utc> },
     #[error("the account is {0}")]
     AccountSuspended(&'static str),
     #[error("{0} not found")]

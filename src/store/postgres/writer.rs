@@ -594,10 +594,13 @@ async fn decide_and_commit(pool: &Pool, ops: &[Op]) -> StoreResult<(Vec<Answer>,
     let tx = client.transaction().await.map_err(db)?;
     let mut loaded = load(&tx, ops).await?;
     let before: Vec<AccountState> = loaded.overlay.accounts.values().copied().collect();
-    let (answers, ws) = decide_all(&mut loaded, ops);
+    let (answers, mut ws) = decide_all(&mut loaded, ops);
     // No credit appears or vanishes between the decisions and the rows.
     ws.check_entries_chain(&before)
         .map_err(StoreError::Invariant)?;
+    // Account endpoints that want a start or an end are owed it in this
+    // same commit (one more read, only for batches that start or end jobs).
+    super::account_api::fan_out(&tx, &mut ws).await?;
     apply::write(&tx, &ws).await?;
     tx.commit().await.map_err(db)?;
     Ok((answers, ws))
