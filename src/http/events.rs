@@ -235,8 +235,8 @@ async fn catch_up(
 /// kept 24 hours); when some event after `N` is no longer kept, a `gap`
 /// event says so before the rest. A keep-alive comment every 15 s.
 #[utoipa::path(get, path = "/v1/events", operation_id = "user_events", security(("api_key" = [])),
-    params(("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{1,19}$",
-        description = "Resume after this event id (the last `id:` received)")),
+    params(("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{0,19}$",
+        description = "Resume after this event id (the last `id:` received); absent or empty: from now on")),
     responses((status = 200, content_type = "text/event-stream", body = UserEventFrame,
         description = "`ready`, then `state` events with `id: N`, `progress` events, and `gap` when events were missed"),
         (status = 400, body = Problem)))]

@@ -99,13 +99,17 @@ pub struct IssueKeyRequest {
     pub scopes: Option<Vec<String>>,
 }
 
-/// The body of a key issue: none (or empty) is a full-access key.
+/// The body of a key issue: none (empty, or JSON `null`) is a full-access
+/// key.
 fn issue_request(body: &[u8]) -> Result<IssueKeyRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(IssueKeyRequest::default());
     }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))?;
+    if value.is_null() {
+        return Ok(IssueKeyRequest::default());
+    }
     crate::http::input::parse_json(value)
 }
 
