@@ -366,7 +366,16 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
                     users.insert(job.user_id.as_uuid());
                 }
             }
-            Op::Start { .. } => {}
+            // A start changes no money, but its `running` event must take
+            // its id under the owner's lock like every other event of the
+            // account: ids are handed out at insert, so only then does one
+            // account's commit order equal its id order, which the
+            // per-user stream resumes by (`GET /v1/events`).
+            Op::Start { attempt, .. } => {
+                if let Some(job) = overlay.jobs.get(&attempt.job_id) {
+                    users.insert(job.user_id.as_uuid());
+                }
+            }
         }
     }
     let users: Vec<Uuid> = users.into_iter().collect();

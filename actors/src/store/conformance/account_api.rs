@@ -198,7 +198,7 @@ pub async fn webhook_endpoints_are_created_listed_updated_and_deleted(store: Sha
         .unwrap();
     assert_eq!(
         store.webhook_endpoints(user.id).await.unwrap(),
-        [first.clone()]
+        std::slice::from_ref(&first)
     );
     assert!(store.webhook_endpoints(other.id).await.unwrap().is_empty());
     let later = now_us() + Duration::seconds(1);
