@@ -196,3 +196,27 @@ async fn a_bad_last_event_id_or_key_is_refused() {
         .expect_problem(403, "insufficient-scope");
     assert_eq!(p["required_scope"], "jobs:read");
 }
+
+/// On PostgreSQL with Redis, a stream on one node hears what another node
+/// committed, live, and resumes from the shared store.
+#[actix_web::test]
+async fn the_stream_hears_other_nodes_and_resumes_on_postgres() {
+    let Some((a, b)) = spawn_two_nodes_on_postgres_and_redis().await else {
+        return;
+    };
+    let (_, key) = register(&a, "nodes@example.com").await;
+    let mut on_b = open(&b, &key, None).await;
+    assert_eq!(on_b.next().await.name, "ready");
+    let job = id_of(&submit_ok(&a, &key, &image_job()).await);
+    let queued = on_b.until(&job, "queued").await;
+    let queued_id = queued.last().and_then(|e| e.id).expect("an id");
+    drop(on_b);
+    a.post(&format!("/v1/jobs/{job}/cancel"), Some(&key))
+        .await
+        .expect(200);
+    let mut resumed = open(&b, &key, Some(&queued_id.to_string())).await;
+    assert_eq!(resumed.next().await.name, "ready");
+    let cancelled = resumed.until(&job, "cancelled").await;
+    assert!(ids(&cancelled).iter().all(|id| *id > queued_id));
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+}
