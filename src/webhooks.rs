@@ -1,4 +1,7 @@
-//! Job webhooks, signed per Standard Webhooks.
+//! Job webhooks, signed per Standard Webhooks: to a job's own
+//! `webhook_url`, and to the account's endpoints (`/v1/me/webhooks`) that
+//! want the event, each its own owed row with its own `webhook-id`, the
+//! same signing, checks and retries (see `crate::http::account_webhooks`).
 //!
 //! When a job starts running and when it ends, and it carries a
 //! `webhook_url`, the event is POSTed there with the headers `webhook-id`

@@ -43,25 +43,34 @@ fn type_names(endpoint: &WebhookEndpoint) -> Vec<&'static str> {
     endpoint.event_types.iter().map(|t| t.as_str()).collect()
 }
 
-/// Reads the enabled endpoints of the users `ws` notifies and turns its
-/// notices into owed deliveries (the decision is the domain's). Costs no
-/// query when nothing in `ws` is an event an endpoint could want.
-pub(super) async fn fan_out(client: &Transaction<'_>, ws: &mut WriteSet) -> StoreResult<()> {
-    if ws.notices.is_empty() {
-        return Ok(());
-    }
-    let users: Vec<Uuid> = ws.notified_users().iter().map(|u| u.as_uuid()).collect();
+/// The enabled endpoints of `users`, by user.
+pub(super) async fn enabled_endpoints(
+    tx: &Transaction<'_>,
+    users: &[Uuid],
+) -> StoreResult<HashMap<UserId, Vec<WebhookEndpoint>>> {
     let sql = format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE user_id = ANY($1) AND enabled \
          ORDER BY created_at, id"
     );
-    let stmt = client.prepare_cached(&sql).await.map_err(db)?;
-    let rows = client.query(&stmt, &[&users]).await.map_err(db)?;
+    let stmt = tx.prepare_cached(&sql).await.map_err(db)?;
+    let rows = tx.query(&stmt, &[&users]).await.map_err(db)?;
     let mut endpoints: HashMap<UserId, Vec<WebhookEndpoint>> = HashMap::new();
     for r in &rows {
         let e = endpoint_row(r)?;
         endpoints.entry(e.user_id).or_default().push(e);
     }
+    Ok(endpoints)
+}
+
+/// Reads the enabled endpoints of the users `ws` notifies and turns its
+/// notices into owed deliveries (the decision is the domain's). Costs no
+/// query when nothing in `ws` is an event an endpoint could want.
+pub(super) async fn fan_out(tx: &Transaction<'_>, ws: &mut WriteSet) -> StoreResult<()> {
+    if ws.notices.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Uuid> = ws.notified_users().iter().map(|u| u.as_uuid()).collect();
+    let endpoints = enabled_endpoints(tx, &users).await?;
     decide::fan_out(ws, &endpoints);
     Ok(())
 }
