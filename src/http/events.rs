@@ -3,6 +3,12 @@
 //! The stream opens with the job's current state, then sends each later
 //! state change and progress report, a comment every 15 s to keep proxies
 //! from closing it, and ends after the terminal state.
+//!
+//! `GET /v1/events`: every job event of the caller, resumable. Its `state`
+//! events are read from the store (the events written with each change,
+//! numbered by it); the event hub only wakes the stream, so a wake-up lost
+//! between nodes delays an event until the next keep-alive, never loses
+//! it, and a reconnect with `Last-Event-ID` gets exactly what came after.
 
 use std::time::Duration;
 
