@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admedia_actors::events::JobEvent;
-use admedia_actors::ids::JobId;
+use admedia_actors::ids::{JobId, UserId};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
@@ -23,9 +23,54 @@ use crate::metrics::Metrics;
 /// Events buffered per watched job before a slow watcher starts skipping.
 const PER_JOB_BUFFER: usize = 64;
 
+/// Events buffered per watching user before a slow watcher starts
+/// skipping (the per-user stream then re-reads the store, so it loses
+/// nothing the store keeps).
+const PER_USER_BUFFER: usize = 256;
+
 pub struct EventHub {
     local: Mutex<HashMap<JobId, broadcast::Sender<JobEvent>>>,
+    /// Watchers of all of one user's jobs (`GET /v1/events`).
+    users: Mutex<HashMap<UserId, broadcast::Sender<JobEvent>>>,
     redis: Option<mpsc::UnboundedSender<JobEvent>>,
+}
+
+/// A watcher of every job of one user; unregisters the user when the last
+/// one goes.
+pub struct UserSubscription {
+    rx: Option<broadcast::Receiver<JobEvent>>,
+    hub: Arc<EventHub>,
+    user: UserId,
+}
+
+impl UserSubscription {
+    pub async fn recv(&mut self) -> Result<JobEvent, broadcast::error::RecvError> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+
+    /// An event already waiting, if any (to take a burst at once).
+    pub fn try_recv(&mut self) -> Result<JobEvent, broadcast::error::TryRecvError> {
+        match &mut self.rx {
+            Some(rx) => rx.try_recv(),
+            None => Err(broadcast::error::TryRecvError::Closed),
+        }
+    }
+}
+
+impl Drop for UserSubscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut users = self.hub.users.lock();
+        if users
+            .get(&self.user)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            users.remove(&self.user);
+        }
+    }
 }
 
 /// A watcher's receiver; unregisters the job when the last one goes.
@@ -62,6 +107,7 @@ impl EventHub {
     pub fn local() -> Arc<EventHub> {
         Arc::new(EventHub {
             local: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
             redis: None,
         })
     }
@@ -79,6 +125,7 @@ impl EventHub {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(EventHub {
             local: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
             redis: Some(tx),
         });
         actix_rt::spawn(publish_loop(
@@ -111,6 +158,21 @@ impl EventHub {
         }
     }
 
+    /// Every event of `user`'s jobs from now on.
+    pub fn subscribe_user(self: &Arc<Self>, user: UserId) -> UserSubscription {
+        let rx = self
+            .users
+            .lock()
+            .entry(user)
+            .or_insert_with(|| broadcast::channel(PER_USER_BUFFER).0)
+            .subscribe();
+        UserSubscription {
+            rx: Some(rx),
+            hub: self.clone(),
+            user,
+        }
+    }
+
     pub fn publish(&self, event: JobEvent) {
         match &self.redis {
             Some(tx) => {
@@ -124,6 +186,9 @@ impl EventHub {
 
     fn deliver(&self, event: &JobEvent) {
         if let Some(tx) = self.local.lock().get(&event.job_id) {
+            let _ = tx.send(event.clone());
+        }
+        if let Some(tx) = self.users.lock().get(&event.user_id) {
             let _ = tx.send(event.clone());
         }
     }

@@ -1,4 +1,7 @@
-//! Job webhooks, signed per Standard Webhooks.
+//! Job webhooks, signed per Standard Webhooks: to a job's own
+//! `webhook_url`, and to the account's endpoints (`/v1/me/webhooks`) that
+//! want the event, each its own owed row with its own `webhook-id`, the
+//! same signing, checks and retries (see `crate::http::account_webhooks`).
 //!
 //! When a job starts running and when it ends, and it carries a
 //! `webhook_url`, the event is POSTed there with the headers `webhook-id`
@@ -124,6 +127,14 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    /// The receiver's status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Status(s) => Some(*s),
+            _ => None,
+        }
+    }
+
     /// Whether a later attempt may succeed.
     pub fn retryable(&self) -> bool {
         !matches!(
@@ -200,26 +211,28 @@ impl Webhooks {
         let outcome = self.deliver_event(d).await;
         let now = chrono::Utc::now();
         let report = match outcome {
-            Ok(()) => {
+            Ok(status) => {
                 self.metrics.webhook("delivered");
                 tracing::info!(job = %d.job_id, webhook = %d.id, event = %d.event_type, delivery = owed.attempts + 1, "webhook delivered");
-                DeliveryReport::Delivered
+                DeliveryReport::Delivered { status }
             }
             Err(e) if !e.retryable() => {
                 tracing::warn!(job = %d.job_id, webhook = %d.id, error = %e, "webhook target refused");
                 self.metrics.webhook("refused");
                 DeliveryReport::GivenUp {
                     error: e.to_string(),
+                    status: e.status(),
                 }
             }
             Err(e) => {
+                let status = e.status();
                 let e = e.to_string();
                 self.metrics.webhook("failed_attempt");
                 tracing::warn!(job = %d.job_id, webhook = %d.id, delivery = owed.attempts + 1, error = %e, "webhook delivery failed");
                 if owed.attempts + 1 >= MAX_DELIVERIES {
                     self.metrics.webhook("given_up");
                     tracing::error!(job = %d.job_id, webhook = %d.id, "webhook given up after {MAX_DELIVERIES} deliveries");
-                    DeliveryReport::GivenUp { error: e }
+                    DeliveryReport::GivenUp { error: e, status }
                 } else {
                     let delay = self
                         .retry_base
@@ -230,6 +243,7 @@ impl Webhooks {
                             + chrono::Duration::from_std(delay)
                                 .unwrap_or(chrono::Duration::seconds(300)),
                         error: e,
+                        status,
                     }
                 }
             }
@@ -241,7 +255,7 @@ impl Webhooks {
     }
 
     /// One signed POST of one owed event.
-    async fn deliver_event(&self, d: &WebhookDelivery) -> Result<(), DeliveryError> {
+    async fn deliver_event(&self, d: &WebhookDelivery) -> Result<u16, DeliveryError> {
         // Refused before the secret is looked up: a bad target is final.
         check_target(&d.url, self.allow_private).map_err(DeliveryError::TargetRefused)?;
         let secret = self
@@ -271,7 +285,7 @@ impl Webhooks {
         id: &str,
         body: &str,
         secret: &str,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<u16, DeliveryError> {
         let url = check_target(target, self.allow_private).map_err(DeliveryError::TargetRefused)?;
         let port = url.port_or_known_default().unwrap_or(443);
         let addrs: Vec<SocketAddr> = match url.host() {
@@ -334,7 +348,7 @@ impl Webhooks {
                 .send_body(body.to_owned())
                 .await;
             match sent {
-                Ok(res) if res.status().is_success() => return Ok(()),
+                Ok(res) if res.status().is_success() => return Ok(res.status().as_u16()),
                 Ok(res) => return Err(DeliveryError::Status(res.status().as_u16())),
                 // Not reached at all: the next checked address may be.
                 Err(awc::error::SendRequestError::Connect(e)) => {

@@ -11,6 +11,9 @@ use crate::user::AccountStatus;
 pub enum OrchestratorError {
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// The key was valid until `at`; the owner issues a new one.
+    #[error("this API key expired at {at}")]
+    KeyExpired { at: chrono::DateTime<chrono::Utc> },
     /// The account's status (suspended or terminated) refuses the request.
     #[error("the account is {}", .0.as_str())]
     AccountSuspended(AccountStatus),

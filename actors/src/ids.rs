@@ -72,6 +72,10 @@ uuid_id!(
     ApiKeyId
 );
 uuid_id!(
+    /// An account-level webhook endpoint (`/v1/me/webhooks`).
+    WebhookEndpointId
+);
+uuid_id!(
     /// A file a user uploaded (ToS 6.4), e.g. the init image of a job.
     MaterialId
 );

@@ -13,6 +13,7 @@ pub mod config;
 pub mod content;
 pub mod diagnostic;
 pub mod email;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod ids;

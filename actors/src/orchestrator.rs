@@ -32,6 +32,7 @@ use crate::worker::{
 };
 
 /// Platform rules: API keys, payments, prices, content (ToS 2-5, 9).
+mod account_api;
 mod rules;
 
 /// A job as an operator sees it.
@@ -333,6 +334,26 @@ impl Orchestrator {
             wallet,
             api_key: api_key.expose().to_owned(),
         })
+    }
+
+    /// The active user behind an API key, with the key (its scopes): an
+    /// expired key is refused as such.
+    pub async fn authenticate_key(
+        &self,
+        presented_key: &str,
+    ) -> Result<(User, crate::accounts::ApiKeyRecord), OrchestratorError> {
+        let (user, key) = self
+            .store
+            .key_by_hash(KeyHash::of(presented_key))
+            .await?
+            .ok_or(OrchestratorError::Unauthorized)?;
+        if let Some(at) = key.expires_at.filter(|_| key.is_expired(Utc::now())) {
+            return Err(OrchestratorError::KeyExpired { at });
+        }
+        if !user.is_active() {
+            return Err(OrchestratorError::AccountSuspended(user.status));
+        }
+        Ok((user, key))
     }
 
     /// The active user behind an API key.

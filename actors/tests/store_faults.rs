@@ -260,9 +260,62 @@ impl Store for FaultyStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
+        options: admedia_actors::accounts::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.inner.create_api_key(user, id, hash, now).await
+        self.inner
+            .create_api_key(user, id, hash, options, now)
+            .await
+    }
+    async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
+        self.inner.key_by_hash(hash).await
+    }
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<admedia_actors::endpoints::EventPage> {
+        self.inner.user_events(user, after, since, limit).await
+    }
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: admedia_actors::endpoints::WebhookEndpoint,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.inner.create_webhook_endpoint(endpoint).await
+    }
+    async fn webhook_endpoints(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::WebhookEndpoint>> {
+        self.inner.webhook_endpoints(user).await
+    }
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        patch: admedia_actors::endpoints::EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.inner
+            .update_webhook_endpoint(user, id, patch, now)
+            .await
+    }
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+    ) -> StoreResult<()> {
+        self.inner.delete_webhook_endpoint(user, id).await
+    }
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::DeliveryAttempt>> {
+        self.inner.webhook_deliveries(user, id, limit).await
     }
     async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
         self.inner.api_keys(user).await

@@ -42,7 +42,8 @@ pub fn same_secret(presented: &str, expected: &str) -> bool {
     Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes())
 }
 
-/// An active user, authenticated by their API key.
+/// An active user, authenticated by an API key that is not expired and
+/// whose scopes allow the endpoint called (see [`crate::http::scopes`]).
 pub struct AuthUser(pub User);
 
 impl FromRequest for AuthUser {
@@ -52,9 +53,23 @@ impl FromRequest for AuthUser {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer(req);
         let state = state(req);
+        let access = crate::http::scopes::required(req);
         Box::pin(async move {
             let (token, state) = (token?, state?);
-            let user = state.orchestrator.authenticate(&token).await?;
+            let (user, key) = state.orchestrator.authenticate_key(&token).await?;
+            if !key.allows(access) {
+                return Err(ApiError::InsufficientScope {
+                    detail: format!(
+                        "this API key's scopes do not allow this request: it needs {}",
+                        match access {
+                            admedia_actors::accounts::Access::FullAccess =>
+                                "a key without scopes (full access)".to_owned(),
+                            other => format!("the scope {}", other.required()),
+                        }
+                    ),
+                    required: access.required(),
+                });
+            }
             Ok(AuthUser(user))
         })
     }

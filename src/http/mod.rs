@@ -2,6 +2,7 @@
 //! orchestrator and map the result. Errors are problem+json throughout,
 //! including malformed JSON and unknown routes.
 
+pub mod account_webhooks;
 pub mod admin;
 pub mod auth;
 pub mod client_limits;
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod payments;
 pub mod pricing;
 pub mod problem;
+pub mod scopes;
 pub mod users;
 pub mod views;
 pub mod wallet;
@@ -215,6 +217,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource(
                 "/me/api-keys/{id}",
                 vec![(Method::DELETE, web::delete().to(keys::revoke))],
+            ))
+            .service(resource(
+                "/me/webhooks",
+                vec![
+                    post(web::post().to(account_webhooks::create)),
+                    get(web::get().to(account_webhooks::list)),
+                ],
+            ))
+            .service(resource(
+                "/me/webhooks/{id}",
+                vec![
+                    get(web::get().to(account_webhooks::get)),
+                    (Method::PATCH, web::patch().to(account_webhooks::update)),
+                    (Method::DELETE, web::delete().to(account_webhooks::delete)),
+                ],
+            ))
+            .service(resource(
+                "/me/webhooks/{id}/deliveries",
+                vec![get(web::get().to(account_webhooks::deliveries))],
+            ))
+            .service(resource(
+                "/events",
+                vec![get(web::get().to(events::user_stream))],
             ))
             .service(resource(
                 "/me/close",

@@ -11,8 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Object, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi};
 
+use crate::http::{account_webhooks, keys, models, payments, pricing};
 use crate::http::{admin, events, jobs, operators, ops, problem, users, views, wallet, workers};
-use crate::http::{keys, models, payments, pricing};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,9 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
         payments::webhook, payments::for_review, pricing::get, pricing::announce,
         workers::connect,
+        events::user_stream,
+        account_webhooks::create, account_webhooks::list, account_webhooks::get,
+        account_webhooks::update, account_webhooks::delete, account_webhooks::deliveries,
     ),
     components(schemas(
         problem::Problem, events::JobEventFrame,
@@ -44,6 +47,11 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied, payments::PaymentReviewsPage, admedia_actors::payments::PaymentReview,
         pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
         users::MembershipView, users::GiftView,
+        keys::IssueKeyRequest, keys::ScopeName, events::UserEventFrame,
+        account_webhooks::EventTypeName, account_webhooks::WebhookEndpointView,
+        account_webhooks::WebhookEndpointsPage, account_webhooks::CreateEndpointRequest,
+        account_webhooks::UpdateEndpointRequest, account_webhooks::DeliveryAttemptView,
+        account_webhooks::DeliveriesPage,
     )),
     modifiers(&Security, &Problems),
 )]
@@ -72,9 +80,9 @@ const STORELESS: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
 fn problem_description(status: &str) -> &'static str {
     match status {
         "400" => "Malformed request: bad JSON, unknown field, wrong type (`invalid-request`); a bad payment signature (`invalid-signature`, `stale-timestamp`)",
-        "401" => "Missing or invalid credentials (`unauthorized`)",
+        "401" => "Missing or invalid credentials (`unauthorized`), or an expired API key (`key-expired`)",
         "402" => "Not enough available credits (`insufficient-credits`, with `required` and `available`)",
-        "403" => "The account may not act, or be acted on (`account-suspended`, `forbidden`)",
+        "403" => "The account may not act, or be acted on (`account-suspended`, `forbidden`); the API key's scopes do not allow it (`insufficient-scope`, with `required_scope`)",
         "404" => "No such resource, or not the caller's (`not-found`)",
         "410" => "No longer stored: an expired or deleted file (`gone`); a finished job whose record retention pruned (`job-pruned`, with `pruned_at`)",
         "409" => "Conflicts with the current state (`job-finished`, `email-taken`, `last-api-key`, `payment-id-reused`)",

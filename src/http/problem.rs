@@ -14,6 +14,16 @@ const RETRY_AFTER_UNAVAILABLE: u64 = 2;
 pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
+    /// The API key was valid until its expiry; the owner issues a new one.
+    #[error("{0}")]
+    KeyExpired(String),
+    /// The key's scopes do not allow the endpoint; `required` names the
+    /// scope it needs (or `full-access`: a key without scopes).
+    #[error("{detail}")]
+    InsufficientScope {
+        detail: String,
+        required: &'static str,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -151,6 +161,11 @@ pub struct Problem {
     /// `job-pruned`: when retention removed the job's record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `insufficient-scope`: the scope the request needs (`jobs:write`,
+    /// `jobs:read`, `wallet:read`, `materials:write`), or `full-access`
+    /// for what only a key without scopes may do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_scope: Option<&'static str>,
 }
 
 impl ApiError {
@@ -163,6 +178,16 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
             ),
             Forbidden(_) => ("forbidden", "Not allowed", StatusCode::FORBIDDEN),
+            KeyExpired(_) => (
+                "key-expired",
+                "The API key has expired",
+                StatusCode::UNAUTHORIZED,
+            ),
+            InsufficientScope { .. } => (
+                "insufficient-scope",
+                "The API key's scopes do not allow this",
+                StatusCode::FORBIDDEN,
+            ),
             AccountSuspended(_) => (
                 "account-suspended",
                 "Account suspended",
@@ -341,6 +366,7 @@ impl ApiError {
             used_bytes: None,
             quota_bytes: None,
             pruned_at: None,
+            required_scope: None,
         };
         match self {
             ApiError::InsufficientCredits {
@@ -358,6 +384,9 @@ impl ApiError {
             }
             ApiError::PriceNoticeTooShort { earliest, .. } => problem.earliest = Some(*earliest),
             ApiError::JobPruned { pruned_at, .. } => problem.pruned_at = Some(*pruned_at),
+            ApiError::InsufficientScope { required, .. } => {
+                problem.required_scope = Some(required);
+            }
             ApiError::StorageQuotaExceeded { used, quota, .. } => {
                 problem.used_bytes = Some(*used);
                 problem.quota_bytes = Some(*quota);
@@ -401,6 +430,7 @@ impl From<OrchestratorError> for ApiError {
         let detail = e.to_string();
         match e {
             OrchestratorError::Unauthorized => ApiError::Unauthorized(detail),
+            OrchestratorError::KeyExpired { .. } => ApiError::KeyExpired(detail),
             OrchestratorError::AccountSuspended(_) => ApiError::AccountSuspended(detail),
             OrchestratorError::NotFound(_) => ApiError::NotFound(detail),
             OrchestratorError::EmailTaken => ApiError::EmailTaken(detail),

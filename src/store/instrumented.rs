@@ -92,6 +92,13 @@ pub const OPERATIONS: &[&str] = &[
     "violations",
     "record_moderation_action",
     "moderation_actions",
+    "key_by_hash",
+    "user_events",
+    "create_webhook_endpoint",
+    "webhook_endpoints",
+    "update_webhook_endpoint",
+    "delete_webhook_endpoint",
+    "webhook_deliveries",
 ];
 
 /// The `kind` label of a failed call, or `None` for an answer the domain
@@ -408,11 +415,89 @@ impl Store for InstrumentedStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
+        options: admedia_actors::accounts::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         self.timed(
             "create_api_key",
-            self.inner.create_api_key(user, id, hash, now),
+            self.inner.create_api_key(user, id, hash, options, now),
+        )
+        .await
+    }
+
+    async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
+        self.timed("key_by_hash", self.inner.key_by_hash(hash))
+            .await
+    }
+
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<admedia_actors::endpoints::EventPage> {
+        self.timed(
+            "user_events",
+            self.inner.user_events(user, after, since, limit),
+        )
+        .await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: admedia_actors::endpoints::WebhookEndpoint,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.timed(
+            "create_webhook_endpoint",
+            self.inner.create_webhook_endpoint(endpoint),
+        )
+        .await
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::WebhookEndpoint>> {
+        self.timed("webhook_endpoints", self.inner.webhook_endpoints(user))
+            .await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        patch: admedia_actors::endpoints::EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.timed(
+            "update_webhook_endpoint",
+            self.inner.update_webhook_endpoint(user, id, patch, now),
+        )
+        .await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+    ) -> StoreResult<()> {
+        self.timed(
+            "delete_webhook_endpoint",
+            self.inner.delete_webhook_endpoint(user, id),
+        )
+        .await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::DeliveryAttempt>> {
+        self.timed(
+            "webhook_deliveries",
+            self.inner.webhook_deliveries(user, id, limit),
         )
         .await
     }

@@ -45,6 +45,7 @@ use admedia_actors::price_schedule::PriceVersion;
 use admedia_actors::pricing::PriceTable;
 
 /// Writes write sets with set-based statements.
+mod account_api;
 mod apply;
 /// API keys, payments and gifts, price versions, content violations.
 mod platform;
@@ -459,7 +460,7 @@ impl Store for PgStore {
                 "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id IN ( \
                    SELECT id FROM webhook_outbox WHERE next_attempt_at <= $1 \
                    ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, job_id, user_id, url, event_type, job, created_at, attempts",
+                 RETURNING id, job_id, user_id, url, event_type, job, created_at, attempts, endpoint_id",
             )
             .await
             .map_err(db)?;
@@ -487,6 +488,9 @@ impl Store for PgStore {
                         event_type: r.get(4),
                         job: json(r.get(5))?,
                         at: r.get(6),
+                        endpoint_id: r
+                            .get::<_, Option<uuid::Uuid>>(8)
+                            .map(admedia_actors::ids::WebhookEndpointId::from_uuid),
                     },
                     attempts: u32::try_from(attempts).unwrap_or(0),
                 })
@@ -500,33 +504,55 @@ impl Store for PgStore {
         &self,
         id: &str,
         report: DeliveryReport,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let client = self.client().await?;
-        match report {
-            DeliveryReport::Delivered => {
-                client
-                    .execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
-                    .await
-                    .map_err(db)?;
-            }
-            DeliveryReport::GivenUp { error } => {
-                tracing::error!(webhook = id, error = %error, "webhook given up");
-                client
-                    .execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
-                    .await
-                    .map_err(db)?;
-            }
-            DeliveryReport::Failed { retry_at, error } => {
-                client
-                    .execute(
-                        "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
-                        &[&id, &retry_at, &error],
-                    )
-                    .await
-                    .map_err(db)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // An endpoint's delivery is logged with its outcome, at once.
+        let owed = tx
+            .query_opt(
+                "SELECT job_id, event_type, endpoint_id FROM webhook_outbox WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(row) = owed {
+            let endpoint: Option<uuid::Uuid> = row.get(2);
+            if let Some(endpoint) = endpoint {
+                let event_type: String = row.get(1);
+                let attempt = report.logged(id, JobId::from_uuid(row.get(0)), &event_type, now);
+                account_api::log_attempt(
+                    &tx,
+                    admedia_actors::ids::WebhookEndpointId::from_uuid(endpoint),
+                    &attempt,
+                )
+                .await?;
             }
         }
+        match report {
+            DeliveryReport::Delivered { .. } => {
+                tx.execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
+                    .await
+                    .map_err(db)?;
+            }
+            DeliveryReport::GivenUp { error, .. } => {
+                tracing::error!(webhook = id, error = %error, "webhook given up");
+                tx.execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
+                    .await
+                    .map_err(db)?;
+            }
+            DeliveryReport::Failed {
+                retry_at, error, ..
+            } => {
+                tx.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+                    &[&id, &retry_at, &error],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 
@@ -599,6 +625,30 @@ impl Store for PgStore {
             created_at: now,
         };
         Ok((user, wallet))
+    }
+
+    async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
+        let client = self.client().await?;
+        let prefixed = |columns: &str, table: &str| {
+            columns
+                .split(", ")
+                .map(|c| format!("{table}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "SELECT {}, {} FROM users u JOIN api_keys k ON k.user_id = u.id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            prefixed(USER_COLUMNS, "u"),
+            prefixed(platform::KEY_COLUMNS, "k"),
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(db)?;
+        let Some(row) = client.query_opt(&stmt, &[&&hash.0[..]]).await.map_err(db)? else {
+            return Ok(None);
+        };
+        let user = user_row(&row)?;
+        let key = platform::key_row_at(&row, USER_COLUMNS.split(", ").count())?;
+        Ok(Some((user, key)))
     }
 
     async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
@@ -821,7 +871,8 @@ impl Store for PgStore {
             .collect::<StoreResult<Vec<Job>>>()?;
         queued.sort_by_key(|j| j.seq);
         let account = lock_account(&tx, user).await?;
-        let (ws, cancelled) = decide::cancel_queued(account, &queued, now)?;
+        let (mut ws, cancelled) = decide::cancel_queued(account, &queued, now)?;
+        account_api::fan_out(&tx, &mut ws).await?;
         apply::write(&tx, &ws).await?;
         tx.commit().await.map_err(db)?;
         self.feed.committed(&ws);
@@ -1253,9 +1304,10 @@ impl Store for PgStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
+        options: admedia_actors::accounts::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.pg_create_api_key(user, id, hash, now).await
+        self.pg_create_api_key(user, id, hash, options, now).await
     }
 
     async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
@@ -1366,10 +1418,62 @@ impl Store for PgStore {
             .ok_or(StoreError::NotFound("job"))?;
         let job = job_row(&row)?;
         let account = lock_account(&tx, job.user_id).await?;
-        let (ws, settlement) = decide::expire(account, &job, user, now)?;
+        let (mut ws, settlement) = decide::expire(account, &job, user, now)?;
+        account_api::fan_out(&tx, &mut ws).await?;
         apply::write(&tx, &ws).await?;
         tx.commit().await.map_err(db)?;
         self.feed.committed(&ws);
         Ok(settlement)
+    }
+
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<admedia_actors::endpoints::EventPage> {
+        self.pg_user_events(user, after, since, limit).await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: admedia_actors::endpoints::WebhookEndpoint,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.pg_create_webhook_endpoint(endpoint).await
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::WebhookEndpoint>> {
+        self.pg_webhook_endpoints(user).await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        patch: admedia_actors::endpoints::EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.pg_update_webhook_endpoint(user, id, patch, now).await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+    ) -> StoreResult<()> {
+        self.pg_delete_webhook_endpoint(user, id).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::DeliveryAttempt>> {
+        self.pg_webhook_deliveries(user, id, limit).await
     }
 }

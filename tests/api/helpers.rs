@@ -18,6 +18,8 @@ pub struct TestApp {
     pub address: String,
     pub admin_token: String,
     pub client: awc::Client,
+    /// The PostgreSQL URL it runs on, if any.
+    pub database_url: Option<String>,
 }
 
 /// A response read in full: status, headers and body.
@@ -251,6 +253,7 @@ pub async fn spawn_app_without_workers() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings();
     tweak(&mut settings);
+    let database_url = settings.database_url.clone();
     let app = Application::build(settings)
         .await
         .expect("failed to build the application");
@@ -264,6 +267,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         address: format!("http://127.0.0.1:{port}"),
         admin_token,
         client,
+        database_url,
     }
 }
 
@@ -394,6 +398,31 @@ pub async fn spawn_app_on_postgres_with(tweak: impl FnOnce(&mut Settings)) -> Op
         })
         .await,
     )
+}
+
+/// Two nodes of one deployment: one PostgreSQL schema of their own and one
+/// Redis prefix of their own (`None`, after a note, when either service is
+/// missing outside CI).
+pub async fn spawn_two_nodes_on_postgres_and_redis() -> Option<(TestApp, TestApp)> {
+    let redis = crate::support::redis_url()?;
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let first = spawn_app_on_postgres_with(|s| {
+        s.redis_url = Some(redis.clone());
+        s.redis_prefix = Some(prefix.clone());
+    })
+    .await?;
+    let url = first
+        .database_url
+        .clone()
+        .unwrap_or_else(|| panic!("{} runs on the embedded store", first.address));
+    let second = spawn_app_with(|s| {
+        s.database_url = Some(url);
+        s.sim_workers = Some(0);
+        s.redis_url = Some(redis);
+        s.redis_prefix = Some(prefix);
+    })
+    .await;
+    Some((first, second))
 }
 
 /// A valid 1×1 PNG.

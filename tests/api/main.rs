@@ -1,6 +1,7 @@
 //! HTTP integration tests: each starts the real server on a random port
 //! with a fresh in-memory store and talks HTTP to it.
 
+mod account_webhooks;
 mod accounts;
 mod admin;
 mod batch;
@@ -10,6 +11,7 @@ mod errors;
 mod events;
 mod helpers;
 mod jobs;
+mod key_scopes;
 mod licences;
 mod materials;
 mod moderation;
@@ -22,6 +24,7 @@ mod scheduling;
 #[path = "../support/mod.rs"]
 mod support;
 mod text;
+mod user_events;
 mod users;
 mod wallet;
 mod webhooks;

@@ -176,11 +176,15 @@ impl Orchestrator {
     // ---- API keys and accounts (ToS 2.2, 9.2, 9.3)
 
     /// A new key for the user, shown this once.
-    pub async fn issue_api_key(&self, user: UserId) -> Result<IssuedKey, OrchestratorError> {
+    pub async fn issue_api_key(
+        &self,
+        user: UserId,
+        options: crate::accounts::KeyOptions,
+    ) -> Result<IssuedKey, OrchestratorError> {
         let key = ApiKey::generate();
         let record = self
             .store
-            .create_api_key(user, ApiKeyId::generate(), key.hash(), Utc::now())
+            .create_api_key(user, ApiKeyId::generate(), key.hash(), options, Utc::now())
             .await?;
         tracing::info!(user = %user, key = %record.id, "API key issued");
         Ok(IssuedKey {

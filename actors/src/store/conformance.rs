@@ -18,6 +18,9 @@ pub type Shared = Arc<dyn Store>;
 /// API keys, payments and gifts, price versions, content violations.
 mod platform;
 pub use platform::*;
+/// Key scopes, the per-user event log, account webhook endpoints.
+mod account_api;
+pub use account_api::*;
 /// The catalogue of stored files (its own port).
 pub mod materials;
 
@@ -1261,6 +1264,10 @@ macro_rules! store_conformance_tests {
             waiting_jobs_expire_with_their_hold_voided,
             finished_jobs_are_pruned_after_retention,
             pruning_goes_oldest_first_in_batches,
+            keys_keep_their_name_expiry_and_scopes,
+            user_events_replay_in_order_within_the_window,
+            webhook_endpoints_are_created_listed_updated_and_deleted,
+            job_events_fan_out_to_every_wanting_endpoint,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

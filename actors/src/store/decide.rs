@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::writeset::{
-    AccountState, AttemptWrite, HoldWrite, IdempotencyWrite, JobWrite, NewEntry, WebhookDelivery,
-    WriteSet,
+    AccountState, AttemptWrite, HoldWrite, IdempotencyWrite, JobWrite, NewEntry, Notice,
+    WebhookDelivery, WriteSet,
 };
 use super::{
     AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
 use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use crate::endpoints::{EndpointPatch, WebhookEndpoint, MAX_ENDPOINTS};
 use crate::events::JobEvent;
 use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
@@ -163,6 +164,7 @@ impl Draft {
         }
         self.ws.events.push(JobEvent::state_at(job, at));
         self.ws.webhooks.extend(WebhookDelivery::for_state(job, at));
+        self.ws.notices.extend(Notice::of(job, at));
         if waits {
             self.ws.waiting.push(job.id);
         }
@@ -434,6 +436,7 @@ pub fn finish(
             .ws
             .webhooks
             .extend(WebhookDelivery::for_state(&running, at));
+        draft.ws.notices.extend(Notice::of(&running, at));
     }
     let end = job.end_attempt(outcome, at);
     if let Some(resolution) = end.resolution {
@@ -609,6 +612,58 @@ pub fn revoke_api_key(key: &ApiKeyRecord, active: usize) -> StoreResult<bool> {
         return Err(StoreError::LastApiKey);
     }
     Ok(true)
+}
+
+/// Turns the write set's notices into a delivery for every enabled
+/// endpoint of the job's owner that wants the event, beside the job's own
+/// webhook: decided here once, so both adapters owe the same rows, in the
+/// same transaction as the change. `endpoints` holds the owners' endpoints
+/// as the adapter read them.
+pub fn fan_out(ws: &mut WriteSet, endpoints: &HashMap<UserId, Vec<WebhookEndpoint>>) {
+    for notice in std::mem::take(&mut ws.notices) {
+        let Some(mine) = endpoints.get(&notice.job.user_id) else {
+            continue;
+        };
+        for endpoint in mine {
+            if endpoint.user_id == notice.job.user_id && endpoint.wants(notice.event) {
+                ws.webhooks
+                    .push(WebhookDelivery::for_endpoint(&notice, endpoint));
+            }
+        }
+    }
+}
+
+/// A new endpoint for an account that has `existing` endpoints.
+pub fn new_endpoint(status: AccountStatus, existing: usize) -> StoreResult<()> {
+    if status != AccountStatus::Active {
+        return Err(StoreError::AccountInactive(status));
+    }
+    if existing >= MAX_ENDPOINTS {
+        return Err(StoreError::LimitExceeded(format!(
+            "at most {MAX_ENDPOINTS} webhook endpoints; delete one first"
+        )));
+    }
+    Ok(())
+}
+
+/// An endpoint after `patch`.
+pub fn update_endpoint(
+    current: &WebhookEndpoint,
+    patch: EndpointPatch,
+    now: DateTime<Utc>,
+) -> WebhookEndpoint {
+    let mut next = current.clone();
+    if let Some(url) = patch.url {
+        next.url = url;
+    }
+    if let Some(types) = patch.event_types {
+        next.event_types = types;
+    }
+    if let Some(enabled) = patch.enabled {
+        next.enabled = enabled;
+    }
+    next.updated_at = now;
+    next
 }
 
 /// What a paid event does to an account, decided before anything is

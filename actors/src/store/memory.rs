@@ -15,6 +15,7 @@ use super::*;
 use crate::job::Charge;
 use crate::ledger::{EntryKind, GrantTerms};
 
+mod account_api;
 mod platform;
 
 #[derive(Default)]
@@ -40,7 +41,9 @@ impl MemoryStore {
 
     /// Applies a decision's write set under the same lock its state was
     /// read under, then hands its effects to the outbox.
-    fn commit(&self, s: &mut State, ws: WriteSet) -> StoreResult<()> {
+    fn commit(&self, s: &mut State, mut ws: WriteSet) -> StoreResult<()> {
+        // The owner's endpoints are read under the same lock as the rest.
+        decide::fan_out(&mut ws, s.account_api.endpoints());
         s.apply(&ws)?;
         s.stay_within_cap(Utc::now());
         self.feed.committed(&ws);
@@ -67,6 +70,8 @@ struct State {
     webhook_secrets: HashMap<UserId, String>,
     /// API keys, payments, gifts, prices, content violations.
     platform: platform::PlatformState,
+    /// The per-user event log and the account webhook endpoints.
+    account_api: account_api::AccountApiState,
     leader: Option<Leader>,
     /// Resolution of each job's hold; `Held` means still open.
     holds: HashMap<JobId, Charge>,
@@ -234,6 +239,9 @@ impl State {
                 .idempotency
                 .insert(i.key.clone(), (i.hash, i.job.clone()));
         }
+        for e in &ws.events {
+            self.account_api.record(e);
+        }
         for d in &ws.webhooks {
             self.webhooks.insert(
                 d.id.clone(),
@@ -326,6 +334,7 @@ impl State {
             set.remove(&(at, thin.seq));
         }
         self.attempts.remove(&thin.id);
+        self.account_api.forget_job(thin.user_id, thin.id);
         self.jobs.insert(thin.id, thin);
     }
 
@@ -434,11 +443,20 @@ impl Store for MemoryStore {
         &self,
         id: &str,
         report: DeliveryReport,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut s = self.state.lock();
+        let logged = s.webhooks.get(id).and_then(|w| {
+            w.delivery.endpoint_id.map(|endpoint| {
+                let d = &w.delivery;
+                (endpoint, report.logged(&d.id, d.job_id, &d.event_type, now))
+            })
+        });
+        if let Some((endpoint, attempt)) = logged {
+            s.account_api.log_attempt(endpoint, attempt);
+        }
         match report {
-            DeliveryReport::Delivered | DeliveryReport::GivenUp { .. } => {
+            DeliveryReport::Delivered { .. } | DeliveryReport::GivenUp { .. } => {
                 s.webhooks.remove(id);
             }
             DeliveryReport::Failed { retry_at, .. } => {
@@ -488,6 +506,14 @@ impl Store for MemoryStore {
     async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
         let s = self.state.lock();
         Ok(s.keys.get(&hash).and_then(|id| s.users.get(id)).cloned())
+    }
+
+    async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
+        let s = self.state.lock();
+        let Some(user) = s.keys.get(&hash).and_then(|id| s.users.get(id)) else {
+            return Ok(None);
+        };
+        Ok(platform::active_key(&s, user.id, hash).map(|k| (user.clone(), k)))
     }
 
     async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
@@ -900,9 +926,10 @@ impl Store for MemoryStore {
         user: UserId,
         id: crate::ids::ApiKeyId,
         hash: KeyHash,
+        options: crate::accounts::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        platform::create_api_key(&mut self.state.lock(), user, id, hash, now)
+        platform::create_api_key(&mut self.state.lock(), user, id, hash, options, now)
     }
 
     async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
@@ -1010,6 +1037,63 @@ impl Store for MemoryStore {
         let (ws, settlement) = decide::expire(account, job, user, now)?;
         self.commit(&mut s, ws)?;
         Ok(settlement)
+    }
+
+    // ---- the per-user event stream and account endpoints (see `account_api`)
+
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<crate::endpoints::EventPage> {
+        let s = self.state.lock();
+        if !s.users.contains_key(&user) {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(s.account_api.page(user, after, since, limit))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: crate::endpoints::WebhookEndpoint,
+    ) -> StoreResult<crate::endpoints::WebhookEndpoint> {
+        account_api::create_endpoint(&mut self.state.lock(), endpoint)
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<crate::endpoints::WebhookEndpoint>> {
+        account_api::endpoints(&self.state.lock(), user)
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: crate::ids::WebhookEndpointId,
+        patch: crate::endpoints::EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<crate::endpoints::WebhookEndpoint> {
+        account_api::update_endpoint(&mut self.state.lock(), user, id, patch, now)
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: crate::ids::WebhookEndpointId,
+    ) -> StoreResult<()> {
+        account_api::delete_endpoint(&mut self.state.lock(), user, id)
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: crate::ids::WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::endpoints::DeliveryAttempt>> {
+        account_api::deliveries(&self.state.lock(), user, id, limit)
     }
 }
 

@@ -20,9 +20,11 @@ use crate::money::{Credits, Wallet};
 use crate::tier::{Membership, Tier};
 use crate::user::{AccountStatus, KeyHash, NewUser, User};
 // Platform rules (ToS 2.2, 3.2, 4.2, 4.5, 5): see `platform_rules` below.
-use crate::accounts::ApiKeyRecord;
+use crate::accounts::{ApiKeyRecord, KeyOptions};
 use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use crate::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
 use crate::ids::ApiKeyId;
+use crate::ids::WebhookEndpointId;
 use crate::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
@@ -285,6 +287,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<(User, Wallet)>;
     async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>>;
+    /// The user and the (not revoked) key behind `hash`: what a request
+    /// is authenticated by, with the key's expiry and scopes.
+    async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>>;
     async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
     async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User>;
     /// Reinstating a suspended account at `now` lapses the gifts of the
@@ -422,6 +427,7 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
+        options: KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord>;
     /// The user's keys, oldest first, revoked ones included.
@@ -521,4 +527,46 @@ pub trait Store: Send + Sync + 'static {
         kind: Option<ModerationKind>,
         limit: usize,
     ) -> StoreResult<Vec<ModerationAction>>;
+
+    // ---- the per-user event stream
+    /// The user's job events after `after` (`None`: none, only `latest`),
+    /// oldest first, at most `limit`, among those written at or after
+    /// `since`; `missed` when an event after `after` is no longer kept.
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<EventPage>;
+
+    // ---- account webhook endpoints
+    /// Registers an endpoint for an active account; `LimitExceeded` past
+    /// [`crate::endpoints::MAX_ENDPOINTS`].
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: WebhookEndpoint,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// The user's endpoints, oldest first.
+    async fn webhook_endpoints(&self, user: UserId) -> StoreResult<Vec<WebhookEndpoint>>;
+    /// Changes one of the user's endpoints (`NotFound` for another's).
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: WebhookEndpointId,
+        patch: EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// Removes one of the user's endpoints with its log and the deliveries
+    /// it is still owed (`NotFound` for another's).
+    async fn delete_webhook_endpoint(&self, user: UserId, id: WebhookEndpointId)
+        -> StoreResult<()>;
+    /// The endpoint's logged delivery attempts, newest first, at most
+    /// `limit` (`NotFound` for another user's endpoint).
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>>;
 }

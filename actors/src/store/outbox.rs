@@ -34,16 +34,50 @@ pub struct PendingWebhook {
 /// How one delivery attempt went, to be recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeliveryReport {
-    Delivered,
-    /// Try again at `retry_at`.
+    /// The receiver answered 2xx with `status`.
+    Delivered { status: u16 },
+    /// Try again at `retry_at`. `status`: what the receiver answered, when
+    /// it answered at all.
     Failed {
         retry_at: DateTime<Utc>,
         error: String,
+        status: Option<u16>,
     },
     /// No more attempts.
-    GivenUp {
-        error: String,
-    },
+    GivenUp { error: String, status: Option<u16> },
+}
+
+impl DeliveryReport {
+    /// The attempt as an endpoint's delivery log shows it.
+    pub fn logged(
+        &self,
+        webhook_id: &str,
+        job_id: crate::ids::JobId,
+        event_type: &str,
+        at: DateTime<Utc>,
+    ) -> crate::endpoints::DeliveryAttempt {
+        use crate::endpoints::AttemptOutcome;
+        let (outcome, status, error) = match self {
+            DeliveryReport::Delivered { status } => {
+                (AttemptOutcome::Delivered, Some(*status), None)
+            }
+            DeliveryReport::Failed { error, status, .. } => {
+                (AttemptOutcome::Failed, *status, Some(error.clone()))
+            }
+            DeliveryReport::GivenUp { error, status } => {
+                (AttemptOutcome::GivenUp, *status, Some(error.clone()))
+            }
+        };
+        crate::endpoints::DeliveryAttempt {
+            webhook_id: webhook_id.to_owned(),
+            job_id,
+            event_type: event_type.to_owned(),
+            attempted_at: at,
+            status_code: status,
+            error,
+            outcome,
+        }
+    }
 }
 
 /// The hand-off from a store adapter to the dispatcher, after commit.

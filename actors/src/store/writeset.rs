@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::endpoints::{EventType, WebhookEndpoint};
 use crate::events::JobEvent;
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::ids::{JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId};
 use crate::job::{AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobState, RequestHash};
 use crate::ledger::{EntryKind, GrantSource};
 use crate::money::{Credits, Wallet};
@@ -124,6 +125,9 @@ pub struct WebhookDelivery {
     /// The job as it was when the event happened.
     pub job: Job,
     pub at: DateTime<Utc>,
+    /// The account endpoint it goes to; `None`: the job's own URL.
+    #[serde(default)]
+    pub endpoint_id: Option<WebhookEndpointId>,
 }
 
 impl WebhookDelivery {
@@ -154,6 +158,50 @@ impl WebhookDelivery {
             event_type: event_type.to_owned(),
             job: job.clone(),
             at,
+            endpoint_id: None,
+        })
+    }
+
+    /// The delivery of `notice` to an account endpoint: its own id per
+    /// endpoint (one owed row each), the same on every retry.
+    pub fn for_endpoint(notice: &Notice, endpoint: &WebhookEndpoint) -> WebhookDelivery {
+        let job = &notice.job;
+        let digest = Sha256::digest(format!(
+            "{}:{}:{}:{}",
+            job.id,
+            job.state.as_str(),
+            job.attempts,
+            endpoint.id
+        ));
+        WebhookDelivery {
+            id: format!("msg_{}", &hex::encode(digest)[..32]),
+            job_id: job.id,
+            user_id: job.user_id,
+            url: endpoint.url.clone(),
+            event_type: notice.event.as_str().to_owned(),
+            job: job.clone(),
+            at: notice.at,
+            endpoint_id: Some(endpoint.id),
+        }
+    }
+}
+
+/// A job state that account endpoints may want, as it was then: turned
+/// into deliveries by [`super::decide::fan_out`] once the adapter has
+/// read the owner's endpoints, never written itself.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub event: EventType,
+    pub job: Job,
+    pub at: DateTime<Utc>,
+}
+
+impl Notice {
+    pub fn of(job: &Job, at: DateTime<Utc>) -> Option<Notice> {
+        Some(Notice {
+            event: EventType::of_state(job.state)?,
+            job: job.clone(),
+            at,
         })
     }
 }
@@ -172,12 +220,22 @@ pub struct WriteSet {
     /// Job events for watchers (SSE), in order.
     pub events: Vec<JobEvent>,
     pub webhooks: Vec<WebhookDelivery>,
+    /// What account endpoints may want; [`super::decide::fan_out`] turns
+    /// them into `webhooks` before the write set is applied.
+    pub notices: Vec<Notice>,
     /// Jobs that (again) wait for a slot: the scheduler on any node should
     /// look.
     pub waiting: Vec<JobId>,
 }
 
 impl WriteSet {
+    /// The users whose endpoints [`super::decide::fan_out`] needs.
+    pub fn notified_users(&self) -> Vec<UserId> {
+        let users: std::collections::BTreeSet<UserId> =
+            self.notices.iter().map(|n| n.job.user_id).collect();
+        users.into_iter().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
             && self.entries.is_empty()
@@ -199,6 +257,7 @@ impl WriteSet {
         self.idempotency.extend(other.idempotency);
         self.events.extend(other.events);
         self.webhooks.extend(other.webhooks);
+        self.notices.extend(other.notices);
         self.waiting.extend(other.waiting);
     }
 

@@ -115,6 +115,7 @@ struct Rows {
     wh_body: Vec<serde_json::Value>,
     wh_at: Vec<DateTime<Utc>>,
     wh_next: Vec<DateTime<Utc>>,
+    wh_endpoint: Vec<Option<Uuid>>,
 }
 
 fn int(v: u32, what: &str) -> StoreResult<i32> {
@@ -295,6 +296,7 @@ impl Rows {
             r.wh_at.push(w.at);
             r.wh_next
                 .push(w.at + admedia_actors::store::outbox::DELIVERY_CLAIM);
+            r.wh_endpoint.push(w.endpoint_id.map(|e| e.as_uuid()));
         }
         Ok(r)
     }
@@ -347,8 +349,8 @@ const INSERT_EVENTS: &str = "INSERT INTO job_events (job_id, user_id, event, cre
      SELECT job_id, user_id, event, created_at FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::timestamptz[]) \
      WITH ORDINALITY AS u(job_id, user_id, event, created_at, n) ORDER BY n";
 
-const INSERT_WEBHOOKS: &str = "INSERT INTO webhook_outbox (id, job_id, user_id, url, event_type, job, created_at, next_attempt_at) \
-     SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[], $8::timestamptz[])";
+const INSERT_WEBHOOKS: &str = "INSERT INTO webhook_outbox (id, job_id, user_id, url, event_type, job, created_at, next_attempt_at, endpoint_id) \
+     SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::uuid[])";
 
 /// One statement of a write: run only when it has rows, and when
 /// `expect` is given it must change exactly that many.
@@ -515,8 +517,15 @@ pub(super) async fn write(tx: &Transaction<'_>, ws: &WriteSet) -> StoreResult<()
     steps.extend(statement(
         INSERT_WEBHOOKS,
         vec![
-            &r.wh_id, &r.wh_job, &r.wh_user, &r.wh_url, &r.wh_type, &r.wh_body, &r.wh_at,
+            &r.wh_id,
+            &r.wh_job,
+            &r.wh_user,
+            &r.wh_url,
+            &r.wh_type,
+            &r.wh_body,
+            &r.wh_at,
             &r.wh_next,
+            &r.wh_endpoint,
         ],
         r.wh_id.len(),
         None,

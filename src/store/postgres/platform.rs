@@ -3,7 +3,7 @@
 //! transaction; money moves only through the adapter's `book`, under the
 //! wallet lock, which is always taken before the user's row.
 
-use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::accounts::{ApiKeyRecord, KeyOptions, Scope};
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
@@ -29,21 +29,37 @@ use super::{
     to_json, user_row, PgStore, USER_COLUMNS,
 };
 
-const KEY_COLUMNS: &str = "id, user_id, key_hash, created_at, revoked_at";
+pub(super) const KEY_COLUMNS: &str =
+    "id, user_id, key_hash, created_at, revoked_at, name, expires_at, scopes";
 
-fn key_row(r: &Row) -> StoreResult<ApiKeyRecord> {
-    let hash: Vec<u8> = r.get(2);
+/// A key row whose columns start at `at` (`KEY_COLUMNS`, in order).
+pub(super) fn key_row_at(r: &Row, at: usize) -> StoreResult<ApiKeyRecord> {
+    let hash: Vec<u8> = r.get(at + 2);
     let hash: [u8; 32] = hash
         .as_slice()
         .try_into()
         .map_err(|_| corrupt("key hash", &hex::encode(&hash)))?;
+    let scopes: Option<Vec<String>> = r.get(at + 7);
     Ok(ApiKeyRecord {
-        id: ApiKeyId::from_uuid(r.get(0)),
-        user_id: UserId::from_uuid(r.get(1)),
+        id: ApiKeyId::from_uuid(r.get(at)),
+        user_id: UserId::from_uuid(r.get(at + 1)),
         hash: KeyHash(hash),
-        created_at: r.get(3),
-        revoked_at: r.get(4),
+        created_at: r.get(at + 3),
+        revoked_at: r.get(at + 4),
+        name: r.get(at + 5),
+        expires_at: r.get(at + 6),
+        scopes: scopes
+            .map(|list| {
+                list.iter()
+                    .map(|s| Scope::parse(s).ok_or_else(|| corrupt("key scope", s)))
+                    .collect::<StoreResult<_>>()
+            })
+            .transpose()?,
     })
+}
+
+fn key_row(r: &Row) -> StoreResult<ApiKeyRecord> {
+    key_row_at(r, 0)
 }
 
 const GIFT_COLUMNS: &str =
@@ -144,6 +160,7 @@ impl PgStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
+        options: KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         let mut client = self.client().await?;
@@ -151,11 +168,26 @@ impl PgStore {
         let st = lock_user_status(&tx, user).await?;
         decide::new_api_key(st, active_keys(&tx, user).await?)?;
         let sql = format!(
-            "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING {KEY_COLUMNS}"
+            "INSERT INTO api_keys (id, user_id, key_hash, created_at, name, expires_at, scopes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
         );
+        let scopes: Option<Vec<&'static str>> = options
+            .scopes
+            .as_ref()
+            .map(|set| set.iter().map(|s| s.as_str()).collect());
         let row = tx
-            .query_one(&sql, &[&id.as_uuid(), &user.as_uuid(), &&hash.0[..], &now])
+            .query_one(
+                &sql,
+                &[
+                    &id.as_uuid(),
+                    &user.as_uuid(),
+                    &&hash.0[..],
+                    &now,
+                    &options.name,
+                    &options.expires_at,
+                    &scopes,
+                ],
+            )
             .await
             .map_err(db)?;
         let record = key_row(&row)?;

@@ -312,6 +312,9 @@ struct Loaded {
     grant_keys: HashMap<(UserId, String), GrantTerms>,
     seqs: Vec<u64>,
     epoch: u64,
+    /// The enabled webhook endpoints of the accounts whose jobs may start
+    /// or end in the batch.
+    endpoints: HashMap<UserId, Vec<admedia_actors::endpoints::WebhookEndpoint>>,
 }
 
 async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
@@ -366,7 +369,16 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
                     users.insert(job.user_id.as_uuid());
                 }
             }
-            Op::Start { .. } => {}
+            // A start changes no money, but its `running` event must take
+            // its id under the owner's lock like every other event of the
+            // account: ids are handed out at insert, so only then does one
+            // account's commit order equal its id order, which the
+            // per-user stream resumes by (`GET /v1/events`).
+            Op::Start { attempt, .. } => {
+                if let Some(job) = overlay.jobs.get(&attempt.job_id) {
+                    users.insert(job.user_id.as_uuid());
+                }
+            }
         }
     }
     let users: Vec<Uuid> = users.into_iter().collect();
@@ -437,8 +449,19 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
         let row = tx.query_one(&current, &[]).await.map_err(db)?;
         Ok::<_, StoreError>(Some(row.get::<_, i64>(0)))
     };
-    let (accounts, claims, seen, seqs, epoch) =
-        futures_util::try_join!(accounts, claims, seen, seqs, epoch)?;
+    // What account endpoints a start or an end in this batch may owe a
+    // delivery to: read in the same round trip, only when one may happen.
+    let ends_or_starts = ops
+        .iter()
+        .any(|op| matches!(op, Op::Start { .. } | Op::Finish { .. } | Op::Cancel { .. }));
+    let endpoints = async {
+        if !ends_or_starts || users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        super::account_api::enabled_endpoints(tx, &users).await
+    };
+    let (accounts, claims, seen, seqs, epoch, endpoints) =
+        futures_util::try_join!(accounts, claims, seen, seqs, epoch, endpoints)?;
     overlay.accounts = accounts;
     let mut loaded = Loaded {
         overlay,
@@ -446,6 +469,7 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
         grant_keys: HashMap::new(),
         seqs: Vec::with_capacity(seqs.len()),
         epoch: epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
+        endpoints,
     };
     for r in claims {
         let stored: Vec<u8> = r.get(2);
@@ -594,10 +618,13 @@ async fn decide_and_commit(pool: &Pool, ops: &[Op]) -> StoreResult<(Vec<Answer>,
     let tx = client.transaction().await.map_err(db)?;
     let mut loaded = load(&tx, ops).await?;
     let before: Vec<AccountState> = loaded.overlay.accounts.values().copied().collect();
-    let (answers, ws) = decide_all(&mut loaded, ops);
+    let (answers, mut ws) = decide_all(&mut loaded, ops);
     // No credit appears or vanishes between the decisions and the rows.
     ws.check_entries_chain(&before)
         .map_err(StoreError::Invariant)?;
+    // Account endpoints that want a start or an end are owed it in this
+    // same commit (their endpoints were read with the accounts).
+    decide::fan_out(&mut ws, &loaded.endpoints);
     apply::write(&tx, &ws).await?;
     tx.commit().await.map_err(db)?;
     Ok((answers, ws))

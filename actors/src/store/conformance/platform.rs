@@ -9,7 +9,7 @@ fn now_us() -> DateTime<Utc> {
 }
 
 use super::*;
-use crate::accounts::MAX_ACTIVE_KEYS;
+use crate::accounts::{KeyOptions, MAX_ACTIVE_KEYS};
 use crate::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, BY_AUTOMATIC, BY_OPERATOR,
 };
@@ -78,7 +78,13 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     );
     let second = ApiKey::generate();
     let record = store
-        .create_api_key(user.id, ApiKeyId::generate(), second.hash(), Utc::now())
+        .create_api_key(
+            user.id,
+            ApiKeyId::generate(),
+            second.hash(),
+            KeyOptions::full(),
+            Utc::now(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -129,6 +135,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 user.id,
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
+                KeyOptions::full(),
                 Utc::now(),
             )
             .await
@@ -140,6 +147,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 user.id,
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
+                KeyOptions::full(),
                 Utc::now()
             )
             .await,
@@ -156,6 +164,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 other.id,
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
+                KeyOptions::full(),
                 Utc::now()
             )
             .await

@@ -43,7 +43,20 @@ pub(super) fn registered(s: &mut State, user: UserId, hash: KeyHash, now: DateTi
         hash,
         created_at: now,
         revoked_at: None,
+        name: None,
+        expires_at: None,
+        scopes: None,
     });
+}
+
+/// The user's key with this hash, if not revoked.
+pub(super) fn active_key(s: &State, user: UserId, hash: KeyHash) -> Option<ApiKeyRecord> {
+    s.platform
+        .keys
+        .get(&user)?
+        .iter()
+        .find(|k| k.hash == hash && k.is_active())
+        .cloned()
 }
 
 fn status(s: &State, user: UserId) -> StoreResult<AccountStatus> {
@@ -58,6 +71,7 @@ pub(super) fn create_api_key(
     user: UserId,
     id: ApiKeyId,
     hash: KeyHash,
+    options: crate::accounts::KeyOptions,
     now: DateTime<Utc>,
 ) -> StoreResult<ApiKeyRecord> {
     let st = status(s, user)?;
@@ -72,6 +86,9 @@ pub(super) fn create_api_key(
         hash,
         created_at: now,
         revoked_at: None,
+        name: options.name,
+        expires_at: options.expires_at,
+        scopes: options.scopes,
     };
     list.push(record.clone());
     s.keys.insert(hash, user);

@@ -19,9 +19,11 @@ from .errors import (
     Gone,
     IdempotencyKeyReused,
     InsufficientCredits,
+    InsufficientScope,
     InvalidParams,
     InvalidRequest,
     JobFinished,
+    KeyExpired,
     NotFound,
     PayloadTooLarge,
     QueueLimit,
@@ -33,8 +35,10 @@ from .errors import (
     error_from_problem,
 )
 from .models import (
+    ApiKey,
     BatchResult,
     Download,
+    IssuedKey,
     Job,
     JobError,
     JobEvent,
@@ -50,6 +54,8 @@ from .models import (
     Storage,
     User,
     Wallet,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from .webhooks import verify_webhook
 
@@ -63,4 +69,5 @@ __all__ = [
     "Me", "NotFound", "Output", "PayloadTooLarge", "QueueLimit", "RateLimited", "Registration",
     "ServerError", "Storage", "Unauthorized", "Unavailable", "User", "Wallet",
     "WebhookVerificationError", "error_from_problem", "verify_webhook",
+    "ApiKey", "InsufficientScope", "IssuedKey", "KeyExpired", "WebhookDelivery", "WebhookEndpoint",
 ]

@@ -230,6 +230,95 @@ class Calls:
     def delete_material(material_id: str) -> Call:
         return Call("DELETE", f"/v1/materials/{material_id}", _nothing)
 
+    @staticmethod
+    def create_api_key(
+        name: Optional[str], scopes: Optional[Iterable[str]], expires_at: Optional[Any]
+    ) -> Call:
+        body: Dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if scopes is not None:
+            body["scopes"] = list(scopes)
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat() if hasattr(expires_at, "isoformat") else str(expires_at)
+        # Not retried: a key issued twice is a key too many.
+        return Call("POST", "/v1/me/api-keys", _json(models.IssuedKey.from_dict), json=body)
+
+    @staticmethod
+    def api_keys() -> Call:
+        return Call(
+            "GET", "/v1/me/api-keys",
+            _json(lambda d: [models.ApiKey.from_dict(k) for k in d.get("keys", [])]), retry=True,
+        )
+
+    @staticmethod
+    def revoke_api_key(key_id: str) -> Call:
+        # Revoking again changes nothing, so a retry is safe.
+        return Call("DELETE", f"/v1/me/api-keys/{key_id}", _json(models.ApiKey.from_dict), retry=True)
+
+    @staticmethod
+    def create_webhook(url: str, event_types: Iterable[str], enabled: bool) -> Call:
+        return Call(
+            "POST", "/v1/me/webhooks", _json(models.WebhookEndpoint.from_dict),
+            json={"url": url, "event_types": list(event_types), "enabled": enabled},
+        )
+
+    @staticmethod
+    def webhooks() -> Call:
+        return Call(
+            "GET", "/v1/me/webhooks",
+            _json(lambda d: [models.WebhookEndpoint.from_dict(e) for e in d.get("endpoints", [])]),
+            retry=True,
+        )
+
+    @staticmethod
+    def webhook(endpoint_id: str) -> Call:
+        return Call("GET", f"/v1/me/webhooks/{endpoint_id}", _json(models.WebhookEndpoint.from_dict), retry=True)
+
+    @staticmethod
+    def update_webhook(
+        endpoint_id: str,
+        url: Optional[str],
+        event_types: Optional[Iterable[str]],
+        enabled: Optional[bool],
+    ) -> Call:
+        body: Dict[str, Any] = {}
+        if url is not None:
+            body["url"] = url
+        if event_types is not None:
+            body["event_types"] = list(event_types)
+        if enabled is not None:
+            body["enabled"] = enabled
+        # Setting the same fields again changes nothing more.
+        return Call(
+            "PATCH", f"/v1/me/webhooks/{endpoint_id}", _json(models.WebhookEndpoint.from_dict),
+            json=body, retry=True,
+        )
+
+    @staticmethod
+    def delete_webhook(endpoint_id: str) -> Call:
+        return Call("DELETE", f"/v1/me/webhooks/{endpoint_id}", _nothing)
+
+    @staticmethod
+    def webhook_deliveries(endpoint_id: str) -> Call:
+        return Call(
+            "GET", f"/v1/me/webhooks/{endpoint_id}/deliveries",
+            _json(lambda d: [models.WebhookDelivery.from_dict(a) for a in d.get("deliveries", [])]),
+            retry=True,
+        )
+
+
+#: The per-user stream's own events, which are not job events.
+STREAM_READY = "ready"
+STREAM_GAP = "gap"
+
+
+def stream_headers(last_event_id: Optional[str]) -> Dict[str, str]:
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    return headers
+
 
 class SseParser:
     """Server-sent events, fed line by line; yields ``JobEvent``s."""

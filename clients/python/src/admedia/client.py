@@ -20,8 +20,12 @@ from . import _core
 from ._core import Call, Calls, JobLike
 from .errors import ApiError
 from .models import (
+    ApiKey,
     BatchResult,
     Download,
+    IssuedKey,
+    WebhookDelivery,
+    WebhookEndpoint,
     Job,
     JobEvent,
     JobPage,
@@ -159,8 +163,54 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         return self._run(Calls.cancel(job_id))
 
-    def events(self, job_id: str) -> Iterator[JobEvent]:
-        """The job's events as they happen; ends after the terminal state."""
+    def events(
+        self,
+        job_id: Optional[str] = None,
+        *,
+        last_event_id: Optional[str] = None,
+        max_reconnects: Optional[int] = None,
+    ) -> Iterator[JobEvent]:
+        """With ``job_id``: that job's events as they happen; ends after
+        the terminal state. Without: every job event of the account
+        (``GET /v1/events``), for as long as it is iterated; when the
+        connection drops it reconnects with ``Last-Event-ID`` (the last
+        ``id`` received, or ``last_event_id`` to begin with), so no kept
+        event is missed. An event named ``gap`` says events older than
+        the server keeps were missed: re-read the jobs you care about.
+        ``max_reconnects`` in a row (default: no limit) before the
+        transport error is raised."""
+        if job_id is None:
+            return self._user_events(last_event_id, max_reconnects)
+        return self._job_events(job_id)
+
+    def _user_events(self, last_event_id: Optional[str], max_reconnects: Optional[int]) -> Iterator[JobEvent]:
+        timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
+        last = last_event_id
+        failures = 0
+        while True:
+            try:
+                with self._http.stream(
+                    "GET", "/v1/events", headers=_core.stream_headers(last), timeout=timeout
+                ) as res:
+                    if res.status_code >= 400:
+                        res.read()
+                        _core.raise_for_problem(res)
+                    parser = _core.SseParser()
+                    for line in res.iter_lines():
+                        for event in parser.feed(line):
+                            failures = 0
+                            if event.event == _core.STREAM_READY:
+                                continue
+                            if event.id is not None:
+                                last = event.id
+                            yield event
+            except httpx.TransportError:
+                if max_reconnects is not None and failures >= max_reconnects:
+                    raise
+            time.sleep(_core.backoff(failures, None))
+            failures += 1
+
+    def _job_events(self, job_id: str) -> Iterator[JobEvent]:
         parser = _core.SseParser()
         timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
         with self._http.stream(
@@ -228,6 +278,53 @@ class Client:
 
     def delete_material(self, material_id: str) -> None:
         self._run(Calls.delete_material(material_id))
+
+    def create_api_key(
+        self,
+        *,
+        name: Optional[str] = None,
+        scopes: Optional[Iterable[str]] = None,
+        expires_at: Optional[Any] = None,
+    ) -> IssuedKey:
+        """Issues a key (``api_key`` is shown this once). Without ``scopes``
+        it has full access; with them (``jobs:write``, ``jobs:read``,
+        ``wallet:read``, ``materials:write``) only what they name, and a
+        call outside them raises :class:`InsufficientScope`."""
+        return self._run(Calls.create_api_key(name, scopes, expires_at))
+
+    def api_keys(self) -> List[ApiKey]:
+        return self._run(Calls.api_keys())
+
+    def revoke_api_key(self, key_id: str) -> ApiKey:
+        return self._run(Calls.revoke_api_key(key_id))
+
+    def create_webhook(self, url: str, event_types: Iterable[str], *, enabled: bool = True) -> WebhookEndpoint:
+        """Registers an account endpoint for ``event_types`` (``job.started``,
+        ``job.succeeded``, ``job.failed``, ``job.cancelled``) of every job."""
+        return self._run(Calls.create_webhook(url, event_types, enabled))
+
+    def webhooks(self) -> List[WebhookEndpoint]:
+        return self._run(Calls.webhooks())
+
+    def webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        return self._run(Calls.webhook(endpoint_id))
+
+    def update_webhook(
+        self,
+        endpoint_id: str,
+        *,
+        url: Optional[str] = None,
+        event_types: Optional[Iterable[str]] = None,
+        enabled: Optional[bool] = None,
+    ) -> WebhookEndpoint:
+        return self._run(Calls.update_webhook(endpoint_id, url, event_types, enabled))
+
+    def delete_webhook(self, endpoint_id: str) -> None:
+        self._run(Calls.delete_webhook(endpoint_id))
+
+    def webhook_deliveries(self, endpoint_id: str) -> List[WebhookDelivery]:
+        """The endpoint's last delivery attempts, newest first."""
+        return self._run(Calls.webhook_deliveries(endpoint_id))
 
 
 class AsyncClient:
@@ -328,7 +425,48 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> Job:
         return await self._run(Calls.cancel(job_id))
 
-    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+    def events(
+        self,
+        job_id: Optional[str] = None,
+        *,
+        last_event_id: Optional[str] = None,
+        max_reconnects: Optional[int] = None,
+    ) -> AsyncIterator[JobEvent]:
+        """As :meth:`Client.events`."""
+        if job_id is None:
+            return self._user_events(last_event_id, max_reconnects)
+        return self._job_events(job_id)
+
+    async def _user_events(
+        self, last_event_id: Optional[str], max_reconnects: Optional[int]
+    ) -> AsyncIterator[JobEvent]:
+        timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
+        last = last_event_id
+        failures = 0
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET", "/v1/events", headers=_core.stream_headers(last), timeout=timeout
+                ) as res:
+                    if res.status_code >= 400:
+                        await res.aread()
+                        _core.raise_for_problem(res)
+                    parser = _core.SseParser()
+                    async for line in res.aiter_lines():
+                        for event in parser.feed(line):
+                            failures = 0
+                            if event.event == _core.STREAM_READY:
+                                continue
+                            if event.id is not None:
+                                last = event.id
+                            yield event
+            except httpx.TransportError:
+                if max_reconnects is not None and failures >= max_reconnects:
+                    raise
+            await asyncio.sleep(_core.backoff(failures, None))
+            failures += 1
+
+    async def _job_events(self, job_id: str) -> AsyncIterator[JobEvent]:
         parser = _core.SseParser()
         timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
         async with self._http.stream(
@@ -390,3 +528,43 @@ class AsyncClient:
 
     async def delete_material(self, material_id: str) -> None:
         await self._run(Calls.delete_material(material_id))
+
+    async def create_api_key(
+        self,
+        *,
+        name: Optional[str] = None,
+        scopes: Optional[Iterable[str]] = None,
+        expires_at: Optional[Any] = None,
+    ) -> IssuedKey:
+        return await self._run(Calls.create_api_key(name, scopes, expires_at))
+
+    async def api_keys(self) -> List[ApiKey]:
+        return await self._run(Calls.api_keys())
+
+    async def revoke_api_key(self, key_id: str) -> ApiKey:
+        return await self._run(Calls.revoke_api_key(key_id))
+
+    async def create_webhook(self, url: str, event_types: Iterable[str], *, enabled: bool = True) -> WebhookEndpoint:
+        return await self._run(Calls.create_webhook(url, event_types, enabled))
+
+    async def webhooks(self) -> List[WebhookEndpoint]:
+        return await self._run(Calls.webhooks())
+
+    async def webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        return await self._run(Calls.webhook(endpoint_id))
+
+    async def update_webhook(
+        self,
+        endpoint_id: str,
+        *,
+        url: Optional[str] = None,
+        event_types: Optional[Iterable[str]] = None,
+        enabled: Optional[bool] = None,
+    ) -> WebhookEndpoint:
+        return await self._run(Calls.update_webhook(endpoint_id, url, event_types, enabled))
+
+    async def delete_webhook(self, endpoint_id: str) -> None:
+        await self._run(Calls.delete_webhook(endpoint_id))
+
+    async def webhook_deliveries(self, endpoint_id: str) -> List[WebhookDelivery]:
+        return await self._run(Calls.webhook_deliveries(endpoint_id))

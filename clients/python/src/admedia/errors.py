@@ -45,8 +45,23 @@ class Unauthorized(ApiError):
     """``401 unauthorized``: missing or wrong API key."""
 
 
+class KeyExpired(Unauthorized):
+    """``401 key-expired``: the API key passed its ``expires_at``; issue a new one."""
+
+
 class Forbidden(ApiError):
     """``403 forbidden``: the account may not do this."""
+
+
+class InsufficientScope(Forbidden):
+    """``403 insufficient-scope``: the API key's scopes do not allow this
+    request; ``required_scope`` names the scope it needs (``jobs:write``,
+    ``jobs:read``, ``wallet:read``, ``materials:write``), or ``full-access``
+    for what only a key without scopes may do (keys, webhooks, the account)."""
+
+    @property
+    def required_scope(self) -> Optional[str]:
+        return self.problem.get("required_scope")
 
 
 class AccountSuspended(Forbidden):
@@ -148,6 +163,8 @@ class WebhookVerificationError(AdmediaError):
 _BY_TYPE: Dict[str, Type[ApiError]] = {
     "invalid-request": InvalidRequest,
     "unauthorized": Unauthorized,
+    "key-expired": KeyExpired,
+    "insufficient-scope": InsufficientScope,
     "forbidden": Forbidden,
     "account-suspended": AccountSuspended,
     "not-found": NotFound,

@@ -349,3 +349,108 @@ class Download:
     content: bytes
     content_type: Optional[str] = None
     license: Optional[str] = None
+
+
+@dataclass
+class ApiKey:
+    """A key as listed: never the key itself. ``scopes`` is ``None`` for
+    full access (keys issued without scopes, and every key issued before
+    scopes existed)."""
+
+    id: str
+    created_at: Optional[datetime]
+    revoked_at: Optional[datetime] = None
+    active: bool = True
+    current: bool = False
+    name: Optional[str] = None
+    expires_at: Optional[datetime] = None
+    scopes: Optional[List[str]] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ApiKey":
+        scopes = d.get("scopes")
+        return cls(
+            id=str(d["id"]),
+            created_at=parse_time(d.get("created_at")),
+            revoked_at=parse_time(d.get("revoked_at")),
+            active=bool(d.get("active", True)),
+            current=bool(d.get("current", False)),
+            name=d.get("name"),
+            expires_at=parse_time(d.get("expires_at")),
+            scopes=None if scopes is None else [str(x) for x in scopes],
+        )
+
+
+@dataclass
+class IssuedKey:
+    """A new key: ``api_key`` is shown this once."""
+
+    id: str
+    api_key: str
+    created_at: Optional[datetime]
+    name: Optional[str] = None
+    expires_at: Optional[datetime] = None
+    scopes: Optional[List[str]] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IssuedKey":
+        scopes = d.get("scopes")
+        return cls(
+            id=str(d["id"]),
+            api_key=str(d["api_key"]),
+            created_at=parse_time(d.get("created_at")),
+            name=d.get("name"),
+            expires_at=parse_time(d.get("expires_at")),
+            scopes=None if scopes is None else [str(x) for x in scopes],
+        )
+
+
+@dataclass
+class WebhookEndpoint:
+    """An account webhook endpoint: every job event of the account of one
+    of ``event_types`` is delivered to ``url`` while ``enabled``."""
+
+    id: str
+    url: str
+    event_types: List[str]
+    enabled: bool
+    created_at: Optional[datetime] = None
+    updated_at: Optional[datetime] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "WebhookEndpoint":
+        return cls(
+            id=str(d["id"]),
+            url=str(d["url"]),
+            event_types=[str(t) for t in d.get("event_types", [])],
+            enabled=bool(d.get("enabled", False)),
+            created_at=parse_time(d.get("created_at")),
+            updated_at=parse_time(d.get("updated_at")),
+        )
+
+
+@dataclass
+class WebhookDelivery:
+    """One logged delivery attempt to an endpoint: ``outcome`` is
+    ``delivered``, ``failed`` (tried again later) or ``given_up``."""
+
+    webhook_id: str
+    job_id: str
+    event_type: str
+    attempted_at: Optional[datetime]
+    outcome: str
+    status_code: Optional[int] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "WebhookDelivery":
+        status = d.get("status_code")
+        return cls(
+            webhook_id=str(d.get("webhook_id", "")),
+            job_id=str(d.get("job_id", "")),
+            event_type=str(d.get("event_type", "")),
+            attempted_at=parse_time(d.get("attempted_at")),
+            outcome=str(d.get("outcome", "")),
+            status_code=None if status is None else int(status),
+            error=d.get("error"),
+        )
