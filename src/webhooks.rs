@@ -159,7 +159,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, DeliveryError> {
     static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
     CONFIG
-        .get_or_init(|| crate::tls::client_config(None))
+        .get_or_init(crate::tls::client_config)
         .clone()
         .map_err(DeliveryError::Send)
 }
