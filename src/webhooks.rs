@@ -26,8 +26,8 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::http::views::JobView;
 use crate::metrics::Metrics;
+use crate::views::JobView;
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per event before it is given up (logged and counted).

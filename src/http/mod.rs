@@ -19,7 +19,6 @@ pub mod payments;
 pub mod pricing;
 pub mod problem;
 pub mod users;
-pub mod views;
 pub mod wallet;
 pub mod workers;
 
@@ -191,7 +190,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/metrics", vec![get(web::get().to(ops::metrics))]))
     .service(resource(
         "/openapi.json",
-        vec![get(web::get().to(ops::openapi))],
+        vec![get(web::get().to(openapi::openapi))],
     ))
     .service(
         web::scope("/v1")
@@ -371,7 +370,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 vec![get(web::get().to(workers::connect))],
             )),
     )
-    .configure(crate::console::routes)
     .default_service(web::to(not_found));
 }
 
