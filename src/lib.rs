@@ -18,4 +18,5 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod views;
 pub mod webhooks;

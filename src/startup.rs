@@ -15,6 +15,7 @@ use rand::RngCore;
 
 use crate::cluster::{run_election, NodeState, Role};
 use crate::config::Settings;
+use crate::console;
 use crate::events::{EventHub, ServerObserver};
 use crate::http::{self, AppState};
 use crate::materials::Materials;
@@ -323,6 +324,7 @@ impl Application {
                 .wrap(Compress::default())
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
+                .configure(console::routes)
         })
         // Workers' and clients' frames are small: send them at once rather
         // than wait for a delayed ACK (Nagle), which costs ~40 ms a frame.

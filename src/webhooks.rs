@@ -29,8 +29,8 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::http::views::JobView;
 use crate::metrics::Metrics;
+use crate::views::JobView;
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per event before it is given up (logged and counted).
@@ -170,7 +170,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, DeliveryError> {
     static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
     CONFIG
-        .get_or_init(|| crate::tls::client_config(None))
+        .get_or_init(crate::tls::client_config)
         .clone()
         .map_err(DeliveryError::Send)
 }

@@ -344,7 +344,7 @@ async fn a_worker_that_connects_to_a_standby_is_sent_to_the_leader() {
     assert_eq!(role(&api_b).await.map(|r| r.0).as_deref(), Some("standby"));
 
     // The agent is pointed at the standby.
-    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_admedia-worker"))
+    let mut agent = std::process::Command::new(support::worker_bin())
         .args([
             "--server",
             &b.base.replacen("http", "ws", 1),

@@ -12,6 +12,8 @@
 //! prepared environment needs no network. Without Python this fails when
 //! `CI=true` and is skipped otherwise.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -106,7 +108,7 @@ fn the_python_client_works_against_the_server() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(&client)
         .env("ADMEDIA_BIN", env!("CARGO_BIN_EXE_admedia"))
-        .env("ADMEDIA_WORKER_BIN", env!("CARGO_BIN_EXE_admedia-worker"))
+        .env("ADMEDIA_WORKER_BIN", support::worker_bin())
         // Nothing written into the clone.
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .status()

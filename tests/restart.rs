@@ -47,7 +47,7 @@ struct Agent(Child);
 
 impl Agent {
     fn start(server: &ServerProcess, job_ms: u64) -> Agent {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_admedia-worker"));
+        let mut command = Command::new(support::worker_bin());
         for (name, _) in std::env::vars() {
             if name.starts_with("ADMEDIA_") {
                 command.env_remove(name);

@@ -4,6 +4,8 @@
 //! agent connects and runs a job; without it the agent refuses the
 //! server's certificate and says how to fix it.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -98,7 +100,7 @@ impl Agent {
     fn start(dir: &Path, tls_port: u16, extra: &[&str]) -> Agent {
         let log = dir.join(format!("agent-{}.log", uuid::Uuid::now_v7().simple()));
         let file = std::fs::File::create(&log).expect("log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_admedia-worker"));
+        let mut command = Command::new(support::worker_bin());
         for (name, _) in std::env::vars() {
             if name.starts_with("ADMEDIA_") {
                 command.env_remove(name);

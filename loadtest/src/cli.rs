@@ -155,9 +155,10 @@ pub struct Cli {
     /// How much later a duplicate report is sent.
     #[arg(long)]
     pub duplicate_delay_ms: Option<u64>,
-    /// Leave Nagle's algorithm on for the workers' sockets, as awc (and so
-    /// the `admedia-worker` agent) does; by default the harness sets
-    /// TCP_NODELAY so small frames are not held for the peer's delayed ACK.
+    /// Leave Nagle's algorithm on for the workers' sockets, as plain awc
+    /// does; by default the harness sets TCP_NODELAY, as the
+    /// `admedia-worker` agent does, so small frames are not held for the
+    /// peer's delayed ACK.
     #[arg(long)]
     pub worker_nagle: bool,
 

@@ -18,18 +18,13 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix_codec::Framed;
-use actix_rt::net::TcpStream;
-use actix_service::Service;
-use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use admedia_actors::ids::{JobId, LeaseToken};
 use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
 use admedia_actors::wire::{FromWorker, ToWorker};
-use awc::http::header::AUTHORIZATION;
-use awc::http::Uri;
-use awc::ws::{CloseCode, Codec, Frame, Message};
-use awc::BoxedSocket;
-use futures_util::future::LocalBoxFuture;
+use admedia_worker::placeholder;
+use admedia_worker::socket::{self, send, Socket, CONNECT_TIMEOUT, WELCOME_TIMEOUT};
+use awc::http::header::HeaderValue;
+use awc::ws::{CloseCode, Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -38,35 +33,6 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::Faults;
 use crate::recorder::{Outcome, Recorder};
 
-type Socket = Framed<BoxedSocket, Codec>;
-
-/// awc's TCP connector with `TCP_NODELAY` set on each new connection.
-/// Without it, a small frame (`complete` right after `accept`) can wait
-/// for the peer's delayed ACK, which quantizes a slot's turnaround to
-/// about 40 ms on Linux.
-#[derive(Clone, Default)]
-struct NoDelayConnector(ConnectorService);
-
-impl Service<ConnectInfo<Uri>> for NoDelayConnector {
-    type Response = Connection<Uri, TcpStream>;
-    type Error = ConnectError;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    actix_service::always_ready!();
-
-    fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
-        let fut = self.0.call(req);
-        Box::pin(async move {
-            let conn = fut.await?;
-            let _ = conn.io_ref().set_nodelay(true);
-            Ok(conn)
-        })
-    }
-}
-
-const MAX_FRAME: usize = 64 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
@@ -78,7 +44,8 @@ pub struct WorkerSpec {
     pub jitter: f64,
     pub faults: Faults,
     pub seed: u64,
-    /// Leave Nagle's algorithm on, as awc (and so the worker agent) does.
+    /// Leave Nagle's algorithm on, as plain awc does (the worker agent
+    /// sets TCP_NODELAY, through the same `socket::connector`).
     pub nagle: bool,
     /// What the worker says it is; `None`: the all-round worker of the
     /// other scenarios (any kind, any model, 80 GB).
@@ -200,30 +167,20 @@ async fn run_worker(
     }
 }
 
-async fn send(ws: &mut Socket, msg: &FromWorker) -> Result<(), String> {
-    let text = serde_json::to_string(msg).map_err(|e| format!("encode: {e}"))?;
-    ws.send(Message::Text(text.into()))
-        .await
-        .map_err(|e| format!("send: {e}"))
-}
-
 async fn connect(spec: &WorkerSpec) -> Result<Socket, String> {
     let client = if spec.nagle {
         awc::Client::builder().timeout(CONNECT_TIMEOUT).finish()
     } else {
         awc::Client::builder()
-            .connector(awc::Connector::new().connector(NoDelayConnector::default()))
+            .connector(socket::connector())
             .timeout(CONNECT_TIMEOUT)
             .finish()
     };
-    let (_, ws) = client
-        .ws(spec.url.as_str())
-        .header(AUTHORIZATION, format!("Bearer {}", spec.token))
-        .max_frame_size(MAX_FRAME)
-        .connect()
+    let authorization = HeaderValue::from_str(&format!("Bearer {}", spec.token))
+        .map_err(|_| "connect: the worker token is not a valid header value".to_owned())?;
+    socket::dial(&client, &spec.url, authorization)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    Ok(ws)
+        .map_err(|e| format!("connect: {e}"))
 }
 
 /// Sends `hello`, waits for `welcome`: (heartbeat, lease).
@@ -318,28 +275,6 @@ fn later(tx: &mpsc::UnboundedSender<Event>, after: Duration, ev: Event) {
     });
 }
 
-/// A valid 1×1 PNG, the load tester's output.
-const PLACEHOLDER_PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
-    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-];
-
-/// An MP4 `ftyp` box alone: what the server's type check recognises as a
-/// video (it reads the first bytes), with nothing to play.
-const PLACEHOLDER_MP4: &[u8] = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2";
-
-/// The placeholder output of a job of `kind` and its content type: a
-/// video job must deliver an MP4, or its completion is refused.
-fn placeholder(kind: JobKind) -> (&'static [u8], &'static str) {
-    match kind {
-        JobKind::Image => (PLACEHOLDER_PNG, "image/png"),
-        JobKind::Video => (PLACEHOLDER_MP4, "video/mp4"),
-    }
-}
-
 /// After `after`, uploads a placeholder to each output slot (as a real
 /// worker uploads what it generated), then delivers `ev`. A failed upload
 /// still delivers it: the server then refuses the completion, which the
@@ -359,7 +294,7 @@ fn upload_then(
             // A failure shows in the audit as the server's refusal.
             let _ = client
                 .put(&slot.upload_url)
-                .send_body(placeholder(kind).0)
+                .send_body(placeholder::of(kind).0)
                 .await;
         }
         let _ = tx.send(ev);
@@ -514,7 +449,7 @@ async fn session(
                                         lease: job_lease,
                                         outputs: slots
                                             .iter()
-                                            .map(|s| Output::new(s.key.clone(), placeholder(kind).1))
+                                            .map(|s| Output::new(s.key.clone(), placeholder::of(kind).1.mime()))
                                             .collect(),
                                     }, Outcome::Complete)
                                 };

@@ -59,7 +59,7 @@ async fn not_found(_: session::Operator) -> HttpResponse {
     )
 }
 
-/// Every console route; `crate::http::routes` mounts it.
+/// Every console route; `crate::startup` mounts them beside the API's.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/console")

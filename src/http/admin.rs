@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 use crate::http::auth::Admin;
 use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
+use crate::views::{UserView, WalletView};
 
 fn user_id(raw: &str) -> Result<UserId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found("user"))

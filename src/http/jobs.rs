@@ -12,8 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::http::auth::AuthUser;
 use crate::http::input::{Json, Query};
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::JobView;
 use crate::http::{page_limit, AppState};
+use crate::views::JobView;
 
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use crate::http::auth::{Admin, AuthUser};
 use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
+use crate::views::{UserView, WalletView};
 
 #[derive(Serialize, ToSchema)]
 pub struct ApiKeyView {

@@ -21,7 +21,6 @@ pub mod pricing;
 pub mod problem;
 pub mod scopes;
 pub mod users;
-pub mod views;
 pub mod wallet;
 pub mod workers;
 
@@ -193,7 +192,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/metrics", vec![get(web::get().to(ops::metrics))]))
     .service(resource(
         "/openapi.json",
-        vec![get(web::get().to(ops::openapi))],
+        vec![get(web::get().to(openapi::openapi))],
     ))
     .service(
         web::scope("/v1")
@@ -396,7 +395,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 vec![get(web::get().to(workers::connect))],
             )),
     )
-    .configure(crate::console::routes)
     .default_service(web::to(not_found));
 }
 

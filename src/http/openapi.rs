@@ -4,6 +4,7 @@
 //! by one rule instead of by hand on each handler, all as
 //! `application/problem+json` with the `Problem` schema.
 
+use actix_web::HttpResponse;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
@@ -12,7 +13,8 @@ use utoipa::openapi::{ContentBuilder, Object, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{account_webhooks, keys, models, payments, pricing};
-use crate::http::{admin, events, jobs, operators, ops, problem, users, views, wallet, workers};
+use crate::http::{admin, events, jobs, operators, ops, problem, users, wallet, workers};
+use crate::views;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,7 +27,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::user_moderation, admin::suspensions, admin::stats,
         operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
         operators::workers, operators::drain, operators::lift_quarantine, models::list,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        ops::healthz, ops::readyz, ops::metrics, openapi,
         keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
         payments::webhook, payments::for_review, pricing::get, pricing::announce,
         workers::connect,
@@ -68,6 +70,13 @@ impl Modify for Security {
         components.add_security_scheme("admin_token", bearer());
         components.add_security_scheme("worker_token", bearer());
     }
+}
+
+// The document itself, at `/openapi.json` (no doc comment: utoipa would
+// make it the operation's summary, which it never had).
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json")))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
 /// The shared error answers and the operation tags.

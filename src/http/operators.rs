@@ -14,8 +14,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::http::auth::Admin;
 use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::{JobView, LedgerEntryView, UserView, WalletView};
 use crate::http::{page_limit, AppState};
+use crate::views::{JobView, LedgerEntryView, UserView, WalletView};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -1,8 +1,9 @@
-//! Operations: liveness, readiness, metrics and the OpenAPI document.
+//! Operations: liveness, readiness and metrics (the OpenAPI document is
+//! served by `openapi`, which it describes).
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use crate::http::problem::{ApiError, Problem};
 use crate::http::AppState;
@@ -48,9 +49,4 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             stats.as_ref(),
             matches!(state.node.role(), crate::cluster::Role::Leader { .. }),
         ))
-}
-
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json")))]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::http::openapi::ApiDoc::openapi())
 }

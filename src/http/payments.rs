@@ -27,8 +27,8 @@ use utoipa::ToSchema;
 
 use crate::http::auth::same_secret;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
+use crate::views::{UserView, WalletView};
 use crate::webhooks::sign;
 
 /// The largest credit pack one payment may buy.

@@ -7,8 +7,8 @@ use utoipa::ToSchema;
 use crate::http::auth::AuthUser;
 use crate::http::input::Json;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::{UserView, WalletView};
 use crate::http::AppState;
+use crate::views::{UserView, WalletView};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -8,8 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::http::auth::AuthUser;
 use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::views::{LedgerEntryView, WalletView};
 use crate::http::{page_limit, AppState};
+use crate::views::{LedgerEntryView, WalletView};
 
 #[utoipa::path(get, path = "/v1/wallet", security(("api_key" = [])),
     responses((status = 200, body = WalletView), (status = 401, body = Problem)))]

@@ -561,7 +561,7 @@ async fn the_real_agent_runs_the_example_model_on_an_uploaded_image() {
     let app = app_with_objects(&dir, |s| s.sim_workers = Some(0)).await;
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/model_server.py");
     let _agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_admedia-worker"))
+        Command::new(crate::support::worker_bin())
             .args([
                 "--server",
                 &app.address.replacen("http", "ws", 1),

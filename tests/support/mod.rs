@@ -128,6 +128,78 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// The worker agent's binary (`ADMEDIA_WORKER_BIN`, or the workspace's
+/// own, built fresh). The agent is another package's binary (`worker/`),
+/// so cargo builds it for no test of this package and `CARGO_BIN_EXE_*`
+/// does not name it: the first call builds it into this test's target
+/// directory and profile, so a fresh clone works and an agent older than
+/// its source is never run. It is built with the whole workspace's
+/// features, as `cargo build --workspace` builds it, so after one of those
+/// the call only checks. Then the binary sits beside this test's `deps/`
+/// directory. (A cross build's `--target` is not passed on: there the
+/// agent is not found, and the test says so.)
+pub fn worker_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(named) = std::env::var_os("ADMEDIA_WORKER_BIN") {
+            return named.into();
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("this test's path: {e}"));
+        // …/<target>/<profile>/deps/<test>
+        let profile_dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .unwrap_or_else(|| panic!("{} is not in a cargo target directory", exe.display()));
+        let (Some(target_dir), Some(profile)) = (
+            profile_dir.parent(),
+            profile_dir.file_name().and_then(|n| n.to_str()),
+        ) else {
+            panic!("{} is not in a cargo target directory", exe.display());
+        };
+        // The dev profile (and the test profile, which inherits it) builds
+        // into `debug`; every other profile into its own name.
+        let profile = if profile == "debug" { "dev" } else { profile };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut build = std::process::Command::new(&cargo);
+        for (name, _) in std::env::vars_os() {
+            if set_for_this_test(&name.to_string_lossy()) {
+                build.env_remove(name);
+            }
+        }
+        let status = build
+            .args(["build", "--quiet", "--workspace", "--bin", "admedia-worker"])
+            .args(["--profile", profile])
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .unwrap_or_else(|e| panic!("run {}: {e}", cargo.to_string_lossy()));
+        assert!(
+            status.success(),
+            "cargo build --bin admedia-worker: {status}"
+        );
+        let bin = profile_dir.join(format!("admedia-worker{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// Whether `name` is one of the variables cargo sets for a test (its
+/// package's name, directory, …). The agent's build goes without them:
+/// build scripts that watch them (ring's) would run again there, and then
+/// again at the next plain cargo command.
+fn set_for_this_test(name: &str) -> bool {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name)
+}
+
 /// The orchestrator as a separate OS process, killed (SIGKILL) on drop.
 pub struct ServerProcess {
     pub child: std::process::Child,

@@ -5,7 +5,8 @@ the embedded store, and once on PostgreSQL in a schema of its own when
 ``DATABASE_URL`` is set (required when ``CI=true``).
 
 Binaries: ``ADMEDIA_BIN`` and ``ADMEDIA_WORKER_BIN`` (``cargo test`` sets
-both), else ``$CARGO_TARGET_DIR/debug`` or the clone's ``target/debug``.
+both), else ``$CARGO_TARGET_DIR/debug`` or the clone's ``target/debug``
+(``cargo build --workspace`` builds both there).
 """
 
 from __future__ import annotations

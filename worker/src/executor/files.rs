@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actix_web::web::Bytes;
 use admedia_actors::attempt_files::{InputFile, OutputSlot};
 use admedia_actors::job::Output;
 use admedia_actors::material::{MediaType, SNIFF_BYTES};
 use awc::body::SizedStream;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

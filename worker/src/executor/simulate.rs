@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use admedia_actors::job::{FailureClass, JobKind, Output, MAX_IMAGE_COUNT};
+use admedia_worker::placeholder;
 
 use super::files::Workspace;
 use super::{Assignment, Outcome, ProgressSink, Ran};
@@ -58,29 +59,14 @@ fn outputs(job: &Assignment) -> Vec<Output> {
         .collect()
 }
 
-/// A 1×1 PNG: the smallest real image, so a simulated output passes the
-/// server's check of what was uploaded.
-const PLACEHOLDER_PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
-    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-];
-/// An MP4 `ftyp` box alone: enough to be recognised, nothing to play.
-const PLACEHOLDER_MP4: &[u8] = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2";
-
 /// With upload URLs, a simulated success writes one placeholder file per
 /// slot, which the agent then uploads like a real program's outputs.
 pub fn placeholders(job: &Assignment, workspace: &Workspace) -> Ran {
-    let (bytes, extension) = match job.kind {
-        JobKind::Image => (PLACEHOLDER_PNG, "png"),
-        JobKind::Video => (PLACEHOLDER_MP4, "mp4"),
-    };
+    let (bytes, media) = placeholder::of(job.kind);
     for slot in &job.outputs {
         let path = workspace
             .output_dir
-            .join(format!("{:03}.{extension}", slot.index));
+            .join(format!("{:03}.{}", slot.index, media.extension()));
         if let Err(e) = std::fs::write(&path, bytes) {
             return Ran::Done(Outcome::system(format!("{}: {e}", path.display())));
         }

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use admedia::config::LogFormat;
 use admedia_actors::job::JobKind;
 use admedia_actors::wire::FromWorker;
 use awc::http::header::HeaderValue;
 use clap::{Parser, ValueEnum};
 
 use crate::executor::command::Program;
+use crate::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -146,12 +146,13 @@ impl Args {
     pub fn into_config(self) -> Result<Config, String> {
         let url = connect_url(&self.server)?;
         let tls = if url.starts_with("wss://") {
-            let config = admedia::tls::client_config(self.ca_file.as_deref()).map_err(|e| {
-                match &self.ca_file {
-                    Some(_) => format!("--ca-file: {e}"),
-                    None => format!("--server {}: {e} with --ca-file", self.server),
-                }
-            })?;
+            let config =
+                crate::tls::client_config(self.ca_file.as_deref()).map_err(|e| {
+                    match &self.ca_file {
+                        Some(_) => format!("--ca-file: {e}"),
+                        None => format!("--server {}: {e} with --ca-file", self.server),
+                    }
+                })?;
             Some(config)
         } else {
             if self.ca_file.is_some() {

@@ -15,13 +15,15 @@ mod backoff;
 mod cli;
 mod connection;
 mod executor;
-mod nodelay;
 mod shutdown;
+mod telemetry;
+mod tls;
 
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use admedia_worker::socket;
 use clap::Parser;
 
 use crate::backoff::Backoff;
@@ -39,17 +41,17 @@ const HOLDING_MAX_RETRY: Duration = Duration::from_secs(5);
 // longest delay, then a connect and a welcome that both time out.
 const _: () = assert!(
     HOLDING_MAX_RETRY.as_millis()
-        + connection::CONNECT_TIMEOUT.as_millis()
-        + connection::WELCOME_TIMEOUT.as_millis()
+        + socket::CONNECT_TIMEOUT.as_millis()
+        + socket::WELCOME_TIMEOUT.as_millis()
         <= admedia_actors::wire::AGENT_RETURN_WITHIN.as_millis()
 );
 /// A connection up this long counts as working again.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-#[actix_web::main]
+#[actix_rt::main]
 async fn main() -> ExitCode {
     let args = cli::Args::parse();
-    admedia::telemetry::init(args.log_format);
+    telemetry::init(args.log_format);
     let mut config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {

@@ -9,13 +9,13 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use actix_codec::Framed;
 use admedia_actors::job::FailureClass;
 use admedia_actors::wire::{AttemptId, FromWorker, RefusedAttempt, ToWorker};
+use admedia_worker::socket::{
+    self, send, send_frame, Socket, CONNECT_TIMEOUT, MAX_FRAME, WELCOME_TIMEOUT,
+};
 use awc::error::WsClientError;
-use awc::http::header::AUTHORIZATION;
-use awc::ws::{CloseCode, Codec, Frame, Message};
-use awc::BoxedSocket;
+use awc::ws::{CloseCode, Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -25,14 +25,6 @@ use crate::cli::Config;
 use crate::executor::{Assignment, Executor};
 use crate::shutdown::{self, Shutdown};
 
-type Socket = Framed<BoxedSocket, Codec>;
-
-/// Connecting, including the HTTP upgrade.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The server answers `hello` at once; longer means something is wrong.
-pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-/// The protocol's frame limit, both ways.
-const MAX_FRAME: usize = 64 * 1024;
 /// How long to wait for the server to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A `heartbeat_ms` of 0 (or nearly) would spin; nobody needs faster.
@@ -194,8 +186,7 @@ struct Welcomed {
 }
 
 async fn connect(config: &Config) -> Result<Socket, String> {
-    let mut connector =
-        awc::Connector::new().connector(crate::nodelay::NoDelayConnector::default());
+    let mut connector = socket::connector();
     if let Some(tls) = &config.tls {
         connector = connector.rustls_0_23(tls.clone());
     }
@@ -203,11 +194,7 @@ async fn connect(config: &Config) -> Result<Socket, String> {
         .timeout(CONNECT_TIMEOUT)
         .connector(connector)
         .finish();
-    let (_, ws) = client
-        .ws(config.url.as_str())
-        .header(AUTHORIZATION, config.authorization.clone())
-        .max_frame_size(MAX_FRAME)
-        .connect()
+    socket::dial(&client, &config.url, config.authorization.clone())
         .await
         .map_err(|e| match e {
             WsClientError::InvalidResponseStatus(status) if status.as_u16() == 401 => {
@@ -218,8 +205,7 @@ async fn connect(config: &Config) -> Result<Socket, String> {
                  give the CA that signed it with --ca-file"
             ),
             e => format!("cannot connect: {e}"),
-        })?;
-    Ok(ws)
+        })
 }
 
 /// Sends `hello` and waits for `welcome`.
@@ -283,17 +269,6 @@ async fn handshake(ws: &mut Socket, hello: &FromWorker) -> Result<Welcomed, Refu
         .map_err(|_| {
             Refused::Failed(format!("no welcome within {} s", WELCOME_TIMEOUT.as_secs()))
         })?
-}
-
-async fn send(ws: &mut Socket, message: &FromWorker) -> Result<(), String> {
-    let text = serde_json::to_string(message).map_err(|e| format!("cannot encode: {e}"))?;
-    send_frame(ws, Message::Text(text.into())).await
-}
-
-async fn send_frame(ws: &mut Socket, frame: Message) -> Result<(), String> {
-    ws.send(frame)
-        .await
-        .map_err(|e| format!("cannot send to the server: {e}"))
 }
 
 /// Closes the connection from our side: sends a close frame and waits for

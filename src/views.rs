@@ -1,6 +1,8 @@
-//! The API's JSON shapes (the OpenAPI document at `/openapi.json`), built
-//! from domain values. Kept apart
-//! from the domain so the wire contract changes only on purpose.
+//! The platform's JSON shapes, built from domain values: the API's answers
+//! (the OpenAPI document at `/openapi.json`) and the job in a webhook's
+//! payload, which is the same `JobView`. Kept apart from the domain so the
+//! wire contract changes only on purpose, and apart from `http` so the
+//! webhooks do not reach up into the API for it.
 
 use admedia_actors::job::{Charge, Job, JobError, JobKind, JobParams, JobResult, JobState};
 use admedia_actors::ledger::{EntryKind, GrantSource, LedgerEntry};
