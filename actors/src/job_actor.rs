@@ -140,6 +140,7 @@ impl JobActor {
         epoch: u64,
     ) -> Option<JobActor> {
         let lease = job.lease?;
+        let config_clock_instant = config.clock.instant();
         let mut queued = QueuedJob::from_job(&job, &config);
         // `new` counts the attempt as the one after `attempts`.
         queued.attempts = job.attempts.checked_sub(1)?;
@@ -153,7 +154,7 @@ impl JobActor {
             store,
             config,
             observer,
-            Instant::now(),
+            config_clock_instant,
             epoch,
         );
         actor.assigned = Some(job);
@@ -306,7 +307,7 @@ impl JobActor {
             return;
         }
         self.phase = Phase::Ending;
-        let run = self.started_at.map(|s| s.elapsed());
+        let run = self.started_at.map(|s| self.config.clock.since(s));
         self.observer.attempt_finished(self.job.kind, result, run);
         self.result = Some((result, run));
         let retry_at = self.retry_at();
@@ -336,7 +337,7 @@ impl JobActor {
                 let next = if job.state == JobState::Queued {
                     let delay = job
                         .retry_at
-                        .and_then(|at| (at - Utc::now()).to_std().ok())
+                        .and_then(|at| (at - act.config.clock.now()).to_std().ok())
                         .unwrap_or_default();
                     let mut next = QueuedJob::from_job(&job, &act.config);
                     next.avoid = Some(act.worker_id);
@@ -377,7 +378,7 @@ impl JobActor {
 
     fn retry_at(&self) -> chrono::DateTime<Utc> {
         let delay = self.config.retry_delay(self.attempt.attempt);
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+        self.config.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default()
     }
 
     fn system_failure(&self, message: String) -> AttemptOutcome {
@@ -402,7 +403,7 @@ impl Actor for JobActor {
             self.arm_deadline(resumed.remaining, ctx);
             if resumed.started {
                 self.phase = Phase::Running;
-                self.started_at = Instant::now().checked_sub(resumed.ran);
+                self.started_at = self.config.clock.instant().checked_sub(resumed.ran);
             } else {
                 // The worker runs it, so it was accepted; the start was
                 // not recorded before the restart: record it now.
@@ -415,7 +416,8 @@ impl Actor for JobActor {
         let attempt = self.attempt;
         let worker = self.worker_id;
         let epoch = self.epoch;
-        let fut = async move { store.assign_job(attempt, worker, epoch, Utc::now()).await };
+        let now = self.config.clock.now();
+        let fut = async move { store.assign_job(attempt, worker, epoch, now).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(job) => {
                 act.phase = Phase::Assigned;
@@ -423,8 +425,8 @@ impl Actor for JobActor {
                     worker = %act.worker_id, "attempt assigned");
                 act.observer.dispatched(
                     act.job.tier,
-                    act.job.enqueued_at.elapsed(),
-                    Some(act.ready_since.elapsed()),
+                    act.config.clock.since(act.job.enqueued_at),
+                    Some(act.config.clock.since(act.ready_since)),
                 );
                 act.assigned = Some(job.clone());
                 act.prepare_and_assign(job, ctx);
@@ -477,10 +479,11 @@ impl Handler<AttemptEvent> for JobActor {
                     return;
                 }
                 self.phase = Phase::Running;
-                self.started_at = Some(Instant::now());
+                self.started_at = Some(self.config.clock.instant());
                 let store = self.store.clone();
                 let attempt = self.attempt;
-                let fut = async move { store.start_job(attempt, Utc::now()).await };
+                let now = self.config.clock.now();
+                let fut = async move { store.start_job(attempt, now).await };
                 // Not waited for: a completion right behind the acceptance
                 // goes to the store behind the start, usually in the same
                 // group commit, instead of one commit later. A finish is
@@ -514,7 +517,7 @@ impl Handler<AttemptEvent> for JobActor {
                     job_id: self.attempt.job_id,
                     user_id: self.job.user_id,
                     attempt: self.attempt.attempt,
-                    at: Utc::now(),
+                    at: self.config.clock.now(),
                     kind: JobEventKind::Progress { percent },
                 });
             }
@@ -561,7 +564,7 @@ impl Handler<CancelAttempt> for JobActor {
         self.observer.attempt_finished(
             self.job.kind,
             AttemptResult::Cancelled,
-            self.started_at.map(|s| s.elapsed()),
+            self.started_at.map(|s| self.config.clock.since(s)),
         );
         self.end(NextStep::Done, ctx);
     }

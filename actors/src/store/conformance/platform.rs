@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Months, SubsecRound, Utc};
 
 /// Now, at the microsecond precision every adapter keeps.
 fn now_us() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    crate::clock::Clock::system().now().trunc_subsecs(6)
 }
 
 use super::*;
@@ -59,7 +59,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 key_hash: first.hash(),
             },
             credits(1),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -71,14 +71,19 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     // The only active key cannot be revoked.
     assert_eq!(
         store
-            .revoke_api_key(user.id, listed[0].id, Utc::now())
+            .revoke_api_key(user.id, listed[0].id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::LastApiKey
     );
     let second = ApiKey::generate();
     let record = store
-        .create_api_key(user.id, ApiKeyId::generate(), second.hash(), Utc::now())
+        .create_api_key(
+            user.id,
+            ApiKeyId::generate(),
+            second.hash(),
+            crate::clock::Clock::system().now(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -93,21 +98,25 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     let other = user_with(&store, "other-keys@example.com", 1).await;
     assert_eq!(
         store
-            .revoke_api_key(other.id, record.id, Utc::now())
+            .revoke_api_key(other.id, record.id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::NotFound("API key")
     );
     assert_eq!(
         store
-            .revoke_api_key(user.id, ApiKeyId::generate(), Utc::now())
+            .revoke_api_key(
+                user.id,
+                ApiKeyId::generate(),
+                crate::clock::Clock::system().now()
+            )
             .await
             .unwrap_err(),
         StoreError::NotFound("API key")
     );
     // Revoking the first leaves the second working; the first is refused.
     let revoked = store
-        .revoke_api_key(user.id, listed[0].id, Utc::now())
+        .revoke_api_key(user.id, listed[0].id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert!(revoked.revoked_at.is_some());
@@ -115,7 +124,11 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     assert!(store.user_by_key(second.hash()).await.unwrap().is_some());
     // Revoking again changes nothing.
     let again = store
-        .revoke_api_key(user.id, listed[0].id, Utc::now() + Duration::seconds(5))
+        .revoke_api_key(
+            user.id,
+            listed[0].id,
+            crate::clock::Clock::system().now() + Duration::seconds(5),
+        )
         .await
         .unwrap();
     assert_eq!(again.revoked_at, revoked.revoked_at);
@@ -129,7 +142,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 user.id,
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
-                Utc::now(),
+                crate::clock::Clock::system().now(),
             )
             .await
             .unwrap();
@@ -140,7 +153,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 user.id,
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
-                Utc::now()
+                crate::clock::Clock::system().now()
             )
             .await,
         Err(StoreError::LimitExceeded(_))
@@ -156,7 +169,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 other.id,
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
-                Utc::now()
+                crate::clock::Clock::system().now()
             )
             .await
             .unwrap_err(),
