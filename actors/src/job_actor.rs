@@ -419,18 +419,7 @@ impl Actor for JobActor {
         let now = self.config.clock.now();
         let fut = async move { store.assign_job(attempt, worker, epoch, now).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(job) => {
-                act.phase = Phase::Assigned;
-                tracing::info!(job = %job.id, user = %job.user_id, attempt = job.attempts,
-                    worker = %act.worker_id, "attempt assigned");
-                act.observer.dispatched(
-                    act.job.tier,
-                    act.config.clock.since(act.job.enqueued_at),
-                    Some(act.config.clock.since(act.ready_since)),
-                );
-                act.assigned = Some(job.clone());
-                act.prepare_and_assign(job, ctx);
-            }
+            Ok(job) => act.go_on_assigned(job, ctx),
             Err(StoreError::StaleTransition { .. }) | Err(StoreError::NotFound(_)) => {
                 // Cancelled or already handled: the slot goes back.
                 act.end(NextStep::Done, ctx);
@@ -443,9 +432,8 @@ impl Actor for JobActor {
                 act.end(NextStep::Done, ctx);
             }
             Err(e) => {
-                tracing::warn!(job = %act.job.job_id, error = %e, "could not assign; back in line");
-                let job = act.job.clone();
-                act.end(NextStep::Requeue(job), ctx);
+                tracing::warn!(job = %act.job.job_id, error = %e, "could not assign; checking whether it was recorded");
+                act.confirm_assignment(1, ctx);
             }
         }));
     }
@@ -462,6 +450,59 @@ impl Actor for JobActor {
                 result: self.result,
             });
         }
+    }
+}
+
+impl JobActor {
+    /// The assignment is recorded: the worker gets the attempt.
+    fn go_on_assigned(&mut self, job: Job, ctx: &mut Context<Self>) {
+        self.phase = Phase::Assigned;
+        tracing::info!(job = %job.id, user = %job.user_id, attempt = job.attempts,
+            worker = %self.worker_id, "attempt assigned");
+        self.observer.dispatched(
+            self.job.tier,
+            self.config.clock.since(self.job.enqueued_at),
+            Some(self.config.clock.since(self.ready_since)),
+        );
+        self.assigned = Some(job.clone());
+        self.prepare_and_assign(job, ctx);
+    }
+
+    /// The store failed the assignment, but a failed write may still have
+    /// committed (the connection dropped after the commit): the job, read
+    /// again, says which. Assigned with this lease, the attempt goes on;
+    /// still waiting, it goes back in line; anything else (cancelled
+    /// meanwhile) frees the slot. Requeued blindly, a committed assignment
+    /// would leave the job assigned to an attempt nobody runs (the
+    /// simulation's ambiguous commits found it). While the store cannot
+    /// be read the attempt keeps its slot and asks again with backoff.
+    fn confirm_assignment(&mut self, tries: u32, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let id = self.attempt.job_id;
+        let fut = async move { store.job(id).await };
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Some(job))
+                if job.state == JobState::Assigned
+                    && job.lease == Some(act.attempt.lease)
+                    && job.attempts == act.attempt.attempt =>
+            {
+                act.go_on_assigned(job, ctx)
+            }
+            Ok(Some(job)) if job.state == JobState::Queued => {
+                let queued = act.job.clone();
+                act.end(NextStep::Requeue(queued), ctx);
+            }
+            Ok(_) => act.end(NextStep::Done, ctx),
+            Err(e) => {
+                let delay = act
+                    .config
+                    .settle_retry
+                    .saturating_mul(1 << tries.min(6).saturating_sub(1))
+                    .min(SETTLE_RETRY_MAX);
+                tracing::warn!(job = %id, error = %e, tries, "could not read the job after a failed assignment; asking again");
+                ctx.run_later(delay, move |act, ctx| act.confirm_assignment(tries + 1, ctx));
+            }
+        }));
     }
 }
 

@@ -12,14 +12,16 @@
 //!
 //! Its own `main` (`harness = false`):
 //!
-//! - no argument (what `cargo test` runs): a short run of many seeds, a
-//!   determinism check (one seed twice, one trace hash), and each planted
-//!   bug found within a bounded number of seeds;
+//! - no argument (what `cargo test` runs): a short run of many seeds (and
+//!   of some with ambiguous commits), a determinism check (one seed twice,
+//!   one trace hash), and each planted bug found within a bounded number
+//!   of seeds;
 //! - `--seed N`: that seed alone, its trace printed; a failure exits 1;
 //! - `--seeds K [--first F]`: seeds `F..F+K`, stopping at the first
 //!   failure, with seeds per second;
 //! - `--steps S`: steps per seed; `--plant late-complete|cancel-voids|
-//!   retry-place`: with that bug planted; `--trace N`: trace lines shown.
+//!   retry-place`: with that bug planted; `--ambiguous`: store writes may
+//!   also fail after committing; `--trace N`: trace lines shown.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +71,8 @@ use admedia_actors::{Orchestrator, OrchestratorConfig};
 /// Seeds of the short run `cargo test` makes (see BENCHMARKS.md for what
 /// they take).
 const SUITE_SEEDS: u64 = 300;
+/// Seeds of the short run with ambiguous commits (after the others).
+const AMBIGUOUS_SEEDS: u64 = 100;
 /// Steps per seed unless `--steps` says otherwise.
 const STEPS: usize = 60;
 /// A planted bug must be found within this many seeds.
@@ -154,6 +158,11 @@ struct World {
     counter: u64,
     /// The simulated model's price factor.
     price_factor: u32,
+    /// Committed waiting jobs are announced to the scheduler as a cluster
+    /// node's store notifications announce them (`Orchestrator::job_waiting`).
+    notify: Option<Orchestrator>,
+    /// Writes may also fail after committing (reported failed, kept).
+    ambiguous: bool,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -226,6 +235,36 @@ impl SimStore {
         }
     }
 
+    /// Whether this write, committed, is reported failed.
+    fn fault_after(&self, op: &str) -> bool {
+        let mut w = lock(&self.world);
+        let rate = w.fault_rate / 2.0;
+        if w.ambiguous && rate > 0.0 && w.chance(rate) {
+            w.log(format!(
+                "store: {op} committed but reported failed (injected)"
+            ));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A committed job waits: announce it as a cluster's notifications
+    /// would, a moment later.
+    fn announce(&self, job: JobId) {
+        let (orch, delay) = {
+            let mut w = lock(&self.world);
+            let delay = w.between(0, 100);
+            (w.notify.clone(), delay)
+        };
+        if let Some(orch) = orch {
+            actix_rt::spawn(async move {
+                tokio::time::sleep(delay).await;
+                orch.job_waiting(job);
+            });
+        }
+    }
+
     fn injected(op: &str) -> StoreError {
         StoreError::Unavailable(format!("injected failure of {op}"))
     }
@@ -285,7 +324,11 @@ impl Store for SimStore {
         if self.fault("grant") {
             return Err(Self::injected("grant"));
         }
-        self.inner.grant(user, grant, now).await
+        let granted = self.inner.grant(user, grant, now).await?;
+        if self.fault_after("grant") {
+            return Err(Self::injected("grant"));
+        }
+        Ok(granted)
     }
 
     async fn submit_job(&self, job: NewJob) -> StoreResult<Submission> {
@@ -293,10 +336,17 @@ impl Store for SimStore {
             return Err(Self::injected("submit"));
         }
         let sub = self.inner.submit_job(job).await?;
-        if !sub.replayed {
-            let now = tokio::time::Instant::now();
-            lock(&self.world).ready_at.insert(sub.job.id, (now, now));
+        if sub.replayed {
+            return Ok(sub);
         }
+        self.announce(sub.job.id);
+        if self.fault_after("submit") {
+            // Nobody told the scheduler: it finds the job by a notification
+            // or its reconciliation, so its place in line is not checked.
+            return Err(Self::injected("submit"));
+        }
+        let now = tokio::time::Instant::now();
+        lock(&self.world).ready_at.insert(sub.job.id, (now, now));
         Ok(sub)
     }
 
@@ -320,14 +370,22 @@ impl Store for SimStore {
                 .insert(attempt.job_id, (t + REQUEUE_AFTER_STORE_ERROR, t));
             return Err(Self::injected("assign"));
         }
-        self.inner.assign_job(attempt, worker, epoch, now).await
+        let job = self.inner.assign_job(attempt, worker, epoch, now).await?;
+        if self.fault_after("assign") {
+            return Err(Self::injected("assign"));
+        }
+        Ok(job)
     }
 
     async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
         if self.fault("start") {
             return Err(Self::injected("start"));
         }
-        self.inner.start_job(attempt, now).await
+        let job = self.inner.start_job(attempt, now).await?;
+        if self.fault_after("start") {
+            return Err(Self::injected("start"));
+        }
+        Ok(job)
     }
 
     async fn finish_attempt(
@@ -340,6 +398,13 @@ impl Store for SimStore {
             return Err(Self::injected("finish"));
         }
         let settled = self.inner.finish_attempt(attempt, outcome, now).await?;
+        if settled.job.state == JobState::Queued {
+            self.announce(settled.job.id);
+        }
+        if self.fault_after("finish") {
+            lock(&self.world).ready_at.remove(&settled.job.id);
+            return Err(Self::injected("finish"));
+        }
         if settled.job.state == JobState::Queued {
             let t = tokio::time::Instant::now();
             let delay = settled
@@ -363,7 +428,11 @@ impl Store for SimStore {
         if self.fault("cancel") {
             return Err(Self::injected("cancel"));
         }
-        self.inner.cancel_job(user, id, now).await
+        let cancelled = self.inner.cancel_job(user, id, now).await?;
+        if self.fault_after("cancel") {
+            return Err(Self::injected("cancel"));
+        }
+        Ok(cancelled)
     }
 
     fn adapter(&self) -> &'static str {
@@ -968,6 +1037,8 @@ impl Handler<GoSilent> for SimWorker {
 struct Settings {
     steps: usize,
     plant: Option<Bug>,
+    /// Store writes may also fail after committing (`--ambiguous`).
+    ambiguous: bool,
 }
 
 struct Outcome {
@@ -1056,6 +1127,8 @@ async fn simulate(seed: u64, settings: Settings) -> Outcome {
         behave: false,
         counter: 0,
         price_factor: cfg.models.get("sdxl").map_or(1, |m| m.price_factor),
+        notify: None,
+        ambiguous: settings.ambiguous,
     }));
     lock(&world).log(format!(
         "seed {seed}: max_attempts {}, retry_base {:?}",
@@ -1099,6 +1172,13 @@ async fn drive(
     let orch = Orchestrator::start_on_this_thread(store.clone(), cfg, observer)
         .await
         .map_err(|e| violation("the orchestrator starts", e.to_string()))?;
+    {
+        let mut w = lock(world);
+        if w.chance(0.5) {
+            w.notify = Some(orch.clone());
+            w.log("waiting jobs are also announced by store notifications");
+        }
+    }
     // Users of every tier.
     let users = lock(world).rng.random_range(2..=5);
     for n in 0..users {
@@ -1284,7 +1364,10 @@ async fn drive(
         }
     }
     check(world, &store, true).await?;
-    lock(world).log("drained");
+    let mut w = lock(world);
+    w.notify = None;
+    w.log("drained");
+    drop(w);
     drop(workers);
     Ok(())
 }
@@ -1675,6 +1758,7 @@ struct Args {
     steps: usize,
     plant: Option<Bug>,
     trace: usize,
+    ambiguous: bool,
 }
 
 fn bug_named(name: &str) -> Option<Bug> {
@@ -1694,6 +1778,7 @@ fn parse_args() -> Result<Args, String> {
         steps: STEPS,
         plant: None,
         trace: TRACE_SHOWN,
+        ambiguous: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -1707,6 +1792,7 @@ fn parse_args() -> Result<Args, String> {
             "--seeds" => args.seeds = Some(number("--seeds", value("--seeds")?)?),
             "--first" => args.first = number("--first", value("--first")?)?,
             "--steps" => args.steps = number("--steps", value("--steps")?)? as usize,
+            "--ambiguous" => args.ambiguous = true,
             "--trace" => args.trace = number("--trace", value("--trace")?)? as usize,
             "--plant" => {
                 let v = value("--plant")?;
@@ -1740,8 +1826,13 @@ fn report_failure(outcome: &Outcome, settings: Settings, shown: usize) {
         Some(Bug::RetryLosesItsPlace) => " --plant retry-place",
         None => "",
     };
+    let ambiguous = if settings.ambiguous {
+        " --ambiguous"
+    } else {
+        ""
+    };
     eprintln!(
-        "seed {} FAILED: {}: {}\nreplay: cargo test -p admedia-actors --test simulation -- --seed {} --steps {}{plant}",
+        "seed {} FAILED: {}: {}\nreplay: cargo test -p admedia-actors --test simulation -- --seed {} --steps {}{plant}{ambiguous}",
         outcome.seed, v.invariant, v.detail, outcome.seed, settings.steps
     );
 }
@@ -1756,7 +1847,11 @@ fn sweep(first: u64, count: u64, settings: Settings) -> Option<Outcome> {
 /// What `cargo test` runs.
 fn suite(steps: usize, shown: usize) -> bool {
     let mut ok = true;
-    let clean = Settings { steps, plant: None };
+    let clean = Settings {
+        steps,
+        plant: None,
+        ambiguous: false,
+    };
     let began = std::time::Instant::now();
     match sweep(0, SUITE_SEEDS, clean) {
         Some(failed) => {
@@ -1765,6 +1860,21 @@ fn suite(steps: usize, shown: usize) -> bool {
         }
         None => println!(
             "simulation: {SUITE_SEEDS} seeds of {steps} steps passed in {:.1} s",
+            began.elapsed().as_secs_f64()
+        ),
+    }
+    let ambiguous = Settings {
+        ambiguous: true,
+        ..clean
+    };
+    let began = std::time::Instant::now();
+    match sweep(SUITE_SEEDS, AMBIGUOUS_SEEDS, ambiguous) {
+        Some(failed) => {
+            report_failure(&failed, ambiguous, shown);
+            ok = false;
+        }
+        None => println!(
+            "simulation: {AMBIGUOUS_SEEDS} seeds with ambiguous commits passed in {:.1} s",
             began.elapsed().as_secs_f64()
         ),
     }
@@ -1806,6 +1916,7 @@ fn suite(steps: usize, shown: usize) -> bool {
         let settings = Settings {
             steps,
             plant: Some(bug),
+            ambiguous: false,
         };
         match sweep(0, PLANTED_WITHIN, settings) {
             Some(found) => {
@@ -1841,6 +1952,7 @@ fn main() {
     let settings = Settings {
         steps: args.steps,
         plant: args.plant,
+        ambiguous: args.ambiguous,
     };
     let ok = if let Some(seed) = args.seed {
         let outcome = run(seed, settings);
