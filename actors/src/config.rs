@@ -70,6 +70,15 @@ pub struct OrchestratorConfig {
     /// How long a finished job is kept in full, by the state it ended in.
     #[serde(default)]
     pub job_retention: JobRetention,
+    /// Where every actor reads the time: the process's clocks, unless the
+    /// simulation injects its own (`crate::clock`). Not read from files.
+    #[serde(skip)]
+    pub clock: crate::clock::Clock,
+    /// Where every actor draws random numbers (retry jitter, simulated
+    /// GPUs, API keys): the process's generator unless a seeded one is
+    /// injected. Not read from files.
+    #[serde(skip)]
+    pub random: crate::clock::Random,
 }
 
 fn default_quarantine_max_percent() -> u8 {
@@ -230,6 +239,8 @@ impl Default for OrchestratorConfig {
             quarantine_max: Duration::from_secs(3600),
             quarantine_max_percent: default_quarantine_max_percent(),
             job_retention: JobRetention::default(),
+            clock: crate::clock::Clock::system(),
+            random: crate::clock::Random::system(),
         }
     }
 }
@@ -329,7 +340,7 @@ impl OrchestratorConfig {
             .saturating_mul(1u32 << exp)
             .min(self.retry_max);
         let half = full / 2;
-        let jitter = half.mul_f64(rand::random::<f64>());
+        let jitter = half.mul_f64(self.random.unit());
         half + jitter
     }
 }

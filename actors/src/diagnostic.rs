@@ -78,7 +78,6 @@ pub fn storable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
 
     #[test]
     fn control_characters_are_replaced_and_line_breaks_kept() {
@@ -106,7 +105,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_made_storable() {
-        let at = Utc::now();
+        let at = crate::clock::Clock::system().now();
         let failed = storable(
             AttemptOutcome::UserFailure {
                 message: "bad\u{0}input".into(),

@@ -34,7 +34,7 @@ pub enum JobEventKind {
 impl JobEvent {
     /// The job's state as an event.
     pub fn state_of(job: &Job) -> JobEvent {
-        JobEvent::state_at(job, Utc::now())
+        JobEvent::state_at(job, crate::clock::Clock::system().now())
     }
 
     /// The job's state as an event that happened at `at`.
@@ -86,7 +86,7 @@ mod tests {
             job_id: JobId::generate(),
             user_id: UserId::generate(),
             attempt,
-            at: Utc::now(),
+            at: crate::clock::Clock::system().now(),
             kind: JobEventKind::State {
                 state,
                 charge: Charge::Held,

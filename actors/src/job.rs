@@ -731,6 +731,13 @@ impl Job {
     pub fn cancel(&mut self, now: DateTime<Utc>) -> Option<Charge> {
         let resolution = match self.state {
             JobState::Queued => Charge::Voided,
+            // The planted bug (simulation tests only): the GPU time is
+            // given back.
+            JobState::Assigned | JobState::Running
+                if crate::planted::active(crate::planted::Bug::CancelVoidsRunning) =>
+            {
+                Charge::Voided
+            }
             JobState::Assigned | JobState::Running => Charge::Posted,
             JobState::Succeeded | JobState::Failed | JobState::Cancelled => return None,
         };
@@ -1054,7 +1061,7 @@ mod tests {
     #[test]
     fn only_a_waiting_job_expires_and_its_hold_is_voided() {
         let spec = JobSpec::parse(req(JobKind::Image, ParamsRequest::default())).unwrap();
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         let mut job = Job {
             id: JobId::generate(),
             user_id: UserId::generate(),

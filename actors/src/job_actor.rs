@@ -140,6 +140,7 @@ impl JobActor {
         epoch: u64,
     ) -> Option<JobActor> {
         let lease = job.lease?;
+        let config_clock_instant = config.clock.instant();
         let mut queued = QueuedJob::from_job(&job, &config);
         // `new` counts the attempt as the one after `attempts`.
         queued.attempts = job.attempts.checked_sub(1)?;
@@ -153,7 +154,7 @@ impl JobActor {
             store,
             config,
             observer,
-            Instant::now(),
+            config_clock_instant,
             epoch,
         );
         actor.assigned = Some(job);
@@ -308,7 +309,7 @@ impl JobActor {
             return;
         }
         self.phase = Phase::Ending;
-        let run = self.started_at.map(|s| s.elapsed());
+        let run = self.started_at.map(|s| self.config.clock.since(s));
         self.observer.attempt_finished(self.job.kind, result, run);
         self.result = Some((result, run));
         let retry_at = self.retry_at();
@@ -338,7 +339,7 @@ impl JobActor {
                 let next = if job.state == JobState::Queued {
                     let delay = job
                         .retry_at
-                        .and_then(|at| (at - Utc::now()).to_std().ok())
+                        .and_then(|at| (at - act.config.clock.now()).to_std().ok())
                         .unwrap_or_default();
                     let mut next = QueuedJob::from_job(&job, &act.config);
                     next.avoid = Some(act.worker_id);
@@ -379,7 +380,7 @@ impl JobActor {
 
     fn retry_at(&self) -> chrono::DateTime<Utc> {
         let delay = self.config.retry_delay(self.attempt.attempt);
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+        self.config.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default()
     }
 
     fn system_failure(&self, message: String) -> AttemptOutcome {
@@ -404,7 +405,7 @@ impl Actor for JobActor {
             self.arm_deadline(resumed.remaining, ctx);
             if resumed.started {
                 self.phase = Phase::Running;
-                self.started_at = Instant::now().checked_sub(resumed.ran);
+                self.started_at = self.config.clock.instant().checked_sub(resumed.ran);
             } else {
                 // The worker runs it, so it was accepted; the start was
                 // not recorded before the restart: record it now.
@@ -417,20 +418,10 @@ impl Actor for JobActor {
         let attempt = self.attempt;
         let worker = self.worker_id;
         let epoch = self.epoch;
-        let fut = async move { store.assign_job(attempt, worker, epoch, Utc::now()).await };
+        let now = self.config.clock.now();
+        let fut = async move { store.assign_job(attempt, worker, epoch, now).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(job) => {
-                act.phase = Phase::Assigned;
-                tracing::info!(job = %job.id, user = %job.user_id, attempt = job.attempts,
-                    worker = %act.worker_id, "attempt assigned");
-                act.observer.dispatched(
-                    act.job.tier,
-                    act.job.enqueued_at.elapsed(),
-                    Some(act.ready_since.elapsed()),
-                );
-                act.assigned = Some(job.clone());
-                act.prepare_and_assign(job, ctx);
-            }
+            Ok(job) => act.go_on_assigned(job, ctx),
             Err(StoreError::StaleTransition { .. }) | Err(StoreError::NotFound(_)) => {
                 // Cancelled or already handled: the slot goes back.
                 act.end(NextStep::Done, ctx);
@@ -443,9 +434,8 @@ impl Actor for JobActor {
                 act.end(NextStep::Done, ctx);
             }
             Err(e) => {
-                tracing::warn!(job = %act.job.job_id, error = %e, "could not assign; back in line");
-                let job = act.job.clone();
-                act.end(NextStep::Requeue(job), ctx);
+                tracing::warn!(job = %act.job.job_id, error = %e, "could not assign; checking whether it was recorded");
+                act.confirm_assignment(1, ctx);
             }
         }));
     }
@@ -465,6 +455,59 @@ impl Actor for JobActor {
     }
 }
 
+impl JobActor {
+    /// The assignment is recorded: the worker gets the attempt.
+    fn go_on_assigned(&mut self, job: Job, ctx: &mut Context<Self>) {
+        self.phase = Phase::Assigned;
+        tracing::info!(job = %job.id, user = %job.user_id, attempt = job.attempts,
+            worker = %self.worker_id, "attempt assigned");
+        self.observer.dispatched(
+            self.job.tier,
+            self.config.clock.since(self.job.enqueued_at),
+            Some(self.config.clock.since(self.ready_since)),
+        );
+        self.assigned = Some(job.clone());
+        self.prepare_and_assign(job, ctx);
+    }
+
+    /// The store failed the assignment, but a failed write may still have
+    /// committed (the connection dropped after the commit): the job, read
+    /// again, says which. Assigned with this lease, the attempt goes on;
+    /// still waiting, it goes back in line; anything else (cancelled
+    /// meanwhile) frees the slot. Requeued blindly, a committed assignment
+    /// would leave the job assigned to an attempt nobody runs (the
+    /// simulation's ambiguous commits found it). While the store cannot
+    /// be read the attempt keeps its slot and asks again with backoff.
+    fn confirm_assignment(&mut self, tries: u32, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let id = self.attempt.job_id;
+        let fut = async move { store.job(id).await };
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Some(job))
+                if job.state == JobState::Assigned
+                    && job.lease == Some(act.attempt.lease)
+                    && job.attempts == act.attempt.attempt =>
+            {
+                act.go_on_assigned(job, ctx)
+            }
+            Ok(Some(job)) if job.state == JobState::Queued => {
+                let queued = act.job.clone();
+                act.end(NextStep::Requeue(queued), ctx);
+            }
+            Ok(_) => act.end(NextStep::Done, ctx),
+            Err(e) => {
+                let delay = act
+                    .config
+                    .settle_retry
+                    .saturating_mul(1 << tries.min(6).saturating_sub(1))
+                    .min(SETTLE_RETRY_MAX);
+                tracing::warn!(job = %id, error = %e, tries, "could not read the job after a failed assignment; asking again");
+                ctx.run_later(delay, move |act, ctx| act.confirm_assignment(tries + 1, ctx));
+            }
+        }));
+    }
+}
+
 impl Handler<AttemptEvent> for JobActor {
     type Result = ();
 
@@ -479,10 +522,11 @@ impl Handler<AttemptEvent> for JobActor {
                     return;
                 }
                 self.phase = Phase::Running;
-                self.started_at = Some(Instant::now());
+                self.started_at = Some(self.config.clock.instant());
                 let store = self.store.clone();
                 let attempt = self.attempt;
-                let fut = async move { store.start_job(attempt, Utc::now()).await };
+                let now = self.config.clock.now();
+                let fut = async move { store.start_job(attempt, now).await };
                 // Not waited for: a completion right behind the acceptance
                 // goes to the store behind the start, usually in the same
                 // group commit, instead of one commit later. A finish is
@@ -516,7 +560,7 @@ impl Handler<AttemptEvent> for JobActor {
                     job_id: self.attempt.job_id,
                     user_id: self.job.user_id,
                     attempt: self.attempt.attempt,
-                    at: Utc::now(),
+                    at: self.config.clock.now(),
                     kind: JobEventKind::Progress { percent },
                 });
             }
@@ -563,7 +607,7 @@ impl Handler<CancelAttempt> for JobActor {
         self.observer.attempt_finished(
             self.job.kind,
             AttemptResult::Cancelled,
-            self.started_at.map(|s| s.elapsed()),
+            self.started_at.map(|s| self.config.clock.since(s)),
         );
         self.end(NextStep::Done, ctx);
     }

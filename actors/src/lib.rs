@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod attempt_files;
+pub mod clock;
 pub mod config;
 pub mod content;
 pub mod diagnostic;
@@ -26,6 +27,7 @@ pub mod money;
 pub mod observer;
 pub mod orchestrator;
 pub mod payments;
+pub mod planted;
 pub mod platform;
 pub mod price_schedule;
 pub mod pricing;

@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn expiry_follows_the_tier_and_never_overflows() {
         let mut rules = StorageRules::default();
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         assert_eq!(
             rules.expiry(Tier::Free, now) - now,
             chrono::Duration::days(7)

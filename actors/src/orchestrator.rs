@@ -110,18 +110,46 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
+        Self::start_standby_on(store, config, observer, Some(Arbiter::new())).await
+    }
+
+    /// As [`Orchestrator::start`], with every actor on the calling
+    /// thread's arbiter instead of a thread of their own: the deterministic
+    /// simulation runs the whole system on one thread under tokio's paused
+    /// time (`docs/simulation.md`), where another thread would neither
+    /// share the virtual time nor run in a reproducible order.
+    pub async fn start_on_this_thread(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        let orchestrator = Self::start_standby_on(store, config, observer, None).await?;
+        orchestrator
+            .promote("solo-this-thread", "", std::time::Duration::ZERO)
+            .await?;
+        Ok(orchestrator)
+    }
+
+    /// `own`: the arbiter (thread) the actors get; `None` puts them on the
+    /// current one.
+    async fn start_standby_on(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+        own: Option<Arbiter>,
+    ) -> Result<Orchestrator, OrchestratorError> {
         config
             .validate()
             .map_err(OrchestratorError::InvalidParams)?;
         let config_prices = config.prices;
         let config = Arc::new(config);
-        let scheduling = Arbiter::new();
+        let handle = own.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
         let wallets = WalletRegistry::new(
             store.clone(),
             config.clone(),
             observer.clone(),
             // Wallet actors live on the scheduling thread too (see above).
-            vec![scheduling.handle()],
+            vec![handle.clone()],
         );
         let scheduler = {
             let (store, wallets, config, observer) = (
@@ -130,7 +158,7 @@ impl Orchestrator {
                 config.clone(),
                 observer.clone(),
             );
-            SchedulerActor::start_in_arbiter(&scheduling.handle(), move |_| {
+            SchedulerActor::start_in_arbiter(&handle, move |_| {
                 SchedulerActor::new(store, wallets, config, observer)
             })
         };
@@ -141,8 +169,8 @@ impl Orchestrator {
             observer,
             wallets,
             scheduler,
-            actor_arbiter: scheduling.handle(),
-            _arbiters: Arc::new(ArbiterGuard(vec![scheduling])),
+            actor_arbiter: handle,
+            _arbiters: Arc::new(ArbiterGuard(own.into_iter().collect())),
             platform: Arc::new(crate::platform::Platform::new(config_prices)),
         };
         orchestrator.start_platform().await?;
@@ -161,7 +189,10 @@ impl Orchestrator {
         url: &str,
         grace: std::time::Duration,
     ) -> Result<u64, OrchestratorError> {
-        let epoch = self.store.become_leader(node, url, Utc::now()).await?;
+        let epoch = self
+            .store
+            .become_leader(node, url, self.config.clock.now())
+            .await?;
         self.scheduler
             .send(Activate { epoch })
             .await
@@ -274,9 +305,17 @@ impl Orchestrator {
         for i in 0..count {
             let scheduler = self.scheduler.clone();
             let observer = self.observer.clone();
+            let (clock, random) = (self.config.clock.clone(), self.config.random.clone());
             self.actor_arbiter.spawn_fn(move || {
-                let _: Addr<WorkerActor> =
-                    start_simulated_worker(format!("sim-{i}"), slots, profile, scheduler, observer);
+                let _: Addr<WorkerActor> = start_simulated_worker(
+                    format!("sim-{i}"),
+                    slots,
+                    profile,
+                    scheduler,
+                    observer,
+                    clock,
+                    random,
+                );
             });
         }
     }
@@ -293,8 +332,11 @@ impl Orchestrator {
         let scheduler = self.scheduler.clone();
         let observer = self.observer.clone();
         let lease = Some(self.config.worker_lease);
+        let clock = self.config.clock.clone();
         WorkerActor::start_in_arbiter(&self.actor_arbiter, move |_| {
-            WorkerActor::new(id, caps, link, scheduler, observer, lease).with_presented(presented)
+            WorkerActor::new(id, caps, link, scheduler, observer, lease)
+                .with_presented(presented)
+                .with_clock(clock)
         })
     }
 
@@ -309,7 +351,7 @@ impl Orchestrator {
             .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
         let display_name = DisplayName::parse(display_name)
             .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
-        let api_key = ApiKey::generate();
+        let api_key = ApiKey::generate_with(&self.config.random);
         let (user, wallet) = self
             .store
             .create_user(
@@ -319,7 +361,7 @@ impl Orchestrator {
                     key_hash: api_key.hash(),
                 },
                 self.config.registration_credits,
-                Utc::now(),
+                self.config.clock.now(),
             )
             .await?;
         if !self.config.registration_credits.is_zero() {
@@ -347,7 +389,7 @@ impl Orchestrator {
             .key_by_hash(KeyHash::of(presented_key))
             .await?
             .ok_or(OrchestratorError::Unauthorized)?;
-        if let Some(at) = key.expires_at.filter(|_| key.is_expired(Utc::now())) {
+        if let Some(at) = key.expires_at.filter(|_| key.is_expired(self.config.clock.now())) {
             return Err(OrchestratorError::KeyExpired { at });
         }
         if !user.is_active() {

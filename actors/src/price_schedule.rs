@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_new_version_applies_exactly_from_its_effective_instant() {
-        let t0 = Utc::now();
+        let t0 = crate::clock::Clock::system().now();
         let switch = t0 + Span::days(7);
         let s = PriceSchedule::new(vec![version(1, t0, 1), version(2, switch, 3)]);
         assert_eq!(
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_later_announcement_taking_effect_earlier_supersedes() {
-        let t0 = Utc::now();
+        let t0 = crate::clock::Clock::system().now();
         let s = PriceSchedule::new(vec![
             version(1, t0, 1),
             version(2, t0 + Span::days(10), 2),
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn upcoming_versions_are_listed_in_the_order_they_take_effect() {
-        let t0 = Utc::now();
+        let t0 = crate::clock::Clock::system().now();
         let s = PriceSchedule::new(vec![
             version(1, t0, 1),
             version(2, t0 + Span::days(8), 2),
@@ -236,10 +236,16 @@ mod tests {
     #[test]
     fn book_falls_back_to_the_configured_table_before_loading() {
         let book = PriceBook::new(table(4));
-        assert_eq!(book.pricing_at(Utc::now()), (1, table(4)));
-        let t0 = Utc::now() - Span::seconds(1);
+        assert_eq!(
+            book.pricing_at(crate::clock::Clock::system().now()),
+            (1, table(4))
+        );
+        let t0 = crate::clock::Clock::system().now() - Span::seconds(1);
         book.replace(PriceSchedule::new(vec![version(1, t0, 1)]));
-        assert_eq!(book.pricing_at(Utc::now()), (1, table(1)));
+        assert_eq!(
+            book.pricing_at(crate::clock::Clock::system().now()),
+            (1, table(1))
+        );
     }
 
     #[test]

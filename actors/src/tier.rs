@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn lapsed_membership_reads_as_free() {
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         let active = Membership {
             tier: Tier::Professional,
             expires_at: Some(now + Duration::days(1)),

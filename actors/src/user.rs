@@ -1,7 +1,6 @@
 //! Accounts: who a user is, their membership and whether they may act.
 
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -89,9 +88,15 @@ impl DisplayName {
 pub struct ApiKey(String);
 
 impl ApiKey {
+    /// A key from the process's random generator.
     pub fn generate() -> ApiKey {
+        ApiKey::generate_with(&crate::clock::Random::system())
+    }
+
+    /// A key drawn from `random` (seeded in a simulation).
+    pub fn generate_with(random: &crate::clock::Random) -> ApiKey {
         let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
+        random.fill_bytes(&mut bytes);
         ApiKey(format!("adm_{}", hex::encode(bytes)))
     }
 

@@ -90,7 +90,7 @@ impl WalletActor {
     }
 
     fn touch(&mut self) {
-        self.last_active = Instant::now();
+        self.last_active = self.deps.config.clock.instant();
     }
 
     /// A cached wallet that disagrees with the store's answer is a sign of
@@ -125,7 +125,7 @@ impl Actor for WalletActor {
         );
         let idle = self.deps.config.wallet_idle;
         ctx.run_interval(idle / 2 + Duration::from_millis(1), move |act, ctx| {
-            if act.last_active.elapsed() < idle {
+            if act.deps.config.clock.since(act.last_active) < idle {
                 return;
             }
             if let Some(registry) = act.registry.upgrade() {
@@ -172,7 +172,7 @@ impl Handler<Submit> for WalletActor {
             if !user.is_active() {
                 return Err(OrchestratorError::AccountSuspended(user.status));
             }
-            let now = Utc::now();
+            let now = deps.config.clock.now();
             let tier = user.tier(now);
             let (price_version, prices) = deps.pricing_at(now);
             let model = deps
@@ -239,9 +239,10 @@ impl Handler<Settle> for WalletActor {
     fn handle(&mut self, msg: Settle, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let store = self.deps.store.clone();
+        let clock = self.deps.config.clock.clone();
         let fut = async move {
             store
-                .finish_attempt(msg.attempt, msg.outcome, Utc::now())
+                .finish_attempt(msg.attempt, msg.outcome, clock.now())
                 .await
         };
         Box::pin(fut.into_actor(self).map(|res, act, _| {
@@ -278,7 +279,8 @@ impl Handler<Cancel> for WalletActor {
         self.touch();
         let store = self.deps.store.clone();
         let user_id = self.user_id;
-        let fut = async move { store.cancel_job(user_id, msg.job_id, Utc::now()).await };
+        let clock = self.deps.config.clock.clone();
+        let fut = async move { store.cancel_job(user_id, msg.job_id, clock.now()).await };
         Box::pin(fut.into_actor(self).map(|res, act, _| {
             let Cancellation {
                 job,
@@ -325,7 +327,8 @@ impl Handler<Expire> for WalletActor {
         self.touch();
         let store = self.deps.store.clone();
         let user_id = self.user_id;
-        let fut = async move { store.expire_job(user_id, msg.job_id, Utc::now()).await };
+        let clock = self.deps.config.clock.clone();
+        let fut = async move { store.expire_job(user_id, msg.job_id, clock.now()).await };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| {
             let Settlement { job, wallet } = res?;
             act.observe_wallet(wallet);
@@ -357,7 +360,8 @@ impl Handler<GrantCredits> for WalletActor {
         let user_id = self.user_id;
         let amount = msg.0.amount;
         let source = msg.0.source;
-        let fut = async move { store.grant(user_id, msg.0, Utc::now()).await };
+        let clock = self.deps.config.clock.clone();
+        let fut = async move { store.grant(user_id, msg.0, clock.now()).await };
         Box::pin(fut.into_actor(self).map(move |res, act, _| {
             let outcome = res?;
             act.observe_wallet(outcome.wallet);
@@ -405,12 +409,13 @@ impl Handler<SetStatus> for WalletActor {
         let store = self.deps.store.clone();
         let user_id = self.user_id;
         let status = msg.0;
+        let clock = self.deps.config.clock.clone();
         let fut = async move {
-            let user = store.set_status(user_id, status, Utc::now()).await?;
+            let user = store.set_status(user_id, status, clock.now()).await?;
             let cancelled = if status == AccountStatus::Active {
                 Vec::new()
             } else {
-                store.cancel_queued_jobs(user_id, Utc::now()).await?
+                store.cancel_queued_jobs(user_id, clock.now()).await?
             };
             let wallet = store.wallet(user_id).await?;
             Ok((user, cancelled, wallet))
@@ -506,7 +511,7 @@ impl WalletRegistry {
             wallet: None,
             deps: self.0.deps.clone(),
             registry: Arc::downgrade(&self.0),
-            last_active: Instant::now(),
+            last_active: self.0.deps.config.clock.instant(),
         };
         let run = move || {
             let ctx = Context::with_receiver(rx);
@@ -619,7 +624,7 @@ mod tests {
                     key_hash: ApiKey::generate().hash(),
                 },
                 Credits::new(100).unwrap(),
-                Utc::now(),
+                crate::clock::Clock::system().now(),
             )
             .await
             .unwrap();

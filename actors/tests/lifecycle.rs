@@ -883,3 +883,54 @@ async fn per_user_running_limit_is_respected() {
     assert_eq!(h.obs.attempts(AttemptResult::Succeeded), 3);
     h.assert_books_balance().await;
 }
+
+/// A worker quarantined while another of its attempts was running, which
+/// then succeeds, takes work again: the success clears its record, and its
+/// slots with it (found by the simulation: only the record was cleared, and
+/// the worker was left out of dispatch for good).
+#[actix_rt::test]
+async fn a_success_during_a_quarantine_lets_the_worker_take_work_again() {
+    let mut cfg = config();
+    cfg.quarantine_after = 1;
+    // The only worker may be quarantined, for longer than the test runs.
+    cfg.quarantine_max_percent = 100;
+    cfg.quarantine_base = Duration::from_secs(3600);
+    cfg.quarantine_max = Duration::from_secs(3600);
+    let h = start_with(cfg).await;
+    // Two users: a free user runs one job at a time.
+    let user = h.user("cleared@example.com").await;
+    let other = h.user("other@example.com").await;
+    let mut gpu = h.scripted_worker("flaky", 2);
+    let failing = h.submit(user).await;
+    let working = h.submit(other).await;
+    let a = gpu.assigned().await;
+    let b = gpu.assigned().await;
+    let (fails, works) = if a.job_id == failing.id {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(works.job_id, working.id);
+    gpu.accept(fails);
+    gpu.accept(works);
+    gpu.fail(fails, FailureClass::System);
+    // Settled (and the worker quarantined) before the success arrives.
+    h.wait_for(user, failing.id, "waiting for its retry", |j| {
+        j.state == JobState::Queued && j.attempts == 1
+    })
+    .await;
+    gpu.complete(works);
+    h.wait_for(other, working.id, "succeeded", |j| {
+        j.state == JobState::Succeeded
+    })
+    .await;
+    // The retry goes to the same worker long before the quarantine would end.
+    let retry = gpu.assigned().await;
+    assert_eq!((retry.job_id, retry.attempt), (failing.id, 2));
+    gpu.accept(retry);
+    gpu.complete(retry);
+    h.wait_for(user, failing.id, "succeeded", |j| {
+        j.state == JobState::Succeeded
+    })
+    .await;
+}

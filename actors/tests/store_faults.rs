@@ -45,6 +45,9 @@ enum Refuse {
     Successes,
     /// The first `n` writes of any outcome (the store is down a while).
     First(u32),
+    /// The first assignment commits but is reported failed (the
+    /// connection dropped after the commit).
+    AssignAfterCommit,
 }
 
 struct FaultyStore {
@@ -78,6 +81,7 @@ impl Store for FaultyStore {
         let refuse = match self.refuse {
             Refuse::Successes => matches!(outcome, AttemptOutcome::Succeeded { .. }),
             Refuse::First(k) => n <= k,
+            Refuse::AssignAfterCommit => false,
         };
         if refuse {
             self.refused.fetch_add(1, Ordering::SeqCst);
@@ -167,7 +171,15 @@ impl Store for FaultyStore {
         epoch: u64,
         now: DateTime<Utc>,
     ) -> StoreResult<Job> {
-        self.inner.assign_job(attempt, worker, epoch, now).await
+        let job = self.inner.assign_job(attempt, worker, epoch, now).await?;
+        if matches!(self.refuse, Refuse::AssignAfterCommit)
+            && self.refused.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            return Err(StoreError::Unavailable(
+                "injected: committed, then lost".into(),
+            ));
+        }
+        Ok(job)
     }
     async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
         self.inner.start_job(attempt, now).await
@@ -542,4 +554,32 @@ async fn an_end_written_while_the_store_is_down_is_recorded_once_it_is_back() {
     let after = orch.wallet(user).await.expect("wallet");
     assert_eq!(after.balance.get(), before.balance.get() - job.cost.get());
     assert_eq!(after.held, Credits::ZERO);
+}
+
+#[actix_rt::test]
+async fn an_assignment_committed_but_reported_failed_still_runs() {
+    let store = Arc::new(FaultyStore::new(Refuse::AssignAfterCommit));
+    let orch = start(store.clone(), 2).await;
+    let user = orch
+        .register("lost-ack@example.com", "Lost ack")
+        .await
+        .expect("register")
+        .user
+        .id;
+    let job = orch
+        .submit(user, image_request(), None)
+        .await
+        .expect("submit")
+        .job;
+
+    // Put back in line blindly, the job would stay assigned to an attempt
+    // nobody runs; read again, the attempt goes on.
+    let done = wait_terminal(&orch, user, job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.attempts, 1);
+    assert!(store.refused.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        job_entries(&orch, user, job.id).await,
+        [EntryKind::Hold, EntryKind::Post]
+    );
 }

@@ -22,7 +22,7 @@ impl Orchestrator {
         after: Option<u64>,
         limit: usize,
     ) -> Result<EventPage, OrchestratorError> {
-        let since = Utc::now() - EVENT_WINDOW;
+        let since = self.config.clock.now() - EVENT_WINDOW;
         Ok(self.store.user_events(user, after, since, limit).await?)
     }
 
@@ -34,7 +34,7 @@ impl Orchestrator {
         enabled: bool,
     ) -> Result<WebhookEndpoint, OrchestratorError> {
         // Microseconds: what every store keeps, so a read returns the same.
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.config.clock.now().trunc_subsecs(6);
         let endpoint = self
             .store
             .create_webhook_endpoint(WebhookEndpoint {
@@ -77,7 +77,7 @@ impl Orchestrator {
         id: WebhookEndpointId,
         patch: EndpointPatch,
     ) -> Result<WebhookEndpoint, OrchestratorError> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.config.clock.now().trunc_subsecs(6);
         Ok(self
             .store
             .update_webhook_endpoint(user, id, patch, now)

@@ -91,10 +91,11 @@ async fn prune_finished_jobs(
     store: &dyn Store,
     retention: &crate::config::JobRetention,
     observer: &dyn crate::observer::Observer,
+    clock: &crate::clock::Clock,
 ) -> Result<u64, StoreError> {
     let mut total = 0;
     for _ in 0..PRUNE_BATCHES_PER_SWEEP {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = clock.now().trunc_subsecs(6);
         let pruned = store
             .prune_finished_jobs(&retention.cutoffs(now), now, PRUNE_BATCH)
             .await?;
@@ -118,7 +119,7 @@ impl Orchestrator {
     pub(super) async fn start_platform(&self) -> Result<(), OrchestratorError> {
         let versions = self
             .store
-            .init_prices(self.config.prices, Utc::now())
+            .init_prices(self.config.prices, self.config.clock.now())
             .await?;
         if let Some(first) = versions.first() {
             if first.prices != self.config.prices {
@@ -142,23 +143,24 @@ impl Orchestrator {
         let observer = self.observer.clone();
         let retention = self.config.job_retention;
         let every = self.config.platform.sweep_every;
+        let clock = self.config.clock.clone();
         self.actor_arbiter.spawn(async move {
             loop {
                 if let Err(e) = refresh_prices(store.as_ref(), &platform).await {
                     tracing::warn!(error = %e, "price table not reloaded");
                 }
-                let horizon = Utc::now() - chrono::Duration::hours(IDEMPOTENCY_KEYS_KEPT_HOURS);
+                let horizon = clock.now() - chrono::Duration::hours(IDEMPOTENCY_KEYS_KEPT_HOURS);
                 match store.expire_idempotency_keys(horizon).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys expired"),
                     Err(e) => tracing::warn!(error = %e, "idempotency key expiry failed"),
                 }
-                match prune_finished_jobs(store.as_ref(), &retention, observer.as_ref()).await {
+                match prune_finished_jobs(store.as_ref(), &retention, observer.as_ref(), &clock).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(jobs = n, "finished jobs pruned after retention"),
                     Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed; retried next sweep"),
                 }
-                match grant_due_gifts(store.as_ref(), &wallets, Utc::now()).await {
+                match grant_due_gifts(store.as_ref(), &wallets, clock.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(gifts = n, "membership gifts granted"),
                     Err(e) => tracing::warn!(error = %e, "membership gift sweep failed"),
@@ -181,10 +183,10 @@ impl Orchestrator {
         user: UserId,
         options: crate::accounts::KeyOptions,
     ) -> Result<IssuedKey, OrchestratorError> {
-        let key = ApiKey::generate();
+        let key = ApiKey::generate_with(&self.config.random);
         let record = self
             .store
-            .create_api_key(user, ApiKeyId::generate(), key.hash(), options, Utc::now())
+            .create_api_key(user, ApiKeyId::generate(), key.hash(), options, self.config.clock.now())
             .await?;
         tracing::info!(user = %user, key = %record.id, "API key issued");
         Ok(IssuedKey {
@@ -202,7 +204,10 @@ impl Orchestrator {
         user: UserId,
         id: ApiKeyId,
     ) -> Result<ApiKeyRecord, OrchestratorError> {
-        let record = self.store.revoke_api_key(user, id, Utc::now()).await?;
+        let record = self
+            .store
+            .revoke_api_key(user, id, self.config.clock.now())
+            .await?;
         tracing::info!(user = %user, key = %id, "API key revoked");
         Ok(record)
     }
@@ -239,7 +244,7 @@ impl Orchestrator {
             product,
             monthly_gift,
             // Every adapter keeps microseconds.
-            now: Utc::now().trunc_subsecs(6),
+            now: self.config.clock.now().trunc_subsecs(6),
         };
         Ok(self.wallets.call(user, ApplyPayment(payment)).await??)
     }
@@ -272,7 +277,7 @@ impl Orchestrator {
     pub async fn pricing(&self) -> Result<(PriceVersion, Vec<PriceVersion>), OrchestratorError> {
         refresh_prices(self.store.as_ref(), &self.platform).await?;
         let schedule = self.platform.prices.schedule();
-        let now = Utc::now();
+        let now = self.config.clock.now();
         // Before version 1's instant only on a node whose clock is behind.
         let current = schedule
             .in_effect(now)
@@ -296,7 +301,7 @@ impl Orchestrator {
         // Every adapter keeps microseconds: a retried announcement must
         // find the stored one.
         let effective_at = effective_at.trunc_subsecs(6);
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.config.clock.now().trunc_subsecs(6);
         let notice = self.config.platform.price_notice;
         let earliest = now + chrono_span(notice);
         let schedule = self.platform.prices.schedule();
@@ -338,7 +343,7 @@ impl Orchestrator {
         // Only a policy that acts per tier (a provider's down policy) costs
         // the extra read.
         let tier = if policy.depends_on_tier() {
-            self.user(user).await?.tier(Utc::now())
+            self.user(user).await?.tier(self.config.clock.now())
         } else {
             Tier::Free
         };
@@ -353,7 +358,7 @@ impl Orchestrator {
         let rules = &self.config.platform;
         let counted = refusal.confidence >= rules.suspend_min_confidence;
         let category = refusal.category.clone();
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.config.clock.now().trunc_subsecs(6);
         let since = now - chrono_span(rules.violation_window);
         let violation = NewViolation {
             prompt: spec.prompt.clone(),
@@ -424,7 +429,7 @@ impl Orchestrator {
                 by: BY_OPERATOR.into(),
                 note,
                 evidence: Vec::new(),
-                created_at: Utc::now().trunc_subsecs(6),
+                created_at: self.config.clock.now().trunc_subsecs(6),
             })
             .await?;
         tracing::warn!(user = %user, action = kind.as_str(), "account moderated by an operator");

@@ -5,7 +5,10 @@
 //! job arriving or leaving, a slot or a running-limit turn freed, a worker
 //! joining, a retry delay or a quarantine ending) dispatches.
 
-use std::collections::{HashMap, HashSet};
+// Ordered maps: which worker takes a job, and the order in which a departed
+// worker's attempts or the delayed retries are handled, must not depend on
+// a hash seed, so one simulation seed replays one run (docs/simulation.md).
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +41,7 @@ struct WorkerSlots {
     free: u32,
     /// Finishing what it runs; takes nothing new.
     draining: bool,
-    warm: HashSet<String>,
+    warm: BTreeSet<String>,
     /// When a slot last became free, for dispatch latency.
     freed_at: Option<Instant>,
     /// Its name is quarantined: it takes nothing new.
@@ -77,11 +80,11 @@ struct InFlight {
 
 pub struct SchedulerActor {
     queue: FairQueue,
-    workers: HashMap<WorkerId, WorkerSlots>,
-    health: HashMap<String, WorkerHealth>,
-    in_flight: HashMap<JobId, InFlight>,
+    workers: BTreeMap<WorkerId, WorkerSlots>,
+    health: BTreeMap<String, WorkerHealth>,
+    in_flight: BTreeMap<JobId, InFlight>,
     /// Retries waiting for their backoff to pass.
-    delayed: HashMap<JobId, SpawnHandle>,
+    delayed: BTreeMap<JobId, SpawnHandle>,
     recent: RecentDispatches,
     /// The election term this scheduler leads; `None` on a standby.
     epoch: Option<u64>,
@@ -94,13 +97,13 @@ pub struct SchedulerActor {
     /// Attempts in flight under an earlier term, waiting for their worker
     /// to present them again (see `resume`); what is left of them when the
     /// grace ends counts as lost.
-    orphans: HashMap<JobId, Job>,
+    orphans: BTreeMap<JobId, Job>,
     /// The grace of this term ended: an orphan handed back now is lost at
     /// once.
     grace_over: bool,
     /// Workers whose presented attempts are being checked in the store;
     /// they are registered (and welcomed) once that is done.
-    presenting: HashMap<WorkerId, Presenting>,
+    presenting: BTreeMap<WorkerId, Presenting>,
 }
 
 struct Presenting {
@@ -118,10 +121,10 @@ impl SchedulerActor {
     ) -> SchedulerActor {
         SchedulerActor {
             queue: FairQueue::new(config.tiers, config.fairness),
-            workers: HashMap::new(),
-            health: HashMap::new(),
-            in_flight: HashMap::new(),
-            delayed: HashMap::new(),
+            workers: BTreeMap::new(),
+            health: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            delayed: BTreeMap::new(),
             recent: RecentDispatches::new(),
             epoch: None,
             store,
@@ -129,9 +132,9 @@ impl SchedulerActor {
             config,
             observer,
             files: None,
-            orphans: HashMap::new(),
+            orphans: BTreeMap::new(),
             grace_over: true,
-            presenting: HashMap::new(),
+            presenting: BTreeMap::new(),
         }
     }
 
@@ -180,7 +183,7 @@ impl SchedulerActor {
                 break;
             };
             slots.free -= 1;
-            self.recent.record(job.tier);
+            self.recent.record(job.tier, self.config.clock.instant());
             slots.warm.insert(job.model.clone());
             let ready_since = slots
                 .freed_at
@@ -229,10 +232,18 @@ impl SchedulerActor {
         };
         let health = self.health.entry(name.clone()).or_default();
         if !failed {
+            let was_quarantined = health.until.is_some();
             if let Some(timer) = health.timer.take() {
                 ctx.cancel_future(timer);
             }
             *health = WorkerHealth::default();
+            if was_quarantined {
+                // An attempt it ran from before its quarantine succeeded:
+                // its record is clean again, so its slots take work again
+                // too (the simulation found a worker left out for good, its
+                // cool-down timer cancelled, when only the record was reset).
+                self.set_quarantined(&name, false);
+            }
             return;
         }
         health.consecutive_failures += 1;
@@ -252,7 +263,7 @@ impl SchedulerActor {
             .saturating_mul(1u32 << health.level.min(16))
             .min(self.config.quarantine_max);
         health.level += 1;
-        health.until = Some(Instant::now() + cool_down);
+        health.until = Some(self.config.clock.instant() + cool_down);
         tracing::warn!(worker = %name, failures = health.consecutive_failures,
             cool_down_ms = cool_down.as_millis() as u64, "worker quarantined");
         let timer_name = name.clone();
@@ -267,7 +278,7 @@ impl SchedulerActor {
     /// connected workers (counting `name`, even if it has just left)
     /// within `quarantine_max_percent`.
     fn may_quarantine(&self, name: &str) -> bool {
-        let mut names: HashSet<&str> = self
+        let mut names: BTreeSet<&str> = self
             .workers
             .values()
             .map(|w| w.caps.name.as_str())
@@ -314,7 +325,7 @@ impl SchedulerActor {
 
     /// Jobs past their tier's waiting limit fail as expired, refunded.
     fn expire_overdue(&mut self, ctx: &mut Context<Self>) {
-        let now = chrono::Utc::now();
+        let now = self.config.clock.now();
         let expired = self.queue.take_expired(self.config.max_wait.all(), now);
         for job in expired {
             let wallets = self.wallets.clone();
@@ -344,7 +355,7 @@ impl SchedulerActor {
         let handle = ctx.run_later(delay, move |act, ctx| {
             act.delayed.remove(&job_id);
             let mut job = job;
-            job.enqueued_at = Instant::now();
+            job.enqueued_at = act.config.clock.instant();
             act.queue.push(job);
             act.dispatch(ctx);
         });
@@ -355,7 +366,7 @@ impl SchedulerActor {
     /// new term rebuilds the line from it).
     fn forget_line(&mut self, ctx: &mut Context<Self>) {
         self.queue = FairQueue::new(self.config.tiers, self.config.fairness);
-        for (_, handle) in self.delayed.drain() {
+        for (_, handle) in std::mem::take(&mut self.delayed) {
             ctx.cancel_future(handle);
         }
         // Another term's recovery decides on them now.
@@ -405,7 +416,7 @@ impl SchedulerActor {
                 caps,
                 addr,
                 // Its slots are free from now on.
-                freed_at: Some(Instant::now()),
+                freed_at: Some(self.config.clock.instant()),
                 quarantined,
             },
         );
@@ -717,7 +728,7 @@ impl Handler<PresentationChecked> for SchedulerActor {
             mut refused,
         } = presenting;
         let mut resumed = Vec::new();
-        let now = chrono::Utc::now();
+        let now = self.config.clock.now();
         for c in msg.checked {
             let p = c.presented;
             let refuse = |reason: String| RefusedAttempt {
@@ -853,7 +864,7 @@ impl Handler<GraceOver> for SchedulerActor {
             return MessageResult(Vec::new());
         }
         self.grace_over = true;
-        MessageResult(self.orphans.drain().map(|(_, job)| job).collect())
+        MessageResult(std::mem::take(&mut self.orphans).into_values().collect())
     }
 }
 
@@ -897,7 +908,7 @@ pub async fn settle_lost(
         },
         outcome: crate::job::AttemptOutcome::SystemFailure {
             message: "the attempt was lost when the scheduler restarted or changed".into(),
-            retry_at: chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            retry_at: config.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default(),
         },
     };
     match wallets.settle(job.user_id, msg).await {
@@ -985,12 +996,18 @@ impl Handler<AttemptEnded> for SchedulerActor {
         }
         if let Some(w) = self.workers.get_mut(&msg.worker) {
             w.free = (w.free + 1).min(w.caps.slots);
-            w.freed_at = Some(Instant::now());
+            w.freed_at = Some(self.config.clock.instant());
         }
         self.queue.finished(msg.user_id);
         match msg.next {
             NextStep::Done => {}
-            NextStep::Retry { job, delay } => self.enqueue_after(job, delay, ctx),
+            NextStep::Retry { mut job, delay } => {
+                if crate::planted::active(crate::planted::Bug::RetryLosesItsPlace) {
+                    // The planted bug: a fresh place at the back of the line.
+                    job.seq = job.seq.saturating_add(u64::MAX / 2);
+                }
+                self.enqueue_after(job, delay, ctx)
+            }
             NextStep::Requeue(job) => self.enqueue_after(job, REQUEUE_AFTER_STORE_ERROR, ctx),
         }
         self.dispatch(ctx);
@@ -1009,7 +1026,7 @@ impl Handler<Recover> for SchedulerActor {
         if self.epoch.is_none() {
             return;
         }
-        let now = chrono::Utc::now();
+        let now = self.config.clock.now();
         for job in msg.0 {
             if job.state != JobState::Queued || self.knows(job.id) {
                 continue;
@@ -1076,7 +1093,7 @@ impl Handler<ListWorkers> for SchedulerActor {
                 WorkerView {
                     quarantined_for: health
                         .and_then(|h| h.until)
-                        .map(|u| u.saturating_duration_since(Instant::now())),
+                        .map(|u| u.saturating_duration_since(self.config.clock.instant())),
                     consecutive_failures: health.map_or(0, |h| h.consecutive_failures),
                     id: *id,
                     caps: w.caps.clone(),
@@ -1186,8 +1203,7 @@ impl RecentDispatches {
         }
     }
 
-    fn record(&mut self, tier: crate::tier::Tier) {
-        let now = Instant::now();
+    fn record(&mut self, tier: crate::tier::Tier, now: Instant) {
         match self.buckets.back_mut() {
             Some((start, counts)) if now.duration_since(*start) < RECENT_BUCKET => {
                 counts[tier.index()] += 1
@@ -1207,8 +1223,7 @@ impl RecentDispatches {
         }
     }
 
-    fn totals(&self) -> [u64; 4] {
-        let now = Instant::now();
+    fn totals(&self, now: Instant) -> [u64; 4] {
         let mut totals = [0; 4];
         for (start, counts) in &self.buckets {
             if now.duration_since(*start) <= RECENT_WINDOW {
@@ -1229,7 +1244,7 @@ impl Handler<GetStats> for SchedulerActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
-        let now = chrono::Utc::now();
+        let now = self.config.clock.now();
         let idle: u32 = self
             .workers
             .values()
@@ -1248,7 +1263,7 @@ impl Handler<GetStats> for SchedulerActor {
             workers: self.workers.len(),
             busy_slots: busy,
             idle_slots: idle,
-            recent_dispatches: self.recent.totals(),
+            recent_dispatches: self.recent.totals(self.config.clock.instant()),
             oldest_wait: self.queue.oldest_by_tier().map(|o| {
                 o.and_then(|at| (now - at).to_std().ok())
                     .unwrap_or_default()

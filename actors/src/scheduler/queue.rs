@@ -74,7 +74,7 @@ impl QueuedJob {
         let waiting_since = if job.attempts == 0 {
             job.created_at
         } else {
-            job.retry_at.unwrap_or_else(Utc::now)
+            job.retry_at.unwrap_or_else(|| config.clock.now())
         };
         QueuedJob {
             job_id: job.id,
@@ -87,7 +87,7 @@ impl QueuedJob {
             vram_mb: config.vram_needed(&job.spec),
             estimate: config.expected_runtime(&job.spec),
             attempts: job.attempts,
-            enqueued_at: Instant::now(),
+            enqueued_at: config.clock.instant(),
             waiting_since,
             avoid: None,
         }
@@ -480,8 +480,8 @@ mod tests {
             vram_mb: 8_000,
             estimate: Duration::from_secs(4),
             attempts: 0,
-            enqueued_at: Instant::now(),
-            waiting_since: Utc::now(),
+            enqueued_at: crate::clock::Clock::system().instant(),
+            waiting_since: crate::clock::Clock::system().now(),
             avoid: None,
         }
     }
@@ -988,7 +988,7 @@ mod tests {
     fn jobs_past_their_tier_limit_are_taken_out_oldest_first() {
         let mut q = jobs_queue(TierTable::default());
         let u = UserId::generate();
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         let mut old = job(u, Tier::Free, 1);
         old.waiting_since = now - chrono::Duration::seconds(100);
         let mut older = job(u, Tier::Free, 2);

@@ -127,7 +127,7 @@ mod tests {
             max_attempts: 3,
             max_waiting: 10,
             idempotency: None,
-            now: Utc::now(),
+            now: crate::clock::Clock::system().now(),
             price_version: 1,
         }
         .queued_job(1);
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn the_current_attempt_resumes_with_what_is_left_of_its_deadline() {
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         let lease = LeaseToken::generate();
         let job = in_flight(JobId::generate(), JobState::Running, 2, lease);
         let presented = PresentedAttempt {
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_stale_or_unknown_attempt_is_refused() {
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         let lease = LeaseToken::generate();
         let deadline = Duration::from_secs(120);
         let records = [record(2, lease, now)];
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn an_attempt_past_its_deadline_or_without_its_record_is_refused() {
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         let lease = LeaseToken::generate();
         let job = in_flight(JobId::generate(), JobState::Running, 1, lease);
         let presented = PresentedAttempt {

@@ -37,7 +37,7 @@ pub async fn user_with(store: &Shared, email: &str, reward: i64) -> User {
                 key_hash: ApiKey::generate().hash(),
             },
             credits(reward),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .expect("create user")
@@ -65,7 +65,7 @@ pub fn new_job(user: UserId, cost: i64) -> NewJob {
         max_attempts: 3,
         max_waiting: 1000,
         idempotency: None,
-        now: Utc::now(),
+        now: crate::clock::Clock::system().now(),
         price_version: 1,
     }
 }
@@ -85,7 +85,7 @@ async fn assign(store: &Shared, job: &Job) -> AttemptRef {
             attempt,
             WorkerId::generate(),
             current_epoch(store).await,
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .expect("assign");
@@ -102,7 +102,7 @@ fn delivered() -> AttemptOutcome {
 fn sys_fail() -> AttemptOutcome {
     AttemptOutcome::SystemFailure {
         message: "gpu fell off the bus".into(),
-        retry_at: Utc::now() + Duration::milliseconds(10),
+        retry_at: crate::clock::Clock::system().now() + Duration::milliseconds(10),
     }
 }
 
@@ -138,7 +138,7 @@ pub async fn registration_grants_reward_and_email_is_unique(store: Shared) {
                 key_hash: ApiKey::generate().hash(),
             },
             credits(100),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await;
     assert_eq!(dup.unwrap_err(), StoreError::EmailTaken);
@@ -154,7 +154,7 @@ pub async fn api_key_finds_its_user_only(store: Shared) {
                 key_hash: key.hash(),
             },
             credits(1),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -178,10 +178,13 @@ pub async fn grant_is_idempotent_by_key(store: Shared) {
         note: Some("pack".into()),
     };
     let first = store
-        .grant(user.id, grant.clone(), Utc::now())
+        .grant(user.id, grant.clone(), crate::clock::Clock::system().now())
         .await
         .unwrap();
-    let again = store.grant(user.id, grant, Utc::now()).await.unwrap();
+    let again = store
+        .grant(user.id, grant, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     assert!(!first.replayed && again.replayed);
     assert_eq!(again.wallet.balance.get(), 50);
     assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 1);
@@ -262,9 +265,12 @@ pub async fn success_posts_the_hold(store: Shared) {
     let user = user_with(&store, "ok@example.com", 10).await;
     let job = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
     let attempt = assign(&store, &job).await;
-    store.start_job(attempt, Utc::now()).await.unwrap();
+    store
+        .start_job(attempt, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     let done = store
-        .finish_attempt(attempt, delivered(), Utc::now())
+        .finish_attempt(attempt, delivered(), crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(done.job.state, JobState::Succeeded);
@@ -286,7 +292,7 @@ pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
     let job = store.submit_job(submitted).await.unwrap().job;
     let attempt = assign(&store, &job).await;
     let done = store
-        .finish_attempt(attempt, delivered(), Utc::now())
+        .finish_attempt(attempt, delivered(), crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(done.job.state, JobState::Succeeded);
@@ -296,7 +302,7 @@ pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
     assert!(records[0].started_at.is_some() && records[0].finished_at.is_some());
     // Its webhook receiver hears it start, then succeed.
     // (Claimed as a dispatcher would after the first try's claim ran out.)
-    let later = Utc::now() + chrono::Duration::minutes(5);
+    let later = crate::clock::Clock::system().now() + chrono::Duration::minutes(5);
     let owed: Vec<String> = store
         .claim_webhooks(later, 100)
         .await
@@ -308,7 +314,9 @@ pub async fn a_completion_before_its_start_keeps_a_start_time(store: Shared) {
     assert!(owed.contains(&"job.started".to_owned()), "{owed:?}");
     assert!(owed.contains(&"job.succeeded".to_owned()), "{owed:?}");
     assert!(matches!(
-        store.start_job(attempt, Utc::now()).await,
+        store
+            .start_job(attempt, crate::clock::Clock::system().now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     assert_books_balance(&store).await;
@@ -322,7 +330,12 @@ pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
     let epoch = current_epoch(&store).await;
     assert!(matches!(
         store
-            .assign_job(attempt, WorkerId::generate(), epoch, Utc::now())
+            .assign_job(
+                attempt,
+                WorkerId::generate(),
+                epoch,
+                crate::clock::Clock::system().now()
+            )
             .await,
         Err(StoreError::StaleTransition { .. })
     ));
@@ -332,21 +345,27 @@ pub async fn stale_and_duplicate_messages_change_nothing(store: Shared) {
         ..attempt
     };
     assert!(matches!(
-        store.start_job(forged, Utc::now()).await,
+        store
+            .start_job(forged, crate::clock::Clock::system().now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     let ok = AttemptOutcome::Succeeded { outputs: vec![] };
     store
-        .finish_attempt(attempt, ok.clone(), Utc::now())
+        .finish_attempt(attempt, ok.clone(), crate::clock::Clock::system().now())
         .await
         .unwrap();
     // A duplicate completion, and a late failure, are both refused.
     assert!(matches!(
-        store.finish_attempt(attempt, ok, Utc::now()).await,
+        store
+            .finish_attempt(attempt, ok, crate::clock::Clock::system().now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     assert!(matches!(
-        store.finish_attempt(attempt, sys_fail(), Utc::now()).await,
+        store
+            .finish_attempt(attempt, sys_fail(), crate::clock::Clock::system().now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     let w = store.wallet(user.id).await.unwrap();
@@ -361,7 +380,7 @@ pub async fn system_failures_retry_then_void_once(store: Shared) {
         let attempt = assign(&store, &job).await;
         assert_eq!(attempt.attempt, n);
         let s = store
-            .finish_attempt(attempt, sys_fail(), Utc::now())
+            .finish_attempt(attempt, sys_fail(), crate::clock::Clock::system().now())
             .await
             .unwrap();
         job = s.job;
@@ -374,7 +393,7 @@ pub async fn system_failures_retry_then_void_once(store: Shared) {
         }
         // An old attempt's late failure cannot move money.
         assert!(store
-            .finish_attempt(attempt, sys_fail(), Utc::now())
+            .finish_attempt(attempt, sys_fail(), crate::clock::Clock::system().now())
             .await
             .is_err());
     }
@@ -404,7 +423,7 @@ pub async fn user_failure_posts_without_retry(store: Shared) {
             AttemptOutcome::UserFailure {
                 message: "prompt rejected by the model".into(),
             },
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -418,7 +437,7 @@ pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
     let user = user_with(&store, "cancel@example.com", 20).await;
     let queued = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
     let c = store
-        .cancel_job(user.id, queued.id, Utc::now())
+        .cancel_job(user.id, queued.id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(
@@ -428,7 +447,7 @@ pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
     assert_eq!((c.wallet.balance.get(), c.wallet.held.get()), (20, 0));
     assert_eq!(
         store
-            .cancel_job(user.id, queued.id, Utc::now())
+            .cancel_job(user.id, queued.id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::JobFinished
@@ -436,9 +455,12 @@ pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
 
     let running = store.submit_job(new_job(user.id, 5)).await.unwrap().job;
     let attempt = assign(&store, &running).await;
-    store.start_job(attempt, Utc::now()).await.unwrap();
+    store
+        .start_job(attempt, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     let c = store
-        .cancel_job(user.id, running.id, Utc::now())
+        .cancel_job(user.id, running.id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(
@@ -452,7 +474,7 @@ pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
         .finish_attempt(
             attempt,
             AttemptOutcome::Succeeded { outputs: vec![] },
-            Utc::now()
+            crate::clock::Clock::system().now()
         )
         .await
         .is_err());
@@ -461,7 +483,7 @@ pub async fn cancel_voids_queued_posts_running_refuses_finished(store: Shared) {
     let theirs = store.submit_job(new_job(other.id, 1)).await.unwrap().job;
     assert_eq!(
         store
-            .cancel_job(user.id, theirs.id, Utc::now())
+            .cancel_job(user.id, theirs.id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::NotFound("job")
@@ -475,19 +497,22 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
         store.submit_job(new_job(user.id, 2)).await.unwrap();
     }
     store
-        .set_status(user.id, AccountStatus::Suspended, Utc::now())
+        .set_status(user.id, AccountStatus::Suspended, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(
         store.submit_job(new_job(user.id, 1)).await.unwrap_err(),
         StoreError::AccountInactive(AccountStatus::Suspended)
     );
-    let cancelled = store.cancel_queued_jobs(user.id, Utc::now()).await.unwrap();
+    let cancelled = store
+        .cancel_queued_jobs(user.id, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     assert_eq!(cancelled.len(), 3);
     assert!(cancelled.iter().all(|j| j.charge == Charge::Voided));
     assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 0);
     let u = store
-        .set_status(user.id, AccountStatus::Active, Utc::now())
+        .set_status(user.id, AccountStatus::Active, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert!(u.is_active());
@@ -513,7 +538,10 @@ pub async fn listings_paginate_newest_first(store: Shared) {
         page2.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![ids[2], ids[1]]
     );
-    store.cancel_job(user.id, ids[0], Utc::now()).await.unwrap();
+    store
+        .cancel_job(user.id, ids[0], crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     let cancelled = store
         .list_jobs(user.id, Some(JobState::Cancelled), None, 10)
         .await
@@ -573,7 +601,7 @@ pub async fn concurrent_resolutions_of_one_hold_apply_once(store: Shared) {
                 }
             };
             store
-                .finish_attempt(attempt, outcome, Utc::now())
+                .finish_attempt(attempt, outcome, crate::clock::Clock::system().now())
                 .await
                 .is_ok()
         }));
@@ -582,7 +610,10 @@ pub async fn concurrent_resolutions_of_one_hold_apply_once(store: Shared) {
     for _ in 0..5 {
         let store = store.clone();
         cancels.push(tokio::spawn(async move {
-            store.cancel_job(user.id, job.id, Utc::now()).await.is_ok()
+            store
+                .cancel_job(user.id, job.id, crate::clock::Clock::system().now())
+                .await
+                .is_ok()
         }));
     }
     let mut wins = 0;
@@ -624,9 +655,12 @@ pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
     let bob = user_with(&store, "bob.views@example.com", 20).await;
     let job = store.submit_job(new_job(ann.id, 3)).await.unwrap().job;
     let first = assign(&store, &job).await;
-    store.start_job(first, Utc::now()).await.unwrap();
+    store
+        .start_job(first, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     let requeued = store
-        .finish_attempt(first, sys_fail(), Utc::now())
+        .finish_attempt(first, sys_fail(), crate::clock::Clock::system().now())
         .await
         .unwrap()
         .job;
@@ -635,7 +669,7 @@ pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
         .finish_attempt(
             second,
             AttemptOutcome::Succeeded { outputs: vec![] },
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -695,7 +729,7 @@ pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
         1
     );
     let future = JobFilter {
-        since: Some(Utc::now() + Duration::hours(1)),
+        since: Some(crate::clock::Clock::system().now() + Duration::hours(1)),
         ..JobFilter::default()
     };
     assert!(store
@@ -713,7 +747,7 @@ pub async fn operator_views_show_attempts_ledger_and_filters(store: Shared) {
     );
 
     let activity = store
-        .activity_since(Utc::now() - Duration::minutes(5))
+        .activity_since(crate::clock::Clock::system().now() - Duration::minutes(5))
         .await
         .unwrap();
     assert_eq!(activity.retries, 1);
@@ -752,11 +786,11 @@ pub async fn assignments_of_a_deposed_term_are_refused(store: Shared) {
     let user = user_with(&store, "fence@example.com", 10).await;
     let job = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
     let first = store
-        .become_leader("node-a", "http://a", Utc::now())
+        .become_leader("node-a", "http://a", crate::clock::Clock::system().now())
         .await
         .unwrap();
     let second = store
-        .become_leader("node-b", "http://b", Utc::now())
+        .become_leader("node-b", "http://b", crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(second, first + 1);
@@ -772,7 +806,12 @@ pub async fn assignments_of_a_deposed_term_are_refused(store: Shared) {
     };
     assert_eq!(
         store
-            .assign_job(attempt, WorkerId::generate(), first, Utc::now())
+            .assign_job(
+                attempt,
+                WorkerId::generate(),
+                first,
+                crate::clock::Clock::system().now()
+            )
             .await
             .unwrap_err(),
         StoreError::Deposed { current: second }
@@ -782,7 +821,12 @@ pub async fn assignments_of_a_deposed_term_are_refused(store: Shared) {
         JobState::Queued
     );
     store
-        .assign_job(attempt, WorkerId::generate(), second, Utc::now())
+        .assign_job(
+            attempt,
+            WorkerId::generate(),
+            second,
+            crate::clock::Clock::system().now(),
+        )
         .await
         .unwrap();
 }
@@ -796,7 +840,7 @@ pub async fn idempotency_keys_expire(store: Shared) {
     // Nothing is older than an hour ago: the key still replays.
     assert_eq!(
         store
-            .expire_idempotency_keys(Utc::now() - Duration::hours(1))
+            .expire_idempotency_keys(crate::clock::Clock::system().now() - Duration::hours(1))
             .await
             .unwrap(),
         0
@@ -807,7 +851,7 @@ pub async fn idempotency_keys_expire(store: Shared) {
     // Once expired, the same key makes a new job.
     assert_eq!(
         store
-            .expire_idempotency_keys(Utc::now() + Duration::seconds(1))
+            .expire_idempotency_keys(crate::clock::Clock::system().now() + Duration::seconds(1))
             .await
             .unwrap(),
         1
@@ -838,7 +882,7 @@ pub async fn one_account_per_canonical_email(store: Shared) {
                     key_hash: ApiKey::generate().hash(),
                 },
                 credits(100),
-                Utc::now(),
+                crate::clock::Clock::system().now(),
             )
             .await;
         assert_eq!(dup.unwrap_err(), StoreError::EmailTaken, "{other}");
@@ -873,7 +917,7 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
                     key_hash: ApiKey::generate().hash(),
                 },
                 credits(10),
-                Utc::now(),
+                crate::clock::Clock::system().now(),
             )
             .await
             .expect("create user")
@@ -907,14 +951,14 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
         assert!(grant.check_text().is_ok());
         assert!(
             !store
-                .grant(user.id, grant.clone(), Utc::now())
+                .grant(user.id, grant.clone(), crate::clock::Clock::system().now())
                 .await
                 .unwrap()
                 .replayed
         );
         assert!(
             store
-                .grant(user.id, grant, Utc::now())
+                .grant(user.id, grant, crate::clock::Clock::system().now())
                 .await
                 .unwrap()
                 .replayed
@@ -943,7 +987,7 @@ pub async fn grant_key_reused_with_another_body_is_refused(store: Shared) {
     };
     assert!(
         !store
-            .grant(user.id, grant.clone(), Utc::now())
+            .grant(user.id, grant.clone(), crate::clock::Clock::system().now())
             .await
             .unwrap()
             .replayed
@@ -956,12 +1000,17 @@ pub async fn grant_key_reused_with_another_body_is_refused(store: Shared) {
     other_note.note = None;
     for reused in [more, other_source, other_note] {
         assert!(matches!(
-            store.grant(user.id, reused, Utc::now()).await,
+            store
+                .grant(user.id, reused, crate::clock::Clock::system().now())
+                .await,
             Err(StoreError::IdempotencyKeyReused)
         ));
     }
     // The same grant still replays; the wallet saw one grant.
-    let again = store.grant(user.id, grant, Utc::now()).await.unwrap();
+    let again = store
+        .grant(user.id, grant, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     assert!(again.replayed);
     assert_eq!(again.wallet.balance.get(), 50);
     assert_eq!(store.ledger(user.id, None, 10).await.unwrap().len(), 1);
@@ -974,7 +1023,7 @@ pub async fn waiting_jobs_expire_with_their_hold_voided(store: Shared) {
     let user = user_with(&store, "expiry@example.com", 20).await;
     let waiting = store.submit_job(new_job(user.id, 4)).await.unwrap().job;
     let expired = store
-        .expire_job(user.id, waiting.id, Utc::now())
+        .expire_job(user.id, waiting.id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(
@@ -1002,20 +1051,24 @@ pub async fn waiting_jobs_expire_with_their_hold_voided(store: Shared) {
         .is_empty());
     // Twice, or a job in flight, or another user's: refused, nothing moves.
     assert!(matches!(
-        store.expire_job(user.id, waiting.id, Utc::now()).await,
+        store
+            .expire_job(user.id, waiting.id, crate::clock::Clock::system().now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     let running = store.submit_job(new_job(user.id, 5)).await.unwrap().job;
     assign(&store, &running).await;
     assert!(matches!(
-        store.expire_job(user.id, running.id, Utc::now()).await,
+        store
+            .expire_job(user.id, running.id, crate::clock::Clock::system().now())
+            .await,
         Err(StoreError::StaleTransition { .. })
     ));
     let other = user_with(&store, "other-expiry@example.com", 20).await;
     let theirs = store.submit_job(new_job(other.id, 3)).await.unwrap().job;
     assert_eq!(
         store
-            .expire_job(user.id, theirs.id, Utc::now())
+            .expire_job(user.id, theirs.id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::NotFound("job")
@@ -1037,7 +1090,10 @@ async fn finished_at(
 ) -> Job {
     let job = store.submit_job(new).await.expect("submit").job;
     let attempt = assign(store, &job).await;
-    store.start_job(attempt, Utc::now()).await.expect("start");
+    store
+        .start_job(attempt, crate::clock::Clock::system().now())
+        .await
+        .expect("start");
     store
         .finish_attempt(attempt, outcome, at)
         .await
@@ -1059,7 +1115,7 @@ fn one_output() -> AttemptOutcome {
 pub async fn finished_jobs_are_pruned_after_retention(store: Shared) {
     use chrono::SubsecRound;
     // Every adapter keeps microseconds.
-    let now = Utc::now().trunc_subsecs(6);
+    let now = crate::clock::Clock::system().now().trunc_subsecs(6);
     let long_ago = now - Duration::days(10);
     let user = user_with(&store, "prune@example.com", 100).await;
     let mut hooked = new_job(user.id, 3);
@@ -1196,7 +1252,7 @@ pub async fn finished_jobs_are_pruned_after_retention(store: Shared) {
 /// Each call prunes at most `limit` jobs, those that ended first.
 pub async fn pruning_goes_oldest_first_in_batches(store: Shared) {
     use chrono::SubsecRound;
-    let now = Utc::now().trunc_subsecs(6);
+    let now = crate::clock::Clock::system().now().trunc_subsecs(6);
     let user = user_with(&store, "batches@example.com", 100).await;
     let mut finished = Vec::new();
     for days in [12, 10, 11] {

@@ -920,7 +920,7 @@ mod tests {
             max_attempts: 2,
             max_waiting: 10,
             idempotency: None,
-            now: Utc::now(),
+            now: crate::clock::Clock::system().now(),
             price_version: 1,
         }
     }
@@ -940,7 +940,7 @@ mod tests {
             lease: LeaseToken::generate(),
         };
         let w = WorkerId::generate();
-        let now = Utc::now();
+        let now = crate::clock::Clock::system().now();
         assert!(matches!(
             assign(acc, &sub.job, attempt, w, 1, 2, now),
             Err(StoreError::Deposed { current: 2 })
@@ -1000,16 +1000,32 @@ mod tests {
     fn a_resolved_hold_is_never_resolved_again() {
         let acc = account(5);
         let (ws, sub) = submit(acc, &new_job(acc.user, 1), 1, None).unwrap();
-        let (ws, c) = cancel(ws.accounts[0], &sub.job, acc.user, Utc::now()).unwrap();
+        let (ws, c) = cancel(
+            ws.accounts[0],
+            &sub.job,
+            acc.user,
+            crate::clock::Clock::system().now(),
+        )
+        .unwrap();
         assert_eq!(c.wallet.held.get(), 0);
         assert!(matches!(
-            cancel(ws.accounts[0], &c.job, acc.user, Utc::now()),
+            cancel(
+                ws.accounts[0],
+                &c.job,
+                acc.user,
+                crate::clock::Clock::system().now()
+            ),
             Err(StoreError::JobFinished)
         ));
         let mut forged = c.job.clone();
         forged.state = JobState::Queued;
         assert!(matches!(
-            cancel(ws.accounts[0], &forged, acc.user, Utc::now()),
+            cancel(
+                ws.accounts[0],
+                &forged,
+                acc.user,
+                crate::clock::Clock::system().now()
+            ),
             Err(StoreError::HoldResolved)
         ));
     }

@@ -22,6 +22,8 @@ mod platform;
 pub struct MemoryStore {
     state: Mutex<State>,
     feed: OutboxFeed,
+    /// Dates the jobs pruned past the in-memory cap.
+    clock: crate::clock::Clock,
 }
 
 impl MemoryStore {
@@ -39,13 +41,19 @@ impl MemoryStore {
         store
     }
 
+    /// The store reads `clock` (a simulation's) instead of the process's.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> MemoryStore {
+        self.clock = clock;
+        self
+    }
+
     /// Applies a decision's write set under the same lock its state was
     /// read under, then hands its effects to the outbox.
     fn commit(&self, s: &mut State, mut ws: WriteSet) -> StoreResult<()> {
         // The owner's endpoints are read under the same lock as the rest.
         decide::fan_out(&mut ws, s.account_api.endpoints());
         s.apply(&ws)?;
-        s.stay_within_cap(Utc::now());
+        s.stay_within_cap(self.clock.now());
         self.feed.committed(&ws);
         Ok(())
     }
@@ -1101,7 +1109,7 @@ impl Store for MemoryStore {
 mod tests {
     use std::sync::Arc;
 
-    use chrono::{Duration, Utc};
+    use chrono::Duration;
 
     use super::*;
     use crate::store::conformance::{assert_books_balance, new_job, user_with, Shared};
@@ -1114,14 +1122,19 @@ mod tests {
             lease: LeaseToken::generate(),
         };
         store
-            .assign_job(attempt, WorkerId::generate(), 0, Utc::now())
+            .assign_job(
+                attempt,
+                WorkerId::generate(),
+                0,
+                crate::clock::Clock::system().now(),
+            )
             .await
             .unwrap();
         store
             .finish_attempt(
                 attempt,
                 AttemptOutcome::Succeeded { outputs: vec![] },
-                Utc::now(),
+                crate::clock::Clock::system().now(),
             )
             .await
             .unwrap()
@@ -1154,7 +1167,7 @@ mod tests {
         assert!(!pruned(waiting.id).await);
         assert_eq!(store.job_ledger(first.id).await.unwrap().len(), 2);
         // Nothing is due by retention: the sweep reports the cap's prune.
-        let long_ago = Utc::now() - Duration::days(365);
+        let long_ago = crate::clock::Clock::system().now() - Duration::days(365);
         let before = FinishedBefore {
             succeeded: long_ago,
             failed: long_ago,
@@ -1162,14 +1175,14 @@ mod tests {
         };
         assert_eq!(
             store
-                .prune_finished_jobs(&before, Utc::now(), 500)
+                .prune_finished_jobs(&before, crate::clock::Clock::system().now(), 500)
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
             store
-                .prune_finished_jobs(&before, Utc::now(), 500)
+                .prune_finished_jobs(&before, crate::clock::Clock::system().now(), 500)
                 .await
                 .unwrap(),
             0

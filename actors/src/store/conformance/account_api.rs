@@ -14,7 +14,7 @@ use crate::ids::{ApiKeyId, WebhookEndpointId};
 use crate::store::outbox::DeliveryReport;
 
 fn now_us() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    crate::clock::Clock::system().now().trunc_subsecs(6)
 }
 
 fn endpoint(user: UserId, url: &str, types: &[EventType], enabled: bool) -> WebhookEndpoint {
@@ -40,7 +40,7 @@ pub async fn keys_keep_their_name_expiry_and_scopes(store: Shared) {
                 key_hash: key.hash(),
             },
             credits(10),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -68,7 +68,7 @@ pub async fn keys_keep_their_name_expiry_and_scopes(store: Shared) {
             ApiKeyId::generate(),
             scoped.hash(),
             options.clone(),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -82,7 +82,7 @@ pub async fn keys_keep_their_name_expiry_and_scopes(store: Shared) {
     assert_eq!(listed[1], issued);
     // A revoked key authenticates nothing.
     store
-        .revoke_api_key(user.id, issued.id, Utc::now())
+        .revoke_api_key(user.id, issued.id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert!(store.key_by_hash(scoped.hash()).await.unwrap().is_none());
@@ -97,9 +97,9 @@ pub async fn keys_keep_their_name_expiry_and_scopes(store: Shared) {
 async fn run_to_success(store: &Shared, user: UserId) -> Job {
     let job = store.submit_job(new_job(user, 1)).await.unwrap().job;
     let attempt = assign(store, &job).await;
-    store.start_job(attempt, Utc::now()).await.unwrap();
+    store.start_job(attempt, crate::clock::Clock::system().now()).await.unwrap();
     store
-        .finish_attempt(attempt, delivered(), Utc::now())
+        .finish_attempt(attempt, delivered(), crate::clock::Clock::system().now())
         .await
         .unwrap()
         .job
@@ -108,7 +108,7 @@ async fn run_to_success(store: &Shared, user: UserId) -> Job {
 pub async fn user_events_replay_in_order_within_the_window(store: Shared) {
     let user = user_with(&store, "events@example.com", 10).await;
     let other = user_with(&store, "others@example.com", 10).await;
-    let window = Utc::now() - Duration::hours(1);
+    let window = crate::clock::Clock::system().now() - Duration::hours(1);
     let empty = store.user_events(user.id, None, window, 100).await.unwrap();
     assert_eq!(
         (empty.latest, empty.events.len(), empty.missed),
@@ -169,7 +169,7 @@ pub async fn user_events_replay_in_order_within_the_window(store: Shared) {
         .unwrap();
     assert!(beyond.events.is_empty() && !beyond.missed);
     // Events older than the window are not replayed, and say so.
-    let future = Utc::now() + Duration::hours(1);
+    let future = crate::clock::Clock::system().now() + Duration::hours(1);
     let stale = store
         .user_events(user.id, Some(seqs[1]), future, 100)
         .await
@@ -298,7 +298,7 @@ pub async fn webhook_endpoints_are_created_listed_updated_and_deleted(store: Sha
     );
     // A suspended account registers none.
     store
-        .set_status(other.id, AccountStatus::Suspended, Utc::now())
+        .set_status(other.id, AccountStatus::Suspended, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(
@@ -355,7 +355,7 @@ pub async fn job_events_fan_out_to_every_wanting_endpoint(store: Shared) {
         .await
         .unwrap();
     let job = run_to_success(&store, user.id).await;
-    let later = Utc::now() + Duration::minutes(5);
+    let later = crate::clock::Clock::system().now() + Duration::minutes(5);
     let owed: Vec<_> = store
         .claim_webhooks(later, 100)
         .await

@@ -15,7 +15,7 @@ pub type SharedCatalogue = Arc<dyn MaterialStore>;
 
 /// Now, at the microsecond a database keeps.
 fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    crate::clock::Clock::system().now().trunc_subsecs(6)
 }
 
 fn material(user: UserId, size: u64) -> StoredObject {
@@ -72,7 +72,10 @@ pub async fn materials_are_kept_within_quota(store: SharedCatalogue) {
         .add_material(material(UserId::generate(), 1000), 1000)
         .await
         .unwrap();
-    let usage = store.usage(user, Utc::now()).await.unwrap();
+    let usage = store
+        .usage(user, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     assert_eq!((usage.bytes, usage.materials, usage.outputs), (1000, 2, 0));
 }
 
@@ -89,7 +92,14 @@ pub async fn concurrent_uploads_never_overshoot_the_quota(store: SharedCatalogue
         }
     }
     assert_eq!(accepted, 3);
-    assert_eq!(store.usage(user, Utc::now()).await.unwrap().bytes, 900);
+    assert_eq!(
+        store
+            .usage(user, crate::clock::Clock::system().now())
+            .await
+            .unwrap()
+            .bytes,
+        900
+    );
 }
 
 pub async fn a_material_is_found_only_by_its_owner(store: SharedCatalogue) {
@@ -100,7 +110,7 @@ pub async fn a_material_is_found_only_by_its_owner(store: SharedCatalogue) {
     assert_eq!(store.material(alice, id).await.unwrap(), Some(m.clone()));
     assert_eq!(store.material(bob, id).await.unwrap(), None);
     assert!(store
-        .materials(bob, Utc::now(), 10)
+        .materials(bob, crate::clock::Clock::system().now(), 10)
         .await
         .unwrap()
         .is_empty());
@@ -116,7 +126,7 @@ pub async fn listings_are_newest_first_and_live_only(store: SharedCatalogue) {
         keys.push(m.key.clone());
         store.add_material(m, 100).await.unwrap();
     }
-    let now = Utc::now();
+    let now = crate::clock::Clock::system().now();
     assert!(store.mark_gone(&keys[1], now).await.unwrap().is_some());
     assert_eq!(store.mark_gone(&keys[1], now).await.unwrap(), None);
     let listed: Vec<String> = store
@@ -140,7 +150,10 @@ pub async fn outputs_are_recorded_once_by_index(store: SharedCatalogue) {
     assert_eq!(found, first);
     assert_eq!(store.output(job, 1).await.unwrap(), Some(first[1].clone()));
     assert_eq!(store.output(job, 2).await.unwrap(), None);
-    let usage = store.usage(user, Utc::now()).await.unwrap();
+    let usage = store
+        .usage(user, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     assert_eq!((usage.bytes, usage.outputs), (12, 2));
 }
 
@@ -148,13 +161,13 @@ pub async fn expired_and_gone_objects_are_purged_once(store: SharedCatalogue) {
     let user = UserId::generate();
     let mut old = material(user, 100);
     old.created_at -= Duration::days(8);
-    old.expires_at = Utc::now() - Duration::seconds(1);
+    old.expires_at = crate::clock::Clock::system().now() - Duration::seconds(1);
     let kept = material(user, 1);
     let deleted = material(user, 10);
     for m in [&old, &kept, &deleted] {
         store.add_material(m.clone(), 1000).await.unwrap();
     }
-    let now = Utc::now();
+    let now = crate::clock::Clock::system().now();
     store.mark_gone(&deleted.key, now).await.unwrap();
     // Expired space is free at once, before any sweep.
     assert_eq!(store.usage(user, now).await.unwrap().bytes, 1);
@@ -186,7 +199,7 @@ pub async fn closing_an_account_expires_all_its_objects(store: SharedCatalogue) 
         .await
         .unwrap();
     store.add_material(material(other, 3), 100).await.unwrap();
-    let now = Utc::now();
+    let now = crate::clock::Clock::system().now();
     assert_eq!(store.expire_user(user, now).await.unwrap(), 2);
     let later = now + Duration::milliseconds(1);
     assert_eq!(store.usage(user, later).await.unwrap().bytes, 0);

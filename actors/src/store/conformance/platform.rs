@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Months, SubsecRound, Utc};
 
 /// Now, at the microsecond precision every adapter keeps.
 fn now_us() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    crate::clock::Clock::system().now().trunc_subsecs(6)
 }
 
 use super::*;
@@ -59,7 +59,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 key_hash: first.hash(),
             },
             credits(1),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -71,7 +71,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     // The only active key cannot be revoked.
     assert_eq!(
         store
-            .revoke_api_key(user.id, listed[0].id, Utc::now())
+            .revoke_api_key(user.id, listed[0].id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::LastApiKey
@@ -83,7 +83,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
             ApiKeyId::generate(),
             second.hash(),
             KeyOptions::full(),
-            Utc::now(),
+            crate::clock::Clock::system().now(),
         )
         .await
         .unwrap();
@@ -99,21 +99,25 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     let other = user_with(&store, "other-keys@example.com", 1).await;
     assert_eq!(
         store
-            .revoke_api_key(other.id, record.id, Utc::now())
+            .revoke_api_key(other.id, record.id, crate::clock::Clock::system().now())
             .await
             .unwrap_err(),
         StoreError::NotFound("API key")
     );
     assert_eq!(
         store
-            .revoke_api_key(user.id, ApiKeyId::generate(), Utc::now())
+            .revoke_api_key(
+                user.id,
+                ApiKeyId::generate(),
+                crate::clock::Clock::system().now()
+            )
             .await
             .unwrap_err(),
         StoreError::NotFound("API key")
     );
     // Revoking the first leaves the second working; the first is refused.
     let revoked = store
-        .revoke_api_key(user.id, listed[0].id, Utc::now())
+        .revoke_api_key(user.id, listed[0].id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert!(revoked.revoked_at.is_some());
@@ -121,7 +125,11 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
     assert!(store.user_by_key(second.hash()).await.unwrap().is_some());
     // Revoking again changes nothing.
     let again = store
-        .revoke_api_key(user.id, listed[0].id, Utc::now() + Duration::seconds(5))
+        .revoke_api_key(
+            user.id,
+            listed[0].id,
+            crate::clock::Clock::system().now() + Duration::seconds(5),
+        )
         .await
         .unwrap();
     assert_eq!(again.revoked_at, revoked.revoked_at);
@@ -136,7 +144,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
                 KeyOptions::full(),
-                Utc::now(),
+                crate::clock::Clock::system().now(),
             )
             .await
             .unwrap();
@@ -148,7 +156,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
                 KeyOptions::full(),
-                Utc::now()
+                crate::clock::Clock::system().now()
             )
             .await,
         Err(StoreError::LimitExceeded(_))
@@ -165,7 +173,7 @@ pub async fn api_keys_are_issued_listed_and_revoked(store: Shared) {
                 ApiKeyId::generate(),
                 ApiKey::generate().hash(),
                 KeyOptions::full(),
-                Utc::now()
+                crate::clock::Clock::system().now()
             )
             .await
             .unwrap_err(),
