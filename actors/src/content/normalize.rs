@@ -119,6 +119,29 @@ fn ideograph(c: char) -> bool {
     matches!(c, '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' | '\u{20000}'..='\u{2a6df}')
 }
 
+/// Whether a three-byte character starting `b0 b1` is a unified
+/// ideograph (U+3400..=U+4DBF, U+4E00..=U+9FFF): told from its first two
+/// bytes, without decoding it.
+fn ideograph_bytes(b0: u8, b1: u8) -> bool {
+    match b0 {
+        // U+5000..=U+9FFF
+        0xe5..=0xe9 => true,
+        // U+4000..=U+4FFF but the hexagrams, U+4DC0..=U+4DFF
+        0xe4 => b1 != 0xb7,
+        // U+3400..=U+3FFF
+        0xe3 => b1 >= 0x90,
+        _ => false,
+    }
+}
+
+/// The code point of a three-byte character.
+fn code_of(bytes: &[u8]) -> u32 {
+    match *bytes {
+        [b0, b1, b2] => u32::from(b0 & 0x0f) << 12 | u32::from(b1 & 0x3f) << 6 | u32::from(b2 & 0x3f),
+        _ => 0,
+    }
+}
+
 /// Full-width forms of the printable ASCII characters (`Ａ`, `，`, `！`):
 /// their compatibility decomposition is the ASCII character itself.
 fn full_width(c: char) -> Option<char> {
@@ -321,6 +344,7 @@ impl Tokenizer<'_> {
 
     /// What comes before a word of `single` letter or more: it joins the
     /// run before it, starts one, or ends it and takes a space.
+    #[inline]
     fn start_word(&mut self, single: bool) {
         if self.join && single {
             match &mut self.run {
@@ -350,6 +374,7 @@ impl Tokenizer<'_> {
         }
     }
 
+    #[inline]
     fn space(&mut self) {
         if !self.out.text.is_empty() {
             self.out.text.push(' ');
@@ -410,25 +435,22 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
         }
         if (0xe3..=0xe9).contains(&b) {
             let start = at(rest);
-            let (mut prev, mut repeat) = (t.prev, false);
-            let mut n = 0;
-            // Three-byte characters have lead bytes E0 to EF.
-            while let [b0 @ 0xe0..=0xef, b1, b2, ref tail @ ..] = *rest {
-                let code =
-                    u32::from(b0 & 0x0f) << 12 | u32::from(b1 & 0x3f) << 6 | u32::from(b2 & 0x3f);
-                // The unified ideographs `ideograph` names below U+10000.
-                if !matches!(code, 0x3400..=0x4dbf | 0x4e00..=0x9fff) {
+            let (mut n, mut repeat, mut prev) = (0, false, [0; 3]);
+            while let [b0, b1, b2, ref tail @ ..] = *rest {
+                if !ideograph_bytes(b0, b1) {
                     break;
                 }
-                repeat |= code == prev;
-                prev = code;
+                let bytes = [b0, b1, b2];
+                repeat |= bytes == prev;
+                prev = bytes;
                 n += 1;
                 rest = tail;
             }
             if n > 0 {
                 // Whole characters only were scanned: a boundary.
                 let run = text.get(start..at(rest)).unwrap_or_default();
-                t.keep_run(run, n, prev, repeat);
+                let first = run.as_bytes().get(..3).map_or(0, code_of);
+                t.keep_run(run, n, code_of(&prev), repeat || first == t.prev);
                 continue;
             }
         }
@@ -436,6 +458,16 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
             t.ascii(b.to_ascii_lowercase());
             rest = rest.get(1..).unwrap_or_default();
             continue;
+        }
+        // Full-width punctuation and letters (`，`, `！`, `Ａ`), as common in
+        // Chinese text as spaces in English: U+FF01..=U+FF5E is EF BC 81 to
+        // EF BD 9E.
+        if let [0xef, b1 @ (0xbc | 0xbd), b2, ref tail @ ..] = *rest {
+            if let Some(a) = char::from_u32(code_of(&[0xef, b1, b2])).and_then(full_width) {
+                t.ascii(a.to_ascii_lowercase() as u8);
+                rest = tail;
+                continue;
+            }
         }
         let Some(c) = text.get(at(rest)..).and_then(|s| s.chars().next()) else {
             // Not reached: `rest` always starts at a character boundary.
@@ -508,6 +540,12 @@ mod tests {
                 assert_eq!(general(c), c.to_string(), "{c:?}");
                 assert!(c.is_alphabetic() && !invisible(c) && confusable(c) == c);
             }
+        }
+        for c in ('\u{800}'..='\u{ffff}').filter(|c| c.len_utf8() == 3) {
+            let mut buf = [0; 4];
+            let bytes = c.encode_utf8(&mut buf).as_bytes();
+            assert_eq!(ideograph_bytes(bytes[0], bytes[1]), ideograph(c), "{c:?}");
+            assert_eq!(code_of(bytes), u32::from(c));
         }
         assert!(
             !ideograph('\u{2f800}'),
@@ -819,7 +857,8 @@ mod tests {
                 }
             }
 
-            fn space(&mut self) {
+            #[inline]
+    fn space(&mut self) {
                 if !self.out.text.is_empty() {
                     self.out.text.push(' ');
                     self.last = Some(' ');

@@ -24,6 +24,9 @@ pub const DEFAULT_RULES: &str = include_str!("../../rules/content.toml");
 const MAX_CATEGORIES: usize = 64;
 const MAX_CONCEPTS: usize = 128;
 
+/// Texts from this many bytes on are searched as two halves at once.
+const SPLIT_WALK_AT: usize = 256;
+
 const TERM_CONFIDENCE: f64 = 1.0;
 const RULE_CONFIDENCE: f64 = 0.9;
 
@@ -322,24 +325,10 @@ impl RulesPolicy {
         // overlapping search, without the per-byte bookkeeping that search
         // keeps to resume after each match.
         let dfa = &self.matcher;
-        let mut sid = self.start;
         let mut neutral = false;
-        let mut at = 0;
-        while at < bytes.len() {
-            // The hot loop writes nothing, so the automaton's fields stay
-            // in registers.
-            let mut end = None;
-            for (i, &byte) in bytes.iter().enumerate().skip(at) {
-                sid = dfa.next_state(Anchored::No, sid, byte);
-                if dfa.is_special(sid) {
-                    end = Some(i + 1);
-                    break;
-                }
-            }
-            let Some(end) = end else { break };
-            at = end;
+        let mut report = |sid: StateID, end: usize, found: &mut Vec<(usize, usize, usize)>| {
             if !dfa.is_match(sid) {
-                continue;
+                return;
             }
             for k in 0..dfa.match_len(sid) {
                 let pid = dfa.match_pattern(sid, k);
@@ -355,6 +344,47 @@ impl RulesPolicy {
                 neutral |= p.roles.contains(&Role::Neutral);
                 found.push((start, end, id));
             }
+        };
+        // A long text is walked as two halves at once. Each step waits on
+        // the lookup before it; two walks depend on nothing in common, so
+        // the processor overlaps their lookups. The second walk starts a
+        // longest term early, so it sees whole every match ending in its
+        // half and reports only those: with the first walk's, every match,
+        // once.
+        let n = bytes.len();
+        let split = n >= SPLIT_WALK_AT;
+        let mid = if split { n / 2 } else { n };
+        let overlap = dfa.max_pattern_len().saturating_sub(1);
+        let (mut sa, mut a) = (self.start, 0);
+        let (mut sb, mut b) = (self.start, mid.saturating_sub(overlap));
+        if !split {
+            b = n;
+        }
+        while a < mid && b < n {
+            sa = dfa.next_state(Anchored::No, sa, bytes[a]);
+            sb = dfa.next_state(Anchored::No, sb, bytes[b]);
+            a += 1;
+            b += 1;
+            if dfa.is_special(sa) {
+                report(sa, a, found);
+            }
+            if dfa.is_special(sb) && b > mid {
+                report(sb, b, found);
+            }
+        }
+        for (sid, at, end) in [(&mut sa, &mut a, mid), (&mut sb, &mut b, n)] {
+            for &byte in bytes.get(*at..end).unwrap_or_default() {
+                *sid = dfa.next_state(Anchored::No, *sid, byte);
+                *at += 1;
+                if dfa.is_special(*sid) && (end == mid || *at > mid) {
+                    report(*sid, *at, found);
+                }
+            }
+        }
+        if split {
+            // In the order they end, as one walk finds them; those ending
+            // at one place come from one walk, in its order.
+            found.sort_by_key(|&(_, end, _)| end);
         }
         if neutral {
             self.drop_neutralized(found);
@@ -739,6 +769,26 @@ mod tests {
             }
         }
         assert!(checked > 300, "{checked} prompts");
+        // Long prompts, walked as two halves: every term of every kind
+        // placed across the middle, at each offset.
+        let terms = [
+            "child pornography", "儿童色情", "killer whale", "bath bomb", "k i l l", "porn",
+            "pornographic", "二十岁", "十岁", "how to make a pipe bomb",
+        ];
+        for term in terms {
+            for pad in 120..140 {
+                let prompt = format!("{}{term} {}", "x ".repeat(pad), "y ".repeat(pad));
+                same_matches_as_reference(&prompt);
+                let prompt = format!("{}{term}{}", "白".repeat(pad), "白".repeat(pad));
+                same_matches_as_reference(&prompt);
+            }
+        }
+        let english = "a cinematic portrait of a child, nude, killer whale, bath bomb, ";
+        let chinese = "黄昏时分的江南水乡，儿童色情，二十岁，十岁，细雨蒙蒙，";
+        for filler in [english, chinese] {
+            let long: String = filler.chars().cycle().take(4000).collect();
+            same_matches_as_reference(&long);
+        }
         // Neutral phrases overlapping terms, runs, Chinese decades.
         for prompt in [
             "killer whale kill bath bomb bomb making, photo bombing a child",
@@ -808,7 +858,7 @@ mod tests {
 
         #[test]
         fn the_search_agrees_with_the_reference(
-            words in proptest::collection::vec(proptest::sample::select(WORDS), 0..40),
+            words in proptest::collection::vec(proptest::sample::select(WORDS), 0..200),
             spaced in proptest::prelude::any::<bool>(),
         ) {
             let prompt = words.join(if spaced { " " } else { "" });
