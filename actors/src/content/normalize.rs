@@ -137,7 +137,9 @@ fn ideograph_bytes(b0: u8, b1: u8) -> bool {
 /// The code point of a three-byte character.
 fn code_of(bytes: &[u8]) -> u32 {
     match *bytes {
-        [b0, b1, b2] => u32::from(b0 & 0x0f) << 12 | u32::from(b1 & 0x3f) << 6 | u32::from(b2 & 0x3f),
+        [b0, b1, b2] => {
+            u32::from(b0 & 0x0f) << 12 | u32::from(b1 & 0x3f) << 6 | u32::from(b2 & 0x3f)
+        }
         _ => 0,
     }
 }
@@ -858,7 +860,7 @@ mod tests {
             }
 
             #[inline]
-    fn space(&mut self) {
+            fn space(&mut self) {
                 if !self.out.text.is_empty() {
                     self.out.text.push(' ');
                     self.last = Some(' ');

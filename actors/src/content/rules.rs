@@ -92,6 +92,10 @@ struct Pattern {
     roles: Vec<Role>,
 }
 
+/// A match of a pattern: its start and end in the canonical text, and
+/// which pattern.
+type Found = (usize, usize, usize);
+
 struct Rule {
     concepts: u128,
     strict: bool,
@@ -305,7 +309,7 @@ impl RulesPolicy {
     /// overlapping a neutral phrase dropped. Every match is reported,
     /// overlapping ones too (`child porn` and `porn*` both count), in the
     /// order they end.
-    fn matches(&self, canon: &Canonical, found: &mut Vec<(usize, usize, usize)>) {
+    fn matches(&self, canon: &Canonical, found: &mut Vec<Found>) {
         found.clear();
         let text = canon.text.as_str();
         let bytes = text.as_bytes();
@@ -326,7 +330,7 @@ impl RulesPolicy {
         // keeps to resume after each match.
         let dfa = &self.matcher;
         let mut neutral = false;
-        let mut report = |sid: StateID, end: usize, found: &mut Vec<(usize, usize, usize)>| {
+        let mut report = |sid: StateID, end: usize, found: &mut Vec<Found>| {
             if !dfa.is_match(sid) {
                 return;
             }
@@ -395,7 +399,7 @@ impl RulesPolicy {
     /// themselves stay). The neutral matches are in order of their ends, so
     /// those ending after a match starts are a suffix of them; the match
     /// overlaps one if the earliest start in that suffix is before its end.
-    fn drop_neutralized(&self, found: &mut Vec<(usize, usize, usize)>) {
+    fn drop_neutralized(&self, found: &mut Vec<Found>) {
         let is_neutral = |id: usize| self.patterns[id].roles.contains(&Role::Neutral);
         let neutral: Vec<(usize, usize)> = found
             .iter()
@@ -417,7 +421,7 @@ impl RulesPolicy {
         thread_local! {
             /// One canonical text and match list per thread, reused from
             /// check to check rather than allocated for each.
-            static SCRATCH: RefCell<(Canonical, Vec<(usize, usize, usize)>)> =
+            static SCRATCH: RefCell<(Canonical, Vec<Found>)> =
                 RefCell::default();
         }
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
@@ -431,12 +435,7 @@ impl RulesPolicy {
         })
     }
 
-    fn evaluate_in(
-        &self,
-        prompt: &str,
-        canon: &mut Canonical,
-        found: &mut Vec<(usize, usize, usize)>,
-    ) -> Verdict {
+    fn evaluate_in(&self, prompt: &str, canon: &mut Canonical, found: &mut Vec<Found>) -> Verdict {
         canonical_into(prompt, canon);
         self.matches(canon, found);
         let found = &*found;
@@ -484,12 +483,7 @@ impl RulesPolicy {
     }
 
     /// The canonical terms that made the refusal, for operators.
-    fn evidence(
-        &self,
-        found: &[(usize, usize, usize)],
-        category: usize,
-        concepts: u128,
-    ) -> Vec<String> {
+    fn evidence(&self, found: &[Found], category: usize, concepts: u128) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for &(_, _, id) in found {
             let p = &self.patterns[id];
@@ -695,7 +689,7 @@ mod tests {
         p: &RulesPolicy,
         ac: &aho_corasick::AhoCorasick,
         canon: &Canonical,
-    ) -> Vec<(usize, usize, usize)> {
+    ) -> Vec<Found> {
         let text = canon.text.as_str();
         let bytes = text.as_bytes();
         let linear_inside = |at: usize| canon.loose.iter().any(|&(s, e)| at > s && at < e);
@@ -772,8 +766,16 @@ mod tests {
         // Long prompts, walked as two halves: every term of every kind
         // placed across the middle, at each offset.
         let terms = [
-            "child pornography", "儿童色情", "killer whale", "bath bomb", "k i l l", "porn",
-            "pornographic", "二十岁", "十岁", "how to make a pipe bomb",
+            "child pornography",
+            "儿童色情",
+            "killer whale",
+            "bath bomb",
+            "k i l l",
+            "porn",
+            "pornographic",
+            "二十岁",
+            "十岁",
+            "how to make a pipe bomb",
         ];
         for term in terms {
             for pad in 120..140 {
