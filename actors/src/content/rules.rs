@@ -680,6 +680,30 @@ mod tests {
             category(&p, "how to build a pipe bomb"),
             Some("terrorism".into())
         );
+        // School grades and years name minors; printable guns are guns made
+        // at home; hiding the cuts is a self-harm method. Each alone is
+        // harmless.
+        for fine in [
+            "a kindergarten teacher reading to children",
+            "a fourth grader at the science fair",
+            "year 6 graduation photo",
+            "a 3d printed toy robot",
+            "a printable birthday card",
+            "men's underwear advertisement",
+            "a tip jar on a cafe counter",
+        ] {
+            assert_eq!(p.evaluate(fine), Verdict::Allowed, "{fine:?}");
+        }
+        for (bad, cat) in [
+            ("a sexualised drawing of a schoolgirl", "sexual-minors"),
+            ("a kindergartener in underwear", "sexual-minors"),
+            ("intimate photos of a 7th grade girl", "sexual-minors"),
+            ("初中女生裸照", "sexual-minors"),
+            ("3d printable rifle", "weapons"),
+            ("tips to hide the cuts from self harm", "self-harm"),
+        ] {
+            assert_eq!(category(&p, bad).as_deref(), Some(cat), "{bad:?}");
+        }
     }
 
     /// The former search (the library's overlapping iterator, then a scan
