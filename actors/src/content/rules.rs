@@ -3,14 +3,17 @@
 //! combined per category (the format is described in
 //! `actors/rules/content.toml`).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind, StartKind};
 use async_trait::async_trait;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::normalize::{canonical, unspaced_script, Canonical};
+use super::normalize::{canonical, canonical_into, unspaced_script, Canonical};
 use super::{ContentPolicy, Refusal, Score, Source, Verdict};
 use crate::tier::Tier;
 
@@ -20,6 +23,9 @@ pub const DEFAULT_RULES: &str = include_str!("../../rules/content.toml");
 /// Limits that keep a check's bookkeeping in fixed-size bit sets.
 const MAX_CATEGORIES: usize = 64;
 const MAX_CONCEPTS: usize = 128;
+
+/// Texts from this many bytes on are searched as two halves at once.
+const SPLIT_WALK_AT: usize = 256;
 
 const TERM_CONFIDENCE: f64 = 1.0;
 const RULE_CONFIDENCE: f64 = 0.9;
@@ -86,6 +92,10 @@ struct Pattern {
     roles: Vec<Role>,
 }
 
+/// A match of a pattern: its start and end in the canonical text, and
+/// which pattern.
+type Found = (usize, usize, usize);
+
 struct Rule {
     concepts: u128,
     strict: bool,
@@ -104,7 +114,9 @@ struct Category {
 
 /// The built-in policy.
 pub struct RulesPolicy {
-    matcher: AhoCorasick,
+    matcher: DFA,
+    /// The matcher's unanchored start state.
+    start: StateID,
     patterns: Vec<Pattern>,
     categories: Vec<Category>,
 }
@@ -264,14 +276,21 @@ impl RulesPolicy {
                 never_cleared: c.never_cleared,
             });
         }
-        // A DFA: built once at start-up, fastest to search.
-        let matcher = AhoCorasick::builder()
+        // A DFA: built once at start-up, fastest to search. No prefilter:
+        // with hundreds of terms none would skip anything, and without one
+        // only match states are special, which the search loop relies on.
+        let matcher = DFA::builder()
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
+            .start_kind(StartKind::Unanchored)
+            .prefilter(false)
             .build(patterns.list.iter().map(|p| p.text.as_str()))
+            .map_err(|e| format!("rules: {e}"))?;
+        let start = matcher
+            .start_state(Anchored::No)
             .map_err(|e| format!("rules: {e}"))?;
         Ok(RulesPolicy {
             matcher,
+            start,
             patterns: patterns.list,
             categories,
         })
@@ -287,8 +306,11 @@ impl RulesPolicy {
     }
 
     /// The matches of one prompt: accepted at word boundaries, those
-    /// overlapping a neutral phrase dropped.
-    fn matches(&self, canon: &Canonical) -> Vec<(usize, usize, usize)> {
+    /// overlapping a neutral phrase dropped. Every match is reported,
+    /// overlapping ones too (`child porn` and `porn*` both count), in the
+    /// order they end.
+    fn matches(&self, canon: &Canonical, found: &mut Vec<Found>) {
+        found.clear();
         let text = canon.text.as_str();
         let bytes = text.as_bytes();
         let boundary_before = |at: usize| {
@@ -303,39 +325,124 @@ impl RulesPolicy {
                 || text[at..].chars().next().is_some_and(unspaced_script)
                 || canon.inside_run(at)
         };
-        let mut found: Vec<(usize, usize, usize)> = Vec::new();
-        for m in self.matcher.find_overlapping_iter(text) {
-            let p = &self.patterns[m.pattern().as_usize()];
-            if !p.start_free && !boundary_before(m.start()) {
-                continue;
+        // The automaton walked by hand: the same states and matches as its
+        // overlapping search, without the per-byte bookkeeping that search
+        // keeps to resume after each match.
+        let dfa = &self.matcher;
+        let mut neutral = false;
+        let mut report = |sid: StateID, end: usize, found: &mut Vec<Found>| {
+            if !dfa.is_match(sid) {
+                return;
             }
-            if !p.prefix && !p.end_free && !boundary_after(m.end()) {
-                continue;
+            for k in 0..dfa.match_len(sid) {
+                let pid = dfa.match_pattern(sid, k);
+                let start = end - dfa.pattern_len(pid);
+                let id = pid.as_usize();
+                let p = &self.patterns[id];
+                if !p.start_free && !boundary_before(start) {
+                    continue;
+                }
+                if !p.prefix && !p.end_free && !boundary_after(end) {
+                    continue;
+                }
+                neutral |= p.roles.contains(&Role::Neutral);
+                found.push((start, end, id));
             }
-            found.push((m.start(), m.end(), m.pattern().as_usize()));
+        };
+        // A long text is walked as two halves at once. Each step waits on
+        // the lookup before it; two walks depend on nothing in common, so
+        // the processor overlaps their lookups. The second walk starts a
+        // longest term early, so it sees whole every match ending in its
+        // half and reports only those: with the first walk's, every match,
+        // once.
+        let n = bytes.len();
+        let split = n >= SPLIT_WALK_AT;
+        let mid = if split { n / 2 } else { n };
+        let overlap = dfa.max_pattern_len().saturating_sub(1);
+        let (mut sa, mut a) = (self.start, 0);
+        let (mut sb, mut b) = (self.start, mid.saturating_sub(overlap));
+        if !split {
+            b = n;
         }
+        while a < mid && b < n {
+            sa = dfa.next_state(Anchored::No, sa, bytes[a]);
+            sb = dfa.next_state(Anchored::No, sb, bytes[b]);
+            a += 1;
+            b += 1;
+            if dfa.is_special(sa) {
+                report(sa, a, found);
+            }
+            if dfa.is_special(sb) && b > mid {
+                report(sb, b, found);
+            }
+        }
+        for (sid, at, end) in [(&mut sa, &mut a, mid), (&mut sb, &mut b, n)] {
+            for &byte in bytes.get(*at..end).unwrap_or_default() {
+                *sid = dfa.next_state(Anchored::No, *sid, byte);
+                *at += 1;
+                if dfa.is_special(*sid) && (end == mid || *at > mid) {
+                    report(*sid, *at, found);
+                }
+            }
+        }
+        if split {
+            // In the order they end, as one walk finds them; those ending
+            // at one place come from one walk, in its order.
+            found.sort_by_key(|&(_, end, _)| end);
+        }
+        if neutral {
+            self.drop_neutralized(found);
+        }
+    }
+
+    /// Drops the matches that overlap a neutral phrase (the phrases
+    /// themselves stay). The neutral matches are in order of their ends, so
+    /// those ending after a match starts are a suffix of them; the match
+    /// overlaps one if the earliest start in that suffix is before its end.
+    fn drop_neutralized(&self, found: &mut Vec<Found>) {
+        let is_neutral = |id: usize| self.patterns[id].roles.contains(&Role::Neutral);
         let neutral: Vec<(usize, usize)> = found
             .iter()
-            .filter(|(_, _, id)| self.patterns[*id].roles.contains(&Role::Neutral))
+            .filter(|&&(_, _, id)| is_neutral(id))
             .map(|&(s, e, _)| (s, e))
             .collect();
-        if !neutral.is_empty() {
-            found.retain(|&(s, e, id)| {
-                self.patterns[id].roles.contains(&Role::Neutral)
-                    || !neutral.iter().any(|&(ns, ne)| s < ne && ns < e)
-            });
+        let mut earliest_start = vec![usize::MAX; neutral.len() + 1];
+        for (i, &(s, _)) in neutral.iter().enumerate().rev() {
+            earliest_start[i] = s.min(earliest_start[i + 1]);
         }
-        found
+        found.retain(|&(s, e, id)| {
+            let after = neutral.partition_point(|&(_, ne)| ne <= s);
+            is_neutral(id) || earliest_start[after] >= e
+        });
     }
 
     /// The decision about one prompt, synchronously.
     pub fn evaluate(&self, prompt: &str) -> Verdict {
-        let canon = canonical(prompt);
-        let found = self.matches(&canon);
+        thread_local! {
+            /// One canonical text and match list per thread, reused from
+            /// check to check rather than allocated for each.
+            static SCRATCH: RefCell<(Canonical, Vec<Found>)> =
+                RefCell::default();
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let (canon, found) = &mut *scratch;
+                self.evaluate_in(prompt, canon, found)
+            }
+            // Not reached (a check calls no other), but a fresh buffer is
+            // always correct.
+            Err(_) => self.evaluate_in(prompt, &mut Canonical::default(), &mut Vec::new()),
+        })
+    }
+
+    fn evaluate_in(&self, prompt: &str, canon: &mut Canonical, found: &mut Vec<Found>) -> Verdict {
+        canonical_into(prompt, canon);
+        self.matches(canon, found);
+        let found = &*found;
         let mut terms = 0u64;
         let mut context = 0u64;
         let mut concepts = 0u128;
-        for &(_, _, id) in &found {
+        for &(_, _, id) in found {
             for role in &self.patterns[id].roles {
                 match *role {
                     Role::Neutral => {}
@@ -362,7 +469,7 @@ impl RulesPolicy {
                 }
             }
             if let Some((score, rule_concepts)) = best {
-                let matched = self.evidence(&found, ci, rule_concepts);
+                let matched = self.evidence(found, ci, rule_concepts);
                 return Verdict::Rejected(Refusal {
                     category: c.name.clone(),
                     confidence: score,
@@ -376,12 +483,7 @@ impl RulesPolicy {
     }
 
     /// The canonical terms that made the refusal, for operators.
-    fn evidence(
-        &self,
-        found: &[(usize, usize, usize)],
-        category: usize,
-        concepts: u128,
-    ) -> Vec<String> {
+    fn evidence(&self, found: &[Found], category: usize, concepts: u128) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for &(_, _, id) in found {
             let p = &self.patterns[id];
@@ -578,5 +680,215 @@ mod tests {
             category(&p, "how to build a pipe bomb"),
             Some("terrorism".into())
         );
+        // School grades and years name minors; printable guns are guns made
+        // at home; hiding the cuts is a self-harm method. Each alone is
+        // harmless.
+        for fine in [
+            "a kindergarten teacher reading to children",
+            "a fourth grader at the science fair",
+            "year 6 graduation photo",
+            "a 3d printed toy robot",
+            "a printable birthday card",
+            "men's underwear advertisement",
+            "a tip jar on a cafe counter",
+        ] {
+            assert_eq!(p.evaluate(fine), Verdict::Allowed, "{fine:?}");
+        }
+        for (bad, cat) in [
+            ("a sexualised drawing of a schoolgirl", "sexual-minors"),
+            ("a kindergartener in underwear", "sexual-minors"),
+            ("intimate photos of a 7th grade girl", "sexual-minors"),
+            ("初中女生裸照", "sexual-minors"),
+            ("3d printable rifle", "weapons"),
+            ("tips to hide the cuts from self harm", "self-harm"),
+        ] {
+            assert_eq!(category(&p, bad).as_deref(), Some(cat), "{bad:?}");
+        }
+    }
+
+    /// The former search (the library's overlapping iterator, then a scan
+    /// of every neutral match per match), kept as the oracle the hand-walked
+    /// automaton is checked against.
+    fn reference_matches(
+        p: &RulesPolicy,
+        ac: &aho_corasick::AhoCorasick,
+        canon: &Canonical,
+    ) -> Vec<Found> {
+        let text = canon.text.as_str();
+        let bytes = text.as_bytes();
+        let linear_inside = |at: usize| canon.loose.iter().any(|&(s, e)| at > s && at < e);
+        let before = |at: usize| {
+            at == 0
+                || bytes[at - 1] == b' '
+                || text[..at].chars().next_back().is_some_and(unspaced_script)
+                || linear_inside(at)
+        };
+        let after = |at: usize| {
+            at == bytes.len()
+                || bytes[at] == b' '
+                || text[at..].chars().next().is_some_and(unspaced_script)
+                || linear_inside(at)
+        };
+        let mut found = Vec::new();
+        for m in ac.find_overlapping_iter(text) {
+            let pat = &p.patterns[m.pattern().as_usize()];
+            if !pat.start_free && !before(m.start()) {
+                continue;
+            }
+            if !pat.prefix && !pat.end_free && !after(m.end()) {
+                continue;
+            }
+            found.push((m.start(), m.end(), m.pattern().as_usize()));
+        }
+        let neutral: Vec<(usize, usize)> = found
+            .iter()
+            .filter(|(_, _, id)| p.patterns[*id].roles.contains(&Role::Neutral))
+            .map(|&(s, e, _)| (s, e))
+            .collect();
+        found.retain(|&(s, e, id)| {
+            p.patterns[id].roles.contains(&Role::Neutral)
+                || !neutral.iter().any(|&(ns, ne)| s < ne && ns < e)
+        });
+        found
+    }
+
+    /// The shipped rules, and the library's own automaton over their
+    /// patterns: built once, as building them unoptimised takes seconds.
+    static SHIPPED: std::sync::LazyLock<(RulesPolicy, aho_corasick::AhoCorasick)> =
+        std::sync::LazyLock::new(|| {
+            let p = RulesPolicy::builtin().unwrap();
+            let ac = aho_corasick::AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                .build(p.patterns.iter().map(|p| p.text.as_str()))
+                .unwrap();
+            (p, ac)
+        });
+
+    fn same_matches_as_reference(prompt: &str) {
+        let (p, ac) = &*SHIPPED;
+        let canon = canonical(prompt);
+        let mut found = Vec::new();
+        p.matches(&canon, &mut found);
+        assert_eq!(found, reference_matches(p, ac, &canon), "{prompt:?}");
+    }
+
+    #[test]
+    fn the_search_finds_what_the_overlapping_iterator_found() {
+        let sets = [
+            include_str!("../../tests/moderation/eval.tsv"),
+            include_str!("../../tests/moderation/held_out.tsv"),
+        ];
+        let mut checked = 0;
+        for line in sets.iter().flat_map(|s| s.lines()) {
+            if let Some(prompt) = line.splitn(3, '\t').nth(2) {
+                same_matches_as_reference(prompt);
+                checked += 1;
+            }
+        }
+        assert!(checked > 300, "{checked} prompts");
+        // Long prompts, walked as two halves: every term of every kind
+        // placed across the middle, at each offset.
+        let terms = [
+            "child pornography",
+            "儿童色情",
+            "killer whale",
+            "bath bomb",
+            "k i l l",
+            "porn",
+            "pornographic",
+            "二十岁",
+            "十岁",
+            "how to make a pipe bomb",
+        ];
+        for term in terms {
+            for pad in 120..140 {
+                let prompt = format!("{}{term} {}", "x ".repeat(pad), "y ".repeat(pad));
+                same_matches_as_reference(&prompt);
+                let prompt = format!("{}{term}{}", "白".repeat(pad), "白".repeat(pad));
+                same_matches_as_reference(&prompt);
+            }
+        }
+        let english = "a cinematic portrait of a child, nude, killer whale, bath bomb, ";
+        let chinese = "黄昏时分的江南水乡，儿童色情，二十岁，十岁，细雨蒙蒙，";
+        for filler in [english, chinese] {
+            let long: String = filler.chars().cycle().take(4000).collect();
+            same_matches_as_reference(&long);
+        }
+        // Neutral phrases overlapping terms, runs, Chinese decades.
+        for prompt in [
+            "killer whale kill bath bomb bomb making, photo bombing a child",
+            "二十岁 十岁 三十岁的儿童色情",
+            "a b o m b k i l l e r w h a l e",
+            "sex education for kids, sex ed, sex",
+        ] {
+            same_matches_as_reference(prompt);
+        }
+    }
+
+    /// Words of the shipped rules (terms, neutral phrases and their parts),
+    /// for prompts dense with overlapping and neutralised matches.
+    const WORDS: &[&str] = &[
+        "killer",
+        "whale",
+        "kill",
+        "bath",
+        "bomb",
+        "bombs",
+        "making",
+        "photo",
+        "child",
+        "porn",
+        "pornographic",
+        "sex",
+        "ed",
+        "education",
+        "nude",
+        "how",
+        "to",
+        "make",
+        "a",
+        "b",
+        "o",
+        "m",
+        "k",
+        "i",
+        "l",
+        "儿童",
+        "色情",
+        "二十",
+        "十岁",
+        "岁",
+        "炸弹",
+        "如何",
+        "museum",
+        "pipe",
+        "year",
+        "old",
+        "12",
+        "is",
+        "the",
+        "jews",
+        "gas",
+        "白",
+        "，",
+        ",",
+        " ",
+        "  ",
+        "-",
+        "!",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn the_search_agrees_with_the_reference(
+            words in proptest::collection::vec(proptest::sample::select(WORDS), 0..200),
+            spaced in proptest::prelude::any::<bool>(),
+        ) {
+            let prompt = words.join(if spaced { " " } else { "" });
+            same_matches_as_reference(&prompt);
+        }
     }
 }
