@@ -168,6 +168,7 @@ fn request() -> JobRequest {
         prompt: "benchmark".into(),
         params: ParamsRequest::default(),
         webhook_url: None,
+        priority: None,
     }
 }
 
