@@ -114,6 +114,11 @@ pub struct Cli {
     /// the soak scenario sets a short one so pruning reaches a steady state.
     #[arg(long)]
     pub job_retention: Option<String>,
+    /// With `--spawn` on the embedded store: finished jobs kept in full at
+    /// most (ADMEDIA_MAX_FINISHED_IN_MEMORY); past that the oldest are
+    /// pruned at once, whatever the retention.
+    #[arg(long)]
+    pub max_finished_in_memory: Option<u64>,
     /// With `--spawn`: how often the platform sweep (which prunes) runs
     /// (ADMEDIA_GIFT_SWEEP).
     #[arg(long)]
@@ -277,6 +282,7 @@ pub struct Plan {
     pub quarantine_base: Option<String>,
     pub job_retention: Option<String>,
     pub sweep_every: Option<String>,
+    pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,
     pub users: usize,
     pub tier_mix: [u32; 4],
@@ -775,6 +781,7 @@ impl Cli {
                 .sweep_every
                 .clone()
                 .or(d.sweep_every.map(str::to_owned)),
+            max_finished_in_memory: self.max_finished_in_memory,
             steady_after_s: self.steady_after,
             users,
             tier_mix,

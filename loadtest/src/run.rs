@@ -138,6 +138,9 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             if let Some(r) = &plan.job_retention {
                 env.push(("ADMEDIA_JOB_RETENTION".into(), r.clone()));
             }
+            if let Some(n) = plan.max_finished_in_memory {
+                env.push(("ADMEDIA_MAX_FINISHED_IN_MEMORY".into(), n.to_string()));
+            }
             if let Some(every) = &plan.sweep_every {
                 env.push(("ADMEDIA_GIFT_SWEEP".into(), every.clone()));
             }
