@@ -4,7 +4,10 @@
 //!
 //! `cargo bench --bench lifecycle` (options: `-- --jobs N --users N
 //! --waiting N --workers N --slots N --concurrency N --database-url URL
-//! --writers N --max-batch N`).
+//! --writers N --max-batch N --max-finished N`).
+//! The embedded store keeps at most `--max-finished` finished jobs in full
+//! (the server's `ADMEDIA_MAX_FINISHED_IN_MEMORY`, 100,000 by default; 0
+//! keeps every one), so peak memory is the server's.
 //! With `--database-url` the store is PostgreSQL (a fresh schema), so every
 //! step is a committed transaction. Prints throughput with full credit accounting, and the
 //! dispatch latency (slot or job ready → assignment recorded) with a large
@@ -57,7 +60,10 @@ static GROUP_COMMIT: std::sync::OnceLock<Arc<admedia::store::postgres::PgStore>>
 /// The store under test: embedded, or a fresh schema on PostgreSQL.
 async fn store() -> Arc<dyn admedia_actors::store::Store> {
     let Some(url) = text_arg("--database-url") else {
-        return Arc::new(MemoryStore::new());
+        return match arg("--max-finished", 100_000) {
+            0 => Arc::new(MemoryStore::new()),
+            max => Arc::new(MemoryStore::with_max_finished(max)),
+        };
     };
     let config: tokio_postgres::Config = url
         .parse()
@@ -168,6 +174,7 @@ fn request() -> JobRequest {
         prompt: "benchmark".into(),
         params: ParamsRequest::default(),
         webhook_url: None,
+        priority: None,
     }
 }
 

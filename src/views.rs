@@ -4,7 +4,9 @@
 //! wire contract changes only on purpose, and apart from `http` so the
 //! webhooks do not reach up into the API for it.
 
-use admedia_actors::job::{Charge, Job, JobError, JobKind, JobParams, JobResult, JobState};
+use admedia_actors::job::{
+    Charge, Job, JobError, JobKind, JobParams, JobResult, JobState, Priority,
+};
 use admedia_actors::ledger::{EntryKind, GrantSource, LedgerEntry};
 use admedia_actors::money::Wallet;
 use admedia_actors::tier::Tier;
@@ -120,6 +122,8 @@ pub struct JobView {
     pub webhook_url: Option<String>,
     /// The price table version that set `cost` (ToS 4.5; `GET /v1/pricing`).
     pub price_version: u32,
+    /// Its place among the user's own waiting jobs, as submitted.
+    pub priority: Priority,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -170,6 +174,7 @@ impl JobView {
             charge: job.charge,
             webhook_url: job.spec.webhook_url.clone(),
             price_version: job.price_version,
+            priority: job.spec.priority,
         }
     }
 }

@@ -90,6 +90,59 @@ pub struct JobRequest {
         )
     )]
     pub webhook_url: Option<String>,
+    /// Orders this job among the caller's own waiting jobs only (highest
+    /// first, then submission order); it never changes the caller's share
+    /// against other users or tiers. Default `normal`.
+    // Read as text and parsed with the rest of the request, so a value
+    // outside the three is `422 invalid-params` like every other rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Priority>))]
+    pub priority: Option<String>,
+}
+
+/// Where a job stands among its owner's own waiting jobs.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    pub fn is_normal(&self) -> bool {
+        *self == Priority::Normal
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| invalid(format!("priority must be low, normal or high, not {s:?}")))
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
@@ -174,6 +227,10 @@ pub struct JobSpec {
     pub params: JobParams,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Left out when `normal`, so the fingerprint of a request without
+    /// one is what it was before priorities existed.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -189,7 +246,8 @@ impl JobRequest {
     pub fn check_text(&self) -> Result<(), UnstorableText> {
         text::check("model", &self.model)?;
         text::check("prompt", &self.prompt)?;
-        text::check_opt("webhook_url", self.webhook_url.as_deref())
+        text::check_opt("webhook_url", self.webhook_url.as_deref())?;
+        text::check_opt("priority", self.priority.as_deref())
     }
 }
 
@@ -294,11 +352,16 @@ impl JobSpec {
             }
             None => None,
         };
+        let priority = match req.priority.as_deref() {
+            None => Priority::Normal,
+            Some(p) => p.parse()?,
+        };
         Ok(JobSpec {
             kind: req.kind,
             model,
             prompt,
             webhook_url,
+            priority,
             params: JobParams {
                 width,
                 height,
@@ -886,6 +949,7 @@ mod tests {
             prompt: "a cat".into(),
             params,
             webhook_url: None,
+            priority: None,
         }
     }
 

@@ -447,6 +447,7 @@ fn image_request() -> JobRequest {
         prompt: "a lighthouse at dusk".into(),
         params: ParamsRequest::default(),
         webhook_url: None,
+        priority: None,
     }
 }
 

@@ -101,6 +101,10 @@ pub struct AuditInput {
     pub cancels: Vec<ObservedCancel>,
     pub assigns: Vec<ObservedAssign>,
     pub replays: Vec<ObservedReplay>,
+    /// Acknowledged jobs retention pruned before the read-back: left out of
+    /// listings, each confirmed `410 job-pruned` by its own read. Their
+    /// money is audited from the ledger alone.
+    pub pruned: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -123,6 +127,8 @@ pub struct AuditReport {
     pub failed_user: usize,
     pub cancelled: usize,
     pub replays_checked: usize,
+    /// Jobs pruned by retention, audited from the ledger alone.
+    pub pruned: usize,
     pub cancels_checked: usize,
     pub assigns_checked: usize,
     pub violations: Vec<Violation>,
@@ -438,8 +444,26 @@ pub fn audit(input: &AuditInput) -> AuditReport {
             );
         }
     }
+    // A pruned job's hold and its one post or void stay in the ledger.
+    for id in &input.pruned {
+        let empty = JobLedger::default();
+        let jl = per_job.get(id.as_str()).unwrap_or(&empty);
+        if jl.holds.len() != 1 || jl.posts.len() + jl.voids.len() != 1 {
+            f.add(
+                "pruned-job-not-settled-once",
+                id,
+                format!(
+                    "a pruned job must keep one hold and one post or void, found {} holds, {} posts, {} voids",
+                    jl.holds.len(),
+                    jl.posts.len(),
+                    jl.voids.len()
+                ),
+            );
+        }
+    }
+    report.pruned = input.pruned.len();
     for (job_id, _) in per_job.iter() {
-        if !jobs.contains_key(job_id) {
+        if !jobs.contains_key(job_id) && !input.pruned.contains(*job_id) {
             f.add(
                 "orphan-ledger-entry",
                 job_id,
@@ -450,7 +474,7 @@ pub fn audit(input: &AuditInput) -> AuditReport {
 
     // --- acknowledged submissions and idempotency ---
     for id in &input.acknowledged {
-        if !jobs.contains_key(id.as_str()) {
+        if !jobs.contains_key(id.as_str()) && !input.pruned.contains(id) {
             f.add(
                 "acknowledged-job-missing",
                 id,
@@ -664,6 +688,7 @@ mod tests {
                 attempt: 1,
                 at_us: 500,
             }],
+            pruned: BTreeSet::new(),
             replays: vec![ObservedReplay {
                 key: "key-ok".into(),
                 first_job: "ok".into(),
@@ -685,6 +710,35 @@ mod tests {
         assert_eq!(report.failed_system, 1);
         assert_eq!(report.failed_user, 1);
         assert_eq!(report.cancelled, 2);
+    }
+
+    #[test]
+    fn pruned_jobs_are_audited_from_the_ledger_alone() {
+        // Retention pruned the succeeded and the system-failed job: they
+        // are no longer listed, their entries stay.
+        let mut input = correct();
+        input.jobs.retain(|j| j.id != "ok" && j.id != "sys");
+        let report = audit(&input);
+        let found = checks(&report);
+        assert!(found.contains(&"acknowledged-job-missing"), "{found:?}");
+        assert!(found.contains(&"orphan-ledger-entry"), "{found:?}");
+        input.pruned = ["ok".to_owned(), "sys".to_owned()].into();
+        let report = audit(&input);
+        assert!(report.passed, "{:?}", report.violations);
+        assert_eq!(report.pruned, 2);
+        // A pruned job whose hold was never resolved is still caught.
+        input
+            .entries
+            .retain(|e| !(e.kind == EntryKind::Post && e.job_id.as_deref() == Some("ok")));
+        let mut l = LedgerBuilder::new();
+        for e in &input.entries {
+            l.push(e.kind, e.amount, e.job_id.as_deref());
+        }
+        input.entries = l.entries.clone();
+        input.wallets = vec![l.wallet()];
+        let report = audit(&input);
+        let found = checks(&report);
+        assert!(found.contains(&"pruned-job-not-settled-once"), "{found:?}");
     }
 
     #[test]

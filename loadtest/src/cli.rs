@@ -24,6 +24,11 @@ pub enum Scenario {
     /// long and short jobs, every tier backlogged: GPU-time shares,
     /// utilisation, head-of-line waiting, quarantine and expiry.
     Fleet,
+    /// Open loop at a steady rate for a long time, with a short retention
+    /// on a spawned server: samples the server's RSS, the database size
+    /// (PostgreSQL) and the store's job counts and queue depth over time,
+    /// to show memory and storage stay flat once old jobs are pruned.
+    Soak,
 }
 
 impl Scenario {
@@ -34,6 +39,7 @@ impl Scenario {
             Scenario::Chaos => "chaos",
             Scenario::Throughput => "throughput",
             Scenario::Fleet => "fleet",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -103,6 +109,25 @@ pub struct Cli {
     /// With `--spawn`: the first quarantine's length (ADMEDIA_QUARANTINE_BASE).
     #[arg(long)]
     pub quarantine_base: Option<String>,
+    /// With `--spawn`: how long finished jobs are kept in full
+    /// (ADMEDIA_JOB_RETENTION), e.g. `succeeded=2m,cancelled=2m,failed=2m`;
+    /// the soak scenario sets a short one so pruning reaches a steady state.
+    #[arg(long)]
+    pub job_retention: Option<String>,
+    /// With `--spawn` on the embedded store: finished jobs kept in full at
+    /// most (ADMEDIA_MAX_FINISHED_IN_MEMORY); past that the oldest are
+    /// pruned at once, whatever the retention.
+    #[arg(long)]
+    pub max_finished_in_memory: Option<u64>,
+    /// With `--spawn`: how often the platform sweep (which prunes) runs
+    /// (ADMEDIA_GIFT_SWEEP).
+    #[arg(long)]
+    pub sweep_every: Option<String>,
+    /// Soak: seconds into the load from which the server is taken to be in
+    /// its steady state (default: a third of the duration); the report
+    /// compares memory and database size there and at the end.
+    #[arg(long)]
+    pub steady_after: Option<f64>,
 
     // --- users ---
     /// Users to create.
@@ -267,6 +292,10 @@ pub struct Plan {
     pub max_wait: Option<String>,
     pub quarantine_after: Option<u32>,
     pub quarantine_base: Option<String>,
+    pub job_retention: Option<String>,
+    pub sweep_every: Option<String>,
+    pub max_finished_in_memory: Option<u64>,
+    pub steady_after_s: Option<f64>,
     pub users: usize,
     pub tier_mix: [u32; 4],
     pub credits: i64,
@@ -297,6 +326,12 @@ impl Plan {
     /// spawned server).
     pub fn retry_max_ms(&self) -> u64 {
         (self.retry_base_ms * 8).max(500)
+    }
+
+    /// Seconds into the load from which a soak is in its steady state.
+    pub fn steady_after(&self) -> f64 {
+        self.steady_after_s
+            .unwrap_or_else(|| self.duration_s.unwrap_or(0.0) / 3.0)
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -341,6 +376,8 @@ struct Defaults {
     max_wait: Option<&'static str>,
     quarantine_after: Option<u32>,
     quarantine_base: Option<&'static str>,
+    job_retention: Option<&'static str>,
+    sweep_every: Option<&'static str>,
 }
 
 fn no_faults() -> Faults {
@@ -389,6 +426,8 @@ fn defaults(s: Scenario) -> Defaults {
             max_wait: None,
             quarantine_after: None,
             quarantine_base: None,
+            job_retention: None,
+            sweep_every: None,
         },
         Scenario::Fairness => Defaults {
             users: 15,
@@ -412,6 +451,8 @@ fn defaults(s: Scenario) -> Defaults {
             max_wait: None,
             quarantine_after: None,
             quarantine_base: None,
+            job_retention: None,
+            sweep_every: None,
         },
         Scenario::Chaos => Defaults {
             users: 8,
@@ -444,6 +485,8 @@ fn defaults(s: Scenario) -> Defaults {
             max_wait: None,
             quarantine_after: None,
             quarantine_base: None,
+            job_retention: None,
+            sweep_every: None,
         },
         Scenario::Throughput => Defaults {
             users: 8,
@@ -467,6 +510,8 @@ fn defaults(s: Scenario) -> Defaults {
             max_wait: None,
             quarantine_after: None,
             quarantine_base: None,
+            job_retention: None,
+            sweep_every: None,
         },
         // The fleet (workers, slots, job times) is `fleet::fleet()`; the
         // load keeps every tier backlogged for `duration`.
@@ -494,6 +539,35 @@ fn defaults(s: Scenario) -> Defaults {
             max_wait: Some("free=18s,basic=16s,professional=14s,enterprise=12s"),
             quarantine_after: Some(3),
             quarantine_base: Some("2s"),
+            job_retention: None,
+            sweep_every: None,
+        },
+        // Steady open load on fast workers well above it, so the queue stays
+        // short and what grows (or not) is what the store keeps.
+        Scenario::Soak => Defaults {
+            users: 40,
+            tier_mix: [1, 1, 1, 1],
+            credits: 1_000_000_000,
+            workers: 8,
+            slots: 32,
+            job_ms: 20,
+            job_jitter: 0.5,
+            faults: no_faults(),
+            rate: 2_000.0,
+            closed_loop: false,
+            concurrency: 64,
+            duration_s: 600.0,
+            replay: 0.0,
+            cancel: 0.0,
+            video: 0.0,
+            prefill: 0,
+            lease_ms: 15_000,
+            drain_timeout_s: 120.0,
+            max_wait: None,
+            quarantine_after: None,
+            quarantine_base: None,
+            job_retention: Some("succeeded=2m,cancelled=2m,failed=2m"),
+            sweep_every: Some("2s"),
         },
     }
 }
@@ -688,6 +762,13 @@ impl Cli {
         if self.scenario == Scenario::Fleet && (chaos.is_some() || !self.backlog.is_empty()) {
             return Err("--scenario fleet takes neither --chaos-kill-every nor --backlog".into());
         }
+        if let Some(s) = self.steady_after {
+            if !(s.is_finite() && s >= 0.0) {
+                return Err(format!(
+                    "--steady-after must be a number of seconds, got {s}"
+                ));
+            }
+        }
         if let Some(n) = self.quarantine_after {
             if !(1..=100).contains(&n) {
                 return Err("--quarantine-after must be 1..=100".into());
@@ -711,6 +792,16 @@ impl Cli {
                 .quarantine_base
                 .clone()
                 .or(d.quarantine_base.map(str::to_owned)),
+            job_retention: self
+                .job_retention
+                .clone()
+                .or(d.job_retention.map(str::to_owned)),
+            sweep_every: self
+                .sweep_every
+                .clone()
+                .or(d.sweep_every.map(str::to_owned)),
+            max_finished_in_memory: self.max_finished_in_memory,
+            steady_after_s: self.steady_after,
             users,
             tier_mix,
             credits,
@@ -780,6 +871,12 @@ mod tests {
             .as_deref()
             .is_some_and(|w| w.contains("enterprise=")));
         assert!(p.tier_mix.iter().all(|&m| m >= 2));
+        let p = parse(&["--spawn", "--scenario", "soak", "--duration", "30"]).unwrap();
+        assert!(matches!(p.load, Load::Open { rate } if rate == 2_000.0));
+        assert!(p.job_retention.is_some() && p.sweep_every.is_some());
+        assert_eq!(p.steady_after(), 10.0);
+        let p = parse(&["--spawn", "--scenario", "soak", "--steady-after", "5"]).unwrap();
+        assert_eq!(p.steady_after(), 5.0);
         let p = parse(&["--spawn", "--scenario", "fleet", "--max-wait", "free=1m"]).unwrap();
         assert_eq!(p.max_wait.as_deref(), Some("free=1m"));
         assert!(
@@ -804,6 +901,11 @@ mod tests {
         assert!(parse(&["--url", "http://x:1"])
             .unwrap_err()
             .contains("admin"));
+        assert!(
+            parse(&["--spawn", "--scenario", "soak", "--steady-after=-1"])
+                .unwrap_err()
+                .contains("steady-after")
+        );
         assert!(parse(&["--spawn", "--rate", "0"])
             .unwrap_err()
             .contains("rate"));

@@ -11,7 +11,8 @@
 //! [`api`] (HTTP client), [`workers`] (simulated GPU workers), [`load`]
 //! (submissions, replays, cancels), [`recorder`] (raw events),
 //! [`metrics`] (histograms, series, shares), [`audit`] (the pure
-//! invariant checker), [`fleet`] (the heterogeneous-fleet scenario), [`charts`] and [`report`], and [`run`] which ties
+//! invariant checker), [`fleet`] (the heterogeneous-fleet scenario), [`soak`] (memory and
+//! database size over a long run), [`charts`] and [`report`], and [`run`] which ties
 //! them together.
 
 pub mod api;
@@ -25,4 +26,5 @@ pub mod recorder;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod soak;
 pub mod workers;

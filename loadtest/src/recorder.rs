@@ -190,6 +190,11 @@ impl Recorder {
     }
 
     /// Microseconds since the start of the run.
+    /// The instant the run's times count from.
+    pub fn t0(&self) -> Instant {
+        self.t0
+    }
+
     pub fn now_us(&self) -> u64 {
         self.us_of(Instant::now())
     }

@@ -73,6 +73,46 @@ pub struct Report {
     /// The fleet scenario's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<crate::fleet::FleetFigures>,
+    /// The soak scenario's memory and database size over time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::soak::Resources>,
+}
+
+/// The soak scenario's section of the text report: memory and database
+/// size at the start of the steady state and at the end of the load.
+pub fn soak_text(r: &crate::soak::Resources) -> String {
+    let f = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1} MiB"));
+    let pct = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:+.1}%"));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nsoak: steady state from {:.0} s to the end of the load at {:.0} s ({} samples)",
+        r.steady_from_s,
+        r.load_end_s,
+        r.t_s.len()
+    );
+    let _ = writeln!(
+        out,
+        "  server RSS:    {} at steady start, {} at end ({}), peak {}",
+        f(r.rss_steady_mb),
+        f(r.rss_end_mb),
+        pct(r.rss_change_pct),
+        f(r.rss_peak_mb)
+    );
+    let _ = writeln!(
+        out,
+        "  database size: {} at steady start, {} at end ({})",
+        f(r.db_steady_mb),
+        f(r.db_end_mb),
+        pct(r.db_change_pct)
+    );
+    if let (Some(first), Some(last)) = (r.stored_jobs.first(), r.stored_jobs.last()) {
+        let _ = writeln!(
+            out,
+            "  stored jobs:   {first:.0} at the first poll, {last:.0} at the last"
+        );
+    }
+    out
 }
 
 /// The fleet scenario's section of the text report.
@@ -474,6 +514,9 @@ pub fn text(r: &Report) -> String {
     if let Some(fleet) = &r.fleet {
         out.push_str(&fleet_text(fleet));
     }
+    if let Some(res) = &r.resources {
+        out.push_str(&soak_text(res));
+    }
     let a = &r.audit;
     let _ = writeln!(
         out,
@@ -532,6 +575,14 @@ fn opt_points(t: &[f64], v: &[Option<f64>]) -> Vec<(f64, f64)> {
     t.iter()
         .zip(v)
         .filter_map(|(&t, v)| v.map(|v| (t + 0.5, v)))
+        .collect()
+}
+
+/// Samples taken at their own times (not per-second buckets).
+fn opt_points_at(t: &[f64], v: &[Option<f64>]) -> Vec<(f64, f64)> {
+    t.iter()
+        .zip(v)
+        .filter_map(|(&t, v)| v.map(|v| (t, v)))
         .collect()
 }
 
@@ -650,6 +701,54 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
             charts::percentiles("Latency distribution (load phase)", &r.figures.curves),
         ),
     ];
+    if let Some(res) = &r.resources {
+        out.push((
+            "Server memory and storage".to_owned(),
+            charts::lines(
+                "Server RSS and database size (MiB)",
+                "seconds since start",
+                "MiB",
+                &[
+                    Line {
+                        name: "server RSS",
+                        points: opt_points_at(&res.t_s, &res.rss_mb),
+                    },
+                    Line {
+                        name: "database size",
+                        points: opt_points_at(&res.t_s, &res.db_mb),
+                    },
+                ],
+            ),
+        ));
+        out.push((
+            "Stored and waiting jobs".to_owned(),
+            charts::lines(
+                "Jobs the store holds (every state) and jobs waiting (from /v1/admin/stats)",
+                "seconds since start",
+                "jobs",
+                &[
+                    Line {
+                        name: "stored jobs",
+                        points: res
+                            .stats_t_s
+                            .iter()
+                            .copied()
+                            .zip(res.stored_jobs.iter().copied())
+                            .collect(),
+                    },
+                    Line {
+                        name: "waiting",
+                        points: res
+                            .stats_t_s
+                            .iter()
+                            .copied()
+                            .zip(res.waiting.iter().copied())
+                            .collect(),
+                    },
+                ],
+            ),
+        ));
+    }
     let sh = &r.figures.shares;
     if sh.dispatches >= MIN_SHARE_DISPATCHES {
         out.push((
@@ -752,6 +851,9 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
     }
     if let Some(fleet) = &r.fleet {
         let _ = write!(h, "<h2>Fleet</h2><pre>{}</pre>", esc(&fleet_text(fleet)));
+    }
+    if let Some(res) = &r.resources {
+        let _ = write!(h, "<h2>Soak</h2><pre>{}</pre>", esc(&soak_text(res)));
     }
     h.push_str("<h2>Audit</h2>");
     if r.audit.violations.is_empty() {

@@ -25,6 +25,7 @@ use crate::metrics::{self, BacklogLevel, Figures, FinalJob};
 use crate::recorder::{Data, Kill, Recorder};
 use crate::report::{self, CancelSummary, ReplaySummary, Report, ServerInfo};
 use crate::server::{self, ServerChild, ServerConfig};
+use crate::soak;
 use crate::workers::{WorkerPool, WorkerSpec};
 
 /// How a run ended, for the exit code.
@@ -133,6 +134,15 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             }
             if let Some(b) = &plan.quarantine_base {
                 env.push(("ADMEDIA_QUARANTINE_BASE".into(), b.clone()));
+            }
+            if let Some(r) = &plan.job_retention {
+                env.push(("ADMEDIA_JOB_RETENTION".into(), r.clone()));
+            }
+            if let Some(n) = plan.max_finished_in_memory {
+                env.push(("ADMEDIA_MAX_FINISHED_IN_MEMORY".into(), n.to_string()));
+            }
+            if let Some(every) = &plan.sweep_every {
+                env.push(("ADMEDIA_GIFT_SWEEP".into(), every.clone()));
             }
             let log = plan.out.join("server.log");
             // A free port can be taken by another process before the server
@@ -592,6 +602,15 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     }
     let pool = WorkerPool::start(&spec, plan.workers, 1000, &rec);
     wait_workers(&api, &admin, plan.workers).await?;
+    // A soak samples the server it started (its pid) and its database.
+    let sampler = (plan.scenario == Scenario::Soak).then(|| {
+        let pid = target.server.as_ref().and_then(|s| s.borrow().pid());
+        let db = match &plan.target {
+            Target::Spawn { database_url, .. } => database_url.clone(),
+            Target::Url { .. } => None,
+        };
+        soak::Sampler::start(rec.t0(), pid, db)
+    });
     let chaos = match (plan.chaos_kill_every_s, &target.server) {
         (Some(secs), Some(server)) => Some(spawn_chaos(
             Rc::clone(server),
@@ -678,6 +697,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     rec.phase_end();
     pool.stop().await;
     let _ = stats_stop.send(true);
+    let samples = sampler.map(soak::Sampler::stop);
     if let Some(server) = &target.server {
         if let Some(status) = server.borrow_mut().exited() {
             return Err(format!(
@@ -690,7 +710,36 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     // --- read back, audit ---
     eprintln!("auditing…");
     let data = read_back(&api, &users).await?;
-    let input = audit_input(&users, &data, &rec)?;
+    let mut input = audit_input(&users, &data, &rec)?;
+    if plan.job_retention.is_some() {
+        // Retention prunes finished jobs during the run: they leave the
+        // listings, and each must answer 410 job-pruned on its own.
+        let listed: HashSet<&str> = data
+            .iter()
+            .flat_map(|ud| ud.jobs.iter().map(|j| j.id.as_str()))
+            .collect();
+        let unlisted: Vec<(String, String)> = {
+            let d = rec.data.borrow();
+            d.submissions
+                .iter()
+                .filter_map(|s| {
+                    let id = s.job_id?.to_string();
+                    (!listed.contains(id.as_str())).then(|| (users[s.user].api_key.clone(), id))
+                })
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        eprintln!(
+            "auditing: {} acknowledged jobs are not listed; reading each…",
+            unlisted.len()
+        );
+        input.pruned = soak::confirm_pruned(&api, unlisted)
+            .await
+            .into_iter()
+            .collect();
+    }
+    let input = input;
     let mut audit_report: AuditReport = audit::audit(&input);
     {
         let d = rec.data.borrow();
@@ -748,6 +797,30 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         .iter()
         .map(|&(n, fill, drain)| metrics::backlog_level(&d, n, fill, drain))
         .collect();
+    let resources = samples.map(|samples| {
+        let phase = d.phases.get(load_phase);
+        let load_start_s = phase.map_or(0.0, |p| p.start_us as f64 / 1e6);
+        let load_end_s = phase
+            .and_then(|p| p.end_us)
+            .map_or(run_end_us as f64 / 1e6, |e| e as f64 / 1e6);
+        let stats: Vec<(f64, f64, f64)> = d
+            .stats
+            .iter()
+            .map(|s| {
+                (
+                    s.t_us as f64 / 1e6,
+                    s.stats.jobs.values().sum::<u64>() as f64,
+                    s.stats.queue.values().sum::<u64>() as f64,
+                )
+            })
+            .collect();
+        soak::Resources::of(
+            &samples,
+            &stats,
+            load_start_s + plan.steady_after(),
+            load_end_s,
+        )
+    });
     let mut replays = ReplaySummary::default();
     for r in &d.replays {
         replays.sent += 1;
@@ -796,6 +869,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
             warnings,
             audit: audit_report,
             fleet: None,
+            resources,
         },
     )
 }
@@ -817,6 +891,7 @@ struct Findings {
     warnings: Vec<String>,
     audit: AuditReport,
     fleet: Option<fleet::FleetFigures>,
+    resources: Option<soak::Resources>,
 }
 
 /// Writes and prints the report, stops a server the run started, and
@@ -862,6 +937,7 @@ fn conclude(
         passed: found.audit.passed,
         audit: found.audit,
         fleet: found.fleet,
+        resources: found.resources,
     };
     report::write(&plan.out, &report)?;
     print!("{}", report::text(&report));
@@ -1318,6 +1394,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
             warnings,
             audit: audit_report,
             fleet: Some(fleet_figures),
+            resources: None,
         },
     )
 }

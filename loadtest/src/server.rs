@@ -164,6 +164,11 @@ impl ServerChild {
         format!("http://127.0.0.1:{}", self.config.port)
     }
 
+    /// The running child's process id (its `/proc` entry), if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(config: ServerConfig) -> Result<ServerChild, String> {
         let mut s = ServerChild {
             config,

@@ -286,7 +286,7 @@ fn user_row(r: &Row) -> StoreResult<User> {
 }
 
 const JOB_COLUMNS: &str = "id, user_id, seq, kind, model, prompt, params, tier, cost, state, attempts, \
-     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url, price_version, pruned_at";
+     max_attempts, charge, created_at, started_at, finished_at, retry_at, error, result, worker_id, lease, webhook_url, price_version, pruned_at, priority";
 
 fn job_row(r: &Row) -> StoreResult<Job> {
     let kind_s: String = r.get(3);
@@ -309,6 +309,10 @@ fn job_row(r: &Row) -> StoreResult<Job> {
             prompt: r.get(5),
             params,
             webhook_url: r.get(21),
+            priority: {
+                let p: String = r.get(24);
+                p.parse().map_err(|_| corrupt("priority", &p))?
+            },
         },
         tier: tier(&tier_s)?,
         cost: credits(r.get(8))?,
@@ -895,7 +899,11 @@ impl Store for PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT (SELECT count(*) FROM jobs w WHERE w.user_id = j.user_id AND w.state = 'queued' AND w.seq < j.seq) \
+                // Ahead: the user's waiting jobs the scheduler takes first,
+                // of higher priority or of the same and submitted earlier.
+                "SELECT (SELECT count(*) FROM jobs w WHERE w.user_id = j.user_id AND w.state = 'queued' \
+                   AND (array_position(ARRAY['low', 'normal', 'high'], w.priority), -w.seq) \
+                     > (array_position(ARRAY['low', 'normal', 'high'], j.priority), -j.seq)) \
                  FROM jobs j WHERE j.id = $1 AND j.state = 'queued'",
                 &[&id.as_uuid()],
             )

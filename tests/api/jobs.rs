@@ -190,6 +190,52 @@ async fn out_of_limit_params_are_422_and_charge_nothing() {
 }
 
 #[actix_web::test]
+async fn priority_is_kept_and_orders_only_the_users_own_queue() {
+    let app = spawn_app_without_workers().await;
+    let (_, key) = register(&app, "prio@example.com").await;
+    let body = |priority: Option<&str>| {
+        let mut b = json!({"kind": "image", "model": "sdxl", "prompt": "a fox"});
+        if let Some(p) = priority {
+            b["priority"] = json!(p);
+        }
+        b
+    };
+    let plain = submit_ok(&app, &key, &body(None)).await;
+    assert_eq!(plain["priority"], "normal");
+    let low = submit_ok(&app, &key, &body(Some("low"))).await;
+    assert_eq!(low["priority"], "low");
+    assert_eq!(low["queue_position"], 2);
+    // A high job goes before the user's own normal and low ones.
+    let high = submit_ok(&app, &key, &body(Some("high"))).await;
+    assert_eq!(high["priority"], "high");
+    assert_eq!(high["queue_position"], 1);
+    let read = app
+        .get(&format!("/v1/jobs/{}", id_of(&high)), Some(&key))
+        .await
+        .expect(200);
+    assert_eq!(read["priority"], "high");
+    let read = app
+        .get(&format!("/v1/jobs/{}", id_of(&low)), Some(&key))
+        .await
+        .expect(200);
+    assert_eq!(read["queue_position"], 3);
+
+    // Bad input: a value outside the three is refused and charges nothing.
+    let before = wallet_tuple(&app.wallet(&key).await);
+    for bad in ["urgent", "HIGH", "", " high"] {
+        submit(&app, &key, &body(Some(bad)), None)
+            .await
+            .expect_problem(422, "invalid-params");
+    }
+    let mut wrong_type = body(None);
+    wrong_type["priority"] = json!(3);
+    submit(&app, &key, &wrong_type, None)
+        .await
+        .expect_problem(400, "invalid-request");
+    assert_eq!(wallet_tuple(&app.wallet(&key).await), before);
+}
+
+#[actix_web::test]
 async fn malformed_job_requests_are_400() {
     let app = spawn_app_without_workers().await;
     let (_, key) = register(&app, "j5@example.com").await;

@@ -41,7 +41,7 @@ struct WorkerSlots {
     free: u32,
     /// Finishing what it runs; takes nothing new.
     draining: bool,
-    warm: BTreeSet<String>,
+    warm: BTreeSet<Arc<str>>,
     /// When a slot last became free, for dispatch latency.
     freed_at: Option<Instant>,
     /// Its name is quarantined: it takes nothing new.
@@ -412,7 +412,11 @@ impl SchedulerActor {
             WorkerSlots {
                 free: caps.slots.saturating_sub(occupied),
                 draining: false,
-                warm: caps.loaded_models.iter().cloned().collect(),
+                warm: caps
+                    .loaded_models
+                    .iter()
+                    .map(|m| Arc::from(m.as_str()))
+                    .collect(),
                 caps,
                 addr,
                 // Its slots are free from now on.
@@ -1087,7 +1091,7 @@ impl Handler<ListWorkers> for SchedulerActor {
             .workers
             .iter()
             .map(|(id, w)| {
-                let mut warm: Vec<String> = w.warm.iter().cloned().collect();
+                let mut warm: Vec<String> = w.warm.iter().map(|m| m.to_string()).collect();
                 warm.sort();
                 let health = self.health.get(&w.caps.name);
                 WorkerView {

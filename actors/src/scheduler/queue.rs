@@ -19,20 +19,26 @@
 //! runnable job goes next, one job per turn (a round robin that skips the
 //! users whose jobs no idle slot can take).
 //!
-//! Within a user: submission order (`seq`) among their runnable jobs; a
-//! retried job re-enters with its original `seq` and keeps its place.
+//! Within a user: their own jobs' priority (high, normal, low), then
+//! submission order (`seq`), among their runnable jobs; a retried job
+//! re-enters with its original priority and `seq` and keeps its place.
+//! Priority only orders the user's own line: it never gives the user an
+//! extra turn, so it cannot change their share against other users or
+//! tiers.
 //!
 //! A user at their running limit is parked (out of every class's ready
 //! set) until one of their jobs ends, so dispatch never looks at them.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use crate::config::{FairnessUnit, OrchestratorConfig};
 use crate::ids::{JobId, UserId, WorkerId};
-use crate::job::{Job, JobKind, SizeClass};
+use crate::job::{Job, JobKind, Priority, SizeClass};
 
 use crate::tier::{Tier, TierTable};
 
@@ -40,11 +46,13 @@ use crate::tier::{Tier, TierTable};
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct JobClass {
     pub kind: JobKind,
-    pub model: String,
+    pub model: Arc<str>,
     pub vram_mb: u32,
 }
 
-/// What the scheduler needs to know of a waiting job.
+/// What the scheduler needs to know of a waiting job: ids and numbers,
+/// never the prompt (the job actor reads the job when it is assigned).
+/// The model name is shared: the queue keeps one copy per class.
 #[derive(Clone, Debug)]
 pub struct QueuedJob {
     pub job_id: JobId,
@@ -52,7 +60,9 @@ pub struct QueuedJob {
     pub seq: u64,
     pub tier: Tier,
     pub kind: JobKind,
-    pub model: String,
+    /// Orders it among its user's own waiting jobs only.
+    pub priority: Priority,
+    pub model: Arc<str>,
     pub size: SizeClass,
     /// GPU memory it needs (its model's or its size's, the larger).
     pub vram_mb: u32,
@@ -82,7 +92,8 @@ impl QueuedJob {
             seq: job.seq,
             tier: job.tier,
             kind: job.spec.kind,
-            model: job.spec.model.clone(),
+            priority: job.spec.priority,
+            model: Arc::from(job.spec.model.as_str()),
             size: job.spec.size_class(),
             vram_mb: config.vram_needed(&job.spec),
             estimate: config.expected_runtime(&job.spec),
@@ -119,13 +130,21 @@ struct ClassQueue {
     correction: f64,
 }
 
+/// Where a job stands in its user's line: higher priority first, then
+/// submission order.
+type LineOrder = (Reverse<Priority>, u64);
+
+fn line_order(priority: Priority, seq: u64) -> LineOrder {
+    (Reverse(priority), seq)
+}
+
 /// One user's waiting jobs of one tier, by class.
 struct Line {
     /// The dispatch tick of the user's last turn in this tier.
     stamp: u64,
     /// At the running limit: in no ready set.
     parked: bool,
-    jobs: HashMap<usize, BTreeMap<u64, QueuedJob>>,
+    jobs: HashMap<usize, BTreeMap<LineOrder, QueuedJob>>,
     count: usize,
 }
 
@@ -136,7 +155,7 @@ struct Place {
     user: UserId,
     tier: Tier,
     class: usize,
-    seq: u64,
+    order: LineOrder,
     since: DateTime<Utc>,
 }
 
@@ -219,19 +238,22 @@ impl FairQueue {
     }
 
     /// Adds a job (new, recovered or retried) to its user's line.
-    pub fn push(&mut self, job: QueuedJob) {
+    pub fn push(&mut self, mut job: QueuedJob) {
         if self.index.contains_key(&job.job_id) {
             return;
         }
         let job_id = job.job_id;
         let class = self.class_id(job.class());
+        // One copy of the model's name per class, however many wait.
+        job.model = self.classes[class].class.model.clone();
+        let order = line_order(job.priority, job.seq);
         let key = (job.user_id, job.tier);
         let parked = self.running_of(job.user_id) >= self.limit(job.tier);
         let place = Place {
             user: job.user_id,
             tier: job.tier,
             class,
-            seq: job.seq,
+            order,
             since: job.waiting_since,
         };
         let tick = self.tick;
@@ -243,7 +265,7 @@ impl FairQueue {
         });
         let of_class = line.jobs.entry(class).or_default();
         let first_of_class = of_class.is_empty();
-        of_class.insert(job.seq, job);
+        of_class.insert(order, job);
         line.count += 1;
         if first_of_class && !line.parked {
             self.classes[class].ready[key.1.index()].insert((line.stamp, key.0));
@@ -266,7 +288,7 @@ impl FairQueue {
         self.oldest[t].remove(&(place.since, job));
         let line = self.lines.get_mut(&key)?;
         let of_class = line.jobs.get_mut(&place.class)?;
-        let removed = of_class.remove(&place.seq);
+        let removed = of_class.remove(&place.order);
         if of_class.is_empty() {
             line.jobs.remove(&place.class);
             if !line.parked {
@@ -337,7 +359,8 @@ impl FairQueue {
         let (stamp, user) = turn;
         let key = (user, Tier::ALL[tier]);
         let line = self.lines.get(&key)?;
-        // Their oldest job among the servable classes.
+        // Their first job among the servable classes: highest priority,
+        // then oldest.
         let class = open
             .iter()
             .copied()
@@ -346,10 +369,9 @@ impl FairQueue {
                 line.jobs
                     .get(c)
                     .and_then(|j| j.first_key_value())
-                    .map_or(u64::MAX, |(seq, _)| *seq)
+                    .map_or((Reverse(Priority::Low), u64::MAX), |(order, _)| *order)
             })?;
-        let seq = *line.jobs.get(&class)?.first_key_value()?.0;
-        let job_id = line.jobs.get(&class)?.get(&seq)?.job_id;
+        let job_id = line.jobs.get(&class)?.first_key_value()?.1.job_id;
         let place = self.index.remove(&job_id)?;
         // The turn is taken: the user moves to the back in every class.
         self.tick += 1;
@@ -475,6 +497,7 @@ mod tests {
             seq,
             tier,
             kind: JobKind::Image,
+            priority: Priority::Normal,
             model: "m".into(),
             size: SizeClass::ImageStandard,
             vram_mb: 8_000,
@@ -690,6 +713,75 @@ mod tests {
     }
 
     #[test]
+    fn high_priority_goes_first_within_its_user_only() {
+        let mut q = jobs_queue(table([1, 1, 1, 1], u32::MAX));
+        let (a, b) = (UserId::generate(), UserId::generate());
+        let mut seq = 0;
+        let mut push = |q: &mut FairQueue, user, priority| {
+            seq += 1;
+            let mut j = job(user, Tier::Basic, seq);
+            j.priority = priority;
+            q.push(j.clone());
+            j
+        };
+        let a_low = push(&mut q, a, Priority::Low);
+        let a_normal = push(&mut q, a, Priority::Normal);
+        let b_first = push(&mut q, b, Priority::Normal);
+        let b_second = push(&mut q, b, Priority::Normal);
+        let a_high = push(&mut q, a, Priority::High);
+        let popped: Vec<QueuedJob> = std::iter::from_fn(|| {
+            let j = q.pop_next(|_| true)?;
+            q.finished(j.user_id);
+            Some(j)
+        })
+        .collect();
+        // Turns still alternate between the two users: a's high job takes
+        // a's turn, never b's.
+        let users: Vec<UserId> = popped.iter().map(|j| j.user_id).collect();
+        let first = users[0];
+        let other = if first == a { b } else { a };
+        assert_eq!(users, vec![first, other, first, other, a]);
+        // Within each user: priority, then submission order.
+        let of = |u: UserId| -> Vec<JobId> {
+            popped
+                .iter()
+                .filter(|j| j.user_id == u)
+                .map(|j| j.job_id)
+                .collect()
+        };
+        assert_eq!(of(a), vec![a_high.job_id, a_normal.job_id, a_low.job_id]);
+        assert_eq!(of(b), vec![b_first.job_id, b_second.job_id]);
+    }
+
+    #[test]
+    fn priority_changes_no_share_between_tiers() {
+        // The same backlog with and without priorities: the tiers take the
+        // same turns, whatever the users ask for their own jobs.
+        let run = |with_priority: bool| -> Vec<Tier> {
+            let mut q = jobs_queue(table([1, 2, 4, 8], u32::MAX));
+            let mut seq = 0;
+            for tier in Tier::ALL {
+                let u = UserId::generate();
+                for i in 0..50 {
+                    seq += 1;
+                    let mut j = job(u, tier, seq);
+                    if with_priority && tier == Tier::Free {
+                        j.priority = [Priority::High, Priority::Low][i % 2];
+                    }
+                    q.push(j);
+                }
+            }
+            std::iter::from_fn(|| {
+                let j = q.pop_next(|_| true)?;
+                q.finished(j.user_id);
+                Some(j.tier)
+            })
+            .collect()
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    #[test]
     fn removed_job_is_never_dispatched() {
         let mut q = jobs_queue(TierTable::default());
         let u = UserId::generate();
@@ -729,7 +821,7 @@ mod tests {
     impl SimWorker {
         fn serves(&self, c: &JobClass) -> bool {
             self.kinds.contains(&c.kind)
-                && (self.models.is_empty() || self.models.contains(&c.model))
+                && (self.models.is_empty() || self.models.iter().any(|m| **m == *c.model))
                 && self.vram_mb >= c.vram_mb
         }
     }
@@ -884,7 +976,7 @@ mod tests {
                 }
             }
             let real = |j: &QueuedJob| {
-                let c = classes.iter().position(|c| c.1 == j.model).unwrap_or(0);
+                let c = classes.iter().position(|c| *c.1 == *j.model).unwrap_or(0);
                 j.estimate.mul_f64(real_factor[c])
             };
             // Discrete-event run: slots end in time order and are refilled.
@@ -902,7 +994,7 @@ mod tests {
             while backlogged(&taken) {
                 for (j, w) in dispatch_all(&mut q, &mut fleet) {
                     let r = real(&j);
-                    let c = classes.iter().position(|c| c.1 == j.model).unwrap_or(0);
+                    let c = classes.iter().position(|c| *c.1 == *j.model).unwrap_or(0);
                     taken[j.tier.index()][c] += 1;
                     // Counted after a warm-up, once estimates settled.
                     if n > 300 {

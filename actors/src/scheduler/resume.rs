@@ -116,6 +116,7 @@ mod tests {
             prompt: "a lighthouse".into(),
             params: Default::default(),
             webhook_url: None,
+            priority: None,
         })
         .expect("spec");
         let mut job = crate::store::NewJob {

@@ -9,7 +9,7 @@ use chrono::{Duration, Utc};
 
 use super::*;
 use crate::email::Email;
-use crate::job::{AttemptOutcomeLabel, Charge, JobKind, JobRequest, ParamsRequest};
+use crate::job::{AttemptOutcomeLabel, Charge, JobKind, JobRequest, ParamsRequest, Priority};
 use crate::ledger::{replay, EntryKind, GrantSource};
 use crate::user::{ApiKey, DisplayName};
 
@@ -51,6 +51,7 @@ fn spec(prompt: &str) -> JobSpec {
         prompt: prompt.into(),
         params: ParamsRequest::default(),
         webhook_url: None,
+        priority: None,
     })
     .expect("test spec")
 }
@@ -934,6 +935,7 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
                 prompt: prompt.clone(),
                 params: ParamsRequest::default(),
                 webhook_url: Some(format!("https://example.com/{text}")),
+                priority: None,
             })
             .expect("spec");
             let id = store.submit_job(job.clone()).await.unwrap().job.id;
@@ -1276,6 +1278,75 @@ pub async fn pruning_goes_oldest_first_in_batches(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+/// A job's priority is kept as submitted (normal when none was asked
+/// for), read back everywhere the job is, and the queue position counts
+/// the user's own jobs the scheduler takes first: higher priority, then
+/// earlier submission.
+pub async fn priority_is_stored_and_orders_the_queue_position(store: Shared) {
+    let user = user_with(&store, "priority@example.com", 100).await;
+    let with = |p: &str| {
+        let mut job = new_job(user.id, 1);
+        job.spec = JobSpec::parse(JobRequest {
+            kind: JobKind::Image,
+            model: "sdxl".into(),
+            prompt: "a lighthouse".into(),
+            params: ParamsRequest::default(),
+            webhook_url: None,
+            priority: Some(p.into()),
+        })
+        .expect("spec");
+        job
+    };
+    let plain = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    assert_eq!(plain.spec.priority, Priority::Normal);
+    let low = store.submit_job(with("low")).await.unwrap().job;
+    let high = store.submit_job(with("high")).await.unwrap().job;
+    let normal = store.submit_job(with("normal")).await.unwrap().job;
+    for (job, priority) in [
+        (&plain, Priority::Normal),
+        (&low, Priority::Low),
+        (&high, Priority::High),
+        (&normal, Priority::Normal),
+    ] {
+        let kept = store.job(job.id).await.unwrap().expect("job");
+        assert_eq!(kept.spec.priority, priority);
+        assert_eq!(kept.spec, job.spec);
+    }
+    let listed = store.list_jobs(user.id, None, None, 10).await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|j| j.id == high.id && j.spec.priority == Priority::High));
+    let recovered = store.jobs_in_states(&[JobState::Queued]).await.unwrap();
+    assert_eq!(
+        recovered
+            .iter()
+            .map(|j| j.spec.priority)
+            .collect::<Vec<_>>(),
+        vec![
+            Priority::Normal,
+            Priority::Low,
+            Priority::High,
+            Priority::Normal
+        ]
+    );
+    let position = |id| {
+        let store = store.clone();
+        async move { store.queue_position(id).await.unwrap() }
+    };
+    assert_eq!(position(high.id).await, Some(1));
+    assert_eq!(position(plain.id).await, Some(2));
+    assert_eq!(position(normal.id).await, Some(3));
+    assert_eq!(position(low.id).await, Some(4));
+    // A cancelled job leaves the line; the others close up.
+    store
+        .cancel_job(user.id, high.id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(position(plain.id).await, Some(1));
+    assert_eq!(position(low.id).await, Some(3));
+    assert_books_balance(&store).await;
+}
+
 /// Expands to one test per conformance check, each on a fresh store made
 /// by `$make`: an async expression yielding `Option<Arc<dyn Store>>`, where
 /// `None` means the backing service is absent and the test is skipped (the
@@ -1324,6 +1395,7 @@ macro_rules! store_conformance_tests {
             user_events_replay_in_order_within_the_window,
             webhook_endpoints_are_created_listed_updated_and_deleted,
             job_events_fan_out_to_every_wanting_endpoint,
+            priority_is_stored_and_orders_the_queue_position,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

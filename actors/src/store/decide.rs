@@ -914,6 +914,7 @@ mod tests {
                     reference_images: Vec::new(),
                 },
                 webhook_url: Some("https://example.com/hook".into()),
+                priority: Default::default(),
             },
             tier: Tier::Free,
             cost: Credits::new(cost).unwrap(),

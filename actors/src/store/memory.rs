@@ -3,6 +3,7 @@
 //! atomic exactly as a database transaction would be. Nothing survives the
 //! process; start-up says so.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use parking_lot::Mutex;
 use super::decide;
 use super::writeset::{AccountState, AttemptWrite, HoldWrite, WebhookDelivery, WriteSet};
 use super::*;
-use crate::job::Charge;
+use crate::job::{Charge, Priority};
 use crate::ledger::{EntryKind, GrantTerms};
 
 mod account_api;
@@ -68,12 +69,18 @@ struct State {
     emails: HashMap<String, UserId>,
     keys: HashMap<KeyHash, UserId>,
     accounts: HashMap<UserId, Account>,
-    jobs: HashMap<JobId, Job>,
+    /// Boxed: the table's slots stay small, so growing it past a million
+    /// jobs copies ids and pointers, not whole records, and its empty
+    /// slots cost a pointer each.
+    jobs: HashMap<JobId, Box<Job>>,
     /// Every job by submission order (operator listings, recovery).
     order: BTreeMap<u64, JobId>,
-    /// Jobs by state, kept in step by `put_job`, so recovery and stats do
-    /// not scan every job ever submitted.
+    /// Jobs waiting or in flight by state, kept in step by `put_job`, so
+    /// recovery does not scan every job ever submitted.
     by_state: HashMap<JobState, BTreeMap<u64, JobId>>,
+    /// Finished jobs are only counted (stats): an index of every finished
+    /// job would grow with all of history for lookups nobody makes.
+    finished_count: HashMap<JobState, u64>,
     attempts: HashMap<JobId, Vec<AttemptRecord>>,
     webhook_secrets: HashMap<UserId, String>,
     /// API keys, payments, gifts, prices, content violations.
@@ -94,6 +101,12 @@ struct State {
     pruned_unreported: u64,
 }
 
+/// Where a queued job stands in its user's line: higher priority first,
+/// then submission order, as the scheduler takes them.
+fn in_line(job: &Job) -> (Reverse<Priority>, u64) {
+    (Reverse(job.spec.priority), job.seq)
+}
+
 /// A webhook delivery the outbox still owes.
 struct OwedWebhook {
     delivery: WebhookDelivery,
@@ -111,8 +124,9 @@ struct Account {
     idempotency: HashMap<IdempotencyKey, (RequestHash, Job)>,
     /// seq → job, every job of the user (listing).
     jobs: BTreeMap<u64, JobId>,
-    /// seqs of the user's queued jobs (waiting limit, queue position).
-    queued: BTreeSet<u64>,
+    /// The user's queued jobs in the order the scheduler takes them
+    /// (priority, then seq): waiting limit, queue position.
+    queued: BTreeSet<(Reverse<Priority>, u64)>,
 }
 
 impl State {
@@ -142,7 +156,10 @@ impl State {
     }
 
     fn job(&self, id: JobId) -> StoreResult<&Job> {
-        self.jobs.get(&id).ok_or(StoreError::NotFound("job"))
+        self.jobs
+            .get(&id)
+            .map(|j| &**j)
+            .ok_or(StoreError::NotFound("job"))
     }
 
     /// Everything a write set may refuse is checked before the first
@@ -308,17 +325,27 @@ impl State {
     fn put_job(&mut self, before: Option<JobState>, job: Job) -> StoreResult<()> {
         let account = self.account(job.user_id)?;
         if job.state == JobState::Queued {
-            account.queued.insert(job.seq);
+            account.queued.insert(in_line(&job));
         } else {
-            account.queued.remove(&job.seq);
+            account.queued.remove(&in_line(&job));
         }
-        if let Some(set) = before.and_then(|b| self.by_state.get_mut(&b)) {
-            set.remove(&job.seq);
+        if let Some(before) = before {
+            if before.is_terminal() {
+                if let Some(n) = self.finished_count.get_mut(&before) {
+                    *n = n.saturating_sub(1);
+                }
+            } else if let Some(set) = self.by_state.get_mut(&before) {
+                set.remove(&job.seq);
+            }
         }
-        self.by_state
-            .entry(job.state)
-            .or_default()
-            .insert(job.seq, job.id);
+        if job.state.is_terminal() {
+            *self.finished_count.entry(job.state).or_default() += 1;
+        } else {
+            self.by_state
+                .entry(job.state)
+                .or_default()
+                .insert(job.seq, job.id);
+        }
         self.order.insert(job.seq, job.id);
         if let (true, None, Some(at)) = (job.state.is_terminal(), job.pruned_at, job.finished_at) {
             self.unpruned
@@ -326,8 +353,18 @@ impl State {
                 .or_default()
                 .insert((at, job.seq));
         }
-        self.jobs.insert(job.id, job);
+        self.keep(job);
         Ok(())
+    }
+
+    /// Stores a job's record, in the box it already has when it has one.
+    fn keep(&mut self, job: Job) {
+        match self.jobs.get_mut(&job.id) {
+            Some(kept) => **kept = job,
+            None => {
+                self.jobs.insert(job.id, Box::new(job));
+            }
+        }
     }
 
     fn unpruned_count(&self) -> usize {
@@ -343,7 +380,7 @@ impl State {
         }
         self.attempts.remove(&thin.id);
         self.account_api.forget_job(thin.user_id, thin.id);
-        self.jobs.insert(thin.id, thin);
+        self.keep(thin);
     }
 
     /// The finished job that ended first among those kept in full.
@@ -667,10 +704,12 @@ impl Store for MemoryStore {
             .accounts
             .get(&user)
             .map(|a| {
-                a.queued
-                    .iter()
+                // Submission order, whatever their priority.
+                let mut seqs: Vec<u64> = a.queued.iter().map(|(_, seq)| *seq).collect();
+                seqs.sort_unstable();
+                seqs.iter()
                     .filter_map(|seq| a.jobs.get(seq))
-                    .filter_map(|id| s.jobs.get(id).cloned())
+                    .filter_map(|id| s.jobs.get(id).map(|j| Job::clone(j)))
                     .collect()
             })
             .unwrap_or_default();
@@ -680,7 +719,7 @@ impl Store for MemoryStore {
     }
 
     async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
-        Ok(self.state.lock().jobs.get(&id).cloned())
+        Ok(self.state.lock().jobs.get(&id).map(|j| Job::clone(j)))
     }
 
     async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
@@ -696,7 +735,7 @@ impl Store for MemoryStore {
         };
         // Counted from the back: a job just submitted is last, so this is
         // O(1) where it matters (every submission asks).
-        let behind = account.queued.range(job.seq..).count();
+        let behind = account.queued.range(in_line(job)..).count();
         let ahead = account.queued.len().saturating_sub(behind);
         Ok(Some(
             u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1),
@@ -728,12 +767,23 @@ impl Store for MemoryStore {
             .filter_map(|id| s.jobs.get(&id))
             .filter(|j| j.pruned_at.is_none() && state.is_none_or(|st| j.state == st))
             .take(limit)
-            .cloned()
+            .map(|j| Job::clone(j))
             .collect())
     }
 
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
         let s = self.state.lock();
+        if states.iter().any(|st| st.is_terminal()) {
+            // Finished jobs have no index: nothing on a hot path asks for
+            // them, so this walks every job in submission order.
+            return Ok(s
+                .order
+                .values()
+                .filter_map(|id| s.jobs.get(id))
+                .filter(|j| states.contains(&j.state))
+                .map(|j| Job::clone(j))
+                .collect());
+        }
         let mut seqs: Vec<(u64, JobId)> = states
             .iter()
             .filter_map(|st| s.by_state.get(st))
@@ -742,7 +792,7 @@ impl Store for MemoryStore {
         seqs.sort_unstable();
         Ok(seqs
             .iter()
-            .filter_map(|(_, id)| s.jobs.get(id).cloned())
+            .filter_map(|(_, id)| s.jobs.get(id).map(|j| Job::clone(j)))
             .collect())
     }
 
@@ -751,7 +801,14 @@ impl Store for MemoryStore {
         Ok(JobCounts(
             JobState::ALL
                 .into_iter()
-                .map(|st| (st, s.by_state.get(&st).map_or(0, |set| set.len() as u64)))
+                .map(|st| {
+                    let n = if st.is_terminal() {
+                        s.finished_count.get(&st).copied().unwrap_or(0)
+                    } else {
+                        s.by_state.get(&st).map_or(0, |set| set.len() as u64)
+                    };
+                    (st, n)
+                })
                 .collect(),
         ))
     }
@@ -846,7 +903,7 @@ impl Store for MemoryStore {
             .filter_map(|(_, id)| s.jobs.get(id))
             .filter(|j| j.pruned_at.is_none() && filter.matches(j))
             .take(limit)
-            .cloned()
+            .map(|j| Job::clone(j))
             .collect())
     }
 

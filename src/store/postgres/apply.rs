@@ -44,6 +44,7 @@ struct Rows {
     ins_created: Vec<DateTime<Utc>>,
     ins_webhook: Vec<Option<String>>,
     ins_price_version: Vec<i32>,
+    ins_priority: Vec<&'static str>,
     // job updates (and the state of an inserted job, set by the same update)
     upd_id: Vec<Uuid>,
     upd_before: Vec<&'static str>,
@@ -178,6 +179,7 @@ impl Rows {
                     r.ins_webhook.push(job.spec.webhook_url.clone());
                     r.ins_price_version
                         .push(int(job.price_version, "price version")?);
+                    r.ins_priority.push(job.spec.priority.as_str());
                     if job.state != JobState::Queued {
                         r.job_update(JobState::Queued, job)?;
                     }
@@ -302,10 +304,10 @@ impl Rows {
     }
 }
 
-const INSERT_JOBS: &str = "INSERT INTO jobs (id, user_id, seq, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url, price_version) \
-     SELECT id, user_id, seq, kind, model, prompt, params, tier, cost, 'queued', max_attempts, created_at, webhook_url, price_version \
-     FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[], $9::bigint[], $10::int[], $11::timestamptz[], $12::text[], $13::int[]) \
-     AS u(id, user_id, seq, kind, model, prompt, params, tier, cost, max_attempts, created_at, webhook_url, price_version)";
+const INSERT_JOBS: &str = "INSERT INTO jobs (id, user_id, seq, kind, model, prompt, params, tier, cost, state, max_attempts, created_at, webhook_url, price_version, priority) \
+     SELECT id, user_id, seq, kind, model, prompt, params, tier, cost, 'queued', max_attempts, created_at, webhook_url, price_version, priority \
+     FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[], $9::bigint[], $10::int[], $11::timestamptz[], $12::text[], $13::int[], $14::text[]) \
+     AS u(id, user_id, seq, kind, model, prompt, params, tier, cost, max_attempts, created_at, webhook_url, price_version, priority)";
 
 const UPDATE_JOBS: &str = "UPDATE jobs SET state = u.state, attempts = u.attempts, charge = u.charge, started_at = u.started_at, \
      finished_at = u.finished_at, retry_at = u.retry_at, error = u.error, result = u.result, worker_id = u.worker_id, lease = u.lease \
@@ -401,6 +403,7 @@ pub(super) async fn write(tx: &Transaction<'_>, ws: &WriteSet) -> StoreResult<()
             &r.ins_created,
             &r.ins_webhook,
             &r.ins_price_version,
+            &r.ins_priority,
         ],
         n_ins,
         None,

@@ -120,7 +120,7 @@ JobLike = Union[JobRequest, Mapping[str, Any]]
 def job_request(job: JobLike) -> JobRequest:
     if isinstance(job, JobRequest):
         return job
-    known = {"kind", "model", "prompt", "params", "webhook_url", "idempotency_key"}
+    known = {"kind", "model", "prompt", "params", "webhook_url", "priority", "idempotency_key"}
     unknown = set(job) - known
     if unknown:
         raise TypeError(f"unknown job fields: {sorted(unknown)}")

@@ -206,6 +206,7 @@ class Job:
     withheld_outputs: int = 0
     webhook_url: Optional[str] = None
     price_version: Optional[int] = None
+    priority: str = "normal"
 
     @property
     def finished(self) -> bool:
@@ -245,6 +246,8 @@ class JobRequest:
     prompt: str
     params: Optional[Dict[str, Any]] = None
     webhook_url: Optional[str] = None
+    #: ``low``, ``normal`` or ``high``: orders it among your own waiting jobs.
+    priority: Optional[str] = None
     #: This job's idempotency key; the client makes one when it is unset.
     idempotency_key: Optional[str] = None
 
@@ -254,6 +257,8 @@ class JobRequest:
             body["params"] = dict(self.params)
         if self.webhook_url is not None:
             body["webhook_url"] = self.webhook_url
+        if self.priority is not None:
+            body["priority"] = self.priority
         return body
 
 
