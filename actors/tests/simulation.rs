@@ -36,13 +36,16 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::accounts::{ApiKeyRecord, KeyOptions};
 use admedia_actors::clock::{Clock, Random, SimulatedClock};
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
 use admedia_actors::error::OrchestratorError;
-use admedia_actors::ids::{ApiKeyId, EntryId, JobId, LeaseToken, UserId, WorkerId};
+use admedia_actors::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
+use admedia_actors::ids::{
+    ApiKeyId, EntryId, JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId,
+};
 use admedia_actors::job::{
     AttemptOutcome, AttemptOutcomeLabel, Charge, FailureClass, IdempotencyKey, Job, JobKind,
     JobRequest, JobState, Output, ParamsRequest,
@@ -479,8 +482,13 @@ impl Store for SimStore {
     async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
         self.inner.set_membership(id, membership).await
     }
-    async fn set_status(&self, id: UserId, status: AccountStatus) -> StoreResult<User> {
-        self.inner.set_status(id, status).await
+    async fn set_status(
+        &self,
+        id: UserId,
+        status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
+        self.inner.set_status(id, status, now).await
     }
     async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
         self.inner.wallet(user).await
@@ -573,9 +581,55 @@ impl Store for SimStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
+        options: KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.inner.create_api_key(user, id, hash, now).await
+        self.inner.create_api_key(user, id, hash, options, now).await
+    }
+    async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
+        self.inner.key_by_hash(hash).await
+    }
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<EventPage> {
+        self.inner.user_events(user, after, since, limit).await
+    }
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: WebhookEndpoint,
+    ) -> StoreResult<WebhookEndpoint> {
+        self.inner.create_webhook_endpoint(endpoint).await
+    }
+    async fn webhook_endpoints(&self, user: UserId) -> StoreResult<Vec<WebhookEndpoint>> {
+        self.inner.webhook_endpoints(user).await
+    }
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: WebhookEndpointId,
+        patch: EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<WebhookEndpoint> {
+        self.inner.update_webhook_endpoint(user, id, patch, now).await
+    }
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: WebhookEndpointId,
+    ) -> StoreResult<()> {
+        self.inner.delete_webhook_endpoint(user, id).await
+    }
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryAttempt>> {
+        self.inner.webhook_deliveries(user, id, limit).await
     }
     async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
         self.inner.api_keys(user).await
@@ -1079,6 +1133,7 @@ fn request(prompt: String, count: u32) -> JobRequest {
             ..ParamsRequest::default()
         },
         webhook_url: None,
+        priority: Default::default(),
     }
 }
 

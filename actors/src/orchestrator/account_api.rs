@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{SubsecRound, Utc};
+use chrono::SubsecRound;
 
 use super::Orchestrator;
 use crate::endpoints::{
