@@ -41,8 +41,8 @@ use admedia_actors::clock::{Clock, Random, SimulatedClock};
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
-use admedia_actors::error::OrchestratorError;
 use admedia_actors::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
+use admedia_actors::error::OrchestratorError;
 use admedia_actors::ids::{
     ApiKeyId, EntryId, JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId,
 };
@@ -584,7 +584,9 @@ impl Store for SimStore {
         options: KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.inner.create_api_key(user, id, hash, options, now).await
+        self.inner
+            .create_api_key(user, id, hash, options, now)
+            .await
     }
     async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
         self.inner.key_by_hash(hash).await
@@ -614,7 +616,9 @@ impl Store for SimStore {
         patch: EndpointPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<WebhookEndpoint> {
-        self.inner.update_webhook_endpoint(user, id, patch, now).await
+        self.inner
+            .update_webhook_endpoint(user, id, patch, now)
+            .await
     }
     async fn delete_webhook_endpoint(
         &self,

@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use admedia_actors::OrchestratorError;
 use maud::html;
 
-use crate::console::view;
+use crate::console::frame;
 use crate::http::problem::ApiError;
 
 #[derive(Debug)]
@@ -86,9 +86,9 @@ impl ResponseError for ConsoleError {
                     .insert_header((header::LOCATION, location))
                     .finish()
             }
-            ConsoleError::Csrf => view::html(
+            ConsoleError::Csrf => frame::html(
                 StatusCode::FORBIDDEN,
-                view::bare(
+                frame::bare(
                     "Refused",
                     html! {
                         h1 { "Refused: this form was not from your console session" }
@@ -100,9 +100,9 @@ impl ResponseError for ConsoleError {
             ),
             ConsoleError::Api(e) => {
                 let status = e.status_code();
-                view::html(
+                frame::html(
                     status,
-                    view::bare(
+                    frame::bare(
                         status.canonical_reason().unwrap_or("Error"),
                         html! {
                             h1 { (status.as_u16()) " · " (status.canonical_reason().unwrap_or("Error")) }

@@ -9,6 +9,7 @@
 
 mod error;
 mod files;
+mod frame;
 mod jobs;
 mod login;
 mod overview;
@@ -38,11 +39,11 @@ fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
 }
 
 async fn css() -> HttpResponse {
-    asset("text/css; charset=utf-8", view::CSS)
+    asset("text/css; charset=utf-8", frame::CSS)
 }
 
 async fn js() -> HttpResponse {
-    asset("text/javascript; charset=utf-8", view::JS)
+    asset("text/javascript; charset=utf-8", frame::JS)
 }
 
 async fn not_found(_: session::Operator) -> HttpResponse {

@@ -498,7 +498,11 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
         store.submit_job(new_job(user.id, 2)).await.unwrap();
     }
     store
-        .set_status(user.id, AccountStatus::Suspended, crate::clock::Clock::system().now())
+        .set_status(
+            user.id,
+            AccountStatus::Suspended,
+            crate::clock::Clock::system().now(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -513,7 +517,11 @@ pub async fn suspension_cancels_queued_jobs(store: Shared) {
     assert!(cancelled.iter().all(|j| j.charge == Charge::Voided));
     assert_eq!(store.wallet(user.id).await.unwrap().held.get(), 0);
     let u = store
-        .set_status(user.id, AccountStatus::Active, crate::clock::Clock::system().now())
+        .set_status(
+            user.id,
+            AccountStatus::Active,
+            crate::clock::Clock::system().now(),
+        )
         .await
         .unwrap();
     assert!(u.is_active());
@@ -1339,7 +1347,7 @@ pub async fn priority_is_stored_and_orders_the_queue_position(store: Shared) {
     assert_eq!(position(low.id).await, Some(4));
     // A cancelled job leaves the line; the others close up.
     store
-        .cancel_job(user.id, high.id, Utc::now())
+        .cancel_job(user.id, high.id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(position(plain.id).await, Some(1));

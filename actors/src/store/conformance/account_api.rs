@@ -97,7 +97,10 @@ pub async fn keys_keep_their_name_expiry_and_scopes(store: Shared) {
 async fn run_to_success(store: &Shared, user: UserId) -> Job {
     let job = store.submit_job(new_job(user, 1)).await.unwrap().job;
     let attempt = assign(store, &job).await;
-    store.start_job(attempt, crate::clock::Clock::system().now()).await.unwrap();
+    store
+        .start_job(attempt, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
     store
         .finish_attempt(attempt, delivered(), crate::clock::Clock::system().now())
         .await
@@ -298,7 +301,11 @@ pub async fn webhook_endpoints_are_created_listed_updated_and_deleted(store: Sha
     );
     // A suspended account registers none.
     store
-        .set_status(other.id, AccountStatus::Suspended, crate::clock::Clock::system().now())
+        .set_status(
+            other.id,
+            AccountStatus::Suspended,
+            crate::clock::Clock::system().now(),
+        )
         .await
         .unwrap();
     assert_eq!(
