@@ -5,10 +5,21 @@
 
 use std::sync::Arc;
 
+use actix::dev::channel;
 use actix::prelude::*;
 use actix_rt::Arbiter;
 use chrono::Utc;
 
+use crate::actors::messages::{LastHeard, SchedulerHandle};
+use crate::actors::scheduler::{
+    settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, GraceOver,
+    LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor, SchedulerStats,
+    Waiting, WorkerView,
+};
+use crate::actors::wallet::{
+    Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry,
+};
+use crate::actors::worker::{start_simulated_worker, SimProfile, WorkerActor, WorkerLink};
 use crate::config::OrchestratorConfig;
 use crate::email::Email;
 use crate::error::OrchestratorError;
@@ -18,18 +29,10 @@ use crate::job::{IdempotencyKey, Job, JobRequest, JobSpec, JobState};
 use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
-use crate::scheduler::actor::{
-    settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, GraceOver,
-    LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor, SchedulerStats,
-    Waiting, WorkerView,
-};
 use crate::store::{Activity, AttemptRecord, JobCounts, JobFilter, Store, Submission};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
-use crate::wallet::{Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry};
-use crate::worker::{
-    start_simulated_worker, Capabilities, LastHeard, SimProfile, WorkerActor, WorkerLink,
-};
+use crate::wire::{Capabilities, PresentedAttempt};
 
 /// Platform rules: API keys, payments, prices, content (ToS 2-5, 9).
 mod account_api;
@@ -65,11 +68,17 @@ pub struct Orchestrator {
     observer: Arc<dyn Observer>,
     wallets: WalletRegistry,
     scheduler: Addr<SchedulerActor>,
+    /// The scheduler as the worker actors reach it.
+    to_scheduler: SchedulerHandle,
     actor_arbiter: actix_rt::ArbiterHandle,
     _arbiters: Arc<ArbiterGuard>,
     /// Price book, content policy (see `rules`).
     platform: Arc<crate::platform::Platform>,
 }
+
+/// The scheduler's mailbox: actix's default capacity, as
+/// `Actor::start_in_arbiter` gives it.
+const SCHEDULER_MAILBOX: usize = 16;
 
 /// Stops the orchestrator's arbiters when the last handle goes.
 struct ArbiterGuard(Vec<Arbiter>);
@@ -144,34 +153,45 @@ impl Orchestrator {
         let config_prices = config.prices;
         let config = Arc::new(config);
         let handle = own.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
+        let platform = Arc::new(crate::platform::Platform::new(config_prices));
+        // The scheduler's mailbox comes first: the wallet registry is built
+        // with the scheduler's handle, the scheduler with the registry.
+        let (tx, rx) = channel::channel(SCHEDULER_MAILBOX);
+        let scheduler = Addr::<SchedulerActor>::new(tx);
+        let to_scheduler = SchedulerHandle::of(&scheduler);
         let wallets = WalletRegistry::new(
             store.clone(),
             config.clone(),
             observer.clone(),
+            to_scheduler.clone(),
+            platform.prices.clone(),
             // Wallet actors live on the scheduling thread too (see above).
             vec![handle.clone()],
         );
-        let scheduler = {
-            let (store, wallets, config, observer) = (
+        {
+            let (store, wallets, config, observer, me) = (
                 store.clone(),
                 wallets.clone(),
                 config.clone(),
                 observer.clone(),
+                to_scheduler.clone(),
             );
-            SchedulerActor::start_in_arbiter(&handle, move |_| {
-                SchedulerActor::new(store, wallets, config, observer)
-            })
-        };
-        wallets.set_scheduler(scheduler.clone());
+            handle.spawn_fn(move || {
+                let ctx = Context::with_receiver(rx);
+                let actor = SchedulerActor::new(store, wallets, config, observer, me);
+                actix_rt::spawn(ctx.into_future(actor));
+            });
+        }
         let orchestrator = Orchestrator {
             store,
             config,
             observer,
             wallets,
             scheduler,
+            to_scheduler,
             actor_arbiter: handle,
             _arbiters: Arc::new(ArbiterGuard(own.into_iter().collect())),
-            platform: Arc::new(crate::platform::Platform::new(config_prices)),
+            platform,
         };
         orchestrator.start_platform().await?;
         Ok(orchestrator)
@@ -295,7 +315,7 @@ impl Orchestrator {
         files: Arc<dyn crate::attempt_files::AttemptFiles>,
     ) -> Result<(), OrchestratorError> {
         self.scheduler
-            .send(crate::scheduler::actor::SetAttemptFiles(files))
+            .send(crate::actors::scheduler::SetAttemptFiles(files))
             .await
             .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))
     }
@@ -303,7 +323,7 @@ impl Orchestrator {
     /// Starts `count` simulated GPU workers with `slots` each.
     pub fn add_simulated_workers(&self, count: usize, slots: u32, profile: SimProfile) {
         for i in 0..count {
-            let scheduler = self.scheduler.clone();
+            let scheduler = self.to_scheduler.clone();
             let observer = self.observer.clone();
             let (clock, random) = (self.config.clock.clone(), self.config.random.clone());
             self.actor_arbiter.spawn_fn(move || {
@@ -326,10 +346,10 @@ impl Orchestrator {
         &self,
         id: WorkerId,
         caps: Capabilities,
-        presented: Vec<crate::wire::PresentedAttempt>,
+        presented: Vec<PresentedAttempt>,
         link: Box<dyn WorkerLink>,
     ) -> Addr<WorkerActor> {
-        let scheduler = self.scheduler.clone();
+        let scheduler = self.to_scheduler.clone();
         let observer = self.observer.clone();
         let lease = Some(self.config.worker_lease);
         let clock = self.config.clock.clone();
@@ -389,7 +409,10 @@ impl Orchestrator {
             .key_by_hash(KeyHash::of(presented_key))
             .await?
             .ok_or(OrchestratorError::Unauthorized)?;
-        if let Some(at) = key.expires_at.filter(|_| key.is_expired(self.config.clock.now())) {
+        if let Some(at) = key
+            .expires_at
+            .filter(|_| key.is_expired(self.config.clock.now()))
+        {
             return Err(OrchestratorError::KeyExpired { at });
         }
         if !user.is_active() {
@@ -595,7 +618,7 @@ impl Orchestrator {
             .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
         let mut out = Vec::with_capacity(list.len());
         for w in list {
-            let heard = w.addr.send(LastHeard).await.ok();
+            let heard = w.worker.last_heard.send(LastHeard).await.ok();
             out.push((w, heard));
         }
         Ok(out)

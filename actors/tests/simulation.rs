@@ -37,12 +37,13 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use admedia_actors::accounts::{ApiKeyRecord, KeyOptions};
+use admedia_actors::actors::worker::{LinkClosed, WorkerActor, WorkerLink};
 use admedia_actors::clock::{Clock, Random, SimulatedClock};
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
-use admedia_actors::error::OrchestratorError;
 use admedia_actors::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
+use admedia_actors::error::OrchestratorError;
 use admedia_actors::ids::{
     ApiKeyId, EntryId, JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId,
 };
@@ -67,8 +68,7 @@ use admedia_actors::store::{
 };
 use admedia_actors::tier::{Membership, Tier};
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
-use admedia_actors::wire::{FromWorker, ToWorker};
-use admedia_actors::worker::{Capabilities, LinkClosed, WorkerActor, WorkerLink};
+use admedia_actors::wire::{Capabilities, FromWorker, ToWorker};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 
 /// Seeds of the short run `cargo test` makes (see BENCHMARKS.md for what
@@ -91,7 +91,7 @@ const WALL_START: i64 = 1_893_456_000; // 2030-01-01T00:00:00Z
 /// timer fires and dispatches within the same instant.
 const LINE_MARGIN: Duration = Duration::from_millis(100);
 /// The scheduler's delay before a job whose assignment the store refused
-/// goes back in line (`scheduler::actor`).
+/// goes back in line (`actors::scheduler`).
 const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------- the world
@@ -584,7 +584,9 @@ impl Store for SimStore {
         options: KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.inner.create_api_key(user, id, hash, options, now).await
+        self.inner
+            .create_api_key(user, id, hash, options, now)
+            .await
     }
     async fn key_by_hash(&self, hash: KeyHash) -> StoreResult<Option<(User, ApiKeyRecord)>> {
         self.inner.key_by_hash(hash).await
@@ -614,7 +616,9 @@ impl Store for SimStore {
         patch: EndpointPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<WebhookEndpoint> {
-        self.inner.update_webhook_endpoint(user, id, patch, now).await
+        self.inner
+            .update_webhook_endpoint(user, id, patch, now)
+            .await
     }
     async fn delete_webhook_endpoint(
         &self,

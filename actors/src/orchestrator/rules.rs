@@ -8,6 +8,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::Orchestrator;
 use crate::accounts::{ApiKeyRecord, IssuedKey};
+use crate::actors::wallet::{ApplyPayment, GrantGift, WalletRegistry};
 use crate::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation, BY_AUTOMATIC, BY_OPERATOR,
 };
@@ -23,7 +24,6 @@ use crate::pricing::PriceTable;
 use crate::store::{Store, StoreError};
 use crate::tier::Tier;
 use crate::user::{AccountStatus, ApiKey, User};
-use crate::wallet::{ApplyPayment, GrantGift, WalletRegistry};
 
 /// The refusals kept as a suspension's evidence, at most.
 const EVIDENCE_KEPT: usize = 50;
@@ -130,7 +130,6 @@ impl Orchestrator {
             }
         }
         self.platform.prices.replace(PriceSchedule::new(versions));
-        self.wallets.set_price_book(self.platform.prices.clone());
         if self.config.platform.price_notice < self.config.platform.sweep_every {
             tracing::warn!(
                 "the price notice is shorter than the sweep interval: another node may price \
@@ -186,7 +185,13 @@ impl Orchestrator {
         let key = ApiKey::generate_with(&self.config.random);
         let record = self
             .store
-            .create_api_key(user, ApiKeyId::generate(), key.hash(), options, self.config.clock.now())
+            .create_api_key(
+                user,
+                ApiKeyId::generate(),
+                key.hash(),
+                options,
+                self.config.clock.now(),
+            )
             .await?;
         tracing::info!(user = %user, key = %record.id, "API key issued");
         Ok(IssuedKey {
