@@ -20,7 +20,9 @@ use crate::actors::wallet::{
     Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry,
 };
 use crate::actors::worker::{start_simulated_worker, SimProfile, WorkerActor, WorkerLink};
+use crate::attempt_files::AttemptFiles;
 use crate::config::OrchestratorConfig;
+use crate::content::{AllowAll, ContentPolicy};
 use crate::email::Email;
 use crate::error::OrchestratorError;
 use crate::ids::WorkerId;
@@ -76,6 +78,16 @@ pub struct Orchestrator {
     platform: Arc<crate::platform::Platform>,
 }
 
+/// What the orchestrator is built with besides its store: the policy that
+/// screens prompts (ToS 3.2) and the port through which attempts get their
+/// input and output files. Left out, every prompt is allowed and the files
+/// a worker names are trusted (tests, the benchmark).
+#[derive(Clone, Default)]
+pub struct Ports {
+    pub content: Option<Arc<dyn ContentPolicy>>,
+    pub files: Option<Arc<dyn AttemptFiles>>,
+}
+
 /// The scheduler's mailbox: actix's default capacity, as
 /// `Actor::start_in_arbiter` gives it.
 const SCHEDULER_MAILBOX: usize = 16;
@@ -104,7 +116,17 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        let orchestrator = Self::start_standby(store, config, observer).await?;
+        Self::start_with(store, config, observer, Ports::default()).await
+    }
+
+    /// As [`Orchestrator::start`], with `ports`.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+        ports: Ports,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        let orchestrator = Self::start_standby_with(store, config, observer, ports).await?;
         let node = format!("solo-{}", std::process::id());
         orchestrator
             .promote(&node, "", std::time::Duration::ZERO)
@@ -119,7 +141,17 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        Self::start_standby_on(store, config, observer, Some(Arbiter::new())).await
+        Self::start_standby_with(store, config, observer, Ports::default()).await
+    }
+
+    /// As [`Orchestrator::start_standby`], with `ports`.
+    pub async fn start_standby_with(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+        ports: Ports,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        Self::start_standby_on(store, config, observer, ports, Some(Arbiter::new())).await
     }
 
     /// As [`Orchestrator::start`], with every actor on the calling
@@ -132,7 +164,8 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        let orchestrator = Self::start_standby_on(store, config, observer, None).await?;
+        let orchestrator =
+            Self::start_standby_on(store, config, observer, Ports::default(), None).await?;
         orchestrator
             .promote("solo-this-thread", "", std::time::Duration::ZERO)
             .await?;
@@ -145,6 +178,7 @@ impl Orchestrator {
         store: Arc<dyn Store>,
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
+        ports: Ports,
         own: Option<Arbiter>,
     ) -> Result<Orchestrator, OrchestratorError> {
         config
@@ -153,7 +187,10 @@ impl Orchestrator {
         let config_prices = config.prices;
         let config = Arc::new(config);
         let handle = own.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
-        let platform = Arc::new(crate::platform::Platform::new(config_prices));
+        let platform = Arc::new(crate::platform::Platform::new(
+            config_prices,
+            ports.content.unwrap_or_else(|| Arc::new(AllowAll)),
+        ));
         // The scheduler's mailbox comes first: the wallet registry is built
         // with the scheduler's handle, the scheduler with the registry.
         let (tx, rx) = channel::channel(SCHEDULER_MAILBOX);
@@ -169,16 +206,17 @@ impl Orchestrator {
             vec![handle.clone()],
         );
         {
-            let (store, wallets, config, observer, me) = (
+            let (store, wallets, config, observer, me, files) = (
                 store.clone(),
                 wallets.clone(),
                 config.clone(),
                 observer.clone(),
                 to_scheduler.clone(),
+                ports.files,
             );
             handle.spawn_fn(move || {
                 let ctx = Context::with_receiver(rx);
-                let actor = SchedulerActor::new(store, wallets, config, observer, me);
+                let actor = SchedulerActor::new(store, wallets, config, observer, me, files);
                 actix_rt::spawn(ctx.into_future(actor));
             });
         }
@@ -306,18 +344,6 @@ impl Orchestrator {
 
     pub fn observer(&self) -> &Arc<dyn Observer> {
         &self.observer
-    }
-
-    /// Attempts get signed URLs for their inputs and outputs from `files`,
-    /// and a completion counts only once `files` accepts its uploads.
-    pub async fn set_attempt_files(
-        &self,
-        files: Arc<dyn crate::attempt_files::AttemptFiles>,
-    ) -> Result<(), OrchestratorError> {
-        self.scheduler
-            .send(crate::actors::scheduler::SetAttemptFiles(files))
-            .await
-            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))
     }
 
     /// Starts `count` simulated GPU workers with `slots` each.

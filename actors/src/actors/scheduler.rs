@@ -21,6 +21,7 @@ use crate::actors::messages::{
     WorkerLeft,
 };
 use crate::actors::wallet::WalletRegistry;
+use crate::attempt_files::AttemptFiles;
 use crate::config::OrchestratorConfig;
 use crate::ids::{JobId, LeaseToken, WorkerId};
 use crate::job::{Job, JobState};
@@ -99,7 +100,7 @@ pub struct SchedulerActor {
     /// How the job actors it starts reach it back.
     handle: SchedulerHandle,
     /// Each attempt's input and output files (see `attempt_files`).
-    files: Option<Arc<dyn crate::attempt_files::AttemptFiles>>,
+    files: Option<Arc<dyn AttemptFiles>>,
     /// Attempts in flight under an earlier term, waiting for their worker
     /// to present them again (see `resume`); what is left of them when the
     /// grace ends counts as lost.
@@ -120,13 +121,15 @@ struct Presenting {
 
 impl SchedulerActor {
     /// `handle` is this scheduler's own (made from its mailbox before it
-    /// starts), for the job actors it starts.
+    /// starts), for the job actors it starts; `files` gives each attempt
+    /// its files (none: the files a worker names are trusted).
     pub fn new(
         store: Arc<dyn Store>,
         wallets: WalletRegistry,
         config: Arc<OrchestratorConfig>,
         observer: Arc<dyn Observer>,
         handle: SchedulerHandle,
+        files: Option<Arc<dyn AttemptFiles>>,
     ) -> SchedulerActor {
         SchedulerActor {
             queue: FairQueue::new(config.tiers, config.fairness),
@@ -141,7 +144,7 @@ impl SchedulerActor {
             config,
             observer,
             handle,
-            files: None,
+            files,
             orphans: BTreeMap::new(),
             grace_over: true,
             presenting: BTreeMap::new(),
@@ -1213,18 +1216,5 @@ impl Handler<GetStats> for SchedulerActor {
             }),
             quarantined_workers: self.workers.values().filter(|w| w.quarantined).count(),
         })
-    }
-}
-
-/// Attempts from now on get their files through this port.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetAttemptFiles(pub Arc<dyn crate::attempt_files::AttemptFiles>);
-
-impl Handler<SetAttemptFiles> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetAttemptFiles, _ctx: &mut Self::Context) {
-        self.files = Some(msg.0);
     }
 }

@@ -12,7 +12,7 @@ use crate::actors::wallet::{ApplyPayment, GrantGift, WalletRegistry};
 use crate::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation, BY_AUTOMATIC, BY_OPERATOR,
 };
-use crate::content::{ContentPolicy, Verdict};
+use crate::content::Verdict;
 use crate::error::OrchestratorError;
 use crate::ids::{ApiKeyId, UserId};
 use crate::job::JobSpec;
@@ -330,10 +330,6 @@ impl Orchestrator {
     }
 
     // ---- content rules (ToS 3.2, 9.2)
-
-    pub fn set_content_policy(&self, policy: Arc<dyn ContentPolicy>) {
-        self.platform.set_content(policy);
-    }
 
     /// Checks a prompt before anything is charged. A refusal is recorded
     /// with its evidence; confident ones are counted, and enough of them
