@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use admedia_actors::actors::worker::SimProfile;
 use admedia_actors::job::{JobKind, JobRequest, ParamsRequest};
 use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::observer::Observer;
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::tier::{Membership, Tier, TierPolicy, TierTable};
-use admedia_actors::worker::SimProfile;
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use admedia_actors::actors::worker::SimProfile;
 use admedia_actors::content::outputs::OutputThresholds;
 use admedia_actors::content::Score;
 use admedia_actors::money::Credits;
 use admedia_actors::pricing::PriceTable;
 use admedia_actors::tier::TierTable;
-use admedia_actors::worker::SimProfile;
 use admedia_actors::OrchestratorConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;

@@ -582,7 +582,7 @@ impl Observer for Metrics {
 #[cfg(test)]
 mod cluster_gauges {
     use super::*;
-    use admedia_actors::scheduler::actor::SchedulerStats;
+    use admedia_actors::actors::scheduler::SchedulerStats;
     use admedia_actors::store::JobCounts;
 
     fn stats() -> Stats {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
+use admedia_actors::attempt_files::AttemptFiles;
+use admedia_actors::content::ContentPolicy;
+use admedia_actors::orchestrator::Ports;
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::store::Store;
 use admedia_actors::Orchestrator;
@@ -209,12 +212,32 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
         let materials = open_materials(&settings, &config, &advertise_url)?;
+        // Platform rules: the content policy (ToS 3.2), and the files of
+        // each attempt, both built into the orchestrator.
+        let rules = Arc::new(settings.content_policy()?);
+        let content: Arc<dyn ContentPolicy> = match settings.moderation_provider()? {
+            Some(provider) => {
+                tracing::info!(endpoint = %provider.endpoint, "moderation provider on: rules first, then the provider");
+                Arc::new(crate::moderation::ProviderPolicy::new(
+                    provider,
+                    rules,
+                    metrics.clone(),
+                ))
+            }
+            None => rules,
+        };
+        let files: Arc<dyn AttemptFiles> = materials.clone();
+        let ports = Ports {
+            content: Some(content),
+            files: Some(files),
+        };
         // With PostgreSQL, nodes elect the one active scheduler; alone on
         // the embedded store, this node simply leads.
         let (orchestrator, node) = match &settings.database_url {
             Some(url) => {
                 let orchestrator =
-                    Orchestrator::start_standby(store, config.clone(), observer).await?;
+                    Orchestrator::start_standby_with(store, config.clone(), observer, ports)
+                        .await?;
                 let node = NodeState::new(node_id, advertise_url, Role::Standby);
                 actix_rt::spawn(run_election(
                     url.clone(),
@@ -226,7 +249,8 @@ impl Application {
                 (orchestrator, node)
             }
             None => {
-                let orchestrator = Orchestrator::start(store, config.clone(), observer).await?;
+                let orchestrator =
+                    Orchestrator::start_with(store, config.clone(), observer, ports).await?;
                 let epoch = orchestrator.epoch().await.unwrap_or(0);
                 (
                     orchestrator,
@@ -234,20 +258,7 @@ impl Application {
                 )
             }
         };
-        // Platform rules: the content policy (ToS 3.2) and the key that
-        // signs payment events (ToS 4.2, 5).
-        let rules = Arc::new(settings.content_policy()?);
-        match settings.moderation_provider()? {
-            Some(provider) => {
-                tracing::info!(endpoint = %provider.endpoint, "moderation provider on: rules first, then the provider");
-                orchestrator.set_content_policy(Arc::new(crate::moderation::ProviderPolicy::new(
-                    provider,
-                    rules,
-                    metrics.clone(),
-                )));
-            }
-            None => orchestrator.set_content_policy(rules),
-        }
+        // The key that signs payment events (ToS 4.2, 5).
         let payments = match settings.payment_secret.clone() {
             Some(secret) => Some(http::payments::PaymentVerifier::new(
                 secret,
@@ -258,7 +269,6 @@ impl Application {
                 None
             }
         };
-        orchestrator.set_attempt_files(materials.clone()).await?;
         spawn_object_sweep(materials.clone(), settings.object_sweep);
         let sim_workers = settings.sim_worker_count();
         if sim_workers > 0 {

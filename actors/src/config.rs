@@ -37,7 +37,7 @@ pub struct OrchestratorConfig {
     /// GPU memory a job of each size class needs.
     pub vram: VramTable,
     /// First wait before writing an attempt's end again after the store
-    /// refused it; doubles per try (see `job_actor`).
+    /// refused it; doubles per try (see `actors::job_actor`).
     #[serde(default = "default_settle_retry")]
     pub settle_retry: Duration,
     /// How e-mail addresses are compared for one account per person.

@@ -8,6 +8,7 @@
 //! the server (`src/`) and the load tester plug those in from outside.
 
 pub mod accounts;
+pub mod actors;
 pub mod attempt_files;
 pub mod clock;
 pub mod config;
@@ -19,7 +20,6 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod job;
-pub mod job_actor;
 pub mod ledger;
 pub mod material;
 pub mod models;
@@ -36,9 +36,7 @@ pub mod store;
 pub mod text;
 pub mod tier;
 pub mod user;
-pub mod wallet;
 pub mod wire;
-pub mod worker;
 
 pub use config::OrchestratorConfig;
 pub use error::OrchestratorError;

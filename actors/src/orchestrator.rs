@@ -5,11 +5,24 @@
 
 use std::sync::Arc;
 
+use actix::dev::channel;
 use actix::prelude::*;
 use actix_rt::Arbiter;
 use chrono::Utc;
 
+use crate::actors::messages::{LastHeard, SchedulerHandle};
+use crate::actors::scheduler::{
+    settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, GraceOver,
+    LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor, SchedulerStats,
+    Waiting, WorkerView,
+};
+use crate::actors::wallet::{
+    Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry,
+};
+use crate::actors::worker::{start_simulated_worker, SimProfile, WorkerActor, WorkerLink};
+use crate::attempt_files::AttemptFiles;
 use crate::config::OrchestratorConfig;
+use crate::content::{AllowAll, ContentPolicy};
 use crate::email::Email;
 use crate::error::OrchestratorError;
 use crate::ids::WorkerId;
@@ -18,18 +31,10 @@ use crate::job::{IdempotencyKey, Job, JobRequest, JobSpec, JobState};
 use crate::ledger::{Grant, LedgerEntry};
 use crate::money::Wallet;
 use crate::observer::Observer;
-use crate::scheduler::actor::{
-    settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, GraceOver,
-    LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor, SchedulerStats,
-    Waiting, WorkerView,
-};
 use crate::store::{Activity, AttemptRecord, JobCounts, JobFilter, Store, Submission};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
-use crate::wallet::{Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry};
-use crate::worker::{
-    start_simulated_worker, Capabilities, LastHeard, SimProfile, WorkerActor, WorkerLink,
-};
+use crate::wire::{Capabilities, PresentedAttempt};
 
 /// Platform rules: API keys, payments, prices, content (ToS 2-5, 9).
 mod account_api;
@@ -65,11 +70,27 @@ pub struct Orchestrator {
     observer: Arc<dyn Observer>,
     wallets: WalletRegistry,
     scheduler: Addr<SchedulerActor>,
+    /// The scheduler as the worker actors reach it.
+    to_scheduler: SchedulerHandle,
     actor_arbiter: actix_rt::ArbiterHandle,
     _arbiters: Arc<ArbiterGuard>,
     /// Price book, content policy (see `rules`).
     platform: Arc<crate::platform::Platform>,
 }
+
+/// What the orchestrator is built with besides its store: the policy that
+/// screens prompts (ToS 3.2) and the port through which attempts get their
+/// input and output files. Left out, every prompt is allowed and the files
+/// a worker names are trusted (tests, the benchmark).
+#[derive(Clone, Default)]
+pub struct Ports {
+    pub content: Option<Arc<dyn ContentPolicy>>,
+    pub files: Option<Arc<dyn AttemptFiles>>,
+}
+
+/// The scheduler's mailbox: actix's default capacity, as
+/// `Actor::start_in_arbiter` gives it.
+const SCHEDULER_MAILBOX: usize = 16;
 
 /// Stops the orchestrator's arbiters when the last handle goes.
 struct ArbiterGuard(Vec<Arbiter>);
@@ -95,7 +116,17 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        let orchestrator = Self::start_standby(store, config, observer).await?;
+        Self::start_with(store, config, observer, Ports::default()).await
+    }
+
+    /// As [`Orchestrator::start`], with `ports`.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+        ports: Ports,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        let orchestrator = Self::start_standby_with(store, config, observer, ports).await?;
         let node = format!("solo-{}", std::process::id());
         orchestrator
             .promote(&node, "", std::time::Duration::ZERO)
@@ -110,7 +141,17 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        Self::start_standby_on(store, config, observer, Some(Arbiter::new())).await
+        Self::start_standby_with(store, config, observer, Ports::default()).await
+    }
+
+    /// As [`Orchestrator::start_standby`], with `ports`.
+    pub async fn start_standby_with(
+        store: Arc<dyn Store>,
+        config: OrchestratorConfig,
+        observer: Arc<dyn Observer>,
+        ports: Ports,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        Self::start_standby_on(store, config, observer, ports, Some(Arbiter::new())).await
     }
 
     /// As [`Orchestrator::start`], with every actor on the calling
@@ -123,7 +164,8 @@ impl Orchestrator {
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
     ) -> Result<Orchestrator, OrchestratorError> {
-        let orchestrator = Self::start_standby_on(store, config, observer, None).await?;
+        let orchestrator =
+            Self::start_standby_on(store, config, observer, Ports::default(), None).await?;
         orchestrator
             .promote("solo-this-thread", "", std::time::Duration::ZERO)
             .await?;
@@ -136,6 +178,7 @@ impl Orchestrator {
         store: Arc<dyn Store>,
         config: OrchestratorConfig,
         observer: Arc<dyn Observer>,
+        ports: Ports,
         own: Option<Arbiter>,
     ) -> Result<Orchestrator, OrchestratorError> {
         config
@@ -144,34 +187,49 @@ impl Orchestrator {
         let config_prices = config.prices;
         let config = Arc::new(config);
         let handle = own.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
+        let platform = Arc::new(crate::platform::Platform::new(
+            config_prices,
+            ports.content.unwrap_or_else(|| Arc::new(AllowAll)),
+        ));
+        // The scheduler's mailbox comes first: the wallet registry is built
+        // with the scheduler's handle, the scheduler with the registry.
+        let (tx, rx) = channel::channel(SCHEDULER_MAILBOX);
+        let scheduler = Addr::<SchedulerActor>::new(tx);
+        let to_scheduler = SchedulerHandle::of(&scheduler);
         let wallets = WalletRegistry::new(
             store.clone(),
             config.clone(),
             observer.clone(),
+            to_scheduler.clone(),
+            platform.prices.clone(),
             // Wallet actors live on the scheduling thread too (see above).
             vec![handle.clone()],
         );
-        let scheduler = {
-            let (store, wallets, config, observer) = (
+        {
+            let (store, wallets, config, observer, me, files) = (
                 store.clone(),
                 wallets.clone(),
                 config.clone(),
                 observer.clone(),
+                to_scheduler.clone(),
+                ports.files,
             );
-            SchedulerActor::start_in_arbiter(&handle, move |_| {
-                SchedulerActor::new(store, wallets, config, observer)
-            })
-        };
-        wallets.set_scheduler(scheduler.clone());
+            handle.spawn_fn(move || {
+                let ctx = Context::with_receiver(rx);
+                let actor = SchedulerActor::new(store, wallets, config, observer, me, files);
+                actix_rt::spawn(ctx.into_future(actor));
+            });
+        }
         let orchestrator = Orchestrator {
             store,
             config,
             observer,
             wallets,
             scheduler,
+            to_scheduler,
             actor_arbiter: handle,
             _arbiters: Arc::new(ArbiterGuard(own.into_iter().collect())),
-            platform: Arc::new(crate::platform::Platform::new(config_prices)),
+            platform,
         };
         orchestrator.start_platform().await?;
         Ok(orchestrator)
@@ -288,22 +346,10 @@ impl Orchestrator {
         &self.observer
     }
 
-    /// Attempts get signed URLs for their inputs and outputs from `files`,
-    /// and a completion counts only once `files` accepts its uploads.
-    pub async fn set_attempt_files(
-        &self,
-        files: Arc<dyn crate::attempt_files::AttemptFiles>,
-    ) -> Result<(), OrchestratorError> {
-        self.scheduler
-            .send(crate::scheduler::actor::SetAttemptFiles(files))
-            .await
-            .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))
-    }
-
     /// Starts `count` simulated GPU workers with `slots` each.
     pub fn add_simulated_workers(&self, count: usize, slots: u32, profile: SimProfile) {
         for i in 0..count {
-            let scheduler = self.scheduler.clone();
+            let scheduler = self.to_scheduler.clone();
             let observer = self.observer.clone();
             let (clock, random) = (self.config.clock.clone(), self.config.random.clone());
             self.actor_arbiter.spawn_fn(move || {
@@ -326,10 +372,10 @@ impl Orchestrator {
         &self,
         id: WorkerId,
         caps: Capabilities,
-        presented: Vec<crate::wire::PresentedAttempt>,
+        presented: Vec<PresentedAttempt>,
         link: Box<dyn WorkerLink>,
     ) -> Addr<WorkerActor> {
-        let scheduler = self.scheduler.clone();
+        let scheduler = self.to_scheduler.clone();
         let observer = self.observer.clone();
         let lease = Some(self.config.worker_lease);
         let clock = self.config.clock.clone();
@@ -598,7 +644,7 @@ impl Orchestrator {
             .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
         let mut out = Vec::with_capacity(list.len());
         for w in list {
-            let heard = w.addr.send(LastHeard).await.ok();
+            let heard = w.worker.last_heard.send(LastHeard).await.ok();
             out.push((w, heard));
         }
         Ok(out)

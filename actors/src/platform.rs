@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::content::outputs::OutputThresholds;
-use crate::content::{AllowAll, ContentPolicy, Score};
+use crate::content::{ContentPolicy, Score};
 use crate::payments::GiftTable;
 use crate::price_schedule::PriceBook;
 use crate::pricing::PriceTable;
@@ -68,22 +67,18 @@ impl PlatformConfig {
 /// What the orchestrator holds for the rules at run time.
 pub struct Platform {
     pub prices: Arc<PriceBook>,
-    content: RwLock<Arc<dyn ContentPolicy>>,
+    content: Arc<dyn ContentPolicy>,
 }
 
 impl Platform {
-    pub fn new(fallback: PriceTable) -> Platform {
+    pub fn new(fallback: PriceTable, content: Arc<dyn ContentPolicy>) -> Platform {
         Platform {
             prices: Arc::new(PriceBook::new(fallback)),
-            content: RwLock::new(Arc::new(AllowAll)),
+            content,
         }
     }
 
     pub fn content(&self) -> Arc<dyn ContentPolicy> {
-        self.content.read().clone()
-    }
-
-    pub fn set_content(&self, policy: Arc<dyn ContentPolicy>) {
-        *self.content.write() = policy;
+        self.content.clone()
     }
 }

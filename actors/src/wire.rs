@@ -84,6 +84,29 @@ pub struct RefusedAttempt {
     pub reason: String,
 }
 
+/// What a worker can run, as its `hello` says: the scheduler places jobs
+/// by it.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub name: String,
+    pub slots: u32,
+    pub gpu_model: String,
+    /// GPU memory; a job goes only to a worker with what its size needs.
+    pub vram_mb: u32,
+    pub kinds: Vec<JobKind>,
+    /// Empty means any model.
+    pub models: Vec<String>,
+    pub loaded_models: Vec<String>,
+}
+
+impl Capabilities {
+    pub fn serves(&self, kind: JobKind, model: &str, vram_needed_mb: u32) -> bool {
+        self.kinds.contains(&kind)
+            && (self.models.is_empty() || self.models.iter().any(|m| m == model))
+            && self.vram_mb >= vram_needed_mb
+    }
+}
+
 /// The longest an agent that holds attempts stays away from a server that
 /// is back: its longest reconnect delay while holding attempts (5 s) plus a
 /// connect (10 s) and a welcome (10 s) that time out. A server's grace for

@@ -14,6 +14,9 @@ use chrono::Utc;
 use parking_lot::Mutex;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use admedia_actors::actors::messages::SchedulerHandle;
+use admedia_actors::actors::scheduler::SchedulerStats;
+use admedia_actors::actors::worker::{LinkClosed, SimProfile, WorkerActor, WorkerLink};
 use admedia_actors::error::OrchestratorError;
 use admedia_actors::ids::{JobId, LeaseToken, UserId};
 use admedia_actors::job::{
@@ -22,11 +25,9 @@ use admedia_actors::job::{
 use admedia_actors::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
 use admedia_actors::money::Credits;
 use admedia_actors::observer::{AttemptResult, Observer};
-use admedia_actors::scheduler::actor::SchedulerStats;
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::tier::{License, Membership, Tier};
-use admedia_actors::wire::{FromWorker, ToWorker};
-use admedia_actors::worker::{Capabilities, LinkClosed, SimProfile, WorkerActor, WorkerLink};
+use admedia_actors::wire::{Capabilities, FromWorker, ToWorker};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 
 /// Upper bound for anything the tests wait for; reaching it fails the test.
@@ -230,7 +231,7 @@ impl Harness {
             models: Vec::new(),
             loaded_models: Vec::new(),
         };
-        let scheduler = self.orch.scheduler().clone();
+        let scheduler = SchedulerHandle::of(self.orch.scheduler());
         let observer: Arc<dyn Observer> = self.obs.clone();
         let addr = WorkerActor::create(move |_ctx| {
             WorkerActor::new(

@@ -37,6 +37,7 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use admedia_actors::accounts::{ApiKeyRecord, KeyOptions};
+use admedia_actors::actors::worker::{LinkClosed, WorkerActor, WorkerLink};
 use admedia_actors::clock::{Clock, Random, SimulatedClock};
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
@@ -67,8 +68,7 @@ use admedia_actors::store::{
 };
 use admedia_actors::tier::{Membership, Tier};
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
-use admedia_actors::wire::{FromWorker, ToWorker};
-use admedia_actors::worker::{Capabilities, LinkClosed, WorkerActor, WorkerLink};
+use admedia_actors::wire::{Capabilities, FromWorker, ToWorker};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 
 /// Seeds of the short run `cargo test` makes (see BENCHMARKS.md for what
@@ -91,7 +91,7 @@ const WALL_START: i64 = 1_893_456_000; // 2030-01-01T00:00:00Z
 /// timer fires and dispatches within the same instant.
 const LINE_MARGIN: Duration = Duration::from_millis(100);
 /// The scheduler's delay before a job whose assignment the store refused
-/// goes back in line (`scheduler::actor`).
+/// goes back in line (`actors::scheduler`).
 const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------- the world

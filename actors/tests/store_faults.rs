@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::actors::worker::SimProfile;
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
@@ -34,7 +35,6 @@ use admedia_actors::store::{
 };
 use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
-use admedia_actors::worker::SimProfile;
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(20);

@@ -3,8 +3,8 @@
 //! system failures and refunds. console.js re-fetches the live part.
 
 use actix_web::{web, HttpResponse};
+use admedia_actors::actors::scheduler::RECENT_WINDOW;
 use admedia_actors::job::{Job, JobState};
-use admedia_actors::scheduler::actor::RECENT_WINDOW;
 use admedia_actors::store::{Activity, JobFilter};
 use admedia_actors::tier::Tier;
 use chrono::Utc;

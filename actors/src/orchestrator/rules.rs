@@ -8,10 +8,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::Orchestrator;
 use crate::accounts::{ApiKeyRecord, IssuedKey};
+use crate::actors::wallet::{ApplyPayment, GrantGift, WalletRegistry};
 use crate::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation, BY_AUTOMATIC, BY_OPERATOR,
 };
-use crate::content::{ContentPolicy, Verdict};
+use crate::content::Verdict;
 use crate::error::OrchestratorError;
 use crate::ids::{ApiKeyId, UserId};
 use crate::job::JobSpec;
@@ -23,7 +24,6 @@ use crate::pricing::PriceTable;
 use crate::store::{Store, StoreError};
 use crate::tier::Tier;
 use crate::user::{AccountStatus, ApiKey, User};
-use crate::wallet::{ApplyPayment, GrantGift, WalletRegistry};
 
 /// The refusals kept as a suspension's evidence, at most.
 const EVIDENCE_KEPT: usize = 50;
@@ -130,7 +130,6 @@ impl Orchestrator {
             }
         }
         self.platform.prices.replace(PriceSchedule::new(versions));
-        self.wallets.set_price_book(self.platform.prices.clone());
         if self.config.platform.price_notice < self.config.platform.sweep_every {
             tracing::warn!(
                 "the price notice is shorter than the sweep interval: another node may price \
@@ -331,10 +330,6 @@ impl Orchestrator {
     }
 
     // ---- content rules (ToS 3.2, 9.2)
-
-    pub fn set_content_policy(&self, policy: Arc<dyn ContentPolicy>) {
-        self.platform.set_content(policy);
-    }
 
     /// Checks a prompt before anything is charged. A refusal is recorded
     /// with its evidence; confident ones are counted, and enough of them

@@ -13,28 +13,25 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use actix::dev::channel;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
-use chrono::Utc;
 use parking_lot::Mutex;
 
+use crate::actors::messages::{CancelInFlight, Enqueue, Expire, SchedulerHandle, Settle, Withdraw};
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
 use crate::ids::{JobId, UserId};
-use crate::job::AttemptOutcome;
 use crate::job::{IdempotencyKey, Job, JobSpec, JobState};
 use crate::ledger::{EntryKind, Grant};
 use crate::money::Wallet;
 use crate::observer::Observer;
-use crate::scheduler::actor::{CancelInFlight, Enqueue, SchedulerActor, Withdraw};
+use crate::price_schedule::PriceBook;
 use crate::scheduler::queue::QueuedJob;
-use crate::store::{
-    AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, Store, StoreError, Submission,
-};
+use crate::store::{Cancellation, GrantOutcome, NewJob, Settlement, Store, StoreError, Submission};
 use crate::tier::Membership;
 use crate::user::{AccountStatus, User};
 
@@ -52,23 +49,10 @@ struct Deps {
     store: Arc<dyn Store>,
     config: Arc<OrchestratorConfig>,
     observer: Arc<dyn Observer>,
-    scheduler: OnceLock<Addr<SchedulerActor>>,
-    /// Versioned prices (ToS 4.5); without it, `config.prices` as version 1.
-    prices: OnceLock<Arc<crate::price_schedule::PriceBook>>,
-}
-
-impl Deps {
-    fn scheduler(&self) -> Option<&Addr<SchedulerActor>> {
-        self.scheduler.get()
-    }
-
-    /// The price version in effect at `at` and its table.
-    fn pricing_at(&self, at: chrono::DateTime<Utc>) -> (u32, crate::pricing::PriceTable) {
-        match self.prices.get() {
-            Some(book) => book.pricing_at(at),
-            None => (1, self.config.prices),
-        }
-    }
+    /// Told of every job queued and every job cancelled.
+    scheduler: SchedulerHandle,
+    /// Versioned prices (ToS 4.5).
+    prices: Arc<PriceBook>,
 }
 
 /// Payments and membership gifts (ToS 4.2, 5).
@@ -174,7 +158,7 @@ impl Handler<Submit> for WalletActor {
             }
             let now = deps.config.clock.now();
             let tier = user.tier(now);
-            let (price_version, prices) = deps.pricing_at(now);
+            let (price_version, prices) = deps.prices.pricing_at(now);
             let model = deps
                 .config
                 .models
@@ -216,21 +200,14 @@ impl Handler<Submit> for WalletActor {
                 act.deps.observer.job_submitted(job.spec.kind, job.tier);
                 act.deps.observer.credits_moved(EntryKind::Hold, job.cost.get());
                 tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(), "credits held");
-                if let Some(s) = act.deps.scheduler() {
-                    s.do_send(Enqueue(QueuedJob::from_job(job, &act.deps.config)));
-                }
+                act.deps
+                    .scheduler
+                    .enqueue
+                    .do_send(Enqueue(QueuedJob::from_job(job, &act.deps.config)));
             }
             Ok(submission)
         }))
     }
-}
-
-/// Record how an attempt ended and move the money with it.
-#[derive(Message)]
-#[rtype(result = "Result<Settlement, StoreError>")]
-pub struct Settle {
-    pub attempt: AttemptRef,
-    pub outcome: AttemptOutcome,
 }
 
 impl Handler<Settle> for WalletActor {
@@ -300,24 +277,15 @@ impl Handler<Cancel> for WalletActor {
                 .job_finished(job.spec.kind, job.tier, job.state);
             tracing::info!(user = %job.user_id, job = %job.id, amount = job.cost.get(),
                 movement = kind.as_str(), "job cancelled");
-            if let Some(s) = act.deps.scheduler() {
-                if previous == JobState::Queued {
-                    s.do_send(Withdraw(job.id));
-                } else {
-                    s.do_send(CancelInFlight(job.id));
-                }
+            let scheduler = &act.deps.scheduler;
+            if previous == JobState::Queued {
+                scheduler.withdraw.do_send(Withdraw(job.id));
+            } else {
+                scheduler.cancel_in_flight.do_send(CancelInFlight(job.id));
             }
             Ok(job)
         }))
     }
-}
-
-/// A waiting job passed its tier's waiting limit: it fails as expired and
-/// its hold is voided (a system-side failure, refunded).
-#[derive(Message)]
-#[rtype(result = "Result<Job, StoreError>")]
-pub struct Expire {
-    pub job_id: JobId,
 }
 
 impl Handler<Expire> for WalletActor {
@@ -432,9 +400,7 @@ impl Handler<SetStatus> for WalletActor {
                     act.deps
                         .observer
                         .job_finished(job.spec.kind, job.tier, job.state);
-                    if let Some(s) = act.deps.scheduler() {
-                        s.do_send(Withdraw(job.id));
-                    }
+                    act.deps.scheduler.withdraw.do_send(Withdraw(job.id));
                 }
                 Ok(user)
             },
@@ -465,12 +431,15 @@ impl Registry {
 }
 
 impl WalletRegistry {
-    /// Wallet actors are spread over `arbiters` by user; with none given
-    /// they run on the caller's arbiter.
+    /// Wallet actors tell `scheduler` of the jobs they queue and cancel,
+    /// and price jobs by `prices`. They are spread over `arbiters` by
+    /// user; with none given they run on the caller's arbiter.
     pub fn new(
         store: Arc<dyn Store>,
         config: Arc<OrchestratorConfig>,
         observer: Arc<dyn Observer>,
+        scheduler: SchedulerHandle,
+        prices: Arc<PriceBook>,
         arbiters: Vec<ArbiterHandle>,
     ) -> WalletRegistry {
         WalletRegistry(Arc::new(Registry {
@@ -480,19 +449,10 @@ impl WalletRegistry {
                 store,
                 config,
                 observer,
-                scheduler: OnceLock::new(),
-                prices: OnceLock::new(),
+                scheduler,
+                prices,
             }),
         }))
-    }
-
-    pub fn set_scheduler(&self, scheduler: Addr<SchedulerActor>) {
-        let _ = self.0.deps.scheduler.set(scheduler);
-    }
-
-    /// Prices jobs by the versioned price table from now on.
-    pub fn set_price_book(&self, book: Arc<crate::price_schedule::PriceBook>) {
-        let _ = self.0.deps.prices.set(book);
     }
 
     /// Wallet actors alive now.
@@ -583,12 +543,43 @@ impl WalletRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::messages::recorder::{Recorded, Recorder};
     use crate::email::Email;
+    use crate::job::{JobKind, JobRequest, ParamsRequest};
     use crate::ledger::GrantSource;
     use crate::money::Credits;
     use crate::observer::NoopObserver;
     use crate::store::memory::MemoryStore;
     use crate::user::{ApiKey, DisplayName, NewUser};
+
+    /// A user with 100 credits, and a registry whose scheduler is a
+    /// stand-in that records what the wallets tell it.
+    async fn registry_with_user(email: &str) -> (WalletRegistry, User, Recorded) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (user, _) = store
+            .create_user(
+                NewUser {
+                    email: Email::parse(email).unwrap(),
+                    display_name: DisplayName::parse("Someone").unwrap(),
+                    key_hash: ApiKey::generate().hash(),
+                },
+                Credits::new(100).unwrap(),
+                crate::clock::Clock::system().now(),
+            )
+            .await
+            .unwrap();
+        let config = OrchestratorConfig::default();
+        let (scheduler, recorded) = Recorder::spawn();
+        let registry = WalletRegistry::new(
+            store,
+            Arc::new(config.clone()),
+            Arc::new(NoopObserver),
+            SchedulerHandle::of(&scheduler),
+            Arc::new(PriceBook::new(config.prices)),
+            Vec::new(),
+        );
+        (registry, user, recorded)
+    }
 
     /// A message whose handler panics, standing for any bug in a handler.
     #[derive(Message)]
@@ -615,25 +606,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn panicking_wallet_actor_restarts_with_its_state_from_the_store() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let (user, _) = store
-            .create_user(
-                NewUser {
-                    email: Email::parse("crash@example.com").unwrap(),
-                    display_name: DisplayName::parse("Crash").unwrap(),
-                    key_hash: ApiKey::generate().hash(),
-                },
-                Credits::new(100).unwrap(),
-                crate::clock::Clock::system().now(),
-            )
-            .await
-            .unwrap();
-        let registry = WalletRegistry::new(
-            store.clone(),
-            Arc::new(OrchestratorConfig::default()),
-            Arc::new(NoopObserver),
-            Vec::new(),
-        );
+        let (registry, user, _) = registry_with_user("crash@example.com").await;
         let grant = |key: &str| {
             GrantCredits(Grant {
                 amount: Credits::new(25).unwrap(),
@@ -660,5 +633,43 @@ mod tests {
         let replay = registry.call(user.id, grant("g1")).await.unwrap().unwrap();
         assert!(replay.replayed);
         assert_eq!(replay.wallet.balance.get(), 125);
+    }
+
+    #[actix_rt::test]
+    async fn a_wallet_tells_the_scheduler_what_it_queues_and_what_is_cancelled() {
+        let (registry, user, mut scheduler) = registry_with_user("told@example.com").await;
+        let spec = JobSpec::parse(JobRequest {
+            kind: JobKind::Image,
+            model: "sdxl".into(),
+            prompt: "a lighthouse at dusk".into(),
+            params: ParamsRequest::default(),
+            webhook_url: None,
+            priority: None,
+        })
+        .unwrap();
+        let submit = |spec: JobSpec| Submit {
+            spec,
+            idempotency: Some(IdempotencyKey::parse("once").unwrap()),
+        };
+        let submission = registry
+            .call(user.id, submit(spec.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let job = submission.job.id;
+        let Enqueue(queued) = scheduler.next::<Enqueue>().await;
+        assert_eq!((queued.job_id, queued.user_id), (job, user.id));
+
+        // A replayed submission queues nothing new.
+        let replay = registry.call(user.id, submit(spec)).await.unwrap().unwrap();
+        assert!(replay.replayed);
+        registry
+            .call(user.id, Cancel { job_id: job })
+            .await
+            .unwrap()
+            .unwrap();
+        let Withdraw(withdrawn) = scheduler.next::<Withdraw>().await;
+        assert_eq!(withdrawn, job);
+        assert!(scheduler.is_empty());
     }
 }

@@ -9,17 +9,20 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 
+use crate::actors::messages::{
+    Assign, AttemptEnded, AttemptEvent, CancelAttempt, Deposed, NextStep, Revoke, SchedulerHandle,
+    Settle, WorkerHandle,
+};
+use crate::actors::wallet::WalletRegistry;
 use crate::attempt_files::{AttemptFiles, AttemptPlan};
 use crate::config::OrchestratorConfig;
 use crate::events::{JobEvent, JobEventKind};
 use crate::ids::{LeaseToken, WorkerId};
 use crate::job::{AttemptOutcome, FailureClass, Job, JobSpec, JobState, Output};
 use crate::observer::{AttemptResult, Observer};
-use crate::scheduler::actor::{AttemptEnded, Deposed, NextStep, SchedulerActor};
 use crate::scheduler::queue::QueuedJob;
+use crate::scheduler::resume::Resumed;
 use crate::store::{AttemptRef, Store, StoreError};
-use crate::wallet::{Settle, WalletRegistry};
-use crate::worker::{Assign, AttemptEvent, Revoke, WorkerActor};
 
 /// The longest wait between two writes of an attempt's end; the first is
 /// `config.settle_retry`, doubling per try.
@@ -40,18 +43,12 @@ enum Phase {
     Ending,
 }
 
-/// The user cancelled the job while it was in flight; the store already
-/// says `cancelled`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CancelAttempt;
-
 pub struct JobActor {
     job: QueuedJob,
     attempt: AttemptRef,
     worker_id: WorkerId,
-    worker: Addr<WorkerActor>,
-    scheduler: Addr<SchedulerActor>,
+    worker: WorkerHandle,
+    scheduler: SchedulerHandle,
     wallets: WalletRegistry,
     store: Arc<dyn Store>,
     config: Arc<OrchestratorConfig>,
@@ -75,7 +72,7 @@ pub struct JobActor {
     assigned: Option<Job>,
     /// Taken back from a worker that presented it after a restart or a
     /// failover: nothing is assigned, it goes on where it was.
-    resumed: Option<crate::scheduler::resume::Resumed>,
+    resumed: Option<Resumed>,
 }
 
 impl JobActor {
@@ -84,8 +81,8 @@ impl JobActor {
         job: QueuedJob,
         lease: LeaseToken,
         worker_id: WorkerId,
-        worker: Addr<WorkerActor>,
-        scheduler: Addr<SchedulerActor>,
+        worker: WorkerHandle,
+        scheduler: SchedulerHandle,
         wallets: WalletRegistry,
         store: Arc<dyn Store>,
         config: Arc<OrchestratorConfig>,
@@ -129,10 +126,10 @@ impl JobActor {
     #[allow(clippy::too_many_arguments)]
     pub fn resumed(
         job: Job,
-        resumed: crate::scheduler::resume::Resumed,
+        resumed: Resumed,
         worker_id: WorkerId,
-        worker: Addr<WorkerActor>,
-        scheduler: Addr<SchedulerActor>,
+        worker: WorkerHandle,
+        scheduler: SchedulerHandle,
         wallets: WalletRegistry,
         store: Arc<dyn Store>,
         config: Arc<OrchestratorConfig>,
@@ -166,7 +163,7 @@ impl JobActor {
     /// system failure.
     fn arm_deadline(&mut self, after: Duration, ctx: &mut Context<Self>) {
         ctx.run_later(after, |act, ctx| {
-            act.worker.do_send(Revoke {
+            act.worker.revoke.do_send(Revoke {
                 job_id: act.attempt.job_id,
                 lease: act.attempt.lease,
             });
@@ -206,7 +203,7 @@ impl JobActor {
         let deadline = self.config.deadline(self.job.kind);
         // `send`, not `do_send`: if the worker went away before handling
         // it, the attempt is lost now rather than at its deadline.
-        let delivery = self.worker.send(Assign {
+        let delivery = self.worker.assign.send(Assign {
             job_id: self.attempt.job_id,
             attempt: self.attempt.attempt,
             lease: self.attempt.lease,
@@ -291,7 +288,7 @@ impl JobActor {
     fn end(&mut self, next: NextStep, ctx: &mut Context<Self>) {
         if !self.ended {
             self.ended = true;
-            self.scheduler.do_send(AttemptEnded {
+            self.scheduler.attempt_ended.do_send(AttemptEnded {
                 job_id: self.job.job_id,
                 user_id: self.job.user_id,
                 worker: self.worker_id,
@@ -430,7 +427,7 @@ impl Actor for JobActor {
                 // Another node leads now: this scheduler must stop.
                 tracing::warn!(job = %act.job.job_id, epoch = act.epoch, current,
                     "assignment refused: scheduler deposed");
-                act.scheduler.do_send(Deposed { current });
+                act.scheduler.deposed.do_send(Deposed { current });
                 act.end(NextStep::Done, ctx);
             }
             Err(e) => {
@@ -444,7 +441,7 @@ impl Actor for JobActor {
         // Whatever stopped us, the scheduler must get its slot back.
         if !self.ended {
             self.ended = true;
-            self.scheduler.do_send(AttemptEnded {
+            self.scheduler.attempt_ended.do_send(AttemptEnded {
                 job_id: self.job.job_id,
                 user_id: self.job.user_id,
                 worker: self.worker_id,
@@ -540,7 +537,7 @@ impl Handler<AttemptEvent> for JobActor {
                     if let Err(e) = res {
                         match e {
                             StoreError::StaleTransition { .. } | StoreError::NotFound(_) => {
-                                act.worker.do_send(Revoke {
+                                act.worker.revoke.do_send(Revoke {
                                     job_id: act.attempt.job_id,
                                     lease: act.attempt.lease,
                                 });
@@ -600,7 +597,7 @@ impl Handler<CancelAttempt> for JobActor {
             return;
         }
         self.phase = Phase::Ending;
-        self.worker.do_send(Revoke {
+        self.worker.revoke.do_send(Revoke {
             job_id: self.attempt.job_id,
             lease: self.attempt.lease,
         });

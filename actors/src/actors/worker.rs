@@ -10,95 +10,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::actors::messages::{
+    Adopt, Assign, AttemptEvent, Drain, LastHeard, Registered, Revoke, SchedulerHandle,
+    WorkerDraining, WorkerHandle, WorkerJoined, WorkerLeft,
+};
 use crate::clock::{Clock, Random};
 use crate::ids::{JobId, LeaseToken, WorkerId};
-use crate::job::{FailureClass, JobKind, JobSpec, Output};
+use crate::job::{FailureClass, JobKind, Output};
 use crate::observer::Observer;
-use crate::scheduler::actor::{SchedulerActor, WorkerDraining, WorkerJoined, WorkerLeft};
-use crate::wire::{AttemptId, FromWorker, PresentedAttempt, RefusedAttempt, ToWorker};
-
-/// What a worker can run.
-#[derive(Clone, Debug)]
-pub struct Capabilities {
-    pub name: String,
-    pub slots: u32,
-    pub gpu_model: String,
-    /// GPU memory; a job goes only to a worker with what its size needs.
-    pub vram_mb: u32,
-    pub kinds: Vec<JobKind>,
-    /// Empty means any model.
-    pub models: Vec<String>,
-    pub loaded_models: Vec<String>,
-}
-
-impl Capabilities {
-    pub fn serves(&self, kind: JobKind, model: &str, vram_needed_mb: u32) -> bool {
-        self.kinds.contains(&kind)
-            && (self.models.is_empty() || self.models.iter().any(|m| m == model))
-            && self.vram_mb >= vram_needed_mb
-    }
-}
+use crate::wire::{Capabilities, FromWorker, PresentedAttempt, ToWorker};
 
 /// The way to the worker itself.
 pub trait WorkerLink: Send + 'static {
     /// False when the worker can no longer be reached.
     fn send(&mut self, msg: ToWorker) -> bool;
-}
-
-/// What happened to an attempt, as the job actor hears it.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "()")]
-pub enum AttemptEvent {
-    Accepted,
-    Progress {
-        percent: u8,
-    },
-    Completed {
-        outputs: Vec<Output>,
-        /// From an in-process simulated GPU, whose outputs are placeholders
-        /// (`sim://…`) that were never uploaded.
-        simulated: bool,
-    },
-    Failed {
-        class: FailureClass,
-        message: String,
-    },
-    /// The worker went away with the attempt.
-    Lost {
-        reason: String,
-    },
-}
-
-/// Run one attempt on this worker.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Assign {
-    pub job_id: JobId,
-    pub attempt: u32,
-    pub lease: LeaseToken,
-    pub spec: JobSpec,
-    pub deadline: Duration,
-    pub reply_to: Recipient<AttemptEvent>,
-    /// Signed URLs for the attempt's inputs and outputs.
-    pub files: crate::attempt_files::AttemptPlan,
-}
-
-/// Take an attempt back (cancelled, timed out); the worker is told to stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Revoke {
-    pub job_id: JobId,
-    pub lease: LeaseToken,
-}
-
-/// The scheduler knows the worker now: a remote worker is welcomed, so a
-/// welcome means "you may be assigned work from here on". It names the
-/// presented attempts taken back (already adopted) and those refused.
-#[derive(Message, Default)]
-#[rtype(result = "()")]
-pub struct Registered {
-    pub resumed: Vec<AttemptId>,
-    pub refused: Vec<RefusedAttempt>,
 }
 
 impl Handler<Registered> for WorkerActor {
@@ -117,17 +42,6 @@ impl Handler<Registered> for WorkerActor {
     }
 }
 
-/// A presented attempt taken back: it is this worker's again, with no
-/// `assign` sent (the worker runs it already); its reports go to
-/// `reply_to`, the job actor re-attached to it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Adopt {
-    pub job_id: JobId,
-    pub lease: LeaseToken,
-    pub reply_to: Recipient<AttemptEvent>,
-}
-
 impl Handler<Adopt> for WorkerActor {
     type Result = ();
 
@@ -142,11 +56,6 @@ impl Handler<Adopt> for WorkerActor {
     }
 }
 
-/// Tell the worker to finish what it runs and take nothing new.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain;
-
 impl Handler<Drain> for WorkerActor {
     type Result = ();
 
@@ -154,11 +63,6 @@ impl Handler<Drain> for WorkerActor {
         self.link.send(ToWorker::Drain);
     }
 }
-
-/// How long ago the worker was last heard from.
-#[derive(Message)]
-#[rtype(result = "Duration")]
-pub struct LastHeard;
 
 impl Handler<LastHeard> for WorkerActor {
     type Result = MessageResult<LastHeard>;
@@ -182,7 +86,7 @@ pub struct WorkerActor {
     id: WorkerId,
     caps: Capabilities,
     link: Box<dyn WorkerLink>,
-    scheduler: Addr<SchedulerActor>,
+    scheduler: SchedulerHandle,
     observer: Arc<dyn Observer>,
     /// Ordered, so a disconnect loses its attempts in one order every run.
     assignments: BTreeMap<JobId, Assignment>,
@@ -200,7 +104,7 @@ impl WorkerActor {
         id: WorkerId,
         caps: Capabilities,
         link: Box<dyn WorkerLink>,
-        scheduler: Addr<SchedulerActor>,
+        scheduler: SchedulerHandle,
         observer: Arc<dyn Observer>,
         lease: Option<Duration>,
     ) -> WorkerActor {
@@ -258,10 +162,10 @@ impl Actor for WorkerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.scheduler.do_send(WorkerJoined {
+        self.scheduler.worker_joined.do_send(WorkerJoined {
             id: self.id,
             caps: self.caps.clone(),
-            addr: ctx.address(),
+            worker: WorkerHandle::of(&ctx.address()),
             presented: std::mem::take(&mut self.presented),
         });
         if let Some(lease) = self.lease {
@@ -283,7 +187,9 @@ impl Actor for WorkerActor {
                 reason: "worker disconnected".into(),
             });
         }
-        self.scheduler.do_send(WorkerLeft { id: self.id });
+        self.scheduler
+            .worker_left
+            .do_send(WorkerLeft { id: self.id });
     }
 }
 
@@ -352,7 +258,9 @@ impl Handler<FromWorker> for WorkerActor {
             }
             FromWorker::Drain => {
                 tracing::info!(worker = %self.id, name = %self.caps.name, running = self.assignments.len(), "worker draining");
-                self.scheduler.do_send(WorkerDraining { id: self.id });
+                self.scheduler
+                    .worker_draining
+                    .do_send(WorkerDraining { id: self.id });
             }
             FromWorker::Accept { job_id, lease } => {
                 if let Some(a) = self.current(job_id, lease) {
@@ -551,7 +459,7 @@ pub fn start_simulated_worker(
     name: String,
     slots: u32,
     profile: SimProfile,
-    scheduler: Addr<SchedulerActor>,
+    scheduler: SchedulerHandle,
     observer: Arc<dyn Observer>,
     clock: Clock,
     random: Random,
@@ -577,4 +485,85 @@ pub fn start_simulated_worker(
         )
         .with_clock(clock)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+    use super::*;
+    use crate::actors::messages::recorder::Recorder;
+    use crate::observer::NoopObserver;
+
+    /// A remote worker's connection, as the frames sent on it.
+    struct Frames(UnboundedSender<ToWorker>);
+
+    impl WorkerLink for Frames {
+        fn send(&mut self, msg: ToWorker) -> bool {
+            self.0.send(msg).is_ok()
+        }
+    }
+
+    fn remote_worker(
+        scheduler: SchedulerHandle,
+    ) -> (Addr<WorkerActor>, UnboundedReceiver<ToWorker>) {
+        let (tx, rx) = unbounded_channel();
+        let caps = Capabilities {
+            name: "gpu-a".into(),
+            slots: 2,
+            gpu_model: "test".into(),
+            vram_mb: 24_000,
+            kinds: JobKind::ALL.to_vec(),
+            models: Vec::new(),
+            loaded_models: Vec::new(),
+        };
+        let worker = WorkerActor::new(
+            WorkerId::generate(),
+            caps,
+            Box::new(Frames(tx)),
+            scheduler,
+            Arc::new(NoopObserver),
+            Some(Duration::from_secs(60)),
+        )
+        .start();
+        (worker, rx)
+    }
+
+    /// The worker actor driven with a stand-in for the scheduler: what it
+    /// tells the scheduler, what it tells its worker, and what it tells a
+    /// job when its connection closes.
+    #[actix_rt::test]
+    async fn a_worker_joins_is_welcomed_drains_and_leaves_with_its_attempts() {
+        let (scheduler, mut told) = Recorder::spawn();
+        let (worker, mut frames) = remote_worker(SchedulerHandle::of(&scheduler));
+
+        let joined = told.next::<WorkerJoined>().await;
+        assert_eq!(joined.caps.name, "gpu-a");
+        assert!(joined.presented.is_empty());
+        joined.worker.registered.do_send(Registered::default());
+        let welcome = frames.recv().await.unwrap();
+        assert!(
+            matches!(welcome, ToWorker::Welcome { worker_id, lease_ms: 60_000, .. } if worker_id == joined.id),
+            "{welcome:?}"
+        );
+
+        // An attempt taken back after a restart: the job hears of its loss.
+        let (job, mut job_heard) = Recorder::spawn();
+        joined.worker.adopt.do_send(Adopt {
+            job_id: JobId::generate(),
+            lease: LeaseToken::generate(),
+            reply_to: job.recipient(),
+        });
+
+        worker.do_send(FromWorker::Drain);
+        let draining = told.next::<WorkerDraining>().await;
+        assert_eq!(draining.id, joined.id);
+
+        worker.do_send(LinkClosed);
+        let lost = job_heard.next::<AttemptEvent>().await;
+        assert!(matches!(lost, AttemptEvent::Lost { .. }), "{lost:?}");
+        let left = told.next::<WorkerLeft>().await;
+        assert_eq!(left.id, joined.id);
+        assert!(told.is_empty());
+    }
 }

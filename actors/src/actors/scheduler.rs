@@ -14,18 +14,23 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::actors::job_actor::JobActor;
+use crate::actors::messages::{
+    Adopt, AttemptEnded, CancelAttempt, CancelInFlight, Deposed, Drain, Enqueue, NextStep,
+    Registered, SchedulerHandle, Settle, Withdraw, WorkerDraining, WorkerHandle, WorkerJoined,
+    WorkerLeft,
+};
+use crate::actors::wallet::WalletRegistry;
+use crate::attempt_files::AttemptFiles;
 use crate::config::OrchestratorConfig;
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::ids::{JobId, LeaseToken, WorkerId};
 use crate::job::{Job, JobState};
-use crate::job_actor::{CancelAttempt, JobActor};
 use crate::observer::{AttemptResult, Observer};
 use crate::scheduler::queue::{FairQueue, JobClass, QueuedJob};
 use crate::scheduler::resume;
 use crate::store::{AttemptRecord, StoreResult};
 use crate::store::{Store, StoreError};
-use crate::wallet::WalletRegistry;
-use crate::wire::{AttemptId, PresentedAttempt, RefusedAttempt};
-use crate::worker::{Adopt, Capabilities, Registered, WorkerActor};
+use crate::wire::{AttemptId, Capabilities, PresentedAttempt, RefusedAttempt};
 
 /// How often the scheduler compares its line with the store, so a job the
 /// store holds as waiting can never be forgotten by the actors.
@@ -36,7 +41,7 @@ const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 struct WorkerSlots {
-    addr: Addr<WorkerActor>,
+    worker: WorkerHandle,
     caps: Capabilities,
     free: u32,
     /// Finishing what it runs; takes nothing new.
@@ -92,8 +97,10 @@ pub struct SchedulerActor {
     wallets: WalletRegistry,
     config: Arc<OrchestratorConfig>,
     observer: Arc<dyn Observer>,
+    /// How the job actors it starts reach it back.
+    handle: SchedulerHandle,
     /// Each attempt's input and output files (see `attempt_files`).
-    files: Option<Arc<dyn crate::attempt_files::AttemptFiles>>,
+    files: Option<Arc<dyn AttemptFiles>>,
     /// Attempts in flight under an earlier term, waiting for their worker
     /// to present them again (see `resume`); what is left of them when the
     /// grace ends counts as lost.
@@ -108,16 +115,21 @@ pub struct SchedulerActor {
 
 struct Presenting {
     caps: Capabilities,
-    addr: Addr<WorkerActor>,
+    worker: WorkerHandle,
     refused: Vec<RefusedAttempt>,
 }
 
 impl SchedulerActor {
+    /// `handle` is this scheduler's own (made from its mailbox before it
+    /// starts), for the job actors it starts; `files` gives each attempt
+    /// its files (none: the files a worker names are trusted).
     pub fn new(
         store: Arc<dyn Store>,
         wallets: WalletRegistry,
         config: Arc<OrchestratorConfig>,
         observer: Arc<dyn Observer>,
+        handle: SchedulerHandle,
+        files: Option<Arc<dyn AttemptFiles>>,
     ) -> SchedulerActor {
         SchedulerActor {
             queue: FairQueue::new(config.tiers, config.fairness),
@@ -131,7 +143,8 @@ impl SchedulerActor {
             wallets,
             config,
             observer,
-            files: None,
+            handle,
+            files,
             orphans: BTreeMap::new(),
             grace_over: true,
             presenting: BTreeMap::new(),
@@ -147,7 +160,7 @@ impl SchedulerActor {
     /// Hands out jobs while an idle slot can take one. Only requirement
     /// classes some idle slot serves are looked at, so a job nobody can run
     /// never holds up one that can be run.
-    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+    fn dispatch(&mut self) {
         let Some(epoch) = self.epoch else {
             // A standby dispatches nothing; the active scheduler of the
             // cluster hears of every waiting job through the store.
@@ -188,15 +201,15 @@ impl SchedulerActor {
             let ready_since = slots
                 .freed_at
                 .map_or(job.enqueued_at, |f| f.max(job.enqueued_at));
-            let worker_addr = slots.addr.clone();
+            let worker = slots.worker.clone();
             let worker_name = slots.caps.name.clone();
             let job_id = job.job_id;
             let actor = JobActor::new(
                 job.clone(),
                 LeaseToken::generate(),
                 worker_id,
-                worker_addr,
-                ctx.address(),
+                worker,
+                self.handle.clone(),
                 self.wallets.clone(),
                 self.store.clone(),
                 self.config.clone(),
@@ -312,7 +325,7 @@ impl SchedulerActor {
         }
         tracing::info!(worker = %name, lifted, "worker quarantine over");
         self.set_quarantined(name, false);
-        self.dispatch(ctx);
+        self.dispatch();
     }
 
     fn set_quarantined(&mut self, name: &str, on: bool) {
@@ -352,12 +365,12 @@ impl SchedulerActor {
             self.queue.push(job);
             return;
         }
-        let handle = ctx.run_later(delay, move |act, ctx| {
+        let handle = ctx.run_later(delay, move |act, _| {
             act.delayed.remove(&job_id);
             let mut job = job;
             job.enqueued_at = act.config.clock.instant();
             act.queue.push(job);
-            act.dispatch(ctx);
+            act.dispatch();
         });
         self.delayed.insert(job_id, handle);
     }
@@ -397,12 +410,11 @@ impl SchedulerActor {
         &mut self,
         id: WorkerId,
         caps: Capabilities,
-        addr: Addr<WorkerActor>,
+        worker: WorkerHandle,
         occupied: u32,
         welcome: Registered,
-        ctx: &mut Context<Self>,
     ) {
-        addr.do_send(welcome);
+        worker.registered.do_send(welcome);
         let quarantined = self
             .health
             .get(&caps.name)
@@ -418,13 +430,13 @@ impl SchedulerActor {
                     .map(|m| Arc::from(m.as_str()))
                     .collect(),
                 caps,
-                addr,
+                worker,
                 // Its slots are free from now on.
                 freed_at: Some(self.config.clock.instant()),
                 quarantined,
             },
         );
-        self.dispatch(ctx);
+        self.dispatch();
     }
 
     fn knows(&self, job: JobId) -> bool {
@@ -451,18 +463,13 @@ impl Actor for SchedulerActor {
     }
 }
 
-/// A job was accepted and waits for a slot.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Enqueue(pub QueuedJob);
-
 impl Handler<Enqueue> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) {
         if self.epoch.is_some() && !self.knows(msg.0.job_id) {
             self.queue.push(msg.0);
-            self.dispatch(ctx);
+            self.dispatch();
         }
     }
 }
@@ -499,13 +506,6 @@ impl Handler<Deactivate> for SchedulerActor {
         }
         self.forget_line(ctx);
     }
-}
-
-/// An assignment was refused because a newer term exists.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deposed {
-    pub current: u64,
 }
 
 impl Handler<Deposed> for SchedulerActor {
@@ -556,11 +556,6 @@ impl Handler<Waiting> for SchedulerActor {
     }
 }
 
-/// A waiting job was cancelled: take it out of the line.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Withdraw(pub JobId);
-
 impl Handler<Withdraw> for SchedulerActor {
     type Result = ();
 
@@ -570,14 +565,9 @@ impl Handler<Withdraw> for SchedulerActor {
             ctx.cancel_future(handle);
         }
         // What waited beside it may be runnable now.
-        self.dispatch(ctx);
+        self.dispatch();
     }
 }
-
-/// A job in flight was cancelled by its user: stop its attempt.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CancelInFlight(pub JobId);
 
 impl Handler<CancelInFlight> for SchedulerActor {
     type Result = ();
@@ -594,16 +584,6 @@ impl Handler<CancelInFlight> for SchedulerActor {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WorkerJoined {
-    pub id: WorkerId,
-    pub caps: Capabilities,
-    pub addr: Addr<WorkerActor>,
-    /// Attempts it says it still holds from an earlier connection.
-    pub presented: Vec<PresentedAttempt>,
-}
-
 impl Handler<WorkerJoined> for SchedulerActor {
     type Result = ();
 
@@ -611,7 +591,7 @@ impl Handler<WorkerJoined> for SchedulerActor {
         tracing::info!(worker = %msg.id, name = %msg.caps.name, slots = msg.caps.slots,
             presented = msg.presented.len(), "worker joined");
         if msg.presented.is_empty() {
-            self.register(msg.id, msg.caps, msg.addr, 0, Registered::default(), ctx);
+            self.register(msg.id, msg.caps, msg.worker, 0, Registered::default());
             return;
         }
         // Only an attempt of an earlier term still waiting for its worker
@@ -660,13 +640,12 @@ impl Handler<WorkerJoined> for SchedulerActor {
             self.register(
                 msg.id,
                 msg.caps,
-                msg.addr,
+                msg.worker,
                 0,
                 Registered {
                     resumed: Vec::new(),
                     refused,
                 },
-                ctx,
             );
             return;
         }
@@ -674,7 +653,7 @@ impl Handler<WorkerJoined> for SchedulerActor {
             msg.id,
             Presenting {
                 caps: msg.caps,
-                addr: msg.addr,
+                worker: msg.worker,
                 refused,
             },
         );
@@ -728,7 +707,7 @@ impl Handler<PresentationChecked> for SchedulerActor {
         };
         let Presenting {
             caps,
-            addr,
+            worker,
             mut refused,
         } = presenting;
         let mut resumed = Vec::new();
@@ -782,8 +761,8 @@ impl Handler<PresentationChecked> for SchedulerActor {
                 job.clone(),
                 verdict,
                 msg.worker,
-                addr.clone(),
-                ctx.address(),
+                worker.clone(),
+                self.handle.clone(),
                 self.wallets.clone(),
                 self.store.clone(),
                 self.config.clone(),
@@ -796,7 +775,7 @@ impl Handler<PresentationChecked> for SchedulerActor {
             let actor = actor.with_files(self.files.clone()).start();
             // Before the welcome, so the worker's first report about it
             // already finds its attempt.
-            addr.do_send(Adopt {
+            worker.adopt.do_send(Adopt {
                 job_id: p.job_id,
                 lease: p.lease,
                 reply_to: actor.clone().recipient(),
@@ -821,10 +800,9 @@ impl Handler<PresentationChecked> for SchedulerActor {
         self.register(
             msg.worker,
             caps,
-            addr,
+            worker,
             occupied,
             Registered { resumed, refused },
-            ctx,
         );
     }
 }
@@ -904,7 +882,7 @@ pub async fn settle_lost(
         return Ok(None);
     };
     let delay = config.retry_delay(attempt);
-    let msg = crate::wallet::Settle {
+    let msg = Settle {
         attempt: crate::store::AttemptRef {
             job_id: job.id,
             attempt,
@@ -922,13 +900,6 @@ pub async fn settle_lost(
     }
 }
 
-/// The worker takes no new attempts (it is shutting down).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WorkerDraining {
-    pub id: WorkerId,
-}
-
 impl Handler<WorkerDraining> for SchedulerActor {
     type Result = ();
 
@@ -937,12 +908,6 @@ impl Handler<WorkerDraining> for SchedulerActor {
             w.draining = true;
         }
     }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WorkerLeft {
-    pub id: WorkerId,
 }
 
 impl Handler<WorkerLeft> for SchedulerActor {
@@ -957,29 +922,6 @@ impl Handler<WorkerLeft> for SchedulerActor {
             tracing::info!(worker = %msg.id, "worker left");
         }
     }
-}
-
-/// A dispatched attempt is over; exactly one per `JobActor`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttemptEnded {
-    pub job_id: JobId,
-    pub user_id: UserId,
-    pub worker: WorkerId,
-    pub next: NextStep,
-    /// How the attempt ended, when it ran to an end on the worker, and how
-    /// long it ran: the worker's health and the GPU-time estimates learn
-    /// from it.
-    pub result: Option<(AttemptResult, Option<Duration>)>,
-}
-
-pub enum NextStep {
-    /// Finished, cancelled, or fenced off: nothing more to schedule.
-    Done,
-    /// A system failure with attempts left: back in line after `delay`.
-    Retry { job: QueuedJob, delay: Duration },
-    /// Never started (the store was unreachable): back in line as it was.
-    Requeue(QueuedJob),
 }
 
 impl Handler<AttemptEnded> for SchedulerActor {
@@ -1014,7 +956,7 @@ impl Handler<AttemptEnded> for SchedulerActor {
             }
             NextStep::Requeue(job) => self.enqueue_after(job, REQUEUE_AFTER_STORE_ERROR, ctx),
         }
-        self.dispatch(ctx);
+        self.dispatch();
     }
 }
 
@@ -1041,7 +983,7 @@ impl Handler<Recover> for SchedulerActor {
                 .unwrap_or_default();
             self.enqueue_after(QueuedJob::from_job(&job, &self.config), delay, ctx);
         }
-        self.dispatch(ctx);
+        self.dispatch();
     }
 }
 
@@ -1076,7 +1018,7 @@ pub struct WorkerView {
     pub quarantined_for: Option<Duration>,
     /// System failures since its last success.
     pub consecutive_failures: u32,
-    pub addr: Addr<WorkerActor>,
+    pub worker: WorkerHandle,
 }
 
 #[derive(Message)]
@@ -1104,7 +1046,7 @@ impl Handler<ListWorkers> for SchedulerActor {
                     busy_slots: w.caps.slots.saturating_sub(w.free),
                     warm_models: warm,
                     draining: w.draining,
-                    addr: w.addr.clone(),
+                    worker: w.worker.clone(),
                 }
             })
             .collect();
@@ -1125,7 +1067,7 @@ impl Handler<DrainWorker> for SchedulerActor {
         match self.workers.get_mut(&msg.0) {
             Some(w) => {
                 w.draining = true;
-                w.addr.do_send(crate::worker::Drain);
+                w.worker.drain.do_send(Drain);
                 true
             }
             None => false,
@@ -1274,18 +1216,5 @@ impl Handler<GetStats> for SchedulerActor {
             }),
             quarantined_workers: self.workers.values().filter(|w| w.quarantined).count(),
         })
-    }
-}
-
-/// Attempts from now on get their files through this port.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetAttemptFiles(pub Arc<dyn crate::attempt_files::AttemptFiles>);
-
-impl Handler<SetAttemptFiles> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetAttemptFiles, _ctx: &mut Self::Context) {
-        self.files = Some(msg.0);
     }
 }
