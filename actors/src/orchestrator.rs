@@ -389,7 +389,10 @@ impl Orchestrator {
             .key_by_hash(KeyHash::of(presented_key))
             .await?
             .ok_or(OrchestratorError::Unauthorized)?;
-        if let Some(at) = key.expires_at.filter(|_| key.is_expired(self.config.clock.now())) {
+        if let Some(at) = key
+            .expires_at
+            .filter(|_| key.is_expired(self.config.clock.now()))
+        {
             return Err(OrchestratorError::KeyExpired { at });
         }
         if !user.is_active() {

@@ -186,7 +186,13 @@ impl Orchestrator {
         let key = ApiKey::generate_with(&self.config.random);
         let record = self
             .store
-            .create_api_key(user, ApiKeyId::generate(), key.hash(), options, self.config.clock.now())
+            .create_api_key(
+                user,
+                ApiKeyId::generate(),
+                key.hash(),
+                options,
+                self.config.clock.now(),
+            )
             .await?;
         tracing::info!(user = %user, key = %record.id, "API key issued");
         Ok(IssuedKey {

@@ -19,7 +19,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{corrupt, db, json, PgStore};
+use super::*;
 
 const ENDPOINT_COLUMNS: &str = "id, user_id, url, event_types, enabled, created_at, updated_at";
 
@@ -117,7 +117,7 @@ fn seq(id: i64) -> StoreResult<u64> {
 }
 
 impl PgStore {
-    pub(super) async fn pg_user_events(
+    async fn pg_user_events(
         &self,
         user: UserId,
         after: Option<u64>,
@@ -183,10 +183,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn pg_create_webhook_endpoint(
-        &self,
-        e: WebhookEndpoint,
-    ) -> StoreResult<WebhookEndpoint> {
+    async fn pg_create_webhook_endpoint(&self, e: WebhookEndpoint) -> StoreResult<WebhookEndpoint> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         // The user's row serializes endpoint changes, so two creations
@@ -243,10 +240,7 @@ impl PgStore {
             .ok_or(StoreError::NotFound("user"))
     }
 
-    pub(super) async fn pg_webhook_endpoints(
-        &self,
-        user: UserId,
-    ) -> StoreResult<Vec<WebhookEndpoint>> {
+    async fn pg_webhook_endpoints(&self, user: UserId) -> StoreResult<Vec<WebhookEndpoint>> {
         self.user_exists(user).await?;
         let client = self.client().await?;
         let sql = format!(
@@ -256,7 +250,7 @@ impl PgStore {
         rows.iter().map(endpoint_row).collect()
     }
 
-    pub(super) async fn pg_update_webhook_endpoint(
+    async fn pg_update_webhook_endpoint(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -297,7 +291,7 @@ impl PgStore {
         Ok(stored)
     }
 
-    pub(super) async fn pg_delete_webhook_endpoint(
+    async fn pg_delete_webhook_endpoint(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -318,7 +312,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn pg_webhook_deliveries(
+    async fn pg_webhook_deliveries(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -362,5 +356,59 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl EndpointStore for PgStore {
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<admedia_actors::endpoints::EventPage> {
+        self.pg_user_events(user, after, since, limit).await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: admedia_actors::endpoints::WebhookEndpoint,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.pg_create_webhook_endpoint(endpoint).await
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::WebhookEndpoint>> {
+        self.pg_webhook_endpoints(user).await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        patch: admedia_actors::endpoints::EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        self.pg_update_webhook_endpoint(user, id, patch, now).await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+    ) -> StoreResult<()> {
+        self.pg_delete_webhook_endpoint(user, id).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: admedia_actors::ids::WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::endpoints::DeliveryAttempt>> {
+        self.pg_webhook_deliveries(user, id, limit).await
     }
 }
