@@ -31,9 +31,16 @@ use crate::worker::{
     start_simulated_worker, Capabilities, LastHeard, SimProfile, WorkerActor, WorkerLink,
 };
 
-/// Platform rules: API keys, payments, prices, content (ToS 2-5, 9).
+/// The per-user event stream and account webhook endpoints.
 mod account_api;
-mod rules;
+/// API keys and account closure (ToS 2.2, 9.2, 9.3).
+mod accounts;
+/// Screening prompts, suspension, moderation (ToS 3.2, 9.2).
+mod moderation;
+/// Payments, memberships and prices with notice (ToS 4.2, 4.5, 5).
+mod payments;
+/// The periodic sweep: prices, idempotency keys, retention, gifts.
+mod sweep;
 
 /// A job as an operator sees it.
 #[derive(Clone, Debug)]
@@ -68,7 +75,7 @@ pub struct Orchestrator {
     actor_arbiter: actix_rt::ArbiterHandle,
     _arbiters: Arc<ArbiterGuard>,
     /// Price book, content policy (see `rules`).
-    platform: Arc<crate::platform::Platform>,
+    platform: Arc<crate::policy::Platform>,
 }
 
 /// Stops the orchestrator's arbiters when the last handle goes.
@@ -171,9 +178,9 @@ impl Orchestrator {
             scheduler,
             actor_arbiter: handle,
             _arbiters: Arc::new(ArbiterGuard(own.into_iter().collect())),
-            platform: Arc::new(crate::platform::Platform::new(config_prices)),
+            platform: Arc::new(crate::policy::Platform::new(config_prices)),
         };
-        orchestrator.start_platform().await?;
+        orchestrator.start_sweep().await?;
         Ok(orchestrator)
     }
 

@@ -72,8 +72,8 @@ impl Deps {
 }
 
 /// Payments and membership gifts (ToS 4.2, 5).
-mod platform;
-pub use platform::{ApplyPayment, GrantGift};
+mod payments;
+pub use payments::{ApplyPayment, GrantGift};
 
 impl WalletActor {
     /// The cached user, or the stored one when the cache is cold.

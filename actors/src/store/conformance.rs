@@ -238,15 +238,14 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
 macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@each $make;
-            registration_grants_reward_and_email_is_unique,
-            api_key_finds_its_user_only,
+            // the money path (jobs.rs)
             grant_is_idempotent_by_key,
             submit_holds_and_queues_atomically,
             waiting_limit_is_enforced,
             idempotency_key_replays_and_detects_reuse,
             success_posts_the_hold,
-            stale_and_duplicate_messages_change_nothing,
             a_completion_before_its_start_keeps_a_start_time,
+            stale_and_duplicate_messages_change_nothing,
             system_failures_retry_then_void_once,
             user_failure_posts_without_retry,
             cancel_voids_queued_posts_running_refuses_finished,
@@ -255,30 +254,39 @@ macro_rules! store_conformance_tests {
             concurrent_submits_never_overdraw,
             concurrent_resolutions_of_one_hold_apply_once,
             recovery_lists_jobs_by_state_in_submission_order,
-            operator_views_show_attempts_ledger_and_filters,
-            webhook_secret_is_created_once_per_user,
-            api_keys_are_issued_listed_and_revoked,
-            payments_apply_once_and_refuse_a_reused_id,
-            memberships_extend_and_grant_each_month_once,
-            membership_upgrade_takes_effect_at_once,
-            gifts_of_months_spent_suspended_lapse,
-            price_versions_are_stored_once_and_announced,
-            jobs_record_their_price_version,
-            content_violations_are_counted_in_their_window,
-            moderation_actions_are_kept_with_their_evidence,
-            assignments_of_a_deposed_term_are_refused,
             idempotency_keys_expire,
-            one_account_per_canonical_email,
-            accepted_text_is_kept_exactly,
             grant_key_reused_with_another_body_is_refused,
             waiting_jobs_expire_with_their_hold_voided,
             finished_jobs_are_pruned_after_retention,
             pruning_goes_oldest_first_in_batches,
+            priority_is_stored_and_orders_the_queue_position,
+            // accounts (accounts.rs)
+            registration_grants_reward_and_email_is_unique,
+            api_key_finds_its_user_only,
+            one_account_per_canonical_email,
+            api_keys_are_issued_listed_and_revoked,
             keys_keep_their_name_expiry_and_scopes,
+            // payments, gifts, prices (payments.rs)
+            payments_apply_once_and_refuse_a_reused_id,
+            memberships_extend_and_grant_each_month_once,
+            gifts_of_months_spent_suspended_lapse,
+            membership_upgrade_takes_effect_at_once,
+            price_versions_are_stored_once_and_announced,
+            jobs_record_their_price_version,
+            // content rules (moderation.rs)
+            content_violations_are_counted_in_their_window,
+            moderation_actions_are_kept_with_their_evidence,
+            // what the nodes share (cluster.rs)
+            webhook_secret_is_created_once_per_user,
+            assignments_of_a_deposed_term_are_refused,
+            // event stream and endpoints (endpoints.rs)
             user_events_replay_in_order_within_the_window,
             webhook_endpoints_are_created_listed_updated_and_deleted,
             job_events_fan_out_to_every_wanting_endpoint,
-            priority_is_stored_and_orders_the_queue_position,
+            // operator read models (operator.rs)
+            operator_views_show_attempts_ledger_and_filters,
+            // across concerns
+            accepted_text_is_kept_exactly,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {

@@ -884,7 +884,7 @@ pub async fn priority_is_stored_and_orders_the_queue_position(store: Shared) {
     assert_eq!(position(low.id).await, Some(4));
     // A cancelled job leaves the line; the others close up.
     store
-        .cancel_job(user.id, high.id, Utc::now())
+        .cancel_job(user.id, high.id, crate::clock::Clock::system().now())
         .await
         .unwrap();
     assert_eq!(position(plain.id).await, Some(1));
