@@ -65,98 +65,6 @@ async fn active_keys(tx: &Transaction<'_>, user: UserId) -> StoreResult<usize> {
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-impl PgStore {
-    async fn pg_create_api_key(
-        &self,
-        user: UserId,
-        id: ApiKeyId,
-        hash: KeyHash,
-        options: KeyOptions,
-        now: DateTime<Utc>,
-    ) -> StoreResult<ApiKeyRecord> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let st = lock_user_status(&tx, user).await?;
-        decide::new_api_key(st, active_keys(&tx, user).await?)?;
-        let sql = format!(
-            "INSERT INTO api_keys (id, user_id, key_hash, created_at, name, expires_at, scopes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
-        );
-        let scopes: Option<Vec<&'static str>> = options
-            .scopes
-            .as_ref()
-            .map(|set| set.iter().map(|s| s.as_str()).collect());
-        let row = tx
-            .query_one(
-                &sql,
-                &[
-                    &id.as_uuid(),
-                    &user.as_uuid(),
-                    &&hash.0[..],
-                    &now,
-                    &options.name,
-                    &options.expires_at,
-                    &scopes,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        let record = key_row(&row)?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-
-    async fn pg_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
-        let client = self.client().await?;
-        let exists = client
-            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
-            .await
-            .map_err(db)?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound("user"));
-        }
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
-        );
-        let rows = client.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
-        rows.iter().map(key_row).collect()
-    }
-
-    async fn pg_revoke_api_key(
-        &self,
-        user: UserId,
-        id: ApiKeyId,
-        now: DateTime<Utc>,
-    ) -> StoreResult<ApiKeyRecord> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        // The user's row serializes key changes, so two revocations cannot
-        // both see another key still active.
-        lock_user_status(&tx, user).await?;
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2");
-        let current = tx
-            .query_opt(&sql, &[&id.as_uuid(), &user.as_uuid()])
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound("API key"))?;
-        let current = key_row(&current)?;
-        if !decide::revoke_api_key(&current, active_keys(&tx, user).await?)? {
-            return Ok(current);
-        }
-        let sql = format!(
-            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
-             RETURNING {KEY_COLUMNS}"
-        );
-        let row = tx
-            .query_one(&sql, &[&id.as_uuid(), &now])
-            .await
-            .map_err(db)?;
-        let record = key_row(&row)?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-}
-
 #[async_trait]
 impl AccountStore for PgStore {
     async fn create_user(
@@ -334,14 +242,55 @@ impl AccountStore for PgStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
-        options: admedia_actors::accounts::KeyOptions,
+        options: KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.pg_create_api_key(user, id, hash, options, now).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let st = lock_user_status(&tx, user).await?;
+        decide::new_api_key(st, active_keys(&tx, user).await?)?;
+        let sql = format!(
+            "INSERT INTO api_keys (id, user_id, key_hash, created_at, name, expires_at, scopes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
+        );
+        let scopes: Option<Vec<&'static str>> = options
+            .scopes
+            .as_ref()
+            .map(|set| set.iter().map(|s| s.as_str()).collect());
+        let row = tx
+            .query_one(
+                &sql,
+                &[
+                    &id.as_uuid(),
+                    &user.as_uuid(),
+                    &&hash.0[..],
+                    &now,
+                    &options.name,
+                    &options.expires_at,
+                    &scopes,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let record = key_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
     }
 
     async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
-        self.pg_api_keys(user).await
+        let client = self.client().await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
+        );
+        let rows = client.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
+        rows.iter().map(key_row).collect()
     }
 
     async fn revoke_api_key(
@@ -350,6 +299,31 @@ impl AccountStore for PgStore {
         id: ApiKeyId,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
-        self.pg_revoke_api_key(user, id, now).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // The user's row serializes key changes, so two revocations cannot
+        // both see another key still active.
+        lock_user_status(&tx, user).await?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2");
+        let current = tx
+            .query_opt(&sql, &[&id.as_uuid(), &user.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("API key"))?;
+        let current = key_row(&current)?;
+        if !decide::revoke_api_key(&current, active_keys(&tx, user).await?)? {
+            return Ok(current);
+        }
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
+             RETURNING {KEY_COLUMNS}"
+        );
+        let row = tx
+            .query_one(&sql, &[&id.as_uuid(), &now])
+            .await
+            .map_err(db)?;
+        let record = key_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
     }
 }

@@ -117,7 +117,20 @@ fn seq(id: i64) -> StoreResult<u64> {
 }
 
 impl PgStore {
-    async fn pg_user_events(
+    async fn user_exists(&self, user: UserId) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?
+            .map(|_| ())
+            .ok_or(StoreError::NotFound("user"))
+    }
+}
+
+#[async_trait]
+impl EndpointStore for PgStore {
+    async fn user_events(
         &self,
         user: UserId,
         after: Option<u64>,
@@ -183,7 +196,7 @@ impl PgStore {
         })
     }
 
-    async fn pg_create_webhook_endpoint(&self, e: WebhookEndpoint) -> StoreResult<WebhookEndpoint> {
+    async fn create_webhook_endpoint(&self, e: WebhookEndpoint) -> StoreResult<WebhookEndpoint> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         // The user's row serializes endpoint changes, so two creations
@@ -230,17 +243,7 @@ impl PgStore {
         Ok(stored)
     }
 
-    async fn user_exists(&self, user: UserId) -> StoreResult<()> {
-        let client = self.client().await?;
-        client
-            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
-            .await
-            .map_err(db)?
-            .map(|_| ())
-            .ok_or(StoreError::NotFound("user"))
-    }
-
-    async fn pg_webhook_endpoints(&self, user: UserId) -> StoreResult<Vec<WebhookEndpoint>> {
+    async fn webhook_endpoints(&self, user: UserId) -> StoreResult<Vec<WebhookEndpoint>> {
         self.user_exists(user).await?;
         let client = self.client().await?;
         let sql = format!(
@@ -250,7 +253,7 @@ impl PgStore {
         rows.iter().map(endpoint_row).collect()
     }
 
-    async fn pg_update_webhook_endpoint(
+    async fn update_webhook_endpoint(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -291,7 +294,7 @@ impl PgStore {
         Ok(stored)
     }
 
-    async fn pg_delete_webhook_endpoint(
+    async fn delete_webhook_endpoint(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -312,7 +315,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn pg_webhook_deliveries(
+    async fn webhook_deliveries(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -356,59 +359,5 @@ impl PgStore {
                 })
             })
             .collect()
-    }
-}
-
-#[async_trait]
-impl EndpointStore for PgStore {
-    async fn user_events(
-        &self,
-        user: UserId,
-        after: Option<u64>,
-        since: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<admedia_actors::endpoints::EventPage> {
-        self.pg_user_events(user, after, since, limit).await
-    }
-
-    async fn create_webhook_endpoint(
-        &self,
-        endpoint: admedia_actors::endpoints::WebhookEndpoint,
-    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
-        self.pg_create_webhook_endpoint(endpoint).await
-    }
-
-    async fn webhook_endpoints(
-        &self,
-        user: UserId,
-    ) -> StoreResult<Vec<admedia_actors::endpoints::WebhookEndpoint>> {
-        self.pg_webhook_endpoints(user).await
-    }
-
-    async fn update_webhook_endpoint(
-        &self,
-        user: UserId,
-        id: admedia_actors::ids::WebhookEndpointId,
-        patch: admedia_actors::endpoints::EndpointPatch,
-        now: DateTime<Utc>,
-    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
-        self.pg_update_webhook_endpoint(user, id, patch, now).await
-    }
-
-    async fn delete_webhook_endpoint(
-        &self,
-        user: UserId,
-        id: admedia_actors::ids::WebhookEndpointId,
-    ) -> StoreResult<()> {
-        self.pg_delete_webhook_endpoint(user, id).await
-    }
-
-    async fn webhook_deliveries(
-        &self,
-        user: UserId,
-        id: admedia_actors::ids::WebhookEndpointId,
-        limit: usize,
-    ) -> StoreResult<Vec<admedia_actors::endpoints::DeliveryAttempt>> {
-        self.pg_webhook_deliveries(user, id, limit).await
     }
 }

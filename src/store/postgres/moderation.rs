@@ -5,8 +5,9 @@ use super::accounts::lock_user_status;
 use super::*;
 use admedia_actors::content::{Refusal, Score, Source};
 
-impl PgStore {
-    async fn pg_record_violation(
+#[async_trait]
+impl ModerationStore for PgStore {
+    async fn record_violation(
         &self,
         user: UserId,
         violation: &NewViolation,
@@ -44,7 +45,7 @@ impl PgStore {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    async fn pg_violations(
+    async fn violations(
         &self,
         user: UserId,
         since: DateTime<Utc>,
@@ -97,7 +98,7 @@ impl PgStore {
             .collect()
     }
 
-    async fn pg_record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
         let client = self.client().await?;
         let n = client
             .execute(
@@ -120,7 +121,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn pg_moderation_actions(
+    async fn moderation_actions(
         &self,
         user: Option<UserId>,
         kind: Option<ModerationKind>,
@@ -151,41 +152,5 @@ impl PgStore {
                 })
             })
             .collect()
-    }
-}
-
-#[async_trait]
-impl ModerationStore for PgStore {
-    async fn record_violation(
-        &self,
-        user: UserId,
-        violation: &NewViolation,
-        now: DateTime<Utc>,
-        since: DateTime<Utc>,
-    ) -> StoreResult<u32> {
-        self.pg_record_violation(user, violation, now, since).await
-    }
-
-    async fn violations(
-        &self,
-        user: UserId,
-        since: DateTime<Utc>,
-        counted_only: bool,
-        limit: usize,
-    ) -> StoreResult<Vec<Violation>> {
-        self.pg_violations(user, since, counted_only, limit).await
-    }
-
-    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
-        self.pg_record_moderation_action(action).await
-    }
-
-    async fn moderation_actions(
-        &self,
-        user: Option<UserId>,
-        kind: Option<ModerationKind>,
-        limit: usize,
-    ) -> StoreResult<Vec<ModerationAction>> {
-        self.pg_moderation_actions(user, kind, limit).await
     }
 }

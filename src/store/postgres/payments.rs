@@ -74,8 +74,9 @@ fn price_row(r: &Row) -> StoreResult<PriceVersion> {
     })
 }
 
-impl PgStore {
-    async fn pg_apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
+#[async_trait]
+impl PaymentStore for PgStore {
+    async fn apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let account = lock_account(&tx, p.user_id).await?;
@@ -207,7 +208,7 @@ impl PgStore {
         })
     }
 
-    async fn pg_payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -230,11 +231,7 @@ impl PgStore {
             .collect()
     }
 
-    async fn pg_due_gifts(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<ScheduledGift>> {
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {} FROM membership_gifts g JOIN users u ON u.id = g.user_id \
@@ -254,7 +251,7 @@ impl PgStore {
         rows.iter().map(gift_row).collect()
     }
 
-    async fn pg_grant_gift(
+    async fn grant_gift(
         &self,
         user: UserId,
         payment: PaymentId,
@@ -323,7 +320,7 @@ impl PgStore {
         })
     }
 
-    async fn pg_gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
         let client = self.client().await?;
         let exists = client
             .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
@@ -340,7 +337,7 @@ impl PgStore {
         rows.iter().map(gift_row).collect()
     }
 
-    async fn pg_price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -352,7 +349,7 @@ impl PgStore {
         rows.iter().map(price_row).collect()
     }
 
-    async fn pg_init_prices(
+    async fn init_prices(
         &self,
         prices: PriceTable,
         now: DateTime<Utc>,
@@ -368,10 +365,10 @@ impl PgStore {
                 .await
                 .map_err(db)?;
         }
-        self.pg_price_versions().await
+        self.price_versions().await
     }
 
-    async fn pg_announce_prices(
+    async fn announce_prices(
         &self,
         prices: PriceTable,
         effective_at: DateTime<Utc>,
@@ -418,55 +415,5 @@ impl PgStore {
         let version = price_row(&row)?;
         tx.commit().await.map_err(db)?;
         Ok((version, false))
-    }
-}
-
-#[async_trait]
-impl PaymentStore for PgStore {
-    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
-        self.pg_apply_payment(payment).await
-    }
-
-    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
-        self.pg_payments_for_review(limit).await
-    }
-
-    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
-        self.pg_due_gifts(now, limit).await
-    }
-
-    async fn grant_gift(
-        &self,
-        user: UserId,
-        payment: PaymentId,
-        month: u32,
-        now: DateTime<Utc>,
-    ) -> StoreResult<GiftOutcome> {
-        self.pg_grant_gift(user, payment, month, now).await
-    }
-
-    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
-        self.pg_gifts(user).await
-    }
-
-    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
-        self.pg_price_versions().await
-    }
-
-    async fn init_prices(
-        &self,
-        prices: PriceTable,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Vec<PriceVersion>> {
-        self.pg_init_prices(prices, now).await
-    }
-
-    async fn announce_prices(
-        &self,
-        prices: PriceTable,
-        effective_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<(PriceVersion, bool)> {
-        self.pg_announce_prices(prices, effective_at, now).await
     }
 }
