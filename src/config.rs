@@ -598,7 +598,7 @@ impl Settings {
             video_deadline: Duration::from_millis(self.video_deadline_ms.max(1)),
             worker_lease: Duration::from_millis(self.worker_lease_ms),
             email_rules: admedia_actors::email::EmailRules::from_list(&self.dotless_email_domains),
-            platform: admedia_actors::platform::PlatformConfig {
+            platform: admedia_actors::policy::PlatformConfig {
                 price_notice: self.price_notice,
                 gifts: parse_gifts(&self.membership_gifts, file.gifts.unwrap_or_default())?,
                 violations_before_suspend: self.violations_before_suspend,

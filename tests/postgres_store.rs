@@ -3,7 +3,7 @@
 
 mod support;
 
-use admedia_actors::store::Store;
+use admedia_actors::store::prelude::*;
 use chrono::Utc;
 
 admedia_actors::store_conformance_tests!(support::fresh_pg_store());

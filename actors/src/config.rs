@@ -45,7 +45,7 @@ pub struct OrchestratorConfig {
     pub email_rules: crate::email::EmailRules,
     /// Price notice, membership gifts, content violations (ToS 3.2, 4.5, 5).
     #[serde(default)]
-    pub platform: crate::platform::PlatformConfig,
+    pub platform: crate::policy::PlatformConfig,
     /// The models served; a submission naming another is refused.
     #[serde(default)]
     pub models: ModelRegistry,
@@ -230,7 +230,7 @@ impl Default for OrchestratorConfig {
             vram: VramTable::default(),
             settle_retry: default_settle_retry(),
             email_rules: crate::email::EmailRules::default(),
-            platform: crate::platform::PlatformConfig::default(),
+            platform: crate::policy::PlatformConfig::default(),
             models: ModelRegistry::default(),
             fairness: FairnessUnit::default(),
             max_wait: WaitLimits::default(),

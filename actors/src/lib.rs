@@ -28,7 +28,7 @@ pub mod observer;
 pub mod orchestrator;
 pub mod payments;
 pub mod planted;
-pub mod platform;
+pub mod policy;
 pub mod price_schedule;
 pub mod pricing;
 pub mod scheduler;

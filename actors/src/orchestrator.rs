@@ -36,9 +36,16 @@ use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wire::{Capabilities, PresentedAttempt};
 
-/// Platform rules: API keys, payments, prices, content (ToS 2-5, 9).
+/// The per-user event stream and account webhook endpoints.
 mod account_api;
-mod rules;
+/// API keys and account closure (ToS 2.2, 9.2, 9.3).
+mod accounts;
+/// Screening prompts, suspension, moderation (ToS 3.2, 9.2).
+mod moderation;
+/// Payments, memberships and prices with notice (ToS 4.2, 4.5, 5).
+mod payments;
+/// The periodic sweep: prices, idempotency keys, retention, gifts.
+mod sweep;
 
 /// A job as an operator sees it.
 #[derive(Clone, Debug)]
@@ -75,7 +82,7 @@ pub struct Orchestrator {
     actor_arbiter: actix_rt::ArbiterHandle,
     _arbiters: Arc<ArbiterGuard>,
     /// Price book, content policy (see `rules`).
-    platform: Arc<crate::platform::Platform>,
+    platform: Arc<crate::policy::Platform>,
 }
 
 /// What the orchestrator is built with besides its store: the policy that
@@ -187,7 +194,7 @@ impl Orchestrator {
         let config_prices = config.prices;
         let config = Arc::new(config);
         let handle = own.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
-        let platform = Arc::new(crate::platform::Platform::new(
+        let platform = Arc::new(crate::policy::Platform::new(
             config_prices,
             ports.content.unwrap_or_else(|| Arc::new(AllowAll)),
         ));
@@ -231,7 +238,7 @@ impl Orchestrator {
             _arbiters: Arc::new(ArbiterGuard(own.into_iter().collect())),
             platform,
         };
-        orchestrator.start_platform().await?;
+        orchestrator.start_sweep().await?;
         Ok(orchestrator)
     }
 

@@ -18,9 +18,10 @@ use admedia_actors::ids::{EntryId, JobId, UserId, WorkerId};
 use admedia_actors::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::ledger::{Grant, LedgerEntry};
 use admedia_actors::money::{Credits, Wallet};
+use admedia_actors::store::prelude::*;
 use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
-    JobFilter, Leader, NewJob, Settlement, Store, StoreError, StoreResult, Submission,
+    JobFilter, Leader, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
 use admedia_actors::tier::Membership;
 use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
@@ -160,53 +161,7 @@ impl InstrumentedStore {
 }
 
 #[async_trait]
-impl Store for InstrumentedStore {
-    fn adapter(&self) -> &'static str {
-        self.adapter
-    }
-
-    fn durable(&self) -> bool {
-        self.inner.durable()
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.timed("ping", self.inner.ping()).await
-    }
-
-    async fn create_user(
-        &self,
-        new: NewUser,
-        reward: Credits,
-        now: DateTime<Utc>,
-    ) -> StoreResult<(User, Wallet)> {
-        self.timed("create_user", self.inner.create_user(new, reward, now))
-            .await
-    }
-
-    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
-        self.timed("user_by_key", self.inner.user_by_key(hash))
-            .await
-    }
-
-    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
-        self.timed("user", self.inner.user(id)).await
-    }
-
-    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
-        self.timed("set_membership", self.inner.set_membership(id, membership))
-            .await
-    }
-
-    async fn set_status(
-        &self,
-        id: UserId,
-        status: AccountStatus,
-        now: DateTime<Utc>,
-    ) -> StoreResult<User> {
-        self.timed("set_status", self.inner.set_status(id, status, now))
-            .await
-    }
-
+impl JobStore for InstrumentedStore {
     async fn wallet(&self, user: UserId) -> StoreResult<Wallet> {
         self.timed("wallet", self.inner.wallet(user)).await
     }
@@ -218,29 +173,6 @@ impl Store for InstrumentedStore {
         limit: usize,
     ) -> StoreResult<Vec<LedgerEntry>> {
         self.timed("ledger", self.inner.ledger(user, before, limit))
-            .await
-    }
-
-    fn outbox(&self) -> &admedia_actors::store::outbox::OutboxFeed {
-        self.inner.outbox()
-    }
-
-    async fn claim_webhooks(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<admedia_actors::store::outbox::PendingWebhook>> {
-        self.timed("claim_webhooks", self.inner.claim_webhooks(now, limit))
-            .await
-    }
-
-    async fn report_webhook(
-        &self,
-        id: &str,
-        report: admedia_actors::store::outbox::DeliveryReport,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        self.timed("report_webhook", self.inner.report_webhook(id, report, now))
             .await
     }
 
@@ -340,11 +272,6 @@ impl Store for InstrumentedStore {
         self.timed("job_counts", self.inner.job_counts()).await
     }
 
-    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
-        self.timed("audit_ledgers", self.inner.audit_ledgers())
-            .await
-    }
-
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.timed(
             "expire_idempotency_keys",
@@ -366,49 +293,52 @@ impl Store for InstrumentedStore {
         .await
     }
 
-    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
-        self.timed("become_leader", self.inner.become_leader(node, url, now))
-            .await
-    }
-
-    async fn leader(&self) -> StoreResult<Option<Leader>> {
-        self.timed("leader", self.inner.leader()).await
-    }
-
-    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
-        self.timed("webhook_secret", self.inner.webhook_secret(user, fresh))
-            .await
-    }
-
-    async fn admin_jobs(
+    async fn expire_job(
         &self,
-        filter: &JobFilter,
-        before: Option<JobId>,
-        limit: usize,
-    ) -> StoreResult<Vec<Job>> {
-        self.timed("admin_jobs", self.inner.admin_jobs(filter, before, limit))
+        user: UserId,
+        id: JobId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settlement> {
+        self.timed("expire_job", self.inner.expire_job(user, id, now))
+            .await
+    }
+}
+
+#[async_trait]
+impl AccountStore for InstrumentedStore {
+    async fn create_user(
+        &self,
+        new: NewUser,
+        reward: Credits,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(User, Wallet)> {
+        self.timed("create_user", self.inner.create_user(new, reward, now))
             .await
     }
 
-    async fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
-        self.timed("attempts", self.inner.attempts(job)).await
-    }
-
-    async fn job_ledger(&self, job: JobId) -> StoreResult<Vec<LedgerEntry>> {
-        self.timed("job_ledger", self.inner.job_ledger(job)).await
-    }
-
-    async fn find_users(&self, fragment: &str, limit: usize) -> StoreResult<Vec<User>> {
-        self.timed("find_users", self.inner.find_users(fragment, limit))
+    async fn user_by_key(&self, hash: KeyHash) -> StoreResult<Option<User>> {
+        self.timed("user_by_key", self.inner.user_by_key(hash))
             .await
     }
 
-    async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
-        self.timed("activity_since", self.inner.activity_since(since))
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.timed("user", self.inner.user(id)).await
+    }
+
+    async fn set_membership(&self, id: UserId, membership: Membership) -> StoreResult<User> {
+        self.timed("set_membership", self.inner.set_membership(id, membership))
             .await
     }
 
-    // ---- platform rules
+    async fn set_status(
+        &self,
+        id: UserId,
+        status: AccountStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
+        self.timed("set_status", self.inner.set_status(id, status, now))
+            .await
+    }
 
     async fn create_api_key(
         &self,
@@ -430,6 +360,190 @@ impl Store for InstrumentedStore {
             .await
     }
 
+    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.timed("api_keys", self.inner.api_keys(user)).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApiKeyRecord> {
+        self.timed("revoke_api_key", self.inner.revoke_api_key(user, id, now))
+            .await
+    }
+}
+
+#[async_trait]
+impl PaymentStore for InstrumentedStore {
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
+        self.timed("apply_payment", self.inner.apply_payment(payment))
+            .await
+    }
+
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        self.timed("payments_for_review", self.inner.payments_for_review(limit))
+            .await
+    }
+
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
+        self.timed("due_gifts", self.inner.due_gifts(now, limit))
+            .await
+    }
+
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        self.timed(
+            "grant_gift",
+            self.inner.grant_gift(user, payment, month, now),
+        )
+        .await
+    }
+
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        self.timed("gifts", self.inner.gifts(user)).await
+    }
+
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        self.timed("price_versions", self.inner.price_versions())
+            .await
+    }
+
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        self.timed("init_prices", self.inner.init_prices(prices, now))
+            .await
+    }
+
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        self.timed(
+            "announce_prices",
+            self.inner.announce_prices(prices, effective_at, now),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl ModerationStore for InstrumentedStore {
+    async fn record_violation(
+        &self,
+        user: UserId,
+        violation: &NewViolation,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u32> {
+        self.timed(
+            "record_violation",
+            self.inner.record_violation(user, violation, now, since),
+        )
+        .await
+    }
+
+    async fn violations(
+        &self,
+        user: UserId,
+        since: DateTime<Utc>,
+        counted_only: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<Violation>> {
+        self.timed(
+            "violations",
+            self.inner.violations(user, since, counted_only, limit),
+        )
+        .await
+    }
+
+    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
+        self.timed(
+            "record_moderation_action",
+            self.inner.record_moderation_action(action),
+        )
+        .await
+    }
+
+    async fn moderation_actions(
+        &self,
+        user: Option<UserId>,
+        kind: Option<ModerationKind>,
+        limit: usize,
+    ) -> StoreResult<Vec<ModerationAction>> {
+        self.timed(
+            "moderation_actions",
+            self.inner.moderation_actions(user, kind, limit),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl ClusterStore for InstrumentedStore {
+    fn adapter(&self) -> &'static str {
+        self.adapter
+    }
+
+    fn durable(&self) -> bool {
+        self.inner.durable()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    fn outbox(&self) -> &admedia_actors::store::outbox::OutboxFeed {
+        self.inner.outbox()
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<admedia_actors::store::outbox::PendingWebhook>> {
+        self.timed("claim_webhooks", self.inner.claim_webhooks(now, limit))
+            .await
+    }
+
+    async fn report_webhook(
+        &self,
+        id: &str,
+        report: admedia_actors::store::outbox::DeliveryReport,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.timed("report_webhook", self.inner.report_webhook(id, report, now))
+            .await
+    }
+
+    async fn become_leader(&self, node: &str, url: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.timed("become_leader", self.inner.become_leader(node, url, now))
+            .await
+    }
+
+    async fn leader(&self) -> StoreResult<Option<Leader>> {
+        self.timed("leader", self.inner.leader()).await
+    }
+
+    async fn webhook_secret(&self, user: UserId, fresh: String) -> StoreResult<String> {
+        self.timed("webhook_secret", self.inner.webhook_secret(user, fresh))
+            .await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for InstrumentedStore {
     async fn user_events(
         &self,
         user: UserId,
@@ -501,137 +615,40 @@ impl Store for InstrumentedStore {
         )
         .await
     }
+}
 
-    async fn api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
-        self.timed("api_keys", self.inner.api_keys(user)).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        user: UserId,
-        id: ApiKeyId,
-        now: DateTime<Utc>,
-    ) -> StoreResult<ApiKeyRecord> {
-        self.timed("revoke_api_key", self.inner.revoke_api_key(user, id, now))
+#[async_trait]
+impl OperatorQueries for InstrumentedStore {
+    async fn audit_ledgers(&self) -> StoreResult<Vec<(UserId, Wallet, Vec<LedgerEntry>)>> {
+        self.timed("audit_ledgers", self.inner.audit_ledgers())
             .await
     }
 
-    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
-        self.timed("apply_payment", self.inner.apply_payment(payment))
-            .await
-    }
-
-    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
-        self.timed("payments_for_review", self.inner.payments_for_review(limit))
-            .await
-    }
-
-    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
-        self.timed("due_gifts", self.inner.due_gifts(now, limit))
-            .await
-    }
-
-    async fn grant_gift(
+    async fn admin_jobs(
         &self,
-        user: UserId,
-        payment: PaymentId,
-        month: u32,
-        now: DateTime<Utc>,
-    ) -> StoreResult<GiftOutcome> {
-        self.timed(
-            "grant_gift",
-            self.inner.grant_gift(user, payment, month, now),
-        )
-        .await
-    }
-
-    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
-        self.timed("gifts", self.inner.gifts(user)).await
-    }
-
-    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
-        self.timed("price_versions", self.inner.price_versions())
-            .await
-    }
-
-    async fn init_prices(
-        &self,
-        prices: PriceTable,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Vec<PriceVersion>> {
-        self.timed("init_prices", self.inner.init_prices(prices, now))
-            .await
-    }
-
-    async fn announce_prices(
-        &self,
-        prices: PriceTable,
-        effective_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<(PriceVersion, bool)> {
-        self.timed(
-            "announce_prices",
-            self.inner.announce_prices(prices, effective_at, now),
-        )
-        .await
-    }
-
-    async fn record_violation(
-        &self,
-        user: UserId,
-        violation: &NewViolation,
-        now: DateTime<Utc>,
-        since: DateTime<Utc>,
-    ) -> StoreResult<u32> {
-        self.timed(
-            "record_violation",
-            self.inner.record_violation(user, violation, now, since),
-        )
-        .await
-    }
-
-    async fn violations(
-        &self,
-        user: UserId,
-        since: DateTime<Utc>,
-        counted_only: bool,
+        filter: &JobFilter,
+        before: Option<JobId>,
         limit: usize,
-    ) -> StoreResult<Vec<Violation>> {
-        self.timed(
-            "violations",
-            self.inner.violations(user, since, counted_only, limit),
-        )
-        .await
+    ) -> StoreResult<Vec<Job>> {
+        self.timed("admin_jobs", self.inner.admin_jobs(filter, before, limit))
+            .await
     }
 
-    async fn record_moderation_action(&self, action: &ModerationAction) -> StoreResult<()> {
-        self.timed(
-            "record_moderation_action",
-            self.inner.record_moderation_action(action),
-        )
-        .await
+    async fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
+        self.timed("attempts", self.inner.attempts(job)).await
     }
 
-    async fn moderation_actions(
-        &self,
-        user: Option<UserId>,
-        kind: Option<ModerationKind>,
-        limit: usize,
-    ) -> StoreResult<Vec<ModerationAction>> {
-        self.timed(
-            "moderation_actions",
-            self.inner.moderation_actions(user, kind, limit),
-        )
-        .await
+    async fn job_ledger(&self, job: JobId) -> StoreResult<Vec<LedgerEntry>> {
+        self.timed("job_ledger", self.inner.job_ledger(job)).await
     }
 
-    async fn expire_job(
-        &self,
-        user: UserId,
-        id: JobId,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Settlement> {
-        self.timed("expire_job", self.inner.expire_job(user, id, now))
+    async fn find_users(&self, fragment: &str, limit: usize) -> StoreResult<Vec<User>> {
+        self.timed("find_users", self.inner.find_users(fragment, limit))
+            .await
+    }
+
+    async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
+        self.timed("activity_since", self.inner.activity_since(since))
             .await
     }
 }

@@ -56,8 +56,8 @@ struct Deps {
 }
 
 /// Payments and membership gifts (ToS 4.2, 5).
-mod platform;
-pub use platform::{ApplyPayment, GrantGift};
+mod payments;
+pub use payments::{ApplyPayment, GrantGift};
 
 impl WalletActor {
     /// The cached user, or the stored one when the cache is cold.

@@ -458,7 +458,7 @@ async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {
         if !ends_or_starts || users.is_empty() {
             return Ok(HashMap::new());
         }
-        super::account_api::enabled_endpoints(tx, &users).await
+        super::endpoints::enabled_endpoints(tx, &users).await
     };
     let (accounts, claims, seen, seqs, epoch, endpoints) =
         futures_util::try_join!(accounts, claims, seen, seqs, epoch, endpoints)?;

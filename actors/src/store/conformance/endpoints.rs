@@ -1,21 +1,16 @@
-//! Conformance of API-key scopes and expiry, the per-user event log and
-//! account webhook endpoints with their fan-out and delivery log.
+//! Conformance of the per-user event log and account webhook endpoints
+//! with their fan-out and delivery log.
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Duration, SubsecRound, Utc};
+use chrono::Duration;
 
 use super::*;
-use crate::accounts::{KeyOptions, Scope};
 use crate::endpoints::{
     AttemptOutcome as Logged, EndpointPatch, EventType, WebhookEndpoint, MAX_ENDPOINTS,
 };
-use crate::ids::{ApiKeyId, WebhookEndpointId};
+use crate::ids::WebhookEndpointId;
 use crate::store::outbox::DeliveryReport;
-
-fn now_us() -> DateTime<Utc> {
-    crate::clock::Clock::system().now().trunc_subsecs(6)
-}
 
 fn endpoint(user: UserId, url: &str, types: &[EventType], enabled: bool) -> WebhookEndpoint {
     let now = now_us();
@@ -28,69 +23,6 @@ fn endpoint(user: UserId, url: &str, types: &[EventType], enabled: bool) -> Webh
         created_at: now,
         updated_at: now,
     }
-}
-
-pub async fn keys_keep_their_name_expiry_and_scopes(store: Shared) {
-    let key = ApiKey::generate();
-    let (user, _) = store
-        .create_user(
-            NewUser {
-                email: Email::parse("scopes@example.com").unwrap(),
-                display_name: DisplayName::parse("Scopes").unwrap(),
-                key_hash: key.hash(),
-            },
-            credits(10),
-            crate::clock::Clock::system().now(),
-        )
-        .await
-        .unwrap();
-    // The registration key has full access and no expiry.
-    let (found, record) = store.key_by_hash(key.hash()).await.unwrap().unwrap();
-    assert_eq!(found.id, user.id);
-    assert_eq!(
-        (
-            record.scopes.clone(),
-            record.expires_at,
-            record.name.clone()
-        ),
-        (None, None, None)
-    );
-    let expires = now_us() + Duration::days(1);
-    let options = KeyOptions {
-        name: Some("ci deploy".into()),
-        expires_at: Some(expires),
-        scopes: Some([Scope::JobsRead, Scope::WalletRead].into_iter().collect()),
-    };
-    let scoped = ApiKey::generate();
-    let issued = store
-        .create_api_key(
-            user.id,
-            ApiKeyId::generate(),
-            scoped.hash(),
-            options.clone(),
-            crate::clock::Clock::system().now(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(issued.name.as_deref(), Some("ci deploy"));
-    assert_eq!(issued.expires_at, Some(expires));
-    assert_eq!(issued.scopes, options.scopes);
-    let (_, read) = store.key_by_hash(scoped.hash()).await.unwrap().unwrap();
-    assert_eq!(read, issued);
-    let listed = store.api_keys(user.id).await.unwrap();
-    assert_eq!(listed.len(), 2);
-    assert_eq!(listed[1], issued);
-    // A revoked key authenticates nothing.
-    store
-        .revoke_api_key(user.id, issued.id, crate::clock::Clock::system().now())
-        .await
-        .unwrap();
-    assert!(store.key_by_hash(scoped.hash()).await.unwrap().is_none());
-    assert!(store
-        .key_by_hash(ApiKey::generate().hash())
-        .await
-        .unwrap()
-        .is_none());
 }
 
 /// Runs one job to success and returns it.

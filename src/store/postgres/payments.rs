@@ -1,66 +1,11 @@
-//! The platform-rules operations of the PostgreSQL adapter (API keys,
-//! payments and gifts, price versions, content violations). Each is one
-//! transaction; money moves only through the adapter's `book`, under the
-//! wallet lock, which is always taken before the user's row.
+//! Purchases in PostgreSQL: payments, the membership gifts they schedule
+//! (ToS 4.2, 5) and price versions (ToS 4.5). Each is one transaction;
+//! money moves only through the adapter's `book`, under the wallet lock,
+//! which is always taken before the user's row.
 
-use admedia_actors::accounts::{ApiKeyRecord, KeyOptions, Scope};
-use admedia_actors::content::evidence::{
-    ModerationAction, ModerationKind, NewViolation, Violation,
-};
-use admedia_actors::content::{Refusal, Score, Source};
-use admedia_actors::ids::{ApiKeyId, UserId};
+use super::accounts::lock_user_status;
+use super::*;
 use admedia_actors::job::RequestHash;
-use admedia_actors::ledger::{Grant, GrantSource};
-use admedia_actors::money::Credits;
-use admedia_actors::payments::{
-    GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
-};
-use admedia_actors::price_schedule::PriceVersion;
-use admedia_actors::pricing::PriceTable;
-use admedia_actors::store::decide;
-use admedia_actors::store::{StoreError, StoreResult};
-use admedia_actors::user::{AccountStatus, KeyHash};
-use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
-use tokio_postgres::Row;
-
-use super::{
-    book_grant, corrupt, credits, db, is_unique_violation, json, lock_account, money, status, tier,
-    to_json, user_row, PgStore, USER_COLUMNS,
-};
-
-pub(super) const KEY_COLUMNS: &str =
-    "id, user_id, key_hash, created_at, revoked_at, name, expires_at, scopes";
-
-/// A key row whose columns start at `at` (`KEY_COLUMNS`, in order).
-pub(super) fn key_row_at(r: &Row, at: usize) -> StoreResult<ApiKeyRecord> {
-    let hash: Vec<u8> = r.get(at + 2);
-    let hash: [u8; 32] = hash
-        .as_slice()
-        .try_into()
-        .map_err(|_| corrupt("key hash", &hex::encode(&hash)))?;
-    let scopes: Option<Vec<String>> = r.get(at + 7);
-    Ok(ApiKeyRecord {
-        id: ApiKeyId::from_uuid(r.get(at)),
-        user_id: UserId::from_uuid(r.get(at + 1)),
-        hash: KeyHash(hash),
-        created_at: r.get(at + 3),
-        revoked_at: r.get(at + 4),
-        name: r.get(at + 5),
-        expires_at: r.get(at + 6),
-        scopes: scopes
-            .map(|list| {
-                list.iter()
-                    .map(|s| Scope::parse(s).ok_or_else(|| corrupt("key scope", s)))
-                    .collect::<StoreResult<_>>()
-            })
-            .transpose()?,
-    })
-}
-
-fn key_row(r: &Row) -> StoreResult<ApiKeyRecord> {
-    key_row_at(r, 0)
-}
 
 const GIFT_COLUMNS: &str =
     "payment_id, month, user_id, tier, amount, starts_at, granted_at, lapsed_at";
@@ -129,123 +74,9 @@ fn price_row(r: &Row) -> StoreResult<PriceVersion> {
     })
 }
 
-/// Locks the user's row; `NotFound` when there is none.
-async fn lock_user_status(tx: &Transaction<'_>, user: UserId) -> StoreResult<AccountStatus> {
-    let row = tx
-        .query_opt(
-            "SELECT status FROM users WHERE id = $1 FOR UPDATE",
-            &[&user.as_uuid()],
-        )
-        .await
-        .map_err(db)?
-        .ok_or(StoreError::NotFound("user"))?;
-    status(row.get(0))
-}
-
-async fn active_keys(tx: &Transaction<'_>, user: UserId) -> StoreResult<usize> {
-    let n: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
-            &[&user.as_uuid()],
-        )
-        .await
-        .map_err(db)?
-        .get(0);
-    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-}
-
-impl PgStore {
-    pub(super) async fn pg_create_api_key(
-        &self,
-        user: UserId,
-        id: ApiKeyId,
-        hash: KeyHash,
-        options: KeyOptions,
-        now: DateTime<Utc>,
-    ) -> StoreResult<ApiKeyRecord> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let st = lock_user_status(&tx, user).await?;
-        decide::new_api_key(st, active_keys(&tx, user).await?)?;
-        let sql = format!(
-            "INSERT INTO api_keys (id, user_id, key_hash, created_at, name, expires_at, scopes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
-        );
-        let scopes: Option<Vec<&'static str>> = options
-            .scopes
-            .as_ref()
-            .map(|set| set.iter().map(|s| s.as_str()).collect());
-        let row = tx
-            .query_one(
-                &sql,
-                &[
-                    &id.as_uuid(),
-                    &user.as_uuid(),
-                    &&hash.0[..],
-                    &now,
-                    &options.name,
-                    &options.expires_at,
-                    &scopes,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        let record = key_row(&row)?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-
-    pub(super) async fn pg_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
-        let client = self.client().await?;
-        let exists = client
-            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
-            .await
-            .map_err(db)?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound("user"));
-        }
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
-        );
-        let rows = client.query(&sql, &[&user.as_uuid()]).await.map_err(db)?;
-        rows.iter().map(key_row).collect()
-    }
-
-    pub(super) async fn pg_revoke_api_key(
-        &self,
-        user: UserId,
-        id: ApiKeyId,
-        now: DateTime<Utc>,
-    ) -> StoreResult<ApiKeyRecord> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        // The user's row serializes key changes, so two revocations cannot
-        // both see another key still active.
-        lock_user_status(&tx, user).await?;
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2");
-        let current = tx
-            .query_opt(&sql, &[&id.as_uuid(), &user.as_uuid()])
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound("API key"))?;
-        let current = key_row(&current)?;
-        if !decide::revoke_api_key(&current, active_keys(&tx, user).await?)? {
-            return Ok(current);
-        }
-        let sql = format!(
-            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
-             RETURNING {KEY_COLUMNS}"
-        );
-        let row = tx
-            .query_one(&sql, &[&id.as_uuid(), &now])
-            .await
-            .map_err(db)?;
-        let record = key_row(&row)?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-
-    pub(super) async fn pg_apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
+#[async_trait]
+impl PaymentStore for PgStore {
+    async fn apply_payment(&self, p: NewPayment) -> StoreResult<PaymentOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let account = lock_account(&tx, p.user_id).await?;
@@ -377,10 +208,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn pg_payments_for_review(
-        &self,
-        limit: usize,
-    ) -> StoreResult<Vec<PaymentReview>> {
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -403,11 +231,7 @@ impl PgStore {
             .collect()
     }
 
-    pub(super) async fn pg_due_gifts(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<ScheduledGift>> {
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {} FROM membership_gifts g JOIN users u ON u.id = g.user_id \
@@ -427,7 +251,7 @@ impl PgStore {
         rows.iter().map(gift_row).collect()
     }
 
-    pub(super) async fn pg_grant_gift(
+    async fn grant_gift(
         &self,
         user: UserId,
         payment: PaymentId,
@@ -496,7 +320,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn pg_gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
         let client = self.client().await?;
         let exists = client
             .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
@@ -513,7 +337,7 @@ impl PgStore {
         rows.iter().map(gift_row).collect()
     }
 
-    pub(super) async fn pg_price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -525,7 +349,7 @@ impl PgStore {
         rows.iter().map(price_row).collect()
     }
 
-    pub(super) async fn pg_init_prices(
+    async fn init_prices(
         &self,
         prices: PriceTable,
         now: DateTime<Utc>,
@@ -541,10 +365,10 @@ impl PgStore {
                 .await
                 .map_err(db)?;
         }
-        self.pg_price_versions().await
+        self.price_versions().await
     }
 
-    pub(super) async fn pg_announce_prices(
+    async fn announce_prices(
         &self,
         prices: PriceTable,
         effective_at: DateTime<Utc>,
@@ -591,155 +415,5 @@ impl PgStore {
         let version = price_row(&row)?;
         tx.commit().await.map_err(db)?;
         Ok((version, false))
-    }
-
-    pub(super) async fn pg_record_violation(
-        &self,
-        user: UserId,
-        violation: &NewViolation,
-        now: DateTime<Utc>,
-        since: DateTime<Utc>,
-    ) -> StoreResult<u32> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        // Serialized per user, so the count includes every earlier refusal.
-        lock_user_status(&tx, user).await?;
-        tx.execute(
-            "INSERT INTO content_violations (user_id, category, created_at, counted, prompt, refusal) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &user.as_uuid(),
-                &violation.refusal.category,
-                &now,
-                &violation.counted,
-                &violation.prompt,
-                &to_json(&violation.refusal)?,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        let n: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM content_violations \
-                 WHERE user_id = $1 AND created_at >= $2 AND counted",
-                &[&user.as_uuid(), &since],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
-        tx.commit().await.map_err(db)?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    }
-
-    pub(super) async fn pg_violations(
-        &self,
-        user: UserId,
-        since: DateTime<Utc>,
-        counted_only: bool,
-        limit: usize,
-    ) -> StoreResult<Vec<Violation>> {
-        let client = self.client().await?;
-        if client
-            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
-            .await
-            .map_err(db)?
-            .is_none()
-        {
-            return Err(StoreError::NotFound("user"));
-        }
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                "SELECT category, created_at, counted, prompt, refusal FROM content_violations \
-                 WHERE user_id = $1 AND created_at >= $2 AND (counted OR NOT $3) \
-                 ORDER BY created_at DESC, id DESC LIMIT $4",
-                &[&user.as_uuid(), &since, &counted_only, &limit],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let category: String = r.get(0);
-                let stored: Option<serde_json::Value> = r.get(4);
-                // Refusals recorded before evidence was kept have only
-                // their category.
-                let refusal = match stored {
-                    Some(v) => json(v)?,
-                    None => Refusal {
-                        category,
-                        confidence: Score::ONE,
-                        source: Source::Rules,
-                        matched: Vec::new(),
-                        scores: Default::default(),
-                    },
-                };
-                Ok(Violation {
-                    user_id: user,
-                    refusal,
-                    prompt: r.get(3),
-                    counted: r.get(2),
-                    created_at: r.get(1),
-                })
-            })
-            .collect()
-    }
-
-    pub(super) async fn pg_record_moderation_action(
-        &self,
-        action: &ModerationAction,
-    ) -> StoreResult<()> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "INSERT INTO moderation_actions (user_id, kind, by_whom, note, evidence, created_at) \
-                 SELECT id, $2, $3, $4, $5, $6 FROM users WHERE id = $1",
-                &[
-                    &action.user_id.as_uuid(),
-                    &action.kind.as_str(),
-                    &action.by,
-                    &action.note,
-                    &to_json(&action.evidence)?,
-                    &action.created_at,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::NotFound("user"));
-        }
-        Ok(())
-    }
-
-    pub(super) async fn pg_moderation_actions(
-        &self,
-        user: Option<UserId>,
-        kind: Option<ModerationKind>,
-        limit: usize,
-    ) -> StoreResult<Vec<ModerationAction>> {
-        let client = self.client().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                "SELECT user_id, kind, by_whom, note, evidence, created_at FROM moderation_actions \
-                 WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR kind = $2) \
-                 ORDER BY created_at DESC, id DESC LIMIT $3",
-                &[&user.map(|u| u.as_uuid()), &kind.map(|k| k.as_str()), &limit],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.get(1);
-                Ok(ModerationAction {
-                    user_id: UserId::from_uuid(r.get(0)),
-                    kind: ModerationKind::parse(&kind)
-                        .ok_or_else(|| corrupt("moderation kind", &kind))?,
-                    by: r.get(2),
-                    note: r.get(3),
-                    evidence: json(r.get(4))?,
-                    created_at: r.get(5),
-                })
-            })
-            .collect()
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 
-use super::State;
+use super::*;
 use crate::endpoints::{
     DeliveryAttempt, EndpointPatch, EventPage, StoredEvent, WebhookEndpoint, DELIVERY_LOG,
     EVENT_WINDOW, MEMORY_EVENTS_PER_USER,
@@ -17,7 +17,7 @@ use crate::store::decide;
 use crate::store::{StoreError, StoreResult};
 
 #[derive(Default)]
-pub(super) struct AccountApiState {
+pub(super) struct Endpoints {
     next_event: u64,
     events: HashMap<UserId, UserLog>,
     endpoints: HashMap<UserId, Vec<WebhookEndpoint>>,
@@ -32,7 +32,7 @@ struct UserLog {
     dropped_through: u64,
 }
 
-impl AccountApiState {
+impl Endpoints {
     pub(super) fn endpoints(&self) -> &HashMap<UserId, Vec<WebhookEndpoint>> {
         &self.endpoints
     }
@@ -116,7 +116,7 @@ fn mine(s: &State, user: UserId) -> StoreResult<&Vec<WebhookEndpoint>> {
     if !s.users.contains_key(&user) {
         return Err(StoreError::NotFound("user"));
     }
-    Ok(s.account_api.endpoints.get(&user).unwrap_or(&NONE))
+    Ok(s.endpoints.endpoints.get(&user).unwrap_or(&NONE))
 }
 
 pub(super) fn create_endpoint(
@@ -128,7 +128,7 @@ pub(super) fn create_endpoint(
         .get(&endpoint.user_id)
         .map(|u| u.status)
         .ok_or(StoreError::NotFound("user"))?;
-    let list = s.account_api.endpoints.entry(endpoint.user_id).or_default();
+    let list = s.endpoints.endpoints.entry(endpoint.user_id).or_default();
     decide::new_endpoint(status, list.len())?;
     if list.iter().any(|e| e.id == endpoint.id) {
         return Err(StoreError::Invariant("webhook endpoint id reused".into()));
@@ -150,7 +150,7 @@ pub(super) fn update_endpoint(
 ) -> StoreResult<WebhookEndpoint> {
     mine(s, user)?;
     let endpoint = s
-        .account_api
+        .endpoints
         .endpoints
         .get_mut(&user)
         .and_then(|list| list.iter_mut().find(|e| e.id == id))
@@ -166,7 +166,7 @@ pub(super) fn delete_endpoint(
 ) -> StoreResult<()> {
     mine(s, user)?;
     let list = s
-        .account_api
+        .endpoints
         .endpoints
         .get_mut(&user)
         .ok_or(StoreError::NotFound("webhook endpoint"))?;
@@ -175,7 +175,7 @@ pub(super) fn delete_endpoint(
     if list.len() == before {
         return Err(StoreError::NotFound("webhook endpoint"));
     }
-    s.account_api.deliveries.remove(&id);
+    s.endpoints.deliveries.remove(&id);
     s.webhooks.retain(|_, w| w.delivery.endpoint_id != Some(id));
     Ok(())
 }
@@ -189,9 +189,67 @@ pub(super) fn deliveries(
     if !mine(s, user)?.iter().any(|e| e.id == id) {
         return Err(StoreError::NotFound("webhook endpoint"));
     }
-    Ok(s.account_api
+    Ok(s.endpoints
         .deliveries
         .get(&id)
         .map(|log| log.iter().take(limit).cloned().collect())
         .unwrap_or_default())
+}
+
+#[async_trait]
+impl EndpointStore for MemoryStore {
+    async fn user_events(
+        &self,
+        user: UserId,
+        after: Option<u64>,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<crate::endpoints::EventPage> {
+        let s = self.state.lock();
+        if !s.users.contains_key(&user) {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(s.endpoints.page(user, after, since, limit))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: crate::endpoints::WebhookEndpoint,
+    ) -> StoreResult<crate::endpoints::WebhookEndpoint> {
+        create_endpoint(&mut self.state.lock(), endpoint)
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<crate::endpoints::WebhookEndpoint>> {
+        endpoints(&self.state.lock(), user)
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: crate::ids::WebhookEndpointId,
+        patch: crate::endpoints::EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<crate::endpoints::WebhookEndpoint> {
+        update_endpoint(&mut self.state.lock(), user, id, patch, now)
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        user: UserId,
+        id: crate::ids::WebhookEndpointId,
+    ) -> StoreResult<()> {
+        delete_endpoint(&mut self.state.lock(), user, id)
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        user: UserId,
+        id: crate::ids::WebhookEndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::endpoints::DeliveryAttempt>> {
+        deliveries(&self.state.lock(), user, id, limit)
+    }
 }

@@ -19,7 +19,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{corrupt, db, json, PgStore};
+use super::*;
 
 const ENDPOINT_COLUMNS: &str = "id, user_id, url, event_types, enabled, created_at, updated_at";
 
@@ -117,7 +117,20 @@ fn seq(id: i64) -> StoreResult<u64> {
 }
 
 impl PgStore {
-    pub(super) async fn pg_user_events(
+    async fn user_exists(&self, user: UserId) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
+            .await
+            .map_err(db)?
+            .map(|_| ())
+            .ok_or(StoreError::NotFound("user"))
+    }
+}
+
+#[async_trait]
+impl EndpointStore for PgStore {
+    async fn user_events(
         &self,
         user: UserId,
         after: Option<u64>,
@@ -183,10 +196,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn pg_create_webhook_endpoint(
-        &self,
-        e: WebhookEndpoint,
-    ) -> StoreResult<WebhookEndpoint> {
+    async fn create_webhook_endpoint(&self, e: WebhookEndpoint) -> StoreResult<WebhookEndpoint> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         // The user's row serializes endpoint changes, so two creations
@@ -233,20 +243,7 @@ impl PgStore {
         Ok(stored)
     }
 
-    async fn user_exists(&self, user: UserId) -> StoreResult<()> {
-        let client = self.client().await?;
-        client
-            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_uuid()])
-            .await
-            .map_err(db)?
-            .map(|_| ())
-            .ok_or(StoreError::NotFound("user"))
-    }
-
-    pub(super) async fn pg_webhook_endpoints(
-        &self,
-        user: UserId,
-    ) -> StoreResult<Vec<WebhookEndpoint>> {
+    async fn webhook_endpoints(&self, user: UserId) -> StoreResult<Vec<WebhookEndpoint>> {
         self.user_exists(user).await?;
         let client = self.client().await?;
         let sql = format!(
@@ -256,7 +253,7 @@ impl PgStore {
         rows.iter().map(endpoint_row).collect()
     }
 
-    pub(super) async fn pg_update_webhook_endpoint(
+    async fn update_webhook_endpoint(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -297,7 +294,7 @@ impl PgStore {
         Ok(stored)
     }
 
-    pub(super) async fn pg_delete_webhook_endpoint(
+    async fn delete_webhook_endpoint(
         &self,
         user: UserId,
         id: WebhookEndpointId,
@@ -318,7 +315,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn pg_webhook_deliveries(
+    async fn webhook_deliveries(
         &self,
         user: UserId,
         id: WebhookEndpointId,

@@ -1,7 +1,8 @@
-//! The platform's rules as configuration and run-time state: price notice
-//! (ToS 4.5), membership gifts (ToS 5.3), the content policy and automatic
-//! suspension (ToS 3.2, 9.2), and the periodic sweep that keeps prices
-//! fresh and grants the monthly gifts that have come due.
+//! The platform's policies (its terms of service) as configuration and
+//! run-time state: price notice (ToS 4.5), membership gifts (ToS 5.3), the
+//! content policy and automatic suspension (ToS 3.2, 9.2), and how often
+//! the sweep (`orchestrator::sweep`) reloads prices and grants the monthly
+//! gifts that have come due.
 
 use std::sync::Arc;
 use std::time::Duration;

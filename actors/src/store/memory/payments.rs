@@ -1,129 +1,26 @@
-//! The platform-rules operations of the embedded store (API keys,
-//! payments and gifts, price versions, content violations). Each runs
-//! under the store's one lock, taken by the caller, so it is atomic.
+//! The embedded store's purchases: payments, the membership gifts they
+//! schedule (ToS 4.2, 5) and price versions (ToS 4.5). Each operation runs
+//! under the store's one lock, so it is atomic.
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, Utc};
-
-use super::State;
-use crate::accounts::ApiKeyRecord;
-use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
-use crate::ids::{ApiKeyId, UserId};
-use crate::job::RequestHash;
-use crate::ledger::Grant;
+use super::accounts::status;
+use super::*;
 use crate::ledger::GrantSource;
-use crate::money::{Credits, Wallet};
 use crate::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
 use crate::price_schedule::PriceVersion;
 use crate::pricing::PriceTable;
-use crate::store::decide::{self, money};
-use crate::store::{StoreError, StoreResult};
-use crate::user::{AccountStatus, KeyHash};
+use crate::store::decide::money;
 
 #[derive(Default)]
-pub(super) struct PlatformState {
-    keys: HashMap<UserId, Vec<ApiKeyRecord>>,
+pub(super) struct Purchases {
     payments: HashMap<PaymentId, (UserId, RequestHash)>,
     /// Payments recorded for an operator instead of applied.
     reviews: BTreeMap<PaymentId, PaymentReview>,
     gifts: BTreeMap<(PaymentId, u32), ScheduledGift>,
     prices: Vec<PriceVersion>,
-    violations: HashMap<UserId, Vec<Violation>>,
-    moderation: Vec<ModerationAction>,
-}
-
-/// Records the key a user registered with.
-pub(super) fn registered(s: &mut State, user: UserId, hash: KeyHash, now: DateTime<Utc>) {
-    s.platform.keys.entry(user).or_default().push(ApiKeyRecord {
-        id: ApiKeyId::generate(),
-        user_id: user,
-        hash,
-        created_at: now,
-        revoked_at: None,
-        name: None,
-        expires_at: None,
-        scopes: None,
-    });
-}
-
-/// The user's key with this hash, if not revoked.
-pub(super) fn active_key(s: &State, user: UserId, hash: KeyHash) -> Option<ApiKeyRecord> {
-    s.platform
-        .keys
-        .get(&user)?
-        .iter()
-        .find(|k| k.hash == hash && k.is_active())
-        .cloned()
-}
-
-fn status(s: &State, user: UserId) -> StoreResult<AccountStatus> {
-    s.users
-        .get(&user)
-        .map(|u| u.status)
-        .ok_or(StoreError::NotFound("user"))
-}
-
-pub(super) fn create_api_key(
-    s: &mut State,
-    user: UserId,
-    id: ApiKeyId,
-    hash: KeyHash,
-    options: crate::accounts::KeyOptions,
-    now: DateTime<Utc>,
-) -> StoreResult<ApiKeyRecord> {
-    let st = status(s, user)?;
-    if s.keys.contains_key(&hash) {
-        return Err(StoreError::Invariant("API key hash reused".into()));
-    }
-    let list = s.platform.keys.entry(user).or_default();
-    decide::new_api_key(st, list.iter().filter(|k| k.is_active()).count())?;
-    let record = ApiKeyRecord {
-        id,
-        user_id: user,
-        hash,
-        created_at: now,
-        revoked_at: None,
-        name: options.name,
-        expires_at: options.expires_at,
-        scopes: options.scopes,
-    };
-    list.push(record.clone());
-    s.keys.insert(hash, user);
-    Ok(record)
-}
-
-pub(super) fn api_keys(s: &State, user: UserId) -> StoreResult<Vec<ApiKeyRecord>> {
-    status(s, user)?;
-    Ok(s.platform.keys.get(&user).cloned().unwrap_or_default())
-}
-
-pub(super) fn revoke_api_key(
-    s: &mut State,
-    user: UserId,
-    id: ApiKeyId,
-    now: DateTime<Utc>,
-) -> StoreResult<ApiKeyRecord> {
-    status(s, user)?;
-    let list = s
-        .platform
-        .keys
-        .get_mut(&user)
-        .ok_or(StoreError::NotFound("API key"))?;
-    let active = list.iter().filter(|k| k.is_active()).count();
-    let key = list
-        .iter_mut()
-        .find(|k| k.id == id)
-        .ok_or(StoreError::NotFound("API key"))?;
-    if !decide::revoke_api_key(key, active)? {
-        return Ok(key.clone());
-    }
-    key.revoked_at = Some(now);
-    let record = key.clone();
-    s.keys.remove(&record.hash);
-    Ok(record)
 }
 
 /// Books a grant; the caller checked everything else.
@@ -152,25 +49,25 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
         .ok_or(StoreError::NotFound("user"))?;
     let account = s.account_state(p.user_id)?;
     let wallet_before = account.wallet;
-    if decide::payment_replay(s.platform.payments.get(&p.payment_id).copied(), &p)? {
+    if decide::payment_replay(s.purchases.payments.get(&p.payment_id).copied(), &p)? {
         return Ok(PaymentOutcome {
             user,
             wallet: wallet_before,
             granted: Credits::ZERO,
             replayed: true,
             review: s
-                .platform
+                .purchases
                 .reviews
                 .get(&p.payment_id)
                 .map(|r| r.reason.clone()),
         });
     }
     let plan = decide::payment(&account, &user, &p);
-    s.platform
+    s.purchases
         .payments
         .insert(p.payment_id.clone(), (p.user_id, p.request_hash));
     if let Some(reason) = plan.review {
-        s.platform.reviews.insert(
+        s.purchases.reviews.insert(
             p.payment_id.clone(),
             PaymentReview {
                 payment_id: p.payment_id.clone(),
@@ -201,7 +98,7 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
     };
     for (mut gift, now) in plan.gifts {
         gift.granted_at = now.then_some(p.now);
-        s.platform
+        s.purchases
             .gifts
             .insert((gift.payment_id.clone(), gift.month), gift);
     }
@@ -224,7 +121,7 @@ pub(super) fn apply_payment(s: &mut State, p: NewPayment) -> StoreResult<Payment
 
 /// Payments kept for an operator, oldest first.
 pub(super) fn payments_for_review(s: &State, limit: usize) -> Vec<PaymentReview> {
-    let mut all: Vec<PaymentReview> = s.platform.reviews.values().cloned().collect();
+    let mut all: Vec<PaymentReview> = s.purchases.reviews.values().cloned().collect();
     all.sort_by(|a, b| (a.received_at, &a.payment_id).cmp(&(b.received_at, &b.payment_id)));
     all.truncate(limit);
     all
@@ -232,7 +129,7 @@ pub(super) fn payments_for_review(s: &State, limit: usize) -> Vec<PaymentReview>
 
 pub(super) fn due_gifts(s: &State, now: DateTime<Utc>, limit: usize) -> Vec<ScheduledGift> {
     let mut due: Vec<ScheduledGift> = s
-        .platform
+        .purchases
         .gifts
         .values()
         .filter(|g| g.granted_at.is_none() && g.lapsed_at.is_none() && g.starts_at <= now)
@@ -259,7 +156,7 @@ pub(super) fn grant_gift(
 ) -> StoreResult<GiftOutcome> {
     let st = status(s, user)?;
     let wallet = s.account(user)?.wallet;
-    let gift = match s.platform.gifts.get(&(payment, month)) {
+    let gift = match s.purchases.gifts.get(&(payment, month)) {
         Some(g) if g.user_id == user => g.clone(),
         _ => return Err(StoreError::NotFound("gift")),
     };
@@ -280,7 +177,7 @@ pub(super) fn grant_gift(
         now,
     )?;
     if let Some(g) = s
-        .platform
+        .purchases
         .gifts
         .get_mut(&(gift.payment_id.clone(), gift.month))
     {
@@ -303,7 +200,7 @@ pub(super) fn lapse_gifts(
 ) -> StoreResult<()> {
     let own = gifts(s, user)?;
     for key in decide::gifts_lapsing(current, next, &own, now) {
-        if let Some(g) = s.platform.gifts.get_mut(&key) {
+        if let Some(g) = s.purchases.gifts.get_mut(&key) {
             g.lapsed_at = Some(now);
         }
     }
@@ -313,7 +210,7 @@ pub(super) fn lapse_gifts(
 pub(super) fn gifts(s: &State, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
     status(s, user)?;
     let mut list: Vec<ScheduledGift> = s
-        .platform
+        .purchases
         .gifts
         .values()
         .filter(|g| g.user_id == user)
@@ -326,7 +223,7 @@ pub(super) fn gifts(s: &State, user: UserId) -> StoreResult<Vec<ScheduledGift>> 
 }
 
 pub(super) fn price_versions(s: &State) -> Vec<PriceVersion> {
-    s.platform.prices.clone()
+    s.purchases.prices.clone()
 }
 
 pub(super) fn init_prices(
@@ -334,15 +231,15 @@ pub(super) fn init_prices(
     prices: PriceTable,
     now: DateTime<Utc>,
 ) -> Vec<PriceVersion> {
-    if s.platform.prices.is_empty() {
-        s.platform.prices.push(PriceVersion {
+    if s.purchases.prices.is_empty() {
+        s.purchases.prices.push(PriceVersion {
             version: 1,
             effective_at: now,
             prices,
             created_at: now,
         });
     }
-    s.platform.prices.clone()
+    s.purchases.prices.clone()
 }
 
 pub(super) fn announce_prices(
@@ -352,78 +249,59 @@ pub(super) fn announce_prices(
     now: DateTime<Utc>,
 ) -> StoreResult<(PriceVersion, bool)> {
     let (version, replayed) =
-        decide::price_announcement(&s.platform.prices, prices, effective_at, now)?;
+        decide::price_announcement(&s.purchases.prices, prices, effective_at, now)?;
     if !replayed {
-        s.platform.prices.push(version);
+        s.purchases.prices.push(version);
     }
     Ok((version, replayed))
 }
 
-pub(super) fn record_violation(
-    s: &mut State,
-    user: UserId,
-    violation: &NewViolation,
-    now: DateTime<Utc>,
-    since: DateTime<Utc>,
-) -> StoreResult<u32> {
-    status(s, user)?;
-    let list = s.platform.violations.entry(user).or_default();
-    list.push(Violation {
-        user_id: user,
-        refusal: violation.refusal.clone(),
-        prompt: violation.prompt.clone(),
-        counted: violation.counted,
-        created_at: now,
-    });
-    Ok(u32::try_from(
-        list.iter()
-            .filter(|v| v.counted && v.created_at >= since)
-            .count(),
-    )
-    .unwrap_or(u32::MAX))
-}
+#[async_trait]
+impl PaymentStore for MemoryStore {
+    async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome> {
+        apply_payment(&mut self.state.lock(), payment)
+    }
 
-pub(super) fn violations(
-    s: &State,
-    user: UserId,
-    since: DateTime<Utc>,
-    counted_only: bool,
-    limit: usize,
-) -> StoreResult<Vec<Violation>> {
-    status(s, user)?;
-    let Some(list) = s.platform.violations.get(&user) else {
-        return Ok(Vec::new());
-    };
-    Ok(list
-        .iter()
-        .rev()
-        .filter(|v| v.created_at >= since && (v.counted || !counted_only))
-        .take(limit)
-        .cloned()
-        .collect())
-}
+    async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>> {
+        Ok(payments_for_review(&self.state.lock(), limit))
+    }
 
-pub(super) fn record_moderation_action(
-    s: &mut State,
-    action: &ModerationAction,
-) -> StoreResult<()> {
-    status(s, action.user_id)?;
-    s.platform.moderation.push(action.clone());
-    Ok(())
-}
+    async fn due_gifts(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ScheduledGift>> {
+        Ok(due_gifts(&self.state.lock(), now, limit))
+    }
 
-pub(super) fn moderation_actions(
-    s: &State,
-    user: Option<UserId>,
-    kind: Option<ModerationKind>,
-    limit: usize,
-) -> StoreResult<Vec<ModerationAction>> {
-    Ok(s.platform
-        .moderation
-        .iter()
-        .rev()
-        .filter(|a| user.is_none_or(|u| a.user_id == u) && kind.is_none_or(|k| a.kind == k))
-        .take(limit)
-        .cloned()
-        .collect())
+    async fn grant_gift(
+        &self,
+        user: UserId,
+        payment: PaymentId,
+        month: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<GiftOutcome> {
+        grant_gift(&mut self.state.lock(), user, payment, month, now)
+    }
+
+    async fn gifts(&self, user: UserId) -> StoreResult<Vec<ScheduledGift>> {
+        gifts(&self.state.lock(), user)
+    }
+
+    async fn price_versions(&self) -> StoreResult<Vec<PriceVersion>> {
+        Ok(price_versions(&self.state.lock()))
+    }
+
+    async fn init_prices(
+        &self,
+        prices: PriceTable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<PriceVersion>> {
+        Ok(init_prices(&mut self.state.lock(), prices, now))
+    }
+
+    async fn announce_prices(
+        &self,
+        prices: PriceTable,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(PriceVersion, bool)> {
+        announce_prices(&mut self.state.lock(), prices, effective_at, now)
+    }
 }
