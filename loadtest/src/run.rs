@@ -711,9 +711,11 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     eprintln!("auditing…");
     let data = read_back(&api, &users).await?;
     let mut input = audit_input(&users, &data, &rec)?;
-    if plan.job_retention.is_some() {
-        // Retention prunes finished jobs during the run: they leave the
-        // listings, and each must answer 410 job-pruned on its own.
+    {
+        // Retention, or the embedded store's cap on finished jobs kept in
+        // memory (set or not, the server has one), prunes finished jobs
+        // during the run: they leave the listings, and each must answer
+        // 410 job-pruned on its own.
         let listed: HashSet<&str> = data
             .iter()
             .flat_map(|ud| ud.jobs.iter().map(|j| j.id.as_str()))
@@ -730,10 +732,12 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                 .into_iter()
                 .collect()
         };
-        eprintln!(
-            "auditing: {} acknowledged jobs are not listed; reading each…",
-            unlisted.len()
-        );
+        if !unlisted.is_empty() {
+            eprintln!(
+                "auditing: {} acknowledged jobs are not listed; reading each…",
+                unlisted.len()
+            );
+        }
         input.pruned = soak::confirm_pruned(&api, unlisted)
             .await
             .into_iter()
