@@ -37,7 +37,7 @@ use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wire::{Capabilities, PresentedAttempt};
 
 /// The per-user event stream and account webhook endpoints.
-mod account_api;
+mod endpoints;
 /// API keys and account closure (ToS 2.2, 9.2, 9.3).
 mod accounts;
 /// Screening prompts, suspension, moderation (ToS 3.2, 9.2).
