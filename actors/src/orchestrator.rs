@@ -36,10 +36,10 @@ use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wire::{Capabilities, PresentedAttempt};
 
-/// The per-user event stream and account webhook endpoints.
-mod endpoints;
 /// API keys and account closure (ToS 2.2, 9.2, 9.3).
 mod accounts;
+/// The per-user event stream and account webhook endpoints.
+mod endpoints;
 /// Screening prompts, suspension, moderation (ToS 3.2, 9.2).
 mod moderation;
 /// Payments, memberships and prices with notice (ToS 4.2, 4.5, 5).
