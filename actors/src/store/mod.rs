@@ -18,6 +18,8 @@
 //!
 //! Two adapters implement it: [`memory::MemoryStore`] (embedded default)
 //! and the PostgreSQL adapter in the server. Both pass [`conformance`].
+//! A wrapper around a store implements only the concerns it changes and
+//! forwards the others through [`forward`].
 
 use thiserror::Error;
 
@@ -32,6 +34,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod decide;
 pub mod endpoints;
+pub mod forward;
 pub mod jobs;
 /// The catalogue of stored files: a port of its own.
 pub mod materials;
