@@ -23,7 +23,7 @@ use admedia_actors::ledger::{Grant, GrantSource};
 use admedia_actors::money::Credits;
 use admedia_actors::observer::Observer;
 use admedia_actors::store::memory::MemoryStore;
-use admedia_actors::tier::{Membership, Tier, TierPolicy, TierTable};
+use admedia_actors::tier::{Membership, PerTier, Tier, TierPolicy, TierTable};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -118,15 +118,10 @@ fn config() -> OrchestratorConfig {
         max_running: 1_000_000,
         max_waiting: 10_000_000,
     };
-    let mut tiers = TierTable {
-        free: open,
-        basic: open,
-        professional: open,
-        enterprise: open,
-    };
-    tiers.basic.weight = 2;
-    tiers.professional.weight = 4;
-    tiers.enterprise.weight = 8;
+    let mut tiers = TierTable(PerTier::splat(open));
+    tiers[Tier::Basic].weight = 2;
+    tiers[Tier::Professional].weight = 4;
+    tiers[Tier::Enterprise].weight = 8;
     OrchestratorConfig {
         tiers,
         registration_credits: Credits::ZERO,

@@ -404,14 +404,11 @@ fn parse_max_wait(raw: &str) -> Result<admedia_actors::config::WaitLimits, Strin
             .ok_or_else(|| format!("ADMEDIA_MAX_WAIT {part:?}: expected tier=duration"))?;
         let limit =
             parse_duration(limit.trim()).map_err(|e| format!("ADMEDIA_MAX_WAIT {part:?}: {e}"))?;
-        let slot = match tier.trim().parse::<admedia_actors::tier::Tier>() {
-            Ok(admedia_actors::tier::Tier::Free) => &mut limits.free,
-            Ok(admedia_actors::tier::Tier::Basic) => &mut limits.basic,
-            Ok(admedia_actors::tier::Tier::Professional) => &mut limits.professional,
-            Ok(admedia_actors::tier::Tier::Enterprise) => &mut limits.enterprise,
-            Err(_) => return Err(format!("ADMEDIA_MAX_WAIT {part:?}: unknown tier")),
-        };
-        *slot = limit;
+        let tier = tier
+            .trim()
+            .parse::<admedia_actors::tier::Tier>()
+            .map_err(|_| format!("ADMEDIA_MAX_WAIT {part:?}: unknown tier"))?;
+        limits[tier] = limit;
     }
     Ok(limits)
 }
@@ -576,15 +573,14 @@ impl Settings {
                 .map_err(|_| {
                     format!("ADMEDIA_TIER_WEIGHTS {weights:?}: expected four whole numbers")
                 })?;
-            let [f, b, p, e] = parsed[..] else {
+            let Ok(parsed) = <[u32; admedia_actors::tier::Tier::COUNT]>::try_from(parsed) else {
                 return Err(format!(
                     "ADMEDIA_TIER_WEIGHTS {weights:?}: expected four weights"
                 ));
             };
-            tiers.free.weight = f;
-            tiers.basic.weight = b;
-            tiers.professional.weight = p;
-            tiers.enterprise.weight = e;
+            for (tier, weight) in admedia_actors::tier::PerTier::from(parsed).iter() {
+                tiers[tier].weight = *weight;
+            }
         }
         let config = OrchestratorConfig {
             tiers,
@@ -1028,11 +1024,12 @@ mod tests {
         s.max_wait = "free=2h, enterprise=90s".into();
         s.fairness_unit = "jobs".parse().unwrap();
         let cfg = s.orchestrator().unwrap();
-        assert_eq!(cfg.max_wait.free, Duration::from_secs(7200));
-        assert_eq!(cfg.max_wait.enterprise, Duration::from_secs(90));
+        use admedia_actors::tier::Tier;
+        assert_eq!(cfg.max_wait[Tier::Free], Duration::from_secs(7200));
+        assert_eq!(cfg.max_wait[Tier::Enterprise], Duration::from_secs(90));
         assert_eq!(
-            cfg.max_wait.basic,
-            admedia_actors::config::WaitLimits::default().basic
+            cfg.max_wait[Tier::Basic],
+            admedia_actors::config::WaitLimits::default()[Tier::Basic]
         );
         assert_eq!(cfg.fairness, admedia_actors::config::FairnessUnit::Jobs);
         assert!("fast"

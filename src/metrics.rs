@@ -398,10 +398,9 @@ impl Metrics {
             for tier in Tier::ALL {
                 self.jobs_waiting
                     .with_label_values(&[tier.as_str()])
-                    .set(stats.scheduler.waiting_by_tier[tier.index()] as i64);
+                    .set(stats.scheduler.waiting_by_tier[tier] as i64);
                 self.oldest_waiting.with_label_values(&[tier.as_str()]).set(
-                    i64::try_from(stats.scheduler.oldest_wait[tier.index()].as_secs())
-                        .unwrap_or(i64::MAX),
+                    i64::try_from(stats.scheduler.oldest_wait[tier].as_secs()).unwrap_or(i64::MAX),
                 );
             }
             self.workers_quarantined

@@ -10,7 +10,7 @@ use crate::job::{JobKind, JobSpec, SizeClass};
 use crate::models::ModelRegistry;
 use crate::money::Credits;
 use crate::pricing::PriceTable;
-use crate::tier::{Tier, TierTable};
+use crate::tier::{PerTier, Tier, TierTable};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OrchestratorConfig {
@@ -153,38 +153,26 @@ impl JobRetention {
 
 /// The longest wait per tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaitLimits {
-    pub free: Duration,
-    pub basic: Duration,
-    pub professional: Duration,
-    pub enterprise: Duration,
-}
+#[serde(transparent)]
+pub struct WaitLimits(pub PerTier<Duration>);
 
 impl Default for WaitLimits {
     fn default() -> Self {
         let h = |n: u64| Duration::from_secs(n * 3600);
-        WaitLimits {
-            free: h(24),
-            basic: h(12),
-            professional: h(6),
-            enterprise: h(6),
-        }
+        WaitLimits(PerTier::from([h(24), h(12), h(6), h(6)]))
     }
 }
 
-impl WaitLimits {
-    pub fn of(&self, tier: Tier) -> Duration {
-        match tier {
-            Tier::Free => self.free,
-            Tier::Basic => self.basic,
-            Tier::Professional => self.professional,
-            Tier::Enterprise => self.enterprise,
-        }
+impl std::ops::Index<Tier> for WaitLimits {
+    type Output = Duration;
+    fn index(&self, tier: Tier) -> &Duration {
+        &self.0[tier]
     }
+}
 
-    pub fn all(&self) -> [Duration; 4] {
-        Tier::ALL.map(|t| self.of(t))
+impl std::ops::IndexMut<Tier> for WaitLimits {
+    fn index_mut(&mut self, tier: Tier) -> &mut Duration {
+        &mut self.0[tier]
     }
 }
 
@@ -273,8 +261,8 @@ impl OrchestratorConfig {
         self.models.validate()?;
         if self
             .max_wait
-            .all()
-            .iter()
+            .0
+            .values()
             .any(|d| *d < Duration::from_millis(100))
         {
             return Err("max_wait must be at least 100 ms for every tier".into());

@@ -2,6 +2,7 @@
 //! and per-user limits. Weights and limits are configuration, not code.
 
 use std::fmt;
+use std::ops::{Index, IndexMut};
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -23,7 +24,10 @@ pub enum Tier {
 pub struct TierError(String);
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [
+    /// How many tiers there are: the length of every [`PerTier`].
+    pub const COUNT: usize = 4;
+
+    pub const ALL: [Tier; Tier::COUNT] = [
         Tier::Free,
         Tier::Basic,
         Tier::Professional,
@@ -124,16 +128,121 @@ pub struct TierPolicy {
     pub max_waiting: u32,
 }
 
+/// One value per tier, indexed by [`Tier`]: weights, limits, counters.
+/// (De)serialized as a map by tier name, every tier present once.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct PerTier<T>([T; Tier::COUNT]);
+
+impl<T> PerTier<T> {
+    /// Each tier's value from `f`.
+    pub fn from_fn(f: impl FnMut(Tier) -> T) -> Self {
+        PerTier(Tier::ALL.map(f))
+    }
+
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> PerTier<U> {
+        PerTier(self.0.map(f))
+    }
+
+    /// Every tier with its value, in `Tier::ALL` order.
+    pub fn iter(&self) -> impl Iterator<Item = (Tier, &T)> {
+        Tier::ALL.into_iter().zip(self.0.iter())
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Tier, &mut T)> {
+        Tier::ALL.into_iter().zip(self.0.iter_mut())
+    }
+
+    /// The values alone, in `Tier::ALL` order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+impl<T: Copy> PerTier<T> {
+    /// The same value for every tier.
+    pub const fn splat(value: T) -> Self {
+        PerTier([value; Tier::COUNT])
+    }
+}
+
+/// Values in `Tier::ALL` order.
+impl<T> From<[T; Tier::COUNT]> for PerTier<T> {
+    fn from(values: [T; Tier::COUNT]) -> Self {
+        PerTier(values)
+    }
+}
+
+/// Compares with values written in `Tier::ALL` order.
+impl<T: PartialEq> PartialEq<[T; Tier::COUNT]> for PerTier<T> {
+    fn eq(&self, other: &[T; Tier::COUNT]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<T> Index<Tier> for PerTier<T> {
+    type Output = T;
+    fn index(&self, tier: Tier) -> &T {
+        &self.0[tier.index()]
+    }
+}
+
+impl<T> IndexMut<Tier> for PerTier<T> {
+    fn index_mut(&mut self, tier: Tier) -> &mut T {
+        &mut self.0[tier.index()]
+    }
+}
+
+impl<T: Serialize> Serialize for PerTier<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(Tier::COUNT))?;
+        for (tier, value) in self.iter() {
+            map.serialize_entry(&tier, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for PerTier<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = PerTier<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map with free, basic, professional and enterprise")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut values: [Option<T>; Tier::COUNT] = Default::default();
+                while let Some(tier) = map.next_key::<Tier>()? {
+                    let slot = &mut values[tier.index()];
+                    if slot.is_some() {
+                        return Err(A::Error::custom(format!("tier {tier} given twice")));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                let mut out = Vec::with_capacity(Tier::COUNT);
+                for (tier, value) in Tier::ALL.into_iter().zip(values) {
+                    out.push(value.ok_or_else(|| A::Error::missing_field(tier.as_str()))?);
+                }
+                match <[T; Tier::COUNT]>::try_from(out) {
+                    Ok(values) => Ok(PerTier(values)),
+                    Err(_) => Err(A::Error::custom("a value for every tier")),
+                }
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// The membership tier table (`docs/platform-rules.md`); configuration
 /// may replace it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TierTable {
-    pub free: TierPolicy,
-    pub basic: TierPolicy,
-    pub professional: TierPolicy,
-    pub enterprise: TierPolicy,
-}
+#[serde(transparent)]
+pub struct TierTable(pub PerTier<TierPolicy>);
 
 impl Default for TierTable {
     fn default() -> Self {
@@ -142,34 +251,41 @@ impl Default for TierTable {
             max_running,
             max_waiting,
         };
-        TierTable {
-            free: p(1, 1, 10),
-            basic: p(2, 2, 50),
-            professional: p(4, 5, 200),
-            enterprise: p(8, 20, 1000),
-        }
+        TierTable(PerTier([
+            p(1, 1, 10),
+            p(2, 2, 50),
+            p(4, 5, 200),
+            p(8, 20, 1000),
+        ]))
+    }
+}
+
+impl Index<Tier> for TierTable {
+    type Output = TierPolicy;
+    fn index(&self, tier: Tier) -> &TierPolicy {
+        &self.0[tier]
+    }
+}
+
+impl IndexMut<Tier> for TierTable {
+    fn index_mut(&mut self, tier: Tier) -> &mut TierPolicy {
+        &mut self.0[tier]
     }
 }
 
 impl TierTable {
     pub fn policy(&self, tier: Tier) -> TierPolicy {
-        match tier {
-            Tier::Free => self.free,
-            Tier::Basic => self.basic,
-            Tier::Professional => self.professional,
-            Tier::Enterprise => self.enterprise,
-        }
+        self[tier]
     }
 
-    pub fn weights(&self) -> [u32; 4] {
-        Tier::ALL.map(|t| self.policy(t).weight)
+    pub fn weights(&self) -> PerTier<u32> {
+        self.0.map(|p| p.weight)
     }
 
     /// Every tier must be able to run and queue something and have a share,
     /// or a tier would starve by configuration.
     pub fn validate(&self) -> Result<(), String> {
-        for tier in Tier::ALL {
-            let p = self.policy(tier);
+        for (tier, p) in self.0.iter() {
             if p.weight == 0 || p.weight > 1000 {
                 return Err(format!("tier {tier}: weight must be 1..=1000"));
             }
@@ -223,7 +339,31 @@ mod tests {
         assert_eq!(t.weights(), [1, 2, 4, 8]);
         assert!(t.validate().is_ok());
         let mut bad = t;
-        bad.free.weight = 0;
+        bad[Tier::Free].weight = 0;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn per_tier_reads_and_writes_by_tier_name() {
+        let weights = TierTable::default().weights();
+        assert_eq!(weights[Tier::Professional], 4);
+        let json = serde_json::to_string(&weights).unwrap();
+        assert_eq!(
+            json,
+            r#"{"free":1,"basic":2,"professional":4,"enterprise":8}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<PerTier<u32>>(&json).unwrap(),
+            weights
+        );
+        for bad in [
+            r#"{"free":1,"basic":2,"professional":4}"#,
+            r#"{"free":1,"basic":2,"professional":4,"enterprise":8,"gold":9}"#,
+            r#"{"free":1,"free":1,"basic":2,"professional":4,"enterprise":8}"#,
+        ] {
+            assert!(serde_json::from_str::<PerTier<u32>>(bad).is_err(), "{bad}");
+        }
+        let tiers: Vec<Tier> = PerTier::from_fn(|t| t).iter().map(|(t, _)| t).collect();
+        assert_eq!(tiers, Tier::ALL);
     }
 }

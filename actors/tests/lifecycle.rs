@@ -857,7 +857,7 @@ impl Scripted {
 async fn per_user_running_limit_is_respected() {
     let h = start().await;
     let user = h.user("limit@example.com").await;
-    assert_eq!(h.orch.config().tiers.free.max_running, 1);
+    assert_eq!(h.orch.config().tiers[Tier::Free].max_running, 1);
     let mut w = h.scripted_worker("big-gpu", 5);
     let mut jobs = Vec::new();
     for _ in 0..3 {

@@ -846,7 +846,7 @@ fn config(clock: Clock, random: Random, rng: &mut SmallRng) -> OrchestratorConfi
     c.quarantine_after = 3;
     c.quarantine_base = Duration::from_secs(5);
     c.quarantine_max = Duration::from_secs(20);
-    c.max_wait.free = Duration::from_secs(600);
+    c.max_wait[Tier::Free] = Duration::from_secs(600);
     // Price changes take effect within the run; the sweep reloads them.
     c.platform.price_notice = Duration::from_secs(5);
     c.platform.sweep_every = Duration::from_secs(5);

@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use admedia_actors::actors::scheduler::RECENT_WINDOW;
 use admedia_actors::job::{Job, JobState};
 use admedia_actors::store::{Activity, JobFilter};
-use admedia_actors::tier::Tier;
+use admedia_actors::tier::{PerTier, Tier};
 use chrono::Utc;
 use maud::{html, Markup};
 
@@ -23,12 +23,12 @@ const REFRESH_MS: u32 = 5000;
 const IN_FLIGHT_READ: usize = 1000;
 
 struct Snapshot {
-    waiting: [usize; 4],
+    waiting: PerTier<usize>,
     retrying: usize,
-    running: [usize; 4],
+    running: PerTier<usize>,
     running_capped: bool,
-    dispatched: [u64; 4],
-    weights: [u32; 4],
+    dispatched: PerTier<u64>,
+    weights: PerTier<u32>,
     workers: usize,
     busy_slots: u32,
     slots: u32,
@@ -43,7 +43,7 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, ConsoleError> {
     let last_hour = orch
         .activity_since(Utc::now() - chrono::Duration::hours(1))
         .await?;
-    let mut running = [0usize; 4];
+    let mut running = PerTier::splat(0usize);
     let mut running_capped = false;
     for s in [JobState::Assigned, JobState::Running] {
         let filter = JobFilter {
@@ -53,7 +53,7 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, ConsoleError> {
         let jobs: Vec<Job> = orch.admin_jobs(&filter, None, IN_FLIGHT_READ).await?;
         running_capped |= jobs.len() >= IN_FLIGHT_READ;
         for j in &jobs {
-            running[j.tier.index()] += 1;
+            running[j.tier] += 1;
         }
     }
     // Slots from the worker list, as the workers page shows them (the
@@ -89,12 +89,12 @@ fn card(label: &str, value: Markup, detail: Markup) -> Markup {
 }
 
 fn live(s: &Snapshot) -> Markup {
-    let waiting: usize = s.waiting.iter().sum();
-    let running: usize = s.running.iter().sum();
+    let waiting: usize = s.waiting.values().sum();
+    let running: usize = s.running.values().sum();
     let at_least = if s.running_capped { "≥ " } else { "" };
     let slots = s.slots;
-    let dispatched: u64 = s.dispatched.iter().sum();
-    let weight_sum: u32 = s.weights.iter().sum();
+    let dispatched: u64 = s.dispatched.values().sum();
+    let weight_sum: u32 = s.weights.values().sum();
     let window_min = RECENT_WINDOW.as_secs() / 60;
     html! {
         div.cards {
@@ -132,20 +132,19 @@ fn live(s: &Snapshot) -> Markup {
                     } }
                     tbody {
                         @for t in Tier::ALL {
-                            @let i = t.index();
-                            @let share = view::pct(s.dispatched[i] as f64, dispatched as f64);
-                            @let target = view::pct(f64::from(s.weights[i]), f64::from(weight_sum));
+                            @let share = view::pct(s.dispatched[t] as f64, dispatched as f64);
+                            @let target = view::pct(f64::from(s.weights[t]), f64::from(weight_sum));
                             tr {
                                 td.tier-name { span class={ "tier tier-" (t.as_str()) } { (t.as_str()) } }
-                                td.num data-label="waiting" { a href={ "/console/jobs?state=queued&tier=" (t.as_str()) } { (view::num(s.waiting[i] as u64)) } }
-                                td.num data-label="running" { (at_least) (view::num(s.running[i] as u64)) }
-                                td.num data-label={ "dispatched (" (window_min) " min)" } { (view::num(s.dispatched[i])) }
+                                td.num data-label="waiting" { a href={ "/console/jobs?state=queued&tier=" (t.as_str()) } { (view::num(s.waiting[t] as u64)) } }
+                                td.num data-label="running" { (at_least) (view::num(s.running[t] as u64)) }
+                                td.num data-label={ "dispatched (" (window_min) " min)" } { (view::num(s.dispatched[t])) }
                                 td.share {
                                     div.bars {
                                         progress.actual max="100" value=(format!("{share:.1}")) {}
                                         span.bar-label { (format!("{share:.0}")) " %" }
                                         progress.target max="100" value=(format!("{target:.1}")) {}
-                                        span.bar-label.muted { "weight " (s.weights[i]) " → " (format!("{target:.0}")) " %" }
+                                        span.bar-label.muted { "weight " (s.weights[t]) " → " (format!("{target:.0}")) " %" }
                                     }
                                 }
                             }

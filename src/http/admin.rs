@@ -364,12 +364,7 @@ pub async fn stats(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
     let stats = state.orchestrator.stats().await?;
     let queue = Tier::ALL
         .into_iter()
-        .map(|t| {
-            (
-                t.as_str().to_owned(),
-                stats.scheduler.waiting_by_tier[t.index()],
-            )
-        })
+        .map(|t| (t.as_str().to_owned(), stats.scheduler.waiting_by_tier[t]))
         .collect();
     let jobs = stats
         .jobs
@@ -383,12 +378,7 @@ pub async fn stats(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
         .await?;
     let recent_dispatches = Tier::ALL
         .into_iter()
-        .map(|t| {
-            (
-                t.as_str().to_owned(),
-                stats.scheduler.recent_dispatches[t.index()],
-            )
-        })
+        .map(|t| (t.as_str().to_owned(), stats.scheduler.recent_dispatches[t]))
         .collect();
     Ok(HttpResponse::Ok().json(StatsView {
         node: NodeView::of(&state.node),

@@ -30,6 +30,7 @@ use crate::scheduler::queue::{FairQueue, JobClass, QueuedJob};
 use crate::scheduler::resume;
 use crate::store::{AttemptRecord, StoreResult};
 use crate::store::{Store, StoreError};
+use crate::tier::PerTier;
 use crate::wire::{AttemptId, Capabilities, PresentedAttempt, RefusedAttempt};
 
 /// How often the scheduler compares its line with the store, so a job the
@@ -339,7 +340,7 @@ impl SchedulerActor {
     /// Jobs past their tier's waiting limit fail as expired, refunded.
     fn expire_overdue(&mut self, ctx: &mut Context<Self>) {
         let now = self.config.clock.now();
-        let expired = self.queue.take_expired(self.config.max_wait.all(), now);
+        let expired = self.queue.take_expired(&self.config.max_wait.0, now);
         for job in expired {
             let wallets = self.wallets.clone();
             let addr = ctx.address();
@@ -1119,16 +1120,16 @@ impl Handler<ModelsServed> for SchedulerActor {
 /// A snapshot for `/v1/admin/stats` and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
-    pub waiting_by_tier: [usize; 4],
+    pub waiting_by_tier: PerTier<usize>,
     pub retrying: usize,
     pub in_flight: usize,
     pub workers: usize,
     pub busy_slots: u32,
     pub idle_slots: u32,
     /// Dispatches per tier over the last [`RECENT_WINDOW`].
-    pub recent_dispatches: [u64; 4],
+    pub recent_dispatches: PerTier<u64>,
     /// How long the longest-waiting job of each tier has waited.
-    pub oldest_wait: [Duration; 4],
+    pub oldest_wait: PerTier<Duration>,
     pub quarantined_workers: usize,
 }
 
@@ -1139,7 +1140,7 @@ const RECENT_BUCKET: Duration = Duration::from_secs(10);
 /// Dispatch counts per tier in 10-second buckets, for the share of recent
 /// dispatches each tier got (constant memory, whatever the rate).
 struct RecentDispatches {
-    buckets: std::collections::VecDeque<(Instant, [u64; 4])>,
+    buckets: std::collections::VecDeque<(Instant, PerTier<u64>)>,
 }
 
 impl RecentDispatches {
@@ -1152,11 +1153,11 @@ impl RecentDispatches {
     fn record(&mut self, tier: crate::tier::Tier, now: Instant) {
         match self.buckets.back_mut() {
             Some((start, counts)) if now.duration_since(*start) < RECENT_BUCKET => {
-                counts[tier.index()] += 1
+                counts[tier] += 1
             }
             _ => {
-                let mut counts = [0; 4];
-                counts[tier.index()] = 1;
+                let mut counts = PerTier::splat(0);
+                counts[tier] = 1;
                 self.buckets.push_back((now, counts));
             }
         }
@@ -1169,12 +1170,12 @@ impl RecentDispatches {
         }
     }
 
-    fn totals(&self, now: Instant) -> [u64; 4] {
-        let mut totals = [0; 4];
+    fn totals(&self, now: Instant) -> PerTier<u64> {
+        let mut totals = PerTier::splat(0);
         for (start, counts) in &self.buckets {
             if now.duration_since(*start) <= RECENT_WINDOW {
-                for t in 0..4 {
-                    totals[t] += counts[t];
+                for (t, total) in totals.iter_mut() {
+                    *total += counts[t];
                 }
             }
         }

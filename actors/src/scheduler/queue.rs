@@ -40,7 +40,7 @@ use crate::config::{FairnessUnit, OrchestratorConfig};
 use crate::ids::{JobId, UserId, WorkerId};
 use crate::job::{Job, JobKind, Priority, SizeClass};
 
-use crate::tier::{Tier, TierTable};
+use crate::tier::{PerTier, Tier, TierTable};
 
 /// What a job needs of a worker; jobs of one class are placed alike.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -125,7 +125,7 @@ struct ClassQueue {
     class: JobClass,
     /// Per tier, the users with a waiting job of this class who are below
     /// their running limit, least recently served first.
-    ready: [BTreeSet<(u64, UserId)>; 4],
+    ready: PerTier<BTreeSet<(u64, UserId)>>,
     /// Moving average of observed over estimated GPU time.
     correction: f64,
 }
@@ -162,17 +162,17 @@ struct Place {
 pub struct FairQueue {
     tiers: TierTable,
     unit: FairnessUnit,
-    weights: [u128; 4],
-    pass: [u128; 4],
+    weights: PerTier<u128>,
+    pass: PerTier<u128>,
     tick: u64,
     classes: Vec<ClassQueue>,
     class_ids: HashMap<JobClass, usize>,
     lines: HashMap<LineKey, Line>,
     /// Jobs assigned or running, per user.
     running: HashMap<UserId, u32>,
-    waiting: [usize; 4],
+    waiting: PerTier<usize>,
     /// Per tier, waiting jobs by how long they wait, for the limit.
-    oldest: [BTreeSet<(DateTime<Utc>, JobId)>; 4],
+    oldest: PerTier<BTreeSet<(DateTime<Utc>, JobId)>>,
     index: HashMap<JobId, Place>,
 }
 
@@ -182,13 +182,13 @@ impl FairQueue {
             weights: tiers.weights().map(|w| u128::from(w.max(1))),
             tiers,
             unit,
-            pass: [0; 4],
+            pass: PerTier::splat(0),
             tick: 0,
             classes: Vec::new(),
             class_ids: HashMap::new(),
             lines: HashMap::new(),
             running: HashMap::new(),
-            waiting: [0; 4],
+            waiting: PerTier::splat(0),
             oldest: Default::default(),
             index: HashMap::new(),
         }
@@ -202,13 +202,13 @@ impl FairQueue {
         self.index.is_empty()
     }
 
-    pub fn waiting_by_tier(&self) -> [usize; 4] {
+    pub fn waiting_by_tier(&self) -> PerTier<usize> {
         self.waiting
     }
 
     /// Since when the longest-waiting job of each tier waits.
-    pub fn oldest_by_tier(&self) -> [Option<DateTime<Utc>>; 4] {
-        Tier::ALL.map(|t| self.oldest[t.index()].first().map(|(at, _)| *at))
+    pub fn oldest_by_tier(&self) -> PerTier<Option<DateTime<Utc>>> {
+        PerTier::from_fn(|t| self.oldest[t].first().map(|(at, _)| *at))
     }
 
     pub fn contains(&self, job: JobId) -> bool {
@@ -268,10 +268,10 @@ impl FairQueue {
         of_class.insert(order, job);
         line.count += 1;
         if first_of_class && !line.parked {
-            self.classes[class].ready[key.1.index()].insert((line.stamp, key.0));
+            self.classes[class].ready[key.1].insert((line.stamp, key.0));
         }
-        self.waiting[key.1.index()] += 1;
-        self.oldest[key.1.index()].insert((place.since, job_id));
+        self.waiting[key.1] += 1;
+        self.oldest[key.1].insert((place.since, job_id));
         self.index.insert(job_id, place);
     }
 
@@ -283,7 +283,7 @@ impl FairQueue {
 
     fn take(&mut self, job: JobId, place: Place) -> Option<QueuedJob> {
         let key = (place.user, place.tier);
-        let t = place.tier.index();
+        let t = place.tier;
         self.waiting[t] -= 1;
         self.oldest[t].remove(&(place.since, job));
         let line = self.lines.get_mut(&key)?;
@@ -307,10 +307,13 @@ impl FairQueue {
 
     /// Jobs that have waited longer than their tier allows, taken out of
     /// the line, oldest first.
-    pub fn take_expired(&mut self, limits: [Duration; 4], now: DateTime<Utc>) -> Vec<QueuedJob> {
+    pub fn take_expired(
+        &mut self,
+        limits: &PerTier<Duration>,
+        now: DateTime<Utc>,
+    ) -> Vec<QueuedJob> {
         let mut out = Vec::new();
-        for tier in Tier::ALL {
-            let t = tier.index();
+        for t in Tier::ALL {
             let limit = chrono::Duration::from_std(limits[t]).unwrap_or(chrono::Duration::MAX);
             while let Some(&(since, job)) = self.oldest[t].first() {
                 if now.signed_duration_since(since) <= limit {
@@ -334,20 +337,21 @@ impl FairQueue {
         let open: Vec<usize> = (0..self.classes.len())
             .filter(|&c| {
                 let q = &self.classes[c];
-                q.ready.iter().any(|r| !r.is_empty()) && servable(&q.class)
+                q.ready.values().any(|r| !r.is_empty()) && servable(&q.class)
             })
             .collect();
         if open.is_empty() {
             return None;
         }
-        let mut runnable = [false; 4];
+        let mut runnable = PerTier::splat(false);
         for &c in &open {
-            for (t, ready) in self.classes[c].ready.iter().enumerate() {
+            for (t, ready) in self.classes[c].ready.iter() {
                 runnable[t] |= !ready.is_empty();
             }
         }
         // Lowest pass first; ties go to the heavier tier.
-        let tier = (0..4)
+        let tier = Tier::ALL
+            .into_iter()
             .filter(|&t| runnable[t])
             .min_by_key(|&t| (self.pass[t], std::cmp::Reverse((self.weights[t], t))))?;
         // The user of this tier served least recently among those with a
@@ -357,7 +361,7 @@ impl FairQueue {
             .filter_map(|&c| self.classes[c].ready[tier].first().copied())
             .min()?;
         let (stamp, user) = turn;
-        let key = (user, Tier::ALL[tier]);
+        let key = (user, tier);
         let line = self.lines.get(&key)?;
         // Their first job among the servable classes: highest priority,
         // then oldest.
@@ -405,13 +409,13 @@ impl FairQueue {
         }
     }
 
-    fn charge(&mut self, tier: usize, job: &QueuedJob, runnable: [bool; 4]) {
+    fn charge(&mut self, tier: Tier, job: &QueuedJob, runnable: PerTier<bool>) {
         let now = self.pass[tier];
         let cost = self.cost(job);
         self.pass[tier] = now.saturating_add(cost * PASS_SCALE / self.weights[tier]);
         // A tier with nothing runnable does not bank credit while it idles.
-        for (pass, runnable) in self.pass.iter_mut().zip(runnable) {
-            if !runnable && *pass < now {
+        for (t, pass) in self.pass.iter_mut() {
+            if !runnable[t] && *pass < now {
                 *pass = now;
             }
         }
@@ -454,7 +458,7 @@ impl FairQueue {
             }
             line.parked = should;
             for &c in line.jobs.keys() {
-                let ready = &mut self.classes[c].ready[tier.index()];
+                let ready = &mut self.classes[c].ready[tier];
                 if should {
                     ready.remove(&(line.stamp, user));
                 } else {
@@ -519,12 +523,7 @@ mod tests {
             max_running,
             max_waiting: 1_000_000,
         };
-        TierTable {
-            free: p(weights[0]),
-            basic: p(weights[1]),
-            professional: p(weights[2]),
-            enterprise: p(weights[3]),
-        }
+        TierTable(PerTier::from_fn(|t| p(weights[t.index()])))
     }
 
     proptest! {
@@ -790,7 +789,7 @@ mod tests {
         q.push(a.clone());
         q.push(b.clone());
         assert!(q.remove(a.job_id).is_some());
-        assert_eq!(q.waiting_by_tier()[0], 1);
+        assert_eq!(q.waiting_by_tier()[Tier::Free], 1);
         assert_eq!(q.pop_next(|_| true).unwrap().job_id, b.job_id);
         assert!(q.pop_next(|_| true).is_none());
     }
@@ -1091,22 +1090,22 @@ mod tests {
         for j in [old.clone(), older.clone(), fresh.clone(), pro.clone()] {
             q.push(j);
         }
-        assert_eq!(q.oldest_by_tier()[0], Some(older.waiting_since));
-        let limits = [
+        assert_eq!(q.oldest_by_tier()[Tier::Free], Some(older.waiting_since));
+        let limits = PerTier::from([
             Duration::from_secs(50),
             Duration::from_secs(50),
             Duration::from_secs(500),
             Duration::from_secs(50),
-        ];
+        ]);
         let expired: Vec<JobId> = q
-            .take_expired(limits, now)
+            .take_expired(&limits, now)
             .iter()
             .map(|j| j.job_id)
             .collect();
         assert_eq!(expired, vec![older.job_id, old.job_id]);
         assert_eq!(q.len(), 2);
-        assert!(q.take_expired(limits, now).is_empty());
-        assert_eq!(q.oldest_by_tier()[0], Some(fresh.waiting_since));
+        assert!(q.take_expired(&limits, now).is_empty());
+        assert_eq!(q.oldest_by_tier()[Tier::Free], Some(fresh.waiting_since));
         assert_eq!(q.pop_next(|_| true).unwrap().job_id, pro.job_id);
     }
 }
