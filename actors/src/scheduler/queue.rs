@@ -144,7 +144,10 @@ struct Line {
     stamp: u64,
     /// At the running limit: in no ready set.
     parked: bool,
-    jobs: HashMap<usize, BTreeMap<LineOrder, QueuedJob>>,
+    /// Boxed: B-tree nodes filled in submission order stay about half
+    /// full, so inline records would leave half of every node's record
+    /// space empty; a pointer per slot wastes little.
+    jobs: HashMap<usize, BTreeMap<LineOrder, Box<QueuedJob>>>,
     count: usize,
 }
 
@@ -265,7 +268,7 @@ impl FairQueue {
         });
         let of_class = line.jobs.entry(class).or_default();
         let first_of_class = of_class.is_empty();
-        of_class.insert(order, job);
+        of_class.insert(order, Box::new(job));
         line.count += 1;
         if first_of_class && !line.parked {
             self.classes[class].ready[key.1].insert((line.stamp, key.0));
@@ -288,7 +291,7 @@ impl FairQueue {
         self.oldest[t].remove(&(place.since, job));
         let line = self.lines.get_mut(&key)?;
         let of_class = line.jobs.get_mut(&place.class)?;
-        let removed = of_class.remove(&place.order);
+        let removed = of_class.remove(&place.order).map(|j| *j);
         if of_class.is_empty() {
             line.jobs.remove(&place.class);
             if !line.parked {
