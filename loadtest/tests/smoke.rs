@@ -2,47 +2,20 @@
 //! starts the server binary, runs a little of everything (faults, replays,
 //! cancels) and audits; the same with batch submissions.
 
-use std::path::Path;
-use std::process::Command;
-
 mod support;
 
-use support::server_bin;
+use support::{run_loadtest, Run};
 
 #[test]
 fn smoke_scenario_passes_its_audit_against_a_spawned_server() {
-    let bin = server_bin();
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let run = Command::new(env!("CARGO_BIN_EXE_admedia-loadtest"))
-        .args([
-            "--spawn",
-            "--scenario",
-            "smoke",
-            "--seed",
-            "7",
-            "--server-bin",
-        ])
-        .arg(&bin)
-        .arg("--out")
-        .arg(&out)
-        .env_remove("ADMEDIA_ADMIN_TOKEN")
-        .env_remove("ADMEDIA_WORKER_TOKEN")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run admedia-loadtest: {e}"));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "admedia-loadtest exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        run.status
-    );
+    let Run {
+        out,
+        stdout,
+        json,
+        report,
+    } = run_loadtest("smoke", &["--spawn", "--scenario", "smoke", "--seed", "7"]);
     assert!(stdout.contains("AUDIT PASSED"), "{stdout}");
 
-    let json = std::fs::read_to_string(out.join("report.json"))
-        .unwrap_or_else(|e| panic!("report.json: {e}"));
-    let report: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"));
     assert_eq!(
         report["audit"]["passed"],
         serde_json::Value::Bool(true),
@@ -73,11 +46,14 @@ fn smoke_scenario_passes_its_audit_against_a_spawned_server() {
 
 #[test]
 fn batch_submissions_are_audited_item_by_item() {
-    let bin = server_bin();
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("batch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let run = Command::new(env!("CARGO_BIN_EXE_admedia-loadtest"))
-        .args([
+    let Run {
+        stdout,
+        json,
+        report,
+        ..
+    } = run_loadtest(
+        "batch",
+        &[
             "--spawn",
             "--scenario",
             "smoke",
@@ -95,26 +71,8 @@ fn batch_submissions_are_audited_item_by_item() {
             // long run, and the audit must account for them.
             "--max-finished-in-memory",
             "150",
-            "--server-bin",
-        ])
-        .arg(&bin)
-        .arg("--out")
-        .arg(&out)
-        .env_remove("ADMEDIA_ADMIN_TOKEN")
-        .env_remove("ADMEDIA_WORKER_TOKEN")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run admedia-loadtest: {e}"));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "admedia-loadtest exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        run.status
+        ],
     );
-    let json = std::fs::read_to_string(out.join("report.json"))
-        .unwrap_or_else(|e| panic!("report.json: {e}"));
-    let report: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"));
     assert_eq!(
         report["audit"]["passed"],
         serde_json::Value::Bool(true),

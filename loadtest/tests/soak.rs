@@ -3,20 +3,20 @@
 //! run: the report must carry the server's memory and the store's job
 //! counts over time, and the money audit, pruned jobs included, must pass.
 
-use std::path::Path;
-use std::process::Command;
-
 mod support;
 
-use support::server_bin;
+use support::{run_loadtest, Run};
 
 #[test]
 fn a_short_soak_samples_memory_and_passes_its_audit_with_pruned_jobs() {
-    let bin = server_bin();
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let run = Command::new(env!("CARGO_BIN_EXE_admedia-loadtest"))
-        .args([
+    let Run {
+        out,
+        stdout,
+        json,
+        report,
+    } = run_loadtest(
+        "soak",
+        &[
             "--spawn",
             "--scenario",
             "soak",
@@ -46,29 +46,11 @@ fn a_short_soak_samples_memory_and_passes_its_audit_with_pruned_jobs() {
             "1",
             "--drain-timeout",
             "30",
-            "--server-bin",
-        ])
-        .arg(&bin)
-        .arg("--out")
-        .arg(&out)
-        .env_remove("ADMEDIA_ADMIN_TOKEN")
-        .env_remove("ADMEDIA_WORKER_TOKEN")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run admedia-loadtest: {e}"));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "admedia-loadtest exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        run.status
+        ],
     );
     assert!(stdout.contains("AUDIT PASSED"), "{stdout}");
     assert!(stdout.contains("server RSS:"), "{stdout}");
 
-    let json = std::fs::read_to_string(out.join("report.json"))
-        .unwrap_or_else(|e| panic!("report.json: {e}"));
-    let report: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"));
     assert_eq!(report["passed"], serde_json::Value::Bool(true), "{json}");
     let res = &report["resources"];
     let numbers = |name: &str| -> Vec<f64> {

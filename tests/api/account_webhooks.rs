@@ -6,74 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::helpers::*;
-
-#[derive(Clone, Debug)]
-struct Delivery {
-    path: String,
-    id: String,
-    timestamp: String,
-    signature: String,
-    body: String,
-}
-
-/// A receiver that accepts everything with 204 and remembers it.
-async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
-    let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let state = seen.clone();
-    let server = HttpServer::new(move || {
-        let state = state.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let state = state.clone();
-            async move {
-                let header = |n: &str| {
-                    req.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                state.lock().expect("lock").push(Delivery {
-                    path: req.path().to_owned(),
-                    id: header("webhook-id"),
-                    timestamp: header("webhook-timestamp"),
-                    signature: header("webhook-signature"),
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-                HttpResponse::NoContent().finish()
-            }
-        }))
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .expect("bind receiver");
-    let port = server.addrs()[0].port();
-    actix_rt::spawn(server.run());
-    (format!("http://127.0.0.1:{port}"), seen)
-}
-
-fn verify(secret: &str, d: &Delivery) -> bool {
-    let Some(key) = secret
-        .strip_prefix("whsec_")
-        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-    else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
-        return false;
-    };
-    mac.update(format!("{}.{}.{}", d.id, d.timestamp, d.body).as_bytes());
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    d.signature
-        .split(' ')
-        .any(|s| s == format!("v1,{expected}"))
-}
+use crate::receiver::{receiver, verify, Answer, Delivery};
 
 async fn wait_for(seen: &Arc<Mutex<Vec<Delivery>>>, what: impl Fn(&Delivery) -> bool) -> Delivery {
     let deadline = Instant::now() + WAIT;
@@ -97,7 +33,7 @@ async fn patch(app: &TestApp, key: &str, path: &str, body: &Value) -> Resp {
 
 #[actix_web::test]
 async fn an_account_endpoint_gets_every_wanted_event_signed_and_logged() {
-    let (base, seen) = receiver().await;
+    let (base, seen) = receiver(Answer::Accept).await;
     let app = spawn_app_with(|s| s.webhook_allow_private = true).await;
     let (_, key) = register(&app, "endpoints@example.com").await;
     let secret = app

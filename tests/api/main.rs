@@ -19,6 +19,7 @@ mod operators;
 mod ops;
 mod payments;
 mod pricing;
+mod receiver;
 mod retention;
 mod scheduling;
 #[path = "../support/mod.rs"]

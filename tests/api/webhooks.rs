@@ -5,83 +5,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::helpers::*;
-
-#[derive(Clone, Debug)]
-struct Delivery {
-    id: String,
-    timestamp: String,
-    signature: String,
-    body: String,
-}
-
-/// A receiver that fails the first delivery of every event, then accepts.
-async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
-    let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let state = seen.clone();
-    let server = HttpServer::new(move || {
-        let state = state.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let state = state.clone();
-            async move {
-                let header = |n: &str| {
-                    req.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                let d = Delivery {
-                    id: header("webhook-id"),
-                    timestamp: header("webhook-timestamp"),
-                    signature: header("webhook-signature"),
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                };
-                let mut seen = state.lock().expect("lock");
-                let first = !seen.iter().any(|s| s.id == d.id);
-                seen.push(d);
-                if first {
-                    HttpResponse::InternalServerError().finish()
-                } else {
-                    HttpResponse::NoContent().finish()
-                }
-            }
-        }))
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .expect("bind receiver");
-    let port = server.addrs()[0].port();
-    actix_rt::spawn(server.run());
-    (format!("http://127.0.0.1:{port}/hooks"), seen)
-}
-
-/// The receiver's own check, written from the specification.
-fn verify(secret: &str, d: &Delivery) -> bool {
-    let Some(key) = secret
-        .strip_prefix("whsec_")
-        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-    else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
-        return false;
-    };
-    mac.update(format!("{}.{}.{}", d.id, d.timestamp, d.body).as_bytes());
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    d.signature
-        .split(' ')
-        .any(|s| s == format!("v1,{expected}"))
-}
+use crate::receiver::{receiver, verify, Answer, Delivery};
 
 #[actix_web::test]
 async fn webhooks_are_signed_retried_with_one_id_and_verifiable() {
-    let (url, seen) = receiver().await;
+    let (url, seen) = receiver(Answer::FailFirst).await;
+    let url = format!("{url}/hooks");
     let app = spawn_app_with(|s| {
         s.webhook_allow_private = true;
         s.webhook_retry_base_ms = 30;

@@ -1,5 +1,5 @@
 //! What the load tester's end-to-end tests share: the server binary they
-//! spawn.
+//! spawn and a run of the built load tester against it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +14,7 @@ fn workspace() -> PathBuf {
 /// The server binary: `ADMEDIA_BIN` if set; otherwise the workspace's debug
 /// build, brought up to date with cargo (a no-op when the test run just
 /// built it).
-pub fn server_bin() -> PathBuf {
+fn server_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("ADMEDIA_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
@@ -37,4 +37,49 @@ pub fn server_bin() -> PathBuf {
     assert!(status.success(), "building the server failed: {status}");
     assert!(bin.is_file(), "no server binary at {}", bin.display());
     bin
+}
+
+/// What a run of the load tester left: its output folder, what it printed
+/// and its report, as text and parsed.
+pub struct Run {
+    pub out: PathBuf,
+    pub stdout: String,
+    pub json: String,
+    pub report: serde_json::Value,
+}
+
+/// Runs the built load tester with `args` against a spawned server, into a
+/// fresh folder named after `name`; fails the test unless it exits 0 and
+/// writes a report.
+pub fn run_loadtest(name: &str, args: &[&str]) -> Run {
+    let bin = server_bin();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(env!("CARGO_BIN_EXE_admedia-loadtest"))
+        .args(args)
+        .arg("--server-bin")
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .env_remove("ADMEDIA_ADMIN_TOKEN")
+        .env_remove("ADMEDIA_WORKER_TOKEN")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run admedia-loadtest: {e}"));
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "admedia-loadtest exited with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        run.status
+    );
+    let json = std::fs::read_to_string(out.join("report.json"))
+        .unwrap_or_else(|e| panic!("report.json: {e}"));
+    let report: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"));
+    Run {
+        out,
+        stdout,
+        json,
+        report,
+    }
 }
