@@ -7,8 +7,8 @@
 //! state is read and written. This crate knows nothing of HTTP, SQL or Redis;
 //! the server (`src/`) and the load tester plug those in from outside.
 
-pub mod accounts;
 pub mod actors;
+pub mod api_keys;
 pub mod attempt_files;
 pub mod clock;
 pub mod config;

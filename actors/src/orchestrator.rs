@@ -436,7 +436,7 @@ impl Orchestrator {
     pub async fn authenticate_key(
         &self,
         presented_key: &str,
-    ) -> Result<(User, crate::accounts::ApiKeyRecord), OrchestratorError> {
+    ) -> Result<(User, crate::api_keys::ApiKeyRecord), OrchestratorError> {
         let (user, key) = self
             .store
             .key_by_hash(KeyHash::of(presented_key))

@@ -62,7 +62,7 @@ impl FromRequest for AuthUser {
                     detail: format!(
                         "this API key's scopes do not allow this request: it needs {}",
                         match access {
-                            admedia_actors::accounts::Access::FullAccess =>
+                            admedia_actors::api_keys::Access::FullAccess =>
                                 "a key without scopes (full access)".to_owned(),
                             other => format!("the scope {}", other.required()),
                         }

@@ -28,7 +28,7 @@ use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::api_keys::ApiKeyRecord;
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
@@ -345,7 +345,7 @@ impl AccountStore for InstrumentedStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
-        options: admedia_actors::accounts::KeyOptions,
+        options: admedia_actors::api_keys::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         self.timed(

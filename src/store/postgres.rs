@@ -35,7 +35,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
-use admedia_actors::accounts::ApiKeyRecord;
+use admedia_actors::api_keys::ApiKeyRecord;
 use admedia_actors::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };

@@ -2,7 +2,7 @@
 //! 9.2, 9.3).
 
 use super::Orchestrator;
-use crate::accounts::{ApiKeyRecord, IssuedKey};
+use crate::api_keys::{ApiKeyRecord, IssuedKey};
 use crate::error::OrchestratorError;
 use crate::ids::{ApiKeyId, UserId};
 use crate::money::Wallet;
@@ -13,7 +13,7 @@ impl Orchestrator {
     pub async fn issue_api_key(
         &self,
         user: UserId,
-        options: crate::accounts::KeyOptions,
+        options: crate::api_keys::KeyOptions,
     ) -> Result<IssuedKey, OrchestratorError> {
         let key = ApiKey::generate_with(&self.config.random);
         let record = self

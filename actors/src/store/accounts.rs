@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::accounts::{ApiKeyRecord, KeyOptions};
+use crate::api_keys::{ApiKeyRecord, KeyOptions};
 use crate::ids::{ApiKeyId, UserId};
 use crate::money::{Credits, Wallet};
 use crate::tier::Membership;
@@ -36,7 +36,7 @@ pub trait AccountStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<User>;
     /// Adds an active key for an active user; `LimitExceeded` past
-    /// [`crate::accounts::MAX_ACTIVE_KEYS`] active keys.
+    /// [`crate::api_keys::MAX_ACTIVE_KEYS`] active keys.
     async fn create_api_key(
         &self,
         user: UserId,

@@ -19,7 +19,7 @@ use super::writeset::{
 use super::{
     AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
-use crate::accounts::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use crate::api_keys::{ApiKeyRecord, MAX_ACTIVE_KEYS};
 use crate::endpoints::{EndpointPatch, WebhookEndpoint, MAX_ENDPOINTS};
 use crate::events::JobEvent;
 use crate::ids::{JobId, UserId, WorkerId};

@@ -26,7 +26,7 @@ use super::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
     JobFilter, Leader, NewJob, Settlement, StoreResult, Submission,
 };
-use crate::accounts::{ApiKeyRecord, KeyOptions};
+use crate::api_keys::{ApiKeyRecord, KeyOptions};
 use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 use crate::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
 use crate::ids::{ApiKeyId, EntryId, JobId, UserId, WebhookEndpointId, WorkerId};

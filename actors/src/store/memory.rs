@@ -14,7 +14,7 @@ use super::decide;
 use super::outbox::{self, DeliveryReport, OutboxFeed, PendingWebhook};
 use super::writeset::{AccountState, AttemptWrite, HoldWrite, WebhookDelivery, WriteSet};
 use super::*;
-use crate::accounts::ApiKeyRecord;
+use crate::api_keys::ApiKeyRecord;
 use crate::ids::{EntryId, JobId, LeaseToken, UserId, WorkerId};
 use crate::job::{AttemptOutcome, Charge, IdempotencyKey, Job, JobState, Priority, RequestHash};
 use crate::ledger::{EntryKind, GrantTerms};

@@ -2,7 +2,7 @@
 //! keys with their names, expiry and scopes.
 
 use super::*;
-use crate::accounts::{KeyOptions, Scope, MAX_ACTIVE_KEYS};
+use crate::api_keys::{KeyOptions, Scope, MAX_ACTIVE_KEYS};
 use crate::ids::ApiKeyId;
 
 pub async fn registration_grants_reward_and_email_is_unique(store: Shared) {

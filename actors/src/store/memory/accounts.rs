@@ -46,7 +46,7 @@ pub(super) fn create_api_key(
     user: UserId,
     id: ApiKeyId,
     hash: KeyHash,
-    options: crate::accounts::KeyOptions,
+    options: crate::api_keys::KeyOptions,
     now: DateTime<Utc>,
 ) -> StoreResult<ApiKeyRecord> {
     let st = status(s, user)?;
@@ -181,7 +181,7 @@ impl AccountStore for MemoryStore {
         user: UserId,
         id: crate::ids::ApiKeyId,
         hash: KeyHash,
-        options: crate::accounts::KeyOptions,
+        options: crate::api_keys::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         create_api_key(&mut self.state.lock(), user, id, hash, options, now)
