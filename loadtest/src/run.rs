@@ -395,6 +395,33 @@ struct UserData {
     wallet: WalletDto,
 }
 
+/// Of `ids` (acknowledged, not listed), those whose own read answers `410`
+/// with the problem type `job-pruned`.
+async fn confirm_pruned(api: &Api, ids: Vec<(String, String)>) -> Vec<String> {
+    stream::iter(ids)
+        .map(|(key, id)| async move {
+            let res = api
+                .call(
+                    awc::http::Method::GET,
+                    &format!("/v1/jobs/{id}"),
+                    Some(&key),
+                    None,
+                    &[],
+                )
+                .await
+                .ok()?;
+            let pruned = res.status == 410
+                && res.body["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("job-pruned"));
+            pruned.then_some(id)
+        })
+        .buffer_unordered(32)
+        .filter_map(|id| async move { id })
+        .collect()
+        .await
+}
+
 async fn read_back(api: &Api, users: &[User]) -> Result<Vec<UserData>, String> {
     let results: Vec<Result<UserData, String>> = stream::iter(users.iter().enumerate())
         .map(|(i, u)| async move {
@@ -738,10 +765,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                 unlisted.len()
             );
         }
-        input.pruned = soak::confirm_pruned(&api, unlisted)
-            .await
-            .into_iter()
-            .collect();
+        input.pruned = confirm_pruned(&api, unlisted).await.into_iter().collect();
     }
     let input = input;
     let mut audit_report: AuditReport = audit::audit(&input);

@@ -1,6 +1,5 @@
 //! The soak scenario's own measurements: the server's resident memory and
-//! the database's size sampled over the run, and the read-back of jobs
-//! retention pruned meanwhile.
+//! the database's size sampled over the run.
 //!
 //! Sampling runs on its own thread: reading `/proc` and asking `psql` for
 //! the database size are blocking calls that must not stall the load's
@@ -12,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
-
-use crate::api::Api;
 
 /// How often the server's memory and the database size are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -189,33 +185,6 @@ impl Resources {
             db_change_pct: change(db_steady_mb, db_end_mb),
         }
     }
-}
-
-/// Of `ids` (acknowledged, not listed), those whose own read answers `410`
-/// with the problem type `job-pruned`.
-pub async fn confirm_pruned(api: &Api, ids: Vec<(String, String)>) -> Vec<String> {
-    stream::iter(ids)
-        .map(|(key, id)| async move {
-            let res = api
-                .call(
-                    awc::http::Method::GET,
-                    &format!("/v1/jobs/{id}"),
-                    Some(&key),
-                    None,
-                    &[],
-                )
-                .await
-                .ok()?;
-            let pruned = res.status == 410
-                && res.body["type"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("job-pruned"));
-            pruned.then_some(id)
-        })
-        .buffer_unordered(32)
-        .filter_map(|id| async move { id })
-        .collect()
-        .await
 }
 
 #[cfg(test)]
