@@ -3,9 +3,12 @@
 //! positives on allowed prompts, precision per category. Fails below the
 //! targets: recall ≥ 95% on prohibited prompts, false positives ≤ 2% on
 //! allowed ones, and no sexual-minors prompt let through below 95%.
+//! The rules were written against that set, so it says how they do on
+//! what they were tuned for; the held-out set (`tests/moderation/unseen.tsv`)
+//! says how they do on wording they were not, and is only reported.
 //!
 //! `cargo test -p admedia-actors --test moderation_eval -- --nocapture`
-//! prints the table recorded in BENCHMARKS.md.
+//! prints the tables recorded in BENCHMARKS.md.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +16,9 @@ use admedia_actors::content::{RulesPolicy, Verdict};
 
 const SET: &str = include_str!("moderation/eval.tsv");
 /// Written after the rules and never used to change them: reported
-/// beside the main set, not held to its targets.
-const HELD_OUT: &str = include_str!("moderation/held_out.tsv");
+/// beside the main set, not held to its targets, since meeting them there
+/// would mean tuning the rules on it.
+const UNSEEN: &str = include_str!("moderation/unseen.tsv");
 
 struct Case<'a> {
     prohibited: bool,
@@ -150,33 +154,98 @@ fn the_rules_meet_the_targets_on_the_evaluation_set() {
         fp_rate <= 0.02,
         "false positives {fp_rate:.3} > 0.02: {false_positives:#?}"
     );
-    let held_out = parse(HELD_OUT);
-    let (mut hp, mut hc, mut ha, mut hf) = (0, 0, 0, 0);
-    for c in &held_out {
-        let refused = matches!(policy.evaluate(c.prompt), Verdict::Rejected(_));
-        match (c.prohibited, refused) {
-            (true, r) => {
-                hp += 1;
-                hc += usize::from(r);
-                if !r {
-                    println!("held out, missed: {}: {}", c.label, c.prompt);
-                }
-            }
-            (false, r) => {
-                ha += 1;
-                hf += usize::from(r);
-                if r {
-                    println!("held out, false positive: {}: {}", c.label, c.prompt);
-                }
-            }
-        }
-    }
-    assert!(hp > 0 && ha > 0, "the held-out set has both labels");
-    println!("held out: prohibited {hc}/{hp} refused; allowed {hf}/{ha} refused");
     let minors = &by_category["sexual-minors"];
     assert!(
         minors.refused as f64 / minors.total as f64 >= 0.95,
         "sexual-minors recall below 95%: {misses:#?}"
+    );
+}
+
+/// Prohibited prompts refused, and allowed prompts refused, as counts
+/// with their totals.
+#[derive(Debug, Default)]
+struct Outcome {
+    prohibited: usize,
+    prohibited_refused: usize,
+    allowed: usize,
+    allowed_refused: usize,
+}
+
+/// Runs the rules over a set, printing each miss and false positive.
+fn outcome(policy: &RulesPolicy, set: &[Case<'_>], name: &str) -> Outcome {
+    let mut o = Outcome::default();
+    for c in set {
+        let refused = match policy.evaluate(c.prompt) {
+            Verdict::Rejected(_) => true,
+            Verdict::Allowed => false,
+            Verdict::Unavailable(_) => panic!("the rules are always available"),
+        };
+        if c.prohibited {
+            o.prohibited += 1;
+            o.prohibited_refused += usize::from(refused);
+            if !refused {
+                println!("{name}, missed: {}: {}", c.label, c.prompt);
+            }
+        } else {
+            o.allowed += 1;
+            o.allowed_refused += usize::from(refused);
+            if refused {
+                println!("{name}, false positive: {}: {}", c.label, c.prompt);
+            }
+        }
+    }
+    o
+}
+
+/// Reports the held-out set per category and in all; asserts only that
+/// it is well formed, as its figures are what the rules do, not a target.
+#[test]
+fn the_rules_on_the_held_out_set_are_reported() {
+    let policy = RulesPolicy::builtin().expect("shipped rules");
+    let set = parse(UNSEEN);
+    let known: Vec<&str> = policy.categories().collect();
+    for c in set.iter().filter(|c| c.prohibited) {
+        assert!(known.contains(&c.label), "unknown category {:?}", c.label);
+    }
+    let eval: Vec<&str> = cases().iter().map(|c| c.prompt).collect();
+    for c in &set {
+        assert!(
+            !eval.contains(&c.prompt),
+            "{:?} is in the evaluation set too",
+            c.prompt
+        );
+    }
+    let mut by_label: BTreeMap<(bool, &str), Vec<Case<'static>>> = BTreeMap::new();
+    for c in set {
+        by_label.entry((c.prohibited, c.label)).or_default().push(c);
+    }
+    println!("held out         prompts  refused");
+    let mut o = Outcome::default();
+    for ((prohibited, label), cases) in by_label.into_iter().rev() {
+        let part = outcome(&policy, &cases, "held out");
+        let (kind, n, r) = if prohibited {
+            ("", part.prohibited, part.prohibited_refused)
+        } else {
+            ("allowed ", part.allowed, part.allowed_refused)
+        };
+        println!("{:<16} {n:>7}  {r:>7}", format!("{kind}{label}"));
+        o.prohibited += part.prohibited;
+        o.prohibited_refused += part.prohibited_refused;
+        o.allowed += part.allowed;
+        o.allowed_refused += part.allowed_refused;
+    }
+    assert!(
+        o.prohibited >= 20 && o.allowed >= 20,
+        "the held-out set is too small to say anything: {o:?}"
+    );
+    println!(
+        "held out: prohibited {}/{} refused ({:.1}%); allowed {}/{} refused ({:.1}%)",
+        o.prohibited_refused,
+        o.prohibited,
+        100.0 * o.prohibited_refused as f64 / o.prohibited as f64,
+        o.allowed_refused,
+        o.allowed,
+        100.0 * o.allowed_refused as f64 / o.allowed as f64,
     );
 }
 

@@ -777,7 +777,7 @@ mod tests {
     fn the_search_finds_what_the_overlapping_iterator_found() {
         let sets = [
             include_str!("../../tests/moderation/eval.tsv"),
-            include_str!("../../tests/moderation/held_out.tsv"),
+            include_str!("../../tests/moderation/unseen.tsv"),
         ];
         let mut checked = 0;
         for line in sets.iter().flat_map(|s| s.lines()) {
