@@ -119,27 +119,29 @@ fn ideograph(c: char) -> bool {
     matches!(c, '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' | '\u{20000}'..='\u{2a6df}')
 }
 
-/// Whether a three-byte character starting `b0 b1` is a unified
-/// ideograph (U+3400..=U+4DBF, U+4E00..=U+9FFF): told from its first two
-/// bytes, without decoding it.
-fn ideograph_bytes(b0: u8, b1: u8) -> bool {
-    match b0 {
-        // U+5000..=U+9FFF
-        0xe5..=0xe9 => true,
-        // U+4000..=U+4FFF but the hexagrams, U+4DC0..=U+4DFF
-        0xe4 => b1 != 0xb7,
-        // U+3400..=U+3FFF
-        0xe3 => b1 >= 0x90,
-        _ => false,
-    }
+/// The three bytes of a three-byte character as one number, first byte
+/// highest: UTF-8 keeps the order of code points, so a range of them is a
+/// range of these numbers.
+fn key_of(b0: u8, b1: u8, b2: u8) -> u32 {
+    u32::from(b0) << 16 | u32::from(b1) << 8 | u32::from(b2)
+}
+
+/// Whether the three-byte character with [`key_of`] `key` is a unified
+/// ideograph (U+3400..=U+4DBF, U+4E00..=U+9FFF), told without decoding
+/// it: two range checks, with the hexagrams between the two left out.
+fn ideograph_key(key: u32) -> bool {
+    matches!(key, 0xe3_90_80..=0xe4_b6_bf | 0xe4_b8_80..=0xe9_bf_bf)
+}
+
+/// The code point of the three-byte character with [`key_of`] `key`.
+fn code_of_key(key: u32) -> u32 {
+    (key >> 16 & 0x0f) << 12 | (key >> 8 & 0x3f) << 6 | (key & 0x3f)
 }
 
 /// The code point of a three-byte character.
 fn code_of(bytes: &[u8]) -> u32 {
     match *bytes {
-        [b0, b1, b2] => {
-            u32::from(b0 & 0x0f) << 12 | u32::from(b1 & 0x3f) << 6 | u32::from(b2 & 0x3f)
-        }
+        [b0, b1, b2] => code_of_key(key_of(b0, b1, b2)),
         _ => 0,
     }
 }
@@ -398,8 +400,8 @@ impl Tokenizer<'_> {
 /// compatibility, lower-cased, and stripped of combining marks, then
 /// handed to the word builder. Done per character, so text with nothing to
 /// fold (ASCII, most Chinese) costs a range check per character rather
-/// than a normalizer pass; the ideographs from U+5000 to U+9FFF (lead
-/// bytes E5 to E9) are taken as bytes, without decoding.
+/// than a normalizer pass; the unified ideographs of the Basic
+/// Multilingual Plane are taken as bytes, without decoding.
 fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
     out.text.clear();
     out.loose.clear();
@@ -436,23 +438,31 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
             continue;
         }
         if (0xe3..=0xe9).contains(&b) {
+            // Per ideograph: one length check, one number made of its
+            // bytes, two range checks and one comparison with the one
+            // before (for squeezing); its count and the last one are
+            // worked out from the run afterwards.
             let start = at(rest);
-            let (mut n, mut repeat, mut prev) = (0, false, [0; 3]);
+            let (mut repeat, mut prev) = (false, 0);
             while let [b0, b1, b2, ref tail @ ..] = *rest {
-                if !ideograph_bytes(b0, b1) {
+                let key = key_of(b0, b1, b2);
+                if !ideograph_key(key) {
                     break;
                 }
-                let bytes = [b0, b1, b2];
-                repeat |= bytes == prev;
-                prev = bytes;
-                n += 1;
+                repeat |= key == prev;
+                prev = key;
                 rest = tail;
             }
-            if n > 0 {
+            if prev != 0 {
                 // Whole characters only were scanned: a boundary.
                 let run = text.get(start..at(rest)).unwrap_or_default();
                 let first = run.as_bytes().get(..3).map_or(0, code_of);
-                t.keep_run(run, n, code_of(&prev), repeat || first == t.prev);
+                t.keep_run(
+                    run,
+                    run.len() / 3,
+                    code_of_key(prev),
+                    repeat || first == t.prev,
+                );
                 continue;
             }
         }
@@ -546,7 +556,9 @@ mod tests {
         for c in ('\u{800}'..='\u{ffff}').filter(|c| c.len_utf8() == 3) {
             let mut buf = [0; 4];
             let bytes = c.encode_utf8(&mut buf).as_bytes();
-            assert_eq!(ideograph_bytes(bytes[0], bytes[1]), ideograph(c), "{c:?}");
+            let key = key_of(bytes[0], bytes[1], bytes[2]);
+            assert_eq!(ideograph_key(key), ideograph(c), "{c:?}");
+            assert_eq!(code_of_key(key), u32::from(c));
             assert_eq!(code_of(bytes), u32::from(c));
         }
         assert!(
