@@ -222,6 +222,27 @@ fn report(name: &str, h: &Histogram<u64>) {
     );
 }
 
+/// The process's resident memory now and at its peak, from
+/// `/proc/self/status` (Linux): what the backlog costs while it waits,
+/// apart from what the drain adds afterwards.
+fn memory(label: &str) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    println!(
+        "memory {label}: rss {}, peak {}",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         // `cargo test --benches` probes bench targets; nothing to test here.
@@ -291,6 +312,7 @@ fn main() {
             .unwrap_or_else(|e| panic!("start: {e}"));
         let ids = users(&o2, user_count, 1_000_000).await;
         submit_all(&o2, &ids, waiting, concurrency).await;
+        memory(&format!("with {waiting} waiting"));
         // Only the dispatches made while the backlog stays above
         // `waiting / 2` count, so every sample saw at least that many waiting.
         o2.add_simulated_workers(workers, slots, zero);
@@ -299,5 +321,6 @@ fn main() {
         let h = obs2.dispatch.lock().clone();
         report(&format!("dispatch latency, >= {half} waiting"), &h);
         wait_finished(&obs2, waiting as u64).await;
+        memory("after the drain");
     });
 }

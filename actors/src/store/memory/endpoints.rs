@@ -11,8 +11,9 @@ use crate::endpoints::{
     DeliveryAttempt, EndpointPatch, EventPage, StoredEvent, WebhookEndpoint, DELIVERY_LOG,
     EVENT_WINDOW, MEMORY_EVENTS_PER_USER,
 };
-use crate::events::JobEvent;
+use crate::events::{JobEvent, JobEventKind};
 use crate::ids::{JobId, UserId, WebhookEndpointId};
+use crate::job::{Charge, JobError, JobState};
 use crate::store::decide;
 use crate::store::{StoreError, StoreResult};
 
@@ -24,10 +25,85 @@ pub(super) struct Endpoints {
     deliveries: HashMap<WebhookEndpointId, VecDeque<DeliveryAttempt>>,
 }
 
+/// A job event as the per-user log keeps it: the owner is the log's key,
+/// not a copy in every event, and the rare error is boxed, so a log of a
+/// thousand events per user over many users stays small (a waiting job's
+/// submission event is kept while it waits).
+#[derive(Clone)]
+struct KeptEvent {
+    seq: u64,
+    job_id: JobId,
+    attempt: u32,
+    at: DateTime<Utc>,
+    kind: KeptKind,
+}
+
+#[derive(Clone)]
+enum KeptKind {
+    State {
+        state: JobState,
+        charge: Charge,
+        error: Option<Box<JobError>>,
+    },
+    Progress {
+        percent: u8,
+    },
+}
+
+impl KeptEvent {
+    fn new(seq: u64, event: &JobEvent) -> KeptEvent {
+        let kind = match &event.kind {
+            JobEventKind::State {
+                state,
+                charge,
+                error,
+            } => KeptKind::State {
+                state: *state,
+                charge: *charge,
+                error: error.clone().map(Box::new),
+            },
+            JobEventKind::Progress { percent } => KeptKind::Progress { percent: *percent },
+        };
+        KeptEvent {
+            seq,
+            job_id: event.job_id,
+            attempt: event.attempt,
+            at: event.at,
+            kind,
+        }
+    }
+
+    /// The event as the port hands it out, owned by `user`.
+    fn stored(&self, user: UserId) -> StoredEvent {
+        let kind = match &self.kind {
+            KeptKind::State {
+                state,
+                charge,
+                error,
+            } => JobEventKind::State {
+                state: *state,
+                charge: *charge,
+                error: error.as_deref().cloned(),
+            },
+            KeptKind::Progress { percent } => JobEventKind::Progress { percent: *percent },
+        };
+        StoredEvent {
+            seq: self.seq,
+            event: JobEvent {
+                job_id: self.job_id,
+                user_id: user,
+                attempt: self.attempt,
+                at: self.at,
+                kind,
+            },
+        }
+    }
+}
+
 /// One user's kept events, oldest first.
 #[derive(Default)]
 struct UserLog {
-    kept: VecDeque<StoredEvent>,
+    kept: VecDeque<KeptEvent>,
     /// The newest sequence number dropped from `kept` (0: none).
     dropped_through: u64,
 }
@@ -42,13 +118,10 @@ impl Endpoints {
     pub(super) fn record(&mut self, event: &JobEvent) {
         self.next_event += 1;
         let log = self.events.entry(event.user_id).or_default();
-        log.kept.push_back(StoredEvent {
-            seq: self.next_event,
-            event: event.clone(),
-        });
+        log.kept.push_back(KeptEvent::new(self.next_event, event));
         let cutoff = event.at - EVENT_WINDOW;
         while log.kept.len() > MEMORY_EVENTS_PER_USER
-            || log.kept.front().is_some_and(|e| e.event.at < cutoff)
+            || log.kept.front().is_some_and(|e| e.at < cutoff)
         {
             if let Some(gone) = log.kept.pop_front() {
                 log.dropped_through = gone.seq;
@@ -59,7 +132,7 @@ impl Endpoints {
     /// Retention pruned `job`: its events go with it.
     pub(super) fn forget_job(&mut self, user: UserId, job: JobId) {
         if let Some(log) = self.events.get_mut(&user) {
-            log.kept.retain(|e| e.event.job_id != job);
+            log.kept.retain(|e| e.job_id != job);
         }
     }
 
@@ -81,15 +154,15 @@ impl Endpoints {
                 latest,
             };
         };
-        let missed = log.dropped_through > after
-            || log.kept.iter().any(|e| e.seq > after && e.event.at < since);
+        let missed =
+            log.dropped_through > after || log.kept.iter().any(|e| e.seq > after && e.at < since);
         EventPage {
             events: log
                 .kept
                 .iter()
-                .filter(|e| e.seq > after && e.event.at >= since)
+                .filter(|e| e.seq > after && e.at >= since)
                 .take(limit)
-                .cloned()
+                .map(|e| e.stored(user))
                 .collect(),
             missed,
             latest,
