@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use admedia_actors::actors::worker::SimProfile;
+use admedia_actors::config::{JobRetention, WaitLimits};
 use admedia_actors::content::outputs::OutputThresholds;
-use admedia_actors::content::Score;
+use admedia_actors::content::{CategoryScores, Score};
+use admedia_actors::email::EmailRules;
+use admedia_actors::material::{ByteSize, TierQuotas, TierRetention};
 use admedia_actors::money::Credits;
+use admedia_actors::payments::GiftOverrides;
 use admedia_actors::pricing::PriceTable;
-use admedia_actors::tier::TierTable;
+use admedia_actors::tier::{PerTier, Tier, TierTable};
 use admedia_actors::OrchestratorConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -75,9 +79,9 @@ pub struct Settings {
     /// Slots of each simulated worker.
     #[arg(long, env = "ADMEDIA_SIM_SLOTS", default_value_t = 2)]
     pub sim_slots: u32,
-    /// How long a simulated attempt takes.
-    #[arg(long, env = "ADMEDIA_SIM_JOB_MS", default_value_t = 500)]
-    pub sim_job_ms: u64,
+    /// How long a simulated attempt takes, in milliseconds.
+    #[arg(long = "sim-job-ms", env = "ADMEDIA_SIM_JOB_MS", value_name = "MS", default_value = "500", value_parser = parse_millis)]
+    pub sim_job_time: Duration,
     /// Probability that a simulated attempt fails with a system error.
     #[arg(long, env = "ADMEDIA_SIM_FAILURE_RATE", default_value_t = 0.0)]
     pub sim_failure_rate: f64,
@@ -90,26 +94,27 @@ pub struct Settings {
     /// Attempts per job before it fails and is refunded.
     #[arg(long, env = "ADMEDIA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
-    /// First retry delay (doubles per attempt, with jitter).
-    #[arg(long, env = "ADMEDIA_RETRY_BASE_MS", default_value_t = 1000)]
-    pub retry_base_ms: u64,
-    #[arg(long, env = "ADMEDIA_RETRY_MAX_MS", default_value_t = 60_000)]
-    pub retry_max_ms: u64,
-    /// Deadline of one image attempt.
-    #[arg(long, env = "ADMEDIA_IMAGE_DEADLINE_MS", default_value_t = 120_000)]
-    pub image_deadline_ms: u64,
-    /// Deadline of one video attempt.
-    #[arg(long, env = "ADMEDIA_VIDEO_DEADLINE_MS", default_value_t = 900_000)]
-    pub video_deadline_ms: u64,
-    /// A remote worker silent for this long loses its attempts.
-    #[arg(long, env = "ADMEDIA_WORKER_LEASE_MS", default_value_t = 15_000)]
-    pub worker_lease_ms: u64,
+    /// First retry delay in milliseconds (doubles per attempt, with jitter).
+    #[arg(long = "retry-base-ms", env = "ADMEDIA_RETRY_BASE_MS", value_name = "MS", default_value = "1000", value_parser = parse_millis)]
+    pub retry_base: Duration,
+    /// Longest retry delay, in milliseconds.
+    #[arg(long = "retry-max-ms", env = "ADMEDIA_RETRY_MAX_MS", value_name = "MS", default_value = "60000", value_parser = parse_millis)]
+    pub retry_max: Duration,
+    /// Deadline of one image attempt, in milliseconds.
+    #[arg(long = "image-deadline-ms", env = "ADMEDIA_IMAGE_DEADLINE_MS", value_name = "MS", default_value = "120000", value_parser = parse_millis)]
+    pub image_deadline: Duration,
+    /// Deadline of one video attempt, in milliseconds.
+    #[arg(long = "video-deadline-ms", env = "ADMEDIA_VIDEO_DEADLINE_MS", value_name = "MS", default_value = "900000", value_parser = parse_millis)]
+    pub video_deadline: Duration,
+    /// A remote worker silent for this many milliseconds loses its attempts.
+    #[arg(long = "worker-lease-ms", env = "ADMEDIA_WORKER_LEASE_MS", value_name = "MS", default_value = "15000", value_parser = parse_millis)]
+    pub worker_lease: Duration,
     /// Let webhooks target loopback and private addresses (tests, labs).
     #[arg(long, env = "ADMEDIA_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
-    /// First webhook retry delay (doubles per retry).
-    #[arg(long, env = "ADMEDIA_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000)]
-    pub webhook_retry_base_ms: u64,
+    /// First webhook retry delay in milliseconds (doubles per retry).
+    #[arg(long = "webhook-retry-base-ms", env = "ADMEDIA_WEBHOOK_RETRY_BASE_MS", value_name = "MS", default_value = "1000", value_parser = parse_millis)]
+    pub webhook_retry_base: Duration,
     /// This node's name in the cluster (default: host name and pid).
     #[arg(long, env = "ADMEDIA_NODE_ID")]
     pub node_id: Option<String>,
@@ -123,7 +128,7 @@ pub struct Settings {
     pub leader_timeout: Duration,
     /// Tier weights Free,Basic,Professional,Enterprise, e.g. `1,2,4,8`.
     #[arg(long, env = "ADMEDIA_TIER_WEIGHTS")]
-    pub tier_weights: Option<String>,
+    pub tier_weights: Option<TierWeights>,
     /// A TOML file with `[tiers.<tier>]` and `[prices]` tables.
     #[arg(long, env = "ADMEDIA_CONFIG")]
     pub config_file: Option<PathBuf>,
@@ -133,7 +138,7 @@ pub struct Settings {
     /// Submissions per minute per user by tier, e.g.
     /// `free=60,basic=300,professional=1200,enterprise=6000` (0: unlimited).
     #[arg(long, env = "ADMEDIA_RATE_LIMITS", default_value = "")]
-    pub rate_limits: String,
+    pub rate_limits: crate::ratelimit::RateLimits,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "ADMEDIA_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
@@ -161,7 +166,7 @@ pub struct Settings {
     /// Gift credits per paid membership month, e.g.
     /// `basic=200,professional=1000,enterprise=5000` (unnamed tiers keep their default).
     #[arg(long, env = "ADMEDIA_MEMBERSHIP_GIFTS", default_value = "")]
-    pub membership_gifts: String,
+    pub membership_gifts: GiftOverrides,
     /// How often due membership gifts are granted, prices reloaded,
     /// idempotency keys expired and finished jobs pruned.
     #[arg(long, env = "ADMEDIA_GIFT_SWEEP", default_value = "60s", value_parser = parse_duration)]
@@ -191,7 +196,7 @@ pub struct Settings {
         env = "ADMEDIA_DOTLESS_EMAIL_DOMAINS",
         default_value = "gmail.com,googlemail.com"
     )]
-    pub dotless_email_domains: String,
+    pub dotless_email_domains: EmailRules,
     // ---- scheduling (docs/worker-protocol.md)
     /// What tiers share by weight: `gpu_seconds` (estimated GPU time) or
     /// `jobs` (dispatches).
@@ -200,7 +205,7 @@ pub struct Settings {
     /// Longest wait per tier before a job expires (refunded), e.g.
     /// `free=24h,enterprise=30m` (unnamed tiers keep their default).
     #[arg(long, env = "ADMEDIA_MAX_WAIT", default_value = "")]
-    pub max_wait: String,
+    pub max_wait: WaitLimits,
     /// System failures in a row that quarantine a worker.
     #[arg(long, env = "ADMEDIA_QUARANTINE_AFTER", default_value_t = 3)]
     pub quarantine_after: u32,
@@ -225,7 +230,7 @@ pub struct Settings {
     pub output_threshold: Score,
     /// Per-category output thresholds, e.g. `sexual-minors=0.1,violence=0.8`.
     #[arg(long, env = "ADMEDIA_OUTPUT_THRESHOLDS", default_value = "")]
-    pub output_thresholds: String,
+    pub output_thresholds: CategoryScores,
     /// A moderation provider (`http://host:port`, requests go to
     /// `/v1/moderations`); unset: the built-in rules alone.
     #[arg(long, env = "ADMEDIA_MODERATION_URL")]
@@ -239,18 +244,18 @@ pub struct Settings {
     pub moderation_timeout: Duration,
     /// Per-category score thresholds, e.g. `sexual/minors=0.1,violence=0.7`.
     #[arg(long, env = "ADMEDIA_MODERATION_THRESHOLDS", default_value = "")]
-    pub moderation_thresholds: String,
+    pub moderation_thresholds: CategoryScores,
     /// The threshold of categories not named above; unset: the provider's
     /// own flags decide them.
     #[arg(long, env = "ADMEDIA_MODERATION_DEFAULT_THRESHOLD")]
-    pub moderation_default_threshold: Option<String>,
+    pub moderation_default_threshold: Option<Score>,
     /// Provider answers kept by prompt hash.
     #[arg(long, env = "ADMEDIA_MODERATION_CACHE", default_value_t = 10_000)]
     pub moderation_cache: usize,
     /// When the provider is down: `refuse`, `rules`, or per tier, e.g.
     /// `free=refuse,basic=refuse,professional=rules,enterprise=rules`.
     #[arg(long, env = "ADMEDIA_MODERATION_WHEN_DOWN", default_value = "refuse")]
-    pub moderation_when_down: String,
+    pub moderation_when_down: crate::moderation::WhenDownByTier,
     // ---- materials and outputs (docs/materials.md)
     /// Where materials and outputs are kept: `s3://<bucket>`, `file:///<dir>`
     /// or a directory. Default: `./data/objects` with DATABASE_URL; on the
@@ -276,16 +281,16 @@ pub struct Settings {
     pub object_secret: Option<String>,
     /// Storage quota per tier, e.g. `free=500MB,basic=5GB` (unnamed tiers keep their default).
     #[arg(long, env = "ADMEDIA_STORAGE_QUOTAS", default_value = "")]
-    pub storage_quotas: String,
+    pub storage_quotas: TierQuotas,
     /// Retention per tier, e.g. `free=7d,enterprise=90d`.
     #[arg(long, env = "ADMEDIA_RETENTION", default_value = "")]
-    pub retention: String,
+    pub retention: TierRetention,
     /// Largest material upload, e.g. `1GB`, `20MB` or bytes.
     #[arg(long, env = "ADMEDIA_MAX_MATERIAL_SIZE", default_value = "1GB")]
-    pub max_material_size: String,
+    pub max_material_size: ByteSize,
     /// Largest output a worker may upload.
     #[arg(long, env = "ADMEDIA_MAX_OUTPUT_SIZE", default_value = "4GB")]
-    pub max_output_size: String,
+    pub max_output_size: ByteSize,
     /// How long a download URL stays valid.
     #[arg(long, env = "ADMEDIA_SIGNED_URL_TTL", default_value = "15m", value_parser = parse_duration)]
     pub signed_url_ttl: Duration,
@@ -302,7 +307,7 @@ pub struct Settings {
         env = "ADMEDIA_JOB_RETENTION",
         default_value = "succeeded=7d,cancelled=7d,failed=30d"
     )]
-    pub job_retention: String,
+    pub job_retention: JobRetention,
     /// Finished jobs the embedded store keeps in full at most; past that
     /// the oldest-finished are pruned at once (PostgreSQL: no cap).
     #[arg(
@@ -394,106 +399,48 @@ impl Default for Settings {
 /// `10s`, `2500ms`, `1m`, `1d12h`, or a plain number of seconds.
 pub use admedia_actors::price_schedule::parse_duration;
 
-/// `basic=200,professional=1000,enterprise=5000` over `base`.
-/// `free=24h,enterprise=30m`: the tiers named get that waiting limit.
-fn parse_max_wait(raw: &str) -> Result<admedia_actors::config::WaitLimits, String> {
-    let mut limits = admedia_actors::config::WaitLimits::default();
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (tier, limit) = part
-            .split_once('=')
-            .ok_or_else(|| format!("ADMEDIA_MAX_WAIT {part:?}: expected tier=duration"))?;
-        let limit =
-            parse_duration(limit.trim()).map_err(|e| format!("ADMEDIA_MAX_WAIT {part:?}: {e}"))?;
-        let tier = tier
-            .trim()
-            .parse::<admedia_actors::tier::Tier>()
-            .map_err(|_| format!("ADMEDIA_MAX_WAIT {part:?}: unknown tier"))?;
-        limits[tier] = limit;
-    }
-    Ok(limits)
-}
+/// A whole number of milliseconds, the unit of every `*_MS` setting.
+pub use admedia_actors::price_schedule::parse_millis;
 
-/// `succeeded=7d,failed=30d`: the final states named get that retention.
-fn parse_job_retention(raw: &str) -> Result<admedia_actors::config::JobRetention, String> {
-    const NAME: &str = "ADMEDIA_JOB_RETENTION";
-    let mut retention = admedia_actors::config::JobRetention::default();
-    let mut named: Vec<&str> = Vec::new();
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (state, span) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{NAME} {part:?}: expected state=duration, e.g. failed=30d"))?;
-        let state = state.trim();
-        let span = parse_duration(span.trim()).map_err(|e| format!("{NAME} {part:?}: {e}"))?;
-        let slot = match state {
-            "succeeded" => &mut retention.succeeded,
-            "failed" => &mut retention.failed,
-            "cancelled" => &mut retention.cancelled,
-            "queued" | "assigned" | "running" => {
-                return Err(format!(
-                    "{NAME} {part:?}: {state} jobs have not finished; only succeeded, failed and cancelled jobs are pruned"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "{NAME}: unknown state {other:?} (succeeded, failed, cancelled)"
-                ))
-            }
+/// `500MB`, `5GB`, `64KB` (powers of 1024) or a number of bytes.
+pub use admedia_actors::material::parse_size;
+
+/// The tiers' weights, one whole number per tier in `Tier::ALL` order,
+/// comma-separated: `1,2,4,8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierWeights(pub PerTier<u32>);
+
+impl std::str::FromStr for TierWeights {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<TierWeights, String> {
+        let expected = || {
+            let tiers: Vec<&str> = Tier::ALL.iter().map(|t| t.as_str()).collect();
+            format!(
+                "expected {} whole numbers, the weights of {}",
+                Tier::COUNT,
+                tiers.join(",")
+            )
         };
-        if named.contains(&state) {
-            return Err(format!("{NAME}: {state} is named twice"));
+        let weights: Vec<u32> = raw
+            .split(',')
+            .map(|w| w.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| expected())?;
+        let weights = <[u32; Tier::COUNT]>::try_from(weights).map_err(|_| expected())?;
+        // As the tier table requires: a zero weight starves its tier.
+        if weights.iter().any(|w| !(1..=1000).contains(w)) {
+            return Err("every weight must be 1..=1000".into());
         }
-        named.push(state);
-        *slot = span;
+        Ok(TierWeights(PerTier::from(weights)))
     }
-    retention.validate().map_err(|e| format!("{NAME}: {e}"))?;
-    Ok(retention)
 }
 
-fn parse_gifts(
-    raw: &str,
-    base: admedia_actors::payments::GiftTable,
-) -> Result<admedia_actors::payments::GiftTable, String> {
-    let mut gifts = base;
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (tier, amount) = part
-            .split_once('=')
-            .ok_or_else(|| format!("ADMEDIA_MEMBERSHIP_GIFTS {part:?}: expected tier=credits"))?;
-        let amount: i64 = amount.trim().parse().map_err(|_| {
-            format!("ADMEDIA_MEMBERSHIP_GIFTS {part:?}: expected a whole number of credits")
-        })?;
-        match tier.trim() {
-            "basic" => gifts.basic = amount,
-            "professional" => gifts.professional = amount,
-            "enterprise" => gifts.enterprise = amount,
-            other => {
-                return Err(format!(
-                    "ADMEDIA_MEMBERSHIP_GIFTS: unknown tier {other:?} (basic, professional, enterprise)"
-                ))
-            }
-        }
-    }
-    gifts
-        .validate()
-        .map_err(|e| format!("ADMEDIA_MEMBERSHIP_GIFTS: {e}"))?;
-    Ok(gifts)
-}
-
-/// `category=score,…` for output thresholds over `default`.
-fn parse_output_thresholds(raw: &str, default: Score) -> Result<OutputThresholds, String> {
-    let mut t = OutputThresholds {
+/// Output thresholds: `default` unless the category has its own.
+fn output_thresholds(per_category: &CategoryScores, default: Score) -> OutputThresholds {
+    OutputThresholds {
         default,
-        per_category: Default::default(),
-    };
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (category, value) = part.rsplit_once('=').ok_or_else(|| {
-            format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: expected category=score")
-        })?;
-        let score: Score = value
-            .parse()
-            .map_err(|e| format!("ADMEDIA_OUTPUT_THRESHOLDS {part:?}: {e}"))?;
-        t.per_category.insert(category.trim().to_owned(), score);
+        per_category: per_category.0.clone(),
     }
-    Ok(t)
 }
 
 impl Settings {
@@ -511,10 +458,10 @@ impl Settings {
             self.moderation_api_key.clone(),
             self.moderation_model.clone(),
             self.moderation_timeout,
-            &self.moderation_thresholds,
-            self.moderation_default_threshold.as_deref(),
+            self.moderation_thresholds.clone(),
+            self.moderation_default_threshold,
             self.moderation_cache,
-            &self.moderation_when_down,
+            self.moderation_when_down,
         )
         .map(Some)
     }
@@ -565,20 +512,8 @@ impl Settings {
             None => FileConfig::default(),
         };
         let mut tiers = file.tiers.unwrap_or_default();
-        if let Some(weights) = &self.tier_weights {
-            let parsed: Vec<u32> = weights
-                .split(',')
-                .map(|w| w.trim().parse::<u32>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    format!("ADMEDIA_TIER_WEIGHTS {weights:?}: expected four whole numbers")
-                })?;
-            let Ok(parsed) = <[u32; admedia_actors::tier::Tier::COUNT]>::try_from(parsed) else {
-                return Err(format!(
-                    "ADMEDIA_TIER_WEIGHTS {weights:?}: expected four weights"
-                ));
-            };
-            for (tier, weight) in admedia_actors::tier::PerTier::from(parsed).iter() {
+        if let Some(weights) = self.tier_weights {
+            for (tier, weight) in weights.0.iter() {
                 tiers[tier].weight = *weight;
             }
         }
@@ -588,22 +523,22 @@ impl Settings {
             registration_credits: Credits::new(self.registration_credits)
                 .map_err(|e| format!("ADMEDIA_REGISTRATION_CREDITS: {e}"))?,
             max_attempts: self.max_attempts,
-            retry_base: Duration::from_millis(self.retry_base_ms),
-            retry_max: Duration::from_millis(self.retry_max_ms),
-            image_deadline: Duration::from_millis(self.image_deadline_ms.max(1)),
-            video_deadline: Duration::from_millis(self.video_deadline_ms.max(1)),
-            worker_lease: Duration::from_millis(self.worker_lease_ms),
-            email_rules: admedia_actors::email::EmailRules::from_list(&self.dotless_email_domains),
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            image_deadline: self.image_deadline,
+            video_deadline: self.video_deadline,
+            worker_lease: self.worker_lease,
+            email_rules: self.dotless_email_domains.clone(),
             platform: admedia_actors::policy::PlatformConfig {
                 price_notice: self.price_notice,
-                gifts: parse_gifts(&self.membership_gifts, file.gifts.unwrap_or_default())?,
+                gifts: gifts(&self.membership_gifts, file.gifts.unwrap_or_default())?,
                 violations_before_suspend: self.violations_before_suspend,
                 violation_window: self.violation_window,
                 suspend_min_confidence: self.suspend_min_confidence,
-                output_thresholds: parse_output_thresholds(
+                output_thresholds: output_thresholds(
                     &self.output_thresholds,
                     self.output_threshold,
-                )?,
+                ),
                 sweep_every: self.gift_sweep,
             },
             models: file
@@ -611,12 +546,12 @@ impl Settings {
                 .map(admedia_actors::models::ModelRegistry::new)
                 .unwrap_or_default(),
             fairness: self.fairness_unit,
-            max_wait: parse_max_wait(&self.max_wait)?,
+            max_wait: self.max_wait,
             quarantine_after: self.quarantine_after,
             quarantine_base: self.quarantine_base,
             represent_grace: self.represent_grace,
             quarantine_max_percent: self.quarantine_max_percent,
-            job_retention: parse_job_retention(&self.job_retention)?,
+            job_retention: self.job_retention,
             ..OrchestratorConfig::default()
         };
         config.validate()?;
@@ -658,15 +593,15 @@ impl Settings {
     /// zero sweep or timeout spins: each is refused, naming its variable.
     fn durations_are_positive(&self) -> Result<(), String> {
         let millis = [
-            ("ADMEDIA_IMAGE_DEADLINE_MS", self.image_deadline_ms),
-            ("ADMEDIA_VIDEO_DEADLINE_MS", self.video_deadline_ms),
-            ("ADMEDIA_WORKER_LEASE_MS", self.worker_lease_ms),
-            ("ADMEDIA_RETRY_BASE_MS", self.retry_base_ms),
-            ("ADMEDIA_RETRY_MAX_MS", self.retry_max_ms),
-            ("ADMEDIA_WEBHOOK_RETRY_BASE_MS", self.webhook_retry_base_ms),
+            ("ADMEDIA_IMAGE_DEADLINE_MS", self.image_deadline),
+            ("ADMEDIA_VIDEO_DEADLINE_MS", self.video_deadline),
+            ("ADMEDIA_WORKER_LEASE_MS", self.worker_lease),
+            ("ADMEDIA_RETRY_BASE_MS", self.retry_base),
+            ("ADMEDIA_RETRY_MAX_MS", self.retry_max),
+            ("ADMEDIA_WEBHOOK_RETRY_BASE_MS", self.webhook_retry_base),
         ];
-        for (name, ms) in millis {
-            if ms == 0 {
+        for (name, span) in millis {
+            if span.is_zero() {
                 return Err(format!(
                     "{name}: must be a positive number of milliseconds, got 0"
                 ));
@@ -685,10 +620,11 @@ impl Settings {
                 return Err(format!("{name}: must be a positive duration, got 0"));
             }
         }
-        if self.retry_max_ms < self.retry_base_ms {
+        if self.retry_max < self.retry_base {
             return Err(format!(
                 "ADMEDIA_RETRY_MAX_MS ({}) must be at least ADMEDIA_RETRY_BASE_MS ({})",
-                self.retry_max_ms, self.retry_base_ms
+                self.retry_max.as_millis(),
+                self.retry_base.as_millis()
             ));
         }
         Ok(())
@@ -700,7 +636,7 @@ impl Settings {
             return Err("ADMEDIA_SIM_FAILURE_RATE and ADMEDIA_SIM_USER_ERROR_RATE must be in 0..=1 and sum to at most 1".into());
         }
         Ok(SimProfile {
-            job_time: Duration::from_millis(self.sim_job_ms),
+            job_time: self.sim_job_time,
             failure_rate: self.sim_failure_rate,
             user_error_rate: self.sim_user_error_rate,
         })
@@ -715,49 +651,18 @@ impl Settings {
     }
 }
 
-/// `500MB`, `5GB`, `64KB` (powers of 1024) or a number of bytes.
-pub fn parse_size(raw: &str) -> Result<u64, String> {
-    let s = raw.trim().to_ascii_uppercase();
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s.as_str(), ""),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{raw:?}: expected a size like 500MB, 5GB or bytes"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "K" => 1 << 10,
-        "MB" | "M" => 1 << 20,
-        "GB" | "G" => 1 << 30,
-        "TB" | "T" => 1 << 40,
-        other => {
-            return Err(format!(
-                "{raw:?}: unknown unit {other:?} (B, KB, MB, GB, TB)"
-            ))
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{raw:?}: too large"))
-}
-
-/// `free=…,basic=…` pairs, each applied by `apply`.
-fn per_tier(
-    name: &str,
-    raw: &str,
-    mut apply: impl FnMut(admedia_actors::tier::Tier, &str) -> Result<(), String>,
-) -> Result<(), String> {
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (tier, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{name} {part:?}: expected tier=value"))?;
-        let tier: admedia_actors::tier::Tier = tier
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}: unknown tier {:?}", tier.trim()))?;
-        apply(tier, value.trim()).map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(())
+/// The membership gifts: the table of the configuration file (or the
+/// default), with the tiers `ADMEDIA_MEMBERSHIP_GIFTS` names changed.
+/// Those were checked as they were read, so a bad gift here is the file's.
+fn gifts(
+    overrides: &GiftOverrides,
+    base: admedia_actors::payments::GiftTable,
+) -> Result<admedia_actors::payments::GiftTable, String> {
+    let gifts = overrides.over(base);
+    gifts
+        .validate()
+        .map_err(|e| format!("ADMEDIA_CONFIG [gifts]: {e}"))?;
+    Ok(gifts)
 }
 
 impl Settings {
@@ -787,27 +692,28 @@ impl Settings {
     }
 
     /// Quotas, retention and size limits of stored files.
-    pub fn storage_rules(&self) -> Result<admedia_actors::material::StorageRules, String> {
-        let mut rules = admedia_actors::material::StorageRules::default();
-        per_tier("ADMEDIA_STORAGE_QUOTAS", &self.storage_quotas, |tier, v| {
-            rules.of_mut(tier).quota_bytes = parse_size(v)?;
-            Ok(())
-        })?;
-        per_tier("ADMEDIA_RETENTION", &self.retention, |tier, v| {
-            rules.of_mut(tier).retention = parse_duration(v)?;
-            Ok(())
-        })?;
-        rules.max_material_bytes = parse_size(&self.max_material_size)
-            .map_err(|e| format!("ADMEDIA_MAX_MATERIAL_SIZE: {e}"))?;
-        rules.max_output_bytes = parse_size(&self.max_output_size)
-            .map_err(|e| format!("ADMEDIA_MAX_OUTPUT_SIZE: {e}"))?;
-        Ok(rules)
+    pub fn storage_rules(&self) -> admedia_actors::material::StorageRules {
+        let mut rules = admedia_actors::material::StorageRules::default()
+            .with_tiers(&self.storage_quotas, &self.retention);
+        rules.max_material_bytes = self.max_material_size.0;
+        rules.max_output_bytes = self.max_output_size.0;
+        rules
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings `args` give, or the error the operator would read.
+    fn given(args: &[&str]) -> Result<Settings, String> {
+        let all = std::iter::once("admedia").chain(args.iter().copied());
+        match Cli::from_iter_named(all) {
+            Ok(cli) => Ok(cli.serve),
+            Err(CliError::Invalid(m)) => Err(m),
+            Err(CliError::Exit(e)) => panic!("clap's own error: {e}"),
+        }
+    }
 
     #[test]
     fn storage_settings_parse_and_name_their_variable() {
@@ -817,21 +723,34 @@ mod tests {
         assert!(parse_size("5XB").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999TB").is_err());
-        let mut s = Settings::default();
-        s.storage_quotas = "free=1MB,enterprise=2GB".into();
-        s.retention = "free=1d".into();
-        let rules = s.storage_rules().unwrap();
+        let s = given(&[
+            "--storage-quotas=free=1MB,enterprise=2GB",
+            "--retention=free=1d",
+            "--max-material-size=20MB",
+        ])
+        .unwrap();
+        let rules = s.storage_rules();
         assert_eq!(rules.free.quota_bytes, 1 << 20);
         assert_eq!(rules.enterprise.quota_bytes, 2 << 30);
         assert_eq!(rules.free.retention, Duration::from_secs(86_400));
-        s.storage_quotas = "gold=1MB".into();
-        assert!(s
-            .storage_rules()
-            .unwrap_err()
-            .contains("ADMEDIA_STORAGE_QUOTAS"));
-        s.storage_quotas = String::new();
-        s.retention = "free".into();
-        assert!(s.storage_rules().unwrap_err().contains("ADMEDIA_RETENTION"));
+        let default = admedia_actors::material::StorageRules::default();
+        assert_eq!(
+            rules.basic, default.basic,
+            "an unnamed tier keeps its rules"
+        );
+        assert_eq!(rules.max_material_bytes, 20 << 20);
+        assert_eq!(rules.max_output_bytes, default.max_output_bytes);
+        for (flag, bad) in [
+            ("--storage-quotas", "gold=1MB"),
+            ("--storage-quotas", "free=lots"),
+            ("--retention", "free"),
+            ("--retention", "free=soon"),
+            ("--max-material-size", "5XB"),
+            ("--max-output-size", "big"),
+        ] {
+            let e = given(&[&format!("{flag}={bad}")]).unwrap_err();
+            assert!(e.starts_with(&format!("{flag}: invalid value")), "{e}");
+        }
     }
 
     #[test]
@@ -846,22 +765,75 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_their_name() {
-        let mut s = Settings::default();
-        s.tier_weights = Some("1,2,x,8".into());
-        assert!(s
-            .orchestrator()
-            .unwrap_err()
-            .contains("ADMEDIA_TIER_WEIGHTS"));
-        s.tier_weights = Some("1,2,4".into());
-        assert!(s.orchestrator().is_err());
-        s.tier_weights = Some("0,2,4,8".into());
-        assert!(s.orchestrator().is_err(), "a zero weight would starve Free");
+        for bad in ["1,2,x,8", "1,2,4", "1,2,4,8,16", "0,2,4,8", "1,2,4,1001"] {
+            let e = given(&["--tier-weights", bad]).unwrap_err();
+            assert!(e.starts_with("--tier-weights: invalid value"), "{bad}: {e}");
+        }
+        let e = given(&["--tier-weights", "0,2,4,8"]).unwrap_err();
+        assert!(
+            e.contains("1..=1000"),
+            "a zero weight would starve Free: {e}"
+        );
         let mut s = Settings::default();
         s.sim_failure_rate = 1.5;
         assert!(s.sim_profile().is_err());
         let mut s = Settings::default();
         s.registration_credits = -1;
         assert!(s.orchestrator().is_err());
+    }
+
+    #[test]
+    fn millisecond_settings_are_durations() {
+        let s = given(&[
+            "--sim-job-ms=5",
+            "--retry-base-ms=10",
+            "--retry-max-ms=40",
+            "--image-deadline-ms=1500",
+            "--video-deadline-ms=2500",
+            "--worker-lease-ms=120000",
+            "--webhook-retry-base-ms=30",
+        ])
+        .unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(s.sim_profile().unwrap().job_time, ms(5));
+        assert_eq!(s.webhook_retry_base, ms(30));
+        let cfg = s.orchestrator().unwrap();
+        assert_eq!(
+            (cfg.retry_base, cfg.retry_max, cfg.worker_lease),
+            (ms(10), ms(40), ms(120_000))
+        );
+        assert_eq!(
+            (cfg.image_deadline, cfg.video_deadline),
+            (ms(1500), ms(2500))
+        );
+        let d = Settings::default();
+        assert_eq!(
+            (
+                d.sim_job_time,
+                d.retry_base,
+                d.retry_max,
+                d.webhook_retry_base
+            ),
+            (ms(500), ms(1000), ms(60_000), ms(1000))
+        );
+        assert_eq!(
+            (d.image_deadline, d.video_deadline, d.worker_lease),
+            (ms(120_000), ms(900_000), ms(15_000))
+        );
+        for flag in ["--retry-base-ms", "--worker-lease-ms", "--sim-job-ms"] {
+            for bad in ["-1", "1.5", "2s"] {
+                let e = given(&[&format!("{flag}={bad}")]).unwrap_err();
+                assert!(e.starts_with(&format!("{flag}: invalid value")), "{e}");
+            }
+        }
+        let e = given(&["--retry-base-ms=500", "--retry-max-ms=100"])
+            .unwrap()
+            .orchestrator()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "ADMEDIA_RETRY_MAX_MS (100) must be at least ADMEDIA_RETRY_BASE_MS (500)"
+        );
     }
 
     #[test]
@@ -881,20 +853,24 @@ mod tests {
         assert_eq!(cfg.platform.price_notice, Duration::from_secs(7 * 86_400));
         assert_eq!(cfg.platform.gifts.basic, 200);
         assert_eq!(cfg.platform.violations_before_suspend, 5);
-        let mut s = Settings::default();
-        s.membership_gifts = "professional=1500, enterprise=0".into();
+        let s = given(&["--membership-gifts", "professional=1500, enterprise=0"]).unwrap();
         let gifts = s.orchestrator().unwrap().platform.gifts;
         assert_eq!(
             (gifts.basic, gifts.professional, gifts.enterprise),
             (200, 1500, 0)
         );
-        for bad in ["gold=5", "basic", "basic=x", "basic=-1"] {
-            s.membership_gifts = bad.into();
+        for bad in [
+            "gold=5",
+            "basic",
+            "basic=x",
+            "basic=-1",
+            "free=5",
+            "enterprise=10000001",
+        ] {
+            let e = given(&["--membership-gifts", bad]).unwrap_err();
             assert!(
-                s.orchestrator()
-                    .unwrap_err()
-                    .contains("ADMEDIA_MEMBERSHIP_GIFTS"),
-                "{bad}"
+                e.starts_with("--membership-gifts: invalid value"),
+                "{bad}: {e}"
             );
         }
         assert!(parse_duration("1d12h").is_ok());
@@ -911,11 +887,15 @@ mod tests {
     #[test]
     fn zero_durations_are_refused_with_their_variable() {
         let mut s = Settings::default();
-        s.image_deadline_ms = 0;
+        s.image_deadline = Duration::ZERO;
         let e = s.orchestrator().unwrap_err();
         assert!(e.contains("ADMEDIA_IMAGE_DEADLINE_MS"), "{e}");
         let mut s = Settings::default();
-        s.worker_lease_ms = 0;
+        s.webhook_retry_base = Duration::ZERO;
+        let e = s.orchestrator().unwrap_err();
+        assert!(e.contains("ADMEDIA_WEBHOOK_RETRY_BASE_MS"), "{e}");
+        let mut s = Settings::default();
+        s.worker_lease = Duration::ZERO;
         assert!(s
             .orchestrator()
             .unwrap_err()
@@ -980,9 +960,9 @@ mod tests {
             ),
             (7 * day, 30 * day, 7 * day)
         );
-        let mut s = Settings::default();
-        s.job_retention = " failed=90d , succeeded=36h".into();
-        let r = s.orchestrator().unwrap().job_retention;
+        let r = given(&["--job-retention", " failed=90d , succeeded=36h"])
+            .unwrap()
+            .job_retention;
         assert_eq!(
             (r.succeeded, r.failed, r.cancelled),
             (Duration::from_secs(36 * 3600), 90 * day, 7 * day),
@@ -997,10 +977,8 @@ mod tests {
             ("cancelled=0s", "at least 60 s"),
             ("succeeded=10s", "at least 60 s"),
         ] {
-            let mut s = Settings::default();
-            s.job_retention = bad.into();
-            let e = s.orchestrator().unwrap_err();
-            assert!(e.starts_with("ADMEDIA_JOB_RETENTION"), "{bad}: {e}");
+            let e = given(&["--job-retention", bad]).unwrap_err();
+            assert!(e.starts_with("--job-retention"), "{bad}: {e}");
             assert!(e.contains(why), "{bad}: {e}");
         }
         let mut s = Settings::default();
@@ -1013,16 +991,25 @@ mod tests {
 
     #[test]
     fn tier_weights_override_the_table() {
-        let mut s = Settings::default();
-        s.tier_weights = Some("1, 3, 9, 27".into());
+        let s = given(&["--tier-weights", "1, 3, 9, 27"]).unwrap();
         assert_eq!(s.orchestrator().unwrap().tiers.weights(), [1, 3, 9, 27]);
+        let s = Settings::default();
+        assert_eq!(
+            s.orchestrator().unwrap().tiers.weights(),
+            TierTable::default().weights(),
+            "unset, the table's weights"
+        );
     }
 
     #[test]
     fn scheduling_settings_parse_and_refuse_nonsense() {
-        let mut s = Settings::default();
-        s.max_wait = "free=2h, enterprise=90s".into();
-        s.fairness_unit = "jobs".parse().unwrap();
+        let s = given(&[
+            "--max-wait",
+            "free=2h, enterprise=90s",
+            "--fairness-unit",
+            "jobs",
+        ])
+        .unwrap();
         let cfg = s.orchestrator().unwrap();
         use admedia_actors::tier::Tier;
         assert_eq!(cfg.max_wait[Tier::Free], Duration::from_secs(7200));
@@ -1036,12 +1023,70 @@ mod tests {
             .parse::<admedia_actors::config::FairnessUnit>()
             .is_err());
         for bad in ["free", "gold=1h", "free=soon", "free=0s"] {
-            let mut s = Settings::default();
-            s.max_wait = bad.into();
-            assert!(s.orchestrator().is_err(), "{bad} accepted");
+            let e = given(&["--max-wait", bad]).unwrap_err();
+            assert!(e.starts_with("--max-wait: invalid value"), "{bad}: {e}");
         }
         let mut s = Settings::default();
         s.quarantine_after = 0;
         assert!(s.orchestrator().is_err());
+    }
+
+    #[test]
+    fn content_settings_are_read_at_start() {
+        let s = given(&[
+            "--output-thresholds",
+            "sexual-minors=0.1, violence=0.8",
+            "--output-threshold",
+            "0.4",
+            "--dotless-email-domains",
+            "Example.org",
+            "--rate-limits",
+            "free=3",
+        ])
+        .unwrap();
+        let cfg = s.orchestrator().unwrap();
+        let t = &cfg.platform.output_thresholds;
+        assert_eq!(t.default, Score::new(0.4).unwrap());
+        assert_eq!(
+            t.per_category.get("sexual-minors"),
+            Some(&Score::new(0.1).unwrap())
+        );
+        assert_eq!(cfg.email_rules.dotless_domains, ["example.org"]);
+        assert_eq!(s.rate_limits.0, [3, 300, 1200, 6000]);
+        assert_eq!(
+            Settings::default().dotless_email_domains,
+            EmailRules::default(),
+            "the documented default is the built-in one"
+        );
+        let provider = given(&[
+            "--moderation-url=http://127.0.0.1:9",
+            "--moderation-thresholds=sexual/minors=0.1",
+            "--moderation-default-threshold=0.7",
+            "--moderation-when-down=free=refuse,enterprise=rules",
+        ])
+        .unwrap()
+        .moderation_provider()
+        .unwrap()
+        .unwrap();
+        assert_eq!(provider.default_threshold, Score::new(0.7));
+        assert_eq!(provider.thresholds.len(), 1);
+        use crate::moderation::WhenDown;
+        assert_eq!(provider.when_down[Tier::Enterprise], WhenDown::Rules);
+        assert_eq!(provider.when_down[Tier::Basic], WhenDown::Refuse);
+        for (flag, bad) in [
+            ("--output-thresholds", "violence"),
+            ("--output-thresholds", "violence=2"),
+            ("--moderation-thresholds", "violence=high"),
+            ("--moderation-default-threshold", "sure"),
+            ("--moderation-when-down", "maybe"),
+            ("--moderation-when-down", "gold=rules"),
+            ("--dotless-email-domains", "jdoe@gmail.com"),
+            ("--rate-limits", "gold=5"),
+            ("--rate-limits", "free=x"),
+        ] {
+            // Refused at start, whether or not a provider is configured.
+            let e = given(&[&format!("{flag}={bad}")]).unwrap_err();
+            assert!(e.starts_with(&format!("{flag}: invalid value")), "{e}");
+        }
     }
 }

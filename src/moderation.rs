@@ -14,8 +14,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use admedia_actors::content::{ContentPolicy, Refusal, RulesPolicy, Score, Source, Verdict};
-use admedia_actors::tier::Tier;
+use admedia_actors::content::{
+    CategoryScores, ContentPolicy, Refusal, RulesPolicy, Score, Source, Verdict,
+};
+use admedia_actors::tier::{PerTier, Tier};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -65,8 +67,7 @@ pub struct ProviderConfig {
     pub default_threshold: Option<Score>,
     /// Answers kept, by prompt hash; 0 keeps none.
     pub cache_size: usize,
-    /// Per tier, in `Tier::ALL` order.
-    pub when_down: [WhenDown; 4],
+    pub when_down: PerTier<WhenDown>,
 }
 
 impl ProviderConfig {
@@ -77,10 +78,10 @@ impl ProviderConfig {
         api_key: Option<String>,
         model: Option<String>,
         timeout: Duration,
-        thresholds: &str,
-        default_threshold: Option<&str>,
+        thresholds: CategoryScores,
+        default_threshold: Option<Score>,
         cache_size: usize,
-        when_down: &str,
+        when_down: WhenDownByTier,
     ) -> Result<ProviderConfig, String> {
         let base = url.trim().trim_end_matches('/');
         let lower = base.to_ascii_lowercase();
@@ -104,26 +105,6 @@ impl ProviderConfig {
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
             return Err("ADMEDIA_MODERATION_TIMEOUT must be more than 0 and at most 60s".into());
         }
-        let mut parsed = BTreeMap::new();
-        for part in thresholds
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let (category, value) = part.rsplit_once('=').ok_or_else(|| {
-                format!("ADMEDIA_MODERATION_THRESHOLDS {part:?}: expected category=score")
-            })?;
-            let score: Score = value
-                .parse()
-                .map_err(|e| format!("ADMEDIA_MODERATION_THRESHOLDS {part:?}: {e}"))?;
-            parsed.insert(category.trim().to_owned(), score);
-        }
-        let default_threshold = default_threshold
-            .map(|v| {
-                v.parse::<Score>()
-                    .map_err(|e| format!("ADMEDIA_MODERATION_DEFAULT_THRESHOLD: {e}"))
-            })
-            .transpose()?;
         if cache_size > 1_000_000 {
             return Err("ADMEDIA_MODERATION_CACHE must be at most 1000000".into());
         }
@@ -132,33 +113,35 @@ impl ProviderConfig {
             api_key: api_key.filter(|k| !k.trim().is_empty()),
             model: model.filter(|m| !m.trim().is_empty()),
             timeout,
-            thresholds: parsed,
+            thresholds: thresholds.0,
             default_threshold,
             cache_size,
-            when_down: parse_when_down(when_down)?,
+            when_down: when_down.0,
         })
     }
 }
 
-/// `refuse`, `rules`, or per tier: `free=refuse,enterprise=rules` (unnamed
-/// tiers refuse).
-fn parse_when_down(raw: &str) -> Result<[WhenDown; 4], String> {
-    let raw = raw.trim();
-    if let Some(all) = WhenDown::parse(raw) {
-        return Ok([all; 4]);
+/// What each tier does with a prompt while the provider is down, as set:
+/// `refuse`, `rules`, or per tier, `free=refuse,enterprise=rules`
+/// (unnamed tiers refuse).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct WhenDownByTier(pub PerTier<WhenDown>);
+
+impl std::str::FromStr for WhenDownByTier {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<WhenDownByTier, String> {
+        if let Some(all) = WhenDown::parse(raw) {
+            return Ok(WhenDownByTier(PerTier::splat(all)));
+        }
+        let bad = |part: &str| format!("{part:?}: expected refuse, rules, or tier=refuse|rules");
+        let mut out = PerTier::splat(WhenDown::Refuse);
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (tier, policy) = part.split_once('=').ok_or_else(|| bad(part))?;
+            let tier: Tier = tier.trim().parse().map_err(|_| bad(part))?;
+            out[tier] = WhenDown::parse(policy).ok_or_else(|| bad(part))?;
+        }
+        Ok(WhenDownByTier(out))
     }
-    let mut out = [WhenDown::Refuse; 4];
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || {
-            format!(
-                "ADMEDIA_MODERATION_WHEN_DOWN {part:?}: expected refuse, rules, or tier=refuse|rules"
-            )
-        };
-        let (tier, policy) = part.split_once('=').ok_or_else(bad)?;
-        let tier: Tier = tier.trim().parse().map_err(|_| bad())?;
-        out[tier.index()] = WhenDown::parse(policy).ok_or_else(bad)?;
-    }
-    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -379,7 +362,7 @@ impl ContentPolicy for ProviderPolicy {
                 };
                 self.metrics.moderation_call(outcome, started.elapsed());
                 tracing::warn!(reason = %reason, tier = tier.as_str(), "moderation provider unavailable");
-                match self.config.when_down[tier.index()] {
+                match self.config.when_down[tier] {
                     WhenDown::Refuse => {
                         self.metrics.moderation_decision("fallback", "unavailable");
                         Verdict::Unavailable(reason)
@@ -396,8 +379,8 @@ impl ContentPolicy for ProviderPolicy {
     fn depends_on_tier(&self) -> bool {
         self.config
             .when_down
-            .iter()
-            .any(|w| *w != self.config.when_down[0])
+            .values()
+            .any(|w| *w != self.config.when_down[Tier::Free])
     }
 }
 
@@ -413,10 +396,10 @@ mod tests {
                 None,
                 None,
                 Duration::from_secs(1),
-                thresholds,
+                thresholds.parse()?,
                 None,
                 10,
-                down,
+                down.parse()?,
             )
         };
         assert!(ok("http://127.0.0.1:9000", "", "refuse").is_ok());
@@ -448,6 +431,7 @@ mod tests {
             ("http://x", "violence=2", "refuse"),
             ("http://x", "", "sometimes"),
             ("http://x", "", "gold=rules"),
+            ("http://x", "", "free=maybe"),
         ] {
             assert!(
                 ok(url, thresholds, down).is_err(),
@@ -459,12 +443,23 @@ mod tests {
             None,
             None,
             Duration::ZERO,
-            "",
+            CategoryScores::default(),
             None,
             1,
-            "rules"
+            WhenDownByTier(PerTier::splat(WhenDown::Rules)),
         )
         .is_err());
+    }
+
+    #[test]
+    fn when_down_is_one_policy_or_one_per_tier() {
+        assert_eq!(
+            " rules ".parse::<WhenDownByTier>(),
+            Ok(WhenDownByTier(PerTier::splat(WhenDown::Rules)))
+        );
+        let by_tier: WhenDownByTier = "basic=rules".parse().unwrap();
+        assert_eq!(by_tier.0[Tier::Basic], WhenDown::Rules);
+        assert_eq!(by_tier.0[Tier::Free], WhenDown::Refuse, "unnamed refuse");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admedia_actors::ids::UserId;
-use admedia_actors::tier::Tier;
+use admedia_actors::tier::{parse_tier_pairs, PerTier, Tier};
 use bb8_redis::RedisConnectionManager;
 use parking_lot::Mutex;
 
@@ -24,13 +24,13 @@ use crate::metrics::Metrics;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-/// Submissions per minute per user, by tier.
+/// Submissions per minute per user, by tier; 0 is unlimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimits(pub [u32; 4]);
+pub struct RateLimits(pub PerTier<u32>);
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits([60, 300, 1200, 6000])
+        RateLimits(PerTier::from([60, 300, 1200, 6000]))
     }
 }
 
@@ -40,19 +40,11 @@ impl std::str::FromStr for RateLimits {
     /// `free=60,basic=300,professional=1200,enterprise=6000`; omitted tiers
     /// keep their default; 0 means unlimited.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut limits = RateLimits::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (tier, n) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?}: expected tier=per_minute"))?;
-            let tier: Tier = tier.trim().parse().map_err(|e| format!("{e}"))?;
-            let n: u32 = n
-                .trim()
-                .parse()
-                .map_err(|_| format!("{part:?}: expected a whole number"))?;
-            limits.0[tier.index()] = n;
-        }
-        Ok(limits)
+        let named = parse_tier_pairs(s, "tier=per_minute", |n| {
+            n.parse::<u32>()
+                .map_err(|_| "expected a whole number".to_owned())
+        })?;
+        Ok(RateLimits(named.or(RateLimits::default().0)))
     }
 }
 
@@ -368,7 +360,7 @@ impl RateLimiter {
     }
 
     pub async fn check(&self, user: UserId, tier: Tier) -> Decision {
-        let limit = self.limits.0[tier.index()];
+        let limit = self.limits.0[tier];
         let decision = self
             .counter
             .apply(&user.to_string(), limit, Mode::Count)
@@ -394,6 +386,7 @@ mod tests {
     fn limits_parse_and_reject_nonsense() {
         let l: RateLimits = "free=5, enterprise=0".parse().unwrap();
         assert_eq!(l.0, [5, 300, 1200, 0]);
+        assert_eq!("".parse::<RateLimits>(), Ok(RateLimits::default()));
         assert!("gold=5".parse::<RateLimits>().is_err());
         assert!("free=x".parse::<RateLimits>().is_err());
         assert!("free".parse::<RateLimits>().is_err());

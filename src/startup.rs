@@ -24,7 +24,7 @@ use crate::http::{self, AppState};
 use crate::materials::Materials;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
-use crate::ratelimit::{RateLimiter, RateLimits};
+use crate::ratelimit::RateLimiter;
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::postgres::PgStore;
 use crate::store::postgres_materials::PgMaterialStore;
@@ -88,7 +88,7 @@ fn open_materials(
     Ok(Arc::new(Materials::new(
         objects,
         catalogue,
-        settings.storage_rules()?,
+        settings.storage_rules(),
         settings.signed_url_ttl,
         config.image_deadline,
         config.video_deadline,
@@ -193,7 +193,7 @@ impl Application {
             store.clone(),
             metrics.clone(),
             settings.webhook_allow_private,
-            std::time::Duration::from_millis(settings.webhook_retry_base_ms.max(1)),
+            settings.webhook_retry_base,
         ));
         crate::outbox::start(store.clone(), events.clone(), webhooks);
         let observer = Arc::new(ServerObserver {
@@ -201,7 +201,7 @@ impl Application {
             events: events.clone(),
         });
         let listener = TcpListener::bind(&settings.bind)
-            .map_err(|e| format!("bind {}: {e}", settings.bind))?;
+            .map_err(|e| format!("ADMEDIA_BIND {}: {e}", settings.bind))?;
         let local = listener.local_addr()?;
         let node_id = settings
             .node_id
@@ -292,10 +292,7 @@ impl Application {
             }
         };
 
-        let limits: RateLimits = settings
-            .rate_limits
-            .parse()
-            .map_err(|e| format!("ADMEDIA_RATE_LIMITS: {e}"))?;
+        let limits = settings.rate_limits;
         let redis_prefix = settings.redis_prefix()?;
         let redis_pool = match &settings.redis_url {
             Some(url) => Some(crate::ratelimit::redis_pool(url)?),
@@ -351,7 +348,7 @@ impl Application {
             rate_limits = rate_limiter_backend,
             sim_workers,
             sim_slots = settings.sim_slots,
-            sim_job_ms = settings.sim_job_ms,
+            sim_job_ms = settings.sim_job_time.as_millis(),
             tier_weights = ?config.tiers.weights(),
             max_attempts = config.max_attempts,
             "admedia serving"

@@ -75,8 +75,9 @@ fn a_price_change_needs_notice() {
 
 #[test]
 fn redirected_logs_have_no_colour_and_the_error_is_printed_once() {
-    // Fails after the store is up, so start-up has logged a warning first.
-    let out = admedia(&[("ADMEDIA_RATE_LIMITS", "gold=5")], &[]);
+    // An address without a port is read as a setting but only fails to
+    // bind once the store is up, so start-up has logged a warning first.
+    let out = admedia(&[("ADMEDIA_BIND", "127.0.0.1")], &[]);
     assert!(!out.status.success());
     let (stdout, stderr) = text(&out);
     assert!(stdout.contains("embedded in-memory store"), "{stdout}");
@@ -85,10 +86,86 @@ fn redirected_logs_have_no_colour_and_the_error_is_printed_once() {
         "colour codes in a redirected log: {stdout:?}"
     );
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
-    assert_eq!(stderr.matches("ADMEDIA_RATE_LIMITS").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("ADMEDIA_BIND").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stdout.contains("ADMEDIA_BIND"), "printed twice: {stdout}");
+}
+
+#[test]
+fn a_bad_typed_setting_is_refused_at_start_by_its_variable() {
+    // Each is read into its typed value as the settings are read, so the
+    // process stops before anything starts (the log stays empty), and the
+    // error names the variable once.
+    for (var, value, why) in [
+        ("ADMEDIA_SIM_JOB_MS", "fast", "milliseconds"),
+        ("ADMEDIA_RETRY_BASE_MS", "1s", "milliseconds"),
+        ("ADMEDIA_RETRY_MAX_MS", "-5", "milliseconds"),
+        ("ADMEDIA_VIDEO_DEADLINE_MS", "1.5", "milliseconds"),
+        ("ADMEDIA_WORKER_LEASE_MS", "15s", "milliseconds"),
+        ("ADMEDIA_WEBHOOK_RETRY_BASE_MS", "soon", "milliseconds"),
+        ("ADMEDIA_TIER_WEIGHTS", "1,2,4", "4 whole numbers"),
+        ("ADMEDIA_TIER_WEIGHTS", "0,2,4,8", "1..=1000"),
+        ("ADMEDIA_RATE_LIMITS", "abc", "expected tier=per_minute"),
+        ("ADMEDIA_RATE_LIMITS", "gold=5", "unknown tier"),
+        ("ADMEDIA_MEMBERSHIP_GIFTS", "basic=-1", "0..="),
+        (
+            "ADMEDIA_MEMBERSHIP_GIFTS",
+            "free=5",
+            "free has no paid months",
+        ),
+        ("ADMEDIA_MAX_WAIT", "free=soon", "free=soon"),
+        ("ADMEDIA_MAX_WAIT", "free=0s", "at least 100 ms"),
+        ("ADMEDIA_OUTPUT_THRESHOLDS", "violence", "category=score"),
+        (
+            "ADMEDIA_MODERATION_THRESHOLDS",
+            "violence=2",
+            "not in 0..=1",
+        ),
+        (
+            "ADMEDIA_MODERATION_DEFAULT_THRESHOLD",
+            "high",
+            "not a number",
+        ),
+        ("ADMEDIA_MODERATION_WHEN_DOWN", "maybe", "refuse, rules"),
+        ("ADMEDIA_STORAGE_QUOTAS", "free=lots", "expected a size"),
+        ("ADMEDIA_RETENTION", "free", "expected tier=duration"),
+        (
+            "ADMEDIA_DOTLESS_EMAIL_DOMAINS",
+            "jdoe@gmail.com",
+            "mail domains",
+        ),
+        ("ADMEDIA_MAX_MATERIAL_SIZE", "5XB", "unknown unit"),
+        ("ADMEDIA_MAX_OUTPUT_SIZE", "big", "expected a size"),
+    ] {
+        let out = admedia(&[(var, value)], &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{var}={value}: {:?}",
+            text(&out)
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(
+            stderr.starts_with(&format!("admedia: {var}: invalid value {value:?}")),
+            "{var}={value}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{var}={value}: {stderr}");
+        assert_eq!(stderr.matches(var).count(), 1, "{var}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stdout.is_empty(), "{var}={value} started: {stdout}");
+    }
+}
+
+#[test]
+fn moderation_settings_are_refused_without_a_provider_too() {
+    // Read at start whether or not ADMEDIA_MODERATION_URL is set, so a
+    // mistake shows before a provider is switched on.
+    let out = admedia(&[("ADMEDIA_MODERATION_WHEN_DOWN", "free=maybe")], &[]);
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
     assert!(
-        !stdout.contains("ADMEDIA_RATE_LIMITS"),
-        "printed twice: {stdout}"
+        stderr.starts_with("admedia: ADMEDIA_MODERATION_WHEN_DOWN"),
+        "{stderr}"
     );
 }
 

@@ -86,9 +86,9 @@ impl App {
             admin_token: Some(ADMIN_TOKEN.into()),
             worker_token: Some(WORKER_TOKEN.into()),
             sim_workers: Some(0),
-            retry_base_ms: 10,
-            retry_max_ms: 40,
-            worker_lease_ms: 120_000,
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(40),
+            worker_lease: Duration::from_millis(120_000),
             http_workers: Some(2),
             registrations_per_hour: 0,
             ..Settings::default()

@@ -262,8 +262,8 @@ async fn database_outage_answers_503_and_recovers() {
     settings.database_url = Some(via_proxy);
     settings.admin_token = Some(ADMIN_TOKEN.into());
     settings.sim_workers = Some(2);
-    settings.sim_job_ms = 20;
-    settings.rate_limits = "free=0".into();
+    settings.sim_job_time = Duration::from_millis(20);
+    settings.rate_limits = "free=0".parse().expect("rate limits");
     let app = admedia::startup::Application::build(settings)
         .await
         .expect("build");

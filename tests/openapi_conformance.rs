@@ -53,7 +53,7 @@ async fn start() -> (String, awc::Client) {
     settings.worker_token = Some(WORKER_TOKEN.into());
     settings.payment_secret = Some(PAYMENT_SECRET.into());
     settings.sim_workers = Some(2);
-    settings.sim_job_ms = 5;
+    settings.sim_job_time = Duration::from_millis(5);
     settings.http_workers = Some(2);
     // Generated prompts trip the content rules now and then; the test
     // account must not be suspended for it half-way through.

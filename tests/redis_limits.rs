@@ -87,7 +87,7 @@ async fn submissions_continue_when_redis_is_unreachable() {
     // find the user of the previous run.
     settings.database_url = None;
     settings.sim_workers = Some(0);
-    settings.rate_limits = "free=1".into();
+    settings.rate_limits = "free=1".parse().expect("rate limits");
     // Nothing listens here.
     settings.redis_url = Some(format!("redis://127.0.0.1:{}/", support::free_port()));
     let app = admedia::startup::Application::build(settings)

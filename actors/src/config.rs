@@ -151,6 +151,47 @@ impl JobRetention {
     }
 }
 
+impl std::str::FromStr for JobRetention {
+    type Err = String;
+
+    /// `succeeded=7d,failed=30d`: the final states named get that
+    /// retention, the others keep their default.
+    fn from_str(raw: &str) -> Result<JobRetention, String> {
+        let mut retention = JobRetention::default();
+        let mut named: Vec<&str> = Vec::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (state, span) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected state=duration, e.g. failed=30d"))?;
+            let state = state.trim();
+            let span = crate::price_schedule::parse_duration(span.trim())
+                .map_err(|e| format!("{part:?}: {e}"))?;
+            let slot = match state {
+                "succeeded" => &mut retention.succeeded,
+                "failed" => &mut retention.failed,
+                "cancelled" => &mut retention.cancelled,
+                "queued" | "assigned" | "running" => {
+                    return Err(format!(
+                        "{part:?}: {state} jobs have not finished; only succeeded, failed and cancelled jobs are pruned"
+                    ))
+                }
+                other => {
+                    return Err(format!(
+                        "unknown state {other:?} (succeeded, failed, cancelled)"
+                    ))
+                }
+            };
+            if named.contains(&state) {
+                return Err(format!("{state} is named twice"));
+            }
+            named.push(state);
+            *slot = span;
+        }
+        retention.validate()?;
+        Ok(retention)
+    }
+}
+
 /// The longest wait per tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -160,6 +201,27 @@ impl Default for WaitLimits {
     fn default() -> Self {
         let h = |n: u64| Duration::from_secs(n * 3600);
         WaitLimits(PerTier::from([h(24), h(12), h(6), h(6)]))
+    }
+}
+
+/// The shortest wait a tier may be given: less expires a job before any
+/// worker could take it.
+pub const MIN_WAIT: Duration = Duration::from_millis(100);
+
+impl std::str::FromStr for WaitLimits {
+    type Err = String;
+
+    /// `free=24h,enterprise=30m`: the tiers named get that waiting limit,
+    /// the others keep their default.
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let named = crate::tier::parse_tier_pairs(raw, "tier=duration", |text| {
+            let limit = crate::price_schedule::parse_duration(text)?;
+            if limit < MIN_WAIT {
+                return Err("a waiting limit must be at least 100 ms".into());
+            }
+            Ok(limit)
+        })?;
+        Ok(WaitLimits(named.or(WaitLimits::default().0)))
     }
 }
 
@@ -259,12 +321,7 @@ impl OrchestratorConfig {
             return Err("retry_base must not exceed retry_max".into());
         }
         self.models.validate()?;
-        if self
-            .max_wait
-            .0
-            .values()
-            .any(|d| *d < Duration::from_millis(100))
-        {
+        if self.max_wait.0.values().any(|d| *d < MIN_WAIT) {
             return Err("max_wait must be at least 100 ms for every tier".into());
         }
         if !(1..=100).contains(&self.quarantine_after) {
@@ -379,5 +436,17 @@ mod tests {
         assert!(cfg.validate().is_ok());
         cfg.max_attempts = 0;
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn waiting_limits_parse_over_the_defaults() {
+        let limits: WaitLimits = "free=2h, enterprise=90s".parse().unwrap();
+        assert_eq!(limits[Tier::Free], Duration::from_secs(7200));
+        assert_eq!(limits[Tier::Enterprise], Duration::from_secs(90));
+        assert_eq!(limits[Tier::Basic], WaitLimits::default()[Tier::Basic]);
+        assert_eq!("".parse::<WaitLimits>(), Ok(WaitLimits::default()));
+        for bad in ["free", "gold=1h", "free=soon", "free=0s", "free=99ms"] {
+            assert!(bad.parse::<WaitLimits>().is_err(), "{bad} accepted");
+        }
     }
 }

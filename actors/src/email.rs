@@ -32,18 +32,33 @@ impl Default for EmailRules {
     }
 }
 
-impl EmailRules {
-    /// `gmail.com, googlemail.com` (comma-separated, any case); empty: none.
-    pub fn from_list(list: &str) -> EmailRules {
-        EmailRules {
-            dotless_domains: list
-                .split(',')
-                .map(|d| d.trim().to_lowercase())
-                .filter(|d| !d.is_empty())
-                .collect(),
-        }
-    }
+impl std::str::FromStr for EmailRules {
+    type Err = String;
 
+    /// `gmail.com, googlemail.com` (comma-separated, any case); empty: none.
+    fn from_str(list: &str) -> Result<EmailRules, String> {
+        let mut dotless_domains = Vec::new();
+        for domain in list.split(',').map(|d| d.trim().to_lowercase()) {
+            if domain.is_empty() {
+                continue;
+            }
+            // A domain is compared with the part of an address after `@`:
+            // one with other characters would never match, silently.
+            if !domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+            {
+                return Err(format!(
+                    "{domain:?}: expected mail domains like gmail.com, separated by commas"
+                ));
+            }
+            dotless_domains.push(domain);
+        }
+        Ok(EmailRules { dotless_domains })
+    }
+}
+
+impl EmailRules {
     fn canonical(&self, local: &str, domain: &str) -> String {
         // `+tag` is a sub-address of the same mailbox; a local part that
         // is all tag (`+x@`) is left as it is.
@@ -182,8 +197,15 @@ mod tests {
                 "kept for display"
             );
         }
-        let custom = EmailRules::from_list(" Example.com ,, ");
+        let custom: EmailRules = " Example.com ,, ".parse().unwrap();
         assert_eq!(custom.dotless_domains, ["example.com"]);
+        for bad in [
+            "jdoe@gmail.com",
+            "gmail.com googlemail.com",
+            "gmail.com;x.org",
+        ] {
+            assert!(bad.parse::<EmailRules>().is_err(), "{bad} accepted");
+        }
         assert_eq!(
             Email::parse_with("a.b@example.com", &custom)
                 .unwrap()

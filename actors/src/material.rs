@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, MaterialId, UserId};
 use crate::job::JobKind;
-use crate::tier::{License, Tier};
+use crate::tier::{License, PerTier, Tier};
 
 /// How many leading bytes [`MediaType::sniff`] needs.
 pub const SNIFF_BYTES: usize = 16;
@@ -228,6 +228,85 @@ impl StorageRules {
             .ok()
             .and_then(|d| now.checked_add_signed(d))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
+/// A number of bytes as settings write it: `500MB`, `5GB`, `64KB`
+/// (powers of 1024) or plain bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<ByteSize, String> {
+        parse_size(raw).map(ByteSize)
+    }
+}
+
+/// `500MB`, `5GB`, `64KB` (powers of 1024) or a number of bytes.
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let s = raw.trim().to_ascii_uppercase();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s.as_str(), ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a size like 500MB, 5GB or bytes"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "K" => 1 << 10,
+        "MB" | "M" => 1 << 20,
+        "GB" | "G" => 1 << 30,
+        "TB" | "T" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{raw:?}: unknown unit {other:?} (B, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{raw:?}: too large"))
+}
+
+/// Storage quotas set per tier by a setting, e.g. `free=500MB,basic=5GB`;
+/// tiers not named keep their default.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct TierQuotas(pub PerTier<Option<u64>>);
+
+impl std::str::FromStr for TierQuotas {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<TierQuotas, String> {
+        crate::tier::parse_tier_pairs(raw, "tier=size", parse_size).map(TierQuotas)
+    }
+}
+
+/// Retention set per tier by a setting, e.g. `free=7d,enterprise=90d`;
+/// tiers not named keep their default.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct TierRetention(pub PerTier<Option<Duration>>);
+
+impl std::str::FromStr for TierRetention {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<TierRetention, String> {
+        crate::tier::parse_tier_pairs(raw, "tier=duration", crate::price_schedule::parse_duration)
+            .map(TierRetention)
+    }
+}
+
+impl StorageRules {
+    /// These rules with the tiers named by `quotas` and `retention` changed.
+    pub fn with_tiers(mut self, quotas: &TierQuotas, retention: &TierRetention) -> StorageRules {
+        for tier in Tier::ALL {
+            let storage = self.of_mut(tier);
+            if let Some(bytes) = quotas.0[tier] {
+                storage.quota_bytes = bytes;
+            }
+            if let Some(span) = retention.0[tier] {
+                storage.retention = span;
+            }
+        }
+        self
     }
 }
 

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::ids::UserId;
 use crate::job::RequestHash;
 use crate::money::{Credits, Wallet};
-use crate::tier::{Membership, Tier};
+use crate::tier::{Membership, PerTier, Tier};
 use crate::user::User;
 
 /// How long a membership purchase lasts.
@@ -225,13 +225,50 @@ impl GiftTable {
             ("professional", self.professional),
             ("enterprise", self.enterprise),
         ] {
-            if !(0..=10_000_000).contains(&v) {
-                return Err(format!("membership gift {name} must be 0..=10000000"));
+            if !(0..=MAX_GIFT).contains(&v) {
+                return Err(format!("membership gift {name} must be 0..={MAX_GIFT}"));
             }
         }
         Ok(())
     }
 }
+
+/// Gift credits set per paid tier by a setting, over the table the
+/// configuration file (or the default) gives: `basic=200,enterprise=5000`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct GiftOverrides(pub PerTier<Option<i64>>);
+
+impl GiftOverrides {
+    pub fn over(&self, base: GiftTable) -> GiftTable {
+        GiftTable {
+            basic: self.0[Tier::Basic].unwrap_or(base.basic),
+            professional: self.0[Tier::Professional].unwrap_or(base.professional),
+            enterprise: self.0[Tier::Enterprise].unwrap_or(base.enterprise),
+        }
+    }
+}
+
+impl std::str::FromStr for GiftOverrides {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<GiftOverrides, String> {
+        let named = crate::tier::parse_tier_pairs(raw, "tier=credits", |amount| {
+            let amount: i64 = amount
+                .parse()
+                .map_err(|_| "expected a whole number of credits".to_owned())?;
+            if !(0..=MAX_GIFT).contains(&amount) {
+                return Err(format!("a membership gift must be 0..={MAX_GIFT}"));
+            }
+            Ok(amount)
+        })?;
+        if named[Tier::Free].is_some() {
+            return Err("free has no paid months to gift (basic, professional, enterprise)".into());
+        }
+        Ok(GiftOverrides(named))
+    }
+}
+
+/// The most credits one paid month may gift.
+const MAX_GIFT: i64 = 10_000_000;
 
 /// The membership after buying `tier` for `period` at `now`, and the start
 /// of the paid period. `None` when the dates overflow.

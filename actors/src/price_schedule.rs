@@ -120,6 +120,15 @@ impl PriceBook {
     }
 }
 
+/// Parses a whole number of milliseconds (`1500`), the unit of every
+/// setting whose name ends in `_MS`.
+pub fn parse_millis(raw: &str) -> Result<Duration, String> {
+    raw.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{raw:?}: expected a whole number of milliseconds"))
+}
+
 /// Parses a duration written as seconds (`3600`) or as numbers with units
 /// `d`, `h`, `m`, `s`, possibly combined (`7d`, `36h`, `1d12h`, `90s`).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -276,6 +285,15 @@ mod tests {
                 continue;
             }
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn millisecond_settings_are_whole_numbers() {
+        assert_eq!(parse_millis("1500"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_millis(" 0 "), Ok(Duration::ZERO));
+        for bad in ["", "-1", "1.5", "2s", "99999999999999999999"] {
+            assert!(parse_millis(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -158,6 +158,39 @@ impl<T> PerTier<T> {
     }
 }
 
+impl<T> PerTier<Option<T>> {
+    /// The tiers given here take their value; the others keep `base`'s.
+    pub fn or(self, base: PerTier<T>) -> PerTier<T> {
+        let mut out = base;
+        for (slot, value) in out.0.iter_mut().zip(self.0) {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        }
+        out
+    }
+}
+
+/// Reads `free=…,basic=…` as settings write values per tier: each pair's
+/// value is read by `value`, a tier not named is `None`, and a tier named
+/// twice takes its last value. `shape` is what a pair should look like,
+/// for the error (`tier=duration`).
+pub fn parse_tier_pairs<T>(
+    raw: &str,
+    shape: &str,
+    mut value: impl FnMut(&str) -> Result<T, String>,
+) -> Result<PerTier<Option<T>>, String> {
+    let mut out = PerTier::from_fn(|_| None);
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (tier, text) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected {shape}"))?;
+        let tier: Tier = tier.trim().parse().map_err(|e: TierError| e.to_string())?;
+        out[tier] = Some(value(text.trim()).map_err(|e| format!("{part:?}: {e}"))?);
+    }
+    Ok(out)
+}
+
 impl<T: Copy> PerTier<T> {
     /// The same value for every tier.
     pub const fn splat(value: T) -> Self {
@@ -365,5 +398,26 @@ mod tests {
         }
         let tiers: Vec<Tier> = PerTier::from_fn(|t| t).iter().map(|(t, _)| t).collect();
         assert_eq!(tiers, Tier::ALL);
+    }
+
+    #[test]
+    fn tier_pairs_name_some_tiers_over_a_base() {
+        let number = |v: &str| v.parse::<u32>().map_err(|e| e.to_string());
+        let named = parse_tier_pairs(" free=5, enterprise=0 ,", "tier=n", number).unwrap();
+        assert_eq!(named.or(PerTier::splat(9)), [5, 9, 9, 0]);
+        let last = parse_tier_pairs("basic=1,basic=2", "tier=n", number).unwrap();
+        assert_eq!(last[Tier::Basic], Some(2));
+        assert_eq!(
+            parse_tier_pairs("", "tier=n", number).unwrap(),
+            PerTier::splat(None)
+        );
+        for (bad, why) in [
+            ("free", "expected tier=n"),
+            ("gold=5", "unknown tier \"gold\""),
+            ("free=x", "\"free=x\": invalid digit"),
+        ] {
+            let e = parse_tier_pairs(bad, "tier=n", number).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

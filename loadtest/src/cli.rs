@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use admedia_actors::price_schedule::parse_millis;
+use admedia_actors::tier::{PerTier, Tier};
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,13 +92,13 @@ pub struct Cli {
     /// With `--spawn`: do not build the server when no binary is found.
     #[arg(long)]
     pub no_build: bool,
-    /// With `--spawn`: the heartbeat lease (ADMEDIA_WORKER_LEASE_MS); a
-    /// hung worker is dropped after it.
-    #[arg(long)]
-    pub lease_ms: Option<u64>,
-    /// With `--spawn`: first retry delay (ADMEDIA_RETRY_BASE_MS).
-    #[arg(long)]
-    pub retry_base_ms: Option<u64>,
+    /// With `--spawn`: the heartbeat lease in milliseconds
+    /// (ADMEDIA_WORKER_LEASE_MS); a hung worker is dropped after it.
+    #[arg(long = "lease-ms", value_name = "MS", value_parser = parse_millis)]
+    pub lease: Option<Duration>,
+    /// With `--spawn`: first retry delay in milliseconds (ADMEDIA_RETRY_BASE_MS).
+    #[arg(long = "retry-base-ms", value_name = "MS", value_parser = parse_millis)]
+    pub retry_base: Option<Duration>,
     /// With `--spawn`: the waiting limits per tier (ADMEDIA_MAX_WAIT), e.g.
     /// `free=18s,enterprise=12s`; the fleet scenario sets short ones so
     /// the jobs no worker can run expire during the run.
@@ -134,14 +136,14 @@ pub struct Cli {
     #[arg(long)]
     pub users: Option<usize>,
     /// Relative numbers of users per tier, Free,Basic,Professional,Enterprise.
-    #[arg(long)]
-    pub tier_mix: Option<String>,
+    #[arg(long, value_parser = per_tier_numbers)]
+    pub tier_mix: Option<PerTier<u32>>,
     /// Credits granted to each user (as a purchase).
     #[arg(long)]
     pub credits: Option<i64>,
     /// The server's tier weights, for the expected dispatch shares.
-    #[arg(long, default_value = "1,2,4,8")]
-    pub tier_weights: String,
+    #[arg(long, default_value = "1,2,4,8", value_parser = per_tier_numbers)]
+    pub tier_weights: PerTier<u32>,
 
     // --- workers and faults ---
     /// Simulated GPU workers connected over the WebSocket protocol.
@@ -150,10 +152,10 @@ pub struct Cli {
     /// Slots of each worker.
     #[arg(long)]
     pub slots: Option<u32>,
-    /// Mean time of one attempt on a worker.
-    #[arg(long)]
-    pub job_ms: Option<u64>,
-    /// Spread of the attempt time: uniform in job_ms × (1 ± jitter).
+    /// Mean time of one attempt on a worker, in milliseconds.
+    #[arg(long = "job-ms", value_name = "MS", value_parser = parse_millis)]
+    pub job_time: Option<Duration>,
+    /// Spread of the attempt time: uniform in job-ms × (1 ± jitter).
     #[arg(long)]
     pub job_jitter: Option<f64>,
     /// Probability, per attempt, that the worker drops its connection mid-job.
@@ -163,7 +165,7 @@ pub struct Cli {
     /// heartbeating and answering until the server drops it.
     #[arg(long)]
     pub hang_rate: Option<f64>,
-    /// Probability that an attempt is slow (job_ms × slow_factor).
+    /// Probability that an attempt is slow (job-ms × slow-factor).
     #[arg(long)]
     pub slow_rate: Option<f64>,
     #[arg(long)]
@@ -177,9 +179,9 @@ pub struct Cli {
     /// Probability that a final report (complete/fail) is sent again later.
     #[arg(long)]
     pub duplicate_rate: Option<f64>,
-    /// How much later a duplicate report is sent.
-    #[arg(long)]
-    pub duplicate_delay_ms: Option<u64>,
+    /// How much later a duplicate report is sent, in milliseconds.
+    #[arg(long = "duplicate-delay-ms", value_name = "MS", value_parser = parse_millis)]
+    pub duplicate_delay: Option<Duration>,
     /// Leave Nagle's algorithm on for the workers' sockets, as plain awc
     /// does; by default the harness sets TCP_NODELAY, as the
     /// `admedia-worker` agent does, so small frames are not held for the
@@ -248,7 +250,18 @@ pub struct Faults {
     pub system_error_rate: f64,
     pub user_error_rate: f64,
     pub duplicate_rate: f64,
-    pub duplicate_delay_ms: u64,
+    #[serde(rename = "duplicate_delay_ms", serialize_with = "as_millis")]
+    pub duplicate_delay: Duration,
+}
+
+/// A setting's duration in report.json: milliseconds, as it was given.
+fn as_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_millis())
+}
+
+/// Per-tier values in report.json: a list in `Tier::ALL` order.
+pub fn in_tier_order<T: Serialize, S: Serializer>(v: &PerTier<T>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.values())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -287,8 +300,10 @@ pub struct Plan {
     #[serde(skip)]
     pub target: Target,
     pub mode: String,
-    pub lease_ms: u64,
-    pub retry_base_ms: u64,
+    #[serde(rename = "lease_ms", serialize_with = "as_millis")]
+    pub lease: Duration,
+    #[serde(rename = "retry_base_ms", serialize_with = "as_millis")]
+    pub retry_base: Duration,
     pub max_wait: Option<String>,
     pub quarantine_after: Option<u32>,
     pub quarantine_base: Option<String>,
@@ -297,12 +312,15 @@ pub struct Plan {
     pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,
     pub users: usize,
-    pub tier_mix: [u32; 4],
+    #[serde(serialize_with = "in_tier_order")]
+    pub tier_mix: PerTier<u32>,
     pub credits: i64,
-    pub weights: [u32; 4],
+    #[serde(serialize_with = "in_tier_order")]
+    pub weights: PerTier<u32>,
     pub workers: usize,
     pub slots: u32,
-    pub job_ms: u64,
+    #[serde(rename = "job_ms", serialize_with = "as_millis")]
+    pub job_time: Duration,
     pub job_jitter: f64,
     pub worker_nagle: bool,
     pub faults: Faults,
@@ -324,8 +342,8 @@ pub struct Plan {
 impl Plan {
     /// The server's longest retry delay (ADMEDIA_RETRY_MAX_MS of a
     /// spawned server).
-    pub fn retry_max_ms(&self) -> u64 {
-        (self.retry_base_ms * 8).max(500)
+    pub fn retry_max(&self) -> Duration {
+        (self.retry_base.saturating_mul(8)).max(Duration::from_millis(500))
     }
 
     /// Seconds into the load from which a soak is in its steady state.
@@ -356,11 +374,11 @@ impl Plan {
 /// A scenario's defaults.
 struct Defaults {
     users: usize,
-    tier_mix: [u32; 4],
+    tier_mix: PerTier<u32>,
     credits: i64,
     workers: usize,
     slots: u32,
-    job_ms: u64,
+    job_time: Duration,
     job_jitter: f64,
     faults: Faults,
     rate: f64,
@@ -371,7 +389,7 @@ struct Defaults {
     cancel: f64,
     video: f64,
     prefill: u64,
-    lease_ms: u64,
+    lease: Duration,
     drain_timeout_s: f64,
     max_wait: Option<&'static str>,
     quarantine_after: Option<u32>,
@@ -389,7 +407,7 @@ fn no_faults() -> Faults {
         system_error_rate: 0.0,
         user_error_rate: 0.0,
         duplicate_rate: 0.0,
-        duplicate_delay_ms: 300,
+        duplicate_delay: Duration::from_millis(300),
     }
 }
 
@@ -397,11 +415,11 @@ fn defaults(s: Scenario) -> Defaults {
     match s {
         Scenario::Smoke => Defaults {
             users: 8,
-            tier_mix: [1, 1, 1, 1],
+            tier_mix: PerTier::from([1, 1, 1, 1]),
             credits: 10_000,
             workers: 3,
             slots: 4,
-            job_ms: 40,
+            job_time: Duration::from_millis(40),
             job_jitter: 0.5,
             faults: Faults {
                 crash_rate: 0.01,
@@ -411,7 +429,7 @@ fn defaults(s: Scenario) -> Defaults {
                 system_error_rate: 0.05,
                 user_error_rate: 0.02,
                 duplicate_rate: 0.05,
-                duplicate_delay_ms: 200,
+                duplicate_delay: Duration::from_millis(200),
             },
             rate: 40.0,
             closed_loop: false,
@@ -421,7 +439,7 @@ fn defaults(s: Scenario) -> Defaults {
             cancel: 0.1,
             video: 0.1,
             prefill: 0,
-            lease_ms: 1_500,
+            lease: Duration::from_millis(1_500),
             drain_timeout_s: 12.0,
             max_wait: None,
             quarantine_after: None,
@@ -431,11 +449,11 @@ fn defaults(s: Scenario) -> Defaults {
         },
         Scenario::Fairness => Defaults {
             users: 15,
-            tier_mix: [1, 2, 4, 8],
+            tier_mix: PerTier::from([1, 2, 4, 8]),
             credits: 1_000_000,
             workers: 4,
             slots: 4,
-            job_ms: 50,
+            job_time: Duration::from_millis(50),
             job_jitter: 0.2,
             faults: no_faults(),
             rate: 400.0,
@@ -446,7 +464,7 @@ fn defaults(s: Scenario) -> Defaults {
             cancel: 0.0,
             video: 0.0,
             prefill: 1_500,
-            lease_ms: 5_000,
+            lease: Duration::from_millis(5_000),
             drain_timeout_s: 60.0,
             max_wait: None,
             quarantine_after: None,
@@ -456,11 +474,11 @@ fn defaults(s: Scenario) -> Defaults {
         },
         Scenario::Chaos => Defaults {
             users: 8,
-            tier_mix: [1, 1, 1, 1],
+            tier_mix: PerTier::from([1, 1, 1, 1]),
             credits: 100_000,
             workers: 4,
             slots: 4,
-            job_ms: 100,
+            job_time: Duration::from_millis(100),
             job_jitter: 0.5,
             faults: Faults {
                 crash_rate: 0.03,
@@ -470,7 +488,7 @@ fn defaults(s: Scenario) -> Defaults {
                 system_error_rate: 0.1,
                 user_error_rate: 0.03,
                 duplicate_rate: 0.1,
-                duplicate_delay_ms: 300,
+                duplicate_delay: Duration::from_millis(300),
             },
             rate: 30.0,
             closed_loop: false,
@@ -480,7 +498,7 @@ fn defaults(s: Scenario) -> Defaults {
             cancel: 0.15,
             video: 0.1,
             prefill: 0,
-            lease_ms: 2_000,
+            lease: Duration::from_millis(2_000),
             drain_timeout_s: 120.0,
             max_wait: None,
             quarantine_after: None,
@@ -490,11 +508,11 @@ fn defaults(s: Scenario) -> Defaults {
         },
         Scenario::Throughput => Defaults {
             users: 8,
-            tier_mix: [1, 1, 1, 1],
+            tier_mix: PerTier::from([1, 1, 1, 1]),
             credits: 10_000_000,
             workers: 8,
             slots: 16,
-            job_ms: 0,
+            job_time: Duration::from_millis(0),
             job_jitter: 0.0,
             faults: no_faults(),
             rate: 1_000.0,
@@ -505,7 +523,7 @@ fn defaults(s: Scenario) -> Defaults {
             cancel: 0.0,
             video: 0.0,
             prefill: 0,
-            lease_ms: 15_000,
+            lease: Duration::from_millis(15_000),
             drain_timeout_s: 600.0,
             max_wait: None,
             quarantine_after: None,
@@ -519,11 +537,11 @@ fn defaults(s: Scenario) -> Defaults {
             users: 15,
             // At least two users per tier: the head-of-line check reasons
             // about turns between a tier's users.
-            tier_mix: [2, 3, 4, 6],
+            tier_mix: PerTier::from([2, 3, 4, 6]),
             credits: 10_000_000,
             workers: 7,
             slots: 3,
-            job_ms: 500,
+            job_time: Duration::from_millis(500),
             job_jitter: 0.2,
             faults: no_faults(),
             rate: 1.0,
@@ -534,7 +552,7 @@ fn defaults(s: Scenario) -> Defaults {
             cancel: 0.0,
             video: 0.0,
             prefill: 0,
-            lease_ms: 5_000,
+            lease: Duration::from_millis(5_000),
             drain_timeout_s: 90.0,
             max_wait: Some("free=18s,basic=16s,professional=14s,enterprise=12s"),
             quarantine_after: Some(3),
@@ -546,11 +564,11 @@ fn defaults(s: Scenario) -> Defaults {
         // short and what grows (or not) is what the store keeps.
         Scenario::Soak => Defaults {
             users: 40,
-            tier_mix: [1, 1, 1, 1],
+            tier_mix: PerTier::from([1, 1, 1, 1]),
             credits: 1_000_000_000,
             workers: 8,
             slots: 32,
-            job_ms: 20,
+            job_time: Duration::from_millis(20),
             job_jitter: 0.5,
             faults: no_faults(),
             rate: 2_000.0,
@@ -561,7 +579,7 @@ fn defaults(s: Scenario) -> Defaults {
             cancel: 0.0,
             video: 0.0,
             prefill: 0,
-            lease_ms: 15_000,
+            lease: Duration::from_millis(15_000),
             drain_timeout_s: 120.0,
             max_wait: None,
             quarantine_after: None,
@@ -580,18 +598,22 @@ fn fraction(name: &str, v: f64) -> Result<f64, String> {
     }
 }
 
-fn four(name: &str, raw: &str) -> Result<[u32; 4], String> {
+/// One whole number per tier, Free,Basic,Professional,Enterprise: `1,2,4,8`.
+fn per_tier_numbers(raw: &str) -> Result<PerTier<u32>, String> {
+    let expected = || {
+        format!(
+            "expected {} whole numbers (Free,Basic,Professional,Enterprise) like 1,2,4,8",
+            Tier::COUNT
+        )
+    };
     let parsed: Vec<u32> = raw
         .split(',')
         .map(|w| w.trim().parse::<u32>())
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("--{name} {raw:?}: expected four whole numbers like 1,2,4,8"))?;
-    match parsed[..] {
-        [a, b, c, d] => Ok([a, b, c, d]),
-        _ => Err(format!(
-            "--{name} {raw:?}: expected four numbers (Free,Basic,Professional,Enterprise)"
-        )),
-    }
+        .map_err(|_| expected())?;
+    <[u32; Tier::COUNT]>::try_from(parsed)
+        .map(PerTier::from)
+        .map_err(|_| expected())
 }
 
 impl Cli {
@@ -682,7 +704,7 @@ impl Cli {
                 "duplicate-rate",
                 self.duplicate_rate.unwrap_or(f.duplicate_rate),
             )?,
-            duplicate_delay_ms: self.duplicate_delay_ms.unwrap_or(f.duplicate_delay_ms),
+            duplicate_delay: self.duplicate_delay.unwrap_or(f.duplicate_delay),
         };
         if !(faults.slow_factor.is_finite() && faults.slow_factor >= 1.0) {
             return Err("--slow-factor must be at least 1".into());
@@ -727,15 +749,12 @@ impl Cli {
         if users == 0 || users > 100_000 {
             return Err("--users must be 1..=100000".into());
         }
-        let tier_mix = match &self.tier_mix {
-            Some(raw) => four("tier-mix", raw)?,
-            None => d.tier_mix,
-        };
-        if tier_mix.iter().all(|&m| m == 0) {
+        let tier_mix = self.tier_mix.unwrap_or(d.tier_mix);
+        if tier_mix.values().all(|&m| m == 0) {
             return Err("--tier-mix must give at least one tier some users".into());
         }
-        let weights = four("tier-weights", &self.tier_weights)?;
-        if weights.contains(&0) {
+        let weights = self.tier_weights;
+        if weights.values().any(|&w| w == 0) {
             return Err("--tier-weights must all be positive".into());
         }
         let workers = self.workers.unwrap_or(d.workers);
@@ -784,8 +803,11 @@ impl Cli {
             scenario: self.scenario,
             target,
             mode,
-            lease_ms: self.lease_ms.unwrap_or(d.lease_ms).max(100),
-            retry_base_ms: self.retry_base_ms.unwrap_or(50),
+            lease: self
+                .lease
+                .unwrap_or(d.lease)
+                .max(Duration::from_millis(100)),
+            retry_base: self.retry_base.unwrap_or(Duration::from_millis(50)),
             max_wait: self.max_wait.clone().or(d.max_wait.map(str::to_owned)),
             quarantine_after: self.quarantine_after.or(d.quarantine_after),
             quarantine_base: self
@@ -808,7 +830,7 @@ impl Cli {
             weights,
             workers,
             slots,
-            job_ms: self.job_ms.unwrap_or(d.job_ms),
+            job_time: self.job_time.unwrap_or(d.job_time),
             job_jitter,
             worker_nagle: self.worker_nagle,
             faults,
@@ -870,7 +892,7 @@ mod tests {
             .max_wait
             .as_deref()
             .is_some_and(|w| w.contains("enterprise=")));
-        assert!(p.tier_mix.iter().all(|&m| m >= 2));
+        assert!(p.tier_mix.values().all(|&m| m >= 2));
         let p = parse(&["--spawn", "--scenario", "soak", "--duration", "30"]).unwrap();
         assert!(matches!(p.load, Load::Open { rate } if rate == 2_000.0));
         assert!(p.job_retention.is_some() && p.sweep_every.is_some());
@@ -895,6 +917,20 @@ mod tests {
         assert!(parse(&["--spawn", "--tier-mix", "1,2"])
             .unwrap_err()
             .contains("tier-mix"));
+        assert!(parse(&["--spawn", "--tier-weights", "1,0,4,8"])
+            .unwrap_err()
+            .contains("tier-weights"));
+        for flag in [
+            "--job-ms",
+            "--lease-ms",
+            "--retry-base-ms",
+            "--duplicate-delay-ms",
+        ] {
+            assert!(
+                parse(&["--spawn", flag, "1s"]).unwrap_err().contains(flag),
+                "{flag}"
+            );
+        }
         assert!(parse(&["--spawn", "--chaos-kill-every", "5"])
             .unwrap_err()
             .contains("database-url"));
@@ -909,5 +945,35 @@ mod tests {
         assert!(parse(&["--spawn", "--rate", "0"])
             .unwrap_err()
             .contains("rate"));
+    }
+
+    #[test]
+    fn millisecond_flags_are_durations_and_the_report_keeps_milliseconds() {
+        let p = parse(&[
+            "--spawn",
+            "--job-ms=70",
+            "--lease-ms=2500",
+            "--retry-base-ms=20",
+            "--duplicate-delay-ms=150",
+            "--tier-mix=1,0,0,3",
+        ])
+        .unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (p.job_time, p.lease, p.retry_base),
+            (ms(70), ms(2500), ms(20))
+        );
+        assert_eq!(p.faults.duplicate_delay, ms(150));
+        assert_eq!(p.retry_max(), ms(500), "at least 500 ms");
+        assert_eq!(p.tier_mix[Tier::Enterprise], 3);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["job_ms"], 70);
+        assert_eq!(json["lease_ms"], 2500);
+        assert_eq!(json["retry_base_ms"], 20);
+        assert_eq!(json["faults"]["duplicate_delay_ms"], 150);
+        assert_eq!(json["tier_mix"], serde_json::json!([1, 0, 0, 3]));
+        assert_eq!(json["weights"], serde_json::json!([1, 2, 4, 8]));
+        let p = parse(&["--spawn", "--lease-ms=5"]).unwrap();
+        assert_eq!(p.lease, ms(100), "a lease is at least 100 ms");
     }
 }

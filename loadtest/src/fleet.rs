@@ -21,11 +21,12 @@
 //!   each of which must have been voided.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use admedia_actors::ids::JobId;
 use admedia_actors::job::{Charge, JobKind, JobState};
 use admedia_actors::ledger::EntryKind;
-use admedia_actors::tier::Tier;
+use admedia_actors::tier::{PerTier, Tier};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -143,7 +144,7 @@ pub fn fleet() -> Vec<FleetWorker> {
                 vram_mb,
                 ms_per_unit: real.clone(),
                 broken,
-                broken_after_ms: 50,
+                broken_after: Duration::from_millis(50),
             },
             slots,
         };
@@ -316,9 +317,9 @@ pub struct SeenPoll {
 }
 
 pub struct FleetInput<'a> {
-    pub weights: [u32; 4],
+    pub weights: PerTier<u32>,
     /// Users per tier.
-    pub users_per_tier: [usize; 4],
+    pub users_per_tier: PerTier<usize>,
     pub workers: &'a [FleetWorker],
     pub jobs: &'a [FleetJob],
     pub assigns: &'a [SeenAssign],
@@ -409,7 +410,8 @@ pub struct Expiry {
     pub orphans: u64,
     /// Orphan jobs that ended otherwise than expired.
     pub orphans_not_expired: u64,
-    pub by_tier: [u64; 4],
+    #[serde(serialize_with = "crate::cli::in_tier_order")]
+    pub by_tier: PerTier<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -543,12 +545,12 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
     let mut waiting: HashSet<JobId> = HashSet::new();
     // Decided but not yet arrived at its worker.
     let mut turned: HashSet<JobId> = HashSet::new();
-    let mut by_class = [[0u64; CLASSES]; 4];
+    let mut by_class: PerTier<[u64; CLASSES]> = PerTier::splat([0; CLASSES]);
     let mut lines: HashMap<usize, BTreeSet<(i64, JobId)>> = HashMap::new();
     let mut user_class: HashMap<(usize, usize), u64> = HashMap::new();
-    let mut users_of_tier: [BTreeSet<usize>; 4] = Default::default();
+    let mut users_of_tier: PerTier<BTreeSet<usize>> = PerTier::default();
     for j in input.jobs {
-        users_of_tier[j.tier.index()].insert(j.user);
+        users_of_tier[j.tier].insert(j.user);
     }
     // Slots.
     let mut held = vec![0u32; n_workers];
@@ -559,8 +561,8 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
     let mut last_t = w0;
     // Shares.
     let mut backlogged_us = 0u64;
-    let mut gpu_us = [0u128; 4];
-    let mut dispatches = [0u64; 4];
+    let mut gpu_us: PerTier<u128> = PerTier::splat(0);
+    let mut dispatches: PerTier<u64> = PerTier::splat(0);
     // Head of line.
     let mut hol = HeadOfLine::default();
     let mut skips: HashMap<usize, (u64, u64)> = HashMap::new(); // user -> (count, since)
@@ -598,14 +600,14 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
             let span = b - a;
             for w in 0..n_workers {
                 let demand =
-                    (0..CLASSES).any(|c| serves[w][c] && (0..4).any(|tier| by_class[tier][c] > 0));
+                    (0..CLASSES).any(|c| serves[w][c] && by_class.values().any(|b| b[c] > 0));
                 if demand {
                     demand_us[w] += span;
                     busy_us[w] +=
                         u128::from(held[w].min(input.workers[w].slots)) * u128::from(span);
                 }
             }
-            let all = (0..4).all(|tier| {
+            let all = Tier::ALL.into_iter().all(|tier| {
                 input.users_per_tier[tier] == 0
                     || (0..CLASSES).all(|c| !healthy_serves[c] || by_class[tier][c] > 0)
             });
@@ -617,7 +619,7 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
         let Some(job) = jobs.get(&job_id) else {
             continue;
         };
-        let tier = job.tier.index();
+        let tier = job.tier;
         let user = job.user;
         let before = head_state(&lines, &user_class, user);
         match ev {
@@ -656,7 +658,7 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
                         attempts[worker] += 1;
                     }
                 }
-                let all_backlogged = (0..4).all(|tt| {
+                let all_backlogged = Tier::ALL.into_iter().all(|tt| {
                     input.users_per_tier[tt] == 0
                         || (0..CLASSES).all(|c| !healthy_serves[c] || by_class[tt][c] > 0)
                 });
@@ -740,16 +742,17 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
     }
 
     // --- shares ---
-    let wsum: f64 = (0..4)
+    let wsum: f64 = Tier::ALL
+        .into_iter()
         .filter(|&t| input.users_per_tier[t] > 0)
         .map(|t| f64::from(input.weights[t]))
         .sum();
-    let gpu_total: f64 = gpu_us.iter().map(|&g| g as f64).sum();
-    let disp_total: u64 = dispatches.iter().sum();
+    let gpu_total: f64 = gpu_us.values().map(|&g| g as f64).sum();
+    let disp_total: u64 = dispatches.values().sum();
     let mut shares = Vec::new();
     let mut max_dev = 0f64;
     for tier in Tier::ALL {
-        let t = tier.index();
+        let t = tier;
         if input.users_per_tier[t] == 0 {
             continue;
         }
@@ -882,7 +885,7 @@ pub fn analyse(input: &FleetInput) -> FleetFigures {
             continue;
         }
         expiry.expired += 1;
-        expiry.by_tier[j.tier.index()] += 1;
+        expiry.by_tier[j.tier] += 1;
         if j.class.is_none() {
             expiry.expired_orphans += 1;
         } else {
@@ -1167,8 +1170,8 @@ mod tests {
             // The load: while the trace dispatches.
             let end = self.releases.last().map_or(20_000_000, |r| r.t_us);
             analyse(&FleetInput {
-                weights: [1, 2, 4, 8],
-                users_per_tier: [0, 2, 0, 0],
+                weights: PerTier::from([1, 2, 4, 8]),
+                users_per_tier: PerTier::from([0, 2, 0, 0]),
                 workers: &self.workers,
                 jobs: &self.jobs,
                 assigns: &self.assigns,

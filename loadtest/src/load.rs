@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use admedia_actors::ids::JobId;
 use admedia_actors::job::{Charge, JobState};
-use admedia_actors::tier::Tier;
+use admedia_actors::tier::{PerTier, Tier};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -501,25 +501,29 @@ pub async fn prefill(
     ctx: Rc<Ctx>,
     phase: usize,
     total: u64,
-    weights: [u32; 4],
+    weights: PerTier<u32>,
     concurrency: usize,
 ) {
-    let mut by_tier: [Vec<usize>; 4] = Default::default();
+    let mut by_tier: PerTier<Vec<usize>> = PerTier::default();
     for (i, u) in ctx.users.iter().enumerate() {
-        by_tier[u.tier.index()].push(i);
+        by_tier[u.tier].push(i);
     }
-    let live: u64 = (0..4)
-        .filter(|&t| !by_tier[t].is_empty())
-        .map(|t| u64::from(weights[t]))
+    let live: u64 = by_tier
+        .iter()
+        .filter(|(_, users)| !users.is_empty())
+        .map(|(t, _)| u64::from(weights[t]))
         .sum();
     if live == 0 {
         return;
     }
     let mut plan: Vec<usize> = Vec::new();
     let mut left = total;
-    let last = (0..4).rev().find(|&t| !by_tier[t].is_empty());
-    for t in 0..4 {
-        if by_tier[t].is_empty() {
+    let last = Tier::ALL
+        .into_iter()
+        .rev()
+        .find(|&t| !by_tier[t].is_empty());
+    for (t, users) in by_tier.iter() {
+        if users.is_empty() {
             continue;
         }
         // The heaviest-numbered tier takes the rounding remainder.
@@ -529,7 +533,7 @@ pub async fn prefill(
             total * u64::from(weights[t]) / live
         };
         left -= n.min(left);
-        plan.extend((0..n as usize).map(|i| by_tier[t][i % by_tier[t].len()]));
+        plan.extend((0..n as usize).map(|i| users[i % users.len()]));
     }
     // Interleave the tiers so every tier is submitted throughout.
     let mut order: Vec<(u64, usize)> = plan

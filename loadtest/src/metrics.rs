@@ -6,10 +6,11 @@ use std::collections::{HashMap, HashSet};
 
 use admedia_actors::ids::JobId;
 use admedia_actors::job::JobState;
-use admedia_actors::tier::Tier;
+use admedia_actors::tier::{PerTier, Tier};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cli::in_tier_order;
 use crate::recorder::Data;
 
 /// Latencies are recorded in microseconds, up to an hour.
@@ -108,14 +109,18 @@ pub struct Shares {
     pub dispatches: u64,
     /// Seconds during which every tier was backlogged.
     pub backlogged_s: f64,
-    pub counts: [u64; 4],
-    pub observed: [f64; 4],
-    pub expected: [f64; 4],
+    #[serde(serialize_with = "in_tier_order")]
+    pub counts: PerTier<u64>,
+    #[serde(serialize_with = "in_tier_order")]
+    pub observed: PerTier<f64>,
+    #[serde(serialize_with = "in_tier_order")]
+    pub expected: PerTier<f64>,
     /// Largest |observed − expected| in percentage points.
     pub max_deviation_pp: f64,
     /// Jain's fairness index of dispatches between the users of each tier
     /// (1 = perfectly even), over the same dispatches.
-    pub within_tier_jain: [Option<f64>; 4],
+    #[serde(serialize_with = "in_tier_order")]
+    pub within_tier_jain: PerTier<Option<f64>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -131,7 +136,8 @@ pub struct Series {
     pub wait_p99_ms: Vec<Option<f64>>,
     /// From `/v1/admin/stats` polls: (t_s, waiting per tier, running).
     pub queue_t_s: Vec<f64>,
-    pub queue: [Vec<f64>; 4],
+    #[serde(serialize_with = "in_tier_order")]
+    pub queue: PerTier<Vec<f64>>,
     pub running: Vec<f64>,
 }
 
@@ -185,7 +191,7 @@ fn pct(sorted: &[u64], q: f64) -> Option<f64> {
 /// Dispatch shares while every tier with users had work waiting: replays
 /// acknowledgements, first assignments and cancels-while-waiting in time
 /// order and counts each assignment made while all four tiers waited.
-pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Shares {
+pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) -> Shares {
     #[derive(Clone, Copy)]
     enum Ev {
         Ack(JobId),
@@ -208,25 +214,25 @@ pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Sha
     }
     events.sort_by_key(|(t, order, _)| (*t, *order));
     let tier_of = |job: &JobId| data.by_job.get(job).map(|&i| &data.submissions[i]);
-    let mut waiting: [HashSet<JobId>; 4] = Default::default();
+    let mut waiting: PerTier<HashSet<JobId>> = PerTier::default();
     let mut assigned: HashSet<JobId> = HashSet::new();
-    let mut counts = [0u64; 4];
+    let mut counts: PerTier<u64> = PerTier::splat(0);
     let mut per_user: HashMap<usize, u64> = HashMap::new();
     let mut backlogged_since: Option<u64> = None;
     let mut backlogged_us = 0u64;
     let in_window = |t: u64| window.is_none_or(|(a, b)| t >= a && t <= b);
     for (t, _, ev) in events {
-        let all = waiting.iter().all(|w| !w.is_empty());
+        let all = waiting.values().all(|w| !w.is_empty());
         match ev {
             Ev::Ack(job) => {
                 if !assigned.contains(&job) {
                     if let Some(s) = tier_of(&job) {
-                        waiting[s.tier.index()].insert(job);
+                        waiting[s.tier].insert(job);
                     }
                 }
             }
             Ev::Unqueue(job) => {
-                for w in waiting.iter_mut() {
+                for (_, w) in waiting.iter_mut() {
                     w.remove(&job);
                 }
             }
@@ -234,14 +240,14 @@ pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Sha
                 assigned.insert(job);
                 if let Some(s) = tier_of(&job) {
                     if all && in_window(t) {
-                        counts[s.tier.index()] += 1;
+                        counts[s.tier] += 1;
                         *per_user.entry(s.user).or_insert(0) += 1;
                     }
-                    waiting[s.tier.index()].remove(&job);
+                    waiting[s.tier].remove(&job);
                 }
             }
         }
-        let now_all = waiting.iter().all(|w| !w.is_empty());
+        let now_all = waiting.values().all(|w| !w.is_empty());
         match (backlogged_since, now_all) {
             (None, true) => backlogged_since = Some(t),
             (Some(since), false) => {
@@ -251,8 +257,8 @@ pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Sha
             _ => {}
         }
     }
-    let total: u64 = counts.iter().sum();
-    let wsum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    let total: u64 = counts.values().sum();
+    let wsum: f64 = weights.values().map(|&w| f64::from(w)).sum();
     let expected = weights.map(|w| f64::from(w) / wsum);
     let observed = counts.map(|c| {
         if total == 0 {
@@ -264,20 +270,21 @@ pub fn shares(data: &Data, weights: [u32; 4], window: Option<(u64, u64)>) -> Sha
     let max_deviation_pp = if total == 0 {
         0.0
     } else {
-        (0..4)
-            .map(|i| (observed[i] - expected[i]).abs() * 100.0)
+        Tier::ALL
+            .into_iter()
+            .map(|t| (observed[t] - expected[t]).abs() * 100.0)
             .fold(0.0, f64::max)
     };
-    let mut within_tier_jain = [None; 4];
-    let mut users_by_tier: [Vec<u64>; 4] = Default::default();
+    let mut within_tier_jain = PerTier::splat(None);
+    let mut users_by_tier: PerTier<Vec<u64>> = PerTier::default();
     let mut tier_of_user: HashMap<usize, Tier> = HashMap::new();
     for s in &data.submissions {
         tier_of_user.insert(s.user, s.tier);
     }
     for (user, tier) in &tier_of_user {
-        users_by_tier[tier.index()].push(per_user.get(user).copied().unwrap_or(0));
+        users_by_tier[*tier].push(per_user.get(user).copied().unwrap_or(0));
     }
-    for (t, xs) in users_by_tier.iter().enumerate() {
+    for (t, xs) in users_by_tier.iter() {
         let sum: f64 = xs.iter().map(|&x| x as f64).sum();
         let sq: f64 = xs.iter().map(|&x| (x as f64).powi(2)).sum();
         if sum > 0.0 && !xs.is_empty() {
@@ -343,7 +350,7 @@ pub fn figures(
     wall0_us: i64,
     load_phases: &[usize],
     prefill_phases: &[usize],
-    weights: [u32; 4],
+    weights: PerTier<u32>,
     run_end_us: u64,
 ) -> Figures {
     let in_load = |phase: usize| load_phases.contains(&phase);
@@ -369,8 +376,8 @@ pub fn figures(
     let mut wait = Hist::new();
     let mut disp = Hist::new();
     let mut e2e = Hist::new();
-    let mut tier_wait: [Hist; 4] = Default::default();
-    let mut tier_e2e: [Hist; 4] = Default::default();
+    let mut tier_wait: PerTier<Hist> = PerTier::default();
+    let mut tier_e2e: PerTier<Hist> = PerTier::default();
     let mut tiers: Vec<TierFigures> = Tier::ALL
         .iter()
         .map(|t| TierFigures {
@@ -392,7 +399,8 @@ pub fn figures(
     let final_by_id: HashMap<JobId, &FinalJob> = jobs.iter().map(|j| (j.id, j)).collect();
 
     for s in &data.submissions {
-        let t = s.tier.index();
+        let tier = s.tier;
+        let t = tier.index();
         if prefill_phases.contains(&s.phase) {
             if let Some(a) = s.answered_us {
                 pre.record(a.saturating_sub(s.intended_us));
@@ -413,7 +421,7 @@ pub fn figures(
         if let Some(&fa) = first_assign.get(&job) {
             let w = fa.saturating_sub(s.sent_us);
             wait.record(w);
-            tier_wait[t].record(w);
+            tier_wait[tier].record(w);
         }
         if let Some(j) = final_by_id.get(&job) {
             match j.state {
@@ -423,7 +431,7 @@ pub fn figures(
                         let intended_wall = wall0_us + s.intended_us as i64;
                         let d = (fin - intended_wall).max(0) as u64;
                         e2e.record(d);
-                        tier_e2e[t].record(d);
+                        tier_e2e[tier].record(d);
                     }
                 }
                 JobState::Failed => tiers[t].failed += 1,
@@ -446,9 +454,9 @@ pub fn figures(
             disp.record(lat);
         }
     }
-    for (t, tf) in tiers.iter_mut().enumerate() {
-        tf.queue_wait = tier_wait[t].summary();
-        tf.end_to_end = tier_e2e[t].summary();
+    for (tier, tf) in Tier::ALL.into_iter().zip(tiers.iter_mut()) {
+        tf.queue_wait = tier_wait[tier].summary();
+        tf.end_to_end = tier_e2e[tier].summary();
     }
     f.submit_latency = submit.summary();
     f.submit_service = service.summary();
@@ -522,7 +530,7 @@ pub fn figures(
         wait_p50_ms: wait_lat.iter().map(|v| pct(v, 0.5)).collect(),
         wait_p99_ms: wait_lat.iter().map(|v| pct(v, 0.99)).collect(),
         queue_t_s: data.stats.iter().map(|s| s.t_us as f64 / 1e6).collect(),
-        queue: Tier::ALL.map(|t| {
+        queue: PerTier::from_fn(|t| {
             data.stats
                 .iter()
                 .map(|s| s.stats.queue.get(t.as_str()).copied().unwrap_or(0) as f64)
@@ -659,12 +667,12 @@ mod tests {
         data.assigns.push(assign(ids[6], 100));
         data.assigns.push(assign(ids[7], 200));
         data.assigns.push(assign(ids[0], 300));
-        let s = shares(&data, [1, 2, 4, 8], None);
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         // The first two assigns happened with all tiers waiting; the third
         // after enterprise had emptied.
         assert_eq!(s.counts, [0, 0, 0, 2]);
         assert_eq!(s.dispatches, 2);
-        assert!((s.expected[3] - 8.0 / 15.0).abs() < 1e-9);
+        assert!((s.expected[Tier::Enterprise] - 8.0 / 15.0).abs() < 1e-9);
     }
 
     #[test]

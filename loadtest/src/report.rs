@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use admedia_actors::tier::Tier;
 use serde::Serialize;
 
 use crate::audit::AuditReport;
@@ -15,8 +16,6 @@ use crate::recorder::{FaultCounts, Kill, Phase};
 
 /// Fewer dispatches made with every tier backlogged say nothing about shares.
 const MIN_SHARE_DISPATCHES: u64 = 100;
-
-const TIERS: [&str; 4] = ["free", "basic", "professional", "enterprise"];
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplaySummary {
@@ -216,7 +215,7 @@ fleet: every tier backlogged in every runnable class for {:.1} s of the load",
     let _ = writeln!(
         out,
         "expired: {} ({} for the unserved model, {} runnable (sd, xl, video: {:?}); per tier {:?}), {} voided exactly once; {} jobs for the unserved model, {} of them ended otherwise",
-        e.expired, e.expired_orphans, e.expired_runnable, e.expired_runnable_by_class, e.by_tier, e.voided, e.orphans, e.orphans_not_expired
+        e.expired, e.expired_orphans, e.expired_runnable, e.expired_runnable_by_class, e.by_tier.values().collect::<Vec<_>>(), e.voided, e.orphans, e.orphans_not_expired
     );
     out
 }
@@ -376,14 +375,15 @@ const TIER_HEAD: [&str; 11] = [
 
 fn share_rows(r: &Report) -> Vec<Vec<String>> {
     let s = &r.figures.shares;
-    (0..4)
-        .map(|i| {
+    Tier::ALL
+        .into_iter()
+        .map(|t| {
             vec![
-                TIERS[i].to_owned(),
-                s.counts[i].to_string(),
-                format!("{:.1}%", s.observed[i] * 100.0),
-                format!("{:.1}%", s.expected[i] * 100.0),
-                s.within_tier_jain[i].map_or("-".into(), |j| format!("{j:.3}")),
+                t.as_str().to_owned(),
+                s.counts[t].to_string(),
+                format!("{:.1}%", s.observed[t] * 100.0),
+                format!("{:.1}%", s.expected[t] * 100.0),
+                s.within_tier_jain[t].map_or("-".into(), |j| format!("{j:.3}")),
             ]
         })
         .collect()
@@ -443,7 +443,12 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(
         out,
         "load: {load}; {} users (mix {:?}); {} workers × {} slots, {} ms jobs; prefill {}",
-        p.users, p.tier_mix, p.workers, p.slots, p.job_ms, p.prefill
+        p.users,
+        p.tier_mix.values().collect::<Vec<_>>(),
+        p.workers,
+        p.slots,
+        p.job_time.as_millis(),
+        p.prefill
     );
     let _ = writeln!(
         out,
@@ -621,44 +626,18 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
                 "Waiting jobs per tier, and jobs running (from /v1/admin/stats)",
                 "seconds since start",
                 "jobs",
-                &[
-                    Line {
-                        name: "free",
+                &Tier::ALL
+                    .into_iter()
+                    .map(|t| Line {
+                        name: t.as_str(),
                         points: s
                             .queue_t_s
                             .iter()
                             .copied()
-                            .zip(s.queue[0].iter().copied())
+                            .zip(s.queue[t].iter().copied())
                             .collect(),
-                    },
-                    Line {
-                        name: "basic",
-                        points: s
-                            .queue_t_s
-                            .iter()
-                            .copied()
-                            .zip(s.queue[1].iter().copied())
-                            .collect(),
-                    },
-                    Line {
-                        name: "professional",
-                        points: s
-                            .queue_t_s
-                            .iter()
-                            .copied()
-                            .zip(s.queue[2].iter().copied())
-                            .collect(),
-                    },
-                    Line {
-                        name: "enterprise",
-                        points: s
-                            .queue_t_s
-                            .iter()
-                            .copied()
-                            .zip(s.queue[3].iter().copied())
-                            .collect(),
-                    },
-                    Line {
+                    })
+                    .chain([Line {
                         name: "running",
                         points: s
                             .queue_t_s
@@ -666,8 +645,8 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
                             .copied()
                             .zip(s.running.iter().copied())
                             .collect(),
-                    },
-                ],
+                    }])
+                    .collect::<Vec<_>>(),
             ),
         ),
         (
@@ -759,11 +738,9 @@ fn charts(r: &Report) -> Vec<(String, Result<String, String>)> {
                     sh.dispatches
                 ),
                 "% of dispatches",
-                &TIERS.map(str::to_owned),
+                &Tier::ALL.map(|t| t.as_str().to_owned()),
                 ("observed", "expected"),
-                &(0..4)
-                    .map(|i| (sh.observed[i] * 100.0, sh.expected[i] * 100.0))
-                    .collect::<Vec<_>>(),
+                &Tier::ALL.map(|t| (sh.observed[t] * 100.0, sh.expected[t] * 100.0)),
             ),
         ));
     }

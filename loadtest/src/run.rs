@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use admedia_actors::ids::JobId;
 use admedia_actors::job::{Charge, JobState};
-use admedia_actors::tier::Tier;
+use admedia_actors::tier::{PerTier, Tier};
 use chrono::DateTime;
 use futures_util::stream::{self, StreamExt};
 use rand::rngs::StdRng;
@@ -88,23 +88,21 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
                 ("ADMEDIA_REGISTRATIONS_PER_HOUR".into(), "0".into()),
                 (
                     "ADMEDIA_RETRY_BASE_MS".into(),
-                    plan.retry_base_ms.to_string(),
+                    plan.retry_base.as_millis().to_string(),
                 ),
                 (
                     "ADMEDIA_RETRY_MAX_MS".into(),
-                    plan.retry_max_ms().to_string(),
+                    plan.retry_max().as_millis().to_string(),
                 ),
-                ("ADMEDIA_WORKER_LEASE_MS".into(), plan.lease_ms.to_string()),
+                (
+                    "ADMEDIA_WORKER_LEASE_MS".into(),
+                    plan.lease.as_millis().to_string(),
+                ),
                 ("RUST_LOG".into(), "warn".into()),
             ];
             let weights = plan.weights;
-            env.push((
-                "ADMEDIA_TIER_WEIGHTS".into(),
-                format!(
-                    "{},{},{},{}",
-                    weights[0], weights[1], weights[2], weights[3]
-                ),
-            ));
+            let listed: Vec<String> = weights.values().map(u32::to_string).collect();
+            env.push(("ADMEDIA_TIER_WEIGHTS".into(), listed.join(",")));
             match server_config {
                 Some(path) => env.push(("ADMEDIA_CONFIG".into(), path.display().to_string())),
                 None if *open_limits || plan.scenario == Scenario::Fleet => {
@@ -191,33 +189,40 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
 
 /// Users per tier from the mix: proportional, every tier in the mix gets
 /// at least one when there are enough users.
-fn tiers_for(users: usize, mix: [u32; 4]) -> Vec<Tier> {
-    let total: u32 = mix.iter().sum();
-    let mut counts = [0usize; 4];
-    for t in 0..4 {
-        counts[t] = users * mix[t] as usize / total.max(1) as usize;
-        if mix[t] > 0 && counts[t] == 0 {
-            counts[t] = 1;
+fn tiers_for(users: usize, mix: PerTier<u32>) -> Vec<Tier> {
+    let total: u32 = mix.values().sum();
+    let mut counts: PerTier<usize> = mix.map(|m| users * m as usize / total.max(1) as usize);
+    for (tier, n) in counts.iter_mut() {
+        if mix[tier] > 0 && *n == 0 {
+            *n = 1;
         }
     }
-    // Fix the total: add to or take from the largest share.
+    // Fix the total: add to or take from the largest share (the later tier
+    // of two equal ones).
     loop {
-        let sum: usize = counts.iter().sum();
+        let sum: usize = counts.values().sum();
         if sum == users {
             break;
         }
-        let largest = (0..4).max_by_key(|&t| (mix[t], t)).unwrap_or(3);
+        let largest = Tier::ALL
+            .into_iter()
+            .max_by_key(|&t| (mix[t], t))
+            .unwrap_or(Tier::Enterprise);
         if sum < users {
             counts[largest] += 1;
-        } else if let Some(t) = (0..4).filter(|&t| counts[t] > 0).max_by_key(|&t| counts[t]) {
+        } else if let Some(t) = Tier::ALL
+            .into_iter()
+            .filter(|&t| counts[t] > 0)
+            .max_by_key(|&t| counts[t])
+        {
             counts[t] -= 1;
         } else {
             break;
         }
     }
     let mut out = Vec::with_capacity(users);
-    for (tier, n) in Tier::ALL.into_iter().zip(counts) {
-        out.extend(std::iter::repeat_n(tier, n));
+    for (tier, n) in counts.iter() {
+        out.extend(std::iter::repeat_n(tier, *n));
     }
     out
 }
@@ -569,13 +574,13 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         plan.replay_fraction,
         plan.cancel_fraction,
         plan.video_fraction,
-        Duration::from_millis(plan.job_ms.saturating_mul(2) + 20),
+        plan.job_time.saturating_mul(2) + Duration::from_millis(20),
     ));
     let spec = WorkerSpec {
         url: api.worker_url(),
         token: target.worker_token.clone(),
         slots: plan.slots,
-        job_ms: plan.job_ms,
+        job_time: plan.job_time,
         jitter: plan.job_jitter,
         faults: plan.faults.clone(),
         seed: rng.random(),
@@ -719,7 +724,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     }
     // Let late duplicates go out (the server must refuse them).
     if plan.faults.duplicate_rate > 0.0 {
-        tokio::time::sleep(Duration::from_millis(plan.faults.duplicate_delay_ms + 100)).await;
+        tokio::time::sleep(plan.faults.duplicate_delay + Duration::from_millis(100)).await;
     }
     rec.phase_end();
     pool.stop().await;
@@ -990,10 +995,10 @@ fn conclude(
 #[derive(Default)]
 struct Feed {
     class_of: HashMap<JobId, Option<usize>>,
-    pending: [[u64; fleet::CLASSES]; 4],
+    pending: PerTier<[u64; fleet::CLASSES]>,
     assigned: HashSet<JobId>,
     scanned: usize,
-    next_user: [usize; 4],
+    next_user: PerTier<usize>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -1013,7 +1018,7 @@ impl Feed {
             let Some(&i) = d.by_job.get(&a.job_id) else {
                 continue;
             };
-            let t = d.submissions[i].tier.index();
+            let t = d.submissions[i].tier;
             self.pending[t][c] = self.pending[t][c].saturating_sub(1);
         }
         self.scanned = d.assigns.len();
@@ -1025,12 +1030,12 @@ impl Feed {
 fn feed_one(
     feed: &Rc<RefCell<Feed>>,
     ctx: &Rc<Ctx>,
-    by_tier: &[Vec<usize>; 4],
+    by_tier: &PerTier<Vec<usize>>,
     tier: Tier,
     class: Option<usize>,
     phase: usize,
 ) {
-    let t = tier.index();
+    let t = tier;
     if by_tier[t].is_empty() {
         return;
     }
@@ -1073,14 +1078,14 @@ fn feed_one(
 fn top_up(
     feed: &Rc<RefCell<Feed>>,
     ctx: &Rc<Ctx>,
-    by_tier: &[Vec<usize>; 4],
-    weights: [u32; 4],
+    by_tier: &PerTier<Vec<usize>>,
+    weights: PerTier<u32>,
     phase: usize,
 ) {
     for tier in Tier::ALL {
         for c in 0..fleet::CLASSES {
-            let waiting = feed.borrow().pending[tier.index()][c];
-            for _ in 0..fleet::top_up(weights[tier.index()], waiting) {
+            let waiting = feed.borrow().pending[tier][c];
+            for _ in 0..fleet::top_up(weights[tier], waiting) {
                 feed_one(feed, ctx, by_tier, tier, Some(c), phase);
             }
         }
@@ -1189,16 +1194,16 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
         0.0,
         Duration::from_millis(100),
     ));
-    let mut by_tier: [Vec<usize>; 4] = Default::default();
+    let mut by_tier: PerTier<Vec<usize>> = PerTier::default();
     for (i, u) in users.iter().enumerate() {
-        by_tier[u.tier.index()].push(i);
+        by_tier[u.tier].push(i);
     }
     let feed = Rc::new(RefCell::new(Feed::default()));
 
     // Every user's first job is one no worker can run: it heads the line.
     let heads = rec.phase_start("prefill: unrunnable heads");
     for tier in Tier::ALL {
-        for _ in 0..by_tier[tier.index()].len() {
+        for _ in 0..by_tier[tier].len() {
             feed_one(&feed, &ctx, &by_tier, tier, None, heads);
         }
     }
@@ -1215,7 +1220,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
                 url: api.worker_url(),
                 token: target.worker_token.clone(),
                 slots: fw.slots,
-                job_ms: plan.job_ms,
+                job_time: plan.job_time,
                 jitter: plan.job_jitter,
                 faults: plan.faults.clone(),
                 seed: rng.random(),
@@ -1243,7 +1248,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
         top_up(&feed, &ctx, &by_tier, plan.weights, load_phase);
         if last_orphan.elapsed() >= ORPHAN_EVERY {
             last_orphan = Instant::now();
-            let tier = Tier::ALL[orphan_tier % 4];
+            let tier = Tier::ALL[orphan_tier % Tier::COUNT];
             orphan_tier += 1;
             feed_one(&feed, &ctx, &by_tier, tier, None, load_phase);
         }
@@ -1374,7 +1379,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
         let window_start = d.phases.get(load_phase).map_or(0, |p| p.start_us);
         let figures = fleet::analyse(&fleet::FleetInput {
             weights: plan.weights,
-            users_per_tier: std::array::from_fn(|t| by_tier[t].len()),
+            users_per_tier: PerTier::from_fn(|t| by_tier[t].len()),
             workers: &fleet_workers,
             jobs: &jobs,
             assigns: &assigns,
@@ -1382,7 +1387,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
             polls: &polls,
             ledger: &ledger,
             window: (window_start, load_end),
-            retry_max_us: plan.retry_max_ms() * 1000,
+            retry_max_us: u64::try_from(plan.retry_max().as_micros()).unwrap_or(u64::MAX),
             quarantines_metric: metric,
         });
         let extra = fleet::violations(&figures, &not_voided);
@@ -1437,7 +1442,7 @@ mod tests {
 
     #[test]
     fn users_are_spread_over_the_tiers_of_the_mix() {
-        let t = tiers_for(15, [1, 2, 4, 8]);
+        let t = tiers_for(15, PerTier::from([1, 2, 4, 8]));
         let count = |tier| t.iter().filter(|&&x| x == tier).count();
         assert_eq!(t.len(), 15);
         assert_eq!(
@@ -1450,9 +1455,9 @@ mod tests {
             .map(count),
             [1, 2, 4, 8]
         );
-        let t = tiers_for(3, [1, 1, 1, 1]);
+        let t = tiers_for(3, PerTier::from([1, 1, 1, 1]));
         assert_eq!(t.len(), 3);
-        let t = tiers_for(8, [0, 0, 0, 1]);
+        let t = tiers_for(8, PerTier::from([0, 0, 0, 1]));
         assert!(t.iter().all(|&x| x == Tier::Enterprise));
     }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use admedia_actors::tier::PerTier;
+
 use crate::api::Api;
 
 /// The workspace this crate was built in (`loadtest/..`).
@@ -130,15 +132,13 @@ pub fn free_port() -> Result<u16, String> {
 }
 
 /// A tier table (server TOML) with the given weights and open limits.
-pub fn open_limits_config(weights: [u32; 4]) -> String {
+pub fn open_limits_config(weights: PerTier<u32>) -> String {
     let mut out = String::from(
         "# Written by admedia-loadtest: the default weights, per-user limits\n\
          # opened wide so they do not cap the offered load.\n",
     );
-    for (name, w) in ["free", "basic", "professional", "enterprise"]
-        .iter()
-        .zip(weights)
-    {
+    for (tier, w) in weights.iter() {
+        let name = tier.as_str();
         out.push_str(&format!(
             "[tiers.{name}]\nweight = {w}\nmax_running = 100000\nmax_waiting = 10000000\n\n"
         ));
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn the_open_limits_config_is_a_full_tier_table() {
-        let text = open_limits_config([1, 2, 4, 8]);
+        let text = open_limits_config(PerTier::from([1, 2, 4, 8]));
         for t in ["free", "basic", "professional", "enterprise"] {
             assert!(text.contains(&format!("[tiers.{t}]")));
         }

@@ -40,7 +40,8 @@ pub struct WorkerSpec {
     pub url: String,
     pub token: String,
     pub slots: u32,
-    pub job_ms: u64,
+    /// How long an attempt runs when the profile does not say.
+    pub job_time: Duration,
     pub jitter: f64,
     pub faults: Faults,
     pub seed: u64,
@@ -63,20 +64,26 @@ pub struct Profile {
     pub models: Vec<String>,
     pub vram_mb: u32,
     /// Real milliseconds per unit (image, or second of video) per model;
-    /// a model not listed runs `job_ms`.
+    /// a model not listed runs the spec's `job_time`.
     pub ms_per_unit: Vec<(String, u64)>,
-    /// Fails every attempt as a system failure after `broken_after_ms`.
+    /// Fails every attempt as a system failure after `broken_after`.
     pub broken: bool,
-    pub broken_after_ms: u64,
+    pub broken_after: Duration,
 }
 
 impl Profile {
     /// How long an attempt of this job runs here, before jitter: the
     /// model's time per unit, times the units, doubled for the large size
     /// classes (as the registry estimates it).
-    pub fn attempt_ms(&self, model: &str, params: &JobParams, kind: JobKind, fallback: u64) -> f64 {
+    pub fn attempt_ms(
+        &self,
+        model: &str,
+        params: &JobParams,
+        kind: JobKind,
+        fallback: Duration,
+    ) -> f64 {
         let Some(&(_, per_unit)) = self.ms_per_unit.iter().find(|(m, _)| m == model) else {
-            return fallback as f64;
+            return millis(fallback);
         };
         let units = match kind {
             JobKind::Image => params.count.unwrap_or(1),
@@ -92,6 +99,11 @@ impl Profile {
         };
         (per_unit * u64::from(units) * large) as f64
     }
+}
+
+/// Milliseconds, fractional: the unit attempt times are drawn in.
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 pub struct WorkerPool {
@@ -398,9 +410,9 @@ async fn session(
                             }
                             held.insert(job_id, job_lease);
                             let mut ms = match &spec.profile {
-                                Some(p) if p.broken => p.broken_after_ms as f64,
-                                Some(p) => p.attempt_ms(&model, &params, kind, spec.job_ms),
-                                None => spec.job_ms as f64,
+                                Some(p) if p.broken => millis(p.broken_after),
+                                Some(p) => p.attempt_ms(&model, &params, kind, spec.job_time),
+                                None => millis(spec.job_time),
                             };
                             let broken = spec.profile.as_ref().is_some_and(|p| p.broken);
                             if spec.jitter > 0.0 && !broken {
@@ -521,7 +533,7 @@ async fn session(
                         if rng.random::<f64>() < f.duplicate_rate {
                             later(
                                 &tx,
-                                Duration::from_millis(f.duplicate_delay_ms),
+                                f.duplicate_delay,
                                 Event::Duplicate { job_id, msg: msg.clone(), outcome },
                             );
                         }

@@ -262,7 +262,7 @@ async fn a_malformed_batch_is_refused_whole() {
 async fn each_accepted_item_counts_against_the_rate_limit() {
     let app = spawn_app_with(|s| {
         s.sim_workers = Some(0);
-        s.rate_limits = "free=3".into();
+        s.rate_limits = "free=3".parse().expect("rate limits");
     })
     .await;
     let (_, key) = register(&app, "batch-rate@example.com").await;

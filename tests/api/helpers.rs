@@ -229,9 +229,9 @@ pub fn test_settings() -> Settings {
         worker_token: Some(WORKER_TOKEN.into()),
         sim_workers: Some(2),
         sim_slots: 2,
-        sim_job_ms: 20,
-        retry_base_ms: 10,
-        retry_max_ms: 40,
+        sim_job_time: Duration::from_millis(20),
+        retry_base: Duration::from_millis(10),
+        retry_max: Duration::from_millis(40),
         http_workers: Some(2),
         // Every test registers and authenticates from 127.0.0.1, some with
         // wrong tokens on purpose; the limits have their own tests.

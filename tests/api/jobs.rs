@@ -729,7 +729,7 @@ async fn cancelling_a_running_job_charges_it_and_frees_the_worker() {
     let app = spawn_app_with(|s| {
         s.sim_workers = Some(1);
         s.sim_slots = 1;
-        s.sim_job_ms = 60_000;
+        s.sim_job_time = Duration::from_millis(60_000);
     })
     .await;
     let (_, key) = register(&app, "j19@example.com").await;
@@ -776,7 +776,7 @@ async fn refused_submissions_do_not_spend_the_rate_budget() {
     let app = spawn_app_with(|s| {
         s.sim_workers = Some(0);
         s.registration_credits = 0;
-        s.rate_limits = "free=2".into();
+        s.rate_limits = "free=2".parse().expect("rate limits");
     })
     .await;
     let (user, key) = register(&app, "budget@example.com").await;

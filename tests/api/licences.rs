@@ -84,7 +84,7 @@ async fn licence_after_change(
 async fn the_licence_is_the_tier_at_submission_whatever_changes_later() {
     let (hook, seen) = receiver().await;
     let app = spawn_app_with(|s| {
-        s.sim_job_ms = 1500;
+        s.sim_job_time = Duration::from_millis(1500);
         s.webhook_allow_private = true;
     })
     .await;

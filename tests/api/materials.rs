@@ -155,8 +155,8 @@ async fn materials_are_uploaded_read_and_deleted_by_their_owner_only() {
 async fn uploads_are_checked_by_content_size_and_quota() {
     let dir = objects();
     let app = app_with_objects(&dir, |s| {
-        s.storage_quotas = "free=200".into();
-        s.max_material_size = "150".into();
+        s.storage_quotas = "free=200".parse().expect("quotas");
+        s.max_material_size = admedia_actors::material::ByteSize(150);
     })
     .await;
     let (_, key) = register(&app, "quota@example.com").await;
@@ -479,7 +479,7 @@ async fn uploaded_outputs_are_downloaded_by_the_owner_with_their_licence() {
 async fn retention_expiry_answers_gone_and_frees_the_space() {
     let dir = objects();
     let app = app_with_objects(&dir, |s| {
-        s.retention = "free=1s".into();
+        s.retention = "free=1s".parse().expect("retention");
         s.object_sweep = Duration::from_millis(100);
     })
     .await;

@@ -123,8 +123,8 @@ async fn a_broken_worker_is_quarantined_and_retries_go_elsewhere() {
         // Retries wait long enough for the next failure report to arrive
         // first: a retry prefers another worker, but takes the one it
         // failed on when nothing else is free.
-        s.retry_base_ms = 2_000;
-        s.retry_max_ms = 4_000;
+        s.retry_base = Duration::from_millis(2_000);
+        s.retry_max = Duration::from_millis(4_000);
     })
     .await;
     let (user, key) = register(&app, "broken@example.com").await;
@@ -305,7 +305,7 @@ async fn an_unknown_model_is_refused_and_nothing_is_held() {
 async fn a_job_waiting_past_its_tier_limit_expires_and_is_refunded() {
     let app = spawn_app_with(|s| {
         s.sim_workers = Some(0);
-        s.max_wait = "free=1s".into();
+        s.max_wait = "free=1s".parse().expect("waiting limits");
     })
     .await;
     let (_, key) = register(&app, "expire@example.com").await;
@@ -360,8 +360,8 @@ async fn quarantine_never_takes_more_than_its_share_of_the_fleet() {
         s.max_attempts = 10;
         s.quarantine_after = 1;
         s.quarantine_base = Duration::from_secs(600);
-        s.retry_base_ms = 10;
-        s.retry_max_ms = 20;
+        s.retry_base = Duration::from_millis(10);
+        s.retry_max = Duration::from_millis(20);
     })
     .await;
     let (_, key) = register(&app, "fleet-wide@example.com").await;

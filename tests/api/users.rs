@@ -81,7 +81,7 @@ async fn another_spelling_of_a_mailbox_is_the_same_account() {
 async fn the_providers_that_ignore_dots_are_configurable() {
     let app = spawn_app_with(|s| {
         s.sim_workers = Some(0);
-        s.dotless_email_domains = "example.org".into();
+        s.dotless_email_domains = "example.org".parse().expect("mail domains");
     })
     .await;
     register(&app, "jo.doe@example.org").await;

@@ -16,7 +16,7 @@ async fn webhooks_are_signed_retried_with_one_id_and_verifiable() {
     let url = format!("{url}/hooks");
     let app = spawn_app_with(|s| {
         s.webhook_allow_private = true;
-        s.webhook_retry_base_ms = 30;
+        s.webhook_retry_base = Duration::from_millis(30);
     })
     .await;
     let (_, key) = register(&app, "hooks@example.com").await;
@@ -172,7 +172,7 @@ async fn webhook_redirects_are_not_followed() {
     let (outer_308, seen_308) = redirecting(308, format!("{inner}/from-308")).await;
     let app = spawn_app_with(|s| {
         s.webhook_allow_private = true;
-        s.webhook_retry_base_ms = 5;
+        s.webhook_retry_base = Duration::from_millis(5);
     })
     .await;
     let (_, key) = register(&app, "redirect@example.com").await;

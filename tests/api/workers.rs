@@ -148,10 +148,10 @@ impl Gpu {
     }
 }
 
-async fn app_without_sim(lease_ms: u64) -> TestApp {
+async fn app_without_sim(lease: Duration) -> TestApp {
     spawn_app_with(|s| {
         s.sim_workers = Some(0);
-        s.worker_lease_ms = lease_ms;
+        s.worker_lease = lease;
     })
     .await
 }
@@ -165,7 +165,7 @@ fn entries_for(ledger: &[Value], job: &str, kind: &str) -> usize {
 
 #[actix_web::test]
 async fn wrong_worker_token_is_refused_before_the_upgrade() {
-    let app = app_without_sim(15_000).await;
+    let app = app_without_sim(Duration::from_millis(15_000)).await;
     match open(&app, "not-the-token").await {
         Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
             assert_eq!(status.as_u16(), 401)
@@ -177,7 +177,7 @@ async fn wrong_worker_token_is_refused_before_the_upgrade() {
 
 #[actix_web::test]
 async fn worker_killed_mid_job_reruns_elsewhere_and_is_charged_once() {
-    let app = app_without_sim(15_000).await;
+    let app = app_without_sim(Duration::from_millis(15_000)).await;
     let (_, key) = register(&app, "killed@example.com").await;
     let mut a = Gpu::connect(&app, hello("a", 1)).await;
     let job = submit_ok(&app, &key, &image_job()).await;
@@ -207,7 +207,7 @@ async fn worker_killed_mid_job_reruns_elsewhere_and_is_charged_once() {
 
 #[actix_web::test]
 async fn silent_worker_loses_its_attempt_and_its_late_complete_changes_nothing() {
-    let app = app_without_sim(400).await;
+    let app = app_without_sim(Duration::from_millis(400)).await;
     let (_, key) = register(&app, "silent@example.com").await;
     let mut a = Gpu::connect(&app, hello("silent", 1)).await;
     let job = submit_ok(&app, &key, &image_job()).await;
@@ -264,7 +264,7 @@ async fn silent_worker_loses_its_attempt_and_its_late_complete_changes_nothing()
 
 #[actix_web::test]
 async fn cancel_of_a_running_job_reaches_the_worker() {
-    let app = app_without_sim(15_000).await;
+    let app = app_without_sim(Duration::from_millis(15_000)).await;
     let (_, key) = register(&app, "cancel@example.com").await;
     let mut gpu = Gpu::connect(&app, hello("g", 1)).await;
     let id = id_of(&submit_ok(&app, &key, &image_job()).await);
@@ -289,7 +289,7 @@ async fn cancel_of_a_running_job_reaches_the_worker() {
 
 #[actix_web::test]
 async fn placement_prefers_the_warm_worker_and_never_an_unfit_one() {
-    let app = app_without_sim(15_000).await;
+    let app = app_without_sim(Duration::from_millis(15_000)).await;
     let (user, key) = register(&app, "place@example.com").await;
     // Enterprise: several jobs of this user may run at once.
     app.set_membership(&id_of(&user), "enterprise", json!(null))
@@ -346,7 +346,7 @@ async fn placement_prefers_the_warm_worker_and_never_an_unfit_one() {
 
 #[actix_web::test]
 async fn bad_protocol_messages_get_an_error_frame_and_change_nothing() {
-    let app = app_without_sim(15_000).await;
+    let app = app_without_sim(Duration::from_millis(15_000)).await;
     let (_, key) = register(&app, "proto@example.com").await;
 
     // Before hello, only hello is accepted.

@@ -46,9 +46,10 @@ pub struct Args {
     /// attempt, `persistent` keeps one model program running.
     #[arg(long, env = "ADMEDIA_EXECUTOR", value_enum, default_value_t = ExecutorKind::Simulate)]
     pub executor: ExecutorKind,
-    /// Duration of one simulated attempt.
-    #[arg(long, env = "ADMEDIA_SIM_JOB_MS", default_value_t = 1000)]
-    pub sim_job_ms: u64,
+    /// Duration of one simulated attempt, in milliseconds.
+    #[arg(long = "sim-job-ms", env = "ADMEDIA_SIM_JOB_MS", value_name = "MS",
+          default_value = "1000", value_parser = admedia_actors::price_schedule::parse_millis)]
+    pub sim_job_time: Duration,
     /// Probability that a simulated attempt fails with a system failure.
     #[arg(long, env = "ADMEDIA_SIM_FAILURE_RATE", default_value_t = 0.0, value_parser = probability)]
     pub sim_failure_rate: f64,
@@ -167,7 +168,7 @@ impl Args {
             .map_err(|_| "--token must be visible ASCII characters".to_owned())?;
         let executor = match self.executor {
             ExecutorKind::Simulate => ExecutorConfig::Simulate {
-                job: Duration::from_millis(self.sim_job_ms),
+                job: self.sim_job_time,
                 failure_rate: self.sim_failure_rate,
                 user_error_rate: self.sim_user_error_rate,
             },
@@ -320,5 +321,22 @@ mod tests {
         };
         assert_eq!(served_kinds(None, &executor), Ok(vec![JobKind::Image]));
         assert!(served_kinds(Some(vec![JobKind::Video]), &executor).is_err());
+    }
+
+    #[test]
+    fn the_simulated_attempt_time_is_read_in_milliseconds() {
+        let parse =
+            |ms: &str| Args::try_parse_from(["admedia-worker", "--token", "t", "--sim-job-ms", ms]);
+        let args = parse("250").unwrap();
+        assert_eq!(args.sim_job_time, Duration::from_millis(250));
+        match args.into_config().unwrap().executor {
+            ExecutorConfig::Simulate { job, .. } => assert_eq!(job, Duration::from_millis(250)),
+            other => panic!("not simulated: {other:?}"),
+        }
+        for bad in ["-1", "1s", "fast"] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        let default = Args::try_parse_from(["admedia-worker", "--token", "t"]).unwrap();
+        assert_eq!(default.sim_job_time, Duration::from_secs(1));
     }
 }

@@ -62,6 +62,27 @@ impl std::str::FromStr for Score {
     }
 }
 
+/// A score per category, as settings write them:
+/// `sexual-minors=0.1,violence=0.8` (the last `=` of a pair splits it, a
+/// category named twice takes its last score).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CategoryScores(pub BTreeMap<String, Score>);
+
+impl std::str::FromStr for CategoryScores {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<CategoryScores, String> {
+        let mut scores = BTreeMap::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (category, value) = part
+                .rsplit_once('=')
+                .ok_or_else(|| format!("{part:?}: expected category=score"))?;
+            let score: Score = value.parse().map_err(|e| format!("{part:?}: {e}"))?;
+            scores.insert(category.trim().to_owned(), score);
+        }
+        Ok(CategoryScores(scores))
+    }
+}
+
 /// Who decided.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,5 +151,22 @@ pub struct AllowAll;
 impl ContentPolicy for AllowAll {
     async fn check(&self, _: &str, _: Tier) -> Verdict {
         Verdict::Allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_scores_parse_by_the_last_equals_sign() {
+        let scores: CategoryScores = " sexual/minors=0.1, a=b=0.5 ,".parse().unwrap();
+        let score = |v| Score::new(v).unwrap();
+        assert_eq!(scores.0.get("sexual/minors"), Some(&score(0.1)));
+        assert_eq!(scores.0.get("a=b"), Some(&score(0.5)));
+        assert_eq!("".parse::<CategoryScores>(), Ok(CategoryScores::default()));
+        for bad in ["violence", "violence=high", "violence=1.5"] {
+            assert!(bad.parse::<CategoryScores>().is_err(), "{bad} accepted");
+        }
     }
 }
