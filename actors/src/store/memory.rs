@@ -27,6 +27,7 @@ mod accounts;
 mod cluster;
 mod endpoints;
 mod jobs;
+mod kept;
 mod moderation;
 mod operator;
 mod payments;
@@ -84,7 +85,7 @@ struct State {
     /// Boxed: the table's slots stay small, so growing it past a million
     /// jobs copies ids and pointers, not whole records, and its empty
     /// slots cost a pointer each.
-    jobs: HashMap<JobId, Box<Job>>,
+    jobs: HashMap<JobId, Box<kept::KeptJob>>,
     /// Every job by submission order (operator listings, recovery).
     order: BTreeMap<u64, JobId>,
     /// Jobs waiting or in flight by state, kept in step by `put_job`, so
@@ -171,10 +172,10 @@ impl State {
         })
     }
 
-    fn job(&self, id: JobId) -> StoreResult<&Job> {
+    fn job(&self, id: JobId) -> StoreResult<Job> {
         self.jobs
             .get(&id)
-            .map(|j| &**j)
+            .map(|j| j.job())
             .ok_or(StoreError::NotFound("job"))
     }
 
@@ -376,9 +377,9 @@ impl State {
     /// Stores a job's record, in the box it already has when it has one.
     fn keep(&mut self, job: Job) {
         match self.jobs.get_mut(&job.id) {
-            Some(kept) => **kept = job,
+            Some(kept) => **kept = job.into(),
             None => {
-                self.jobs.insert(job.id, Box::new(job));
+                self.jobs.insert(job.id, Box::new(job.into()));
             }
         }
     }
@@ -421,7 +422,7 @@ impl State {
                 .order
                 .get(&seq)
                 .and_then(|id| self.jobs.get(id))
-                .and_then(|job| job.pruned(now));
+                .and_then(|job| job.job().pruned(now));
             match thin {
                 Some(thin) => self.store_pruned(thin),
                 None => {

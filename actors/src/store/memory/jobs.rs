@@ -76,14 +76,14 @@ impl JobStore for MemoryStore {
         let current = s.leader.as_ref().map_or(0, |l| l.epoch);
         let job = s.job(attempt.job_id)?;
         let account = s.account_state(job.user_id)?;
-        let (ws, job) = decide::assign(account, job, attempt, worker, epoch, current, now)?;
+        let (ws, job) = decide::assign(account, &job, attempt, worker, epoch, current, now)?;
         self.commit(&mut s, ws)?;
         Ok(job)
     }
 
     async fn start_job(&self, attempt: AttemptRef, now: DateTime<Utc>) -> StoreResult<Job> {
         let mut s = self.state.lock();
-        let (ws, job) = decide::start(s.job(attempt.job_id)?, attempt, now)?;
+        let (ws, job) = decide::start(&s.job(attempt.job_id)?, attempt, now)?;
         self.commit(&mut s, ws)?;
         Ok(job)
     }
@@ -97,7 +97,7 @@ impl JobStore for MemoryStore {
         let mut s = self.state.lock();
         let job = s.job(attempt.job_id)?;
         let account = s.account_state(job.user_id)?;
-        let (ws, settlement) = decide::finish(account, job, attempt, outcome, now)?;
+        let (ws, settlement) = decide::finish(account, &job, attempt, outcome, now)?;
         self.commit(&mut s, ws)?;
         Ok(settlement)
     }
@@ -111,7 +111,7 @@ impl JobStore for MemoryStore {
         let mut s = self.state.lock();
         let job = s.job(id)?;
         let account = s.account_state(user)?;
-        let (ws, cancellation) = decide::cancel(account, job, user, now)?;
+        let (ws, cancellation) = decide::cancel(account, &job, user, now)?;
         self.commit(&mut s, ws)?;
         Ok(cancellation)
     }
@@ -128,7 +128,7 @@ impl JobStore for MemoryStore {
                 seqs.sort_unstable();
                 seqs.iter()
                     .filter_map(|seq| a.jobs.get(seq))
-                    .filter_map(|id| s.jobs.get(id).map(|j| Job::clone(j)))
+                    .filter_map(|id| s.jobs.get(id).map(|j| j.job()))
                     .collect()
             })
             .unwrap_or_default();
@@ -138,7 +138,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
-        Ok(self.state.lock().jobs.get(&id).map(|j| Job::clone(j)))
+        Ok(self.state.lock().jobs.get(&id).map(|j| j.job()))
     }
 
     async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
@@ -154,7 +154,10 @@ impl JobStore for MemoryStore {
         };
         // Counted from the back: a job just submitted is last, so this is
         // O(1) where it matters (every submission asks).
-        let behind = account.queued.range(in_line(job)..).count();
+        let behind = account
+            .queued
+            .range((Reverse(job.spec.priority), job.seq)..)
+            .count();
         let ahead = account.queued.len().saturating_sub(behind);
         Ok(Some(
             u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1),
@@ -184,9 +187,9 @@ impl JobStore for MemoryStore {
         Ok(ids
             .into_iter()
             .filter_map(|id| s.jobs.get(&id))
-            .filter(|j| j.pruned_at.is_none() && state.is_none_or(|st| j.state == st))
+            .filter(|j| j.pruned_at().is_none() && state.is_none_or(|st| j.state == st))
             .take(limit)
-            .map(|j| Job::clone(j))
+            .map(|j| j.job())
             .collect())
     }
 
@@ -200,7 +203,7 @@ impl JobStore for MemoryStore {
                 .values()
                 .filter_map(|id| s.jobs.get(id))
                 .filter(|j| states.contains(&j.state))
-                .map(|j| Job::clone(j))
+                .map(|j| j.job())
                 .collect());
         }
         let mut seqs: Vec<(u64, JobId)> = states
@@ -211,7 +214,7 @@ impl JobStore for MemoryStore {
         seqs.sort_unstable();
         Ok(seqs
             .iter()
-            .filter_map(|(_, id)| s.jobs.get(id).map(|j| Job::clone(j)))
+            .filter_map(|(_, id)| s.jobs.get(id).map(|j| j.job()))
             .collect())
     }
 
@@ -268,7 +271,7 @@ impl JobStore for MemoryStore {
                 .order
                 .get(&seq)
                 .and_then(|id| s.jobs.get(id))
-                .and_then(|job| decide::prune(job, before, now));
+                .and_then(|job| decide::prune(&job.job(), before, now));
             if let Some(thin) = thin {
                 s.store_pruned(thin);
                 pruned += 1;
@@ -286,7 +289,7 @@ impl JobStore for MemoryStore {
         let mut s = self.state.lock();
         let job = s.job(id)?;
         let account = s.account_state(user)?;
-        let (ws, settlement) = decide::expire(account, job, user, now)?;
+        let (ws, settlement) = decide::expire(account, &job, user, now)?;
         self.commit(&mut s, ws)?;
         Ok(settlement)
     }

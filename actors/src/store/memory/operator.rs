@@ -23,9 +23,10 @@ impl OperatorQueries for MemoryStore {
             .range(..upper)
             .rev()
             .filter_map(|(_, id)| s.jobs.get(id))
-            .filter(|j| j.pruned_at.is_none() && filter.matches(j))
+            .filter(|j| j.pruned_at().is_none())
+            .map(|j| j.job())
+            .filter(|j| filter.matches(j))
             .take(limit)
-            .map(|j| Job::clone(j))
             .collect())
     }
 
