@@ -24,17 +24,6 @@ pub struct JobFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-impl JobFilter {
-    pub fn matches(&self, job: &Job) -> bool {
-        self.state.is_none_or(|s| job.state == s)
-            && self.tier.is_none_or(|t| job.tier == t)
-            && self.kind.is_none_or(|k| job.spec.kind == k)
-            && self.user.is_none_or(|u| job.user_id == u)
-            && self.since.is_none_or(|t| job.created_at >= t)
-            && self.until.is_none_or(|t| job.created_at < t)
-    }
-}
-
 /// One attempt of a job, as the store recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRecord {

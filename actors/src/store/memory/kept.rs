@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
 use crate::job::{Charge, Job, JobError, JobResult, JobSpec, JobState};
 use crate::money::Credits;
+use crate::store::operator::JobFilter;
 use crate::tier::Tier;
 
 pub(super) struct KeptJob {
@@ -42,6 +43,17 @@ struct RunFields {
 impl KeptJob {
     pub fn pruned_at(&self) -> Option<DateTime<Utc>> {
         self.run.as_ref().and_then(|r| r.pruned_at)
+    }
+
+    /// Whether an operator's filter lists it, read off the record itself
+    /// so a listing rebuilds only the jobs it returns.
+    pub fn matches(&self, filter: &JobFilter) -> bool {
+        filter.state.is_none_or(|s| self.state == s)
+            && filter.tier.is_none_or(|t| self.tier == t)
+            && filter.kind.is_none_or(|k| self.spec.kind == k)
+            && filter.user.is_none_or(|u| self.user_id == u)
+            && filter.since.is_none_or(|t| self.created_at >= t)
+            && filter.until.is_none_or(|t| self.created_at < t)
     }
 
     /// The job as the port hands it out.

@@ -23,10 +23,9 @@ impl OperatorQueries for MemoryStore {
             .range(..upper)
             .rev()
             .filter_map(|(_, id)| s.jobs.get(id))
-            .filter(|j| j.pruned_at().is_none())
-            .map(|j| j.job())
-            .filter(|j| filter.matches(j))
+            .filter(|j| j.pruned_at().is_none() && j.matches(filter))
             .take(limit)
+            .map(|j| j.job())
             .collect())
     }
 
