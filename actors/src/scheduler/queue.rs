@@ -138,6 +138,24 @@ fn line_order(priority: Priority, seq: u64) -> LineOrder {
     (Reverse(priority), seq)
 }
 
+/// A waiting job as its line keeps it: only what the line (user, tier),
+/// the class (kind, model, GPU memory) and the line's order (priority,
+/// seq) do not already say, in numbers, so a million waiting jobs cost
+/// a small fixed record each. `pop_next` rebuilds the full `QueuedJob`.
+struct Waiting {
+    job_id: JobId,
+    /// `enqueued_at` as nanoseconds from the queue's `base` instant
+    /// (signed: a clock's instants may lie before the queue was made).
+    enqueued: i64,
+    waiting_since: DateTime<Utc>,
+    /// Boxed: only a retried job avoids a worker.
+    avoid: Option<Box<WorkerId>>,
+    /// The estimate of its GPU time, in milliseconds.
+    estimate_ms: u32,
+    attempts: u32,
+    size: SizeClass,
+}
+
 /// One user's waiting jobs of one tier, by class.
 struct Line {
     /// The dispatch tick of the user's last turn in this tier.
@@ -147,19 +165,31 @@ struct Line {
     /// Boxed: B-tree nodes filled in submission order stay about half
     /// full, so inline records would leave half of every node's record
     /// space empty; a pointer per slot wastes little.
-    jobs: HashMap<usize, BTreeMap<LineOrder, Box<QueuedJob>>>,
+    jobs: HashMap<usize, BTreeMap<LineOrder, Box<Waiting>>>,
     count: usize,
 }
 
 type LineKey = (UserId, Tier);
 
+/// Where a waiting job is: its line, class and order. Its waiting time
+/// is in its record, so the index entry stays at 48 bytes.
 #[derive(Clone, Copy)]
 struct Place {
+    seq: u64,
     user: UserId,
+    class: u32,
     tier: Tier,
-    class: usize,
-    order: LineOrder,
-    since: DateTime<Utc>,
+    priority: Priority,
+}
+
+impl Place {
+    fn order(&self) -> LineOrder {
+        line_order(self.priority, self.seq)
+    }
+
+    fn class(&self) -> usize {
+        self.class as usize
+    }
 }
 
 pub struct FairQueue {
@@ -177,6 +207,8 @@ pub struct FairQueue {
     /// Per tier, waiting jobs by how long they wait, for the limit.
     oldest: PerTier<BTreeSet<(DateTime<Utc>, JobId)>>,
     index: HashMap<JobId, Place>,
+    /// The instant waiting records count their enqueue time from.
+    base: Instant,
 }
 
 impl FairQueue {
@@ -194,6 +226,7 @@ impl FairQueue {
             waiting: PerTier::splat(0),
             oldest: Default::default(),
             index: HashMap::new(),
+            base: Instant::now(),
         }
     }
 
@@ -241,24 +274,24 @@ impl FairQueue {
     }
 
     /// Adds a job (new, recovered or retried) to its user's line.
-    pub fn push(&mut self, mut job: QueuedJob) {
+    pub fn push(&mut self, job: QueuedJob) {
         if self.index.contains_key(&job.job_id) {
             return;
         }
         let job_id = job.job_id;
         let class = self.class_id(job.class());
-        // One copy of the model's name per class, however many wait.
-        job.model = self.classes[class].class.model.clone();
-        let order = line_order(job.priority, job.seq);
         let key = (job.user_id, job.tier);
         let parked = self.running_of(job.user_id) >= self.limit(job.tier);
         let place = Place {
+            seq: job.seq,
             user: job.user_id,
+            // Classes are (kind, model, GPU memory) triples the registry
+            // knows: far fewer than four billion.
+            class: u32::try_from(class).unwrap_or(u32::MAX),
             tier: job.tier,
-            class,
-            order,
-            since: job.waiting_since,
+            priority: job.priority,
         };
+        let waiting = self.keep(&job);
         let tick = self.tick;
         let line = self.lines.entry(key).or_insert_with(|| Line {
             stamp: tick,
@@ -268,14 +301,62 @@ impl FairQueue {
         });
         let of_class = line.jobs.entry(class).or_default();
         let first_of_class = of_class.is_empty();
-        of_class.insert(order, Box::new(job));
+        of_class.insert(place.order(), Box::new(waiting));
         line.count += 1;
         if first_of_class && !line.parked {
             self.classes[class].ready[key.1].insert((line.stamp, key.0));
         }
         self.waiting[key.1] += 1;
-        self.oldest[key.1].insert((place.since, job_id));
+        self.oldest[key.1].insert((job.waiting_since, job_id));
         self.index.insert(job_id, place);
+    }
+
+    /// The record a line keeps of `job`.
+    fn keep(&mut self, job: &QueuedJob) -> Waiting {
+        let base = self.base;
+        let enqueued = match job.enqueued_at.checked_duration_since(base) {
+            Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            None => i64::try_from(base.duration_since(job.enqueued_at).as_nanos())
+                .map_or(i64::MIN, |before| -before),
+        };
+        Waiting {
+            job_id: job.job_id,
+            enqueued,
+            waiting_since: job.waiting_since,
+            avoid: job.avoid.map(Box::new),
+            estimate_ms: u32::try_from(job.estimate.as_millis()).unwrap_or(u32::MAX),
+            attempts: job.attempts,
+            size: job.size,
+        }
+    }
+
+    /// The full job from its record and where it stood.
+    fn rebuild(&self, kept: Waiting, place: &Place) -> QueuedJob {
+        let class = &self.classes[place.class()].class;
+        let offset = Duration::from_nanos(kept.enqueued.unsigned_abs());
+        let base = self.base;
+        let enqueued_at = if kept.enqueued >= 0 {
+            base.checked_add(offset).unwrap_or(base)
+        } else {
+            base.checked_sub(offset).unwrap_or(base)
+        };
+        QueuedJob {
+            job_id: kept.job_id,
+            user_id: place.user,
+            seq: place.seq,
+            tier: place.tier,
+            kind: class.kind,
+            priority: place.priority,
+            // One copy of the model's name per class, however many wait.
+            model: class.model.clone(),
+            size: kept.size,
+            vram_mb: class.vram_mb,
+            estimate: Duration::from_millis(u64::from(kept.estimate_ms)),
+            attempts: kept.attempts,
+            enqueued_at,
+            waiting_since: kept.waiting_since,
+            avoid: kept.avoid.map(|w| *w),
+        }
     }
 
     /// Removes a waiting job (cancelled, expired, or its user suspended).
@@ -287,15 +368,15 @@ impl FairQueue {
     fn take(&mut self, job: JobId, place: Place) -> Option<QueuedJob> {
         let key = (place.user, place.tier);
         let t = place.tier;
+        let class = place.class();
         self.waiting[t] -= 1;
-        self.oldest[t].remove(&(place.since, job));
         let line = self.lines.get_mut(&key)?;
-        let of_class = line.jobs.get_mut(&place.class)?;
-        let removed = of_class.remove(&place.order).map(|j| *j);
+        let of_class = line.jobs.get_mut(&class)?;
+        let removed = of_class.remove(&place.order()).map(|j| *j);
         if of_class.is_empty() {
-            line.jobs.remove(&place.class);
+            line.jobs.remove(&class);
             if !line.parked {
-                self.classes[place.class].ready[t].remove(&(line.stamp, place.user));
+                self.classes[class].ready[t].remove(&(line.stamp, place.user));
             }
         }
         if removed.is_some() {
@@ -305,7 +386,9 @@ impl FairQueue {
             // Memory follows the users with work, not every user ever seen.
             self.lines.remove(&key);
         }
-        removed
+        let kept = removed?;
+        self.oldest[t].remove(&(kept.waiting_since, job));
+        Some(self.rebuild(kept, &place))
     }
 
     /// Jobs that have waited longer than their tier allows, taken out of
@@ -527,6 +610,72 @@ mod tests {
             max_waiting: 1_000_000,
         };
         TierTable(PerTier::from_fn(|t| p(weights[t.index()])))
+    }
+
+    /// The line keeps a waiting job as a compact record; what comes out
+    /// is the job that went in, field for field, whether it waited from
+    /// before the queue existed or retried after failing on a worker.
+    #[test]
+    fn a_waiting_job_comes_out_as_it_went_in() {
+        let clock = crate::clock::Clock::system();
+        let user = UserId::generate();
+        let mut early = job(user, Tier::Basic, 1);
+        early.enqueued_at = clock
+            .instant()
+            .checked_sub(Duration::from_secs(30))
+            .unwrap_or_else(|| clock.instant());
+        let mut retried = job(user, Tier::Basic, 2);
+        retried.priority = Priority::High;
+        retried.kind = JobKind::Video;
+        retried.model = "video-model".into();
+        retried.size = SizeClass::VideoStandard;
+        retried.vram_mb = 24_000;
+        retried.estimate = Duration::from_millis(61_250);
+        retried.attempts = 2;
+        retried.avoid = Some(WorkerId::generate());
+        retried.enqueued_at = clock.instant() + Duration::from_millis(1_500);
+        let mut q = jobs_queue(TierTable::default());
+        q.push(early.clone());
+        q.push(retried.clone());
+        let first = q.pop_next(|_| true).expect("the high-priority job");
+        let second = q.pop_next(|_| true).expect("the other job");
+        for (got, want) in [(first, retried), (second, early)] {
+            assert_eq!(got.job_id, want.job_id);
+            assert_eq!(got.user_id, want.user_id);
+            assert_eq!(
+                (got.seq, got.tier, got.priority),
+                (want.seq, want.tier, want.priority)
+            );
+            assert_eq!(
+                (got.kind, got.size, got.vram_mb),
+                (want.kind, want.size, want.vram_mb)
+            );
+            assert_eq!(got.model, want.model);
+            assert_eq!((got.estimate, got.attempts), (want.estimate, want.attempts));
+            assert_eq!(got.enqueued_at, want.enqueued_at);
+            assert_eq!(got.waiting_since, want.waiting_since);
+            assert_eq!(got.avoid, want.avoid);
+        }
+        assert!(q.is_empty());
+        assert_eq!(q.oldest_by_tier()[Tier::Basic], None);
+    }
+
+    /// A removed job leaves nothing behind: not its place in the
+    /// oldest-first set, not its user's line.
+    #[test]
+    fn a_removed_job_leaves_no_trace() {
+        let user = UserId::generate();
+        let a = job(user, Tier::Free, 1);
+        let b = job(user, Tier::Free, 2);
+        let mut q = jobs_queue(TierTable::default());
+        q.push(a.clone());
+        q.push(b.clone());
+        assert_eq!(q.remove(a.job_id).map(|j| j.job_id), Some(a.job_id));
+        assert!(q.remove(a.job_id).is_none());
+        assert_eq!(q.oldest_by_tier()[Tier::Free], Some(b.waiting_since));
+        assert_eq!(q.remove(b.job_id).map(|j| j.seq), Some(2));
+        assert_eq!(q.oldest_by_tier()[Tier::Free], None);
+        assert!(q.is_empty() && q.lines.is_empty());
     }
 
     proptest! {

@@ -88,9 +88,14 @@ struct State {
     jobs: HashMap<JobId, Box<kept::KeptJob>>,
     /// Every job by submission order (operator listings, recovery).
     order: BTreeMap<u64, JobId>,
-    /// Jobs waiting or in flight by state, kept in step by `put_job`, so
-    /// recovery does not scan every job ever submitted.
+    /// Jobs in flight (assigned, running) by state, kept in step by
+    /// `put_job`, so recovery does not scan every job ever submitted.
+    /// Queued jobs are in their accounts' `queued` sets and counted in
+    /// `queued`: a second index of a million waiting jobs would cost
+    /// about 45 MB.
     by_state: HashMap<JobState, BTreeMap<u64, JobId>>,
+    /// How many jobs are queued, over every account.
+    queued: u64,
     /// Finished jobs are only counted (stats): an index of every finished
     /// job would grow with all of history for lookups nobody makes.
     finished_count: HashMap<JobState, u64>,
@@ -105,8 +110,6 @@ struct State {
     /// The per-user event log and the account webhook endpoints.
     endpoints: endpoints::Endpoints,
     leader: Option<Leader>,
-    /// Resolution of each job's hold; `Held` means still open.
-    holds: HashMap<JobId, Charge>,
     /// Webhook deliveries owed (the outbox), by id.
     webhooks: BTreeMap<String, OwedWebhook>,
     /// Finished jobs not pruned yet, by final state, oldest-finished
@@ -182,14 +185,17 @@ impl State {
     /// Everything a write set may refuse is checked before the first
     /// change, so applying it is all or nothing.
     fn check(&self, ws: &WriteSet) -> StoreResult<()> {
+        // A job's hold is its record's `charge`: opened with the job,
+        // resolved at most once. The record is kept (thin once pruned) as
+        // long as the ledger, so the hold's state is never lost.
         for hold in &ws.holds {
             match hold {
-                HoldWrite::Opened { job, .. } if self.holds.contains_key(job) => {
+                HoldWrite::Opened { job, .. } if self.jobs.contains_key(job) => {
                     return Err(StoreError::Invariant(format!(
                         "job {job} has a hold already"
                     )));
                 }
-                HoldWrite::Resolved { job, .. } => match self.holds.get(job) {
+                HoldWrite::Resolved { job, .. } => match self.jobs.get(job).map(|j| j.charge) {
                     Some(Charge::Held) => {}
                     Some(_) => return Err(StoreError::HoldResolved),
                     None => return Err(StoreError::Invariant(format!("job {job} has no hold"))),
@@ -258,20 +264,30 @@ impl State {
                 created_at: e.at,
             });
         }
-        for hold in &ws.holds {
-            match hold {
-                HoldWrite::Opened { job, .. } => self.holds.insert(*job, Charge::Held),
-                HoldWrite::Resolved {
-                    job, resolution, ..
-                } => self.holds.insert(*job, *resolution),
-            };
-        }
         for write in &ws.jobs {
             if write.before.is_none() {
                 let job = &write.job;
                 self.account(job.user_id)?.jobs.insert(job.seq, job.id);
             }
             self.put_job(write.before, write.job.clone())?;
+        }
+        // After the jobs: the hold's resolution is what the record keeps,
+        // whatever charge the job write carried.
+        for hold in &ws.holds {
+            match hold {
+                HoldWrite::Opened { job, .. } => {
+                    if let Some(kept) = self.jobs.get_mut(job) {
+                        kept.charge = Charge::Held;
+                    }
+                }
+                HoldWrite::Resolved {
+                    job, resolution, ..
+                } => {
+                    if let Some(kept) = self.jobs.get_mut(job) {
+                        kept.charge = *resolution;
+                    }
+                }
+            }
         }
         for a in &ws.attempts {
             self.apply_attempt(a);
@@ -341,10 +357,16 @@ impl State {
     /// and order indexes in step.
     fn put_job(&mut self, before: Option<JobState>, job: Job) -> StoreResult<()> {
         let account = self.account(job.user_id)?;
-        if job.state == JobState::Queued {
-            account.queued.insert(in_line(&job));
+        let (entered, left) = if job.state == JobState::Queued {
+            (account.queued.insert(in_line(&job)), false)
         } else {
-            account.queued.remove(&in_line(&job));
+            (false, account.queued.remove(&in_line(&job)))
+        };
+        if entered {
+            self.queued += 1;
+        }
+        if left {
+            self.queued = self.queued.saturating_sub(1);
         }
         if let Some(before) = before {
             if before.is_terminal() {
@@ -357,7 +379,7 @@ impl State {
         }
         if job.state.is_terminal() {
             *self.finished_count.entry(job.state).or_default() += 1;
-        } else {
+        } else if job.state != JobState::Queued {
             self.by_state
                 .entry(job.state)
                 .or_default()

@@ -490,6 +490,26 @@ pub async fn recovery_lists_jobs_by_state_in_submission_order(store: Shared) {
     let counts = store.job_counts().await.unwrap();
     assert!(counts.0.contains(&(JobState::Queued, 2)));
     assert!(counts.0.contains(&(JobState::Assigned, 1)));
+
+    // Several users' waiting jobs come back in submission order, and a
+    // cancelled one is neither listed nor counted.
+    let other = user_with(&store, "rec2@example.com", 100).await;
+    let d = store.submit_job(new_job(other.id, 1)).await.unwrap().job;
+    let e = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
+    let f = store.submit_job(new_job(other.id, 1)).await.unwrap().job;
+    store
+        .cancel_job(user.id, c.id, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
+    let waiting = store.jobs_in_states(&[JobState::Queued]).await.unwrap();
+    assert_eq!(
+        waiting.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a.id, d.id, e.id, f.id]
+    );
+    let counts = store.job_counts().await.unwrap();
+    assert!(counts.0.contains(&(JobState::Queued, 4)), "{counts:?}");
+    assert!(counts.0.contains(&(JobState::Cancelled, 1)), "{counts:?}");
+    assert_books_balance(&store).await;
 }
 
 pub async fn idempotency_keys_expire(store: Shared) {

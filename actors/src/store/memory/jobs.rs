@@ -211,6 +211,17 @@ impl JobStore for MemoryStore {
             .filter_map(|st| s.by_state.get(st))
             .flat_map(|set| set.iter().map(|(seq, id)| (*seq, *id)))
             .collect();
+        if states.contains(&JobState::Queued) {
+            // Queued jobs are indexed only in their accounts' lines.
+            for account in s.accounts.values() {
+                seqs.extend(
+                    account
+                        .queued
+                        .iter()
+                        .filter_map(|(_, seq)| account.jobs.get(seq).map(|id| (*seq, *id))),
+                );
+            }
+        }
         seqs.sort_unstable();
         Ok(seqs
             .iter()
@@ -226,6 +237,8 @@ impl JobStore for MemoryStore {
                 .map(|st| {
                     let n = if st.is_terminal() {
                         s.finished_count.get(&st).copied().unwrap_or(0)
+                    } else if st == JobState::Queued {
+                        s.queued
                     } else {
                         s.by_state.get(&st).map_or(0, |set| set.len() as u64)
                     };
