@@ -36,6 +36,9 @@ use crate::tier::Membership;
 use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wire::{Capabilities, PresentedAttempt};
 
+/// How many waiting jobs recovery reads from the store at a time.
+const RECOVERY_PAGE: usize = 5_000;
+
 /// API keys and account closure (ToS 2.2, 9.2, 9.3).
 mod accounts;
 /// The per-user event stream and account webhook endpoints.
@@ -266,15 +269,37 @@ impl Orchestrator {
             .store
             .jobs_in_states(&[JobState::Assigned, JobState::Running])
             .await?;
-        let waiting = self.store.jobs_in_states(&[JobState::Queued]).await?;
+        // The waiting line is handed over a page at a time, each page
+        // taken in before the next is read: a large backlog is never held
+        // twice in memory (as rows and as the line).
+        let mut waiting = 0usize;
+        let mut after_seq = 0;
+        loop {
+            let page = self
+                .store
+                .queued_jobs_after(after_seq, RECOVERY_PAGE)
+                .await?;
+            let full = page.len() >= RECOVERY_PAGE;
+            waiting += page.len();
+            let Some(last) = page.last().map(|j| j.seq) else {
+                break;
+            };
+            after_seq = last;
+            self.scheduler
+                .send(Recover(page))
+                .await
+                .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
+            if !full {
+                break;
+            }
+        }
         tracing::info!(
             epoch,
             node,
-            waiting = waiting.len(),
+            waiting,
             in_flight = in_flight.len(),
             "leading the cluster"
         );
-        self.scheduler.do_send(Recover(waiting));
         if grace.is_zero() {
             self.declare_lost(in_flight).await?;
             return Ok(epoch);
@@ -716,5 +741,42 @@ impl Orchestrator {
             return Err(OrchestratorError::Unavailable("scheduler stopped".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observer::NoopObserver;
+    use crate::store::conformance::{new_job, user_with};
+    use crate::store::memory::MemoryStore;
+
+    /// A backlog of more than one recovery page is taken in whole at
+    /// start-up, each waiting job once, and nothing that is not waiting.
+    #[actix_rt::test]
+    async fn a_backlog_of_several_pages_is_recovered_whole() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let user = user_with(&store, "backlog@example.com", 100_000).await;
+        let waiting = RECOVERY_PAGE * 2 + 7;
+        for i in 0..=waiting {
+            let mut job = new_job(user.id, 1);
+            job.max_waiting = u32::MAX;
+            let job = store.submit_job(job).await.expect("submit").job;
+            if i == waiting / 2 {
+                // One in the middle is cancelled before the restart.
+                store
+                    .cancel_job(user.id, job.id, crate::clock::Clock::system().now())
+                    .await
+                    .expect("cancel");
+            }
+        }
+        let orch =
+            Orchestrator::start(store, OrchestratorConfig::default(), Arc::new(NoopObserver))
+                .await
+                .expect("start");
+        let stats = orch.stats().await.expect("stats");
+        let in_line: usize = stats.scheduler.waiting_by_tier.values().sum();
+        assert_eq!(in_line, waiting);
+        assert!(stats.jobs.0.contains(&(JobState::Queued, waiting as u64)));
     }
 }

@@ -65,6 +65,7 @@ pub const OPERATIONS: &[&str] = &[
     "queue_position",
     "list_jobs",
     "jobs_in_states",
+    "queued_jobs_after",
     "job_counts",
     "audit_ledgers",
     "admin_jobs",
@@ -266,6 +267,14 @@ impl JobStore for InstrumentedStore {
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
         self.timed("jobs_in_states", self.inner.jobs_in_states(states))
             .await
+    }
+
+    async fn queued_jobs_after(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Job>> {
+        self.timed(
+            "queued_jobs_after",
+            self.inner.queued_jobs_after(after_seq, limit),
+        )
+        .await
     }
 
     async fn job_counts(&self) -> StoreResult<JobCounts> {

@@ -36,6 +36,10 @@ use crate::wire::{AttemptId, Capabilities, PresentedAttempt, RefusedAttempt};
 /// How often the scheduler compares its line with the store, so a job the
 /// store holds as waiting can never be forgotten by the actors.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How many waiting jobs one step of a reconciliation pass reads: a
+/// backlog of a million is compared page by page, never held twice over
+/// in memory, and dispatch runs between the pages.
+const RECONCILE_PAGE: usize = 2_000;
 /// After a store outage during assignment, when to try the job again.
 const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
 /// How often waiting jobs are checked against their tier's waiting limit.
@@ -112,6 +116,8 @@ pub struct SchedulerActor {
     /// Workers whose presented attempts are being checked in the store;
     /// they are registered (and welcomed) once that is done.
     presenting: BTreeMap<WorkerId, Presenting>,
+    /// A reconciliation pass is reading the store's waiting jobs.
+    reconciling: bool,
 }
 
 struct Presenting {
@@ -149,6 +155,7 @@ impl SchedulerActor {
             orphans: BTreeMap::new(),
             grace_over: true,
             presenting: BTreeMap::new(),
+            reconciling: false,
         }
     }
 
@@ -452,8 +459,9 @@ impl Actor for SchedulerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(RECONCILE_EVERY, |act, ctx| {
-            if act.epoch.is_some() {
-                ctx.notify(Reconcile);
+            if act.epoch.is_some() && !act.reconciling {
+                act.reconciling = true;
+                ctx.notify(Reconcile { after_seq: 0 });
             }
         });
         ctx.run_interval(EXPIRY_SWEEP, |act, ctx| {
@@ -970,11 +978,18 @@ impl Handler<Recover> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Recover, ctx: &mut Self::Context) {
+        self.adopt_waiting(msg.0, ctx);
+    }
+}
+
+impl SchedulerActor {
+    /// Puts in line the waiting jobs of `jobs` it does not know yet.
+    fn adopt_waiting(&mut self, jobs: Vec<Job>, ctx: &mut Context<Self>) {
         if self.epoch.is_none() {
             return;
         }
         let now = self.config.clock.now();
-        for job in msg.0 {
+        for job in jobs {
             if job.state != JobState::Queued || self.knows(job.id) {
                 continue;
             }
@@ -988,22 +1003,50 @@ impl Handler<Recover> for SchedulerActor {
     }
 }
 
+/// One step of a reconciliation pass: read the waiting jobs submitted
+/// after `after_seq`.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Reconcile;
+struct Reconcile {
+    after_seq: u64,
+}
 
 impl Handler<Reconcile> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, _: Reconcile, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Reconcile, ctx: &mut Self::Context) {
         let store = self.store.clone();
         let addr = ctx.address();
         actix::spawn(async move {
-            match store.jobs_in_states(&[JobState::Queued]).await {
-                Ok(jobs) => addr.do_send(Recover(jobs)),
-                Err(e) => tracing::warn!(error = %e, "reconciliation could not read the store"),
+            match store.queued_jobs_after(msg.after_seq, RECONCILE_PAGE).await {
+                Ok(jobs) => addr.do_send(Reconciled(jobs)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation could not read the store");
+                    addr.do_send(Reconciled(Vec::new()));
+                }
             }
         });
+    }
+}
+
+/// A page of a reconciliation pass; a full page asks for the next.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reconciled(Vec<Job>);
+
+impl Handler<Reconciled> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconciled, ctx: &mut Self::Context) {
+        let full = msg.0.len() >= RECONCILE_PAGE;
+        let last = msg.0.last().map(|j| j.seq);
+        self.adopt_waiting(msg.0, ctx);
+        match last {
+            Some(after_seq) if full && self.epoch.is_some() => {
+                ctx.notify(Reconcile { after_seq });
+            }
+            _ => self.reconciling = false,
+        }
     }
 }
 

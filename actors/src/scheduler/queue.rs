@@ -145,7 +145,7 @@ fn line_order(priority: Priority, seq: u64) -> LineOrder {
 struct Waiting {
     job_id: JobId,
     /// `enqueued_at` as nanoseconds from the queue's `base` instant
-    /// (signed: a clock's instants may lie before the queue was made).
+    /// (signed: a job may have been stamped before the first one pushed).
     enqueued: i64,
     waiting_since: DateTime<Utc>,
     /// Boxed: only a retried job avoids a worker.
@@ -207,8 +207,9 @@ pub struct FairQueue {
     /// Per tier, waiting jobs by how long they wait, for the limit.
     oldest: PerTier<BTreeSet<(DateTime<Utc>, JobId)>>,
     index: HashMap<JobId, Place>,
-    /// The instant waiting records count their enqueue time from.
-    base: Instant,
+    /// The instant waiting records count their enqueue time from: the
+    /// first pushed job's (instants come from the configured clock).
+    base: Option<Instant>,
 }
 
 impl FairQueue {
@@ -226,7 +227,7 @@ impl FairQueue {
             waiting: PerTier::splat(0),
             oldest: Default::default(),
             index: HashMap::new(),
-            base: Instant::now(),
+            base: None,
         }
     }
 
@@ -313,7 +314,7 @@ impl FairQueue {
 
     /// The record a line keeps of `job`.
     fn keep(&mut self, job: &QueuedJob) -> Waiting {
-        let base = self.base;
+        let base = *self.base.get_or_insert(job.enqueued_at);
         let enqueued = match job.enqueued_at.checked_duration_since(base) {
             Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
             None => i64::try_from(base.duration_since(job.enqueued_at).as_nanos())
@@ -331,16 +332,17 @@ impl FairQueue {
     }
 
     /// The full job from its record and where it stood.
-    fn rebuild(&self, kept: Waiting, place: &Place) -> QueuedJob {
+    fn rebuild(&self, kept: Waiting, place: &Place) -> Option<QueuedJob> {
         let class = &self.classes[place.class()].class;
         let offset = Duration::from_nanos(kept.enqueued.unsigned_abs());
-        let base = self.base;
+        // A record exists only once a push has set the base.
+        let base = self.base?;
         let enqueued_at = if kept.enqueued >= 0 {
             base.checked_add(offset).unwrap_or(base)
         } else {
             base.checked_sub(offset).unwrap_or(base)
         };
-        QueuedJob {
+        Some(QueuedJob {
             job_id: kept.job_id,
             user_id: place.user,
             seq: place.seq,
@@ -356,7 +358,7 @@ impl FairQueue {
             enqueued_at,
             waiting_since: kept.waiting_since,
             avoid: kept.avoid.map(|w| *w),
-        }
+        })
     }
 
     /// Removes a waiting job (cancelled, expired, or its user suspended).
@@ -388,7 +390,7 @@ impl FairQueue {
         }
         let kept = removed?;
         self.oldest[t].remove(&(kept.waiting_since, job));
-        Some(self.rebuild(kept, &place))
+        self.rebuild(kept, &place)
     }
 
     /// Jobs that have waited longer than their tier allows, taken out of

@@ -254,6 +254,7 @@ macro_rules! store_conformance_tests {
             concurrent_submits_never_overdraw,
             concurrent_resolutions_of_one_hold_apply_once,
             recovery_lists_jobs_by_state_in_submission_order,
+            waiting_jobs_are_read_a_page_at_a_time,
             idempotency_keys_expire,
             grant_key_reused_with_another_body_is_refused,
             waiting_jobs_expire_with_their_hold_voided,

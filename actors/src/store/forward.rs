@@ -124,6 +124,7 @@ forward_jobs! {
         limit: usize,
     ) -> StoreResult<Vec<Job>>;
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
+    async fn queued_jobs_after(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Job>>;
     async fn job_counts(&self) -> StoreResult<JobCounts>;
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     async fn prune_finished_jobs(

@@ -186,6 +186,10 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<Job>>;
     /// Jobs in any of `states`, oldest submission first (recovery).
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
+    /// Waiting jobs submitted after `after_seq`, oldest first, at most
+    /// `limit`: the scheduler compares its line with the store a page at
+    /// a time, so a large backlog is never read in one piece.
+    async fn queued_jobs_after(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Job>>;
     async fn job_counts(&self) -> StoreResult<JobCounts>;
     /// Forgets idempotency keys of submissions made before `before`: a
     /// replay after that is a new submission (Stripe keeps keys ~24 h).

@@ -240,6 +240,18 @@ impl JobStore for PgStore {
         rows.iter().map(job_row).collect()
     }
 
+    async fn queued_jobs_after(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Job>> {
+        let client = self.client().await?;
+        // Keyset paging on the active-jobs index (state, seq).
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND seq > $1 ORDER BY seq LIMIT $2"
+        );
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client.query(&sql, &[&after, &limit]).await.map_err(db)?;
+        rows.iter().map(job_row).collect()
+    }
+
     async fn job_counts(&self) -> StoreResult<JobCounts> {
         let client = self.client().await?;
         let rows = client

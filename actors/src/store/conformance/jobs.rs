@@ -512,6 +512,36 @@ pub async fn recovery_lists_jobs_by_state_in_submission_order(store: Shared) {
     assert_books_balance(&store).await;
 }
 
+pub async fn waiting_jobs_are_read_a_page_at_a_time(store: Shared) {
+    let user = user_with(&store, "pages@example.com", 100).await;
+    let other = user_with(&store, "pages2@example.com", 100).await;
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let owner = if i % 2 == 0 { user.id } else { other.id };
+        jobs.push(store.submit_job(new_job(owner, 1)).await.unwrap().job);
+    }
+    // Neither a job in flight nor a cancelled one is waiting.
+    assign(&store, &jobs[1]).await;
+    store
+        .cancel_job(user.id, jobs[4].id, crate::clock::Clock::system().now())
+        .await
+        .unwrap();
+    let ids = |page: &[Job]| page.iter().map(|j| j.id).collect::<Vec<_>>();
+    let first = store.queued_jobs_after(0, 2).await.unwrap();
+    assert_eq!(ids(&first), vec![jobs[0].id, jobs[2].id]);
+    let second = store.queued_jobs_after(first[1].seq, 2).await.unwrap();
+    assert_eq!(ids(&second), vec![jobs[3].id, jobs[5].id]);
+    assert!(second.iter().all(|j| j.state == JobState::Queued));
+    let past = store.queued_jobs_after(second[1].seq, 2).await.unwrap();
+    assert!(past.is_empty(), "{past:?}");
+    assert!(store.queued_jobs_after(0, 0).await.unwrap().is_empty());
+    assert!(store
+        .queued_jobs_after(u64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 pub async fn idempotency_keys_expire(store: Shared) {
     let user = user_with(&store, "expire@example.com", 10).await;
     let key = IdempotencyKey::parse("old-key").unwrap();

@@ -206,26 +206,27 @@ impl JobStore for MemoryStore {
                 .map(|j| j.job())
                 .collect());
         }
-        let mut seqs: Vec<(u64, JobId)> = states
+        let mut seqs: Vec<u64> = states
             .iter()
             .filter_map(|st| s.by_state.get(st))
-            .flat_map(|set| set.iter().map(|(seq, id)| (*seq, *id)))
+            .flat_map(|set| set.iter().copied())
             .collect();
-        if states.contains(&JobState::Queued) {
-            // Queued jobs are indexed only in their accounts' lines.
-            for account in s.accounts.values() {
-                seqs.extend(
-                    account
-                        .queued
-                        .iter()
-                        .filter_map(|(_, seq)| account.jobs.get(seq).map(|id| (*seq, *id))),
-                );
-            }
-        }
         seqs.sort_unstable();
-        Ok(seqs
-            .iter()
-            .filter_map(|(_, id)| s.jobs.get(id).map(|j| j.job()))
+        Ok(seqs.iter().filter_map(|seq| s.job_by_seq(*seq)).collect())
+    }
+
+    async fn queued_jobs_after(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Job>> {
+        let s = self.state.lock();
+        let Some(queued) = s.by_state.get(&JobState::Queued) else {
+            return Ok(Vec::new());
+        };
+        Ok(queued
+            .range((
+                std::ops::Bound::Excluded(after_seq),
+                std::ops::Bound::Unbounded,
+            ))
+            .take(limit)
+            .filter_map(|seq| s.job_by_seq(*seq))
             .collect())
     }
 
@@ -237,8 +238,6 @@ impl JobStore for MemoryStore {
                 .map(|st| {
                     let n = if st.is_terminal() {
                         s.finished_count.get(&st).copied().unwrap_or(0)
-                    } else if st == JobState::Queued {
-                        s.queued
                     } else {
                         s.by_state.get(&st).map_or(0, |set| set.len() as u64)
                     };
