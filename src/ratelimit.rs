@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use admedia_actors::ids::UserId;
-use admedia_actors::tier::{parse_tier_pairs, PerTier, Tier};
+use admedia_actors::domain::ids::UserId;
+use admedia_actors::domain::tier::{parse_tier_pairs, PerTier, Tier};
 use bb8_redis::RedisConnectionManager;
 use parking_lot::Mutex;
 

@@ -17,16 +17,16 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use admedia_actors::actors::messages::SchedulerHandle;
 use admedia_actors::actors::scheduler::SchedulerStats;
 use admedia_actors::actors::worker::{LinkClosed, SimProfile, WorkerActor, WorkerLink};
-use admedia_actors::error::OrchestratorError;
-use admedia_actors::ids::{JobId, LeaseToken, UserId};
-use admedia_actors::job::{
+use admedia_actors::domain::ids::{JobId, LeaseToken, UserId};
+use admedia_actors::domain::job::{
     Charge, FailureClass, Job, JobKind, JobRequest, JobState, Output, ParamsRequest,
 };
-use admedia_actors::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
-use admedia_actors::money::Credits;
+use admedia_actors::domain::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
+use admedia_actors::domain::tier::{License, Membership, Tier};
+use admedia_actors::domain::wallet::Credits;
+use admedia_actors::error::OrchestratorError;
 use admedia_actors::observer::{AttemptResult, Observer};
 use admedia_actors::store::memory::MemoryStore;
-use admedia_actors::tier::{License, Membership, Tier};
 use admedia_actors::wire::{Capabilities, FromWorker, ToWorker};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 
@@ -64,7 +64,12 @@ impl Counting {
 }
 
 impl Observer for Counting {
-    fn job_finished(&self, _kind: JobKind, _tier: Tier, outcome: admedia_actors::job::JobState) {
+    fn job_finished(
+        &self,
+        _kind: JobKind,
+        _tier: Tier,
+        outcome: admedia_actors::domain::job::JobState,
+    ) {
         *self.finished.lock().entry(outcome.as_str()).or_default() += 1;
     }
 
@@ -235,7 +240,7 @@ impl Harness {
         let observer: Arc<dyn Observer> = self.obs.clone();
         let addr = WorkerActor::create(move |_ctx| {
             WorkerActor::new(
-                admedia_actors::ids::WorkerId::generate(),
+                admedia_actors::domain::ids::WorkerId::generate(),
                 caps,
                 Box::new(ChannelLink(tx)),
                 scheduler,

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use admedia_actors::price_schedule::parse_millis;
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::price_schedule::parse_millis;
+use admedia_actors::domain::tier::{PerTier, Tier};
 use clap::{Parser, ValueEnum};
 use serde::{Serialize, Serializer};
 

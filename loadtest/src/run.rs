@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{Charge, JobState};
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{Charge, JobState};
+use admedia_actors::domain::tier::{PerTier, Tier};
 use chrono::DateTime;
 use futures_util::stream::{self, StreamExt};
 use rand::rngs::StdRng;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use admedia_actors::tier::PerTier;
+use admedia_actors::domain::tier::PerTier;
 
 use crate::api::Api;
 

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::config::{FairnessUnit, OrchestratorConfig};
-use crate::ids::{JobId, UserId, WorkerId};
-use crate::job::{Job, JobKind, Priority, SizeClass};
+use crate::domain::ids::{JobId, UserId, WorkerId};
+use crate::domain::job::{Job, JobKind, Priority, SizeClass};
 
-use crate::tier::{PerTier, Tier, TierTable};
+use crate::domain::tier::{PerTier, Tier, TierTable};
 
 /// What a job needs of a worker; jobs of one class are placed alike.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -494,7 +494,7 @@ impl FairQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tier::TierPolicy;
+    use crate::domain::tier::TierPolicy;
     use proptest::prelude::*;
 
     fn job(user: UserId, tier: Tier, seq: u64) -> QueuedJob {
