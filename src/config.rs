@@ -992,7 +992,10 @@ mod tests {
     #[test]
     fn tier_weights_override_the_table() {
         let s = given(&["--tier-weights", "1, 3, 9, 27"]).unwrap();
-        assert_eq!(s.orchestrator().unwrap().tiers.weights(), [1, 3, 9, 27]);
+        assert_eq!(
+            s.orchestrator().unwrap().tiers.weights(),
+            PerTier::from([1, 3, 9, 27])
+        );
         let s = Settings::default();
         assert_eq!(
             s.orchestrator().unwrap().tiers.weights(),
@@ -1052,7 +1055,7 @@ mod tests {
             Some(&Score::new(0.1).unwrap())
         );
         assert_eq!(cfg.email_rules.dotless_domains, ["example.org"]);
-        assert_eq!(s.rate_limits.0, [3, 300, 1200, 6000]);
+        assert_eq!(s.rate_limits.0, PerTier::from([3, 300, 1200, 6000]));
         assert_eq!(
             Settings::default().dotless_email_domains,
             EmailRules::default(),

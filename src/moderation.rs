@@ -416,12 +416,12 @@ mod tests {
         assert_eq!(c.thresholds["sexual/minors"].get(), 0.1);
         assert_eq!(
             c.when_down,
-            [
+            PerTier::from([
                 WhenDown::Refuse,
                 WhenDown::Refuse,
                 WhenDown::Refuse,
                 WhenDown::Rules
-            ]
+            ])
         );
         for (url, thresholds, down) in [
             ("https://api.example.com", "", "refuse"),

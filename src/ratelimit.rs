@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn limits_parse_and_reject_nonsense() {
         let l: RateLimits = "free=5, enterprise=0".parse().unwrap();
-        assert_eq!(l.0, [5, 300, 1200, 0]);
+        assert_eq!(l.0, PerTier::from([5, 300, 1200, 0]));
         assert_eq!("".parse::<RateLimits>(), Ok(RateLimits::default()));
         assert!("gold=5".parse::<RateLimits>().is_err());
         assert!("free=x".parse::<RateLimits>().is_err());

@@ -22,7 +22,7 @@ use admedia_actors::domain::job::{
     Charge, FailureClass, Job, JobKind, JobRequest, JobState, Output, ParamsRequest,
 };
 use admedia_actors::domain::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
-use admedia_actors::domain::tier::{License, Membership, Tier};
+use admedia_actors::domain::tier::{License, Membership, PerTier, Tier};
 use admedia_actors::domain::wallet::Credits;
 use admedia_actors::error::OrchestratorError;
 use admedia_actors::observer::{AttemptResult, Observer};
@@ -546,8 +546,10 @@ async fn cancel_while_queued_voids() {
     let (queued, position) = h.orch.job(user, job.id).await.expect("job");
     assert_eq!((queued.state, position), (JobState::Queued, Some(1)));
 
-    h.wait_line("the job in the line", |s| s.waiting_by_tier == [1, 0, 0, 0])
-        .await;
+    h.wait_line("the job in the line", |s| {
+        s.waiting_by_tier == PerTier::from([1, 0, 0, 0])
+    })
+    .await;
 
     let cancelled = h.orch.cancel(user, job.id).await.expect("cancel");
     assert_eq!(cancelled.state, JobState::Cancelled);
@@ -559,7 +561,7 @@ async fn cancel_while_queued_voids() {
     );
     // It leaves the scheduler's line, not only the store's.
     h.wait_line("an empty line", |s| {
-        s.waiting_by_tier == [0; 4] && s.retrying == 0
+        s.waiting_by_tier == PerTier::splat(0) && s.retrying == 0
     })
     .await;
     // A second cancel is refused and moves nothing.
@@ -573,7 +575,7 @@ async fn cancel_while_queued_voids() {
     w.expect_quiet().await;
     let stats = h.orch.stats().await.expect("stats").scheduler;
     assert_eq!(stats.workers, 1);
-    assert_eq!(stats.waiting_by_tier, [0; 4]);
+    assert_eq!(stats.waiting_by_tier, PerTier::splat(0));
     assert_eq!(
         (stats.retrying, stats.in_flight, stats.busy_slots),
         (0, 0, 0)

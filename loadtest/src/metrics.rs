@@ -670,7 +670,7 @@ mod tests {
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         // The first two assigns happened with all tiers waiting; the third
         // after enterprise had emptied.
-        assert_eq!(s.counts, [0, 0, 0, 2]);
+        assert_eq!(s.counts, PerTier::from([0, 0, 0, 2]));
         assert_eq!(s.dispatches, 2);
         assert!((s.expected[Tier::Enterprise] - 8.0 / 15.0).abs() < 1e-9);
     }

@@ -1445,16 +1445,7 @@ mod tests {
         let t = tiers_for(15, PerTier::from([1, 2, 4, 8]));
         let count = |tier| t.iter().filter(|&&x| x == tier).count();
         assert_eq!(t.len(), 15);
-        assert_eq!(
-            [
-                Tier::Free,
-                Tier::Basic,
-                Tier::Professional,
-                Tier::Enterprise
-            ]
-            .map(count),
-            [1, 2, 4, 8]
-        );
+        assert_eq!(PerTier::from_fn(count), PerTier::from([1, 2, 4, 8]));
         let t = tiers_for(3, PerTier::from([1, 1, 1, 1]));
         assert_eq!(t.len(), 3);
         let t = tiers_for(8, PerTier::from([0, 0, 0, 1]));
