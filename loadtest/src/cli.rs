@@ -772,8 +772,10 @@ impl Cli {
             return Err("--tier-mix must give at least one tier some users".into());
         }
         let weights = self.tier_weights;
-        if weights.values().any(|&w| w == 0) {
-            return Err("--tier-weights must all be positive".into());
+        // As the server's ADMEDIA_TIER_WEIGHTS, which a spawned server is
+        // given: a weight outside 1..=1000 would stop it at start-up.
+        if weights.values().any(|w| !(1..=1000).contains(w)) {
+            return Err("--tier-weights must each be 1..=1000".into());
         }
         let workers = self.workers.unwrap_or(d.workers);
         let slots = self.slots.unwrap_or(d.slots);
@@ -933,9 +935,12 @@ mod tests {
         assert!(parse(&["--spawn", "--tier-mix", "1,2"])
             .unwrap_err()
             .contains("tier-mix"));
-        assert!(parse(&["--spawn", "--tier-weights", "1,0,4,8"])
-            .unwrap_err()
-            .contains("tier-weights"));
+        for bad in ["1,0,4,8", "1,2,4,1001"] {
+            assert!(parse(&["--spawn", "--tier-weights", bad])
+                .unwrap_err()
+                .contains("1..=1000"));
+        }
+        assert!(parse(&["--spawn", "--tier-weights", "1,2,4,1000"]).is_ok());
         for flag in [
             "--job-ms",
             "--lease-ms",
