@@ -9,8 +9,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use admedia_actors::content::{RulesPolicy, Verdict};
-use admedia_actors::job::MAX_PROMPT_CHARS;
+use admedia_actors::domain::content::{RulesPolicy, Verdict};
+use admedia_actors::domain::job::MAX_PROMPT_CHARS;
 use hdrhistogram::Histogram;
 
 fn iterations() -> u64 {

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use admedia_actors::actors::worker::SimProfile;
-use admedia_actors::job::{JobKind, JobRequest, ParamsRequest};
-use admedia_actors::ledger::{Grant, GrantSource};
-use admedia_actors::money::Credits;
+use admedia_actors::domain::job::{JobKind, JobRequest, ParamsRequest};
+use admedia_actors::domain::ledger::{Grant, GrantSource};
+use admedia_actors::domain::tier::{Membership, PerTier, Tier, TierPolicy, TierTable};
+use admedia_actors::domain::wallet::Credits;
 use admedia_actors::observer::Observer;
 use admedia_actors::store::memory::MemoryStore;
-use admedia_actors::tier::{Membership, PerTier, Tier, TierPolicy, TierTable};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -34,7 +34,7 @@ struct BenchObserver {
 }
 
 impl Observer for BenchObserver {
-    fn job_finished(&self, _: JobKind, _: Tier, _: admedia_actors::job::JobState) {
+    fn job_finished(&self, _: JobKind, _: Tier, _: admedia_actors::domain::job::JobState) {
         self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -129,7 +129,11 @@ fn config() -> OrchestratorConfig {
     }
 }
 
-async fn users(o: &Orchestrator, n: usize, credits: i64) -> Vec<admedia_actors::ids::UserId> {
+async fn users(
+    o: &Orchestrator,
+    n: usize,
+    credits: i64,
+) -> Vec<admedia_actors::domain::ids::UserId> {
     let mut ids = Vec::new();
     for i in 0..n {
         let reg = o
@@ -176,7 +180,7 @@ fn request() -> JobRequest {
 /// Submits `jobs` jobs from `concurrency` tasks spread over `users`.
 async fn submit_all(
     o: &Orchestrator,
-    users: &[admedia_actors::ids::UserId],
+    users: &[admedia_actors::domain::ids::UserId],
     jobs: usize,
     concurrency: usize,
 ) {
@@ -287,8 +291,8 @@ fn main() {
         report("dispatch latency under load", &obs.dispatch.lock());
         let audit = o.store().audit_ledgers().await.unwrap_or_default();
         for (user, wallet, entries) in audit {
-            let replayed =
-                admedia_actors::ledger::replay(&entries).unwrap_or_else(|e| panic!("{user}: {e}"));
+            let replayed = admedia_actors::domain::ledger::replay(&entries)
+                .unwrap_or_else(|e| panic!("{user}: {e}"));
             assert_eq!(replayed, wallet, "ledger of {user} does not replay");
             assert!(wallet.held.is_zero(), "credits still held for {user}");
         }

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admedia_actors::ids::JobId;
+use admedia_actors::domain::ids::JobId;
 use admedia_actors::Orchestrator;
 use futures_util::StreamExt;
 use parking_lot::RwLock;

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use admedia_actors::actors::worker::SimProfile;
 use admedia_actors::config::{JobRetention, WaitLimits};
-use admedia_actors::content::outputs::OutputThresholds;
-use admedia_actors::content::{CategoryScores, Score};
-use admedia_actors::email::EmailRules;
-use admedia_actors::material::{ByteSize, TierQuotas, TierRetention};
-use admedia_actors::money::Credits;
-use admedia_actors::payments::GiftOverrides;
-use admedia_actors::pricing::PriceTable;
-use admedia_actors::tier::{PerTier, Tier, TierTable};
+use admedia_actors::domain::content::outputs::OutputThresholds;
+use admedia_actors::domain::content::{CategoryScores, Score};
+use admedia_actors::domain::email::EmailRules;
+use admedia_actors::domain::material::{ByteSize, TierQuotas, TierRetention};
+use admedia_actors::domain::payments::GiftOverrides;
+use admedia_actors::domain::pricing::PriceTable;
+use admedia_actors::domain::tier::{PerTier, Tier, TierTable};
+use admedia_actors::domain::wallet::Credits;
 use admedia_actors::OrchestratorConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -397,13 +397,13 @@ impl Default for Settings {
 }
 
 /// `10s`, `2500ms`, `1m`, `1d12h`, or a plain number of seconds.
-pub use admedia_actors::price_schedule::parse_duration;
+pub use admedia_actors::domain::price_schedule::parse_duration;
 
 /// A whole number of milliseconds, the unit of every `*_MS` setting.
-pub use admedia_actors::price_schedule::parse_millis;
+pub use admedia_actors::domain::price_schedule::parse_millis;
 
 /// `500MB`, `5GB`, `64KB` (powers of 1024) or a number of bytes.
-pub use admedia_actors::material::parse_size;
+pub use admedia_actors::domain::material::parse_size;
 
 /// The tiers' weights, one whole number per tier in `Tier::ALL` order,
 /// comma-separated: `1,2,4,8`.
@@ -468,15 +468,15 @@ impl Settings {
 
     /// The content policy (ToS 3.2): the rules file named by
     /// `ADMEDIA_CONTENT_RULES`, or the one shipped with the server.
-    pub fn content_policy(&self) -> Result<admedia_actors::content::RulesPolicy, String> {
+    pub fn content_policy(&self) -> Result<admedia_actors::domain::content::RulesPolicy, String> {
         match &self.content_rules {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("ADMEDIA_CONTENT_RULES {}: {e}", path.display()))?;
-                admedia_actors::content::RulesPolicy::parse(&text)
+                admedia_actors::domain::content::RulesPolicy::parse(&text)
                     .map_err(|e| format!("ADMEDIA_CONTENT_RULES {}: {e}", path.display()))
             }
-            None => admedia_actors::content::RulesPolicy::builtin(),
+            None => admedia_actors::domain::content::RulesPolicy::builtin(),
         }
     }
 }
@@ -487,9 +487,9 @@ struct FileConfig {
     tiers: Option<TierTable>,
     prices: Option<PriceTable>,
     /// Membership gift credits per paid month (ToS 5.3).
-    gifts: Option<admedia_actors::payments::GiftTable>,
+    gifts: Option<admedia_actors::domain::payments::GiftTable>,
     /// `[[models]]`: the model registry (replaces the default one).
-    models: Option<Vec<admedia_actors::models::ModelSpec>>,
+    models: Option<Vec<admedia_actors::domain::model_registry::ModelSpec>>,
 }
 
 impl Settings {
@@ -543,7 +543,7 @@ impl Settings {
             },
             models: file
                 .models
-                .map(admedia_actors::models::ModelRegistry::new)
+                .map(admedia_actors::domain::model_registry::ModelRegistry::new)
                 .unwrap_or_default(),
             fairness: self.fairness_unit,
             max_wait: self.max_wait,
@@ -656,8 +656,8 @@ impl Settings {
 /// Those were checked as they were read, so a bad gift here is the file's.
 fn gifts(
     overrides: &GiftOverrides,
-    base: admedia_actors::payments::GiftTable,
-) -> Result<admedia_actors::payments::GiftTable, String> {
+    base: admedia_actors::domain::payments::GiftTable,
+) -> Result<admedia_actors::domain::payments::GiftTable, String> {
     let gifts = overrides.over(base);
     gifts
         .validate()
@@ -692,8 +692,8 @@ impl Settings {
     }
 
     /// Quotas, retention and size limits of stored files.
-    pub fn storage_rules(&self) -> admedia_actors::material::StorageRules {
-        let mut rules = admedia_actors::material::StorageRules::default()
+    pub fn storage_rules(&self) -> admedia_actors::domain::material::StorageRules {
+        let mut rules = admedia_actors::domain::material::StorageRules::default()
             .with_tiers(&self.storage_quotas, &self.retention);
         rules.max_material_bytes = self.max_material_size.0;
         rules.max_output_bytes = self.max_output_size.0;
@@ -733,7 +733,7 @@ mod tests {
         assert_eq!(rules.free.quota_bytes, 1 << 20);
         assert_eq!(rules.enterprise.quota_bytes, 2 << 30);
         assert_eq!(rules.free.retention, Duration::from_secs(86_400));
-        let default = admedia_actors::material::StorageRules::default();
+        let default = admedia_actors::domain::material::StorageRules::default();
         assert_eq!(
             rules.basic, default.basic,
             "an unnamed tier keeps its rules"
@@ -992,7 +992,10 @@ mod tests {
     #[test]
     fn tier_weights_override_the_table() {
         let s = given(&["--tier-weights", "1, 3, 9, 27"]).unwrap();
-        assert_eq!(s.orchestrator().unwrap().tiers.weights(), [1, 3, 9, 27]);
+        assert_eq!(
+            s.orchestrator().unwrap().tiers.weights(),
+            PerTier::from([1, 3, 9, 27])
+        );
         let s = Settings::default();
         assert_eq!(
             s.orchestrator().unwrap().tiers.weights(),
@@ -1011,7 +1014,7 @@ mod tests {
         ])
         .unwrap();
         let cfg = s.orchestrator().unwrap();
-        use admedia_actors::tier::Tier;
+        use admedia_actors::domain::tier::Tier;
         assert_eq!(cfg.max_wait[Tier::Free], Duration::from_secs(7200));
         assert_eq!(cfg.max_wait[Tier::Enterprise], Duration::from_secs(90));
         assert_eq!(
@@ -1052,7 +1055,7 @@ mod tests {
             Some(&Score::new(0.1).unwrap())
         );
         assert_eq!(cfg.email_rules.dotless_domains, ["example.org"]);
-        assert_eq!(s.rate_limits.0, [3, 300, 1200, 6000]);
+        assert_eq!(s.rate_limits.0, PerTier::from([3, 300, 1200, 6000]));
         assert_eq!(
             Settings::default().dotless_email_domains,
             EmailRules::default(),

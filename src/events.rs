@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admedia_actors::events::JobEvent;
-use admedia_actors::ids::{JobId, UserId};
+use admedia_actors::domain::events::JobEvent;
+use admedia_actors::domain::ids::{JobId, UserId};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
@@ -276,22 +276,26 @@ pub struct ServerObserver {
 }
 
 impl admedia_actors::observer::Observer for ServerObserver {
-    fn job_submitted(&self, kind: admedia_actors::job::JobKind, tier: admedia_actors::tier::Tier) {
+    fn job_submitted(
+        &self,
+        kind: admedia_actors::domain::job::JobKind,
+        tier: admedia_actors::domain::tier::Tier,
+    ) {
         self.metrics.job_submitted(kind, tier);
     }
 
     fn job_finished(
         &self,
-        kind: admedia_actors::job::JobKind,
-        tier: admedia_actors::tier::Tier,
-        outcome: admedia_actors::job::JobState,
+        kind: admedia_actors::domain::job::JobKind,
+        tier: admedia_actors::domain::tier::Tier,
+        outcome: admedia_actors::domain::job::JobState,
     ) {
         self.metrics.job_finished(kind, tier, outcome);
     }
 
     fn attempt_finished(
         &self,
-        kind: admedia_actors::job::JobKind,
+        kind: admedia_actors::domain::job::JobKind,
         result: admedia_actors::observer::AttemptResult,
         run: Option<Duration>,
     ) {
@@ -300,14 +304,14 @@ impl admedia_actors::observer::Observer for ServerObserver {
 
     fn dispatched(
         &self,
-        tier: admedia_actors::tier::Tier,
+        tier: admedia_actors::domain::tier::Tier,
         queue_wait: Duration,
         latency: Option<Duration>,
     ) {
         self.metrics.dispatched(tier, queue_wait, latency);
     }
 
-    fn credits_moved(&self, kind: admedia_actors::ledger::EntryKind, amount: i64) {
+    fn credits_moved(&self, kind: admedia_actors::domain::ledger::EntryKind, amount: i64) {
         self.metrics.credits_moved(kind, amount);
     }
 
@@ -327,7 +331,7 @@ impl admedia_actors::observer::Observer for ServerObserver {
         self.metrics.worker_quarantined();
     }
 
-    fn job_expired(&self, tier: admedia_actors::tier::Tier) {
+    fn job_expired(&self, tier: admedia_actors::domain::tier::Tier) {
         self.metrics.job_expired(tier);
     }
 

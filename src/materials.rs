@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use admedia_actors::attempt_files::{AttemptFiles, AttemptPlan, InputFile, OutputSlot};
-use admedia_actors::ids::{JobId, MaterialId, UserId};
-use admedia_actors::job::{Job, JobKind, Output, ParamsRequest};
-use admedia_actors::material::{ObjectRole, StorageRules, StorageUsage, StoredObject};
+use admedia_actors::domain::account::User;
+use admedia_actors::domain::ids::{JobId, MaterialId, UserId};
+use admedia_actors::domain::job::{Job, JobKind, Output, ParamsRequest};
+use admedia_actors::domain::material::{ObjectRole, StorageRules, StorageUsage, StoredObject};
 use admedia_actors::store::materials::{CatalogueError, MaterialStore};
-use admedia_actors::user::User;
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::Stream;

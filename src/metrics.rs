@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use admedia_actors::job::{JobKind, JobState};
-use admedia_actors::ledger::EntryKind;
+use admedia_actors::domain::job::{JobKind, JobState};
+use admedia_actors::domain::ledger::EntryKind;
+use admedia_actors::domain::tier::Tier;
 use admedia_actors::observer::{AttemptResult, Observer};
 use admedia_actors::orchestrator::Stats;
-use admedia_actors::tier::Tier;
 use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use admedia_actors::content::{
+use admedia_actors::domain::content::{
     CategoryScores, ContentPolicy, Refusal, RulesPolicy, Score, Source, Verdict,
 };
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::tier::{PerTier, Tier};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -416,12 +416,12 @@ mod tests {
         assert_eq!(c.thresholds["sexual/minors"].get(), 0.1);
         assert_eq!(
             c.when_down,
-            [
+            PerTier::from([
                 WhenDown::Refuse,
                 WhenDown::Refuse,
                 WhenDown::Refuse,
                 WhenDown::Rules
-            ]
+            ])
         );
         for (url, thresholds, down) in [
             ("https://api.example.com", "", "refuse"),

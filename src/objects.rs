@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use admedia_actors::material::{MediaType, SNIFF_BYTES};
+use admedia_actors::domain::material::{MediaType, SNIFF_BYTES};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};

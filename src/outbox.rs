@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use admedia_actors::events::JobEvent;
+use admedia_actors::domain::events::JobEvent;
 use admedia_actors::store::outbox::{OutboxSink, PendingWebhook};
 use admedia_actors::store::writeset::WebhookDelivery;
 use admedia_actors::store::Store;

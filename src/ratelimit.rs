@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use admedia_actors::ids::UserId;
-use admedia_actors::tier::{parse_tier_pairs, PerTier, Tier};
+use admedia_actors::domain::ids::UserId;
+use admedia_actors::domain::tier::{parse_tier_pairs, PerTier, Tier};
 use bb8_redis::RedisConnectionManager;
 use parking_lot::Mutex;
 
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn limits_parse_and_reject_nonsense() {
         let l: RateLimits = "free=5, enterprise=0".parse().unwrap();
-        assert_eq!(l.0, [5, 300, 1200, 0]);
+        assert_eq!(l.0, PerTier::from([5, 300, 1200, 0]));
         assert_eq!("".parse::<RateLimits>(), Ok(RateLimits::default()));
         assert!("gold=5".parse::<RateLimits>().is_err());
         assert!("free=x".parse::<RateLimits>().is_err());

@@ -9,7 +9,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
 use admedia_actors::attempt_files::AttemptFiles;
-use admedia_actors::content::ContentPolicy;
+use admedia_actors::domain::content::ContentPolicy;
 use admedia_actors::orchestrator::Ports;
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::store::Store;

@@ -4,13 +4,13 @@
 //! wire contract changes only on purpose, and apart from `http` so the
 //! webhooks do not reach up into the API for it.
 
-use admedia_actors::job::{
+use admedia_actors::domain::account::{AccountStatus, User};
+use admedia_actors::domain::job::{
     Charge, Job, JobError, JobKind, JobParams, JobResult, JobState, Priority,
 };
-use admedia_actors::ledger::{EntryKind, GrantSource, LedgerEntry};
-use admedia_actors::money::Wallet;
-use admedia_actors::tier::Tier;
-use admedia_actors::user::{AccountStatus, User};
+use admedia_actors::domain::ledger::{EntryKind, GrantSource, LedgerEntry};
+use admedia_actors::domain::tier::Tier;
+use admedia_actors::domain::wallet::Wallet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admedia::store::postgres::PgStore;
-use admedia_actors::ledger::{EntryKind, Grant, GrantSource};
-use admedia_actors::money::Credits;
+use admedia_actors::domain::ledger::{EntryKind, Grant, GrantSource};
+use admedia_actors::domain::wallet::Credits;
 use admedia_actors::store::conformance::{assert_books_balance, new_job, user_with};
 use admedia_actors::store::{Store, StoreError};
 use chrono::Utc;

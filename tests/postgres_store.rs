@@ -15,12 +15,12 @@ async fn database_refuses_to_change_or_delete_ledger_rows() {
     };
     let (user, _) = store
         .create_user(
-            admedia_actors::user::NewUser {
-                email: admedia_actors::email::Email::parse("ledger@example.com").unwrap(),
-                display_name: admedia_actors::user::DisplayName::parse("L").unwrap(),
-                key_hash: admedia_actors::user::ApiKey::generate().hash(),
+            admedia_actors::domain::account::NewUser {
+                email: admedia_actors::domain::email::Email::parse("ledger@example.com").unwrap(),
+                display_name: admedia_actors::domain::account::DisplayName::parse("L").unwrap(),
+                key_hash: admedia_actors::domain::account::ApiKey::generate().hash(),
             },
-            admedia_actors::money::Credits::new(10).unwrap(),
+            admedia_actors::domain::wallet::Credits::new(10).unwrap(),
             Utc::now(),
         )
         .await
@@ -74,11 +74,11 @@ fn reopen(schema: &str) -> admedia::store::postgres::PgStore {
 /// and sweeps; prices announced survive the restart too (ToS 4.5).
 #[actix_rt::test]
 async fn gifts_are_not_granted_twice_across_a_restart() {
-    use admedia_actors::ledger::GrantSource;
+    use admedia_actors::domain::ledger::GrantSource;
+    use admedia_actors::domain::payments::{PaymentId, Period, Product};
+    use admedia_actors::domain::pricing::PriceTable;
+    use admedia_actors::domain::tier::Tier;
     use admedia_actors::observer::NoopObserver;
-    use admedia_actors::payments::{PaymentId, Period, Product};
-    use admedia_actors::pricing::PriceTable;
-    use admedia_actors::tier::Tier;
     use admedia_actors::{Orchestrator, OrchestratorConfig};
     use std::sync::Arc;
 
@@ -161,7 +161,7 @@ async fn gifts_are_not_granted_twice_across_a_restart() {
     let audit = third.store().audit_ledgers().await.unwrap();
     for (u, wallet, entries) in audit {
         assert_eq!(
-            admedia_actors::ledger::replay(&entries).unwrap(),
+            admedia_actors::domain::ledger::replay(&entries).unwrap(),
             wallet,
             "{u}"
         );
@@ -201,8 +201,8 @@ mod catalogue {
 /// webhook delivery still owed is left to the dispatcher.
 #[tokio::test]
 async fn pruning_deletes_attempt_and_event_rows_and_keeps_the_money() {
-    use admedia_actors::ids::{LeaseToken, WorkerId};
-    use admedia_actors::job::AttemptOutcome;
+    use admedia_actors::domain::ids::{LeaseToken, WorkerId};
+    use admedia_actors::domain::job::AttemptOutcome;
     use admedia_actors::store::conformance::{new_job, user_with, Shared};
     use admedia_actors::store::{AttemptRef, FinishedBefore};
     use chrono::{Duration, SubsecRound};

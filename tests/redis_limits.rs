@@ -223,10 +223,10 @@ async fn deployments_with_other_prefixes_share_nothing_in_redis() {
     use admedia::events::EventHub;
     use admedia::metrics::Metrics;
     use admedia::ratelimit::{Decision, RateLimiter};
-    use admedia_actors::events::{JobEvent, JobEventKind};
-    use admedia_actors::ids::{JobId, UserId};
-    use admedia_actors::job::{Charge, JobState};
-    use admedia_actors::tier::Tier;
+    use admedia_actors::domain::events::{JobEvent, JobEventKind};
+    use admedia_actors::domain::ids::{JobId, UserId};
+    use admedia_actors::domain::job::{Charge, JobState};
+    use admedia_actors::domain::tier::Tier;
     use std::sync::Arc;
 
     let Some(redis) = support::redis_url() else {

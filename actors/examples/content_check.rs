@@ -18,9 +18,9 @@
 use std::hint::black_box;
 use std::process::ExitCode;
 
-use admedia_actors::content::normalize::{canonical_into, Canonical};
-use admedia_actors::content::RulesPolicy;
-use admedia_actors::job::MAX_PROMPT_CHARS;
+use admedia_actors::domain::content::normalize::{canonical_into, Canonical};
+use admedia_actors::domain::content::RulesPolicy;
+use admedia_actors::domain::job::MAX_PROMPT_CHARS;
 
 /// `filler` repeated to `MAX_PROMPT_CHARS` characters, with `head` and
 /// `tail` at the two ends (as the benchmark builds them).

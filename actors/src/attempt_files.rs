@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::MaterialId;
-use crate::job::{Job, Output};
+use crate::domain::ids::MaterialId;
+use crate::domain::job::{Job, Output};
 
 /// One input of an attempt: download `url` (short-lived) before running.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

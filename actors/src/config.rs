@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobKind, JobSpec, SizeClass};
-use crate::models::ModelRegistry;
-use crate::money::Credits;
-use crate::pricing::PriceTable;
-use crate::tier::{PerTier, Tier, TierTable};
+use crate::domain::job::{JobKind, JobSpec, SizeClass};
+use crate::domain::model_registry::ModelRegistry;
+use crate::domain::pricing::PriceTable;
+use crate::domain::tier::{PerTier, Tier, TierTable};
+use crate::domain::wallet::Credits;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OrchestratorConfig {
@@ -42,7 +42,7 @@ pub struct OrchestratorConfig {
     pub settle_retry: Duration,
     /// How e-mail addresses are compared for one account per person.
     #[serde(default)]
-    pub email_rules: crate::email::EmailRules,
+    pub email_rules: crate::domain::email::EmailRules,
     /// Price notice, membership gifts, content violations (ToS 3.2, 4.5, 5).
     #[serde(default)]
     pub platform: crate::policy::PlatformConfig,
@@ -111,8 +111,8 @@ impl Default for JobRetention {
 impl JobRetention {
     /// The retention of jobs that ended in `state`; `None` while the job
     /// has not ended.
-    pub fn of(&self, state: crate::job::JobState) -> Option<Duration> {
-        use crate::job::JobState;
+    pub fn of(&self, state: crate::domain::job::JobState) -> Option<Duration> {
+        use crate::domain::job::JobState;
         match state {
             JobState::Succeeded => Some(self.succeeded),
             JobState::Failed => Some(self.failed),
@@ -164,7 +164,7 @@ impl std::str::FromStr for JobRetention {
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?}: expected state=duration, e.g. failed=30d"))?;
             let state = state.trim();
-            let span = crate::price_schedule::parse_duration(span.trim())
+            let span = crate::domain::price_schedule::parse_duration(span.trim())
                 .map_err(|e| format!("{part:?}: {e}"))?;
             let slot = match state {
                 "succeeded" => &mut retention.succeeded,
@@ -214,8 +214,8 @@ impl std::str::FromStr for WaitLimits {
     /// `free=24h,enterprise=30m`: the tiers named get that waiting limit,
     /// the others keep their default.
     fn from_str(raw: &str) -> Result<Self, String> {
-        let named = crate::tier::parse_tier_pairs(raw, "tier=duration", |text| {
-            let limit = crate::price_schedule::parse_duration(text)?;
+        let named = crate::domain::tier::parse_tier_pairs(raw, "tier=duration", |text| {
+            let limit = crate::domain::price_schedule::parse_duration(text)?;
             if limit < MIN_WAIT {
                 return Err("a waiting limit must be at least 100 ms".into());
             }
@@ -279,7 +279,7 @@ impl Default for OrchestratorConfig {
             represent_grace: default_represent_grace(),
             vram: VramTable::default(),
             settle_retry: default_settle_retry(),
-            email_rules: crate::email::EmailRules::default(),
+            email_rules: crate::domain::email::EmailRules::default(),
             platform: crate::policy::PlatformConfig::default(),
             models: ModelRegistry::default(),
             fairness: FairnessUnit::default(),
@@ -355,7 +355,9 @@ impl OrchestratorConfig {
                     JobKind::Image => 4_000,
                     JobKind::Video => 6_000,
                 };
-                Duration::from_millis(per_unit * u64::from(crate::models::job_units(spec)))
+                Duration::from_millis(
+                    per_unit * u64::from(crate::domain::model_registry::job_units(spec)),
+                )
             }
         }
     }

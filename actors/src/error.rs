@@ -3,9 +3,9 @@
 
 use thiserror::Error;
 
-use crate::money::Credits;
+use crate::domain::account::AccountStatus;
+use crate::domain::wallet::Credits;
 use crate::store::StoreError;
-use crate::user::AccountStatus;
 
 #[derive(Debug, Error)]
 pub enum OrchestratorError {
@@ -25,7 +25,7 @@ pub enum OrchestratorError {
     InvalidParams(String),
     /// Text the store cannot keep (a NUL character), anywhere in the input.
     #[error(transparent)]
-    InvalidText(#[from] crate::text::UnstorableText),
+    InvalidText(#[from] crate::domain::text::UnstorableText),
     /// The model is not in the registry; nothing was held.
     #[error("unknown model {0:?}: see GET /v1/models for the models served")]
     UnknownModel(String),

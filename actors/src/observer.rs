@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use crate::events::JobEvent;
-use crate::job::{JobKind, JobState};
-use crate::ledger::EntryKind;
-use crate::tier::Tier;
+use crate::domain::events::JobEvent;
+use crate::domain::job::{JobKind, JobState};
+use crate::domain::ledger::EntryKind;
+use crate::domain::tier::Tier;
 
 /// How one attempt ended.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

@@ -22,18 +22,18 @@ use crate::actors::wallet::{
 use crate::actors::worker::{start_simulated_worker, SimProfile, WorkerActor, WorkerLink};
 use crate::attempt_files::AttemptFiles;
 use crate::config::OrchestratorConfig;
-use crate::content::{AllowAll, ContentPolicy};
-use crate::email::Email;
+use crate::domain::account::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
+use crate::domain::content::{AllowAll, ContentPolicy};
+use crate::domain::email::Email;
+use crate::domain::ids::WorkerId;
+use crate::domain::ids::{EntryId, JobId, UserId};
+use crate::domain::job::{IdempotencyKey, Job, JobRequest, JobSpec, JobState};
+use crate::domain::ledger::{Grant, LedgerEntry};
+use crate::domain::tier::Membership;
+use crate::domain::wallet::Wallet;
 use crate::error::OrchestratorError;
-use crate::ids::WorkerId;
-use crate::ids::{EntryId, JobId, UserId};
-use crate::job::{IdempotencyKey, Job, JobRequest, JobSpec, JobState};
-use crate::ledger::{Grant, LedgerEntry};
-use crate::money::Wallet;
 use crate::observer::Observer;
 use crate::store::{Activity, AttemptRecord, JobCounts, JobFilter, Store, Submission};
-use crate::tier::Membership;
-use crate::user::{AccountStatus, ApiKey, DisplayName, KeyHash, NewUser, User};
 use crate::wire::{Capabilities, PresentedAttempt};
 
 /// How many waiting jobs recovery reads from the store at a time.
@@ -423,8 +423,8 @@ impl Orchestrator {
         email: &str,
         display_name: &str,
     ) -> Result<Registration, OrchestratorError> {
-        crate::text::check("email", email)?;
-        crate::text::check("display_name", display_name)?;
+        crate::domain::text::check("email", email)?;
+        crate::domain::text::check("display_name", display_name)?;
         let email = Email::parse_with(email, &self.config.email_rules)
             .map_err(|e| OrchestratorError::InvalidParams(e.to_string()))?;
         let display_name = DisplayName::parse(display_name)
@@ -444,7 +444,7 @@ impl Orchestrator {
             .await?;
         if !self.config.registration_credits.is_zero() {
             self.observer.credits_moved(
-                crate::ledger::EntryKind::Grant,
+                crate::domain::ledger::EntryKind::Grant,
                 self.config.registration_credits.get(),
             );
         }
@@ -461,7 +461,7 @@ impl Orchestrator {
     pub async fn authenticate_key(
         &self,
         presented_key: &str,
-    ) -> Result<(User, crate::api_keys::ApiKeyRecord), OrchestratorError> {
+    ) -> Result<(User, crate::domain::api_keys::ApiKeyRecord), OrchestratorError> {
         let (user, key) = self
             .store
             .key_by_hash(KeyHash::of(presented_key))
@@ -654,7 +654,7 @@ impl Orchestrator {
         fragment: &str,
         limit: usize,
     ) -> Result<Vec<User>, OrchestratorError> {
-        crate::text::check("email", fragment)?;
+        crate::domain::text::check("email", fragment)?;
         Ok(self.store.find_users(fragment, limit).await?)
     }
 
@@ -711,14 +711,20 @@ impl Orchestrator {
 
     /// The model registry, each model with whether a connected worker
     /// serves it (at its standard size).
-    pub async fn models(&self) -> Result<Vec<(crate::models::ModelSpec, bool)>, OrchestratorError> {
+    pub async fn models(
+        &self,
+    ) -> Result<Vec<(crate::domain::model_registry::ModelSpec, bool)>, OrchestratorError> {
         let models = self.config.models.all().to_vec();
         let asks = models
             .iter()
             .map(|m| {
                 let size = match m.kind {
-                    crate::job::JobKind::Image => crate::job::SizeClass::ImageStandard,
-                    crate::job::JobKind::Video => crate::job::SizeClass::VideoStandard,
+                    crate::domain::job::JobKind::Image => {
+                        crate::domain::job::SizeClass::ImageStandard
+                    }
+                    crate::domain::job::JobKind::Video => {
+                        crate::domain::job::SizeClass::VideoStandard
+                    }
                 };
                 (
                     m.kind,

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::content::outputs::OutputThresholds;
-use crate::content::{ContentPolicy, Score};
-use crate::payments::GiftTable;
-use crate::price_schedule::PriceBook;
-use crate::pricing::PriceTable;
+use crate::domain::content::outputs::OutputThresholds;
+use crate::domain::content::{ContentPolicy, Score};
+use crate::domain::payments::GiftTable;
+use crate::domain::price_schedule::PriceBook;
+use crate::domain::pricing::PriceTable;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attempt_files::{InputFile, OutputSlot};
-use crate::ids::{JobId, LeaseToken};
-use crate::job::{FailureClass, JobKind, JobParams, Output};
+use crate::domain::ids::{JobId, LeaseToken};
+use crate::domain::job::{FailureClass, JobKind, JobParams, Output};
 
 /// Server → worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, actix::Message)]
@@ -39,7 +39,7 @@ pub enum ToWorker {
     /// The hello was accepted: the worker's id for this connection, and how
     /// often to heartbeat.
     Welcome {
-        worker_id: crate::ids::WorkerId,
+        worker_id: crate::domain::ids::WorkerId,
         heartbeat_ms: u64,
         lease_ms: u64,
         /// The attempts of `hello.attempts` this connection holds again:

@@ -17,16 +17,16 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use admedia_actors::actors::messages::SchedulerHandle;
 use admedia_actors::actors::scheduler::SchedulerStats;
 use admedia_actors::actors::worker::{LinkClosed, SimProfile, WorkerActor, WorkerLink};
-use admedia_actors::error::OrchestratorError;
-use admedia_actors::ids::{JobId, LeaseToken, UserId};
-use admedia_actors::job::{
+use admedia_actors::domain::ids::{JobId, LeaseToken, UserId};
+use admedia_actors::domain::job::{
     Charge, FailureClass, Job, JobKind, JobRequest, JobState, Output, ParamsRequest,
 };
-use admedia_actors::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
-use admedia_actors::money::Credits;
+use admedia_actors::domain::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
+use admedia_actors::domain::tier::{License, Membership, PerTier, Tier};
+use admedia_actors::domain::wallet::Credits;
+use admedia_actors::error::OrchestratorError;
 use admedia_actors::observer::{AttemptResult, Observer};
 use admedia_actors::store::memory::MemoryStore;
-use admedia_actors::tier::{License, Membership, Tier};
 use admedia_actors::wire::{Capabilities, FromWorker, ToWorker};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 
@@ -64,7 +64,12 @@ impl Counting {
 }
 
 impl Observer for Counting {
-    fn job_finished(&self, _kind: JobKind, _tier: Tier, outcome: admedia_actors::job::JobState) {
+    fn job_finished(
+        &self,
+        _kind: JobKind,
+        _tier: Tier,
+        outcome: admedia_actors::domain::job::JobState,
+    ) {
         *self.finished.lock().entry(outcome.as_str()).or_default() += 1;
     }
 
@@ -235,7 +240,7 @@ impl Harness {
         let observer: Arc<dyn Observer> = self.obs.clone();
         let addr = WorkerActor::create(move |_ctx| {
             WorkerActor::new(
-                admedia_actors::ids::WorkerId::generate(),
+                admedia_actors::domain::ids::WorkerId::generate(),
                 caps,
                 Box::new(ChannelLink(tx)),
                 scheduler,
@@ -541,8 +546,10 @@ async fn cancel_while_queued_voids() {
     let (queued, position) = h.orch.job(user, job.id).await.expect("job");
     assert_eq!((queued.state, position), (JobState::Queued, Some(1)));
 
-    h.wait_line("the job in the line", |s| s.waiting_by_tier == [1, 0, 0, 0])
-        .await;
+    h.wait_line("the job in the line", |s| {
+        s.waiting_by_tier == PerTier::from([1, 0, 0, 0])
+    })
+    .await;
 
     let cancelled = h.orch.cancel(user, job.id).await.expect("cancel");
     assert_eq!(cancelled.state, JobState::Cancelled);
@@ -554,7 +561,7 @@ async fn cancel_while_queued_voids() {
     );
     // It leaves the scheduler's line, not only the store's.
     h.wait_line("an empty line", |s| {
-        s.waiting_by_tier == [0; 4] && s.retrying == 0
+        s.waiting_by_tier == PerTier::splat(0) && s.retrying == 0
     })
     .await;
     // A second cancel is refused and moves nothing.
@@ -568,7 +575,7 @@ async fn cancel_while_queued_voids() {
     w.expect_quiet().await;
     let stats = h.orch.stats().await.expect("stats").scheduler;
     assert_eq!(stats.workers, 1);
-    assert_eq!(stats.waiting_by_tier, [0; 4]);
+    assert_eq!(stats.waiting_by_tier, PerTier::splat(0));
     assert_eq!(
         (stats.retrying, stats.in_flight, stats.busy_slots),
         (0, 0, 0)

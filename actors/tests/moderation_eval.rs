@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use admedia_actors::content::{RulesPolicy, Verdict};
+use admedia_actors::domain::content::{RulesPolicy, Verdict};
 
 const SET: &str = include_str!("moderation/eval.tsv");
 /// Written after the rules and never used to change them: reported

@@ -5,9 +5,9 @@
 use std::fmt::Debug;
 use std::str::FromStr;
 
-use admedia_actors::job::{Charge, JobKind};
-use admedia_actors::ledger::GrantSource;
-use admedia_actors::user::AccountStatus;
+use admedia_actors::domain::account::AccountStatus;
+use admedia_actors::domain::job::{Charge, JobKind};
+use admedia_actors::domain::ledger::GrantSource;
 use serde::Serialize;
 use strum::VariantArray;
 

@@ -38,17 +38,19 @@ use sha2::{Digest, Sha256};
 
 use admedia_actors::actors::worker::{LinkClosed, WorkerActor, WorkerLink};
 use admedia_actors::clock::{Clock, Random, SimulatedClock};
-use admedia_actors::error::OrchestratorError;
-use admedia_actors::ids::{JobId, LeaseToken, UserId, WorkerId};
-use admedia_actors::job::{
+use admedia_actors::domain::account::AccountStatus;
+use admedia_actors::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
+use admedia_actors::domain::job::{
     AttemptOutcome, AttemptOutcomeLabel, Charge, FailureClass, IdempotencyKey, Job, JobKind,
     JobRequest, JobState, Output, ParamsRequest,
 };
-use admedia_actors::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
-use admedia_actors::money::Credits;
+use admedia_actors::domain::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
+use admedia_actors::domain::pricing::PriceTable;
+use admedia_actors::domain::tier::{Membership, Tier};
+use admedia_actors::domain::wallet::Credits;
+use admedia_actors::error::OrchestratorError;
 use admedia_actors::observer::{AttemptResult, Observer};
 use admedia_actors::planted::{self, Bug};
-use admedia_actors::pricing::PriceTable;
 use admedia_actors::store::forward::{
     self, ForwardAccounts, ForwardCluster, ForwardEndpoints, ForwardModeration, ForwardOperator,
     ForwardPayments, Wraps,
@@ -58,8 +60,6 @@ use admedia_actors::store::prelude::*;
 use admedia_actors::store::{
     AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
-use admedia_actors::tier::{Membership, Tier};
-use admedia_actors::user::AccountStatus;
 use admedia_actors::wire::{Capabilities, FromWorker, ToWorker};
 use admedia_actors::{Orchestrator, OrchestratorConfig};
 

@@ -11,12 +11,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use admedia_actors::actors::worker::SimProfile;
-use admedia_actors::ids::{JobId, UserId, WorkerId};
-use admedia_actors::job::{
+use admedia_actors::domain::ids::{JobId, UserId, WorkerId};
+use admedia_actors::domain::job::{
     AttemptOutcome, Charge, FailureClass, Job, JobKind, JobRequest, JobState, ParamsRequest,
 };
-use admedia_actors::ledger::EntryKind;
-use admedia_actors::money::Credits;
+use admedia_actors::domain::ledger::EntryKind;
+use admedia_actors::domain::wallet::Credits;
 use admedia_actors::observer::NoopObserver;
 use admedia_actors::store::forward::{
     self, ForwardAccounts, ForwardCluster, ForwardEndpoints, ForwardModeration, ForwardOperator,

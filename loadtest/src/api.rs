@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use admedia_actors::job::{Charge, FailureClass, JobState};
-use admedia_actors::ledger::EntryKind;
-use admedia_actors::tier::Tier;
+use admedia_actors::domain::job::{Charge, FailureClass, JobState};
+use admedia_actors::domain::ledger::EntryKind;
+use admedia_actors::domain::tier::Tier;
 use awc::http::Method;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -118,7 +118,7 @@ struct AdminWorkersPage {
 #[derive(Deserialize, Debug, Clone)]
 pub struct ModelDto {
     pub name: String,
-    pub kind: admedia_actors::job::JobKind,
+    pub kind: admedia_actors::domain::job::JobKind,
     pub vram_mb: u32,
     pub expected_ms_per_unit: u64,
 }

@@ -20,8 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use admedia_actors::job::{Charge, FailureClass, JobState};
-use admedia_actors::ledger::EntryKind;
+use admedia_actors::domain::job::{Charge, FailureClass, JobState};
+use admedia_actors::domain::ledger::EntryKind;
 use serde::Serialize;
 
 /// A job as `GET /v1/jobs` returned it.

@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use admedia_actors::price_schedule::parse_millis;
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::config::{JobRetention, WaitLimits};
+use admedia_actors::domain::price_schedule::{parse_duration, parse_millis};
+use admedia_actors::domain::tier::{PerTier, Tier};
 use clap::{Parser, ValueEnum};
 use serde::{Serialize, Serializer};
+
+use crate::server;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,30 +104,33 @@ pub struct Cli {
     pub retry_base: Option<Duration>,
     /// With `--spawn`: the waiting limits per tier (ADMEDIA_MAX_WAIT), e.g.
     /// `free=18s,enterprise=12s`; the fleet scenario sets short ones so
-    /// the jobs no worker can run expire during the run.
+    /// the jobs no worker can run expire during the run. Read as the server
+    /// reads it: unnamed tiers keep the server's default.
     #[arg(long)]
-    pub max_wait: Option<String>,
+    pub max_wait: Option<WaitLimits>,
     /// With `--spawn`: system failures in a row that quarantine a worker
     /// (ADMEDIA_QUARANTINE_AFTER).
     #[arg(long)]
     pub quarantine_after: Option<u32>,
-    /// With `--spawn`: the first quarantine's length (ADMEDIA_QUARANTINE_BASE).
-    #[arg(long)]
-    pub quarantine_base: Option<String>,
+    /// With `--spawn`: the first quarantine's length (ADMEDIA_QUARANTINE_BASE),
+    /// e.g. `2s` or `1500ms`.
+    #[arg(long, value_parser = parse_duration)]
+    pub quarantine_base: Option<Duration>,
     /// With `--spawn`: how long finished jobs are kept in full
     /// (ADMEDIA_JOB_RETENTION), e.g. `succeeded=2m,cancelled=2m,failed=2m`;
     /// the soak scenario sets a short one so pruning reaches a steady state.
+    /// Unnamed states keep the server's default; each at least a minute.
     #[arg(long)]
-    pub job_retention: Option<String>,
+    pub job_retention: Option<JobRetention>,
     /// With `--spawn` on the embedded store: finished jobs kept in full at
     /// most (ADMEDIA_MAX_FINISHED_IN_MEMORY); past that the oldest are
     /// pruned at once, whatever the retention.
     #[arg(long)]
     pub max_finished_in_memory: Option<u64>,
     /// With `--spawn`: how often the platform sweep (which prunes) runs
-    /// (ADMEDIA_GIFT_SWEEP).
-    #[arg(long)]
-    pub sweep_every: Option<String>,
+    /// (ADMEDIA_GIFT_SWEEP), e.g. `2s`.
+    #[arg(long, value_parser = parse_duration)]
+    pub sweep_every: Option<Duration>,
     /// Soak: seconds into the load from which the server is taken to be in
     /// its steady state (default: a third of the duration); the report
     /// compares memory and database size there and at the end.
@@ -304,11 +310,17 @@ pub struct Plan {
     pub lease: Duration,
     #[serde(rename = "retry_base_ms", serialize_with = "as_millis")]
     pub retry_base: Duration,
-    pub max_wait: Option<String>,
+    // The server's settings below are written to report.json as the text
+    // the spawned server was given (`server::Setting`).
+    #[serde(serialize_with = "server::as_setting")]
+    pub max_wait: Option<WaitLimits>,
     pub quarantine_after: Option<u32>,
-    pub quarantine_base: Option<String>,
-    pub job_retention: Option<String>,
-    pub sweep_every: Option<String>,
+    #[serde(serialize_with = "server::as_setting")]
+    pub quarantine_base: Option<Duration>,
+    #[serde(serialize_with = "server::as_setting")]
+    pub job_retention: Option<JobRetention>,
+    #[serde(serialize_with = "server::as_setting")]
+    pub sweep_every: Option<Duration>,
     pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,
     pub users: usize,
@@ -391,11 +403,11 @@ struct Defaults {
     prefill: u64,
     lease: Duration,
     drain_timeout_s: f64,
-    max_wait: Option<&'static str>,
+    max_wait: Option<WaitLimits>,
     quarantine_after: Option<u32>,
-    quarantine_base: Option<&'static str>,
-    job_retention: Option<&'static str>,
-    sweep_every: Option<&'static str>,
+    quarantine_base: Option<Duration>,
+    job_retention: Option<JobRetention>,
+    sweep_every: Option<Duration>,
 }
 
 fn no_faults() -> Faults {
@@ -554,9 +566,11 @@ fn defaults(s: Scenario) -> Defaults {
             prefill: 0,
             lease: Duration::from_millis(5_000),
             drain_timeout_s: 90.0,
-            max_wait: Some("free=18s,basic=16s,professional=14s,enterprise=12s"),
+            max_wait: Some(WaitLimits(PerTier::from(
+                [18, 16, 14, 12].map(Duration::from_secs),
+            ))),
             quarantine_after: Some(3),
-            quarantine_base: Some("2s"),
+            quarantine_base: Some(Duration::from_secs(2)),
             job_retention: None,
             sweep_every: None,
         },
@@ -584,8 +598,12 @@ fn defaults(s: Scenario) -> Defaults {
             max_wait: None,
             quarantine_after: None,
             quarantine_base: None,
-            job_retention: Some("succeeded=2m,cancelled=2m,failed=2m"),
-            sweep_every: Some("2s"),
+            job_retention: Some(JobRetention {
+                succeeded: Duration::from_secs(120),
+                failed: Duration::from_secs(120),
+                cancelled: Duration::from_secs(120),
+            }),
+            sweep_every: Some(Duration::from_secs(2)),
         },
     }
 }
@@ -754,8 +772,10 @@ impl Cli {
             return Err("--tier-mix must give at least one tier some users".into());
         }
         let weights = self.tier_weights;
-        if weights.values().any(|&w| w == 0) {
-            return Err("--tier-weights must all be positive".into());
+        // As the server's ADMEDIA_TIER_WEIGHTS, which a spawned server is
+        // given: a weight outside 1..=1000 would stop it at start-up.
+        if weights.values().any(|w| !(1..=1000).contains(w)) {
+            return Err("--tier-weights must each be 1..=1000".into());
         }
         let workers = self.workers.unwrap_or(d.workers);
         let slots = self.slots.unwrap_or(d.slots);
@@ -808,20 +828,11 @@ impl Cli {
                 .unwrap_or(d.lease)
                 .max(Duration::from_millis(100)),
             retry_base: self.retry_base.unwrap_or(Duration::from_millis(50)),
-            max_wait: self.max_wait.clone().or(d.max_wait.map(str::to_owned)),
+            max_wait: self.max_wait.or(d.max_wait),
             quarantine_after: self.quarantine_after.or(d.quarantine_after),
-            quarantine_base: self
-                .quarantine_base
-                .clone()
-                .or(d.quarantine_base.map(str::to_owned)),
-            job_retention: self
-                .job_retention
-                .clone()
-                .or(d.job_retention.map(str::to_owned)),
-            sweep_every: self
-                .sweep_every
-                .clone()
-                .or(d.sweep_every.map(str::to_owned)),
+            quarantine_base: self.quarantine_base.or(d.quarantine_base),
+            job_retention: self.job_retention.or(d.job_retention),
+            sweep_every: self.sweep_every.or(d.sweep_every),
             max_finished_in_memory: self.max_finished_in_memory,
             steady_after_s: self.steady_after,
             users,
@@ -888,19 +899,26 @@ mod tests {
         assert_eq!((p.duration_s, p.jobs), (None, Some(10)));
         let p = parse(&["--spawn", "--scenario", "fleet"]).unwrap();
         assert_eq!(p.quarantine_after, Some(3));
-        assert!(p
-            .max_wait
-            .as_deref()
-            .is_some_and(|w| w.contains("enterprise=")));
+        assert_eq!(
+            p.max_wait.map(|w| w[Tier::Enterprise]),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(p.quarantine_base, Some(Duration::from_secs(2)));
         assert!(p.tier_mix.values().all(|&m| m >= 2));
         let p = parse(&["--spawn", "--scenario", "soak", "--duration", "30"]).unwrap();
         assert!(matches!(p.load, Load::Open { rate } if rate == 2_000.0));
-        assert!(p.job_retention.is_some() && p.sweep_every.is_some());
+        assert_eq!(
+            p.job_retention.map(|r| r.failed),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(p.sweep_every, Some(Duration::from_secs(2)));
         assert_eq!(p.steady_after(), 10.0);
         let p = parse(&["--spawn", "--scenario", "soak", "--steady-after", "5"]).unwrap();
         assert_eq!(p.steady_after(), 5.0);
         let p = parse(&["--spawn", "--scenario", "fleet", "--max-wait", "free=1m"]).unwrap();
-        assert_eq!(p.max_wait.as_deref(), Some("free=1m"));
+        let w = p.max_wait.expect("a waiting limit");
+        assert_eq!(w[Tier::Free], Duration::from_secs(60));
+        assert_eq!(w[Tier::Basic], WaitLimits::default()[Tier::Basic]);
         assert!(
             parse(&["--spawn", "--scenario", "fleet", "--backlog", "10"])
                 .unwrap_err()
@@ -917,9 +935,12 @@ mod tests {
         assert!(parse(&["--spawn", "--tier-mix", "1,2"])
             .unwrap_err()
             .contains("tier-mix"));
-        assert!(parse(&["--spawn", "--tier-weights", "1,0,4,8"])
-            .unwrap_err()
-            .contains("tier-weights"));
+        for bad in ["1,0,4,8", "1,2,4,1001"] {
+            assert!(parse(&["--spawn", "--tier-weights", bad])
+                .unwrap_err()
+                .contains("1..=1000"));
+        }
+        assert!(parse(&["--spawn", "--tier-weights", "1,2,4,1000"]).is_ok());
         for flag in [
             "--job-ms",
             "--lease-ms",
@@ -945,6 +966,35 @@ mod tests {
         assert!(parse(&["--spawn", "--rate", "0"])
             .unwrap_err()
             .contains("rate"));
+    }
+
+    /// The server's settings are read as the server reads them, so a value
+    /// the server would refuse is refused before a server is started.
+    #[test]
+    fn server_settings_are_checked_as_the_server_checks_them() {
+        for (flag, bad) in [
+            ("--max-wait", "free=50ms"),
+            ("--max-wait", "gold=1m"),
+            ("--quarantine-base", "2x"),
+            ("--job-retention", "succeeded=10s"),
+            ("--job-retention", "running=1h"),
+            ("--sweep-every", "soon"),
+        ] {
+            let err = parse(&["--spawn", flag, bad]).unwrap_err();
+            assert!(err.contains(flag), "{flag} {bad}: {err}");
+        }
+        let p = parse(&[
+            "--spawn",
+            "--quarantine-base=1500ms",
+            "--sweep-every=1m",
+            "--job-retention=failed=1h",
+        ])
+        .unwrap();
+        assert_eq!(p.quarantine_base, Some(Duration::from_millis(1500)));
+        assert_eq!(p.sweep_every, Some(Duration::from_secs(60)));
+        let r = p.job_retention.expect("a retention");
+        assert_eq!(r.failed, Duration::from_secs(3600));
+        assert_eq!(r.succeeded, JobRetention::default().succeeded);
     }
 
     #[test]

@@ -23,10 +23,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{Charge, JobKind, JobState};
-use admedia_actors::ledger::EntryKind;
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{Charge, JobKind, JobState};
+use admedia_actors::domain::ledger::EntryKind;
+use admedia_actors::domain::tier::{PerTier, Tier};
 use serde::Serialize;
 use serde_json::{json, Value};
 

@@ -12,9 +12,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{Charge, JobState};
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{Charge, JobState};
+use admedia_actors::domain::tier::{PerTier, Tier};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};

@@ -4,9 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::JobState;
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::JobState;
+use admedia_actors::domain::tier::{PerTier, Tier};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -208,7 +208,7 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
         events.push((a.t_us, 0, Ev::Assign(a.job_id)));
     }
     for c in &data.cancels {
-        if c.status == 200 && c.charge == Some(admedia_actors::job::Charge::Voided) {
+        if c.status == 200 && c.charge == Some(admedia_actors::domain::job::Charge::Voided) {
             events.push((c.acked_us, 2, Ev::Unqueue(c.job_id)));
         }
     }
@@ -315,7 +315,7 @@ pub fn waiting_timeline(data: &Data) -> Vec<(u64, u64)> {
         events.push((a.t_us, 0, a.job_id));
     }
     for c in &data.cancels {
-        if c.status == 200 && c.charge == Some(admedia_actors::job::Charge::Voided) {
+        if c.status == 200 && c.charge == Some(admedia_actors::domain::job::Charge::Voided) {
             events.push((c.acked_us, 2, c.job_id));
         }
     }
@@ -670,7 +670,7 @@ mod tests {
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         // The first two assigns happened with all tiers waiting; the third
         // after enterprise had emptied.
-        assert_eq!(s.counts, [0, 0, 0, 2]);
+        assert_eq!(s.counts, PerTier::from([0, 0, 0, 2]));
         assert_eq!(s.dispatches, 2);
         assert!((s.expected[Tier::Enterprise] - 8.0 / 15.0).abs() < 1e-9);
     }

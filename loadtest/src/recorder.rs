@@ -9,9 +9,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use admedia_actors::ids::{JobId, LeaseToken};
-use admedia_actors::job::{Charge, JobState};
-use admedia_actors::tier::Tier;
+use admedia_actors::domain::ids::{JobId, LeaseToken};
+use admedia_actors::domain::job::{Charge, JobState};
+use admedia_actors::domain::tier::Tier;
 
 use crate::api::StatsDto;
 

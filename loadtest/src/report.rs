@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use admedia_actors::tier::Tier;
+use admedia_actors::domain::tier::Tier;
 use serde::Serialize;
 
 use crate::audit::AuditReport;

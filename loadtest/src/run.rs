@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{Charge, JobState};
-use admedia_actors::tier::{PerTier, Tier};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{Charge, JobState};
+use admedia_actors::domain::tier::{PerTier, Tier};
 use chrono::DateTime;
 use futures_util::stream::{self, StreamExt};
 use rand::rngs::StdRng;
@@ -86,23 +86,10 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
                 ),
                 ("ADMEDIA_REGISTRATION_CREDITS".into(), "100".into()),
                 ("ADMEDIA_REGISTRATIONS_PER_HOUR".into(), "0".into()),
-                (
-                    "ADMEDIA_RETRY_BASE_MS".into(),
-                    plan.retry_base.as_millis().to_string(),
-                ),
-                (
-                    "ADMEDIA_RETRY_MAX_MS".into(),
-                    plan.retry_max().as_millis().to_string(),
-                ),
-                (
-                    "ADMEDIA_WORKER_LEASE_MS".into(),
-                    plan.lease.as_millis().to_string(),
-                ),
                 ("RUST_LOG".into(), "warn".into()),
             ];
+            env.extend(server::settings_env(plan));
             let weights = plan.weights;
-            let listed: Vec<String> = weights.values().map(u32::to_string).collect();
-            env.push(("ADMEDIA_TIER_WEIGHTS".into(), listed.join(",")));
             match server_config {
                 Some(path) => env.push(("ADMEDIA_CONFIG".into(), path.display().to_string())),
                 None if *open_limits || plan.scenario == Scenario::Fleet => {
@@ -123,24 +110,6 @@ async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
             }
             if let Some(db) = database_url {
                 env.push(("DATABASE_URL".into(), db.clone()));
-            }
-            if let Some(w) = &plan.max_wait {
-                env.push(("ADMEDIA_MAX_WAIT".into(), w.clone()));
-            }
-            if let Some(n) = plan.quarantine_after {
-                env.push(("ADMEDIA_QUARANTINE_AFTER".into(), n.to_string()));
-            }
-            if let Some(b) = &plan.quarantine_base {
-                env.push(("ADMEDIA_QUARANTINE_BASE".into(), b.clone()));
-            }
-            if let Some(r) = &plan.job_retention {
-                env.push(("ADMEDIA_JOB_RETENTION".into(), r.clone()));
-            }
-            if let Some(n) = plan.max_finished_in_memory {
-                env.push(("ADMEDIA_MAX_FINISHED_IN_MEMORY".into(), n.to_string()));
-            }
-            if let Some(every) = &plan.sweep_every {
-                env.push(("ADMEDIA_GIFT_SWEEP".into(), every.clone()));
             }
             let log = plan.out.join("server.log");
             // A free port can be taken by another process before the server
@@ -1445,16 +1414,7 @@ mod tests {
         let t = tiers_for(15, PerTier::from([1, 2, 4, 8]));
         let count = |tier| t.iter().filter(|&&x| x == tier).count();
         assert_eq!(t.len(), 15);
-        assert_eq!(
-            [
-                Tier::Free,
-                Tier::Basic,
-                Tier::Professional,
-                Tier::Enterprise
-            ]
-            .map(count),
-            [1, 2, 4, 8]
-        );
+        assert_eq!(PerTier::from_fn(count), PerTier::from([1, 2, 4, 8]));
         let t = tiers_for(3, PerTier::from([1, 1, 1, 1]));
         assert_eq!(t.len(), 3);
         let t = tiers_for(8, PerTier::from([0, 0, 0, 1]));

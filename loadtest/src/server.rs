@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use admedia_actors::tier::PerTier;
+use admedia_actors::config::{JobRetention, WaitLimits};
+use admedia_actors::domain::tier::PerTier;
+use serde::Serializer;
 
 use crate::api::Api;
+use crate::cli::Plan;
 
 /// The workspace this crate was built in (`loadtest/..`).
 pub fn workspace_dir() -> PathBuf {
@@ -146,6 +149,110 @@ pub fn open_limits_config(weights: PerTier<u32>) -> String {
     out
 }
 
+/// A value the spawned server reads from one of its variables, and the
+/// text that variable is given. Every setting a run passes to the server
+/// is turned into text here, so the load tester holds typed values and
+/// the server's syntax lives in one place.
+pub trait Setting {
+    fn setting(&self) -> String;
+}
+
+/// `ADMEDIA_QUARANTINE_BASE`, `ADMEDIA_GIFT_SWEEP` and every duration
+/// inside a per-tier or per-state setting: the largest of the server's
+/// units (`d`, `h`, `m`, `s`, `ms`) that states it exactly. The server
+/// reads whole milliseconds, and so do the flags these values come from.
+impl Setting for Duration {
+    fn setting(&self) -> String {
+        let ms = self.as_millis();
+        let units = [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ];
+        match units.iter().find(|(_, per)| ms != 0 && ms % per == 0) {
+            Some((unit, per)) => format!("{}{unit}", ms / per),
+            None => format!("{ms}ms"),
+        }
+    }
+}
+
+/// `ADMEDIA_MAX_WAIT`: every tier named, so the server's defaults for
+/// unnamed tiers no longer matter once the value is read.
+impl Setting for WaitLimits {
+    fn setting(&self) -> String {
+        let pairs: Vec<String> = self
+            .0
+            .iter()
+            .map(|(tier, limit)| format!("{}={}", tier.as_str(), limit.setting()))
+            .collect();
+        pairs.join(",")
+    }
+}
+
+/// `ADMEDIA_JOB_RETENTION`: every final state named.
+impl Setting for JobRetention {
+    fn setting(&self) -> String {
+        format!(
+            "succeeded={},cancelled={},failed={}",
+            self.succeeded.setting(),
+            self.cancelled.setting(),
+            self.failed.setting()
+        )
+    }
+}
+
+/// A setting in report.json: the text the server was given, or null.
+pub fn as_setting<T: Setting, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&v.setting()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The variables of the server's settings the plan chooses: timings,
+/// tier weights, waiting limits, quarantine, retention and the sweep.
+/// A setting the plan leaves unset is not passed, so the server's own
+/// default applies.
+pub fn settings_env(plan: &Plan) -> Vec<(String, String)> {
+    let millis = |d: Duration| d.as_millis().to_string();
+    let weights: Vec<String> = plan.weights.values().map(u32::to_string).collect();
+    let mut env = vec![
+        ("ADMEDIA_RETRY_BASE_MS", millis(plan.retry_base)),
+        ("ADMEDIA_RETRY_MAX_MS", millis(plan.retry_max())),
+        ("ADMEDIA_WORKER_LEASE_MS", millis(plan.lease)),
+        ("ADMEDIA_TIER_WEIGHTS", weights.join(",")),
+    ];
+    let optional = [
+        ("ADMEDIA_MAX_WAIT", plan.max_wait.map(|w| w.setting())),
+        (
+            "ADMEDIA_QUARANTINE_AFTER",
+            plan.quarantine_after.map(|n| n.to_string()),
+        ),
+        (
+            "ADMEDIA_QUARANTINE_BASE",
+            plan.quarantine_base.map(|d| d.setting()),
+        ),
+        (
+            "ADMEDIA_JOB_RETENTION",
+            plan.job_retention.map(|r| r.setting()),
+        ),
+        (
+            "ADMEDIA_MAX_FINISHED_IN_MEMORY",
+            plan.max_finished_in_memory.map(|n| n.to_string()),
+        ),
+        ("ADMEDIA_GIFT_SWEEP", plan.sweep_every.map(|d| d.setting())),
+    ];
+    env.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v))),
+    );
+    env.into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+}
+
 pub struct ServerConfig {
     pub bin: PathBuf,
     pub port: u16,
@@ -274,6 +381,104 @@ mod tests {
         }
         assert!(text.contains("weight = 8"));
         assert_eq!(text.matches("max_running").count(), 4);
+    }
+
+    fn plan(args: &[&str]) -> Plan {
+        let all = ["admedia-loadtest", "--spawn"].iter().chain(args);
+        <crate::cli::Cli as clap::Parser>::try_parse_from(all)
+            .expect("the flags parse")
+            .plan()
+            .expect("a plan")
+    }
+
+    fn value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn durations_are_written_in_the_largest_exact_unit() {
+        let ms = Duration::from_millis;
+        for (d, text) in [
+            (ms(0), "0ms"),
+            (ms(1500), "1500ms"),
+            (ms(2000), "2s"),
+            (ms(90_000), "90s"),
+            (ms(120_000), "2m"),
+            (ms(36 * 3_600_000), "36h"),
+            (ms(7 * 86_400_000), "7d"),
+        ] {
+            assert_eq!(d.setting(), text);
+        }
+    }
+
+    /// Whatever the plan holds, the server reads back exactly that value:
+    /// each variable is parsed here with the server's own parser.
+    #[test]
+    fn the_server_reads_back_what_the_plan_holds() {
+        use admedia_actors::domain::price_schedule::{parse_duration, parse_millis};
+        for d in [1u64, 999, 1000, 61_000, 3_600_000, 90_061_001].map(Duration::from_millis) {
+            assert_eq!(parse_duration(&d.setting()), Ok(d), "{}", d.setting());
+        }
+        let p = plan(&[
+            "--scenario=fleet",
+            "--max-wait=free=90s,enterprise=1500ms",
+            "--quarantine-base=2500ms",
+            "--job-retention=failed=1d12h",
+            "--sweep-every=2s",
+            "--max-finished-in-memory=500",
+            "--lease-ms=2500",
+            "--retry-base-ms=20",
+        ]);
+        let env = settings_env(&p);
+        let read = |name| value(&env, name).unwrap_or_else(|| panic!("{name} not passed"));
+        assert_eq!(
+            read("ADMEDIA_MAX_WAIT").parse::<WaitLimits>(),
+            Ok(p.max_wait.expect("fleet sets a waiting limit"))
+        );
+        assert_eq!(
+            read("ADMEDIA_JOB_RETENTION").parse::<JobRetention>(),
+            Ok(p.job_retention.expect("a retention was given"))
+        );
+        assert_eq!(
+            parse_duration(read("ADMEDIA_QUARANTINE_BASE")),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            parse_duration(read("ADMEDIA_GIFT_SWEEP")),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(parse_millis(read("ADMEDIA_WORKER_LEASE_MS")), Ok(p.lease));
+        assert_eq!(
+            parse_millis(read("ADMEDIA_RETRY_BASE_MS")),
+            Ok(p.retry_base)
+        );
+        assert_eq!(
+            parse_millis(read("ADMEDIA_RETRY_MAX_MS")),
+            Ok(p.retry_max())
+        );
+        assert_eq!(read("ADMEDIA_QUARANTINE_AFTER"), "3");
+        assert_eq!(read("ADMEDIA_MAX_FINISHED_IN_MEMORY"), "500");
+        assert_eq!(read("ADMEDIA_TIER_WEIGHTS"), "1,2,4,8");
+        // report.json shows the same text.
+        let json = serde_json::to_value(&p).expect("the plan serializes");
+        assert_eq!(json["max_wait"], read("ADMEDIA_MAX_WAIT"));
+        assert_eq!(json["sweep_every"], "2s");
+    }
+
+    #[test]
+    fn what_the_plan_leaves_unset_is_not_passed() {
+        let env = settings_env(&plan(&["--scenario=smoke"]));
+        for name in [
+            "ADMEDIA_MAX_WAIT",
+            "ADMEDIA_QUARANTINE_AFTER",
+            "ADMEDIA_QUARANTINE_BASE",
+            "ADMEDIA_JOB_RETENTION",
+            "ADMEDIA_MAX_FINISHED_IN_MEMORY",
+            "ADMEDIA_GIFT_SWEEP",
+        ] {
+            assert_eq!(value(&env, name), None, "{name}");
+        }
+        assert!(value(&env, "ADMEDIA_WORKER_LEASE_MS").is_some());
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use admedia_actors::ids::{JobId, LeaseToken};
-use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
+use admedia_actors::domain::ids::{JobId, LeaseToken};
+use admedia_actors::domain::job::{FailureClass, JobKind, JobParams, Output};
 use admedia_actors::wire::{FromWorker, ToWorker};
 use admedia_worker::placeholder;
 use admedia_worker::socket::{self, send, Socket, CONNECT_TIMEOUT, WELCOME_TIMEOUT};
@@ -90,13 +90,14 @@ impl Profile {
             JobKind::Video => params.duration_s.unwrap_or(1),
         }
         .max(1);
-        let large = match admedia_actors::job::SizeClass::of(kind, params.width, params.height) {
-            Some(
-                admedia_actors::job::SizeClass::ImageLarge
-                | admedia_actors::job::SizeClass::VideoHd,
-            ) => 2,
-            _ => 1,
-        };
+        let large =
+            match admedia_actors::domain::job::SizeClass::of(kind, params.width, params.height) {
+                Some(
+                    admedia_actors::domain::job::SizeClass::ImageLarge
+                    | admedia_actors::domain::job::SizeClass::VideoHd,
+                ) => 2,
+                _ => 1,
+            };
         (per_unit * u64::from(units) * large) as f64
     }
 }

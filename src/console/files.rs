@@ -5,10 +5,10 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use admedia_actors::ids::JobId;
-use admedia_actors::job::Job;
-use admedia_actors::material::ObjectRole;
-use admedia_actors::user::User;
+use admedia_actors::domain::account::User;
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::Job;
+use admedia_actors::domain::material::ObjectRole;
 use chrono::Utc;
 use maud::{html, Markup};
 

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use admedia_actors::ids::{JobId, UserId, WorkerId};
-use admedia_actors::job::{Charge, FailureClass, Job, JobKind, JobState};
+use admedia_actors::domain::ids::{JobId, UserId, WorkerId};
+use admedia_actors::domain::job::{Charge, FailureClass, Job, JobKind, JobState};
+use admedia_actors::domain::tier::Tier;
 use admedia_actors::orchestrator::JobDetail;
-use admedia_actors::tier::Tier;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;

@@ -4,9 +4,9 @@
 
 use actix_web::{web, HttpResponse};
 use admedia_actors::actors::scheduler::RECENT_WINDOW;
-use admedia_actors::job::{Job, JobState};
+use admedia_actors::domain::job::{Job, JobState};
+use admedia_actors::domain::tier::{PerTier, Tier};
 use admedia_actors::store::{Activity, JobFilter};
-use admedia_actors::tier::{PerTier, Tier};
 use chrono::Utc;
 use maud::{html, Markup};
 

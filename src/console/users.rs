@@ -3,12 +3,12 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use admedia_actors::content::evidence::{ModerationKind, Violation};
-use admedia_actors::ids::UserId;
-use admedia_actors::ledger::{Grant, GrantSource};
-use admedia_actors::money::Credits;
-use admedia_actors::tier::Tier;
-use admedia_actors::user::AccountStatus;
+use admedia_actors::domain::account::AccountStatus;
+use admedia_actors::domain::content::evidence::{ModerationKind, Violation};
+use admedia_actors::domain::ids::UserId;
+use admedia_actors::domain::ledger::{Grant, GrantSource};
+use admedia_actors::domain::tier::Tier;
+use admedia_actors::domain::wallet::Credits;
 use chrono::Utc;
 use maud::{html, Markup};
 use serde::Deserialize;

@@ -1,9 +1,9 @@
 //! The console's shared markup: the page layout, times, state badges, ids
 //! and empty states. Every value goes through maud, which escapes it.
 
-use admedia_actors::job::JobState;
-use admedia_actors::ledger::EntryKind;
-use admedia_actors::user::AccountStatus;
+use admedia_actors::domain::account::AccountStatus;
+use admedia_actors::domain::job::JobState;
+use admedia_actors::domain::ledger::EntryKind;
 use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{html, Markup, DOCTYPE};
 

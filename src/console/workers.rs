@@ -1,7 +1,7 @@
 //! Connected GPU workers, and draining one.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::ids::WorkerId;
+use admedia_actors::domain::ids::WorkerId;
 use chrono::Utc;
 use maud::html;
 use serde::Deserialize;

@@ -7,10 +7,10 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use admedia_actors::endpoints::{
+use admedia_actors::domain::endpoints::{
     parse_event_types, DeliveryAttempt, EndpointPatch, WebhookEndpoint, MAX_URL,
 };
-use admedia_actors::ids::WebhookEndpointId;
+use admedia_actors::domain::ids::WebhookEndpointId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -1,12 +1,12 @@
 //! The operator's API: credits, memberships, suspension, stats.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::content::evidence::{ModerationAction, ModerationKind, Violation};
-use admedia_actors::content::Source;
-use admedia_actors::ids::UserId;
-use admedia_actors::ledger::{Grant, GrantSource};
-use admedia_actors::money::Credits;
-use admedia_actors::tier::{Membership, Tier};
+use admedia_actors::domain::content::evidence::{ModerationAction, ModerationKind, Violation};
+use admedia_actors::domain::content::Source;
+use admedia_actors::domain::ids::UserId;
+use admedia_actors::domain::ledger::{Grant, GrantSource};
+use admedia_actors::domain::tier::{Membership, Tier};
+use admedia_actors::domain::wallet::Credits;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
-use admedia_actors::user::User;
+use admedia_actors::domain::account::User;
 use sha2::{Digest, Sha256};
 
 use crate::http::problem::ApiError;
@@ -62,7 +62,7 @@ impl FromRequest for AuthUser {
                     detail: format!(
                         "this API key's scopes do not allow this request: it needs {}",
                         match access {
-                            admedia_actors::api_keys::Access::FullAccess =>
+                            admedia_actors::domain::api_keys::Access::FullAccess =>
                                 "a key without scopes (full access)".to_owned(),
                             other => format!("the scope {}", other.required()),
                         }

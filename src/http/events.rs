@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
-use admedia_actors::events::JobEvent;
-use admedia_actors::ids::JobId;
+use admedia_actors::domain::events::JobEvent;
+use admedia_actors::domain::ids::JobId;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::http::auth::AuthUser;
@@ -41,8 +41,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 fn frame(event: &JobEvent, id: u64) -> Bytes {
     let name = match event.kind {
-        admedia_actors::events::JobEventKind::State { .. } => "state",
-        admedia_actors::events::JobEventKind::Progress { .. } => "progress",
+        admedia_actors::domain::events::JobEventKind::State { .. } => "state",
+        admedia_actors::domain::events::JobEventKind::Progress { .. } => "progress",
     };
     let data = serde_json::to_string(event).unwrap_or_default();
     Bytes::from(format!("id: {id}\nevent: {name}\ndata: {data}\n\n"))
@@ -175,8 +175,8 @@ fn last_event_id(req: &actix_web::HttpRequest) -> Result<Option<u64>, ApiError> 
 
 fn user_frame(event: &JobEvent, seq: Option<u64>) -> Bytes {
     let name = match event.kind {
-        admedia_actors::events::JobEventKind::State { .. } => "state",
-        admedia_actors::events::JobEventKind::Progress { .. } => "progress",
+        admedia_actors::domain::events::JobEventKind::State { .. } => "state",
+        admedia_actors::domain::events::JobEventKind::Progress { .. } => "progress",
     };
     let data = serde_json::to_string(event).unwrap_or_default();
     match seq {
@@ -188,7 +188,7 @@ fn user_frame(event: &JobEvent, seq: Option<u64>) -> Bytes {
 fn gap_frame(after: u64) -> Bytes {
     let data = serde_json::json!({
         "after": after,
-        "oldest_kept_seconds": admedia_actors::endpoints::EVENT_WINDOW.num_seconds(),
+        "oldest_kept_seconds": admedia_actors::domain::endpoints::EVENT_WINDOW.num_seconds(),
     });
     Bytes::from(format!("event: gap\ndata: {data}\n\n"))
 }
@@ -197,7 +197,7 @@ fn gap_frame(after: u64) -> Bytes {
 /// cursor; `false` when the client is gone.
 async fn catch_up(
     orchestrator: &admedia_actors::Orchestrator,
-    user: admedia_actors::ids::UserId,
+    user: admedia_actors::domain::ids::UserId,
     cursor: &mut u64,
     tx: &mpsc::Sender<Bytes>,
 ) -> bool {

@@ -1,5 +1,5 @@
 //! The API's body and query extractors. They refuse text the store cannot
-//! keep (see `admedia_actors::text`) anywhere in the input, with one
+//! keep (see `admedia_actors::domain::text`) anywhere in the input, with one
 //! answer (`422 invalid-text`) whichever handler and field it reaches, before
 //! any handler rule runs; then they deserialize as `web::Json` and
 //! `web::Query` would.
@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
-use admedia_actors::text;
+use admedia_actors::domain::text;
 use serde::de::DeserializeOwned;
 
 use crate::http::problem::ApiError;

@@ -3,9 +3,9 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{IdempotencyKey, JobRequest, JobState};
-use admedia_actors::user::User;
+use admedia_actors::domain::account::User;
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{IdempotencyKey, JobRequest, JobState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -3,9 +3,9 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use admedia_actors::api_keys::ApiKeyRecord;
-use admedia_actors::ids::{ApiKeyId, UserId};
-use admedia_actors::user::KeyHash;
+use admedia_actors::domain::account::KeyHash;
+use admedia_actors::domain::api_keys::ApiKeyRecord;
+use admedia_actors::domain::ids::{ApiKeyId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -146,7 +146,7 @@ pub async fn issue(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let request = issue_request(&body)?;
-    let options = admedia_actors::api_keys::KeyOptions::parse(
+    let options = admedia_actors::domain::api_keys::KeyOptions::parse(
         request.name.as_deref(),
         request.expires_at,
         request.scopes.as_deref(),

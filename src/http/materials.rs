@@ -4,9 +4,9 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use admedia_actors::ids::{JobId, MaterialId};
-use admedia_actors::material::{MediaType, ObjectRole, StoredObject};
-use admedia_actors::tier::License;
+use admedia_actors::domain::ids::{JobId, MaterialId};
+use admedia_actors::domain::material::{MediaType, ObjectRole, StoredObject};
+use admedia_actors::domain::tier::License;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -173,7 +173,7 @@ pub async fn delete(
 /// The caller's job, or 404 (also for another user's job).
 async fn own_output(
     state: &AppState,
-    user: admedia_actors::ids::UserId,
+    user: admedia_actors::domain::ids::UserId,
     job: &str,
     index: &str,
 ) -> Result<(JobId, u32), ApiError> {

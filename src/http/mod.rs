@@ -67,7 +67,7 @@ impl AppState {
     /// A closed or terminated account's objects expire now, for the sweep
     /// to delete. The account change already happened: a catalogue outage
     /// is logged, and the objects then go at the end of their retention.
-    pub async fn expire_objects(&self, user: admedia_actors::ids::UserId) {
+    pub async fn expire_objects(&self, user: admedia_actors::domain::ids::UserId) {
         match self.materials.expire_user(user).await {
             Ok(n) => {
                 tracing::info!(%user, objects = n, "account closed: objects scheduled for deletion")
@@ -83,8 +83,8 @@ impl AppState {
     /// submission is refused after all.
     pub async fn rate_limit(
         &self,
-        user: admedia_actors::ids::UserId,
-        tier: admedia_actors::tier::Tier,
+        user: admedia_actors::domain::ids::UserId,
+        tier: admedia_actors::domain::tier::Tier,
     ) -> Result<Option<crate::ratelimit::Spent>, ApiError> {
         match self.rate_limiter.check(user, tier).await {
             crate::ratelimit::Decision::Allowed { spent } => Ok(spent),

@@ -2,7 +2,7 @@
 //! configuration), and whether a connected worker can run each right now.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::job::JobKind;
+use admedia_actors::domain::job::JobKind;
 use serde::Serialize;
 use utoipa::ToSchema;
 

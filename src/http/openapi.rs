@@ -46,7 +46,7 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         admin::GrantRequest, admin::AdminGrantSource, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
         ops::Health,
         keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,
-        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied, payments::PaymentReviewsPage, admedia_actors::payments::PaymentReview,
+        payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied, payments::PaymentReviewsPage, admedia_actors::domain::payments::PaymentReview,
         pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
         users::MembershipView, users::GiftView,
         keys::IssueKeyRequest, keys::ScopeName, events::UserEventFrame,

@@ -3,10 +3,10 @@
 //! renders the same data.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::ids::{JobId, UserId, WorkerId};
-use admedia_actors::job::{JobKind, JobState};
+use admedia_actors::domain::ids::{JobId, UserId, WorkerId};
+use admedia_actors::domain::job::{JobKind, JobState};
+use admedia_actors::domain::tier::Tier;
 use admedia_actors::store::{AttemptRecord, JobFilter};
-use admedia_actors::tier::Tier;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
-use admedia_actors::ids::UserId;
-use admedia_actors::money::Credits;
-use admedia_actors::payments::{PaymentId, PaymentReview, Period, Product};
-use admedia_actors::tier::Tier;
+use admedia_actors::domain::ids::UserId;
+use admedia_actors::domain::payments::{PaymentId, PaymentReview, Period, Product};
+use admedia_actors::domain::tier::Tier;
+use admedia_actors::domain::wallet::Credits;
 use admedia_actors::OrchestratorError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,8 +1,8 @@
 //! Prices that change with notice (ToS 4.5): the versioned price table.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::price_schedule::PriceVersion;
-use admedia_actors::pricing::PriceTable;
+use admedia_actors::domain::price_schedule::PriceVersion;
+use admedia_actors::domain::pricing::PriceTable;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

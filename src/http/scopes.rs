@@ -11,7 +11,7 @@
 //! that every user endpoint of the OpenAPI document is in it).
 
 use actix_web::HttpRequest;
-use admedia_actors::api_keys::{Access, Scope};
+use admedia_actors::domain::api_keys::{Access, Scope};
 
 use Access::{AnyKey, FullAccess, Scope as S};
 

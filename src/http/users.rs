@@ -61,7 +61,7 @@ pub struct StorageView {
 #[derive(Serialize, ToSchema)]
 pub struct MembershipView {
     /// The tier bought (or set by an operator), even when lapsed.
-    pub tier: admedia_actors::tier::Tier,
+    pub tier: admedia_actors::domain::tier::Tier,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Whether it is in effect now (a lapsed one reads as `free`, ToS 5.4).
     pub active: bool,
@@ -71,7 +71,7 @@ pub struct MembershipView {
 pub struct GiftView {
     /// When the gift is granted (the start of its paid month).
     pub at: chrono::DateTime<chrono::Utc>,
-    pub tier: admedia_actors::tier::Tier,
+    pub tier: admedia_actors::domain::tier::Tier,
     pub amount: i64,
 }
 
@@ -121,7 +121,7 @@ pub async fn me(
         membership: MembershipView {
             tier: user.membership.tier,
             expires_at: user.membership.expires_at,
-            active: user.membership.tier != admedia_actors::tier::Tier::Free
+            active: user.membership.tier != admedia_actors::domain::tier::Tier::Free
                 && user.tier(now) == user.membership.tier,
         },
         next_gift: next_gift.map(|g| GiftView {

@@ -1,7 +1,7 @@
 //! The caller's wallet and ledger: `GET /v1/wallet`, `GET /v1/wallet/ledger`.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::ids::EntryId;
+use admedia_actors::domain::ids::EntryId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
 use admedia_actors::actors::worker::{LinkClosed, WorkerLink};
-use admedia_actors::ids::WorkerId;
+use admedia_actors::domain::ids::WorkerId;
 use admedia_actors::wire::{check_presented, Capabilities, FromWorker, PresentedAttempt, ToWorker};
 use admedia_actors::Orchestrator;
 use tokio::sync::mpsc;

@@ -14,30 +14,30 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use admedia_actors::ids::{EntryId, JobId, UserId, WorkerId};
-use admedia_actors::job::{AttemptOutcome, Job, JobState};
-use admedia_actors::ledger::{Grant, LedgerEntry};
-use admedia_actors::money::{Credits, Wallet};
+use admedia_actors::domain::account::{AccountStatus, KeyHash, NewUser, User};
+use admedia_actors::domain::ids::{EntryId, JobId, UserId, WorkerId};
+use admedia_actors::domain::job::{AttemptOutcome, Job, JobState};
+use admedia_actors::domain::ledger::{Grant, LedgerEntry};
+use admedia_actors::domain::tier::Membership;
+use admedia_actors::domain::wallet::{Credits, Wallet};
 use admedia_actors::store::prelude::*;
 use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
     JobFilter, Leader, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
-use admedia_actors::tier::Membership;
-use admedia_actors::user::{AccountStatus, KeyHash, NewUser, User};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use admedia_actors::api_keys::ApiKeyRecord;
-use admedia_actors::content::evidence::{
+use admedia_actors::domain::api_keys::ApiKeyRecord;
+use admedia_actors::domain::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
-use admedia_actors::ids::ApiKeyId;
-use admedia_actors::payments::{
+use admedia_actors::domain::ids::ApiKeyId;
+use admedia_actors::domain::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
-use admedia_actors::price_schedule::PriceVersion;
-use admedia_actors::pricing::PriceTable;
+use admedia_actors::domain::price_schedule::PriceVersion;
+use admedia_actors::domain::pricing::PriceTable;
 
 use crate::metrics::Metrics;
 
@@ -354,7 +354,7 @@ impl AccountStore for InstrumentedStore {
         user: UserId,
         id: ApiKeyId,
         hash: KeyHash,
-        options: admedia_actors::api_keys::KeyOptions,
+        options: admedia_actors::domain::api_keys::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         self.timed(
@@ -559,7 +559,7 @@ impl EndpointStore for InstrumentedStore {
         after: Option<u64>,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> StoreResult<admedia_actors::endpoints::EventPage> {
+    ) -> StoreResult<admedia_actors::domain::endpoints::EventPage> {
         self.timed(
             "user_events",
             self.inner.user_events(user, after, since, limit),
@@ -569,8 +569,8 @@ impl EndpointStore for InstrumentedStore {
 
     async fn create_webhook_endpoint(
         &self,
-        endpoint: admedia_actors::endpoints::WebhookEndpoint,
-    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+        endpoint: admedia_actors::domain::endpoints::WebhookEndpoint,
+    ) -> StoreResult<admedia_actors::domain::endpoints::WebhookEndpoint> {
         self.timed(
             "create_webhook_endpoint",
             self.inner.create_webhook_endpoint(endpoint),
@@ -581,7 +581,7 @@ impl EndpointStore for InstrumentedStore {
     async fn webhook_endpoints(
         &self,
         user: UserId,
-    ) -> StoreResult<Vec<admedia_actors::endpoints::WebhookEndpoint>> {
+    ) -> StoreResult<Vec<admedia_actors::domain::endpoints::WebhookEndpoint>> {
         self.timed("webhook_endpoints", self.inner.webhook_endpoints(user))
             .await
     }
@@ -589,10 +589,10 @@ impl EndpointStore for InstrumentedStore {
     async fn update_webhook_endpoint(
         &self,
         user: UserId,
-        id: admedia_actors::ids::WebhookEndpointId,
-        patch: admedia_actors::endpoints::EndpointPatch,
+        id: admedia_actors::domain::ids::WebhookEndpointId,
+        patch: admedia_actors::domain::endpoints::EndpointPatch,
         now: DateTime<Utc>,
-    ) -> StoreResult<admedia_actors::endpoints::WebhookEndpoint> {
+    ) -> StoreResult<admedia_actors::domain::endpoints::WebhookEndpoint> {
         self.timed(
             "update_webhook_endpoint",
             self.inner.update_webhook_endpoint(user, id, patch, now),
@@ -603,7 +603,7 @@ impl EndpointStore for InstrumentedStore {
     async fn delete_webhook_endpoint(
         &self,
         user: UserId,
-        id: admedia_actors::ids::WebhookEndpointId,
+        id: admedia_actors::domain::ids::WebhookEndpointId,
     ) -> StoreResult<()> {
         self.timed(
             "delete_webhook_endpoint",
@@ -615,9 +615,9 @@ impl EndpointStore for InstrumentedStore {
     async fn webhook_deliveries(
         &self,
         user: UserId,
-        id: admedia_actors::ids::WebhookEndpointId,
+        id: admedia_actors::domain::ids::WebhookEndpointId,
         limit: usize,
-    ) -> StoreResult<Vec<admedia_actors::endpoints::DeliveryAttempt>> {
+    ) -> StoreResult<Vec<admedia_actors::domain::endpoints::DeliveryAttempt>> {
         self.timed(
             "webhook_deliveries",
             self.inner.webhook_deliveries(user, id, limit),

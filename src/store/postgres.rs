@@ -12,13 +12,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admedia_actors::email::Email;
-use admedia_actors::ids::{ApiKeyId, EntryId, JobId, LeaseToken, UserId, WorkerId};
-use admedia_actors::job::{
+use admedia_actors::domain::account::{AccountStatus, DisplayName, KeyHash, NewUser, User};
+use admedia_actors::domain::email::Email;
+use admedia_actors::domain::ids::{ApiKeyId, EntryId, JobId, LeaseToken, UserId, WorkerId};
+use admedia_actors::domain::job::{
     AttemptOutcome, Charge, Job, JobError, JobKind, JobParams, JobResult, JobSpec, JobState,
 };
-use admedia_actors::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
-use admedia_actors::money::{Credits, Wallet};
+use admedia_actors::domain::ledger::{EntryKind, Grant, GrantSource, LedgerEntry};
+use admedia_actors::domain::tier::{Membership, Tier};
+use admedia_actors::domain::wallet::{Credits, Wallet};
 use admedia_actors::store::decide::{self, money};
 use admedia_actors::store::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 use admedia_actors::store::prelude::*;
@@ -27,23 +29,21 @@ use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
     JobFilter, Leader, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
-use admedia_actors::tier::{Membership, Tier};
-use admedia_actors::user::{AccountStatus, DisplayName, KeyHash, NewUser, User};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
-use admedia_actors::api_keys::ApiKeyRecord;
-use admedia_actors::content::evidence::{
+use admedia_actors::domain::api_keys::ApiKeyRecord;
+use admedia_actors::domain::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation,
 };
-use admedia_actors::payments::{
+use admedia_actors::domain::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
-use admedia_actors::price_schedule::PriceVersion;
-use admedia_actors::pricing::PriceTable;
+use admedia_actors::domain::price_schedule::PriceVersion;
+use admedia_actors::domain::pricing::PriceTable;
 
 /// Users and their API keys.
 mod accounts;

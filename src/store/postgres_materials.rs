@@ -7,10 +7,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use admedia_actors::ids::{JobId, MaterialId, UserId};
-use admedia_actors::material::{MediaType, ObjectRole, StorageUsage, StoredObject};
+use admedia_actors::domain::ids::{JobId, MaterialId, UserId};
+use admedia_actors::domain::material::{MediaType, ObjectRole, StorageUsage, StoredObject};
+use admedia_actors::domain::tier::License;
 use admedia_actors::store::materials::{CatalogueError, CatalogueResult, MaterialStore};
-use admedia_actors::tier::License;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};

@@ -156,7 +156,7 @@ async fn uploads_are_checked_by_content_size_and_quota() {
     let dir = objects();
     let app = app_with_objects(&dir, |s| {
         s.storage_quotas = "free=200".parse().expect("quotas");
-        s.max_material_size = admedia_actors::material::ByteSize(150);
+        s.max_material_size = admedia_actors::domain::material::ByteSize(150);
     })
     .await;
     let (_, key) = register(&app, "quota@example.com").await;

@@ -11,8 +11,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use admedia::metrics::Metrics;
 use admedia::moderation::{ProviderConfig, ProviderPolicy};
 use admedia::startup::Application;
-use admedia_actors::content::{ContentPolicy, RulesPolicy, Verdict};
-use admedia_actors::tier::Tier;
+use admedia_actors::domain::content::{ContentPolicy, RulesPolicy, Verdict};
+use admedia_actors::domain::tier::Tier;
 use serde_json::{json, Value};
 
 use crate::helpers::*;

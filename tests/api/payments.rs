@@ -310,7 +310,7 @@ async fn a_payment_past_the_balance_cap_is_kept_for_review_and_acknowledged() {
     let app = payments_app().await;
     let (user, key) = register(&app, "whale@example.com").await;
     let id = id_of(&user);
-    let cap = admedia_actors::money::Credits::MAX.get();
+    let cap = admedia_actors::domain::wallet::Credits::MAX.get();
     let registered = wallet_tuple(&app.wallet(&key).await).0;
     app.grant(&id, cap - registered - 100, "top-up")
         .await

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix_rt::task::JoinHandle;
-use admedia_actors::ids::{JobId, LeaseToken};
+use admedia_actors::domain::ids::{JobId, LeaseToken};
 use admedia_actors::wire::{AttemptId, FromWorker, PresentedAttempt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

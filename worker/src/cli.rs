@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use admedia_actors::job::JobKind;
+use admedia_actors::domain::job::JobKind;
 use admedia_actors::wire::FromWorker;
 use awc::http::header::HeaderValue;
 use clap::{Parser, ValueEnum};
@@ -48,7 +48,7 @@ pub struct Args {
     pub executor: ExecutorKind,
     /// Duration of one simulated attempt, in milliseconds.
     #[arg(long = "sim-job-ms", env = "ADMEDIA_SIM_JOB_MS", value_name = "MS",
-          default_value = "1000", value_parser = admedia_actors::price_schedule::parse_millis)]
+          default_value = "1000", value_parser = admedia_actors::domain::price_schedule::parse_millis)]
     pub sim_job_time: Duration,
     /// Probability that a simulated attempt fails with a system failure.
     #[arg(long, env = "ADMEDIA_SIM_FAILURE_RATE", default_value_t = 0.0, value_parser = probability)]

@@ -9,7 +9,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use admedia_actors::job::FailureClass;
+use admedia_actors::domain::job::FailureClass;
 use admedia_actors::wire::{AttemptId, FromWorker, RefusedAttempt, ToWorker};
 use admedia_worker::socket::{
     self, send, send_frame, Socket, CONNECT_TIMEOUT, MAX_FRAME, WELCOME_TIMEOUT,

@@ -3,8 +3,8 @@
 //! bytes) takes as an image or a video. The agent's `simulate` executor
 //! and the load tester's workers both upload them.
 
-use admedia_actors::job::JobKind;
-use admedia_actors::material::MediaType;
+use admedia_actors::domain::job::JobKind;
+use admedia_actors::domain::material::MediaType;
 
 /// A 1×1 PNG: the smallest real image.
 const PNG: &[u8] = &[

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use admedia_actors::ids::{JobId, LeaseToken, WorkerId};
-use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
+use admedia_actors::domain::ids::{JobId, LeaseToken, WorkerId};
+use admedia_actors::domain::job::{FailureClass, JobKind, JobParams, Output};
 use admedia_actors::wire::{AttemptId, FromWorker, PresentedAttempt, RefusedAttempt, ToWorker};
 use serde_json::json;
 use tokio::sync::mpsc;

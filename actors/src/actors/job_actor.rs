@@ -16,9 +16,9 @@ use crate::actors::messages::{
 use crate::actors::wallet::WalletRegistry;
 use crate::attempt_files::{AttemptFiles, AttemptPlan};
 use crate::config::OrchestratorConfig;
-use crate::events::{JobEvent, JobEventKind};
-use crate::ids::{LeaseToken, WorkerId};
-use crate::job::{AttemptOutcome, FailureClass, Job, JobSpec, JobState, Output};
+use crate::domain::events::{JobEvent, JobEventKind};
+use crate::domain::ids::{LeaseToken, WorkerId};
+use crate::domain::job::{AttemptOutcome, FailureClass, Job, JobSpec, JobState, Output};
 use crate::observer::{AttemptResult, Observer};
 use crate::scheduler::queue::QueuedJob;
 use crate::scheduler::resume::Resumed;
@@ -310,7 +310,7 @@ impl JobActor {
         self.observer.attempt_finished(self.job.kind, result, run);
         self.result = Some((result, run));
         let retry_at = self.retry_at();
-        let outcome = crate::diagnostic::storable(outcome, retry_at);
+        let outcome = crate::domain::diagnostic::storable(outcome, retry_at);
         self.try_settle(outcome, 1, ctx);
     }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::attempt_files::AttemptPlan;
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
-use crate::job::{AttemptOutcome, FailureClass, Job, JobSpec, Output};
+use crate::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::domain::job::{AttemptOutcome, FailureClass, Job, JobSpec, Output};
 use crate::observer::AttemptResult;
 use crate::scheduler::queue::QueuedJob;
 use crate::store::{AttemptRef, Settlement, StoreError};

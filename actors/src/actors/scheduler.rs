@@ -23,14 +23,14 @@ use crate::actors::messages::{
 use crate::actors::wallet::WalletRegistry;
 use crate::attempt_files::AttemptFiles;
 use crate::config::OrchestratorConfig;
-use crate::ids::{JobId, LeaseToken, WorkerId};
-use crate::job::{Job, JobState};
+use crate::domain::ids::{JobId, LeaseToken, WorkerId};
+use crate::domain::job::{Job, JobState};
+use crate::domain::tier::PerTier;
 use crate::observer::{AttemptResult, Observer};
 use crate::scheduler::queue::{FairQueue, JobClass, QueuedJob};
 use crate::scheduler::resume;
 use crate::store::{AttemptRecord, StoreResult};
 use crate::store::{Store, StoreError};
-use crate::tier::PerTier;
 use crate::wire::{AttemptId, Capabilities, PresentedAttempt, RefusedAttempt};
 
 /// How often the scheduler compares its line with the store, so a job the
@@ -897,7 +897,7 @@ pub async fn settle_lost(
             attempt,
             lease,
         },
-        outcome: crate::job::AttemptOutcome::SystemFailure {
+        outcome: crate::domain::job::AttemptOutcome::SystemFailure {
             message: "the attempt was lost when the scheduler restarted or changed".into(),
             retry_at: config.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default(),
         },
@@ -1141,7 +1141,7 @@ impl Handler<LiftQuarantine> for SchedulerActor {
 /// ones included: they are there, just not taking work right now).
 #[derive(Message)]
 #[rtype(result = "Vec<bool>")]
-pub struct ModelsServed(pub Vec<(crate::job::JobKind, String, u32)>);
+pub struct ModelsServed(pub Vec<(crate::domain::job::JobKind, String, u32)>);
 
 impl Handler<ModelsServed> for SchedulerActor {
     type Result = MessageResult<ModelsServed>;
@@ -1193,7 +1193,7 @@ impl RecentDispatches {
         }
     }
 
-    fn record(&mut self, tier: crate::tier::Tier, now: Instant) {
+    fn record(&mut self, tier: crate::domain::tier::Tier, now: Instant) {
         match self.buckets.back_mut() {
             Some((start, counts)) if now.duration_since(*start) < RECENT_BUCKET => {
                 counts[tier] += 1

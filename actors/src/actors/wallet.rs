@@ -23,17 +23,17 @@ use parking_lot::Mutex;
 
 use crate::actors::messages::{CancelInFlight, Enqueue, Expire, SchedulerHandle, Settle, Withdraw};
 use crate::config::OrchestratorConfig;
+use crate::domain::account::{AccountStatus, User};
+use crate::domain::ids::{JobId, UserId};
+use crate::domain::job::{IdempotencyKey, Job, JobSpec, JobState};
+use crate::domain::ledger::{EntryKind, Grant};
+use crate::domain::price_schedule::PriceBook;
+use crate::domain::tier::Membership;
+use crate::domain::wallet::Wallet;
 use crate::error::OrchestratorError;
-use crate::ids::{JobId, UserId};
-use crate::job::{IdempotencyKey, Job, JobSpec, JobState};
-use crate::ledger::{EntryKind, Grant};
-use crate::money::Wallet;
 use crate::observer::Observer;
-use crate::price_schedule::PriceBook;
 use crate::scheduler::queue::QueuedJob;
 use crate::store::{Cancellation, GrantOutcome, NewJob, Settlement, Store, StoreError, Submission};
-use crate::tier::Membership;
-use crate::user::{AccountStatus, User};
 
 pub struct WalletActor {
     user_id: UserId,
@@ -228,8 +228,8 @@ impl Handler<Settle> for WalletActor {
             let job = &settlement.job;
             let moved = match (job.state, job.charge) {
                 (JobState::Queued, _) => None,
-                (_, crate::job::Charge::Posted) => Some(EntryKind::Post),
-                (_, crate::job::Charge::Voided) => Some(EntryKind::Void),
+                (_, crate::domain::job::Charge::Posted) => Some(EntryKind::Post),
+                (_, crate::domain::job::Charge::Voided) => Some(EntryKind::Void),
                 _ => None,
             };
             if let Some(kind) = moved {
@@ -544,13 +544,13 @@ impl WalletRegistry {
 mod tests {
     use super::*;
     use crate::actors::messages::recorder::{Recorded, Recorder};
-    use crate::email::Email;
-    use crate::job::{JobKind, JobRequest, ParamsRequest};
-    use crate::ledger::GrantSource;
-    use crate::money::Credits;
+    use crate::domain::account::{ApiKey, DisplayName, NewUser};
+    use crate::domain::email::Email;
+    use crate::domain::job::{JobKind, JobRequest, ParamsRequest};
+    use crate::domain::ledger::GrantSource;
+    use crate::domain::wallet::Credits;
     use crate::observer::NoopObserver;
     use crate::store::memory::MemoryStore;
-    use crate::user::{ApiKey, DisplayName, NewUser};
 
     /// A user with 100 credits, and a registry whose scheduler is a
     /// stand-in that records what the wallets tell it.

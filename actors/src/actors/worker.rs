@@ -15,8 +15,8 @@ use crate::actors::messages::{
     WorkerDraining, WorkerHandle, WorkerJoined, WorkerLeft,
 };
 use crate::clock::{Clock, Random};
-use crate::ids::{JobId, LeaseToken, WorkerId};
-use crate::job::{FailureClass, JobKind, Output};
+use crate::domain::ids::{JobId, LeaseToken, WorkerId};
+use crate::domain::job::{FailureClass, JobKind, Output};
 use crate::observer::Observer;
 use crate::wire::{Capabilities, FromWorker, PresentedAttempt, ToWorker};
 

@@ -2,18 +2,18 @@
 //! 9.2, 9.3).
 
 use super::Orchestrator;
-use crate::api_keys::{ApiKeyRecord, IssuedKey};
+use crate::domain::account::{AccountStatus, ApiKey, User};
+use crate::domain::api_keys::{ApiKeyRecord, IssuedKey};
+use crate::domain::ids::{ApiKeyId, UserId};
+use crate::domain::wallet::Wallet;
 use crate::error::OrchestratorError;
-use crate::ids::{ApiKeyId, UserId};
-use crate::money::Wallet;
-use crate::user::{AccountStatus, ApiKey, User};
 
 impl Orchestrator {
     /// A new key for the user, shown this once.
     pub async fn issue_api_key(
         &self,
         user: UserId,
-        options: crate::api_keys::KeyOptions,
+        options: crate::domain::api_keys::KeyOptions,
     ) -> Result<IssuedKey, OrchestratorError> {
         let key = ApiKey::generate_with(&self.config.random);
         let record = self

@@ -7,12 +7,12 @@ use std::collections::BTreeSet;
 use chrono::SubsecRound;
 
 use super::Orchestrator;
-use crate::endpoints::{
+use crate::domain::endpoints::{
     DeliveryAttempt, EndpointPatch, EventPage, EventType, WebhookEndpoint, DELIVERY_LOG,
     EVENT_WINDOW,
 };
+use crate::domain::ids::{UserId, WebhookEndpointId};
 use crate::error::OrchestratorError;
-use crate::ids::{UserId, WebhookEndpointId};
 
 impl Orchestrator {
     /// The user's kept job events after `after` (see [`EventPage`]).

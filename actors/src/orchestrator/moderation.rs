@@ -6,15 +6,15 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::sweep::chrono_span;
 use super::Orchestrator;
-use crate::content::evidence::{
+use crate::domain::account::{AccountStatus, User};
+use crate::domain::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, Violation, BY_AUTOMATIC, BY_OPERATOR,
 };
-use crate::content::Verdict;
+use crate::domain::content::Verdict;
+use crate::domain::ids::UserId;
+use crate::domain::job::JobSpec;
+use crate::domain::tier::Tier;
 use crate::error::OrchestratorError;
-use crate::ids::UserId;
-use crate::job::JobSpec;
-use crate::tier::Tier;
-use crate::user::{AccountStatus, User};
 
 /// The refusals kept as a suspension's evidence, at most.
 const EVIDENCE_KEPT: usize = 50;

@@ -6,11 +6,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use super::sweep::{chrono_span, grant_due_gifts, refresh_prices};
 use super::Orchestrator;
 use crate::actors::wallet::ApplyPayment;
+use crate::domain::ids::UserId;
+use crate::domain::payments::{NewPayment, PaymentId, PaymentOutcome, Product, ScheduledGift};
+use crate::domain::price_schedule::PriceVersion;
+use crate::domain::pricing::PriceTable;
 use crate::error::OrchestratorError;
-use crate::ids::UserId;
-use crate::payments::{NewPayment, PaymentId, PaymentOutcome, Product, ScheduledGift};
-use crate::price_schedule::PriceVersion;
-use crate::pricing::PriceTable;
 
 impl Orchestrator {
     /// Applies a verified payment, idempotent by its id.
@@ -23,7 +23,7 @@ impl Orchestrator {
         self.user(user).await?;
         let monthly_gift = match product {
             Product::Membership { tier, .. } => self.config.platform.gifts.monthly(tier),
-            Product::Credits { .. } => crate::money::Credits::ZERO,
+            Product::Credits { .. } => crate::domain::wallet::Credits::ZERO,
         };
         let payment = NewPayment {
             request_hash: NewPayment::hash_of(user, &product),
@@ -41,7 +41,7 @@ impl Orchestrator {
     pub async fn payments_for_review(
         &self,
         limit: usize,
-    ) -> Result<Vec<crate::payments::PaymentReview>, OrchestratorError> {
+    ) -> Result<Vec<crate::domain::payments::PaymentReview>, OrchestratorError> {
         Ok(self.store.payments_for_review(limit).await?)
     }
 

@@ -8,9 +8,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use super::Orchestrator;
 use crate::actors::wallet::{GrantGift, WalletRegistry};
+use crate::domain::price_schedule::PriceSchedule;
 use crate::error::OrchestratorError;
 use crate::policy::Platform;
-use crate::price_schedule::PriceSchedule;
 use crate::store::{Store, StoreError};
 
 /// Gifts granted per sweep at most; the next sweep takes the rest.

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::config::{FairnessUnit, OrchestratorConfig};
-use crate::ids::{JobId, UserId, WorkerId};
-use crate::job::{Job, JobKind, Priority, SizeClass};
+use crate::domain::ids::{JobId, UserId, WorkerId};
+use crate::domain::job::{Job, JobKind, Priority, SizeClass};
 
-use crate::tier::{PerTier, Tier, TierTable};
+use crate::domain::tier::{PerTier, Tier, TierTable};
 
 /// What a job needs of a worker; jobs of one class are placed alike.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -579,7 +579,7 @@ impl FairQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tier::TierPolicy;
+    use crate::domain::tier::TierPolicy;
     use proptest::prelude::*;
 
     fn job(user: UserId, tier: Tier, seq: u64) -> QueuedJob {
@@ -605,13 +605,17 @@ mod tests {
         FairQueue::new(tiers, FairnessUnit::Jobs)
     }
 
-    fn table(weights: [u32; 4], max_running: u32) -> TierTable {
-        let p = |w| TierPolicy {
-            weight: w,
+    fn table(weights: PerTier<u32>, max_running: u32) -> TierTable {
+        TierTable(weights.map(|weight| TierPolicy {
+            weight,
             max_running,
             max_waiting: 1_000_000,
-        };
-        TierTable(PerTier::from_fn(|t| p(weights[t.index()])))
+        }))
+    }
+
+    /// A weight per tier, as the property tests draw them.
+    fn tier_weights(range: std::ops::RangeInclusive<u32>) -> impl Strategy<Value = PerTier<u32>> {
+        prop::array::uniform4(range).prop_map(PerTier::from)
     }
 
     /// The line keeps a waiting job as a compact record; what comes out
@@ -687,13 +691,13 @@ mod tests {
         /// dispatches is within 5% of its weight's share.
         #[test]
         fn backlogged_shares_follow_weights(
-            weights in prop::array::uniform4(1u32..=10),
-            users in prop::array::uniform4(1usize..=5),
+            weights in tier_weights(1..=10),
+            users in prop::array::uniform4(1usize..=5).prop_map(PerTier::from),
         ) {
             let mut q = jobs_queue(table(weights, u32::MAX));
             let mut seq = 0;
             for tier in Tier::ALL {
-                for _ in 0..users[tier.index()] {
+                for _ in 0..users[tier] {
                     let u = UserId::generate();
                     for _ in 0..10_000 {
                         seq += 1;
@@ -701,18 +705,18 @@ mod tests {
                     }
                 }
             }
-            let mut counts = [0usize; 4];
+            let mut counts: PerTier<usize> = PerTier::splat(0);
             for _ in 0..10_000 {
                 let j = q.pop_next(|_| true).unwrap();
-                counts[j.tier.index()] += 1;
+                counts[j.tier] += 1;
                 q.finished(j.user_id);
             }
-            let total: u32 = weights.iter().sum();
-            for t in 0..4 {
-                let expected = 10_000.0 * f64::from(weights[t]) / f64::from(total);
-                let got = counts[t] as f64;
+            let total: u32 = weights.values().sum();
+            for tier in Tier::ALL {
+                let expected = 10_000.0 * f64::from(weights[tier]) / f64::from(total);
+                let got = counts[tier] as f64;
                 prop_assert!((got - expected).abs() <= expected * 0.05 + 1.0,
-                    "tier {t}: {got} dispatches, expected {expected}");
+                    "tier {tier}: {got} dispatches, expected {expected}");
             }
         }
 
@@ -720,7 +724,7 @@ mod tests {
         /// consecutive dispatches each of the `n` backlogged users appears once.
         #[test]
         fn users_of_a_tier_take_turns(n in 2usize..8, jobs_each in 5usize..30) {
-            let mut q = jobs_queue(table([1, 2, 4, 8], u32::MAX));
+            let mut q = jobs_queue(table(PerTier::from([1, 2, 4, 8]), u32::MAX));
             let users: Vec<UserId> = (0..n).map(|_| UserId::generate()).collect();
             let mut seq = 0;
             // The first user submits everything first: order of arrival must
@@ -749,7 +753,7 @@ mod tests {
         /// dispatched within one weight cycle per Free user ahead of it.
         #[test]
         fn free_job_is_dispatched_within_a_bound(
-            weights in prop::array::uniform4(1u32..=10),
+            weights in tier_weights(1..=10),
             free_users in 1usize..5,
         ) {
             let mut q = jobs_queue(table(weights, u32::MAX));
@@ -776,8 +780,8 @@ mod tests {
             let late = UserId::generate();
             seq += 1;
             q.push(job(late, Tier::Free, seq));
-            let total: u32 = weights.iter().sum();
-            let cycle = total.div_ceil(weights[0]) as usize + 1;
+            let total: u32 = weights.values().sum();
+            let cycle = total.div_ceil(weights[Tier::Free]) as usize + 1;
             let bound = cycle * free_users;
             let mut dispatched_at = None;
             for i in 1..=bound {
@@ -852,7 +856,7 @@ mod tests {
 
     #[test]
     fn retried_job_keeps_its_place_in_line() {
-        let mut q = jobs_queue(table([1, 1, 1, 1], 1));
+        let mut q = jobs_queue(table(PerTier::splat(1), 1));
         let u = UserId::generate();
         let first = job(u, Tier::Free, 1);
         q.push(first.clone());
@@ -867,7 +871,7 @@ mod tests {
 
     #[test]
     fn high_priority_goes_first_within_its_user_only() {
-        let mut q = jobs_queue(table([1, 1, 1, 1], u32::MAX));
+        let mut q = jobs_queue(table(PerTier::splat(1), u32::MAX));
         let (a, b) = (UserId::generate(), UserId::generate());
         let mut seq = 0;
         let mut push = |q: &mut FairQueue, user, priority| {
@@ -911,7 +915,7 @@ mod tests {
         // The same backlog with and without priorities: the tiers take the
         // same turns, whatever the users ask for their own jobs.
         let run = |with_priority: bool| -> Vec<Tier> {
-            let mut q = jobs_queue(table([1, 2, 4, 8], u32::MAX));
+            let mut q = jobs_queue(table(PerTier::from([1, 2, 4, 8]), u32::MAX));
             let mut seq = 0;
             for tier in Tier::ALL {
                 let u = UserId::generate();
@@ -1040,14 +1044,14 @@ mod tests {
             max_running in 1u32..4,
             rounds in 1usize..4,
         ) {
-            let mut q = jobs_queue(table([1, 2, 4, 8], max_running));
+            let mut q = jobs_queue(table(PerTier::from([1, 2, 4, 8]), max_running));
             let users: Vec<UserId> = (0..6).map(|_| UserId::generate()).collect();
             let mut waiting: HashMap<JobId, QueuedJob> = HashMap::new();
             let mut running: Vec<(QueuedJob, usize)> = Vec::new();
             let chunk = mix.len().div_ceil(rounds).max(1);
             for (round, part) in mix.chunks(chunk).enumerate() {
                 for (i, &(u, t, kind, m, vram)) in part.iter().enumerate() {
-                    let mut j = job(users[u], Tier::ALL[(u + t) % 4], (round * 1000 + i) as u64);
+                    let mut j = job(users[u], Tier::ALL[(u + t) % Tier::COUNT], (round * 1000 + i) as u64);
                     j.kind = kind;
                     j.model = MODELS[m].into();
                     j.vram_mb = vram;
@@ -1090,10 +1094,10 @@ mod tests {
         /// off by a per-class factor the queue has to learn.
         #[test]
         fn gpu_time_shares_follow_weights(
-            weights in prop::array::uniform4(1u32..=8),
+            weights in tier_weights(1..=8),
             fleet in prop::collection::vec(arb_worker(), 1..5),
             real_factor in prop::array::uniform3(0.5f64..2.0),
-            mix in prop::array::uniform4(prop::array::uniform3(1usize..=4)),
+            mix in prop::array::uniform4(prop::array::uniform3(1usize..=4)).prop_map(PerTier::from),
         ) {
             let classes = [
                 (JobKind::Image, "sdxl", 8_000u32, 2u64),
@@ -1108,15 +1112,14 @@ mod tests {
             // Each tier has its own mix of short and long jobs (`mix[t][c]`
             // of class `c` in every cycle), so sharing dispatches would not
             // share GPU time.
-            let mut total = [[0u32; 3]; 4];
+            let mut total: PerTier<[u32; 3]> = PerTier::splat([0; 3]);
             for tier in Tier::ALL {
-                let t = tier.index();
-                let cycle: Vec<usize> = (0..3).flat_map(|c| std::iter::repeat_n(c, mix[t][c])).collect();
+                let cycle: Vec<usize> = (0..3).flat_map(|c| std::iter::repeat_n(c, mix[tier][c])).collect();
                 for _ in 0..2 {
                     let u = UserId::generate();
-                    for i in 0..250 * weights[t] as usize * cycle.len() {
+                    for i in 0..250 * weights[tier] as usize * cycle.len() {
                         let c = cycle[i % cycle.len()];
-                        total[t][c] += 1;
+                        total[tier][c] += 1;
                         let (kind, model, vram, secs) = classes[c];
                         seq += 1;
                         let mut j = job(u, tier, seq);
@@ -1136,22 +1139,22 @@ mod tests {
             let mut clock = Duration::ZERO;
             let mut ends: std::collections::BinaryHeap<std::cmp::Reverse<(Duration, usize, u64)>> = Default::default();
             let mut in_flight: HashMap<u64, (QueuedJob, usize)> = HashMap::new();
-            let mut gpu = [0f64; 4];
+            let mut gpu: PerTier<f64> = PerTier::splat(0.0);
             let mut n = 0u64;
             // The run stops while every class of every tier is still
             // backlogged.
-            let mut taken = [[0u32; 3]; 4];
-            let backlogged = |taken: &[[u32; 3]; 4]| {
-                (0..4).all(|t| (0..3).all(|c| taken[t][c] * 5 < total[t][c] * 4))
+            let mut taken: PerTier<[u32; 3]> = PerTier::splat([0; 3]);
+            let backlogged = |taken: &PerTier<[u32; 3]>| {
+                Tier::ALL.into_iter().all(|t| (0..3).all(|c| taken[t][c] * 5 < total[t][c] * 4))
             };
             while backlogged(&taken) {
                 for (j, w) in dispatch_all(&mut q, &mut fleet) {
                     let r = real(&j);
                     let c = classes.iter().position(|c| *c.1 == *j.model).unwrap_or(0);
-                    taken[j.tier.index()][c] += 1;
+                    taken[j.tier][c] += 1;
                     // Counted after a warm-up, once estimates settled.
                     if n > 300 {
-                        gpu[j.tier.index()] += r.as_secs_f64();
+                        gpu[j.tier] += r.as_secs_f64();
                     }
                     n += 1;
                     ends.push(std::cmp::Reverse((clock + r, w, n)));
@@ -1165,12 +1168,12 @@ mod tests {
                 }
                 fleet[w].free += 1;
             }
-            let total_w: u32 = weights.iter().sum();
-            let total: f64 = gpu.iter().sum();
-            for t in 0..4 {
-                let expected = total * f64::from(weights[t]) / f64::from(total_w);
-                prop_assert!((gpu[t] - expected).abs() <= expected * 0.05,
-                    "tier {}: {:.0} GPU-s, expected {:.0} (weights {:?})", t, gpu[t], expected, weights);
+            let total_w: u32 = weights.values().sum();
+            let total: f64 = gpu.values().sum();
+            for tier in Tier::ALL {
+                let expected = total * f64::from(weights[tier]) / f64::from(total_w);
+                prop_assert!((gpu[tier] - expected).abs() <= expected * 0.05,
+                    "tier {}: {:.0} GPU-s, expected {:.0} (weights {:?})", tier, gpu[tier], expected, weights);
             }
         }
 
@@ -1178,7 +1181,7 @@ mod tests {
         /// lines mix jobs no slot can take with jobs it can still take turns.
         #[test]
         fn turns_skip_what_cannot_run(n in 2usize..6, jobs_each in 4usize..20, every in 2usize..4) {
-            let mut q = jobs_queue(table([1, 2, 4, 8], u32::MAX));
+            let mut q = jobs_queue(table(PerTier::from([1, 2, 4, 8]), u32::MAX));
             let users: Vec<UserId> = (0..n).map(|_| UserId::generate()).collect();
             let mut seq = 0;
             for u in &users {
@@ -1212,7 +1215,7 @@ mod tests {
     fn unrunnable_head_of_line_does_not_block_the_same_user() {
         // One image-only worker, a video job first, then three images, all
         // from one user: the images go, the video waits.
-        let mut q = jobs_queue(table([1, 2, 4, 8], 10));
+        let mut q = jobs_queue(table(PerTier::from([1, 2, 4, 8]), 10));
         let u = UserId::generate();
         let mut video = job(u, Tier::Free, 1);
         video.kind = JobKind::Video;

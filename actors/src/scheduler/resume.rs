@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::job::{Job, JobState};
+use crate::domain::job::{Job, JobState};
 use crate::store::AttemptRecord;
 use crate::wire::PresentedAttempt;
 
@@ -106,12 +106,12 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
-    use crate::job::{JobRequest, JobSpec};
+    use crate::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
+    use crate::domain::job::{JobRequest, JobSpec};
 
     fn in_flight(id: JobId, state: JobState, attempt: u32, lease: LeaseToken) -> Job {
         let spec = JobSpec::parse(JobRequest {
-            kind: crate::job::JobKind::Image,
+            kind: crate::domain::job::JobKind::Image,
             model: "sdxl".into(),
             prompt: "a lighthouse".into(),
             params: Default::default(),
@@ -123,8 +123,8 @@ mod tests {
             id: JobId::generate(),
             user_id: UserId::generate(),
             spec,
-            tier: crate::tier::Tier::Free,
-            cost: crate::money::Credits::new(1).expect("credits"),
+            tier: crate::domain::tier::Tier::Free,
+            cost: crate::domain::wallet::Credits::new(1).expect("credits"),
             max_attempts: 3,
             max_waiting: 10,
             idempotency: None,

@@ -5,11 +5,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::api_keys::{ApiKeyRecord, KeyOptions};
-use crate::ids::{ApiKeyId, UserId};
-use crate::money::{Credits, Wallet};
-use crate::tier::Membership;
-use crate::user::{AccountStatus, KeyHash, NewUser, User};
+use crate::domain::account::{AccountStatus, KeyHash, NewUser, User};
+use crate::domain::api_keys::{ApiKeyRecord, KeyOptions};
+use crate::domain::ids::{ApiKeyId, UserId};
+use crate::domain::tier::Membership;
+use crate::domain::wallet::{Credits, Wallet};
 
 /// Users and their API keys.
 #[async_trait]
@@ -36,7 +36,7 @@ pub trait AccountStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<User>;
     /// Adds an active key for an active user; `LimitExceeded` past
-    /// [`crate::api_keys::MAX_ACTIVE_KEYS`] active keys.
+    /// [`crate::domain::api_keys::MAX_ACTIVE_KEYS`] active keys.
     async fn create_api_key(
         &self,
         user: UserId,

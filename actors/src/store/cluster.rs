@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 use super::StoreResult;
-use crate::ids::UserId;
+use crate::domain::ids::UserId;
 
 /// A scheduler term.
 #[derive(Clone, Debug, PartialEq, Eq)]

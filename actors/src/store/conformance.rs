@@ -8,16 +8,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 
 use super::*;
-use crate::email::Email;
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
-use crate::job::{
+use crate::domain::account::{AccountStatus, ApiKey, DisplayName, NewUser, User};
+use crate::domain::email::Email;
+use crate::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::domain::job::{
     AttemptOutcome, AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobKind, JobRequest, JobSpec,
     JobState, ParamsRequest, Priority,
 };
-use crate::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
-use crate::money::{Credits, Wallet};
-use crate::tier::Tier;
-use crate::user::{AccountStatus, ApiKey, DisplayName, NewUser, User};
+use crate::domain::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
+use crate::domain::tier::Tier;
+use crate::domain::wallet::{Credits, Wallet};
 
 pub type Shared = Arc<dyn Store>;
 
@@ -122,7 +122,7 @@ async fn assign(store: &Shared, job: &Job) -> AttemptRef {
 /// A success with one output.
 fn delivered() -> AttemptOutcome {
     AttemptOutcome::Succeeded {
-        outputs: vec![crate::job::Output::new("sim://x", "image/png")],
+        outputs: vec![crate::domain::job::Output::new("sim://x", "image/png")],
     }
 }
 
@@ -152,7 +152,7 @@ pub async fn assert_books_balance(store: &Shared) {
 /// Text the domain accepts is kept exactly, on every adapter: awkward
 /// characters, the longest values, LIKE metacharacters in a search. (The
 /// one character no adapter can keep, NUL, never reaches a store: the
-/// domain refuses it, see `crate::text`.)
+/// domain refuses it, see `crate::domain::text`.)
 pub async fn accepted_text_is_kept_exactly(store: Shared) {
     let awkward = [
         "🦊 in the snow, 日本語, مرحبا, e\u{301}",
@@ -161,7 +161,7 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
         "\u{feff}\u{200b}\u{fffd}\u{ffff}\u{10ffff}",
     ];
     for (i, text) in awkward.iter().enumerate() {
-        assert!(crate::text::check("text", text).is_ok());
+        assert!(crate::domain::text::check("text", text).is_ok());
         let user = store
             .create_user(
                 NewUser {
@@ -180,7 +180,10 @@ pub async fn accepted_text_is_kept_exactly(store: Shared) {
         assert_eq!(stored.display_name, user.display_name);
         assert_eq!(stored.email, user.email);
         // The longest prompt, of four-byte characters, and the text itself.
-        for prompt in ["𝄞".repeat(crate::job::MAX_PROMPT_CHARS), text.to_string()] {
+        for prompt in [
+            "𝄞".repeat(crate::domain::job::MAX_PROMPT_CHARS),
+            text.to_string(),
+        ] {
             let mut job = new_job(user.id, 1);
             job.spec = JobSpec::parse(JobRequest {
                 kind: JobKind::Image,

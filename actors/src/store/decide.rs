@@ -19,20 +19,20 @@ use super::writeset::{
 use super::{
     AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
-use crate::api_keys::{ApiKeyRecord, MAX_ACTIVE_KEYS};
-use crate::endpoints::{EndpointPatch, WebhookEndpoint, MAX_ENDPOINTS};
-use crate::events::JobEvent;
-use crate::ids::{JobId, UserId, WorkerId};
-use crate::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
-use crate::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
-use crate::money::{Credits, MoneyError};
-use crate::payments::{
+use crate::domain::account::{AccountStatus, User};
+use crate::domain::api_keys::{ApiKeyRecord, MAX_ACTIVE_KEYS};
+use crate::domain::endpoints::{EndpointPatch, WebhookEndpoint, MAX_ENDPOINTS};
+use crate::domain::events::JobEvent;
+use crate::domain::ids::{JobId, UserId, WorkerId};
+use crate::domain::job::{AttemptOutcome, AttemptOutcomeLabel, Charge, Job, JobState, RequestHash};
+use crate::domain::ledger::{EntryKind, Grant, GrantSource, GrantTerms};
+use crate::domain::payments::{
     extend_membership, gift_schedule, NewPayment, PaymentId, Product, ScheduledGift,
 };
-use crate::price_schedule::PriceVersion;
-use crate::pricing::PriceTable;
-use crate::tier::Membership;
-use crate::user::{AccountStatus, User};
+use crate::domain::price_schedule::PriceVersion;
+use crate::domain::pricing::PriceTable;
+use crate::domain::tier::Membership;
+use crate::domain::wallet::{Credits, MoneyError};
 
 /// A money refusal in the store's terms.
 pub fn money(e: MoneyError) -> StoreError {
@@ -882,10 +882,10 @@ impl Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::LeaseToken;
-    use crate::job::{JobKind, JobParams, JobSpec};
-    use crate::money::Wallet;
-    use crate::tier::Tier;
+    use crate::domain::ids::LeaseToken;
+    use crate::domain::job::{JobKind, JobParams, JobSpec};
+    use crate::domain::tier::Tier;
+    use crate::domain::wallet::Wallet;
 
     fn account(balance: i64) -> AccountState {
         AccountState {

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
-use crate::ids::{UserId, WebhookEndpointId};
+use crate::domain::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
+use crate::domain::ids::{UserId, WebhookEndpointId};
 
 /// The event stream and webhook endpoints of one account.
 #[async_trait]
@@ -22,7 +22,7 @@ pub trait EndpointStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<EventPage>;
     /// Registers an endpoint for an active account; `LimitExceeded` past
-    /// [`crate::endpoints::MAX_ENDPOINTS`].
+    /// [`crate::domain::endpoints::MAX_ENDPOINTS`].
     async fn create_webhook_endpoint(
         &self,
         endpoint: WebhookEndpoint,

@@ -26,20 +26,20 @@ use super::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
     JobFilter, Leader, NewJob, Settlement, StoreResult, Submission,
 };
-use crate::api_keys::{ApiKeyRecord, KeyOptions};
-use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
-use crate::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
-use crate::ids::{ApiKeyId, EntryId, JobId, UserId, WebhookEndpointId, WorkerId};
-use crate::job::{AttemptOutcome, Job, JobState};
-use crate::ledger::{Grant, LedgerEntry};
-use crate::money::{Credits, Wallet};
-use crate::payments::{
+use crate::domain::account::{AccountStatus, KeyHash, NewUser, User};
+use crate::domain::api_keys::{ApiKeyRecord, KeyOptions};
+use crate::domain::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use crate::domain::endpoints::{DeliveryAttempt, EndpointPatch, EventPage, WebhookEndpoint};
+use crate::domain::ids::{ApiKeyId, EntryId, JobId, UserId, WebhookEndpointId, WorkerId};
+use crate::domain::job::{AttemptOutcome, Job, JobState};
+use crate::domain::ledger::{Grant, LedgerEntry};
+use crate::domain::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
-use crate::price_schedule::PriceVersion;
-use crate::pricing::PriceTable;
-use crate::tier::Membership;
-use crate::user::{AccountStatus, KeyHash, NewUser, User};
+use crate::domain::price_schedule::PriceVersion;
+use crate::domain::pricing::PriceTable;
+use crate::domain::tier::Membership;
+use crate::domain::wallet::{Credits, Wallet};
 
 /// A store that wraps another: where the forwarded calls go.
 pub trait Wraps: Send + Sync + 'static {

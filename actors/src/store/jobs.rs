@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::ids::{EntryId, JobId, LeaseToken, UserId, WorkerId};
-use crate::job::{AttemptOutcome, IdempotencyKey, Job, JobSpec, JobState, RequestHash};
-use crate::ledger::{Grant, LedgerEntry};
-use crate::money::{Credits, Wallet};
-use crate::tier::Tier;
+use crate::domain::ids::{EntryId, JobId, LeaseToken, UserId, WorkerId};
+use crate::domain::job::{AttemptOutcome, IdempotencyKey, Job, JobSpec, JobState, RequestHash};
+use crate::domain::ledger::{Grant, LedgerEntry};
+use crate::domain::tier::Tier;
+use crate::domain::wallet::{Credits, Wallet};
 
 /// A job to insert together with its hold.
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ impl NewJob {
             retry_at: None,
             error: None,
             result: None,
-            charge: crate::job::Charge::Held,
+            charge: crate::domain::job::Charge::Held,
             worker_id: None,
             lease: None,
             price_version: self.price_version,

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use crate::ids::{JobId, MaterialId, UserId};
-use crate::material::{StorageUsage, StoredObject};
+use crate::domain::ids::{JobId, MaterialId, UserId};
+use crate::domain::material::{StorageUsage, StoredObject};
 
 pub mod memory;
 

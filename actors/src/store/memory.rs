@@ -14,14 +14,16 @@ use super::decide;
 use super::outbox::{self, DeliveryReport, OutboxFeed, PendingWebhook};
 use super::writeset::{AccountState, AttemptWrite, HoldWrite, WebhookDelivery, WriteSet};
 use super::*;
-use crate::api_keys::ApiKeyRecord;
-use crate::ids::{EntryId, JobId, LeaseToken, UserId, WorkerId};
-use crate::job::{AttemptOutcome, Charge, IdempotencyKey, Job, JobState, Priority, RequestHash};
-use crate::ledger::{EntryKind, GrantTerms};
-use crate::ledger::{Grant, LedgerEntry};
-use crate::money::{Credits, Wallet};
-use crate::tier::Membership;
-use crate::user::{AccountStatus, KeyHash, NewUser, User};
+use crate::domain::account::{AccountStatus, KeyHash, NewUser, User};
+use crate::domain::api_keys::ApiKeyRecord;
+use crate::domain::ids::{EntryId, JobId, LeaseToken, UserId, WorkerId};
+use crate::domain::job::{
+    AttemptOutcome, Charge, IdempotencyKey, Job, JobState, Priority, RequestHash,
+};
+use crate::domain::ledger::{EntryKind, GrantTerms};
+use crate::domain::ledger::{Grant, LedgerEntry};
+use crate::domain::tier::Membership;
+use crate::domain::wallet::{Credits, Wallet};
 
 mod accounts;
 mod cluster;

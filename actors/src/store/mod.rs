@@ -23,10 +23,10 @@
 
 use thiserror::Error;
 
-use crate::ids::JobId;
-use crate::job::JobState;
-use crate::money::Credits;
-use crate::user::AccountStatus;
+use crate::domain::account::AccountStatus;
+use crate::domain::ids::JobId;
+use crate::domain::job::JobState;
+use crate::domain::wallet::Credits;
 
 pub mod accounts;
 pub mod cluster;

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
-use crate::ids::UserId;
+use crate::domain::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use crate::domain::ids::UserId;
 
 /// Refusals and moderation actions.
 #[async_trait]

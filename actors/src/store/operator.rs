@@ -6,19 +6,19 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
-use crate::job::{Job, JobState};
-use crate::ledger::LedgerEntry;
-use crate::money::Wallet;
-use crate::tier::Tier;
-use crate::user::User;
+use crate::domain::account::User;
+use crate::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::domain::job::{Job, JobState};
+use crate::domain::ledger::LedgerEntry;
+use crate::domain::tier::Tier;
+use crate::domain::wallet::Wallet;
 
 /// Which jobs an operator lists; every field narrows the list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub tier: Option<Tier>,
-    pub kind: Option<crate::job::JobKind>,
+    pub kind: Option<crate::domain::job::JobKind>,
     pub user: Option<UserId>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -34,7 +34,7 @@ pub struct AttemptRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// `None` while in flight.
-    pub outcome: Option<crate::job::AttemptOutcomeLabel>,
+    pub outcome: Option<crate::domain::job::AttemptOutcomeLabel>,
     pub message: Option<String>,
 }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
 
 use super::writeset::{WebhookDelivery, WriteSet};
-use crate::events::JobEvent;
+use crate::domain::events::JobEvent;
 
 /// How long a delivery handed out belongs to whoever took it: nobody else
 /// is given it again before then (the first attempt right after commit, or
@@ -52,11 +52,11 @@ impl DeliveryReport {
     pub fn logged(
         &self,
         webhook_id: &str,
-        job_id: crate::ids::JobId,
+        job_id: crate::domain::ids::JobId,
         event_type: &str,
         at: DateTime<Utc>,
-    ) -> crate::endpoints::DeliveryAttempt {
-        use crate::endpoints::AttemptOutcome;
+    ) -> crate::domain::endpoints::DeliveryAttempt {
+        use crate::domain::endpoints::AttemptOutcome;
         let (outcome, status, error) = match self {
             DeliveryReport::Delivered { status } => {
                 (AttemptOutcome::Delivered, Some(*status), None)
@@ -68,7 +68,7 @@ impl DeliveryReport {
                 (AttemptOutcome::GivenUp, *status, Some(error.clone()))
             }
         };
-        crate::endpoints::DeliveryAttempt {
+        crate::domain::endpoints::DeliveryAttempt {
             webhook_id: webhook_id.to_owned(),
             job_id,
             event_type: event_type.to_owned(),

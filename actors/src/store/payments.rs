@@ -5,12 +5,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreResult;
-use crate::ids::UserId;
-use crate::payments::{
+use crate::domain::ids::UserId;
+use crate::domain::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
-use crate::price_schedule::PriceVersion;
-use crate::pricing::PriceTable;
+use crate::domain::price_schedule::PriceVersion;
+use crate::domain::pricing::PriceTable;
 
 /// Payments, the gifts they schedule, and price versions.
 #[async_trait]
@@ -22,7 +22,7 @@ pub trait PaymentStore: Send + Sync + 'static {
     /// content is `IdempotencyKeyReused`.
     async fn apply_payment(&self, payment: NewPayment) -> StoreResult<PaymentOutcome>;
     /// Payments recorded for an operator instead of applied (see
-    /// [`crate::payments::PaymentReview`]), oldest first.
+    /// [`crate::domain::payments::PaymentReview`]), oldest first.
     async fn payments_for_review(&self, limit: usize) -> StoreResult<Vec<PaymentReview>>;
     /// Gifts whose month has started and that are not granted yet, of
     /// active accounts, oldest first.

@@ -12,13 +12,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::endpoints::{EventType, WebhookEndpoint};
-use crate::events::JobEvent;
-use crate::ids::{JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId};
-use crate::job::{AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobState, RequestHash};
-use crate::ledger::{EntryKind, GrantSource};
-use crate::money::{Credits, Wallet};
-use crate::user::AccountStatus;
+use crate::domain::account::AccountStatus;
+use crate::domain::endpoints::{EventType, WebhookEndpoint};
+use crate::domain::events::JobEvent;
+use crate::domain::ids::{JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId};
+use crate::domain::job::{AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobState, RequestHash};
+use crate::domain::ledger::{EntryKind, GrantSource};
+use crate::domain::wallet::{Credits, Wallet};
 
 /// One account as an operation reads it: the wallet, the status that may
 /// refuse the operation, and how many jobs wait (the waiting-job limit).

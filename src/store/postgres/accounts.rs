@@ -2,7 +2,7 @@
 //! operation is one transaction.
 
 use super::*;
-use admedia_actors::api_keys::{KeyOptions, Scope};
+use admedia_actors::domain::api_keys::{KeyOptions, Scope};
 
 pub(super) const KEY_COLUMNS: &str =
     "id, user_id, key_hash, created_at, revoked_at, name, expires_at, scopes";

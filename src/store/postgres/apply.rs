@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{Job, JobState};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{Job, JobState};
 use admedia_actors::store::writeset::{AccountState, AttemptWrite, HoldWrite, WriteSet};
 use admedia_actors::store::{StoreError, StoreResult};
 use chrono::{DateTime, Utc};

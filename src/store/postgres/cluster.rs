@@ -67,7 +67,7 @@ impl ClusterStore for PgStore {
                         at: r.get(6),
                         endpoint_id: r
                             .get::<_, Option<uuid::Uuid>>(8)
-                            .map(admedia_actors::ids::WebhookEndpointId::from_uuid),
+                            .map(admedia_actors::domain::ids::WebhookEndpointId::from_uuid),
                     },
                     attempts: u32::try_from(attempts).unwrap_or(0),
                 })
@@ -100,7 +100,7 @@ impl ClusterStore for PgStore {
                 let attempt = report.logged(id, JobId::from_uuid(row.get(0)), &event_type, now);
                 endpoints::log_attempt(
                     &tx,
-                    admedia_actors::ids::WebhookEndpointId::from_uuid(endpoint),
+                    admedia_actors::domain::ids::WebhookEndpointId::from_uuid(endpoint),
                     &attempt,
                 )
                 .await?;

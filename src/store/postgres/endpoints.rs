@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 
-use admedia_actors::endpoints::{
+use admedia_actors::domain::endpoints::{
     AttemptOutcome, DeliveryAttempt, EndpointPatch, EventPage, EventType, StoredEvent,
     WebhookEndpoint, DELIVERY_LOG,
 };
-use admedia_actors::ids::{JobId, UserId, WebhookEndpointId};
+use admedia_actors::domain::ids::{JobId, UserId, WebhookEndpointId};
 use admedia_actors::store::decide;
 use admedia_actors::store::writeset::WriteSet;
 use admedia_actors::store::{StoreError, StoreResult};

@@ -3,7 +3,7 @@
 
 use super::accounts::lock_user_status;
 use super::*;
-use admedia_actors::content::{Refusal, Score, Source};
+use admedia_actors::domain::content::{Refusal, Score, Source};
 
 #[async_trait]
 impl ModerationStore for PgStore {

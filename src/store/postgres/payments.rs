@@ -5,7 +5,7 @@
 
 use super::accounts::lock_user_status;
 use super::*;
-use admedia_actors::job::RequestHash;
+use admedia_actors::domain::job::RequestHash;
 
 const GIFT_COLUMNS: &str =
     "payment_id, month, user_id, tier, amount, starts_at, granted_at, lapsed_at";

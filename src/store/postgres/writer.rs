@@ -16,10 +16,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use admedia_actors::ids::{JobId, UserId, WorkerId};
-use admedia_actors::job::{AttemptOutcome, Job, RequestHash};
-use admedia_actors::ledger::{Grant, GrantTerms};
-use admedia_actors::money::Wallet;
+use admedia_actors::domain::ids::{JobId, UserId, WorkerId};
+use admedia_actors::domain::job::{AttemptOutcome, Job, RequestHash};
+use admedia_actors::domain::ledger::{Grant, GrantTerms};
+use admedia_actors::domain::wallet::Wallet;
 use admedia_actors::store::decide::{self, money, Overlay};
 use admedia_actors::store::outbox::OutboxFeed;
 use admedia_actors::store::writeset::{AccountState, WriteSet};
@@ -314,7 +314,7 @@ struct Loaded {
     epoch: u64,
     /// The enabled webhook endpoints of the accounts whose jobs may start
     /// or end in the batch.
-    endpoints: HashMap<UserId, Vec<admedia_actors::endpoints::WebhookEndpoint>>,
+    endpoints: HashMap<UserId, Vec<admedia_actors::domain::endpoints::WebhookEndpoint>>,
 }
 
 async fn load(tx: &Transaction<'_>, ops: &[Op]) -> StoreResult<Loaded> {

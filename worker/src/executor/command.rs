@@ -18,8 +18,8 @@
 use std::fmt;
 use std::process::{ExitStatus, Stdio};
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{FailureClass, JobKind, JobParams, Output};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use admedia_actors::attempt_files::{InputFile, OutputSlot};
-use admedia_actors::job::Output;
-use admedia_actors::material::{MediaType, SNIFF_BYTES};
+use admedia_actors::domain::job::Output;
+use admedia_actors::domain::material::{MediaType, SNIFF_BYTES};
 use awc::body::SizedStream;
 use bytes::Bytes;
 use futures_util::StreamExt;

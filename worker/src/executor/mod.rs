@@ -12,8 +12,8 @@ pub mod simulate;
 use std::path::PathBuf;
 
 use admedia_actors::attempt_files::{InputFile, OutputSlot};
-use admedia_actors::ids::{JobId, LeaseToken};
-use admedia_actors::job::{FailureClass, JobKind, JobParams, Output};
+use admedia_actors::domain::ids::{JobId, LeaseToken};
+use admedia_actors::domain::job::{FailureClass, JobKind, JobParams, Output};
 
 use files::Workspace;
 

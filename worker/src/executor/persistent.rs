@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use admedia_actors::ids::JobId;
-use admedia_actors::job::{FailureClass, JobKind, JobParams};
+use admedia_actors::domain::ids::JobId;
+use admedia_actors::domain::job::{FailureClass, JobKind, JobParams};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};

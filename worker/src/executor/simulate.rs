@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use admedia_actors::job::{FailureClass, JobKind, Output, MAX_IMAGE_COUNT};
+use admedia_actors::domain::job::{FailureClass, JobKind, Output, MAX_IMAGE_COUNT};
 use admedia_worker::placeholder;
 
 use super::files::Workspace;

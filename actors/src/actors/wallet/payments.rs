@@ -6,8 +6,8 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use super::WalletActor;
-use crate::ledger::EntryKind;
-use crate::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome};
+use crate::domain::ledger::EntryKind;
+use crate::domain::payments::{GiftOutcome, NewPayment, PaymentId, PaymentOutcome};
 use crate::store::StoreError;
 
 /// Apply a verified payment: a credit pack or a membership.

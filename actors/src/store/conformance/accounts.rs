@@ -2,8 +2,8 @@
 //! keys with their names, expiry and scopes.
 
 use super::*;
-use crate::api_keys::{KeyOptions, Scope, MAX_ACTIVE_KEYS};
-use crate::ids::ApiKeyId;
+use crate::domain::api_keys::{KeyOptions, Scope, MAX_ACTIVE_KEYS};
+use crate::domain::ids::ApiKeyId;
 
 pub async fn registration_grants_reward_and_email_is_unique(store: Shared) {
     let user = user_with(&store, "Ann@Example.com", 100).await;

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use chrono::Duration;
 
 use super::*;
-use crate::endpoints::{
+use crate::domain::endpoints::{
     AttemptOutcome as Logged, EndpointPatch, EventType, WebhookEndpoint, MAX_ENDPOINTS,
 };
-use crate::ids::WebhookEndpointId;
+use crate::domain::ids::WebhookEndpointId;
 use crate::store::outbox::DeliveryReport;
 
 fn endpoint(user: UserId, url: &str, types: &[EventType], enabled: bool) -> WebhookEndpoint {
@@ -59,8 +59,8 @@ pub async fn user_events_replay_in_order_within_the_window(store: Shared) {
         .events
         .iter()
         .filter_map(|e| match &e.event.kind {
-            crate::events::JobEventKind::State { state, .. } => Some(*state),
-            crate::events::JobEventKind::Progress { .. } => None,
+            crate::domain::events::JobEventKind::State { state, .. } => Some(*state),
+            crate::domain::events::JobEventKind::Progress { .. } => None,
         })
         .collect();
     assert_eq!(

@@ -111,7 +111,7 @@ pub async fn success_posts_the_hold(store: Shared) {
     assert_eq!(done.job.charge, Charge::Posted);
     assert_eq!((done.wallet.balance.get(), done.wallet.held.get()), (6, 0));
     let result = done.job.result.expect("result");
-    assert_eq!(result.license, crate::tier::License::Personal);
+    assert_eq!(result.license, crate::domain::tier::License::Personal);
     assert!(done.job.finished_at.is_some() && done.job.started_at.is_some());
     assert_books_balance(&store).await;
 }
@@ -629,7 +629,7 @@ pub async fn waiting_jobs_expire_with_their_hold_voided(store: Shared) {
     );
     assert_eq!(
         expired.job.error.as_ref().and_then(|e| e.code),
-        Some(crate::job::JobErrorCode::Expired)
+        Some(crate::domain::job::JobErrorCode::Expired)
     );
     assert_eq!(
         (expired.wallet.balance.get(), expired.wallet.held.get()),
@@ -700,7 +700,7 @@ async fn finished_at(
 
 fn one_output() -> AttemptOutcome {
     AttemptOutcome::Succeeded {
-        outputs: vec![crate::job::Output::new("sim://kept", "image/png")],
+        outputs: vec![crate::domain::job::Output::new("sim://kept", "image/png")],
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 
-use crate::ids::{JobId, MaterialId, UserId};
-use crate::material::{MediaType, ObjectRole, StoredObject};
+use crate::domain::ids::{JobId, MaterialId, UserId};
+use crate::domain::material::{MediaType, ObjectRole, StoredObject};
+use crate::domain::tier::License;
 use crate::store::materials::{CatalogueError, MaterialStore};
-use crate::tier::License;
 
 pub type SharedCatalogue = Arc<dyn MaterialStore>;
 

@@ -2,10 +2,10 @@
 //! moderation actions kept with their evidence.
 
 use super::*;
-use crate::content::evidence::{
+use crate::domain::content::evidence::{
     ModerationAction, ModerationKind, NewViolation, BY_AUTOMATIC, BY_OPERATOR,
 };
-use crate::content::{Refusal, Score, Source};
+use crate::domain::content::{Refusal, Score, Source};
 
 fn violation(category: &str, confidence: f64, counted: bool) -> NewViolation {
     NewViolation {

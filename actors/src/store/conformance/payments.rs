@@ -4,9 +4,9 @@
 use chrono::Months;
 
 use super::*;
-use crate::payments::{NewPayment, PaymentId, Period, Product};
-use crate::price_schedule::PriceSchedule;
-use crate::pricing::PriceTable;
+use crate::domain::payments::{NewPayment, PaymentId, Period, Product};
+use crate::domain::price_schedule::PriceSchedule;
+use crate::domain::pricing::PriceTable;
 
 fn payment(id: &str, user: UserId, product: Product, gift: i64) -> NewPayment {
     NewPayment {

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use super::{CatalogueError, CatalogueResult, MaterialStore};
-use crate::ids::{JobId, MaterialId, UserId};
-use crate::material::{ObjectRole, StorageUsage, StoredObject};
+use crate::domain::ids::{JobId, MaterialId, UserId};
+use crate::domain::material::{ObjectRole, StorageUsage, StoredObject};
 
 struct Entry {
     object: StoredObject,

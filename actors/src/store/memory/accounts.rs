@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::ids::ApiKeyId;
+use crate::domain::ids::ApiKeyId;
 
 /// Each user's API keys, oldest first, revoked ones included.
 #[derive(Default)]
@@ -46,7 +46,7 @@ pub(super) fn create_api_key(
     user: UserId,
     id: ApiKeyId,
     hash: KeyHash,
-    options: crate::api_keys::KeyOptions,
+    options: crate::domain::api_keys::KeyOptions,
     now: DateTime<Utc>,
 ) -> StoreResult<ApiKeyRecord> {
     let st = status(s, user)?;
@@ -179,9 +179,9 @@ impl AccountStore for MemoryStore {
     async fn create_api_key(
         &self,
         user: UserId,
-        id: crate::ids::ApiKeyId,
+        id: crate::domain::ids::ApiKeyId,
         hash: KeyHash,
-        options: crate::api_keys::KeyOptions,
+        options: crate::domain::api_keys::KeyOptions,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         create_api_key(&mut self.state.lock(), user, id, hash, options, now)
@@ -194,7 +194,7 @@ impl AccountStore for MemoryStore {
     async fn revoke_api_key(
         &self,
         user: UserId,
-        id: crate::ids::ApiKeyId,
+        id: crate::domain::ids::ApiKeyId,
         now: DateTime<Utc>,
     ) -> StoreResult<ApiKeyRecord> {
         revoke_api_key(&mut self.state.lock(), user, id, now)

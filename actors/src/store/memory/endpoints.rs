@@ -7,13 +7,13 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::endpoints::{
+use crate::domain::endpoints::{
     DeliveryAttempt, EndpointPatch, EventPage, StoredEvent, WebhookEndpoint, DELIVERY_LOG,
     EVENT_WINDOW, MEMORY_EVENTS_PER_USER,
 };
-use crate::events::{JobEvent, JobEventKind};
-use crate::ids::{JobId, UserId, WebhookEndpointId};
-use crate::job::{Charge, JobError, JobState};
+use crate::domain::events::{JobEvent, JobEventKind};
+use crate::domain::ids::{JobId, UserId, WebhookEndpointId};
+use crate::domain::job::{Charge, JobError, JobState};
 use crate::store::decide;
 use crate::store::{StoreError, StoreResult};
 
@@ -277,7 +277,7 @@ impl EndpointStore for MemoryStore {
         after: Option<u64>,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> StoreResult<crate::endpoints::EventPage> {
+    ) -> StoreResult<crate::domain::endpoints::EventPage> {
         let s = self.state.lock();
         if !s.users.contains_key(&user) {
             return Err(StoreError::NotFound("user"));
@@ -287,32 +287,32 @@ impl EndpointStore for MemoryStore {
 
     async fn create_webhook_endpoint(
         &self,
-        endpoint: crate::endpoints::WebhookEndpoint,
-    ) -> StoreResult<crate::endpoints::WebhookEndpoint> {
+        endpoint: crate::domain::endpoints::WebhookEndpoint,
+    ) -> StoreResult<crate::domain::endpoints::WebhookEndpoint> {
         create_endpoint(&mut self.state.lock(), endpoint)
     }
 
     async fn webhook_endpoints(
         &self,
         user: UserId,
-    ) -> StoreResult<Vec<crate::endpoints::WebhookEndpoint>> {
+    ) -> StoreResult<Vec<crate::domain::endpoints::WebhookEndpoint>> {
         endpoints(&self.state.lock(), user)
     }
 
     async fn update_webhook_endpoint(
         &self,
         user: UserId,
-        id: crate::ids::WebhookEndpointId,
-        patch: crate::endpoints::EndpointPatch,
+        id: crate::domain::ids::WebhookEndpointId,
+        patch: crate::domain::endpoints::EndpointPatch,
         now: DateTime<Utc>,
-    ) -> StoreResult<crate::endpoints::WebhookEndpoint> {
+    ) -> StoreResult<crate::domain::endpoints::WebhookEndpoint> {
         update_endpoint(&mut self.state.lock(), user, id, patch, now)
     }
 
     async fn delete_webhook_endpoint(
         &self,
         user: UserId,
-        id: crate::ids::WebhookEndpointId,
+        id: crate::domain::ids::WebhookEndpointId,
     ) -> StoreResult<()> {
         delete_endpoint(&mut self.state.lock(), user, id)
     }
@@ -320,9 +320,9 @@ impl EndpointStore for MemoryStore {
     async fn webhook_deliveries(
         &self,
         user: UserId,
-        id: crate::ids::WebhookEndpointId,
+        id: crate::domain::ids::WebhookEndpointId,
         limit: usize,
-    ) -> StoreResult<Vec<crate::endpoints::DeliveryAttempt>> {
+    ) -> StoreResult<Vec<crate::domain::endpoints::DeliveryAttempt>> {
         deliveries(&self.state.lock(), user, id, limit)
     }
 }

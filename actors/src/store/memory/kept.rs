@@ -5,11 +5,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::ids::{JobId, LeaseToken, UserId, WorkerId};
-use crate::job::{Charge, Job, JobError, JobResult, JobSpec, JobState};
-use crate::money::Credits;
+use crate::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
+use crate::domain::job::{Charge, Job, JobError, JobResult, JobSpec, JobState};
+use crate::domain::tier::Tier;
+use crate::domain::wallet::Credits;
 use crate::store::operator::JobFilter;
-use crate::tier::Tier;
 
 pub(super) struct KeptJob {
     pub id: JobId,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::accounts::status;
 use super::*;
-use crate::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
+use crate::domain::content::evidence::{ModerationAction, ModerationKind, NewViolation, Violation};
 
 #[derive(Default)]
 pub(super) struct Moderation {

@@ -77,7 +77,7 @@ impl OperatorQueries for MemoryStore {
             activity.retries += list
                 .iter()
                 .filter(|a| {
-                    a.outcome == Some(crate::job::AttemptOutcomeLabel::SystemFailure)
+                    a.outcome == Some(crate::domain::job::AttemptOutcomeLabel::SystemFailure)
                         && a.finished_at >= Some(since)
                 })
                 .count() as u64;

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::accounts::status;
 use super::*;
-use crate::ledger::GrantSource;
-use crate::payments::{
+use crate::domain::ledger::GrantSource;
+use crate::domain::payments::{
     GiftOutcome, NewPayment, PaymentId, PaymentOutcome, PaymentReview, ScheduledGift,
 };
-use crate::price_schedule::PriceVersion;
-use crate::pricing::PriceTable;
+use crate::domain::price_schedule::PriceVersion;
+use crate::domain::pricing::PriceTable;
 use crate::store::decide::money;
 
 #[derive(Default)]

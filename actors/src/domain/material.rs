@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, MaterialId, UserId};
-use crate::job::JobKind;
-use crate::tier::{License, PerTier, Tier};
+use crate::domain::ids::{JobId, MaterialId, UserId};
+use crate::domain::job::JobKind;
+use crate::domain::tier::{License, PerTier, Tier};
 
 /// How many leading bytes [`MediaType::sniff`] needs.
 pub const SNIFF_BYTES: usize = 16;
@@ -277,7 +277,7 @@ pub struct TierQuotas(pub PerTier<Option<u64>>);
 impl std::str::FromStr for TierQuotas {
     type Err = String;
     fn from_str(raw: &str) -> Result<TierQuotas, String> {
-        crate::tier::parse_tier_pairs(raw, "tier=size", parse_size).map(TierQuotas)
+        crate::domain::tier::parse_tier_pairs(raw, "tier=size", parse_size).map(TierQuotas)
     }
 }
 
@@ -289,8 +289,12 @@ pub struct TierRetention(pub PerTier<Option<Duration>>);
 impl std::str::FromStr for TierRetention {
     type Err = String;
     fn from_str(raw: &str) -> Result<TierRetention, String> {
-        crate::tier::parse_tier_pairs(raw, "tier=duration", crate::price_schedule::parse_duration)
-            .map(TierRetention)
+        crate::domain::tier::parse_tier_pairs(
+            raw,
+            "tier=duration",
+            crate::domain::price_schedule::parse_duration,
+        )
+        .map(TierRetention)
     }
 }
 

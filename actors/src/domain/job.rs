@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::ids::{JobId, LeaseToken, MaterialId, UserId, WorkerId};
-use crate::money::Credits;
-use crate::text::{self, UnstorableText};
-use crate::tier::{License, Tier};
+use crate::domain::ids::{JobId, LeaseToken, MaterialId, UserId, WorkerId};
+use crate::domain::text::{self, UnstorableText};
+use crate::domain::tier::{License, Tier};
+use crate::domain::wallet::Credits;
 
 /// Limits of one job, so one request cannot occupy a GPU without bound.
 pub const MAX_PROMPT_CHARS: usize = 4000;
@@ -536,11 +536,11 @@ pub struct Output {
     pub content_type: String,
     /// What the worker's safety check said about this output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub safety: Vec<crate::content::outputs::SafetyLabel>,
+    pub safety: Vec<crate::domain::content::outputs::SafetyLabel>,
     /// Set by the server when a label reached its threshold: the output
     /// is kept for operators and never shown to the user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub withheld: Option<crate::content::outputs::Withheld>,
+    pub withheld: Option<crate::domain::content::outputs::Withheld>,
 }
 
 impl Output {
@@ -555,7 +555,7 @@ impl Output {
 
     /// Marks the output withheld or not by its safety labels, overwriting
     /// whatever the worker sent in `withheld`: only the server decides.
-    pub fn judge_safety(&mut self, thresholds: &crate::content::outputs::OutputThresholds) {
+    pub fn judge_safety(&mut self, thresholds: &crate::domain::content::outputs::OutputThresholds) {
         self.withheld = thresholds.judge(&self.safety);
     }
 }
@@ -921,8 +921,8 @@ mod tests {
 
     #[test]
     fn a_worker_cannot_clear_its_own_output() {
-        use crate::content::outputs::{OutputThresholds, SafetyLabel, Withheld};
-        use crate::content::Score;
+        use crate::domain::content::outputs::{OutputThresholds, SafetyLabel, Withheld};
+        use crate::domain::content::Score;
         let t = OutputThresholds::default();
         let mut flagged = Output::new("sim://x/0.png", "image/png");
         flagged.safety = vec![SafetyLabel {
@@ -940,7 +940,7 @@ mod tests {
         clean.judge_safety(&t);
         assert_eq!(clean.withheld, None);
     }
-    use crate::pricing::PriceTable;
+    use crate::domain::pricing::PriceTable;
 
     fn req(kind: JobKind, params: ParamsRequest) -> JobRequest {
         JobRequest {

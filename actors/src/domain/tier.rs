@@ -205,13 +205,6 @@ impl<T> From<[T; Tier::COUNT]> for PerTier<T> {
     }
 }
 
-/// Compares with values written in `Tier::ALL` order.
-impl<T: PartialEq> PartialEq<[T; Tier::COUNT]> for PerTier<T> {
-    fn eq(&self, other: &[T; Tier::COUNT]) -> bool {
-        self.0 == *other
-    }
-}
-
 impl<T> Index<Tier> for PerTier<T> {
     type Output = T;
     fn index(&self, tier: Tier) -> &T {
@@ -369,7 +362,7 @@ mod tests {
     #[test]
     fn default_table_matches_api_and_validates() {
         let t = TierTable::default();
-        assert_eq!(t.weights(), [1, 2, 4, 8]);
+        assert_eq!(t.weights(), PerTier::from([1, 2, 4, 8]));
         assert!(t.validate().is_ok());
         let mut bad = t;
         bad[Tier::Free].weight = 0;
@@ -404,7 +397,7 @@ mod tests {
     fn tier_pairs_name_some_tiers_over_a_base() {
         let number = |v: &str| v.parse::<u32>().map_err(|e| e.to_string());
         let named = parse_tier_pairs(" free=5, enterprise=0 ,", "tier=n", number).unwrap();
-        assert_eq!(named.or(PerTier::splat(9)), [5, 9, 9, 0]);
+        assert_eq!(named.or(PerTier::splat(9)), PerTier::from([5, 9, 9, 0]));
         let last = parse_tier_pairs("basic=1,basic=2", "tier=n", number).unwrap();
         assert_eq!(last[Tier::Basic], Some(2));
         assert_eq!(

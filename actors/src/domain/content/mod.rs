@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use normalize::normalize;
 pub use rules::{RulesPolicy, DEFAULT_RULES};
 
-use crate::tier::Tier;
+use crate::domain::tier::Tier;
 
 /// A probability-like score in `0..=1`: a classifier's score for a
 /// category, or how sure a refusal is. Never NaN, so it compares totally.

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{EntryId, JobId, UserId};
-use crate::money::{Credits, Wallet};
+use crate::domain::ids::{EntryId, JobId, UserId};
+use crate::domain::wallet::{Credits, Wallet};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,9 +106,9 @@ impl Grant {
     }
 
     /// Refuses text the store cannot keep.
-    pub fn check_text(&self) -> Result<(), crate::text::UnstorableText> {
-        crate::text::check_opt("idempotency_key", self.idempotency_key.as_deref())?;
-        crate::text::check_opt("note", self.note.as_deref())
+    pub fn check_text(&self) -> Result<(), crate::domain::text::UnstorableText> {
+        crate::domain::text::check_opt("idempotency_key", self.idempotency_key.as_deref())?;
+        crate::domain::text::check_opt("note", self.note.as_deref())
     }
 }
 

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobKind, JobSpec, SizeClass};
-use crate::money::{Credits, MoneyError};
+use crate::domain::job::{JobKind, JobSpec, SizeClass};
+use crate::domain::wallet::{Credits, MoneyError};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

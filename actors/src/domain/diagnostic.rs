@@ -4,7 +4,7 @@
 //! written, so no store refuses it (PostgreSQL refuses NUL in text) and no
 //! worker fills a row or a log line with an unbounded message.
 
-use crate::job::{AttemptOutcome, Output};
+use crate::domain::job::{AttemptOutcome, Output};
 
 /// Longest diagnostic kept, in characters; the rest is cut off.
 pub const MAX_DIAGNOSTIC_CHARS: usize = 2_000;

@@ -18,9 +18,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::events::JobEvent;
-use crate::ids::{JobId, UserId, WebhookEndpointId};
-use crate::job::JobState;
+use crate::domain::events::JobEvent;
+use crate::domain::ids::{JobId, UserId, WebhookEndpointId};
+use crate::domain::job::JobState;
 
 /// Endpoints one account may register.
 pub const MAX_ENDPOINTS: usize = 10;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::pricing::PriceTable;
+use crate::domain::pricing::PriceTable;
 
 /// One version of the price table.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]

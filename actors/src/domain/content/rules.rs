@@ -15,10 +15,10 @@ use serde::Deserialize;
 
 use super::normalize::{canonical, canonical_into, unspaced_script, Canonical};
 use super::{ContentPolicy, Refusal, Score, Source, Verdict};
-use crate::tier::Tier;
+use crate::domain::tier::Tier;
 
 /// The rules file shipped with the server, used when no other is given.
-pub const DEFAULT_RULES: &str = include_str!("../../rules/content.toml");
+pub const DEFAULT_RULES: &str = include_str!("../../../rules/content.toml");
 
 /// Limits that keep a check's bookkeeping in fixed-size bit sets.
 const MAX_CATEGORIES: usize = 64;
@@ -776,8 +776,8 @@ mod tests {
     #[test]
     fn the_search_finds_what_the_overlapping_iterator_found() {
         let sets = [
-            include_str!("../../tests/moderation/eval.tsv"),
-            include_str!("../../tests/moderation/unseen.tsv"),
+            include_str!("../../../tests/moderation/eval.tsv"),
+            include_str!("../../../tests/moderation/unseen.tsv"),
         ];
         let mut checked = 0;
         for line in sets.iter().flat_map(|s| s.lines()) {

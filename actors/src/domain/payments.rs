@@ -21,11 +21,11 @@ use chrono::{DateTime, Months, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ids::UserId;
-use crate::job::RequestHash;
-use crate::money::{Credits, Wallet};
-use crate::tier::{Membership, PerTier, Tier};
-use crate::user::User;
+use crate::domain::account::User;
+use crate::domain::ids::UserId;
+use crate::domain::job::RequestHash;
+use crate::domain::tier::{Membership, PerTier, Tier};
+use crate::domain::wallet::{Credits, Wallet};
 
 /// How long a membership purchase lasts.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -251,7 +251,7 @@ impl GiftOverrides {
 impl std::str::FromStr for GiftOverrides {
     type Err = String;
     fn from_str(raw: &str) -> Result<GiftOverrides, String> {
-        let named = crate::tier::parse_tier_pairs(raw, "tier=credits", |amount| {
+        let named = crate::domain::tier::parse_tier_pairs(raw, "tier=credits", |amount| {
             let amount: i64 = amount
                 .parse()
                 .map_err(|_| "expected a whole number of credits".to_owned())?;

@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Refusal;
-use crate::ids::UserId;
+use crate::domain::ids::UserId;
 
 /// The longest prompt kept as evidence (prompts are at most this long).
-pub const MAX_EVIDENCE_PROMPT_CHARS: usize = crate::job::MAX_PROMPT_CHARS;
+pub const MAX_EVIDENCE_PROMPT_CHARS: usize = crate::domain::job::MAX_PROMPT_CHARS;
 
 /// A refused prompt to record.
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobKind, JobSpec};
+use crate::domain::job::{JobKind, JobSpec};
 
 /// One model the platform serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +37,9 @@ impl ModelSpec {
     pub fn expected_runtime(&self, spec: &JobSpec) -> Duration {
         let units = u64::from(job_units(spec));
         let large = match spec.size_class() {
-            crate::job::SizeClass::ImageStandard | crate::job::SizeClass::VideoStandard => 1,
-            crate::job::SizeClass::ImageLarge | crate::job::SizeClass::VideoHd => 2,
+            crate::domain::job::SizeClass::ImageStandard
+            | crate::domain::job::SizeClass::VideoStandard => 1,
+            crate::domain::job::SizeClass::ImageLarge | crate::domain::job::SizeClass::VideoHd => 2,
         };
         Duration::from_millis(
             self.expected_ms_per_unit
@@ -106,7 +107,7 @@ impl ModelRegistry {
         }
         for (i, m) in self.models.iter().enumerate() {
             if m.name.is_empty()
-                || m.name.chars().count() > crate::job::MAX_MODEL_CHARS
+                || m.name.chars().count() > crate::domain::job::MAX_MODEL_CHARS
                 || !m
                     .name
                     .chars()

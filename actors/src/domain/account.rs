@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::email::Email;
-use crate::ids::UserId;
-use crate::tier::{Membership, Tier};
+use crate::domain::email::Email;
+use crate::domain::ids::UserId;
+use crate::domain::tier::{Membership, Tier};
 
 #[derive(
     Clone,

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, UserId};
-use crate::job::{Charge, Job, JobError, JobState};
+use crate::domain::ids::{JobId, UserId};
+use crate::domain::job::{Charge, Job, JobError, JobState};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {

@@ -21,8 +21,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ApiKeyId, UserId};
-use crate::user::KeyHash;
+use crate::domain::account::KeyHash;
+use crate::domain::ids::{ApiKeyId, UserId};
 
 /// Active keys one user may hold at once.
 pub const MAX_ACTIVE_KEYS: usize = 20;
