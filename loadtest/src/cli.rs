@@ -11,7 +11,7 @@ use admedia_actors::domain::tier::{PerTier, Tier};
 use clap::{Parser, ValueEnum};
 use serde::{Serialize, Serializer};
 
-use crate::server;
+use crate::setting;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -311,15 +311,15 @@ pub struct Plan {
     #[serde(rename = "retry_base_ms", serialize_with = "as_millis")]
     pub retry_base: Duration,
     // The server's settings below are written to report.json as the text
-    // the spawned server was given (`server::Setting`).
-    #[serde(serialize_with = "server::as_setting")]
+    // the spawned server was given (`setting::Setting`).
+    #[serde(serialize_with = "setting::as_setting")]
     pub max_wait: Option<WaitLimits>,
     pub quarantine_after: Option<u32>,
-    #[serde(serialize_with = "server::as_setting")]
+    #[serde(serialize_with = "setting::as_setting")]
     pub quarantine_base: Option<Duration>,
-    #[serde(serialize_with = "server::as_setting")]
+    #[serde(serialize_with = "setting::as_setting")]
     pub job_retention: Option<JobRetention>,
-    #[serde(serialize_with = "server::as_setting")]
+    #[serde(serialize_with = "setting::as_setting")]
     pub sweep_every: Option<Duration>,
     pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,

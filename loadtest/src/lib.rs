@@ -8,6 +8,7 @@
 //! self-contained HTML page with SVG charts).
 //!
 //! Modules: [`cli`] (flags and scenarios), [`server`] (the child process),
+//! [`setting`] (the text form of the settings a spawned server is given),
 //! [`api`] (HTTP client), [`workers`] (simulated GPU workers), [`load`]
 //! (submissions, replays, cancels), [`recorder`] (raw events),
 //! [`metrics`] (histograms, series, shares), [`audit`] (the pure
@@ -26,5 +27,6 @@ pub mod recorder;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod setting;
 pub mod soak;
 pub mod workers;
