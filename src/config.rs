@@ -316,6 +316,15 @@ pub struct Settings {
         default_value_t = 100_000
     )]
     pub max_finished_in_memory: usize,
+    /// How long an `Idempotency-Key` protects a submission, e.g. `24h`
+    /// (at least a minute); a replay after that is a new submission.
+    #[arg(
+        long,
+        env = "ADMEDIA_IDEMPOTENCY_WINDOW",
+        default_value = "24h",
+        value_parser = parse_idempotency_window
+    )]
+    pub idempotency_window: Duration,
 }
 
 /// Why the command line and environment could not be read.
@@ -398,6 +407,16 @@ impl Default for Settings {
 
 /// `10s`, `2500ms`, `1m`, `1d12h`, or a plain number of seconds.
 pub use admedia_actors::domain::price_schedule::parse_duration;
+
+/// A duration of at least a minute: a shorter idempotency window could
+/// charge twice a client that retries over a slow network.
+fn parse_idempotency_window(raw: &str) -> Result<Duration, String> {
+    let window = parse_duration(raw)?;
+    if window < Duration::from_secs(60) {
+        return Err("must be at least a minute".into());
+    }
+    Ok(window)
+}
 
 /// A whole number of milliseconds, the unit of every `*_MS` setting.
 pub use admedia_actors::domain::price_schedule::parse_millis;
@@ -552,6 +571,7 @@ impl Settings {
             represent_grace: self.represent_grace,
             quarantine_max_percent: self.quarantine_max_percent,
             job_retention: self.job_retention,
+            idempotency_window: self.idempotency_window,
             ..OrchestratorConfig::default()
         };
         config.validate()?;

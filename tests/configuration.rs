@@ -199,6 +199,8 @@ fn a_retention_setting_that_makes_no_sense_is_refused_by_its_variable() {
         ("ADMEDIA_JOB_RETENTION", "running=7d", "have not finished"),
         ("ADMEDIA_JOB_RETENTION", "failed=5s", "at least 60 s"),
         ("ADMEDIA_MAX_FINISHED_IN_MEMORY", "0", "at least 1"),
+        ("ADMEDIA_IDEMPOTENCY_WINDOW", "30s", "at least a minute"),
+        ("ADMEDIA_IDEMPOTENCY_WINDOW", "a day", "invalid value"),
     ] {
         let out = admedia(&[(var, value)], &[]);
         assert!(!out.status.success(), "{var}={value} accepted");

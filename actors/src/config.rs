@@ -70,6 +70,11 @@ pub struct OrchestratorConfig {
     /// How long a finished job is kept in full, by the state it ended in.
     #[serde(default)]
     pub job_retention: JobRetention,
+    /// How long an `Idempotency-Key` protects a submission; a replay after
+    /// that is a new submission. Each key keeps the job as first returned,
+    /// so this bounds what a server at a steady rate holds for them.
+    #[serde(default = "default_idempotency_window")]
+    pub idempotency_window: Duration,
     /// Where every actor reads the time: the process's clocks, unless the
     /// simulation injects its own (`crate::clock`). Not read from files.
     #[serde(skip)]
@@ -84,6 +89,15 @@ pub struct OrchestratorConfig {
 fn default_quarantine_max_percent() -> u8 {
     50
 }
+
+/// A day, as Stripe keeps its keys.
+fn default_idempotency_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Below this a client retrying over a slow network could be charged
+/// twice for one request.
+const MIN_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long a finished job keeps its prompt, parameters, result, error,
 /// attempt records and events, by the state it ended in; after that the
@@ -289,6 +303,7 @@ impl Default for OrchestratorConfig {
             quarantine_max: Duration::from_secs(3600),
             quarantine_max_percent: default_quarantine_max_percent(),
             job_retention: JobRetention::default(),
+            idempotency_window: default_idempotency_window(),
             clock: crate::clock::Clock::system(),
             random: crate::clock::Random::system(),
         }
@@ -334,6 +349,9 @@ impl OrchestratorConfig {
             return Err("quarantine_base must be above zero and not exceed quarantine_max".into());
         }
         self.job_retention.validate()?;
+        if self.idempotency_window < MIN_IDEMPOTENCY_WINDOW {
+            return Err("the idempotency window must be at least a minute".into());
+        }
         Ok(())
     }
 

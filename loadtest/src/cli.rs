@@ -127,6 +127,12 @@ pub struct Cli {
     /// pruned at once, whatever the retention.
     #[arg(long)]
     pub max_finished_in_memory: Option<u64>,
+    /// With `--spawn`: how long an Idempotency-Key protects a submission
+    /// (ADMEDIA_IDEMPOTENCY_WINDOW), at least `1m`; each key keeps its job
+    /// as first returned, so the soak scenario shortens it to reach a
+    /// steady state as it shortens retention.
+    #[arg(long, value_parser = parse_duration)]
+    pub idempotency_window: Option<Duration>,
     /// With `--spawn`: how often the platform sweep (which prunes) runs
     /// (ADMEDIA_GIFT_SWEEP), e.g. `2s`.
     #[arg(long, value_parser = parse_duration)]
@@ -321,6 +327,8 @@ pub struct Plan {
     pub job_retention: Option<JobRetention>,
     #[serde(serialize_with = "setting::as_setting")]
     pub sweep_every: Option<Duration>,
+    #[serde(serialize_with = "setting::as_setting")]
+    pub idempotency_window: Option<Duration>,
     pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,
     pub users: usize,
@@ -833,6 +841,10 @@ impl Cli {
             quarantine_base: self.quarantine_base.or(d.quarantine_base),
             job_retention: self.job_retention.or(d.job_retention),
             sweep_every: self.sweep_every.or(d.sweep_every),
+            // The soak's keys would otherwise pile up for the server's day.
+            idempotency_window: self
+                .idempotency_window
+                .or((self.scenario == Scenario::Soak).then_some(Duration::from_secs(60))),
             max_finished_in_memory: self.max_finished_in_memory,
             steady_after_s: self.steady_after,
             users,
@@ -912,6 +924,7 @@ mod tests {
             Some(Duration::from_secs(120))
         );
         assert_eq!(p.sweep_every, Some(Duration::from_secs(2)));
+        assert_eq!(p.idempotency_window, Some(Duration::from_secs(60)));
         assert_eq!(p.steady_after(), 10.0);
         let p = parse(&["--spawn", "--scenario", "soak", "--steady-after", "5"]).unwrap();
         assert_eq!(p.steady_after(), 5.0);

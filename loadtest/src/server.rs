@@ -176,6 +176,10 @@ pub fn settings_env(plan: &Plan) -> Vec<(String, String)> {
             plan.job_retention.map(|r| r.setting()),
         ),
         (
+            "ADMEDIA_IDEMPOTENCY_WINDOW",
+            plan.idempotency_window.map(|d| d.setting()),
+        ),
+        (
             "ADMEDIA_MAX_FINISHED_IN_MEMORY",
             plan.max_finished_in_memory.map(|n| n.to_string()),
         ),
@@ -364,6 +368,7 @@ mod tests {
             "--quarantine-base=2500ms",
             "--job-retention=failed=1d12h",
             "--sweep-every=2s",
+            "--idempotency-window=90m",
             "--max-finished-in-memory=500",
             "--lease-ms=2500",
             "--retry-base-ms=20",
@@ -385,6 +390,10 @@ mod tests {
         assert_eq!(
             parse_duration(read("ADMEDIA_GIFT_SWEEP")),
             Ok(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_duration(read("ADMEDIA_IDEMPOTENCY_WINDOW")),
+            Ok(Duration::from_secs(90 * 60))
         );
         assert_eq!(parse_millis(read("ADMEDIA_WORKER_LEASE_MS")), Ok(p.lease));
         assert_eq!(

@@ -95,9 +95,6 @@ async fn prune_finished_jobs(
     Ok(total)
 }
 
-/// How long an `Idempotency-Key` protects a submission (as Stripe does).
-const IDEMPOTENCY_KEYS_KEPT_HOURS: i64 = 24;
-
 impl Orchestrator {
     /// Stores the configured prices as version 1 when there is none, loads
     /// the schedule, and starts the sweep that reloads it and grants the
@@ -127,6 +124,8 @@ impl Orchestrator {
         let platform = self.platform.clone();
         let observer = self.observer.clone();
         let retention = self.config.job_retention;
+        let window = chrono::Duration::from_std(self.config.idempotency_window)
+            .unwrap_or(chrono::Duration::MAX);
         let every = self.config.platform.sweep_every;
         let clock = self.config.clock.clone();
         self.actor_arbiter.spawn(async move {
@@ -134,7 +133,10 @@ impl Orchestrator {
                 if let Err(e) = refresh_prices(store.as_ref(), &platform).await {
                     tracing::warn!(error = %e, "price table not reloaded");
                 }
-                let horizon = clock.now() - chrono::Duration::hours(IDEMPOTENCY_KEYS_KEPT_HOURS);
+                let horizon = clock
+                    .now()
+                    .checked_sub_signed(window)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
                 match store.expire_idempotency_keys(horizon).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys expired"),
