@@ -327,7 +327,7 @@ impl Tokenizer<'_> {
         let word = std::mem::take(&mut self.word);
         if self.alpha && self.plain {
             // Letters alone: nothing to trim or map.
-            self.put_letters(&word, self.chars == 1, self.repeat, self.prev);
+            self.put_letters(&word, 0, self.chars == 1, self.repeat, self.prev);
             self.word = word;
             return self.clear_word();
         }
@@ -349,9 +349,10 @@ impl Tokenizer<'_> {
 
     /// Writes a word of letters alone, `single` if it has one, with
     /// `repeat` if a letter in it repeats the one before it, ending with
-    /// `last`.
-    #[inline]
-    fn put_letters(&mut self, word: &str, single: bool, repeat: bool, last: u32) {
+    /// `last`. `width` is the length of each of its letters when they are
+    /// all as long (a run of them), 0 when not known.
+    #[inline(always)]
+    fn put_letters(&mut self, word: &str, width: usize, single: bool, repeat: bool, last: u32) {
         if !self.join || !(repeat || single) {
             // Nothing to squeeze, and a word of its own: a space, then the
             // word copied whole.
@@ -363,40 +364,65 @@ impl Tokenizer<'_> {
             // A letter repeating the one before it (in a one-letter word,
             // the run's last) is left out; the rest is copied in slices
             // between them.
-            let mut before = self.last;
             let mut from = 0;
-            for (i, c) in word.char_indices() {
-                if u32::from(c) == before {
-                    self.out
-                        .text
-                        .push_str(word.get(from..i).unwrap_or_default());
-                    from = i + c.len_utf8();
+            if width == 0 {
+                let mut before = self.last;
+                for (i, c) in word.char_indices() {
+                    if u32::from(c) == before {
+                        self.out
+                            .text
+                            .push_str(word.get(from..i).unwrap_or_default());
+                        from = i + c.len_utf8();
+                    }
+                    before = u32::from(c);
                 }
-                before = u32::from(c);
+            } else {
+                // Letters of one length: each compared with the one before
+                // as bytes, the first with the text's last.
+                if word
+                    .chars()
+                    .next()
+                    .is_some_and(|c| u32::from(c) == self.last)
+                {
+                    from = width;
+                }
+                let bytes = word.as_bytes();
+                let mut i = width;
+                while let Some(letter) = bytes.get(i..i + width) {
+                    if bytes.get(i - width..i) == Some(letter) {
+                        self.out
+                            .text
+                            .push_str(word.get(from..i).unwrap_or_default());
+                        from = i + width;
+                    }
+                    i += width;
+                }
             }
             self.out.text.push_str(word.get(from..).unwrap_or_default());
         }
         self.last = last;
     }
 
-    /// A run of `n` letters that fold to themselves, the last `last`, with
-    /// `repeat` if one repeats the one before it, followed by `rest`. When
+    /// A run of letters `width` bytes long each that fold to themselves,
+    /// the last `last`, with `repeat` if one repeats the one before it,
+    /// followed by `rest`. When
     /// the run is a whole word (nothing before it in the word, a plain
     /// break after it), it is written out at once, with no copy into the
     /// word buffer, and the break is stepped over: what is left of `rest`
     /// is returned.
-    #[inline]
+    #[inline(always)]
     fn letters<'r>(
         &mut self,
         run: &str,
-        n: usize,
+        width: usize,
         last: u32,
         repeat: bool,
         rest: &'r [u8],
     ) -> &'r [u8] {
+        let n = run.len() / width;
         if self.chars == 0 {
             if let Some(len) = plain_break(rest) {
-                self.put_letters(run, n == 1, repeat, last);
+                self.put_letters(run, width, n == 1, repeat, last);
                 return rest.get(len..).unwrap_or_default();
             }
         }
@@ -509,7 +535,7 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
                 rest = tail;
             }
             let run = text.get(start..at(rest)).unwrap_or_default();
-            rest = t.letters(run, run.len(), prev, repeat, rest);
+            rest = t.letters(run, 1, prev, repeat, rest);
             continue;
         }
         if (0xe3..=0xe9).contains(&b) {
@@ -531,7 +557,7 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
             if prev != 0 {
                 // Whole characters only were scanned: a boundary.
                 let run = text.get(start..at(rest)).unwrap_or_default();
-                rest = t.letters(run, run.len() / 3, code_of_key(prev), repeat, rest);
+                rest = t.letters(run, 3, code_of_key(prev), repeat, rest);
                 continue;
             }
         }
@@ -859,6 +885,7 @@ mod tests {
             "aa，aa aa",
             "b o m b，儿，童",
             "细雨蒙蒙",
+            "蒙蒙蒙，aaab，a aa，儿 儿儿童童，x xx",
         ] {
             same_as_reference(text);
         }
@@ -876,6 +903,8 @@ mod tests {
             ("儿童\u{3000}色情\u{3001}", "儿童 色情"),
             ("a，b、c d", "abcd"),
             ("哈哈，哈 哈", "哈 哈"),
+            ("细雨蒙蒙，蒙蒙", "细雨蒙 蒙"),
+            ("aab，a aa", "ab a a"),
             ("war\u{200b}ship", "warship"),
         ] {
             assert_eq!(canonical(text).text, canonical_text, "{text:?}");
