@@ -126,24 +126,23 @@ fn key_of(b0: u8, b1: u8, b2: u8) -> u32 {
     u32::from(b0) << 16 | u32::from(b1) << 8 | u32::from(b2)
 }
 
-/// Whether the three-byte character with [`key_of`] `key` is a unified
-/// ideograph (U+3400..=U+4DBF, U+4E00..=U+9FFF), told without decoding
-/// it: two range checks, with the hexagrams between the two left out.
-fn ideograph_key(key: u32) -> bool {
-    matches!(key, 0xe3_90_80..=0xe4_b6_bf | 0xe4_b8_80..=0xe9_bf_bf)
+/// Whether the three-byte character starting with `b0`, `b1` is a unified
+/// ideograph (U+3400..=U+4DBF, U+4E00..=U+9FFF), told from its first two
+/// bytes without decoding it: from E5 on every one is (U+5000..=U+9FFF);
+/// in E4 all but the hexagrams (E4 B7); in E3 those from U+3400 (E3 90).
+#[inline]
+fn ideograph_lead(b0: u8, b1: u8) -> bool {
+    match b0 {
+        0xe5..=0xe9 => true,
+        0xe4 => b1 != 0xb7,
+        0xe3 => b1 >= 0x90,
+        _ => false,
+    }
 }
 
 /// The code point of the three-byte character with [`key_of`] `key`.
 fn code_of_key(key: u32) -> u32 {
     (key >> 16 & 0x0f) << 12 | (key >> 8 & 0x3f) << 6 | (key & 0x3f)
-}
-
-/// The code point of a three-byte character.
-fn code_of(bytes: &[u8]) -> u32 {
-    match *bytes {
-        [b0, b1, b2] => code_of_key(key_of(b0, b1, b2)),
-        _ => 0,
-    }
 }
 
 /// Full-width forms of the printable ASCII characters (`Ａ`, `，`, `！`):
@@ -171,6 +170,40 @@ fn symbol(c: char) -> bool {
 /// leetspeak symbol.
 fn word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'@' | b'$' | b'!' | b'|' | b'+')
+}
+
+/// The ASCII character the full-width form `EF b1 b2` stands for
+/// (U+FF01..=U+FF5E is EF BC 81 to EF BD 9E), from its bytes.
+#[inline]
+fn full_width_ascii(b1: u8, b2: u8) -> Option<u8> {
+    match (b1, b2) {
+        (0xbc, 0x81..=0xbf) => Some(b2 - 0x60),
+        (0xbd, 0x80..=0x9e) => Some(b2 - 0x20),
+        _ => None,
+    }
+}
+
+/// Whether `E3 80 b2` is Chinese punctuation that breaks words
+/// ([`cjk_break`]: U+3000..=U+3004, U+3008..=U+3020), from its last byte.
+#[inline]
+fn cjk_break_byte(b2: u8) -> bool {
+    matches!(b2, 0x80..=0x84 | 0x88..=0xa0)
+}
+
+/// The length of the character `rest` starts with if it ends a word and
+/// leaves nothing of itself (ASCII punctuation and space, their full-width
+/// forms, Chinese punctuation), 0 at the end of the text; `None` for any
+/// other character, or one the general path must look at.
+#[inline]
+fn plain_break(rest: &[u8]) -> Option<usize> {
+    let breaks = |a: u8| !word_byte(a.to_ascii_lowercase());
+    match *rest {
+        [] => Some(0),
+        [b, ..] if b < 0x80 => breaks(b).then_some(1),
+        [0xef, b1, b2, ..] => full_width_ascii(b1, b2).filter(|&a| breaks(a)).map(|_| 3),
+        [0xe3, 0x80, b2, ..] => cjk_break_byte(b2).then_some(3),
+        _ => None,
+    }
 }
 
 /// Builds the canonical text in one pass over the prompt: each character
@@ -291,36 +324,13 @@ impl Tokenizer<'_> {
         if self.chars == 0 {
             return;
         }
+        let word = std::mem::take(&mut self.word);
         if self.alpha && self.plain {
             // Letters alone: nothing to trim or map.
-            let single = self.chars == 1;
-            self.start_word(single);
-            if !self.join || !(self.repeat || single) {
-                // Nothing to squeeze either: copied whole.
-                self.out.text.push_str(&self.word);
-            } else {
-                // A letter repeating the one before it (in a one-letter
-                // word, the run's last) is left out; the rest is copied in
-                // slices between them.
-                let mut last = self.last;
-                let mut from = 0;
-                for (i, c) in self.word.char_indices() {
-                    if u32::from(c) == last {
-                        self.out
-                            .text
-                            .push_str(self.word.get(from..i).unwrap_or_default());
-                        from = i + c.len_utf8();
-                    }
-                    last = u32::from(c);
-                }
-                self.out
-                    .text
-                    .push_str(self.word.get(from..).unwrap_or_default());
-            }
-            self.last = self.prev;
+            self.put_letters(&word, 0, self.chars == 1, self.repeat, self.prev);
+            self.word = word;
             return self.clear_word();
         }
-        let word = std::mem::take(&mut self.word);
         if self.alpha {
             let kept = word.trim_matches(symbol);
             self.push_word(
@@ -335,6 +345,97 @@ impl Tokenizer<'_> {
         }
         self.word = word;
         self.clear_word();
+    }
+
+    /// Writes a word of letters alone, `single` if it has one, with
+    /// `repeat` if a letter in it repeats the one before it, ending with
+    /// `last`. `width` is the length of each of its letters when they are
+    /// all as long (a run of them), 0 when not known.
+    #[inline(always)]
+    fn put_letters(&mut self, word: &str, width: usize, single: bool, repeat: bool, last: u32) {
+        if !self.join || !(repeat || single) {
+            // Nothing to squeeze, and a word of its own: a space, then the
+            // word copied whole.
+            self.end_run();
+            self.space();
+            self.out.text.push_str(word);
+        } else {
+            self.start_word(single);
+            // A letter repeating the one before it (in a one-letter word,
+            // the run's last) is left out; the rest is copied in slices
+            // between them.
+            let mut from = 0;
+            if width == 0 {
+                let mut before = self.last;
+                for (i, c) in word.char_indices() {
+                    if u32::from(c) == before {
+                        self.out
+                            .text
+                            .push_str(word.get(from..i).unwrap_or_default());
+                        from = i + c.len_utf8();
+                    }
+                    before = u32::from(c);
+                }
+            } else {
+                // Letters of one length: each compared with the one before
+                // as bytes, the first with the text's last.
+                if word
+                    .chars()
+                    .next()
+                    .is_some_and(|c| u32::from(c) == self.last)
+                {
+                    from = width;
+                }
+                let bytes = word.as_bytes();
+                let mut i = width;
+                while let Some(letter) = bytes.get(i..i + width) {
+                    if bytes.get(i - width..i) == Some(letter) {
+                        self.out
+                            .text
+                            .push_str(word.get(from..i).unwrap_or_default());
+                        from = i + width;
+                    }
+                    i += width;
+                }
+            }
+            self.out.text.push_str(word.get(from..).unwrap_or_default());
+        }
+        self.last = last;
+    }
+
+    /// A run of letters `width` bytes long each that fold to themselves,
+    /// the last `last`, with `repeat` if one repeats the one before it,
+    /// followed by `rest`. When
+    /// the run is a whole word (nothing before it in the word, a plain
+    /// break after it), it is written out at once, with no copy into the
+    /// word buffer, and the break is stepped over: what is left of `rest`
+    /// is returned.
+    #[inline(always)]
+    fn letters<'r>(
+        &mut self,
+        run: &str,
+        width: usize,
+        last: u32,
+        repeat: bool,
+        rest: &'r [u8],
+    ) -> &'r [u8] {
+        let n = run.len() / width;
+        if self.chars == 0 {
+            if let Some(len) = plain_break(rest) {
+                self.put_letters(run, width, n == 1, repeat, last);
+                return rest.get(len..).unwrap_or_default();
+            }
+        }
+        self.keep_run(run, n, last, repeat || self.first_repeats(run));
+        rest
+    }
+
+    /// Whether the first character of `run` repeats the word's last.
+    #[inline]
+    fn first_repeats(&self, run: &str) -> bool {
+        run.chars()
+            .next()
+            .is_some_and(|c| u32::from(c) == self.prev)
     }
 
     fn clear_word(&mut self) {
@@ -427,28 +528,28 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
         // the word whole.
         if b.is_ascii_lowercase() {
             let start = at(rest);
-            let (mut prev, mut repeat) = (t.prev, false);
+            let (mut prev, mut repeat) = (0, false);
             while let [b @ b'a'..=b'z', ref tail @ ..] = *rest {
                 repeat |= u32::from(b) == prev;
                 prev = u32::from(b);
                 rest = tail;
             }
             let run = text.get(start..at(rest)).unwrap_or_default();
-            t.keep_run(run, run.len(), prev, repeat);
+            rest = t.letters(run, 1, prev, repeat, rest);
             continue;
         }
         if (0xe3..=0xe9).contains(&b) {
-            // Per ideograph: one length check, one number made of its
-            // bytes, two range checks and one comparison with the one
-            // before (for squeezing); its count and the last one are
-            // worked out from the run afterwards.
+            // Per ideograph: one length check, a look at its first two
+            // bytes, and one comparison of the number its bytes make with
+            // the one before (for squeezing); its count and the last one
+            // are worked out from the run afterwards.
             let start = at(rest);
             let (mut repeat, mut prev) = (false, 0);
             while let [b0, b1, b2, ref tail @ ..] = *rest {
-                let key = key_of(b0, b1, b2);
-                if !ideograph_key(key) {
+                if !ideograph_lead(b0, b1) {
                     break;
                 }
+                let key = key_of(b0, b1, b2);
                 repeat |= key == prev;
                 prev = key;
                 rest = tail;
@@ -456,13 +557,7 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
             if prev != 0 {
                 // Whole characters only were scanned: a boundary.
                 let run = text.get(start..at(rest)).unwrap_or_default();
-                let first = run.as_bytes().get(..3).map_or(0, code_of);
-                t.keep_run(
-                    run,
-                    run.len() / 3,
-                    code_of_key(prev),
-                    repeat || first == t.prev,
-                );
+                rest = t.letters(run, 3, code_of_key(prev), repeat, rest);
                 continue;
             }
         }
@@ -474,9 +569,9 @@ fn tokenize_into(text: &str, join: bool, out: &mut Canonical) {
         // Full-width punctuation and letters (`，`, `！`, `Ａ`), as common in
         // Chinese text as spaces in English: U+FF01..=U+FF5E is EF BC 81 to
         // EF BD 9E.
-        if let [0xef, b1 @ (0xbc | 0xbd), b2, ref tail @ ..] = *rest {
-            if let Some(a) = char::from_u32(code_of(&[0xef, b1, b2])).and_then(full_width) {
-                t.ascii(a.to_ascii_lowercase() as u8);
+        if let [0xef, b1, b2, ref tail @ ..] = *rest {
+            if let Some(a) = full_width_ascii(b1, b2) {
+                t.ascii(a.to_ascii_lowercase());
                 rest = tail;
                 continue;
             }
@@ -557,9 +652,8 @@ mod tests {
             let mut buf = [0; 4];
             let bytes = c.encode_utf8(&mut buf).as_bytes();
             let key = key_of(bytes[0], bytes[1], bytes[2]);
-            assert_eq!(ideograph_key(key), ideograph(c), "{c:?}");
+            assert_eq!(ideograph_lead(bytes[0], bytes[1]), ideograph(c), "{c:?}");
             assert_eq!(code_of_key(key), u32::from(c));
-            assert_eq!(code_of(bytes), u32::from(c));
         }
         assert!(
             !ideograph('\u{2f800}'),
@@ -570,6 +664,19 @@ mod tests {
             let ascii = full_width(c).unwrap();
             assert!(ascii.is_ascii_graphic(), "{c:?}");
             assert_eq!(general(c), ascii.to_ascii_lowercase().to_string(), "{c:?}");
+        }
+        // The fast paths' byte checks agree with the character checks.
+        for c in '\u{800}'..='\u{ffff}' {
+            let mut buf = [0; 4];
+            if let [b0, b1, b2] = *c.encode_utf8(&mut buf).as_bytes() {
+                if b0 == 0xef {
+                    let ascii = full_width(c).map(|a| a as u8);
+                    assert_eq!(full_width_ascii(b1, b2), ascii, "{c:?}");
+                }
+                if (b0, b1) == (0xe3, 0x80) {
+                    assert_eq!(cjk_break_byte(b2), cjk_break(c), "{c:?}");
+                }
+            }
         }
         assert_eq!(full_width('\u{ff00}'), None);
         assert_eq!(full_width('\u{ff5f}'), None);
@@ -767,8 +874,40 @@ mod tests {
             "Kk",
             "儿 儿 童",
             "a 儿 b",
+            // A run written out whole as a word, or not, by what follows.
+            "儿童，色情。kill, x",
+            "kill\u{3000}儿童、a「b」",
+            "儿童ｋｉｌｌ",
+            "儿童Kill kill5 kill$ kill!",
+            "儿童１ 儿童！ 儿童～",
+            "kill\u{200b}er 儿童\u{301}色情",
+            "哈哈，哈 哈，a，a，b",
+            "aa，aa aa",
+            "b o m b，儿，童",
+            "细雨蒙蒙",
+            "蒙蒙蒙，aaab，a aa，儿 儿儿童童，x xx",
         ] {
             same_as_reference(text);
+        }
+    }
+
+    /// Runs of letters that make a whole word are written out at once;
+    /// those that do not still fold with what follows them.
+    #[test]
+    fn whole_word_runs_keep_their_neighbours() {
+        for (text, canonical_text) in [
+            ("儿童，色情。", "儿童 色情"),
+            ("儿童ｋｉｌｌ，色情", "儿童kil 色情"),
+            ("war5 war! w@r", "wars war war"),
+            ("儿童Ｗａｒ", "儿童war"),
+            ("儿童\u{3000}色情\u{3001}", "儿童 色情"),
+            ("a，b、c d", "abcd"),
+            ("哈哈，哈 哈", "哈 哈"),
+            ("细雨蒙蒙，蒙蒙", "细雨蒙 蒙"),
+            ("aab，a aa", "ab a a"),
+            ("war\u{200b}ship", "warship"),
+        ] {
+            assert_eq!(canonical(text).text, canonical_text, "{text:?}");
         }
     }
 

@@ -112,11 +112,80 @@ struct Category {
     never_cleared: bool,
 }
 
+/// What a walk standing in the automaton's start state can step over
+/// without it, as the automaton would leave it there: in a Chinese prompt
+/// most ideographs begin no term, and stepping over one is a bit test
+/// rather than three lookups.
+struct StartSkips {
+    /// Bytes that lead from the start state back to it.
+    bytes: [bool; 256],
+    /// Three-byte characters whose bytes lead from the start state back to
+    /// it through no match: a bit per character, the word chosen by the
+    /// low four bits of its first byte and six of its second, the bit by
+    /// six of its third (the bits of its code point).
+    chars: Box<[u64; 1024]>,
+}
+
+impl StartSkips {
+    /// Worked out by walking the automaton itself over every byte and
+    /// every three-byte character, so a skip is exactly the steps it saves.
+    fn of(dfa: &DFA, start: StateID) -> StartSkips {
+        let mut skips = StartSkips {
+            bytes: [false; 256],
+            chars: Box::new([0; 1024]),
+        };
+        if dfa.is_special(start) {
+            // A start state that reports something is never stepped over.
+            return skips;
+        }
+        for b in 0..=u8::MAX {
+            skips.bytes[usize::from(b)] = dfa.next_state(Anchored::No, start, b) == start;
+        }
+        for c in '\u{800}'..='\u{ffff}' {
+            let mut buf = [0; 4];
+            let mut sid = start;
+            let mut quiet = true;
+            for &b in c.encode_utf8(&mut buf).as_bytes() {
+                sid = dfa.next_state(Anchored::No, sid, b);
+                quiet &= !dfa.is_special(sid);
+            }
+            if quiet && sid == start {
+                let code = u32::from(c);
+                skips.chars[(code >> 6) as usize & 1023] |= 1 << (code & 63);
+            }
+        }
+        skips
+    }
+
+    /// Where a walk in the start state at `at` next needs the automaton:
+    /// past every byte and three-byte character from there that would
+    /// leave it in the start state.
+    #[inline(always)]
+    fn skip(&self, bytes: &[u8], at: usize) -> usize {
+        let mut rest = bytes.get(at..).unwrap_or_default();
+        loop {
+            match *rest {
+                [b0 @ 0xe0..=0xef, b1, b2, ref tail @ ..]
+                    if self.chars[usize::from(b0 & 0x0f) << 6 | usize::from(b1 & 0x3f)]
+                        >> (b2 & 0x3f)
+                        & 1
+                        != 0 =>
+                {
+                    rest = tail
+                }
+                [b, ref tail @ ..] if self.bytes[usize::from(b)] => rest = tail,
+                _ => return bytes.len() - rest.len(),
+            }
+        }
+    }
+}
+
 /// The built-in policy.
 pub struct RulesPolicy {
     matcher: DFA,
     /// The matcher's unanchored start state.
     start: StateID,
+    skips: StartSkips,
     patterns: Vec<Pattern>,
     categories: Vec<Category>,
 }
@@ -288,9 +357,11 @@ impl RulesPolicy {
         let start = matcher
             .start_state(Anchored::No)
             .map_err(|e| format!("rules: {e}"))?;
+        let skips = StartSkips::of(&matcher, start);
         Ok(RulesPolicy {
             matcher,
             start,
+            skips,
             patterns: patterns.list,
             categories,
         })
@@ -354,34 +425,52 @@ impl RulesPolicy {
         // the processor overlaps their lookups. The second walk starts a
         // longest term early, so it sees whole every match ending in its
         // half and reports only those: with the first walk's, every match,
-        // once.
+        // once. The first walk is given its half alone, so no skip takes it
+        // past the middle.
+        //
+        // Whenever a walk is in the start state, what begins no term is
+        // stepped over: those steps would have stayed in the start state,
+        // which reports nothing.
         let n = bytes.len();
         let split = n >= SPLIT_WALK_AT;
         let mid = if split { n / 2 } else { n };
         let overlap = dfa.max_pattern_len().saturating_sub(1);
-        let (mut sa, mut a) = (self.start, 0);
-        let (mut sb, mut b) = (self.start, mid.saturating_sub(overlap));
-        if !split {
-            b = n;
+        let head = bytes.get(..mid).unwrap_or_default();
+        let (start, skips) = (self.start, &self.skips);
+        let (mut sa, mut a) = (start, skips.skip(head, 0));
+        let (mut sb, mut b) = (start, n);
+        if split {
+            b = skips.skip(bytes, mid.saturating_sub(overlap));
         }
         while a < mid && b < n {
-            sa = dfa.next_state(Anchored::No, sa, bytes[a]);
+            sa = dfa.next_state(Anchored::No, sa, head[a]);
             sb = dfa.next_state(Anchored::No, sb, bytes[b]);
             a += 1;
             b += 1;
             if dfa.is_special(sa) {
                 report(sa, a, found);
+            } else if sa == start {
+                a = skips.skip(head, a);
             }
-            if dfa.is_special(sb) && b > mid {
-                report(sb, b, found);
+            if dfa.is_special(sb) {
+                if b > mid {
+                    report(sb, b, found);
+                }
+            } else if sb == start {
+                b = skips.skip(bytes, b);
             }
         }
-        for (sid, at, end) in [(&mut sa, &mut a, mid), (&mut sb, &mut b, n)] {
-            for &byte in bytes.get(*at..end).unwrap_or_default() {
+        // Each walk reports the matches ending past `from`.
+        for (sid, at, walked, from) in [(&mut sa, &mut a, head, 0), (&mut sb, &mut b, bytes, mid)] {
+            while let Some(&byte) = walked.get(*at) {
                 *sid = dfa.next_state(Anchored::No, *sid, byte);
                 *at += 1;
-                if dfa.is_special(*sid) && (end == mid || *at > mid) {
-                    report(*sid, *at, found);
+                if dfa.is_special(*sid) {
+                    if *at > from {
+                        report(*sid, *at, found);
+                    }
+                } else if *sid == start {
+                    *at = skips.skip(walked, *at);
                 }
             }
         }
@@ -767,10 +856,134 @@ mod tests {
 
     fn same_matches_as_reference(prompt: &str) {
         let (p, ac) = &*SHIPPED;
+        same_matches_as_reference_of(p, ac, prompt);
+    }
+
+    fn same_matches_as_reference_of(p: &RulesPolicy, ac: &aho_corasick::AhoCorasick, prompt: &str) {
         let canon = canonical(prompt);
         let mut found = Vec::new();
         p.matches(&canon, &mut found);
         assert_eq!(found, reference_matches(p, ac, &canon), "{prompt:?}");
+    }
+
+    /// Rules whose terms sit where the start-state skips could lose them:
+    /// terms whose later characters begin no term (白 in 黑白), a term
+    /// whose first character shares its first two bytes with skipped ones
+    /// (百 beside 白), one-character terms ending a run of skipped
+    /// ideographs, kana, two- and four-byte scripts, and scripts mixed in
+    /// one term.
+    const SKIPPING_RULES: &str = r#"
+        [neutral]
+        terms = ["情书"]
+        [[category]]
+        name = "test"
+        terms = ["黑白", "百年", "情", "儿童色情", "アイ", "жук", "𠀀𠀁", "x儿", "kill", "色情*"]
+    "#;
+
+    /// Pieces of prompts for [`SKIPPING_RULES`]: their terms, the parts
+    /// of them, characters no term begins with, and separators.
+    const SKIPPING_PIECES: &[&str] = &[
+        "白", "黑", "百", "年", "情", "书", "儿", "童", "色", "ア", "イ", "ウ", "ж", "у", "к",
+        "жук", "𠀀", "𠀁", "x", "kill", "ki", "ll", "水", "乡", " ", "，", "、", "a", "Ｋ", "1",
+    ];
+
+    static SKIPPING: std::sync::LazyLock<(RulesPolicy, aho_corasick::AhoCorasick)> =
+        std::sync::LazyLock::new(|| {
+            let p = RulesPolicy::parse(SKIPPING_RULES).unwrap();
+            let ac = aho_corasick::AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                .build(p.patterns.iter().map(|p| p.text.as_str()))
+                .unwrap();
+            (p, ac)
+        });
+
+    /// A walk may step over exactly what begins no term: a byte no term
+    /// starts with, a three-byte character no term starts with.
+    #[test]
+    fn the_start_state_skips_only_what_begins_no_term() {
+        for p in [&SHIPPED.0, &SKIPPING.0] {
+            for b in 0..=u8::MAX {
+                let begins = p.patterns.iter().any(|t| t.text.as_bytes()[0] == b);
+                assert_eq!(p.skips.bytes[usize::from(b)], !begins, "byte {b:#x}");
+            }
+            for c in '\u{800}'..='\u{ffff}' {
+                let begins = p.patterns.iter().any(|t| t.text.starts_with(c));
+                let mut buf = [0; 4];
+                let bytes = c.encode_utf8(&mut buf).as_bytes();
+                assert_eq!(p.skips.skip(bytes, 0) == 3, !begins, "{c:?}");
+            }
+        }
+        let p = &SKIPPING.0;
+        assert_eq!(p.skips.skip("白水乡".as_bytes(), 0), 9);
+        assert_eq!(p.skips.skip("白百".as_bytes(), 0), 3, "百 begins 百年");
+        assert_eq!(p.skips.skip("白 黑".as_bytes(), 0), 4, "黑 begins 黑白");
+    }
+
+    #[test]
+    fn terms_among_skipped_characters_are_found() {
+        let p = &SKIPPING.0;
+        let filler = "白水乡".repeat(60);
+        for (prompt, term) in [
+            (format!("{filler}黑白{filler}"), "黑白"),
+            (format!("{filler}百年"), "百年"),
+            (format!("{filler}情"), "情"),
+            (format!("情{filler}"), "情"),
+            (format!("{filler}儿童色情，{filler}"), "儿童色情"),
+            (format!("{filler}アイ{filler}"), "アイ"),
+            (format!("{filler} жук {filler}"), "жук"),
+            (format!("{filler}𠀀𠀁{filler}"), "𠀀𠀁"),
+            (format!("{filler}x儿{filler}"), "x儿"),
+            (format!("{filler} kill"), "kill"),
+            (format!("{filler}色情片{filler}"), "色情"),
+        ] {
+            let Verdict::Rejected(r) = p.evaluate(&prompt) else {
+                panic!("{term}: allowed")
+            };
+            let term = canonical(term).text;
+            assert!(r.matched.contains(&term), "{term}: {:?}", r.matched);
+        }
+        // Every term of the shipped rules, in Chinese filler that begins no
+        // term, on either side of the middle of a long prompt.
+        let (shipped, _) = &*SHIPPED;
+        let chinese = "黄昏时分的江南水乡，石桥流水，";
+        for t in shipped.patterns.iter().filter(|t| t.start_free) {
+            for pad in [0, 40, 90, 200] {
+                let prompt = format!(
+                    "{}{}{}",
+                    chinese.repeat(pad / 10),
+                    t.text,
+                    chinese.repeat(3)
+                );
+                let canon = canonical(&prompt);
+                let mut found = Vec::new();
+                shipped.matches(&canon, &mut found);
+                let id = shipped
+                    .patterns
+                    .iter()
+                    .position(|q| q.text == t.text && q.prefix == t.prefix);
+                assert!(
+                    found.iter().any(|&(_, _, f)| Some(f) == id),
+                    "{:?} in {prompt:?}",
+                    t.text
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// The skipping walk finds what the library's search finds, in
+        /// prompts of terms, their parts and skipped characters, long
+        /// enough to be walked as two halves.
+        #[test]
+        fn the_skipping_search_agrees_with_the_reference(
+            pieces in proptest::collection::vec(proptest::sample::select(SKIPPING_PIECES), 0..300),
+        ) {
+            let (p, ac) = &*SKIPPING;
+            same_matches_as_reference_of(p, ac, &pieces.concat());
+        }
     }
 
     #[test]
