@@ -408,6 +408,22 @@ impl Default for Settings {
 /// `10s`, `2500ms`, `1m`, `1d12h`, or a plain number of seconds.
 pub use admedia_actors::domain::price_schedule::parse_duration;
 
+/// The variable an operator sets for a setting the orchestrator refused.
+fn variable_of(setting: admedia_actors::config::Setting) -> Option<&'static str> {
+    use admedia_actors::config::Setting as S;
+    Some(match setting {
+        S::MaxAttempts => "ADMEDIA_MAX_ATTEMPTS",
+        S::WorkerLease => "ADMEDIA_WORKER_LEASE_MS",
+        S::RetryBase => "ADMEDIA_RETRY_BASE_MS",
+        S::MaxWait => "ADMEDIA_MAX_WAIT",
+        S::QuarantineAfter => "ADMEDIA_QUARANTINE_AFTER",
+        S::QuarantineMaxPercent => "ADMEDIA_QUARANTINE_MAX_PERCENT",
+        S::QuarantineBase => "ADMEDIA_QUARANTINE_BASE",
+        S::IdempotencyWindow => "ADMEDIA_IDEMPOTENCY_WINDOW",
+        S::Other => return None,
+    })
+}
+
 /// A duration of at least a minute: a shorter idempotency window could
 /// charge twice a client that retries over a slow network.
 fn parse_idempotency_window(raw: &str) -> Result<Duration, String> {
@@ -574,7 +590,12 @@ impl Settings {
             idempotency_window: self.idempotency_window,
             ..OrchestratorConfig::default()
         };
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|e| match variable_of(e.setting) {
+                Some(var) => format!("{var}: {}", e.why),
+                None => e.why,
+            })?;
         Ok(config)
     }
 

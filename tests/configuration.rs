@@ -213,3 +213,47 @@ fn a_retention_setting_that_makes_no_sense_is_refused_by_its_variable() {
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
 }
+
+#[test]
+fn a_setting_the_orchestrator_refuses_is_named_by_its_variable() {
+    for (vars, named, why) in [
+        (
+            &[("ADMEDIA_WORKER_LEASE_MS", "50")][..],
+            "ADMEDIA_WORKER_LEASE_MS",
+            "at least 100 ms",
+        ),
+        (
+            &[("ADMEDIA_MAX_ATTEMPTS", "0")][..],
+            "ADMEDIA_MAX_ATTEMPTS",
+            "1..=20",
+        ),
+        (
+            &[("ADMEDIA_QUARANTINE_AFTER", "0")][..],
+            "ADMEDIA_QUARANTINE_AFTER",
+            "1..=100",
+        ),
+        (
+            &[
+                ("ADMEDIA_RETRY_BASE_MS", "5000"),
+                ("ADMEDIA_RETRY_MAX_MS", "1000"),
+            ][..],
+            "ADMEDIA_RETRY_MAX_MS",
+            "must be at least ADMEDIA_RETRY_BASE_MS",
+        ),
+        (
+            &[("ADMEDIA_QUARANTINE_BASE", "0s")][..],
+            "ADMEDIA_QUARANTINE_BASE",
+            "above zero",
+        ),
+    ] {
+        let out = admedia(vars, &[]);
+        assert!(!out.status.success(), "{vars:?} accepted");
+        let (_, stderr) = text(&out);
+        assert!(
+            stderr.trim().starts_with(&format!("admedia: {named}")),
+            "{vars:?}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{vars:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}

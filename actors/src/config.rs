@@ -321,36 +321,100 @@ const _: () = assert!(
     "the default grace must outlast an agent's return"
 );
 
+/// A setting of [`OrchestratorConfig`] that `validate` can refuse by
+/// itself, so whoever read it (the server, from a variable) can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    MaxAttempts,
+    WorkerLease,
+    RetryBase,
+    MaxWait,
+    QuarantineAfter,
+    QuarantineMaxPercent,
+    QuarantineBase,
+    IdempotencyWindow,
+    /// Tiers, prices, the platform's settings, models or retention: their
+    /// own messages name what is wrong.
+    Other,
+}
+
+/// Why a configuration was refused, and which setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub setting: Setting,
+    pub why: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(why: String) -> Invalid {
+        Invalid {
+            setting: Setting::Other,
+            why,
+        }
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> String {
+        e.why
+    }
+}
+
+fn refuse(setting: Setting, why: &str) -> Result<(), Invalid> {
+    Err(Invalid {
+        setting,
+        why: why.into(),
+    })
+}
+
 impl OrchestratorConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.tiers.validate()?;
         self.prices.validate()?;
         self.platform.validate()?;
         if !(1..=20).contains(&self.max_attempts) {
-            return Err("max_attempts must be 1..=20".into());
+            return refuse(Setting::MaxAttempts, "max_attempts must be 1..=20");
         }
         if self.worker_lease < Duration::from_millis(100) {
-            return Err("worker lease must be at least 100 ms".into());
+            return refuse(Setting::WorkerLease, "worker lease must be at least 100 ms");
         }
         if self.retry_base > self.retry_max {
-            return Err("retry_base must not exceed retry_max".into());
+            return refuse(Setting::RetryBase, "retry_base must not exceed retry_max");
         }
         self.models.validate()?;
         if self.max_wait.0.values().any(|d| *d < MIN_WAIT) {
-            return Err("max_wait must be at least 100 ms for every tier".into());
+            return refuse(
+                Setting::MaxWait,
+                "max_wait must be at least 100 ms for every tier",
+            );
         }
         if !(1..=100).contains(&self.quarantine_after) {
-            return Err("quarantine_after must be 1..=100".into());
+            return refuse(Setting::QuarantineAfter, "quarantine_after must be 1..=100");
         }
         if self.quarantine_max_percent > 100 {
-            return Err("quarantine_max_percent must be 0..=100".into());
+            return refuse(
+                Setting::QuarantineMaxPercent,
+                "quarantine_max_percent must be 0..=100",
+            );
         }
         if self.quarantine_base.is_zero() || self.quarantine_base > self.quarantine_max {
-            return Err("quarantine_base must be above zero and not exceed quarantine_max".into());
+            return refuse(
+                Setting::QuarantineBase,
+                "quarantine_base must be above zero and not exceed quarantine_max",
+            );
         }
         self.job_retention.validate()?;
         if self.idempotency_window < MIN_IDEMPOTENCY_WINDOW {
-            return Err("the idempotency window must be at least a minute".into());
+            return refuse(
+                Setting::IdempotencyWindow,
+                "the idempotency window must be at least a minute",
+            );
         }
         Ok(())
     }

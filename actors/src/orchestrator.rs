@@ -193,7 +193,7 @@ impl Orchestrator {
     ) -> Result<Orchestrator, OrchestratorError> {
         config
             .validate()
-            .map_err(OrchestratorError::InvalidParams)?;
+            .map_err(|e| OrchestratorError::InvalidParams(e.why))?;
         let config_prices = config.prices;
         let config = Arc::new(config);
         let handle = own.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
