@@ -12,9 +12,9 @@ use chrono::Utc;
 
 use crate::actors::messages::{LastHeard, SchedulerHandle};
 use crate::actors::scheduler::{
-    settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats, GraceOver,
-    LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor, SchedulerStats,
-    Waiting, WorkerView,
+    hand_over_waiting, settle_lost, Activate, CurrentEpoch, Deactivate, DrainWorker, GetStats,
+    GraceOver, LiftQuarantine, ListWorkers, ModelsServed, Orphaned, Recover, SchedulerActor,
+    SchedulerStats, Waiting, WorkerView,
 };
 use crate::actors::wallet::{
     Cancel, GrantCredits, SetMembership, SetStatus, Submit, WalletRegistry,
@@ -269,30 +269,8 @@ impl Orchestrator {
             .store
             .jobs_in_states(&[JobState::Assigned, JobState::Running])
             .await?;
-        // The waiting line is handed over a page at a time, each page
-        // taken in before the next is read: a large backlog is never held
-        // twice in memory (as rows and as the line).
-        let mut waiting = 0usize;
-        let mut after_seq = 0;
-        loop {
-            let page = self
-                .store
-                .queued_jobs_after(after_seq, RECOVERY_PAGE)
-                .await?;
-            let full = page.len() >= RECOVERY_PAGE;
-            waiting += page.len();
-            let Some(last) = page.last().map(|j| j.seq) else {
-                break;
-            };
-            after_seq = last;
-            self.scheduler
-                .send(Recover(page))
-                .await
-                .map_err(|e| OrchestratorError::Internal(format!("scheduler: {e}")))?;
-            if !full {
-                break;
-            }
-        }
+        let waiting =
+            hand_over_waiting(self.store.as_ref(), &self.scheduler, RECOVERY_PAGE).await?;
         tracing::info!(
             epoch,
             node,

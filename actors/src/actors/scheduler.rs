@@ -36,9 +36,7 @@ use crate::wire::{AttemptId, Capabilities, PresentedAttempt, RefusedAttempt};
 /// How often the scheduler compares its line with the store, so a job the
 /// store holds as waiting can never be forgotten by the actors.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
-/// How many waiting jobs one step of a reconciliation pass reads: a
-/// backlog of a million is compared page by page, never held twice over
-/// in memory, and dispatch runs between the pages.
+/// How many waiting jobs one step of a reconciliation pass reads.
 const RECONCILE_PAGE: usize = 2_000;
 /// After a store outage during assignment, when to try the job again.
 const REQUEUE_AFTER_STORE_ERROR: Duration = Duration::from_millis(500);
@@ -461,7 +459,7 @@ impl Actor for SchedulerActor {
         ctx.run_interval(RECONCILE_EVERY, |act, ctx| {
             if act.epoch.is_some() && !act.reconciling {
                 act.reconciling = true;
-                ctx.notify(Reconcile { after_seq: 0 });
+                ctx.notify(Reconcile);
             }
         });
         ctx.run_interval(EXPIRY_SWEEP, |act, ctx| {
@@ -978,18 +976,11 @@ impl Handler<Recover> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Recover, ctx: &mut Self::Context) {
-        self.adopt_waiting(msg.0, ctx);
-    }
-}
-
-impl SchedulerActor {
-    /// Puts in line the waiting jobs of `jobs` it does not know yet.
-    fn adopt_waiting(&mut self, jobs: Vec<Job>, ctx: &mut Context<Self>) {
         if self.epoch.is_none() {
             return;
         }
         let now = self.config.clock.now();
-        for job in jobs {
+        for job in msg.0 {
             if job.state != JobState::Queued || self.knows(job.id) {
                 continue;
             }
@@ -1003,50 +994,67 @@ impl SchedulerActor {
     }
 }
 
-/// One step of a reconciliation pass: read the waiting jobs submitted
-/// after `after_seq`.
+/// Hands the store's waiting jobs to `scheduler` a page of `page` at a
+/// time by submission order, each page taken in before the next is read:
+/// a large backlog is never held twice in memory (as rows and as the
+/// line), and the scheduler dispatches between the pages. Returns how
+/// many it read. Recovery at start-up and reconciliation both use it.
+pub async fn hand_over_waiting(
+    store: &dyn Store,
+    scheduler: &Addr<SchedulerActor>,
+    page: usize,
+) -> Result<usize, crate::error::OrchestratorError> {
+    let mut read = 0;
+    let mut after_seq = 0;
+    loop {
+        let jobs = store.queued_jobs_after(after_seq, page).await?;
+        let full = jobs.len() >= page;
+        read += jobs.len();
+        let Some(last) = jobs.last().map(|j| j.seq) else {
+            return Ok(read);
+        };
+        after_seq = last;
+        scheduler
+            .send(Recover(jobs))
+            .await
+            .map_err(|e| crate::error::OrchestratorError::Internal(format!("scheduler: {e}")))?;
+        if !full {
+            return Ok(read);
+        }
+    }
+}
+
+/// A reconciliation pass: the store's waiting jobs are compared with the
+/// line, and any it does not know are put in it.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Reconcile {
-    after_seq: u64,
-}
+struct Reconcile;
 
 impl Handler<Reconcile> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Reconcile, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: Reconcile, ctx: &mut Self::Context) {
         let store = self.store.clone();
         let addr = ctx.address();
         actix::spawn(async move {
-            match store.queued_jobs_after(msg.after_seq, RECONCILE_PAGE).await {
-                Ok(jobs) => addr.do_send(Reconciled(jobs)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reconciliation could not read the store");
-                    addr.do_send(Reconciled(Vec::new()));
-                }
+            if let Err(e) = hand_over_waiting(store.as_ref(), &addr, RECONCILE_PAGE).await {
+                tracing::warn!(error = %e, "reconciliation could not read the store");
             }
+            addr.do_send(Reconciled);
         });
     }
 }
 
-/// A page of a reconciliation pass; a full page asks for the next.
+/// A reconciliation pass ended; the next may start.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Reconciled(Vec<Job>);
+struct Reconciled;
 
 impl Handler<Reconciled> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Reconciled, ctx: &mut Self::Context) {
-        let full = msg.0.len() >= RECONCILE_PAGE;
-        let last = msg.0.last().map(|j| j.seq);
-        self.adopt_waiting(msg.0, ctx);
-        match last {
-            Some(after_seq) if full && self.epoch.is_some() => {
-                ctx.notify(Reconcile { after_seq });
-            }
-            _ => self.reconciling = false,
-        }
+    fn handle(&mut self, _: Reconciled, _ctx: &mut Self::Context) {
+        self.reconciling = false;
     }
 }
 
