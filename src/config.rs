@@ -322,7 +322,7 @@ pub struct Settings {
         long,
         env = "ADMEDIA_IDEMPOTENCY_WINDOW",
         default_value = "24h",
-        value_parser = parse_idempotency_window
+        value_parser = parse_duration
     )]
     pub idempotency_window: Duration,
 }
@@ -422,16 +422,6 @@ fn variable_of(setting: admedia_actors::config::Setting) -> Option<&'static str>
         S::IdempotencyWindow => "ADMEDIA_IDEMPOTENCY_WINDOW",
         S::Other => return None,
     })
-}
-
-/// A duration of at least a minute: a shorter idempotency window could
-/// charge twice a client that retries over a slow network.
-fn parse_idempotency_window(raw: &str) -> Result<Duration, String> {
-    let window = parse_duration(raw)?;
-    if window < Duration::from_secs(60) {
-        return Err("must be at least a minute".into());
-    }
-    Ok(window)
 }
 
 /// A whole number of milliseconds, the unit of every `*_MS` setting.

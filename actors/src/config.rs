@@ -360,12 +360,6 @@ impl From<String> for Invalid {
     }
 }
 
-impl From<Invalid> for String {
-    fn from(e: Invalid) -> String {
-        e.why
-    }
-}
-
 fn refuse(setting: Setting, why: &str) -> Result<(), Invalid> {
     Err(Invalid {
         setting,

@@ -416,6 +416,7 @@ struct Defaults {
     quarantine_base: Option<Duration>,
     job_retention: Option<JobRetention>,
     sweep_every: Option<Duration>,
+    idempotency_window: Option<Duration>,
 }
 
 fn no_faults() -> Faults {
@@ -466,6 +467,7 @@ fn defaults(s: Scenario) -> Defaults {
             quarantine_base: None,
             job_retention: None,
             sweep_every: None,
+            idempotency_window: None,
         },
         Scenario::Fairness => Defaults {
             users: 15,
@@ -491,6 +493,7 @@ fn defaults(s: Scenario) -> Defaults {
             quarantine_base: None,
             job_retention: None,
             sweep_every: None,
+            idempotency_window: None,
         },
         Scenario::Chaos => Defaults {
             users: 8,
@@ -525,6 +528,7 @@ fn defaults(s: Scenario) -> Defaults {
             quarantine_base: None,
             job_retention: None,
             sweep_every: None,
+            idempotency_window: None,
         },
         Scenario::Throughput => Defaults {
             users: 8,
@@ -550,6 +554,7 @@ fn defaults(s: Scenario) -> Defaults {
             quarantine_base: None,
             job_retention: None,
             sweep_every: None,
+            idempotency_window: None,
         },
         // The fleet (workers, slots, job times) is `fleet::fleet()`; the
         // load keeps every tier backlogged for `duration`.
@@ -581,6 +586,7 @@ fn defaults(s: Scenario) -> Defaults {
             quarantine_base: Some(Duration::from_secs(2)),
             job_retention: None,
             sweep_every: None,
+            idempotency_window: None,
         },
         // Steady open load on fast workers well above it, so the queue stays
         // short and what grows (or not) is what the store keeps.
@@ -612,6 +618,9 @@ fn defaults(s: Scenario) -> Defaults {
                 cancelled: Duration::from_secs(120),
             }),
             sweep_every: Some(Duration::from_secs(2)),
+            // A key keeps its job as first returned for the window: the
+            // server's day would never reach a steady state.
+            idempotency_window: Some(Duration::from_secs(60)),
         },
     }
 }
@@ -842,9 +851,7 @@ impl Cli {
             job_retention: self.job_retention.or(d.job_retention),
             sweep_every: self.sweep_every.or(d.sweep_every),
             // The soak's keys would otherwise pile up for the server's day.
-            idempotency_window: self
-                .idempotency_window
-                .or((self.scenario == Scenario::Soak).then_some(Duration::from_secs(60))),
+            idempotency_window: self.idempotency_window.or(d.idempotency_window),
             max_finished_in_memory: self.max_finished_in_memory,
             steady_after_s: self.steady_after,
             users,
