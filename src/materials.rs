@@ -277,9 +277,10 @@ impl Materials {
         Ok(found)
     }
 
-    pub async fn delete_output(&self, job: JobId, index: u32) -> Result<(), MaterialError> {
-        let found = self.output(job, index).await?;
-        self.remove(&found).await
+    /// Deletes an output (found by [`Materials::output`]) before its
+    /// retention ends.
+    pub async fn delete_output(&self, found: &StoredObject) -> Result<(), MaterialError> {
+        self.remove(found).await
     }
 
     /// The materials a submission names must be the caller's, stored, and
@@ -330,22 +331,38 @@ impl Materials {
         Ok(self.catalogue.expire_user(user, Utc::now()).await?)
     }
 
-    /// Deletes the bytes of up to `limit` expired or deleted objects;
-    /// returns how many. An object the store cannot delete now stays due.
-    pub async fn sweep(&self, limit: usize) -> Result<usize, MaterialError> {
-        let now = Utc::now();
-        let due = self.catalogue.due_for_purge(now, limit).await?;
+    /// Deletes the bytes of every expired or deleted object, `batch` at a
+    /// time, until a batch comes back short; returns how many. One batch
+    /// per round would purge at most `batch` objects per sweep interval,
+    /// far fewer than a busy server's outputs expire, so the store would
+    /// grow without end. An object the store cannot delete now stays due
+    /// for the next round (and ends this one, so a failing store is not
+    /// asked again and again).
+    pub async fn sweep(&self, batch: usize) -> Result<usize, MaterialError> {
+        let batch = batch.max(1);
         let mut purged = 0;
-        for object in due {
-            match self.objects.delete(&object.key).await {
-                Ok(()) => {
-                    self.catalogue.purged(&object.key, now).await?;
-                    purged += 1;
+        loop {
+            let now = Utc::now();
+            let due = self.catalogue.due_for_purge(now, batch).await?;
+            let full = due.len() >= batch;
+            let mut this_batch = 0;
+            for object in due {
+                match self.objects.delete(&object.key).await {
+                    Ok(()) => {
+                        self.catalogue.purged(&object.key, now).await?;
+                        this_batch += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %object.key, error = %e, "could not purge; later")
+                    }
                 }
-                Err(e) => tracing::warn!(key = %object.key, error = %e, "could not purge; later"),
             }
+            purged += this_batch;
+            if !full || this_batch < batch {
+                return Ok(purged);
+            }
+            tokio::task::yield_now().await;
         }
-        Ok(purged)
     }
 
     fn attempt_ttl(&self, kind: JobKind) -> Duration {
@@ -495,5 +512,80 @@ impl AttemptFiles for Materials {
             .await
             .map_err(|e| format!("recording the outputs: {e}"))?;
         Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectSettings;
+    use admedia_actors::domain::material::MediaType;
+    use admedia_actors::domain::tier::License;
+    use admedia_actors::store::materials::memory::MemoryMaterialStore;
+
+    fn expired_output(user: UserId, n: u32) -> StoredObject {
+        let now = Utc::now();
+        let job = JobId::generate();
+        StoredObject {
+            key: format!("outputs/{user}/{job}/1/{n}"),
+            user_id: user,
+            role: ObjectRole::Output {
+                job_id: job,
+                index: 0,
+                license: License::Personal,
+            },
+            media: MediaType::Png,
+            size: 3,
+            created_at: now - chrono::Duration::hours(1),
+            expires_at: now - chrono::Duration::seconds(1),
+            gone_at: None,
+        }
+    }
+
+    /// A round purges everything due, a batch at a time: with one batch a
+    /// round, a server making more outputs per sweep interval than a batch
+    /// would keep every output for ever. A batch of zero is taken as one.
+    #[tokio::test]
+    async fn a_sweep_purges_everything_due_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().expect("dir");
+        let objects = Objects::open(
+            &ObjectSettings::Local {
+                root: dir.path().to_owned(),
+            },
+            "http://127.0.0.1:1",
+            b"secret".to_vec(),
+        )
+        .expect("objects");
+        let catalogue = Arc::new(MemoryMaterialStore::new());
+        let user = UserId::generate();
+        let due: Vec<StoredObject> = (0..7).map(|n| expired_output(user, n)).collect();
+        for o in &due {
+            let path = dir.path().join(&o.key);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, b"png").expect("write");
+        }
+        catalogue.add_outputs(due.clone()).await.expect("recorded");
+        let materials = Materials::new(
+            objects,
+            catalogue.clone(),
+            StorageRules::default(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        assert_eq!(materials.sweep(3).await.expect("swept"), 7);
+        for o in &due {
+            assert!(!dir.path().join(&o.key).exists(), "{} left behind", o.key);
+        }
+        assert!(catalogue
+            .due_for_purge(Utc::now(), 10)
+            .await
+            .expect("due")
+            .is_empty());
+        catalogue
+            .add_outputs(vec![expired_output(user, 8), expired_output(user, 9)])
+            .await
+            .expect("recorded");
+        assert_eq!(materials.sweep(0).await.expect("swept"), 2);
     }
 }

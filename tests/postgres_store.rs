@@ -302,3 +302,55 @@ async fn pruning_deletes_attempt_and_event_rows_and_keeps_the_money() {
         (3, "posted".to_owned(), "posted".to_owned())
     );
 }
+
+/// The stats read the writers' tally of jobs by state, not a scan of every
+/// job: a job that moves is counted at once, concurrent writers on other
+/// connections add to their own shards, and a tally that someone broke by
+/// hand is reported as broken rather than read as a huge number.
+#[tokio::test]
+async fn job_counts_are_the_writers_tally_and_a_broken_one_is_refused() {
+    use admedia_actors::domain::job::JobState;
+    use admedia_actors::store::conformance::{new_job, user_with};
+    use admedia_actors::store::StoreError;
+    use std::sync::Arc;
+
+    let Some((store, schema)) = support::fresh_pg().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(store);
+    let user = user_with(&store, "tally@example.com", 100).await;
+    let submits = (0..12).map(|_| {
+        let s = store.clone();
+        tokio::spawn(async move { s.submit_job(new_job(user.id, 1)).await })
+    });
+    let mut jobs = Vec::new();
+    for s in submits {
+        jobs.push(s.await.unwrap().unwrap().job);
+    }
+    store
+        .cancel_job(user.id, jobs[0].id, Utc::now())
+        .await
+        .unwrap();
+    let counts = store.job_counts().await.unwrap();
+    assert!(counts.0.contains(&(JobState::Queued, 11)), "{counts:?}");
+    assert!(counts.0.contains(&(JobState::Cancelled, 1)), "{counts:?}");
+
+    let client = support::raw_client(&schema).await;
+    let shards: i64 = client
+        .query_one("SELECT count(DISTINCT shard) FROM job_state_counts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(shards >= 1);
+    client
+        .execute(
+            "UPDATE job_state_counts SET jobs = jobs - 100 WHERE state = 'queued'",
+            &[],
+        )
+        .await
+        .unwrap();
+    match store.job_counts().await {
+        Err(StoreError::Invariant(why)) => assert!(why.contains("below zero"), "{why}"),
+        other => panic!("a negative tally must be refused, got {other:?}"),
+    }
+}

@@ -137,6 +137,16 @@ pub struct Cli {
     /// (ADMEDIA_GIFT_SWEEP), e.g. `2s`.
     #[arg(long, value_parser = parse_duration)]
     pub sweep_every: Option<Duration>,
+    /// With `--spawn`: how long every tier's stored files (outputs and
+    /// materials) are kept (ADMEDIA_RETENTION for all four tiers), e.g.
+    /// `2m`; the soak scenario sets a short one so the object store reaches
+    /// a steady state as the jobs do.
+    #[arg(long, value_parser = parse_duration)]
+    pub output_retention: Option<Duration>,
+    /// With `--spawn`: how often expired files are deleted
+    /// (ADMEDIA_OBJECT_SWEEP), e.g. `5s`.
+    #[arg(long, value_parser = parse_duration)]
+    pub object_sweep: Option<Duration>,
     /// Soak: seconds into the load from which the server is taken to be in
     /// its steady state (default: a third of the duration); the report
     /// compares memory and database size there and at the end.
@@ -329,6 +339,10 @@ pub struct Plan {
     pub sweep_every: Option<Duration>,
     #[serde(serialize_with = "setting::as_setting")]
     pub idempotency_window: Option<Duration>,
+    #[serde(serialize_with = "setting::as_setting")]
+    pub output_retention: Option<Duration>,
+    #[serde(serialize_with = "setting::as_setting")]
+    pub object_sweep: Option<Duration>,
     pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,
     pub users: usize,
@@ -417,6 +431,8 @@ struct Defaults {
     job_retention: Option<JobRetention>,
     sweep_every: Option<Duration>,
     idempotency_window: Option<Duration>,
+    output_retention: Option<Duration>,
+    object_sweep: Option<Duration>,
 }
 
 fn no_faults() -> Faults {
@@ -468,6 +484,8 @@ fn defaults(s: Scenario) -> Defaults {
             job_retention: None,
             sweep_every: None,
             idempotency_window: None,
+            output_retention: None,
+            object_sweep: None,
         },
         Scenario::Fairness => Defaults {
             users: 15,
@@ -494,6 +512,8 @@ fn defaults(s: Scenario) -> Defaults {
             job_retention: None,
             sweep_every: None,
             idempotency_window: None,
+            output_retention: None,
+            object_sweep: None,
         },
         Scenario::Chaos => Defaults {
             users: 8,
@@ -529,6 +549,8 @@ fn defaults(s: Scenario) -> Defaults {
             job_retention: None,
             sweep_every: None,
             idempotency_window: None,
+            output_retention: None,
+            object_sweep: None,
         },
         Scenario::Throughput => Defaults {
             users: 8,
@@ -555,6 +577,8 @@ fn defaults(s: Scenario) -> Defaults {
             job_retention: None,
             sweep_every: None,
             idempotency_window: None,
+            output_retention: None,
+            object_sweep: None,
         },
         // The fleet (workers, slots, job times) is `fleet::fleet()`; the
         // load keeps every tier backlogged for `duration`.
@@ -587,6 +611,8 @@ fn defaults(s: Scenario) -> Defaults {
             job_retention: None,
             sweep_every: None,
             idempotency_window: None,
+            output_retention: None,
+            object_sweep: None,
         },
         // Steady open load on fast workers well above it, so the queue stays
         // short and what grows (or not) is what the store keeps.
@@ -621,6 +647,10 @@ fn defaults(s: Scenario) -> Defaults {
             // A key keeps its job as first returned for the window: the
             // server's day would never reach a steady state.
             idempotency_window: Some(Duration::from_secs(60)),
+            // Outputs outlive their pruned jobs for the tier's retention
+            // (days): the soak's would fill the disk long before that.
+            output_retention: Some(Duration::from_secs(120)),
+            object_sweep: Some(Duration::from_secs(5)),
         },
     }
 }
@@ -852,6 +882,8 @@ impl Cli {
             sweep_every: self.sweep_every.or(d.sweep_every),
             // The soak's keys would otherwise pile up for the server's day.
             idempotency_window: self.idempotency_window.or(d.idempotency_window),
+            output_retention: self.output_retention.or(d.output_retention),
+            object_sweep: self.object_sweep.or(d.object_sweep),
             max_finished_in_memory: self.max_finished_in_memory,
             steady_after_s: self.steady_after,
             users,
@@ -932,6 +964,8 @@ mod tests {
         );
         assert_eq!(p.sweep_every, Some(Duration::from_secs(2)));
         assert_eq!(p.idempotency_window, Some(Duration::from_secs(60)));
+        assert_eq!(p.output_retention, Some(Duration::from_secs(120)));
+        assert_eq!(p.object_sweep, Some(Duration::from_secs(5)));
         assert_eq!(p.steady_after(), 10.0);
         let p = parse(&["--spawn", "--scenario", "soak", "--steady-after", "5"]).unwrap();
         assert_eq!(p.steady_after(), 5.0);

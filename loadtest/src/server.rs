@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use admedia_actors::domain::tier::PerTier;
+use admedia_actors::domain::tier::{PerTier, Tier};
 
 use crate::api::Api;
 use crate::cli::Plan;
@@ -184,6 +184,20 @@ pub fn settings_env(plan: &Plan) -> Vec<(String, String)> {
             plan.max_finished_in_memory.map(|n| n.to_string()),
         ),
         ("ADMEDIA_GIFT_SWEEP", plan.sweep_every.map(|d| d.setting())),
+        (
+            "ADMEDIA_RETENTION",
+            plan.output_retention.map(|d| {
+                let each: Vec<String> = Tier::ALL
+                    .iter()
+                    .map(|t| format!("{}={}", t.as_str(), d.setting()))
+                    .collect();
+                each.join(",")
+            }),
+        ),
+        (
+            "ADMEDIA_OBJECT_SWEEP",
+            plan.object_sweep.map(|d| d.setting()),
+        ),
     ];
     env.extend(
         optional
@@ -315,6 +329,7 @@ impl Drop for ServerChild {
 mod tests {
     use super::*;
     use admedia_actors::config::{JobRetention, WaitLimits};
+    use admedia_actors::domain::material::TierRetention;
 
     #[test]
     fn the_open_limits_config_is_a_full_tier_table() {
@@ -407,6 +422,17 @@ mod tests {
         assert_eq!(read("ADMEDIA_QUARANTINE_AFTER"), "3");
         assert_eq!(read("ADMEDIA_MAX_FINISHED_IN_MEMORY"), "500");
         assert_eq!(read("ADMEDIA_TIER_WEIGHTS"), "1,2,4,8");
+        let soak = settings_env(&plan(&["--scenario=soak", "--output-retention=3m"]));
+        let retention = value(&soak, "ADMEDIA_RETENTION").expect("ADMEDIA_RETENTION not passed");
+        let parsed: TierRetention = retention.parse().expect("the server reads it");
+        assert!(parsed
+            .0
+            .values()
+            .all(|d| *d == Some(Duration::from_secs(180))));
+        assert_eq!(
+            value(&soak, "ADMEDIA_OBJECT_SWEEP").map(parse_duration),
+            Some(Ok(Duration::from_secs(5)))
+        );
         // report.json shows the same text.
         let json = serde_json::to_value(&p).expect("the plan serializes");
         assert_eq!(json["max_wait"], read("ADMEDIA_MAX_WAIT"));
@@ -423,6 +449,8 @@ mod tests {
             "ADMEDIA_JOB_RETENTION",
             "ADMEDIA_MAX_FINISHED_IN_MEMORY",
             "ADMEDIA_GIFT_SWEEP",
+            "ADMEDIA_RETENTION",
+            "ADMEDIA_OBJECT_SWEEP",
         ] {
             assert_eq!(value(&env, name), None, "{name}");
         }

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::http::auth::AuthUser;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::{page_limit, AppState};
+use crate::materials::MaterialError;
 use crate::objects::Download;
 
 /// The licence of a downloaded output (ToS 6.3).
@@ -176,21 +177,44 @@ async fn own_output(
     user: admedia_actors::domain::ids::UserId,
     job: &str,
     index: &str,
-) -> Result<(JobId, u32), ApiError> {
+) -> Result<OwnOutput, ApiError> {
     let job: JobId = job.parse().map_err(|_| ApiError::not_found("job"))?;
     let (found, _) = state.orchestrator.job(user, job).await?;
     let index: u32 = index.parse().map_err(|_| ApiError::not_found("output"))?;
-    // An output the content checks withheld is kept for operators only: to
-    // its owner it does not exist, as in the job's view.
-    let withheld = found
+    let listed = found
         .result
         .as_ref()
-        .and_then(|r| r.outputs.get(index as usize))
-        .is_some_and(|o| o.withheld.is_some());
-    if withheld {
+        .and_then(|r| r.outputs.get(index as usize));
+    // An output the content checks withheld is kept for operators only: to
+    // its owner it does not exist, as in the job's view.
+    if listed.is_some_and(|o| o.withheld.is_some()) {
         return Err(ApiError::not_found("output"));
     }
-    Ok((job, index))
+    Ok(OwnOutput {
+        job,
+        index,
+        listed: listed.is_some(),
+    })
+}
+
+/// An output of the caller's job, and whether the job lists it.
+struct OwnOutput {
+    job: JobId,
+    index: u32,
+    listed: bool,
+}
+
+impl OwnOutput {
+    /// Its catalogue entry. The catalogue forgets an output once its bytes
+    /// are deleted; the job still lists it, so it is gone, not unknown.
+    async fn find(&self, state: &AppState) -> Result<StoredObject, ApiError> {
+        match state.materials.output(self.job, self.index).await {
+            Err(MaterialError::NotFound(_)) if self.listed => {
+                Err(MaterialError::Gone("output").into())
+            }
+            found => Ok(found?),
+        }
+    }
 }
 
 /// Output `n` (from 0) of one of the caller's jobs, with its licence in
@@ -204,8 +228,10 @@ pub async fn output(
     AuthUser(user): AuthUser,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, index) = own_output(&state, user.id, &path.0, &path.1).await?;
-    let found = state.materials.output(job, index).await?;
+    let found = own_output(&state, user.id, &path.0, &path.1)
+        .await?
+        .find(&state)
+        .await?;
     let license = match found.role {
         ObjectRole::Output { license, .. } => Some(license),
         ObjectRole::Material { .. } => None,
@@ -223,8 +249,11 @@ pub async fn delete_output(
     AuthUser(user): AuthUser,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, index) = own_output(&state, user.id, &path.0, &path.1).await?;
-    state.materials.delete_output(job, index).await?;
+    let found = own_output(&state, user.id, &path.0, &path.1)
+        .await?
+        .find(&state)
+        .await?;
+    state.materials.delete_output(&found).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -374,14 +374,26 @@ impl MaterialStore for PgMaterialStore {
 
     async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()> {
         let client = self.client().await?;
-        client
+        // An output's row goes (its job still lists it, so a read answers
+        // gone), or the table would keep a row for every output ever made;
+        // a material's stays as a tombstone, so its id answers gone.
+        let deleted = client
             .execute(
-                "UPDATE stored_objects SET purged_at = $2, gone_at = COALESCE(gone_at, $2) \
-                 WHERE key = $1 AND purged_at IS NULL",
-                &[&key, &now],
+                "DELETE FROM stored_objects WHERE key = $1 AND job_id IS NOT NULL",
+                &[&key],
             )
             .await
             .map_err(db)?;
+        if deleted == 0 {
+            client
+                .execute(
+                    "UPDATE stored_objects SET purged_at = $2, gone_at = COALESCE(gone_at, $2) \
+                     WHERE key = $1 AND purged_at IS NULL",
+                    &[&key, &now],
+                )
+                .await
+                .map_err(db)?;
+        }
         Ok(())
     }
 

@@ -133,9 +133,19 @@ fn sys_fail() -> AttemptOutcome {
     }
 }
 
-/// The ledger of every user replays to their wallet, and every hold of a
-/// finished job is resolved exactly once.
+/// The ledger of every user replays to their wallet, every hold of a
+/// finished job is resolved exactly once, and the jobs-by-state counts
+/// (which an adapter may keep as it writes rather than count) match the
+/// jobs themselves.
 pub async fn assert_books_balance(store: &Shared) {
+    let jobs = store.jobs_in_states(&JobState::ALL).await.expect("jobs");
+    let counted: Vec<(JobState, u64)> = JobState::ALL
+        .into_iter()
+        .map(|s| (s, jobs.iter().filter(|j| j.state == s).count() as u64))
+        .collect();
+    let mut kept = store.job_counts().await.expect("job counts").0;
+    kept.sort_by_key(|(s, _)| JobState::ALL.iter().position(|x| x == s));
+    assert_eq!(kept, counted, "the job counts disagree with the jobs");
     for (user, wallet, entries) in store.audit_ledgers().await.expect("audit") {
         let replayed = replay(&entries).unwrap_or_else(|e| panic!("user {user}: {e}"));
         assert_eq!(replayed, wallet, "user {user}: ledger and wallet disagree");

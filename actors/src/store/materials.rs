@@ -84,7 +84,10 @@ pub trait MaterialStore: Send + Sync + 'static {
         limit: usize,
     ) -> CatalogueResult<Vec<StoredObject>>;
 
-    /// The object's bytes are deleted: it is gone (if not yet) and purged.
+    /// The object's bytes are deleted: a material is gone (if not yet) and
+    /// purged, kept as a tombstone so its id answers gone; an output is
+    /// forgotten, since its job lists it (a read of it answers gone from
+    /// that) and a busy platform makes far more outputs than materials.
     async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()>;
 
     /// Closing or terminating an account: every live object of the user

@@ -7,7 +7,7 @@
 //! a write that finds the database other than the decision saw it fails
 //! the whole transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use admedia_actors::domain::ids::JobId;
 use admedia_actors::domain::job::{Job, JobState};
@@ -117,6 +117,9 @@ struct Rows {
     wh_at: Vec<DateTime<Utc>>,
     wh_next: Vec<DateTime<Utc>>,
     wh_endpoint: Vec<Option<Uuid>>,
+    // jobs by state: the net change, in state order
+    c_state: Vec<&'static str>,
+    c_delta: Vec<i64>,
 }
 
 fn int(v: u32, what: &str) -> StoreResult<i32> {
@@ -140,6 +143,28 @@ impl Rows {
         self.upd_worker.push(job.worker_id.map(|w| w.as_uuid()));
         self.upd_lease.push(job.lease.map(|l| l.as_uuid()));
         Ok(())
+    }
+
+    /// The net change of the jobs-by-state counts: each job leaves the
+    /// state it was read in (none when inserted) for the one it ends in.
+    fn count_states(&mut self, order: &[JobId], jobs: &HashMap<JobId, (Option<JobState>, &Job)>) {
+        let mut delta: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for id in order {
+            let (before, job) = jobs[id];
+            if before == Some(job.state) {
+                continue;
+            }
+            if let Some(before) = before {
+                *delta.entry(before.as_str()).or_default() -= 1;
+            }
+            *delta.entry(job.state.as_str()).or_default() += 1;
+        }
+        for (state, d) in delta {
+            if d != 0 {
+                self.c_state.push(state);
+                self.c_delta.push(d);
+            }
+        }
     }
 
     fn of(ws: &WriteSet) -> StoreResult<Rows> {
@@ -187,6 +212,7 @@ impl Rows {
                 Some(before) => r.job_update(before, job)?,
             }
         }
+        r.count_states(&order, &jobs);
         let mut last: HashMap<_, &AccountState> = HashMap::new();
         let mut users = Vec::new();
         for a in &ws.accounts {
@@ -353,6 +379,12 @@ const INSERT_EVENTS: &str = "INSERT INTO job_events (job_id, user_id, event, cre
 
 const INSERT_WEBHOOKS: &str = "INSERT INTO webhook_outbox (id, job_id, user_id, url, event_type, job, created_at, next_attempt_at, endpoint_id) \
      SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::uuid[])";
+
+// Last of a write's statements, so its row locks come after every job and
+// wallet lock, in state order (the input is sorted and inserted in order).
+const COUNT_STATES: &str = "INSERT INTO job_state_counts (state, shard, jobs) \
+     SELECT u.state, pg_backend_pid() % 16, u.delta FROM unnest($1::text[], $2::bigint[]) AS u(state, delta) ORDER BY u.state \
+     ON CONFLICT (state, shard) DO UPDATE SET jobs = job_state_counts.jobs + EXCLUDED.jobs";
 
 /// One statement of a write: run only when it has rows, and when
 /// `expect` is given it must change exactly that many.
@@ -533,6 +565,13 @@ pub(super) async fn write(tx: &Transaction<'_>, ws: &WriteSet) -> StoreResult<()
         r.wh_id.len(),
         None,
         "owe webhooks",
+    ));
+    steps.extend(statement(
+        COUNT_STATES,
+        vec![&r.c_state, &r.c_delta],
+        r.c_state.len(),
+        None,
+        "count jobs by state",
     ));
     // The scheduler on any node hears of waiting jobs at commit; a
     // notification's payload is bounded (8000 bytes), so ids go in chunks.

@@ -254,16 +254,27 @@ impl JobStore for PgStore {
 
     async fn job_counts(&self) -> StoreResult<JobCounts> {
         let client = self.client().await?;
+        // The writers' tally (see the `job_state_counts` migration): a few
+        // dozen rows, however many jobs there are.
         let rows = client
-            .query("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+            .query(
+                "SELECT state, sum(jobs)::bigint FROM job_state_counts GROUP BY state",
+                &[],
+            )
             .await
             .map_err(db)?;
         let mut counts: Vec<(JobState, u64)> = JobState::ALL.into_iter().map(|s| (s, 0)).collect();
         for r in rows {
             let s = state(r.get(0))?;
             let n: i64 = r.get(1);
+            let n = u64::try_from(n).map_err(|_| {
+                StoreError::Invariant(format!(
+                    "{n} jobs {}: the tally went below zero",
+                    s.as_str()
+                ))
+            })?;
             if let Some(c) = counts.iter_mut().find(|(st, _)| *st == s) {
-                c.1 = u64::try_from(n).unwrap_or(0);
+                c.1 = n;
             }
         }
         Ok(JobCounts(counts))

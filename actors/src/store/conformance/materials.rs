@@ -189,6 +189,58 @@ pub async fn expired_and_gone_objects_are_purged_once(store: SharedCatalogue) {
     let id = old.material_id().unwrap();
     let gone = store.material(user, id).await.unwrap().unwrap();
     assert!(!gone.is_live(now));
+
+    // A purged output is forgotten: its job lists it, and the catalogue
+    // does not keep a row for every output ever made. Purging it again,
+    // or purging a key never stored, changes nothing.
+    let job = JobId::generate();
+    let mut made = output(user, job, 0, 5);
+    made.expires_at = now.trunc_subsecs(6) - Duration::seconds(1);
+    store.add_outputs(vec![made.clone()]).await.unwrap();
+    let due = store.due_for_purge(now, 10).await.unwrap();
+    assert_eq!(due, vec![made.clone()]);
+    store.purged(&made.key, now).await.unwrap();
+    store.purged(&made.key, now).await.unwrap();
+    store.purged("outputs/never/stored", now).await.unwrap();
+    assert_eq!(store.output(job, 0).await.unwrap(), None);
+    assert!(store.outputs(job).await.unwrap().is_empty());
+    assert!(store.due_for_purge(now, 10).await.unwrap().is_empty());
+    assert_eq!(store.usage(user, now).await.unwrap().bytes, 1);
+}
+
+/// The sweep's batches: a limit smaller than what is due hands out the
+/// earliest due first, and what is purged is not handed out again.
+pub async fn purging_goes_earliest_due_first_in_batches(store: SharedCatalogue) {
+    let user = UserId::generate();
+    let now = now();
+    let mut made = Vec::new();
+    for n in 0..5 {
+        let mut o = output(user, JobId::generate(), 0, 1);
+        o.expires_at = now - Duration::seconds(10 - n);
+        made.push(o);
+    }
+    let mut live = output(user, JobId::generate(), 0, 1);
+    live.expires_at = now + Duration::days(1);
+    made.push(live.clone());
+    // Stored out of order.
+    made.reverse();
+    store.add_outputs(made.clone()).await.unwrap();
+    made.reverse();
+    let first = store.due_for_purge(now, 2).await.unwrap();
+    assert_eq!(first, made[..2].to_vec());
+    for o in &first {
+        store.purged(&o.key, now).await.unwrap();
+    }
+    let rest = store.due_for_purge(now, 10).await.unwrap();
+    assert_eq!(rest, made[2..5].to_vec());
+    assert_eq!(store.output(live_job(&live), 0).await.unwrap(), Some(live));
+}
+
+fn live_job(o: &StoredObject) -> JobId {
+    match o.role {
+        ObjectRole::Output { job_id, .. } => job_id,
+        ObjectRole::Material { .. } => panic!("an output was expected"),
+    }
 }
 
 pub async fn closing_an_account_expires_all_its_objects(store: SharedCatalogue) {
@@ -220,6 +272,7 @@ macro_rules! material_store_conformance_tests {
             listings_are_newest_first_and_live_only,
             outputs_are_recorded_once_by_index,
             expired_and_gone_objects_are_purged_once,
+            purging_goes_earliest_due_first_in_batches,
             closing_an_account_expires_all_its_objects,
         );
     };

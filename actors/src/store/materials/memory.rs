@@ -1,7 +1,7 @@
 //! The in-memory catalogue: the embedded default, and the reference the
 //! PostgreSQL adapter is checked against.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,29 +16,46 @@ struct Entry {
     purged: bool,
 }
 
-/// The entries in creation order (listings rely on it), with indexes so
-/// that the hot lookups (a completion's outputs, a user's quota) do not
-/// scan every object ever stored.
+/// When an entry's bytes are due for deletion: as soon as it is gone, or
+/// when it expires.
+fn due_at(o: &StoredObject) -> DateTime<Utc> {
+    o.gone_at.unwrap_or(o.expires_at).min(o.expires_at)
+}
+
+/// The entries by creation number (listings rely on the order), with
+/// indexes so that the hot lookups (a completion's outputs, a user's
+/// quota, the sweep's due objects) do not scan every object ever stored.
+/// A purged output is removed altogether (its job still lists it, which is
+/// how a read knows it is gone), so memory follows the live objects, not
+/// every output ever made; a purged material stays as a tombstone.
 #[derive(Default)]
 struct Catalogue {
-    entries: Vec<Entry>,
-    by_key: HashMap<String, usize>,
-    by_output: BTreeMap<(JobId, u32), usize>,
-    by_user: HashMap<UserId, Vec<usize>>,
+    next: u64,
+    entries: BTreeMap<u64, Entry>,
+    by_key: HashMap<String, u64>,
+    by_output: BTreeMap<(JobId, u32), u64>,
+    by_user: HashMap<UserId, BTreeSet<u64>>,
+    /// Entries not purged yet, by when they are due.
+    due: BTreeSet<(DateTime<Utc>, u64)>,
 }
 
 impl Catalogue {
     fn push(&mut self, object: StoredObject) {
-        let at = self.entries.len();
+        self.next += 1;
+        let at = self.next;
         self.by_key.insert(object.key.clone(), at);
         if let ObjectRole::Output { job_id, index, .. } = object.role {
             self.by_output.insert((job_id, index), at);
         }
-        self.by_user.entry(object.user_id).or_default().push(at);
-        self.entries.push(Entry {
-            object,
-            purged: false,
-        });
+        self.by_user.entry(object.user_id).or_default().insert(at);
+        self.due.insert((due_at(&object), at));
+        self.entries.insert(
+            at,
+            Entry {
+                object,
+                purged: false,
+            },
+        );
     }
 
     /// The user's entries, oldest first.
@@ -47,12 +64,45 @@ impl Catalogue {
             .get(&user)
             .into_iter()
             .flatten()
-            .filter_map(|&i| self.entries.get(i))
+            .filter_map(|at| self.entries.get(at))
     }
 
-    fn by_key_mut(&mut self, key: &str) -> Option<&mut Entry> {
-        let at = *self.by_key.get(key)?;
-        self.entries.get_mut(at)
+    /// Changes entry `at` with `change`, keeping the due index in step.
+    fn update(&mut self, at: u64, change: impl FnOnce(&mut StoredObject)) -> Option<&StoredObject> {
+        let e = self.entries.get_mut(&at)?;
+        let before = due_at(&e.object);
+        change(&mut e.object);
+        if !e.purged {
+            self.due.remove(&(before, at));
+            self.due.insert((due_at(&e.object), at));
+        }
+        Some(&e.object)
+    }
+
+    /// The bytes of entry `at` are deleted.
+    fn purge(&mut self, at: u64, now: DateTime<Utc>) {
+        let Some(e) = self.entries.get_mut(&at) else {
+            return;
+        };
+        if e.purged {
+            return;
+        }
+        self.due.remove(&(due_at(&e.object), at));
+        e.purged = true;
+        e.object.gone_at.get_or_insert(now);
+        if let ObjectRole::Output { job_id, index, .. } = e.object.role {
+            let user = e.object.user_id;
+            let key = e.object.key.clone();
+            self.entries.remove(&at);
+            self.by_key.remove(&key);
+            self.by_output.remove(&(job_id, index));
+            if let Some(mine) = self.by_user.get_mut(&user) {
+                mine.remove(&at);
+                if mine.is_empty() {
+                    self.by_user.remove(&user);
+                }
+            }
+        }
     }
 }
 
@@ -157,7 +207,7 @@ impl MaterialStore for MemoryMaterialStore {
         let c = self.catalogue.lock();
         Ok(c.by_output
             .get(&(job, index))
-            .and_then(|&at| c.entries.get(at))
+            .and_then(|at| c.entries.get(at))
             .map(|e| e.object.clone()))
     }
 
@@ -166,7 +216,7 @@ impl MaterialStore for MemoryMaterialStore {
         // Keyed by (job, index): in index order.
         Ok(c.by_output
             .range((job, 0)..=(job, u32::MAX))
-            .filter_map(|(_, &at)| c.entries.get(at))
+            .filter_map(|(_, at)| c.entries.get(at))
             .map(|e| e.object.clone())
             .collect())
     }
@@ -177,11 +227,13 @@ impl MaterialStore for MemoryMaterialStore {
         now: DateTime<Utc>,
     ) -> CatalogueResult<Option<StoredObject>> {
         let mut c = self.catalogue.lock();
-        let Some(e) = c.by_key_mut(key).filter(|e| e.object.is_live(now)) else {
+        let Some(at) = c.by_key.get(key).copied() else {
             return Ok(None);
         };
-        e.object.gone_at = Some(now);
-        Ok(Some(e.object.clone()))
+        if !c.entries.get(&at).is_some_and(|e| e.object.is_live(now)) {
+            return Ok(None);
+        }
+        Ok(c.update(at, |o| o.gone_at = Some(now)).cloned())
     }
 
     async fn usage(&self, user: UserId, now: DateTime<Utc>) -> CatalogueResult<StorageUsage> {
@@ -193,23 +245,22 @@ impl MaterialStore for MemoryMaterialStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> CatalogueResult<Vec<StoredObject>> {
-        let mut due: Vec<StoredObject> = self
-            .catalogue
-            .lock()
-            .entries
-            .iter()
+        let c = self.catalogue.lock();
+        let due = c
+            .due
+            .range(..=(now, u64::MAX))
+            .filter_map(|(_, at)| c.entries.get(at))
             .filter(|e| !e.purged && !e.object.is_live(now))
+            .take(limit)
             .map(|e| e.object.clone())
             .collect();
-        due.sort_by_key(|o| o.gone_at.unwrap_or(o.expires_at).min(o.expires_at));
-        due.truncate(limit);
         Ok(due)
     }
 
     async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()> {
-        if let Some(e) = self.catalogue.lock().by_key_mut(key) {
-            e.purged = true;
-            e.object.gone_at.get_or_insert(now);
+        let mut c = self.catalogue.lock();
+        if let Some(at) = c.by_key.get(key).copied() {
+            c.purge(at, now);
         }
         Ok(())
     }
@@ -221,8 +272,8 @@ impl MaterialStore for MemoryMaterialStore {
         };
         let mut n = 0;
         for at in mine {
-            if let Some(e) = c.entries.get_mut(at).filter(|e| e.object.is_live(now)) {
-                e.object.expires_at = now;
+            if c.entries.get(&at).is_some_and(|e| e.object.is_live(now)) {
+                c.update(at, |o| o.expires_at = now);
                 n += 1;
             }
         }
