@@ -110,19 +110,8 @@ pub async fn submit_one(
         }
     };
     let job = &submission.job;
-    let position = if submission.replayed {
-        None
-    } else {
-        state
-            .orchestrator
-            .store()
-            .queue_position(job.id)
-            .await
-            .ok()
-            .flatten()
-    };
     Ok(Accepted {
-        job: JobView::of(job, position),
+        job: JobView::of(job, submission.position),
         replayed: submission.replayed,
     })
 }

@@ -24,7 +24,7 @@ use admedia_actors::domain::wallet::{Credits, Wallet};
 use admedia_actors::store::decide::{self, money};
 use admedia_actors::store::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 use admedia_actors::store::prelude::*;
-use admedia_actors::store::writeset::{AccountState, WebhookDelivery};
+use admedia_actors::store::writeset::{AccountState, Waiting, WebhookDelivery};
 use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
     JobFilter, Leader, NewJob, Settlement, StoreError, StoreResult, Submission,

@@ -154,13 +154,17 @@ impl Draft {
             let account = account.ok_or_else(|| {
                 StoreError::Invariant(format!("job {} changes the waiting count unseen", job.id))
             })?;
-            account.waiting = if waits {
-                account.waiting.saturating_add(1)
+            let priority = job.spec.priority;
+            if waits {
+                account.waiting.add(priority);
             } else {
-                account.waiting.checked_sub(1).ok_or_else(|| {
-                    StoreError::Invariant(format!("waiting count of {} below zero", account.user))
-                })?
-            };
+                account.waiting.remove(priority).ok_or_else(|| {
+                    StoreError::Invariant(format!(
+                        "waiting count of {} at priority {priority} below zero",
+                        account.user
+                    ))
+                })?;
+            }
         }
         self.ws.events.push(JobEvent::state_at(job, at));
         self.ws.webhooks.extend(WebhookDelivery::for_state(job, at));
@@ -294,13 +298,14 @@ pub fn submit(
                 job: first.clone(),
                 wallet: account.wallet,
                 replayed: true,
+                position: None,
             },
         ));
     }
     if account.status != AccountStatus::Active {
         return Err(StoreError::AccountInactive(account.status));
     }
-    if account.waiting >= new.max_waiting {
+    if account.waiting.total() >= new.max_waiting {
         return Err(StoreError::QueueLimit {
             limit: new.max_waiting,
         });
@@ -336,12 +341,14 @@ pub fn submit(
         });
     }
     let wallet = account.wallet;
+    let position = Some(account.waiting.position_of_newest(job.spec.priority));
     Ok((
         draft.done(&[&account]),
         Submission {
             job,
             wallet,
             replayed: false,
+            position,
         },
     ))
 }
@@ -883,16 +890,17 @@ impl Overlay {
 mod tests {
     use super::*;
     use crate::domain::ids::LeaseToken;
-    use crate::domain::job::{JobKind, JobParams, JobSpec};
+    use crate::domain::job::{JobKind, JobParams, JobSpec, Priority};
     use crate::domain::tier::Tier;
     use crate::domain::wallet::Wallet;
+    use crate::store::writeset::Waiting;
 
     fn account(balance: i64) -> AccountState {
         AccountState {
             user: UserId::generate(),
             status: AccountStatus::Active,
             wallet: Wallet::new(Credits::new(balance).unwrap(), Credits::ZERO).unwrap(),
-            waiting: 0,
+            waiting: Waiting::default(),
         }
     }
 
@@ -931,7 +939,8 @@ mod tests {
         let acc = account(10);
         let (ws, sub) = submit(acc, &new_job(acc.user, 3), 1, None).unwrap();
         ws.check_entries_chain(&[acc]).unwrap();
-        assert_eq!(ws.accounts[0].waiting, 1);
+        assert_eq!(ws.accounts[0].waiting.total(), 1);
+        assert_eq!(sub.position, Some(1));
         assert_eq!(sub.wallet.available().get(), 7);
         assert_eq!(ws.waiting, vec![sub.job.id]);
         let acc = ws.accounts[0];
@@ -947,7 +956,7 @@ mod tests {
             Err(StoreError::Deposed { current: 2 })
         ));
         let (ws, job) = assign(acc, &sub.job, attempt, w, 2, 2, now).unwrap();
-        assert_eq!(ws.accounts[0].waiting, 0);
+        assert_eq!(ws.accounts[0].waiting.total(), 0);
         let acc = ws.accounts[0];
         let (ws, job) = start(&job, attempt, now).unwrap();
         assert_eq!(ws.webhooks.len(), 1, "the start is announced by webhook");
@@ -976,6 +985,31 @@ mod tests {
         ));
     }
 
+    /// A submission answers its queue position from the counts it holds:
+    /// every waiting job of its priority or higher is ahead of it.
+    #[test]
+    fn a_submission_knows_its_place_by_priority() {
+        let mut acc = account(100);
+        acc.waiting = Waiting::from_counts(6, 2, 1).unwrap();
+        let mut high = new_job(acc.user, 1);
+        high.spec.priority = Priority::High;
+        let (_, sub) = submit(acc, &high, 1, None).unwrap();
+        assert_eq!(sub.position, Some(2));
+        let (ws, sub) = submit(acc, &new_job(acc.user, 1), 2, None).unwrap();
+        assert_eq!(sub.position, Some(5), "one high and three normal then this");
+        assert_eq!(ws.accounts[0].waiting.of(Priority::Normal), 4);
+        let mut low = new_job(acc.user, 1);
+        low.spec.priority = Priority::Low;
+        let (_, sub) = submit(acc, &low, 3, None).unwrap();
+        assert_eq!(sub.position, Some(7));
+        // Counts that cannot be (more at the ends than in all) are refused
+        // where they are read.
+        assert_eq!(Waiting::from_counts(2, 2, 1), None);
+        // A job leaving a priority nobody waits at is a broken count.
+        let mut none = Waiting::default();
+        assert_eq!(none.remove(Priority::High), None);
+    }
+
     #[test]
     fn refusals_write_nothing() {
         let acc = account(2);
@@ -984,7 +1018,7 @@ mod tests {
             Err(StoreError::InsufficientCredits { .. })
         ));
         let mut full = acc;
-        full.waiting = 10;
+        full.waiting = Waiting::from_counts(10, 0, 0).unwrap();
         assert!(matches!(
             submit(full, &new_job(acc.user, 1), 1, None),
             Err(StoreError::QueueLimit { limit: 10 })

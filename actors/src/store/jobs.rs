@@ -64,6 +64,9 @@ pub struct Submission {
     pub job: Job,
     pub wallet: Wallet,
     pub replayed: bool,
+    /// The new job's queue position among its owner's waiting jobs, as of
+    /// the commit (none on a replay: the job may have moved on since).
+    pub position: Option<u32>,
 }
 
 /// Names one attempt of one job: the fencing for every later transition.

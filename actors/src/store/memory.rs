@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::decide;
 use super::outbox::{self, DeliveryReport, OutboxFeed, PendingWebhook};
-use super::writeset::{AccountState, AttemptWrite, HoldWrite, WebhookDelivery, WriteSet};
+use super::writeset::{AccountState, AttemptWrite, HoldWrite, Waiting, WebhookDelivery, WriteSet};
 use super::*;
 use crate::domain::account::{AccountStatus, KeyHash, NewUser, User};
 use crate::domain::api_keys::ApiKeyRecord;
@@ -146,6 +146,8 @@ struct Account {
     /// The user's queued jobs in the order the scheduler takes them
     /// (priority, then seq): waiting limit, queue position.
     queued: BTreeSet<(Reverse<Priority>, u64)>,
+    /// `queued` counted by priority, kept in step with it.
+    waiting: Waiting,
 }
 
 impl State {
@@ -170,7 +172,7 @@ impl State {
             user,
             status,
             wallet: account.wallet,
-            waiting: u32::try_from(account.queued.len()).unwrap_or(u32::MAX),
+            waiting: account.waiting,
         })
     }
 
@@ -362,9 +364,13 @@ impl State {
     fn put_job(&mut self, before: Option<JobState>, job: Job) -> StoreResult<()> {
         let account = self.account(job.user_id)?;
         if job.state == JobState::Queued {
-            account.queued.insert(in_line(&job));
-        } else {
-            account.queued.remove(&in_line(&job));
+            if account.queued.insert(in_line(&job)) {
+                account.waiting.add(job.spec.priority);
+            }
+        } else if account.queued.remove(&in_line(&job)) {
+            account.waiting.remove(job.spec.priority).ok_or_else(|| {
+                StoreError::Invariant(format!("waiting count of {} below zero", job.user_id))
+            })?;
         }
         if let Some(before) = before {
             if before.is_terminal() {

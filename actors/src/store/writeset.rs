@@ -16,7 +16,9 @@ use crate::domain::account::AccountStatus;
 use crate::domain::endpoints::{EventType, WebhookEndpoint};
 use crate::domain::events::JobEvent;
 use crate::domain::ids::{JobId, LeaseToken, UserId, WebhookEndpointId, WorkerId};
-use crate::domain::job::{AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobState, RequestHash};
+use crate::domain::job::{
+    AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobState, Priority, RequestHash,
+};
 use crate::domain::ledger::{EntryKind, GrantSource};
 use crate::domain::wallet::{Credits, Wallet};
 
@@ -27,8 +29,67 @@ pub struct AccountState {
     pub user: UserId,
     pub status: AccountStatus,
     pub wallet: Wallet,
-    /// The user's jobs in state `queued`.
-    pub waiting: u32,
+    /// The user's jobs in state `queued`, by priority.
+    pub waiting: Waiting,
+}
+
+/// How many of a user's jobs wait, by priority: the waiting limit counts
+/// them all, and a new job's queue position is the number at its priority
+/// and above, so a submission answers its position without counting rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// Indexed as [`Priority::ALL`].
+    by_priority: [u32; 3],
+}
+
+impl Waiting {
+    fn slot(priority: Priority) -> usize {
+        match priority {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+        }
+    }
+
+    /// Counts as stored: the total and the two ends (normal is the rest).
+    pub fn from_counts(total: u32, low: u32, high: u32) -> Option<Waiting> {
+        let normal = total.checked_sub(low)?.checked_sub(high)?;
+        Some(Waiting {
+            by_priority: [low, normal, high],
+        })
+    }
+
+    pub fn total(&self) -> u32 {
+        self.by_priority
+            .iter()
+            .fold(0u32, |a, n| a.saturating_add(*n))
+    }
+
+    pub fn of(&self, priority: Priority) -> u32 {
+        self.by_priority[Self::slot(priority)]
+    }
+
+    pub fn add(&mut self, priority: Priority) {
+        let n = &mut self.by_priority[Self::slot(priority)];
+        *n = n.saturating_add(1);
+    }
+
+    /// `None` when none of that priority waits: a broken count.
+    pub fn remove(&mut self, priority: Priority) -> Option<()> {
+        let n = &mut self.by_priority[Self::slot(priority)];
+        *n = n.checked_sub(1)?;
+        Some(())
+    }
+
+    /// The queue position (from 1) of the newest waiting job of
+    /// `priority`: every waiting job of its priority or higher is ahead of
+    /// it or is it, since jobs of one priority go in submission order.
+    pub fn position_of_newest(&self, priority: Priority) -> u32 {
+        Priority::ALL
+            .into_iter()
+            .filter(|p| *p >= priority)
+            .fold(0u32, |a, p| a.saturating_add(self.of(p)))
+    }
 }
 
 /// A ledger entry to append; the adapter gives it its id, in order.

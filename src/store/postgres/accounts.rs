@@ -121,7 +121,7 @@ impl AccountStore for PgStore {
             user: id,
             status: AccountStatus::Active,
             wallet: Wallet::default(),
-            waiting: 0,
+            waiting: Waiting::default(),
         };
         let (ws, account) = decide::registration(fresh, reward, now)?;
         apply::write(&tx, &ws).await?;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use admedia_actors::domain::ids::JobId;
-use admedia_actors::domain::job::{Job, JobState};
+use admedia_actors::domain::job::{Job, JobState, Priority};
 use admedia_actors::store::writeset::{AccountState, AttemptWrite, HoldWrite, WriteSet};
 use admedia_actors::store::{StoreError, StoreResult};
 use chrono::{DateTime, Utc};
@@ -63,6 +63,8 @@ struct Rows {
     w_balance: Vec<i64>,
     w_held: Vec<i64>,
     w_waiting: Vec<i32>,
+    w_low: Vec<i32>,
+    w_high: Vec<i32>,
     // ledger
     e_user: Vec<Uuid>,
     e_kind: Vec<&'static str>,
@@ -225,7 +227,11 @@ impl Rows {
             r.w_user.push(a.user.as_uuid());
             r.w_balance.push(a.wallet.balance.get());
             r.w_held.push(a.wallet.held.get());
-            r.w_waiting.push(int(a.waiting, "waiting count")?);
+            r.w_waiting.push(int(a.waiting.total(), "waiting count")?);
+            r.w_low
+                .push(int(a.waiting.of(Priority::Low), "waiting count")?);
+            r.w_high
+                .push(int(a.waiting.of(Priority::High), "waiting count")?);
         }
         for e in &ws.entries {
             r.e_user.push(e.user.as_uuid());
@@ -342,8 +348,9 @@ const UPDATE_JOBS: &str = "UPDATE jobs SET state = u.state, attempts = u.attempt
      AS u(id, before, state, attempts, charge, started_at, finished_at, retry_at, error, result, worker_id, lease) \
      WHERE jobs.id = u.id AND jobs.state = u.before";
 
-const UPDATE_WALLETS: &str = "UPDATE wallets SET balance = u.balance, held = u.held, waiting = u.waiting \
-     FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[]) AS u(user_id, balance, held, waiting) \
+const UPDATE_WALLETS: &str = "UPDATE wallets SET balance = u.balance, held = u.held, waiting = u.waiting, \
+     waiting_low = u.low, waiting_high = u.high \
+     FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[], $5::int[], $6::int[]) AS u(user_id, balance, held, waiting, low, high) \
      WHERE wallets.user_id = u.user_id";
 
 // Ordinality keeps the booking order in the ids the sequence hands out.
@@ -463,7 +470,14 @@ pub(super) async fn write(tx: &Transaction<'_>, ws: &WriteSet) -> StoreResult<()
     ));
     steps.extend(statement(
         UPDATE_WALLETS,
-        vec![&r.w_user, &r.w_balance, &r.w_held, &r.w_waiting],
+        vec![
+            &r.w_user,
+            &r.w_balance,
+            &r.w_held,
+            &r.w_waiting,
+            &r.w_low,
+            &r.w_high,
+        ],
         r.w_user.len(),
         Some(r.w_user.len()),
         "update wallets",

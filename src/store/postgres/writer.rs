@@ -22,7 +22,7 @@ use admedia_actors::domain::ledger::{Grant, GrantTerms};
 use admedia_actors::domain::wallet::Wallet;
 use admedia_actors::store::decide::{self, money, Overlay};
 use admedia_actors::store::outbox::OutboxFeed;
-use admedia_actors::store::writeset::{AccountState, WriteSet};
+use admedia_actors::store::writeset::{AccountState, Waiting, WriteSet};
 use admedia_actors::store::{
     AttemptRef, Cancellation, GrantOutcome, NewJob, Settlement, StoreError, StoreResult, Submission,
 };
@@ -275,11 +275,21 @@ async fn run(pool: &Pool, feed: &OutboxFeed, ops: Vec<Op>) {
 }
 
 fn account_row(r: &Row) -> StoreResult<AccountState> {
-    let waiting: i32 = r.get(3);
+    let count = |i: usize| -> StoreResult<u32> {
+        let n: i32 = r.get(i);
+        u32::try_from(n).map_err(|_| corrupt("waiting", &n.to_string()))
+    };
+    let (total, low, high) = (count(3)?, count(5)?, count(6)?);
+    let waiting = Waiting::from_counts(total, low, high).ok_or_else(|| {
+        corrupt(
+            "waiting",
+            &format!("{total} with {low} low and {high} high"),
+        )
+    })?;
     Ok(AccountState {
         user: UserId::from_uuid(r.get(0)),
         wallet: Wallet::new(credits(r.get(1))?, credits(r.get(2))?).map_err(money)?,
-        waiting: u32::try_from(waiting).map_err(|_| corrupt("waiting", &waiting.to_string()))?,
+        waiting,
         status: status(r.get(4))?,
     })
 }
@@ -290,7 +300,7 @@ fn account_row(r: &Row) -> StoreResult<AccountState> {
 /// or waits for this transaction, so a suspension cannot slip between a
 /// submission's check and its commit.
 pub(super) const LOCK_ACCOUNTS: &str =
-    "SELECT w.user_id, w.balance, w.held, w.waiting, u.status FROM wallets w JOIN users u ON u.id = w.user_id \
+    "SELECT w.user_id, w.balance, w.held, w.waiting, u.status, w.waiting_low, w.waiting_high FROM wallets w JOIN users u ON u.id = w.user_id \
      WHERE w.user_id = ANY($1) ORDER BY w.user_id FOR UPDATE OF w FOR SHARE OF u";
 
 pub(super) async fn lock_accounts(

@@ -892,11 +892,22 @@ pub async fn priority_is_stored_and_orders_the_queue_position(store: Shared) {
         .expect("spec");
         job
     };
-    let plain = store.submit_job(new_job(user.id, 1)).await.unwrap().job;
-    assert_eq!(plain.spec.priority, Priority::Normal);
-    let low = store.submit_job(with("low")).await.unwrap().job;
-    let high = store.submit_job(with("high")).await.unwrap().job;
-    let normal = store.submit_job(with("normal")).await.unwrap().job;
+    // Each submission answers its place in its owner's line at commit.
+    let submit = |job: NewJob| {
+        let store = store.clone();
+        async move {
+            let s = store.submit_job(job).await.unwrap();
+            (s.job, s.position)
+        }
+    };
+    let (plain, at) = submit(new_job(user.id, 1)).await;
+    assert_eq!((plain.spec.priority, at), (Priority::Normal, Some(1)));
+    let (low, at) = submit(with("low")).await;
+    assert_eq!(at, Some(2));
+    let (high, at) = submit(with("high")).await;
+    assert_eq!(at, Some(1));
+    let (normal, at) = submit(with("normal")).await;
+    assert_eq!(at, Some(3));
     for (job, priority) in [
         (&plain, Priority::Normal),
         (&low, Priority::Low),
@@ -939,5 +950,14 @@ pub async fn priority_is_stored_and_orders_the_queue_position(store: Shared) {
         .unwrap();
     assert_eq!(position(plain.id).await, Some(1));
     assert_eq!(position(low.id).await, Some(3));
+    // The counts followed the cancel and the assignment: a new job's
+    // answer matches its place counted row by row.
+    assign(&store, &plain).await;
+    let (late_high, at) = submit(with("high")).await;
+    assert_eq!(at, Some(1));
+    let (late, at) = submit(new_job(user.id, 1)).await;
+    assert_eq!(at, Some(3), "a high one and the normal one are ahead");
+    assert_eq!(position(late.id).await, at);
+    assert_eq!(position(late_high.id).await, Some(1));
     assert_books_balance(&store).await;
 }

@@ -125,7 +125,7 @@ impl AccountStore for MemoryStore {
             user: user.id,
             status: user.status,
             wallet: Wallet::default(),
-            waiting: 0,
+            waiting: Waiting::default(),
         };
         let (ws, account) = decide::registration(fresh, reward, now)?;
         s.emails.insert(new.email.canonical().to_owned(), user.id);
