@@ -251,7 +251,11 @@ impl Materials {
             return Err(MaterialError::Gone("object"));
         }
         match self.objects.delete(&object.key).await {
-            Ok(()) => self.catalogue.purged(&object.key, now).await?,
+            Ok(()) => {
+                self.catalogue
+                    .purged(std::slice::from_ref(&object.key), now)
+                    .await?
+            }
             Err(e) => {
                 tracing::warn!(key = %object.key, error = %e, "object left for the sweep to delete")
             }
@@ -345,18 +349,17 @@ impl Materials {
             let now = Utc::now();
             let due = self.catalogue.due_for_purge(now, batch).await?;
             let full = due.len() >= batch;
-            let mut this_batch = 0;
+            let mut deleted = Vec::with_capacity(due.len());
             for object in due {
                 match self.objects.delete(&object.key).await {
-                    Ok(()) => {
-                        self.catalogue.purged(&object.key, now).await?;
-                        this_batch += 1;
-                    }
+                    Ok(()) => deleted.push(object.key),
                     Err(e) => {
                         tracing::warn!(key = %object.key, error = %e, "could not purge; later")
                     }
                 }
             }
+            self.catalogue.purged(&deleted, now).await?;
+            let this_batch = deleted.len();
             purged += this_batch;
             if !full || this_batch < batch {
                 return Ok(purged);

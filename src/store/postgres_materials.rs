@@ -372,28 +372,29 @@ impl MaterialStore for PgMaterialStore {
         rows.iter().map(object).collect()
     }
 
-    async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()> {
-        let client = self.client().await?;
+    async fn purged(&self, keys: &[String], now: DateTime<Utc>) -> CatalogueResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
         // An output's row goes (its job still lists it, so a read answers
         // gone), or the table would keep a row for every output ever made;
         // a material's stays as a tombstone, so its id answers gone.
-        let deleted = client
-            .execute(
-                "DELETE FROM stored_objects WHERE key = $1 AND job_id IS NOT NULL",
-                &[&key],
-            )
-            .await
-            .map_err(db)?;
-        if deleted == 0 {
-            client
-                .execute(
-                    "UPDATE stored_objects SET purged_at = $2, gone_at = COALESCE(gone_at, $2) \
-                     WHERE key = $1 AND purged_at IS NULL",
-                    &[&key, &now],
-                )
-                .await
-                .map_err(db)?;
-        }
+        tx.execute(
+            "DELETE FROM stored_objects WHERE key = ANY($1) AND job_id IS NOT NULL",
+            &[&keys],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE stored_objects SET purged_at = $2, gone_at = COALESCE(gone_at, $2) \
+             WHERE key = ANY($1) AND purged_at IS NULL",
+            &[&keys, &now],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 

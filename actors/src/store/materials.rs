@@ -88,7 +88,10 @@ pub trait MaterialStore: Send + Sync + 'static {
     /// purged, kept as a tombstone so its id answers gone; an output is
     /// forgotten, since its job lists it (a read of it answers gone from
     /// that) and a busy platform makes far more outputs than materials.
-    async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()>;
+    /// Takes the keys of a whole batch at once: one write (on PostgreSQL
+    /// one commit) per batch, not per object. Keys not stored, or purged
+    /// already, change nothing.
+    async fn purged(&self, keys: &[String], now: DateTime<Utc>) -> CatalogueResult<()>;
 
     /// Closing or terminating an account: every live object of the user
     /// expires now, so the next sweep deletes them. Returns how many.

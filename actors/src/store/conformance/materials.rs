@@ -182,9 +182,7 @@ pub async fn expired_and_gone_objects_are_purged_once(store: SharedCatalogue) {
     let mut expected = vec![old.key.clone(), deleted.key.clone()];
     expected.sort();
     assert_eq!(due, expected);
-    for key in &due {
-        store.purged(key, now).await.unwrap();
-    }
+    store.purged(&due, now).await.unwrap();
     assert!(store.due_for_purge(now, 10).await.unwrap().is_empty());
     let id = old.material_id().unwrap();
     let gone = store.material(user, id).await.unwrap().unwrap();
@@ -199,9 +197,13 @@ pub async fn expired_and_gone_objects_are_purged_once(store: SharedCatalogue) {
     store.add_outputs(vec![made.clone()]).await.unwrap();
     let due = store.due_for_purge(now, 10).await.unwrap();
     assert_eq!(due, vec![made.clone()]);
-    store.purged(&made.key, now).await.unwrap();
-    store.purged(&made.key, now).await.unwrap();
-    store.purged("outputs/never/stored", now).await.unwrap();
+    store.purged(&[made.key.clone()], now).await.unwrap();
+    store.purged(&[made.key.clone()], now).await.unwrap();
+    store
+        .purged(&["outputs/never/stored".to_owned()], now)
+        .await
+        .unwrap();
+    store.purged(&[], now).await.unwrap();
     assert_eq!(store.output(job, 0).await.unwrap(), None);
     assert!(store.outputs(job).await.unwrap().is_empty());
     assert!(store.due_for_purge(now, 10).await.unwrap().is_empty());
@@ -228,9 +230,8 @@ pub async fn purging_goes_earliest_due_first_in_batches(store: SharedCatalogue) 
     made.reverse();
     let first = store.due_for_purge(now, 2).await.unwrap();
     assert_eq!(first, made[..2].to_vec());
-    for o in &first {
-        store.purged(&o.key, now).await.unwrap();
-    }
+    let keys: Vec<String> = first.iter().map(|o| o.key.clone()).collect();
+    store.purged(&keys, now).await.unwrap();
     let rest = store.due_for_purge(now, 10).await.unwrap();
     assert_eq!(rest, made[2..5].to_vec());
     assert_eq!(store.output(live_job(&live), 0).await.unwrap(), Some(live));

@@ -257,10 +257,12 @@ impl MaterialStore for MemoryMaterialStore {
         Ok(due)
     }
 
-    async fn purged(&self, key: &str, now: DateTime<Utc>) -> CatalogueResult<()> {
+    async fn purged(&self, keys: &[String], now: DateTime<Utc>) -> CatalogueResult<()> {
         let mut c = self.catalogue.lock();
-        if let Some(at) = c.by_key.get(key).copied() {
-            c.purge(at, now);
+        for key in keys {
+            if let Some(at) = c.by_key.get(key).copied() {
+                c.purge(at, now);
+            }
         }
         Ok(())
     }
