@@ -24,6 +24,7 @@ use std::time::Duration;
 use admedia_actors::store::outbox::{DeliveryReport, PendingWebhook};
 use admedia_actors::store::writeset::WebhookDelivery;
 use admedia_actors::store::Store;
+use admedia_process::tls::{self, Trust};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -170,7 +171,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, DeliveryError> {
     static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
     CONFIG
-        .get_or_init(crate::tls::client_config)
+        .get_or_init(|| tls::client_config(Trust::SystemRoots))
         .clone()
         .map_err(DeliveryError::Send)
 }
