@@ -206,7 +206,7 @@ impl Webhooks {
 
     /// Tries one owed delivery once and records how it went: delivered,
     /// retried later with exponential backoff, or given up after
-    /// [`MAX_DELIVERIES`].
+    /// `MAX_DELIVERIES` tries.
     pub async fn deliver(&self, owed: PendingWebhook) {
         let d = &owed.delivery;
         let outcome = self.deliver_event(d).await;
