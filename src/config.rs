@@ -16,7 +16,8 @@ use admedia_actors::domain::pricing::PriceTable;
 use admedia_actors::domain::tier::{PerTier, Tier, TierTable};
 use admedia_actors::domain::wallet::Credits;
 use admedia_actors::OrchestratorConfig;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use admedia_process::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -42,12 +43,6 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 #[derive(Args, Debug, Clone)]

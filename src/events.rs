@@ -9,6 +9,7 @@
 //! so a lost event can delay a stream but never leave it hanging.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,21 +30,67 @@ const PER_JOB_BUFFER: usize = 64;
 const PER_USER_BUFFER: usize = 256;
 
 pub struct EventHub {
-    local: Mutex<HashMap<JobId, broadcast::Sender<JobEvent>>>,
+    /// Watchers of one job (`GET /v1/jobs/{id}/events`).
+    jobs: Channels<JobId>,
     /// Watchers of all of one user's jobs (`GET /v1/events`).
-    users: Mutex<HashMap<UserId, broadcast::Sender<JobEvent>>>,
+    users: Channels<UserId>,
     redis: Option<mpsc::UnboundedSender<JobEvent>>,
 }
 
-/// A watcher of every job of one user; unregisters the user when the last
-/// one goes.
-pub struct UserSubscription {
-    rx: Option<broadcast::Receiver<JobEvent>>,
-    hub: Arc<EventHub>,
-    user: UserId,
+/// A broadcast channel for each job (or user) being watched: made for its
+/// first watcher, dropped with its last.
+struct Channels<K> {
+    by_key: Mutex<HashMap<K, broadcast::Sender<JobEvent>>>,
+    /// Events buffered per channel before a slow watcher starts skipping.
+    buffer: usize,
 }
 
-impl UserSubscription {
+impl<K: Copy + Eq + Hash> Channels<K> {
+    fn new(buffer: usize) -> Channels<K> {
+        Channels {
+            by_key: Mutex::new(HashMap::new()),
+            buffer,
+        }
+    }
+
+    fn receiver(&self, key: K) -> broadcast::Receiver<JobEvent> {
+        self.by_key
+            .lock()
+            .entry(key)
+            .or_insert_with(|| broadcast::channel(self.buffer).0)
+            .subscribe()
+    }
+
+    fn send(&self, key: &K, event: &JobEvent) {
+        if let Some(tx) = self.by_key.lock().get(key) {
+            let _ = tx.send(event.clone());
+        }
+    }
+
+    /// Forgets `key`'s channel once no one watches it.
+    fn release(&self, key: &K) {
+        let mut by_key = self.by_key.lock();
+        if by_key.get(key).is_some_and(|tx| tx.receiver_count() == 0) {
+            by_key.remove(key);
+        }
+    }
+}
+
+/// A watcher's receiver of one job's events (or, as [`UserSubscription`],
+/// of every job of one user); unregisters the job (the user) when the last
+/// one goes. It holds the hub, so the hub (with its Redis loops) lives as
+/// long as anyone watches.
+pub struct Subscription<K: Copy + Eq + Hash = JobId> {
+    rx: Option<broadcast::Receiver<JobEvent>>,
+    hub: Arc<EventHub>,
+    channels: fn(&EventHub) -> &Channels<K>,
+    key: K,
+}
+
+/// A watcher of every job of one user.
+pub type UserSubscription = Subscription<UserId>;
+
+impl<K: Copy + Eq + Hash> Subscription<K> {
     pub async fn recv(&mut self) -> Result<JobEvent, broadcast::error::RecvError> {
         match &mut self.rx {
             Some(rx) => rx.recv().await,
@@ -60,56 +107,26 @@ impl UserSubscription {
     }
 }
 
-impl Drop for UserSubscription {
+impl<K: Copy + Eq + Hash> Drop for Subscription<K> {
     fn drop(&mut self) {
+        // The receiver first, so the count below no longer includes it.
         drop(self.rx.take());
-        let mut users = self.hub.users.lock();
-        if users
-            .get(&self.user)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            users.remove(&self.user);
-        }
-    }
-}
-
-/// A watcher's receiver; unregisters the job when the last one goes.
-pub struct Subscription {
-    rx: Option<broadcast::Receiver<JobEvent>>,
-    hub: Arc<EventHub>,
-    job: JobId,
-}
-
-impl Subscription {
-    pub async fn recv(&mut self) -> Result<JobEvent, broadcast::error::RecvError> {
-        match &mut self.rx {
-            Some(rx) => rx.recv().await,
-            None => Err(broadcast::error::RecvError::Closed),
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        drop(self.rx.take());
-        let mut local = self.hub.local.lock();
-        if local
-            .get(&self.job)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            local.remove(&self.job);
-        }
+        (self.channels)(&self.hub).release(&self.key);
     }
 }
 
 impl EventHub {
+    fn new(redis: Option<mpsc::UnboundedSender<JobEvent>>) -> EventHub {
+        EventHub {
+            jobs: Channels::new(PER_JOB_BUFFER),
+            users: Channels::new(PER_USER_BUFFER),
+            redis,
+        }
+    }
+
     /// Events stay in this process.
     pub fn local() -> Arc<EventHub> {
-        Arc::new(EventHub {
-            local: Mutex::new(HashMap::new()),
-            users: Mutex::new(HashMap::new()),
-            redis: None,
-        })
+        Arc::new(EventHub::new(None))
     }
 
     /// Events go through Redis pub/sub to every node, on the channel
@@ -123,11 +140,7 @@ impl EventHub {
         let channel: Arc<str> = format!("{prefix}:job-events").into();
         let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(EventHub {
-            local: Mutex::new(HashMap::new()),
-            users: Mutex::new(HashMap::new()),
-            redis: Some(tx),
-        });
+        let hub = Arc::new(EventHub::new(Some(tx)));
         actix_rt::spawn(publish_loop(
             client.clone(),
             channel.clone(),
@@ -145,31 +158,24 @@ impl EventHub {
     }
 
     pub fn subscribe(self: &Arc<Self>, job: JobId) -> Subscription {
-        let rx = self
-            .local
-            .lock()
-            .entry(job)
-            .or_insert_with(|| broadcast::channel(PER_JOB_BUFFER).0)
-            .subscribe();
-        Subscription {
-            rx: Some(rx),
-            hub: self.clone(),
-            job,
-        }
+        self.subscription(|hub| &hub.jobs, job)
     }
 
     /// Every event of `user`'s jobs from now on.
     pub fn subscribe_user(self: &Arc<Self>, user: UserId) -> UserSubscription {
-        let rx = self
-            .users
-            .lock()
-            .entry(user)
-            .or_insert_with(|| broadcast::channel(PER_USER_BUFFER).0)
-            .subscribe();
-        UserSubscription {
-            rx: Some(rx),
+        self.subscription(|hub| &hub.users, user)
+    }
+
+    fn subscription<K: Copy + Eq + Hash>(
+        self: &Arc<Self>,
+        channels: fn(&EventHub) -> &Channels<K>,
+        key: K,
+    ) -> Subscription<K> {
+        Subscription {
+            rx: Some(channels(self).receiver(key)),
             hub: self.clone(),
-            user,
+            channels,
+            key,
         }
     }
 
@@ -185,12 +191,8 @@ impl EventHub {
     }
 
     fn deliver(&self, event: &JobEvent) {
-        if let Some(tx) = self.local.lock().get(&event.job_id) {
-            let _ = tx.send(event.clone());
-        }
-        if let Some(tx) = self.users.lock().get(&event.user_id) {
-            let _ = tx.send(event.clone());
-        }
+        self.jobs.send(&event.job_id, event);
+        self.users.send(&event.user_id, event);
     }
 }
 

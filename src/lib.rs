@@ -16,7 +16,5 @@ pub mod ratelimit;
 pub mod special_addresses;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
-pub mod tls;
 pub mod views;
 pub mod webhooks;

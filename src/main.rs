@@ -2,7 +2,7 @@
 
 use admedia::config::{Cli, Command};
 use admedia::startup::Application;
-use admedia::telemetry;
+use admedia_process::telemetry;
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let cli = match Cli::from_env_and_args() {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use admedia_actors::store::outbox::{DeliveryReport, PendingWebhook};
 use admedia_actors::store::writeset::WebhookDelivery;
 use admedia_actors::store::Store;
+use admedia_process::tls::{self, Trust};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -170,7 +171,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, DeliveryError> {
     static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
     CONFIG
-        .get_or_init(crate::tls::client_config)
+        .get_or_init(|| tls::client_config(Trust::SystemRoots))
         .clone()
         .map_err(DeliveryError::Send)
 }
@@ -205,7 +206,7 @@ impl Webhooks {
 
     /// Tries one owed delivery once and records how it went: delivered,
     /// retried later with exponential backoff, or given up after
-    /// [`MAX_DELIVERIES`].
+    /// `MAX_DELIVERIES` tries.
     pub async fn deliver(&self, owed: PendingWebhook) {
         let d = &owed.delivery;
         let outcome = self.deliver_event(d).await;

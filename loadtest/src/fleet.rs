@@ -50,7 +50,7 @@ pub struct FleetModel {
 /// The model registered but served by no worker of the fleet.
 pub const ORPHAN_MODEL: &str = "fleet-orphan";
 
-/// The runnable classes, in the order of [`Shape::class`], then the orphan.
+/// The runnable classes, in the order of [`CLASS_SHAPES`], then the orphan.
 pub fn models() -> Vec<FleetModel> {
     vec![
         FleetModel {

@@ -8,7 +8,7 @@ use admedia_actors::domain::ids::JobId;
 use admedia_actors::domain::job::JobState;
 use admedia_actors::domain::tier::{PerTier, Tier};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::cli::in_tier_order;
 use crate::recorder::Data;
@@ -90,9 +90,9 @@ pub struct FinalJob {
     pub finished_us: Option<i64>,
 }
 
+/// One tier's figures; its name is the tier they are kept under.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TierFigures {
-    pub tier: String,
     pub submitted: u64,
     pub accepted: u64,
     pub succeeded: u64,
@@ -173,11 +173,24 @@ pub struct Figures {
     pub dispatched_per_s: f64,
     pub accepted_per_s: f64,
     pub peak_finished_per_s: f64,
-    pub tiers: Vec<TierFigures>,
+    #[serde(serialize_with = "named_in_tier_order")]
+    pub tiers: PerTier<TierFigures>,
     pub shares: Shares,
     pub series: Series,
     #[serde(skip)]
     pub curves: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// The tiers' figures in tier order, each with its tier's name (`"tier":
+/// "free"` first), as the report's JSON lists them.
+fn named_in_tier_order<S: Serializer>(v: &PerTier<TierFigures>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Named<'a> {
+        tier: Tier,
+        #[serde(flatten)]
+        figures: &'a TierFigures,
+    }
+    s.collect_seq(v.iter().map(|(tier, figures)| Named { tier, figures }))
 }
 
 fn pct(sorted: &[u64], q: f64) -> Option<f64> {
@@ -378,13 +391,7 @@ pub fn figures(
     let mut e2e = Hist::new();
     let mut tier_wait: PerTier<Hist> = PerTier::default();
     let mut tier_e2e: PerTier<Hist> = PerTier::default();
-    let mut tiers: Vec<TierFigures> = Tier::ALL
-        .iter()
-        .map(|t| TierFigures {
-            tier: t.as_str().to_owned(),
-            ..TierFigures::default()
-        })
-        .collect();
+    let mut tiers: PerTier<TierFigures> = PerTier::default();
 
     let mut first_assign: HashMap<JobId, u64> = HashMap::new();
     for a in &data.assigns {
@@ -393,14 +400,13 @@ pub fn figures(
             .and_modify(|t| *t = (*t).min(a.t_us))
             .or_insert(a.t_us);
         if let Some(&i) = data.by_job.get(&a.job_id) {
-            tiers[data.submissions[i].tier.index()].dispatches += 1;
+            tiers[data.submissions[i].tier].dispatches += 1;
         }
     }
     let final_by_id: HashMap<JobId, &FinalJob> = jobs.iter().map(|j| (j.id, j)).collect();
 
     for s in &data.submissions {
         let tier = s.tier;
-        let t = tier.index();
         if prefill_phases.contains(&s.phase) {
             if let Some(a) = s.answered_us {
                 pre.record(a.saturating_sub(s.intended_us));
@@ -410,14 +416,14 @@ pub fn figures(
             continue;
         }
         f.submitted += 1;
-        tiers[t].submitted += 1;
+        tiers[tier].submitted += 1;
         if let Some(a) = s.answered_us {
             submit.record(a.saturating_sub(s.intended_us));
             service.record(a.saturating_sub(s.sent_us));
         }
         let Some(job) = s.job_id else { continue };
         f.accepted += 1;
-        tiers[t].accepted += 1;
+        tiers[tier].accepted += 1;
         if let Some(&fa) = first_assign.get(&job) {
             let w = fa.saturating_sub(s.sent_us);
             wait.record(w);
@@ -426,7 +432,7 @@ pub fn figures(
         if let Some(j) = final_by_id.get(&job) {
             match j.state {
                 JobState::Succeeded => {
-                    tiers[t].succeeded += 1;
+                    tiers[tier].succeeded += 1;
                     if let Some(fin) = j.finished_us {
                         let intended_wall = wall0_us + s.intended_us as i64;
                         let d = (fin - intended_wall).max(0) as u64;
@@ -434,8 +440,8 @@ pub fn figures(
                         tier_e2e[tier].record(d);
                     }
                 }
-                JobState::Failed => tiers[t].failed += 1,
-                JobState::Cancelled => tiers[t].cancelled += 1,
+                JobState::Failed => tiers[tier].failed += 1,
+                JobState::Cancelled => tiers[tier].cancelled += 1,
                 _ => {}
             }
         }
@@ -454,7 +460,7 @@ pub fn figures(
             disp.record(lat);
         }
     }
-    for (tier, tf) in Tier::ALL.into_iter().zip(tiers.iter_mut()) {
+    for (tier, tf) in tiers.iter_mut() {
         tf.queue_wait = tier_wait[tier].summary();
         tf.end_to_end = tier_e2e[tier].summary();
     }
@@ -673,6 +679,26 @@ mod tests {
         assert_eq!(s.counts, PerTier::from([0, 0, 0, 2]));
         assert_eq!(s.dispatches, 2);
         assert!((s.expected[Tier::Enterprise] - 8.0 / 15.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn tier_figures_are_listed_in_tier_order_under_their_names() {
+        let mut f = Figures::default();
+        f.tiers[Tier::Basic].submitted = 3;
+        let json = serde_json::to_value(&f).expect("figures serialize");
+        let tiers = json["tiers"].as_array().expect("a list");
+        let names: Vec<_> = tiers.iter().map(|t| t["tier"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                Some("free"),
+                Some("basic"),
+                Some("professional"),
+                Some("enterprise")
+            ]
+        );
+        assert_eq!(tiers[1]["submitted"], 3);
+        assert_eq!(tiers[0]["submitted"], 0);
     }
 
     #[test]

@@ -325,9 +325,9 @@ fn tier_rows(r: &Report) -> Vec<Vec<String>> {
     r.figures
         .tiers
         .iter()
-        .map(|t| {
+        .map(|(tier, t)| {
             vec![
-                t.tier.clone(),
+                tier.to_string(),
                 t.submitted.to_string(),
                 t.accepted.to_string(),
                 t.succeeded.to_string(),

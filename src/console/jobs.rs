@@ -18,7 +18,7 @@ use crate::console::session::{Form, Operator};
 use crate::console::view::{self, Nav};
 use crate::http::operators::AdminJobsQuery;
 use crate::http::problem::ApiError;
-use crate::http::AppState;
+use crate::http::{before_cursor, AppState};
 
 const PAGE: usize = 50;
 
@@ -90,13 +90,7 @@ impl JobsQuery {
             before: None,
         }
         .filter()?;
-        let before =
-            match nonempty(&self.before) {
-                Some(b) => Some(b.parse::<JobId>().map_err(|_| {
-                    ApiError::InvalidParams(format!("before: {b:?} is not a job id"))
-                })?),
-                None => None,
-            };
+        let before = before_cursor(nonempty(&self.before), "job")?;
         Ok((filter, before))
     }
 }
@@ -264,11 +258,6 @@ pub async fn list(
     Ok(view::html(status, view::page("Jobs", Nav::Jobs, &op, body)))
 }
 
-#[derive(Deserialize)]
-pub struct NoticeQuery {
-    notice: Option<String>,
-}
-
 fn job_id(raw: &str) -> Result<JobId, ConsoleError> {
     raw.parse()
         .map_err(|_| ConsoleError::Api(ApiError::not_found("job")))
@@ -367,7 +356,7 @@ pub async fn detail(
     state: web::Data<AppState>,
     op: Operator,
     path: web::Path<String>,
-    query: web::Query<NoticeQuery>,
+    query: web::Query<view::NoticeQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
     let id = job_id(&path)?;
     let d = state.orchestrator.job_detail(id).await?;

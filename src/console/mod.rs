@@ -2,7 +2,7 @@
 //! one small vendored script and one stylesheet served from the binary. No
 //! CDN, no build step.
 //!
-//! Signing in with the admin token opens a session (see [`session`]);
+//! Signing in with the admin token opens a session (the `session` module);
 //! every page needs one, and every state-changing form carries the
 //! session's CSRF token. Actions call the same orchestrator methods as the
 //! operator API (`/v1/admin/...`), with the same rules.

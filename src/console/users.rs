@@ -96,11 +96,6 @@ pub async fn search(
     Ok(view::ok(view::page("Users", Nav::Users, &op, body)))
 }
 
-#[derive(Deserialize)]
-pub struct NoticeQuery {
-    notice: Option<String>,
-}
-
 fn user_id(raw: &str) -> Result<UserId, ConsoleError> {
     raw.parse()
         .map_err(|_| ConsoleError::Api(ApiError::not_found("user")))
@@ -308,7 +303,7 @@ pub async fn detail(
     state: web::Data<AppState>,
     op: Operator,
     path: web::Path<String>,
-    query: web::Query<NoticeQuery>,
+    query: web::Query<view::NoticeQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
     let id = user_id(&path)?;
     let flash = query.notice.as_deref().and_then(notice_text).map(Flash::Ok);

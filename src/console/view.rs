@@ -154,6 +154,13 @@ pub fn short_id(id: &str) -> Markup {
     html! { code.id title=(id) { "…" (tail) } }
 }
 
+/// `?notice=…`: what the action that redirected to a page did, for the
+/// page to say.
+#[derive(serde::Deserialize)]
+pub struct NoticeQuery {
+    pub notice: Option<String>,
+}
+
 pub fn flash_ok(text: &str) -> Markup {
     html! { p.flash.flash-ok role="status" { (text) } }
 }

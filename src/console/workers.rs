@@ -4,7 +4,6 @@ use actix_web::{web, HttpResponse};
 use admedia_actors::domain::ids::WorkerId;
 use chrono::Utc;
 use maud::html;
-use serde::Deserialize;
 
 use crate::console::error::ConsoleError;
 use crate::console::session::{Form, Operator};
@@ -12,11 +11,6 @@ use crate::console::view::{self, Nav};
 use crate::http::operators::worker_infos;
 use crate::http::problem::ApiError;
 use crate::http::AppState;
-
-#[derive(Deserialize)]
-pub struct NoticeQuery {
-    notice: Option<String>,
-}
 
 fn list_or_any(items: &[String]) -> String {
     if items.is_empty() {
@@ -29,7 +23,7 @@ fn list_or_any(items: &[String]) -> String {
 pub async fn list(
     state: web::Data<AppState>,
     op: Operator,
-    query: web::Query<NoticeQuery>,
+    query: web::Query<view::NoticeQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
     let workers = worker_infos(&state).await?;
     let notice = match query.notice.as_deref() {

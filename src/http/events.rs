@@ -118,16 +118,22 @@ pub async fn stream(
             }
         }
     });
+    Ok(event_stream(rx))
+}
+
+/// A `text/event-stream` response of the frames `rx` receives, ending when
+/// the task sending them stops.
+fn event_stream(rx: mpsc::Receiver<Bytes>) -> HttpResponse {
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
     });
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         // Compression would buffer the stream.
         .insert_header(("Content-Encoding", "identity"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+        .streaming(body)
 }
 
 /// One event of the per-user stream (documentation: the fields of an SSE
@@ -307,13 +313,5 @@ pub async fn user_stream(
             }
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("Content-Encoding", "identity"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    Ok(event_stream(rx))
 }

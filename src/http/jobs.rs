@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::http::auth::AuthUser;
 use crate::http::input::{Json, Query};
 use crate::http::problem::{ApiError, Problem};
-use crate::http::{page_limit, AppState};
+use crate::http::{before_cursor, next_page, page_limit, AppState};
 use crate::views::JobView;
 
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -298,23 +298,12 @@ pub async fn list(
         ),
         None => None,
     };
-    let before = match &query.before {
-        Some(raw) => Some(
-            raw.parse::<JobId>()
-                .map_err(|_| ApiError::InvalidParams(format!("before: {raw:?} is not a job id")))?,
-        ),
-        None => None,
-    };
+    let before = before_cursor(query.before.as_deref(), "job")?;
     let mut jobs = state
         .orchestrator
         .jobs(user.id, filter, before, limit + 1)
         .await?;
-    let next = if jobs.len() > limit {
-        jobs.truncate(limit);
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    let next = next_page(&mut jobs, limit, |j| j.id.to_string());
     Ok(HttpResponse::Ok().json(JobsPage {
         jobs: jobs.iter().map(|j| JobView::of(j, None)).collect(),
         next,

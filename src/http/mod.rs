@@ -24,6 +24,7 @@ pub mod users;
 pub mod wallet;
 pub mod workers;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -104,6 +105,32 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
         n => Err(ApiError::InvalidParams(format!(
             "limit must be 1..={MAX_PAGE}, got {n}"
         ))),
+    }
+}
+
+/// A page's `before` cursor, the id of the last row of the page before;
+/// `what` names the id for the error (`job`, `ledger entry`).
+pub fn before_cursor<Id: FromStr>(raw: Option<&str>, what: &str) -> Result<Option<Id>, ApiError> {
+    raw.map(|raw| {
+        raw.parse()
+            .map_err(|_| ApiError::InvalidParams(format!("before: {raw:?} is not a {what} id")))
+    })
+    .transpose()
+}
+
+/// Cuts `rows`, read with one row more than `limit`, to the page, and
+/// gives the next page's cursor (the `id` of the page's last row) when
+/// that row was there.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    id: impl FnOnce(&T) -> String,
+) -> Option<String> {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(id)
+    } else {
+        None
     }
 }
 

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::http::auth::Admin;
 use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::{page_limit, AppState};
+use crate::http::{before_cursor, next_page, page_limit, AppState};
 use crate::views::{JobView, LedgerEntryView, UserView, WalletView};
 
 #[derive(Deserialize, IntoParams)]
@@ -99,23 +99,12 @@ pub async fn jobs(
 ) -> Result<HttpResponse, ApiError> {
     let filter = query.filter()?;
     let limit = page_limit(query.limit)?;
-    let before = match query.before.as_deref() {
-        Some(raw) => Some(
-            raw.parse::<JobId>()
-                .map_err(|_| ApiError::InvalidParams(format!("before: {raw:?} is not a job id")))?,
-        ),
-        None => None,
-    };
+    let before = before_cursor(query.before.as_deref(), "job")?;
     let mut jobs = state
         .orchestrator
         .admin_jobs(&filter, before, limit + 1)
         .await?;
-    let next = if jobs.len() > limit {
-        jobs.truncate(limit);
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    let next = next_page(&mut jobs, limit, |j| j.id.to_string());
     Ok(HttpResponse::Ok().json(AdminJobsPage {
         jobs: jobs
             .iter()

@@ -1,14 +1,13 @@
 //! The caller's wallet and ledger: `GET /v1/wallet`, `GET /v1/wallet/ledger`.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::domain::ids::EntryId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::http::auth::AuthUser;
 use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::{page_limit, AppState};
+use crate::http::{before_cursor, next_page, page_limit, AppState};
 use crate::views::{LedgerEntryView, WalletView};
 
 #[utoipa::path(get, path = "/v1/wallet", security(("api_key" = [])),
@@ -49,22 +48,12 @@ pub async fn ledger(
     query: Query<LedgerQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
-    let before = match &query.before {
-        Some(raw) => Some(raw.parse::<EntryId>().map_err(|_| {
-            ApiError::InvalidParams(format!("before: {raw:?} is not a ledger entry id"))
-        })?),
-        None => None,
-    };
+    let before = before_cursor(query.before.as_deref(), "ledger entry")?;
     let mut entries = state
         .orchestrator
         .ledger(user.id, before, limit + 1)
         .await?;
-    let next = if entries.len() > limit {
-        entries.truncate(limit);
-        entries.last().map(|e| e.id.to_string())
-    } else {
-        None
-    };
+    let next = next_page(&mut entries, limit, |e| e.id.to_string());
     Ok(HttpResponse::Ok().json(LedgerPage {
         entries: entries.iter().map(LedgerEntryView::of).collect(),
         next,

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use admedia_actors::domain::job::JobKind;
 use admedia_actors::wire::FromWorker;
+use admedia_process::telemetry::LogFormat;
+use admedia_process::tls::{self, Trust};
 use awc::http::header::HeaderValue;
 use clap::{Parser, ValueEnum};
 
 use crate::executor::command::Program;
-use crate::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,13 +148,19 @@ impl Args {
     pub fn into_config(self) -> Result<Config, String> {
         let url = connect_url(&self.server)?;
         let tls = if url.starts_with("wss://") {
-            let config =
-                crate::tls::client_config(self.ca_file.as_deref()).map_err(|e| {
-                    match &self.ca_file {
-                        Some(_) => format!("--ca-file: {e}"),
-                        None => format!("--server {}: {e} with --ca-file", self.server),
-                    }
-                })?;
+            let trust = match &self.ca_file {
+                Some(path) => Trust::CaFile(path),
+                None => Trust::SystemRoots,
+            };
+            let config = tls::client_config(trust).map_err(|e| match trust {
+                Trust::CaFile(_) => format!("--ca-file: {e}"),
+                Trust::SystemRoots => {
+                    format!(
+                        "--server {}: {e}; give a CA file with --ca-file",
+                        self.server
+                    )
+                }
+            })?;
             Some(config)
         } else {
             if self.ca_file.is_some() {

@@ -16,13 +16,12 @@ mod cli;
 mod connection;
 mod executor;
 mod shutdown;
-mod telemetry;
-mod tls;
 
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use admedia_process::telemetry;
 use admedia_worker::socket;
 use clap::Parser;
 

@@ -43,7 +43,13 @@ fn assert_none_of(package: &str, names: &BTreeSet<String>, forbidden: &[&str]) {
 fn the_agent_builds_without_the_servers_stack() {
     let names = normal_dependencies("admedia-worker");
     // What the agent is made of is there, so the names were read right.
-    for needed in ["admedia-actors", "awc", "rustls", "shell-words"] {
+    for needed in [
+        "admedia-actors",
+        "admedia-process",
+        "awc",
+        "rustls",
+        "shell-words",
+    ] {
         assert!(names.contains(needed), "no {needed} in {names:?}");
     }
     assert_none_of(
@@ -70,6 +76,12 @@ fn the_load_tester_takes_the_socket_without_the_agent() {
     assert_none_of(
         "admedia-loadtest",
         &names,
-        &["rustls", "shell-words", "tracing-subscriber", "actix-web"],
+        &[
+            "admedia-process",
+            "rustls",
+            "shell-words",
+            "tracing-subscriber",
+            "actix-web",
+        ],
     );
 }

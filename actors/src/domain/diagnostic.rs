@@ -48,15 +48,9 @@ pub fn storable(
     retry_at: chrono::DateTime<chrono::Utc>,
 ) -> AttemptOutcome {
     match outcome {
-        AttemptOutcome::Succeeded { outputs } if !outputs.iter().all(output_fit) => {
-            AttemptOutcome::SystemFailure {
-                message: "the worker reported outputs that cannot be kept \
-                          (empty, too long, or with control characters)"
-                    .into(),
-                retry_at,
-            }
-        }
-        AttemptOutcome::Withheld { outputs } if !outputs.iter().all(output_fit) => {
+        AttemptOutcome::Succeeded { outputs } | AttemptOutcome::Withheld { outputs }
+            if !outputs.iter().all(output_fit) =>
+        {
             AttemptOutcome::SystemFailure {
                 message: "the worker reported outputs that cannot be kept \
                           (empty, too long, or with control characters)"

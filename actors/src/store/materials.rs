@@ -1,5 +1,5 @@
 //! The catalogue port: what is stored in the object store, for whom, how
-//! big and until when. It is a port of its own, beside [`super::Store`],
+//! big and until when. It is a port of its own, beside [`crate::store::Store`],
 //! because stored files have their own life (quota, retention, purging)
 //! that touches no money and no job state.
 //!

@@ -17,7 +17,8 @@
 //! Calling a method needs its trait in scope: `use crate::store::prelude::*`.
 //!
 //! Two adapters implement it: [`memory::MemoryStore`] (embedded default)
-//! and the PostgreSQL adapter in the server. Both pass [`conformance`].
+//! and the PostgreSQL adapter in the server. Both pass the conformance
+//! suite (`conformance`, built with the feature of that name).
 //! A wrapper around a store implements only the concerns it changes and
 //! forwards the others through [`forward`].
 
