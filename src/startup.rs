@@ -43,7 +43,12 @@ async fn migrate_when_reachable(pg: &PgStore) -> Result<(), StartupError> {
     let deadline = std::time::Instant::now() + DATABASE_WAIT;
     loop {
         match pg.migrate().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                for warning in pg.setting_warnings().await? {
+                    tracing::warn!("PostgreSQL: {warning}");
+                }
+                return Ok(());
+            }
             Err(admedia_actors::store::StoreError::Unavailable(e))
                 if std::time::Instant::now() < deadline =>
             {
