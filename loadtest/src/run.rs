@@ -46,6 +46,69 @@ struct Target2 {
 // chart of a long run does not need more often.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
+/// What every scenario starts with: its output directory, its seed and
+/// run id, the recorder, and a target that answered the admin token.
+struct Begun {
+    started_at: String,
+    rng: StdRng,
+    run_id: String,
+    rec: Rc<Recorder>,
+    target: Target2,
+    api: Api,
+    admin: String,
+}
+
+async fn begin(plan: &Plan) -> Result<Begun, String> {
+    std::fs::create_dir_all(&plan.out).map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let run_id = format!("{:08x}", rng.random::<u32>());
+    let rec = Rc::new(Recorder::new());
+    let target = start_target(plan, &run_id).await?;
+    let api = target.api.clone();
+    let admin = target.admin.clone();
+    api.stats(&admin)
+        .await
+        .map_err(|e| format!("GET /v1/admin/stats with the admin token: {e}"))?;
+    Ok(Begun {
+        started_at,
+        rng,
+        run_id,
+        rec,
+        target,
+        api,
+        admin,
+    })
+}
+
+impl Target2 {
+    /// A spawned server that exited during the run ends it with an error.
+    fn survived(&self, plan: &Plan) -> Result<(), String> {
+        if let Some(server) = &self.server {
+            if let Some(status) = server.borrow_mut().exited() {
+                return Err(format!(
+                    "the server exited during the run ({status}); see {}",
+                    plan.out.join("server.log").display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for every job to finish after the load; the warning when some
+/// were still open at the plan's drain timeout.
+async fn drain(api: &Api, admin: &str, plan: &Plan) -> Result<(), String> {
+    if wait_drained(api, admin, plan.drain_timeout()).await {
+        Ok(())
+    } else {
+        Err(format!(
+            "jobs were still open {} s after the load ended",
+            plan.drain_timeout_s
+        ))
+    }
+}
+
 async fn start_target(plan: &Plan, run_id: &str) -> Result<Target2, String> {
     let timeout = Duration::from_secs(30);
     match &plan.target {
@@ -510,18 +573,15 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     if plan.scenario == Scenario::Fleet {
         return run_fleet(plan).await;
     }
-    std::fs::create_dir_all(&plan.out).map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut rng = StdRng::seed_from_u64(plan.seed);
-    let run_id = format!("{:08x}", rng.random::<u32>());
-    let rec = Rc::new(Recorder::new());
-
-    let target = start_target(&plan, &run_id).await?;
-    let api = target.api.clone();
-    let admin = target.admin.clone();
-    api.stats(&admin)
-        .await
-        .map_err(|e| format!("GET /v1/admin/stats with the admin token: {e}"))?;
+    let Begun {
+        started_at,
+        mut rng,
+        run_id,
+        rec,
+        target,
+        api,
+        admin,
+    } = begin(&plan).await?;
     rec.phase_start("setup");
     let users = create_users(&api, &admin, &plan, &run_id).await?;
     eprintln!(
@@ -686,11 +746,8 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     ctx.join_side_tasks().await;
     rec.phase_start("drain");
     eprintln!("draining: waiting for every job to finish…");
-    if !wait_drained(&api, &admin, plan.drain_timeout()).await {
-        warnings.push(format!(
-            "jobs were still open {} s after the load ended",
-            plan.drain_timeout_s
-        ));
+    if let Err(open) = drain(&api, &admin, &plan).await {
+        warnings.push(open);
         drained = false;
     }
     // Let late duplicates go out (the server must refuse them).
@@ -701,14 +758,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     pool.stop().await;
     let _ = stats_stop.send(true);
     let samples = sampler.map(soak::Sampler::stop);
-    if let Some(server) = &target.server {
-        if let Some(status) = server.borrow_mut().exited() {
-            return Err(format!(
-                "the server exited during the run ({status}); see {}",
-                plan.out.join("server.log").display()
-            ));
-        }
-    }
+    target.survived(&plan)?;
 
     // --- read back, audit ---
     eprintln!("auditing…");
@@ -1130,17 +1180,15 @@ fn quarantines_metric(text: &str) -> Option<u64> {
 }
 
 async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
-    std::fs::create_dir_all(&plan.out).map_err(|e| format!("--out {}: {e}", plan.out.display()))?;
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut rng = StdRng::seed_from_u64(plan.seed);
-    let run_id = format!("{:08x}", rng.random::<u32>());
-    let rec = Rc::new(Recorder::new());
-    let target = start_target(&plan, &run_id).await?;
-    let api = target.api.clone();
-    let admin = target.admin.clone();
-    api.stats(&admin)
-        .await
-        .map_err(|e| format!("GET /v1/admin/stats with the admin token: {e}"))?;
+    let Begun {
+        started_at,
+        mut rng,
+        run_id,
+        rec,
+        target,
+        api,
+        admin,
+    } = begin(&plan).await?;
     check_fleet_models(&api).await?;
     rec.phase_start("setup");
     let users = create_users(&api, &admin, &plan, &run_id).await?;
@@ -1230,11 +1278,8 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
     let mut drained = true;
     rec.phase_start("drain");
     eprintln!("draining: waiting for every job to finish or expire…");
-    if !wait_drained(&api, &admin, plan.drain_timeout()).await {
-        warnings.push(format!(
-            "jobs were still open {} s after the load ended",
-            plan.drain_timeout_s
-        ));
+    if let Err(open) = drain(&api, &admin, &plan).await {
+        warnings.push(open);
         drained = false;
     }
     rec.phase_end();
@@ -1243,14 +1288,7 @@ async fn run_fleet(plan: Plan) -> Result<Outcome, String> {
     }
     let _ = stats_stop.send(true);
     let _ = polls_stop.send(true);
-    if let Some(server) = &target.server {
-        if let Some(status) = server.borrow_mut().exited() {
-            return Err(format!(
-                "the server exited during the run ({status}); see {}",
-                plan.out.join("server.log").display()
-            ));
-        }
-    }
+    target.survived(&plan)?;
     let metric = match api.metrics_text().await {
         Ok(text) => quarantines_metric(&text),
         Err(e) => {

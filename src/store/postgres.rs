@@ -81,6 +81,38 @@ pub struct PgStore {
 const POOL_WAIT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// `DATABASE_URL` as a connection configuration, with a connect timeout
+/// unless the URL sets one.
+pub(crate) fn database_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let mut config =
+        tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(config)
+}
+
+/// The connection pool every PostgreSQL adapter of the server uses: at
+/// most `max_connections`, and bounded waits for a connection, so an
+/// unreachable database is an error in seconds rather than a hang.
+pub(crate) fn pool(config: tokio_postgres::Config, max_connections: usize) -> Result<Pool, String> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_connections.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| format!("pool: {e}"))
+}
+
 impl PgStore {
     /// A pool for `url`; connections open lazily.
     pub fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
@@ -93,11 +125,7 @@ impl PgStore {
         max_connections: usize,
         group_commit: GroupCommit,
     ) -> Result<PgStore, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Internal(format!("DATABASE_URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        let config = database_config(url).map_err(StoreError::Internal)?;
         Self::with_group_commit(config, max_connections, group_commit)
     }
 
@@ -113,21 +141,7 @@ impl PgStore {
         max_connections: usize,
         group_commit: GroupCommit,
     ) -> Result<PgStore, StoreError> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Internal(format!("pool: {e}")))?;
+        let pool = pool(config, max_connections).map_err(StoreError::Internal)?;
         let feed = Arc::new(OutboxFeed::default());
         let writers = writer::Writers::new(pool.clone(), feed.clone(), group_commit);
         Ok(PgStore {

@@ -4,21 +4,16 @@
 //! run under a transaction-scoped advisory lock on the user, so concurrent
 //! uploads are serialized per user only.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use admedia_actors::domain::ids::{JobId, MaterialId, UserId};
 use admedia_actors::domain::material::{MediaType, ObjectRole, StorageUsage, StoredObject};
 use admedia_actors::domain::tier::License;
 use admedia_actors::store::materials::{CatalogueError, CatalogueResult, MaterialStore};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
-const POOL_WAIT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Advisory lock namespace of the per-user quota check.
 const QUOTA_LOCK: i32 = 0x006d_6174;
 
@@ -82,12 +77,7 @@ fn object(r: &Row) -> CatalogueResult<StoredObject> {
 
 impl PgMaterialStore {
     pub fn connect(url: &str, max_connections: usize) -> Result<PgMaterialStore, String> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        Self::from_config(config, max_connections)
+        Self::from_config(super::postgres::database_config(url)?, max_connections)
     }
 
     /// The table must exist: the main store's migrations create it.
@@ -95,22 +85,9 @@ impl PgMaterialStore {
         config: tokio_postgres::Config,
         max_connections: usize,
     ) -> Result<PgMaterialStore, String> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| format!("pool: {e}"))?;
-        Ok(PgMaterialStore { pool })
+        Ok(PgMaterialStore {
+            pool: super::postgres::pool(config, max_connections)?,
+        })
     }
 
     async fn client(&self) -> CatalogueResult<deadpool_postgres::Object> {
