@@ -105,6 +105,10 @@ pub struct AuditInput {
     /// listings, each confirmed `410 job-pruned` by its own read. Their
     /// money is audited from the ledger alone.
     pub pruned: BTreeSet<String>,
+    /// Acknowledged, unlisted jobs whose own read did not confirm a prune:
+    /// what the read answered, after retries, so a violation says whether
+    /// the job is gone from the server or only the read failed.
+    pub unconfirmed: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -475,11 +479,13 @@ pub fn audit(input: &AuditInput) -> AuditReport {
     // --- acknowledged submissions and idempotency ---
     for id in &input.acknowledged {
         if !jobs.contains_key(id.as_str()) && !input.pruned.contains(id) {
-            f.add(
-                "acknowledged-job-missing",
-                id,
-                "the server acknowledged the job (202) but it is not listed",
-            );
+            let detail = match input.unconfirmed.get(id) {
+                Some(answer) => format!(
+                    "the server acknowledged the job (202) but it is not listed, and its own read answered {answer}"
+                ),
+                None => "the server acknowledged the job (202) but it is not listed".to_owned(),
+            };
+            f.add("acknowledged-job-missing", id, detail);
         }
     }
     let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -689,6 +695,7 @@ mod tests {
                 at_us: 500,
             }],
             pruned: BTreeSet::new(),
+            unconfirmed: BTreeMap::new(),
             replays: vec![ObservedReplay {
                 key: "key-ok".into(),
                 first_job: "ok".into(),
@@ -722,6 +729,23 @@ mod tests {
         let found = checks(&report);
         assert!(found.contains(&"acknowledged-job-missing"), "{found:?}");
         assert!(found.contains(&"orphan-ledger-entry"), "{found:?}");
+        // A job whose read failed is not taken for pruned: the violation
+        // quotes what the read answered.
+        input.pruned = ["ok".to_owned()].into();
+        input.unconfirmed = [("sys".to_owned(), "no answer: timeout".to_owned())].into();
+        let report = audit(&input);
+        let missing = report
+            .violations
+            .iter()
+            .find(|v| v.check == "acknowledged-job-missing")
+            .expect("the unconfirmed job is missing");
+        assert_eq!(missing.ids, ["sys"]);
+        assert!(
+            missing.detail.ends_with("answered no answer: timeout"),
+            "{}",
+            missing.detail
+        );
+        input.unconfirmed.clear();
         input.pruned = ["ok".to_owned(), "sys".to_owned()].into();
         let report = audit(&input);
         assert!(report.passed, "{:?}", report.violations);

@@ -3,7 +3,7 @@
 //! the load (with chaos kills), drain, read everything back, audit, report.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -434,31 +434,71 @@ struct UserData {
     wallet: WalletDto,
 }
 
-/// Of `ids` (acknowledged, not listed), those whose own read answers `410`
-/// with the problem type `job-pruned`.
-async fn confirm_pruned(api: &Api, ids: Vec<(String, String)>) -> Vec<String> {
-    stream::iter(ids)
+/// What the own read of an acknowledged, unlisted job showed.
+enum PruneCheck {
+    Pruned,
+    /// Anything else, as the audit should quote it.
+    Unconfirmed(String),
+}
+
+/// Reads one acknowledged, unlisted job until it answers for itself: a read
+/// that got no answer, was throttled or met a server error is retried, so
+/// only the server's word (`410 job-pruned` or not) decides.
+async fn check_pruned(api: &Api, key: &str, id: &str) -> PruneCheck {
+    const TRIES: u32 = 6;
+    let path = format!("/v1/jobs/{id}");
+    let mut last = String::new();
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        match api
+            .call(awc::http::Method::GET, &path, Some(key), None, &[])
+            .await
+        {
+            Err(e) => last = e.to_string(),
+            Ok(res) if res.status == 429 || res.status >= 500 => {
+                last = format!("{} after {TRIES} tries", res.status);
+            }
+            Ok(res) => {
+                let kind = res.body["type"].as_str().unwrap_or("").to_owned();
+                if res.status == 410 && kind.ends_with("job-pruned") {
+                    return PruneCheck::Pruned;
+                }
+                return PruneCheck::Unconfirmed(format!("{} {kind}", res.status));
+            }
+        }
+    }
+    PruneCheck::Unconfirmed(last)
+}
+
+/// Sorts `ids` (acknowledged, not listed) into those whose own read
+/// answers `410 job-pruned` and, for the rest, what the read answered.
+async fn confirm_pruned(
+    api: &Api,
+    ids: Vec<(String, String)>,
+) -> (BTreeSet<String>, BTreeMap<String, String>) {
+    let checked: Vec<(String, PruneCheck)> = stream::iter(ids)
         .map(|(key, id)| async move {
-            let res = api
-                .call(
-                    awc::http::Method::GET,
-                    &format!("/v1/jobs/{id}"),
-                    Some(&key),
-                    None,
-                    &[],
-                )
-                .await
-                .ok()?;
-            let pruned = res.status == 410
-                && res.body["type"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("job-pruned"));
-            pruned.then_some(id)
+            let check = check_pruned(api, &key, &id).await;
+            (id, check)
         })
         .buffer_unordered(32)
-        .filter_map(|id| async move { id })
         .collect()
-        .await
+        .await;
+    let mut pruned = BTreeSet::new();
+    let mut unconfirmed = BTreeMap::new();
+    for (id, check) in checked {
+        match check {
+            PruneCheck::Pruned => {
+                pruned.insert(id);
+            }
+            PruneCheck::Unconfirmed(answer) => {
+                unconfirmed.insert(id, answer);
+            }
+        }
+    }
+    (pruned, unconfirmed)
 }
 
 async fn read_back(api: &Api, users: &[User]) -> Result<Vec<UserData>, String> {
@@ -791,7 +831,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                 unlisted.len()
             );
         }
-        input.pruned = confirm_pruned(&api, unlisted).await.into_iter().collect();
+        (input.pruned, input.unconfirmed) = confirm_pruned(&api, unlisted).await;
     }
     let input = input;
     let mut audit_report: AuditReport = audit::audit(&input);

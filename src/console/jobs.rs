@@ -307,7 +307,7 @@ fn events(d: &JobDetail, names: &HashMap<WorkerId, String>) -> Vec<(DateTime<Utc
             ev.push((
                 t,
                 html! {
-                    "Attempt " (a.attempt) " ended " (view::outcome(a.outcome.map(|o| o.as_str())))
+                    "Attempt " (a.attempt) " ended " (view::outcome(a.outcome))
                     @if let Some(m) = &a.message { " " span.message { (m) } }
                 },
             ));
@@ -455,7 +455,7 @@ pub async fn detail(
                                 (Some(s), Some(f)) => { (view::took(s, f)) },
                                 _ => { (view::dash()) },
                             } }
-                            td { (view::outcome(a.outcome.map(|o| o.as_str()))) }
+                            td { (view::outcome(a.outcome)) }
                             td.message { @match &a.message { Some(m) => { (m) }, None => { (view::dash()) } } }
                         }
                     } }

@@ -2,7 +2,7 @@
 //! and empty states. Every value goes through maud, which escapes it.
 
 use admedia_actors::domain::account::AccountStatus;
-use admedia_actors::domain::job::JobState;
+use admedia_actors::domain::job::{AttemptOutcomeLabel, JobState};
 use admedia_actors::domain::ledger::EntryKind;
 use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{html, Markup, DOCTYPE};
@@ -120,14 +120,14 @@ pub fn state(s: JobState) -> Markup {
 
 /// An attempt's outcome, coloured like the job state it leads to; a system
 /// failure (retried or refunded) has its own colour.
-pub fn outcome(o: Option<&str>) -> Markup {
+pub fn outcome(o: Option<AttemptOutcomeLabel>) -> Markup {
     let (class, label) = match o {
         None => ("state-running", "in flight"),
-        Some("succeeded") => ("state-succeeded", "succeeded"),
-        Some("user_failure") => ("state-failed", "user failure"),
-        Some("system_failure") => ("state-system", "system failure"),
-        Some("cancelled") => ("state-cancelled", "cancelled"),
-        Some(other) => ("state-other", other),
+        Some(AttemptOutcomeLabel::Succeeded) => ("state-succeeded", "succeeded"),
+        Some(AttemptOutcomeLabel::Withheld) => ("state-system", "outputs withheld"),
+        Some(AttemptOutcomeLabel::UserFailure) => ("state-failed", "user failure"),
+        Some(AttemptOutcomeLabel::SystemFailure) => ("state-system", "system failure"),
+        Some(AttemptOutcomeLabel::Cancelled) => ("state-cancelled", "cancelled"),
     };
     html! { span class={ "state " (class) } { (label) } }
 }
@@ -214,6 +214,21 @@ pub fn pct(part: f64, whole: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every outcome an attempt can record has its own badge: a withheld
+    /// attempt (refunded like a system failure) is not shown raw.
+    #[test]
+    fn every_attempt_outcome_has_a_badge() {
+        for label in AttemptOutcomeLabel::ALL {
+            let html = outcome(Some(label)).into_string();
+            assert!(!html.contains('_'), "a raw label is shown: {html}");
+        }
+        let withheld = outcome(Some(AttemptOutcomeLabel::Withheld)).into_string();
+        assert!(
+            withheld.contains("state-system") && withheld.contains("outputs withheld"),
+            "{withheld}"
+        );
+    }
 
     #[test]
     fn relative_times_read_naturally() {
