@@ -434,11 +434,13 @@ struct UserData {
     wallet: WalletDto,
 }
 
-/// What the own read of an acknowledged, unlisted job showed.
-enum PruneCheck {
-    Pruned,
-    /// Anything else, as the audit should quote it.
-    Unconfirmed(String),
+/// What the own read of an acknowledged, unlisted job showed, and how many
+/// reads it took.
+struct PruneCheck {
+    /// `None`: pruned; otherwise what the read answered, as the audit
+    /// should quote it.
+    unconfirmed: Option<String>,
+    tries: u32,
 }
 
 /// Reads one acknowledged, unlisted job until it answers for itself: a read
@@ -462,14 +464,18 @@ async fn check_pruned(api: &Api, key: &str, id: &str) -> PruneCheck {
             }
             Ok(res) => {
                 let kind = res.body["type"].as_str().unwrap_or("").to_owned();
-                if res.status == 410 && kind.ends_with("job-pruned") {
-                    return PruneCheck::Pruned;
-                }
-                return PruneCheck::Unconfirmed(format!("{} {kind}", res.status));
+                let pruned = res.status == 410 && kind.ends_with("job-pruned");
+                return PruneCheck {
+                    unconfirmed: (!pruned).then(|| format!("{} {kind}", res.status)),
+                    tries: attempt + 1,
+                };
             }
         }
     }
-    PruneCheck::Unconfirmed(last)
+    PruneCheck {
+        unconfirmed: Some(last),
+        tries: TRIES,
+    }
 }
 
 /// Sorts `ids` (acknowledged, not listed) into those whose own read
@@ -488,15 +494,20 @@ async fn confirm_pruned(
         .await;
     let mut pruned = BTreeSet::new();
     let mut unconfirmed = BTreeMap::new();
+    let mut retried = 0usize;
     for (id, check) in checked {
-        match check {
-            PruneCheck::Pruned => {
+        retried += usize::from(check.tries > 1);
+        match check.unconfirmed {
+            None => {
                 pruned.insert(id);
             }
-            PruneCheck::Unconfirmed(answer) => {
+            Some(answer) => {
                 unconfirmed.insert(id, answer);
             }
         }
+    }
+    if retried > 0 {
+        eprintln!("auditing: {retried} of those reads got no answer at first and were retried");
     }
     (pruned, unconfirmed)
 }

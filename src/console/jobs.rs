@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::console::error::ConsoleError;
 use crate::console::session::{Form, Operator};
 use crate::console::view::{self, Nav};
-use crate::http::operators::AdminJobsQuery;
+use crate::http::operator::jobs::AdminJobsQuery;
 use crate::http::problem::ApiError;
 use crate::http::{before_cursor, AppState};
 

@@ -8,7 +8,7 @@ use maud::html;
 use crate::console::error::ConsoleError;
 use crate::console::session::{Form, Operator};
 use crate::console::view::{self, Nav};
-use crate::http::operators::worker_infos;
+use crate::http::operator::fleet::worker_infos;
 use crate::http::problem::ApiError;
 use crate::http::AppState;
 

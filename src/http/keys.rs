@@ -1,20 +1,18 @@
-//! Accounts (ToS 2.2, 9.2, 9.3): API key rotation, closing one's own
-//! account, and termination by an operator.
+//! A user's API keys (ToS 2.2): issuing them with their scopes, listing
+//! and revoking them.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use admedia_actors::domain::account::KeyHash;
 use admedia_actors::domain::api_keys::ApiKeyRecord;
-use admedia_actors::domain::ids::{ApiKeyId, UserId};
+use admedia_actors::domain::ids::ApiKeyId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::http::auth::{Admin, AuthUser};
-use crate::http::input::Json;
+use crate::http::auth::AuthUser;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::AppState;
-use crate::views::{UserView, WalletView};
 
 #[derive(Serialize, ToSchema)]
 pub struct ApiKeyView {
@@ -200,62 +198,4 @@ pub async fn revoke(
     let id = key_id(&path)?;
     let record = state.orchestrator.revoke_api_key(user.id, id).await?;
     Ok(HttpResponse::Ok().json(ApiKeyView::of(&record, presented(&req))))
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CloseRequest {
-    /// Must be `true`: closing cannot be undone.
-    pub confirm: bool,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Closed {
-    pub user: UserView,
-    pub wallet: WalletView,
-    /// Credits left in the account: kept in the ledger, never refunded or
-    /// paid out (ToS 9.3).
-    pub remaining_credits: i64,
-}
-
-/// Close the caller's account (ToS 9.3): every key stops working, waiting
-/// jobs are cancelled and refunded to the balance, and the remaining
-/// credits are not refunded. The e-mail address stays taken (ToS 2.4).
-#[utoipa::path(post, path = "/v1/me/close", request_body = CloseRequest, security(("api_key" = [])),
-    responses((status = 200, body = Closed), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
-pub async fn close(
-    state: web::Data<AppState>,
-    AuthUser(user): AuthUser,
-    body: Json<CloseRequest>,
-) -> Result<HttpResponse, ApiError> {
-    if !body.confirm {
-        return Err(ApiError::InvalidParams(
-            "confirm must be true: closing an account cannot be undone".into(),
-        ));
-    }
-    let (user, wallet) = state.orchestrator.terminate(user.id).await?;
-    state.expire_objects(user.id).await;
-    Ok(HttpResponse::Ok().json(Closed {
-        user: UserView::of(&user),
-        wallet: WalletView::of(&wallet),
-        remaining_credits: wallet.balance.get(),
-    }))
-}
-
-/// Terminate an account (ToS 9.2): no more access, waiting jobs cancelled
-/// and refunded, the ledger kept. Terminating again changes nothing;
-/// a terminated account cannot be reinstated.
-#[utoipa::path(post, path = "/v1/admin/users/{id}/terminate", params(("id" = String, Path)),
-    security(("admin_token" = [])),
-    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 404, body = Problem)))]
-pub async fn terminate(
-    state: web::Data<AppState>,
-    _: Admin,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id: UserId = path.parse().map_err(|_| ApiError::not_found("user"))?;
-    let (user, _) = state.orchestrator.terminate(id).await?;
-    state.expire_objects(user.id).await;
-    Ok(HttpResponse::Ok().json(UserView::of(&user)))
 }

@@ -3,10 +3,10 @@
 //! including malformed JSON and unknown routes.
 
 pub mod account_webhooks;
-pub mod admin;
 pub mod auth;
 pub mod client_limits;
 pub mod events;
+pub mod health;
 pub mod input;
 pub mod jobs;
 pub mod keys;
@@ -14,8 +14,7 @@ pub mod materials;
 pub mod models;
 pub mod objects;
 pub mod openapi;
-pub mod operators;
-pub mod ops;
+pub mod operator;
 pub mod payments;
 pub mod pricing;
 pub mod problem;
@@ -214,9 +213,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .service(resource("/healthz", vec![get(web::get().to(ops::healthz))]))
-    .service(resource("/readyz", vec![get(web::get().to(ops::readyz))]))
-    .service(resource("/metrics", vec![get(web::get().to(ops::metrics))]))
+    .service(resource(
+        "/healthz",
+        vec![get(web::get().to(health::healthz))],
+    ))
+    .service(resource(
+        "/readyz",
+        vec![get(web::get().to(health::readyz))],
+    ))
+    .service(resource(
+        "/metrics",
+        vec![get(web::get().to(health::metrics))],
+    ))
     .service(resource(
         "/openapi.json",
         vec![get(web::get().to(openapi::openapi))],
@@ -269,11 +277,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ))
             .service(resource(
                 "/me/close",
-                vec![post(web::post().to(keys::close))],
+                vec![post(web::post().to(users::close))],
             ))
             .service(resource(
                 "/admin/users/{id}/terminate",
-                vec![post(web::post().to(keys::terminate))],
+                vec![post(web::post().to(operator::accounts::terminate))],
             ))
             .service(resource(
                 "/payments/webhook",
@@ -355,23 +363,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ))
             .service(resource(
                 "/admin/users/{id}/credits",
-                vec![post(web::post().to(admin::grant))],
+                vec![post(web::post().to(operator::accounts::grant))],
             ))
             .service(resource(
                 "/admin/users/{id}/membership",
-                vec![(Method::PUT, web::put().to(admin::membership))],
+                vec![(Method::PUT, web::put().to(operator::accounts::membership))],
             ))
             .service(resource(
                 "/admin/users/{id}/suspend",
-                vec![post(web::post().to(admin::suspend))],
+                vec![post(web::post().to(operator::accounts::suspend))],
             ))
             .service(resource(
                 "/admin/users/{id}/reinstate",
-                vec![post(web::post().to(admin::reinstate))],
+                vec![post(web::post().to(operator::accounts::reinstate))],
             ))
             .service(resource(
                 "/admin/users/{id}/moderation",
-                vec![get(web::get().to(admin::user_moderation))],
+                vec![get(web::get().to(operator::accounts::user_moderation))],
             ))
             .service(resource(
                 "/admin/payments/review",
@@ -379,43 +387,43 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ))
             .service(resource(
                 "/admin/suspensions",
-                vec![get(web::get().to(admin::suspensions))],
+                vec![get(web::get().to(operator::accounts::suspensions))],
             ))
             .service(resource(
                 "/admin/stats",
-                vec![get(web::get().to(admin::stats))],
+                vec![get(web::get().to(operator::fleet::stats))],
             ))
             .service(resource(
                 "/admin/jobs",
-                vec![get(web::get().to(operators::jobs))],
+                vec![get(web::get().to(operator::jobs::jobs))],
             ))
             .service(resource(
                 "/admin/jobs/{id}",
-                vec![get(web::get().to(operators::job))],
+                vec![get(web::get().to(operator::jobs::job))],
             ))
             .service(resource(
                 "/admin/jobs/{id}/cancel",
-                vec![post(web::post().to(operators::cancel))],
+                vec![post(web::post().to(operator::jobs::cancel))],
             ))
             .service(resource(
                 "/admin/users",
-                vec![get(web::get().to(operators::users))],
+                vec![get(web::get().to(operator::accounts::users))],
             ))
             .service(resource(
                 "/admin/users/{id}",
-                vec![get(web::get().to(operators::user))],
+                vec![get(web::get().to(operator::accounts::user))],
             ))
             .service(resource(
                 "/admin/workers",
-                vec![get(web::get().to(operators::workers))],
+                vec![get(web::get().to(operator::fleet::workers))],
             ))
             .service(resource(
                 "/admin/workers/{id}/drain",
-                vec![post(web::post().to(operators::drain))],
+                vec![post(web::post().to(operator::fleet::drain))],
             ))
             .service(resource(
                 "/admin/workers/{id}/lift-quarantine",
-                vec![post(web::post().to(operators::lift_quarantine))],
+                vec![post(web::post().to(operator::fleet::lift_quarantine))],
             ))
             .service(resource(
                 "/workers/connect",

@@ -12,8 +12,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Object, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi};
 
+use crate::http::operator::{accounts as operator_accounts, fleet, jobs as operator_jobs};
 use crate::http::{account_webhooks, keys, models, payments, pricing};
-use crate::http::{admin, events, jobs, operators, ops, problem, users, wallet, workers};
+use crate::http::{events, health, jobs, problem, users, wallet, workers};
 use crate::views;
 
 #[derive(OpenApi)]
@@ -24,11 +25,12 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         users::register, users::me, users::webhook_secret,
         wallet::wallet, wallet::ledger,
         jobs::submit, jobs::submit_batch, jobs::get, jobs::list, jobs::cancel, events::stream,
-        admin::grant, admin::membership, admin::suspend, admin::reinstate, admin::user_moderation, admin::suspensions, admin::stats,
-        operators::jobs, operators::job, operators::cancel, operators::users, operators::user,
-        operators::workers, operators::drain, operators::lift_quarantine, models::list,
-        ops::healthz, ops::readyz, ops::metrics, openapi,
-        keys::issue, keys::list, keys::revoke, keys::close, keys::terminate,
+        operator_accounts::grant, operator_accounts::membership, operator_accounts::suspend, operator_accounts::reinstate,
+        operator_accounts::user_moderation, operator_accounts::suspensions, operator_accounts::terminate, fleet::stats,
+        operator_jobs::jobs, operator_jobs::job, operator_jobs::cancel, operator_accounts::users, operator_accounts::user,
+        fleet::workers, fleet::drain, fleet::lift_quarantine, models::list,
+        health::healthz, health::readyz, health::metrics, openapi,
+        keys::issue, keys::list, keys::revoke, users::close,
         payments::webhook, payments::for_review, pricing::get, pricing::announce,
         workers::connect,
         events::user_stream,
@@ -40,12 +42,13 @@ Every error is `application/problem+json` with a stable `type` (see the `Problem
         views::UserView, views::WalletView, views::LedgerEntryView, views::JobView,
         users::RegisterRequest, users::Registered, users::Me, users::WebhookSecret,
         wallet::LedgerPage, jobs::JobsPage, jobs::BatchRequest, jobs::BatchItem, jobs::BatchResponse, jobs::BatchResult,
-        operators::AdminJobView, operators::AdminJobsPage, operators::AttemptView, operators::JobDetailView,
-        operators::UsersPage, operators::UserDetailView, operators::WorkerInfo, operators::WorkersPage,
+        operator_jobs::AdminJobView, operator_jobs::AdminJobsPage, operator_jobs::AttemptView, operator_jobs::JobDetailView,
+        operator_accounts::UsersPage, operator_accounts::UserDetailView, fleet::WorkerInfo, fleet::WorkersPage,
         models::ModelView, models::ModelsPage,
-        admin::GrantRequest, admin::AdminGrantSource, admin::MembershipRequest, admin::StatsView, admin::WorkerStats, admin::LastHour, admin::NodeView,
-        ops::Health,
-        keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, keys::CloseRequest, keys::Closed,
+        operator_accounts::GrantRequest, operator_accounts::AdminGrantSource, operator_accounts::MembershipRequest,
+        fleet::StatsView, fleet::WorkerStats, fleet::LastHour, fleet::NodeView,
+        health::Health,
+        keys::ApiKeyView, keys::IssuedKeyView, keys::ApiKeysPage, users::CloseRequest, users::Closed,
         payments::PaymentEvent, payments::ProductDoc, payments::PaymentApplied, payments::PaymentReviewsPage, admedia_actors::domain::payments::PaymentReview,
         pricing::Prices, pricing::PriceVersionView, pricing::Pricing, pricing::AnnounceRequest,
         users::MembershipView, users::GiftView,

@@ -1,4 +1,5 @@
-//! Registration and the caller's own account: `POST /v1/users`, `GET /v1/me`.
+//! Registration and the caller's own account: `POST /v1/users`, `GET /v1/me`,
+//! the webhook secret, and closing the account (ToS 9.3).
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -154,4 +155,44 @@ pub async fn webhook_secret(
         .await
         .map_err(admedia_actors::OrchestratorError::from)?;
     Ok(HttpResponse::Ok().json(WebhookSecret { secret }))
+}
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRequest {
+    /// Must be `true`: closing cannot be undone.
+    pub confirm: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Closed {
+    pub user: UserView,
+    pub wallet: WalletView,
+    /// Credits left in the account: kept in the ledger, never refunded or
+    /// paid out (ToS 9.3).
+    pub remaining_credits: i64,
+}
+
+/// Close the caller's account (ToS 9.3): every key stops working, waiting
+/// jobs are cancelled and refunded to the balance, and the remaining
+/// credits are not refunded. The e-mail address stays taken (ToS 2.4).
+#[utoipa::path(post, path = "/v1/me/close", request_body = CloseRequest, security(("api_key" = [])),
+    responses((status = 200, body = Closed), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn close(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    body: Json<CloseRequest>,
+) -> Result<HttpResponse, ApiError> {
+    if !body.confirm {
+        return Err(ApiError::InvalidParams(
+            "confirm must be true: closing an account cannot be undone".into(),
+        ));
+    }
+    let (user, wallet) = state.orchestrator.terminate(user.id).await?;
+    state.expire_objects(user.id).await;
+    Ok(HttpResponse::Ok().json(Closed {
+        user: UserView::of(&user),
+        wallet: WalletView::of(&wallet),
+        remaining_credits: wallet.balance.get(),
+    }))
 }

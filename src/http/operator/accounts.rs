@@ -1,26 +1,24 @@
-//! The operator's API: credits, memberships, suspension, stats.
+//! The operator's hand on accounts: credits granted, memberships, suspension
+//! and reinstatement, a user's moderation record, termination (ToS 9.2),
+//! and finding users by e-mail.
 
 use actix_web::{web, HttpResponse};
 use admedia_actors::domain::content::evidence::{ModerationAction, ModerationKind, Violation};
 use admedia_actors::domain::content::Source;
-use admedia_actors::domain::ids::UserId;
 use admedia_actors::domain::ledger::{Grant, GrantSource};
 use admedia_actors::domain::tier::{Membership, Tier};
 use admedia_actors::domain::wallet::Credits;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
+use super::user_id;
 use crate::http::auth::Admin;
-use crate::http::input::Json;
+use crate::http::input::{Json, Query};
 use crate::http::problem::{ApiError, Problem};
-use crate::http::AppState;
-use crate::views::{UserView, WalletView};
-
-fn user_id(raw: &str) -> Result<UserId, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found("user"))
-}
+use crate::http::{page_limit, AppState};
+use crate::views::{LedgerEntryView, UserView, WalletView};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -304,97 +302,85 @@ pub async fn suspensions(state: web::Data<AppState>, _: Admin) -> Result<HttpRes
     }))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct WorkerStats {
-    pub connected: usize,
-    pub busy_slots: u32,
-    pub idle_slots: u32,
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsersQuery {
+    /// Part of an e-mail address (case-insensitive).
+    #[param(
+        min_length = 1,
+        max_length = 254,
+        pattern = r"^[^\u0000]*\S[^\u0000]*$"
+    )]
+    pub email: String,
+    /// 1..=200, default 50.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct StatsView {
-    /// Jobs waiting per tier (including those waiting out a retry backoff
-    /// under `retrying`).
-    pub queue: BTreeMap<String, usize>,
-    pub retrying: usize,
-    pub jobs: BTreeMap<String, u64>,
-    pub workers: WorkerStats,
-    /// Dispatches per tier over the last five minutes.
-    pub recent_dispatches: BTreeMap<String, u64>,
-    pub last_hour: LastHour,
-    /// This node's place in the cluster.
-    pub node: NodeView,
+pub struct UsersPage {
+    pub users: Vec<UserView>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct NodeView {
-    pub id: String,
-    /// `leader` runs the active scheduler; `standby` takes over if it dies.
-    pub role: &'static str,
-    /// The leader's election term (null on a standby).
-    pub epoch: Option<u64>,
-}
-
-impl NodeView {
-    pub fn of(node: &crate::cluster::NodeState) -> NodeView {
-        let (role, epoch) = match node.role() {
-            crate::cluster::Role::Leader { epoch } => ("leader", Some(epoch)),
-            crate::cluster::Role::Standby => ("standby", None),
-        };
-        NodeView {
-            id: node.id.clone(),
-            role,
-            epoch,
-        }
+#[utoipa::path(get, path = "/v1/admin/users", params(UsersQuery), security(("admin_token" = [])),
+    responses((status = 200, body = UsersPage), (status = 422, body = Problem)))]
+pub async fn users(
+    state: web::Data<AppState>,
+    _: Admin,
+    query: Query<UsersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    if query.email.trim().is_empty() || query.email.chars().count() > 254 {
+        return Err(ApiError::InvalidParams(
+            "email: give 1..=254 characters to search for".into(),
+        ));
     }
+    let users = state.orchestrator.find_users(&query.email, limit).await?;
+    Ok(HttpResponse::Ok().json(UsersPage {
+        users: users.iter().map(UserView::of).collect(),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct LastHour {
-    /// Attempts that ended in a system failure (each retried or refunded).
-    pub system_failures: u64,
-    /// Holds voided (automatic refunds and cancellations before start).
-    pub refunds: u64,
-    pub refunded_credits: i64,
+pub struct UserDetailView {
+    pub user: UserView,
+    pub wallet: WalletView,
+    /// The 20 newest ledger entries.
+    pub ledger: Vec<LedgerEntryView>,
 }
 
-#[utoipa::path(get, path = "/v1/admin/stats", security(("admin_token" = [])),
-    responses((status = 200, body = StatsView), (status = 401, body = Problem)))]
-pub async fn stats(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
-    let stats = state.orchestrator.stats().await?;
-    let queue = Tier::ALL
-        .into_iter()
-        .map(|t| (t.as_str().to_owned(), stats.scheduler.waiting_by_tier[t]))
-        .collect();
-    let jobs = stats
-        .jobs
-        .0
-        .iter()
-        .map(|(s, n)| (s.as_str().to_owned(), *n))
-        .collect();
-    let activity = state
-        .orchestrator
-        .activity_since(Utc::now() - chrono::Duration::hours(1))
-        .await?;
-    let recent_dispatches = Tier::ALL
-        .into_iter()
-        .map(|t| (t.as_str().to_owned(), stats.scheduler.recent_dispatches[t]))
-        .collect();
-    Ok(HttpResponse::Ok().json(StatsView {
-        node: NodeView::of(&state.node),
-        recent_dispatches,
-        last_hour: LastHour {
-            system_failures: activity.retries,
-            refunds: activity.refunds,
-            refunded_credits: activity.refunded_credits,
-        },
-        queue,
-        retrying: stats.scheduler.retrying,
-        jobs,
-        workers: WorkerStats {
-            connected: stats.scheduler.workers,
-            busy_slots: stats.scheduler.busy_slots,
-            idle_slots: stats.scheduler.idle_slots,
-        },
+#[utoipa::path(get, path = "/v1/admin/users/{id}", params(("id" = String, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = UserDetailView), (status = 404, body = Problem)))]
+pub async fn user(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    let user = state.orchestrator.user(id).await?;
+    let wallet = state.orchestrator.wallet(id).await?;
+    let ledger = state.orchestrator.ledger(id, None, 20).await?;
+    Ok(HttpResponse::Ok().json(UserDetailView {
+        user: UserView::of(&user),
+        wallet: WalletView::of(&wallet),
+        ledger: ledger.iter().map(LedgerEntryView::of).collect(),
     }))
+}
+
+/// Terminate an account (ToS 9.2): no more access, waiting jobs cancelled
+/// and refunded, the ledger kept. Terminating again changes nothing;
+/// a terminated account cannot be reinstated.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/terminate", params(("id" = String, Path)),
+    security(("admin_token" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn terminate(
+    state: web::Data<AppState>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    let (user, _) = state.orchestrator.terminate(id).await?;
+    state.expire_objects(user.id).await;
+    Ok(HttpResponse::Ok().json(UserView::of(&user)))
 }

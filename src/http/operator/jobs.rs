@@ -1,9 +1,9 @@
-//! The operator's read-and-act API across users: jobs with their attempts
-//! and ledger entries, users by e-mail, workers and draining. The console
-//! renders the same data.
+//! The operator's view of every user's jobs: listing and filtering them,
+//! one job with its attempts and ledger entries, and cancelling any job.
+//! The console renders the same data.
 
 use actix_web::{web, HttpResponse};
-use admedia_actors::domain::ids::{JobId, UserId, WorkerId};
+use admedia_actors::domain::ids::{JobId, UserId};
 use admedia_actors::domain::job::{JobKind, JobState};
 use admedia_actors::domain::tier::Tier;
 use admedia_actors::store::{AttemptRecord, JobFilter};
@@ -15,7 +15,7 @@ use crate::http::auth::Admin;
 use crate::http::input::Query;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::{before_cursor, next_page, page_limit, AppState};
-use crate::views::{JobView, LedgerEntryView, UserView, WalletView};
+use crate::views::{JobView, LedgerEntryView};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -183,160 +183,4 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let job = state.orchestrator.admin_cancel(job_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(JobView::for_operator(&job, None)))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct UsersQuery {
-    /// Part of an e-mail address (case-insensitive).
-    #[param(
-        min_length = 1,
-        max_length = 254,
-        pattern = r"^[^\u0000]*\S[^\u0000]*$"
-    )]
-    pub email: String,
-    /// 1..=200, default 50.
-    #[param(minimum = 1, maximum = 200)]
-    pub limit: Option<usize>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct UsersPage {
-    pub users: Vec<UserView>,
-}
-
-#[utoipa::path(get, path = "/v1/admin/users", params(UsersQuery), security(("admin_token" = [])),
-    responses((status = 200, body = UsersPage), (status = 422, body = Problem)))]
-pub async fn users(
-    state: web::Data<AppState>,
-    _: Admin,
-    query: Query<UsersQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let limit = page_limit(query.limit)?;
-    if query.email.trim().is_empty() || query.email.chars().count() > 254 {
-        return Err(ApiError::InvalidParams(
-            "email: give 1..=254 characters to search for".into(),
-        ));
-    }
-    let users = state.orchestrator.find_users(&query.email, limit).await?;
-    Ok(HttpResponse::Ok().json(UsersPage {
-        users: users.iter().map(UserView::of).collect(),
-    }))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct UserDetailView {
-    pub user: UserView,
-    pub wallet: WalletView,
-    /// The 20 newest ledger entries.
-    pub ledger: Vec<LedgerEntryView>,
-}
-
-#[utoipa::path(get, path = "/v1/admin/users/{id}", params(("id" = String, Path)), security(("admin_token" = [])),
-    responses((status = 200, body = UserDetailView), (status = 404, body = Problem)))]
-pub async fn user(
-    state: web::Data<AppState>,
-    _: Admin,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id: UserId = path.parse().map_err(|_| ApiError::not_found("user"))?;
-    let user = state.orchestrator.user(id).await?;
-    let wallet = state.orchestrator.wallet(id).await?;
-    let ledger = state.orchestrator.ledger(id, None, 20).await?;
-    Ok(HttpResponse::Ok().json(UserDetailView {
-        user: UserView::of(&user),
-        wallet: WalletView::of(&wallet),
-        ledger: ledger.iter().map(LedgerEntryView::of).collect(),
-    }))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WorkerInfo {
-    pub id: String,
-    pub name: String,
-    pub gpu_model: String,
-    pub vram_mb: u32,
-    pub kinds: Vec<JobKind>,
-    /// Empty: any model.
-    pub models: Vec<String>,
-    pub loaded_models: Vec<String>,
-    pub slots: u32,
-    pub busy_slots: u32,
-    pub draining: bool,
-    /// Takes no new jobs after repeated system failures, until the
-    /// cool-down passes or an operator lifts it.
-    pub quarantined: bool,
-    /// Milliseconds of quarantine left.
-    pub quarantine_left_ms: Option<u64>,
-    /// System failures since its last success.
-    pub consecutive_failures: u32,
-    /// Milliseconds since the worker was last heard from.
-    pub last_heard_ms: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WorkersPage {
-    pub workers: Vec<WorkerInfo>,
-}
-
-pub async fn worker_infos(state: &AppState) -> Result<Vec<WorkerInfo>, ApiError> {
-    Ok(state
-        .orchestrator
-        .workers()
-        .await?
-        .into_iter()
-        .map(|(w, heard)| WorkerInfo {
-            id: w.id.to_string(),
-            name: w.caps.name.clone(),
-            gpu_model: w.caps.gpu_model.clone(),
-            vram_mb: w.caps.vram_mb,
-            kinds: w.caps.kinds.clone(),
-            models: w.caps.models.clone(),
-            loaded_models: w.warm_models.clone(),
-            slots: w.caps.slots,
-            busy_slots: w.busy_slots,
-            draining: w.draining,
-            quarantined: w.quarantined_for.is_some(),
-            quarantine_left_ms: w
-                .quarantined_for
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            consecutive_failures: w.consecutive_failures,
-            last_heard_ms: heard.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        })
-        .collect())
-}
-
-#[utoipa::path(get, path = "/v1/admin/workers", security(("admin_token" = [])),
-    responses((status = 200, body = WorkersPage)))]
-pub async fn workers(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(WorkersPage {
-        workers: worker_infos(&state).await?,
-    }))
-}
-
-/// The worker finishes what it runs and gets nothing new.
-#[utoipa::path(post, path = "/v1/admin/workers/{id}/drain", params(("id" = String, Path)), security(("admin_token" = [])),
-    responses((status = 204), (status = 404, body = Problem)))]
-pub async fn drain(
-    state: web::Data<AppState>,
-    _: Admin,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id: WorkerId = path.parse().map_err(|_| ApiError::not_found("worker"))?;
-    state.orchestrator.drain_worker(id).await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-/// The worker takes jobs again now, with a clean failure record.
-#[utoipa::path(post, path = "/v1/admin/workers/{id}/lift-quarantine", params(("id" = String, Path)), security(("admin_token" = [])),
-    responses((status = 204), (status = 404, body = Problem)))]
-pub async fn lift_quarantine(
-    state: web::Data<AppState>,
-    _: Admin,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id: WorkerId = path.parse().map_err(|_| ApiError::not_found("worker"))?;
-    state.orchestrator.lift_quarantine(id).await?;
-    Ok(HttpResponse::NoContent().finish())
 }

@@ -14,7 +14,7 @@ pub struct Health {
     /// `memory` or `postgres`.
     pub store: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<crate::http::admin::NodeView>,
+    pub node: Option<crate::http::operator::fleet::NodeView>,
 }
 
 /// The process is alive.
@@ -24,7 +24,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         status: "ok",
         store: state.orchestrator.store().adapter(),
         // The role needs no database, so it shows even when it is down.
-        node: Some(crate::http::admin::NodeView::of(&state.node)),
+        node: Some(crate::http::operator::fleet::NodeView::of(&state.node)),
     })
 }
 
@@ -35,7 +35,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(Health {
         status: "ready",
         store: state.orchestrator.store().adapter(),
-        node: Some(crate::http::admin::NodeView::of(&state.node)),
+        node: Some(crate::http::operator::fleet::NodeView::of(&state.node)),
     }))
 }
 
