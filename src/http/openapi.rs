@@ -278,6 +278,26 @@ mod tests {
         serde_json::to_value(ApiDoc::openapi()).expect("document serializes")
     }
 
+    /// An attempt's outcome is the domain's enum in the document, every
+    /// label listed, so a client cannot miss one (as `withheld` once was
+    /// missing from a hand-written description).
+    #[test]
+    fn an_attempt_outcome_lists_every_label() {
+        let doc = doc();
+        let schema = &doc["components"]["schemas"]["AttemptOutcomeLabel"];
+        let labels: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("an enum schema: {schema}"))
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let all: Vec<&str> = admedia_actors::domain::job::AttemptOutcomeLabel::ALL
+            .iter()
+            .map(|l| l.as_str())
+            .collect();
+        assert_eq!(labels, all);
+    }
+
     #[test]
     fn query_parameters_are_in_the_query() {
         let doc = doc();

@@ -651,6 +651,7 @@ fn first_price_version() -> u32 {
 /// How an attempt ended, as its record keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AttemptOutcomeLabel {
     Succeeded,
     /// Outputs made, every one withheld by the content checks.

@@ -4,7 +4,7 @@
 
 use actix_web::{web, HttpResponse};
 use admedia_actors::domain::ids::{JobId, UserId};
-use admedia_actors::domain::job::{JobKind, JobState};
+use admedia_actors::domain::job::{AttemptOutcomeLabel, JobKind, JobState};
 use admedia_actors::domain::tier::Tier;
 use admedia_actors::store::{AttemptRecord, JobFilter};
 use chrono::{DateTime, Utc};
@@ -124,9 +124,8 @@ pub struct AttemptView {
     pub assigned_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// `succeeded`, `user_failure`, `system_failure`, `cancelled`, or null
-    /// while in flight.
-    pub outcome: Option<String>,
+    /// How the attempt ended; null while it is in flight.
+    pub outcome: Option<AttemptOutcomeLabel>,
     pub message: Option<String>,
 }
 
@@ -138,7 +137,7 @@ impl AttemptView {
             assigned_at: a.assigned_at,
             started_at: a.started_at,
             finished_at: a.finished_at,
-            outcome: a.outcome.map(|o| o.as_str().to_owned()),
+            outcome: a.outcome,
             message: a.message.clone(),
         }
     }
