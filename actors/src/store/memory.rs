@@ -84,11 +84,10 @@ struct State {
     emails: HashMap<String, UserId>,
     keys: HashMap<KeyHash, UserId>,
     accounts: HashMap<UserId, Account>,
-    /// Boxed: the table's slots stay small, so growing it past a million
-    /// jobs copies ids and pointers, not whole records, and its empty
-    /// slots cost a pointer each.
-    jobs: HashMap<JobId, Box<kept::KeptJob>>,
-    /// Every job by submission order (operator listings, recovery).
+    jobs: kept::JobRecords,
+    /// Every job not pruned, by submission order (operator listings,
+    /// recovery). A pruned job leaves it, so a listing never walks past
+    /// the whole of history.
     order: BTreeMap<u64, JobId>,
     /// The submission numbers of jobs waiting or in flight, by state,
     /// kept in step by `put_job`, so recovery and reconciliation do not
@@ -137,11 +136,11 @@ struct OwedWebhook {
 #[derive(Default)]
 struct Account {
     wallet: Wallet,
-    ledger: Vec<LedgerEntry>,
+    ledger: Vec<kept::KeptEntry>,
     /// Each grant's idempotency key with the terms it booked.
     grant_keys: BTreeMap<String, GrantTerms>,
     idempotency: HashMap<IdempotencyKey, (RequestHash, Job)>,
-    /// seq → job, every job of the user (listing).
+    /// seq → job, every job of the user not pruned (listing).
     jobs: BTreeMap<u64, JobId>,
     /// The user's queued jobs in the order the scheduler takes them
     /// (priority, then seq): waiting limit, queue position.
@@ -178,14 +177,11 @@ impl State {
 
     fn job_by_seq(&self, seq: u64) -> Option<Job> {
         let id = self.order.get(&seq)?;
-        self.jobs.get(id).map(|j| j.job())
+        self.jobs.get(id)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Job> {
-        self.jobs
-            .get(&id)
-            .map(|j| j.job())
-            .ok_or(StoreError::NotFound("job"))
+        self.jobs.get(&id).ok_or(StoreError::NotFound("job"))
     }
 
     /// Everything a write set may refuse is checked before the first
@@ -196,12 +192,12 @@ impl State {
         // long as the ledger, so the hold's state is never lost.
         for hold in &ws.holds {
             match hold {
-                HoldWrite::Opened { job, .. } if self.jobs.contains_key(job) => {
+                HoldWrite::Opened { job, .. } if self.jobs.contains(job) => {
                     return Err(StoreError::Invariant(format!(
                         "job {job} has a hold already"
                     )));
                 }
-                HoldWrite::Resolved { job, .. } => match self.jobs.get(job).map(|j| j.charge) {
+                HoldWrite::Resolved { job, .. } => match self.jobs.charge(job) {
                     Some(Charge::Held) => {}
                     Some(_) => return Err(StoreError::HoldResolved),
                     None => return Err(StoreError::Invariant(format!("job {job} has no hold"))),
@@ -211,7 +207,7 @@ impl State {
         }
         for write in &ws.jobs {
             match write.before {
-                None if self.jobs.contains_key(&write.job.id) => {
+                None if self.jobs.contains(&write.job.id) => {
                     return Err(StoreError::Invariant(format!(
                         "job id {} reused",
                         write.job.id
@@ -257,7 +253,7 @@ impl State {
                     },
                 );
             }
-            account.ledger.push(LedgerEntry {
+            account.ledger.push(kept::KeptEntry::of(&LedgerEntry {
                 id,
                 user_id: e.user,
                 kind: e.kind,
@@ -268,7 +264,7 @@ impl State {
                 job_id: e.job_id,
                 note: e.note.clone(),
                 created_at: e.at,
-            });
+            }));
         }
         for write in &ws.jobs {
             if write.before.is_none() {
@@ -281,18 +277,10 @@ impl State {
         // whatever charge the job write carried.
         for hold in &ws.holds {
             match hold {
-                HoldWrite::Opened { job, .. } => {
-                    if let Some(kept) = self.jobs.get_mut(job) {
-                        kept.charge = Charge::Held;
-                    }
-                }
+                HoldWrite::Opened { job, .. } => self.jobs.set_charge(job, Charge::Held),
                 HoldWrite::Resolved {
                     job, resolution, ..
-                } => {
-                    if let Some(kept) = self.jobs.get_mut(job) {
-                        kept.charge = *resolution;
-                    }
-                }
+                } => self.jobs.set_charge(job, *resolution),
             }
         }
         for a in &ws.attempts {
@@ -386,25 +374,17 @@ impl State {
         } else {
             self.by_state.entry(job.state).or_default().insert(job.seq);
         }
-        self.order.insert(job.seq, job.id);
+        if job.pruned_at.is_none() {
+            self.order.insert(job.seq, job.id);
+        }
         if let (true, None, Some(at)) = (job.state.is_terminal(), job.pruned_at, job.finished_at) {
             self.unpruned
                 .entry(job.state)
                 .or_default()
                 .insert((at, job.seq));
         }
-        self.keep(job);
+        self.jobs.keep(job);
         Ok(())
-    }
-
-    /// Stores a job's record, in the box it already has when it has one.
-    fn keep(&mut self, job: Job) {
-        match self.jobs.get_mut(&job.id) {
-            Some(kept) => **kept = job.into(),
-            None => {
-                self.jobs.insert(job.id, Box::new(job.into()));
-            }
-        }
     }
 
     fn unpruned_count(&self) -> usize {
@@ -412,7 +392,8 @@ impl State {
     }
 
     /// Replaces a finished job by what retention leaves of it and forgets
-    /// its attempt records. Its ledger entries, hold and owed webhook
+    /// its attempt records; it leaves the listing indexes (listings show
+    /// no pruned job). Its ledger entries, hold and owed webhook
     /// deliveries (which carry their own copy) stay.
     fn store_pruned(&mut self, thin: Job) {
         if let (Some(set), Some(at)) = (self.unpruned.get_mut(&thin.state), thin.finished_at) {
@@ -420,7 +401,11 @@ impl State {
         }
         self.attempts.remove(&thin.id);
         self.endpoints.forget_job(thin.user_id, thin.id);
-        self.keep(thin);
+        self.order.remove(&thin.seq);
+        if let Some(account) = self.accounts.get_mut(&thin.user_id) {
+            account.jobs.remove(&thin.seq);
+        }
+        self.jobs.keep(thin);
     }
 
     /// The finished job that ended first among those kept in full.
@@ -445,7 +430,7 @@ impl State {
                 .order
                 .get(&seq)
                 .and_then(|id| self.jobs.get(id))
-                .and_then(|job| job.job().pruned(now));
+                .and_then(|job| job.pruned(now));
             match thin {
                 Some(thin) => self.store_pruned(thin),
                 None => {

@@ -19,13 +19,16 @@ impl JobStore for MemoryStore {
     ) -> StoreResult<Vec<LedgerEntry>> {
         let mut s = self.state.lock();
         let account = s.account(user)?;
-        Ok(account
-            .ledger
+        // Entries are in booking order, so a page starts where the cursor
+        // falls, found by halving, not by walking from the newest.
+        let end = before.map_or(account.ledger.len(), |b| {
+            account.ledger.partition_point(|e| e.id() < b)
+        });
+        Ok(account.ledger[..end]
             .iter()
             .rev()
-            .filter(|e| before.is_none_or(|b| e.id < b))
             .take(limit)
-            .cloned()
+            .map(|e| e.entry(user))
             .collect())
     }
 
@@ -128,7 +131,7 @@ impl JobStore for MemoryStore {
                 seqs.sort_unstable();
                 seqs.iter()
                     .filter_map(|seq| a.jobs.get(seq))
-                    .filter_map(|id| s.jobs.get(id).map(|j| j.job()))
+                    .filter_map(|id| s.jobs.get(id))
                     .collect()
             })
             .unwrap_or_default();
@@ -138,12 +141,12 @@ impl JobStore for MemoryStore {
     }
 
     async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
-        Ok(self.state.lock().jobs.get(&id).map(|j| j.job()))
+        Ok(self.state.lock().jobs.get(&id))
     }
 
     async fn queue_position(&self, id: JobId) -> StoreResult<Option<u32>> {
         let s = self.state.lock();
-        let Some(job) = s.jobs.get(&id) else {
+        let Some(job) = s.jobs.full(&id) else {
             return Ok(None);
         };
         if job.state != JobState::Queued {
@@ -173,8 +176,8 @@ impl JobStore for MemoryStore {
     ) -> StoreResult<Vec<Job>> {
         let mut s = self.state.lock();
         let before_seq = match before {
-            Some(id) => match s.jobs.get(&id) {
-                Some(job) if job.user_id == user => Some(job.seq),
+            Some(id) => match s.jobs.owner_and_seq(&id) {
+                Some((owner, seq)) if owner == user => Some(seq),
                 _ => return Err(StoreError::NotFound("job")),
             },
             None => None,
@@ -186,7 +189,7 @@ impl JobStore for MemoryStore {
         };
         Ok(ids
             .into_iter()
-            .filter_map(|id| s.jobs.get(&id))
+            .filter_map(|id| s.jobs.full(&id))
             .filter(|j| j.pruned_at().is_none() && state.is_none_or(|st| j.state == st))
             .take(limit)
             .map(|j| j.job())
@@ -197,14 +200,16 @@ impl JobStore for MemoryStore {
         let s = self.state.lock();
         if states.iter().any(|st| st.is_terminal()) {
             // Finished jobs have no index: nothing on a hot path asks for
-            // them, so this walks every job in submission order.
-            return Ok(s
-                .order
-                .values()
-                .filter_map(|id| s.jobs.get(id))
+            // them, so this walks every job, pruned ones too.
+            let mut jobs: Vec<Job> = s
+                .jobs
+                .full_records()
                 .filter(|j| states.contains(&j.state))
                 .map(|j| j.job())
-                .collect());
+                .chain(s.jobs.pruned_jobs().filter(|j| states.contains(&j.state)))
+                .collect();
+            jobs.sort_unstable_by_key(|j| j.seq);
+            return Ok(jobs);
         }
         let mut seqs: Vec<u64> = states
             .iter()
@@ -283,7 +288,7 @@ impl JobStore for MemoryStore {
                 .order
                 .get(&seq)
                 .and_then(|id| s.jobs.get(id))
-                .and_then(|job| decide::prune(&job.job(), before, now));
+                .and_then(|job| decide::prune(&job, before, now));
             if let Some(thin) = thin {
                 s.store_pruned(thin);
                 pruned += 1;

@@ -14,15 +14,15 @@ impl OperatorQueries for MemoryStore {
         let upper = match before {
             Some(id) => s
                 .jobs
-                .get(&id)
-                .map(|j| j.seq)
+                .owner_and_seq(&id)
+                .map(|(_, seq)| seq)
                 .ok_or(StoreError::NotFound("job"))?,
             None => u64::MAX,
         };
         Ok(s.order
             .range(..upper)
             .rev()
-            .filter_map(|(_, id)| s.jobs.get(id))
+            .filter_map(|(_, id)| s.jobs.full(id))
             .filter(|j| j.pruned_at().is_none() && j.matches(filter))
             .take(limit)
             .map(|j| j.job())
@@ -31,7 +31,7 @@ impl OperatorQueries for MemoryStore {
 
     async fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
         let s = self.state.lock();
-        if !s.jobs.contains_key(&job) {
+        if !s.jobs.contains(&job) {
             return Err(StoreError::NotFound("job"));
         }
         Ok(s.attempts.get(&job).cloned().unwrap_or_default())
@@ -39,18 +39,17 @@ impl OperatorQueries for MemoryStore {
 
     async fn job_ledger(&self, job: JobId) -> StoreResult<Vec<LedgerEntry>> {
         let s = self.state.lock();
-        let owner = s
+        let (owner, _) = s
             .jobs
-            .get(&job)
-            .map(|j| j.user_id)
+            .owner_and_seq(&job)
             .ok_or(StoreError::NotFound("job"))?;
         Ok(s.accounts
             .get(&owner)
             .map(|a| {
                 a.ledger
                     .iter()
-                    .filter(|e| e.job_id == Some(job))
-                    .cloned()
+                    .filter(|e| e.job_id() == Some(job))
+                    .map(|e| e.entry(owner))
                     .collect()
             })
             .unwrap_or_default())
@@ -87,11 +86,11 @@ impl OperatorQueries for MemoryStore {
                 .ledger
                 .iter()
                 .rev()
-                .take_while(|e| e.created_at >= since)
+                .take_while(|e| e.created_at() >= since)
             {
-                if e.kind == EntryKind::Void {
+                if e.kind() == EntryKind::Void {
                     activity.refunds += 1;
-                    activity.refunded_credits += e.amount.get();
+                    activity.refunded_credits += e.amount().get();
                 }
             }
         }
@@ -102,7 +101,13 @@ impl OperatorQueries for MemoryStore {
         let s = self.state.lock();
         Ok(s.accounts
             .iter()
-            .map(|(id, a)| (*id, a.wallet, a.ledger.clone()))
+            .map(|(id, a)| {
+                (
+                    *id,
+                    a.wallet,
+                    a.ledger.iter().map(|e| e.entry(*id)).collect(),
+                )
+            })
             .collect())
     }
 }
