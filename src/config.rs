@@ -254,7 +254,8 @@ pub struct Settings {
     // ---- materials and outputs (docs/materials.md)
     /// Where materials and outputs are kept: `s3://<bucket>`, `file:///<dir>`
     /// or a directory. Default: `./data/objects` with DATABASE_URL; on the
-    /// embedded store, `admedia-objects-<pid>` in the system's temp dir.
+    /// embedded store, `admedia-objects-<pid>` in the system's temp dir,
+    /// removed when the server stops.
     #[arg(long, env = "ADMEDIA_OBJECT_STORE")]
     pub object_store: Option<String>,
     /// An S3-compatible service's URL, e.g. `http://127.0.0.1:9000` (AWS when unset).
@@ -708,13 +709,26 @@ impl Settings {
             .filter(|s| !s.trim().is_empty())
         {
             Some(raw) => crate::objects::ObjectSettings::parse(raw, s3),
-            None if self.database_url.is_some() => Ok(crate::objects::ObjectSettings::Local {
-                root: PathBuf::from("data/objects"),
-            }),
             None => Ok(crate::objects::ObjectSettings::Local {
-                root: std::env::temp_dir().join(format!("admedia-objects-{}", std::process::id())),
+                root: self
+                    .scratch_objects()
+                    .unwrap_or_else(|| PathBuf::from("data/objects")),
             }),
         }
+    }
+
+    /// The directory objects go to when nothing says where and nothing
+    /// outlives the process: with the embedded store the catalogue dies
+    /// with it, so its files are no one's afterwards and the server
+    /// removes the directory when it stops. `None` when objects are kept
+    /// (a database, or a store named by `ADMEDIA_OBJECT_STORE`).
+    pub fn scratch_objects(&self) -> Option<PathBuf> {
+        let named = self
+            .object_store
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
+        (!named && self.database_url.is_none())
+            .then(|| std::env::temp_dir().join(format!("admedia-objects-{}", std::process::id())))
     }
 
     /// Quotas, retention and size limits of stored files.
@@ -777,6 +791,41 @@ mod tests {
             let e = given(&[&format!("{flag}={bad}")]).unwrap_err();
             assert!(e.starts_with(&format!("{flag}: invalid value")), "{e}");
         }
+    }
+
+    /// Only objects nothing can read after the process are scratch: the
+    /// embedded store's default directory, not a database's, not one the
+    /// operator named.
+    #[test]
+    fn only_the_embedded_default_directory_is_scratch() {
+        let mut s = given(&[]).unwrap();
+        s.database_url = None;
+        let scratch = s
+            .scratch_objects()
+            .expect("the embedded default is scratch");
+        assert!(
+            scratch.starts_with(std::env::temp_dir()),
+            "{}",
+            scratch.display()
+        );
+        assert!(matches!(
+            s.object_settings(),
+            Ok(crate::objects::ObjectSettings::Local { root }) if root == scratch
+        ));
+        s.object_store = Some("  ".into());
+        assert!(
+            s.scratch_objects().is_some(),
+            "a blank setting names nothing"
+        );
+        s.object_store = Some("/srv/objects".into());
+        assert_eq!(s.scratch_objects(), None);
+        s.object_store = None;
+        s.database_url = Some("postgres://db/x".into());
+        assert_eq!(s.scratch_objects(), None);
+        assert!(matches!(
+            s.object_settings(),
+            Ok(crate::objects::ObjectSettings::Local { root }) if root == "data/objects"
+        ));
     }
 
     #[test]

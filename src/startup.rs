@@ -122,6 +122,8 @@ pub struct Application {
     orchestrator: Orchestrator,
     admin_token: String,
     worker_token: String,
+    /// Objects no one can read after the process: removed at the stop.
+    scratch_objects: Option<std::path::PathBuf>,
 }
 
 fn random_token() -> String {
@@ -160,6 +162,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let config = settings.orchestrator()?;
         let sim_profile = settings.sim_profile()?;
+        let scratch_objects = settings.scratch_objects();
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match &settings.database_url {
             Some(url) => {
@@ -364,6 +367,7 @@ impl Application {
             orchestrator,
             admin_token,
             worker_token,
+            scratch_objects,
         })
     }
 
@@ -384,8 +388,19 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM; actix-web then stops accepting, lets
-    /// requests in progress finish, and returns.
+    /// requests in progress finish, and returns, removing the scratch
+    /// object directory of an embedded server (its catalogue is gone).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if let Some(dir) = self.scratch_objects {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => tracing::info!(dir = %dir.display(), "scratch object directory removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "scratch object directory left behind")
+                }
+            }
+        }
+        served
     }
 }

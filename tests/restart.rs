@@ -366,3 +366,62 @@ async fn an_attempt_not_presented_within_the_grace_is_lost_and_wrong_presentatio
     assert_eq!(records[1]["outcome"], "succeeded", "{records:?}");
     support::audit_user(&api, &key).await;
 }
+
+/// Stops a server the way an operator does (SIGTERM) and waits for it.
+fn terminate(server: &mut ServerProcess) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM: {status}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = server.child.try_wait().expect("wait for the server") {
+            return exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An embedded server's objects are in a directory of its own that no one
+/// can read after it stops (the catalogue was in its memory): stopping
+/// removes it. A directory the operator named is kept.
+#[actix_rt::test]
+async fn an_embedded_server_removes_its_scratch_objects_when_it_stops() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut server = ServerProcess::start(&[("TMPDIR", tmp.path().display().to_string())]).await;
+    let scratch = tmp
+        .path()
+        .join(format!("admedia-objects-{}", server.child.id()));
+    assert!(
+        scratch.is_dir(),
+        "the scratch directory {} exists while serving",
+        scratch.display()
+    );
+    // Something in it, as a real run leaves: the directory goes whole.
+    std::fs::create_dir_all(scratch.join("outputs/some-user")).expect("a nested dir");
+    std::fs::write(scratch.join("outputs/some-user/0"), b"bytes").expect("a file");
+    assert!(terminate(&mut server).success());
+    assert!(
+        !scratch.exists(),
+        "{} is left after the stop",
+        scratch.display()
+    );
+
+    let named = tmp.path().join("kept-objects");
+    let mut server = ServerProcess::start(&[
+        ("TMPDIR", tmp.path().display().to_string()),
+        ("ADMEDIA_OBJECT_STORE", named.display().to_string()),
+    ])
+    .await;
+    std::fs::write(named.join("a-file"), b"bytes").expect("a file");
+    assert!(terminate(&mut server).success());
+    assert!(
+        named.join("a-file").exists(),
+        "a named directory is the operator's: kept"
+    );
+}

@@ -319,9 +319,33 @@ impl ServerChild {
     }
 }
 
+impl ServerChild {
+    /// SIGTERM, as an operator stops it, so it cleans up after itself (an
+    /// embedded server removes its scratch objects); SIGKILL if it has
+    /// not exited within ten seconds.
+    pub fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let asked = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while asked && Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
 impl Drop for ServerChild {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
