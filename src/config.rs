@@ -824,7 +824,7 @@ mod tests {
         assert_eq!(s.scratch_objects(), None);
         assert!(matches!(
             s.object_settings(),
-            Ok(crate::objects::ObjectSettings::Local { root }) if root == "data/objects"
+            Ok(crate::objects::ObjectSettings::Local { root }) if root.as_path() == std::path::Path::new("data/objects")
         ));
     }
 
