@@ -116,6 +116,54 @@ fn spawn_object_sweep(materials: Arc<Materials>, every: std::time::Duration) {
     });
 }
 
+/// Removes, in the background, the scratch object directories of embedded
+/// servers that are gone (killed, crashed): beside `ours`, named for a
+/// process id with no process. A directory of a live process is left, and
+/// where the system shows no processes (`/proc`) nothing is removed.
+fn sweep_orphaned_scratch(ours: &std::path::Path) {
+    let (Some(parent), Some(name)) = (ours.parent(), ours.file_name()) else {
+        return;
+    };
+    let Some(prefix) = name
+        .to_str()
+        .and_then(|n| n.rsplit_once('-'))
+        .map(|(prefix, _)| format!("{prefix}-"))
+    else {
+        return;
+    };
+    let procs = std::path::Path::new("/proc");
+    if !procs.join("self").exists() {
+        return;
+    }
+    let parent = parent.to_path_buf();
+    std::thread::spawn(move || {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix.as_str()))
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if procs.join(pid).exists() {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "the scratch objects of a server that is gone removed")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "the scratch objects of a server that is gone left behind")
+                }
+            }
+        }
+    });
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -163,6 +211,9 @@ impl Application {
         let config = settings.orchestrator()?;
         let sim_profile = settings.sim_profile()?;
         let scratch_objects = settings.scratch_objects();
+        if let Some(dir) = &scratch_objects {
+            sweep_orphaned_scratch(dir);
+        }
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match &settings.database_url {
             Some(url) => {

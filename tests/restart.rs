@@ -425,3 +425,41 @@ async fn an_embedded_server_removes_its_scratch_objects_when_it_stops() {
         "a named directory is the operator's: kept"
     );
 }
+
+/// A server that was killed cannot clean up: the next embedded server
+/// removes the scratch directories of processes that are gone, and
+/// leaves those of live ones (this test's own process stands for one).
+#[actix_rt::test]
+async fn the_scratch_objects_of_a_killed_server_are_removed_by_the_next() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut killed = ServerProcess::start(&[("TMPDIR", tmp.path().display().to_string())]).await;
+    let orphan = tmp
+        .path()
+        .join(format!("admedia-objects-{}", killed.child.id()));
+    std::fs::write(orphan.join("left"), b"bytes").expect("a file");
+    killed.kill();
+    assert!(orphan.exists(), "a SIGKILLed server leaves its directory");
+    let alive = tmp
+        .path()
+        .join(format!("admedia-objects-{}", std::process::id()));
+    std::fs::create_dir_all(&alive).expect("a live process's dir");
+    let unrelated = tmp.path().join("admedia-objects-notapid");
+    std::fs::create_dir_all(&unrelated).expect("an unrelated dir");
+
+    let mut next = ServerProcess::start(&[("TMPDIR", tmp.path().display().to_string())]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while orphan.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was not removed",
+            orphan.display()
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alive.exists(), "a live process's directory is kept");
+    assert!(
+        unrelated.exists(),
+        "a name that is not a process id is kept"
+    );
+    assert!(terminate(&mut next).success());
+}
