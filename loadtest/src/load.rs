@@ -130,7 +130,10 @@ fn job_id_of(body: &Value) -> Option<JobId> {
 }
 
 /// Retries `call` while it gets no answer or a 5xx, until `deadline`.
-async fn until_answered<F, Fut>(deadline: Instant, mut call: F) -> (Result<Response, ApiError>, u32)
+pub(crate) async fn until_answered<F, Fut>(
+    deadline: Instant,
+    mut call: F,
+) -> (Result<Response, ApiError>, u32)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,

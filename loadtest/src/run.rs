@@ -444,38 +444,24 @@ struct PruneCheck {
 }
 
 /// Reads one acknowledged, unlisted job until it answers for itself: a read
-/// that got no answer, was throttled or met a server error is retried, so
-/// only the server's word (`410 job-pruned` or not) decides.
+/// that got no answer or met a server error is retried, so only the
+/// server's word (`410 job-pruned` or not) decides.
 async fn check_pruned(api: &Api, key: &str, id: &str) -> PruneCheck {
-    const TRIES: u32 = 6;
     let path = format!("/v1/jobs/{id}");
-    let mut last = String::new();
-    for attempt in 0..TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (res, tries) = load::until_answered(deadline, || {
+        api.call(awc::http::Method::GET, &path, Some(key), None, &[])
+    })
+    .await;
+    let unconfirmed = match res {
+        Err(e) => Some(format!("{e} after {tries} tries")),
+        Ok(res) => {
+            let kind = res.body["type"].as_str().unwrap_or("");
+            let pruned = res.status == 410 && kind.ends_with("job-pruned");
+            (!pruned).then(|| format!("{} {kind}", res.status))
         }
-        match api
-            .call(awc::http::Method::GET, &path, Some(key), None, &[])
-            .await
-        {
-            Err(e) => last = e.to_string(),
-            Ok(res) if res.status == 429 || res.status >= 500 => {
-                last = format!("{} after {TRIES} tries", res.status);
-            }
-            Ok(res) => {
-                let kind = res.body["type"].as_str().unwrap_or("").to_owned();
-                let pruned = res.status == 410 && kind.ends_with("job-pruned");
-                return PruneCheck {
-                    unconfirmed: (!pruned).then(|| format!("{} {kind}", res.status)),
-                    tries: attempt + 1,
-                };
-            }
-        }
-    }
-    PruneCheck {
-        unconfirmed: Some(last),
-        tries: TRIES,
-    }
+    };
+    PruneCheck { unconfirmed, tries }
 }
 
 /// Sorts `ids` (acknowledged, not listed) into those whose own read

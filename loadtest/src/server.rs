@@ -317,9 +317,7 @@ impl ServerChild {
             _ => None,
         }
     }
-}
 
-impl ServerChild {
     /// SIGTERM, as an operator stops it, so it cleans up after itself (an
     /// embedded server removes its scratch objects); SIGKILL if it has
     /// not exited within ten seconds.
