@@ -45,6 +45,10 @@ pub enum Command {
     },
 }
 
+/// An embedded server's scratch object directory is named this and its
+/// process id, in the system's temp dir.
+pub const SCRATCH_OBJECTS_PREFIX: &str = "admedia-objects-";
+
 #[derive(Args, Debug, Clone)]
 pub struct Settings {
     /// Address to serve HTTP on.
@@ -727,8 +731,9 @@ impl Settings {
             .object_store
             .as_deref()
             .is_some_and(|s| !s.trim().is_empty());
-        (!named && self.database_url.is_none())
-            .then(|| std::env::temp_dir().join(format!("admedia-objects-{}", std::process::id())))
+        (!named && self.database_url.is_none()).then(|| {
+            std::env::temp_dir().join(format!("{SCRATCH_OBJECTS_PREFIX}{}", std::process::id()))
+        })
     }
 
     /// Quotas, retention and size limits of stored files.

@@ -121,14 +121,7 @@ fn spawn_object_sweep(materials: Arc<Materials>, every: std::time::Duration) {
 /// process id with no process. A directory of a live process is left, and
 /// where the system shows no processes (`/proc`) nothing is removed.
 fn sweep_orphaned_scratch(ours: &std::path::Path) {
-    let (Some(parent), Some(name)) = (ours.parent(), ours.file_name()) else {
-        return;
-    };
-    let Some(prefix) = name
-        .to_str()
-        .and_then(|n| n.rsplit_once('-'))
-        .map(|(prefix, _)| format!("{prefix}-"))
-    else {
+    let Some(parent) = ours.parent() else {
         return;
     };
     let procs = std::path::Path::new("/proc");
@@ -144,7 +137,7 @@ fn sweep_orphaned_scratch(ours: &std::path::Path) {
             let name = entry.file_name();
             let Some(pid) = name
                 .to_str()
-                .and_then(|n| n.strip_prefix(prefix.as_str()))
+                .and_then(|n| n.strip_prefix(crate::config::SCRATCH_OBJECTS_PREFIX))
                 .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
             else {
                 continue;
