@@ -52,8 +52,8 @@ use admedia_actors::error::OrchestratorError;
 use admedia_actors::observer::{AttemptResult, Observer};
 use admedia_actors::planted::{self, Bug};
 use admedia_actors::store::forward::{
-    self, ForwardAccounts, ForwardCluster, ForwardEndpoints, ForwardModeration, ForwardOperator,
-    ForwardPayments, Wraps,
+    self, ForwardAccounts, ForwardArchive, ForwardCluster, ForwardEndpoints, ForwardModeration,
+    ForwardOperator, ForwardPayments, Wraps,
 };
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::store::prelude::*;
@@ -445,6 +445,7 @@ impl ForwardModeration for SimStore {}
 impl ForwardCluster for SimStore {}
 impl ForwardEndpoints for SimStore {}
 impl ForwardOperator for SimStore {}
+impl ForwardArchive for SimStore {}
 
 // ---------------------------------------------------------------- observer
 

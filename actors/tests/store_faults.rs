@@ -19,8 +19,8 @@ use admedia_actors::domain::ledger::EntryKind;
 use admedia_actors::domain::wallet::Credits;
 use admedia_actors::observer::NoopObserver;
 use admedia_actors::store::forward::{
-    self, ForwardAccounts, ForwardCluster, ForwardEndpoints, ForwardModeration, ForwardOperator,
-    ForwardPayments, Wraps,
+    self, ForwardAccounts, ForwardArchive, ForwardCluster, ForwardEndpoints, ForwardModeration,
+    ForwardOperator, ForwardPayments, Wraps,
 };
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::store::prelude::*;
@@ -113,6 +113,7 @@ impl ForwardModeration for FaultyStore {}
 impl ForwardCluster for FaultyStore {}
 impl ForwardEndpoints for FaultyStore {}
 impl ForwardOperator for FaultyStore {}
+impl ForwardArchive for FaultyStore {}
 
 fn config(max_attempts: u32) -> OrchestratorConfig {
     OrchestratorConfig {

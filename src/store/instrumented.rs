@@ -20,6 +20,7 @@ use admedia_actors::domain::job::{AttemptOutcome, Job, JobState};
 use admedia_actors::domain::ledger::{Grant, LedgerEntry};
 use admedia_actors::domain::tier::Membership;
 use admedia_actors::domain::wallet::{Credits, Wallet};
+use admedia_actors::store::archive::{Chapter, History};
 use admedia_actors::store::prelude::*;
 use admedia_actors::store::{
     Activity, AttemptRecord, AttemptRef, Cancellation, FinishedBefore, GrantOutcome, JobCounts,
@@ -45,6 +46,10 @@ use crate::metrics::Metrics;
 /// label: one per method of [`Store`] that reaches the store.
 pub const OPERATIONS: &[&str] = &[
     "ping",
+    "users_after",
+    "oldest_history",
+    "close_chapter",
+    "chapters",
     "claim_webhooks",
     "report_webhook",
     "create_user",
@@ -748,5 +753,33 @@ mod tests {
         ] {
             assert_eq!(error_kind(&refusal), None, "{refusal}");
         }
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for InstrumentedStore {
+    async fn users_after(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
+        self.timed("users_after", self.inner.users_after(after, limit))
+            .await
+    }
+
+    async fn oldest_history(&self, user: UserId, limit: usize) -> StoreResult<History> {
+        self.timed("oldest_history", self.inner.oldest_history(user, limit))
+            .await
+    }
+
+    async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
+        self.timed("close_chapter", self.inner.close_chapter(chapter, jobs))
+            .await
+    }
+
+    async fn chapters(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Chapter>> {
+        self.timed("chapters", self.inner.chapters(user, before, limit))
+            .await
     }
 }

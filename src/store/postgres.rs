@@ -49,6 +49,8 @@ use admedia_actors::domain::pricing::PriceTable;
 mod accounts;
 /// Writes write sets with set-based statements.
 mod apply;
+/// The ledger archive's chapters.
+mod archive;
 /// Health, election terms, the outbox and webhook secrets.
 mod cluster;
 /// The per-user event stream and account webhook endpoints.

@@ -124,7 +124,13 @@ pub struct GrantTerms {
 /// The wallet implied by a user's entries, for audits: `balance = Σ grants
 /// − Σ posts`, `held = Σ holds − Σ posts − Σ voids`.
 pub fn replay(entries: &[LedgerEntry]) -> Result<Wallet, String> {
-    let mut wallet = Wallet::default();
+    replay_from(Wallet::default(), entries)
+}
+
+/// [`replay`] from `opening`: the wallet before the first of `entries`
+/// (an archived chapter's closing balance).
+pub fn replay_from(opening: Wallet, entries: &[LedgerEntry]) -> Result<Wallet, String> {
+    let mut wallet = opening;
     for e in entries {
         wallet = match e.kind {
             EntryKind::Grant => wallet.grant(e.amount),

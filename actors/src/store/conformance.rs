@@ -15,7 +15,7 @@ use crate::domain::job::{
     AttemptOutcome, AttemptOutcomeLabel, Charge, IdempotencyKey, Job, JobKind, JobRequest, JobSpec,
     JobState, ParamsRequest, Priority,
 };
-use crate::domain::ledger::{replay, EntryKind, Grant, GrantSource, LedgerEntry};
+use crate::domain::ledger::{replay_from, EntryKind, Grant, GrantSource, LedgerEntry};
 use crate::domain::tier::Tier;
 use crate::domain::wallet::{Credits, Wallet};
 
@@ -24,6 +24,9 @@ pub type Shared = Arc<dyn Store>;
 /// Registration, API keys with their options.
 mod accounts;
 pub use accounts::*;
+/// The ledger archive's chapters.
+mod archive;
+pub use archive::*;
 /// Webhook secrets, election terms.
 mod cluster;
 pub use cluster::*;
@@ -147,7 +150,12 @@ pub async fn assert_books_balance(store: &Shared) {
     kept.sort_by_key(|(s, _)| JobState::ALL.iter().position(|x| x == s));
     assert_eq!(kept, counted, "the job counts disagree with the jobs");
     for (user, wallet, entries) in store.audit_ledgers().await.expect("audit") {
-        let replayed = replay(&entries).unwrap_or_else(|e| panic!("user {user}: {e}"));
+        // The live entries replay from where the last archived chapter
+        // closed.
+        let last = store.chapters(user, None, 1).await.expect("chapters");
+        let opening = crate::store::archive::opening(last.first());
+        let replayed =
+            replay_from(opening, &entries).unwrap_or_else(|e| panic!("user {user}: {e}"));
         assert_eq!(replayed, wallet, "user {user}: ledger and wallet disagree");
         let mut resolved = HashSet::new();
         for e in &entries {
@@ -274,6 +282,9 @@ macro_rules! store_conformance_tests {
             finished_jobs_are_pruned_after_retention,
             pruning_goes_oldest_first_in_batches,
             priority_is_stored_and_orders_the_queue_position,
+            // the ledger archive (archive.rs)
+            the_oldest_history_closes_into_a_chapter,
+            the_archive_visits_every_user_in_turn,
             // accounts (accounts.rs)
             registration_grants_reward_and_email_is_unique,
             api_key_finds_its_user_only,

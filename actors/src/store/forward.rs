@@ -20,6 +20,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::archive::{Chapter, History};
 use super::outbox::{DeliveryReport, OutboxFeed, PendingWebhook};
 use super::prelude::*;
 use super::{
@@ -58,6 +59,8 @@ pub trait ForwardCluster: Wraps {}
 pub trait ForwardEndpoints: Wraps {}
 /// Forward [`OperatorQueries`] to the wrapped store.
 pub trait ForwardOperator: Wraps {}
+/// Forward [`ArchiveStore`] to the wrapped store.
+pub trait ForwardArchive: Wraps {}
 
 /// Writes [`ForwardJobs`], whose methods forward by default and may be
 /// overridden one by one, and the impl of [`JobStore`] that calls them:
@@ -422,5 +425,29 @@ impl<T: ForwardOperator> OperatorQueries for T {
 
     async fn activity_since(&self, since: DateTime<Utc>) -> StoreResult<Activity> {
         self.inner().activity_since(since).await
+    }
+}
+
+#[async_trait]
+impl<T: ForwardArchive> ArchiveStore for T {
+    async fn users_after(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
+        self.inner().users_after(after, limit).await
+    }
+
+    async fn oldest_history(&self, user: UserId, limit: usize) -> StoreResult<History> {
+        self.inner().oldest_history(user, limit).await
+    }
+
+    async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
+        self.inner().close_chapter(chapter, jobs).await
+    }
+
+    async fn chapters(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Chapter>> {
+        self.inner().chapters(user, before, limit).await
     }
 }

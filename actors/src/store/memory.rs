@@ -26,6 +26,7 @@ use crate::domain::tier::Membership;
 use crate::domain::wallet::{Credits, Wallet};
 
 mod accounts;
+mod archive;
 mod cluster;
 mod endpoints;
 mod jobs;
@@ -142,6 +143,8 @@ struct Account {
     idempotency: HashMap<IdempotencyKey, (RequestHash, Job)>,
     /// seq → job, every job of the user not pruned (listing).
     jobs: BTreeMap<u64, JobId>,
+    /// The chapters of the ledger archived, oldest first.
+    chapters: Vec<super::archive::Chapter>,
     /// The user's queued jobs in the order the scheduler takes them
     /// (priority, then seq): waiting limit, queue position.
     queued: BTreeSet<(Reverse<Priority>, u64)>,

@@ -30,6 +30,7 @@ use crate::domain::job::JobState;
 use crate::domain::wallet::Credits;
 
 pub mod accounts;
+pub mod archive;
 pub mod cluster;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -47,6 +48,7 @@ pub mod payments;
 pub mod writeset;
 
 pub use accounts::AccountStore;
+pub use archive::ArchiveStore;
 pub use cluster::{ClusterStore, Leader};
 pub use endpoints::EndpointStore;
 pub use jobs::{
@@ -61,8 +63,8 @@ pub use payments::PaymentStore;
 /// crate::store::prelude::*;` brings every concern's methods into scope.
 pub mod prelude {
     pub use super::{
-        AccountStore, ClusterStore, EndpointStore, JobStore, ModerationStore, OperatorQueries,
-        PaymentStore, Store,
+        AccountStore, ArchiveStore, ClusterStore, EndpointStore, JobStore, ModerationStore,
+        OperatorQueries, PaymentStore, Store,
     };
 }
 
@@ -77,6 +79,7 @@ pub trait Store:
     + ClusterStore
     + EndpointStore
     + OperatorQueries
+    + ArchiveStore
 {
 }
 
@@ -88,6 +91,7 @@ impl<T> Store for T where
         + ClusterStore
         + EndpointStore
         + OperatorQueries
+        + ArchiveStore
 {
 }
 

@@ -389,7 +389,7 @@ const INSERT_WEBHOOKS: &str = "INSERT INTO webhook_outbox (id, job_id, user_id, 
 
 // Last of a write's statements, so its row locks come after every job and
 // wallet lock, in state order (the input is sorted and inserted in order).
-const COUNT_STATES: &str = "INSERT INTO job_state_counts (state, shard, jobs) \
+pub(super) const COUNT_STATES: &str = "INSERT INTO job_state_counts (state, shard, jobs) \
      SELECT u.state, pg_backend_pid() % 16, u.delta FROM unnest($1::text[], $2::bigint[]) AS u(state, delta) ORDER BY u.state \
      ON CONFLICT (state, shard) DO UPDATE SET jobs = job_state_counts.jobs + EXCLUDED.jobs";
 

@@ -301,6 +301,12 @@ impl JobRecords {
         }
     }
 
+    /// Drops a pruned job's record, once its chapter is archived; a job
+    /// kept in full is never dropped. Returns the record that left.
+    pub fn forget_pruned(&mut self, id: &JobId) -> Option<Job> {
+        self.pruned.remove(id).map(|p| p.job(*id))
+    }
+
     /// Stores a job's record: in the box it already has when it has one,
     /// or in the compact form once it is pruned.
     pub fn keep(&mut self, job: Job) {

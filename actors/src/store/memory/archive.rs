@@ -1,0 +1,139 @@
+//! The embedded store's side of the ledger archive: a closed chapter's
+//! entries and thin job records leave memory, so a long-running embedded
+//! server holds a bounded window of history.
+
+use std::collections::HashSet;
+
+use super::super::archive::{Chapter, History};
+use super::*;
+
+#[async_trait]
+impl ArchiveStore for MemoryStore {
+    async fn users_after(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
+        let s = self.state.lock();
+        let mut users: Vec<UserId> = s
+            .accounts
+            .keys()
+            .filter(|u| after.is_none_or(|a| **u > a))
+            .copied()
+            .collect();
+        users.sort_unstable();
+        users.truncate(limit);
+        Ok(users)
+    }
+
+    async fn oldest_history(&self, user: UserId, limit: usize) -> StoreResult<History> {
+        let mut s = self.state.lock();
+        let account = s.account(user)?;
+        let entries: Vec<LedgerEntry> = account
+            .ledger
+            .iter()
+            .take(limit)
+            .map(|e| e.entry(user))
+            .collect();
+        let jobs = entries
+            .iter()
+            .filter_map(|e| e.job_id)
+            .collect::<HashSet<JobId>>()
+            .into_iter()
+            .filter_map(|id| s.jobs.get(&id).map(|j| (id, j)))
+            .collect();
+        Ok(History { entries, jobs })
+    }
+
+    async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
+        let mut s = self.state.lock();
+        let user = chapter.user_id;
+        let account = s.account(user)?;
+        if let Some(closed) = account
+            .chapters
+            .iter()
+            .find(|c| c.first_entry == chapter.first_entry)
+        {
+            return if closed.last_entry == chapter.last_entry {
+                Ok(false)
+            } else {
+                Err(StoreError::Invariant(format!(
+                    "a chapter of user {user} from entry {} ends at {}, not {}",
+                    chapter.first_entry, closed.last_entry, chapter.last_entry
+                )))
+            };
+        }
+        let end = account
+            .ledger
+            .partition_point(|e| e.id() <= chapter.last_entry);
+        let range = &account.ledger[..end];
+        let whole = range.first().map(|e| e.id()) == Some(chapter.first_entry)
+            && range.last().map(|e| e.id()) == Some(chapter.last_entry)
+            && range.len() == chapter.entries as usize
+            && range.last().map(|e| e.entry(user)).is_some_and(|e| {
+                (e.balance, e.held) == (chapter.closing.balance, chapter.closing.held)
+            });
+        if !whole {
+            return Err(StoreError::Invariant(format!(
+                "entries {}..{} are not user {user}'s oldest live history",
+                chapter.first_entry, chapter.last_entry
+            )));
+        }
+        // Each job leaves with both its entries: its hold and the hold's
+        // one resolution are inside the range.
+        let mut held: HashSet<JobId> = HashSet::new();
+        let mut resolved: HashSet<JobId> = HashSet::new();
+        for e in range {
+            if let Some(job) = e.job_id() {
+                match e.kind() {
+                    EntryKind::Hold => held.insert(job),
+                    _ => resolved.insert(job),
+                };
+            }
+        }
+        let leaving: HashSet<JobId> = jobs.iter().copied().collect();
+        if held != resolved || held != leaving || leaving.len() != chapter.jobs as usize {
+            return Err(StoreError::Invariant(format!(
+                "chapter {}..{} of user {user} does not hold its jobs whole",
+                chapter.first_entry, chapter.last_entry
+            )));
+        }
+        for id in &leaving {
+            let thin = s.jobs.get(id).filter(|j| j.user_id == user);
+            if thin.is_none_or(|j| j.pruned_at.is_none()) {
+                return Err(StoreError::Invariant(format!(
+                    "job {id} is not a pruned job of user {user}"
+                )));
+            }
+        }
+        // Checked; now every change.
+        for id in &leaving {
+            if let Some(job) = s.jobs.forget_pruned(id) {
+                if let Some(n) = s.finished_count.get_mut(&job.state) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        let account = s.account(user)?;
+        account.ledger.drain(..end);
+        account
+            .idempotency
+            .retain(|_, (_, job)| !leaving.contains(&job.id));
+        account.chapters.push(chapter.clone());
+        Ok(true)
+    }
+
+    async fn chapters(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Chapter>> {
+        let mut s = self.state.lock();
+        let account = s.account(user)?;
+        Ok(account
+            .chapters
+            .iter()
+            .rev()
+            .filter(|c| before.is_none_or(|b| c.last_entry < b))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
