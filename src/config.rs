@@ -308,6 +308,20 @@ pub struct Settings {
         default_value = "succeeded=7d,cancelled=7d,failed=30d"
     )]
     pub job_retention: JobRetention,
+    /// How old a user's history must be before the ledger archive moves
+    /// it to object storage (its entries, and the thin records of jobs
+    /// pruned and resolved inside it), e.g. `90d`; `off` keeps it live
+    /// for ever. The ledger API reads on into the archive.
+    #[arg(
+        long,
+        env = "ADMEDIA_LEDGER_ARCHIVE_AFTER",
+        default_value = "90d",
+        value_parser = parse_archive_after
+    )]
+    pub ledger_archive_after: ArchiveAfter,
+    /// How often the ledger archive looks for history to close.
+    #[arg(long, env = "ADMEDIA_LEDGER_ARCHIVE_EVERY", default_value = "60s", value_parser = parse_duration)]
+    pub ledger_archive_every: Duration,
     /// Finished jobs the embedded store keeps in full at most; past that
     /// the oldest-finished are pruned at once (PostgreSQL: no cap).
     #[arg(
@@ -325,6 +339,26 @@ pub struct Settings {
         value_parser = parse_duration
     )]
     pub idempotency_window: Duration,
+}
+
+/// The ledger archive's age, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveAfter(pub Option<Duration>);
+
+/// Shorter than this, a job could leave before a client saw it finish.
+const SHORTEST_ARCHIVE_AGE: Duration = Duration::from_secs(60);
+
+fn parse_archive_after(raw: &str) -> Result<ArchiveAfter, String> {
+    if raw.trim().eq_ignore_ascii_case("off") {
+        return Ok(ArchiveAfter(None));
+    }
+    let age = parse_duration(raw)?;
+    if age < SHORTEST_ARCHIVE_AGE {
+        return Err(format!(
+            "{raw:?}: the ledger archive's age is at least 1m (or `off`)"
+        ));
+    }
+    Ok(ArchiveAfter(Some(age)))
 }
 
 /// Why the command line and environment could not be read.
@@ -1067,6 +1101,32 @@ mod tests {
             .orchestrator()
             .unwrap_err()
             .contains("ADMEDIA_MAX_FINISHED_IN_MEMORY"));
+    }
+
+    #[test]
+    fn the_ledger_archive_age_parses_and_refuses_nonsense() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            Settings::default().ledger_archive_after,
+            ArchiveAfter(Some(90 * day))
+        );
+        for (raw, want) in [
+            ("off", None),
+            (" OFF ", None),
+            ("2m", Some(Duration::from_secs(120))),
+        ] {
+            let s = given(&["--ledger-archive-after", raw]).unwrap();
+            assert_eq!(s.ledger_archive_after, ArchiveAfter(want), "{raw}");
+        }
+        for (bad, why) in [
+            ("30s", "at least 1m"),
+            ("soon", "expected a number"),
+            ("", "empty"),
+        ] {
+            let e = given(&["--ledger-archive-after", bad]).unwrap_err();
+            assert!(e.starts_with("--ledger-archive-after"), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

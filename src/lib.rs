@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod events;
 pub mod http;
+pub mod ledger_archive;
 pub mod materials;
 pub mod metrics;
 pub mod moderation;

@@ -68,7 +68,7 @@ pub struct Storage {
 }
 
 pub struct Materials {
-    objects: Objects,
+    objects: Arc<Objects>,
     catalogue: Arc<dyn MaterialStore>,
     rules: StorageRules,
     /// How long a download redirect stays valid.
@@ -103,7 +103,7 @@ fn clean_name(raw: Option<&str>) -> String {
 
 impl Materials {
     pub fn new(
-        objects: Objects,
+        objects: impl Into<Arc<Objects>>,
         catalogue: Arc<dyn MaterialStore>,
         rules: StorageRules,
         url_ttl: Duration,
@@ -111,7 +111,7 @@ impl Materials {
         video_deadline: Duration,
     ) -> Materials {
         Materials {
-            objects,
+            objects: objects.into(),
             catalogue,
             rules,
             url_ttl,
@@ -122,6 +122,12 @@ impl Materials {
 
     pub fn objects(&self) -> &Objects {
         &self.objects
+    }
+
+    /// The object store, shared (the ledger archive keeps its chapters
+    /// there too).
+    pub fn shared_objects(&self) -> Arc<Objects> {
+        self.objects.clone()
     }
 
     pub fn catalogue(&self) -> &Arc<dyn MaterialStore> {

@@ -430,6 +430,18 @@ impl Objects {
         }
     }
 
+    /// Writes `bytes` to `key` whole (small documents the server makes
+    /// itself, such as a ledger chapter; uploads use [`Objects::upload`]).
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ObjectError> {
+        self.store.put(&Self::path(key)?, bytes.into()).await?;
+        Ok(())
+    }
+
+    /// The whole of `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
+        Ok(self.store.get(&Self::path(key)?).await?.bytes().await?)
+    }
+
     /// Deletes `key`; deleting what is not there is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
         match self.store.delete(&Self::path(key)?).await {

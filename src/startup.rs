@@ -322,6 +322,14 @@ impl Application {
             }
         };
         spawn_object_sweep(materials.clone(), settings.object_sweep);
+        let archive = Arc::new(crate::ledger_archive::LedgerArchive::new(
+            orchestrator.store().clone(),
+            materials.shared_objects(),
+            settings.ledger_archive_after.0,
+        ));
+        archive
+            .clone()
+            .spawn(settings.ledger_archive_every, config.clock.clone());
         let sim_workers = settings.sim_worker_count();
         if sim_workers > 0 {
             orchestrator.add_simulated_workers(sim_workers, settings.sim_slots.max(1), sim_profile);
@@ -376,6 +384,7 @@ impl Application {
             worker_token: worker_token.clone(),
             payments,
             materials,
+            archive,
         });
         let mut server = HttpServer::new(move || {
             App::new()

@@ -61,6 +61,8 @@ pub struct AppState {
     pub payments: Option<payments::PaymentVerifier>,
     /// Materials and outputs in object storage.
     pub materials: Arc<crate::materials::Materials>,
+    /// The ledger's archived chapters, read past the live entries.
+    pub archive: Arc<crate::ledger_archive::LedgerArchive>,
 }
 
 impl AppState {

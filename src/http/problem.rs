@@ -463,6 +463,25 @@ impl From<OrchestratorError> for ApiError {
     }
 }
 
+impl From<crate::ledger_archive::ArchiveError> for ApiError {
+    fn from(e: crate::ledger_archive::ArchiveError) -> Self {
+        use crate::ledger_archive::ArchiveError as A;
+        match e {
+            A::Store(e) => OrchestratorError::from(e).into(),
+            // The store is down: worth a retry.
+            A::Objects(crate::objects::ObjectError::Backend(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            // A recorded chapter with no object, or another than the one
+            // recorded: history is damaged, and the page is not served.
+            A::Objects(crate::objects::ObjectError::NotFound(_)) | A::Corrupt(_) => {
+                tracing::error!(error = %e, "ledger archive damaged");
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<crate::materials::MaterialError> for ApiError {
     fn from(e: crate::materials::MaterialError) -> Self {
         use crate::materials::MaterialError as M;

@@ -49,10 +49,7 @@ pub async fn ledger(
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
     let before = before_cursor(query.before.as_deref(), "ledger entry")?;
-    let mut entries = state
-        .orchestrator
-        .ledger(user.id, before, limit + 1)
-        .await?;
+    let mut entries = state.archive.ledger(user.id, before, limit + 1).await?;
     let next = next_page(&mut entries, limit, |e| e.id.to_string());
     Ok(HttpResponse::Ok().json(LedgerPage {
         entries: entries.iter().map(LedgerEntryView::of).collect(),

@@ -667,6 +667,34 @@ impl OperatorQueries for InstrumentedStore {
     }
 }
 
+#[async_trait]
+impl ArchiveStore for InstrumentedStore {
+    async fn users_after(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
+        self.timed("users_after", self.inner.users_after(after, limit))
+            .await
+    }
+
+    async fn oldest_history(&self, user: UserId, limit: usize) -> StoreResult<History> {
+        self.timed("oldest_history", self.inner.oldest_history(user, limit))
+            .await
+    }
+
+    async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
+        self.timed("close_chapter", self.inner.close_chapter(chapter, jobs))
+            .await
+    }
+
+    async fn chapters(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Chapter>> {
+        self.timed("chapters", self.inner.chapters(user, before, limit))
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use admedia_actors::store::memory::MemoryStore;
@@ -753,33 +781,5 @@ mod tests {
         ] {
             assert_eq!(error_kind(&refusal), None, "{refusal}");
         }
-    }
-}
-
-#[async_trait]
-impl ArchiveStore for InstrumentedStore {
-    async fn users_after(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
-        self.timed("users_after", self.inner.users_after(after, limit))
-            .await
-    }
-
-    async fn oldest_history(&self, user: UserId, limit: usize) -> StoreResult<History> {
-        self.timed("oldest_history", self.inner.oldest_history(user, limit))
-            .await
-    }
-
-    async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
-        self.timed("close_chapter", self.inner.close_chapter(chapter, jobs))
-            .await
-    }
-
-    async fn chapters(
-        &self,
-        user: UserId,
-        before: Option<EntryId>,
-        limit: usize,
-    ) -> StoreResult<Vec<Chapter>> {
-        self.timed("chapters", self.inner.chapters(user, before, limit))
-            .await
     }
 }

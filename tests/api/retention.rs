@@ -97,3 +97,103 @@ async fn a_pruned_job_answers_gone_and_its_money_stays() {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Every ledger entry of the caller, newest first, read `limit` at a time.
+async fn ledger_in_pages(app: &TestApp, key: &str, limit: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut path = format!("/v1/wallet/ledger?limit={limit}");
+    loop {
+        let page = app.get(&path, Some(key)).await.expect(200);
+        let entries = page["entries"].as_array().expect("entries");
+        assert!(entries.len() <= limit, "{page}");
+        all.extend(entries.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/wallet/ledger?limit={limit}&before={next}"),
+            None => return all,
+        }
+    }
+}
+
+/// Once a pruned job's history is older than the archive's age, its
+/// entries and thin record move to object storage: the job answers `404`
+/// like any unknown id, and the ledger reads on into the archive, so
+/// paging through it gives back exactly the entries it had, in order,
+/// with a cursor that crosses from live entries into archived ones. Of
+/// three finished jobs, the last `kept` stay in the store.
+async fn archived_history_reads_on(app: TestApp, kept: usize) {
+    let (_, key) = register(&app, "archived@example.com").await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let id = id_of(&submit_ok(&app, &key, &image_job()).await);
+        wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+        jobs.push(id);
+    }
+    let before = app.ledger(&key).await;
+    assert_eq!(
+        before.len(),
+        1 + 2 * 3,
+        "the grant and each job's hold and post"
+    );
+    let wallet = app.wallet(&key).await;
+
+    let (archived, live) = jobs.split_at(3 - kept);
+    let deadline = Instant::now() + WAIT;
+    for id in archived {
+        loop {
+            let status = app.get(&format!("/v1/jobs/{id}"), Some(&key)).await.status;
+            if status == 404 {
+                break;
+            }
+            assert!(
+                matches!(status, 200 | 410),
+                "finished, pruned, then archived: {status}"
+            );
+            assert!(Instant::now() < deadline, "job {id} was not archived");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    app.get(&format!("/v1/jobs/{}", jobs[0]), Some(&key))
+        .await
+        .expect_problem(404, "not-found");
+    for id in live {
+        assert_eq!(app.job(&key, id).await["state"], "succeeded");
+    }
+
+    // The same entries, whatever the page size.
+    for limit in [1, 2, 3, 200] {
+        assert_eq!(
+            ledger_in_pages(&app, &key, limit).await,
+            before,
+            "limit {limit}"
+        );
+    }
+    assert_eq!(app.wallet(&key).await, wallet);
+    // A cursor inside the archive reads on from there.
+    let cursor = before[4]["id"].as_str().expect("id").to_owned();
+    let rest = app
+        .get(&format!("/v1/wallet/ledger?before={cursor}"), Some(&key))
+        .await
+        .expect(200);
+    assert_eq!(rest["entries"].as_array().expect("entries"), &before[5..]);
+    // Bad cursors are refused as before.
+    app.get("/v1/wallet/ledger?before=not-a-number", Some(&key))
+        .await
+        .expect_problem(422, "invalid-params");
+}
+
+fn archive_soon(s: &mut admedia::config::Settings) {
+    s.ledger_archive_after = admedia::config::ArchiveAfter(Some(Duration::from_millis(300)));
+    s.ledger_archive_every = Duration::from_millis(50);
+}
+
+#[actix_web::test]
+async fn archived_history_leaves_the_embedded_store_and_the_ledger_reads_on() {
+    let app = spawn_app_with(|s| {
+        // The store keeps one finished job in full: the other two are
+        // pruned as the next finishes.
+        s.max_finished_in_memory = 1;
+        archive_soon(s);
+    })
+    .await;
+    archived_history_reads_on(app, 1).await;
+}

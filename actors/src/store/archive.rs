@@ -206,8 +206,8 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// another node, or a retry); `StaleTransition`-like refusals are
     /// `Invariant`s, since [`cut`] never proposes them.
     async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool>;
-    /// The user's closed chapters, newest first; those ending before
-    /// `before` when given.
+    /// The user's closed chapters, newest first; when `before` is given,
+    /// those holding an entry older than it (starting before it).
     async fn chapters(
         &self,
         user: UserId,

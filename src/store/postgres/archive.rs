@@ -247,7 +247,7 @@ impl ArchiveStore for PgStore {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {CHAPTER_COLUMNS} FROM ledger_chapters WHERE user_id = $1 \
-             AND ($2::bigint IS NULL OR last_entry < $2) ORDER BY last_entry DESC LIMIT $3"
+             AND ($2::bigint IS NULL OR first_entry < $2) ORDER BY first_entry DESC LIMIT $3"
         );
         let rows = read(
             &client,

@@ -1,7 +1,8 @@
 use super::*;
 use crate::store::archive::{self, Chapter, History, CHAPTER_ENTRIES};
 
-async fn finished(store: &Shared, user: UserId, cost: i64) -> Job {
+/// A job of `user` that ran and succeeded now.
+pub async fn succeeded_now(store: &Shared, user: UserId, cost: i64) -> Job {
     let job = store
         .submit_job(new_job(user, cost))
         .await
@@ -33,7 +34,7 @@ pub async fn the_oldest_history_closes_into_a_chapter(store: Shared) {
     let user = user_with(&store, "archive@example.com", 100).await;
     let mut archived = Vec::new();
     for cost in [3, 2, 1] {
-        archived.push(finished(&store, user.id, cost).await);
+        archived.push(succeeded_now(&store, user.id, cost).await);
     }
     let cancelled = store
         .submit_job(new_job(user.id, 4))
@@ -54,7 +55,7 @@ pub async fn the_oldest_history_closes_into_a_chapter(store: Shared) {
         4
     );
     // Finished after the prune: kept in full, so it stays live.
-    let kept = finished(&store, user.id, 5).await;
+    let kept = succeeded_now(&store, user.id, 5).await;
     let waiting = store
         .submit_job(new_job(user.id, 1))
         .await
@@ -131,10 +132,18 @@ pub async fn the_oldest_history_closes_into_a_chapter(store: Shared) {
     );
     assert_eq!(
         store.chapters(user.id, None, 10).await.unwrap(),
-        [chapter.clone()]
+        std::slice::from_ref(&chapter)
+    );
+    assert_eq!(
+        store
+            .chapters(user.id, Some(chapter.last_entry), 10)
+            .await
+            .unwrap(),
+        std::slice::from_ref(&chapter),
+        "it holds entries older than its last"
     );
     assert!(store
-        .chapters(user.id, Some(chapter.last_entry), 10)
+        .chapters(user.id, Some(chapter.first_entry), 10)
         .await
         .unwrap()
         .is_empty());

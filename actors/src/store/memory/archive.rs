@@ -131,7 +131,7 @@ impl ArchiveStore for MemoryStore {
             .chapters
             .iter()
             .rev()
-            .filter(|c| before.is_none_or(|b| c.last_entry < b))
+            .filter(|c| before.is_none_or(|b| c.first_entry < b))
             .take(limit)
             .cloned()
             .collect())

@@ -1,0 +1,209 @@
+//! The ledger archive (docs/storage.md, "The ledger archive"): a round
+//! every so often closes each user's oldest whole history into chapters in
+//! object storage, and the ledger API reads past the live entries into
+//! those chapters, so a client pages through all of a user's history as
+//! before while the live store holds a bounded window.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use admedia_actors::domain::ids::{EntryId, UserId};
+use admedia_actors::domain::ledger::LedgerEntry;
+use admedia_actors::store::archive::{self, Chapter, ChapterBody, CHAPTER_ENTRIES};
+use admedia_actors::store::{Store, StoreError};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::objects::{ObjectError, Objects};
+
+/// Users visited per store read; a round reads them all, page by page.
+const USERS_PER_PAGE: usize = 500;
+/// Chapters closed for one user per round at most: a backlog (the
+/// archive just switched on) is worked off over the following rounds.
+const CHAPTERS_PER_USER: usize = 20;
+/// Chapters kept decoded: a client paging through one chapter reads it
+/// once, and several clients paging at once each keep theirs.
+const CACHED_CHAPTERS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ledger archive: {0}")]
+    Objects(#[from] ObjectError),
+    /// A chapter's object is not what its record says: never served.
+    #[error("ledger archive: {0}")]
+    Corrupt(String),
+}
+
+/// What one round closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    pub chapters: u64,
+    pub entries: u64,
+    pub jobs: u64,
+}
+
+pub struct LedgerArchive {
+    store: Arc<dyn Store>,
+    objects: Arc<Objects>,
+    /// How old history must be to leave the live store; `None`: never.
+    after: Option<Duration>,
+    cache: Mutex<LruCache<String, Arc<ChapterBody>>>,
+}
+
+impl LedgerArchive {
+    pub fn new(store: Arc<dyn Store>, objects: Arc<Objects>, after: Option<Duration>) -> Self {
+        let size = NonZeroUsize::new(CACHED_CHAPTERS).unwrap_or(NonZeroUsize::MIN);
+        LedgerArchive {
+            store,
+            objects,
+            after,
+            cache: Mutex::new(LruCache::new(size)),
+        }
+    }
+
+    /// Closes every chapter due at `now`, user by user. A user whose
+    /// chapter fails is logged and left for the next round; the others go
+    /// on.
+    pub async fn round(&self, now: DateTime<Utc>) -> Result<Round, ArchiveError> {
+        let Some(after) = self.after else {
+            return Ok(Round::default());
+        };
+        let age = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        let horizon = now
+            .checked_sub_signed(age)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut round = Round::default();
+        let mut cursor = None;
+        loop {
+            let users = self.store.users_after(cursor, USERS_PER_PAGE).await?;
+            for user in &users {
+                if let Err(e) = self.close_user(*user, horizon, now, &mut round).await {
+                    tracing::warn!(%user, error = %e, "ledger chapter not closed; next round retries");
+                }
+            }
+            match users.last() {
+                Some(last) if users.len() == USERS_PER_PAGE => cursor = Some(*last),
+                _ => return Ok(round),
+            }
+        }
+    }
+
+    async fn close_user(
+        &self,
+        user: UserId,
+        horizon: DateTime<Utc>,
+        now: DateTime<Utc>,
+        round: &mut Round,
+    ) -> Result<(), ArchiveError> {
+        for _ in 0..CHAPTERS_PER_USER {
+            let history = self.store.oldest_history(user, CHAPTER_ENTRIES).await?;
+            let Some(body) = archive::cut(&history, horizon, now) else {
+                return Ok(());
+            };
+            let bytes = serde_json::to_vec(&body)
+                .map_err(|e| ArchiveError::Corrupt(format!("chapter not encoded: {e}")))?;
+            // The object first: a chapter is recorded only once its body
+            // is kept.
+            self.objects
+                .put(&body.chapter.object_key, Bytes::from(bytes))
+                .await?;
+            let jobs: Vec<_> = body.jobs.iter().map(|j| j.id).collect();
+            if self.store.close_chapter(&body.chapter, &jobs).await? {
+                round.chapters += 1;
+                round.entries += u64::from(body.chapter.entries);
+                round.jobs += u64::from(body.chapter.jobs);
+            }
+            if body.entries.len() < CHAPTER_ENTRIES {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// A user's ledger, newest first: the live entries, then the archived
+    /// chapters; entries older than `before` when given. The chapters are
+    /// listed after the live entries are read, so an entry that left while
+    /// the page was being read is found in its chapter, never lost.
+    pub async fn ledger(
+        &self,
+        user: UserId,
+        before: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, ArchiveError> {
+        let mut page = self.store.ledger(user, before, limit).await?;
+        let mut below = page.last().map(|e| e.id).or(before);
+        while page.len() < limit {
+            // The newest chapter holding an entry older than `below`.
+            let newest = self.store.chapters(user, below, 1).await?;
+            let Some(chapter) = newest.first() else {
+                break;
+            };
+            let body = self.body(chapter).await?;
+            let wanted = limit - page.len();
+            page.extend(
+                body.entries
+                    .iter()
+                    .rev()
+                    .filter(|e| below.is_none_or(|b| e.id < b))
+                    .take(wanted)
+                    .cloned(),
+            );
+            below = Some(chapter.first_entry);
+        }
+        Ok(page)
+    }
+
+    /// A chapter's body, read once and checked against its record.
+    async fn body(&self, chapter: &Chapter) -> Result<Arc<ChapterBody>, ArchiveError> {
+        if let Some(body) = self.cache.lock().get(&chapter.object_key) {
+            return Ok(body.clone());
+        }
+        let bytes = self.objects.get(&chapter.object_key).await?;
+        let body: ChapterBody = serde_json::from_slice(&bytes).map_err(|e| {
+            ArchiveError::Corrupt(format!("chapter {} unreadable: {e}", chapter.object_key))
+        })?;
+        archive::check_body(&body).map_err(ArchiveError::Corrupt)?;
+        if body.chapter != *chapter {
+            return Err(ArchiveError::Corrupt(format!(
+                "chapter {} is not the one recorded",
+                chapter.object_key
+            )));
+        }
+        let body = Arc::new(body);
+        self.cache
+            .lock()
+            .put(chapter.object_key.clone(), body.clone());
+        Ok(body)
+    }
+
+    /// Runs a round every `every` for the life of the server. Every node
+    /// may: closing a chapter is idempotent, and the store lets one win.
+    pub fn spawn(self: Arc<Self>, every: Duration, clock: admedia_actors::clock::Clock) {
+        if self.after.is_none() {
+            return;
+        }
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            loop {
+                tick.tick().await;
+                match self.round(clock.now()).await {
+                    Ok(r) if r.chapters == 0 => {}
+                    Ok(r) => tracing::info!(
+                        chapters = r.chapters,
+                        entries = r.entries,
+                        jobs = r.jobs,
+                        "ledger history archived"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ledger archive round failed; next round retries")
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,170 @@
+//! The ledger archive end to end on both stores: a round closes what is
+//! due into chapters in object storage (a real directory), the ledger
+//! reads on into them page by page, and a chapter whose object is damaged
+//! or missing is refused rather than served.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use admedia::ledger_archive::{ArchiveError, LedgerArchive};
+use admedia::objects::{ObjectSettings, Objects};
+use admedia_actors::domain::ledger::LedgerEntry;
+use admedia_actors::store::conformance::{succeeded_now, user_with};
+use admedia_actors::store::memory::MemoryStore;
+use admedia_actors::store::{FinishedBefore, Store};
+use chrono::{SubsecRound, Utc};
+
+fn objects(dir: &tempfile::TempDir) -> Arc<Objects> {
+    let settings = ObjectSettings::Local {
+        root: dir.path().to_path_buf(),
+    };
+    match Objects::open(&settings, "http://127.0.0.1:1", b"test secret".to_vec()) {
+        Ok(o) => Arc::new(o),
+        Err(e) => panic!("objects: {e}"),
+    }
+}
+
+async fn pages(
+    archive: &LedgerArchive,
+    user: admedia_actors::domain::ids::UserId,
+    limit: usize,
+) -> Vec<LedgerEntry> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = archive.ledger(user, before, limit).await.expect("page");
+        assert!(page.len() <= limit);
+        if page.is_empty() {
+            return all;
+        }
+        before = page.last().map(|e| e.id);
+        all.extend(page);
+    }
+}
+
+/// Returns the object directory, for the caller's own checks.
+async fn closes_and_reads_on(store: Arc<dyn Store>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let user = user_with(&store, "chapters@example.com", 1000).await.id;
+    for cost in 1..=5 {
+        succeeded_now(&store, user, cost).await;
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    let soon = now + chrono::Duration::seconds(1);
+    let everything = FinishedBefore {
+        succeeded: soon,
+        failed: soon,
+        cancelled: soon,
+    };
+    assert_eq!(
+        store
+            .prune_finished_jobs(&everything, now, 500)
+            .await
+            .expect("prune"),
+        5
+    );
+    let kept = succeeded_now(&store, user, 7).await;
+    let live_before = store.ledger(user, None, 100).await.expect("ledger");
+    assert_eq!(live_before.len(), 1 + 2 * 6);
+    let wallet = store.wallet(user).await.expect("wallet");
+
+    // Switched off, nothing moves.
+    let off = LedgerArchive::new(store.clone(), objects(&dir), None);
+    assert_eq!(off.round(now).await.expect("round").chapters, 0);
+
+    let archive = LedgerArchive::new(
+        store.clone(),
+        objects(&dir),
+        Some(Duration::from_secs(86_400)),
+    );
+    // Too recent: nothing is due.
+    assert_eq!(archive.round(now).await.expect("round").chapters, 0);
+    let later = now + chrono::Duration::days(2);
+    let round = archive.round(later).await.expect("round");
+    assert_eq!((round.chapters, round.entries, round.jobs), (1, 11, 5));
+    assert_eq!(
+        archive.round(later).await.expect("again").chapters,
+        0,
+        "nothing left that may leave"
+    );
+    assert_eq!(store.ledger(user, None, 100).await.expect("live").len(), 2);
+    assert!(store.job(kept.id).await.expect("job").is_some());
+    assert_eq!(store.wallet(user).await.expect("wallet"), wallet);
+
+    for limit in [1, 2, 5, 100] {
+        assert_eq!(
+            pages(&archive, user, limit).await,
+            live_before,
+            "limit {limit}"
+        );
+    }
+    // A fresh reader (another node, an empty cache) reads the same.
+    let fresh = LedgerArchive::new(store.clone(), objects(&dir), None);
+    assert_eq!(pages(&fresh, user, 3).await, live_before);
+    dir
+}
+
+/// A damaged chapter is refused by a reader that has not cached it.
+async fn a_damaged_chapter_is_refused(store: Arc<dyn Store>, dir: &tempfile::TempDir) {
+    let user = store.users_after(None, 10).await.expect("users")[0];
+    let chapter = store
+        .chapters(user, None, 1)
+        .await
+        .expect("chapters")
+        .remove(0);
+    let path = dir.path().join(&chapter.object_key);
+    let good = std::fs::read(&path).expect("the chapter's object");
+    let reader = || LedgerArchive::new(store.clone(), objects(dir), None);
+    std::fs::write(&path, b"{not json").expect("damage");
+    assert!(matches!(
+        reader().ledger(user, None, 50).await,
+        Err(ArchiveError::Corrupt(_))
+    ));
+    // Another chapter's body under this one's name.
+    let mut other: serde_json::Value = serde_json::from_slice(&good).expect("json");
+    other["chapter"]["closed_at"] = serde_json::json!("2000-01-01T00:00:00Z");
+    std::fs::write(&path, serde_json::to_vec(&other).expect("json")).expect("swap");
+    assert!(matches!(
+        reader().ledger(user, None, 50).await,
+        Err(ArchiveError::Corrupt(_))
+    ));
+    std::fs::remove_file(&path).expect("remove");
+    assert!(matches!(
+        reader().ledger(user, None, 50).await,
+        Err(ArchiveError::Objects(_))
+    ));
+    // The live entries are still served on their own.
+    assert_eq!(reader().ledger(user, None, 2).await.expect("live").len(), 2);
+}
+
+#[actix_rt::test]
+async fn the_archive_closes_and_reads_on_the_embedded_store() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let dir = closes_and_reads_on(store.clone()).await;
+    a_damaged_chapter_is_refused(store, &dir).await;
+}
+
+#[actix_rt::test]
+async fn the_archive_closes_and_reads_on_postgresql() {
+    let Some((pg, schema)) = support::fresh_pg().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(pg);
+    let dir = closes_and_reads_on(store.clone()).await;
+    a_damaged_chapter_is_refused(store.clone(), &dir).await;
+    // The ledger stays append-only: only what a chapter holds may leave.
+    let client = support::raw_client(&schema).await;
+    for sql in [
+        "DELETE FROM ledger_entries",
+        "UPDATE ledger_entries SET note = 'changed'",
+        "TRUNCATE ledger_entries CASCADE",
+    ] {
+        let e = client.batch_execute(sql).await.expect_err(sql);
+        assert!(
+            format!("{e:?}").contains("never changed or deleted"),
+            "{sql}: {e:?}"
+        );
+    }
+}
