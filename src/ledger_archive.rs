@@ -47,6 +47,15 @@ pub struct Round {
     pub jobs: u64,
 }
 
+/// What may close in a round.
+#[derive(Clone, Copy)]
+struct Due {
+    /// History older than this may leave.
+    horizon: DateTime<Utc>,
+    /// A chapter of less than a page closes once it starts before this.
+    patient: DateTime<Utc>,
+}
+
 pub struct LedgerArchive {
     store: Arc<dyn Store>,
     objects: Arc<Objects>,
@@ -77,12 +86,19 @@ impl LedgerArchive {
         let horizon = now
             .checked_sub_signed(age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        // A chapter short of a page waits until its history is twice the
+        // age: a busy user's history then closes a page at a time, and a
+        // quiet user's still closes, rather than a sliver every round.
+        let patient = horizon
+            .checked_sub_signed(age)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut round = Round::default();
         let mut cursor = None;
         loop {
             let users = self.store.users_after(cursor, USERS_PER_PAGE).await?;
             for user in &users {
-                if let Err(e) = self.close_user(*user, horizon, now, &mut round).await {
+                let due = Due { horizon, patient };
+                if let Err(e) = self.close_user(*user, due, now, &mut round).await {
                     tracing::warn!(%user, error = %e, "ledger chapter not closed; next round retries");
                 }
             }
@@ -96,15 +112,18 @@ impl LedgerArchive {
     async fn close_user(
         &self,
         user: UserId,
-        horizon: DateTime<Utc>,
+        due: Due,
         now: DateTime<Utc>,
         round: &mut Round,
     ) -> Result<(), ArchiveError> {
         for _ in 0..CHAPTERS_PER_USER {
             let history = self.store.oldest_history(user, CHAPTER_ENTRIES).await?;
-            let Some(body) = archive::cut(&history, horizon, now) else {
+            let Some(body) = archive::cut(&history, due.horizon, now) else {
                 return Ok(());
             };
+            if body.entries.len() < CHAPTER_ENTRIES && body.chapter.first_at >= due.patient {
+                return Ok(());
+            }
             let bytes = serde_json::to_vec(&body)
                 .map_err(|e| ArchiveError::Corrupt(format!("chapter not encoded: {e}")))?;
             // The object first: a chapter is recorded only once its body

@@ -81,6 +81,9 @@ async fn closes_and_reads_on(store: Arc<dyn Store>) -> tempfile::TempDir {
     );
     // Too recent: nothing is due.
     assert_eq!(archive.round(now).await.expect("round").chapters, 0);
+    // Due, but short of a page: it waits until it is twice the age.
+    let due = now + chrono::Duration::days(1) + chrono::Duration::seconds(2);
+    assert_eq!(archive.round(due).await.expect("round").chapters, 0);
     let later = now + chrono::Duration::days(2);
     let round = archive.round(later).await.expect("round");
     assert_eq!((round.chapters, round.entries, round.jobs), (1, 11, 5));

@@ -105,6 +105,11 @@ pub struct AuditInput {
     /// listings, each confirmed `410 job-pruned` by its own read. Their
     /// money is audited from the ledger alone.
     pub pruned: BTreeSet<String>,
+    /// Acknowledged, unlisted jobs whose own read answered `404 not-found`:
+    /// the ledger archive took them with their history. They count as
+    /// kept only when the ledger (which reads on into the archive) still
+    /// holds their hold and its one resolution.
+    pub archived: BTreeSet<String>,
     /// Acknowledged, unlisted jobs whose own read did not confirm a prune:
     /// what the read answered, after retries, so a violation says whether
     /// the job is gone from the server or only the read failed.
@@ -133,6 +138,8 @@ pub struct AuditReport {
     pub replays_checked: usize,
     /// Jobs pruned by retention, audited from the ledger alone.
     pub pruned: usize,
+    /// Jobs the ledger archive took, audited from the ledger alone.
+    pub archived: usize,
     pub cancels_checked: usize,
     pub assigns_checked: usize,
     pub violations: Vec<Violation>,
@@ -466,8 +473,30 @@ pub fn audit(input: &AuditInput) -> AuditReport {
         }
     }
     report.pruned = input.pruned.len();
+    // An archived job is gone from the store; only its money proves it
+    // was kept.
+    for id in &input.archived {
+        let empty = JobLedger::default();
+        let jl = per_job.get(id.as_str()).unwrap_or(&empty);
+        if jl.holds.len() != 1 || jl.posts.len() + jl.voids.len() != 1 {
+            f.add(
+                "acknowledged-job-missing",
+                id,
+                format!(
+                    "the job answers 404 and the ledger, archive included, holds {} holds, {} posts, {} voids for it, not one hold and its resolution",
+                    jl.holds.len(),
+                    jl.posts.len(),
+                    jl.voids.len()
+                ),
+            );
+        }
+    }
+    report.archived = input.archived.len();
     for (job_id, _) in per_job.iter() {
-        if !jobs.contains_key(job_id) && !input.pruned.contains(*job_id) {
+        if !jobs.contains_key(job_id)
+            && !input.pruned.contains(*job_id)
+            && !input.archived.contains(*job_id)
+        {
             f.add(
                 "orphan-ledger-entry",
                 job_id,
@@ -478,7 +507,10 @@ pub fn audit(input: &AuditInput) -> AuditReport {
 
     // --- acknowledged submissions and idempotency ---
     for id in &input.acknowledged {
-        if !jobs.contains_key(id.as_str()) && !input.pruned.contains(id) {
+        if !jobs.contains_key(id.as_str())
+            && !input.pruned.contains(id)
+            && !input.archived.contains(id)
+        {
             let detail = match input.unconfirmed.get(id) {
                 Some(answer) => format!(
                     "the server acknowledged the job (202) but it is not listed, and its own read answered {answer}"
@@ -695,6 +727,7 @@ mod tests {
                 at_us: 500,
             }],
             pruned: BTreeSet::new(),
+            archived: BTreeSet::new(),
             unconfirmed: BTreeMap::new(),
             replays: vec![ObservedReplay {
                 key: "key-ok".into(),
@@ -763,6 +796,40 @@ mod tests {
         let report = audit(&input);
         let found = checks(&report);
         assert!(found.contains(&"pruned-job-not-settled-once"), "{found:?}");
+    }
+
+    #[test]
+    fn archived_jobs_count_only_with_their_money_in_the_ledger() {
+        // The archive took the succeeded job: it answers 404, and its
+        // hold and post are in the ledger (read on into the archive).
+        let mut input = correct();
+        input.jobs.retain(|j| j.id != "ok");
+        input.archived = ["ok".to_owned()].into();
+        let report = audit(&input);
+        assert!(report.passed, "{:?}", report.violations);
+        assert_eq!(report.archived, 1);
+        // A 404 whose money is nowhere is a lost job.
+        let mut lost = correct();
+        lost.jobs.retain(|j| j.id != "ok");
+        lost.archived = ["ok".to_owned()].into();
+        let mut l = LedgerBuilder::new();
+        for e in lost
+            .entries
+            .iter()
+            .filter(|e| e.job_id.as_deref() != Some("ok"))
+        {
+            l.push(e.kind, e.amount, e.job_id.as_deref());
+        }
+        lost.entries = l.entries.clone();
+        lost.wallets = vec![l.wallet()];
+        let report = audit(&lost);
+        let missing = report
+            .violations
+            .iter()
+            .find(|v| v.check == "acknowledged-job-missing")
+            .expect("the lost job is missing");
+        assert_eq!(missing.ids, ["ok"]);
+        assert!(missing.detail.contains("0 holds"), "{}", missing.detail);
     }
 
     #[test]

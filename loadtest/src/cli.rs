@@ -147,6 +147,16 @@ pub struct Cli {
     /// (ADMEDIA_OBJECT_SWEEP), e.g. `5s`.
     #[arg(long, value_parser = parse_duration)]
     pub object_sweep: Option<Duration>,
+    /// With `--spawn`: how old history must be before the ledger archive
+    /// moves it to object storage (ADMEDIA_LEDGER_ARCHIVE_AFTER), at least
+    /// `1m`; the soak scenario sets a short one so the store reaches a
+    /// steady state.
+    #[arg(long, value_parser = parse_duration)]
+    pub archive_after: Option<Duration>,
+    /// With `--spawn`: how often the ledger archive runs
+    /// (ADMEDIA_LEDGER_ARCHIVE_EVERY), e.g. `5s`.
+    #[arg(long, value_parser = parse_duration)]
+    pub archive_every: Option<Duration>,
     /// Soak: seconds into the load from which the server is taken to be in
     /// its steady state (default: a third of the duration); the report
     /// compares memory and database size there and at the end.
@@ -343,6 +353,10 @@ pub struct Plan {
     pub output_retention: Option<Duration>,
     #[serde(serialize_with = "setting::as_setting")]
     pub object_sweep: Option<Duration>,
+    #[serde(serialize_with = "setting::as_setting")]
+    pub archive_after: Option<Duration>,
+    #[serde(serialize_with = "setting::as_setting")]
+    pub archive_every: Option<Duration>,
     pub max_finished_in_memory: Option<u64>,
     pub steady_after_s: Option<f64>,
     pub users: usize,
@@ -433,6 +447,8 @@ struct Defaults {
     idempotency_window: Option<Duration>,
     output_retention: Option<Duration>,
     object_sweep: Option<Duration>,
+    archive_after: Option<Duration>,
+    archive_every: Option<Duration>,
 }
 
 fn no_faults() -> Faults {
@@ -486,6 +502,8 @@ fn defaults(s: Scenario) -> Defaults {
             idempotency_window: None,
             output_retention: None,
             object_sweep: None,
+            archive_after: None,
+            archive_every: None,
         },
         Scenario::Fairness => Defaults {
             users: 15,
@@ -514,6 +532,8 @@ fn defaults(s: Scenario) -> Defaults {
             idempotency_window: None,
             output_retention: None,
             object_sweep: None,
+            archive_after: None,
+            archive_every: None,
         },
         Scenario::Chaos => Defaults {
             users: 8,
@@ -551,6 +571,8 @@ fn defaults(s: Scenario) -> Defaults {
             idempotency_window: None,
             output_retention: None,
             object_sweep: None,
+            archive_after: None,
+            archive_every: None,
         },
         Scenario::Throughput => Defaults {
             users: 8,
@@ -579,6 +601,8 @@ fn defaults(s: Scenario) -> Defaults {
             idempotency_window: None,
             output_retention: None,
             object_sweep: None,
+            archive_after: None,
+            archive_every: None,
         },
         // The fleet (workers, slots, job times) is `fleet::fleet()`; the
         // load keeps every tier backlogged for `duration`.
@@ -613,6 +637,8 @@ fn defaults(s: Scenario) -> Defaults {
             idempotency_window: None,
             output_retention: None,
             object_sweep: None,
+            archive_after: None,
+            archive_every: None,
         },
         // Steady open load on fast workers well above it, so the queue stays
         // short and what grows (or not) is what the store keeps.
@@ -651,6 +677,10 @@ fn defaults(s: Scenario) -> Defaults {
             // (days): the soak's would fill the disk long before that.
             output_retention: Some(Duration::from_secs(120)),
             object_sweep: Some(Duration::from_secs(5)),
+            // Pruned jobs and their entries leave the store this long
+            // after: the soak then shows what a server holds for good.
+            archive_after: Some(Duration::from_secs(180)),
+            archive_every: Some(Duration::from_secs(5)),
         },
     }
 }
@@ -884,6 +914,8 @@ impl Cli {
             idempotency_window: self.idempotency_window.or(d.idempotency_window),
             output_retention: self.output_retention.or(d.output_retention),
             object_sweep: self.object_sweep.or(d.object_sweep),
+            archive_after: self.archive_after.or(d.archive_after),
+            archive_every: self.archive_every.or(d.archive_every),
             max_finished_in_memory: self.max_finished_in_memory,
             steady_after_s: self.steady_after,
             users,
@@ -966,6 +998,8 @@ mod tests {
         assert_eq!(p.idempotency_window, Some(Duration::from_secs(60)));
         assert_eq!(p.output_retention, Some(Duration::from_secs(120)));
         assert_eq!(p.object_sweep, Some(Duration::from_secs(5)));
+        assert_eq!(p.archive_after, Some(Duration::from_secs(180)));
+        assert_eq!(p.archive_every, Some(Duration::from_secs(5)));
         assert_eq!(p.steady_after(), 10.0);
         let p = parse(&["--spawn", "--scenario", "soak", "--steady-after", "5"]).unwrap();
         assert_eq!(p.steady_after(), 5.0);

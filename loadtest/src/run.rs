@@ -437,10 +437,20 @@ struct UserData {
 /// What the own read of an acknowledged, unlisted job showed, and how many
 /// reads it took.
 struct PruneCheck {
-    /// `None`: pruned; otherwise what the read answered, as the audit
-    /// should quote it.
-    unconfirmed: Option<String>,
+    answer: Unlisted,
     tries: u32,
+}
+
+/// What an acknowledged, unlisted job's own read answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Unlisted {
+    /// `410 job-pruned`.
+    Pruned,
+    /// `404 not-found`: the ledger archive took it; the audit looks for
+    /// its money in the ledger.
+    Archived,
+    /// Anything else, as the audit should quote it.
+    Unconfirmed(String),
 }
 
 /// Reads one acknowledged, unlisted job until it answers for itself: a read
@@ -453,23 +463,27 @@ async fn check_pruned(api: &Api, key: &str, id: &str) -> PruneCheck {
         api.call(awc::http::Method::GET, &path, Some(key), None, &[])
     })
     .await;
-    let unconfirmed = match res {
-        Err(e) => Some(format!("{e} after {tries} tries")),
+    let answer = match res {
+        Err(e) => Unlisted::Unconfirmed(format!("{e} after {tries} tries")),
         Ok(res) => {
             let kind = res.body["type"].as_str().unwrap_or("");
-            let pruned = res.status == 410 && kind.ends_with("job-pruned");
-            (!pruned).then(|| format!("{} {kind}", res.status))
+            match res.status {
+                410 if kind.ends_with("job-pruned") => Unlisted::Pruned,
+                404 if kind.ends_with("not-found") => Unlisted::Archived,
+                status => Unlisted::Unconfirmed(format!("{status} {kind}")),
+            }
         }
     };
-    PruneCheck { unconfirmed, tries }
+    PruneCheck { answer, tries }
 }
 
 /// Sorts `ids` (acknowledged, not listed) into those whose own read
-/// answers `410 job-pruned` and, for the rest, what the read answered.
+/// answers `410 job-pruned`, those that answer `404 not-found` (archived)
+/// and, for the rest, what the read answered.
 async fn confirm_pruned(
     api: &Api,
     ids: Vec<(String, String)>,
-) -> (BTreeSet<String>, BTreeMap<String, String>) {
+) -> (BTreeSet<String>, BTreeSet<String>, BTreeMap<String, String>) {
     let checked: Vec<(String, PruneCheck)> = stream::iter(ids)
         .map(|(key, id)| async move {
             let check = check_pruned(api, &key, &id).await;
@@ -479,15 +493,19 @@ async fn confirm_pruned(
         .collect()
         .await;
     let mut pruned = BTreeSet::new();
+    let mut archived = BTreeSet::new();
     let mut unconfirmed = BTreeMap::new();
     let mut retried = 0usize;
     for (id, check) in checked {
         retried += usize::from(check.tries > 1);
-        match check.unconfirmed {
-            None => {
+        match check.answer {
+            Unlisted::Pruned => {
                 pruned.insert(id);
             }
-            Some(answer) => {
+            Unlisted::Archived => {
+                archived.insert(id);
+            }
+            Unlisted::Unconfirmed(answer) => {
                 unconfirmed.insert(id, answer);
             }
         }
@@ -495,7 +513,7 @@ async fn confirm_pruned(
     if retried > 0 {
         eprintln!("auditing: {retried} of those reads got no answer at first and were retried");
     }
-    (pruned, unconfirmed)
+    (pruned, archived, unconfirmed)
 }
 
 async fn read_back(api: &Api, users: &[User]) -> Result<Vec<UserData>, String> {
@@ -828,7 +846,13 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                 unlisted.len()
             );
         }
-        (input.pruned, input.unconfirmed) = confirm_pruned(&api, unlisted).await;
+        (input.pruned, input.archived, input.unconfirmed) = confirm_pruned(&api, unlisted).await;
+        eprintln!(
+            "auditing: of those, {} answer 410 (pruned), {} answer 404 (archived: their money is looked for in the ledger), {} neither",
+            input.pruned.len(),
+            input.archived.len(),
+            input.unconfirmed.len()
+        );
     }
     let input = input;
     let mut audit_report: AuditReport = audit::audit(&input);
@@ -1542,18 +1566,25 @@ mod tests {
         let api = Api::new(&base, Duration::from_secs(5));
         let check = check_pruned(&api, "key", "job-1").await;
         assert_eq!(
-            check.unconfirmed, None,
+            check.answer,
+            Unlisted::Pruned,
             "confirmed pruned on the third read"
         );
         assert_eq!(check.tries, 3);
 
+        // Archived: the audit then looks for its money in the ledger.
         let base = scripted(vec![Some((404, "not-found"))]).await;
         let api = Api::new(&base, Duration::from_secs(5));
         let check = check_pruned(&api, "key", "job-2").await;
-        assert_eq!(
-            check.unconfirmed.as_deref(),
-            Some("404 https://errors.test/not-found")
-        );
+        assert_eq!(check.answer, Unlisted::Archived);
         assert_eq!(check.tries, 1, "an answer is not retried");
+
+        let base = scripted(vec![Some((403, "forbidden"))]).await;
+        let api = Api::new(&base, Duration::from_secs(5));
+        let check = check_pruned(&api, "key", "job-3").await;
+        assert_eq!(
+            check.answer,
+            Unlisted::Unconfirmed("403 https://errors.test/forbidden".into())
+        );
     }
 }

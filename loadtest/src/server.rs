@@ -198,6 +198,14 @@ pub fn settings_env(plan: &Plan) -> Vec<(String, String)> {
             "ADMEDIA_OBJECT_SWEEP",
             plan.object_sweep.map(|d| d.setting()),
         ),
+        (
+            "ADMEDIA_LEDGER_ARCHIVE_AFTER",
+            plan.archive_after.map(|d| d.setting()),
+        ),
+        (
+            "ADMEDIA_LEDGER_ARCHIVE_EVERY",
+            plan.archive_every.map(|d| d.setting()),
+        ),
     ];
     env.extend(
         optional
