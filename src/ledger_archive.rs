@@ -62,6 +62,7 @@ pub struct LedgerArchive {
     /// How old history must be to leave the live store; `None`: never.
     after: Option<Duration>,
     cache: Mutex<LruCache<String, Arc<ChapterBody>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl LedgerArchive {
@@ -72,7 +73,14 @@ impl LedgerArchive {
             objects,
             after,
             cache: Mutex::new(LruCache::new(size)),
+            metrics: None,
         }
+    }
+
+    /// Counts what each round closes (`admedia_ledger_archived_total`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Closes every chapter due at `now`, user by user. A user whose
@@ -104,9 +112,13 @@ impl LedgerArchive {
             }
             match users.last() {
                 Some(last) if users.len() == USERS_PER_PAGE => cursor = Some(*last),
-                _ => return Ok(round),
+                _ => break,
             }
         }
+        if let Some(m) = &self.metrics {
+            m.ledger_archived(round.chapters, round.entries, round.jobs);
+        }
+        Ok(round)
     }
 
     async fn close_user(

@@ -39,6 +39,7 @@ pub struct Metrics {
     oldest_waiting: IntGaugeVec,
     jobs_expired: IntCounterVec,
     jobs_pruned: IntCounterVec,
+    ledger_archived: IntCounterVec,
     quarantines: IntCounterVec,
     workers_quarantined: IntGaugeVec,
     jobs_by_state: IntGaugeVec,
@@ -229,6 +230,12 @@ impl Metrics {
                 "Finished jobs whose prompt, result, attempts and events retention removed (their money records stay)",
                 &[],
             ),
+            ledger_archived: counter(
+                &r,
+                "admedia_ledger_archived_total",
+                "What the ledger archive moved to object storage: chapters closed, ledger entries and the pruned jobs they name",
+                &["what"],
+            ),
             quarantines: counter(
                 &r,
                 "admedia_worker_quarantines_total",
@@ -319,6 +326,13 @@ impl Metrics {
 
     /// One store call: its time, and its failure when the store itself
     /// failed (`unavailable` or `other`).
+    /// What one round of the ledger archive closed.
+    pub fn ledger_archived(&self, chapters: u64, entries: u64, jobs: u64) {
+        for (what, n) in [("chapters", chapters), ("entries", entries), ("jobs", jobs)] {
+            self.ledger_archived.with_label_values(&[what]).inc_by(n);
+        }
+    }
+
     pub fn store_operation(
         &self,
         operation: &str,
@@ -486,6 +500,9 @@ impl Metrics {
         self.stale_messages.with_label_values(NO_LABELS);
         self.quarantines.with_label_values(NO_LABELS);
         self.jobs_pruned.with_label_values(NO_LABELS);
+        for what in ["chapters", "entries", "jobs"] {
+            self.ledger_archived.with_label_values(&[what]);
+        }
         self.workers_quarantined.with_label_values(NO_LABELS);
         self.redis_errors.with_label_values(&["rate_limit"]);
         for o in ["delivered", "failed_attempt", "given_up", "refused"] {

@@ -322,11 +322,14 @@ impl Application {
             }
         };
         spawn_object_sweep(materials.clone(), settings.object_sweep);
-        let archive = Arc::new(crate::ledger_archive::LedgerArchive::new(
-            orchestrator.store().clone(),
-            materials.shared_objects(),
-            settings.ledger_archive_after.0,
-        ));
+        let archive = Arc::new(
+            crate::ledger_archive::LedgerArchive::new(
+                orchestrator.store().clone(),
+                materials.shared_objects(),
+                settings.ledger_archive_after.0,
+            )
+            .with_metrics(metrics.clone()),
+        );
         archive
             .clone()
             .spawn(settings.ledger_archive_every, config.clock.clone());

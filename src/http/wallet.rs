@@ -39,7 +39,8 @@ pub struct LedgerPage {
     pub next: Option<String>,
 }
 
-/// Newest first.
+/// Newest first, the whole of the caller's history: the live entries,
+/// then those the ledger archive moved to object storage.
 #[utoipa::path(get, path = "/v1/wallet/ledger", params(LedgerQuery), security(("api_key" = [])),
     responses((status = 200, body = LedgerPage), (status = 401, body = Problem), (status = 422, body = Problem)))]
 pub async fn ledger(

@@ -155,6 +155,23 @@ async fn archived_history_reads_on(app: TestApp, kept: usize) {
     app.get(&format!("/v1/jobs/{}", jobs[0]), Some(&key))
         .await
         .expect_problem(404, "not-found");
+    // The metric counts what left.
+    loop {
+        let text = app.get("/metrics", None).await.text();
+        let jobs_archived = text
+            .lines()
+            .find(|l| l.starts_with("admedia_ledger_archived_total{what=\"jobs\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if jobs_archived == Some(archived.len() as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admedia_ledger_archived_total{{what=\"jobs\"}} is {jobs_archived:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
     for id in live {
         assert_eq!(app.job(&key, id).await["state"], "succeeded");
     }
