@@ -39,3 +39,15 @@ BEGIN
     RAISE EXCEPTION 'ledger entries are never changed or deleted; correct with a new entry';
 END
 $$;
+
+-- Deleting an archived job checks every table that names it. Its ledger
+-- entries were found only through two partial unique indexes (one hold,
+-- one resolution per job), which that check cannot use: one index on the
+-- job id keeps the same rule (at most one hold and one post or void per
+-- job) and serves the check. Idempotency records are found by job for
+-- the same check, and so the archive can leave a protected job alone.
+DROP INDEX ledger_one_hold_per_job;
+DROP INDEX ledger_one_resolution_per_hold;
+CREATE UNIQUE INDEX ledger_one_hold_and_one_resolution_per_job
+    ON ledger_entries (job_id, (kind = 'hold')) WHERE job_id IS NOT NULL;
+CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_id);

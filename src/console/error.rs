@@ -37,6 +37,12 @@ impl From<ApiError> for ConsoleError {
     }
 }
 
+impl From<crate::ledger_archive::ArchiveError> for ConsoleError {
+    fn from(e: crate::ledger_archive::ArchiveError) -> Self {
+        ConsoleError::Api(e.into())
+    }
+}
+
 impl From<OrchestratorError> for ConsoleError {
     fn from(e: OrchestratorError) -> Self {
         ConsoleError::Api(e.into())

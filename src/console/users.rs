@@ -146,7 +146,7 @@ async fn render(
     let orch = &state.orchestrator;
     let user = orch.user(id).await?;
     let wallet = orch.wallet(id).await?;
-    let ledger = orch.ledger(id, None, RECENT_LEDGER).await?;
+    let ledger = state.archive.ledger(id, None, RECENT_LEDGER).await?;
     let now = Utc::now();
     let refusals = orch
         .violations(id, now - chrono::Duration::days(30), RECENT_REFUSALS)

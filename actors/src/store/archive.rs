@@ -5,9 +5,10 @@
 //! A chapter is a prefix of one user's ledger (entries oldest first, up to
 //! [`CHAPTER_ENTRIES`]) together with the thin records of the jobs those
 //! entries name. It closes only where the books are whole: every entry is
-//! older than the archive horizon, every job it names is pruned, and both
-//! the hold and the resolution of each of those jobs are inside it, so no
-//! live entry or hold ever points at a job that left. The wallet is not
+//! older than the archive horizon, every job it names is pruned and no
+//! idempotency record protects it any more (a replay must find its job),
+//! and both the hold and the resolution of each of those jobs are inside
+//! it, so no live entry or hold ever points at a job that left. The wallet is not
 //! touched: its balance already carries the chapter forward, and the
 //! chapter's last entry records the balance it closed at, from which the
 //! live entries replay.
@@ -70,6 +71,9 @@ pub struct History {
     pub entries: Vec<LedgerEntry>,
     /// The jobs the entries name, as stored (thin when pruned).
     pub jobs: HashMap<JobId, Job>,
+    /// Those of them an idempotency record still protects: a replay must
+    /// find its job, so they stay until the record expires.
+    pub protected: HashSet<JobId>,
 }
 
 /// The object key of a user's chapter: its user and entry range, so the
@@ -94,7 +98,8 @@ pub fn cut(history: &History, horizon: DateTime<Utc>, now: DateTime<Utc>) -> Opt
             let closable = history
                 .jobs
                 .get(&job)
-                .is_some_and(|j| j.pruned_at.is_some_and(|at| at < horizon));
+                .is_some_and(|j| j.pruned_at.is_some_and(|at| at < horizon))
+                && !history.protected.contains(&job);
             if !closable {
                 break;
             }
@@ -199,10 +204,10 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// jobs they name.
     async fn oldest_history(&self, user: UserId, limit: usize) -> StoreResult<History>;
     /// Records `chapter` and removes what it holds (its entries, and the
-    /// jobs with their holds and any idempotency record): all or nothing,
-    /// and only while its range is exactly the user's oldest live history
-    /// and every job in `jobs` is the user's, pruned, and named only inside
-    /// the range. `Ok(false)` when that chapter was closed already (by
+    /// jobs with their holds): all or nothing, and only while its range is
+    /// exactly the user's oldest live history and every job in `jobs` is
+    /// the user's, pruned, unprotected by an idempotency record, and named
+    /// only inside the range. `Ok(false)` when that chapter was closed already (by
     /// another node, or a retry); `StaleTransition`-like refusals are
     /// `Invariant`s, since [`cut`] never proposes them.
     async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool>;
@@ -390,6 +395,21 @@ mod tests {
         orphan.entry(EntryKind::Hold, 1, Some(JobId::generate()), 1);
         let only_grant = cut(&orphan.history, at(100), at(100)).expect("the grant");
         assert_eq!(only_grant.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_job_an_idempotency_record_protects_stays() {
+        let mut book = Book::new();
+        book.entry(EntryKind::Grant, 10, None, 0);
+        let replayable = book.job(1, Some(2), Some(3));
+        book.history.protected.insert(replayable);
+        let chapter = cut(&book.history, at(100), at(100)).expect("the grant");
+        assert_eq!(chapter.entries.len(), 1);
+        book.history.protected.clear();
+        assert_eq!(
+            cut(&book.history, at(100), at(100)).map(|c| c.jobs.len()),
+            Some(1)
+        );
     }
 
     #[test]

@@ -285,6 +285,7 @@ macro_rules! store_conformance_tests {
             // the ledger archive (archive.rs)
             the_oldest_history_closes_into_a_chapter,
             the_archive_visits_every_user_in_turn,
+            a_job_a_replay_may_ask_for_stays_until_its_key_expires,
             // accounts (accounts.rs)
             registration_grants_reward_and_email_is_unique,
             api_key_finds_its_user_only,

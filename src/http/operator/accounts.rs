@@ -360,7 +360,7 @@ pub async fn user(
     let id = user_id(&path)?;
     let user = state.orchestrator.user(id).await?;
     let wallet = state.orchestrator.wallet(id).await?;
-    let ledger = state.orchestrator.ledger(id, None, 20).await?;
+    let ledger = state.archive.ledger(id, None, 20).await?;
     Ok(HttpResponse::Ok().json(UserDetailView {
         user: UserView::of(&user),
         wallet: WalletView::of(&wallet),

@@ -83,7 +83,20 @@ impl ArchiveStore for PgStore {
             .iter()
             .map(|r| job_row(r).map(|j| (j.id, j)))
             .collect::<StoreResult<_>>()?;
-        Ok(History { entries, jobs })
+        let protected = read(
+            &client,
+            "SELECT DISTINCT job_id FROM idempotency_keys WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| JobId::from_uuid(r.get(0)))
+        .collect();
+        Ok(History {
+            entries,
+            jobs,
+            protected,
+        })
     }
 
     async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
@@ -182,6 +195,20 @@ impl ArchiveStore for PgStore {
         if locked.len() != ids.len() || !thin {
             return Err(refuse("a job is not a pruned job of the user".into()));
         }
+        // A replay must find its job: protected jobs stay until their
+        // record expires.
+        let protected: i64 = cached_query_one(
+            &tx,
+            "SELECT count(*) FROM idempotency_keys WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .get(0);
+        if protected > 0 {
+            return Err(refuse(
+                "an idempotency record still protects a job in it".into(),
+            ));
+        }
         cached_execute(
             &tx,
             "INSERT INTO ledger_chapters (user_id, first_entry, last_entry, entries, jobs, balance, \
@@ -215,7 +242,6 @@ impl ArchiveStore for PgStore {
             )));
         }
         for sql in [
-            "DELETE FROM idempotency_keys WHERE job_id = ANY($1)",
             "DELETE FROM webhook_outbox WHERE job_id = ANY($1)",
             "DELETE FROM job_events WHERE job_id = ANY($1)",
             "DELETE FROM job_attempts WHERE job_id = ANY($1)",

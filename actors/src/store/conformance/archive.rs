@@ -91,6 +91,7 @@ pub async fn the_oldest_history_closes_into_a_chapter(store: Shared) {
                     (*id, j)
                 })
                 .collect(),
+            protected: Default::default(),
         },
         horizon,
         now,
@@ -221,4 +222,60 @@ pub async fn the_archive_visits_every_user_in_turn(store: Shared) {
             .unwrap_err(),
         StoreError::NotFound("user")
     );
+}
+
+/// A job an idempotency record still protects stays in the store, and so
+/// does everything after it, until the record expires: a replay must find
+/// its job.
+pub async fn a_job_a_replay_may_ask_for_stays_until_its_key_expires(store: Shared) {
+    let user = user_with(&store, "replayable@example.com", 100).await;
+    let mut keyed = new_job(user.id, 2);
+    keyed.idempotency = Some((
+        IdempotencyKey::parse("archive-1").expect("key"),
+        crate::domain::job::RequestHash::of(b"the request"),
+    ));
+    let job = store.submit_job(keyed).await.expect("submit").job;
+    let attempt = assign(&store, &job).await;
+    store.start_job(attempt, now_us()).await.expect("start");
+    store
+        .finish_attempt(attempt, delivered(), now_us())
+        .await
+        .expect("finish");
+    let now = now_us();
+    store
+        .prune_finished_jobs(&everything_finished(now), now, 500)
+        .await
+        .expect("prune");
+    let horizon = now + Duration::hours(1);
+    let history = store.oldest_history(user.id, 100).await.expect("history");
+    assert!(history.protected.contains(&job.id));
+    let body = archive::cut(&history, horizon, now).expect("the grant alone");
+    assert_eq!(body.entries.len(), 1);
+    // Forced with the job, the store refuses it.
+    let unprotected = History {
+        protected: Default::default(),
+        ..history.clone()
+    };
+    let forced = archive::cut(&unprotected, horizon, now).expect("a forged chapter");
+    assert_eq!(forced.jobs.len(), 1);
+    assert!(matches!(
+        store.close_chapter(&forced.chapter, &[job.id]).await,
+        Err(StoreError::Invariant(_))
+    ));
+    assert!(store.job(job.id).await.expect("job").is_some());
+    // Once the key expires, the job may leave.
+    store
+        .expire_idempotency_keys(now_us() + Duration::seconds(1))
+        .await
+        .expect("expire");
+    let history = store.oldest_history(user.id, 100).await.expect("history");
+    assert!(history.protected.is_empty());
+    let body = archive::cut(&history, horizon, now).expect("a chapter");
+    assert_eq!(body.jobs.len(), 1);
+    assert!(store
+        .close_chapter(&body.chapter, &[job.id])
+        .await
+        .expect("close"));
+    assert_eq!(store.job(job.id).await.expect("job"), None);
+    assert_books_balance(&store).await;
 }

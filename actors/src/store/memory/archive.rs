@@ -31,14 +31,22 @@ impl ArchiveStore for MemoryStore {
             .take(limit)
             .map(|e| e.entry(user))
             .collect();
-        let jobs = entries
-            .iter()
-            .filter_map(|e| e.job_id)
-            .collect::<HashSet<JobId>>()
+        let named: HashSet<JobId> = entries.iter().filter_map(|e| e.job_id).collect();
+        let protected = account
+            .idempotency
+            .values()
+            .map(|(_, job)| job.id)
+            .filter(|id| named.contains(id))
+            .collect();
+        let jobs = named
             .into_iter()
             .filter_map(|id| s.jobs.get(&id).map(|j| (id, j)))
             .collect();
-        Ok(History { entries, jobs })
+        Ok(History {
+            entries,
+            jobs,
+            protected,
+        })
     }
 
     async fn close_chapter(&self, chapter: &Chapter, jobs: &[JobId]) -> StoreResult<bool> {
@@ -94,6 +102,17 @@ impl ArchiveStore for MemoryStore {
                 chapter.first_entry, chapter.last_entry
             )));
         }
+        let account = s.account(user)?;
+        if account
+            .idempotency
+            .values()
+            .any(|(_, job)| leaving.contains(&job.id))
+        {
+            return Err(StoreError::Invariant(format!(
+                "chapter {}..{} of user {user} holds a job an idempotency record protects",
+                chapter.first_entry, chapter.last_entry
+            )));
+        }
         for id in &leaving {
             let thin = s.jobs.get(id).filter(|j| j.user_id == user);
             if thin.is_none_or(|j| j.pruned_at.is_none()) {
@@ -112,9 +131,6 @@ impl ArchiveStore for MemoryStore {
         }
         let account = s.account(user)?;
         account.ledger.drain(..end);
-        account
-            .idempotency
-            .retain(|_, (_, job)| !leaving.contains(&job.id));
         account.chapters.push(chapter.clone());
         Ok(true)
     }
