@@ -13,7 +13,7 @@ use admedia_actors::domain::ledger::LedgerEntry;
 use admedia_actors::store::archive::{self, Chapter, ChapterBody, CHAPTER_ENTRIES};
 use admedia_actors::store::{Store, StoreError};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use lru::LruCache;
 use parking_lot::Mutex;
 
@@ -90,13 +90,17 @@ impl LedgerArchive {
         let Some(after) = self.after else {
             return Ok(Round::default());
         };
+        // Every adapter keeps microseconds: the chapter's record and its
+        // body must say the same time.
+        let now = now.trunc_subsecs(6);
         let age = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
         let horizon = now
             .checked_sub_signed(age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        // A chapter short of a page waits until its history is twice the
-        // age: a busy user's history then closes a page at a time, and a
-        // quiet user's still closes, rather than a sliver every round.
+        // A chapter of less than a page of due history waits until its
+        // history is twice the age: a busy user's history then closes a
+        // page at a time, and a quiet user's still closes, rather than a
+        // sliver every round.
         let patient = horizon
             .checked_sub_signed(age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -130,12 +134,13 @@ impl LedgerArchive {
     ) -> Result<(), ArchiveError> {
         for _ in 0..CHAPTERS_PER_USER {
             let history = self.store.oldest_history(user, CHAPTER_ENTRIES).await?;
-            let Some(body) = archive::cut(&history, due.horizon, now) else {
+            let Some(cut) = archive::cut_page(&history, due.horizon, now) else {
                 return Ok(());
             };
-            if body.entries.len() < CHAPTER_ENTRIES && body.chapter.first_at >= due.patient {
+            if !cut.page_due && cut.body.chapter.first_at >= due.patient {
                 return Ok(());
             }
+            let (body, more) = (cut.body, cut.page_due);
             let bytes = serde_json::to_vec(&body)
                 .map_err(|e| ArchiveError::Corrupt(format!("chapter not encoded: {e}")))?;
             // The object first: a chapter is recorded only once its body
@@ -149,7 +154,8 @@ impl LedgerArchive {
                 round.entries += u64::from(body.chapter.entries);
                 round.jobs += u64::from(body.chapter.jobs);
             }
-            if body.entries.len() < CHAPTER_ENTRIES {
+            // The next page may be due as well.
+            if !more {
                 return Ok(());
             }
         }

@@ -214,7 +214,15 @@ pub struct Objects {
     store: Arc<dyn ObjectStore>,
     signing: Signing,
     backend: &'static str,
+    /// The directory of a local store: a delete there also removes the
+    /// directories it leaves empty (S3 has none).
+    local_root: Option<PathBuf>,
 }
+
+/// Leading key segments whose directories a delete keeps (`outputs/{user}`):
+/// they are shared with other objects, and one that appears again at once
+/// is not worth racing an upload into it for.
+const KEPT_KEY_DIRS: usize = 2;
 
 impl Objects {
     /// `base_url` is where this server is reached (for the local directory's
@@ -240,6 +248,7 @@ impl Objects {
                         base_url: base_url.to_owned(),
                     }),
                     backend: "local",
+                    local_root: Some(root.clone()),
                 })
             }
             ObjectSettings::S3(s3) => {
@@ -263,6 +272,7 @@ impl Objects {
                     store: s3.clone(),
                     signing: Signing::S3(s3),
                     backend: "s3",
+                    local_root: None,
                 })
             }
         }
@@ -442,11 +452,38 @@ impl Objects {
         Ok(self.store.get(&Self::path(key)?).await?.bytes().await?)
     }
 
-    /// Deletes `key`; deleting what is not there is not an error.
+    /// Deletes `key`; deleting what is not there is not an error. In a
+    /// local directory the directories the key leaves empty go too (an
+    /// output's job and attempt directories): otherwise every job ever
+    /// run would leave two empty directories behind for good.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        match self.store.delete(&Self::path(key)?).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        let path = Self::path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(root) = &self.local_root {
+            let dirs: Vec<String> = path.parts().map(|p| p.as_ref().to_owned()).collect();
+            let root = root.clone();
+            // Blocking file system calls, off the async threads.
+            let _ = tokio::task::spawn_blocking(move || remove_empty_dirs(&root, &dirs)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the directories of `parts` (a key's segments, the object's name
+/// last) from the deepest up, while they are empty, keeping the first
+/// [`KEPT_KEY_DIRS`].
+fn remove_empty_dirs(root: &std::path::Path, parts: &[String]) {
+    let dirs = parts.len().saturating_sub(1);
+    for depth in (KEPT_KEY_DIRS..dirs).rev() {
+        let dir: PathBuf = parts[..=depth]
+            .iter()
+            .fold(root.to_path_buf(), |d, p| d.join(p));
+        // Not empty (another object), or gone already: either way stop.
+        if std::fs::remove_dir(&dir).is_err() {
+            return;
         }
     }
 }
@@ -454,6 +491,50 @@ impl Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deleting an output removes its job and attempt directories once
+    /// empty, and keeps the user's directory and any other object.
+    #[actix_rt::test]
+    async fn a_delete_leaves_no_empty_directories_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let objects = Objects::open(
+            &ObjectSettings::Local {
+                root: dir.path().to_path_buf(),
+            },
+            "http://127.0.0.1:1",
+            b"secret".to_vec(),
+        )
+        .expect("objects");
+        for key in ["outputs/u/j1/1/0", "outputs/u/j1/1/1", "outputs/u/j2/1/0"] {
+            objects
+                .put(key, Bytes::from_static(b"x"))
+                .await
+                .expect("put");
+        }
+        objects.delete("outputs/u/j1/1/0").await.expect("delete");
+        assert!(
+            dir.path().join("outputs/u/j1/1").is_dir(),
+            "another output is there"
+        );
+        objects.delete("outputs/u/j1/1/1").await.expect("delete");
+        assert!(
+            !dir.path().join("outputs/u/j1").exists(),
+            "the job's directories went"
+        );
+        assert!(dir.path().join("outputs/u/j2/1/0").is_file());
+        objects.delete("outputs/u/j2/1/0").await.expect("delete");
+        assert!(
+            dir.path().join("outputs/u").is_dir(),
+            "the user's directory stays"
+        );
+        assert!(!dir.path().join("outputs/u/j2").exists());
+        // Deleting what is not there is still no error.
+        objects.delete("outputs/u/j3/1/0").await.expect("delete");
+        assert!(
+            objects.delete("../escape").await.is_err(),
+            "a bad key is refused"
+        );
+    }
 
     #[test]
     fn the_store_is_chosen_by_url() {

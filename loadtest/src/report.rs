@@ -528,6 +528,13 @@ pub fn text(r: &Report) -> String {
         "\naudit: {} users, {} jobs ({} succeeded, {} failed by system, {} failed by user, {} cancelled), {} ledger entries, {} replays, {} cancels, {} assigns checked",
         a.users, a.jobs, a.succeeded, a.failed_system, a.failed_user, a.cancelled, a.ledger_entries, a.replays_checked, a.cancels_checked, a.assigns_checked
     );
+    if a.pruned + a.archived > 0 {
+        let _ = writeln!(
+            out,
+            "       and {} pruned and {} archived jobs, not listed, audited from the ledger alone",
+            a.pruned, a.archived
+        );
+    }
     if a.passed {
         out.push_str("AUDIT PASSED: every invariant holds\n");
     } else {

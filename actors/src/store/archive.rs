@@ -4,11 +4,15 @@
 //!
 //! A chapter is a prefix of one user's ledger (entries oldest first, up to
 //! [`CHAPTER_ENTRIES`]) together with the thin records of the jobs those
-//! entries name. It closes only where the books are whole: every entry is
-//! older than the archive horizon, every job it names is pruned and no
-//! idempotency record protects it any more (a replay must find its job),
-//! and both the hold and the resolution of each of those jobs are inside
-//! it, so no live entry or hold ever points at a job that left. The wallet is not
+//! entries resolve. Every entry in it is older than the archive horizon.
+//! A job leaves with the chapter that holds its resolution (its last
+//! entry), so the job must be pruned and no idempotency record may
+//! protect it any more (a replay must find its job); its hold is in that
+//! chapter or an earlier one, since a chapter is always a prefix. A hold
+//! whose job is still open may leave first: the job, its hold row and its
+//! resolution stay live until their chapter, so nothing live ever points
+//! at a job that left, and the chapter's closing `held` carries the open
+//! holds forward. The wallet is not
 //! touched: its balance already carries the chapter forward, and the
 //! chapter's last entry records the balance it closed at, from which the
 //! live entries replay.
@@ -82,54 +86,60 @@ pub fn object_key(user: UserId, first: EntryId, last: EntryId) -> String {
     format!("ledger/{user}/{:020}-{:020}.json", first.0, last.0)
 }
 
+/// A chapter as [`cut_page`] proposes it.
+#[derive(Clone, Debug)]
+pub struct Cut {
+    pub body: ChapterBody,
+    /// Every one of the page's entries may leave: the chapter stops only
+    /// where the page does (or just before, to keep a job whole), not
+    /// because history stopped being due.
+    pub page_due: bool,
+}
+
 /// The longest prefix of `history` that closes as a chapter (see the
 /// module's rules), at most [`CHAPTER_ENTRIES`] entries; `None` when not
 /// even its first entry may leave yet.
 pub fn cut(history: &History, horizon: DateTime<Utc>, now: DateTime<Utc>) -> Option<ChapterBody> {
+    cut_page(history, horizon, now).map(|c| c.body)
+}
+
+/// [`cut`], saying whether the whole page was due.
+pub fn cut_page(history: &History, horizon: DateTime<Utc>, now: DateTime<Utc>) -> Option<Cut> {
     let first = history.entries.first()?;
-    let mut open: HashSet<JobId> = HashSet::new();
+    let mut stopped = false;
     // Entries before this position close as a chapter.
     let mut end = 0;
     for (i, e) in history.entries.iter().take(CHAPTER_ENTRIES).enumerate() {
         if e.created_at >= horizon || e.user_id != first.user_id {
+            stopped = true;
             break;
         }
-        if let Some(job) = e.job_id {
-            let closable = history
+        // A job leaves with its resolution, the last entry it has: it must
+        // be pruned (before the horizon) and no replay may still ask for
+        // it. A hold may leave before its job does: the job, its hold row
+        // and its resolution stay live until the resolution's chapter.
+        if let (Some(job), EntryKind::Post | EntryKind::Void) = (e.job_id, e.kind) {
+            let leaves = history
                 .jobs
                 .get(&job)
                 .is_some_and(|j| j.pruned_at.is_some_and(|at| at < horizon))
                 && !history.protected.contains(&job);
-            if !closable {
+            if !leaves {
+                stopped = true;
                 break;
             }
-            match e.kind {
-                EntryKind::Hold => {
-                    open.insert(job);
-                }
-                // A resolution without its hold before it: the hold is in
-                // an earlier chapter only if the books are broken.
-                EntryKind::Post | EntryKind::Void => {
-                    if !open.remove(&job) {
-                        break;
-                    }
-                }
-                EntryKind::Grant => {}
-            }
         }
-        if open.is_empty() {
-            end = i + 1;
-        }
+        end = i + 1;
     }
     if end == 0 {
         return None;
     }
     let entries = history.entries[..end].to_vec();
     let last = entries.last()?;
-    // The jobs held inside the chapter (each resolved inside it too).
+    // The jobs resolved inside the chapter leave with it.
     let kept: HashSet<JobId> = entries
         .iter()
-        .filter(|e| e.kind == EntryKind::Hold)
+        .filter(|e| matches!(e.kind, EntryKind::Post | EntryKind::Void))
         .filter_map(|e| e.job_id)
         .collect();
     let mut jobs: Vec<Job> = history
@@ -154,10 +164,13 @@ pub fn cut(history: &History, horizon: DateTime<Utc>, now: DateTime<Utc>) -> Opt
         closed_at: now,
         object_key: object_key(first.user_id, first.id, last.id),
     };
-    Some(ChapterBody {
-        chapter,
-        entries,
-        jobs,
+    Some(Cut {
+        body: ChapterBody {
+            chapter,
+            entries,
+            jobs,
+        },
+        page_due: !stopped && history.entries.len() >= CHAPTER_ENTRIES,
     })
 }
 
@@ -338,26 +351,30 @@ mod tests {
     }
 
     #[test]
-    fn a_chapter_closes_at_the_last_point_where_every_job_is_whole() {
+    fn a_chapter_takes_the_due_entries_and_the_jobs_resolved_in_it() {
         let mut book = Book::new();
         book.entry(EntryKind::Grant, 10, None, 0);
         let a = book.job(1, Some(2), Some(3));
         let b = book.job(4, Some(5), Some(6));
-        // Still running at the horizon: the chapter stops before it.
+        // Still running at the horizon: its hold leaves, the job stays.
         book.job(7, None, None);
         let chapter = cut(&book.history, at(100), at(100)).expect("a chapter");
-        assert_eq!(chapter.entries.len(), 5);
-        assert_eq!(chapter.chapter.last_entry, EntryId(5));
+        assert_eq!(chapter.entries.len(), 6);
+        assert_eq!(chapter.chapter.last_entry, EntryId(6));
         let jobs: Vec<JobId> = chapter.jobs.iter().map(|j| j.id).collect();
         assert_eq!(jobs.len(), 2);
         assert!(jobs.contains(&a) && jobs.contains(&b));
         assert_eq!(chapter.chapter.closing.balance.get(), 8);
-        assert_eq!(chapter.chapter.closing.held.get(), 0);
+        assert_eq!(
+            chapter.chapter.closing.held.get(),
+            1,
+            "the open hold carried"
+        );
         assert!(check_body(&chapter).is_ok());
     }
 
     #[test]
-    fn interleaved_jobs_close_only_when_both_are_resolved() {
+    fn a_job_leaves_with_its_resolution_and_an_open_hold_may_go_first() {
         let mut book = Book::new();
         book.entry(EntryKind::Grant, 10, None, 0);
         let a = JobId::generate();
@@ -370,31 +387,78 @@ mod tests {
         book.entry(EntryKind::Hold, 1, Some(a), 1);
         book.entry(EntryKind::Hold, 1, Some(b), 2);
         book.entry(EntryKind::Post, 1, Some(a), 3);
-        // b is resolved after the horizon: only the grant may leave.
+        // b is resolved after the horizon: it stays, its hold may go.
         book.entry(EntryKind::Void, 1, Some(b), 200);
-        let chapter = cut(&book.history, at(100), at(100)).expect("the grant");
-        assert_eq!(chapter.entries.len(), 1);
-        assert!(chapter.jobs.is_empty());
+        let chapter = cut(&book.history, at(100), at(100)).expect("a chapter");
+        assert_eq!(chapter.entries.len(), 4);
+        assert_eq!(chapter.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [a]);
+        assert_eq!(chapter.chapter.closing.held.get(), 1);
         let later = cut(&book.history, at(300), at(300)).expect("all of it");
         assert_eq!(later.entries.len(), 5);
         assert_eq!(later.jobs.len(), 2);
     }
 
+    /// Under a backlog every job is held long before it is resolved, so at
+    /// no point of a user's ledger are all its holds resolved. A rule that
+    /// waited for such a point closed nothing: history still closes.
     #[test]
-    fn nothing_closes_past_the_horizon_or_before_pruning() {
+    fn history_closes_when_jobs_always_overlap() {
+        let mut book = Book::new();
+        book.entry(EntryKind::Grant, 10_000, None, 0);
+        let mut open = std::collections::VecDeque::new();
+        for m in 1..=800 {
+            let id = JobId::generate();
+            let mut job = thin_job(book.user, id);
+            job.pruned_at = Some(at(900));
+            book.history.jobs.insert(id, job);
+            book.entry(EntryKind::Hold, 1, Some(id), m);
+            open.push_back(id);
+            // Ten jobs always wait.
+            if open.len() > 10 {
+                let done = open.pop_front().expect("an open job");
+                book.entry(EntryKind::Post, 1, Some(done), m);
+            }
+        }
+        let chapter = cut_page(&book.history, at(1_000), at(1_000)).expect("a chapter");
+        assert_eq!(chapter.body.entries.len(), CHAPTER_ENTRIES);
+        assert!(chapter.page_due);
+        let open_at_the_cut = chapter
+            .body
+            .entries
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::Hold => 1,
+                EntryKind::Post | EntryKind::Void => -1,
+                EntryKind::Grant => 0,
+            })
+            .sum::<i64>();
+        assert!(open_at_the_cut >= 10);
+        assert_eq!(
+            chapter.body.chapter.closing.held.get(),
+            open_at_the_cut,
+            "the waiting holds carried"
+        );
+        assert!(check_body(&chapter.body).is_ok());
+    }
+
+    #[test]
+    fn a_resolution_stops_the_chapter_until_its_job_may_leave() {
         let mut book = Book::new();
         book.job(1, Some(2), None);
-        assert!(cut(&book.history, at(100), at(100)).is_none(), "not pruned");
+        let hold_only = cut(&book.history, at(100), at(100)).expect("the hold");
+        assert_eq!(hold_only.entries.len(), 1, "not pruned: its post stays");
+        assert!(hold_only.jobs.is_empty());
         let mut recent = Book::new();
         recent.entry(EntryKind::Grant, 5, None, 200);
         assert!(cut(&recent.history, at(100), at(100)).is_none(), "too new");
         assert!(cut(&History::default(), at(100), at(100)).is_none());
-        // A job whose record is missing is never taken on trust.
+        // A resolution whose job record is missing is never taken on trust.
         let mut orphan = Book::new();
         orphan.entry(EntryKind::Grant, 5, None, 0);
         orphan.entry(EntryKind::Hold, 1, Some(JobId::generate()), 1);
-        let only_grant = cut(&orphan.history, at(100), at(100)).expect("the grant");
-        assert_eq!(only_grant.entries.len(), 1);
+        orphan.entry(EntryKind::Void, 1, Some(JobId::generate()), 2);
+        let before_it = cut(&orphan.history, at(100), at(100)).expect("the grant and hold");
+        assert_eq!(before_it.entries.len(), 2);
     }
 
     #[test]
@@ -403,8 +467,9 @@ mod tests {
         book.entry(EntryKind::Grant, 10, None, 0);
         let replayable = book.job(1, Some(2), Some(3));
         book.history.protected.insert(replayable);
-        let chapter = cut(&book.history, at(100), at(100)).expect("the grant");
-        assert_eq!(chapter.entries.len(), 1);
+        let chapter = cut(&book.history, at(100), at(100)).expect("the grant and hold");
+        assert_eq!(chapter.entries.len(), 2);
+        assert!(chapter.jobs.is_empty());
         book.history.protected.clear();
         assert_eq!(
             cut(&book.history, at(100), at(100)).map(|c| c.jobs.len()),
@@ -418,8 +483,27 @@ mod tests {
         for m in 0..(CHAPTER_ENTRIES as i64 + 10) {
             book.entry(EntryKind::Grant, 1, None, m);
         }
-        let chapter = cut(&book.history, at(1_000_000), at(0)).expect("a chapter");
-        assert_eq!(chapter.entries.len(), CHAPTER_ENTRIES);
+        let chapter = cut_page(&book.history, at(1_000_000), at(0)).expect("a chapter");
+        assert_eq!(chapter.body.entries.len(), CHAPTER_ENTRIES);
+        assert!(chapter.page_due);
+        // Not due beyond the horizon: short, and said to be.
+        let short = cut_page(&book.history, at(500), at(0)).expect("a chapter");
+        assert_eq!(short.body.entries.len(), 500);
+        assert!(!short.page_due);
+    }
+
+    #[test]
+    fn a_page_that_ends_inside_a_job_takes_its_hold_and_not_the_job() {
+        let mut book = Book::new();
+        for m in 0..(CHAPTER_ENTRIES as i64 - 1) {
+            book.entry(EntryKind::Grant, 1, None, m);
+        }
+        // Its hold is the page's last entry, its post the next page's first.
+        book.job(5_000, Some(5_001), Some(5_002));
+        let chapter = cut_page(&book.history, at(1_000_000), at(0)).expect("a chapter");
+        assert_eq!(chapter.body.entries.len(), CHAPTER_ENTRIES);
+        assert!(chapter.body.jobs.is_empty(), "it leaves with its post");
+        assert!(chapter.page_due);
     }
 
     #[test]

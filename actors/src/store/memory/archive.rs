@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::super::archive::{Chapter, History};
+use super::super::archive::{Chapter, History, CHAPTER_ENTRIES};
 use super::*;
 
 #[async_trait]
@@ -83,22 +83,18 @@ impl ArchiveStore for MemoryStore {
                 chapter.first_entry, chapter.last_entry
             )));
         }
-        // Each job leaves with both its entries: its hold and the hold's
-        // one resolution are inside the range.
-        let mut held: HashSet<JobId> = HashSet::new();
-        let mut resolved: HashSet<JobId> = HashSet::new();
-        for e in range {
-            if let Some(job) = e.job_id() {
-                match e.kind() {
-                    EntryKind::Hold => held.insert(job),
-                    _ => resolved.insert(job),
-                };
-            }
-        }
+        // The jobs resolved inside the range leave with it, and only they:
+        // each resolution is a job's last entry, and its hold comes before
+        // it, so in this chapter or one closed already.
+        let resolved: HashSet<JobId> = range
+            .iter()
+            .filter(|e| matches!(e.kind(), EntryKind::Post | EntryKind::Void))
+            .filter_map(|e| e.job_id())
+            .collect();
         let leaving: HashSet<JobId> = jobs.iter().copied().collect();
-        if held != resolved || held != leaving || leaving.len() != chapter.jobs as usize {
+        if resolved != leaving || leaving.len() != chapter.jobs as usize {
             return Err(StoreError::Invariant(format!(
-                "chapter {}..{} of user {user} does not hold its jobs whole",
+                "chapter {}..{} of user {user}: its jobs are not those resolved in it",
                 chapter.first_entry, chapter.last_entry
             )));
         }
@@ -131,7 +127,15 @@ impl ArchiveStore for MemoryStore {
         }
         let account = s.account(user)?;
         account.ledger.drain(..end);
+        // What a burst grew is given back once it is archived: the live
+        // ledger, not its peak, sets what memory holds.
+        if account.ledger.capacity() > 4 * account.ledger.len().max(CHAPTER_ENTRIES) {
+            account
+                .ledger
+                .shrink_to(2 * account.ledger.len().max(CHAPTER_ENTRIES));
+        }
         account.chapters.push(chapter.clone());
+        s.jobs.shrink_if_sparse();
         Ok(true)
     }
 

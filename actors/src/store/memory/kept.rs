@@ -307,6 +307,15 @@ impl JobRecords {
         self.pruned.remove(id).map(|p| p.job(*id))
     }
 
+    /// Gives back the pruned records' table once it is mostly empty (the
+    /// archive took most of them): a rehash, so only when it is worth it.
+    pub fn shrink_if_sparse(&mut self) {
+        let len = self.pruned.len();
+        if self.pruned.capacity() > 4 * len.max(1024) {
+            self.pruned.shrink_to(2 * len.max(1024));
+        }
+    }
+
     /// Stores a job's record: in the box it already has when it has one,
     /// or in the compact form once it is pruned.
     pub fn keep(&mut self, job: Job) {
