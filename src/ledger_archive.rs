@@ -104,12 +104,12 @@ impl LedgerArchive {
         let patient = horizon
             .checked_sub_signed(age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let due = Due { horizon, patient };
         let mut round = Round::default();
         let mut cursor = None;
         loop {
             let users = self.store.users_after(cursor, USERS_PER_PAGE).await?;
             for user in &users {
-                let due = Due { horizon, patient };
                 if let Err(e) = self.close_user(*user, due, now, &mut round).await {
                     tracing::warn!(%user, error = %e, "ledger chapter not closed; next round retries");
                 }

@@ -542,6 +542,9 @@ impl Orchestrator {
         Ok(self.store.wallet(user).await?)
     }
 
+    /// The user's live ledger entries only, newest first: the server reads
+    /// a user's whole history through its ledger archive, which goes on
+    /// into the chapters moved to object storage.
     pub async fn ledger(
         &self,
         user: UserId,
