@@ -205,7 +205,7 @@ impl LedgerArchive {
             ArchiveError::Corrupt(format!("chapter {} unreadable: {e}", chapter.object_key))
         })?;
         archive::check_body(&body).map_err(ArchiveError::Corrupt)?;
-        if body.chapter != *chapter {
+        if !body.chapter.same_history(chapter) {
             return Err(ArchiveError::Corrupt(format!(
                 "chapter {} is not the one recorded",
                 chapter.object_key

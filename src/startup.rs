@@ -449,14 +449,35 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         if let Some(dir) = self.scratch_objects {
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => tracing::info!(dir = %dir.display(), "scratch object directory removed"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "scratch object directory left behind")
-                }
-            }
+            remove_scratch(dir, SCRATCH_REMOVAL_PATIENCE).await;
         }
         served
+    }
+}
+
+/// How long a stop waits for its scratch objects to go. A long-running
+/// embedded server may hold millions of them; a stop must not outlast a
+/// supervisor's patience, and what is left is named for a process that is
+/// gone, which the next start sweeps.
+const SCRATCH_REMOVAL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes `dir` on a thread of its own, waiting at most `patience`: the
+/// process may end with the thread still at work.
+async fn remove_scratch(dir: std::path::PathBuf, patience: std::time::Duration) {
+    let (done, removed) = tokio::sync::oneshot::channel();
+    let shown = dir.display().to_string();
+    std::thread::spawn(move || {
+        let _ = done.send(std::fs::remove_dir_all(&dir));
+    });
+    match tokio::time::timeout(patience, removed).await {
+        Ok(Ok(Ok(()))) => tracing::info!(dir = %shown, "scratch object directory removed"),
+        Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(dir = %shown, error = %e, "scratch object directory left behind")
+        }
+        Ok(Err(_)) | Err(_) => tracing::warn!(
+            dir = %shown,
+            "scratch object directory not removed in time; the next start sweeps it"
+        ),
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use admedia::ledger_archive::{ArchiveError, LedgerArchive};
 use admedia::objects::{ObjectSettings, Objects};
 use admedia_actors::domain::ledger::LedgerEntry;
+use admedia_actors::store::archive::{self, CHAPTER_ENTRIES};
 use admedia_actors::store::conformance::{succeeded_now, user_with};
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::store::{FinishedBefore, Store};
@@ -129,7 +130,7 @@ async fn a_damaged_chapter_is_refused(store: Arc<dyn Store>, dir: &tempfile::Tem
     ));
     // Another chapter's body under this one's name.
     let mut other: serde_json::Value = serde_json::from_slice(&good).expect("json");
-    other["chapter"]["closed_at"] = serde_json::json!("2000-01-01T00:00:00Z");
+    other["chapter"]["first_at"] = serde_json::json!("2000-01-01T00:00:00Z");
     std::fs::write(&path, serde_json::to_vec(&other).expect("json")).expect("swap");
     assert!(matches!(
         reader().ledger(user, None, 50).await,
@@ -142,6 +143,75 @@ async fn a_damaged_chapter_is_refused(store: Arc<dyn Store>, dir: &tempfile::Tem
     ));
     // The live entry is still served on its own.
     assert_eq!(reader().ledger(user, None, 1).await.expect("live").len(), 1);
+}
+
+/// Every node runs the archive. Node B reads the oldest history, node A
+/// closes it, then B writes its own object for the same chapter over A's
+/// and finds the chapter already recorded: the object is B's, closed a
+/// moment later, and the chapter must still read.
+async fn a_chapter_two_nodes_close_at_once_stays_readable(store: Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let user = user_with(&store, "two-nodes@example.com", 1000).await.id;
+    for cost in 1..=3 {
+        succeeded_now(&store, user, cost).await;
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    let soon = now + chrono::Duration::seconds(1);
+    let everything = FinishedBefore {
+        succeeded: soon,
+        failed: soon,
+        cancelled: soon,
+    };
+    store
+        .prune_finished_jobs(&everything, now, 500)
+        .await
+        .expect("prune");
+    let before = store.ledger(user, None, 100).await.expect("ledger");
+    let node_b_read = store
+        .oldest_history(user, CHAPTER_ENTRIES)
+        .await
+        .expect("history");
+
+    let day = chrono::Duration::days(1);
+    let node_a = LedgerArchive::new(
+        store.clone(),
+        objects(&dir),
+        Some(Duration::from_secs(86_400)),
+    );
+    let later = now + day * 3;
+    assert_eq!(node_a.round(later).await.expect("round").chapters, 1);
+
+    let b_now = later + chrono::Duration::seconds(1);
+    let cut = archive::cut_page(&node_b_read, b_now - day, b_now).expect("node B's cut");
+    let bytes = serde_json::to_vec(&cut.body).expect("encode");
+    objects(&dir)
+        .put(&cut.body.chapter.object_key, bytes.into())
+        .await
+        .expect("node B's object");
+    let jobs: Vec<_> = cut.body.jobs.iter().map(|j| j.id).collect();
+    assert!(
+        !store
+            .close_chapter(&cut.body.chapter, &jobs)
+            .await
+            .expect("close"),
+        "node A recorded it first"
+    );
+
+    let fresh = LedgerArchive::new(store.clone(), objects(&dir), None);
+    assert_eq!(pages(&fresh, user, 100).await, before);
+}
+
+#[actix_rt::test]
+async fn a_chapter_two_nodes_close_at_once_stays_readable_on_the_embedded_store() {
+    a_chapter_two_nodes_close_at_once_stays_readable(Arc::new(MemoryStore::new())).await;
+}
+
+#[actix_rt::test]
+async fn a_chapter_two_nodes_close_at_once_stays_readable_on_postgresql() {
+    let Some((pg, _schema)) = support::fresh_pg().await else {
+        return;
+    };
+    a_chapter_two_nodes_close_at_once_stays_readable(Arc::new(pg)).await;
 }
 
 #[actix_rt::test]

@@ -154,6 +154,10 @@ pub struct EntryDto {
     pub balance: i64,
     pub held: i64,
     pub job_id: Option<String>,
+    /// When the server wrote it: for a job that has left the listings, its
+    /// post is the only record of when it finished.
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use admedia_actors::domain::ids::JobId;
 use admedia_actors::domain::job::{Charge, JobState};
+use admedia_actors::domain::ledger::EntryKind;
 use admedia_actors::domain::tier::{PerTier, Tier};
 use chrono::DateTime;
 use futures_util::stream::{self, StreamExt};
@@ -425,6 +426,34 @@ fn micros(ts: &Option<String>) -> Option<i64> {
     ts.as_deref()
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.timestamp_micros())
+}
+
+/// The jobs that retention or the archive took from the listings and that
+/// succeeded, as their ledger shows: the post is written in the same step
+/// that finishes the job, so its time is the job's `finished_at`. Without
+/// them a long soak's throughput would count only the jobs still listed at
+/// the end.
+fn gone_jobs_that_succeeded(data: &[UserData], input: &AuditInput, rec: &Data) -> Vec<FinalJob> {
+    data.iter()
+        .flat_map(|ud| &ud.ledger)
+        .filter(|e| e.kind == EntryKind::Post)
+        .filter_map(|e| {
+            let id = e.job_id.as_deref()?;
+            if !input.pruned.contains(id) && !input.archived.contains(id) {
+                return None;
+            }
+            let id = id.parse::<JobId>().ok()?;
+            let submission = rec.submissions.get(*rec.by_job.get(&id)?)?;
+            Some(FinalJob {
+                id,
+                tier: submission.tier,
+                state: JobState::Succeeded,
+                created_us: None,
+                started_us: None,
+                finished_us: micros(&e.created_at),
+            })
+        })
+        .collect()
 }
 
 struct UserData {
@@ -895,6 +924,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         }
     }
     let d = rec.data.borrow();
+    final_jobs.extend(gone_jobs_that_succeeded(&data, &input, &d));
     let figures = metrics::figures(
         &d,
         &final_jobs,
@@ -1509,6 +1539,7 @@ const ORPHAN_EVERY: Duration = Duration::from_millis(1_500);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorder::Submission;
 
     #[test]
     fn users_are_spread_over_the_tiers_of_the_mix() {
@@ -1520,6 +1551,66 @@ mod tests {
         assert_eq!(t.len(), 3);
         let t = tiers_for(8, PerTier::from([0, 0, 0, 1]));
         assert!(t.iter().all(|&x| x == Tier::Enterprise));
+    }
+
+    /// A job retention or the archive took from the listings still counts
+    /// in the throughput when its ledger shows it posted, at the post's
+    /// time; a voided one, one still listed, or one the server did not
+    /// confirm gone does not.
+    #[test]
+    fn jobs_gone_from_the_listings_count_as_succeeded_by_their_post() {
+        let ids: Vec<JobId> = (0..4).map(|_| JobId::generate()).collect();
+        let mut rec = Data::default();
+        for (i, id) in ids.iter().enumerate() {
+            rec.by_job.insert(*id, i);
+            rec.submissions.push(Submission {
+                key: format!("k{i}"),
+                user: 0,
+                tier: Tier::Professional,
+                phase: 0,
+                intended_us: 0,
+                sent_us: 0,
+                answered_us: Some(1),
+                status: Some(201),
+                job_id: Some(*id),
+                tries: 1,
+            });
+        }
+        let entry = |kind, job: &JobId| EntryDto {
+            id: "1".into(),
+            kind,
+            amount: 5,
+            balance: 0,
+            held: 0,
+            job_id: Some(job.to_string()),
+            created_at: Some("2026-12-04T01:00:00.000002Z".into()),
+        };
+        let data = vec![UserData {
+            user: 0,
+            jobs: vec![],
+            ledger: vec![
+                entry(EntryKind::Hold, &ids[0]),
+                entry(EntryKind::Post, &ids[0]),
+                entry(EntryKind::Void, &ids[1]),
+                entry(EntryKind::Post, &ids[2]),
+                entry(EntryKind::Post, &ids[3]),
+            ],
+            wallet: serde_json::from_value(serde_json::json!(
+                {"balance": 0, "held": 0, "available": 0}
+            ))
+            .expect("wallet"),
+        }];
+        let mut input = AuditInput::default();
+        input.pruned.insert(ids[0].to_string());
+        input.pruned.insert(ids[1].to_string());
+        input.archived.insert(ids[2].to_string());
+        // ids[3] posted but the server did not say it is gone.
+        let gone = gone_jobs_that_succeeded(&data, &input, &rec);
+        let found: Vec<JobId> = gone.iter().map(|j| j.id).collect();
+        assert_eq!(found, vec![ids[0], ids[2]]);
+        assert!(gone.iter().all(|j| j.state == JobState::Succeeded
+            && j.tier == Tier::Professional
+            && j.finished_us == Some(1_796_346_000_000_002)));
     }
 
     /// A server on loopback that answers its connections in turn from

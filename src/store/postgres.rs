@@ -253,6 +253,12 @@ pub fn db_cause(e: &tokio_postgres::Error) -> String {
     cause
 }
 
+/// A page size as PostgreSQL's `LIMIT` takes it: a size beyond `i64` asks
+/// for everything, which is what it meant.
+pub(super) fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
     e.as_db_error().is_some_and(|d| {
         d.code() == &SqlState::UNIQUE_VIOLATION && d.constraint() == Some(constraint)

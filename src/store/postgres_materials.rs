@@ -244,7 +244,7 @@ impl MaterialStore for PgMaterialStore {
         limit: usize,
     ) -> CatalogueResult<Vec<StoredObject>> {
         let client = self.client().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = super::postgres::limit_param(limit);
         let rows = client
             .query(
                 &format!(
@@ -334,7 +334,7 @@ impl MaterialStore for PgMaterialStore {
         limit: usize,
     ) -> CatalogueResult<Vec<StoredObject>> {
         let client = self.client().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = super::postgres::limit_param(limit);
         let rows = client
             .query(
                 &format!(

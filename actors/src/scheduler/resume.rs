@@ -107,29 +107,11 @@ pub fn judge(
 mod tests {
     use super::*;
     use crate::domain::ids::{JobId, LeaseToken, UserId, WorkerId};
-    use crate::domain::job::{JobRequest, JobSpec};
 
     fn in_flight(id: JobId, state: JobState, attempt: u32, lease: LeaseToken) -> Job {
-        let spec = JobSpec::parse(JobRequest {
-            kind: crate::domain::job::JobKind::Image,
-            model: "sdxl".into(),
-            prompt: "a lighthouse".into(),
-            params: Default::default(),
-            webhook_url: None,
-            priority: None,
-        })
-        .expect("spec");
         let mut job = crate::store::NewJob {
-            id: JobId::generate(),
-            user_id: UserId::generate(),
-            spec,
-            tier: crate::domain::tier::Tier::Free,
-            cost: crate::domain::wallet::Credits::new(1).expect("credits"),
-            max_attempts: 3,
             max_waiting: 10,
-            idempotency: None,
-            now: crate::clock::Clock::system().now(),
-            price_version: 1,
+            ..crate::store::conformance::new_job(UserId::generate(), 1)
         }
         .queued_job(1);
         job.id = id;

@@ -58,6 +58,19 @@ pub struct Chapter {
     pub object_key: String,
 }
 
+impl Chapter {
+    /// Whether `other` records the same history: everything but when it
+    /// was closed. Two nodes may cut the same chapter at once; each writes
+    /// the object, one records it, and the object may then be the other's
+    /// write, closed a moment apart but holding the same history.
+    pub fn same_history(&self, other: &Chapter) -> bool {
+        Chapter {
+            closed_at: other.closed_at,
+            ..self.clone()
+        } == *other
+    }
+}
+
 /// What a chapter's object holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChapterBody {
@@ -258,26 +271,11 @@ mod tests {
     }
 
     fn thin_job(user: UserId, id: JobId) -> Job {
-        let spec = crate::domain::job::JobSpec::parse(crate::domain::job::JobRequest {
-            kind: crate::domain::job::JobKind::Image,
-            model: "sdxl".into(),
-            prompt: "a lighthouse".into(),
-            params: Default::default(),
-            webhook_url: None,
-            priority: None,
-        })
-        .expect("spec");
         super::super::NewJob {
             id,
-            user_id: user,
-            spec,
-            tier: crate::domain::tier::Tier::Free,
-            cost: Credits::new(1).expect("credits"),
-            max_attempts: 3,
             max_waiting: 10,
-            idempotency: None,
             now: at(0),
-            price_version: 1,
+            ..super::super::conformance::new_job(user, 1)
         }
         .queued_job(1)
     }

@@ -35,10 +35,6 @@ async fn read(
     client.query(&statement, params).await.map_err(db)
 }
 
-fn limit_param(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl ArchiveStore for PgStore {
     async fn users_after(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {

@@ -47,7 +47,7 @@ impl ClusterStore for PgStore {
                 &[
                     &now,
                     &(now + admedia_actors::store::outbox::DELIVERY_CLAIM),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                    &limit_param(limit),
                 ],
             )
             .await

@@ -163,7 +163,7 @@ impl EndpointStore for PgStore {
         };
         // Ids past what a bigint holds name no event.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = limit_param(limit);
         let rows = client
             .query(
                 "SELECT id, event FROM job_events WHERE user_id = $1 AND id > $2 AND created_at >= $3 \
@@ -335,7 +335,7 @@ impl EndpointStore for PgStore {
             .query(
                 "SELECT webhook_id, job_id, event_type, attempted_at, status_code, error, outcome \
                  FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id DESC LIMIT $2",
-                &[&id.as_uuid(), &i64::try_from(limit).unwrap_or(i64::MAX)],
+                &[&id.as_uuid(), &limit_param(limit)],
             )
             .await
             .map_err(db)?;

@@ -43,11 +43,7 @@ impl JobStore for PgStore {
         let rows = client
             .query(
                 &sql,
-                &[
-                    &user.as_uuid(),
-                    &before.map(|b| b.0),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
+                &[&user.as_uuid(), &before.map(|b| b.0), &limit_param(limit)],
             )
             .await
             .map_err(db)?;
@@ -224,7 +220,7 @@ impl JobStore for PgStore {
                     &user.as_uuid(),
                     &state_filter.map(JobState::as_str),
                     &before_seq,
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                    &limit_param(limit),
                 ],
             )
             .await
@@ -247,7 +243,7 @@ impl JobStore for PgStore {
             "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND seq > $1 ORDER BY seq LIMIT $2"
         );
         let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = limit_param(limit);
         let rows = client.query(&sql, &[&after, &limit]).await.map_err(db)?;
         rows.iter().map(job_row).collect()
     }
@@ -315,7 +311,7 @@ impl JobStore for PgStore {
                 &before.succeeded,
                 &before.failed,
                 &before.cancelled,
-                &i64::try_from(limit).unwrap_or(i64::MAX),
+                &limit_param(limit),
             ],
         )
         .await?;

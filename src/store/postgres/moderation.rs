@@ -61,7 +61,7 @@ impl ModerationStore for PgStore {
         {
             return Err(StoreError::NotFound("user"));
         }
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = limit_param(limit);
         let rows = client
             .query(
                 "SELECT category, created_at, counted, prompt, refusal FROM content_violations \
@@ -128,7 +128,7 @@ impl ModerationStore for PgStore {
         limit: usize,
     ) -> StoreResult<Vec<ModerationAction>> {
         let client = self.client().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = limit_param(limit);
         let rows = client
             .query(
                 "SELECT user_id, kind, by_whom, note, evidence, created_at FROM moderation_actions \

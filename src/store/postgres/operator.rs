@@ -73,7 +73,7 @@ impl OperatorQueries for PgStore {
                     &filter.since,
                     &filter.until,
                     &before_seq,
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                    &limit_param(limit),
                 ],
             )
             .await
@@ -138,7 +138,7 @@ impl OperatorQueries for PgStore {
             .replace('_', "\\_");
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email LIKE '%' || $1 || '%' ORDER BY email LIMIT $2");
         let rows = client
-            .query(&sql, &[&needle, &i64::try_from(limit).unwrap_or(i64::MAX)])
+            .query(&sql, &[&needle, &limit_param(limit)])
             .await
             .map_err(db)?;
         rows.iter().map(user_row).collect()

@@ -245,7 +245,7 @@ impl PaymentStore for PgStore {
                 .join(", ")
         );
         let rows = client
-            .query(&sql, &[&now, &i64::try_from(limit).unwrap_or(i64::MAX)])
+            .query(&sql, &[&now, &limit_param(limit)])
             .await
             .map_err(db)?;
         rows.iter().map(gift_row).collect()
