@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use admedia::ledger_archive::{ArchiveError, LedgerArchive};
 use admedia::objects::{ObjectSettings, Objects};
+use admedia_actors::domain::ids::UserId;
 use admedia_actors::domain::ledger::LedgerEntry;
 use admedia_actors::store::archive::{self, CHAPTER_ENTRIES};
 use admedia_actors::store::conformance::{succeeded_now, user_with};
 use admedia_actors::store::memory::MemoryStore;
 use admedia_actors::store::{FinishedBefore, Store};
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 fn objects(dir: &tempfile::TempDir) -> Arc<Objects> {
     let settings = ObjectSettings::Local {
@@ -45,12 +46,17 @@ async fn pages(
     }
 }
 
-/// Returns the object directory, for the caller's own checks.
-async fn closes_and_reads_on(store: Arc<dyn Store>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let user = user_with(&store, "chapters@example.com", 1000).await.id;
-    for cost in 1..=5 {
-        succeeded_now(&store, user, cost).await;
+/// A user with 1,000 credits and `jobs` succeeded jobs (costing 1, 2, …),
+/// all pruned at once; the time they were pruned at, to the microsecond
+/// the stores keep, and how many the prune reported.
+async fn user_with_pruned_jobs(
+    store: &Arc<dyn Store>,
+    email: &str,
+    jobs: i64,
+) -> (UserId, DateTime<Utc>, u64) {
+    let user = user_with(store, email, 1000).await.id;
+    for cost in 1..=jobs {
+        succeeded_now(store, user, cost).await;
     }
     let now = Utc::now().trunc_subsecs(6);
     let soon = now + chrono::Duration::seconds(1);
@@ -59,13 +65,18 @@ async fn closes_and_reads_on(store: Arc<dyn Store>) -> tempfile::TempDir {
         failed: soon,
         cancelled: soon,
     };
-    assert_eq!(
-        store
-            .prune_finished_jobs(&everything, now, 500)
-            .await
-            .expect("prune"),
-        5
-    );
+    let pruned = store
+        .prune_finished_jobs(&everything, now, 500)
+        .await
+        .expect("prune");
+    (user, now, pruned)
+}
+
+/// Returns the object directory, for the caller's own checks.
+async fn closes_and_reads_on(store: Arc<dyn Store>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (user, now, pruned) = user_with_pruned_jobs(&store, "chapters@example.com", 5).await;
+    assert_eq!(pruned, 5);
     let kept = succeeded_now(&store, user, 7).await;
     let live_before = store.ledger(user, None, 100).await.expect("ledger");
     assert_eq!(live_before.len(), 1 + 2 * 6);
@@ -151,21 +162,7 @@ async fn a_damaged_chapter_is_refused(store: Arc<dyn Store>, dir: &tempfile::Tem
 /// moment later, and the chapter must still read.
 async fn a_chapter_two_nodes_close_at_once_stays_readable(store: Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let user = user_with(&store, "two-nodes@example.com", 1000).await.id;
-    for cost in 1..=3 {
-        succeeded_now(&store, user, cost).await;
-    }
-    let now = Utc::now().trunc_subsecs(6);
-    let soon = now + chrono::Duration::seconds(1);
-    let everything = FinishedBefore {
-        succeeded: soon,
-        failed: soon,
-        cancelled: soon,
-    };
-    store
-        .prune_finished_jobs(&everything, now, 500)
-        .await
-        .expect("prune");
+    let (user, now, _) = user_with_pruned_jobs(&store, "two-nodes@example.com", 3).await;
     let before = store.ledger(user, None, 100).await.expect("ledger");
     let node_b_read = store
         .oldest_history(user, CHAPTER_ENTRIES)
