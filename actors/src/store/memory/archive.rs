@@ -35,7 +35,7 @@ impl ArchiveStore for MemoryStore {
         let protected = account
             .idempotency
             .values()
-            .map(|(_, job)| job.id)
+            .map(|claim| claim.1.id)
             .filter(|id| named.contains(id))
             .collect();
         let jobs = named
@@ -102,7 +102,7 @@ impl ArchiveStore for MemoryStore {
         if account
             .idempotency
             .values()
-            .any(|(_, job)| leaving.contains(&job.id))
+            .any(|claim| leaving.contains(&claim.1.id))
         {
             return Err(StoreError::Invariant(format!(
                 "chapter {}..{} of user {user} holds a job an idempotency record protects",

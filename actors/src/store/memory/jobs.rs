@@ -60,7 +60,7 @@ impl JobStore for MemoryStore {
                 .and_then(|a| a.idempotency.get(key).cloned())
         });
         let seq = s.next_seq + 1;
-        let (ws, submission) = decide::submit(account, &new, seq, claimed.as_ref())?;
+        let (ws, submission) = decide::submit(account, &new, seq, claimed.as_deref())?;
         if !submission.replayed {
             s.next_seq = seq;
         }
@@ -259,7 +259,7 @@ impl JobStore for MemoryStore {
             let kept = account.idempotency.len();
             account
                 .idempotency
-                .retain(|_, (_, job)| job.created_at >= before);
+                .retain(|_, claim| claim.1.created_at >= before);
             forgotten += (kept - account.idempotency.len()) as u64;
         }
         Ok(forgotten)
