@@ -204,7 +204,35 @@ fn pct(sorted: &[u64], q: f64) -> Option<f64> {
 /// Dispatch shares while every tier with users had work waiting: replays
 /// acknowledgements, first assignments and cancels-while-waiting in time
 /// order and counts each assignment made while all four tiers waited.
+///
+/// The harness sees a job waiting from its acknowledgement to its
+/// assignment, which includes the moment the scheduler takes to hand it
+/// to a free slot: under a load the workers keep up with, every tier
+/// "waits" like that at once while no tier waits for another, and the
+/// shares follow the arrivals, not the weights. A dispatch is a choice
+/// between tiers only while the server's own queue holds jobs of every
+/// tier, so its last stats sample must show that too (a run without
+/// samples has only the harness's view).
 pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) -> Shares {
+    let queued_everywhere: Vec<(u64, bool)> = data
+        .stats
+        .iter()
+        .map(|s| {
+            let every = Tier::ALL
+                .into_iter()
+                .all(|t| s.stats.queue.get(t.as_str()).copied().unwrap_or(0) > 0);
+            (s.t_us, every)
+        })
+        .collect();
+    let server_backlogged = |t: u64| {
+        if queued_everywhere.is_empty() {
+            return true;
+        }
+        match queued_everywhere.partition_point(|&(at, _)| at <= t) {
+            0 => false,
+            i => queued_everywhere[i - 1].1,
+        }
+    };
     #[derive(Clone, Copy)]
     enum Ev {
         Ack(JobId),
@@ -235,7 +263,7 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
     let mut backlogged_us = 0u64;
     let in_window = |t: u64| window.is_none_or(|(a, b)| t >= a && t <= b);
     for (t, _, ev) in events {
-        let all = waiting.values().all(|w| !w.is_empty());
+        let all = waiting.values().all(|w| !w.is_empty()) && server_backlogged(t);
         match ev {
             Ev::Ack(job) => {
                 if !assigned.contains(&job) {
@@ -260,7 +288,7 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
                 }
             }
         }
-        let now_all = waiting.values().all(|w| !w.is_empty());
+        let now_all = waiting.values().all(|w| !w.is_empty()) && server_backlogged(t);
         match (backlogged_since, now_all) {
             (None, true) => backlogged_since = Some(t),
             (Some(since), false) => {
@@ -633,7 +661,8 @@ pub fn backlog_level(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::{Assign, Submission};
+    use crate::api::StatsDto;
+    use crate::recorder::{Assign, StatsSample, Submission};
 
     fn sub(data: &mut Data, tier: Tier, user: usize, acked: u64) -> JobId {
         let job = JobId::generate();
@@ -679,6 +708,52 @@ mod tests {
         assert_eq!(s.counts, PerTier::from([0, 0, 0, 2]));
         assert_eq!(s.dispatches, 2);
         assert!((s.expected[Tier::Enterprise] - 8.0 / 15.0).abs() < 1e-9);
+    }
+
+    /// Every tier's job waits in the harness's eyes between its
+    /// acknowledgement and its assignment; only the server's queue says
+    /// whether the scheduler had to choose between them.
+    #[test]
+    fn shares_count_only_dispatches_while_the_server_queues_every_tier() {
+        let mut data = Data::default();
+        let mut ids = vec![];
+        for t in Tier::ALL {
+            ids.push(sub(&mut data, t, t.index(), 10));
+        }
+        let sample = |t_us, depth: u64| StatsSample {
+            t_us,
+            stats: StatsDto {
+                queue: Tier::ALL
+                    .into_iter()
+                    .map(|t| (t.as_str().to_owned(), depth))
+                    .collect(),
+                ..StatsDto::default()
+            },
+        };
+        // The server's queue is empty: the workers keep up, no choice.
+        data.stats.push(sample(50, 0));
+        let assign = |job, t| Assign {
+            t_us: t,
+            job_id: job,
+            attempt: 1,
+            worker: 0,
+            lease: None,
+        };
+        data.assigns.push(assign(ids[3], 100));
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.dispatches, 0, "{s:?}");
+        // Before the first sample nothing is known of the server's queue.
+        data.stats[0] = sample(150, 4);
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.dispatches, 0, "{s:?}");
+        // The server queues every tier: the dispatch was a choice.
+        data.stats[0] = sample(50, 4);
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.counts, PerTier::from([0, 0, 0, 1]));
+        // One tier's queue is empty at the server: no choice.
+        data.stats[0].stats.queue.insert("free".into(), 0);
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.dispatches, 0, "{s:?}");
     }
 
     #[test]
