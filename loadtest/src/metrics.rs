@@ -209,10 +209,12 @@ fn pct(sorted: &[u64], q: f64) -> Option<f64> {
 /// assignment, which includes the moment the scheduler takes to hand it
 /// to a free slot: under a load the workers keep up with, every tier
 /// "waits" like that at once while no tier waits for another, and the
-/// shares follow the arrivals, not the weights. A dispatch is a choice
-/// between tiers only while the server's own queue holds jobs of every
-/// tier, so its last stats sample must show that too (a run without
-/// samples has only the harness's view).
+/// shares follow the arrivals, not the weights. Nor do the weights decide
+/// while slots stand idle and jobs wait only for their users' running
+/// limits or for a server short of CPU. A dispatch is a choice between
+/// tiers only while the server's own queue holds jobs of every tier and
+/// no slot is idle, so its last stats sample must show both (a run
+/// without samples has only the harness's view).
 pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) -> Shares {
     let queued_everywhere: Vec<(u64, bool)> = data
         .stats
@@ -221,7 +223,7 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
             let every = Tier::ALL
                 .into_iter()
                 .all(|t| s.stats.queue.get(t.as_str()).copied().unwrap_or(0) > 0);
-            (s.t_us, every)
+            (s.t_us, every && s.stats.workers.idle_slots == 0)
         })
         .collect();
     let server_backlogged = |t: u64| {
@@ -714,7 +716,7 @@ mod tests {
     /// acknowledgement and its assignment; only the server's queue says
     /// whether the scheduler had to choose between them.
     #[test]
-    fn shares_count_only_dispatches_while_the_server_queues_every_tier() {
+    fn shares_count_only_dispatches_while_the_server_queues_every_tier_on_a_full_fleet() {
         let mut data = Data::default();
         let mut ids = vec![];
         for t in Tier::ALL {
@@ -750,7 +752,13 @@ mod tests {
         data.stats[0] = sample(50, 4);
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.counts, PerTier::from([0, 0, 0, 1]));
+        // Every tier queued but a slot idle: the jobs wait for their
+        // users' running limits, not for the scheduler's choice.
+        data.stats[0].stats.workers.idle_slots = 1;
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.dispatches, 0, "{s:?}");
         // One tier's queue is empty at the server: no choice.
+        data.stats[0].stats.workers.idle_slots = 0;
         data.stats[0].stats.queue.insert("free".into(), 0);
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.dispatches, 0, "{s:?}");
