@@ -216,7 +216,7 @@ fn pct(sorted: &[u64], q: f64) -> Option<f64> {
 /// no slot is idle, so its last stats sample must show both (a run
 /// without samples has only the harness's view).
 pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) -> Shares {
-    let queued_everywhere: Vec<(u64, bool)> = data
+    let full_and_queued: Vec<(u64, bool)> = data
         .stats
         .iter()
         .map(|s| {
@@ -226,13 +226,13 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
             (s.t_us, every && s.stats.workers.idle_slots == 0)
         })
         .collect();
-    let server_backlogged = |t: u64| {
-        if queued_everywhere.is_empty() {
+    let server_had_to_choose = |t: u64| {
+        if full_and_queued.is_empty() {
             return true;
         }
-        match queued_everywhere.partition_point(|&(at, _)| at <= t) {
+        match full_and_queued.partition_point(|&(at, _)| at <= t) {
             0 => false,
-            i => queued_everywhere[i - 1].1,
+            i => full_and_queued[i - 1].1,
         }
     };
     #[derive(Clone, Copy)]
@@ -265,7 +265,7 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
     let mut backlogged_us = 0u64;
     let in_window = |t: u64| window.is_none_or(|(a, b)| t >= a && t <= b);
     for (t, _, ev) in events {
-        let all = waiting.values().all(|w| !w.is_empty()) && server_backlogged(t);
+        let all = waiting.values().all(|w| !w.is_empty()) && server_had_to_choose(t);
         match ev {
             Ev::Ack(job) => {
                 if !assigned.contains(&job) {
@@ -290,7 +290,7 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
                 }
             }
         }
-        let now_all = waiting.values().all(|w| !w.is_empty()) && server_backlogged(t);
+        let now_all = waiting.values().all(|w| !w.is_empty()) && server_had_to_choose(t);
         match (backlogged_since, now_all) {
             (None, true) => backlogged_since = Some(t),
             (Some(since), false) => {
