@@ -684,6 +684,17 @@ mod tests {
         job
     }
 
+    /// A first attempt assigned at `t` (µs).
+    fn assign(job: JobId, t: u64) -> Assign {
+        Assign {
+            t_us: t,
+            job_id: job,
+            attempt: 1,
+            worker: 0,
+            lease: None,
+        }
+    }
+
     #[test]
     fn shares_count_only_dispatches_while_every_tier_waits() {
         let mut data = Data::default();
@@ -694,13 +705,6 @@ mod tests {
             ids.push(sub(&mut data, t, t.index(), 10));
             ids.push(sub(&mut data, t, t.index(), 10));
         }
-        let assign = |job, t| Assign {
-            t_us: t,
-            job_id: job,
-            attempt: 1,
-            worker: 0,
-            lease: None,
-        };
         data.assigns.push(assign(ids[6], 100));
         data.assigns.push(assign(ids[7], 200));
         data.assigns.push(assign(ids[0], 300));
@@ -734,13 +738,6 @@ mod tests {
         };
         // The server's queue is empty: the workers keep up, no choice.
         data.stats.push(sample(50, 0));
-        let assign = |job, t| Assign {
-            t_us: t,
-            job_id: job,
-            attempt: 1,
-            worker: 0,
-            lease: None,
-        };
         data.assigns.push(assign(ids[3], 100));
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.dispatches, 0, "{s:?}");
