@@ -81,7 +81,20 @@ fn material_key(user: UserId, id: MaterialId) -> String {
     format!("materials/{user}/{id}")
 }
 
+/// An output's key: one file in its user's directory, so that on a local
+/// directory a job creates and later deletes one file and no directory.
+/// (File systems pay for each inode made and freed: with a job and an
+/// attempt directory per output, those were two thirds of the inodes a
+/// job churned, and on an ext4 without a journal every new inode is
+/// searched for past the ones freed in the last minute.)
 fn output_key(job: &Job, attempt: u32, index: u32) -> String {
+    format!("outputs/{}/{}.{attempt}.{index}", job.user_id, job.id)
+}
+
+/// The key an attempt assigned by an earlier release was given (job and
+/// attempt directories): a worker that outlives the upgrade still reports
+/// its outputs under it.
+fn earlier_output_key(job: &Job, attempt: u32, index: u32) -> String {
     format!("outputs/{}/{}/{attempt}/{index}", job.user_id, job.id)
 }
 
@@ -444,7 +457,10 @@ impl AttemptFiles for Materials {
         let mut seen = vec![false; expected as usize];
         for output in reported {
             let index = (0..expected)
-                .find(|i| output_key(job, attempt, *i) == output.url)
+                .find(|i| {
+                    output_key(job, attempt, *i) == output.url
+                        || earlier_output_key(job, attempt, *i) == output.url
+                })
                 .ok_or_else(|| format!("{:?} is not an upload slot of this attempt", output.url))?;
             let slot = &mut seen[index as usize];
             if *slot {

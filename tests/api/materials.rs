@@ -475,6 +475,99 @@ async fn uploaded_outputs_are_downloaded_by_the_owner_with_their_licence() {
     assert_eq!(dir.files().len(), before - 1);
 }
 
+/// Every directory under the object directory, relative to it.
+fn directories(dir: &Objects) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, into: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if let Ok(rel) = path.strip_prefix(root) {
+                    into.push(rel.display().to_string());
+                }
+                walk(root, &path, into);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(dir.0.path(), dir.0.path(), &mut found);
+    found.sort();
+    found
+}
+
+/// A job's outputs are files in their user's directory: a job makes no
+/// directory of its own (each one an inode made and freed per job, the
+/// larger part of a busy server's file system work). An attempt that an
+/// earlier release assigned, with job and attempt directories in its
+/// keys, is still accepted.
+#[actix_web::test]
+async fn outputs_are_files_in_their_users_directory() {
+    let dir = objects();
+    let app = worker_app(&dir).await;
+    let (user, key) = register(&app, "flat@example.com").await;
+    let user = id_of(&user);
+    let mut gpu = Gpu::connect(&app, hello("gpu", 1)).await;
+    let two = json!({"kind": "image", "model": "sdxl", "prompt": "two", "params": {"count": 2}});
+
+    let id = id_of(&submit_ok(&app, &key, &two).await);
+    let a = gpu.assigned().await;
+    gpu.accept(&a).await;
+    let outputs = upload_outputs(&a, TINY_PNG).await;
+    for (i, o) in outputs.iter().enumerate() {
+        assert_eq!(o["url"], format!("outputs/{user}/{id}.1.{i}"));
+    }
+    gpu.send(
+        json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": outputs}),
+    )
+    .await;
+    wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+    assert_eq!(
+        directories(&dir),
+        ["outputs".to_owned(), format!("outputs/{user}")]
+    );
+    assert_eq!(dir.files().len(), 2);
+
+    // Reported under the earlier layout, written where that layout put it.
+    let id = id_of(&submit_ok(&app, &key, &two).await);
+    let a = gpu.assigned().await;
+    gpu.accept(&a).await;
+    let earlier: Vec<Value> = (0..2)
+        .map(|i| {
+            let key = format!("outputs/{user}/{id}/1/{i}");
+            let path = dir.0.path().join(&key);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, TINY_PNG).expect("write");
+            json!({"url": key, "content_type": "image/png"})
+        })
+        .collect();
+    gpu.send(
+        json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": earlier}),
+    )
+    .await;
+    wait_for_state(&app, &key, &id, "succeeded", WAIT).await;
+    let out = app
+        .get(&format!("/v1/jobs/{id}/outputs/1"), Some(&key))
+        .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body, TINY_PNG);
+
+    // Bad input: a key in neither layout, or another job's, is refused
+    // and nothing is charged for it.
+    let before = wallet_tuple(&app.wallet(&key).await);
+    let id = id_of(&submit_ok(&app, &key, &two).await);
+    let ended = each_attempt(&app, &key, &id, &mut gpu, 2, |a| {
+        let user = user.clone();
+        async move {
+            let job = a["job_id"].as_str().unwrap_or("").to_owned();
+            json!({"type": "complete", "job_id": a["job_id"], "lease": a["lease"], "outputs": [
+                {"url": format!("outputs/{user}/{job}.1"), "content_type": "image/png"},
+                {"url": format!("outputs/{user}/{job}/9/0"), "content_type": "image/png"}]})
+        }
+    })
+    .await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(wallet_tuple(&app.wallet(&key).await), before);
+}
+
 #[actix_web::test]
 async fn retention_expiry_answers_gone_and_frees_the_space() {
     let dir = objects();
