@@ -45,6 +45,8 @@ pub struct Round {
     pub chapters: u64,
     pub entries: u64,
     pub jobs: u64,
+    /// Objects of chapters never recorded, deleted.
+    pub strays: u64,
 }
 
 /// What may close in a round.
@@ -154,12 +156,41 @@ impl LedgerArchive {
                 round.entries += u64::from(body.chapter.entries);
                 round.jobs += u64::from(body.chapter.jobs);
             }
+            // Recorded by this node or another, a chapter from this entry
+            // leaves no other object from it any use.
+            round.strays += self.sweep_strays(user, body.chapter.first_entry).await?;
             // The next page may be due as well.
             if !more {
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Deletes the objects written for a chapter from `first` that the
+    /// recorded chapter from `first` does not name: a node that crashed
+    /// between writing its object and recording it, or that lost a race
+    /// with another node's cut of a different range, left them. None of
+    /// them can be recorded any more: the store records only the user's
+    /// oldest live history, and once a chapter from `first` is recorded
+    /// every later one starts past it. Before one is recorded nothing is
+    /// deleted, since another node may be about to record its object.
+    async fn sweep_strays(&self, user: UserId, first: EntryId) -> Result<u64, ArchiveError> {
+        let below = EntryId(first.0.saturating_add(1));
+        let recorded = self.store.chapters(user, Some(below), 1).await?;
+        let Some(chapter) = recorded.first().filter(|c| c.first_entry == first) else {
+            return Ok(0);
+        };
+        let (dir, start) = archive::object_key_start(user, first);
+        let mut swept = 0;
+        for key in self.objects.keys_starting(&dir, &start).await? {
+            if key != chapter.object_key {
+                self.objects.delete(&key).await?;
+                tracing::info!(%user, %key, "stray ledger chapter object deleted");
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// A user's ledger, newest first: the live entries, then the archived
@@ -229,11 +260,12 @@ impl LedgerArchive {
             loop {
                 tick.tick().await;
                 match self.round(clock.now()).await {
-                    Ok(r) if r.chapters == 0 => {}
+                    Ok(r) if r.chapters == 0 && r.strays == 0 => {}
                     Ok(r) => tracing::info!(
                         chapters = r.chapters,
                         entries = r.entries,
                         jobs = r.jobs,
+                        strays = r.strays,
                         "ledger history archived"
                     ),
                     Err(e) => {

@@ -482,10 +482,36 @@ impl Objects {
         Ok(self.store.get(&Self::path(key)?).await?.bytes().await?)
     }
 
+    /// The keys of the objects directly in `dir` whose name starts with
+    /// `start`. S3 lists in key order from an offset, so the listing stops
+    /// at the first name past them; a local directory is walked whole.
+    pub async fn keys_starting(&self, dir: &str, start: &str) -> Result<Vec<String>, ObjectError> {
+        let wanted = format!("{dir}/{start}");
+        let offset = Self::path(&wanted)?;
+        let in_key_order = self.local_root.is_none();
+        let mut listing = self
+            .store
+            .list_with_offset(Some(&Self::path(dir)?), &offset);
+        let mut keys = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let key = meta?.location.to_string();
+            if key
+                .strip_prefix(&wanted)
+                .is_some_and(|rest| !rest.contains('/'))
+            {
+                keys.push(key);
+            } else if in_key_order && !key.starts_with(&wanted) {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+
     /// Deletes `key`; deleting what is not there is not an error. In a
     /// local directory the directories the key leaves empty go too (an
-    /// output's job and attempt directories): otherwise every job ever
-    /// run would leave two empty directories behind for good.
+    /// output of the earlier layout's job and attempt directories):
+    /// otherwise each such output would leave two empty directories behind
+    /// for good.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
         let path = Self::path(key)?;
         match self.store.delete(&path).await {

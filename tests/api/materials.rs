@@ -711,28 +711,6 @@ async fn the_real_agent_runs_the_example_model_on_an_uploaded_image() {
     assert_eq!(wallet_tuple(&app.wallet(&key).await), (96, 0, 96));
 }
 
-/// The S3 server the test script started (`ADMEDIA_TEST_S3_*`); without it
-/// the test fails under CI and is skipped on a laptop.
-fn s3_settings() -> Option<[String; 4]> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    match (
-        var("ADMEDIA_TEST_S3_ENDPOINT"),
-        var("ADMEDIA_TEST_S3_BUCKET"),
-        var("ADMEDIA_TEST_S3_ACCESS_KEY"),
-        var("ADMEDIA_TEST_S3_SECRET_KEY"),
-    ) {
-        (Some(e), Some(b), Some(a), Some(s)) => Some([e, b, a, s]),
-        _ => {
-            let why = "ADMEDIA_TEST_S3_ENDPOINT and friends are not set; run ./scripts/test.sh";
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("an S3 server is required when CI=true: {why}");
-            }
-            eprintln!("skipping: {why}");
-            None
-        }
-    }
-}
-
 /// A GET that does not follow redirects: status and `Location`.
 async fn get_unfollowed(app: &TestApp, path: &str, key: &str) -> (u16, Option<String>) {
     let res = awc::Client::builder()
@@ -753,7 +731,7 @@ async fn get_unfollowed(app: &TestApp, path: &str, key: &str) -> (u16, Option<St
 
 #[actix_web::test]
 async fn on_s3_signed_urls_carry_inputs_outputs_and_downloads() {
-    let Some([endpoint, bucket, access, secret]) = s3_settings() else {
+    let Some([endpoint, bucket, access, secret]) = crate::support::s3_settings() else {
         return;
     };
     let app = spawn_app_with(move |s| {

@@ -25,6 +25,27 @@ pub fn service_missing(what: &str, why: &str) {
     eprintln!("skipping: {what} unavailable ({why}); run ./scripts/test.sh to provide it");
 }
 
+/// The S3 server the test script started (`ADMEDIA_TEST_S3_*`): its
+/// endpoint, bucket, access key and secret.
+pub fn s3_settings() -> Option<[String; 4]> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        var("ADMEDIA_TEST_S3_ENDPOINT"),
+        var("ADMEDIA_TEST_S3_BUCKET"),
+        var("ADMEDIA_TEST_S3_ACCESS_KEY"),
+        var("ADMEDIA_TEST_S3_SECRET_KEY"),
+    ) {
+        (Some(e), Some(b), Some(a), Some(s)) => Some([e, b, a, s]),
+        _ => {
+            service_missing(
+                "an S3 server",
+                "ADMEDIA_TEST_S3_ENDPOINT and friends are not set",
+            );
+            None
+        }
+    }
+}
+
 /// A fresh, migrated schema of its own for one test, so tests never see
 /// each other's rows.
 pub async fn fresh_pg() -> Option<(PgStore, String)> {

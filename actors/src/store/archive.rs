@@ -96,7 +96,15 @@ pub struct History {
 /// The object key of a user's chapter: its user and entry range, so the
 /// same range is always written to the same place.
 pub fn object_key(user: UserId, first: EntryId, last: EntryId) -> String {
-    format!("ledger/{user}/{:020}-{:020}.json", first.0, last.0)
+    let (dir, start) = object_key_start(user, first);
+    format!("{dir}/{start}{:020}.json", last.0)
+}
+
+/// The directory of a user's chapter objects, and how the name of every
+/// object a chapter from `first` may be written to starts, whatever its
+/// last entry.
+pub fn object_key_start(user: UserId, first: EntryId) -> (String, String) {
+    (format!("ledger/{user}"), format!("{:020}-", first.0))
 }
 
 /// A chapter as [`cut_page`] proposes it.
