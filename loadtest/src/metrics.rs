@@ -213,8 +213,12 @@ fn pct(sorted: &[u64], q: f64) -> Option<f64> {
 /// while slots stand idle and jobs wait only for their users' running
 /// limits or for a server short of CPU. A dispatch is a choice between
 /// tiers only while the server's own queue holds jobs of every tier and
-/// no slot is idle, so its last stats sample must show both (a run
-/// without samples has only the harness's view).
+/// no slot is idle, so its stats samples on both sides of it must show
+/// both: a server that stalled for a moment holds a queue of every tier
+/// with its slots full at one sample and then dispatches the whole of it
+/// in a burst, in the weights' order but in the arrivals' shares, and the
+/// next sample shows the queue drained. (A run without samples has only
+/// the harness's view.)
 pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) -> Shares {
     let full_and_queued: Vec<(u64, bool)> = data
         .stats
@@ -230,10 +234,10 @@ pub fn shares(data: &Data, weights: PerTier<u32>, window: Option<(u64, u64)>) ->
         if full_and_queued.is_empty() {
             return true;
         }
-        match full_and_queued.partition_point(|&(at, _)| at <= t) {
-            0 => false,
-            i => full_and_queued[i - 1].1,
-        }
+        let i = full_and_queued.partition_point(|&(at, _)| at <= t);
+        let before = i.checked_sub(1).map(|b| full_and_queued[b].1);
+        let after = full_and_queued.get(i).map(|a| a.1);
+        before == Some(true) && after == Some(true)
     };
     #[derive(Clone, Copy)]
     enum Ev {
@@ -737,26 +741,61 @@ mod tests {
             },
         };
         // The server's queue is empty: the workers keep up, no choice.
-        data.stats.push(sample(50, 0));
+        data.stats = vec![sample(50, 0), sample(250, 0)];
         data.assigns.push(assign(ids[3], 100));
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.dispatches, 0, "{s:?}");
         // Before the first sample nothing is known of the server's queue.
-        data.stats[0] = sample(150, 4);
+        data.stats = vec![sample(150, 4), sample(250, 4)];
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.dispatches, 0, "{s:?}");
-        // The server queues every tier: the dispatch was a choice.
-        data.stats[0] = sample(50, 4);
+        // The server queues every tier before and after: the dispatch was
+        // a choice.
+        data.stats = vec![sample(50, 4), sample(250, 4)];
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.counts, PerTier::from([0, 0, 0, 1]));
         // Every tier queued but a slot idle: the jobs wait for their
         // users' running limits, not for the scheduler's choice.
-        data.stats[0].stats.workers.idle_slots = 1;
+        for sample in &mut data.stats {
+            sample.stats.workers.idle_slots = 1;
+        }
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.dispatches, 0, "{s:?}");
         // One tier's queue is empty at the server: no choice.
-        data.stats[0].stats.workers.idle_slots = 0;
-        data.stats[0].stats.queue.insert("free".into(), 0);
+        for sample in &mut data.stats {
+            sample.stats.workers.idle_slots = 0;
+            sample.stats.queue.insert("free".into(), 0);
+        }
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.dispatches, 0, "{s:?}");
+    }
+
+    /// A server that stalled shows every tier queued on a full fleet, then
+    /// dispatches the whole queue at once: the next sample finds it
+    /// drained, and the burst followed the arrivals, not the weights.
+    #[test]
+    fn shares_leave_out_a_burst_that_drains_the_servers_queue() {
+        let mut data = Data::default();
+        let mut ids = vec![];
+        for t in Tier::ALL {
+            ids.push(sub(&mut data, t, t.index(), 10));
+        }
+        let sample = |t_us, depth: u64| StatsSample {
+            t_us,
+            stats: StatsDto {
+                queue: Tier::ALL
+                    .into_iter()
+                    .map(|t| (t.as_str().to_owned(), depth))
+                    .collect(),
+                ..StatsDto::default()
+            },
+        };
+        data.assigns.push(assign(ids[3], 100));
+        data.stats = vec![sample(50, 4), sample(250, 0)];
+        let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
+        assert_eq!(s.dispatches, 0, "drained by the next sample: {s:?}");
+        // No sample after it yet: not known to be a choice either.
+        data.stats = vec![sample(50, 4)];
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
         assert_eq!(s.dispatches, 0, "{s:?}");
     }

@@ -300,6 +300,9 @@ async fn fake_provider() -> FakeProvider {
             .route("/v1/moderations", web::post().to(moderations))
     })
     .workers(1)
+    // A connection per call: a kept-alive one could still be answered
+    // for a moment after the test stops the provider to take it down.
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
     .bind(("127.0.0.1", 0))
     .expect("bind the fake provider");
     let port = server.addrs()[0].port();
