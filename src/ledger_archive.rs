@@ -151,14 +151,27 @@ impl LedgerArchive {
                 .put(&body.chapter.object_key, Bytes::from(bytes))
                 .await?;
             let jobs: Vec<_> = body.jobs.iter().map(|j| j.id).collect();
-            if self.store.close_chapter(&body.chapter, &jobs).await? {
+            let first = body.chapter.first_entry;
+            let recorded = if self.store.close_chapter(&body.chapter, &jobs).await? {
                 round.chapters += 1;
                 round.entries += u64::from(body.chapter.entries);
                 round.jobs += u64::from(body.chapter.jobs);
-            }
+                Some(body.chapter.object_key)
+            } else {
+                // Refused: another node may have recorded a chapter from
+                // this entry, under its own cut's key.
+                let below = EntryId(first.0.saturating_add(1));
+                let newest = self.store.chapters(user, Some(below), 1).await?;
+                newest
+                    .into_iter()
+                    .find(|c| c.first_entry == first)
+                    .map(|c| c.object_key)
+            };
             // Recorded by this node or another, a chapter from this entry
             // leaves no other object from it any use.
-            round.strays += self.sweep_strays(user, body.chapter.first_entry).await?;
+            if let Some(keep) = recorded {
+                round.strays += self.sweep_strays(user, first, &keep).await?;
+            }
             // The next page may be due as well.
             if !more {
                 return Ok(());
@@ -167,24 +180,24 @@ impl LedgerArchive {
         Ok(())
     }
 
-    /// Deletes the objects written for a chapter from `first` that the
-    /// recorded chapter from `first` does not name: a node that crashed
-    /// between writing its object and recording it, or that lost a race
-    /// with another node's cut of a different range, left them. None of
-    /// them can be recorded any more: the store records only the user's
-    /// oldest live history, and once a chapter from `first` is recorded
-    /// every later one starts past it. Before one is recorded nothing is
-    /// deleted, since another node may be about to record its object.
-    async fn sweep_strays(&self, user: UserId, first: EntryId) -> Result<u64, ArchiveError> {
-        let below = EntryId(first.0.saturating_add(1));
-        let recorded = self.store.chapters(user, Some(below), 1).await?;
-        let Some(chapter) = recorded.first().filter(|c| c.first_entry == first) else {
-            return Ok(0);
-        };
+    /// Deletes the objects written for a chapter from `first` other than
+    /// `keep`, the recorded chapter's: a node that crashed between writing
+    /// its object and recording it, or that lost a race with another
+    /// node's cut of a different range, left them. None of them can be
+    /// recorded any more: the store records only the user's oldest live
+    /// history, and once a chapter from `first` is recorded every later
+    /// one starts past it. Before one is recorded nothing is deleted,
+    /// since another node may be about to record its object.
+    async fn sweep_strays(
+        &self,
+        user: UserId,
+        first: EntryId,
+        keep: &str,
+    ) -> Result<u64, ArchiveError> {
         let (dir, start) = archive::object_key_start(user, first);
         let mut swept = 0;
         for key in self.objects.keys_starting(&dir, &start).await? {
-            if key != chapter.object_key {
+            if key != keep {
                 self.objects.delete(&key).await?;
                 tracing::info!(%user, %key, "stray ledger chapter object deleted");
                 swept += 1;

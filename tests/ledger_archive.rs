@@ -58,6 +58,13 @@ async fn user_with_pruned_jobs(
     for cost in 1..=jobs {
         succeeded_now(store, user, cost).await;
     }
+    let (now, pruned) = prune_everything(store).await;
+    (user, now, pruned)
+}
+
+/// Prunes every finished job at once; the time it was pruned at, to the
+/// microsecond the stores keep, and how many the prune reported.
+async fn prune_everything(store: &Arc<dyn Store>) -> (DateTime<Utc>, u64) {
     let now = Utc::now().trunc_subsecs(6);
     let soon = now + chrono::Duration::seconds(1);
     let everything = FinishedBefore {
@@ -69,7 +76,7 @@ async fn user_with_pruned_jobs(
         .prune_finished_jobs(&everything, now, 500)
         .await
         .expect("prune");
-    (user, now, pruned)
+    (now, pruned)
 }
 
 /// Returns the object directory, for the caller's own checks.
@@ -232,16 +239,7 @@ async fn a_crashed_close_leaves_no_stray_object(store: Arc<dyn Store>, objects: 
     for cost in [11, 12] {
         succeeded_now(&store, user, cost).await;
     }
-    let soon = Utc::now() + chrono::Duration::seconds(1);
-    let everything = FinishedBefore {
-        succeeded: soon,
-        failed: soon,
-        cancelled: soon,
-    };
-    store
-        .prune_finished_jobs(&everything, Utc::now(), 500)
-        .await
-        .expect("prune");
+    prune_everything(&store).await;
     let before = store.ledger(user, None, 100).await.expect("ledger");
 
     let archive = LedgerArchive::new(

@@ -699,6 +699,20 @@ mod tests {
         }
     }
 
+    /// A stats poll at `t_us` (µs) with `depth` jobs queued in every tier.
+    fn sample(t_us: u64, depth: u64) -> StatsSample {
+        StatsSample {
+            t_us,
+            stats: StatsDto {
+                queue: Tier::ALL
+                    .into_iter()
+                    .map(|t| (t.as_str().to_owned(), depth))
+                    .collect(),
+                ..StatsDto::default()
+            },
+        }
+    }
+
     #[test]
     fn shares_count_only_dispatches_while_every_tier_waits() {
         let mut data = Data::default();
@@ -730,16 +744,6 @@ mod tests {
         for t in Tier::ALL {
             ids.push(sub(&mut data, t, t.index(), 10));
         }
-        let sample = |t_us, depth: u64| StatsSample {
-            t_us,
-            stats: StatsDto {
-                queue: Tier::ALL
-                    .into_iter()
-                    .map(|t| (t.as_str().to_owned(), depth))
-                    .collect(),
-                ..StatsDto::default()
-            },
-        };
         // The server's queue is empty: the workers keep up, no choice.
         data.stats = vec![sample(50, 0), sample(250, 0)];
         data.assigns.push(assign(ids[3], 100));
@@ -780,16 +784,6 @@ mod tests {
         for t in Tier::ALL {
             ids.push(sub(&mut data, t, t.index(), 10));
         }
-        let sample = |t_us, depth: u64| StatsSample {
-            t_us,
-            stats: StatsDto {
-                queue: Tier::ALL
-                    .into_iter()
-                    .map(|t| (t.as_str().to_owned(), depth))
-                    .collect(),
-                ..StatsDto::default()
-            },
-        };
         data.assigns.push(assign(ids[3], 100));
         data.stats = vec![sample(50, 4), sample(250, 0)];
         let s = shares(&data, PerTier::from([1, 2, 4, 8]), None);
